@@ -1,0 +1,556 @@
+//! Model bundles: the manifest that describes an approved classifier and its files.
+//!
+//! A bundle is a directory holding `manifest.toml` and the model files it names (see
+//! `models/BUNDLE.md`). This crate parses and validates the manifest once, and checks a
+//! model file's sha256 before anything maps it. It knows nothing about inference.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The manifest schema this build understands.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Manifest file name inside a bundle directory.
+pub const MANIFEST_FILE: &str = "manifest.toml";
+/// Refuse manifests larger than this: a manifest is a few kilobytes of text.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Why a bundle could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: manifest is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("bundle {bundle} has no model variant {variant:?} (it has: {available})")]
+    NoSuchVariant {
+        bundle: String,
+        variant: String,
+        available: String,
+    },
+    #[error("{path}: sha256 is {actual}, the manifest expects {expected}: refusing to load a model file that is not the approved one")]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// Coarse classes of [`BundleError`], stable for machine-readable output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Io,
+    Manifest,
+    Variant,
+    Integrity,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Io => "io",
+            ErrorKind::Manifest => "manifest",
+            ErrorKind::Variant => "variant",
+            ErrorKind::Integrity => "integrity",
+        }
+    }
+}
+
+impl BundleError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            BundleError::Io { .. } => ErrorKind::Io,
+            BundleError::Parse { .. } | BundleError::Invalid { .. } => ErrorKind::Manifest,
+            BundleError::NoSuchVariant { .. } => ErrorKind::Variant,
+            BundleError::HashMismatch { .. } => ErrorKind::Integrity,
+        }
+    }
+}
+
+/// Memory layout of the model's image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+    #[serde(rename = "NHWC")]
+    Nhwc,
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Layout::Nchw => "NCHW",
+            Layout::Nhwc => "NHWC",
+        })
+    }
+}
+
+/// Colour model the network was trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Colour {
+    Grey,
+    Rgb,
+}
+
+/// What the model's output tensor holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// Raw scores; edgedx applies softmax.
+    Logits,
+    /// Already a probability distribution (softmax inside the graph).
+    Probabilities,
+}
+
+/// Numeric precision of a model variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Int8,
+    Fp32,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::Int8 => "int8",
+            Precision::Fp32 => "fp32",
+        })
+    }
+}
+
+/// How a variant was quantized (decides how the engine treats it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    None,
+    /// QLinearConv / QLinearMatMul with standard ONNX ops only.
+    Qoperator,
+    /// QuantizeLinear / DequantizeLinear pairs around float ops.
+    Qdq,
+}
+
+/// The model's image input: what preprocessing must produce.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    pub tensor: String,
+    pub layout: Layout,
+    pub height: u32,
+    pub width: u32,
+    pub channels: u32,
+    pub colour: Colour,
+    /// Per-channel mean subtracted from intensities in [0, 1].
+    pub mean: Vec<f32>,
+    /// Per-channel divisor applied after the mean.
+    pub std: Vec<f32>,
+}
+
+impl InputSpec {
+    /// Number of f32 values in one batch item.
+    pub fn item_len(&self) -> usize {
+        self.height as usize * self.width as usize * self.channels as usize
+    }
+
+    /// Shape of a batch of `n` items, in the model's layout.
+    pub fn shape(&self, n: usize) -> [usize; 4] {
+        let (h, w, c) = (
+            self.height as usize,
+            self.width as usize,
+            self.channels as usize,
+        );
+        match self.layout {
+            Layout::Nchw => [n, c, h, w],
+            Layout::Nhwc => [n, h, w, c],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    pub tensor: String,
+    pub kind: OutputKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleInfo {
+    pub name: String,
+    pub version: String,
+    pub task: String,
+    pub labels: Vec<String>,
+}
+
+/// One model file of the bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub file: String,
+    pub sha256: String,
+    pub precision: Precision,
+    pub quantization: Quantization,
+}
+
+/// Free-text model card; shown by `edgedx info`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    pub summary: String,
+    pub trained_on: String,
+    pub intended_use: String,
+    pub limitations: String,
+    pub clinical_use: String,
+}
+
+/// The manifest as written on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub bundle: BundleInfo,
+    pub input: InputSpec,
+    pub output: OutputSpec,
+    pub models: BTreeMap<String, ModelFile>,
+    #[serde(default)]
+    pub model_card: Option<ModelCard>,
+    /// Evaluation written by the pipeline; kept as data, not interpreted here.
+    #[serde(default)]
+    pub evaluation: Option<toml::Table>,
+}
+
+/// A validated bundle on disk.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+impl Bundle {
+    /// Reads and validates `<dir>/manifest.toml`. Model files are not read here.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Bundle, BundleError> {
+        let dir = dir.as_ref().to_path_buf();
+        let path = dir.join(MANIFEST_FILE);
+        let text = read_small_text(&path)?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        validate(&manifest).map_err(|(field, message)| BundleError::Invalid {
+            path: path.clone(),
+            field,
+            message,
+        })?;
+        Ok(Bundle { dir, manifest })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.manifest.bundle.labels
+    }
+
+    pub fn input(&self) -> &InputSpec {
+        &self.manifest.input
+    }
+
+    /// Looks up a model variant by name ("int8", "fp32", "int8-qdq", ...).
+    pub fn variant(&self, name: &str) -> Result<&ModelFile, BundleError> {
+        self.manifest
+            .models
+            .get(name)
+            .ok_or_else(|| BundleError::NoSuchVariant {
+                bundle: self.manifest.bundle.name.clone(),
+                variant: name.to_string(),
+                available: self
+                    .manifest
+                    .models
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Path of a variant's file inside the bundle.
+    pub fn variant_path(&self, model: &ModelFile) -> PathBuf {
+        self.dir.join(&model.file)
+    }
+}
+
+/// Hex sha256 of a byte slice (used on the memory map, so the hashed bytes are the
+/// loaded bytes).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Checks bytes against the sha256 the manifest approves.
+pub fn verify_bytes(path: &Path, model: &ModelFile, bytes: &[u8]) -> Result<String, BundleError> {
+    let actual = sha256_hex(bytes);
+    if actual.eq_ignore_ascii_case(&model.sha256) {
+        Ok(actual)
+    } else {
+        Err(BundleError::HashMismatch {
+            path: path.to_path_buf(),
+            expected: model.sha256.clone(),
+            actual,
+        })
+    }
+}
+
+fn read_small_text(path: &Path) -> Result<String, BundleError> {
+    let io = |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut text = String::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(BundleError::Invalid {
+            path: path.to_path_buf(),
+            field: "(file)".into(),
+            message: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+        });
+    }
+    Ok(text)
+}
+
+type FieldError = (String, String);
+
+fn bad(field: &str, message: impl Into<String>) -> FieldError {
+    (field.to_string(), message.into())
+}
+
+/// Largest side accepted for a model input: far above any classifier input, low
+/// enough that a typo cannot ask for gigabytes of tensor.
+const MAX_INPUT_SIDE: u32 = 4096;
+
+fn validate(m: &Manifest) -> Result<(), FieldError> {
+    if m.schema_version != SCHEMA_VERSION {
+        return Err(bad(
+            "schema_version",
+            format!(
+                "is {}, this edgedx understands {SCHEMA_VERSION}",
+                m.schema_version
+            ),
+        ));
+    }
+    let b = &m.bundle;
+    if b.name.is_empty()
+        || !b
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(bad("bundle.name", "must be non-empty [a-z0-9-]"));
+    }
+    if b.task != "image-classification" {
+        return Err(bad(
+            "bundle.task",
+            format!("{:?} is not supported (only \"image-classification\")", b.task),
+        ));
+    }
+    if b.labels.len() < 2 {
+        return Err(bad("bundle.labels", "a classifier needs at least 2 labels"));
+    }
+    if b.labels.iter().any(|l| l.trim().is_empty()) {
+        return Err(bad("bundle.labels", "labels must not be empty"));
+    }
+    let i = &m.input;
+    if i.height == 0 || i.width == 0 || i.height > MAX_INPUT_SIDE || i.width > MAX_INPUT_SIDE {
+        return Err(bad(
+            "input.height/width",
+            format!("must be in 1..={MAX_INPUT_SIDE}"),
+        ));
+    }
+    let expected_channels = match i.colour {
+        Colour::Grey => 1,
+        Colour::Rgb => 3,
+    };
+    if i.channels != expected_channels {
+        return Err(bad(
+            "input.channels",
+            format!(
+                "colour {:?} needs {expected_channels} channel(s), manifest says {}",
+                i.colour, i.channels
+            ),
+        ));
+    }
+    for (field, v) in [("input.mean", &i.mean), ("input.std", &i.std)] {
+        if v.len() != i.channels as usize {
+            return Err(bad(
+                field,
+                format!("needs one value per channel ({})", i.channels),
+            ));
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(bad(field, "values must be finite"));
+        }
+    }
+    if i.std.iter().any(|s| *s <= 0.0) {
+        return Err(bad("input.std", "values must be > 0"));
+    }
+    for (name, model) in &m.models {
+        let field = format!("models.{name}");
+        if model.file.is_empty()
+            || model.file.contains('/')
+            || model.file.contains('\\')
+            || model.file.starts_with('.')
+        {
+            return Err(bad(
+                &format!("{field}.file"),
+                "must be a plain file name inside the bundle directory",
+            ));
+        }
+        if model.sha256.len() != 64 || !model.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad(&format!("{field}.sha256"), "must be 64 hex digits"));
+        }
+        let consistent = matches!(
+            (model.precision, model.quantization),
+            (Precision::Fp32, Quantization::None)
+                | (Precision::Int8, Quantization::Qoperator | Quantization::Qdq)
+        );
+        if !consistent {
+            return Err(bad(
+                &field,
+                format!(
+                    "precision {} does not go with quantization {:?}",
+                    model.precision, model.quantization
+                ),
+            ));
+        }
+    }
+    for required in ["int8", "fp32"] {
+        if !m.models.contains_key(required) {
+            return Err(bad(
+                &format!("models.{required}"),
+                "is required (the serving model and its fallback)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+schema_version = 1
+[bundle]
+name = "t"
+version = "0.1.0"
+task = "image-classification"
+labels = ["a", "b"]
+[input]
+tensor = "input"
+layout = "NCHW"
+height = 8
+width = 8
+channels = 1
+colour = "grey"
+mean = [0.5]
+std = [0.25]
+[output]
+tensor = "logits"
+kind = "logits"
+[models.int8]
+file = "int8.onnx"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+precision = "int8"
+quantization = "qoperator"
+[models.fp32]
+file = "fp32.onnx"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+precision = "fp32"
+quantization = "none"
+"#;
+
+    fn open_with(text: &str) -> Result<Bundle, BundleError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MANIFEST_FILE), text).unwrap();
+        Bundle::open(dir.path())
+    }
+
+    #[test]
+    fn parses_a_valid_manifest() {
+        let b = open_with(GOOD).unwrap();
+        assert_eq!(b.labels(), ["a", "b"]);
+        assert_eq!(b.input().shape(2), [2, 1, 8, 8]);
+        assert_eq!(b.variant("int8").unwrap().precision, Precision::Int8);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let text = GOOD.replace("kind = \"logits\"", "kind = \"logits\"\nsoftmax = true");
+        let err = open_with(&text).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Manifest);
+        assert!(err.to_string().contains("softmax"), "{err}");
+    }
+
+    #[test]
+    fn channel_count_must_match_colour() {
+        let err = open_with(&GOOD.replace("channels = 1", "channels = 3")).unwrap_err();
+        assert!(err.to_string().contains("input.channels"), "{err}");
+    }
+
+    #[test]
+    fn model_file_cannot_escape_the_bundle() {
+        let err = open_with(&GOOD.replace("file = \"int8.onnx\"", "file = \"../x.onnx\""))
+            .unwrap_err();
+        assert!(err.to_string().contains("models.int8.file"), "{err}");
+    }
+
+    #[test]
+    fn missing_fallback_is_refused() {
+        let text = GOOD.split("[models.fp32]").next().unwrap();
+        let err = open_with(text).unwrap_err();
+        assert!(err.to_string().contains("models.fp32"), "{err}");
+    }
+
+    #[test]
+    fn hash_mismatch_names_the_file() {
+        let b = open_with(GOOD).unwrap();
+        let m = b.variant("int8").unwrap();
+        let err = verify_bytes(Path::new("int8.onnx"), m, b"not the model").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Integrity);
+        assert!(err.to_string().contains("int8.onnx"));
+        let ok = ModelFile {
+            sha256: sha256_hex(b"x"),
+            ..m.clone()
+        };
+        assert!(verify_bytes(Path::new("x"), &ok, b"x").is_ok());
+    }
+
+    #[test]
+    fn missing_manifest_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Bundle::open(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+    }
+}

@@ -1,0 +1,346 @@
+//! The inference engine: the one edgedx crate that depends on tract.
+//!
+//! It verifies a bundle's model file, maps it, builds an optimised tract plan for a fixed
+//! batch size and runs it. Callers see [`Model`], plain `f32` slices and [`Scores`]; no tract
+//! type crosses this crate's boundary. Loading and running are isolated from tract panics,
+//! which malformed models can trigger (see ../shared/DESIGN.md).
+
+mod cpu;
+mod error;
+mod load;
+pub mod memory;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgedx_bundle::{Bundle, InputSpec, ModelFile, OutputKind, Precision, Quantization};
+use tract_onnx::prelude::*;
+
+pub use cpu::{cpu_features, CpuFeatures};
+pub use error::{EngineError, ErrorKind};
+pub use load::LoadStrategy;
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// How a model should be prepared.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The batch size the plan is built for; every `run` takes exactly this many items.
+    pub batch: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { batch: 1 }
+    }
+}
+
+/// What the engine learnt while loading a model; shown by `edgedx info`.
+#[derive(Debug, Clone)]
+pub struct ModelReport {
+    pub variant: String,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub precision: Precision,
+    pub quantization: Quantization,
+    pub file_bytes: u64,
+    pub batch: usize,
+    pub strategy: LoadStrategy,
+    /// Why the first strategy was not used, when the loader had to fall back.
+    pub strategy_note: Option<String>,
+    /// Distinct tract-linalg matrix kernels the optimised plan calls, e.g. `arm64simd_mmm_i32_8x8`.
+    pub kernels: Vec<String>,
+    /// Operator names in the optimised plan with their counts, most frequent first.
+    pub ops: Vec<(String, usize)>,
+    pub load_time: Duration,
+}
+
+/// Class scores for one batch item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// The model's output row as produced (logits or probabilities).
+    pub raw: Vec<f32>,
+    /// A probability distribution over the labels (softmax of `raw` for logit models).
+    pub probabilities: Vec<f32>,
+}
+
+impl Scores {
+    /// Index and probability of the most likely class.
+    pub fn top(&self) -> (usize, f32) {
+        let mut best = (0, f32::NEG_INFINITY);
+        for (i, p) in self.probabilities.iter().enumerate() {
+            if *p > best.1 {
+                best = (i, *p);
+            }
+        }
+        best
+    }
+}
+
+/// A loaded, optimised model ready to run batches of `batch` items.
+pub struct Model {
+    plan: Plan,
+    input: InputSpec,
+    output_kind: OutputKind,
+    classes: usize,
+    report: ModelReport,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads one variant ("int8", "fp32", ...) of a bundle. The file's sha256 must match the
+    /// manifest; nothing else from the bundle is read or mapped.
+    pub fn load(bundle: &Bundle, variant: &str, options: &EngineOptions) -> Result<Model, EngineError> {
+        let file = bundle.variant(variant)?;
+        let path = bundle.variant_path(file);
+        let m = &bundle.manifest();
+        Model::load_file(
+            &path,
+            variant,
+            file,
+            &m.input,
+            &m.output.tensor,
+            m.output.kind,
+            m.bundle.labels.len(),
+            options,
+        )
+    }
+
+    /// Loads a model file described by manifest parts. Public so tools can load a variant
+    /// that is not (yet) part of a bundle directory, with the same checks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_file(
+        path: &Path,
+        variant: &str,
+        file: &ModelFile,
+        input: &InputSpec,
+        output_tensor: &str,
+        output_kind: OutputKind,
+        classes: usize,
+        options: &EngineOptions,
+    ) -> Result<Model, EngineError> {
+        if options.batch == 0 || options.batch > load::MAX_BATCH {
+            return Err(EngineError::BadOptions(format!(
+                "batch size {} is outside 1..={}",
+                options.batch,
+                load::MAX_BATCH
+            )));
+        }
+        let started = Instant::now();
+        let mapped = load::map_verified(path, file)?;
+        let sha256 = mapped.sha256.clone();
+        let file_bytes = mapped.len() as u64;
+        let target = load::Target {
+            input,
+            output_tensor,
+            batch: options.batch,
+        };
+        let built = isolate(path, "loading", || load::build(&mapped, &target))?
+            .map_err(|e| load::with_path(e, path))?;
+        drop(mapped);
+        memory::release_free_heap();
+        let model = Model {
+            input: input.clone(),
+            output_kind,
+            classes,
+            report: ModelReport {
+                variant: variant.to_string(),
+                path: path.to_path_buf(),
+                sha256,
+                precision: file.precision,
+                quantization: file.quantization,
+                file_bytes,
+                batch: options.batch,
+                strategy: built.strategy,
+                strategy_note: built.strategy_note,
+                kernels: built.kernels,
+                ops: built.ops,
+                load_time: started.elapsed(),
+            },
+            plan: built.plan,
+        };
+        model.check_output_shape()?;
+        Ok(model)
+    }
+
+    pub fn report(&self) -> &ModelReport {
+        &self.report
+    }
+
+    pub fn batch(&self) -> usize {
+        self.report.batch
+    }
+
+    pub fn input_spec(&self) -> &InputSpec {
+        &self.input
+    }
+
+    /// Runs one batch. `input` holds `batch * input_spec().item_len()` values in the
+    /// model's layout; the result has one [`Scores`] per item.
+    pub fn run(&self, input: &[f32]) -> Result<Vec<Scores>, EngineError> {
+        let expected = self.batch() * self.input.item_len();
+        if input.len() != expected {
+            return Err(EngineError::BadInput(format!(
+                "got {} values, the plan takes {} ({} x {:?})",
+                input.len(),
+                expected,
+                self.batch(),
+                self.input.shape(1)
+            )));
+        }
+        let shape = self.input.shape(self.batch());
+        let tensor = Tensor::from_shape(&shape, input)
+            .map_err(|e| EngineError::BadInput(format!("{e:#}")))?;
+        let path = self.report.path.clone();
+        let outputs = isolate(&path, "running", || {
+            self.plan
+                .run(tvec!(tensor.into_tvalue()))
+                .map_err(|e| EngineError::Run(format!("{e:#}")))
+        })??;
+        let output = outputs
+            .first()
+            .ok_or_else(|| EngineError::InvalidOutput("the plan returned no output".into()))?;
+        let view = output.to_plain_array_view::<f32>().map_err(|e| {
+            EngineError::InvalidOutput(format!("output is not f32 ({:?}): {e}", output.datum_type()))
+        })?;
+        let values = view
+            .as_slice()
+            .map(|s| s.to_vec())
+            .unwrap_or_else(|| view.iter().copied().collect());
+        self.scores(&values)
+    }
+
+    /// Splits a flat output into per-item scores, refusing outputs that cannot be a
+    /// classification (wrong size, NaN/Inf, probabilities that are not a distribution).
+    fn scores(&self, values: &[f32]) -> Result<Vec<Scores>, EngineError> {
+        if values.len() != self.batch() * self.classes {
+            return Err(EngineError::InvalidOutput(format!(
+                "{} values for {} item(s) of {} classes",
+                values.len(),
+                self.batch(),
+                self.classes
+            )));
+        }
+        values
+            .chunks(self.classes)
+            .map(|row| {
+                if let Some(bad) = row.iter().find(|v| !v.is_finite()) {
+                    return Err(EngineError::InvalidOutput(format!(
+                        "non-finite score {bad} in {row:?}"
+                    )));
+                }
+                let probabilities = match self.output_kind {
+                    OutputKind::Logits => softmax(row),
+                    OutputKind::Probabilities => {
+                        let sum: f32 = row.iter().sum();
+                        if (sum - 1.0).abs() > 1e-3 || row.iter().any(|p| *p < -1e-6) {
+                            return Err(EngineError::InvalidOutput(format!(
+                                "probabilities sum to {sum}, not 1: {row:?}"
+                            )));
+                        }
+                        row.to_vec()
+                    }
+                };
+                Ok(Scores {
+                    raw: row.to_vec(),
+                    probabilities,
+                })
+            })
+            .collect()
+    }
+
+    fn check_output_shape(&self) -> Result<(), EngineError> {
+        let fact = self
+            .plan
+            .model()
+            .output_fact(0)
+            .map_err(|e| EngineError::Load {
+                path: self.report.path.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let volume = fact.shape.volume().to_i64().ok().map(|v| v as usize);
+        if volume != Some(self.batch() * self.classes) {
+            return Err(EngineError::Load {
+                path: self.report.path.clone(),
+                message: format!(
+                    "output shape {:?} does not hold {} score(s) for each of {} item(s): does the manifest's label list match the model?",
+                    fact.shape,
+                    self.classes,
+                    self.batch()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Runs `f`, turning a panic inside tract into an error that names the file. The panic
+/// message itself is whatever tract said; the process's panic hook (set in `main`)
+/// decides whether it is also logged.
+fn isolate<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> T,
+) -> Result<T, EngineError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic payload".into());
+        EngineError::Panicked {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+            message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_a_distribution_and_keeps_order() {
+        let p = softmax(&[1.0, 3.0, -2.0, 1000.0]);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p[3] > 0.99);
+        assert!(p[1] > p[0] && p[0] > p[2]);
+    }
+
+    #[test]
+    fn top_picks_the_largest_probability() {
+        let s = Scores {
+            raw: vec![],
+            probabilities: vec![0.1, 0.6, 0.3],
+        };
+        assert_eq!(s.top(), (1, 0.6));
+    }
+
+    #[test]
+    fn isolate_turns_a_panic_into_an_error() {
+        let r: Result<(), EngineError> = isolate(Path::new("m.onnx"), "loading", || {
+            panic!("index out of bounds")
+        });
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Panicked);
+        assert!(e.to_string().contains("m.onnx") && e.to_string().contains("index out of bounds"));
+    }
+}

@@ -1,0 +1,308 @@
+//! Turning a verified, memory-mapped ONNX file into an optimised tract plan.
+//!
+//! Exporters disagree on how the batch dimension is expressed, and tract needs it concrete
+//! before it optimises. onnxruntime-quantized graphs carry a symbolic `N` through their
+//! value_info: they type cleanly with the symbol and are then bound to the batch size.
+//! tf2onnx graphs (the VGG16 in ../shared/models) compute a Reshape shape from the input's
+//! shape, which tract can only type once the input is concrete. The loader tries the first
+//! and falls back to the second, and reports which one worked.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+
+use edgedx_bundle::{InputSpec, ModelFile};
+use memmap2::Mmap;
+use prost::Message;
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+
+use crate::error::EngineError;
+use crate::Plan;
+
+/// Upper bound on the batch a plan is built for: a classifier on a 2 GB board never needs
+/// more, and it bounds the activation memory a config typo could ask for.
+pub const MAX_BATCH: usize = 64;
+
+/// ONNX TensorProto.DataType FLOAT.
+const ONNX_FLOAT: i32 = 1;
+
+/// How the batch dimension was made concrete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadStrategy {
+    /// Typed with the graph's own (symbolic or fixed) batch, then the symbol bound.
+    TypeThenBindBatch,
+    /// Input fact set to the concrete shape before typing (needed by tf2onnx graphs).
+    ConcreteInputFact,
+}
+
+impl fmt::Display for LoadStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LoadStrategy::TypeThenBindBatch => "typed with symbolic batch, then bound",
+            LoadStrategy::ConcreteInputFact => "concrete input shape set before typing",
+        })
+    }
+}
+
+/// A model file mapped read-only whose bytes matched the manifest's sha256.
+pub struct Mapped {
+    map: Mmap,
+    pub sha256: String,
+}
+
+impl Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// Maps `path` and checks its sha256 against the manifest entry before anything parses it.
+/// The hash is computed over the mapped bytes, so what is verified is what is loaded.
+pub fn map_verified(path: &Path, file: &ModelFile) -> Result<Mapped, EngineError> {
+    let io = |source| EngineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let handle = File::open(path).map_err(io)?;
+    if handle.metadata().map_err(io)?.len() == 0 {
+        return Err(EngineError::Load {
+            path: path.to_path_buf(),
+            message: "the file is empty".into(),
+        });
+    }
+    // SAFETY: the map is read-only and private to this process; a concurrent writer could
+    // change the bytes under us, which is why the hash is checked on the map itself and the
+    // bytes are only parsed after that check.
+    let map = unsafe { Mmap::map(&handle) }.map_err(io)?;
+    let sha256 = edgedx_bundle::verify_bytes(path, file, &map)?;
+    Ok(Mapped { map, sha256 })
+}
+
+/// What the plan must take and produce.
+pub struct Target<'a> {
+    pub input: &'a InputSpec,
+    pub output_tensor: &'a str,
+    pub batch: usize,
+}
+
+pub struct Built {
+    pub plan: Plan,
+    pub strategy: LoadStrategy,
+    pub strategy_note: Option<String>,
+    pub kernels: Vec<String>,
+    pub ops: Vec<(String, usize)>,
+}
+
+/// Parses and optimises the model. May panic inside tract on malformed graphs: callers run
+/// it under `catch_unwind`.
+pub fn build(bytes: &[u8], target: &Target) -> Result<Built, EngineError> {
+    let proto = pb::ModelProto::decode(bytes).map_err(|e| load_err(format!(
+        "protobuf decoding failed ({e}); the file is truncated or not ONNX"
+    )))?;
+    check_declared_input(&proto, target)?;
+
+    let (typed, strategy, strategy_note) = match type_then_bind(&proto, target) {
+        Ok(typed) => (typed, LoadStrategy::TypeThenBindBatch, None),
+        Err(first) => {
+            log::debug!("type-then-bind failed ({first}), retrying with a concrete input fact");
+            let typed = concrete_input(&proto, target).map_err(|second| {
+                load_err(format!(
+                    "could not type the graph: with a symbolic batch: {first}; with a concrete input: {second}"
+                ))
+            })?;
+            (typed, LoadStrategy::ConcreteInputFact, Some(first))
+        }
+    };
+    drop(proto);
+
+    let optimized = typed
+        .into_optimized()
+        .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
+    let (kernels, ops) = describe(&optimized);
+    let plan = optimized
+        .into_runnable()
+        .map_err(|e| load_err(format!("building the plan failed: {e:#}")))?;
+    Ok(Built {
+        plan,
+        strategy,
+        strategy_note,
+        kernels,
+        ops,
+    })
+}
+
+fn load_err(message: String) -> EngineError {
+    // The caller knows the path; `Model::load_file` re-labels it (see `with_path`).
+    EngineError::Load {
+        path: PathBuf::new(),
+        message,
+    }
+}
+
+/// Fills in the model path on errors raised while building.
+pub fn with_path(e: EngineError, path: &Path) -> EngineError {
+    match e {
+        EngineError::Load { path: p, message } if p.as_os_str().is_empty() => EngineError::Load {
+            path: path.to_path_buf(),
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Refuses a model whose declared input contradicts the manifest before tract sees it,
+/// so a wrong bundle fails with a sentence instead of a shape error deep in the graph.
+fn check_declared_input(proto: &pb::ModelProto, target: &Target) -> Result<(), EngineError> {
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| load_err("the file has no graph".into()))?;
+    let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<&pb::ValueInfoProto> = graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains(&i.name.as_str()))
+        .collect();
+    let names = || inputs.iter().map(|i| i.name.clone()).collect::<Vec<_>>().join(", ");
+    if inputs.len() != 1 {
+        return Err(load_err(format!(
+            "expected one image input, the graph has {} ({})",
+            inputs.len(),
+            names()
+        )));
+    }
+    let input = inputs[0];
+    if input.name != target.input.tensor {
+        return Err(load_err(format!(
+            "the manifest's input tensor is {:?}, the graph's is {:?}",
+            target.input.tensor, input.name
+        )));
+    }
+    if !graph.output.iter().any(|o| o.name == target.output_tensor) {
+        return Err(load_err(format!(
+            "the manifest's output tensor {:?} is not a graph output (outputs: {})",
+            target.output_tensor,
+            graph.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let Some(pb::type_proto::Value::TensorType(tensor)) =
+        input.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return Err(load_err(format!("input {:?} is not a tensor", input.name)));
+    };
+    if tensor.elem_type != ONNX_FLOAT {
+        return Err(load_err(format!(
+            "input {:?} has ONNX element type {}, edgedx feeds float32 (1)",
+            input.name, tensor.elem_type
+        )));
+    }
+    if let Some(shape) = &tensor.shape {
+        let expected = target.input.shape(target.batch);
+        if shape.dim.len() != expected.len() {
+            return Err(load_err(format!(
+                "input {:?} has rank {}, the manifest describes {:?}",
+                input.name,
+                shape.dim.len(),
+                expected
+            )));
+        }
+        // The batch axis is checked when binding; the image axes must match exactly when fixed.
+        for (axis, (dim, want)) in shape.dim.iter().zip(expected).enumerate().skip(1) {
+            if let Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) = &dim.value {
+                if *v > 0 && *v as usize != want {
+                    return Err(load_err(format!(
+                        "input {:?} axis {axis} is {v}, the manifest ({} {}x{}x{}) needs {want}",
+                        input.name,
+                        target.input.layout,
+                        target.input.height,
+                        target.input.width,
+                        target.input.channels
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse(proto: &pb::ModelProto, target: &Target) -> TractResult<InferenceModel> {
+    let mut model = tract_onnx::onnx().model_for_proto_model(proto)?;
+    let output = model
+        .output_outlets()?
+        .iter()
+        .copied()
+        .find(|o| model.outlet_label(*o) == Some(target.output_tensor) || model.node(o.node).name == target.output_tensor)
+        .ok_or_else(|| {
+            TractError::msg(format!("output {:?} not found after parsing", target.output_tensor))
+        })?;
+    model.select_output_outlets(&[output])?;
+    Ok(model)
+}
+
+fn type_then_bind(proto: &pb::ModelProto, target: &Target) -> Result<TypedModel, String> {
+    let model = parse(proto, target).map_err(|e| format!("{e:#}"))?;
+    let typed = model.into_typed().map_err(|e| format!("{e:#}"))?;
+    let fact = typed.input_fact(0).map_err(|e| format!("{e:#}"))?.clone();
+    let expected = target.input.shape(target.batch);
+    if fact.shape.rank() != expected.len() {
+        return Err(format!("input rank {} after typing", fact.shape.rank()));
+    }
+    let mut bindings = HashMap::new();
+    for (axis, (dim, want)) in fact.shape.iter().zip(expected).enumerate() {
+        match dim.to_i64() {
+            Ok(v) if v as usize == want => {}
+            Ok(v) => return Err(format!("input axis {axis} is fixed at {v}, need {want}")),
+            Err(_) => match dim {
+                TDim::Sym(s) => {
+                    bindings.insert(s.clone(), TDim::Val(want as i64));
+                }
+                other => return Err(format!("input axis {axis} is the expression {other}")),
+            },
+        }
+    }
+    let bound = if bindings.is_empty() {
+        typed
+    } else {
+        typed.set_symbols(&bindings).map_err(|e| format!("{e:#}"))?
+    };
+    // Every symbol must be gone: a plan with a free dimension would be re-planned per call.
+    let input = bound.input_fact(0).map_err(|e| format!("{e:#}"))?;
+    if input.shape.as_concrete().is_none() {
+        return Err(format!("input still symbolic after binding: {input:?}"));
+    }
+    Ok(bound)
+}
+
+fn concrete_input(proto: &pb::ModelProto, target: &Target) -> Result<TypedModel, String> {
+    let shape = target.input.shape(target.batch);
+    parse(proto, target)
+        .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
+        .and_then(|m| m.into_typed())
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// The matrix kernels and the operator mix of an optimised plan.
+fn describe(model: &TypedModel) -> (Vec<String>, Vec<(String, usize)>) {
+    let mut kernels: Vec<String> = Vec::new();
+    let mut ops: HashMap<String, usize> = HashMap::new();
+    for node in model.nodes() {
+        *ops.entry(node.op.name().to_string()).or_default() += 1;
+        if let Some(mm) = node.op_as::<OptMatMul>() {
+            for k in &mm.mmm {
+                let name = k.name().to_string();
+                if !kernels.contains(&name) {
+                    kernels.push(name);
+                }
+            }
+        }
+    }
+    kernels.sort();
+    let mut ops: Vec<(String, usize)> = ops.into_iter().collect();
+    ops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    (kernels, ops)
+}

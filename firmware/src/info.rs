@@ -1,0 +1,201 @@
+//! `edgedx info`: what a technician needs to see about a bundle and this board's CPU.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use edgedx_bundle::Bundle;
+use edgedx_engine::{memory, EngineOptions, Model};
+use serde::Serialize;
+
+use crate::PrecisionArg;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model bundle directory (default: the installed bundle, else models/brain-mri-4class).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Models to load and describe (repeatable). Default: int8 only; fp32 is never loaded
+    /// unless asked for.
+    #[arg(long, value_enum)]
+    precision: Vec<PrecisionArg>,
+    /// Batch size to build the plans for.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// One JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Info {
+    edgedx_version: &'static str,
+    bundle: BundleInfo,
+    cpu: Cpu,
+    preprocess_kernel: &'static str,
+    models: Vec<LoadedModel>,
+}
+
+#[derive(Debug, Serialize)]
+struct BundleInfo {
+    dir: String,
+    name: String,
+    version: String,
+    task: String,
+    labels: Vec<String>,
+    input: edgedx_bundle::InputSpec,
+    output: edgedx_bundle::OutputSpec,
+    files: Vec<FileEntry>,
+    clinical_use: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct FileEntry {
+    variant: String,
+    file: String,
+    precision: String,
+    quantization: edgedx_bundle::Quantization,
+    sha256: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Cpu {
+    arch: &'static str,
+    features: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct LoadedModel {
+    variant: String,
+    sha256: String,
+    file_bytes: u64,
+    batch: usize,
+    load_strategy: String,
+    load_strategy_note: Option<String>,
+    load_ms: f64,
+    kernels: Vec<String>,
+    ops: Vec<(String, usize)>,
+    /// Resident memory of this process after the load (bytes).
+    rss_after_load: Option<u64>,
+    /// Peak resident memory of this process so far (bytes): the load peak of the models
+    /// loaded up to this one.
+    peak_rss: Option<u64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = crate::paths::bundle_dir(args.bundle.clone());
+    let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+    let m = bundle.manifest();
+    let precisions = if args.precision.is_empty() {
+        vec![PrecisionArg::Int8]
+    } else {
+        args.precision.clone()
+    };
+    let options = EngineOptions { batch: args.batch };
+    let mut models = Vec::new();
+    for p in precisions {
+        let model = Model::load(&bundle, p.variant(), &options)
+            .with_context(|| format!("loading the {} model", p.variant()))?;
+        let r = model.report();
+        let mem = memory::current();
+        models.push(LoadedModel {
+            variant: r.variant.clone(),
+            sha256: r.sha256.clone(),
+            file_bytes: r.file_bytes,
+            batch: r.batch,
+            load_strategy: r.strategy.to_string(),
+            load_strategy_note: r.strategy_note.clone(),
+            load_ms: r.load_time.as_secs_f64() * 1e3,
+            kernels: r.kernels.clone(),
+            ops: r.ops.clone(),
+            rss_after_load: mem.map(|m| m.rss),
+            peak_rss: mem.map(|m| m.peak_rss),
+        });
+    }
+    let cpu = edgedx_engine::cpu_features();
+    let info = Info {
+        edgedx_version: env!("CARGO_PKG_VERSION"),
+        bundle: BundleInfo {
+            dir: dir.display().to_string(),
+            name: m.bundle.name.clone(),
+            version: m.bundle.version.clone(),
+            task: m.bundle.task.clone(),
+            labels: m.bundle.labels.clone(),
+            input: m.input.clone(),
+            output: m.output.clone(),
+            files: m
+                .models
+                .iter()
+                .map(|(variant, f)| FileEntry {
+                    variant: variant.clone(),
+                    file: f.file.clone(),
+                    precision: f.precision.to_string(),
+                    quantization: f.quantization,
+                    sha256: f.sha256.clone(),
+                })
+                .collect(),
+            clinical_use: m.model_card.as_ref().map(|c| c.clinical_use.clone()),
+        },
+        cpu: Cpu {
+            arch: cpu.arch,
+            features: cpu.features,
+        },
+        preprocess_kernel: edgedx_ingest::kernel_name(),
+        models,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print_text(&info);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn print_text(info: &Info) {
+    let b = &info.bundle;
+    println!("edgedx {}", info.edgedx_version);
+    println!("bundle     {} {} ({})", b.name, b.version, b.dir);
+    if let Some(c) = &b.clinical_use {
+        println!("           {c}");
+    }
+    println!("task       {} over {} labels: {}", b.task, b.labels.len(), b.labels.join(", "));
+    println!(
+        "input      {:?} {} {}x{}x{} {:?} mean {:?} std {:?}",
+        b.input.tensor,
+        b.input.layout,
+        b.input.height,
+        b.input.width,
+        b.input.channels,
+        b.input.colour,
+        b.input.mean,
+        b.input.std
+    );
+    println!("output     {:?} ({:?})", b.output.tensor, b.output.kind);
+    for f in &b.files {
+        println!(
+            "file       {:<9} {:<16} {} {:?}  sha256 {}",
+            f.variant, f.file, f.precision, f.quantization, f.sha256
+        );
+    }
+    println!("cpu        {} [{}]", info.cpu.arch, info.cpu.features.join(" "));
+    println!("preprocess {}", info.preprocess_kernel);
+    for m in &info.models {
+        println!(
+            "model      {} ({} bytes, sha256 verified), batch {}, loaded in {:.1} ms: {}",
+            m.variant, m.file_bytes, m.batch, m.load_ms, m.load_strategy
+        );
+        if let Some(note) = &m.load_strategy_note {
+            println!("           first strategy failed: {note}");
+        }
+        println!("  kernels  {}", m.kernels.join(", "));
+        let ops: Vec<String> = m.ops.iter().map(|(n, c)| format!("{n}x{c}")).collect();
+        println!("  ops      {}", ops.join(" "));
+        if let (Some(rss), Some(peak)) = (m.rss_after_load, m.peak_rss) {
+            println!("  memory   rss after load {}, peak so far {}", mib(rss), mib(peak));
+        }
+    }
+}

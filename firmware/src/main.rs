@@ -1,0 +1,77 @@
+//! `edgedx`: headless inference firmware for exam-room aarch64 boards.
+//!
+//! `main` parses the command line, sets up logging and the panic policy once, and hands
+//! typed arguments to the command modules. Exit codes: 0 success, 1 setup error (bundle,
+//! model), 2 some inputs failed or bad usage, 70 internal error. Never 101.
+
+mod classify;
+mod info;
+mod paths;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code for an internal error (sysexits EX_SOFTWARE): a bug, never bad input.
+const EXIT_INTERNAL: u8 = 70;
+
+#[derive(Debug, Parser)]
+#[command(name = "edgedx", version, about = "Headless medical image classifier firmware")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Classify image files (DICOM, PNG, JPEG, PGM) and print one result per file.
+    Classify(classify::Args),
+    /// Describe a bundle, its models, the kernels tract picked and this CPU.
+    Info(info::Args),
+}
+
+/// Which model of the bundle to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    Int8,
+    Fp32,
+}
+
+impl PrecisionArg {
+    pub fn variant(self) -> &'static str {
+        match self {
+            PrecisionArg::Int8 => "int8",
+            PrecisionArg::Fp32 => "fp32",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    // Panics from tract and the decoders are caught where they happen and become errors
+    // that name the file; the default hook would also print a backtrace banner to the user.
+    std::panic::set_hook(Box::new(|info| log::debug!("caught panic: {info}")));
+    let cli = Cli::parse();
+    let outcome = std::panic::catch_unwind(|| match cli.command {
+        Command::Classify(args) => classify::run(args),
+        Command::Info(args) => info::run(args),
+    });
+    match outcome {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("edgedx: error: {e:#}");
+            ExitCode::from(1)
+        }
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            eprintln!("edgedx: internal error: {msg} (please report this)");
+            ExitCode::from(EXIT_INTERNAL)
+        }
+    }
+}

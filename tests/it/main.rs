@@ -1,0 +1,7 @@
+//! edgedx integration suite: drives the real binary and the real libraries against real
+//! models and real DICOM files. Runs natively and, for aarch64, under qemu-aarch64.
+
+mod classify;
+mod golden;
+mod util;
+mod vgg16;

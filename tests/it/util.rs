@@ -1,0 +1,86 @@
+//! Test helpers: locate the real edgedx binary, start it (through qemu when the tests are
+//! the aarch64 build), and find the shared fixtures beside the project.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (tests/..).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The default bundle in the source tree.
+pub fn default_bundle() -> PathBuf {
+    root().join("models/brain-mri-4class")
+}
+
+/// ../shared, or EDGEDX_SHARED_DIR. `None` (with a message on stderr) when absent, so the
+/// caller can skip loudly instead of passing silently.
+pub fn shared(sub: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("EDGEDX_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared"));
+    let path = base.join(sub);
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!("SKIPPED: {} not found (set EDGEDX_SHARED_DIR)", path.display());
+        None
+    }
+}
+
+/// The edgedx binary cargo built for this test run (same target as the tests).
+pub fn edgedx_exe() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_edgedx"))
+}
+
+/// A command that runs the real binary; under EDGEDX_TEST_RUNNER (e.g. the qemu-aarch64
+/// runner) when set, since an aarch64 child cannot be exec'd directly here.
+pub fn edgedx() -> Command {
+    let exe = edgedx_exe();
+    match std::env::var("EDGEDX_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = Command::new(parts.next().expect("non-empty runner"));
+            cmd.args(parts).arg(exe);
+            cmd
+        }
+        _ => Command::new(exe),
+    }
+}
+
+/// Runs edgedx with `args` and returns its output; panics with stderr when it could not start.
+pub fn run(args: &[&str]) -> Output {
+    edgedx()
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("start edgedx")
+}
+
+/// Parses stdout as JSON lines.
+pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// A python with onnxruntime, onnx and numpy (tests/run.sh makes one), or None with a message.
+pub fn reference_python() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("EDGEDX_TEST_PYTHON").map(PathBuf::from),
+        Some(root().join(".cache/venv/bin/python")),
+    ];
+    for c in candidates.into_iter().flatten() {
+        if c.is_file() {
+            return Some(c);
+        }
+    }
+    eprintln!("SKIPPED: no python with onnxruntime (run tests/run.sh, which makes .cache/venv)");
+    None
+}

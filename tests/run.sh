@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing, then runs formatting, lint, the host
+# suite and the whole suite for aarch64 under qemu-aarch64. Safe to rerun.
+#
+#   tests/run.sh            everything (what CI runs)
+#   tests/run.sh host       skip the aarch64 half (quicker local loop)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TARGET=aarch64-unknown-linux-gnu
+scope=${1:-all}
+
+log() { printf '\n=== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
+
+install_system_packages() {
+    local need=()
+    command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
+    command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
+    [ -e /usr/aarch64-linux-gnu/lib/libc.so.6 ] || need+=(libc6-dev-arm64-cross)
+    command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
+    command -v cmake >/dev/null || need+=(cmake)
+    command -v g++ >/dev/null || need+=(g++)
+    python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+    [ ${#need[@]} -eq 0 ] && return 0
+    log "installing ${need[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    # Debian's docker-clean apt hook can fail the first attempt ("cannot access archive").
+    for attempt in 1 2 3; do
+        if $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"; then
+            return 0
+        fi
+        echo "apt-get failed (attempt $attempt), retrying" >&2
+        sleep 2
+    done
+    echo "could not install ${need[*]}" >&2
+    return 1
+}
+
+install_rust_parts() {
+    rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
+    rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+    rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+}
+
+# onnxruntime is the numeric reference for the tests that need one (the VGG16 check);
+# it lives in a venv under .cache, which git ignores.
+install_python_reference() {
+    local venv="$ROOT/.cache/venv"
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import onnxruntime, onnx, numpy' 2>/dev/null; then
+        log "creating the onnxruntime reference venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+    fi
+    export EDGEDX_TEST_PYTHON="$venv/bin/python"
+}
+
+install_system_packages
+install_rust_parts
+install_python_reference
+export EDGEDX_SHARED_DIR="${EDGEDX_SHARED_DIR:-$ROOT/../shared}"
+[ -d "$EDGEDX_SHARED_DIR" ] || echo "NOTE: $EDGEDX_SHARED_DIR is absent: tests that need real DICOM files and the VGG16 will say SKIPPED"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "clippy (host)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "tests (host)"
+cargo test --workspace --locked
+
+if [ "$scope" = "host" ]; then
+    log "host only: aarch64 half skipped on request"
+    exit 0
+fi
+
+log "clippy ($TARGET)"
+cargo clippy --workspace --all-targets --locked --target "$TARGET" -- -D warnings
+
+log "tests ($TARGET under qemu-aarch64)"
+# Tests that start the edgedx binary must go through qemu too (no binfmt_misc here).
+export EDGEDX_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+cargo test --workspace --locked --target "$TARGET"
+
+log "all passed"
