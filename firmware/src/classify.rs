@@ -224,7 +224,10 @@ fn read_bounded(file: &Path, max: u64) -> Result<Vec<u8>, ErrorBody> {
     if bytes.len() as u64 > max {
         return Err(ErrorBody {
             kind: "too_large",
-            message: format!("{}: file grew past the limit of {max} bytes", file.display()),
+            message: format!(
+                "{}: file grew past the limit of {max} bytes",
+                file.display()
+            ),
         });
     }
     Ok(bytes)

@@ -162,9 +162,14 @@ fn print_text(info: &Info) {
     if let Some(c) = &b.clinical_use {
         println!("           {c}");
     }
-    println!("task       {} over {} labels: {}", b.task, b.labels.len(), b.labels.join(", "));
     println!(
-        "input      {:?} {} {}x{}x{} {:?} mean {:?} std {:?}",
+        "task       {} over {} labels: {}",
+        b.task,
+        b.labels.len(),
+        b.labels.join(", ")
+    );
+    println!(
+        "input      {:?} {} {}x{}x{} {} mean {:?} std {:?}",
         b.input.tensor,
         b.input.layout,
         b.input.height,
@@ -174,14 +179,18 @@ fn print_text(info: &Info) {
         b.input.mean,
         b.input.std
     );
-    println!("output     {:?} ({:?})", b.output.tensor, b.output.kind);
+    println!("output     {:?} ({})", b.output.tensor, b.output.kind);
     for f in &b.files {
         println!(
-            "file       {:<9} {:<16} {} {:?}  sha256 {}",
+            "file       {:<9} {:<16} {} {:<9} sha256 {}",
             f.variant, f.file, f.precision, f.quantization, f.sha256
         );
     }
-    println!("cpu        {} [{}]", info.cpu.arch, info.cpu.features.join(" "));
+    println!(
+        "cpu        {} [{}]",
+        info.cpu.arch,
+        info.cpu.features.join(" ")
+    );
     println!("preprocess {}", info.preprocess_kernel);
     for m in &info.models {
         println!(
@@ -195,7 +204,11 @@ fn print_text(info: &Info) {
         let ops: Vec<String> = m.ops.iter().map(|(n, c)| format!("{n}x{c}")).collect();
         println!("  ops      {}", ops.join(" "));
         if let (Some(rss), Some(peak)) = (m.rss_after_load, m.peak_rss) {
-            println!("  memory   rss after load {}, peak so far {}", mib(rss), mib(peak));
+            println!(
+                "  memory   rss after load {}, peak so far {}",
+                mib(rss),
+                mib(peak)
+            );
         }
     }
 }

@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 const EXIT_INTERNAL: u8 = 70;
 
 #[derive(Debug, Parser)]
-#[command(name = "edgedx", version, about = "Headless medical image classifier firmware")]
+#[command(
+    name = "edgedx",
+    version,
+    about = "Headless medical image classifier firmware"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

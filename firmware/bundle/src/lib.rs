@@ -146,6 +146,34 @@ pub enum Quantization {
     Qdq,
 }
 
+impl fmt::Display for Quantization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Quantization::None => "none",
+            Quantization::Qoperator => "qoperator",
+            Quantization::Qdq => "qdq",
+        })
+    }
+}
+
+impl fmt::Display for Colour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Colour::Grey => "grey",
+            Colour::Rgb => "rgb",
+        })
+    }
+}
+
+impl fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OutputKind::Logits => "logits",
+            OutputKind::Probabilities => "probabilities",
+        })
+    }
+}
+
 /// The model's image input: what preprocessing must produce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -372,7 +400,10 @@ fn validate(m: &Manifest) -> Result<(), FieldError> {
     if b.task != "image-classification" {
         return Err(bad(
             "bundle.task",
-            format!("{:?} is not supported (only \"image-classification\")", b.task),
+            format!(
+                "{:?} is not supported (only \"image-classification\")",
+                b.task
+            ),
         ));
     }
     if b.labels.len() < 2 {
@@ -521,8 +552,8 @@ quantization = "none"
 
     #[test]
     fn model_file_cannot_escape_the_bundle() {
-        let err = open_with(&GOOD.replace("file = \"int8.onnx\"", "file = \"../x.onnx\""))
-            .unwrap_err();
+        let err =
+            open_with(&GOOD.replace("file = \"int8.onnx\"", "file = \"../x.onnx\"")).unwrap_err();
         assert!(err.to_string().contains("models.int8.file"), "{err}");
     }
 

@@ -101,9 +101,11 @@ pub struct Built {
 /// Parses and optimises the model. May panic inside tract on malformed graphs: callers run
 /// it under `catch_unwind`.
 pub fn build(bytes: &[u8], target: &Target) -> Result<Built, EngineError> {
-    let proto = pb::ModelProto::decode(bytes).map_err(|e| load_err(format!(
-        "protobuf decoding failed ({e}); the file is truncated or not ONNX"
-    )))?;
+    let proto = pb::ModelProto::decode(bytes).map_err(|e| {
+        load_err(format!(
+            "protobuf decoding failed ({e}); the file is truncated or not ONNX"
+        ))
+    })?;
     check_declared_input(&proto, target)?;
 
     let (typed, strategy, strategy_note) = match type_then_bind(&proto, target) {
@@ -168,7 +170,13 @@ fn check_declared_input(proto: &pb::ModelProto, target: &Target) -> Result<(), E
         .iter()
         .filter(|i| !initializers.contains(&i.name.as_str()))
         .collect();
-    let names = || inputs.iter().map(|i| i.name.clone()).collect::<Vec<_>>().join(", ");
+    let names = || {
+        inputs
+            .iter()
+            .map(|i| i.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if inputs.len() != 1 {
         return Err(load_err(format!(
             "expected one image input, the graph has {} ({})",
@@ -187,7 +195,12 @@ fn check_declared_input(proto: &pb::ModelProto, target: &Target) -> Result<(), E
         return Err(load_err(format!(
             "the manifest's output tensor {:?} is not a graph output (outputs: {})",
             target.output_tensor,
-            graph.output.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+            graph
+                .output
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     let Some(pb::type_proto::Value::TensorType(tensor)) =
@@ -236,9 +249,15 @@ fn parse(proto: &pb::ModelProto, target: &Target) -> TractResult<InferenceModel>
         .output_outlets()?
         .iter()
         .copied()
-        .find(|o| model.outlet_label(*o) == Some(target.output_tensor) || model.node(o.node).name == target.output_tensor)
+        .find(|o| {
+            model.outlet_label(*o) == Some(target.output_tensor)
+                || model.node(o.node).name == target.output_tensor
+        })
         .ok_or_else(|| {
-            TractError::msg(format!("output {:?} not found after parsing", target.output_tensor))
+            TractError::msg(format!(
+                "output {:?} not found after parsing",
+                target.output_tensor
+            ))
         })?;
     model.select_output_outlets(&[output])?;
     Ok(model)
