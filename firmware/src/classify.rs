@@ -1,6 +1,6 @@
 //! `edgedx classify`: one result per file, as text or JSON lines, never stopping at a bad file.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -143,7 +143,11 @@ fn classify_one<'m>(
     tensor: &mut [f32],
 ) -> Result<Classified<'m>, ErrorBody> {
     let name = file.display().to_string();
-    let bytes = read_bounded(file, limits.max_file_bytes)?;
+    // Read here rather than in ingest so the bytes that are hashed are the bytes decoded.
+    let bytes = edgedx_ingest::read_capped(file, limits).map_err(|e| ErrorBody {
+        kind: e.kind().as_str(),
+        message: e.to_string(),
+    })?;
     let started = Instant::now();
     let image = edgedx_ingest::load_bytes(&bytes, &name, limits).map_err(|e| ErrorBody {
         kind: e.kind().as_str(),
@@ -199,36 +203,4 @@ fn classify_one<'m>(
         latency_ms: (finished - preprocessed).as_secs_f64() * 1e3,
         preprocess_ms: (preprocessed - started).as_secs_f64() * 1e3,
     })
-}
-
-/// Reads a whole file, refusing it before reading when it is larger than `max` bytes.
-fn read_bounded(file: &Path, max: u64) -> Result<Vec<u8>, ErrorBody> {
-    let io = |e: std::io::Error| ErrorBody {
-        kind: "io",
-        message: format!("{}: {e}", file.display()),
-    };
-    let handle = std::fs::File::open(file).map_err(io)?;
-    let len = handle.metadata().map_err(io)?.len();
-    if len > max {
-        return Err(ErrorBody {
-            kind: "too_large",
-            message: format!(
-                "{}: file is {len} bytes, the limit is {max} (--max-file-bytes)",
-                file.display()
-            ),
-        });
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    // The file may grow while we read: never read past the limit.
-    handle.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
-    if bytes.len() as u64 > max {
-        return Err(ErrorBody {
-            kind: "too_large",
-            message: format!(
-                "{}: file grew past the limit of {max} bytes",
-                file.display()
-            ),
-        });
-    }
-    Ok(bytes)
 }

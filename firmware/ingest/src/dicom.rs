@@ -7,7 +7,6 @@
 
 mod scan;
 
-use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -325,7 +324,12 @@ fn prepare(
         DEFLATED_EXPLICIT_VR_LE => (
             Syntax::EXPLICIT_LE,
             EXPLICIT_VR_LE.to_string(),
-            inflate_capped(&bytes[start..], name, limits.max_file_bytes)?,
+            crate::expand_capped(
+                flate2::read::DeflateDecoder::new(&bytes[start..]),
+                "deflated data set",
+                name,
+                limits.max_file_bytes,
+            )?,
         ),
         _ => (
             Syntax::EXPLICIT_LE,
@@ -381,21 +385,6 @@ fn prepare_without_meta(
             reasons[0], reasons[1]
         ),
     })
-}
-
-fn inflate_capped(bytes: &[u8], name: &str, cap: u64) -> Result<Vec<u8>, IngestError> {
-    let mut out = Vec::new();
-    flate2::read::DeflateDecoder::new(bytes)
-        .take(cap + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| IngestError::malformed(name, format!("deflated data set: {e}")))?;
-    if out.len() as u64 > cap {
-        return Err(IngestError::too_large(
-            name,
-            format!("deflated data set expands past max_file_bytes ({cap})"),
-        ));
-    }
-    Ok(out)
 }
 
 /// Image attributes from the pre-scan, checked before any decoder trusts them.

@@ -223,7 +223,12 @@ pub fn load_bytes(bytes: &[u8], name: &str, limits: &Limits) -> Result<Image, In
         ));
     }
     if bytes.starts_with(&GZIP_MAGIC) {
-        let inner = gunzip_capped(bytes, name, limits.max_file_bytes)?;
+        let inner = expand_capped(
+            flate2::read::GzDecoder::new(bytes),
+            "gzip stream",
+            name,
+            limits.max_file_bytes,
+        )?;
         if inner.starts_with(&GZIP_MAGIC) {
             // One level is what archives produce; nesting only serves bombs.
             return Err(IngestError::malformed(name, "gzip inside gzip"));
@@ -264,7 +269,9 @@ pub fn sniff(bytes: &[u8]) -> Option<SourceFormat> {
     }
 }
 
-pub(crate) fn read_capped(path: &Path, limits: &Limits) -> Result<Vec<u8>, IngestError> {
+/// Reads a whole file, refusing it before reading when it is larger than
+/// `limits.max_file_bytes` (and never reading past the limit if it grows meanwhile).
+pub fn read_capped(path: &Path, limits: &Limits) -> Result<Vec<u8>, IngestError> {
     let name = path.display().to_string();
     let io = |source| IngestError::Io {
         name: name.clone(),
@@ -299,17 +306,23 @@ pub(crate) fn read_capped(path: &Path, limits: &Limits) -> Result<Vec<u8>, Inges
     Ok(bytes)
 }
 
-/// Inflates a gzip stream, refusing output larger than `cap`.
-fn gunzip_capped(bytes: &[u8], name: &str, cap: u64) -> Result<Vec<u8>, IngestError> {
+/// Reads a decompressing stream (`what` names it in errors), refusing output larger than
+/// `cap`: a small compressed file must not expand into gigabytes.
+pub(crate) fn expand_capped(
+    stream: impl Read,
+    what: &str,
+    name: &str,
+    cap: u64,
+) -> Result<Vec<u8>, IngestError> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
+    stream
         .take(cap + 1)
         .read_to_end(&mut out)
-        .map_err(|e| IngestError::malformed(name, format!("gzip stream: {e}")))?;
+        .map_err(|e| IngestError::malformed(name, format!("{what}: {e}")))?;
     if out.len() as u64 > cap {
         return Err(IngestError::too_large(
             name,
-            format!("gzip content expands past max_file_bytes ({cap})"),
+            format!("{what} expands past max_file_bytes ({cap})"),
         ));
     }
     Ok(out)
