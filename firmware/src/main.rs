@@ -2,9 +2,11 @@
 //!
 //! `main` parses the command line, sets up logging and the panic policy once, and hands
 //! typed arguments to the command modules. Exit codes: 0 success, 1 setup error (bundle,
-//! model), 2 some inputs failed or bad usage, 70 internal error. Never 101.
+//! model), 2 some inputs failed or bad usage, 3 the accuracy gate rejected the model,
+//! 70 internal error. Never 101.
 
 mod classify;
+mod gate;
 mod info;
 mod paths;
 
@@ -32,6 +34,8 @@ enum Command {
     Classify(classify::Args),
     /// Describe a bundle, its models, the kernels tract picked and this CPU.
     Info(info::Args),
+    /// Accuracy gate: compare int8 with fp32 on a labelled set; approve or reject int8.
+    Gate(gate::Args),
 }
 
 /// Which model of the bundle to run.
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
     let outcome = std::panic::catch_unwind(|| match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Info(args) => info::run(args),
+        Command::Gate(args) => gate::run(args),
     });
     match outcome {
         Ok(Ok(code)) => code,

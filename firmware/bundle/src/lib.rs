@@ -261,6 +261,120 @@ pub struct Manifest {
     /// Evaluation written by the pipeline; kept as data, not interpreted here.
     #[serde(default)]
     pub evaluation: Option<toml::Table>,
+    /// Accuracy-gate thresholds; absent means the defaults (1 point each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateThresholds>,
+    /// The last accuracy-gate record, written by `edgedx gate --write`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// The loosest threshold the accuracy gate accepts (1 point, as a fraction): a bundle may
+/// ask for a stricter gate but never a looser one.
+pub const MAX_GATE_DROP: f64 = 0.01;
+
+/// `[gate]`: how much int8 may lose against fp32 before the gate rejects it. Fractions
+/// in [0, [`MAX_GATE_DROP`]].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateThresholds {
+    /// Largest allowed fp32 accuracy minus int8 accuracy.
+    #[serde(default = "default_gate_drop")]
+    pub max_accuracy_drop: f64,
+    /// Largest allowed fp32 recall minus int8 recall, for every class.
+    #[serde(default = "default_gate_drop")]
+    pub max_recall_drop: f64,
+}
+
+fn default_gate_drop() -> f64 {
+    MAX_GATE_DROP
+}
+
+impl Default for GateThresholds {
+    fn default() -> Self {
+        GateThresholds {
+            max_accuracy_drop: MAX_GATE_DROP,
+            max_recall_drop: MAX_GATE_DROP,
+        }
+    }
+}
+
+/// Verdict of an accuracy-gate run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Approved,
+    Rejected,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Approved => "approved",
+            Verdict::Rejected => "rejected",
+        })
+    }
+}
+
+/// `[approval]`: what the accuracy gate measured and decided for one exact int8 file.
+/// `serve` trusts an int8 model only when `verdict` is approved and `int8_sha256` is the
+/// sha256 of the file it maps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    pub verdict: Verdict,
+    /// sha256 of the int8 file the gate ran (the exact file approved or rejected).
+    pub int8_sha256: String,
+    /// sha256 of the fp32 file it was compared with.
+    pub fp32_sha256: String,
+    /// Hash of the labelled set (definition in models/BUNDLE.md).
+    pub dataset_sha256: String,
+    /// Images evaluated.
+    pub images: u64,
+    /// Images that could not be read (any makes the verdict a rejection).
+    pub failed_images: u64,
+    /// Thresholds in force for this run.
+    pub max_accuracy_drop: f64,
+    pub max_recall_drop: f64,
+    pub fp32_accuracy: f64,
+    pub int8_accuracy: f64,
+    /// Per label, in the bundle's label order.
+    pub fp32_recall: Vec<f64>,
+    pub int8_recall: Vec<f64>,
+    /// Fraction of images where int8 and fp32 predict different classes.
+    pub disagreement: f64,
+    /// int8 predictions identical with batch 1, 2 and 4.
+    pub batch_invariant: bool,
+    pub batch_mismatches: u64,
+    pub batch_max_probability_difference: f64,
+    /// Why the gate rejected (empty when approved).
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// "edgedx <version>".
+    pub tool: String,
+    /// UTC, ISO-8601 (`YYYY-MM-DDTHH:MM:SSZ`).
+    pub date: String,
+}
+
+impl Manifest {
+    /// Parses and validates manifest text; `path` only names the source in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Manifest, BundleError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| BundleError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        validate(&manifest).map_err(|(field, message)| BundleError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        })?;
+        Ok(manifest)
+    }
+
+    /// The gate thresholds in force: the bundle's `[gate]`, else the defaults.
+    pub fn gate_thresholds(&self) -> GateThresholds {
+        self.gate.unwrap_or_default()
+    }
 }
 
 /// A validated bundle on disk.
@@ -276,15 +390,7 @@ impl Bundle {
         let dir = dir.as_ref().to_path_buf();
         let path = dir.join(MANIFEST_FILE);
         let text = read_small_text(&path)?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        validate(&manifest).map_err(|(field, message)| BundleError::Invalid {
-            path: path.clone(),
-            field,
-            message,
-        })?;
+        let manifest = Manifest::from_toml_str(&text, &path)?;
         Ok(Bundle { dir, manifest })
     }
 
@@ -476,6 +582,39 @@ fn validate(m: &Manifest) -> Result<(), FieldError> {
             ));
         }
     }
+    if let Some(gate) = &m.gate {
+        for (field, v) in [
+            ("gate.max_accuracy_drop", gate.max_accuracy_drop),
+            ("gate.max_recall_drop", gate.max_recall_drop),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(bad(field, format!("{v} must be a fraction >= 0")));
+            }
+            if v > MAX_GATE_DROP {
+                return Err(bad(
+                    field,
+                    format!("{v} would loosen the accuracy gate beyond {MAX_GATE_DROP} (1 point); only stricter thresholds are allowed"),
+                ));
+            }
+        }
+    }
+    if let Some(a) = &m.approval {
+        for (field, hash) in [
+            ("approval.int8_sha256", &a.int8_sha256),
+            ("approval.fp32_sha256", &a.fp32_sha256),
+            ("approval.dataset_sha256", &a.dataset_sha256),
+        ] {
+            if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad(field, "must be 64 hex digits"));
+            }
+        }
+        if a.fp32_recall.len() != b.labels.len() || a.int8_recall.len() != b.labels.len() {
+            return Err(bad(
+                "approval.fp32_recall/int8_recall",
+                format!("needs one value per label ({})", b.labels.len()),
+            ));
+        }
+    }
     for required in ["int8", "fp32"] {
         if !m.models.contains_key(required) {
             return Err(bad(
@@ -576,6 +715,65 @@ quantization = "none"
             ..m.clone()
         };
         assert!(verify_bytes(Path::new("x"), &ok, b"x").is_ok());
+    }
+
+    #[test]
+    fn gate_thresholds_default_to_one_point() {
+        let b = open_with(GOOD).unwrap();
+        assert_eq!(b.manifest().gate_thresholds(), GateThresholds::default());
+        let b = open_with(&format!("{GOOD}[gate]\nmax_recall_drop = 0.005\n")).unwrap();
+        let t = b.manifest().gate_thresholds();
+        assert_eq!((t.max_accuracy_drop, t.max_recall_drop), (0.01, 0.005));
+    }
+
+    #[test]
+    fn a_looser_gate_is_refused() {
+        let err = open_with(&format!("{GOOD}[gate]\nmax_accuracy_drop = 0.02\n")).unwrap_err();
+        assert!(err.to_string().contains("gate.max_accuracy_drop"), "{err}");
+        assert!(err.to_string().contains("loosen"), "{err}");
+        let err = open_with(&format!("{GOOD}[gate]\nmax_recall_drop = -0.1\n")).unwrap_err();
+        assert!(err.to_string().contains("gate.max_recall_drop"), "{err}");
+        let err = open_with(&format!("{GOOD}[gate]\nmax_drop = 0.001\n")).unwrap_err();
+        assert!(err.to_string().contains("max_drop"), "{err}");
+    }
+
+    #[test]
+    fn approval_round_trips() {
+        let approval = Approval {
+            verdict: Verdict::Approved,
+            int8_sha256: "a".repeat(64),
+            fp32_sha256: "b".repeat(64),
+            dataset_sha256: "c".repeat(64),
+            images: 40,
+            failed_images: 0,
+            max_accuracy_drop: 0.01,
+            max_recall_drop: 0.01,
+            fp32_accuracy: 0.9,
+            int8_accuracy: 0.9,
+            fp32_recall: vec![1.0, 0.8],
+            int8_recall: vec![1.0, 0.8],
+            disagreement: 0.0,
+            batch_invariant: true,
+            batch_mismatches: 0,
+            batch_max_probability_difference: 1e-6,
+            reasons: vec![],
+            tool: "edgedx 0.1.0".into(),
+            date: "2026-01-01T00:00:00Z".into(),
+        };
+        let mut m = open_with(GOOD).unwrap().manifest().clone();
+        m.approval = Some(approval.clone());
+        let text = toml::to_string(&m).unwrap();
+        let back = Manifest::from_toml_str(&text, Path::new("m.toml")).unwrap();
+        assert_eq!(back.approval, Some(approval));
+        let err = Manifest::from_toml_str(
+            &text.replace(
+                "verdict = \"approved\"",
+                "verdict = \"approved\"\nextra = 1",
+            ),
+            Path::new("m.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
     }
 
     #[test]
