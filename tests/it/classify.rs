@@ -127,37 +127,6 @@ fn oversized_images_are_refused_before_decoding() {
     assert_eq!(lines[0]["error"]["kind"], "too_large", "{}", lines[0]);
 }
 
-/// Copies the default bundle's manifest and models into a temp dir so a test can damage them.
-fn copy_bundle() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(util::default_bundle()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    dir
-}
-
-fn sha256_file(path: &Path) -> String {
-    edgedx_bundle::sha256_hex(&std::fs::read(path).unwrap())
-}
-
-/// Points the manifest's int8 entry at the current bytes of int8.onnx (as a re-signed,
-/// but broken, bundle would).
-fn rehash_int8(dir: &Path) {
-    let manifest = dir.join("manifest.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    let old = edgedx_bundle::Bundle::open(dir)
-        .unwrap()
-        .variant("int8")
-        .unwrap()
-        .sha256
-        .clone();
-    let new = sha256_file(&dir.join("int8.onnx"));
-    std::fs::write(&manifest, text.replace(&old, &new)).unwrap();
-}
-
 fn assert_clean_failure(out: &std::process::Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "setup errors exit 1: {stderr}");
@@ -175,22 +144,22 @@ fn truncated_and_malformed_models_give_a_clear_error() {
     let bytes = std::fs::read(&int8).unwrap();
     // Truncations at several depths hit different failure paths (protobuf, graph, weights).
     for cut in [16, bytes.len() / 3, bytes.len() - 100] {
-        let dir = copy_bundle();
+        let dir = util::copy_bundle();
         std::fs::write(dir.path().join("int8.onnx"), &bytes[..cut]).unwrap();
-        rehash_int8(dir.path());
+        util::rehash(dir.path(), "int8");
         let bundle = dir.path().display().to_string();
         let mut args = vec!["classify", "--bundle", bundle.as_str()];
         args.extend(sample.iter().map(String::as_str));
         let out = util::run(&args);
         assert_clean_failure(&out, "int8.onnx");
     }
-    let dir = copy_bundle();
+    let dir = util::copy_bundle();
     std::fs::write(
         dir.path().join("int8.onnx"),
         b"definitely not protobuf \xff\xff\xff\xff",
     )
     .unwrap();
-    rehash_int8(dir.path());
+    util::rehash(dir.path(), "int8");
     let bundle = dir.path().display().to_string();
     let out = util::run(&["info", "--bundle", &bundle]);
     assert_clean_failure(&out, "not a loadable ONNX model");
@@ -198,7 +167,7 @@ fn truncated_and_malformed_models_give_a_clear_error() {
 
 #[test]
 fn a_model_file_changed_after_approval_is_refused() {
-    let dir = copy_bundle();
+    let dir = util::copy_bundle();
     let int8 = dir.path().join("int8.onnx");
     let mut bytes = std::fs::read(&int8).unwrap();
     let last = bytes.len() - 1;

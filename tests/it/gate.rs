@@ -82,28 +82,6 @@ fn dataset() -> tempfile::TempDir {
     dir
 }
 
-/// Copies the default bundle's files (not samples/) into a temp dir.
-fn copy_bundle() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(util::default_bundle()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    dir
-}
-
-/// Replaces the manifest's sha256 of `variant` with the sha256 of its file as it is now.
-fn rehash(dir: &Path, variant: &str) {
-    let bundle = edgedx_bundle::Bundle::open(dir).unwrap();
-    let entry = bundle.variant(variant).unwrap();
-    let new = edgedx_bundle::sha256_hex(&std::fs::read(dir.join(&entry.file)).unwrap());
-    let manifest = dir.join("manifest.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace(&entry.sha256, &new)).unwrap();
-}
-
 fn gate(bundle: &Path, dataset: &Path, extra: &[&str]) -> (Output, Value) {
     let mut args = vec![
         "gate",
@@ -201,14 +179,14 @@ fn the_default_bundle_is_approved_on_the_pipeline_test_split() {
 
 #[test]
 fn a_damaged_int8_model_is_rejected_with_the_reason() {
-    let bundle = copy_bundle();
+    let bundle = util::copy_bundle();
     let int8 = bundle.path().join("int8.onnx");
     let damaged = bundle.path().join("int8-damaged.onnx");
     if !python_script("damage_int8.py", &[&int8, &damaged]) {
         return;
     }
     std::fs::rename(&damaged, &int8).unwrap();
-    rehash(bundle.path(), "int8");
+    util::rehash(bundle.path(), "int8");
     let data = dataset();
     let (out, report) = gate(bundle.path(), data.path(), &[]);
     assert_eq!(report["verdict"], "rejected");
@@ -222,7 +200,7 @@ fn a_damaged_int8_model_is_rejected_with_the_reason() {
 
 #[test]
 fn a_model_whose_output_depends_on_the_batch_size_is_rejected() {
-    let bundle = copy_bundle();
+    let bundle = util::copy_bundle();
     let model = bundle.path().join("batch-dependent.onnx");
     if !python_script("batch_dependent_model.py", &[&model]) {
         return;
@@ -231,8 +209,8 @@ fn a_model_whose_output_depends_on_the_batch_size_is_rejected() {
     for file in ["int8.onnx", "fp32.onnx"] {
         std::fs::copy(&model, bundle.path().join(file)).unwrap();
     }
-    rehash(bundle.path(), "int8");
-    rehash(bundle.path(), "fp32");
+    util::rehash(bundle.path(), "int8");
+    util::rehash(bundle.path(), "fp32");
     let data = dataset();
     let (out, report) = gate(bundle.path(), data.path(), &[]);
     assert_eq!(report["verdict"], "rejected");
@@ -248,7 +226,7 @@ fn a_model_whose_output_depends_on_the_batch_size_is_rejected() {
 fn write_records_the_approval_in_the_manifest() {
     let shipped_default =
         std::fs::read_to_string(util::default_bundle().join("manifest.toml")).unwrap();
-    let bundle = copy_bundle();
+    let bundle = util::copy_bundle();
     let data = dataset();
     let manifest = bundle.path().join("manifest.toml");
     // Start from a bundle that was never gated (the shipped one carries its approval).
@@ -349,7 +327,7 @@ fn an_unreadable_image_rejects_and_is_listed() {
 
 #[test]
 fn a_looser_gate_in_the_manifest_is_refused() {
-    let bundle = copy_bundle();
+    let bundle = util::copy_bundle();
     let manifest = bundle.path().join("manifest.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text + "\n[gate]\nmax_accuracy_drop = 0.05\n").unwrap();

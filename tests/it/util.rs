@@ -17,6 +17,29 @@ pub fn default_bundle() -> PathBuf {
     root().join("models/brain-mri-4class")
 }
 
+/// Copies the default bundle's files (not samples/) into a temp dir so a test can damage them.
+pub fn copy_bundle() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(default_bundle()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// Points the manifest's entry for `variant` at the file's current bytes, as a bundle
+/// re-hashed (but broken) by its maker would be.
+pub fn rehash(dir: &Path, variant: &str) {
+    let bundle = edgedx_bundle::Bundle::open(dir).unwrap();
+    let entry = bundle.variant(variant).unwrap();
+    let new = edgedx_bundle::sha256_hex(&std::fs::read(dir.join(&entry.file)).unwrap());
+    let manifest = dir.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace(&entry.sha256, &new)).unwrap();
+}
+
 /// ../shared, or EDGEDX_SHARED_DIR. `None` (with a message on stderr) when absent, so the
 /// caller can skip loudly instead of passing silently.
 pub fn shared(sub: &str) -> Option<PathBuf> {
