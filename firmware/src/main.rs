@@ -6,9 +6,11 @@
 //! 70 internal error. Never 101.
 
 mod classify;
+mod demo;
 mod gate;
 mod info;
 mod paths;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,14 @@ enum Command {
     Info(info::Args),
     /// Accuracy gate: compare int8 with fp32 on a labelled set; approve or reject int8.
     Gate(gate::Args),
+    /// Run the daemon: links, spool, camera, outbox, inference workers.
+    Serve(serve::Args),
+    /// Start the daemon on a temporary socket and spool, feed it the bundled samples, print
+    /// each result as a client receives it, and exit.
+    Demo(demo::Args),
+    /// Inference worker process (started by `serve`; speaks a private pipe protocol).
+    #[command(hide = true)]
+    Worker(serve::worker::Args),
 }
 
 /// Which model of the bundle to run.
@@ -66,6 +76,9 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Info(args) => info::run(args),
         Command::Gate(args) => gate::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Worker(args) => serve::worker::run(args),
     });
     match outcome {
         Ok(Ok(code)) => code,

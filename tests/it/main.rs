@@ -2,6 +2,7 @@
 //! models and real DICOM files. Runs natively and, for aarch64, under qemu-aarch64.
 
 mod classify;
+mod daemon;
 mod gate;
 mod golden;
 mod util;

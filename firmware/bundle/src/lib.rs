@@ -267,6 +267,27 @@ pub struct Manifest {
     /// The last accuracy-gate record, written by `edgedx gate --write`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Measured memory need of each model variant, keyed like `[models]`, written by
+    /// `edgedx info --memory --write`. The daemon's memory gate reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<BTreeMap<String, MemoryNeed>>,
+}
+
+/// `[memory.<variant>]`: what one worker process serving this variant used, measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryNeed {
+    /// Peak resident set of a worker from start to the end of its first inferences (VmHWM).
+    pub peak_rss_bytes: u64,
+    /// Resident set after load and warm-up, while idle.
+    pub steady_rss_bytes: u64,
+    /// Peak of the private heap (RLIMIT_DATA accounting) while loading.
+    #[serde(default)]
+    pub load_peak_bytes: u64,
+    /// Target the figures were measured on, e.g. "aarch64-unknown-linux-gnu (qemu cortex-a76)".
+    pub measured_on: String,
+    /// UTC date of the measurement.
+    pub date: String,
 }
 
 /// The loosest threshold the accuracy gate accepts (1 point, as a fraction): a bundle may

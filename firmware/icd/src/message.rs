@@ -210,6 +210,8 @@ pub enum FallbackReason {
     LoadFailed,
     /// An operator forced fp32.
     Operator,
+    /// The int8 model has no valid accuracy-gate approval for its exact file.
+    Unapproved,
     /// A code this version does not know.
     Other(u16),
 }
@@ -223,6 +225,7 @@ impl From<u16> for FallbackReason {
             4 => FallbackReason::InvalidOutput,
             5 => FallbackReason::LoadFailed,
             6 => FallbackReason::Operator,
+            7 => FallbackReason::Unapproved,
             other => FallbackReason::Other(other),
         }
     }
@@ -237,6 +240,7 @@ impl From<FallbackReason> for u16 {
             FallbackReason::InvalidOutput => 4,
             FallbackReason::LoadFailed => 5,
             FallbackReason::Operator => 6,
+            FallbackReason::Unapproved => 7,
             FallbackReason::Other(code) => code,
         }
     }

@@ -1,0 +1,510 @@
+//! The inference dispatcher: one thread that owns the worker processes, runs queued jobs
+//! one at a time, enforces the per-request deadline, validates every answer, and decides
+//! between int8, a retry on a fresh worker, the fp32 fallback, or an explicit error.
+//!
+//! It never returns a silent wrong answer: a job ends either with probabilities that passed
+//! validation, labelled with the model that produced them and why that model, or with an
+//! error code the requester sees.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgedx_icd::{ErrorCode, FallbackReason, Precision, PrecisionReason};
+
+use super::ipc::Outcome;
+use super::worker_handle::{Worker, WorkerFailure, WorkerSpec};
+use crate::PrecisionArg;
+
+/// One image to classify.
+#[derive(Debug)]
+pub struct Job {
+    pub id: u64,
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A validated classification.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    pub probabilities: Vec<f32>,
+    pub latency_us: u64,
+    pub precision: Precision,
+    pub reason: PrecisionReason,
+    pub model_sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub struct JobError {
+    pub code: ErrorCode,
+    pub text: String,
+}
+
+#[derive(Debug)]
+pub struct Completed {
+    pub id: u64,
+    pub result: Result<Classified, JobError>,
+}
+
+/// Something the audit log must record.
+#[derive(Debug, Clone)]
+pub enum Transition {
+    WorkerStarted { precision: &'static str, pid: u32, load_ms: u64, warmup_ms: f64, rss_bytes: u64 },
+    WorkerFailed { precision: &'static str, failure: String },
+    FallbackToFp32 { reason: FallbackReason },
+    FallbackRefused { reason: FallbackReason, why: String },
+    BackToInt8,
+    Int8RetryFailed { failure: String },
+}
+
+/// What the dispatcher reports to the supervisor.
+#[derive(Debug)]
+pub enum DispatchEvent {
+    Completed(Completed),
+    Transition(Transition),
+}
+
+/// Live state read by the supervisor for `Status`.
+#[derive(Debug, Clone)]
+pub struct EngineState {
+    pub ready: bool,
+    pub mode: Precision,
+    pub mode_reason: PrecisionReason,
+    pub kernels: String,
+    pub worker_rss_bytes: u64,
+    pub fallbacks: u64,
+    pub worker_restarts: u64,
+    /// Last time the inference loop made progress (finished a job or confirmed an idle,
+    /// healthy worker): the hardware and systemd watchdogs are fed from this.
+    pub progress: Instant,
+    /// Set when fp32 was needed and memory did not allow it.
+    pub alert: Option<String>,
+}
+
+/// Decides whether an fp32 worker may be started now.
+pub trait MemoryGate: Send {
+    /// `Err(why)` when loading fp32 would break the budget or the headroom.
+    fn fp32_allowed(&self) -> Result<(), String>;
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub primary: PrecisionArg,
+    pub retries: u32,
+    pub deadline_factor: f64,
+    pub deadline_floor: Duration,
+    /// Int8 failures within `window` that switch to fp32.
+    pub fallback_after: usize,
+    pub window: Duration,
+    /// Time in fp32 before int8 is tried again; doubled each time int8 fails again soon
+    /// after coming back, so the device never flaps between models.
+    pub cooldown: Duration,
+    pub max_cooldown: Duration,
+    pub classes: usize,
+}
+
+pub struct Dispatcher {
+    int8: WorkerSpec,
+    fp32: WorkerSpec,
+    policy: Policy,
+    gate: Box<dyn MemoryGate>,
+    state: Arc<Mutex<EngineState>>,
+    events: Sender<DispatchEvent>,
+    worker: Option<Worker>,
+    /// Recent int8 failures (for the fallback window).
+    failures: VecDeque<Instant>,
+    /// In fp32 fallback since, with the reason and the current cool-down.
+    fallback: Option<(Instant, FallbackReason)>,
+    cooldown: Duration,
+    returned_at: Option<Instant>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        int8: WorkerSpec,
+        fp32: WorkerSpec,
+        policy: Policy,
+        gate: Box<dyn MemoryGate>,
+        state: Arc<Mutex<EngineState>>,
+        events: Sender<DispatchEvent>,
+    ) -> Dispatcher {
+        let cooldown = policy.cooldown;
+        Dispatcher {
+            int8,
+            fp32,
+            policy,
+            gate,
+            state,
+            events,
+            worker: None,
+            failures: VecDeque::new(),
+            fallback: None,
+            cooldown,
+            returned_at: None,
+        }
+    }
+
+    /// Starts the first worker. `Err` when neither model can serve.
+    pub fn start(&mut self) -> Result<(), String> {
+        let primary = self.policy.primary;
+        match self.spawn(primary) {
+            Ok(()) => Ok(()),
+            Err(failure) if primary == PrecisionArg::Int8 => {
+                let reason = reason_of(&failure);
+                self.note_int8_failure();
+                if let Err(e) = self.enter_fallback(reason) {
+                    return Err(format!("int8 model: {failure}; fp32 fallback: {e}"));
+                }
+                Ok(())
+            }
+            Err(failure) => Err(failure.to_string()),
+        }
+    }
+
+    /// Runs until the job channel closes, then stops the worker.
+    pub fn run(mut self, jobs: Receiver<Job>) {
+        loop {
+            match jobs.recv_timeout(Duration::from_millis(250)) {
+                Ok(job) => {
+                    let completed = self.handle(job);
+                    self.progress();
+                    if self.events.send(DispatchEvent::Completed(completed)).is_err() {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.idle(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+    }
+
+    fn progress(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.progress = Instant::now();
+        }
+    }
+
+    /// Between jobs: replace a worker that died while idle, return to int8 after the
+    /// cool-down, and report progress while healthy.
+    fn idle(&mut self) {
+        if let Some(w) = self.worker.as_mut() {
+            if let Some(failure) = w.has_exited() {
+                let precision = w.precision();
+                self.worker = None;
+                self.transition(Transition::WorkerFailed {
+                    precision: precision.variant(),
+                    failure: failure.to_string(),
+                });
+                if precision == PrecisionArg::Int8 {
+                    self.note_int8_failure();
+                }
+            }
+        }
+        if self.worker.is_none() {
+            let want = if self.fallback.is_some() { PrecisionArg::Fp32 } else { self.policy.primary };
+            if self.spawn(want).is_err() {
+                return;
+            }
+        }
+        if let Some((since, _)) = self.fallback {
+            if since.elapsed() >= self.cooldown {
+                self.try_return_to_int8();
+            }
+        }
+        self.progress();
+    }
+
+    fn handle(&mut self, job: Job) -> Completed {
+        let id = job.id;
+        let result = self.classify(job);
+        Completed { id, result }
+    }
+
+    fn classify(&mut self, job: Job) -> Result<Classified, JobError> {
+        let mut attempts = 0u32;
+        let mut last_failure: Option<WorkerFailure> = None;
+        loop {
+            let precision = if self.fallback.is_some() { PrecisionArg::Fp32 } else { self.policy.primary };
+            if self.worker.as_ref().map(|w| w.precision()) != Some(precision) {
+                if let Some(w) = self.worker.take() {
+                    w.stop();
+                }
+                if let Err(failure) = self.spawn(precision) {
+                    if precision == PrecisionArg::Int8 {
+                        self.note_int8_failure();
+                        last_failure = Some(failure.clone());
+                        if self.maybe_fall_back(&failure) {
+                            continue;
+                        }
+                    }
+                    return Err(self.give_up(&failure, last_failure.as_ref()));
+                }
+            }
+            let worker = self.worker.as_mut().expect("spawned above");
+            let deadline = self
+                .policy
+                .deadline_floor
+                .max(Duration::from_micros(worker.ready().warmup_us).mul_f64(self.policy.deadline_factor));
+            let outcome = worker.classify(job.id, &job.name, job.bytes.clone(), deadline);
+            let failure = match outcome {
+                Ok(Outcome::Scores {
+                    probabilities,
+                    latency_us,
+                    rss_bytes,
+                }) => match validate(&probabilities, self.policy.classes) {
+                    Ok(()) => {
+                        let ready = worker.ready();
+                        let model_sha256 = parse_sha(&ready.model_sha256);
+                        if let Ok(mut s) = self.state.lock() {
+                            s.worker_rss_bytes = rss_bytes;
+                        }
+                        let reason = match (&self.fallback, precision) {
+                            (Some((_, reason)), PrecisionArg::Fp32) if self.policy.primary == PrecisionArg::Int8 => {
+                                PrecisionReason::Fallback { reason: *reason }
+                            }
+                            _ => PrecisionReason::Normal,
+                        };
+                        return Ok(Classified {
+                            probabilities,
+                            latency_us,
+                            precision: match precision {
+                                PrecisionArg::Int8 => Precision::Int8,
+                                PrecisionArg::Fp32 => Precision::Fp32,
+                            },
+                            reason,
+                            model_sha256,
+                        });
+                    }
+                    Err(why) => {
+                        worker.kill();
+                        WorkerFailure::Broken(format!("invalid output: {why}"))
+                    }
+                },
+                Ok(Outcome::InputRejected { kind, message }) => {
+                    let code = match kind.as_str() {
+                        "too_large" => ErrorCode::TooLarge,
+                        "unsupported" => ErrorCode::Unsupported,
+                        _ => ErrorCode::DecodeFailed,
+                    };
+                    return Err(JobError { code, text: message });
+                }
+                Ok(Outcome::ModelError { message }) => {
+                    worker.kill();
+                    WorkerFailure::Broken(format!("invalid output: {message}"))
+                }
+                Err(failure) => failure,
+            };
+            self.worker = None;
+            if let Ok(mut s) = self.state.lock() {
+                s.worker_restarts += 1;
+            }
+            self.transition(Transition::WorkerFailed {
+                precision: precision.variant(),
+                failure: failure.to_string(),
+            });
+            attempts += 1;
+            if precision == PrecisionArg::Int8 {
+                self.note_int8_failure();
+                if self.returned_at.is_some_and(|t| t.elapsed() < self.policy.window) {
+                    // int8 failed again soon after coming back: wait longer next time.
+                    self.cooldown = (self.cooldown * 2).min(self.policy.max_cooldown);
+                }
+                if self.maybe_fall_back(&failure) {
+                    last_failure = Some(failure);
+                    continue;
+                }
+            }
+            if attempts > self.policy.retries {
+                return Err(self.give_up(&failure, last_failure.as_ref()));
+            }
+            last_failure = Some(failure);
+        }
+    }
+
+    fn give_up(&mut self, failure: &WorkerFailure, earlier: Option<&WorkerFailure>) -> JobError {
+        let text = match earlier {
+            Some(e) if e != failure => format!("inference failed: {failure} (before: {e})"),
+            _ => format!("inference failed: {failure}"),
+        };
+        JobError {
+            code: ErrorCode::ModelFailed,
+            text,
+        }
+    }
+
+    fn note_int8_failure(&mut self) {
+        let now = Instant::now();
+        self.failures.push_back(now);
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
+        {
+            self.failures.pop_front();
+        }
+    }
+
+    /// After an int8 failure: switch to fp32 if the policy and memory allow. Returns whether
+    /// the job should be re-run (now on fp32).
+    fn maybe_fall_back(&mut self, failure: &WorkerFailure) -> bool {
+        if self.policy.primary != PrecisionArg::Int8 || self.fallback.is_some() {
+            return false;
+        }
+        if self.failures.len() < self.policy.fallback_after {
+            return false;
+        }
+        self.enter_fallback(reason_of(failure)).is_ok()
+    }
+
+    fn enter_fallback(&mut self, reason: FallbackReason) -> Result<(), String> {
+        if let Err(why) = self.gate.fp32_allowed() {
+            let alert = format!("int8 failing ({reason:?}) and fp32 not allowed: {why}");
+            if let Ok(mut s) = self.state.lock() {
+                s.alert = Some(alert);
+            }
+            self.transition(Transition::FallbackRefused { reason, why: why.clone() });
+            return Err(why);
+        }
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        self.fallback = Some((Instant::now(), reason));
+        if let Err(failure) = self.spawn(PrecisionArg::Fp32) {
+            self.fallback = None;
+            return Err(failure.to_string());
+        }
+        if let Ok(mut s) = self.state.lock() {
+            s.fallbacks += 1;
+            s.mode = Precision::Fp32;
+            s.mode_reason = PrecisionReason::Fallback { reason };
+            s.alert = None;
+        }
+        self.transition(Transition::FallbackToFp32 { reason });
+        Ok(())
+    }
+
+    fn try_return_to_int8(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        match self.spawn(PrecisionArg::Int8) {
+            Ok(()) => {
+                self.fallback = None;
+                self.returned_at = Some(Instant::now());
+                self.failures.clear();
+                if let Ok(mut s) = self.state.lock() {
+                    s.mode = Precision::Int8;
+                    s.mode_reason = PrecisionReason::Normal;
+                }
+                self.transition(Transition::BackToInt8);
+            }
+            Err(failure) => {
+                self.transition(Transition::Int8RetryFailed {
+                    failure: failure.to_string(),
+                });
+                if let Some((_, reason)) = self.fallback {
+                    self.fallback = Some((Instant::now(), reason));
+                }
+                self.cooldown = (self.cooldown * 2).min(self.policy.max_cooldown);
+                let _ = self.spawn(PrecisionArg::Fp32);
+            }
+        }
+    }
+
+    fn spawn(&mut self, precision: PrecisionArg) -> Result<(), WorkerFailure> {
+        let spec = match precision {
+            PrecisionArg::Int8 => &self.int8,
+            PrecisionArg::Fp32 => &self.fp32,
+        };
+        let started = Instant::now();
+        match Worker::start(spec) {
+            Ok(w) => {
+                let r = w.ready().clone();
+                self.transition(Transition::WorkerStarted {
+                    precision: precision.variant(),
+                    pid: w.pid(),
+                    load_ms: started.elapsed().as_millis() as u64,
+                    warmup_ms: r.warmup_us as f64 / 1e3,
+                    rss_bytes: r.rss_bytes,
+                });
+                if let Ok(mut s) = self.state.lock() {
+                    s.ready = true;
+                    s.kernels = r.kernels.join(",");
+                    s.worker_rss_bytes = r.rss_bytes;
+                    s.progress = Instant::now();
+                }
+                self.worker = Some(w);
+                Ok(())
+            }
+            Err(failure) => {
+                self.transition(Transition::WorkerFailed {
+                    precision: precision.variant(),
+                    failure: failure.to_string(),
+                });
+                if let Ok(mut s) = self.state.lock() {
+                    s.ready = false;
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    fn transition(&self, t: Transition) {
+        let _ = self.events.send(DispatchEvent::Transition(t));
+    }
+}
+
+fn reason_of(failure: &WorkerFailure) -> FallbackReason {
+    match failure {
+        WorkerFailure::Hang { .. } => FallbackReason::Hang,
+        WorkerFailure::Died { memory_breach: true, .. } => FallbackReason::MemoryBudget,
+        WorkerFailure::Died { .. } => FallbackReason::Crash,
+        WorkerFailure::LoadFailed { .. } => FallbackReason::LoadFailed,
+        WorkerFailure::Broken(why) if why.starts_with("invalid output") => FallbackReason::InvalidOutput,
+        WorkerFailure::Broken(_) => FallbackReason::Crash,
+    }
+}
+
+/// Probabilities must be one finite value in [0, 1] per class, summing to 1.
+pub fn validate(probabilities: &[f32], classes: usize) -> Result<(), String> {
+    if probabilities.len() != classes {
+        return Err(format!("{} values for {classes} classes", probabilities.len()));
+    }
+    if let Some(p) = probabilities.iter().find(|p| !p.is_finite() || **p < 0.0 || **p > 1.0) {
+        return Err(format!("probability {p} is not a finite value in [0, 1]"));
+    }
+    let sum: f32 = probabilities.iter().sum();
+    if (sum - 1.0).abs() > 1e-3 {
+        return Err(format!("probabilities sum to {sum}, not 1"));
+    }
+    Ok(())
+}
+
+fn parse_sha(hex_text: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Ok(bytes) = hex::decode(hex_text) {
+        if bytes.len() == 32 {
+            out.copy_from_slice(&bytes);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_catches_every_invalid_shape() {
+        assert!(validate(&[0.25, 0.25, 0.25, 0.25], 4).is_ok());
+        assert!(validate(&[0.5, 0.5], 4).unwrap_err().contains("2 values"));
+        assert!(validate(&[f32::NAN, 0.5, 0.25, 0.25], 4).unwrap_err().contains("NaN"));
+        assert!(validate(&[f32::INFINITY, 0.0, 0.0, 0.0], 4).is_err());
+        assert!(validate(&[0.5, 0.5, 0.5, 0.5], 4).unwrap_err().contains("sum"));
+        assert!(validate(&[1.5, -0.5, 0.0, 0.0], 4).is_err());
+    }
+}

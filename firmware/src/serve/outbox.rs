@@ -1,0 +1,513 @@
+//! The outbox: an append-only, checksummed journal of every result, so that each result is
+//! delivered at least once across disconnects, daemon restarts and power cuts.
+//!
+//! Layout: `DIR/seg-NNNNNNNN.log` segment files. Each record is
+//! `len u32 LE · crc32 u32 LE · type u8 · payload`, the CRC covering type and payload.
+//! A result record is fsynced before the result is sent anywhere; acknowledgements are
+//! appended without a sync (losing one only causes a duplicate, which hosts recognise by
+//! id). A segment is deleted once every result in it is acknowledged, except the active
+//! one, whose header record carries the next result id so ids keep increasing.
+//!
+//! On open, a record that ends early or fails its CRC at the end of the newest segment is
+//! the torn write of a power cut: it is cut off and the records before it are kept. The
+//! same damage in an older segment is reported and the rest of that segment is skipped,
+//! but the file is left in place for inspection.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use edgedx_icd::{crc32, ClassificationResult};
+
+const RECORD_HEADER: usize = 9;
+/// No single record is larger than this; a larger length field means damage.
+const MAX_RECORD: usize = 64 * 1024;
+const TYPE_SEGMENT: u8 = 1;
+const TYPE_RESULT: u8 = 2;
+const TYPE_ACK: u8 = 3;
+/// Room kept free when deciding whether the outbox is full, so that every request admitted
+/// before the outbox filled up can still store its result.
+const FULL_MARGIN: u64 = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("outbox: result {id} could not be encoded: {message}")]
+    Encode { id: u64, message: String },
+}
+
+/// Limits for the journal.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    /// Total bytes of all segments before the outbox reports itself full.
+    pub max_bytes: u64,
+    /// A new segment is started when the active one reaches this size.
+    pub segment_bytes: u64,
+}
+
+/// What opening the journal found, for the log.
+#[derive(Debug, Default, Clone)]
+pub struct Recovery {
+    pub segments: usize,
+    pub results: u64,
+    pub unacked: usize,
+    /// Bytes cut from the end of the newest segment (a torn last record).
+    pub torn_bytes: u64,
+    /// Older segments with damage, with the offset where reading stopped.
+    pub damaged: Vec<(PathBuf, u64)>,
+}
+
+struct Segment {
+    number: u64,
+    path: PathBuf,
+    bytes: u64,
+    /// Unacknowledged results stored in this segment.
+    pending: usize,
+}
+
+pub struct Outbox {
+    dir: PathBuf,
+    limits: OutboxLimits,
+    segments: Vec<Segment>,
+    active: File,
+    unacked: BTreeMap<u64, (u64, ClassificationResult)>,
+    next_id: u64,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("dir", &self.dir)
+            .field("unacked", &self.unacked.len())
+            .field("next_id", &self.next_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Opens (creating if needed) the journal in `dir` and recovers its state.
+    pub fn open(dir: &Path, limits: OutboxLimits) -> Result<(Outbox, Recovery), OutboxError> {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| OutboxError::Io { path, source }
+        };
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut numbers = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(n) = name
+                .strip_prefix("seg-")
+                .and_then(|s| s.strip_suffix(".log"))
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        let mut recovery = Recovery::default();
+        let mut unacked = BTreeMap::new();
+        let mut next_id = 1u64;
+        let mut segments = Vec::new();
+        let last = numbers.last().copied();
+        for &number in &numbers {
+            let path = segment_path(dir, number);
+            let mut data = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(io_err(&path))?;
+            let (good, records) = parse_records(&data);
+            for (kind, payload) in records {
+                match kind {
+                    TYPE_SEGMENT if payload.len() >= 8 => {
+                        next_id = next_id.max(u64_le(payload));
+                    }
+                    TYPE_RESULT => {
+                        if let Ok(result) = postcard::from_bytes::<ClassificationResult>(payload) {
+                            next_id = next_id.max(result.result_id + 1);
+                            recovery.results += 1;
+                            unacked.insert(result.result_id, (number, result));
+                        }
+                    }
+                    TYPE_ACK if payload.len() >= 8 => {
+                        unacked.remove(&u64_le(payload));
+                    }
+                    _ => {}
+                }
+            }
+            let mut bytes = data.len() as u64;
+            if (good as u64) < bytes {
+                if Some(number) == last {
+                    let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                    f.set_len(good as u64).map_err(io_err(&path))?;
+                    f.sync_all().map_err(io_err(&path))?;
+                    recovery.torn_bytes = bytes - good as u64;
+                    bytes = good as u64;
+                } else {
+                    recovery.damaged.push((path.clone(), good as u64));
+                }
+            }
+            segments.push(Segment {
+                number,
+                path,
+                bytes,
+                pending: 0,
+            });
+        }
+        for (segment_no, _) in unacked.values() {
+            if let Some(s) = segments.iter_mut().find(|s| s.number == *segment_no) {
+                s.pending += 1;
+            }
+        }
+        recovery.segments = segments.len();
+        recovery.unacked = unacked.len();
+        let (active, segments) = match segments.pop() {
+            Some(seg) => {
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&seg.path)
+                    .map_err(io_err(&seg.path))?;
+                let mut all = segments;
+                all.push(seg);
+                (f, all)
+            }
+            None => {
+                let (f, seg) = create_segment(dir, 1, next_id)?;
+                (f, vec![seg])
+            }
+        };
+        let mut outbox = Outbox {
+            dir: dir.to_path_buf(),
+            limits,
+            segments,
+            active,
+            unacked,
+            next_id,
+        };
+        outbox.collect_garbage();
+        Ok((outbox, recovery))
+    }
+
+    /// Gives `result` the next id, journals it and syncs it to disk. Only after this
+    /// returns may the result be sent.
+    pub fn append(&mut self, mut result: ClassificationResult) -> Result<ClassificationResult, OutboxError> {
+        let id = self.next_id;
+        result.result_id = id;
+        let payload = postcard::to_stdvec(&result).map_err(|e| OutboxError::Encode {
+            id,
+            message: e.to_string(),
+        })?;
+        self.maybe_rotate()?;
+        self.write_record(TYPE_RESULT, &payload, true)?;
+        self.next_id += 1;
+        let active = self.segments.last_mut().expect("there is always an active segment");
+        active.pending += 1;
+        self.unacked.insert(id, (active.number, result.clone()));
+        Ok(result)
+    }
+
+    /// Records the host's acknowledgement. Unknown or repeated ids are ignored (Ack is
+    /// idempotent). Returns whether the id was pending.
+    pub fn ack(&mut self, id: u64) -> Result<bool, OutboxError> {
+        let Some((segment_no, _)) = self.unacked.remove(&id) else {
+            return Ok(false);
+        };
+        self.write_record(TYPE_ACK, &id.to_le_bytes(), false)?;
+        if let Some(s) = self.segments.iter_mut().find(|s| s.number == segment_no) {
+            s.pending = s.pending.saturating_sub(1);
+        }
+        self.collect_garbage();
+        Ok(true)
+    }
+
+    /// Unacknowledged results in id order: what a reconnecting host is sent again.
+    pub fn unacked(&self) -> impl Iterator<Item = &ClassificationResult> {
+        self.unacked.values().map(|(_, r)| r)
+    }
+
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Full: no new work should be admitted until the host acknowledges results.
+    pub fn is_full(&self) -> bool {
+        self.bytes() + FULL_MARGIN > self.limits.max_bytes
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
+    /// Syncs acknowledgements written since the last result (called on shutdown).
+    pub fn flush(&mut self) -> Result<(), OutboxError> {
+        let path = self.active_path();
+        self.active.sync_data().map_err(|source| OutboxError::Io { path, source })
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.segments.last().map(|s| s.path.clone()).unwrap_or_else(|| self.dir.clone())
+    }
+
+    fn write_record(&mut self, kind: u8, payload: &[u8], sync: bool) -> Result<(), OutboxError> {
+        let record = encode_record(kind, payload);
+        let path = self.active_path();
+        let io_err = |source| OutboxError::Io {
+            path: path.clone(),
+            source,
+        };
+        self.active.write_all(&record).map_err(io_err)?;
+        if sync {
+            self.active.sync_data().map_err(io_err)?;
+        }
+        if let Some(active) = self.segments.last_mut() {
+            active.bytes += record.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn maybe_rotate(&mut self) -> Result<(), OutboxError> {
+        let Some(active) = self.segments.last() else {
+            return Ok(());
+        };
+        if active.bytes < self.limits.segment_bytes {
+            return Ok(());
+        }
+        let number = active.number + 1;
+        let (file, segment) = create_segment(&self.dir, number, self.next_id)?;
+        self.active = file;
+        self.segments.push(segment);
+        self.collect_garbage();
+        Ok(())
+    }
+
+    /// Deletes older segments whose results are all acknowledged.
+    fn collect_garbage(&mut self) {
+        let active = self.segments.last().map(|s| s.number);
+        self.segments.retain(|s| {
+            if Some(s.number) == active || s.pending > 0 {
+                return true;
+            }
+            match fs::remove_file(&s.path) {
+                Ok(()) => false,
+                Err(e) => {
+                    log::warn!("outbox: cannot remove {}: {e}", s.path.display());
+                    true
+                }
+            }
+        });
+    }
+}
+
+fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("seg-{number:08}.log"))
+}
+
+fn create_segment(dir: &Path, number: u64, next_id: u64) -> Result<(File, Segment), OutboxError> {
+    let path = segment_path(dir, number);
+    let io_err = |source| OutboxError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_err)?;
+    let record = encode_record(TYPE_SEGMENT, &next_id.to_le_bytes());
+    file.write_all(&record).map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    // The new file's directory entry must survive a power cut too.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    let bytes = record.len() as u64;
+    Ok((
+        file,
+        Segment {
+            number,
+            path,
+            bytes,
+            pending: 0,
+        },
+    ))
+}
+
+fn encode_record(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(1 + payload.len());
+    body.push(kind);
+    body.extend_from_slice(payload);
+    let mut record = Vec::with_capacity(8 + body.len());
+    record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc32(&body).to_le_bytes());
+    record.extend_from_slice(&body);
+    record
+}
+
+/// Splits `data` into records; returns the length of the valid prefix and the records in it.
+fn parse_records(data: &[u8]) -> (usize, Vec<(u8, &[u8])>) {
+    let mut at = 0;
+    let mut records = Vec::new();
+    while data.len() - at >= RECORD_HEADER {
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_RECORD || data.len() - at - 8 < len {
+            break;
+        }
+        let body = &data[at + 8..at + 8 + len];
+        if crc32(body) != crc {
+            break;
+        }
+        records.push((body[0], &body[1..]));
+        at += 8 + len;
+    }
+    (at, records)
+}
+
+fn u64_le(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgedx_icd::{Precision, PrecisionReason, Source};
+
+    fn result(name: &str) -> ClassificationResult {
+        ClassificationResult {
+            result_id: 0,
+            source: Source::Spool {
+                name: heapless::String::try_from(name).unwrap(),
+            },
+            label: heapless::String::try_from("glioma").unwrap(),
+            class_index: 0,
+            confidence: 0.9,
+            probabilities: heapless::Vec::from_slice(&[0.9, 0.05, 0.03, 0.02]).unwrap(),
+            precision: Precision::Int8,
+            precision_reason: PrecisionReason::Normal,
+            model_sha256: [1; 32],
+            input_sha256: [2; 32],
+            latency_us: 1000,
+            timestamp_ms: 1,
+        }
+    }
+
+    const LIMITS: OutboxLimits = OutboxLimits {
+        max_bytes: 16 * 1024 * 1024,
+        segment_bytes: 1024,
+    };
+
+    #[test]
+    fn results_survive_reopen_and_acks_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, rec) = Outbox::open(dir.path(), LIMITS).unwrap();
+        assert_eq!(rec.unacked, 0);
+        let ids: Vec<u64> = (0..5).map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4, 5]);
+        assert!(ob.ack(2).unwrap());
+        assert!(!ob.ack(2).unwrap(), "a second ack of the same id changes nothing");
+        assert!(!ob.ack(99).unwrap());
+        drop(ob);
+        let (ob, rec) = Outbox::open(dir.path(), LIMITS).unwrap();
+        let left: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        assert_eq!(left, vec![1, 3, 4, 5]);
+        assert_eq!(rec.torn_bytes, 0);
+        assert_eq!(ob.next_id(), 6);
+    }
+
+    #[test]
+    fn torn_last_record_is_cut_and_earlier_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = OutboxLimits {
+            segment_bytes: 1 << 20,
+            ..LIMITS
+        };
+        let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
+        for i in 0..3 {
+            ob.append(result(&format!("f{i}"))).unwrap();
+        }
+        drop(ob);
+        let seg = segment_path(dir.path(), 1);
+        let len = fs::metadata(&seg).unwrap().len();
+        // Every cut inside the last record must keep exactly the first two results.
+        let full = fs::read(&seg).unwrap();
+        let (_, records) = parse_records(&full);
+        let last_len = 8 + 1 + records.last().unwrap().1.len() as u64;
+        for cut in [1, 5, 9, last_len / 2, last_len - 1] {
+            fs::write(&seg, &full[..(len - cut) as usize]).unwrap();
+            let (mut ob, rec) = Outbox::open(dir.path(), big).unwrap();
+            assert_eq!(rec.torn_bytes, last_len - cut, "cut {cut}");
+            let ids: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+            assert_eq!(ids, vec![1, 2], "cut {cut}");
+            // The journal stays appendable after the repair, and ids do not go back.
+            assert_eq!(ob.append(result("after")).unwrap().result_id, 3);
+            drop(ob);
+            fs::write(&seg, &full).unwrap();
+        }
+        // A flipped byte inside the last record is caught by the CRC.
+        let mut flipped = full.clone();
+        let n = flipped.len();
+        flipped[n - 3] ^= 0x40;
+        fs::write(&seg, &flipped).unwrap();
+        let (ob, rec) = Outbox::open(dir.path(), big).unwrap();
+        assert_eq!(rec.torn_bytes, last_len);
+        assert_eq!(ob.unacked_len(), 2);
+    }
+
+    #[test]
+    fn rotation_deletes_only_fully_acked_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
+        let ids: Vec<u64> = (0..40).map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id).collect();
+        let count = || fs::read_dir(dir.path()).unwrap().count();
+        let before = count();
+        assert!(before > 3, "1 KiB segments should have rotated: {before}");
+        // Ack all but the first: the first segment must stay, later full ones go.
+        for id in &ids[1..] {
+            ob.ack(*id).unwrap();
+        }
+        assert!(count() < before);
+        assert!(segment_path(dir.path(), 1).exists());
+        ob.ack(ids[0]).unwrap();
+        assert!(!segment_path(dir.path(), 1).exists());
+        drop(ob);
+        let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
+        assert_eq!(ob.unacked_len(), 0);
+        assert_eq!(ob.append(result("next")).unwrap().result_id, 41, "ids survive rotation");
+    }
+
+    #[test]
+    fn reports_full_and_never_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = OutboxLimits {
+            max_bytes: FULL_MARGIN + 4096,
+            segment_bytes: 1024,
+        };
+        let (mut ob, _) = Outbox::open(dir.path(), small).unwrap();
+        let mut n = 0;
+        while !ob.is_full() {
+            ob.append(result("x")).unwrap();
+            n += 1;
+        }
+        // Appending past full still stores (an admitted request's result is never lost).
+        ob.append(result("late")).unwrap();
+        assert_eq!(ob.unacked_len(), n + 1);
+        let ids: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        for id in ids {
+            ob.ack(id).unwrap();
+        }
+        assert!(!ob.is_full());
+    }
+}

@@ -1,0 +1,129 @@
+//! `edgedx worker`: the inference process the supervisor starts, feeds through a pipe, and
+//! kills when it hangs, crashes or misbehaves.
+//!
+//! Everything that touches untrusted bytes or tract (image decoding, preprocessing,
+//! inference) runs here, so a decoder abort, a tract panic that escapes isolation, a memory
+//! limit breach or a hang costs one worker, never the links or the outbox.
+
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use edgedx_bundle::Bundle;
+use edgedx_engine::{EngineOptions, Model};
+use edgedx_ingest::Limits;
+
+use super::ipc::{self, Outcome, Ready, Reply, Request};
+use crate::PrecisionArg;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    bundle: PathBuf,
+    #[arg(long, value_enum)]
+    precision: PrecisionArg,
+    #[arg(long, default_value_t = Limits::default().max_pixels)]
+    max_pixels: u64,
+    #[arg(long, default_value_t = Limits::default().max_file_bytes)]
+    max_file_bytes: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let stdin = std::io::stdin().lock();
+    let stdout = std::io::stdout().lock();
+    let mut input = BufReader::new(stdin);
+    let mut output = BufWriter::new(stdout);
+
+    let loaded = load(&args);
+    let (model, ready) = match loaded {
+        Ok(ok) => ok,
+        Err((kind, message)) => {
+            ipc::send(&mut output, &Reply::LoadFailed { kind, message })
+                .context("writing to the supervisor")?;
+            return Ok(ExitCode::from(1));
+        }
+    };
+    ipc::send(&mut output, &Reply::Ready(ready)).context("writing to the supervisor")?;
+    let limits = Limits {
+        max_pixels: args.max_pixels,
+        max_file_bytes: args.max_file_bytes,
+    };
+    let mut tensor = vec![0f32; model.input_spec().item_len()];
+    loop {
+        let request = match ipc::recv::<Request>(&mut input).context("reading from the supervisor")? {
+            None | Some(Request::Exit) => return Ok(ExitCode::SUCCESS),
+            Some(request) => request,
+        };
+        let Request::Classify { job, name, bytes } = request else {
+            continue;
+        };
+        let outcome = classify(&model, &limits, &name, &bytes, &mut tensor);
+        ipc::send(&mut output, &Reply::Done { job, outcome }).context("writing to the supervisor")?;
+    }
+}
+
+fn load(args: &Args) -> Result<(Model, Ready), (String, String)> {
+    let started = Instant::now();
+    let bundle = Bundle::open(&args.bundle)
+        .map_err(|e| (e.kind().as_str().to_string(), e.to_string()))?;
+    let model = Model::load(&bundle, args.precision.variant(), &EngineOptions::default())
+        .map_err(|e| (e.kind().as_str().to_string(), e.to_string()))?;
+    let load_us = started.elapsed().as_micros() as u64;
+    // One inference on a neutral image: pays the first-run costs before the first patient
+    // image and gives the supervisor the latency its deadline is derived from.
+    let warm = vec![0.5f32; model.input_spec().item_len()];
+    let t = Instant::now();
+    model
+        .run(&warm)
+        .map_err(|e| (e.kind().as_str().to_string(), format!("warm-up inference: {e}")))?;
+    let warmup_us = t.elapsed().as_micros() as u64;
+    let memory = edgedx_engine::memory::current();
+    let report = model.report();
+    let ready = Ready {
+        precision: args.precision.variant().to_string(),
+        model_sha256: report.sha256.clone(),
+        kernels: report.kernels.clone(),
+        load_us,
+        warmup_us,
+        rss_bytes: memory.map_or(0, |m| m.rss),
+        peak_rss_bytes: memory.map_or(0, |m| m.peak_rss),
+    };
+    Ok((model, ready))
+}
+
+fn classify(model: &Model, limits: &Limits, name: &str, bytes: &[u8], tensor: &mut [f32]) -> Outcome {
+    let started = Instant::now();
+    let rejected = |kind: &str, message: String| Outcome::InputRejected {
+        kind: kind.to_string(),
+        message,
+    };
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return rejected(
+            "too_large",
+            format!("{name}: {} bytes is over the {} byte limit", bytes.len(), limits.max_file_bytes),
+        );
+    }
+    let image = match edgedx_ingest::load_bytes(bytes, name, limits) {
+        Ok(image) => image,
+        Err(e) => return rejected(e.kind().as_str(), e.to_string()),
+    };
+    if let Err(e) = edgedx_ingest::preprocess(&image, model.input_spec(), tensor) {
+        return rejected(e.kind().as_str(), e.to_string());
+    }
+    drop(image);
+    match model.run(tensor) {
+        Ok(mut scores) if scores.len() == 1 => Outcome::Scores {
+            probabilities: std::mem::take(&mut scores[0].probabilities),
+            latency_us: started.elapsed().as_micros() as u64,
+            rss_bytes: edgedx_engine::memory::current().map_or(0, |m| m.rss),
+        },
+        Ok(scores) => Outcome::ModelError {
+            message: format!("{name}: the model returned {} rows for one image", scores.len()),
+        },
+        Err(e) => Outcome::ModelError {
+            message: format!("{name}: {e}"),
+        },
+    }
+}

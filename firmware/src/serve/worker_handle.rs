@@ -1,0 +1,305 @@
+//! Supervisor side of one worker process: start it, hand it a job, wait with a deadline,
+//! and kill it when it misses the deadline, dies or talks nonsense.
+
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use edgedx_ingest::Limits;
+
+use super::ipc::{self, Outcome, Ready, Reply, Request};
+use crate::PrecisionArg;
+
+/// How to start a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub exe: PathBuf,
+    pub launcher: Vec<String>,
+    pub bundle: PathBuf,
+    pub precision: PrecisionArg,
+    pub limits: Limits,
+    pub load_timeout: Duration,
+    /// RLIMIT_DATA for the worker process (heap and private mappings), when set.
+    pub memory_limit: Option<u64>,
+}
+
+/// Why a worker could not answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerFailure {
+    /// No answer before the deadline; the worker was killed.
+    Hang { waited: Duration },
+    /// The process ended (crash, signal, memory limit).
+    Died { status: String, memory_breach: bool },
+    /// The model could not be loaded.
+    LoadFailed { kind: String, message: String },
+    /// The process could not be started, or broke the pipe protocol.
+    Broken(String),
+}
+
+impl std::fmt::Display for WorkerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerFailure::Hang { waited } => write!(f, "no answer within {} ms", waited.as_millis()),
+            WorkerFailure::Died { status, memory_breach: true } => {
+                write!(f, "worker ended ({status}) after reaching its memory limit")
+            }
+            WorkerFailure::Died { status, .. } => write!(f, "worker ended ({status})"),
+            WorkerFailure::LoadFailed { kind, message } => write!(f, "model load failed ({kind}): {message}"),
+            WorkerFailure::Broken(why) => write!(f, "worker broken: {why}"),
+        }
+    }
+}
+
+pub struct Worker {
+    child: Child,
+    jobs: Option<mpsc::Sender<Request>>,
+    replies: Receiver<std::io::Result<Option<Reply>>>,
+    ready: Ready,
+    precision: PrecisionArg,
+    memory_limit: Option<u64>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("pid", &self.child.id())
+            .field("precision", &self.precision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts a worker and waits until it has loaded its model and run the warm-up.
+    pub fn start(spec: &WorkerSpec) -> Result<Worker, WorkerFailure> {
+        let mut cmd = match spec.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&spec.exe);
+                c
+            }
+            None => Command::new(&spec.exe),
+        };
+        cmd.arg("worker")
+            .arg("--bundle")
+            .arg(&spec.bundle)
+            .arg("--precision")
+            .arg(spec.precision.variant())
+            .arg("--max-pixels")
+            .arg(spec.limits.max_pixels.to_string())
+            .arg("--max-file-bytes")
+            .arg(spec.limits.max_file_bytes.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let memory_limit = spec.memory_limit;
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls (prctl, setrlimit) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // The worker must not outlive a supervisor that was killed.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if let Some(limit) = memory_limit {
+                        let rl = libc::rlimit {
+                            rlim_cur: limit as libc::rlim_t,
+                            rlim_max: limit as libc::rlim_t,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_DATA, &rl) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| WorkerFailure::Broken(format!("cannot start {}: {e}", spec.exe.display())))?;
+        let stdin: ChildStdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+
+        // Writes go through their own thread: a hung worker stops reading, and a blocked
+        // write must not stall the supervisor.
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("worker-in".into())
+            .spawn(move || {
+                let mut w = BufWriter::new(stdin);
+                for request in jobs_rx {
+                    if ipc::send(&mut w, &request).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| WorkerFailure::Broken(format!("thread: {e}")))?;
+        let (replies_tx, replies) = mpsc::channel();
+        thread::Builder::new()
+            .name("worker-out".into())
+            .spawn(move || {
+                let mut r = BufReader::new(stdout);
+                loop {
+                    let reply = ipc::recv::<Reply>(&mut r);
+                    let end = !matches!(reply, Ok(Some(_)));
+                    if replies_tx.send(reply).is_err() || end {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| WorkerFailure::Broken(format!("thread: {e}")))?;
+
+        let mut worker = Worker {
+            child,
+            jobs: Some(jobs_tx),
+            replies,
+            ready: Ready {
+                precision: String::new(),
+                model_sha256: String::new(),
+                kernels: Vec::new(),
+                load_us: 0,
+                warmup_us: 0,
+                rss_bytes: 0,
+                peak_rss_bytes: 0,
+            },
+            precision: spec.precision,
+            memory_limit,
+        };
+        match worker.wait_reply(spec.load_timeout) {
+            Ok(Reply::Ready(ready)) => {
+                worker.ready = ready;
+                Ok(worker)
+            }
+            Ok(Reply::LoadFailed { kind, message }) => {
+                worker.kill();
+                Err(WorkerFailure::LoadFailed { kind, message })
+            }
+            Ok(other) => {
+                worker.kill();
+                Err(WorkerFailure::Broken(format!("expected Ready, got {other:?}")))
+            }
+            Err(failure) => Err(failure),
+        }
+    }
+
+    pub fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    pub fn precision(&self) -> PrecisionArg {
+        self.precision
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs one job; on any failure the worker has been killed and must be replaced.
+    pub fn classify(&mut self, job: u64, name: &str, bytes: Vec<u8>, deadline: Duration) -> Result<Outcome, WorkerFailure> {
+        let request = Request::Classify {
+            job,
+            name: name.to_string(),
+            bytes,
+        };
+        let sent = self.jobs.as_ref().map(|j| j.send(request).is_ok()).unwrap_or(false);
+        if !sent {
+            return Err(self.reap("its input pipe is closed"));
+        }
+        match self.wait_reply(deadline)? {
+            Reply::Done { job: done, outcome } if done == job => Ok(outcome),
+            other => {
+                self.kill();
+                Err(WorkerFailure::Broken(format!("expected the answer to job {job}, got {other:?}")))
+            }
+        }
+    }
+
+    /// Whether the process has ended on its own (checked while idle).
+    pub fn has_exited(&mut self) -> Option<WorkerFailure> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(self.died(status)),
+            _ => None,
+        }
+    }
+
+    fn wait_reply(&mut self, timeout: Duration) -> Result<Reply, WorkerFailure> {
+        let started = Instant::now();
+        match self.replies.recv_timeout(timeout) {
+            Ok(Ok(Some(reply))) => Ok(reply),
+            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err(self.reap("it closed its output")),
+            Ok(Err(e)) => {
+                // A broken message often means the process is dying: prefer its exit status.
+                let failure = self.reap(&format!("unreadable reply: {e}"));
+                Err(failure)
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                self.kill();
+                Err(WorkerFailure::Hang {
+                    waited: started.elapsed(),
+                })
+            }
+        }
+    }
+
+    /// The worker stopped talking: wait briefly for its exit status, else kill it.
+    fn reap(&mut self, why: &str) -> WorkerFailure {
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return self.died(status);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        WorkerFailure::Broken(why.to_string())
+    }
+
+    fn died(&self, status: std::process::ExitStatus) -> WorkerFailure {
+        use std::os::unix::process::ExitStatusExt;
+        let text = match (status.code(), status.signal()) {
+            (_, Some(sig)) => format!("signal {sig}"),
+            (Some(code), None) => format!("exit code {code}"),
+            _ => status.to_string(),
+        };
+        // A memory-limited worker that fails an allocation aborts (SIGABRT, Rust's
+        // allocation error handler) or is killed; either way it hit its limit.
+        let memory_breach = self.memory_limit.is_some() && matches!(status.signal(), Some(libc::SIGABRT) | Some(libc::SIGSEGV))
+            || status.code() == Some(134);
+        WorkerFailure::Died {
+            status: text,
+            memory_breach,
+        }
+    }
+
+    /// Kills the process (SIGKILL works on a stopped process too) and reaps it.
+    pub fn kill(&mut self) {
+        self.jobs = None;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the worker to exit and waits a little; kills it if it does not.
+    pub fn stop(mut self) {
+        if let Some(jobs) = self.jobs.take() {
+            let _ = jobs.send(Request::Exit);
+        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

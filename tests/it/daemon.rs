@@ -1,0 +1,489 @@
+//! The daemon end to end: the real `edgedx serve` binary (under qemu for the aarch64 build)
+//! with real worker processes, spoken to over a real Unix socket and a real
+//! pseudo-terminal by the protocol client.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use edgedx_ctl::{Client, Event, SerialTransport};
+use edgedx_icd::{encode_raw_frame, ErrorCode, Message, Precision, PrecisionReason, Source, MAX_FRAME};
+
+use crate::util;
+
+/// Generous: under qemu a worker takes seconds to load and each inference ~0.5 s.
+pub const T: Duration = Duration::from_secs(120);
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub spool: PathBuf,
+    pub config: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// Options for [`Daemon::start_with`]; `extra` is appended to the generated TOML.
+#[derive(Default)]
+pub struct Opts<'a> {
+    pub bundle: Option<&'a Path>,
+    pub serial: Option<&'a Path>,
+    pub extra: &'a str,
+    pub top: &'a str,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        Daemon::start_with(Opts::default())
+    }
+
+    pub fn start_with(o: Opts) -> Daemon {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut d = Daemon::configure(dir, o);
+        d._tmp = Some(tmp);
+        d.spawn()
+    }
+
+    /// Writes the configuration into `dir` (kept between restarts).
+    pub fn configure(dir: PathBuf, o: Opts) -> Daemon {
+        let socket = dir.join("edgedx.sock");
+        let spool = dir.join("spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let bundle = o.bundle.map(Path::to_path_buf).unwrap_or_else(util::default_bundle);
+        let mut text = format!(
+            "bundle = {:?}\nstate_dir = {:?}\n{}\n[socket]\npath = {:?}\n[spool]\ndir = {:?}\nsettle_ms = 300\n",
+            bundle.display().to_string(),
+            dir.join("state").display().to_string(),
+            o.top,
+            socket.display().to_string(),
+            spool.display().to_string(),
+        );
+        if let Some(tty) = o.serial {
+            text.push_str(&format!("[serial]\ndevice = {:?}\nbaud = 115200\n", tty.display().to_string()));
+        }
+        text.push_str(o.extra);
+        if !o.extra.contains("[worker]") {
+            text.push_str(&format!("[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\n"));
+        }
+        let config = dir.join("edgedx.toml");
+        std::fs::write(&config, text).unwrap();
+        Daemon {
+            child: None,
+            dir,
+            socket,
+            spool,
+            config,
+            _tmp: None,
+        }
+    }
+
+    pub fn spawn(mut self) -> Daemon {
+        let _ = std::fs::remove_file(self.dir.join("stderr.log"));
+        let log = std::fs::File::create(self.dir.join("stderr.log")).unwrap();
+        let child = util::edgedx()
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start edgedx serve");
+        self.child = Some(child);
+        self.wait_ready();
+        self
+    }
+
+    fn wait_ready(&mut self) {
+        let until = Instant::now() + T;
+        while Instant::now() < until {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("edgedx serve exited early ({status}):\n{}", self.stderr());
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("edgedx serve did not open its socket in {T:?}:\n{}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        let mut c = Client::socket(&self.socket).expect("connect");
+        c.hello("it", T).expect("hello");
+        c
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// The worker: the daemon's child process (its qemu process under the runner).
+    pub fn worker_pid(&self) -> u32 {
+        let until = Instant::now() + T;
+        loop {
+            let kids = children(self.pid());
+            if let Some(pid) = kids.first() {
+                return *pid;
+            }
+            assert!(Instant::now() < until, "no worker process:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), libc::SIGTERM);
+        let until = Instant::now() + T;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                panic!("edgedx serve ignored SIGTERM:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state/audit.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid we started.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+}
+
+/// Child processes of `pid`, from /proc.
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // Field 4 (ppid) comes after the parenthesised command name.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn sample(name: &str) -> PathBuf {
+    util::default_bundle().join("samples").join(name)
+}
+
+/// What `edgedx classify --json` says about a file: the in-process reference path.
+fn classify_reference(file: &Path) -> serde_json::Value {
+    let out = util::run(&["classify", "--json", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    util::json_lines(&out).remove(0)
+}
+
+fn assert_matches_reference(r: &edgedx_icd::ClassificationResult, file: &Path) {
+    let reference = classify_reference(file);
+    assert_eq!(r.label.as_str(), reference["label"], "{}", file.display());
+    let want: Vec<f64> = reference["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["probability"].as_f64().unwrap())
+        .collect();
+    assert_eq!(r.probabilities.len(), want.len());
+    for (got, want) in r.probabilities.iter().zip(&want) {
+        assert!((*got as f64 - want).abs() < 1e-6, "{}: {got} vs {want}", file.display());
+    }
+    let bytes = std::fs::read(file).unwrap();
+    assert_eq!(hex::encode(r.input_sha256), edgedx_bundle::sha256_hex(&bytes));
+    assert_eq!(hex::encode(r.model_sha256), reference["model_sha256"].as_str().unwrap());
+}
+
+#[test]
+fn socket_upload_gives_the_same_results_as_classify() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let hello = c.device.clone().unwrap();
+    assert_eq!(hello.bundle_name.as_str(), "brain-mri-4class");
+    let mut ids = Vec::new();
+    for name in ["glioma-01.png", "pituitary-02.dcm"] {
+        let file = sample(name);
+        let r = c.classify_bytes(name, &std::fs::read(&file).unwrap(), T).expect("result");
+        assert_eq!(r.precision, Precision::Int8);
+        assert_eq!(r.precision_reason, PrecisionReason::Normal);
+        assert!(matches!(r.source, Source::Upload { .. }));
+        assert_matches_reference(&r, &file);
+        c.ack(r.result_id).unwrap();
+        ids.push(r.result_id);
+    }
+    assert!(ids[1] > ids[0]);
+    let s = c.status(T).unwrap();
+    assert_eq!((s.results, s.errors, s.outbox_unacked), (2, 0, 0), "{s:?}");
+    assert!(s.ready && s.live);
+    assert!(s.memory_used_bytes > 0 && s.memory_budget_bytes == 384 * 1024 * 1024);
+    assert!(!s.kernels.is_empty());
+    // A file that is not an image: an explicit error, and the daemon goes on.
+    let e = c.classify_bytes("notes.txt", b"this is not an image at all", T).unwrap_err();
+    assert!(format!("{e}").contains("DecodeFailed"), "{e}");
+    let r = c
+        .classify_bytes("m.png", &std::fs::read(sample("meningioma-01.png")).unwrap(), T)
+        .unwrap();
+    assert_eq!(r.label.as_str(), "meningioma");
+}
+
+#[test]
+fn socket_file_mode_and_stale_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::configure(tmp.path().to_path_buf(), Opts::default());
+    // A stale socket file left by a crashed daemon: nothing listens on it.
+    drop(std::os::unix::net::UnixListener::bind(&d.socket).unwrap());
+    assert!(d.socket.exists());
+    let mut d = d.spawn();
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    // A second daemon on the same socket refuses to take it over.
+    let out = util::edgedx()
+        .args(["serve", "--config", d.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(d.stop().success(), "{}", d.stderr());
+    assert!(!d.socket.exists(), "socket file removed on a clean stop");
+    assert!(d.audit().contains("\"stop\""));
+}
+
+#[test]
+fn bad_config_is_refused_with_the_key_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("state_dir = \"/tmp/x\"\n[socket]\npath = \"/tmp/x.sock\"\nspeed = 3\n", "speed"),
+        ("state_dir = \"/tmp/x\"\n", "no link configured"),
+        ("state_dir = \"/tmp/x\"\n[serial]\ndevice = \"/dev/does-not-exist\"\n", "serial.device"),
+        ("state_dir = \"/tmp/x\"\n[socket]\npath = \"/tmp/x.sock\"\n[memory]\nbudget_mib = 64\nsupervisor_mib = 128\n", "memory.budget_mib"),
+    ];
+    for (text, want) in cases {
+        let path = tmp.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = util::run(&["serve", "--config", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {err}");
+        assert!(err.contains(want), "{text}: {err}");
+    }
+}
+
+#[test]
+fn serial_link_over_a_pseudo_terminal() {
+    let pty = edgedx_board::serial::open_pty().expect("openpty");
+    let d = Daemon::start_with(Opts {
+        serial: Some(&pty.slave_path),
+        ..Opts::default()
+    });
+    let mut c = Client::new(Box::new(SerialTransport::from_port(pty.master.try_clone().unwrap())));
+    // Line noise before the host's first frame must not matter.
+    c.send_raw(&[0x13, 0x37, 0xff, 0x00, 0x42]).unwrap();
+    c.hello("it-serial", T).expect("hello over serial");
+    let file = sample("notumor-01.png");
+    let r = c.classify_bytes("notumor-01.png", &std::fs::read(&file).unwrap(), T).expect("result");
+    assert_matches_reference(&r, &file);
+    c.ack(r.result_id).unwrap();
+
+    // Garbage, a wrong CRC and an oversized frame: each reported, the stream survives.
+    let mut buf = [0u8; MAX_FRAME];
+    let good = encode_raw_frame(1, 0x02, 99, &[5], &mut buf).unwrap().to_vec();
+    let mut bad_crc = good.clone();
+    bad_crc[3] ^= 0x01;
+    c.send_raw(&bad_crc).unwrap();
+    c.send_raw(&vec![0x55u8; MAX_FRAME * 2]).unwrap();
+    c.send_raw(&[0]).unwrap();
+    c.send_raw(&[0xde, 0xad, 0xbe, 0xef, 0x00]).unwrap();
+    let mut codes = Vec::new();
+    let until = Instant::now() + T;
+    // The noise sent before Hello was answered too (BadFrame); collect until both kinds came.
+    while !(codes.contains(&ErrorCode::TooLarge) && codes.iter().filter(|c| **c == ErrorCode::BadFrame).count() >= 2)
+        && Instant::now() < until
+    {
+        if let Some(Event::Error(e)) = c.next_event(Duration::from_secs(5)).unwrap() {
+            codes.push(e.code);
+        }
+    }
+    assert!(codes.contains(&ErrorCode::BadFrame), "{codes:?}");
+    assert!(codes.contains(&ErrorCode::TooLarge), "{codes:?}");
+    c.ping(7, T).expect("the link still works after bad frames");
+    let s = c.status(T).unwrap();
+    assert!(s.dropped_frames >= 3, "{s:?}");
+    // The same daemon serves the socket at the same time.
+    let mut sock = d.client();
+    assert!(sock.status(T).unwrap().ready);
+}
+
+#[test]
+fn spool_file_written_slowly_is_read_once_when_complete() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let bytes = std::fs::read(sample("pituitary-01.png")).unwrap();
+    let path = d.spool.join("slow.png");
+    {
+        let mut f = std::fs::File::create(&path).unwrap();
+        // Pauses longer than the 300 ms settle time while the writer keeps the file open.
+        for chunk in bytes.chunks(bytes.len() / 3 + 1) {
+            f.write_all(chunk).unwrap();
+            f.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(900));
+        }
+    }
+    let r = loop {
+        match c.next_event(T).unwrap() {
+            Some(Event::Result(r)) => break r,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => panic!("no spool result:\n{}", d.stderr()),
+        }
+    };
+    assert_eq!(r.source, Source::Spool { name: "slow.png".try_into().unwrap() });
+    assert_eq!(hex::encode(r.input_sha256), edgedx_bundle::sha256_hex(&bytes), "read before it was complete");
+    assert_eq!(r.label.as_str(), "pituitary");
+    c.ack(r.result_id).unwrap();
+    assert!(d.spool.join("done/slow.png").exists());
+    assert!(!path.exists());
+    // A broken file goes to failed/ with the reason next to it.
+    std::fs::write(d.spool.join("broken.dcm"), b"DICM but not really").unwrap();
+    let until = Instant::now() + T;
+    while !d.spool.join("failed/broken.dcm.reason.txt").exists() {
+        assert!(Instant::now() < until, "broken file not moved:\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Exactly one result was produced for slow.png.
+    std::thread::sleep(Duration::from_secs(2));
+    let s = c.status(T).unwrap();
+    assert_eq!(s.results, 1, "{s:?}");
+}
+
+#[test]
+fn worker_killed_mid_inference_is_replaced_and_the_request_answered() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let worker = d.worker_pid();
+    // Freeze the worker so the request is certainly in flight when it is killed.
+    signal(worker, libc::SIGSTOP);
+    let bytes = std::fs::read(sample("glioma-01.png")).unwrap();
+    let socket = d.socket.clone();
+    let request = std::thread::spawn(move || {
+        let mut c = Client::socket(&socket).unwrap();
+        c.hello("it-kill", T).unwrap();
+        c.classify_bytes("glioma-01.png", &bytes, T)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    signal(worker, libc::SIGKILL);
+    let r = request.join().unwrap().expect("the request is retried on a new worker");
+    assert_eq!(r.label.as_str(), "glioma");
+    // The link stayed up and the next request works on the replacement worker.
+    c.ping(1, T).unwrap();
+    let r2 = c
+        .classify_bytes("m.png", &std::fs::read(sample("meningioma-01.png")).unwrap(), T)
+        .unwrap();
+    assert_eq!(r2.label.as_str(), "meningioma");
+    assert_ne!(d.worker_pid(), worker);
+    assert!(d.audit().contains("worker_failed"), "{}", d.audit());
+}
+
+#[test]
+fn unacknowledged_results_survive_disconnects_and_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::configure(tmp.path().to_path_buf(), Opts::default()).spawn();
+    let files = ["glioma-01.png", "notumor-01.png", "pituitary-01.png"];
+    let mut ids = Vec::new();
+    {
+        let mut c = d.client();
+        for f in files {
+            let r = c.classify_bytes(f, &std::fs::read(sample(f)).unwrap(), T).unwrap();
+            ids.push(r.result_id);
+        }
+        c.ack(ids[0]).unwrap();
+        c.ping(3, T).unwrap(); // the ack is processed before we hang up
+    }
+    // Reconnect: exactly the unacknowledged results come again, in id order.
+    let replayed = |d: &Daemon| {
+        let mut c = d.client();
+        let mut got = Vec::new();
+        while let Some(e) = c.next_event(Duration::from_secs(3)).unwrap() {
+            if let Event::Result(r) = e {
+                got.push(r.result_id);
+            }
+        }
+        (c, got)
+    };
+    let (c, got) = replayed(&d);
+    assert_eq!(got, ids[1..].to_vec());
+    drop(c);
+    // Restart the daemon: still there.
+    assert!(d.stop().success());
+    let d = Daemon::configure(tmp.path().to_path_buf(), Opts::default()).spawn();
+    let (mut c, got) = replayed(&d);
+    assert_eq!(got, ids[1..].to_vec());
+    for id in &got {
+        c.ack(*id).unwrap();
+    }
+    // Ids keep increasing across the restart.
+    let r = c.classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T).unwrap();
+    assert!(r.result_id > ids[2], "{} after {}", r.result_id, ids[2]);
+    c.ack(r.result_id).unwrap();
+    c.ping(4, T).unwrap();
+    let (_c, got) = replayed(&d);
+    assert!(got.is_empty(), "{got:?}");
+}
+
+#[test]
+fn a_client_that_stops_reading_does_not_stop_the_others() {
+    let d = Daemon::start();
+    let mut stalled = Client::socket(&d.socket).unwrap();
+    stalled.hello("stalled", T).unwrap();
+    // Flood requests and never read the answers.
+    let mut buf = [0u8; MAX_FRAME];
+    let mut flood = Vec::new();
+    for seq in 0..2000u32 {
+        flood.extend_from_slice(edgedx_icd::encode_frame(&Message::GetStatus, seq, &mut buf).unwrap());
+    }
+    for _ in 0..20 {
+        if stalled.send_raw(&flood).is_err() {
+            break; // the daemon cut us off
+        }
+    }
+    let mut c = d.client();
+    let r = c
+        .classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T)
+        .unwrap();
+    assert_eq!(r.label.as_str(), "glioma");
+    c.ping(9, T).unwrap();
+    // A client that hangs up in the middle of a frame does no harm either.
+    let mut half = Client::socket(&d.socket).unwrap();
+    half.send_raw(&flood[..7]).unwrap();
+    drop(half);
+    c.ping(10, T).unwrap();
+}
