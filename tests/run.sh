@@ -20,6 +20,8 @@ install_system_packages() {
     command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
     command -v cmake >/dev/null || need+=(cmake)
     command -v g++ >/dev/null || need+=(g++)
+    # v4l (the V4L2 camera) runs bindgen, which needs libclang.
+    dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
     python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
     [ ${#need[@]} -eq 0 ] && return 0
     log "installing ${need[*]}"
@@ -69,6 +71,8 @@ log "clippy (host)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "tests (host)"
+# Every binary first: the integration suite also drives edgedx-ctl.
+cargo build --workspace --locked
 cargo test --workspace --locked
 
 if [ "$scope" = "host" ]; then
@@ -82,6 +86,7 @@ cargo clippy --workspace --all-targets --locked --target "$TARGET" -- -D warning
 log "tests ($TARGET under qemu-aarch64)"
 # Tests that start the edgedx binary must go through qemu too (no binfmt_misc here).
 export EDGEDX_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+cargo build --workspace --locked --target "$TARGET"
 cargo test --workspace --locked --target "$TARGET"
 
 log "all passed"

@@ -33,7 +33,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bundle = crate::paths::bundle_dir(args.bundle.clone());
-    let samples = args.samples.clone().unwrap_or_else(|| bundle.join("samples"));
+    let samples = args
+        .samples
+        .clone()
+        .unwrap_or_else(|| bundle.join("samples"));
     let mut files: Vec<PathBuf> = std::fs::read_dir(&samples)
         .with_context(|| format!("reading samples from {}", samples.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -43,7 +46,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if files.is_empty() {
         bail!("no images in {}", samples.display());
     }
-    let tmp = tempfile::Builder::new().prefix("edgedx-demo-").tempdir().context("creating a temporary directory")?;
+    let tmp = tempfile::Builder::new()
+        .prefix("edgedx-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
     let spool = tmp.path().join("spool");
     std::fs::create_dir_all(&spool)?;
     let socket = tmp.path().join("edgedx.sock");
@@ -60,15 +66,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         spool = spool.display().to_string(),
     );
     let config: Config = toml::from_str(&config_text).context("demo configuration")?;
-    config.validate()?;
+    config.validate().context("demo configuration")?;
 
-    println!("edgedx demo: daemon on {}, spool {}", socket.display(), spool.display());
+    println!(
+        "edgedx demo: daemon on {}, spool {}",
+        socket.display(),
+        spool.display()
+    );
     let (stop_tx, stop_rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let daemon = std::thread::spawn(move || crate::serve::serve(config, stop_rx, Some(ready_tx)));
-    if ready_rx.recv_timeout(Duration::from_secs(args.timeout)).is_err() {
+    if ready_rx
+        .recv_timeout(Duration::from_secs(args.timeout))
+        .is_err()
+    {
         let outcome = daemon.join();
-        bail!("the daemon did not become ready: {:?}", outcome.map(|r| r.map(|_| ()).map_err(|e| format!("{e:#}"))));
+        bail!(
+            "the daemon did not become ready: {:?}",
+            outcome.map(|r| r.map(|_| ()).map_err(|e| format!("{e:#}")))
+        );
     }
 
     let outcome = feed(&socket, &spool, &files, Duration::from_secs(args.timeout));
@@ -80,18 +96,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let (received, errors) = outcome?;
     println!("edgedx demo: {received} results, {errors} errors; daemon stopped cleanly");
-    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 fn is_image(p: &Path) -> bool {
     matches!(
-        p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref(),
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
         Some("png" | "jpg" | "jpeg" | "dcm" | "pgm")
     )
 }
 
 /// Spools the first half, uploads the second half, and prints every result as it comes.
-fn feed(socket: &Path, spool: &Path, files: &[PathBuf], timeout: Duration) -> anyhow::Result<(usize, usize)> {
+fn feed(
+    socket: &Path,
+    spool: &Path,
+    files: &[PathBuf],
+    timeout: Duration,
+) -> anyhow::Result<(usize, usize)> {
     let mut client = Client::socket(socket).context("connecting to the demo daemon")?;
     let device = client.hello("edgedx-demo", Duration::from_secs(10))?;
     println!(
@@ -109,11 +137,12 @@ fn feed(socket: &Path, spool: &Path, files: &[PathBuf], timeout: Duration) -> an
     }
     let mut received = 0usize;
     let mut errors = 0usize;
-    let print = |r: &edgedx_icd::ClassificationResult| {
-        let source = match &r.source {
-            edgedx_icd::Source::Spool { name } => format!("spool {name}"),
-            edgedx_icd::Source::Upload { upload_id } => format!("upload {upload_id}"),
-            edgedx_icd::Source::Camera { capture_id } => format!("camera {capture_id}"),
+    let print = |r: &edgedx_icd::ClassificationResult, uploaded: Option<&str>| {
+        let source = match (&r.source, uploaded) {
+            (edgedx_icd::Source::Spool { name }, _) => format!("spool {name}"),
+            (edgedx_icd::Source::Upload { .. }, Some(name)) => format!("upload {name}"),
+            (edgedx_icd::Source::Upload { upload_id }, None) => format!("upload #{upload_id}"),
+            (edgedx_icd::Source::Camera { capture_id }, _) => format!("camera {capture_id}"),
         };
         println!(
             "result {:>3}  {:<28} {:<11} {:5.1}%  {:?} ({})  {:.1} ms",
@@ -128,11 +157,14 @@ fn feed(socket: &Path, spool: &Path, files: &[PathBuf], timeout: Duration) -> an
     };
     for f in &files[half..] {
         let bytes = std::fs::read(f)?;
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         println!("uploading {name} ({} bytes)", bytes.len());
         match client.classify_bytes(&name, &bytes, timeout) {
             Ok(r) => {
-                print(&r);
+                print(&r, Some(&name));
                 client.ack(r.result_id)?;
                 received += 1;
             }
@@ -147,7 +179,7 @@ fn feed(socket: &Path, spool: &Path, files: &[PathBuf], timeout: Duration) -> an
         let left = until.saturating_duration_since(Instant::now());
         match client.next_event(left)? {
             Some(Event::Result(r)) => {
-                print(&r);
+                print(&r, None);
                 client.ack(r.result_id)?;
                 received += 1;
             }
@@ -156,7 +188,11 @@ fn feed(socket: &Path, spool: &Path, files: &[PathBuf], timeout: Duration) -> an
                 errors += 1;
             }
             Some(Event::Status(_)) => {}
-            None => bail!("timed out with {} of {} results", received + errors, files.len()),
+            None => bail!(
+                "timed out with {} of {} results",
+                received + errors,
+                files.len()
+            ),
         }
     }
     Ok((received, errors))

@@ -5,6 +5,7 @@
 //! model), 2 some inputs failed or bad usage, 3 the accuracy gate rejected the model,
 //! 70 internal error. Never 101.
 
+mod bundle_cmd;
 mod classify;
 mod demo;
 mod gate;
@@ -38,6 +39,8 @@ enum Command {
     Info(info::Args),
     /// Accuracy gate: compare int8 with fp32 on a labelled set; approve or reject int8.
     Gate(gate::Args),
+    /// Bundle signing for the model team: keygen, sign, verify.
+    Bundle(bundle_cmd::Args),
     /// Run the daemon: links, spool, camera, outbox, inference workers.
     Serve(serve::Args),
     /// Start the daemon on a temporary socket and spool, feed it the bundled samples, print
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Info(args) => info::run(args),
         Command::Gate(args) => gate::run(args),
+        Command::Bundle(args) => bundle_cmd::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Worker(args) => serve::worker::run(args),

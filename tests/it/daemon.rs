@@ -8,7 +8,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use edgedx_ctl::{Client, Event, SerialTransport};
-use edgedx_icd::{encode_raw_frame, ErrorCode, Message, Precision, PrecisionReason, Source, MAX_FRAME};
+use edgedx_icd::{
+    encode_raw_frame, ErrorCode, Message, Precision, PrecisionReason, Source, MAX_FRAME,
+};
 
 use crate::util;
 
@@ -56,7 +58,10 @@ impl Daemon {
             .split_whitespace()
             .map(str::to_string)
             .collect();
-        let bundle = o.bundle.map(Path::to_path_buf).unwrap_or_else(util::default_bundle);
+        let bundle = o
+            .bundle
+            .map(Path::to_path_buf)
+            .unwrap_or_else(util::default_bundle);
         let mut text = format!(
             "bundle = {:?}\nstate_dir = {:?}\n{}\n[socket]\npath = {:?}\n[spool]\ndir = {:?}\nsettle_ms = 300\n",
             bundle.display().to_string(),
@@ -66,11 +71,16 @@ impl Daemon {
             spool.display().to_string(),
         );
         if let Some(tty) = o.serial {
-            text.push_str(&format!("[serial]\ndevice = {:?}\nbaud = 115200\n", tty.display().to_string()));
+            text.push_str(&format!(
+                "[serial]\ndevice = {:?}\nbaud = 115200\n",
+                tty.display().to_string()
+            ));
         }
         text.push_str(o.extra);
         if !o.extra.contains("[worker]") {
-            text.push_str(&format!("[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\n"));
+            text.push_str(&format!(
+                "[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\n"
+            ));
         }
         let config = dir.join("edgedx.toml");
         std::fs::write(&config, text).unwrap();
@@ -113,7 +123,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("edgedx serve did not open its socket in {T:?}:\n{}", self.stderr());
+        panic!(
+            "edgedx serve did not open its socket in {T:?}:\n{}",
+            self.stderr()
+        );
     }
 
     pub fn stderr(&self) -> String {
@@ -138,7 +151,11 @@ impl Daemon {
             if let Some(pid) = kids.first() {
                 return *pid;
             }
-            assert!(Instant::now() < until, "no worker process:\n{}", self.stderr());
+            assert!(
+                Instant::now() < until,
+                "no worker process:\n{}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -184,11 +201,20 @@ pub fn signal(pid: u32, sig: i32) {
 pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
         // Field 4 (ppid) comes after the parenthesised command name.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
-        let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok());
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok());
         if ppid == Some(pid) {
             out.push(p);
         }
@@ -203,7 +229,11 @@ pub fn sample(name: &str) -> PathBuf {
 /// What `edgedx classify --json` says about a file: the in-process reference path.
 fn classify_reference(file: &Path) -> serde_json::Value {
     let out = util::run(&["classify", "--json", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     util::json_lines(&out).remove(0)
 }
 
@@ -218,11 +248,21 @@ fn assert_matches_reference(r: &edgedx_icd::ClassificationResult, file: &Path) {
         .collect();
     assert_eq!(r.probabilities.len(), want.len());
     for (got, want) in r.probabilities.iter().zip(&want) {
-        assert!((*got as f64 - want).abs() < 1e-6, "{}: {got} vs {want}", file.display());
+        assert!(
+            (*got as f64 - want).abs() < 1e-6,
+            "{}: {got} vs {want}",
+            file.display()
+        );
     }
     let bytes = std::fs::read(file).unwrap();
-    assert_eq!(hex::encode(r.input_sha256), edgedx_bundle::sha256_hex(&bytes));
-    assert_eq!(hex::encode(r.model_sha256), reference["model_sha256"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(r.input_sha256),
+        edgedx_bundle::sha256_hex(&bytes)
+    );
+    assert_eq!(
+        hex::encode(r.model_sha256),
+        reference["model_sha256"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -234,7 +274,9 @@ fn socket_upload_gives_the_same_results_as_classify() {
     let mut ids = Vec::new();
     for name in ["glioma-01.png", "pituitary-02.dcm"] {
         let file = sample(name);
-        let r = c.classify_bytes(name, &std::fs::read(&file).unwrap(), T).expect("result");
+        let r = c
+            .classify_bytes(name, &std::fs::read(&file).unwrap(), T)
+            .expect("result");
         assert_eq!(r.precision, Precision::Int8);
         assert_eq!(r.precision_reason, PrecisionReason::Normal);
         assert!(matches!(r.source, Source::Upload { .. }));
@@ -249,10 +291,16 @@ fn socket_upload_gives_the_same_results_as_classify() {
     assert!(s.memory_used_bytes > 0 && s.memory_budget_bytes == 384 * 1024 * 1024);
     assert!(!s.kernels.is_empty());
     // A file that is not an image: an explicit error, and the daemon goes on.
-    let e = c.classify_bytes("notes.txt", b"this is not an image at all", T).unwrap_err();
+    let e = c
+        .classify_bytes("notes.txt", b"this is not an image at all", T)
+        .unwrap_err();
     assert!(format!("{e}").contains("DecodeFailed"), "{e}");
     let r = c
-        .classify_bytes("m.png", &std::fs::read(sample("meningioma-01.png")).unwrap(), T)
+        .classify_bytes(
+            "m.png",
+            &std::fs::read(sample("meningioma-01.png")).unwrap(),
+            T,
+        )
         .unwrap();
     assert_eq!(r.label.as_str(), "meningioma");
 }
@@ -274,7 +322,11 @@ fn socket_file_mode_and_stale_socket() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(d.stop().success(), "{}", d.stderr());
     assert!(!d.socket.exists(), "socket file removed on a clean stop");
     assert!(d.audit().contains("\"stop\""));
@@ -306,18 +358,24 @@ fn serial_link_over_a_pseudo_terminal() {
         serial: Some(&pty.slave_path),
         ..Opts::default()
     });
-    let mut c = Client::new(Box::new(SerialTransport::from_port(pty.master.try_clone().unwrap())));
+    let mut c = Client::new(Box::new(SerialTransport::from_port(
+        pty.master.try_clone().unwrap(),
+    )));
     // Line noise before the host's first frame must not matter.
     c.send_raw(&[0x13, 0x37, 0xff, 0x00, 0x42]).unwrap();
     c.hello("it-serial", T).expect("hello over serial");
     let file = sample("notumor-01.png");
-    let r = c.classify_bytes("notumor-01.png", &std::fs::read(&file).unwrap(), T).expect("result");
+    let r = c
+        .classify_bytes("notumor-01.png", &std::fs::read(&file).unwrap(), T)
+        .expect("result");
     assert_matches_reference(&r, &file);
     c.ack(r.result_id).unwrap();
 
     // Garbage, a wrong CRC and an oversized frame: each reported, the stream survives.
     let mut buf = [0u8; MAX_FRAME];
-    let good = encode_raw_frame(1, 0x02, 99, &[5], &mut buf).unwrap().to_vec();
+    let good = encode_raw_frame(1, 0x02, 99, &[5], &mut buf)
+        .unwrap()
+        .to_vec();
     let mut bad_crc = good.clone();
     bad_crc[3] ^= 0x01;
     c.send_raw(&bad_crc).unwrap();
@@ -327,7 +385,8 @@ fn serial_link_over_a_pseudo_terminal() {
     let mut codes = Vec::new();
     let until = Instant::now() + T;
     // The noise sent before Hello was answered too (BadFrame); collect until both kinds came.
-    while !(codes.contains(&ErrorCode::TooLarge) && codes.iter().filter(|c| **c == ErrorCode::BadFrame).count() >= 2)
+    while !(codes.contains(&ErrorCode::TooLarge)
+        && codes.iter().filter(|c| **c == ErrorCode::BadFrame).count() >= 2)
         && Instant::now() < until
     {
         if let Some(Event::Error(e)) = c.next_event(Duration::from_secs(5)).unwrap() {
@@ -359,15 +418,22 @@ fn spool_file_written_slowly_is_read_once_when_complete() {
             std::thread::sleep(Duration::from_millis(900));
         }
     }
-    let r = loop {
-        match c.next_event(T).unwrap() {
-            Some(Event::Result(r)) => break r,
-            Some(other) => panic!("unexpected {other:?}"),
-            None => panic!("no spool result:\n{}", d.stderr()),
-        }
+    let r = match c.next_event(T).unwrap() {
+        Some(Event::Result(r)) => r,
+        Some(other) => panic!("unexpected {other:?}"),
+        None => panic!("no spool result:\n{}", d.stderr()),
     };
-    assert_eq!(r.source, Source::Spool { name: "slow.png".try_into().unwrap() });
-    assert_eq!(hex::encode(r.input_sha256), edgedx_bundle::sha256_hex(&bytes), "read before it was complete");
+    assert_eq!(
+        r.source,
+        Source::Spool {
+            name: "slow.png".try_into().unwrap()
+        }
+    );
+    assert_eq!(
+        hex::encode(r.input_sha256),
+        edgedx_bundle::sha256_hex(&bytes),
+        "read before it was complete"
+    );
     assert_eq!(r.label.as_str(), "pituitary");
     c.ack(r.result_id).unwrap();
     assert!(d.spool.join("done/slow.png").exists());
@@ -376,7 +442,11 @@ fn spool_file_written_slowly_is_read_once_when_complete() {
     std::fs::write(d.spool.join("broken.dcm"), b"DICM but not really").unwrap();
     let until = Instant::now() + T;
     while !d.spool.join("failed/broken.dcm.reason.txt").exists() {
-        assert!(Instant::now() < until, "broken file not moved:\n{}", d.stderr());
+        assert!(
+            Instant::now() < until,
+            "broken file not moved:\n{}",
+            d.stderr()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Exactly one result was produced for slow.png.
@@ -401,12 +471,19 @@ fn worker_killed_mid_inference_is_replaced_and_the_request_answered() {
     });
     std::thread::sleep(Duration::from_millis(500));
     signal(worker, libc::SIGKILL);
-    let r = request.join().unwrap().expect("the request is retried on a new worker");
+    let r = request
+        .join()
+        .unwrap()
+        .expect("the request is retried on a new worker");
     assert_eq!(r.label.as_str(), "glioma");
     // The link stayed up and the next request works on the replacement worker.
     c.ping(1, T).unwrap();
     let r2 = c
-        .classify_bytes("m.png", &std::fs::read(sample("meningioma-01.png")).unwrap(), T)
+        .classify_bytes(
+            "m.png",
+            &std::fs::read(sample("meningioma-01.png")).unwrap(),
+            T,
+        )
         .unwrap();
     assert_eq!(r2.label.as_str(), "meningioma");
     assert_ne!(d.worker_pid(), worker);
@@ -422,7 +499,9 @@ fn unacknowledged_results_survive_disconnects_and_restarts() {
     {
         let mut c = d.client();
         for f in files {
-            let r = c.classify_bytes(f, &std::fs::read(sample(f)).unwrap(), T).unwrap();
+            let r = c
+                .classify_bytes(f, &std::fs::read(sample(f)).unwrap(), T)
+                .unwrap();
             ids.push(r.result_id);
         }
         c.ack(ids[0]).unwrap();
@@ -451,7 +530,9 @@ fn unacknowledged_results_survive_disconnects_and_restarts() {
         c.ack(*id).unwrap();
     }
     // Ids keep increasing across the restart.
-    let r = c.classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T).unwrap();
+    let r = c
+        .classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T)
+        .unwrap();
     assert!(r.result_id > ids[2], "{} after {}", r.result_id, ids[2]);
     c.ack(r.result_id).unwrap();
     c.ping(4, T).unwrap();
@@ -468,7 +549,9 @@ fn a_client_that_stops_reading_does_not_stop_the_others() {
     let mut buf = [0u8; MAX_FRAME];
     let mut flood = Vec::new();
     for seq in 0..2000u32 {
-        flood.extend_from_slice(edgedx_icd::encode_frame(&Message::GetStatus, seq, &mut buf).unwrap());
+        flood.extend_from_slice(
+            edgedx_icd::encode_frame(&Message::GetStatus, seq, &mut buf).unwrap(),
+        );
     }
     for _ in 0..20 {
         if stalled.send_raw(&flood).is_err() {
@@ -486,4 +569,128 @@ fn a_client_that_stops_reading_does_not_stop_the_others() {
     half.send_raw(&flood[..7]).unwrap();
     drop(half);
     c.ping(10, T).unwrap();
+}
+
+/// The command-line client, built beside edgedx (tests/run.sh builds the workspace first).
+fn ctl() -> std::process::Command {
+    let exe = util::edgedx_exe().with_file_name("edgedx-ctl");
+    assert!(
+        exe.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        exe.display()
+    );
+    match std::env::var("EDGEDX_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut cmd = std::process::Command::new(parts.next().unwrap());
+            cmd.args(parts).arg(exe);
+            cmd
+        }
+        _ => std::process::Command::new(exe),
+    }
+}
+
+#[test]
+fn edgedx_ctl_classifies_reports_status_and_watches() {
+    let d = Daemon::start();
+    let sock = d.socket.to_str().unwrap().to_string();
+    let files = [sample("glioma-01.png"), sample("meningioma-02.dcm")];
+    let out = ctl()
+        .args(["--socket", &sock, "--json", "classify"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = util::json_lines(&out);
+    assert_eq!(lines.len(), 2);
+    for (line, file) in lines.iter().zip(&files) {
+        let reference = classify_reference(file);
+        assert_eq!(line["label"], reference["label"]);
+        assert_eq!(line["precision"], "int8");
+        assert_eq!(line["input_sha256"], reference["input_sha256"]);
+    }
+    // ctl acknowledged both: nothing is pending.
+    let out = ctl()
+        .args(["--socket", &sock, "--json", "status"])
+        .output()
+        .unwrap();
+    let status = &util::json_lines(&out)[0];
+    assert_eq!(status["outbox_unacked"], 0, "{status}");
+    assert_eq!(status["results"], 2);
+    assert_eq!(status["mode"], "int8");
+    // watch: a spooled file's result is streamed and acknowledged.
+    let watch = ctl()
+        .args([
+            "--socket",
+            &sock,
+            "--json",
+            "--timeout",
+            "120",
+            "watch",
+            "--count",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::copy(sample("notumor-01.png"), d.spool.join("n.png")).unwrap();
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines = util::json_lines(&out);
+    assert_eq!(lines[0]["source"]["spool"], "n.png");
+    assert_eq!(lines[0]["label"], "notumor");
+    // A file that is not an image: exit 2 and the error named.
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.png");
+    std::fs::write(&junk, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let out = ctl()
+        .args(["--socket", &sock, "classify"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DecodeFailed"));
+}
+
+#[test]
+fn demo_prints_every_sample_result_and_exits_cleanly() {
+    let mut cmd = util::edgedx();
+    cmd.arg("demo");
+    if let Ok(runner) = std::env::var("EDGEDX_TEST_RUNNER") {
+        if !runner.trim().is_empty() {
+            cmd.args(["--worker-launcher", &runner]);
+        }
+    }
+    let out = cmd.env("RUST_LOG", "warn").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<&str> = stdout.lines().filter(|l| l.starts_with("result")).collect();
+    assert_eq!(results.len(), 6, "{stdout}");
+    for (sample, label) in [
+        ("glioma-01.png", "glioma"),
+        ("meningioma-01.png", "meningioma"),
+        ("pituitary-01.png", "pituitary"),
+        ("notumor-01.png", "notumor"),
+    ] {
+        let line = results
+            .iter()
+            .find(|l| l.contains(sample))
+            .unwrap_or_else(|| panic!("no result for {sample}: {stdout}"));
+        assert!(line.contains(label), "{line}");
+    }
+    assert!(stdout.contains("6 results, 0 errors"), "{stdout}");
 }

@@ -5,5 +5,6 @@ mod classify;
 mod daemon;
 mod gate;
 mod golden;
+mod safety;
 mod util;
 mod vgg16;

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod signature;
+
 /// The manifest schema this build understands.
 pub const SCHEMA_VERSION: u32 = 1;
 /// Manifest file name inside a bundle directory.

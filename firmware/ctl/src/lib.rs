@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use edgedx_icd::{
-    encode_frame, Ack, ClassificationResult, ErrorCode, ErrorMessage, FormatHint, Frame, FrameDecoder, Hello,
-    Message, Ping, Source, Status, UploadBegin, UploadChunk, UploadEnd, MAX_CHUNK, MAX_FRAME,
+    encode_frame, Ack, ClassificationResult, ErrorCode, ErrorMessage, FormatHint, Frame,
+    FrameDecoder, Hello, Message, Ping, Source, Status, UploadBegin, UploadChunk, UploadEnd,
+    MAX_CHUNK, MAX_FRAME,
 };
 use sha2::{Digest, Sha256};
 
@@ -33,11 +34,22 @@ impl SocketTransport {
 
 impl Transport for SocketTransport {
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
-        self.0.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.0
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         match self.0.read(buf) {
-            Ok(0) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the device closed the socket")),
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the device closed the socket",
+            )),
             Ok(n) => Ok(n),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(0),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(0)
+            }
             Err(e) => Err(e),
         }
     }
@@ -87,6 +99,7 @@ pub enum ClientError {
 }
 
 /// What [`Client::next_event`] yields.
+#[allow(clippy::large_enum_variant)] // handed out one at a time; a Box per result buys nothing
 #[derive(Debug, Clone)]
 pub enum Event {
     Result(ClassificationResult),
@@ -128,7 +141,8 @@ impl Client {
     }
 
     pub fn serial(device: &Path, baud: u32) -> Result<Self, ClientError> {
-        let t = SerialTransport::open(device, baud).map_err(|e| ClientError::Other(e.to_string()))?;
+        let t =
+            SerialTransport::open(device, baud).map_err(|e| ClientError::Other(e.to_string()))?;
         Ok(Client::new(Box::new(t)))
     }
 
@@ -137,7 +151,8 @@ impl Client {
         let mut buf = [0u8; MAX_FRAME];
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        let frame = encode_frame(msg, seq, &mut buf).map_err(|e| ClientError::Other(e.to_string()))?;
+        let frame =
+            encode_frame(msg, seq, &mut buf).map_err(|e| ClientError::Other(e.to_string()))?;
         self.link.write_all(frame)?;
         Ok(seq)
     }
@@ -159,7 +174,9 @@ impl Client {
                 return Ok(None);
             }
             let mut buf = [0u8; 4096];
-            let n = self.link.read(&mut buf, left.min(Duration::from_millis(200)))?;
+            let n = self
+                .link
+                .read(&mut buf, left.min(Duration::from_millis(200)))?;
             for item in self.decoder.feed(&buf[..n]) {
                 match item {
                     Ok(frame) => self.inbox.push_back(frame),
@@ -170,7 +187,11 @@ impl Client {
     }
 
     /// Waits for a frame matching `want`; others are kept for later calls.
-    fn wait_for<T>(&mut self, timeout: Duration, mut want: impl FnMut(&Frame) -> Option<T>) -> Result<T, ClientError> {
+    fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut want: impl FnMut(&Frame) -> Option<T>,
+    ) -> Result<T, ClientError> {
         let until = Instant::now() + timeout;
         let mut kept = VecDeque::new();
         let outcome = loop {
@@ -242,9 +263,15 @@ impl Client {
 
     /// Uploads an image and waits for its result (which is not acknowledged here: the
     /// caller acks once it has stored it). Busy answers are retried until `timeout`.
-    pub fn classify_bytes(&mut self, name: &str, bytes: &[u8], timeout: Duration) -> Result<ClassificationResult, ClientError> {
+    pub fn classify_bytes(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> Result<ClassificationResult, ClientError> {
         let until = Instant::now() + timeout;
-        let total_len = u32::try_from(bytes.len()).map_err(|_| ClientError::Other("image over 4 GiB".into()))?;
+        let total_len = u32::try_from(bytes.len())
+            .map_err(|_| ClientError::Other("image over 4 GiB".into()))?;
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         loop {
             let upload_id = self.next_upload;
@@ -256,20 +283,28 @@ impl Client {
                 name: short(name),
             }))?;
             for (i, chunk) in bytes.chunks(MAX_CHUNK).enumerate() {
-                let data = heapless::Vec::from_slice(chunk).map_err(|_| ClientError::Other("chunk".into()))?;
+                let data = heapless::Vec::from_slice(chunk)
+                    .map_err(|_| ClientError::Other("chunk".into()))?;
                 self.send(&Message::UploadChunk(UploadChunk {
                     upload_id,
                     offset: (i * MAX_CHUNK) as u32,
                     data,
                 }))?;
             }
-            let last = self.send(&Message::UploadEnd(UploadEnd { upload_id, sha256: digest }))?;
-            let ours = |seq: Option<u32>| seq.is_some_and(|s| s.wrapping_sub(first) <= last.wrapping_sub(first));
+            let last = self.send(&Message::UploadEnd(UploadEnd {
+                upload_id,
+                sha256: digest,
+            }))?;
+            let ours = |seq: Option<u32>| {
+                seq.is_some_and(|s| s.wrapping_sub(first) <= last.wrapping_sub(first))
+            };
             let left = until.saturating_duration_since(Instant::now());
             let answer = self.wait_for(left, |f| match &f.message {
                 // Upload ids are per client; the digest tells our result from another
                 // client's upload with the same id (results are broadcast and replayed).
-                Message::Result(r) if r.source == (Source::Upload { upload_id }) && r.input_sha256 == digest => {
+                Message::Result(r)
+                    if r.source == (Source::Upload { upload_id }) && r.input_sha256 == digest =>
+                {
                     Some(Ok(r.clone()))
                 }
                 Message::Error(e) if ours(e.in_reply_to) => Some(Err(Some(e.clone()))),
@@ -303,7 +338,9 @@ impl Client {
     /// After a failed upload the device may still send errors for its later chunks; they
     /// are dropped so they do not look like answers to the next request.
     fn drain_upload_answers(&mut self, first: u32, last: u32) {
-        let ours = |seq: Option<u32>| seq.is_some_and(|s| s.wrapping_sub(first) <= last.wrapping_sub(first));
+        let ours = |seq: Option<u32>| {
+            seq.is_some_and(|s| s.wrapping_sub(first) <= last.wrapping_sub(first))
+        };
         let _ = self.wait_for(Duration::from_millis(200), |_| None::<()>);
         self.inbox.retain(|f| match &f.message {
             Message::Error(e) => !ours(e.in_reply_to),
@@ -317,7 +354,9 @@ impl Client {
         let until = Instant::now() + timeout;
         loop {
             let left = until.saturating_duration_since(Instant::now());
-            let Some(frame) = self.recv(left)? else { return Ok(None) };
+            let Some(frame) = self.recv(left)? else {
+                return Ok(None);
+            };
             match frame.message {
                 Message::Result(r) => return Ok(Some(Event::Result(r))),
                 Message::Status(s) => return Ok(Some(Event::Status(s))),

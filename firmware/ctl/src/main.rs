@@ -57,7 +57,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("edgedx-ctl: {e:#}");
-            let timeout = e.downcast_ref::<ClientError>().is_some_and(|c| matches!(c, ClientError::Timeout(_)));
+            let timeout = e
+                .downcast_ref::<ClientError>()
+                .is_some_and(|c| matches!(c, ClientError::Timeout(_)));
             ExitCode::from(if timeout { 3 } else { 1 })
         }
     }
@@ -66,8 +68,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs_f64(cli.timeout.max(0.001));
     let mut client = match (&cli.socket, &cli.serial) {
-        (Some(path), None) => Client::socket(path).with_context(|| format!("connecting to {}", path.display()))?,
-        (None, Some(dev)) => Client::serial(dev, cli.baud).with_context(|| format!("opening {}", dev.display()))?,
+        (Some(path), None) => {
+            Client::socket(path).with_context(|| format!("connecting to {}", path.display()))?
+        }
+        (None, Some(dev)) => {
+            Client::serial(dev, cli.baud).with_context(|| format!("opening {}", dev.display()))?
+        }
         _ => bail!("say where the device is: --socket PATH or --serial DEVICE [--baud N]"),
     };
     let device = client.hello("edgedx-ctl", timeout)?;
@@ -91,18 +97,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "errors": s.errors, "fallbacks": s.fallbacks, "dropped_frames": s.dropped_frames,
                         "outbox_unacked": s.outbox_unacked, "outbox_full": s.outbox_full,
                         "live": s.live, "ready": s.ready, "kernels": s.kernels.as_str(),
+                        "alert": s.alert.as_str(),
                     })
                 );
             } else {
                 println!("mode        {:?} ({:?})", s.mode, s.mode_reason);
                 println!("ready/live  {}/{}", s.ready, s.live);
-                println!("memory      {:.1} / {:.1} MiB", s.memory_used_bytes as f64 / 1048576.0, s.memory_budget_bytes as f64 / 1048576.0);
+                println!(
+                    "memory      {:.1} / {:.1} MiB",
+                    s.memory_used_bytes as f64 / 1048576.0,
+                    s.memory_budget_bytes as f64 / 1048576.0
+                );
                 println!("uptime      {} s", s.uptime_s);
                 println!("queue       {}", s.queue_depth);
-                println!("results     {} (errors {}, fallbacks {})", s.results, s.errors, s.fallbacks);
-                println!("outbox      {} unacknowledged{}", s.outbox_unacked, if s.outbox_full { ", FULL" } else { "" });
+                println!(
+                    "results     {} (errors {}, fallbacks {})",
+                    s.results, s.errors, s.fallbacks
+                );
+                println!(
+                    "outbox      {} unacknowledged{}",
+                    s.outbox_unacked,
+                    if s.outbox_full { ", FULL" } else { "" }
+                );
                 println!("dropped     {} frames", s.dropped_frames);
                 println!("kernels     {}", s.kernels);
+                if !s.alert.is_empty() {
+                    println!("ALERT       {}", s.alert);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -117,7 +138,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let mut failed = 0;
             for file in &files {
-                let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let outcome = std::fs::read(file)
                     .with_context(|| format!("reading {}", file.display()))
                     .and_then(|bytes| Ok(client.classify_bytes(&name, &bytes, timeout)?));
@@ -143,14 +167,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Err(e) => {
                         failed += 1;
                         if cli.json {
-                            println!("{}", serde_json::json!({ "file": file.display().to_string(), "error": format!("{e:#}") }));
+                            println!(
+                                "{}",
+                                serde_json::json!({ "file": file.display().to_string(), "error": format!("{e:#}") })
+                            );
                         } else {
                             println!("{}: error: {e:#}", file.display());
                         }
                     }
                 }
             }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Command::Watch { count, no_ack } => {
             let mut seen = 0u64;
@@ -170,7 +201,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         if cli.json {
                             println!("{}", result_json(&r, None));
                         } else {
-                            println!("result {}: {} ({:.1}%) [{:?}, {}]", r.result_id, r.label, r.confidence * 100.0, r.precision, reason_text(&r));
+                            println!(
+                                "result {}: {} ({:.1}%) [{:?}, {}]",
+                                r.result_id,
+                                r.label,
+                                r.confidence * 100.0,
+                                r.precision,
+                                reason_text(&r)
+                            );
                         }
                         if !no_ack {
                             client.ack(r.result_id)?;
@@ -178,14 +216,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Event::Status(s) => {
                         if cli.json {
-                            println!("{}", serde_json::json!({ "status": { "mode": format!("{:?}", s.mode), "mode_reason": format!("{:?}", s.mode_reason) } }));
+                            println!(
+                                "{}",
+                                serde_json::json!({ "status": { "mode": format!("{:?}", s.mode), "mode_reason": format!("{:?}", s.mode_reason) } })
+                            );
                         } else {
                             println!("status: mode {:?} ({:?})", s.mode, s.mode_reason);
                         }
                     }
                     Event::Error(e) => {
                         if cli.json {
-                            println!("{}", serde_json::json!({ "error": { "code": u16::from(e.code), "text": e.text.as_str() } }));
+                            println!(
+                                "{}",
+                                serde_json::json!({ "error": { "code": u16::from(e.code), "text": e.text.as_str() } })
+                            );
                         } else {
                             println!("device error {:?}: {}", e.code, e.text);
                         }

@@ -279,6 +279,9 @@ pub struct Status {
     pub ready: bool,
     /// Compute kernels in use, e.g. `"arm64simd_mmm_i32_8x8_dot"`.
     pub kernels: String<MAX_KERNELS_LEN>,
+    /// Why a person must act, empty when nothing is wrong: the int8 model is failing and
+    /// the fp32 fallback is not allowed, the outbox is full, shadow validation disagrees.
+    pub alert: String<MAX_ERROR_TEXT>,
 }
 
 /// Image format hint for an upload; the device sniffs the bytes when it is `Auto`.

@@ -109,6 +109,7 @@ fn samples() -> Vec<Message> {
             live: true,
             ready: true,
             kernels: s("arm64simd_mmm_i32_8x8_dot"),
+            alert: s(""),
         }),
         Message::UploadBegin(UploadBegin {
             upload_id: 9,
@@ -208,6 +209,7 @@ fn maximal() -> Vec<Message> {
             live: true,
             ready: true,
             kernels: s(&fill('k', MAX_KERNELS_LEN)),
+            alert: s(&fill('a', MAX_ERROR_TEXT)),
         }),
         Message::UploadBegin(UploadBegin {
             upload_id: u32::MAX,

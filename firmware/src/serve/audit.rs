@@ -65,7 +65,11 @@ impl AuditLog {
             let _ = std::fs::rename(name(i), name(i + 1));
         }
         let _ = std::fs::rename(&self.path, name(1));
-        match OpenOptions::new().create(true).append(true).open(&self.path) {
+        match OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+        {
             Ok(f) => {
                 self.file = Some(f);
                 self.bytes = 0;

@@ -13,6 +13,11 @@ use crate::PrecisionArg;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Board profile: a built-in name (rpi4-2gb, rpi5-2gb, imx8mp, host-sim) or a profile
+    /// file. It supplies [serial], [camera], [gpio], [watchdog] and the memory budget
+    /// wherever this file does not set them.
+    #[serde(default)]
+    pub profile: Option<String>,
     /// Device identifier sent in `Hello` (default: the host name).
     #[serde(default)]
     pub device_id: Option<String>,
@@ -22,6 +27,11 @@ pub struct Config {
     /// Model that serves requests.
     #[serde(default = "default_precision")]
     pub precision: Precision,
+    /// Public keys (`ed25519:<hex>`) whose signature on the bundle manifest is accepted.
+    /// When set, a bundle without a valid signature by one of them is refused. When empty,
+    /// signatures are not checked (logged and audited at every start).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
     /// Writable state: the outbox journal and the audit log live here.
     pub state_dir: PathBuf,
     #[serde(default)]
@@ -44,6 +54,32 @@ pub struct Config {
     pub fallback: FallbackConfig,
     #[serde(default)]
     pub watchdog: Option<WatchdogConfig>,
+    #[serde(default)]
+    pub gpio: Option<GpioConfig>,
+}
+
+/// Status LED, alert buzzer and capture button on a GPIO character device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioConfig {
+    pub chip: PathBuf,
+    #[serde(default)]
+    pub led: Option<u32>,
+    #[serde(default)]
+    pub buzzer: Option<u32>,
+    #[serde(default)]
+    pub button: Option<u32>,
+    #[serde(default = "default_true")]
+    pub button_active_low: bool,
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_debounce_ms() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -380,36 +416,110 @@ impl WorkerConfig {
     pub fn load_timeout(&self) -> Duration {
         Duration::from_millis(self.load_timeout_ms)
     }
-
-    /// The deadline for one request given the warm-up latency.
-    pub fn deadline(&self, warmup: Duration) -> Duration {
-        warmup
-            .mul_f64(self.deadline_factor)
-            .max(Duration::from_millis(self.deadline_floor_ms))
-    }
 }
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the configuration {}", path.display()))?;
-        let config: Config = toml::from_str(&text)
+        let table: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("configuration {} is not valid TOML", path.display()))?;
+        let mut config: Config = toml::from_str(&text)
             .with_context(|| format!("configuration {} is not valid", path.display()))?;
+        config
+            .apply_profile(table.contains_key("memory"))
+            .with_context(|| format!("configuration {}", path.display()))?;
         config
             .validate()
             .with_context(|| format!("configuration {}", path.display()))?;
         Ok(config)
     }
 
+    /// Fills what this file leaves out from the board profile. `memory_set`: the file has
+    /// its own [memory] table, which then wins over the profile's budget.
+    pub fn apply_profile(&mut self, memory_set: bool) -> anyhow::Result<()> {
+        use edgedx_board::profile::Driver;
+        let Some(name) = self.profile.clone() else {
+            return Ok(());
+        };
+        let profile = match edgedx_board::Profile::builtin(&name) {
+            Some(p) => p,
+            None => edgedx_board::Profile::load(Path::new(&name)),
+        }
+        .with_context(|| format!("profile {name:?} (a built-in name or a profile file)"))?;
+        if self.serial.is_none() {
+            self.serial = Some(SerialConfig {
+                device: profile.serial.device.clone(),
+                baud: profile.serial.baud,
+            });
+        }
+        if self.camera.is_none() {
+            if let Some(c) = &profile.camera {
+                let (kind, device, dir) = match c.driver {
+                    Driver::Linux => (CameraKind::V4l2, Some(c.device.clone()), None),
+                    Driver::Sim => (CameraKind::Sim, None, Some(c.device.clone())),
+                };
+                self.camera = Some(CameraConfig {
+                    kind,
+                    device,
+                    dir,
+                    format: format!("{:?}", c.format).to_lowercase(),
+                    width: c.width,
+                    height: c.height,
+                });
+            }
+        }
+        if self.gpio.is_none() {
+            if let Some(g) = profile.gpio.as_ref().filter(|g| g.driver == Driver::Linux) {
+                if let Some(chip) = &g.chip {
+                    self.gpio = Some(GpioConfig {
+                        chip: chip.clone(),
+                        led: g.led,
+                        buzzer: g.buzzer,
+                        button: g.button,
+                        button_active_low: g.button_active_low,
+                        debounce_ms: g.debounce_ms,
+                    });
+                }
+            }
+        }
+        if self.watchdog.is_none() {
+            if let Some(w) = profile
+                .watchdog
+                .as_ref()
+                .filter(|w| w.driver == Driver::Linux)
+            {
+                if let Some(device) = &w.device {
+                    self.watchdog = Some(WatchdogConfig {
+                        device: device.clone(),
+                        timeout_s: w.timeout_s as u64,
+                    });
+                }
+            }
+        }
+        if !memory_set {
+            self.memory.budget_mib = profile.memory.budget_mib as u64;
+            self.memory.headroom_mib = profile.memory.headroom_mib as u64;
+        }
+        Ok(())
+    }
+
     /// Checks what TOML types cannot: ranges, combinations, paths that must exist.
     pub fn validate(&self) -> anyhow::Result<()> {
+        for (i, key) in self.trusted_keys.iter().enumerate() {
+            edgedx_bundle::signature::PublicKey::parse(key)
+                .with_context(|| format!("trusted_keys[{i}]"))?;
+        }
         if self.socket.is_none() && self.serial.is_none() {
             bail!("no link configured: add a [socket] or a [serial] section (or both)");
         }
         if let Some(s) = &self.socket {
             let mode = self.socket_mode()?;
             if mode & 0o600 != 0o600 {
-                bail!("socket.mode {:?} must let the daemon's own user read and write", s.mode);
+                bail!(
+                    "socket.mode {:?} must let the daemon's own user read and write",
+                    s.mode
+                );
             }
             if mode & 0o007 != 0 {
                 bail!("socket.mode {:?} would let every local user talk to the device; use 0660 and socket.group", s.mode);
@@ -438,14 +548,19 @@ impl Config {
         }
         if let Some(c) = &self.camera {
             match c.kind {
-                CameraKind::V4l2 if c.device.is_none() => bail!("camera.device is required for kind = \"v4l2\""),
+                CameraKind::V4l2 if c.device.is_none() => {
+                    bail!("camera.device is required for kind = \"v4l2\"")
+                }
                 CameraKind::Sim if c.dir.as_ref().is_none_or(|d| !d.is_dir()) => {
                     bail!("camera.dir must name a directory of images for kind = \"sim\"")
                 }
                 _ => {}
             }
             if !matches!(c.format.as_str(), "yuyv" | "mjpeg" | "grey") {
-                bail!("camera.format {:?} is not one of \"yuyv\", \"mjpeg\", \"grey\"", c.format);
+                bail!(
+                    "camera.format {:?} is not one of \"yuyv\", \"mjpeg\", \"grey\"",
+                    c.format
+                );
             }
             if c.width == 0 || c.height == 0 || c.width > 8192 || c.height > 8192 {
                 bail!("camera size {}x{} is outside 1..=8192", c.width, c.height);
@@ -474,7 +589,10 @@ impl Config {
         }
         let w = &self.worker;
         if !(w.deadline_factor >= 1.0 && w.deadline_factor.is_finite()) {
-            bail!("worker.deadline_factor {} must be a finite number >= 1", w.deadline_factor);
+            bail!(
+                "worker.deadline_factor {} must be a finite number >= 1",
+                w.deadline_factor
+            );
         }
         if w.deadline_floor_ms == 0 || w.load_timeout_ms == 0 {
             bail!("worker.deadline_floor_ms and worker.load_timeout_ms must be positive");
@@ -523,6 +641,11 @@ impl Config {
                 bail!("watchdog.timeout_s {} is outside 1..=600", wd.timeout_s);
             }
         }
+        if let Some(g) = &self.gpio {
+            if !g.chip.exists() {
+                bail!("gpio.chip {} does not exist", g.chip.display());
+            }
+        }
         if w.retries > 5 {
             bail!("worker.retries {} is above 5", w.retries);
         }
@@ -534,7 +657,12 @@ impl Config {
         u32::from_str_radix(s.mode.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .with_context(|| format!("socket.mode {:?} is not an octal permission like \"0660\"", s.mode))
+            .with_context(|| {
+                format!(
+                    "socket.mode {:?} is not an octal permission like \"0660\"",
+                    s.mode
+                )
+            })
     }
 
     pub fn outbox_dir(&self) -> PathBuf {
@@ -543,14 +671,18 @@ impl Config {
 }
 
 /// Baud rates termios offers on Linux that make sense for this link.
-pub const SUPPORTED_BAUD: [u32; 9] = [9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600, 1_000_000];
+pub const SUPPORTED_BAUD: [u32; 9] = [
+    9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600, 1_000_000,
+];
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> anyhow::Result<Config> {
-        let c: Config = toml::from_str(text)?;
+        let table: toml::Table = toml::from_str(text)?;
+        let mut c: Config = toml::from_str(text)?;
+        c.apply_profile(table.contains_key("memory"))?;
         c.validate()?;
         Ok(c)
     }
@@ -567,14 +699,35 @@ mod tests {
         assert_eq!(c.precision, Precision::Int8);
         assert_eq!(c.socket_mode().unwrap(), 0o660);
         assert_eq!(c.limits.queue_depth, 8);
-        assert_eq!(
-            c.worker.deadline(Duration::from_millis(10)),
-            Duration::from_millis(2000)
+        assert_eq!(c.worker.deadline_floor_ms, 2000);
+    }
+
+    #[test]
+    fn profile_fills_what_the_file_leaves_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "profile = \"rpi4-2gb\"\nstate_dir = {:?}\n[socket]\npath = {:?}\n",
+            dir.path(),
+            dir.path().join("s.sock")
         );
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let mut c: Config = toml::from_str(&text).unwrap();
+        c.apply_profile(table.contains_key("memory")).unwrap();
+        assert_eq!(c.serial.as_ref().unwrap().device, Path::new("/dev/ttyAMA0"));
         assert_eq!(
-            c.worker.deadline(Duration::from_millis(500)),
-            Duration::from_millis(10_000)
+            c.watchdog.as_ref().unwrap().device,
+            Path::new("/dev/watchdog0")
         );
+        assert_eq!(c.gpio.as_ref().unwrap().button, Some(27));
+        assert_eq!(c.camera.as_ref().unwrap().kind, CameraKind::V4l2);
+        assert_eq!(c.memory.budget_mib, 384);
+        // The file's own [memory] wins.
+        let text = format!("{text}[memory]\nbudget_mib = 300\n");
+        let mut c: Config = toml::from_str(&text).unwrap();
+        c.apply_profile(true).unwrap();
+        assert_eq!(c.memory.budget_mib, 300);
+        let mut c: Config = toml::from_str(&text.replace("rpi4-2gb", "no-such-board")).unwrap();
+        assert!(format!("{:#}", c.apply_profile(true).unwrap_err()).contains("no-such-board"));
     }
 
     #[test]
@@ -583,16 +736,41 @@ mod tests {
         let base = format!("state_dir = {:?}\n", dir.path());
         let sock = format!("[socket]\npath = {:?}\n", dir.path().join("s.sock"));
         let cases = [
-            (format!("{base}{sock}colour = 1\n"), "unknown field `colour`"),
+            (
+                format!("{base}{sock}colour = 1\n"),
+                "unknown field `colour`",
+            ),
             (base.clone(), "no link configured"),
             (format!("{base}{sock}mode = \"0666\"\n"), "every local user"),
             (format!("{base}{sock}mode = \"rw\"\n"), "not an octal"),
-            (format!("{base}{sock}[limits]\nqueue_depth = 0\n"), "limits.queue_depth"),
-            (format!("{base}{sock}[outbox]\nmax_bytes = 1000\n"), "outbox.max_bytes"),
-            (format!("{base}{sock}[worker]\ndeadline_factor = 0.5\n"), "worker.deadline_factor"),
-            (format!("{base}[serial]\ndevice = \"/nonexistent/tty\"\n"), "serial.device"),
-            (format!("{base}{sock}[spool]\ndir = \"/nonexistent/spool\"\n"), "spool.dir"),
-            (format!("{base}[socket]\npath = \"/nonexistent/dir/s.sock\"\n"), "does not exist"),
+            (
+                format!("{base}{sock}[limits]\nqueue_depth = 0\n"),
+                "limits.queue_depth",
+            ),
+            (
+                format!("{base}{sock}[outbox]\nmax_bytes = 1000\n"),
+                "outbox.max_bytes",
+            ),
+            (
+                format!("{base}{sock}[worker]\ndeadline_factor = 0.5\n"),
+                "worker.deadline_factor",
+            ),
+            (
+                format!("{base}[serial]\ndevice = \"/nonexistent/tty\"\n"),
+                "serial.device",
+            ),
+            (
+                format!("{base}{sock}[spool]\ndir = \"/nonexistent/spool\"\n"),
+                "spool.dir",
+            ),
+            (
+                format!("{base}[socket]\npath = \"/nonexistent/dir/s.sock\"\n"),
+                "does not exist",
+            ),
+            (
+                format!("profile = \"rpi4-2gb\"\n{base}{sock}"),
+                "serial.device /dev/ttyAMA0",
+            ),
         ];
         for (text, want) in cases {
             let err = format!("{:#}", parse(&text).unwrap_err());

@@ -50,12 +50,28 @@ pub struct Completed {
 /// Something the audit log must record.
 #[derive(Debug, Clone)]
 pub enum Transition {
-    WorkerStarted { precision: &'static str, pid: u32, load_ms: u64, warmup_ms: f64, rss_bytes: u64 },
-    WorkerFailed { precision: &'static str, failure: String },
-    FallbackToFp32 { reason: FallbackReason },
-    FallbackRefused { reason: FallbackReason, why: String },
+    WorkerStarted {
+        precision: &'static str,
+        pid: u32,
+        load_ms: u64,
+        warmup_ms: f64,
+        rss_bytes: u64,
+    },
+    WorkerFailed {
+        precision: &'static str,
+        failure: String,
+    },
+    FallbackToFp32 {
+        reason: FallbackReason,
+    },
+    FallbackRefused {
+        reason: FallbackReason,
+        why: String,
+    },
     BackToInt8,
-    Int8RetryFailed { failure: String },
+    Int8RetryFailed {
+        failure: String,
+    },
 }
 
 /// What the dispatcher reports to the supervisor.
@@ -91,6 +107,8 @@ pub trait MemoryGate: Send {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub primary: PrecisionArg,
+    /// Why the primary model serves: Normal, or fp32 because int8 is unapproved.
+    pub primary_reason: PrecisionReason,
     pub retries: u32,
     pub deadline_factor: f64,
     pub deadline_floor: Duration,
@@ -102,6 +120,14 @@ pub struct Policy {
     pub cooldown: Duration,
     pub max_cooldown: Duration,
     pub classes: usize,
+}
+
+impl Policy {
+    /// The deadline of one request: the warm-up latency times the factor, at least the floor.
+    pub fn deadline(&self, warmup: Duration) -> Duration {
+        self.deadline_floor
+            .max(warmup.mul_f64(self.deadline_factor))
+    }
 }
 
 pub struct Dispatcher {
@@ -169,7 +195,11 @@ impl Dispatcher {
                 Ok(job) => {
                     let completed = self.handle(job);
                     self.progress();
-                    if self.events.send(DispatchEvent::Completed(completed)).is_err() {
+                    if self
+                        .events
+                        .send(DispatchEvent::Completed(completed))
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -205,7 +235,11 @@ impl Dispatcher {
             }
         }
         if self.worker.is_none() {
-            let want = if self.fallback.is_some() { PrecisionArg::Fp32 } else { self.policy.primary };
+            let want = if self.fallback.is_some() {
+                PrecisionArg::Fp32
+            } else {
+                self.policy.primary
+            };
             if self.spawn(want).is_err() {
                 return;
             }
@@ -213,6 +247,15 @@ impl Dispatcher {
         if let Some((since, _)) = self.fallback {
             if since.elapsed() >= self.cooldown {
                 self.try_return_to_int8();
+            }
+        }
+        // An alert stays up until int8 has gone a whole window without failing.
+        let now = Instant::now();
+        self.failures
+            .retain(|t| now.duration_since(*t) <= self.policy.window);
+        if self.failures.is_empty() {
+            if let Ok(mut s) = self.state.lock() {
+                s.alert = None;
             }
         }
         self.progress();
@@ -228,7 +271,11 @@ impl Dispatcher {
         let mut attempts = 0u32;
         let mut last_failure: Option<WorkerFailure> = None;
         loop {
-            let precision = if self.fallback.is_some() { PrecisionArg::Fp32 } else { self.policy.primary };
+            let precision = if self.fallback.is_some() {
+                PrecisionArg::Fp32
+            } else {
+                self.policy.primary
+            };
             if self.worker.as_ref().map(|w| w.precision()) != Some(precision) {
                 if let Some(w) = self.worker.take() {
                     w.stop();
@@ -247,8 +294,7 @@ impl Dispatcher {
             let worker = self.worker.as_mut().expect("spawned above");
             let deadline = self
                 .policy
-                .deadline_floor
-                .max(Duration::from_micros(worker.ready().warmup_us).mul_f64(self.policy.deadline_factor));
+                .deadline(Duration::from_micros(worker.ready().warmup_us));
             let outcome = worker.classify(job.id, &job.name, job.bytes.clone(), deadline);
             let failure = match outcome {
                 Ok(Outcome::Scores {
@@ -263,10 +309,12 @@ impl Dispatcher {
                             s.worker_rss_bytes = rss_bytes;
                         }
                         let reason = match (&self.fallback, precision) {
-                            (Some((_, reason)), PrecisionArg::Fp32) if self.policy.primary == PrecisionArg::Int8 => {
+                            (Some((_, reason)), PrecisionArg::Fp32)
+                                if self.policy.primary == PrecisionArg::Int8 =>
+                            {
                                 PrecisionReason::Fallback { reason: *reason }
                             }
-                            _ => PrecisionReason::Normal,
+                            _ => self.policy.primary_reason,
                         };
                         return Ok(Classified {
                             probabilities,
@@ -290,7 +338,10 @@ impl Dispatcher {
                         "unsupported" => ErrorCode::Unsupported,
                         _ => ErrorCode::DecodeFailed,
                     };
-                    return Err(JobError { code, text: message });
+                    return Err(JobError {
+                        code,
+                        text: message,
+                    });
                 }
                 Ok(Outcome::ModelError { message }) => {
                     worker.kill();
@@ -309,7 +360,10 @@ impl Dispatcher {
             attempts += 1;
             if precision == PrecisionArg::Int8 {
                 self.note_int8_failure();
-                if self.returned_at.is_some_and(|t| t.elapsed() < self.policy.window) {
+                if self
+                    .returned_at
+                    .is_some_and(|t| t.elapsed() < self.policy.window)
+                {
                     // int8 failed again soon after coming back: wait longer next time.
                     self.cooldown = (self.cooldown * 2).min(self.policy.max_cooldown);
                 }
@@ -366,7 +420,10 @@ impl Dispatcher {
             if let Ok(mut s) = self.state.lock() {
                 s.alert = Some(alert);
             }
-            self.transition(Transition::FallbackRefused { reason, why: why.clone() });
+            self.transition(Transition::FallbackRefused {
+                reason,
+                why: why.clone(),
+            });
             return Err(why);
         }
         if let Some(w) = self.worker.take() {
@@ -461,10 +518,15 @@ impl Dispatcher {
 fn reason_of(failure: &WorkerFailure) -> FallbackReason {
     match failure {
         WorkerFailure::Hang { .. } => FallbackReason::Hang,
-        WorkerFailure::Died { memory_breach: true, .. } => FallbackReason::MemoryBudget,
+        WorkerFailure::Died {
+            memory_breach: true,
+            ..
+        } => FallbackReason::MemoryBudget,
         WorkerFailure::Died { .. } => FallbackReason::Crash,
         WorkerFailure::LoadFailed { .. } => FallbackReason::LoadFailed,
-        WorkerFailure::Broken(why) if why.starts_with("invalid output") => FallbackReason::InvalidOutput,
+        WorkerFailure::Broken(why) if why.starts_with("invalid output") => {
+            FallbackReason::InvalidOutput
+        }
         WorkerFailure::Broken(_) => FallbackReason::Crash,
     }
 }
@@ -472,9 +534,15 @@ fn reason_of(failure: &WorkerFailure) -> FallbackReason {
 /// Probabilities must be one finite value in [0, 1] per class, summing to 1.
 pub fn validate(probabilities: &[f32], classes: usize) -> Result<(), String> {
     if probabilities.len() != classes {
-        return Err(format!("{} values for {classes} classes", probabilities.len()));
+        return Err(format!(
+            "{} values for {classes} classes",
+            probabilities.len()
+        ));
     }
-    if let Some(p) = probabilities.iter().find(|p| !p.is_finite() || **p < 0.0 || **p > 1.0) {
+    if let Some(p) = probabilities
+        .iter()
+        .find(|p| !p.is_finite() || **p < 0.0 || **p > 1.0)
+    {
         return Err(format!("probability {p} is not a finite value in [0, 1]"));
     }
     let sum: f32 = probabilities.iter().sum();
@@ -499,12 +567,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn deadline_is_factor_times_warmup_with_a_floor() {
+        let p = Policy {
+            primary: PrecisionArg::Int8,
+            primary_reason: PrecisionReason::Normal,
+            retries: 1,
+            deadline_factor: 20.0,
+            deadline_floor: Duration::from_secs(2),
+            fallback_after: 1,
+            window: Duration::from_secs(600),
+            cooldown: Duration::from_secs(300),
+            max_cooldown: Duration::from_secs(2400),
+            classes: 4,
+        };
+        assert_eq!(
+            p.deadline(Duration::from_millis(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.deadline(Duration::from_millis(500)),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
     fn validation_catches_every_invalid_shape() {
         assert!(validate(&[0.25, 0.25, 0.25, 0.25], 4).is_ok());
         assert!(validate(&[0.5, 0.5], 4).unwrap_err().contains("2 values"));
-        assert!(validate(&[f32::NAN, 0.5, 0.25, 0.25], 4).unwrap_err().contains("NaN"));
+        assert!(validate(&[f32::NAN, 0.5, 0.25, 0.25], 4)
+            .unwrap_err()
+            .contains("NaN"));
         assert!(validate(&[f32::INFINITY, 0.0, 0.0, 0.0], 4).is_err());
-        assert!(validate(&[0.5, 0.5, 0.5, 0.5], 4).unwrap_err().contains("sum"));
+        assert!(validate(&[0.5, 0.5, 0.5, 0.5], 4)
+            .unwrap_err()
+            .contains("sum"));
         assert!(validate(&[1.5, -0.5, 0.0, 0.0], 4).is_err());
     }
 }

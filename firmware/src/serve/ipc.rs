@@ -122,7 +122,10 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(recv::<Request>(&mut r).unwrap(), Some(Request::Exit)));
+        assert!(matches!(
+            recv::<Request>(&mut r).unwrap(),
+            Some(Request::Exit)
+        ));
         assert!(recv::<Request>(&mut r).unwrap().is_none());
     }
 

@@ -27,9 +27,15 @@ pub enum LinkKind {
     Serial,
 }
 
+// Frames are moved once through a channel; boxing them would add an allocation per frame.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum LinkEvent {
-    Up { kind: LinkKind, writer: LinkWriter, peer: String },
+    Up {
+        kind: LinkKind,
+        writer: LinkWriter,
+        peer: String,
+    },
     Frame(Frame),
     Bad(DecodeError),
     Down,
@@ -44,7 +50,9 @@ pub struct LinkWriter {
 
 impl std::fmt::Debug for LinkWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkWriter").field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("LinkWriter")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -72,12 +80,6 @@ impl LinkWriter {
                 Sent::Overflow
             }
             Err(TrySendError::Disconnected(_)) => Sent::Closed,
-        }
-    }
-
-    pub fn close(&self) {
-        if let Some(close) = &self.closer {
-            close();
         }
     }
 }
@@ -121,7 +123,10 @@ fn pump<E>(
     let _ = events.send(wrap(id, LinkEvent::Down));
 }
 
-fn writer_thread(name: String, mut write: impl FnMut(&[u8]) -> io::Result<()> + Send + 'static) -> io::Result<SyncSender<Vec<u8>>> {
+fn writer_thread(
+    name: String,
+    mut write: impl FnMut(&[u8]) -> io::Result<()> + Send + 'static,
+) -> io::Result<SyncSender<Vec<u8>>> {
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(LINK_QUEUE_FRAMES);
     thread::Builder::new().name(name).spawn(move || {
         // A leading delimiter closes off any noise the peer saw before (PROTOCOL.md 1.4).
@@ -143,15 +148,20 @@ pub fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Resul
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            bail!("{} exists and is not a socket; refusing to replace it", path.display());
+            bail!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            );
         }
         if UnixStream::connect(path).is_ok() {
             bail!("{} is in use by another running daemon", path.display());
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
         log::info!("removed stale socket file {}", path.display());
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     // bind() applies the umask (0755 under 022): set the mode the configuration asks for.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
@@ -173,26 +183,28 @@ pub fn serve_socket<E: Send + 'static>(
     wrap: fn(LinkId, LinkEvent) -> E,
 ) -> io::Result<()> {
     let live = Arc::new(AtomicU64::new(0));
-    thread::Builder::new().name("socket-accept".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let stream = match stream {
-                Ok(s) => s,
-                Err(e) => {
-                    log::warn!("socket accept: {e}");
+    thread::Builder::new()
+        .name("socket-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let stream = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("socket accept: {e}");
+                        continue;
+                    }
+                };
+                if live.load(Ordering::SeqCst) as usize >= max_clients {
+                    log::warn!("socket: refusing a client, {max_clients} already connected");
+                    drop(stream);
                     continue;
                 }
-            };
-            if live.load(Ordering::SeqCst) as usize >= max_clients {
-                log::warn!("socket: refusing a client, {max_clients} already connected");
-                drop(stream);
-                continue;
+                let peer = peer_name(&stream);
+                if let Err(e) = start_client(stream, peer, live.clone(), events.clone(), wrap) {
+                    log::warn!("socket client: {e}");
+                }
             }
-            let peer = peer_name(&stream);
-            if let Err(e) = start_client(stream, peer, live.clone(), events.clone(), wrap) {
-                log::warn!("socket client: {e}");
-            }
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -223,23 +235,35 @@ fn start_client<E: Send + 'static>(
         })),
     };
     live.fetch_add(1, Ordering::SeqCst);
-    if events.send(wrap(id, LinkEvent::Up { kind: LinkKind::Socket, writer, peer })).is_err() {
+    if events
+        .send(wrap(
+            id,
+            LinkEvent::Up {
+                kind: LinkKind::Socket,
+                writer,
+                peer,
+            },
+        ))
+        .is_err()
+    {
         return Ok(());
     }
-    thread::Builder::new().name(format!("link-{id}-in")).spawn(move || {
-        let mut stream = stream;
-        pump(
-            id,
-            |buf| match stream.read(buf) {
-                Ok(0) => Ok(None),
-                Ok(n) => Ok(Some(n)),
-                Err(e) => Err(e),
-            },
-            &events,
-            wrap,
-        );
-        live.fetch_sub(1, Ordering::SeqCst);
-    })?;
+    thread::Builder::new()
+        .name(format!("link-{id}-in"))
+        .spawn(move || {
+            let mut stream = stream;
+            pump(
+                id,
+                |buf| match stream.read(buf) {
+                    Ok(0) => Ok(None),
+                    Ok(n) => Ok(Some(n)),
+                    Err(e) => Err(e),
+                },
+                &events,
+                wrap,
+            );
+            live.fetch_sub(1, Ordering::SeqCst);
+        })?;
     Ok(())
 }
 
@@ -278,18 +302,20 @@ pub fn serve_serial<E: Send + 'static>(
             },
         ))
         .ok();
-    thread::Builder::new().name(format!("serial-{id}-in")).spawn(move || {
-        pump(
-            id,
-            |buf| {
-                reader
-                    .read(buf, std::time::Duration::from_millis(500))
-                    .map(Some)
-                    .map_err(io::Error::other)
-            },
-            &events,
-            wrap,
-        );
-    })?;
+    thread::Builder::new()
+        .name(format!("serial-{id}-in"))
+        .spawn(move || {
+            pump(
+                id,
+                |buf| {
+                    reader
+                        .read(buf, std::time::Duration::from_millis(500))
+                        .map(Some)
+                        .map_err(io::Error::other)
+                },
+                &events,
+                wrap,
+            );
+        })?;
     Ok(())
 }

@@ -33,7 +33,10 @@ pub fn int8_unapproved(bundle: &Bundle) -> Option<String> {
         return Some("the bundle has no [approval] record from the accuracy gate".into());
     };
     if a.verdict != Verdict::Approved {
-        return Some(format!("the accuracy gate rejected this int8 model: {}", a.reasons.join("; ")));
+        return Some(format!(
+            "the accuracy gate rejected this int8 model: {}",
+            a.reasons.join("; ")
+        ));
     }
     if a.int8_sha256 != int8.sha256 {
         return Some(format!(
@@ -54,13 +57,14 @@ pub fn int8_unapproved(bundle: &Bundle) -> Option<String> {
         ));
     }
     if a.fp32_recall.len() != a.int8_recall.len()
-        || a
-            .fp32_recall
+        || a.fp32_recall
             .iter()
             .zip(&a.int8_recall)
             .any(|(f, i)| f - i > t.max_recall_drop + eps)
     {
-        return Some("approval record inconsistent: a class recall drop is over the threshold".into());
+        return Some(
+            "approval record inconsistent: a class recall drop is over the threshold".into(),
+        );
     }
     if !a.batch_invariant || a.failed_images > 0 {
         return Some("approval record inconsistent: batch invariance or failed images".into());
@@ -100,7 +104,9 @@ pub fn check_approval(bundle: &Bundle, config: &Config) -> anyhow::Result<Admiss
         reason: PrecisionReason::Fallback {
             reason: FallbackReason::Unapproved,
         },
-        note: Some(format!("int8 model not approved: {why}; serving fp32. To serve int8, {fix}")),
+        note: Some(format!(
+            "int8 model not approved: {why}; serving fp32. To serve int8, {fix}"
+        )),
     })
 }
 
@@ -118,8 +124,16 @@ impl Gate {
     pub fn new(config: &Config, bundle: &Bundle) -> Gate {
         let (fp32_need, need_source) = match config.memory.fp32_need_mib {
             Some(mib) => (mib * MIB, "memory.fp32_need_mib".to_string()),
-            None => match bundle.manifest().memory.as_ref().and_then(|m| m.get("fp32")) {
-                Some(need) => (need.peak_rss_bytes, "bundle [memory.fp32] peak_rss_bytes".to_string()),
+            None => match bundle
+                .manifest()
+                .memory
+                .as_ref()
+                .and_then(|m| m.get("fp32"))
+            {
+                Some(need) => (
+                    need.peak_rss_bytes,
+                    "bundle [memory.fp32] peak_rss_bytes".to_string(),
+                ),
                 None => {
                     // No measurement: a conservative estimate (code and runtime ~32 MiB,
                     // plus the weights held up to four times while tract optimises).
@@ -128,7 +142,10 @@ impl Gate {
                         .ok()
                         .and_then(|f| std::fs::metadata(bundle.variant_path(f)).ok())
                         .map_or(0, |m| m.len());
-                    (32 * MIB + 4 * file, "estimate (no measurement in the bundle)".to_string())
+                    (
+                        32 * MIB + 4 * file,
+                        "estimate (no measurement in the bundle)".to_string(),
+                    )
                 }
             },
         };
@@ -176,7 +193,12 @@ pub fn mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines().find_map(|l| {
         let rest = l.strip_prefix("MemAvailable:")?;
-        rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
+        rest.trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
     })
 }
 
@@ -195,10 +217,16 @@ mod tests {
 
     #[test]
     fn gate_checks_budget_and_headroom() {
-        assert!(gate(384, 256, 100).check(50 * MIB, Some(1024 * MIB)).is_ok());
-        let e = gate(384, 256, 100).check(300 * MIB, Some(1024 * MIB)).unwrap_err();
+        assert!(gate(384, 256, 100)
+            .check(50 * MIB, Some(1024 * MIB))
+            .is_ok());
+        let e = gate(384, 256, 100)
+            .check(300 * MIB, Some(1024 * MIB))
+            .unwrap_err();
         assert!(e.contains("over the 384 MiB budget"), "{e}");
-        let e = gate(384, 256, 100).check(50 * MIB, Some(300 * MIB)).unwrap_err();
+        let e = gate(384, 256, 100)
+            .check(50 * MIB, Some(300 * MIB))
+            .unwrap_err();
         assert!(e.contains("headroom"), "{e}");
     }
 

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use edgedx_bundle::Bundle;
 use edgedx_icd::{
-    encode_frame, Ack, Busy, ClassificationResult, ErrorCode, ErrorMessage, FormatHint, Frame, Hello,
-    Message, Pong, Precision, PrecisionReason, Source, Status, MAX_FRAME,
+    encode_frame, Ack, Busy, ClassificationResult, ErrorCode, ErrorMessage, FormatHint, Frame,
+    Hello, Message, Pong, Precision, PrecisionReason, Source, Status, MAX_FRAME,
 };
 use edgedx_ingest::Limits;
 use serde_json::json;
@@ -63,13 +63,19 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Everything the supervisor loop reacts to.
+/// Everything the supervisor loop reacts to. Moved once through the channel, so the size
+/// of the largest variant (a decoded frame) costs a copy, not an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     Link(LinkId, LinkEvent),
     Spool(spool::SpoolFile),
     Dispatch(DispatchEvent),
-    Captured { capture_id: u32, requester: Option<(LinkId, u32)>, frame: Result<CapturedFrame, String> },
+    Captured {
+        capture_id: u32,
+        requester: Option<(LinkId, u32)>,
+        frame: Result<CapturedFrame, String>,
+    },
     CaptureButton,
     Shutdown,
 }
@@ -80,6 +86,9 @@ pub struct CapturedFrame {
     pub raw_sha256: [u8; 32],
     pub description: String,
 }
+
+/// A capture to take: the capture id and who asked (none for the capture button).
+type CaptureRequest = (u32, Option<(LinkId, u32)>);
 
 fn link_event(id: LinkId, e: LinkEvent) -> Event {
     Event::Link(id, e)
@@ -93,16 +102,19 @@ fn spool_event(f: spool::SpoolFile) -> Event {
 /// loop forwards as [`Event::Shutdown`].
 fn install_signal_handlers() -> anyhow::Result<Receiver<()>> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
     let (tx, rx) = mpsc::channel();
-    thread::Builder::new().name("signals".into()).spawn(move || {
-        for sig in signals.forever() {
-            log::info!("signal {sig}: shutting down");
-            if tx.send(()).is_err() {
-                break;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                log::info!("signal {sig}: shutting down");
+                if tx.send(()).is_err() {
+                    break;
+                }
             }
-        }
-    })?;
+        })?;
     Ok(rx)
 }
 
@@ -152,7 +164,6 @@ pub struct Supervisor {
     config: Config,
     identity: Identity,
     started: Instant,
-    events_tx: Sender<Event>,
     links: HashMap<LinkId, LinkState>,
     uploads: HashMap<(LinkId, u32), Upload>,
     jobs_tx: Option<SyncSender<Job>>,
@@ -166,18 +177,24 @@ pub struct Supervisor {
     audit: AuditLog,
     engine: Arc<Mutex<EngineState>>,
     counters: Counters,
-    camera_tx: Option<Sender<(u32, Option<(LinkId, u32)>)>>,
+    camera_tx: Option<Sender<CaptureRequest>>,
     capture_busy: bool,
     shutting_down: bool,
     watchdog: Option<Box<dyn edgedx_board::watchdog::Watchdog>>,
     notify_systemd: bool,
+    led: Option<edgedx_board::StatusLed>,
+    buzzer: Option<edgedx_board::AlertBuzzer>,
 }
 
 /// Runs the daemon until `shutdown` fires. `ready` (tests, demo) is told the socket path
 /// once the first worker is serving.
-pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) -> anyhow::Result<ExitCode> {
+pub fn serve(
+    config: Config,
+    shutdown: Receiver<()>,
+    ready: Option<Sender<()>>,
+) -> anyhow::Result<ExitCode> {
     let bundle_dir = crate::paths::bundle_dir(config.bundle.clone());
-    let bundle = Bundle::open(&bundle_dir).with_context(|| format!("opening bundle {}", bundle_dir.display()))?;
+    let (bundle, signer) = open_bundle(&bundle_dir, &config.trusted_keys)?;
     let manifest = bundle.manifest();
     let int8_file = bundle.variant("int8").ok().cloned();
     let model_sha = int8_file
@@ -211,6 +228,7 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
             "firmware": env!("CARGO_PKG_VERSION"),
             "bundle": format!("{}@{}", identity.bundle_name, identity.bundle_version),
             "precision": format!("{:?}", config.precision),
+            "signature": signer,
             "outbox": {
                 "segments": recovery.segments, "results": recovery.results,
                 "unacked": recovery.unacked, "torn_bytes": recovery.torn_bytes,
@@ -219,10 +237,17 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
         }),
     );
     if recovery.torn_bytes > 0 {
-        log::warn!("outbox: dropped a torn last record ({} bytes), kept {} results", recovery.torn_bytes, recovery.results);
+        log::warn!(
+            "outbox: dropped a torn last record ({} bytes), kept {} results",
+            recovery.torn_bytes,
+            recovery.results
+        );
     }
     for (path, at) in &recovery.damaged {
-        log::error!("outbox: {} is damaged at byte {at}; later records in it were skipped", path.display());
+        log::error!(
+            "outbox: {} is damaged at byte {at}; later records in it were skipped",
+            path.display()
+        );
     }
 
     let approval = memory::check_approval(&bundle, &config)?;
@@ -256,6 +281,10 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
         max_file_bytes: config.limits.max_file_bytes,
     };
     let spec = |precision: PrecisionArg| WorkerSpec {
+        expect_sha256: bundle
+            .variant(precision.variant())
+            .ok()
+            .map(|f| f.sha256.clone()),
         exe: exe.clone(),
         launcher: config.worker.launcher.clone(),
         bundle: bundle_dir.clone(),
@@ -266,6 +295,7 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
     };
     let policy = Policy {
         primary: approval.serve,
+        primary_reason: approval.reason,
         retries: config.worker.retries,
         deadline_factor: config.worker.deadline_factor,
         deadline_floor: Duration::from_millis(config.worker.deadline_floor_ms),
@@ -277,18 +307,27 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
     };
     let (dispatch_tx, dispatch_rx) = mpsc::channel::<DispatchEvent>();
     let gate = memory::Gate::new(&config, &bundle);
-    let mut dispatcher = Dispatcher::new(spec(PrecisionArg::Int8), spec(PrecisionArg::Fp32), policy, Box::new(gate), engine.clone(), dispatch_tx);
+    let mut dispatcher = Dispatcher::new(
+        spec(PrecisionArg::Int8),
+        spec(PrecisionArg::Fp32),
+        policy,
+        Box::new(gate),
+        engine.clone(),
+        dispatch_tx,
+    );
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(config.limits.queue_depth);
     // Forward dispatcher events into the one supervisor channel.
     {
         let tx = events_tx.clone();
-        thread::Builder::new().name("dispatch-events".into()).spawn(move || {
-            for e in dispatch_rx {
-                if tx.send(Event::Dispatch(e)).is_err() {
-                    break;
+        thread::Builder::new()
+            .name("dispatch-events".into())
+            .spawn(move || {
+                for e in dispatch_rx {
+                    if tx.send(Event::Dispatch(e)).is_err() {
+                        break;
+                    }
                 }
-            }
-        })?;
+            })?;
     }
     let started_engine = dispatcher.start();
     // Transitions from the start are in the channel; the loop below records them.
@@ -296,7 +335,9 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
         audit.record("start_failed", json!({ "error": e }));
         bail!("no model can serve: {e}");
     }
-    let dispatch_thread = thread::Builder::new().name("dispatch".into()).spawn(move || dispatcher.run(jobs_rx))?;
+    let dispatch_thread = thread::Builder::new()
+        .name("dispatch".into())
+        .spawn(move || dispatcher.run(jobs_rx))?;
 
     // Links.
     if let Some(s) = &config.socket {
@@ -309,7 +350,12 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
         log::info!("serial link on {} at {} baud", s.device.display(), s.baud);
     }
     if let Some(s) = &config.spool {
-        spool::watch(s.dir.clone(), Duration::from_millis(s.settle_ms), events_tx.clone(), spool_event)?;
+        spool::watch(
+            s.dir.clone(),
+            Duration::from_millis(s.settle_ms),
+            events_tx.clone(),
+            spool_event,
+        )?;
         log::info!("watching spool directory {}", s.dir.display());
     }
     let camera_tx = match &config.camera {
@@ -317,20 +363,22 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
         None => None,
     };
     let watchdog = open_watchdog(&config)?;
+    let (led, buzzer) = open_gpio(&config, events_tx.clone())?;
     {
         let tx = events_tx.clone();
-        thread::Builder::new().name("shutdown".into()).spawn(move || {
-            if shutdown.recv().is_ok() {
-                let _ = tx.send(Event::Shutdown);
-            }
-        })?;
+        thread::Builder::new()
+            .name("shutdown".into())
+            .spawn(move || {
+                if shutdown.recv().is_ok() {
+                    let _ = tx.send(Event::Shutdown);
+                }
+            })?;
     }
 
     let mut sup = Supervisor {
         config,
         identity,
         started: Instant::now(),
-        events_tx,
         links: HashMap::new(),
         uploads: HashMap::new(),
         jobs_tx: Some(jobs_tx),
@@ -349,6 +397,8 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
         shutting_down: false,
         watchdog,
         notify_systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
+        led,
+        buzzer,
     };
     if sup.notify_systemd {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -360,6 +410,39 @@ pub fn serve(config: Config, shutdown: Receiver<()>, ready: Option<Sender<()>>) 
     let _ = dispatch_thread.join();
     sup.finish();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the bundle, verifying its signature first when trusted keys are configured.
+/// Returns the bundle parsed from the verified manifest bytes and who signed it.
+fn open_bundle(dir: &Path, trusted_keys: &[String]) -> anyhow::Result<(Bundle, String)> {
+    use edgedx_bundle::signature::{verify_bundle, PublicKey};
+    if trusted_keys.is_empty() {
+        log::warn!(
+            "no trusted_keys configured: the signature of bundle {} is not checked",
+            dir.display()
+        );
+        let bundle =
+            Bundle::open(dir).with_context(|| format!("opening bundle {}", dir.display()))?;
+        return Ok((bundle, "not checked (no trusted_keys configured)".into()));
+    }
+    let keys = trusted_keys
+        .iter()
+        .map(|k| PublicKey::parse(k))
+        .collect::<Result<Vec<_>, _>>()
+        .context("trusted_keys")?;
+    let verified = verify_bundle(dir, &keys).with_context(|| {
+        format!(
+            "bundle {} refused: nothing is loaded from it",
+            dir.display()
+        )
+    })?;
+    let signer = format!(
+        "key {} ({})",
+        verified.key_id,
+        verified.signed_by.as_deref().unwrap_or("signer not named")
+    );
+    log::info!("bundle {} signature verified: {signer}", dir.display());
+    Ok((verified.bundle, signer))
 }
 
 fn hostname() -> String {
@@ -402,7 +485,8 @@ impl Supervisor {
             }
             self.tick();
             if self.shutting_down {
-                let deadline = *shutdown_deadline.get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
+                let deadline = *shutdown_deadline
+                    .get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
                 if self.jobs.is_empty() || Instant::now() >= deadline {
                     break;
                 }
@@ -421,7 +505,10 @@ impl Supervisor {
         if let Err(e) = self.outbox.flush() {
             log::error!("{e}");
         }
-        self.audit.record("stop", json!({ "results": self.counters.results, "errors": self.counters.errors }));
+        self.audit.record(
+            "stop",
+            json!({ "results": self.counters.results, "errors": self.counters.errors }),
+        );
         self.audit.sync();
         if let Some(s) = &self.config.socket {
             let _ = std::fs::remove_file(&s.path);
@@ -446,7 +533,11 @@ impl Supervisor {
             }
             Event::Dispatch(DispatchEvent::Completed(c)) => self.on_completed(c),
             Event::Dispatch(DispatchEvent::Transition(t)) => self.on_transition(t),
-            Event::Captured { capture_id, requester, frame } => self.on_captured(capture_id, requester, frame),
+            Event::Captured {
+                capture_id,
+                requester,
+                frame,
+            } => self.on_captured(capture_id, requester, frame),
             Event::CaptureButton => self.capture(0, None),
             Event::Shutdown => {
                 if !self.shutting_down {
@@ -476,7 +567,12 @@ impl Supervisor {
         for key in stale {
             if let Some(u) = self.uploads.remove(&key) {
                 self.pending_bytes -= u.total_len as u64;
-                log::info!("upload {} from link {} abandoned after {} s idle", key.1, u.link, UPLOAD_IDLE.as_secs());
+                log::info!(
+                    "upload {} from link {} abandoned after {} s idle",
+                    key.1,
+                    u.link,
+                    UPLOAD_IDLE.as_secs()
+                );
             }
         }
         let full = self.outbox.is_full();
@@ -485,9 +581,24 @@ impl Supervisor {
             if full {
                 log::error!("outbox full: {} unacknowledged results; new requests are refused until the host acknowledges", self.outbox.unacked_len());
             }
-            self.audit.record("outbox_full", json!({ "full": full, "unacked": self.outbox.unacked_len() }));
+            self.audit.record(
+                "outbox_full",
+                json!({ "full": full, "unacked": self.outbox.unacked_len() }),
+            );
         }
-        let progress = self.engine.lock().map(|s| s.progress.elapsed()).unwrap_or(Duration::MAX);
+        let (progress, ready, alert) = self
+            .engine
+            .lock()
+            .map(|s| (s.progress.elapsed(), s.ready, s.alert.is_some()))
+            .unwrap_or((Duration::MAX, false, true));
+        // LED: serving. Buzzer: a person must act (model failing without a fallback, or
+        // the outbox full because the host stopped acknowledging).
+        if let Some(led) = self.led.as_mut() {
+            let _ = led.set(ready && !self.shutting_down);
+        }
+        if let Some(buzzer) = self.buzzer.as_mut() {
+            let _ = buzzer.set(alert || full);
+        }
         if progress < self.stall_limit() {
             if let Some(w) = self.watchdog.as_mut() {
                 if let Err(e) = w.pet() {
@@ -529,7 +640,12 @@ impl Supervisor {
                 if let Some(l) = self.links.remove(&id) {
                     log::info!("link {id} down ({})", l.peer);
                 }
-                let gone: Vec<_> = self.uploads.keys().filter(|(l, _)| *l == id).copied().collect();
+                let gone: Vec<_> = self
+                    .uploads
+                    .keys()
+                    .filter(|(l, _)| *l == id)
+                    .copied()
+                    .collect();
                 for key in gone {
                     if let Some(u) = self.uploads.remove(&key) {
                         self.pending_bytes -= u.total_len as u64;
@@ -539,7 +655,11 @@ impl Supervisor {
             LinkEvent::Bad(e) => {
                 self.counters.dropped_frames += 1;
                 log::debug!("link {id}: dropped frame: {e}");
-                let msg = Message::Error(ErrorMessage::new(e.error_code(), &e.to_string(), e.in_reply_to()));
+                let msg = Message::Error(ErrorMessage::new(
+                    e.error_code(),
+                    &e.to_string(),
+                    e.in_reply_to(),
+                ));
                 self.send(id, &msg);
             }
             LinkEvent::Frame(frame) => self.on_frame(id, frame),
@@ -552,7 +672,12 @@ impl Supervisor {
             Message::Hello(h) => {
                 if let Some(l) = self.links.get_mut(&id) {
                     l.hello = true;
-                    log::info!("link {id}: host {:?} {:?} protocol {}", h.device_id.as_str(), h.firmware_version.as_str(), h.protocol_version);
+                    log::info!(
+                        "link {id}: host {:?} {:?} protocol {}",
+                        h.device_id.as_str(),
+                        h.firmware_version.as_str(),
+                        h.protocol_version
+                    );
                 }
                 let hello = self.hello();
                 self.send(id, &hello);
@@ -581,7 +706,10 @@ impl Supervisor {
             Message::Pong(_) | Message::Error(_) => {}
             other => {
                 let text = format!("{:?} is not a request the device accepts", other.kind());
-                self.send(id, &Message::Error(ErrorMessage::new(ErrorCode::Unsupported, &text, Some(seq))));
+                self.send(
+                    id,
+                    &Message::Error(ErrorMessage::new(ErrorCode::Unsupported, &text, Some(seq))),
+                );
             }
         }
     }
@@ -603,7 +731,9 @@ impl Supervisor {
         let worker_rss = e.as_ref().map_or(0, |e| e.worker_rss_bytes);
         Status {
             mode: e.as_ref().map_or(Precision::Int8, |e| e.mode),
-            mode_reason: e.as_ref().map_or(PrecisionReason::Normal, |e| e.mode_reason),
+            mode_reason: e
+                .as_ref()
+                .map_or(PrecisionReason::Normal, |e| e.mode_reason),
             memory_used_bytes: supervisor_rss + worker_rss,
             memory_budget_bytes: self.identity.memory_budget,
             uptime_s: self.started.elapsed().as_secs(),
@@ -617,7 +747,22 @@ impl Supervisor {
             live: true,
             ready: e.as_ref().is_some_and(|e| e.ready) && !self.shutting_down,
             kernels: heapless_str(e.as_ref().map_or("", |e| e.kernels.as_str())),
+            alert: heapless_str(&self.alert_text(e.as_ref())),
         }
+    }
+
+    fn alert_text(&self, engine: Option<&EngineState>) -> String {
+        let mut parts = Vec::new();
+        if let Some(a) = engine.and_then(|e| e.alert.as_ref()) {
+            parts.push(a.clone());
+        }
+        if self.outbox.is_full() {
+            parts.push(format!(
+                "outbox full ({} unacknowledged)",
+                self.outbox.unacked_len()
+            ));
+        }
+        parts.join("; ")
     }
 
     /// Encodes and queues `msg` on one link. Socket clients that do not keep up are cut.
@@ -648,7 +793,10 @@ impl Supervisor {
 
     fn error(&mut self, to: Option<(LinkId, u32)>, code: ErrorCode, text: &str) {
         if let Some((id, seq)) = to {
-            self.send(id, &Message::Error(ErrorMessage::new(code, text, Some(seq))));
+            self.send(
+                id,
+                &Message::Error(ErrorMessage::new(code, text, Some(seq))),
+            );
         }
     }
 
@@ -672,17 +820,26 @@ impl Supervisor {
     fn upload_begin(&mut self, id: LinkId, seq: u32, b: edgedx_icd::UploadBegin) {
         let limit = self.config.limits.max_file_bytes;
         if b.total_len as u64 > limit {
-            let text = format!("upload of {} bytes is over the {limit} byte limit", b.total_len);
+            let text = format!(
+                "upload of {} bytes is over the {limit} byte limit",
+                b.total_len
+            );
             return self.error(Some((id, seq)), ErrorCode::TooLarge, &text);
         }
         if b.total_len == 0 {
-            return self.error(Some((id, seq)), ErrorCode::UploadMismatch, "upload of 0 bytes");
+            return self.error(
+                Some((id, seq)),
+                ErrorCode::UploadMismatch,
+                "upload of 0 bytes",
+            );
         }
         if let Some(old) = self.uploads.remove(&(id, b.upload_id)) {
             // Restarting an upload with the same id replaces the old one (PROTOCOL.md).
             self.pending_bytes -= old.total_len as u64;
         }
-        if self.uploads.len() >= self.config.limits.max_uploads || !self.can_admit(b.total_len as u64) {
+        if self.uploads.len() >= self.config.limits.max_uploads
+            || !self.can_admit(b.total_len as u64)
+        {
             return self.busy(id, seq);
         }
         self.pending_bytes += b.total_len as u64;
@@ -705,7 +862,11 @@ impl Supervisor {
             return self.error(Some((id, seq)), ErrorCode::UploadMismatch, &text);
         };
         let problem = if c.offset as usize != u.bytes.len() {
-            Some(format!("chunk offset {} but {} bytes received", c.offset, u.bytes.len()))
+            Some(format!(
+                "chunk offset {} but {} bytes received",
+                c.offset,
+                u.bytes.len()
+            ))
         } else if u.bytes.len() + c.data.len() > u.total_len as usize {
             Some(format!("chunks exceed the announced {} bytes", u.total_len))
         } else {
@@ -737,14 +898,24 @@ impl Supervisor {
         }
         let digest: [u8; 32] = Sha256::digest(&u.bytes).into();
         if digest != e.sha256 {
-            return self.error(Some((id, seq)), ErrorCode::ChecksumMismatch, "SHA-256 of the received bytes does not match");
+            return self.error(
+                Some((id, seq)),
+                ErrorCode::ChecksumMismatch,
+                "SHA-256 of the received bytes does not match",
+            );
         }
         let _ = u.format; // the worker sniffs the format from the bytes; the hint is advisory
-        let name = if u.name.is_empty() { format!("upload-{}", e.upload_id) } else { u.name };
+        let name = if u.name.is_empty() {
+            format!("upload-{}", e.upload_id)
+        } else {
+            u.name
+        };
         self.enqueue(
             name,
             u.bytes,
-            Source::Upload { upload_id: e.upload_id },
+            Source::Upload {
+                upload_id: e.upload_id,
+            },
             Some((id, seq)),
             digest,
             None,
@@ -753,10 +924,17 @@ impl Supervisor {
 
     fn admit_spool(&mut self, path: &Path) -> bool {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let limit = self.config.limits.max_file_bytes;
         if size > limit {
-            self.spool_failed(path, &name, &format!("{size} bytes is over the {limit} byte limit"));
+            self.spool_failed(
+                path,
+                &name,
+                &format!("{size} bytes is over the {limit} byte limit"),
+            );
             return true;
         }
         if !self.can_admit(size) {
@@ -769,7 +947,9 @@ impl Supervisor {
         match edgedx_ingest::read_capped(path, &limits) {
             Ok(bytes) => {
                 let digest: [u8; 32] = Sha256::digest(&bytes).into();
-                let source = Source::Spool { name: heapless_str(&name) };
+                let source = Source::Spool {
+                    name: heapless_str(&name),
+                };
                 self.enqueue(name, bytes, source, None, digest, Some(path.to_path_buf()));
             }
             Err(e) => self.spool_failed(path, &name, &e.to_string()),
@@ -780,7 +960,8 @@ impl Supervisor {
     fn spool_failed(&mut self, path: &Path, name: &str, reason: &str) {
         self.counters.errors += 1;
         log::warn!("spool {name}: {reason}");
-        self.audit.record("spool_failed", json!({ "file": name, "reason": reason }));
+        self.audit
+            .record("spool_failed", json!({ "file": name, "reason": reason }));
         let failed_dir = self.spool_dir("failed");
         match spool::move_into(path, &failed_dir, &now_ms().to_string()) {
             Ok(target) => {
@@ -790,12 +971,21 @@ impl Supervisor {
             Err(e) => log::error!("spool {name}: cannot move to {}: {e}", failed_dir.display()),
         }
         let text = format!("{name}: {reason}");
-        self.broadcast(&Message::Error(ErrorMessage::new(ErrorCode::DecodeFailed, &text, None)), None);
+        self.broadcast(
+            &Message::Error(ErrorMessage::new(ErrorCode::DecodeFailed, &text, None)),
+            None,
+        );
     }
 
     fn spool_dir(&self, which: &str) -> PathBuf {
-        let Some(s) = &self.config.spool else { return PathBuf::from(which) };
-        let configured = if which == "done" { &s.done_dir } else { &s.failed_dir };
+        let Some(s) = &self.config.spool else {
+            return PathBuf::from(which);
+        };
+        let configured = if which == "done" {
+            &s.done_dir
+        } else {
+            &s.failed_dir
+        };
         configured.clone().unwrap_or_else(|| s.dir.join(which))
     }
 
@@ -817,7 +1007,11 @@ impl Supervisor {
         let id = self.next_job;
         self.next_job += 1;
         let len = bytes.len();
-        match jobs_tx.try_send(Job { id, name: name.clone(), bytes }) {
+        match jobs_tx.try_send(Job {
+            id,
+            name: name.clone(),
+            bytes,
+        }) {
             Ok(()) => {
                 self.pending_bytes += len as u64;
                 self.jobs.insert(
@@ -832,30 +1026,38 @@ impl Supervisor {
                     },
                 );
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => match (requester, spool_path) {
-                (Some((link, seq)), _) => self.busy(link, seq),
-                (None, Some(path)) => self.spool_backlog.push_front(path),
-                (None, None) => log::warn!("{name}: queue full, capture dropped"),
-            },
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                match (requester, spool_path) {
+                    (Some((link, seq)), _) => self.busy(link, seq),
+                    (None, Some(path)) => self.spool_backlog.push_front(path),
+                    (None, None) => log::warn!("{name}: queue full, capture dropped"),
+                }
+            }
         }
     }
 
     fn on_completed(&mut self, c: Completed) {
-        let Some(meta) = self.jobs.remove(&c.id) else { return };
+        let Some(meta) = self.jobs.remove(&c.id) else {
+            return;
+        };
         self.pending_bytes = self.pending_bytes.saturating_sub(meta.bytes as u64);
         let requester_link = meta.requester.map(|(l, _)| l);
         match c.result {
             Ok(classified) => {
-                let (class_index, confidence) = classified
-                    .probabilities
-                    .iter()
-                    .enumerate()
-                    .fold((0usize, f32::NEG_INFINITY), |best, (i, p)| if *p > best.1 { (i, *p) } else { best });
+                let (class_index, confidence) = classified.probabilities.iter().enumerate().fold(
+                    (0usize, f32::NEG_INFINITY),
+                    |best, (i, p)| if *p > best.1 { (i, *p) } else { best },
+                );
                 let mut probabilities = heapless::Vec::new();
                 for p in &classified.probabilities {
                     let _ = probabilities.push(*p);
                 }
-                let label = self.identity.labels.get(class_index).cloned().unwrap_or_default();
+                let label = self
+                    .identity
+                    .labels
+                    .get(class_index)
+                    .cloned()
+                    .unwrap_or_default();
                 let result = ClassificationResult {
                     result_id: 0,
                     source: meta.source.clone(),
@@ -877,7 +1079,11 @@ impl Supervisor {
                         // rather than send something that may be lost.
                         log::error!("{e}");
                         self.counters.errors += 1;
-                        self.error(meta.requester, ErrorCode::Internal, "result could not be stored on the device");
+                        self.error(
+                            meta.requester,
+                            ErrorCode::Internal,
+                            "result could not be stored on the device",
+                        );
                         return;
                     }
                 };
@@ -894,7 +1100,11 @@ impl Supervisor {
                 if let Some(path) = &meta.spool_path {
                     let done = self.spool_dir("done");
                     if let Err(e) = spool::move_into(path, &done, &stored.result_id.to_string()) {
-                        log::error!("spool {}: cannot move to {}: {e}", meta.name, done.display());
+                        log::error!(
+                            "spool {}: cannot move to {}: {e}",
+                            meta.name,
+                            done.display()
+                        );
                     }
                 }
                 self.broadcast(&Message::Result(stored), requester_link);
@@ -910,7 +1120,10 @@ impl Supervisor {
                             let note = PathBuf::from(format!("{}.reason.txt", target.display()));
                             let _ = std::fs::write(note, format!("{:?}: {}\n", err.code, err.text));
                         }
-                        Err(e) => log::error!("spool {name}: cannot move to {}: {e}", failed_dir.display()),
+                        Err(e) => log::error!(
+                            "spool {name}: cannot move to {}: {e}",
+                            failed_dir.display()
+                        ),
                     }
                 }
                 let in_reply_to = meta.requester.map(|(_, s)| s);
@@ -927,13 +1140,25 @@ impl Supervisor {
 
     fn on_transition(&mut self, t: Transition) {
         let (event, details) = match &t {
-            Transition::WorkerStarted { precision, pid, load_ms, warmup_ms, rss_bytes } => {
+            Transition::WorkerStarted {
+                precision,
+                pid,
+                load_ms,
+                warmup_ms,
+                rss_bytes,
+            } => {
                 log::info!("{precision} worker {pid} ready in {load_ms} ms (warm-up {warmup_ms:.1} ms, RSS {rss_bytes} B)");
-                ("worker_started", json!({ "precision": precision, "pid": pid, "load_ms": load_ms, "warmup_ms": warmup_ms, "rss_bytes": rss_bytes }))
+                (
+                    "worker_started",
+                    json!({ "precision": precision, "pid": pid, "load_ms": load_ms, "warmup_ms": warmup_ms, "rss_bytes": rss_bytes }),
+                )
             }
             Transition::WorkerFailed { precision, failure } => {
                 log::warn!("{precision} worker failed: {failure}");
-                ("worker_failed", json!({ "precision": precision, "failure": failure }))
+                (
+                    "worker_failed",
+                    json!({ "precision": precision, "failure": failure }),
+                )
             }
             Transition::FallbackToFp32 { reason } => {
                 log::warn!("int8 -> fp32 fallback ({reason:?})");
@@ -941,17 +1166,27 @@ impl Supervisor {
             }
             Transition::FallbackRefused { reason, why } => {
                 log::error!("ALERT: int8 failing ({reason:?}) and fp32 may not load: {why}");
-                ("fallback_refused", json!({ "reason": format!("{reason:?}"), "why": why }))
+                (
+                    "fallback_refused",
+                    json!({ "reason": format!("{reason:?}"), "why": why }),
+                )
             }
             Transition::BackToInt8 => {
                 log::info!("fp32 -> int8 after cool-down");
                 ("back_to_int8", json!({}))
             }
-            Transition::Int8RetryFailed { failure } => ("int8_retry_failed", json!({ "failure": failure })),
+            Transition::Int8RetryFailed { failure } => {
+                ("int8_retry_failed", json!({ "failure": failure }))
+            }
         };
         self.audit.record(event, details);
         // Mode changes are pushed to hosts unasked (PROTOCOL.md, Status).
-        if matches!(t, Transition::FallbackToFp32 { .. } | Transition::BackToInt8 | Transition::FallbackRefused { .. }) {
+        if matches!(
+            t,
+            Transition::FallbackToFp32 { .. }
+                | Transition::BackToInt8
+                | Transition::FallbackRefused { .. }
+        ) {
             let status = Message::Status(self.status());
             self.broadcast(&status, None);
         }
@@ -959,10 +1194,18 @@ impl Supervisor {
 
     fn capture(&mut self, capture_id: u32, requester: Option<(LinkId, u32)>) {
         let Some(camera) = &self.camera_tx else {
-            return self.error(requester, ErrorCode::Unsupported, "no camera is configured on this device");
+            return self.error(
+                requester,
+                ErrorCode::Unsupported,
+                "no camera is configured on this device",
+            );
         };
         if self.capture_busy {
-            return self.error(requester, ErrorCode::Busy, "a capture is already in progress");
+            return self.error(
+                requester,
+                ErrorCode::Busy,
+                "a capture is already in progress",
+            );
         }
         if !self.can_admit(0) {
             if let Some((id, seq)) = requester {
@@ -975,18 +1218,37 @@ impl Supervisor {
         }
     }
 
-    fn on_captured(&mut self, capture_id: u32, requester: Option<(LinkId, u32)>, frame: Result<CapturedFrame, String>) {
+    fn on_captured(
+        &mut self,
+        capture_id: u32,
+        requester: Option<(LinkId, u32)>,
+        frame: Result<CapturedFrame, String>,
+    ) {
         self.capture_busy = false;
         match frame {
             Ok(f) => {
                 let name = format!("camera-{capture_id}");
                 log::debug!("captured {}", f.description);
-                self.enqueue(name, f.bytes, Source::Camera { capture_id }, requester, f.raw_sha256, None);
+                self.enqueue(
+                    name,
+                    f.bytes,
+                    Source::Camera { capture_id },
+                    requester,
+                    f.raw_sha256,
+                    None,
+                );
             }
             Err(e) => {
                 self.counters.errors += 1;
-                self.audit.record("camera_failed", json!({ "capture_id": capture_id, "error": e }));
-                let msg = Message::Error(ErrorMessage::new(ErrorCode::CameraFailed, &e, requester.map(|(_, s)| s)));
+                self.audit.record(
+                    "camera_failed",
+                    json!({ "capture_id": capture_id, "error": e }),
+                );
+                let msg = Message::Error(ErrorMessage::new(
+                    ErrorCode::CameraFailed,
+                    &e,
+                    requester.map(|(_, s)| s),
+                ));
                 match requester {
                     Some((link, _)) => {
                         self.send(link, &msg);
@@ -1015,7 +1277,10 @@ fn send_on(link: &mut LinkState, msg: &Message) -> Sent {
 }
 
 /// The camera runs in its own thread: a capture can block for a frame interval or more.
-fn start_camera(c: &config::CameraConfig, events: Sender<Event>) -> anyhow::Result<Sender<(u32, Option<(LinkId, u32)>)>> {
+fn start_camera(
+    c: &config::CameraConfig,
+    events: Sender<Event>,
+) -> anyhow::Result<Sender<CaptureRequest>> {
     use edgedx_board::camera::{Camera, PixelFormat};
     let format = match c.format.as_str() {
         "mjpeg" => PixelFormat::Mjpeg,
@@ -1025,7 +1290,10 @@ fn start_camera(c: &config::CameraConfig, events: Sender<Event>) -> anyhow::Resu
     let mut camera: Box<dyn Camera> = match c.kind {
         CameraKind::Sim => {
             let dir = c.dir.clone().context("camera.dir")?;
-            Box::new(edgedx_board::camera::SimCamera::from_dir(&dir, format).with_context(|| format!("simulated camera {}", dir.display()))?)
+            Box::new(
+                edgedx_board::camera::SimCamera::from_dir(&dir, format)
+                    .with_context(|| format!("simulated camera {}", dir.display()))?,
+            )
         }
         CameraKind::V4l2 => {
             let device = c.device.clone().context("camera.device")?;
@@ -1033,30 +1301,51 @@ fn start_camera(c: &config::CameraConfig, events: Sender<Event>) -> anyhow::Resu
         }
     };
     log::info!("camera: {}", camera.describe());
-    let (tx, rx) = mpsc::channel::<(u32, Option<(LinkId, u32)>)>();
-    thread::Builder::new().name("camera".into()).spawn(move || {
-        for (capture_id, requester) in rx {
-            let frame = camera
-                .capture()
-                .map_err(|e| e.to_string())
-                .and_then(|frame| {
-                    let raw_sha256: [u8; 32] = Sha256::digest(&frame.data).into();
-                    let description = format!("{:?} {}x{} #{}", frame.format, frame.width, frame.height, frame.sequence);
-                    frame
-                        .to_image_file()
-                        .map(|(_, bytes)| CapturedFrame { bytes, raw_sha256, description })
-                        .map_err(|e| e.to_string())
-                });
-            if events.send(Event::Captured { capture_id, requester, frame }).is_err() {
-                break;
+    let (tx, rx) = mpsc::channel::<CaptureRequest>();
+    thread::Builder::new()
+        .name("camera".into())
+        .spawn(move || {
+            for (capture_id, requester) in rx {
+                let frame = camera
+                    .capture()
+                    .map_err(|e| e.to_string())
+                    .and_then(|frame| {
+                        let raw_sha256: [u8; 32] = Sha256::digest(&frame.data).into();
+                        let description = format!(
+                            "{:?} {}x{} #{}",
+                            frame.format, frame.width, frame.height, frame.sequence
+                        );
+                        frame
+                            .to_image_file()
+                            .map(|(_, bytes)| CapturedFrame {
+                                bytes,
+                                raw_sha256,
+                                description,
+                            })
+                            .map_err(|e| e.to_string())
+                    });
+                if events
+                    .send(Event::Captured {
+                        capture_id,
+                        requester,
+                        frame,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
             }
-        }
-    })?;
+        })?;
     Ok(tx)
 }
 
 #[cfg(feature = "v4l2")]
-fn open_v4l2(device: &Path, format: edgedx_board::camera::PixelFormat, width: u32, height: u32) -> anyhow::Result<Box<dyn edgedx_board::camera::Camera>> {
+fn open_v4l2(
+    device: &Path,
+    format: edgedx_board::camera::PixelFormat,
+    width: u32,
+    height: u32,
+) -> anyhow::Result<Box<dyn edgedx_board::camera::Camera>> {
     Ok(Box::new(
         edgedx_board::camera::V4l2Camera::open(device, format, width, height)
             .with_context(|| format!("opening camera {}", device.display()))?,
@@ -1064,13 +1353,89 @@ fn open_v4l2(device: &Path, format: edgedx_board::camera::PixelFormat, width: u3
 }
 
 #[cfg(not(feature = "v4l2"))]
-fn open_v4l2(device: &Path, _: edgedx_board::camera::PixelFormat, _: u32, _: u32) -> anyhow::Result<Box<dyn edgedx_board::camera::Camera>> {
-    bail!("camera {}: this build has no V4L2 support (feature \"v4l2\")", device.display())
+fn open_v4l2(
+    device: &Path,
+    _: edgedx_board::camera::PixelFormat,
+    _: u32,
+    _: u32,
+) -> anyhow::Result<Box<dyn edgedx_board::camera::Camera>> {
+    bail!(
+        "camera {}: this build has no V4L2 support (feature \"v4l2\")",
+        device.display()
+    )
 }
 
-fn open_watchdog(config: &Config) -> anyhow::Result<Option<Box<dyn edgedx_board::watchdog::Watchdog>>> {
-    let Some(w) = &config.watchdog else { return Ok(None) };
-    let dog = edgedx_board::watchdog::DevWatchdog::open(&w.device, Duration::from_secs(w.timeout_s))
-        .with_context(|| format!("opening watchdog {}", w.device.display()))?;
+/// Status LED and alert buzzer (returned, driven by the supervisor's tick) and the capture
+/// button (polled in its own thread, which sends [`Event::CaptureButton`] once per press).
+#[allow(clippy::type_complexity)]
+fn open_gpio(
+    config: &Config,
+    events: Sender<Event>,
+) -> anyhow::Result<(
+    Option<edgedx_board::StatusLed>,
+    Option<edgedx_board::AlertBuzzer>,
+)> {
+    use edgedx_board::pins::{open_input, open_output};
+    use embedded_hal::digital::PinState;
+    let Some(g) = &config.gpio else {
+        return Ok((None, None));
+    };
+    let chip = g.chip.as_path();
+    let ctx = |what: &str, line: u32| format!("{what} on {} line {line}", chip.display());
+    let led = match g.led {
+        Some(line) => Some(
+            edgedx_board::StatusLed::new(
+                open_output(chip, line, PinState::Low).with_context(|| ctx("status LED", line))?,
+            )
+            .with_context(|| ctx("status LED", line))?,
+        ),
+        None => None,
+    };
+    let buzzer = match g.buzzer {
+        Some(line) => Some(
+            edgedx_board::AlertBuzzer::new(
+                open_output(chip, line, PinState::Low).with_context(|| ctx("buzzer", line))?,
+            )
+            .with_context(|| ctx("buzzer", line))?,
+        ),
+        None => None,
+    };
+    if let Some(line) = g.button {
+        let pin = open_input(chip, line).with_context(|| ctx("capture button", line))?;
+        let mut button = edgedx_board::CaptureButton::new(
+            pin,
+            g.button_active_low,
+            Duration::from_millis(g.debounce_ms),
+        );
+        thread::Builder::new()
+            .name("button".into())
+            .spawn(move || loop {
+                match button.poll(Instant::now()) {
+                    Ok(true) => {
+                        if events.send(Event::CaptureButton).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        log::error!("capture button: {e}; button disabled");
+                        return;
+                    }
+                }
+                thread::sleep(Duration::from_millis(10));
+            })?;
+    }
+    Ok((led, buzzer))
+}
+
+fn open_watchdog(
+    config: &Config,
+) -> anyhow::Result<Option<Box<dyn edgedx_board::watchdog::Watchdog>>> {
+    let Some(w) = &config.watchdog else {
+        return Ok(None);
+    };
+    let dog =
+        edgedx_board::watchdog::DevWatchdog::open(&w.device, Duration::from_secs(w.timeout_s))
+            .with_context(|| format!("opening watchdog {}", w.device.display()))?;
     Ok(Some(Box::new(dog)))
 }

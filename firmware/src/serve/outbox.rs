@@ -145,7 +145,10 @@ impl Outbox {
             let mut bytes = data.len() as u64;
             if (good as u64) < bytes {
                 if Some(number) == last {
-                    let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io_err(&path))?;
                     f.set_len(good as u64).map_err(io_err(&path))?;
                     f.sync_all().map_err(io_err(&path))?;
                     recovery.torn_bytes = bytes - good as u64;
@@ -197,7 +200,10 @@ impl Outbox {
 
     /// Gives `result` the next id, journals it and syncs it to disk. Only after this
     /// returns may the result be sent.
-    pub fn append(&mut self, mut result: ClassificationResult) -> Result<ClassificationResult, OutboxError> {
+    pub fn append(
+        &mut self,
+        mut result: ClassificationResult,
+    ) -> Result<ClassificationResult, OutboxError> {
         let id = self.next_id;
         result.result_id = id;
         let payload = postcard::to_stdvec(&result).map_err(|e| OutboxError::Encode {
@@ -207,7 +213,10 @@ impl Outbox {
         self.maybe_rotate()?;
         self.write_record(TYPE_RESULT, &payload, true)?;
         self.next_id += 1;
-        let active = self.segments.last_mut().expect("there is always an active segment");
+        let active = self
+            .segments
+            .last_mut()
+            .expect("there is always an active segment");
         active.pending += 1;
         self.unacked.insert(id, (active.number, result.clone()));
         Ok(result)
@@ -245,6 +254,7 @@ impl Outbox {
         self.bytes() + FULL_MARGIN > self.limits.max_bytes
     }
 
+    #[cfg(test)]
     pub fn next_id(&self) -> u64 {
         self.next_id
     }
@@ -252,11 +262,16 @@ impl Outbox {
     /// Syncs acknowledgements written since the last result (called on shutdown).
     pub fn flush(&mut self) -> Result<(), OutboxError> {
         let path = self.active_path();
-        self.active.sync_data().map_err(|source| OutboxError::Io { path, source })
+        self.active
+            .sync_data()
+            .map_err(|source| OutboxError::Io { path, source })
     }
 
     fn active_path(&self) -> PathBuf {
-        self.segments.last().map(|s| s.path.clone()).unwrap_or_else(|| self.dir.clone())
+        self.segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_else(|| self.dir.clone())
     }
 
     fn write_record(&mut self, kind: u8, payload: &[u8], sync: bool) -> Result<(), OutboxError> {
@@ -414,10 +429,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, rec) = Outbox::open(dir.path(), LIMITS).unwrap();
         assert_eq!(rec.unacked, 0);
-        let ids: Vec<u64> = (0..5).map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id).collect();
+        let ids: Vec<u64> = (0..5)
+            .map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id)
+            .collect();
         assert_eq!(ids, vec![1, 2, 3, 4, 5]);
         assert!(ob.ack(2).unwrap());
-        assert!(!ob.ack(2).unwrap(), "a second ack of the same id changes nothing");
+        assert!(
+            !ob.ack(2).unwrap(),
+            "a second ack of the same id changes nothing"
+        );
         assert!(!ob.ack(99).unwrap());
         drop(ob);
         let (ob, rec) = Outbox::open(dir.path(), LIMITS).unwrap();
@@ -470,7 +490,9 @@ mod tests {
     fn rotation_deletes_only_fully_acked_segments() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
-        let ids: Vec<u64> = (0..40).map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id).collect();
+        let ids: Vec<u64> = (0..40)
+            .map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id)
+            .collect();
         let count = || fs::read_dir(dir.path()).unwrap().count();
         let before = count();
         assert!(before > 3, "1 KiB segments should have rotated: {before}");
@@ -485,7 +507,11 @@ mod tests {
         drop(ob);
         let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
         assert_eq!(ob.unacked_len(), 0);
-        assert_eq!(ob.append(result("next")).unwrap().result_id, 41, "ids survive rotation");
+        assert_eq!(
+            ob.append(result("next")).unwrap().result_id,
+            41,
+            "ids survive rotation"
+        );
     }
 
     #[test]

@@ -86,15 +86,18 @@ pub fn watch<E: Send + 'static>(
                                 c.writing = false;
                                 c.closed = true;
                             }
-                            EventKind::Create(CreateKind::File) | EventKind::Create(CreateKind::Any) => {
+                            EventKind::Create(CreateKind::File)
+                            | EventKind::Create(CreateKind::Any) => {
                                 c.writing = true;
                                 c.closed = false;
                             }
-                            EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Any) => {
+                            EventKind::Modify(ModifyKind::Data(_))
+                            | EventKind::Modify(ModifyKind::Any) => {
                                 c.writing = true;
                                 c.closed = false;
                             }
-                            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                            EventKind::Remove(_)
+                            | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
                                 c.reported = true;
                             }
                             _ => {}
@@ -115,7 +118,9 @@ pub fn watch<E: Send + 'static>(
                 if c.reported {
                     continue;
                 }
-                let Ok(meta) = std::fs::metadata(path) else { continue };
+                let Ok(meta) = std::fs::metadata(path) else {
+                    continue;
+                };
                 if !meta.is_file() {
                     c.reported = true;
                     continue;
@@ -155,7 +160,9 @@ fn name_ok(path: &Path) -> bool {
 
 /// Adds files that exist without having produced events (start-up, a new mount).
 fn scan(dir: &Path, files: &mut HashMap<PathBuf, Candidate>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if !name_ok(&path) || !entry.file_type().is_ok_and(|t| t.is_file()) {
@@ -194,7 +201,14 @@ mod tests {
 
     #[test]
     fn partial_and_hidden_names_are_ignored() {
-        for n in [".x.png", "a.png.part", "b.dcm.tmp", "c~", "d.PART", "e.png.reason.txt"] {
+        for n in [
+            ".x.png",
+            "a.png.part",
+            "b.dcm.tmp",
+            "c~",
+            "d.PART",
+            "e.png.reason.txt",
+        ] {
             assert!(ignored(n), "{n}");
         }
         for n in ["scan.dcm", "IM0001", "a.png"] {

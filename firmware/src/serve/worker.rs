@@ -28,6 +28,9 @@ pub struct Args {
     max_pixels: u64,
     #[arg(long, default_value_t = Limits::default().max_file_bytes)]
     max_file_bytes: u64,
+    /// Refuse to load unless the manifest names this sha256 for the model.
+    #[arg(long)]
+    expect_sha256: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -52,22 +55,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut tensor = vec![0f32; model.input_spec().item_len()];
     loop {
-        let request = match ipc::recv::<Request>(&mut input).context("reading from the supervisor")? {
-            None | Some(Request::Exit) => return Ok(ExitCode::SUCCESS),
-            Some(request) => request,
-        };
+        let request =
+            match ipc::recv::<Request>(&mut input).context("reading from the supervisor")? {
+                None | Some(Request::Exit) => return Ok(ExitCode::SUCCESS),
+                Some(request) => request,
+            };
         let Request::Classify { job, name, bytes } = request else {
             continue;
         };
         let outcome = classify(&model, &limits, &name, &bytes, &mut tensor);
-        ipc::send(&mut output, &Reply::Done { job, outcome }).context("writing to the supervisor")?;
+        ipc::send(&mut output, &Reply::Done { job, outcome })
+            .context("writing to the supervisor")?;
     }
 }
 
 fn load(args: &Args) -> Result<(Model, Ready), (String, String)> {
     let started = Instant::now();
-    let bundle = Bundle::open(&args.bundle)
-        .map_err(|e| (e.kind().as_str().to_string(), e.to_string()))?;
+    let bundle =
+        Bundle::open(&args.bundle).map_err(|e| (e.kind().as_str().to_string(), e.to_string()))?;
+    if let Some(expected) = &args.expect_sha256 {
+        let listed = bundle
+            .variant(args.precision.variant())
+            .map_err(|e| (e.kind().as_str().to_string(), e.to_string()))?;
+        if &listed.sha256 != expected {
+            return Err((
+                "integrity".into(),
+                format!(
+                    "bundle {} changed since the daemon verified it: {} is now listed as {}, expected {expected}",
+                    args.bundle.display(),
+                    listed.file,
+                    listed.sha256
+                ),
+            ));
+        }
+    }
     let model = Model::load(&bundle, args.precision.variant(), &EngineOptions::default())
         .map_err(|e| (e.kind().as_str().to_string(), e.to_string()))?;
     let load_us = started.elapsed().as_micros() as u64;
@@ -75,9 +96,12 @@ fn load(args: &Args) -> Result<(Model, Ready), (String, String)> {
     // image and gives the supervisor the latency its deadline is derived from.
     let warm = vec![0.5f32; model.input_spec().item_len()];
     let t = Instant::now();
-    model
-        .run(&warm)
-        .map_err(|e| (e.kind().as_str().to_string(), format!("warm-up inference: {e}")))?;
+    model.run(&warm).map_err(|e| {
+        (
+            e.kind().as_str().to_string(),
+            format!("warm-up inference: {e}"),
+        )
+    })?;
     let warmup_us = t.elapsed().as_micros() as u64;
     let memory = edgedx_engine::memory::current();
     let report = model.report();
@@ -93,7 +117,13 @@ fn load(args: &Args) -> Result<(Model, Ready), (String, String)> {
     Ok((model, ready))
 }
 
-fn classify(model: &Model, limits: &Limits, name: &str, bytes: &[u8], tensor: &mut [f32]) -> Outcome {
+fn classify(
+    model: &Model,
+    limits: &Limits,
+    name: &str,
+    bytes: &[u8],
+    tensor: &mut [f32],
+) -> Outcome {
     let started = Instant::now();
     let rejected = |kind: &str, message: String| Outcome::InputRejected {
         kind: kind.to_string(),
@@ -102,7 +132,11 @@ fn classify(model: &Model, limits: &Limits, name: &str, bytes: &[u8], tensor: &m
     if bytes.len() as u64 > limits.max_file_bytes {
         return rejected(
             "too_large",
-            format!("{name}: {} bytes is over the {} byte limit", bytes.len(), limits.max_file_bytes),
+            format!(
+                "{name}: {} bytes is over the {} byte limit",
+                bytes.len(),
+                limits.max_file_bytes
+            ),
         );
     }
     let image = match edgedx_ingest::load_bytes(bytes, name, limits) {
@@ -120,7 +154,10 @@ fn classify(model: &Model, limits: &Limits, name: &str, bytes: &[u8], tensor: &m
             rss_bytes: edgedx_engine::memory::current().map_or(0, |m| m.rss),
         },
         Ok(scores) => Outcome::ModelError {
-            message: format!("{name}: the model returned {} rows for one image", scores.len()),
+            message: format!(
+                "{name}: the model returned {} rows for one image",
+                scores.len()
+            ),
         },
         Err(e) => Outcome::ModelError {
             message: format!("{name}: {e}"),

@@ -24,6 +24,9 @@ pub struct WorkerSpec {
     pub load_timeout: Duration,
     /// RLIMIT_DATA for the worker process (heap and private mappings), when set.
     pub memory_limit: Option<u64>,
+    /// sha256 the model file must have, from the manifest the supervisor verified: a
+    /// bundle changed on disk after start-up is refused by the worker.
+    pub expect_sha256: Option<String>,
 }
 
 /// Why a worker could not answer.
@@ -42,12 +45,19 @@ pub enum WorkerFailure {
 impl std::fmt::Display for WorkerFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WorkerFailure::Hang { waited } => write!(f, "no answer within {} ms", waited.as_millis()),
-            WorkerFailure::Died { status, memory_breach: true } => {
+            WorkerFailure::Hang { waited } => {
+                write!(f, "no answer within {} ms", waited.as_millis())
+            }
+            WorkerFailure::Died {
+                status,
+                memory_breach: true,
+            } => {
                 write!(f, "worker ended ({status}) after reaching its memory limit")
             }
             WorkerFailure::Died { status, .. } => write!(f, "worker ended ({status})"),
-            WorkerFailure::LoadFailed { kind, message } => write!(f, "model load failed ({kind}): {message}"),
+            WorkerFailure::LoadFailed { kind, message } => {
+                write!(f, "model load failed ({kind}): {message}")
+            }
             WorkerFailure::Broken(why) => write!(f, "worker broken: {why}"),
         }
     }
@@ -91,6 +101,11 @@ impl Worker {
             .arg(spec.limits.max_pixels.to_string())
             .arg("--max-file-bytes")
             .arg(spec.limits.max_file_bytes.to_string())
+            .args(
+                spec.expect_sha256
+                    .iter()
+                    .flat_map(|h| ["--expect-sha256", h.as_str()]),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -115,9 +130,9 @@ impl Worker {
                 });
             }
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| WorkerFailure::Broken(format!("cannot start {}: {e}", spec.exe.display())))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            WorkerFailure::Broken(format!("cannot start {}: {e}", spec.exe.display()))
+        })?;
         let stdin: ChildStdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
 
@@ -177,7 +192,9 @@ impl Worker {
             }
             Ok(other) => {
                 worker.kill();
-                Err(WorkerFailure::Broken(format!("expected Ready, got {other:?}")))
+                Err(WorkerFailure::Broken(format!(
+                    "expected Ready, got {other:?}"
+                )))
             }
             Err(failure) => Err(failure),
         }
@@ -196,13 +213,23 @@ impl Worker {
     }
 
     /// Runs one job; on any failure the worker has been killed and must be replaced.
-    pub fn classify(&mut self, job: u64, name: &str, bytes: Vec<u8>, deadline: Duration) -> Result<Outcome, WorkerFailure> {
+    pub fn classify(
+        &mut self,
+        job: u64,
+        name: &str,
+        bytes: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Outcome, WorkerFailure> {
         let request = Request::Classify {
             job,
             name: name.to_string(),
             bytes,
         };
-        let sent = self.jobs.as_ref().map(|j| j.send(request).is_ok()).unwrap_or(false);
+        let sent = self
+            .jobs
+            .as_ref()
+            .map(|j| j.send(request).is_ok())
+            .unwrap_or(false);
         if !sent {
             return Err(self.reap("its input pipe is closed"));
         }
@@ -210,7 +237,9 @@ impl Worker {
             Reply::Done { job: done, outcome } if done == job => Ok(outcome),
             other => {
                 self.kill();
-                Err(WorkerFailure::Broken(format!("expected the answer to job {job}, got {other:?}")))
+                Err(WorkerFailure::Broken(format!(
+                    "expected the answer to job {job}, got {other:?}"
+                )))
             }
         }
     }
@@ -227,7 +256,9 @@ impl Worker {
         let started = Instant::now();
         match self.replies.recv_timeout(timeout) {
             Ok(Ok(Some(reply))) => Ok(reply),
-            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => Err(self.reap("it closed its output")),
+            Ok(Ok(None)) | Err(RecvTimeoutError::Disconnected) => {
+                Err(self.reap("it closed its output"))
+            }
             Ok(Err(e)) => {
                 // A broken message often means the process is dying: prefer its exit status.
                 let failure = self.reap(&format!("unreadable reply: {e}"));
@@ -264,7 +295,8 @@ impl Worker {
         };
         // A memory-limited worker that fails an allocation aborts (SIGABRT, Rust's
         // allocation error handler) or is killed; either way it hit its limit.
-        let memory_breach = self.memory_limit.is_some() && matches!(status.signal(), Some(libc::SIGABRT) | Some(libc::SIGSEGV))
+        let memory_breach = self.memory_limit.is_some()
+            && matches!(status.signal(), Some(libc::SIGABRT) | Some(libc::SIGSEGV))
             || status.code() == Some(134);
         WorkerFailure::Died {
             status: text,

