@@ -9,6 +9,11 @@ mod dataset;
 mod metrics;
 mod record;
 
+/// UTC now as `YYYY-MM-DDTHH:MM:SSZ` (the date format of manifest records).
+pub fn record_now_utc() -> String {
+    record::now_utc()
+}
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;

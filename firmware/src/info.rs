@@ -25,6 +25,16 @@ pub struct Args {
     /// One JSON document instead of text.
     #[arg(long)]
     json: bool,
+    /// Measure the memory of a worker process per model (load peak, steady state, peak
+    /// over the bundle's sample images) instead of loading models in this process.
+    #[arg(long)]
+    memory: bool,
+    /// With --memory: record the figures in the manifest as [memory.<variant>].
+    #[arg(long, requires = "memory")]
+    write: bool,
+    /// With --memory: program put in front of the worker command (e.g. the qemu runner).
+    #[arg(long)]
+    worker_launcher: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +93,9 @@ struct LoadedModel {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.memory {
+        return run_memory(&args);
+    }
     let dir = crate::paths::bundle_dir(args.bundle.clone());
     let bundle = Bundle::open(&dir).with_context(|| format!("opening bundle {}", dir.display()))?;
     let m = bundle.manifest();
@@ -147,6 +160,65 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         print_text(&info);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_memory(args: &Args) -> anyhow::Result<ExitCode> {
+    let dir = crate::paths::bundle_dir(args.bundle.clone());
+    let launcher: Vec<String> = args
+        .worker_launcher
+        .as_deref()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut samples: Vec<PathBuf> = std::fs::read_dir(dir.join("samples"))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    samples.retain(|p| {
+        matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("png" | "jpg" | "jpeg" | "dcm" | "pgm")
+        )
+    });
+    samples.sort();
+    let measured = crate::measure::measure(&dir, &launcher, &samples)?;
+    let measured_on = format!(
+        "{}-{}{}",
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        if launcher.is_empty() {
+            String::new()
+        } else {
+            format!(" under {}", launcher[0])
+        }
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "bundle": dir.display().to_string(), "measured_on": measured_on, "workers": measured })
+        );
+    } else {
+        println!(
+            "worker memory per model ({measured_on}, {} sample images)",
+            samples.len()
+        );
+        for m in &measured {
+            println!(
+                "  {:<5} file {:>10}  steady {:>10}  load peak {:>10}  peak {:>10}",
+                m.variant,
+                mib(m.file_bytes),
+                mib(m.steady_rss_bytes),
+                mib(m.load_peak_rss_bytes),
+                mib(m.peak_rss_bytes)
+            );
+        }
+    }
+    if args.write {
+        crate::measure::write_needs(&dir, &measured, &measured_on)?;
+        eprintln!(
+            "recorded [memory.*] in {}",
+            dir.join("manifest.toml").display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ mod classify;
 mod demo;
 mod gate;
 mod info;
+mod measure;
 mod paths;
 mod serve;
 

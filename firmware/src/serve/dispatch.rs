@@ -301,6 +301,7 @@ impl Dispatcher {
                     probabilities,
                     latency_us,
                     rss_bytes,
+                    ..
                 }) => match validate(&probabilities, self.policy.classes) {
                     Ok(()) => {
                         let ready = worker.ready();

@@ -56,8 +56,9 @@ pub enum Outcome {
         /// The model's class probabilities as computed; the supervisor validates them.
         probabilities: Vec<f32>,
         latency_us: u64,
-        /// Resident memory after the inference.
+        /// Resident memory after the inference, and the peak so far.
         rss_bytes: u64,
+        peak_rss_bytes: u64,
     },
     /// The input could not be used (decode failure, too large, ...); not a model fault.
     InputRejected { kind: String, message: String },

@@ -148,11 +148,15 @@ fn classify(
     }
     drop(image);
     match model.run(tensor) {
-        Ok(mut scores) if scores.len() == 1 => Outcome::Scores {
-            probabilities: std::mem::take(&mut scores[0].probabilities),
-            latency_us: started.elapsed().as_micros() as u64,
-            rss_bytes: edgedx_engine::memory::current().map_or(0, |m| m.rss),
-        },
+        Ok(mut scores) if scores.len() == 1 => {
+            let memory = edgedx_engine::memory::current();
+            Outcome::Scores {
+                probabilities: std::mem::take(&mut scores[0].probabilities),
+                latency_us: started.elapsed().as_micros() as u64,
+                rss_bytes: memory.map_or(0, |m| m.rss),
+                peak_rss_bytes: memory.map_or(0, |m| m.peak_rss),
+            }
+        }
         Ok(scores) => Outcome::ModelError {
             message: format!(
                 "{name}: the model returned {} rows for one image",
