@@ -5,6 +5,7 @@ mod classify;
 mod daemon;
 mod gate;
 mod golden;
+mod memory;
 mod safety;
 mod util;
 mod vgg16;

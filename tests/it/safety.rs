@@ -261,3 +261,38 @@ fn hung_int8_worker_without_room_for_fp32_gives_errors_and_an_alert() {
     assert_eq!(r.precision, Precision::Int8);
     assert_eq!(r.label.as_str(), "meningioma");
 }
+
+#[test]
+fn a_worker_that_allocates_past_its_limit_is_ended_and_the_daemon_goes_on() {
+    let qemu = std::env::var("EDGEDX_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty());
+    // Under qemu the limit also covers the emulator (about 60 MiB): leave it room to start.
+    let limit = if qemu { 160 } else { 64 };
+    let extra = format!(
+        "[limits]\nmax_pixels = 40000000\n[memory]\nworker_limit_mib = {limit}\nsupervisor_mib = 128\nbudget_mib = 384\n"
+    );
+    let d = Daemon::start_with(Opts {
+        extra: &extra,
+        ..Opts::default()
+    });
+    let mut c = d.client();
+    // 36 Mpx: admitted by the pixel limit, but decoding it (36 MiB of grey + 144 MiB as
+    // f32) goes past the worker's limit.
+    let (w, h) = (6000u32, 6000u32);
+    let img =
+        image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x / 40 + y / 40) % 256) as u8]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let e = c.classify_bytes("huge.png", png.get_ref(), T).unwrap_err();
+    assert!(
+        format!("{e}").contains("memory limit"),
+        "{e}\n{}",
+        d.stderr()
+    );
+    let audit = d.audit();
+    assert!(audit.contains("memory limit"), "{audit}");
+    // The daemon, its link and the next request are fine.
+    let r = c
+        .classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T)
+        .unwrap();
+    assert_eq!(r.label.as_str(), "glioma");
+}
