@@ -9,6 +9,7 @@ mod bundle_cmd;
 mod classify;
 mod demo;
 mod gate;
+mod heap;
 mod info;
 mod measure;
 mod paths;
@@ -17,6 +18,9 @@ mod serve;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+#[global_allocator]
+static ALLOCATOR: heap::CountingAlloc = heap::CountingAlloc;
 
 /// Exit code for an internal error (sysexits EX_SOFTWARE): a bug, never bad input.
 const EXIT_INTERNAL: u8 = 70;

@@ -264,9 +264,8 @@ fn hung_int8_worker_without_room_for_fp32_gives_errors_and_an_alert() {
 
 #[test]
 fn a_worker_that_allocates_past_its_limit_is_ended_and_the_daemon_goes_on() {
-    let qemu = std::env::var("EDGEDX_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty());
-    // Under qemu the limit also covers the emulator (about 60 MiB): leave it room to start.
-    let limit = if qemu { 160 } else { 64 };
+    // The worker's heap limit counts the guest's heap, natively and under qemu alike.
+    let limit = 64;
     let extra = format!(
         "[limits]\nmax_pixels = 40000000\n[memory]\nworker_limit_mib = {limit}\nsupervisor_mib = 128\nbudget_mib = 384\n"
     );

@@ -28,12 +28,18 @@ pub struct Args {
     max_pixels: u64,
     #[arg(long, default_value_t = Limits::default().max_file_bytes)]
     max_file_bytes: u64,
+    /// Heap limit of this process in bytes (set by the supervisor from its memory budget).
+    #[arg(long)]
+    heap_limit: Option<usize>,
     /// Refuse to load unless the manifest names this sha256 for the model.
     #[arg(long)]
     expect_sha256: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(limit) = args.heap_limit {
+        crate::heap::set_limit(limit);
+    }
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
     let mut input = BufReader::new(stdin);

@@ -13,6 +13,10 @@ use edgedx_ingest::Limits;
 use super::ipc::{self, Outcome, Ready, Reply, Request};
 use crate::PrecisionArg;
 
+/// RLIMIT_DATA above the heap limit (private writable mappings the heap counter does not
+/// see: .data/.bss, thread stacks, allocator arenas).
+const RLIMIT_SLACK: u64 = 64 * 1024 * 1024;
+
 /// How to start a worker.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec {
@@ -118,9 +122,12 @@ impl Worker {
                     // The worker must not outlive a supervisor that was killed.
                     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                     if let Some(limit) = memory_limit {
+                        // The kernel's backstop behind the worker's own heap limit: code,
+                        // thread stacks and the allocator's slack come on top of the heap.
+                        let hard = limit.saturating_add(RLIMIT_SLACK);
                         let rl = libc::rlimit {
-                            rlim_cur: limit as libc::rlim_t,
-                            rlim_max: limit as libc::rlim_t,
+                            rlim_cur: hard as libc::rlim_t,
+                            rlim_max: hard as libc::rlim_t,
                         };
                         if libc::setrlimit(libc::RLIMIT_DATA, &rl) != 0 {
                             return Err(std::io::Error::last_os_error());

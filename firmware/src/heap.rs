@@ -1,0 +1,117 @@
+//! A counting global allocator: the worker's heap limit.
+//!
+//! `RLIMIT_DATA` (set by the supervisor before the worker runs) is the kernel's backstop,
+//! but it does not see every allocation path: under qemu-user, for one, the guest heap
+//! lives in memory the emulator reserved up front and merely re-protects, which the kernel
+//! does not check against the limit. Counting in the allocator gives the same limit on a
+//! board and under the emulator: past it an allocation fails, Rust's allocation-error
+//! handler aborts the worker, and the supervisor reports a memory-budget breach.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct CountingAlloc;
+
+static IN_USE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Caps the heap of this process at `bytes` (the worker calls it before loading a model).
+pub fn set_limit(bytes: usize) {
+    LIMIT.store(bytes, Ordering::SeqCst);
+}
+
+/// Heap bytes allocated now, and the most at any time.
+pub fn usage() -> (usize, usize) {
+    (IN_USE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed))
+}
+
+fn reserve(size: usize) -> bool {
+    let limit = LIMIT.load(Ordering::Relaxed);
+    let mut current = IN_USE.load(Ordering::Relaxed);
+    loop {
+        let Some(next) = current.checked_add(size).filter(|n| *n <= limit) else {
+            return false;
+        };
+        match IN_USE.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => {
+                PEAK.fetch_max(next, Ordering::Relaxed);
+                return true;
+            }
+            Err(seen) => current = seen,
+        }
+    }
+}
+
+fn release(size: usize) {
+    IN_USE.fetch_sub(size, Ordering::Relaxed);
+}
+
+// SAFETY: every method forwards to the system allocator with the caller's layout; the
+// counters only decide whether to forward, never alter pointers or layouts.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !reserve(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        let p = unsafe { System.alloc(layout) };
+        if p.is_null() {
+            release(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if !reserve(layout.size()) {
+            return std::ptr::null_mut();
+        }
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if p.is_null() {
+            release(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        release(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let old = layout.size();
+        if new_size > old && !reserve(new_size - old) {
+            return std::ptr::null_mut();
+        }
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if p.is_null() {
+            if new_size > old {
+                release(new_size - old);
+            }
+        } else if new_size < old {
+            release(old - new_size);
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_refuses_past_the_limit() {
+        // The test binary runs with this allocator too: measure relative to now.
+        let (before, _) = usage();
+        let v = vec![0u8; 1 << 20];
+        let (during, peak) = usage();
+        assert!(during >= before + (1 << 20) && peak >= during);
+        drop(v);
+        // A reservation past the limit is refused without touching the count.
+        let saved = LIMIT.load(Ordering::SeqCst);
+        LIMIT.store(usage().0 + 1024, Ordering::SeqCst);
+        assert!(!reserve(1 << 30));
+        LIMIT.store(saved, Ordering::SeqCst);
+        assert!(reserve(16));
+        release(16);
+    }
+}
