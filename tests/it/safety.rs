@@ -266,8 +266,10 @@ fn hung_int8_worker_without_room_for_fp32_gives_errors_and_an_alert() {
 fn a_worker_that_allocates_past_its_limit_is_ended_and_the_daemon_goes_on() {
     // The worker's heap limit counts the guest's heap, natively and under qemu alike.
     let limit = 64;
+    // Decoding 36 Mpx takes seconds under qemu: a long deadline keeps this about memory.
     let extra = format!(
-        "[limits]\nmax_pixels = 40000000\n[memory]\nworker_limit_mib = {limit}\nsupervisor_mib = 128\nbudget_mib = 384\n"
+        "[limits]\nmax_pixels = 40000000\n[memory]\nworker_limit_mib = {limit}\nsupervisor_mib = 128\nbudget_mib = 384\n{}",
+        fast_watchdog().replace("deadline_floor_ms = 3000", "deadline_floor_ms = 120000").replace("deadline_floor_ms = 15000", "deadline_floor_ms = 120000")
     );
     let d = Daemon::start_with(Opts {
         extra: &extra,
@@ -281,7 +283,14 @@ fn a_worker_that_allocates_past_its_limit_is_ended_and_the_daemon_goes_on() {
         image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x / 40 + y / 40) % 256) as u8]));
     let mut png = std::io::Cursor::new(Vec::new());
     img.write_to(&mut png, image::ImageFormat::Png).unwrap();
-    let e = c.classify_bytes("huge.png", png.get_ref(), T).unwrap_err();
+    let e = match c.classify_bytes("huge.png", png.get_ref(), T) {
+        Err(e) => e,
+        Ok(r) => panic!(
+            "answered past the limit: {r:?}\n{}\n{}",
+            d.stderr(),
+            d.audit()
+        ),
+    };
     assert!(
         format!("{e}").contains("memory limit"),
         "{e}\n{}",

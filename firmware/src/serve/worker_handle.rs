@@ -110,6 +110,11 @@ impl Worker {
                     .iter()
                     .flat_map(|h| ["--expect-sha256", h.as_str()]),
             )
+            .args(
+                spec.memory_limit
+                    .iter()
+                    .flat_map(|l| ["--heap-limit".to_string(), l.to_string()]),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
