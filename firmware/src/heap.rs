@@ -22,6 +22,7 @@ pub fn set_limit(bytes: usize) {
 }
 
 /// Heap bytes allocated now, and the most at any time.
+#[cfg(test)]
 pub fn usage() -> (usize, usize) {
     (IN_USE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed))
 }

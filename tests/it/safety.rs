@@ -304,3 +304,34 @@ fn a_worker_that_allocates_past_its_limit_is_ended_and_the_daemon_goes_on() {
         .unwrap();
     assert_eq!(r.label.as_str(), "glioma");
 }
+
+#[test]
+fn shadow_validation_compares_int8_with_fp32_and_reports_in_status() {
+    let d = Daemon::start_with(Opts {
+        extra: "[shadow]\nrate = 1.0\nwindow = 10\nmin_samples = 2\nthreshold = 0.05\n",
+        ..Opts::default()
+    });
+    let mut c = d.client();
+    let files = ["glioma-01.png", "meningioma-01.png", "pituitary-02.dcm"];
+    for f in files {
+        let r = c
+            .classify_bytes(f, &std::fs::read(sample(f)).unwrap(), T)
+            .unwrap();
+        // The answer is int8's; the fp32 run is a check beside it.
+        assert_eq!(r.precision, Precision::Int8);
+        assert_eq!(r.precision_reason, PrecisionReason::Normal);
+        c.ack(r.result_id).unwrap();
+    }
+    let s = c.status(T).unwrap();
+    assert_eq!(s.shadow_checked, files.len() as u32, "{s:?}");
+    // On these samples both models agree (tests/golden), so no disagreement and no alert.
+    assert_eq!(s.shadow_disagreements, 0, "{s:?}");
+    assert!(s.alert.is_empty(), "{s:?}");
+    let audit = d.audit();
+    assert_eq!(
+        audit.matches("\"precision\":\"fp32-shadow\"").count(),
+        1,
+        "one shadow fp32 worker, kept resident: {audit}"
+    );
+    assert!(!audit.contains("shadow_disagreement"), "{audit}");
+}

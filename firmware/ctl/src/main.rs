@@ -98,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "outbox_unacked": s.outbox_unacked, "outbox_full": s.outbox_full,
                         "live": s.live, "ready": s.ready, "kernels": s.kernels.as_str(),
                         "alert": s.alert.as_str(),
+                        "shadow_checked": s.shadow_checked, "shadow_disagreements": s.shadow_disagreements,
                     })
                 );
             } else {

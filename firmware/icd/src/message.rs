@@ -282,6 +282,10 @@ pub struct Status {
     /// Why a person must act, empty when nothing is wrong: the int8 model is failing and
     /// the fp32 fallback is not allowed, the outbox is full, shadow validation disagrees.
     pub alert: String<MAX_ERROR_TEXT>,
+    /// Shadow validation: comparisons in the rolling window (0 when it is off) ...
+    pub shadow_checked: u32,
+    /// ... and how many of them int8 and fp32 classified differently.
+    pub shadow_disagreements: u32,
 }
 
 /// Image format hint for an upload; the device sniffs the bytes when it is `Auto`.

@@ -110,6 +110,8 @@ fn samples() -> Vec<Message> {
             ready: true,
             kernels: s("arm64simd_mmm_i32_8x8_dot"),
             alert: s(""),
+            shadow_checked: 200,
+            shadow_disagreements: 3,
         }),
         Message::UploadBegin(UploadBegin {
             upload_id: 9,
@@ -210,6 +212,8 @@ fn maximal() -> Vec<Message> {
             ready: true,
             kernels: s(&fill('k', MAX_KERNELS_LEN)),
             alert: s(&fill('a', MAX_ERROR_TEXT)),
+            shadow_checked: u32::MAX,
+            shadow_disagreements: u32::MAX,
         }),
         Message::UploadBegin(UploadBegin {
             upload_id: u32::MAX,

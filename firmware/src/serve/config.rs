@@ -56,6 +56,36 @@ pub struct Config {
     pub watchdog: Option<WatchdogConfig>,
     #[serde(default)]
     pub gpio: Option<GpioConfig>,
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// Shadow validation: run fp32 too on a sample of the inputs int8 answered (only while
+/// memory allows both models to be resident) and watch how often they disagree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Fraction of int8 results also run on fp32, in (0, 1]: 0.1 runs every 10th.
+    pub rate: f64,
+    /// Alert above this rolling disagreement rate.
+    #[serde(default = "default_shadow_threshold")]
+    pub threshold: f64,
+    /// Comparisons in the rolling window.
+    #[serde(default = "default_shadow_window")]
+    pub window: usize,
+    /// Comparisons needed before the rate is judged.
+    #[serde(default = "default_shadow_min")]
+    pub min_samples: usize,
+}
+
+fn default_shadow_threshold() -> f64 {
+    0.05
+}
+fn default_shadow_window() -> usize {
+    200
+}
+fn default_shadow_min() -> usize {
+    20
 }
 
 /// Status LED, alert buzzer and capture button on a GPIO character device.
@@ -639,6 +669,19 @@ impl Config {
         if let Some(wd) = &self.watchdog {
             if !(1..=600).contains(&wd.timeout_s) {
                 bail!("watchdog.timeout_s {} is outside 1..=600", wd.timeout_s);
+            }
+        }
+        if let Some(s) = &self.shadow {
+            if !(s.rate > 0.0 && s.rate <= 1.0) {
+                bail!("shadow.rate {} must be in (0, 1]", s.rate);
+            }
+            if !(s.threshold > 0.0 && s.threshold < 1.0) {
+                bail!("shadow.threshold {} must be in (0, 1)", s.threshold);
+            }
+            if s.window == 0 || s.min_samples == 0 || s.min_samples > s.window {
+                bail!(
+                    "shadow.window and shadow.min_samples must be positive, min_samples <= window"
+                );
             }
         }
         if let Some(g) = &self.gpio {

@@ -72,6 +72,15 @@ pub enum Transition {
     Int8RetryFailed {
         failure: String,
     },
+    ShadowDisagreement {
+        input: String,
+        int8_class: usize,
+        fp32_class: usize,
+    },
+    ShadowAlert {
+        text: String,
+        raised: bool,
+    },
 }
 
 /// What the dispatcher reports to the supervisor.
@@ -96,12 +105,65 @@ pub struct EngineState {
     pub progress: Instant,
     /// Set when fp32 was needed and memory did not allow it.
     pub alert: Option<String>,
+    /// Shadow validation: inputs run on both models in the rolling window, and how many
+    /// of them the two models classified differently.
+    pub shadow_checked: u32,
+    pub shadow_disagreements: u32,
+    /// Set while the rolling disagreement rate is above the threshold.
+    pub shadow_alert: Option<String>,
 }
 
 /// Decides whether an fp32 worker may be started now.
 pub trait MemoryGate: Send {
     /// `Err(why)` when loading fp32 would break the budget or the headroom.
     fn fp32_allowed(&self) -> Result<(), String>;
+    /// `Err(why)` when an fp32 worker may not be resident beside a worker already using
+    /// `resident` bytes (shadow validation).
+    fn fp32_alongside_allowed(&self, resident: u64) -> Result<(), String>;
+}
+
+/// Shadow validation settings: every `every`-th int8 result is also computed by fp32.
+#[derive(Debug, Clone)]
+pub struct ShadowPolicy {
+    pub every: u64,
+    pub window: usize,
+    pub min_samples: usize,
+    pub threshold: f64,
+}
+
+/// The rolling int8-vs-fp32 disagreement record.
+#[derive(Debug, Default)]
+pub struct ShadowWindow {
+    outcomes: VecDeque<bool>,
+}
+
+impl ShadowWindow {
+    /// Adds one comparison; returns (checked, disagreements) in the window.
+    pub fn push(&mut self, disagree: bool, window: usize) -> (usize, usize) {
+        self.outcomes.push_back(disagree);
+        while self.outcomes.len() > window {
+            self.outcomes.pop_front();
+        }
+        (
+            self.outcomes.len(),
+            self.outcomes.iter().filter(|d| **d).count(),
+        )
+    }
+}
+
+/// The alert text when the rolling rate is above the threshold with enough samples.
+pub fn shadow_alert(checked: usize, disagreements: usize, p: &ShadowPolicy) -> Option<String> {
+    if checked < p.min_samples || checked == 0 {
+        return None;
+    }
+    let rate = disagreements as f64 / checked as f64;
+    (rate > p.threshold).then(|| {
+        format!(
+            "shadow validation: int8 and fp32 disagree on {disagreements} of the last {checked} inputs ({:.1}% > {:.1}%)",
+            rate * 100.0,
+            p.threshold * 100.0
+        )
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +206,10 @@ pub struct Dispatcher {
     fallback: Option<(Instant, FallbackReason)>,
     cooldown: Duration,
     returned_at: Option<Instant>,
+    shadow: Option<ShadowPolicy>,
+    shadow_worker: Option<Worker>,
+    shadow_window: ShadowWindow,
+    served: u64,
 }
 
 impl Dispatcher {
@@ -168,7 +234,17 @@ impl Dispatcher {
             fallback: None,
             cooldown,
             returned_at: None,
+            shadow: None,
+            shadow_worker: None,
+            shadow_window: ShadowWindow::default(),
+            served: 0,
         }
+    }
+
+    /// Turns shadow validation on.
+    pub fn with_shadow(mut self, shadow: Option<ShadowPolicy>) -> Self {
+        self.shadow = shadow;
+        self
     }
 
     /// Starts the first worker. `Err` when neither model can serve.
@@ -208,6 +284,9 @@ impl Dispatcher {
             }
         }
         if let Some(w) = self.worker.take() {
+            w.stop();
+        }
+        if let Some(w) = self.shadow_worker.take() {
             w.stop();
         }
     }
@@ -263,8 +342,100 @@ impl Dispatcher {
 
     fn handle(&mut self, job: Job) -> Completed {
         let id = job.id;
+        let shadow_input = self
+            .shadow
+            .as_ref()
+            .map(|_| (job.name.clone(), job.bytes.clone()));
         let result = self.classify(job);
+        if let (Ok(primary), Some((name, bytes))) = (&result, shadow_input) {
+            if primary.precision == Precision::Int8 {
+                self.served += 1;
+                self.maybe_shadow(id, &name, bytes, &primary.probabilities);
+            }
+        }
         Completed { id, result }
+    }
+
+    /// Runs a sampled input on an fp32 worker beside the int8 one, when memory allows both
+    /// to be resident, and updates the rolling disagreement rate.
+    fn maybe_shadow(&mut self, id: u64, name: &str, bytes: Vec<u8>, int8: &[f32]) {
+        let Some(policy) = self.shadow.clone() else {
+            return;
+        };
+        if self.served % policy.every != 0 {
+            return;
+        }
+        if self.shadow_worker.is_none() {
+            let resident = self.worker.as_ref().map_or(0, |w| w.ready().rss_bytes);
+            if let Err(why) = self.gate.fp32_alongside_allowed(resident) {
+                log::debug!("shadow validation skipped: {why}");
+                return;
+            }
+            match Worker::start(&self.fp32) {
+                Ok(w) => {
+                    let r = w.ready();
+                    self.transition(Transition::WorkerStarted {
+                        precision: "fp32-shadow",
+                        pid: w.pid(),
+                        load_ms: r.load_us / 1000,
+                        warmup_ms: r.warmup_us as f64 / 1e3,
+                        rss_bytes: r.rss_bytes,
+                    });
+                    self.shadow_worker = Some(w);
+                }
+                Err(e) => {
+                    log::warn!("shadow fp32 worker: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(worker) = self.shadow_worker.as_mut() else {
+            return;
+        };
+        let deadline = self
+            .policy
+            .deadline(Duration::from_micros(worker.ready().warmup_us));
+        let fp32 = match worker.classify(id, name, bytes, deadline) {
+            Ok(Outcome::Scores { probabilities, .. })
+                if validate(&probabilities, self.policy.classes).is_ok() =>
+            {
+                probabilities
+            }
+            other => {
+                log::warn!("shadow fp32 run failed: {other:?}");
+                self.shadow_worker = None;
+                return;
+            }
+        };
+        let disagree = argmax(int8) != argmax(&fp32);
+        let (checked, disagreements) = self.shadow_window.push(disagree, policy.window);
+        let alert = shadow_alert(checked, disagreements, &policy);
+        let mut changed = None;
+        if let Ok(mut s) = self.state.lock() {
+            s.shadow_checked = checked as u32;
+            s.shadow_disagreements = disagreements as u32;
+            if alert.is_some() != s.shadow_alert.is_some() {
+                changed = Some(
+                    alert
+                        .clone()
+                        .unwrap_or_else(|| "shadow disagreement back under the threshold".into()),
+                );
+            }
+            s.shadow_alert = alert.clone();
+        }
+        if let Some(text) = changed {
+            self.transition(Transition::ShadowAlert {
+                text,
+                raised: alert.is_some(),
+            });
+        }
+        if disagree {
+            self.transition(Transition::ShadowDisagreement {
+                input: name.to_string(),
+                int8_class: argmax(int8),
+                fp32_class: argmax(&fp32),
+            });
+        }
     }
 
     fn classify(&mut self, job: Job) -> Result<Classified, JobError> {
@@ -430,6 +601,10 @@ impl Dispatcher {
         if let Some(w) = self.worker.take() {
             w.stop();
         }
+        // The shadow fp32 worker is not kept beside the serving fp32 one.
+        if let Some(w) = self.shadow_worker.take() {
+            w.stop();
+        }
         self.fallback = Some((Instant::now(), reason));
         if let Err(failure) = self.spawn(PrecisionArg::Fp32) {
             self.fallback = None;
@@ -516,6 +691,19 @@ impl Dispatcher {
     }
 }
 
+fn argmax(p: &[f32]) -> usize {
+    p.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, v)| {
+            if *v > best.1 {
+                (i, *v)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
 fn reason_of(failure: &WorkerFailure) -> FallbackReason {
     match failure {
         WorkerFailure::Hang { .. } => FallbackReason::Hang,
@@ -589,6 +777,32 @@ mod tests {
             p.deadline(Duration::from_millis(500)),
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn shadow_window_rolls_and_alerts_above_the_threshold() {
+        let p = ShadowPolicy {
+            every: 1,
+            window: 10,
+            min_samples: 5,
+            threshold: 0.05,
+        };
+        let mut w = ShadowWindow::default();
+        for _ in 0..4 {
+            w.push(false, p.window);
+        }
+        let (n, d) = w.push(true, p.window);
+        assert_eq!((n, d), (5, 1));
+        assert!(shadow_alert(n, d, &p).unwrap().contains("1 of the last 5"));
+        assert!(shadow_alert(4, 1, &p).is_none(), "too few samples to judge");
+        // Agreement pushes the disagreement out of the window and the alert clears.
+        let mut last = (0, 0);
+        for _ in 0..10 {
+            last = w.push(false, p.window);
+        }
+        assert_eq!(last, (10, 0));
+        assert!(shadow_alert(last.0, last.1, &p).is_none());
+        assert_eq!(argmax(&[0.1, 0.7, 0.2]), 1);
     }
 
     #[test]

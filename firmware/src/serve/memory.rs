@@ -186,6 +186,11 @@ impl MemoryGate for Gate {
         let rss = edgedx_engine::memory::current().map_or(0, |m| m.rss);
         self.check(rss, mem_available())
     }
+
+    fn fp32_alongside_allowed(&self, resident: u64) -> Result<(), String> {
+        let rss = edgedx_engine::memory::current().map_or(0, |m| m.rss);
+        self.check(rss + resident, mem_available())
+    }
 }
 
 /// MemAvailable from /proc/meminfo, in bytes.

@@ -265,6 +265,9 @@ pub fn serve(
         worker_restarts: 0,
         progress: Instant::now(),
         alert: None,
+        shadow_checked: 0,
+        shadow_disagreements: 0,
+        shadow_alert: None,
     }));
     if let Some(note) = &approval.note {
         log::warn!("{note}");
@@ -307,6 +310,12 @@ pub fn serve(
     };
     let (dispatch_tx, dispatch_rx) = mpsc::channel::<DispatchEvent>();
     let gate = memory::Gate::new(&config, &bundle);
+    let shadow = config.shadow.as_ref().map(|s| dispatch::ShadowPolicy {
+        every: (1.0 / s.rate).round().max(1.0) as u64,
+        window: s.window,
+        min_samples: s.min_samples,
+        threshold: s.threshold,
+    });
     let mut dispatcher = Dispatcher::new(
         spec(PrecisionArg::Int8),
         spec(PrecisionArg::Fp32),
@@ -314,7 +323,8 @@ pub fn serve(
         Box::new(gate),
         engine.clone(),
         dispatch_tx,
-    );
+    )
+    .with_shadow(shadow);
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(config.limits.queue_depth);
     // Forward dispatcher events into the one supervisor channel.
     {
@@ -748,12 +758,17 @@ impl Supervisor {
             ready: e.as_ref().is_some_and(|e| e.ready) && !self.shutting_down,
             kernels: heapless_str(e.as_ref().map_or("", |e| e.kernels.as_str())),
             alert: heapless_str(&self.alert_text(e.as_ref())),
+            shadow_checked: e.as_ref().map_or(0, |e| e.shadow_checked),
+            shadow_disagreements: e.as_ref().map_or(0, |e| e.shadow_disagreements),
         }
     }
 
     fn alert_text(&self, engine: Option<&EngineState>) -> String {
         let mut parts = Vec::new();
         if let Some(a) = engine.and_then(|e| e.alert.as_ref()) {
+            parts.push(a.clone());
+        }
+        if let Some(a) = engine.and_then(|e| e.shadow_alert.as_ref()) {
             parts.push(a.clone());
         }
         if self.outbox.is_full() {
@@ -1178,6 +1193,23 @@ impl Supervisor {
             Transition::Int8RetryFailed { failure } => {
                 ("int8_retry_failed", json!({ "failure": failure }))
             }
+            Transition::ShadowDisagreement {
+                input,
+                int8_class,
+                fp32_class,
+            } => {
+                let label = |i: &usize| self.identity.labels.get(*i).cloned().unwrap_or_default();
+                (
+                    "shadow_disagreement",
+                    json!({ "input": input, "int8": label(int8_class), "fp32": label(fp32_class) }),
+                )
+            }
+            Transition::ShadowAlert { text, raised } => {
+                if *raised {
+                    log::error!("ALERT: {text}");
+                }
+                ("shadow_alert", json!({ "text": text, "raised": raised }))
+            }
         };
         self.audit.record(event, details);
         // Mode changes are pushed to hosts unasked (PROTOCOL.md, Status).
@@ -1186,6 +1218,7 @@ impl Supervisor {
             Transition::FallbackToFp32 { .. }
                 | Transition::BackToInt8
                 | Transition::FallbackRefused { .. }
+                | Transition::ShadowAlert { .. }
         ) {
             let status = Message::Status(self.status());
             self.broadcast(&status, None);
