@@ -746,6 +746,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_parses() {
+        // Devices and directories of a board do not exist here: check keys and types,
+        // the profile merge, and every rule that does not touch the file system.
+        let text = include_str!("../../../board/edgedx.example.toml");
+        let mut c: Config = toml::from_str(text).expect("board/edgedx.example.toml");
+        c.apply_profile(true).unwrap();
+        assert_eq!(c.socket_mode().unwrap(), 0o660);
+        assert_eq!(c.memory.worker_limit_bytes(), Some(256 * 1024 * 1024));
+        assert!(c.serial.is_some() && c.watchdog.is_some());
+    }
+
+    #[test]
     fn profile_fills_what_the_file_leaves_out() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
