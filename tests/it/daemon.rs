@@ -694,3 +694,46 @@ fn demo_prints_every_sample_result_and_exits_cleanly() {
     }
     assert!(stdout.contains("6 results, 0 errors"), "{stdout}");
 }
+
+#[test]
+fn capture_request_classifies_a_frame_from_the_simulated_camera() {
+    // The simulated camera plays real images as YUYV frames, the format most UVC cameras
+    // deliver (V4L2 ioctls do not run under qemu; the board crate tests that path's errors).
+    let frames = tempfile::tempdir().unwrap();
+    std::fs::copy(sample("pituitary-01.png"), frames.path().join("a.png")).unwrap();
+    let extra = format!(
+        "[camera]\nkind = \"sim\"\ndir = {:?}\nformat = \"yuyv\"\n",
+        frames.path().display().to_string()
+    );
+    let d = Daemon::start_with(Opts {
+        extra: &extra,
+        ..Opts::default()
+    });
+    let mut c = d.client();
+    let seq = c
+        .send(&Message::Capture(edgedx_icd::Capture { capture_id: 77 }))
+        .unwrap();
+    let r = loop {
+        match c.next_event(T).unwrap() {
+            Some(Event::Result(r)) => break r,
+            Some(Event::Error(e)) => panic!("capture {seq} failed: {e:?}\n{}", d.stderr()),
+            Some(_) => continue,
+            None => panic!("no capture result:\n{}", d.stderr()),
+        }
+    };
+    assert_eq!(r.source, Source::Camera { capture_id: 77 });
+    assert_eq!(r.label.as_str(), "pituitary", "{r:?}");
+    // The input hash is of the raw frame, not of the PNG the simulator read.
+    let png = std::fs::read(sample("pituitary-01.png")).unwrap();
+    assert_ne!(hex::encode(r.input_sha256), edgedx_bundle::sha256_hex(&png));
+    c.ack(r.result_id).unwrap();
+    // No camera configured: an explicit Unsupported error.
+    let d2 = Daemon::start();
+    let mut c2 = d2.client();
+    c2.send(&Message::Capture(edgedx_icd::Capture { capture_id: 1 }))
+        .unwrap();
+    match c2.next_event(T).unwrap() {
+        Some(Event::Error(e)) => assert_eq!(e.code, ErrorCode::Unsupported),
+        other => panic!("{other:?}"),
+    }
+}
