@@ -737,3 +737,51 @@ fn capture_request_classifies_a_frame_from_the_simulated_camera() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn sigterm_finishes_in_flight_work_and_the_result_survives_the_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    // A long deadline: the frozen worker must not be declared hung during the test.
+    let extra = format!(
+        "[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\ndeadline_floor_ms = 60000\n"
+    );
+    let opts = || Opts {
+        extra: &extra,
+        ..Opts::default()
+    };
+    let mut d = Daemon::configure(tmp.path().to_path_buf(), opts()).spawn();
+    let worker = d.worker_pid();
+    signal(worker, libc::SIGSTOP);
+    let socket = d.socket.clone();
+    let bytes = std::fs::read(sample("meningioma-01.png")).unwrap();
+    let upload = std::thread::spawn(move || {
+        let mut c = Client::socket(&socket).unwrap();
+        c.hello("it-term-upload", T).unwrap();
+        let _ = c.classify_bytes("m.png", &bytes, T);
+    });
+    let mut c = d.client();
+    let until = Instant::now() + T;
+    while c.status(T).unwrap().queue_depth == 0 {
+        assert!(Instant::now() < until, "job never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    // SIGTERM while the job is in flight; then the worker resumes and the daemon finishes it.
+    signal(d.pid(), libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(worker, libc::SIGCONT);
+    assert!(d.stop().success(), "{}", d.stderr());
+    upload.join().unwrap();
+    // The result was journaled before the daemon exited: the next daemon replays it.
+    let d = Daemon::configure(tmp.path().to_path_buf(), opts()).spawn();
+    let mut c = d.client();
+    match c.next_event(Duration::from_secs(10)).unwrap() {
+        Some(Event::Result(r)) => assert_eq!(r.label.as_str(), "meningioma"),
+        other => panic!("the in-flight result was lost: {other:?}\n{}", d.stderr()),
+    }
+}
