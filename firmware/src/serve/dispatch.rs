@@ -362,7 +362,7 @@ impl Dispatcher {
         let Some(policy) = self.shadow.clone() else {
             return;
         };
-        if self.served % policy.every != 0 {
+        if !self.served.is_multiple_of(policy.every) {
             return;
         }
         if self.shadow_worker.is_none() {
