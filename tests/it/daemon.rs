@@ -18,6 +18,8 @@ use crate::util;
 pub const T: Duration = Duration::from_secs(120);
 
 pub struct Daemon {
+    /// Environment for the daemon process (e.g. NOTIFY_SOCKET).
+    pub env: Vec<(String, String)>,
     pub child: Option<Child>,
     pub dir: PathBuf,
     pub socket: PathBuf,
@@ -85,6 +87,7 @@ impl Daemon {
         let config = dir.join("edgedx.toml");
         std::fs::write(&config, text).unwrap();
         Daemon {
+            env: Vec::new(),
             child: None,
             dir,
             socket,
@@ -102,6 +105,7 @@ impl Daemon {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -784,4 +788,42 @@ fn sigterm_finishes_in_flight_work_and_the_result_survives_the_restart() {
         Some(Event::Result(r)) => assert_eq!(r.label.as_str(), "meningioma"),
         other => panic!("the in-flight result was lost: {other:?}\n{}", d.stderr()),
     }
+}
+
+#[test]
+fn systemd_is_told_ready_fed_the_watchdog_and_told_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut d = Daemon::configure(tmp.path().join("d"), Opts::default());
+    d.env
+        .push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
+    let mut d = d.spawn();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let until = Instant::now() + T;
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        assert!(
+            Instant::now() < until,
+            "no READY/WATCHDOG: {seen:?}\n{}",
+            d.stderr()
+        );
+        if let Ok(n) = notify.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    // READY=1 comes first, once the model is loaded and the links are open.
+    assert!(seen[0].contains("READY=1"), "{seen:?}");
+    assert!(d.stop().success());
+    let mut last = Vec::new();
+    while let Ok(n) = notify.recv(&mut buf) {
+        last.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(last.iter().any(|m| m.contains("STOPPING=1")), "{last:?}");
 }
