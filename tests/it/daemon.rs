@@ -284,6 +284,10 @@ fn socket_upload_gives_the_same_results_as_classify() {
         assert_eq!(r.precision, Precision::Int8);
         assert_eq!(r.precision_reason, PrecisionReason::Normal);
         assert!(matches!(r.source, Source::Upload { .. }));
+        assert_eq!(
+            (r.bundle_name.as_str(), r.bundle_version.as_str()),
+            ("brain-mri-4class", "0.2.0")
+        );
         assert_matches_reference(&r, &file);
         c.ack(r.result_id).unwrap();
         ids.push(r.result_id);

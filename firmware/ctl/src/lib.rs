@@ -400,6 +400,7 @@ pub fn result_json(r: &ClassificationResult, labels: Option<&[String]>) -> serde
         "input_sha256": hex::encode(r.input_sha256),
         "latency_us": r.latency_us,
         "timestamp_ms": r.timestamp_ms,
+        "bundle": format!("{}@{}", r.bundle_name, r.bundle_version),
     })
 }
 

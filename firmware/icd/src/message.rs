@@ -395,6 +395,10 @@ pub struct ClassificationResult {
     pub latency_us: u64,
     /// When the result was produced, milliseconds since the Unix epoch (UTC).
     pub timestamp_ms: u64,
+    /// Bundle the model came from (name and version), so a result stays attributable
+    /// when it is replayed after a bundle update.
+    pub bundle_name: String<MAX_BUNDLE_NAME_LEN>,
+    pub bundle_version: String<MAX_VERSION_LEN>,
 }
 
 /// The host has durably stored the result with this id; the device stops resending it.

@@ -74,6 +74,8 @@ fn sample_result() -> ClassificationResult {
         input_sha256: [0x22; 32],
         latency_us: 12_345,
         timestamp_ms: 1_700_000_000_000,
+        bundle_name: s("brain-mri-4class"),
+        bundle_version: s("0.2.0"),
     }
 }
 
@@ -180,6 +182,8 @@ fn maximal() -> Vec<Message> {
         input_sha256: sha,
         latency_us: u64::MAX,
         timestamp_ms: u64::MAX,
+        bundle_name: s(&fill('b', MAX_BUNDLE_NAME_LEN)),
+        bundle_version: s(&fill('v', MAX_VERSION_LEN)),
     };
     vec![
         Message::Hello(Hello {
@@ -775,9 +779,9 @@ const PING_VECTOR: &str = "0401020101010af8acd19101b9c3685500";
 /// Test vector 2 in PROTOCOL.md.
 const RESULT_VECTOR: &str = concat!(
     "0401200701011d2a010d7363616e2d303030312e64636d0a6d656e696e67696f6d61010104603f040103803d",
-    "0103603f0101023d0101023d014d111111111111111111111111111111111111111111111111111111111111",
-    "11112222222222222222222222222222222222222222222222222222222222222222b96080d095ffbc31851f",
-    "9bfe00"
+    "0103603f0101023d0101023d0164111111111111111111111111111111111111111111111111111111111111",
+    "11112222222222222222222222222222222222222222222222222222222222222222b96080d095ffbc311062",
+    "7261696e2d6d72692d34636c61737305302e322e30e98f16c300",
 );
 
 #[test]

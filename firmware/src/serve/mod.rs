@@ -232,6 +232,7 @@ pub fn serve(
             "outbox": {
                 "segments": recovery.segments, "results": recovery.results,
                 "unacked": recovery.unacked, "torn_bytes": recovery.torn_bytes,
+                "undecodable": recovery.undecodable,
                 "damaged": recovery.damaged.iter().map(|(p, at)| format!("{} at {at}", p.display())).collect::<Vec<_>>(),
             },
         }),
@@ -1086,6 +1087,8 @@ impl Supervisor {
                     input_sha256: meta.input_sha256,
                     latency_us: classified.latency_us,
                     timestamp_ms: now_ms(),
+                    bundle_name: heapless_str(&self.identity.bundle_name),
+                    bundle_version: heapless_str(&self.identity.bundle_version),
                 };
                 let stored = match self.outbox.append(result) {
                     Ok(r) => r,

@@ -61,6 +61,8 @@ pub struct Recovery {
     pub torn_bytes: u64,
     /// Older segments with damage, with the offset where reading stopped.
     pub damaged: Vec<(PathBuf, u64)>,
+    /// Intact result records this firmware cannot decode (written by another version).
+    pub undecodable: u64,
 }
 
 struct Segment {
@@ -129,13 +131,19 @@ impl Outbox {
                     TYPE_SEGMENT if payload.len() >= 8 => {
                         next_id = next_id.max(u64_le(payload));
                     }
-                    TYPE_RESULT => {
-                        if let Ok(result) = postcard::from_bytes::<ClassificationResult>(payload) {
+                    TYPE_RESULT => match postcard::from_bytes::<ClassificationResult>(payload) {
+                        Ok(result) => {
                             next_id = next_id.max(result.result_id + 1);
                             recovery.results += 1;
                             unacked.insert(result.result_id, (number, result));
                         }
-                    }
+                        // The CRC was good, so the record was written whole by a firmware
+                        // with another Result layout: keep the file, say so.
+                        Err(e) => {
+                            recovery.undecodable += 1;
+                            log::error!("outbox {}: a result record does not decode ({e}); left in the file", path.display());
+                        }
+                    },
                     TYPE_ACK if payload.len() >= 8 => {
                         unacked.remove(&u64_le(payload));
                     }
@@ -416,6 +424,8 @@ mod tests {
             input_sha256: [2; 32],
             latency_us: 1000,
             timestamp_ms: 1,
+            bundle_name: heapless::String::try_from("b").unwrap(),
+            bundle_version: heapless::String::try_from("1").unwrap(),
         }
     }
 
