@@ -85,6 +85,8 @@ struct LoadedModel {
     load_ms: f64,
     kernels: Vec<String>,
     ops: Vec<(String, usize)>,
+    /// Exact rewrites the engine applied after tract's optimiser.
+    patches: Vec<String>,
     /// Resident memory of this process after the load (bytes).
     rss_after_load: Option<u64>,
     /// Peak resident memory of this process so far (bytes): the load peak of the models
@@ -121,6 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             load_ms: r.load_time.as_secs_f64() * 1e3,
             kernels: r.kernels.clone(),
             ops: r.ops.clone(),
+            patches: r.patches.clone(),
             rss_after_load: mem.map(|m| m.rss),
             peak_rss: mem.map(|m| m.peak_rss),
         });
@@ -275,6 +278,9 @@ fn print_text(info: &Info) {
         println!("  kernels  {}", m.kernels.join(", "));
         let ops: Vec<String> = m.ops.iter().map(|(n, c)| format!("{n}x{c}")).collect();
         println!("  ops      {}", ops.join(" "));
+        for p in &m.patches {
+            println!("  rewrite  {p}");
+        }
         if let (Some(rss), Some(peak)) = (m.rss_after_load, m.peak_rss) {
             println!(
                 "  memory   rss after load {}, peak so far {}",

@@ -9,6 +9,7 @@ mod cpu;
 mod error;
 mod load;
 pub mod memory;
+mod rewrite;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -54,6 +55,9 @@ pub struct ModelReport {
     pub kernels: Vec<String>,
     /// Operator names in the optimised plan with their counts, most frequent first.
     pub ops: Vec<(String, usize)>,
+    /// Exact rewrites the engine applied to tract's optimised plan (they never change an
+    /// output), e.g. "removed 5 zero-point Sub(x, 0*y) terms"; empty when none applied.
+    pub patches: Vec<String>,
     pub load_time: Duration,
 }
 
@@ -168,6 +172,7 @@ impl Model {
                 strategy_note: built.strategy_note,
                 kernels: built.kernels,
                 ops: built.ops,
+                patches: built.patches,
                 load_time: started.elapsed(),
             },
             plan: built.plan,

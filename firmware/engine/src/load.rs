@@ -21,7 +21,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 
 use crate::error::EngineError;
-use crate::Plan;
+use crate::{rewrite, Plan};
 
 /// Upper bound on the batch a plan is built for: a classifier on a 2 GB board never needs
 /// more, and it bounds the activation memory a config typo could ask for.
@@ -96,11 +96,23 @@ pub struct Built {
     pub strategy_note: Option<String>,
     pub kernels: Vec<String>,
     pub ops: Vec<(String, usize)>,
+    /// The exact rewrites applied after tract's optimiser (see rewrite.rs).
+    pub patches: Vec<String>,
 }
 
 /// Parses and optimises the model. May panic inside tract on malformed graphs: callers run
 /// it under `catch_unwind`.
 pub fn build(bytes: &[u8], target: &Target) -> Result<Built, EngineError> {
+    build_with(bytes, target, true)
+}
+
+/// `build`, with the rewrites of rewrite.rs switched off when `rewrite` is false: the tests
+/// compare both plans. Not an engine option, since the rewrites never change an output.
+pub(crate) fn build_with(
+    bytes: &[u8],
+    target: &Target,
+    rewrite: bool,
+) -> Result<Built, EngineError> {
     let proto = pb::ModelProto::decode(bytes).map_err(|e| {
         load_err(format!(
             "protobuf decoding failed ({e}); the file is truncated or not ONNX"
@@ -122,9 +134,34 @@ pub fn build(bytes: &[u8], target: &Target) -> Result<Built, EngineError> {
     };
     drop(proto);
 
-    let optimized = typed
+    let mut optimized = typed
         .into_optimized()
         .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
+    let mut patches = Vec::new();
+    if rewrite {
+        let removed = rewrite::drop_zero_products(&mut optimized)
+            .map_err(|e| load_err(format!("removing zero-point terms failed: {e:#}")))?;
+        if removed > 0 {
+            // A second codegen pass lets tract fuse the remaining per-channel Sub into the
+            // matmul and prune the column sums that fed the removed terms. Codegen only, not
+            // a full `into_optimized()`: the plan is the same on the default and VGG16
+            // bundles, and skipping the second declutter keeps VGG16 int8's load peak lower.
+            let nodes = optimized.nodes().len();
+            optimized.optimize().map_err(|e| {
+                load_err(format!(
+                    "optimisation after removing zero-point terms failed: {e:#}"
+                ))
+            })?;
+            log::debug!(
+                "removed {removed} Sub(x, 0*y) terms; plan {nodes} -> {} nodes",
+                optimized.nodes().len()
+            );
+            patches.push(format!(
+                "removed {removed} zero-point Sub(x, 0*y) term{}",
+                if removed == 1 { "" } else { "s" }
+            ));
+        }
+    }
     let (kernels, ops) = describe(&optimized);
     let plan = optimized
         .into_runnable()
@@ -135,6 +172,7 @@ pub fn build(bytes: &[u8], target: &Target) -> Result<Built, EngineError> {
         strategy_note,
         kernels,
         ops,
+        patches,
     })
 }
 
@@ -324,4 +362,110 @@ fn describe(model: &TypedModel) -> (Vec<String>, Vec<(String, usize)>) {
     let mut ops: Vec<(String, usize)> = ops.into_iter().collect();
     ops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     (kernels, ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgedx_bundle::Bundle;
+
+    fn default_bundle() -> Bundle {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/brain-mri-4class");
+        Bundle::open(&dir).expect("models/brain-mri-4class")
+    }
+
+    /// Deterministic inputs in and beyond the model's [0, 1] range: xorshift noise for
+    /// several seeds, a smooth disc, a checkerboard, constants, and noise in [-2, 3] that
+    /// drives the first layer's requantization into both clamps.
+    fn inputs(len: usize, side: usize) -> Vec<Vec<f32>> {
+        let noise = |seed: u64, lo: f32, hi: f32| {
+            let mut s = seed;
+            (0..len)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    lo + (hi - lo) * (s >> 40) as f32 / (1u64 << 24) as f32
+                })
+                .collect::<Vec<f32>>()
+        };
+        let mut all: Vec<Vec<f32>> = [1, 2, 3, 0x5eed].map(|s| noise(s, 0.0, 1.0)).into();
+        all.push(noise(7, -2.0, 3.0));
+        let c = side as f32 / 2.0;
+        all.push(
+            (0..len)
+                .map(|i| {
+                    let (y, x) = ((i / side) % side, i % side);
+                    let r = ((y as f32 - c).powi(2) + (x as f32 - c).powi(2)).sqrt() / c;
+                    (1.0 - r).clamp(0.0, 1.0)
+                })
+                .collect(),
+        );
+        all.push((0..len).map(|i| ((i / side + i) % 2) as f32).collect());
+        all.push(vec![0.0; len]);
+        all.push(vec![1.0; len]);
+        all
+    }
+
+    fn run_bits(plan: &Plan, shape: &[usize], data: &[f32]) -> Vec<u32> {
+        let input = Tensor::from_shape(shape, data).unwrap();
+        let out = plan.run(tvec!(input.into_tvalue())).unwrap();
+        let view = out[0].to_plain_array_view::<f32>().unwrap();
+        view.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Builds `variant` with and without the rewrites and checks that both plans produce the
+    /// same bits on every input. Returns the patches and the node counts (without, with).
+    fn compare(bundle: &Bundle, variant: &str, batch: usize) -> (Vec<String>, usize, usize) {
+        let file = bundle.variant(variant).unwrap();
+        let bytes = std::fs::read(bundle.variant_path(file)).unwrap();
+        let m = bundle.manifest();
+        let target = Target {
+            input: &m.input,
+            output_tensor: &m.output.tensor,
+            batch,
+        };
+        let plain = build_with(&bytes, &target, false).unwrap();
+        let patched = build_with(&bytes, &target, true).unwrap();
+        assert!(plain.patches.is_empty());
+
+        let item = m.input.item_len();
+        let shape = m.input.shape(batch);
+        let items = inputs(item, m.input.width as usize);
+        // Batches take consecutive inputs, so items are mixed across the batch axis too.
+        for (n, first) in (0..items.len()).step_by(batch).enumerate() {
+            let data: Vec<f32> = (0..batch)
+                .flat_map(|b| items[(first + b) % items.len()].iter().copied())
+                .collect();
+            assert_eq!(
+                run_bits(&plain.plan, &shape, &data),
+                run_bits(&patched.plan, &shape, &data),
+                "{variant} batch {batch}: outputs differ on input {n}"
+            );
+        }
+        let nodes = |b: &Built| b.plan.model().nodes().len();
+        let (before, after) = (nodes(&plain), nodes(&patched));
+        (patched.patches, before, after)
+    }
+
+    #[test]
+    fn zero_point_rewrite_keeps_int8_outputs_bit_identical() {
+        let bundle = default_bundle();
+        for batch in [1, 3] {
+            let (patches, before, after) = compare(&bundle, "int8", batch);
+            // Five symmetric-weight QLinearConvs, one zero-point term each.
+            assert_eq!(patches, ["removed 5 zero-point Sub(x, 0*y) terms"]);
+            assert!(after < before, "batch {batch}: {before} -> {after} nodes");
+        }
+    }
+
+    #[test]
+    fn zero_point_rewrite_leaves_fp32_and_qdq_plans_alone() {
+        let bundle = default_bundle();
+        for variant in ["fp32", "int8-qdq"] {
+            let (patches, before, after) = compare(&bundle, variant, 1);
+            assert!(patches.is_empty(), "{variant}: {patches:?}");
+            assert_eq!(before, after, "{variant}");
+        }
+    }
 }

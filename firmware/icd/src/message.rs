@@ -398,6 +398,7 @@ pub struct ClassificationResult {
     /// Bundle the model came from (name and version), so a result stays attributable
     /// when it is replayed after a bundle update.
     pub bundle_name: String<MAX_BUNDLE_NAME_LEN>,
+    /// Version of that bundle.
     pub bundle_version: String<MAX_VERSION_LEN>,
 }
 
