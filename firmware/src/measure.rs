@@ -51,6 +51,9 @@ pub fn measure(
             load_timeout: Duration::from_secs(300),
             memory_limit: None,
             expect_sha256: Some(file.sha256.clone()),
+            // The model's own footprint, not the board's thread setting: a pool would add
+            // its threads' stacks and per-thread scratch to the figure.
+            threads: 1,
         };
         let mut worker = Worker::start(&spec)
             .map_err(|e| anyhow::anyhow!("{} worker: {e}", precision.variant()))?;

@@ -30,8 +30,8 @@ pub struct Settings {
     pub steady_runs: usize,
 }
 
-/// Thread setting for one comparison: onnxruntime's intra-op threads. edgedx's engine is
-/// single-threaded today (no executor is set), which the report says next to the numbers.
+/// Thread setting for one comparison: onnxruntime's intra-op threads and edgedx's
+/// `edgedx_engine::set_threads`, the same number for both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Threads {
     pub label: String,
@@ -119,6 +119,8 @@ pub fn run_group(
     let mut ort_load_ms = [f64::NAN; 2];
     let mut runs = Vec::new();
     for (t_index, t) in threads.iter().enumerate() {
+        // Process-wide, and read by every `Model::run`: the models loaded above switch too.
+        edgedx_engine::set_threads(t.edgedx)?;
         let keys: Vec<String> = variants
             .iter()
             .map(|v| format!("{}/{v}/{}", group.name, t.label))
@@ -222,11 +224,10 @@ pub fn run_group(
             max_prob_diff: if have_ort { max_diff } else { [f64::NAN; 2] },
             same_top1,
         });
-        if !have_ort {
-            // edgedx is single-threaded: other thread settings would repeat the same numbers.
-            break;
-        }
     }
+    // The load children of the next group are separate processes; this only keeps the
+    // harness's own default what it was.
+    edgedx_engine::set_threads(1)?;
 
     Ok(GroupResult {
         group: group.clone(),

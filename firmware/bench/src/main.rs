@@ -39,7 +39,8 @@ struct BenchArgs {
         default_value = "default,qdq,vgg16,edge224"
     )]
     models: Vec<String>,
-    /// onnxruntime intra-op thread settings: a number or "all" (every core).
+    /// Thread settings, each for both edgedx (engine threads) and onnxruntime (intra-op
+    /// threads): a number or "all" (every core).
     #[arg(long, value_delimiter = ',', default_value = "1,all")]
     threads: Vec<String>,
     /// Write the markdown report here (e.g. firmware/bench/RESULTS.md).
@@ -149,13 +150,16 @@ fn parse_threads(spec: &[String], cores: usize) -> Result<Vec<Threads>> {
                 .parse()
                 .with_context(|| format!("--threads {other:?}: a number or \"all\""))?,
         };
-        if n == 0 {
-            bail!("--threads must be at least 1");
+        if !(1..=edgedx_engine::MAX_THREADS).contains(&n) {
+            bail!(
+                "--threads {n} is outside 1..={}",
+                edgedx_engine::MAX_THREADS
+            );
         }
         out.push(Threads {
             label: s.clone(),
             ort: n,
-            edgedx: 1,
+            edgedx: n,
         });
     }
     Ok(out)

@@ -127,7 +127,7 @@ pub fn markdown(info: &RunInfo, results: &[GroupResult]) -> String {
     let _ = writeln!(s, "| cores | {} |", m.cores);
     let _ = writeln!(
         s,
-        "| tract | {TRACT_VERSION} (edgedx-engine, release build, single-threaded: no executor is set) |"
+        "| tract | {TRACT_VERSION} (edgedx-engine, release build; `multithread-mm`, threads per row via `edgedx_engine::set_threads`, 1 = no executor) |"
     );
     let _ = writeln!(
         s,

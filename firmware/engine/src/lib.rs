@@ -10,6 +10,7 @@ mod error;
 mod load;
 pub mod memory;
 mod rewrite;
+mod threads;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use tract_onnx::prelude::*;
 pub use cpu::{cpu_features, CpuFeatures};
 pub use error::{EngineError, ErrorKind};
 pub use load::LoadStrategy;
+pub use threads::{set_threads, threads, MAX_THREADS};
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -194,8 +196,17 @@ impl Model {
     }
 
     /// Runs one batch. `input` holds `batch * input_spec().item_len()` values in the
-    /// model's layout; the result has one [`Scores`] per item.
+    /// model's layout; the result has one [`Scores`] per item. Uses the threads set by
+    /// [`set_threads`].
     pub fn run(&self, input: &[f32]) -> Result<Vec<Scores>, EngineError> {
+        self.run_on(threads::current(), input)
+    }
+
+    fn run_on(
+        &self,
+        executor: multithread::Executor,
+        input: &[f32],
+    ) -> Result<Vec<Scores>, EngineError> {
         let expected = self.batch() * self.input.item_len();
         if input.len() != expected {
             return Err(EngineError::BadInput(format!(
@@ -211,8 +222,7 @@ impl Model {
             .map_err(|e| EngineError::BadInput(format!("{e:#}")))?;
         let path = self.report.path.clone();
         let outputs = isolate(&path, "running", || {
-            self.plan
-                .run(tvec!(tensor.into_tvalue()))
+            threads::scope(executor, || self.plan.run(tvec!(tensor.into_tvalue())))
                 .map_err(|e| EngineError::Run(format!("{e:#}")))
         })??;
         let output = outputs
@@ -352,5 +362,51 @@ mod tests {
         let e = r.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Panicked);
         assert!(e.to_string().contains("m.onnx") && e.to_string().contains("index out of bounds"));
+    }
+
+    /// Runs `model` on deterministic inputs with `threads` threads; the output bits per input.
+    fn output_bits(model: &Model, threads: usize) -> Vec<Vec<u32>> {
+        let executor = threads::executor_for(threads).unwrap();
+        let len = model.batch() * model.input_spec().item_len();
+        (1..=4u64)
+            .map(|seed| {
+                let mut x = seed;
+                let input: Vec<f32> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (x >> 40) as f32 / (1u64 << 24) as f32
+                    })
+                    .collect();
+                let scores = model.run_on(executor.clone(), &input).unwrap();
+                scores
+                    .iter()
+                    .flat_map(|s| s.raw.iter().map(|v| v.to_bits()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn thread_count_does_not_change_outputs() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/brain-mri-4class");
+        let bundle = Bundle::open(&dir).expect("models/brain-mri-4class");
+        for variant in ["int8", "fp32"] {
+            for batch in [1, 2] {
+                let model = Model::load(&bundle, variant, &EngineOptions { batch }).unwrap();
+                let one = output_bits(&model, 1);
+                assert_eq!(one, output_bits(&model, 2), "{variant} batch {batch}");
+                // This model is small enough that tract's size gates keep most ops inline;
+                // with the gates at zero every matmul, pack and element-wise op is split.
+                // The gates are process-wide, but only runs under a pool read them.
+                multithread::set_threading_panel_threshold(0);
+                multithread::set_threading_element_threshold(0);
+                let forced = output_bits(&model, 2);
+                multithread::set_threading_panel_threshold(64);
+                multithread::set_threading_element_threshold(32768);
+                assert_eq!(one, forced, "{variant} batch {batch}, every op threaded");
+            }
+        }
     }
 }

@@ -414,6 +414,10 @@ pub struct WorkerConfig {
     /// How often a request is retried on a fresh worker after its worker died or hung.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Threads one inference uses (1..=64). Unset in the file: the board profile's
+    /// `threads`, or 1 without a profile.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
 }
 
 impl Default for WorkerConfig {
@@ -425,6 +429,7 @@ impl Default for WorkerConfig {
             deadline_factor: default_deadline_factor(),
             deadline_floor_ms: default_deadline_floor_ms(),
             retries: default_retries(),
+            threads: default_threads(),
         }
     }
 }
@@ -439,6 +444,9 @@ fn default_deadline_floor_ms() -> u64 {
     2_000
 }
 fn default_retries() -> u32 {
+    1
+}
+fn default_threads() -> usize {
     1
 }
 
@@ -457,7 +465,7 @@ impl Config {
         let mut config: Config = toml::from_str(&text)
             .with_context(|| format!("configuration {} is not valid", path.display()))?;
         config
-            .apply_profile(table.contains_key("memory"))
+            .apply_profile(table.contains_key("memory"), worker_threads_set(&table))
             .with_context(|| format!("configuration {}", path.display()))?;
         config
             .validate()
@@ -466,8 +474,9 @@ impl Config {
     }
 
     /// Fills what this file leaves out from the board profile. `memory_set`: the file has
-    /// its own [memory] table, which then wins over the profile's budget.
-    pub fn apply_profile(&mut self, memory_set: bool) -> anyhow::Result<()> {
+    /// its own [memory] table, which then wins over the profile's budget; `threads_set`: the
+    /// file sets `[worker] threads`, which then wins over the profile's `threads`.
+    pub fn apply_profile(&mut self, memory_set: bool, threads_set: bool) -> anyhow::Result<()> {
         use edgedx_board::profile::Driver;
         let Some(name) = self.profile.clone() else {
             return Ok(());
@@ -530,6 +539,9 @@ impl Config {
         if !memory_set {
             self.memory.budget_mib = profile.memory.budget_mib as u64;
             self.memory.headroom_mib = profile.memory.headroom_mib as u64;
+        }
+        if !threads_set {
+            self.worker.threads = profile.threads as usize;
         }
         Ok(())
     }
@@ -692,6 +704,13 @@ impl Config {
         if w.retries > 5 {
             bail!("worker.retries {} is above 5", w.retries);
         }
+        if !(1..=edgedx_engine::MAX_THREADS).contains(&w.threads) {
+            bail!(
+                "worker.threads {} is outside 1..={}",
+                w.threads,
+                edgedx_engine::MAX_THREADS
+            );
+        }
         Ok(())
     }
 
@@ -713,6 +732,14 @@ impl Config {
     }
 }
 
+/// Whether the raw file sets `[worker] threads` (serde's default cannot tell "unset" from 1).
+fn worker_threads_set(table: &toml::Table) -> bool {
+    table
+        .get("worker")
+        .and_then(|w| w.as_table())
+        .is_some_and(|w| w.contains_key("threads"))
+}
+
 /// Baud rates termios offers on Linux that make sense for this link.
 pub const SUPPORTED_BAUD: [u32; 9] = [
     9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600, 1_000_000,
@@ -725,7 +752,7 @@ mod tests {
     fn parse(text: &str) -> anyhow::Result<Config> {
         let table: toml::Table = toml::from_str(text)?;
         let mut c: Config = toml::from_str(text)?;
-        c.apply_profile(table.contains_key("memory"))?;
+        c.apply_profile(table.contains_key("memory"), worker_threads_set(&table))?;
         c.validate()?;
         Ok(c)
     }
@@ -751,7 +778,7 @@ mod tests {
         // the profile merge, and every rule that does not touch the file system.
         let text = include_str!("../../../board/edgedx.example.toml");
         let mut c: Config = toml::from_str(text).expect("board/edgedx.example.toml");
-        c.apply_profile(true).unwrap();
+        c.apply_profile(true, false).unwrap();
         assert_eq!(c.socket_mode().unwrap(), 0o660);
         assert_eq!(c.memory.worker_limit_bytes(), Some(256 * 1024 * 1024));
         assert!(c.serial.is_some() && c.watchdog.is_some());
@@ -767,7 +794,8 @@ mod tests {
         );
         let table: toml::Table = toml::from_str(&text).unwrap();
         let mut c: Config = toml::from_str(&text).unwrap();
-        c.apply_profile(table.contains_key("memory")).unwrap();
+        c.apply_profile(table.contains_key("memory"), worker_threads_set(&table))
+            .unwrap();
         assert_eq!(c.serial.as_ref().unwrap().device, Path::new("/dev/ttyAMA0"));
         assert_eq!(
             c.watchdog.as_ref().unwrap().device,
@@ -776,13 +804,22 @@ mod tests {
         assert_eq!(c.gpio.as_ref().unwrap().button, Some(27));
         assert_eq!(c.camera.as_ref().unwrap().kind, CameraKind::V4l2);
         assert_eq!(c.memory.budget_mib, 384);
+        assert_eq!(c.worker.threads, 3, "the rpi4-2gb profile's threads");
         // The file's own [memory] wins.
         let text = format!("{text}[memory]\nbudget_mib = 300\n");
         let mut c: Config = toml::from_str(&text).unwrap();
-        c.apply_profile(true).unwrap();
+        c.apply_profile(true, false).unwrap();
         assert_eq!(c.memory.budget_mib, 300);
+        // And so does its own [worker] threads, even when it equals the default.
+        let with_threads = format!("{text}[worker]\nthreads = 1\n");
+        let table: toml::Table = toml::from_str(&with_threads).unwrap();
+        let mut c: Config = toml::from_str(&with_threads).unwrap();
+        c.apply_profile(true, worker_threads_set(&table)).unwrap();
+        assert_eq!(c.worker.threads, 1);
         let mut c: Config = toml::from_str(&text.replace("rpi4-2gb", "no-such-board")).unwrap();
-        assert!(format!("{:#}", c.apply_profile(true).unwrap_err()).contains("no-such-board"));
+        assert!(
+            format!("{:#}", c.apply_profile(true, false).unwrap_err()).contains("no-such-board")
+        );
     }
 
     #[test]
@@ -809,6 +846,14 @@ mod tests {
             (
                 format!("{base}{sock}[worker]\ndeadline_factor = 0.5\n"),
                 "worker.deadline_factor",
+            ),
+            (
+                format!("{base}{sock}[worker]\nthreads = 0\n"),
+                "worker.threads 0 is outside 1..=64",
+            ),
+            (
+                format!("{base}{sock}[worker]\nthreads = 65\n"),
+                "worker.threads 65",
             ),
             (
                 format!("{base}[serial]\ndevice = \"/nonexistent/tty\"\n"),

@@ -296,6 +296,7 @@ pub fn serve(
         limits,
         load_timeout: config.worker.load_timeout(),
         memory_limit: config.memory.worker_limit_bytes(),
+        threads: config.worker.threads,
     };
     let policy = Policy {
         primary: approval.serve,

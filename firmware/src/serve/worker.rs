@@ -34,6 +34,9 @@ pub struct Args {
     /// Refuse to load unless the manifest names this sha256 for the model.
     #[arg(long)]
     expect_sha256: Option<String>,
+    /// Threads one inference uses (1 = strictly on this process's main thread).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -77,6 +80,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 fn load(args: &Args) -> Result<(Model, Ready), (String, String)> {
     let started = Instant::now();
+    // Before loading, so the warm-up below already runs (and is timed) on the pool.
+    edgedx_engine::set_threads(args.threads)
+        .map_err(|e| (e.kind().as_str().to_string(), e.to_string()))?;
     let bundle =
         Bundle::open(&args.bundle).map_err(|e| (e.kind().as_str().to_string(), e.to_string()))?;
     if let Some(expected) = &args.expect_sha256 {

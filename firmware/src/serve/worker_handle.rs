@@ -31,6 +31,8 @@ pub struct WorkerSpec {
     /// sha256 the model file must have, from the manifest the supervisor verified: a
     /// bundle changed on disk after start-up is refused by the worker.
     pub expect_sha256: Option<String>,
+    /// Threads the worker's inference uses (`edgedx worker --threads`).
+    pub threads: usize,
 }
 
 /// Why a worker could not answer.
@@ -105,6 +107,8 @@ impl Worker {
             .arg(spec.limits.max_pixels.to_string())
             .arg("--max-file-bytes")
             .arg(spec.limits.max_file_bytes.to_string())
+            .arg("--threads")
+            .arg(spec.threads.to_string())
             .args(
                 spec.expect_sha256
                     .iter()

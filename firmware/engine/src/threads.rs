@@ -1,0 +1,105 @@
+//! How many threads one inference uses: a process-wide tract-linalg executor.
+//!
+//! tract-linalg's `multithread-mm` feature splits matrix products, packing and large
+//! element-wise ops over a rayon pool, but only when an [`Executor`] is in scope. The engine
+//! keeps one executor for the process and installs it around every [`crate::Model::run`], so
+//! the setting reaches the thread that runs the plan whatever thread that is.
+//!
+//! One thread means no pool at all. `Executor::multithread(1)` is not single-threaded in
+//! tract 0.23.9 (sonos/tract#2894): the matmul dispatcher treats a one-thread pool like "no
+//! pool" and hands the work to rayon's global pool, which has a thread per core.
+//! `Executor::SingleThread` runs every tile inline on the caller and never touches rayon.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, PoisonError};
+
+use tract_onnx::prelude::multithread::{multithread_tract_scope, Executor};
+
+use crate::EngineError;
+
+/// Largest thread count [`set_threads`] accepts (the board profiles' limit too).
+pub const MAX_THREADS: usize = 64;
+
+/// The executor [`crate::Model::run`] installs, and the thread count it was built for.
+static CURRENT: Mutex<(usize, Executor)> = Mutex::new((1, Executor::SingleThread));
+
+/// Sets how many threads each inference uses, for every model of this process, from the
+/// next [`crate::Model::run`] on. `1` (the default) keeps inference strictly on the calling
+/// thread; `n > 1` starts a pool of `n` threads that the calling thread waits on.
+///
+/// Meant to be called once at start-up, before loading; calling it again replaces the pool
+/// (runs already under way finish on the old one). Outputs do not depend on the setting:
+/// tract splits work along output tiles and rows, never inside a sum.
+pub fn set_threads(n: usize) -> Result<(), EngineError> {
+    let executor = executor_for(n)?;
+    *CURRENT.lock().unwrap_or_else(PoisonError::into_inner) = (n, executor);
+    Ok(())
+}
+
+/// The thread count set by [`set_threads`] (1 until it is called).
+pub fn threads() -> usize {
+    CURRENT.lock().unwrap_or_else(PoisonError::into_inner).0
+}
+
+pub(crate) fn current() -> Executor {
+    CURRENT
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .1
+        .clone()
+}
+
+/// Runs `f` with `executor` as this thread's tract executor. Always installed, even for
+/// `SingleThread`, so a default executor set elsewhere in the process cannot leak in.
+pub(crate) fn scope<R>(executor: Executor, f: impl FnOnce() -> R) -> R {
+    multithread_tract_scope(executor, f)
+}
+
+pub(crate) fn executor_for(n: usize) -> Result<Executor, EngineError> {
+    if !(1..=MAX_THREADS).contains(&n) {
+        return Err(EngineError::BadOptions(format!(
+            "{n} inference threads is outside 1..={MAX_THREADS}"
+        )));
+    }
+    if n == 1 {
+        // Not `Executor::multithread(1)`: see the module comment (tract#2894).
+        return Ok(Executor::SingleThread);
+    }
+    // tract panics when rayon cannot start the threads (RLIMIT_NPROC, memory limits);
+    // that is a configuration problem of this process, not a reason to abort it.
+    catch_unwind(AssertUnwindSafe(|| {
+        Executor::multithread_with_name(n, "edgedx-infer")
+    }))
+    .map_err(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic payload".into());
+        EngineError::BadOptions(format!("cannot start {n} inference threads: {why}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_outside_the_range_are_refused() {
+        for n in [0, MAX_THREADS + 1] {
+            let e = executor_for(n).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Options);
+            assert!(e.to_string().contains("1..=64"), "{e}");
+        }
+    }
+
+    #[test]
+    fn one_thread_is_no_pool_at_all() {
+        // tract#2894: a one-thread pool would fall through to rayon's global pool.
+        assert!(matches!(executor_for(1).unwrap(), Executor::SingleThread));
+        match executor_for(3).unwrap() {
+            Executor::MultiThread(pool) => assert_eq!(pool.current_num_threads(), 3),
+            other => panic!("expected a 3-thread pool, got {other:?}"),
+        }
+    }
+}
