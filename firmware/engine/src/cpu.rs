@@ -49,3 +49,22 @@ pub fn cpu_features() -> CpuFeatures {
         features,
     }
 }
+
+/// Kernel choices edgedx makes for tract before its first model is built.
+///
+/// x86_64 only: tract-linalg 0.23.9's AMX int8 kernel (`avx512amx_mmm_i32_16x16`) reads
+/// outside its operands now and then. Measured on this project's AMX-capable x86 VM: 2 of
+/// 30 `edgedx gate` runs over 26 images died with SIGSEGV, gdb stopping in
+/// `tileloaddt1 tmm2, [rbx + r9 * 1]` (avx512amx_mmm_i32_16x16.S:359). The AMX kernels are
+/// therefore taken out of the ISA set through tract's own `TRACT_CPU_ISA` knob, and the
+/// AVX-512 VNNI kernels (bit-identical results) serve instead. An operator who sets
+/// `TRACT_CPU_ISA` in the environment keeps full control. The exam-room boards are aarch64,
+/// where nothing changes.
+pub(crate) fn configure_tract() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if cfg!(target_arch = "x86_64") && std::env::var_os("TRACT_CPU_ISA").is_none() {
+            tract_onnx::tract_core::knobs::set_str("TRACT_CPU_ISA", "-amx-int8,-amx-bf16");
+        }
+    });
+}

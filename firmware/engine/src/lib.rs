@@ -138,6 +138,7 @@ impl Model {
         classes: usize,
         options: &EngineOptions,
     ) -> Result<Model, EngineError> {
+        cpu::configure_tract();
         if options.batch == 0 || options.batch > load::MAX_BATCH {
             return Err(EngineError::BadOptions(format!(
                 "batch size {} is outside 1..={}",

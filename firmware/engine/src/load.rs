@@ -113,6 +113,7 @@ pub(crate) fn build_with(
     target: &Target,
     rewrite: bool,
 ) -> Result<Built, EngineError> {
+    crate::cpu::configure_tract();
     let proto = pb::ModelProto::decode(bytes).map_err(|e| {
         load_err(format!(
             "protobuf decoding failed ({e}); the file is truncated or not ONNX"
