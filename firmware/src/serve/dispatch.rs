@@ -741,7 +741,8 @@ pub fn validate(probabilities: &[f32], classes: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_sha(hex_text: &str) -> [u8; 32] {
+/// A hex sha256 as bytes; zeros when it is not 64 hex digits (the manifest validated it).
+pub(crate) fn parse_sha(hex_text: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     if let Ok(bytes) = hex::decode(hex_text) {
         if bytes.len() == 32 {

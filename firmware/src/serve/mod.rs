@@ -200,7 +200,7 @@ pub fn serve(
     let model_sha = int8_file
         .as_ref()
         .or(bundle.variant("fp32").ok())
-        .map(|f| parse_sha(&f.sha256))
+        .map(|f| dispatch::parse_sha(&f.sha256))
         .unwrap_or([0; 32]);
     let identity = Identity {
         device_id: config.device_id.clone().unwrap_or_else(hostname),
@@ -462,16 +462,6 @@ fn hostname() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "edgedx".into())
-}
-
-fn parse_sha(hex_text: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    if let Ok(b) = hex::decode(hex_text) {
-        if b.len() == 32 {
-            out.copy_from_slice(&b);
-        }
-    }
-    out
 }
 
 fn heapless_str<const N: usize>(s: &str) -> heapless::String<N> {
@@ -979,6 +969,16 @@ impl Supervisor {
         log::warn!("spool {name}: {reason}");
         self.audit
             .record("spool_failed", json!({ "file": name, "reason": reason }));
+        self.move_to_failed(path, name, reason);
+        let text = format!("{name}: {reason}");
+        self.broadcast(
+            &Message::Error(ErrorMessage::new(ErrorCode::DecodeFailed, &text, None)),
+            None,
+        );
+    }
+
+    /// Moves a spool file to failed/ with NAME.reason.txt beside it.
+    fn move_to_failed(&self, path: &Path, name: &str, reason: &str) {
         let failed_dir = self.spool_dir("failed");
         match spool::move_into(path, &failed_dir, &now_ms().to_string()) {
             Ok(target) => {
@@ -987,11 +987,6 @@ impl Supervisor {
             }
             Err(e) => log::error!("spool {name}: cannot move to {}: {e}", failed_dir.display()),
         }
-        let text = format!("{name}: {reason}");
-        self.broadcast(
-            &Message::Error(ErrorMessage::new(ErrorCode::DecodeFailed, &text, None)),
-            None,
-        );
     }
 
     fn spool_dir(&self, which: &str) -> PathBuf {
@@ -1132,18 +1127,7 @@ impl Supervisor {
                 self.counters.errors += 1;
                 self.audit.record("request_failed", json!({ "input": meta.name, "code": format!("{:?}", err.code), "reason": err.text }));
                 if let Some(path) = &meta.spool_path {
-                    let name = meta.name.clone();
-                    let failed_dir = self.spool_dir("failed");
-                    match spool::move_into(path, &failed_dir, &now_ms().to_string()) {
-                        Ok(target) => {
-                            let note = PathBuf::from(format!("{}.reason.txt", target.display()));
-                            let _ = std::fs::write(note, format!("{:?}: {}\n", err.code, err.text));
-                        }
-                        Err(e) => log::error!(
-                            "spool {name}: cannot move to {}: {e}",
-                            failed_dir.display()
-                        ),
-                    }
+                    self.move_to_failed(path, &meta.name, &format!("{:?}: {}", err.code, err.text));
                 }
                 let in_reply_to = meta.requester.map(|(_, s)| s);
                 let msg = Message::Error(ErrorMessage::new(err.code, &err.text, in_reply_to));

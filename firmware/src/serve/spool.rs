@@ -33,6 +33,20 @@ struct Candidate {
     reported: bool,
 }
 
+impl Candidate {
+    /// A file just noticed: no events judged yet, not reported.
+    fn new() -> Candidate {
+        Candidate {
+            writing: false,
+            closed: false,
+            last_event: Instant::now(),
+            seen: None,
+            stable_since: Instant::now(),
+            reported: false,
+        }
+    }
+}
+
 /// Names that are never spool input: hidden files, partial downloads and editor backups,
 /// and the done/failed folders.
 pub fn ignored(name: &str) -> bool {
@@ -67,14 +81,7 @@ pub fn watch<E: Send + 'static>(
                         if path.parent() != Some(dir.as_path()) || !name_ok(&path) {
                             continue;
                         }
-                        let c = files.entry(path).or_insert_with(|| Candidate {
-                            writing: false,
-                            closed: false,
-                            last_event: Instant::now(),
-                            seen: None,
-                            stable_since: Instant::now(),
-                            reported: false,
-                        });
+                        let c = files.entry(path).or_insert_with(Candidate::new);
                         c.last_event = Instant::now();
                         match event.kind {
                             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
@@ -168,14 +175,7 @@ fn scan(dir: &Path, files: &mut HashMap<PathBuf, Candidate>) {
         if !name_ok(&path) || !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
-        files.entry(path).or_insert_with(|| Candidate {
-            writing: false,
-            closed: false,
-            last_event: Instant::now(),
-            seen: None,
-            stable_since: Instant::now(),
-            reported: false,
-        });
+        files.entry(path).or_insert_with(Candidate::new);
     }
 }
 
