@@ -64,6 +64,9 @@ install_python_reference
 export EDGEDX_SHARED_DIR="${EDGEDX_SHARED_DIR:-$ROOT/../shared}"
 [ -d "$EDGEDX_SHARED_DIR" ] || echo "NOTE: $EDGEDX_SHARED_DIR is absent: tests that need real DICOM files and the VGG16 will say SKIPPED"
 
+# A fresh clone gains nothing from incremental caches; they only cost disk.
+export CARGO_INCREMENTAL=0
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -77,6 +80,7 @@ cargo test --workspace --locked
 
 if [ "$scope" = "host" ]; then
     log "host only: aarch64 half skipped on request"
+    du -sh target 2>/dev/null || true
     exit 0
 fi
 
@@ -90,3 +94,4 @@ cargo build --workspace --locked --target "$TARGET"
 cargo test --workspace --locked --target "$TARGET"
 
 log "all passed"
+du -sh target 2>/dev/null || true
