@@ -93,5 +93,13 @@ export EDGEDX_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
 cargo build --workspace --locked --target "$TARGET"
 cargo test --workspace --locked --target "$TARGET"
 
+# qemu's default CPU has SVE; the engine's int8 rewrites must also be exact with the kernels
+# (and packings) tract picks on Cortex-A72 (SMLAL) and Cortex-A76 (SDOT) boards.
+for cpu in cortex-a72 cortex-a76; do
+    log "engine tests ($TARGET, qemu -cpu $cpu)"
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
+        cargo test --locked --target "$TARGET" -p edgedx-engine --lib
+done
+
 log "all passed"
 du -sh target 2>/dev/null || true

@@ -94,6 +94,16 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
+    /// Where the time goes: each operator kind's share of one inference, for the given
+    /// variants of a bundle, on the fixed input `infer` uses (single-threaded).
+    Profile {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "int8,fp32")]
+        variants: Vec<String>,
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,6 +120,11 @@ fn main() -> ExitCode {
             variant,
             runs,
         }) => infer(&bundle, &variant, runs),
+        Some(Command::Profile {
+            bundle,
+            variants,
+            runs,
+        }) => profile(&bundle, &variants, runs),
         None => run_bench(cli.bench),
     };
     match result {
@@ -121,13 +136,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// A fixed, non-constant input: the same for every run and every binary.
+fn fixed_input(bundle: &Bundle) -> Vec<f32> {
+    (0..bundle.input().item_len())
+        .map(|i| ((i * 37) % 256) as f32 / 255.0)
+        .collect()
+}
+
+fn profile(bundle: &Path, variants: &[String], runs: usize) -> Result<()> {
+    let bundle = Bundle::open(bundle)?;
+    let input = fixed_input(&bundle);
+    for variant in variants {
+        let model = Model::load(&bundle, variant, &EngineOptions::default())?;
+        let ops = model.profile(&input, runs)?;
+        let total: f64 = ops.iter().map(|o| o.time.as_secs_f64()).sum();
+        println!(
+            "\n{} {variant}: {:.3} ms per inference in {} operator kinds ({runs} runs)",
+            bundle.manifest().bundle.name,
+            total * 1e3,
+            ops.len()
+        );
+        println!("| operator | nodes | ms | share |\n|---|---|---|---|");
+        for o in &ops {
+            let t = o.time.as_secs_f64();
+            println!(
+                "| {} | {} | {:.3} | {:.1} % |",
+                o.op,
+                o.nodes,
+                t * 1e3,
+                100.0 * t / total
+            );
+        }
+    }
+    Ok(())
+}
+
 fn infer(bundle: &Path, variant: &str, runs: usize) -> Result<()> {
     let bundle = Bundle::open(bundle)?;
     let model = Model::load(&bundle, variant, &EngineOptions::default())?;
-    // A fixed, non-constant input: the same for every run and every binary.
-    let input: Vec<f32> = (0..bundle.input().item_len())
-        .map(|i| ((i * 37) % 256) as f32 / 255.0)
-        .collect();
+    let input = fixed_input(&bundle);
     let mut top = (0, 0.0);
     for _ in 0..runs {
         top = model.run(&input)?[0].top();

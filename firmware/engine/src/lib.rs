@@ -6,7 +6,9 @@
 //! which malformed models can trigger (see ../shared/DESIGN.md).
 
 mod cpu;
+mod epilogue;
 mod error;
+mod im2col;
 mod load;
 pub mod memory;
 mod rewrite;
@@ -26,6 +28,16 @@ pub use load::LoadStrategy;
 pub use threads::{set_threads, threads, MAX_THREADS};
 
 type Plan = Arc<TypedRunnableModel>;
+
+/// Time spent in one kind of operator of a plan, per inference ([`Model::profile`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpTime {
+    /// tract's operator name (`OptMatMul`, `Im2col`, `Requantize`, ...).
+    pub op: String,
+    /// How many nodes of the plan run it.
+    pub nodes: usize,
+    pub time: Duration,
+}
 
 /// How a model should be prepared.
 #[derive(Debug, Clone)]
@@ -242,6 +254,61 @@ impl Model {
         self.scores(&values)
     }
 
+    /// Runs the plan `runs` times on one batch and returns the time spent in each kind of
+    /// operator per inference, largest first: where the time goes, for the benchmark's
+    /// profile (issue 5). Single-threaded, like the default worker.
+    pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<OpTime>, EngineError> {
+        use tract_onnx::tract_core::plan::{eval, SimpleState};
+        let expected = self.batch() * self.input.item_len();
+        if input.len() != expected || runs == 0 {
+            return Err(EngineError::BadInput(format!(
+                "profile needs {expected} values and at least one run"
+            )));
+        }
+        let shape = self.input.shape(self.batch());
+        let tensor = Tensor::from_shape(&shape, input)
+            .map_err(|e| EngineError::BadInput(format!("{e:#}")))?;
+        let path = self.report.path.clone();
+        let plan = self.plan.clone();
+        let per_node = isolate(&path, "profiling", || -> TractResult<Vec<Duration>> {
+            let mut state = SimpleState::new(&plan)?;
+            let mut times = vec![Duration::ZERO; plan.model().nodes().len()];
+            // One untimed run: first-use allocations are not the steady state.
+            state.run(tvec!(tensor.clone().into_tvalue()))?;
+            for _ in 0..runs {
+                state.run_plan_with_eval(
+                    tvec!(tensor.clone().into_tvalue()),
+                    |ctx, st, node, inputs| {
+                        let start = Instant::now();
+                        let r = eval(ctx, st, node, inputs);
+                        times[node.id] += start.elapsed();
+                        r
+                    },
+                )?;
+            }
+            Ok(times)
+        })?
+        .map_err(|e| EngineError::Run(format!("{e:#}")))?;
+        let mut by_op: Vec<OpTime> = Vec::new();
+        for (node, time) in plan.model().nodes().iter().zip(per_node) {
+            let name = node.op.name().to_string();
+            let per_run = time / runs as u32;
+            match by_op.iter_mut().find(|o| o.op == name) {
+                Some(o) => {
+                    o.nodes += 1;
+                    o.time += per_run;
+                }
+                None => by_op.push(OpTime {
+                    op: name,
+                    nodes: 1,
+                    time: per_run,
+                }),
+            }
+        }
+        by_op.sort_by(|a, b| b.time.cmp(&a.time).then(a.op.cmp(&b.op)));
+        Ok(by_op)
+    }
+
     /// Splits a flat output into per-item scores, refusing outputs that cannot be a
     /// classification (wrong size, NaN/Inf, probabilities that are not a distribution).
     fn scores(&self, values: &[f32]) -> Result<Vec<Scores>, EngineError> {
@@ -409,5 +476,27 @@ mod tests {
                 assert_eq!(one, forced, "{variant} batch {batch}, every op threaded");
             }
         }
+    }
+
+    #[test]
+    fn profile_accounts_for_every_operator_of_the_plan() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/brain-mri-4class");
+        let bundle = Bundle::open(&dir).expect("models/brain-mri-4class");
+        let model = Model::load(&bundle, "int8", &EngineOptions::default()).unwrap();
+        let input = vec![0.25; model.input_spec().item_len()];
+        let ops = model.profile(&input, 3).unwrap();
+        let nodes = |name: &str| ops.iter().find(|o| o.op == name).map(|o| o.nodes);
+        // The five convolutions run on the engine's packing and requantisation, not on
+        // tract's element-wise chain.
+        assert_eq!(nodes("PackPatches"), Some(5));
+        assert_eq!(nodes("Requantize"), Some(5));
+        for gone in ["Im2col", "Scale", "Min", "Max", "Cast", "QSumB"] {
+            assert_eq!(nodes(gone), None, "{gone} is still in the plan");
+        }
+        let counted: usize = ops.iter().map(|o| o.nodes).sum();
+        assert_eq!(counted, model.plan.model().nodes().len());
+        assert!(ops.windows(2).all(|w| w[0].time >= w[1].time));
+        assert!(ops[0].time > Duration::ZERO);
+        assert!(model.profile(&input[1..], 3).is_err());
     }
 }

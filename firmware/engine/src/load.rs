@@ -21,7 +21,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 
 use crate::error::EngineError;
-use crate::{rewrite, Plan};
+use crate::{epilogue, im2col, rewrite, Plan};
 
 /// Upper bound on the batch a plan is built for: a classifier on a 2 GB board never needs
 /// more, and it bounds the activation memory a config typo could ask for.
@@ -96,7 +96,7 @@ pub struct Built {
     pub strategy_note: Option<String>,
     pub kernels: Vec<String>,
     pub ops: Vec<(String, usize)>,
-    /// The exact rewrites applied after tract's optimiser (see rewrite.rs).
+    /// The exact rewrites applied after tract's optimiser (see rewrite.rs, epilogue.rs).
     pub patches: Vec<String>,
 }
 
@@ -140,26 +140,46 @@ pub(crate) fn build_with(
         .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
     let mut patches = Vec::new();
     if rewrite {
+        let nodes = optimized.nodes().len();
         let removed = rewrite::drop_zero_products(&mut optimized)
             .map_err(|e| load_err(format!("removing zero-point terms failed: {e:#}")))?;
-        if removed > 0 {
+        let fused = epilogue::fuse_requantization(&mut optimized)
+            .map_err(|e| load_err(format!("fusing requantization failed: {e:#}")))?;
+        let packers = im2col::speed_up_patches(&mut optimized)
+            .map_err(|e| load_err(format!("replacing the int8 patch packing failed: {e:#}")))?;
+        if removed > 0 || fused > 0 || packers > 0 {
             // A second codegen pass lets tract fuse the remaining per-channel Sub into the
-            // matmul and prune the column sums that fed the removed terms. Codegen only, not
-            // a full `into_optimized()`: the plan is the same on the default and VGG16
-            // bundles, and skipping the second declutter keeps VGG16 int8's load peak lower.
-            let nodes = optimized.nodes().len();
+            // matmul and prune the column sums that fed the removed terms and the replaced
+            // requantization nodes. Codegen only, not a full `into_optimized()`: the plan is
+            // the same on the default and VGG16 bundles, and skipping the second declutter
+            // keeps VGG16 int8's load peak lower.
             optimized.optimize().map_err(|e| {
                 load_err(format!(
-                    "optimisation after removing zero-point terms failed: {e:#}"
+                    "optimisation after the int8 rewrites failed: {e:#}"
                 ))
             })?;
             log::debug!(
-                "removed {removed} Sub(x, 0*y) terms; plan {nodes} -> {} nodes",
+                "removed {removed} Sub(x, 0*y) terms, fused {fused} requantizations; plan {nodes} -> {} nodes",
                 optimized.nodes().len()
             );
+        }
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        if removed > 0 {
             patches.push(format!(
                 "removed {removed} zero-point Sub(x, 0*y) term{}",
-                if removed == 1 { "" } else { "s" }
+                plural(removed)
+            ));
+        }
+        if packers > 0 {
+            patches.push(format!(
+                "packed the patches of {packers} int8 convolution{} in runs",
+                plural(packers)
+            ));
+        }
+        if fused > 0 {
+            patches.push(format!(
+                "fused {fused} requantization chain{} into one pass each",
+                plural(fused)
             ));
         }
     }
@@ -366,9 +386,47 @@ fn describe(model: &TypedModel) -> (Vec<String>, Vec<(String, usize)>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use edgedx_bundle::Bundle;
+    use tract_linalg::mmm::MatMatMul;
+    use tract_onnx::tract_core::ops::matmul::optimized::ProtoFusedSpec;
+
+    /// The integer matmul kernels (with the packing index each uses) that tract picks for
+    /// the default int8 model on this machine, from its unrewritten plan.
+    pub(crate) fn int8_kernels() -> Vec<(Box<dyn MatMatMul>, usize)> {
+        let bundle = default_bundle();
+        let file = bundle.variant("int8").unwrap();
+        let bytes = std::fs::read(bundle.variant_path(file)).unwrap();
+        let m = bundle.manifest();
+        let target = Target {
+            input: &m.input,
+            output_tensor: &m.output.tensor,
+            batch: 1,
+        };
+        let built = build_with(&bytes, &target, false).unwrap();
+        let mut found: Vec<(Box<dyn MatMatMul>, usize)> = Vec::new();
+        for node in built.plan.model().nodes() {
+            let Some(mm) = node.op_as::<OptMatMul>() else {
+                continue;
+            };
+            if mm.mmm[0].internal_type() != DatumType::I32 {
+                continue;
+            }
+            for op in &mm.micro_ops {
+                if let ProtoFusedSpec::AddMatMul { packings, .. } = op {
+                    let kernel = (mm.mmm[0].clone(), packings[0].0);
+                    if !found
+                        .iter()
+                        .any(|(k, p)| k.name() == kernel.0.name() && *p == kernel.1)
+                    {
+                        found.push(kernel);
+                    }
+                }
+            }
+        }
+        found
+    }
 
     fn default_bundle() -> Bundle {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/brain-mri-4class");
@@ -455,7 +513,14 @@ mod tests {
         for batch in [1, 3] {
             let (patches, before, after) = compare(&bundle, "int8", batch);
             // Five symmetric-weight QLinearConvs, one zero-point term each.
-            assert_eq!(patches, ["removed 5 zero-point Sub(x, 0*y) terms"]);
+            assert_eq!(
+                patches,
+                [
+                    "removed 5 zero-point Sub(x, 0*y) terms",
+                    "packed the patches of 5 int8 convolutions in runs",
+                    "fused 5 requantization chains into one pass each"
+                ]
+            );
             assert!(after < before, "batch {batch}: {before} -> {after} nodes");
         }
     }

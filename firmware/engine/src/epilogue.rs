@@ -1,0 +1,618 @@
+//! One pass for the requantisation after an integer convolution.
+//!
+//! tract 0.23.9 turns the i32 accumulator of a QLinearConv back into u8 with four
+//! element-wise nodes, each a full pass over an i32 tensor: `Scale` (per-channel f32
+//! multiplier, round half to even), `Min(255)`, `Max(0)`, `Cast u8`, and, when the next
+//! convolution reads it, `OffsetU8asI8`. On the default bundle that was a third of the int8
+//! inference time (firmware/bench/INT8-NOTES.md). [`fuse_requantization`] replaces each such
+//! chain with one [`Requantize`] node that computes, per element, exactly what the chain
+//! computes: the same f32 product, the same rounding, the same integer clamps, then the
+//! cast. The outputs are bit-identical (tested here on the boundaries and in load.rs on whole
+//! models).
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::cast::Cast;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::math::{Add, Max, Min};
+use tract_onnx::tract_core::ops::quant::{OffsetU8asI8, Scale};
+
+/// `Scale -> Add* -> (Min | Max)* -> Cast (u8 | i8) [-> OffsetU8asI8]` as one node.
+///
+/// The integer steps are folded when the chain is matched: the Adds (wrapping, as tract's
+/// i32 Add does in release builds) into one `add`, and any sequence of scalar Min and Max
+/// into one clamp, since `min(clamp(v, lo, hi), c) = clamp(v, min(lo, c), min(hi, c))` and
+/// likewise for `max`. A folded chain has no loop per element, so the compiler vectorises it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Requantize {
+    /// The multipliers, one per channel along `axis` (or one for all).
+    scale: Arc<Tensor>,
+    /// The axis of the input the multipliers run along; `None` for a single multiplier.
+    axis: Option<usize>,
+    add: i32,
+    lo: i32,
+    hi: i32,
+    /// U8 or I8: the Cast's type.
+    cast_to: DatumType,
+    /// The u8 result is shifted to i8 (`x - 128`), as OffsetU8asI8 does.
+    offset_to_i8: bool,
+}
+
+impl Requantize {
+    fn output_type(&self) -> DatumType {
+        if self.offset_to_i8 {
+            DatumType::I8
+        } else {
+            self.cast_to
+        }
+    }
+
+    /// The chain's value for one accumulator, with multiplier `s`.
+    #[inline(always)]
+    fn value(&self, x: i32, s: f32) -> i32 {
+        let v = (round_half_even(x as f32 * s) as i32).wrapping_add(self.add);
+        v.min(self.hi).max(self.lo)
+    }
+
+    fn run<T: Datum + Copy>(
+        &self,
+        x: &[i32],
+        shape: &[usize],
+        out: &mut [T],
+        to: impl Fn(i32) -> T,
+    ) -> TractResult<()> {
+        let scales = self.scale.try_as_plain_ram()?;
+        let scales = scales.as_slice::<f32>()?;
+        let (outer, channels, inner) = match self.axis {
+            Some(axis) => (
+                shape[..axis].iter().product::<usize>(),
+                shape[axis],
+                shape[axis + 1..].iter().product::<usize>(),
+            ),
+            None => (1, 1, x.len()),
+        };
+        ensure!(
+            scales.len() == channels && outer * channels * inner == x.len(),
+            "Requantize: {} multipliers for an input of shape {shape:?}",
+            scales.len()
+        );
+        for (c, (xs, ys)) in x
+            .chunks(inner.max(1))
+            .zip(out.chunks_mut(inner.max(1)))
+            .enumerate()
+        {
+            self.run_channel(xs, scales[c % channels], ys, &to);
+        }
+        Ok(())
+    }
+
+    /// One channel's values. Blocks of [`LANES`] whose products are all below 2^30 in
+    /// magnitude (every block of a real model) take a form the compiler vectorises: clamp
+    /// the product to `[lo - add, hi - add]`, round, convert, add. It equals the chain
+    /// because rounding is monotone and keeps integers, and because nothing can wrap at
+    /// that size. Other blocks (huge multipliers, NaN) take the per-element chain itself.
+    fn run_channel<T: Copy>(&self, xs: &[i32], s: f32, ys: &mut [T], to: &impl Fn(i32) -> T) {
+        const LIMIT: f32 = (1u32 << 30) as f32;
+        let bounds = self.float_bounds();
+        let mut blocks = xs.chunks_exact(LANES).zip(ys.chunks_exact_mut(LANES));
+        for (x, y) in &mut blocks {
+            let mut f = [0f32; LANES];
+            let mut small = true;
+            for i in 0..LANES {
+                f[i] = x[i] as f32 * s;
+                small &= f[i].abs() < LIMIT;
+            }
+            match bounds {
+                Some((lo, hi)) if small => {
+                    for i in 0..LANES {
+                        // |clamped| <= 2^22 by the bounds: adding 1.5 * 2^23 rounds it half
+                        // to even into the low mantissa bits, which are then the integer.
+                        let t = f[i].max(lo).min(hi) + MAGIC;
+                        let v = t.to_bits() as i32 - MAGIC.to_bits() as i32;
+                        y[i] = to(v + self.add);
+                    }
+                }
+                _ => {
+                    for i in 0..LANES {
+                        y[i] = to(self.value(x[i], s));
+                    }
+                }
+            }
+        }
+        let tail = xs.len() - xs.len() % LANES;
+        for (y, &x) in ys[tail..].iter_mut().zip(&xs[tail..]) {
+            *y = to(self.value(x, s));
+        }
+    }
+
+    /// `[lo - add, hi - add]` as f32 when both are at most 2^22 in magnitude and so is
+    /// `add`: the precondition of the vectorised form.
+    fn float_bounds(&self) -> Option<(f32, f32)> {
+        const EXACT: i64 = 1 << 22;
+        let lo = self.lo as i64 - self.add as i64;
+        let hi = self.hi as i64 - self.add as i64;
+        let fits = |v: i64| v.abs() <= EXACT;
+        (fits(lo) && fits(hi) && fits(self.add as i64)).then_some((lo as f32, hi as f32))
+    }
+}
+
+/// Elements per block in [`Requantize::run_channel`].
+const LANES: usize = 16;
+
+/// 1.5 * 2^23: for |v| <= 2^22, `v + MAGIC` has ulp 1 and holds round(v) in its mantissa.
+const MAGIC: f32 = 12_582_912.0;
+
+/// Round half to even for any f32, without `f32::round_ties_even`: baseline x86_64 (SSE2)
+/// has no vector instruction for it and would call libm per element. Below 2^23 adding and
+/// subtracting 2^23 rounds in the current (nearest-even) mode; from 2^23 up every f32 is an
+/// integer already. The sign is put back afterwards, which is exact because ties-to-even is
+/// symmetric. tract's `scale_by` rounds `|x| * s` with the same rule and restores the sign
+/// the same way.
+#[inline(always)]
+fn round_half_even(v: f32) -> f32 {
+    const TWO_23: f32 = 8_388_608.0;
+    let a = v.abs();
+    let r = if a < TWO_23 { (a + TWO_23) - TWO_23 } else { a };
+    r.copysign(v)
+}
+
+impl Op for Requantize {
+    fn name(&self) -> StaticName {
+        "Requantize".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} multiplier(s), +{}, clamp {}..={}, to {:?}",
+            self.scale.len(),
+            self.add,
+            self.lo,
+            self.hi,
+            self.output_type()
+        )])
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for Requantize {
+    tract_onnx::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        ensure!(inputs.len() == 1, "Requantize takes one input");
+        let x = &inputs[0];
+        let shape: TVec<usize> = x.shape().into();
+        let xs = x.try_as_plain_ram()?;
+        let xs = xs.as_slice::<i32>()?;
+        // Every element is written below.
+        let mut out = unsafe { Tensor::uninitialized_dt(self.output_type(), &shape)? };
+        {
+            let mut view = out.try_as_plain_ram_mut()?;
+            match (self.cast_to, self.offset_to_i8) {
+                (DatumType::U8, false) => {
+                    self.run(xs, &shape, view.as_slice_mut::<u8>()?, |v| v as u8)?
+                }
+                (DatumType::U8, true) => self.run(xs, &shape, view.as_slice_mut::<i8>()?, |v| {
+                    (v as u8).wrapping_sub(128) as i8
+                })?,
+                (DatumType::I8, false) => {
+                    self.run(xs, &shape, view.as_slice_mut::<i8>()?, |v| v as i8)?
+                }
+                other => bail!("Requantize: unsupported output {other:?}"),
+            }
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for Requantize {
+    tract_onnx::tract_core::as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == DatumType::I32);
+        Ok(tvec!(self.output_type().fact(inputs[0].shape.clone())))
+    }
+}
+
+/// Replaces every requantisation chain of the optimised plan with a [`Requantize`] node and
+/// returns how many. The replaced nodes are left unused; the caller's next optimisation
+/// prunes them.
+pub(crate) fn fuse_requantization(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    for id in model.eval_order()? {
+        let Some((x, last, op)) = chain_at(model, id)? else {
+            continue;
+        };
+        let name = format!("{}.requantize", model.node(id).name);
+        let patch = TypedModelPatch::rewire(model, &[x], &[last], &|p, taps| {
+            p.wire_node(&name, op.clone(), taps)
+        })?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
+}
+
+/// If node `id` is a `Scale` that starts a chain this module can fuse: the accumulator
+/// outlet, the chain's last outlet and the op that replaces the chain.
+fn chain_at(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<Option<(OutletId, OutletId, Requantize)>> {
+    let node = model.node(id);
+    if !is_bin::<Scale>(node) || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let x = node.inputs[1];
+    let x_fact = model.outlet_fact(x)?;
+    let Some(scale) = model.outlet_fact(node.inputs[0])?.konst.clone() else {
+        return Ok(None);
+    };
+    if x_fact.datum_type != DatumType::I32
+        || scale.datum_type() != DatumType::F32
+        || model.outlet_fact(OutletId::new(id, 0))?.datum_type != DatumType::I32
+    {
+        return Ok(None);
+    }
+    let Some(axis) = channel_axis(&scale, x_fact.rank()) else {
+        return Ok(None);
+    };
+    let Some(x_shape) = x_fact.shape.as_concrete() else {
+        return Ok(None);
+    };
+    if axis.is_some_and(|axis| x_shape[axis] != scale.len()) {
+        return Ok(None);
+    }
+
+    // Walk the single-consumer chain after the Scale, folding the steps. `range` is what
+    // the i32 value can be at this point; a Cast is only fused when the clamps before it
+    // make it exact.
+    let (mut add, mut lo, mut hi) = (0i32, i32::MIN, i32::MAX);
+    let mut clamped = false;
+    let mut at = id;
+    let mut cast_to = None;
+    let mut offset_to_i8 = false;
+    while let Some(next) = only_successor(model, at)? {
+        let next_node = model.node(next);
+        if model.outlet_fact(OutletId::new(next, 0))?.shape != x_fact.shape {
+            break;
+        }
+        if cast_to.is_none() {
+            if let Some(c) = scalar_operand(model, next_node, at)? {
+                if is_bin::<Add>(next_node) && !clamped {
+                    add = add.wrapping_add(c);
+                } else if is_bin::<Min>(next_node) {
+                    (lo, hi) = (lo.min(c), hi.min(c));
+                    clamped = true;
+                } else if is_bin::<Max>(next_node) {
+                    (lo, hi) = (lo.max(c), hi.max(c));
+                    clamped = true;
+                } else {
+                    break;
+                }
+                at = next;
+                continue;
+            }
+            if let Some(cast) = next_node.op_as::<Cast>() {
+                let fits = match cast.to {
+                    DatumType::U8 => lo >= 0 && hi <= 255,
+                    DatumType::I8 => lo >= -128 && hi <= 127,
+                    _ => false,
+                };
+                if !fits {
+                    break;
+                }
+                cast_to = Some(cast.to);
+                at = next;
+                continue;
+            }
+            break;
+        }
+        if cast_to == Some(DatumType::U8)
+            && !offset_to_i8
+            && next_node
+                .op_as::<ElementWiseOp>()
+                .is_some_and(|op| op.0.is::<OffsetU8asI8>() && op.1.is_none())
+        {
+            offset_to_i8 = true;
+            at = next;
+        }
+        break;
+    }
+    let Some(cast_to) = cast_to else {
+        return Ok(None);
+    };
+    let op = Requantize {
+        scale,
+        axis,
+        add,
+        lo,
+        hi,
+        cast_to,
+        offset_to_i8,
+    };
+    if model.outlet_fact(OutletId::new(at, 0))?.datum_type != op.output_type() {
+        return Ok(None);
+    }
+    Ok(Some((x, OutletId::new(at, 0), op)))
+}
+
+/// The multipliers' axis in an input of rank `rank`: `Some(None)` for a single multiplier,
+/// `Some(Some(axis))` when exactly one axis is longer than 1, `None` otherwise.
+fn channel_axis(scale: &Tensor, rank: usize) -> Option<Option<usize>> {
+    let shape = scale.shape();
+    if shape.len() > rank {
+        return None;
+    }
+    let long: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d > 1)
+        .map(|(i, _)| i + rank - shape.len())
+        .collect();
+    match long.as_slice() {
+        [] => Some(None),
+        [axis] => Some(Some(*axis)),
+        _ => None,
+    }
+}
+
+/// The node reading node `id`'s only output, when it is the only reader and `id` is not a
+/// model output.
+fn only_successor(model: &TypedModel, id: usize) -> TractResult<Option<usize>> {
+    let node = model.node(id);
+    if node.outputs.len() != 1
+        || node.outputs[0].successors.len() != 1
+        || model.output_outlets()?.contains(&OutletId::new(id, 0))
+    {
+        return Ok(None);
+    }
+    Ok(Some(node.outputs[0].successors[0].node))
+}
+
+/// For a two-input i32 binary node fed by `from`, the other input when it is a constant
+/// holding one value.
+fn scalar_operand(model: &TypedModel, node: &TypedNode, from: usize) -> TractResult<Option<i32>> {
+    if node.op_as::<TypedBinOp>().is_none() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = match (node.inputs[0].node == from, node.inputs[1].node == from) {
+        (true, false) => node.inputs[1],
+        (false, true) => node.inputs[0],
+        _ => return Ok(None),
+    };
+    let fact = model.outlet_fact(other)?;
+    if fact.datum_type != DatumType::I32
+        || model.outlet_fact(OutletId::new(node.id, 0))?.datum_type != DatumType::I32
+    {
+        return Ok(None);
+    }
+    let Some(k) = &fact.konst else {
+        return Ok(None);
+    };
+    let Some(u) = k.as_uniform() else {
+        return Ok(None);
+    };
+    Ok(Some(u.cast_to_scalar::<i32>()?))
+}
+
+fn is_bin<M: BinMiniOp>(node: &TypedNode) -> bool {
+    node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<M>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::cast::cast;
+    use tract_onnx::tract_core::ops::math::{add, max, min};
+    use tract_onnx::tract_core::ops::quant::{offset_u8_as_i8, scale};
+
+    /// Accumulators that probe every rounding and clamping edge: ties on both sides of
+    /// zero, the clamp limits, the extremes of i32, and a spread of ordinary values.
+    fn accumulators(n: usize) -> Vec<i32> {
+        let mut v = vec![
+            0,
+            1,
+            -1,
+            i32::MAX,
+            i32::MIN,
+            i32::MAX - 1,
+            i32::MIN + 1,
+            1 << 23,
+            -(1 << 23),
+            (1 << 24) + 1,
+            -(1 << 24) - 1,
+        ];
+        let mut s = 0x2545_f491_u32;
+        while v.len() < n {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            v.push(match s % 4 {
+                0 => (s as i32) >> 8,
+                1 => (s % 2048) as i32 - 1024,
+                2 => (s % 600_000) as i32 - 300_000,
+                _ => s as i32,
+            });
+        }
+        v.truncate(n);
+        v
+    }
+
+    /// Builds x -> Scale(s) -> tail..., evaluates it with tract unfused and fused, and
+    /// checks the fused plan has one Requantize and the same bytes.
+    fn check(
+        shape: &[usize],
+        s: Tensor,
+        tail: &dyn Fn(&mut TypedModel, OutletId) -> OutletId,
+        fuses: bool,
+    ) {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", i32::fact(shape)).unwrap();
+        let s = m.add_const("s", s).unwrap();
+        let scaled = m.wire_node("scale", scale(), &[s, x]).unwrap()[0];
+        let out = tail(&mut m, scaled);
+        m.select_output_outlets(&[out]).unwrap();
+        let mut fused_model = m.clone();
+        let n = fuse_requantization(&mut fused_model).unwrap();
+        assert_eq!(n, usize::from(fuses));
+        let fused_model = fused_model.into_decluttered().unwrap();
+        if fuses {
+            assert!(fused_model.nodes().iter().any(|n| n.op_is::<Requantize>()));
+        }
+        let volume: usize = shape.iter().product();
+        let input = Tensor::from_shape(shape, &accumulators(volume)).unwrap();
+        let run = |model: TypedModel| {
+            let plan = model.into_runnable().unwrap();
+            let out = plan.run(tvec!(input.clone().into_tvalue())).unwrap();
+            let out = out[0].clone().into_tensor();
+            (out.datum_type(), out.as_bytes().to_vec())
+        };
+        assert_eq!(run(m), run(fused_model));
+    }
+
+    fn scalar_const(m: &mut TypedModel, name: &str, v: i32) -> OutletId {
+        m.add_const(name, Tensor::from_shape(&[1, 1, 1], &[v]).unwrap())
+            .unwrap()
+    }
+
+    fn per_channel(c: usize) -> Tensor {
+        let s: Vec<f32> = (0..c)
+            .map(|i| 0.0017 * (i as f32 + 1.0) + 0.5 * (i % 2) as f32)
+            .collect();
+        Tensor::from_shape(&[1, c, 1], &s).unwrap()
+    }
+
+    /// tract's conv epilogue: Min(255), Max(0), Cast u8, then OffsetU8asI8 or not.
+    fn conv_tail(offset: bool) -> impl Fn(&mut TypedModel, OutletId) -> OutletId {
+        move |m, x| {
+            let hi = scalar_const(m, "hi", 255);
+            let lo = scalar_const(m, "lo", 0);
+            let x = m.wire_node("min", min(), &[x, hi]).unwrap()[0];
+            let x = m.wire_node("max", max(), &[x, lo]).unwrap()[0];
+            let x = m.wire_node("cast", cast(DatumType::U8), &[x]).unwrap()[0];
+            if offset {
+                m.wire_node("offset", offset_u8_as_i8(), &[x]).unwrap()[0]
+            } else {
+                x
+            }
+        }
+    }
+
+    #[test]
+    fn per_channel_chains_are_fused_bit_identically() {
+        check(&[2, 16, 300], per_channel(16), &conv_tail(false), true);
+        check(&[1, 5, 77], per_channel(5), &conv_tail(true), true);
+    }
+
+    #[test]
+    fn one_multiplier_and_a_zero_point_add() {
+        let tail = |m: &mut TypedModel, x: OutletId| {
+            let zp = scalar_const(m, "zp", -3);
+            let x = m.wire_node("add", add(), &[zp, x]).unwrap()[0];
+            let lo = scalar_const(m, "lo", -128);
+            let hi = scalar_const(m, "hi", 127);
+            let x = m.wire_node("max", max(), &[lo, x]).unwrap()[0];
+            let x = m.wire_node("min", min(), &[x, hi]).unwrap()[0];
+            m.wire_node("cast", cast(DatumType::I8), &[x]).unwrap()[0]
+        };
+        check(&[3, 10, 100], tensor3(&[[[0.37f32]]]), &tail, true);
+    }
+
+    #[test]
+    fn clamps_in_any_order_fold_exactly() {
+        let tail = |m: &mut TypedModel, x: OutletId| {
+            let mut x = x;
+            for (i, (is_min, c)) in [
+                (false, -5),
+                (true, 300),
+                (false, 7),
+                (true, 255),
+                (true, 250),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let c = scalar_const(m, &format!("c{i}"), c);
+                let op = if is_min { min() } else { max() };
+                x = m.wire_node(format!("clamp{i}"), op, &[x, c]).unwrap()[0];
+            }
+            m.wire_node("cast", cast(DatumType::U8), &[x]).unwrap()[0]
+        };
+        check(&[1, 8, 500], per_channel(8), &tail, true);
+    }
+
+    #[test]
+    fn chains_that_cannot_be_exact_are_left_to_tract() {
+        // No Max: the cast to u8 would wrap negative values.
+        let no_lower_clamp = |m: &mut TypedModel, x: OutletId| {
+            let hi = scalar_const(m, "hi", 255);
+            let x = m.wire_node("min", min(), &[x, hi]).unwrap()[0];
+            m.wire_node("cast", cast(DatumType::U8), &[x]).unwrap()[0]
+        };
+        check(&[1, 4, 50], per_channel(4), &no_lower_clamp, false);
+        // A clamp that is not a scalar.
+        let per_channel_clamp = |m: &mut TypedModel, x: OutletId| {
+            let hi = m
+                .add_const(
+                    "hi",
+                    Tensor::from_shape(&[1, 4, 1], &[255i32, 200, 255, 100]).unwrap(),
+                )
+                .unwrap();
+            let lo = scalar_const(m, "lo", 0);
+            let x = m.wire_node("min", min(), &[x, hi]).unwrap()[0];
+            let x = m.wire_node("max", max(), &[x, lo]).unwrap()[0];
+            m.wire_node("cast", cast(DatumType::U8), &[x]).unwrap()[0]
+        };
+        check(&[1, 4, 50], per_channel(4), &per_channel_clamp, false);
+        // Multipliers along two axes.
+        let s = Tensor::from_shape(&[2, 4, 1], &[0.5f32; 8]).unwrap();
+        check(&[2, 4, 50], s, &conv_tail(false), false);
+    }
+
+    #[test]
+    fn rounding_matches_ties_to_even_everywhere() {
+        let samples = [
+            0.5f32,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            0.49999997,
+            8_388_607.5,
+            8_388_608.0,
+            4_194_303.5,
+            1e10,
+            -1e10,
+            f32::MAX,
+            f32::MIN,
+            -0.0,
+            0.0,
+        ];
+        for v in samples {
+            assert_eq!(
+                round_half_even(v).to_bits(),
+                v.round_ties_even().to_bits(),
+                "{v}"
+            );
+        }
+        let mut s = 7u32;
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            let v = f32::from_bits(s);
+            if v.is_finite() {
+                assert_eq!(
+                    round_half_even(v).to_bits(),
+                    v.round_ties_even().to_bits(),
+                    "{v}"
+                );
+            }
+        }
+    }
+}
