@@ -137,7 +137,8 @@ impl PackPatches {
         })
     }
 
-    /// Packs one image (`x`: C·H·W bytes) into `out` (zeroed, `panels * panel_len` bytes).
+    /// Packs one image (`x`: C·H·W bytes) into `out` (`panels * panel_len` bytes, zeroed for
+    /// the k-major layout, whose alignment padding is not written here).
     ///
     /// Two passes: the patch matrix, k rows of the output positions, built from long runs
     /// of input rows; then the panels, copied (k-major) or interleaved four rows at a time
@@ -152,14 +153,22 @@ impl PackPatches {
         let rows = self.k.div_ceil(4) * 4;
         SCRATCH.with(|scratch| {
             let mut matrix = scratch.borrow_mut();
-            matrix.clear();
+            // Left over from the previous convolution: every byte is written below.
             matrix.resize(rows * cols, 0);
             for kk in 0..self.k {
                 let (ci, tap) = (kk / taps, kk % taps);
                 let plane = &x[ci * hw..(ci + 1) * hw];
-                let row = &mut matrix[kk * cols..kk * cols + g.n];
-                gather(g, plane, pad, [tap / g.kernel[1], tap % g.kernel[1]], row);
+                let row = &mut matrix[kk * cols..(kk + 1) * cols];
+                gather(
+                    g,
+                    plane,
+                    pad,
+                    [tap / g.kernel[1], tap % g.kernel[1]],
+                    &mut row[..g.n],
+                );
+                row[g.n..].fill(0);
             }
+            matrix[self.k * cols..].fill(0);
             for (p, panel) in out.chunks_mut(self.panel_len).enumerate().take(panels) {
                 let m0 = p * r;
                 match self.layout {
@@ -169,21 +178,7 @@ impl PackPatches {
                             panel[kk * r..(kk + 1) * r].copy_from_slice(src);
                         }
                     }
-                    Layout::K4 { r } => {
-                        for kb in 0..rows / 4 {
-                            let at = |i: usize| (kb * 4 + i) * cols + m0;
-                            let block = &mut panel[kb * 4 * r..(kb + 1) * 4 * r];
-                            interleave4(
-                                [
-                                    &matrix[at(0)..at(0) + r],
-                                    &matrix[at(1)..at(1) + r],
-                                    &matrix[at(2)..at(2) + r],
-                                    &matrix[at(3)..at(3) + r],
-                                ],
-                                block,
-                            );
-                        }
-                    }
+                    Layout::K4 { r } => interleave_panel(&matrix, cols, m0, r, panel),
                 }
             }
         });
@@ -195,71 +190,109 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Row `[ky, kx]` of the patches of one input channel `plane`, for every output position:
-/// contiguous runs of an input row where the stride allows, `pad` outside the image.
+/// Row `[ky, kx]` of the patches of one input channel `plane`, for every output position
+/// (`row` is Ho·Wo long), `pad` outside the image.
 fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], row: &mut [i8]) {
-    let mut j = 0;
-    while j < row.len() {
-        let m = j;
-        let (oy, ox) = (m / g.out_width, m % g.out_width);
-        // The rest of this output row, or of the panel.
-        let run = (g.out_width - ox).min(row.len() - j);
-        let out = &mut row[j..j + run];
-        let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
-        if iy < 0 || iy >= g.height as isize {
-            out.fill(pad);
-        } else {
-            let line = &plane[iy as usize * g.width..(iy as usize + 1) * g.width];
-            let x0 = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.pad[1] as isize;
-            if g.stride[1] == 1 {
-                // Columns x0 .. x0 + run: pad before 0, copy, pad from width on.
-                let lead = ((-x0).max(0) as usize).min(run);
-                let start = (x0 + lead as isize) as usize;
-                let copy = run.saturating_sub(lead).min(g.width.saturating_sub(start));
+    let wo = g.out_width;
+    let (w, h) = (g.width as isize, g.height as isize);
+    let sx = g.stride[1] as isize;
+    // Input column of output column ox: ox * sx + x0. Columns lead..end read the image.
+    let x0 = (kx * g.dilation[1]) as isize - g.pad[1] as isize;
+    let lead = if x0 >= 0 { 0 } else { (-x0 + sx - 1) / sx } as usize;
+    let end = if w - x0 <= 0 {
+        0
+    } else {
+        (w - x0 + sx - 1) / sx
+    } as usize;
+    let (lead, end) = (lead.min(wo), end.min(wo).max(lead.min(wo)));
+    let input_row =
+        |oy: usize| (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
+
+    if sx == 1 && g.stride[0] == 1 && wo == g.width {
+        // Output rows are input rows: one copy of the valid rows, shifted by x0 (the columns
+        // that wrap across a row boundary are the padded ones and are overwritten below).
+        let ho = row.len() / wo;
+        let first = (0..ho).find(|&oy| input_row(oy) >= 0).unwrap_or(ho);
+        let last = (first..ho).find(|&oy| input_row(oy) >= h).unwrap_or(ho);
+        row[..first * wo].fill(pad);
+        row[last * wo..].fill(pad);
+        if first < last {
+            let from = input_row(first) * w + x0;
+            let (t0, t1) = (first * wo, last * wo);
+            // Clip the flat source range to the plane; clipped bytes are padding columns.
+            let skip = (-from).max(0) as usize;
+            let len = (t1 - t0 - skip).min((plane.len() as isize - from - skip as isize) as usize);
+            let src = (from + skip as isize) as usize;
+            row[t0 + skip..t0 + skip + len].copy_from_slice(&plane[src..src + len]);
+            for out in row[t0..t1].chunks_exact_mut(wo) {
                 out[..lead].fill(pad);
-                out[lead..lead + copy].copy_from_slice(&line[start..start + copy]);
-                out[lead + copy..].fill(pad);
-            } else {
-                let s = g.stride[1] as isize;
-                for (i, v) in out.iter_mut().enumerate() {
-                    let ix = x0 + i as isize * s;
-                    *v = if ix >= 0 && ix < g.width as isize {
-                        line[ix as usize]
-                    } else {
-                        pad
-                    };
-                }
+                out[end..].fill(pad);
             }
         }
-        j += run;
+        return;
+    }
+
+    for (oy, out) in row.chunks_exact_mut(wo).enumerate() {
+        let iy = input_row(oy);
+        if iy < 0 || iy >= h {
+            out.fill(pad);
+            continue;
+        }
+        let line = &plane[iy as usize * g.width..(iy as usize + 1) * g.width];
+        out[..lead].fill(pad);
+        if sx == 1 {
+            let start = (lead as isize + x0) as usize;
+            out[lead..end].copy_from_slice(&line[start..start + end - lead]);
+        } else {
+            let start = (lead as isize * sx + x0) as usize;
+            let taken = line[start..].iter().step_by(sx as usize);
+            for (v, x) in out[lead..end].iter_mut().zip(taken) {
+                *v = *x;
+            }
+        }
+        out[end..].fill(pad);
     }
 }
 
-/// K4 block: `block[m * 4 + i] = rows[i][m]`, four k rows of one panel.
-#[inline]
-fn interleave4(rows: [&[i8]; 4], block: &mut [i8]) {
-    let r = rows[0].len();
-    assert!(rows.iter().all(|row| row.len() == r) && block.len() == 4 * r);
-    #[cfg(target_arch = "x86_64")]
-    if r.is_multiple_of(16) {
-        for c in 0..r / 16 {
-            let rows = rows.map(|row| &row[c * 16..(c + 1) * 16]);
-            // SAFETY: SSE2 is part of x86_64; every pointer covers 16 (rows) or 64 bytes.
-            unsafe { simd::interleave4x16(rows, &mut block[c * 64..(c + 1) * 64]) };
+/// One K4 panel: for each group of four k rows of `matrix` (rows of `cols` bytes, a whole
+/// number of groups), `panel[group * 4r + m * 4 + i] = matrix[4 * group + i][m0 + m]`.
+fn interleave_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut [i8]) {
+    let groups = matrix.len() / cols / 4;
+    assert!(m0 + r <= cols && matrix.len() == groups * 4 * cols && panel.len() >= groups * 4 * r);
+    for g in 0..groups {
+        let rows: [&[i8]; 4] = std::array::from_fn(|i| &matrix[(g * 4 + i) * cols + m0..][..r]);
+        let block = &mut panel[g * 4 * r..(g + 1) * 4 * r];
+        #[cfg(target_arch = "x86_64")]
+        if r.is_multiple_of(16) {
+            for c in (0..r).step_by(16) {
+                // SAFETY: SSE2 is part of x86_64; each row has r - c >= 16 bytes from c,
+                // and the block 4 * (r - c) >= 64 from 4c.
+                unsafe {
+                    simd::interleave4x16(
+                        rows.map(|row| row[c..].as_ptr()),
+                        block[4 * c..].as_mut_ptr(),
+                    )
+                };
+            }
+            continue;
         }
-        return;
-    }
-    #[cfg(target_arch = "aarch64")]
-    if r.is_multiple_of(8) {
-        for c in 0..r / 8 {
-            let rows = rows.map(|row| &row[c * 8..(c + 1) * 8]);
-            // SAFETY: NEON is part of aarch64; every pointer covers 8 (rows) or 32 bytes.
-            unsafe { simd::interleave4x8(rows, &mut block[c * 32..(c + 1) * 32]) };
+        #[cfg(target_arch = "aarch64")]
+        if r.is_multiple_of(8) {
+            for c in (0..r).step_by(8) {
+                // SAFETY: NEON is part of aarch64; each row has r - c >= 8 bytes from c, and
+                // the block 4 * (r - c) >= 32 from 4c.
+                unsafe {
+                    simd::interleave4x8(
+                        rows.map(|row| row[c..].as_ptr()),
+                        block[4 * c..].as_mut_ptr(),
+                    )
+                };
+            }
+            continue;
         }
-        return;
-    }
-    for (m, lane) in block.chunks_exact_mut(4).enumerate() {
-        lane.copy_from_slice(&[rows[0][m], rows[1][m], rows[2][m], rows[3][m]]);
+        for (m, lane) in block.chunks_exact_mut(4).enumerate() {
+            lane.copy_from_slice(&[rows[0][m], rows[1][m], rows[2][m], rows[3][m]]);
+        }
     }
 }
 
@@ -270,14 +303,14 @@ mod simd {
     /// 16 columns of four rows into 64 interleaved bytes: two rounds of unpacking.
     ///
     /// # Safety
-    /// Each row holds at least 16 bytes and `out` at least 64.
-    pub(super) unsafe fn interleave4x16(rows: [&[i8]; 4], out: &mut [i8]) {
+    /// Each row pointer is valid for 16 bytes, `out` for 64.
+    #[inline(always)]
+    pub(super) unsafe fn interleave4x16(rows: [*const i8; 4], out: *mut i8) {
         unsafe {
-            let load = |row: &[i8]| _mm_loadu_si128(row.as_ptr() as *const __m128i);
-            let [a, b, c, d] = rows.map(load);
+            let [a, b, c, d] = rows.map(|row| _mm_loadu_si128(row as *const __m128i));
             let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
             let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
-            let o = out.as_mut_ptr() as *mut __m128i;
+            let o = out as *mut __m128i;
             _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_lo, cd_lo));
             _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
             _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
@@ -293,11 +326,12 @@ mod simd {
     /// 8 columns of four rows into 32 interleaved bytes: one ST4.
     ///
     /// # Safety
-    /// Each row holds at least 8 bytes and `out` at least 32.
-    pub(super) unsafe fn interleave4x8(rows: [&[i8]; 4], out: &mut [i8]) {
+    /// Each row pointer is valid for 8 bytes, `out` for 32.
+    #[inline(always)]
+    pub(super) unsafe fn interleave4x8(rows: [*const i8; 4], out: *mut i8) {
         unsafe {
-            let [a, b, c, d] = rows.map(|row| vld1_s8(row.as_ptr()));
-            vst4_s8(out.as_mut_ptr(), int8x8x4_t(a, b, c, d));
+            let [a, b, c, d] = rows.map(|row| vld1_s8(row));
+            vst4_s8(out, int8x8x4_t(a, b, c, d));
         }
     }
 }
@@ -334,7 +368,11 @@ impl EvalOp for PackPatches {
         for b in 0..batches {
             let mut blob =
                 unsafe { Blob::new_for_size_and_align(panels * self.panel_len, self.align) };
-            blob.as_bytes_mut().fill(0);
+            // K4 panels are written whole (the padding rows of the matrix are zeros); k-major
+            // panels end with alignment padding the kernel never reads, zeroed anyway.
+            if g.n == 0 || matches!(self.layout, Layout::KMajor { .. }) {
+                blob.as_bytes_mut().fill(0);
+            }
             if g.n > 0 {
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(blob.as_mut_ptr() as *mut i8, blob.len())
