@@ -79,30 +79,47 @@ impl Requantize {
             "Requantize: {} multipliers for an input of shape {shape:?}",
             scales.len()
         );
-        for (c, (xs, ys)) in x
-            .chunks(inner.max(1))
-            .zip(out.chunks_mut(inner.max(1)))
-            .enumerate()
-        {
-            self.run_channel(xs, scales[c % channels], ys, &to);
+        if inner >= LANES {
+            for (c, (xs, ys)) in x.chunks(inner).zip(out.chunks_mut(inner)).enumerate() {
+                let s = scales[c % channels];
+                self.run_values(xs, |_| s, ys, &to);
+            }
+        } else if channels * inner > 0 {
+            // Channels last (or nearly): one multiplier per element of each outer item,
+            // so the blocks still hold LANES values rather than `inner`.
+            let expanded: Vec<f32> = scales
+                .iter()
+                .flat_map(|s| std::iter::repeat_n(*s, inner))
+                .collect();
+            let item = channels * inner;
+            for (xs, ys) in x.chunks(item).zip(out.chunks_mut(item)) {
+                self.run_values(xs, |i| expanded[i], ys, &to);
+            }
         }
         Ok(())
     }
 
-    /// One channel's values. Blocks of [`LANES`] whose products are all below 2^30 in
+    /// Values whose multipliers are `scale(index)`. Blocks of [`LANES`] whose products are all below 2^30 in
     /// magnitude (every block of a real model) take a form the compiler vectorises: clamp
     /// the product to `[lo - add, hi - add]`, round, convert, add. It equals the chain
     /// because rounding is monotone and keeps integers, and because nothing can wrap at
     /// that size. Other blocks (huge multipliers, NaN) take the per-element chain itself.
-    fn run_channel<T: Copy>(&self, xs: &[i32], s: f32, ys: &mut [T], to: &impl Fn(i32) -> T) {
+    fn run_values<T: Copy>(
+        &self,
+        xs: &[i32],
+        scale: impl Fn(usize) -> f32,
+        ys: &mut [T],
+        to: &impl Fn(i32) -> T,
+    ) {
         const LIMIT: f32 = (1u32 << 30) as f32;
         let bounds = self.float_bounds();
-        let mut blocks = xs.chunks_exact(LANES).zip(ys.chunks_exact_mut(LANES));
-        for (x, y) in &mut blocks {
+        let blocks = xs.chunks_exact(LANES).zip(ys.chunks_exact_mut(LANES));
+        for (b, (x, y)) in blocks.enumerate() {
+            let first = b * LANES;
             let mut f = [0f32; LANES];
             let mut small = true;
             for i in 0..LANES {
-                f[i] = x[i] as f32 * s;
+                f[i] = x[i] as f32 * scale(first + i);
                 small &= f[i].abs() < LIMIT;
             }
             match bounds {
@@ -117,14 +134,14 @@ impl Requantize {
                 }
                 _ => {
                     for i in 0..LANES {
-                        y[i] = to(self.value(x[i], s));
+                        y[i] = to(self.value(x[i], scale(first + i)));
                     }
                 }
             }
         }
         let tail = xs.len() - xs.len() % LANES;
-        for (y, &x) in ys[tail..].iter_mut().zip(&xs[tail..]) {
-            *y = to(self.value(x, s));
+        for (i, (y, &x)) in ys[tail..].iter_mut().zip(&xs[tail..]).enumerate() {
+            *y = to(self.value(x, scale(tail + i)));
         }
     }
 
@@ -139,7 +156,7 @@ impl Requantize {
     }
 }
 
-/// Elements per block in [`Requantize::run_channel`].
+/// Elements per block in [`Requantize::run_values`].
 const LANES: usize = 16;
 
 /// 1.5 * 2^23: for |v| <= 2^22, `v + MAGIC` has ulp 1 and holds round(v) in its mantissa.
@@ -506,6 +523,20 @@ mod tests {
     fn per_channel_chains_are_fused_bit_identically() {
         check(&[2, 16, 300], per_channel(16), &conv_tail(false), true);
         check(&[1, 5, 77], per_channel(5), &conv_tail(true), true);
+    }
+
+    #[test]
+    fn channels_last_multipliers_are_fused_bit_identically() {
+        let s: Vec<f32> = (0..24).map(|i| 0.003 * (i as f32 + 1.0)).collect();
+        let s = Tensor::from_shape(&[1, 1, 24], &s).unwrap();
+        check(&[2, 37, 24], s, &conv_tail(false), true);
+        let s: Vec<f32> = (0..6).map(|i| 0.01 * (i as f32 + 1.0)).collect();
+        let s = Tensor::from_shape(&[1, 6, 3], &[s.clone(), s.clone(), s].concat()).unwrap();
+        // Multipliers on two axes: not fused.
+        check(&[2, 6, 3], s, &conv_tail(false), false);
+        let s: Vec<f32> = (0..5).map(|i| 0.02 * (i as f32 + 1.0)).collect();
+        let s = Tensor::from_shape(&[1, 5, 1], &s).unwrap();
+        check(&[3, 5, 3], s, &conv_tail(true), true);
     }
 
     #[test]

@@ -148,51 +148,71 @@ impl PackPatches {
         let r = self.r();
         let hw = g.height * g.width;
         let taps = g.kernel[0] * g.kernel[1];
-        let panels = g.n.div_ceil(r);
-        let cols = panels * r;
         let rows = self.k.div_ceil(4) * 4;
+        let (wo, ho) = (g.out_width, g.n / g.out_width);
+        // The matrix covers a band of output rows at a time, a whole number of panels wide,
+        // so its size stays near CHUNK_BYTES whatever the layer (VGG16's first layers would
+        // need tens of MB at once).
+        let unit = r / gcd(wo, r);
+        let band = unit * (CHUNK_BYTES / (rows * unit * wo)).max(1);
         SCRATCH.with(|scratch| {
-            let mut matrix = scratch.borrow_mut();
-            // Left over from the previous convolution: every byte is written below.
-            matrix.resize(rows * cols, 0);
-            for kk in 0..self.k {
-                let (ci, tap) = (kk / taps, kk % taps);
-                let plane = &x[ci * hw..(ci + 1) * hw];
-                let row = &mut matrix[kk * cols..(kk + 1) * cols];
-                gather(
-                    g,
-                    plane,
-                    pad,
-                    [tap / g.kernel[1], tap % g.kernel[1]],
-                    &mut row[..g.n],
-                );
-                row[g.n..].fill(0);
-            }
-            matrix[self.k * cols..].fill(0);
-            for (p, panel) in out.chunks_mut(self.panel_len).enumerate().take(panels) {
-                let m0 = p * r;
-                match self.layout {
-                    Layout::KMajor { r } => {
-                        for kk in 0..self.k {
-                            let src = &matrix[kk * cols + m0..kk * cols + m0 + r];
-                            panel[kk * r..(kk + 1) * r].copy_from_slice(src);
+            let mut scratch = scratch.borrow_mut();
+            for oy0 in (0..ho).step_by(band) {
+                let n = (ho - oy0).min(band) * wo;
+                let cols = n.div_ceil(r) * r;
+                if scratch.len() < rows * cols {
+                    scratch.resize(rows * cols, 0);
+                }
+                // Left over from earlier bands and layers: every byte is written below.
+                let matrix = &mut scratch[..rows * cols];
+                for kk in 0..self.k {
+                    let (ci, tap) = (kk / taps, kk % taps);
+                    let plane = &x[ci * hw..(ci + 1) * hw];
+                    let row = &mut matrix[kk * cols..(kk + 1) * cols];
+                    let tap = [tap / g.kernel[1], tap % g.kernel[1]];
+                    gather(g, plane, pad, tap, oy0, &mut row[..n]);
+                    row[n..].fill(0);
+                }
+                matrix[self.k * cols..].fill(0);
+                let first_panel = oy0 * wo / r;
+                let panels = out.chunks_mut(self.panel_len).skip(first_panel);
+                for (p, panel) in panels.take(cols / r).enumerate() {
+                    let m0 = p * r;
+                    match self.layout {
+                        Layout::KMajor { r } => {
+                            for kk in 0..self.k {
+                                let src = &matrix[kk * cols + m0..kk * cols + m0 + r];
+                                panel[kk * r..(kk + 1) * r].copy_from_slice(src);
+                            }
                         }
+                        Layout::K4 { r } => interleave_panel(matrix, cols, m0, r, panel),
                     }
-                    Layout::K4 { r } => interleave_panel(&matrix, cols, m0, r, panel),
                 }
             }
         });
     }
 }
 
+/// Bytes of patch matrix [`PackPatches::pack`] builds at a time (at least one band).
+const CHUNK_BYTES: usize = 256 * 1024;
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
 thread_local! {
-    /// The patch matrix of [`PackPatches::pack`], kept between inferences.
+    /// The patch matrix of [`PackPatches::pack`] (about [`CHUNK_BYTES`]), kept between
+    /// inferences.
     static SCRATCH: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Row `[ky, kx]` of the patches of one input channel `plane`, for every output position
-/// (`row` is Ho·Wo long), `pad` outside the image.
-fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], row: &mut [i8]) {
+/// Row `[ky, kx]` of the patches of one input channel `plane` for the output rows from
+/// `oy0` on (`row` holds whole output rows), `pad` outside the image.
+fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], oy0: usize, row: &mut [i8]) {
     let wo = g.out_width;
     let (w, h) = (g.width as isize, g.height as isize);
     let sx = g.stride[1] as isize;
@@ -206,7 +226,7 @@ fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], row: &mut [
     } as usize;
     let (lead, end) = (lead.min(wo), end.min(wo).max(lead.min(wo)));
     let input_row =
-        |oy: usize| (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
+        |oy: usize| ((oy0 + oy) * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
 
     if sx == 1 && g.stride[0] == 1 && wo == g.width {
         // Output rows are input rows: one copy of the valid rows, shifted by x0 (the columns
@@ -492,6 +512,9 @@ mod tests {
             (4, 15, 15, [3, 3], [1, 1], [2, 2], explicit([2, 2], [2, 2])),
             (3, 10, 12, [2, 4], [3, 1], [2, 1], PaddingSpec::SameUpper),
             (7, 6, 5, [3, 3], [1, 2], [1, 1], PaddingSpec::Valid),
+            // Several bands of output rows (CHUNK_BYTES), the last one partial.
+            (64, 40, 40, [3, 3], [1, 1], [1, 1], explicit([1, 1], [1, 1])),
+            (32, 30, 29, [3, 3], [1, 1], [1, 1], explicit([1, 1], [1, 1])),
             // Padding wider than the kernel reaches: rows of pure padding.
             (2, 4, 4, [3, 3], [1, 1], [1, 1], explicit([3, 3], [3, 3])),
         ]
