@@ -245,8 +245,8 @@ fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], oy0: usize,
             let src = (from + skip as isize) as usize;
             row[t0 + skip..t0 + skip + len].copy_from_slice(&plane[src..src + len]);
             for out in row[t0..t1].chunks_exact_mut(wo) {
-                out[..lead].fill(pad);
-                out[end..].fill(pad);
+                pad_edge(&mut out[..lead], pad);
+                pad_edge(&mut out[end..], pad);
             }
         }
         return;
@@ -274,42 +274,39 @@ fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], oy0: usize,
     }
 }
 
+/// `fill(pad)` for the one or two padding columns at the edge of a row (3x3 and 5x5
+/// kernels), without a call to memset per row.
+#[inline(always)]
+fn pad_edge(out: &mut [i8], pad: i8) {
+    match out {
+        [] => {}
+        [a] => *a = pad,
+        [a, b] => (*a, *b) = (pad, pad),
+        wide => wide.fill(pad),
+    }
+}
+
 /// One K4 panel: for each group of four k rows of `matrix` (rows of `cols` bytes, a whole
 /// number of groups), `panel[group * 4r + m * 4 + i] = matrix[4 * group + i][m0 + m]`.
 fn interleave_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut [i8]) {
     let groups = matrix.len() / cols / 4;
     assert!(m0 + r <= cols && matrix.len() == groups * 4 * cols && panel.len() >= groups * 4 * r);
+    #[cfg(target_arch = "x86_64")]
+    if r.is_multiple_of(16) {
+        // SAFETY: SSE2 is part of x86_64; the assertion above keeps every row read
+        // (m0..m0 + r of rows 0..4 * groups) and block written (groups * 4r) in bounds.
+        unsafe { simd::interleave_panel(matrix.as_ptr().add(m0), cols, groups, r, panel) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if r.is_multiple_of(8) {
+        // SAFETY: NEON is part of aarch64; bounds as above.
+        unsafe { simd::interleave_panel(matrix.as_ptr().add(m0), cols, groups, r, panel) };
+        return;
+    }
     for g in 0..groups {
         let rows: [&[i8]; 4] = std::array::from_fn(|i| &matrix[(g * 4 + i) * cols + m0..][..r]);
         let block = &mut panel[g * 4 * r..(g + 1) * 4 * r];
-        #[cfg(target_arch = "x86_64")]
-        if r.is_multiple_of(16) {
-            for c in (0..r).step_by(16) {
-                // SAFETY: SSE2 is part of x86_64; each row has r - c >= 16 bytes from c,
-                // and the block 4 * (r - c) >= 64 from 4c.
-                unsafe {
-                    simd::interleave4x16(
-                        rows.map(|row| row[c..].as_ptr()),
-                        block[4 * c..].as_mut_ptr(),
-                    )
-                };
-            }
-            continue;
-        }
-        #[cfg(target_arch = "aarch64")]
-        if r.is_multiple_of(8) {
-            for c in (0..r).step_by(8) {
-                // SAFETY: NEON is part of aarch64; each row has r - c >= 8 bytes from c, and
-                // the block 4 * (r - c) >= 32 from 4c.
-                unsafe {
-                    simd::interleave4x8(
-                        rows.map(|row| row[c..].as_ptr()),
-                        block[4 * c..].as_mut_ptr(),
-                    )
-                };
-            }
-            continue;
-        }
         for (m, lane) in block.chunks_exact_mut(4).enumerate() {
             lane.copy_from_slice(&[rows[0][m], rows[1][m], rows[2][m], rows[3][m]]);
         }
@@ -320,21 +317,34 @@ fn interleave_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut
 mod simd {
     use std::arch::x86_64::*;
 
-    /// 16 columns of four rows into 64 interleaved bytes: two rounds of unpacking.
+    /// [`super::interleave_panel`] 16 columns at a time: two rounds of unpacking.
     ///
     /// # Safety
-    /// Each row pointer is valid for 16 bytes, `out` for 64.
-    #[inline(always)]
-    pub(super) unsafe fn interleave4x16(rows: [*const i8; 4], out: *mut i8) {
+    /// `src` points at column m0 of a matrix with `4 * groups` rows of `cols` bytes and at
+    /// least r bytes from m0 in each; `out` holds `groups * 4 * r` bytes; `r % 16 == 0`.
+    pub(super) unsafe fn interleave_panel(
+        src: *const i8,
+        cols: usize,
+        groups: usize,
+        r: usize,
+        out: &mut [i8],
+    ) {
         unsafe {
-            let [a, b, c, d] = rows.map(|row| _mm_loadu_si128(row as *const __m128i));
-            let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
-            let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
-            let o = out as *mut __m128i;
-            _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_lo, cd_lo));
-            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
-            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
-            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
+            let mut o = out.as_mut_ptr() as *mut __m128i;
+            for g in 0..groups {
+                let row = src.add(g * 4 * cols);
+                for c in (0..r).step_by(16) {
+                    let load = |i: usize| _mm_loadu_si128(row.add(i * cols + c) as *const __m128i);
+                    let (a, b, c2, d) = (load(0), load(1), load(2), load(3));
+                    let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+                    let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c2, d), _mm_unpackhi_epi8(c2, d));
+                    _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_lo, cd_lo));
+                    _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
+                    _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
+                    _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
+                    o = o.add(4);
+                }
+            }
         }
     }
 }
@@ -343,15 +353,27 @@ mod simd {
 mod simd {
     use std::arch::aarch64::*;
 
-    /// 8 columns of four rows into 32 interleaved bytes: one ST4.
+    /// [`super::interleave_panel`] 8 columns at a time: one ST4 each.
     ///
     /// # Safety
-    /// Each row pointer is valid for 8 bytes, `out` for 32.
-    #[inline(always)]
-    pub(super) unsafe fn interleave4x8(rows: [*const i8; 4], out: *mut i8) {
+    /// As for the x86_64 version, with `r % 8 == 0`.
+    pub(super) unsafe fn interleave_panel(
+        src: *const i8,
+        cols: usize,
+        groups: usize,
+        r: usize,
+        out: &mut [i8],
+    ) {
         unsafe {
-            let [a, b, c, d] = rows.map(|row| vld1_s8(row));
-            vst4_s8(out, int8x8x4_t(a, b, c, d));
+            let mut o = out.as_mut_ptr();
+            for g in 0..groups {
+                let row = src.add(g * 4 * cols);
+                for c in (0..r).step_by(8) {
+                    let load = |i: usize| vld1_s8(row.add(i * cols + c));
+                    vst4_s8(o, int8x8x4_t(load(0), load(1), load(2), load(3)));
+                    o = o.add(32);
+                }
+            }
         }
     }
 }

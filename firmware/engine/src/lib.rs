@@ -11,6 +11,7 @@ mod error;
 mod im2col;
 mod load;
 pub mod memory;
+mod pool;
 mod rewrite;
 mod threads;
 
@@ -490,7 +491,16 @@ mod tests {
         // tract's element-wise chain.
         assert_eq!(nodes("PackPatches"), Some(5));
         assert_eq!(nodes("Requantize"), Some(5));
-        for gone in ["Im2col", "Scale", "Min", "Max", "Cast", "QSumB"] {
+        assert_eq!(nodes("MaxPool8"), Some(4));
+        for gone in [
+            "Im2col",
+            "Scale",
+            "Min",
+            "Max",
+            "Cast",
+            "QSumB",
+            "OptMaxPool",
+        ] {
             assert_eq!(nodes(gone), None, "{gone} is still in the plan");
         }
         let counted: usize = ops.iter().map(|o| o.nodes).sum();

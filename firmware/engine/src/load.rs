@@ -21,7 +21,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 
 use crate::error::EngineError;
-use crate::{epilogue, im2col, rewrite, Plan};
+use crate::{epilogue, im2col, pool, rewrite, Plan};
 
 /// Upper bound on the batch a plan is built for: a classifier on a 2 GB board never needs
 /// more, and it bounds the activation memory a config typo could ask for.
@@ -147,7 +147,9 @@ pub(crate) fn build_with(
             .map_err(|e| load_err(format!("fusing requantization failed: {e:#}")))?;
         let packers = im2col::speed_up_patches(&mut optimized)
             .map_err(|e| load_err(format!("replacing the int8 patch packing failed: {e:#}")))?;
-        if removed > 0 || fused > 0 || packers > 0 {
+        let pools = pool::speed_up_max_pools(&mut optimized)
+            .map_err(|e| load_err(format!("replacing the int8 max pools failed: {e:#}")))?;
+        if removed > 0 || fused > 0 || packers > 0 || pools > 0 {
             // A second codegen pass lets tract fuse the remaining per-channel Sub into the
             // matmul and prune the column sums that fed the removed terms and the replaced
             // requantization nodes. Codegen only, not a full `into_optimized()`: the plan is
@@ -174,6 +176,12 @@ pub(crate) fn build_with(
             patches.push(format!(
                 "packed the patches of {packers} int8 convolution{} in runs",
                 plural(packers)
+            ));
+        }
+        if pools > 0 {
+            patches.push(format!(
+                "ran {pools} u8/i8 max pool{} on the engine's kernel",
+                plural(pools)
             ));
         }
         if fused > 0 {
@@ -518,6 +526,7 @@ pub(crate) mod tests {
                 [
                     "removed 5 zero-point Sub(x, 0*y) terms",
                     "packed the patches of 5 int8 convolutions in runs",
+                    "ran 4 u8/i8 max pools on the engine's kernel",
                     "fused 5 requantization chains into one pass each"
                 ]
             );

@@ -1,0 +1,252 @@
+//! Max pooling on the int8 path's u8/i8 tensors.
+//!
+//! tract 0.23.9's `OptMaxPool` walks a generic patch geometry for every output value; on the
+//! default bundle under qemu (cortex-a76) that was 1.5 M of the 9.1 M instructions of an
+//! int8 inference, more than the integer matmuls (firmware/bench/INT8-NOTES.md). The int8
+//! models pool small windows without padding, usually 2x2 with stride 2: [`MaxPool8`] does
+//! those with a vertical pass and a pairwise pass the compiler vectorises, and any other
+//! unpadded window with plain loops. Max is exact, so the output is the same bytes.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{OptMaxPool, PoolSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// An unpadded 2-D NCHW max pool over u8 or i8.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct MaxPool8 {
+    pool_spec: PoolSpec,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+}
+
+impl MaxPool8 {
+    fn for_node(op: &OptMaxPool, input: &TypedFact) -> Option<MaxPool8> {
+        let spec = &op.pool_spec;
+        let shape = input.shape.as_concrete()?;
+        let unpadded = spec
+            .computed_padding(&shape[2..])
+            .iter()
+            .all(|d| d.pad_before == 0 && d.pad_after == 0);
+        let plain = matches!(input.datum_type, DatumType::U8 | DatumType::I8);
+        if op.with_index_outputs.is_some()
+            || spec.data_format != DataFormat::NCHW
+            || spec.kernel_shape.len() != 2
+            || shape.len() != 4
+            || spec.dilations().iter().any(|d| *d != 1)
+            || !unpadded
+            || !plain
+        {
+            return None;
+        }
+        let strides = spec.strides();
+        Some(MaxPool8 {
+            pool_spec: spec.clone(),
+            kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
+            stride: [strides[0], strides[1]],
+        })
+    }
+
+    /// One plane (H x W) into one output plane (Ho x Wo).
+    fn plane<T: Copy + Ord>(&self, x: &[T], w: usize, out: &mut [T], wo: usize, row: &mut [T]) {
+        let [kh, kw] = self.kernel;
+        let [sh, sw] = self.stride;
+        for (oy, o) in out.chunks_exact_mut(wo).enumerate() {
+            // Vertical pass over the window's rows, then the horizontal windows.
+            let top = oy * sh * w;
+            row.copy_from_slice(&x[top..top + w]);
+            for dy in 1..kh {
+                let next = &x[top + dy * w..top + (dy + 1) * w];
+                for (a, b) in row.iter_mut().zip(next) {
+                    *a = (*a).max(*b);
+                }
+            }
+            if kw == 2 && sw == 2 {
+                for (v, pair) in o.iter_mut().zip(row.chunks_exact(2)) {
+                    *v = pair[0].max(pair[1]);
+                }
+            } else {
+                for (ox, v) in o.iter_mut().enumerate() {
+                    let window = &row[ox * sw..ox * sw + kw];
+                    *v = window.iter().copied().max().unwrap_or(window[0]);
+                }
+            }
+        }
+    }
+
+    fn run<T: Datum + Copy + Ord>(&self, x: &Tensor) -> TractResult<Tensor> {
+        let shape = x.shape();
+        let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+        let [kh, kw] = self.kernel;
+        let [sh, sw] = self.stride;
+        ensure!(
+            h >= kh && w >= kw,
+            "MaxPool8: {shape:?} is smaller than the window"
+        );
+        let (ho, wo) = ((h - kh) / sh + 1, (w - kw) / sw + 1);
+        let xs = x.try_as_plain_ram()?;
+        let xs = xs.as_slice::<T>()?;
+        let mut out = unsafe { Tensor::uninitialized::<T>(&[n, c, ho, wo])? };
+        {
+            let mut view = out.try_as_plain_ram_mut()?;
+            let ys = view.as_slice_mut::<T>()?;
+            let mut row = xs[..w].to_vec();
+            if ho * wo > 0 {
+                for (xp, yp) in xs.chunks_exact(h * w).zip(ys.chunks_exact_mut(ho * wo)) {
+                    self.plane(xp, w, yp, wo, &mut row);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Op for MaxPool8 {
+    fn name(&self) -> StaticName {
+        "MaxPool8".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "window {:?}, stride {:?}",
+            self.kernel, self.stride
+        )])
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for MaxPool8 {
+    tract_onnx::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        ensure!(x.rank() == 4, "MaxPool8: input of rank {}", x.rank());
+        let out = match x.datum_type() {
+            DatumType::U8 => self.run::<u8>(x)?,
+            DatumType::I8 => self.run::<i8>(x)?,
+            other => bail!("MaxPool8: {other:?} input"),
+        };
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for MaxPool8 {
+    tract_onnx::tract_core::as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        self.pool_spec.output_facts(inputs)
+    }
+}
+
+/// Replaces every `OptMaxPool` that [`MaxPool8`] handles and returns how many.
+pub(crate) fn speed_up_max_pools(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(op) = node.op_as::<OptMaxPool>() else {
+            continue;
+        };
+        let input = model.outlet_fact(node.inputs[0])?;
+        let Some(new) = MaxPool8::for_node(op, input) else {
+            continue;
+        };
+        if new.output_facts(&[input])?[0] != node.outputs[0].fact {
+            continue;
+        }
+        let inputs = node.inputs.clone();
+        let patch = TypedModelPatch::replace_single_op(model, node, &inputs, new)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
+
+    /// tract's own plan for a max pool, and the same plan with MaxPool8 swapped in.
+    fn plans(
+        shape: [usize; 4],
+        dt: DatumType,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+    ) -> (TypedModel, TypedModel, usize) {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", dt.fact(shape)).unwrap();
+        let op = MaxPool {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: kernel[..].into(),
+                padding: PaddingSpec::Valid,
+                dilations: None,
+                strides: Some(stride[..].into()),
+                input_channels: shape[1],
+                output_channels: shape[1],
+            },
+            with_index_outputs: None,
+        };
+        let y = m.wire_node("pool", op, &[x]).unwrap()[0];
+        m.select_output_outlets(&[y]).unwrap();
+        let theirs = m.into_optimized().unwrap();
+        assert!(theirs.nodes().iter().any(|n| n.op_is::<OptMaxPool>()));
+        let mut ours = theirs.clone();
+        let n = speed_up_max_pools(&mut ours).unwrap();
+        (theirs, ours, n)
+    }
+
+    #[test]
+    fn pools_exactly_like_tract() {
+        let cases = [
+            ([1, 16, 64, 64], [2, 2], [2, 2]),
+            ([2, 3, 9, 7], [2, 2], [2, 2]),
+            ([1, 4, 10, 11], [3, 3], [2, 2]),
+            ([1, 2, 8, 9], [3, 2], [1, 3]),
+            ([3, 1, 5, 5], [5, 5], [1, 1]),
+        ];
+        let mut seed = 0x1234_5678_u32;
+        for dt in [DatumType::U8, DatumType::I8] {
+            for (shape, kernel, stride) in cases {
+                let (theirs, ours, n) = plans(shape, dt, kernel, stride);
+                assert_eq!(n, 1, "{shape:?} {kernel:?} {stride:?}");
+                let bytes: Vec<u8> = (0..shape.iter().product::<usize>())
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 17;
+                        seed ^= seed << 5;
+                        seed as u8
+                    })
+                    .collect();
+                let x = match dt {
+                    DatumType::U8 => Tensor::from_shape(&shape, &bytes).unwrap(),
+                    _ => {
+                        let signed: Vec<i8> = bytes.iter().map(|b| *b as i8).collect();
+                        Tensor::from_shape(&shape, &signed).unwrap()
+                    }
+                };
+                let run = |m: TypedModel| {
+                    let out = m
+                        .into_runnable()
+                        .unwrap()
+                        .run(tvec!(x.clone().into_tvalue()))
+                        .unwrap();
+                    let t = out[0].clone().into_tensor();
+                    (t.shape().to_vec(), t.as_bytes().to_vec())
+                };
+                assert_eq!(
+                    run(theirs),
+                    run(ours),
+                    "{dt:?} {shape:?} {kernel:?} {stride:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn padded_and_float_pools_are_left_to_tract() {
+        let (_, _, n) = plans([1, 2, 8, 8], DatumType::F32, [2, 2], [2, 2]);
+        assert_eq!(n, 0);
+    }
+}
