@@ -457,28 +457,19 @@ impl TypedOp for PackPatches {
 
 /// Replaces every `Im2col` node that [`PackPatches`] handles and returns how many.
 pub(crate) fn speed_up_patches(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
+    crate::rewrite::replace_nodes(model, |model, node| {
         let Some(op) = node.op_as::<Im2Col>() else {
-            continue;
+            return Ok(None);
         };
-        if node.inputs.len() > 1 {
-            let pad = model.outlet_fact(node.inputs[1])?;
+        if let Some(pad) = node.inputs.get(1) {
+            let pad = model.outlet_fact(*pad)?;
             if pad.konst.as_ref().and_then(|k| k.as_uniform()).is_none() {
-                continue;
+                return Ok(None);
             }
         }
         let input = model.outlet_fact(node.inputs[0])?;
-        let Some(new) = PackPatches::for_node(op, &node.outputs[0].fact, input) else {
-            continue;
-        };
-        let inputs = node.inputs.clone();
-        let patch = TypedModelPatch::replace_single_op(model, node, &inputs, new)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    Ok(replaced)
+        Ok(PackPatches::for_node(op, &node.outputs[0].fact, input))
+    })
 }
 
 #[cfg(test)]

@@ -165,30 +165,26 @@ pub(crate) fn build_with(
                 optimized.nodes().len()
             );
         }
-        let plural = |n: usize| if n == 1 { "" } else { "s" };
-        if removed > 0 {
-            patches.push(format!(
-                "removed {removed} zero-point Sub(x, 0*y) term{}",
-                plural(removed)
-            ));
-        }
-        if packers > 0 {
-            patches.push(format!(
-                "packed the patches of {packers} int8 convolution{} in runs",
-                plural(packers)
-            ));
-        }
-        if pools > 0 {
-            patches.push(format!(
-                "ran {pools} u8/i8 max pool{} on the engine's kernel",
-                plural(pools)
-            ));
-        }
-        if fused > 0 {
-            patches.push(format!(
-                "fused {fused} requantization chain{} into one pass each",
-                plural(fused)
-            ));
+        for (count, before, noun, after) in [
+            (removed, "removed", "zero-point Sub(x, 0*y) term", ""),
+            (
+                packers,
+                "packed the patches of",
+                "int8 convolution",
+                " in runs",
+            ),
+            (pools, "ran", "u8/i8 max pool", " on the engine's kernel"),
+            (
+                fused,
+                "fused",
+                "requantization chain",
+                " into one pass each",
+            ),
+        ] {
+            if count > 0 {
+                let plural = if count == 1 { "" } else { "s" };
+                patches.push(format!("{before} {count} {noun}{plural}{after}"));
+            }
         }
     }
     let (kernels, ops) = describe(&optimized);

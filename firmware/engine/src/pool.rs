@@ -141,25 +141,17 @@ impl TypedOp for MaxPool8 {
 
 /// Replaces every `OptMaxPool` that [`MaxPool8`] handles and returns how many.
 pub(crate) fn speed_up_max_pools(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
+    crate::rewrite::replace_nodes(model, |model, node| {
         let Some(op) = node.op_as::<OptMaxPool>() else {
-            continue;
+            return Ok(None);
         };
         let input = model.outlet_fact(node.inputs[0])?;
         let Some(new) = MaxPool8::for_node(op, input) else {
-            continue;
+            return Ok(None);
         };
-        if new.output_facts(&[input])?[0] != node.outputs[0].fact {
-            continue;
-        }
-        let inputs = node.inputs.clone();
-        let patch = TypedModelPatch::replace_single_op(model, node, &inputs, new)?;
-        patch.apply(model)?;
-        replaced += 1;
-    }
-    Ok(replaced)
+        let same_output = new.output_facts(&[input])?[0] == node.outputs[0].fact;
+        Ok(same_output.then_some(new))
+    })
 }
 
 #[cfg(test)]

@@ -37,6 +37,26 @@ pub(crate) fn drop_zero_products(model: &mut TypedModel) -> TractResult<usize> {
     Ok(rewired)
 }
 
+/// Replaces, in evaluation order, every node for which `replacement` gives an op, keeping
+/// the node's inputs, and returns how many were replaced (the engine's drop-in ops of
+/// im2col.rs and pool.rs).
+pub(crate) fn replace_nodes<O: TypedOp>(
+    model: &mut TypedModel,
+    replacement: impl Fn(&TypedModel, &TypedNode) -> TractResult<Option<O>>,
+) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(new) = replacement(model, node)? else {
+            continue;
+        };
+        let inputs = node.inputs.clone();
+        TypedModelPatch::replace_single_op(model, node, &inputs, new)?.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
 /// `Some(x)` when node `id` is a plain tract `Sub(x, p)` whose value is exactly `x`: `p` is
 /// `Mul(c, y)` or `Mul(y, c)` with `c` a constant all-zero integer tensor, the Sub is the
 /// Mul's only consumer, and `x` has the Sub's output shape and datum type (so no consumer
