@@ -84,14 +84,14 @@ impl Requantize {
             "Requantize: {} multipliers for an input of shape {shape:?}",
             scales.len()
         );
-        if inner >= LANES {
+        if inner >= BLOCK {
             for (c, (xs, ys)) in x.chunks(inner).zip(out.chunks_mut(inner)).enumerate() {
                 let s = scales[c % channels];
                 self.run_values(xs, |_| s, ys);
             }
         } else if channels * inner > 0 {
             // Channels last (or nearly): one multiplier per element of each outer item,
-            // so the blocks still hold LANES values rather than `inner`.
+            // so the SIMD blocks still hold BLOCK values rather than `inner`.
             let expanded: Vec<f32> = scales
                 .iter()
                 .flat_map(|s| std::iter::repeat_n(*s, inner))
@@ -106,65 +106,35 @@ impl Requantize {
 
     /// Values whose multipliers are `scale(index)`, as output bytes.
     ///
-    /// On aarch64, NEON does the chain's exact steps on four lanes at a time: SCVTF and FMUL
+    /// On aarch64, NEON does the chain's exact steps four lanes at a time: SCVTF and FMUL
     /// are the same IEEE operations, FCVTNS rounds half to even and saturates like `as i32`
     /// (NaN to 0 included), ADD wraps like `wrapping_add`, then SMIN, SMAX and narrowing.
-    ///
-    /// Elsewhere, blocks of [`LANES`] whose products are all below 2^30 in magnitude (every
-    /// block of a real model) take a form the compiler vectorises: clamp the product to
-    /// `[lo - add, hi - add]`, round, convert, add. It equals the chain because rounding is
-    /// monotone and keeps integers, and because nothing can wrap at that size. Other blocks
-    /// (huge multipliers, NaN) take the per-element chain itself.
+    /// On x86_64, SSE2 does it in the clamped form of `sse2::requantize`. What neither
+    /// covers (the last values of a row, other targets) runs the chain per element.
     fn run_values(&self, xs: &[i32], scale: impl Fn(usize) -> f32, ys: &mut [u8]) {
         let mask = self.mask();
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of aarch64; `neon::requantize` stays within both slices.
         let done = unsafe { neon::requantize(xs, &scale, ys, [self.add, self.lo, self.hi], mask) };
-        #[cfg(not(target_arch = "aarch64"))]
-        let done = self.run_blocks(xs, &scale, ys);
+        #[cfg(target_arch = "x86_64")]
+        let done = match self.float_bounds() {
+            // SAFETY: SSE2 is part of x86_64; `sse2::requantize` stays within both slices.
+            Some(bounds) => {
+                let slow = |i: usize| (self.value(xs[i], scale(i)) as u8) ^ mask;
+                unsafe { sse2::requantize(xs, &scale, ys, bounds, self.add, mask, &slow) }
+            }
+            None => 0,
+        };
+        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+        let done = 0;
         for (i, (y, &x)) in ys[done..].iter_mut().zip(&xs[done..]).enumerate() {
             *y = (self.value(x, scale(done + i)) as u8) ^ mask;
         }
     }
 
-    /// The portable block form of [`Requantize::run_values`]; returns how many values it
-    /// wrote (whole blocks).
-    #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
-    fn run_blocks(&self, xs: &[i32], scale: &impl Fn(usize) -> f32, ys: &mut [u8]) -> usize {
-        const LIMIT: f32 = (1u32 << 30) as f32;
-        let mask = self.mask();
-        let bounds = self.float_bounds();
-        let blocks = xs.chunks_exact(LANES).zip(ys.chunks_exact_mut(LANES));
-        for (b, (x, y)) in blocks.enumerate() {
-            let first = b * LANES;
-            let mut f = [0f32; LANES];
-            let mut small = true;
-            for i in 0..LANES {
-                f[i] = x[i] as f32 * scale(first + i);
-                small &= f[i].abs() < LIMIT;
-            }
-            match bounds {
-                Some((lo, hi)) if small => {
-                    for i in 0..LANES {
-                        // |clamped| <= 2^22 by the bounds: adding 1.5 * 2^23 rounds it half
-                        // to even into the low mantissa bits, which are then the integer.
-                        let t = f[i].max(lo).min(hi) + MAGIC;
-                        let v = t.to_bits() as i32 - MAGIC.to_bits() as i32;
-                        y[i] = ((v + self.add) as u8) ^ mask;
-                    }
-                }
-                _ => {
-                    for i in 0..LANES {
-                        y[i] = (self.value(x[i], scale(first + i)) as u8) ^ mask;
-                    }
-                }
-            }
-        }
-        xs.len() - xs.len() % LANES
-    }
-
     /// `[lo - add, hi - add]` as f32 when both are at most 2^22 in magnitude and so is
-    /// `add`: the precondition of the vectorised form.
+    /// `add`: the precondition of the SSE2 form.
+    #[cfg(target_arch = "x86_64")]
     fn float_bounds(&self) -> Option<(f32, f32)> {
         const EXACT: i64 = 1 << 22;
         let lo = self.lo as i64 - self.add as i64;
@@ -217,11 +187,65 @@ mod neon {
     }
 }
 
-/// Elements per block in [`Requantize::run_values`].
-const LANES: usize = 16;
+/// Values per SIMD block (both `neon` and `sse2`).
+const BLOCK: usize = 16;
 
-/// 1.5 * 2^23: for |v| <= 2^22, `v + MAGIC` has ulp 1 and holds round(v) in its mantissa.
-const MAGIC: f32 = 12_582_912.0;
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::*;
+
+    /// Whole blocks of 16 values of [`super::Requantize::run_values`]: clamp the product to
+    /// `bounds` (`[lo - add, hi - add]`, at most 2^22 in magnitude), convert with CVTPS2DQ,
+    /// which rounds half to even in the default MXCSR mode (Rust code never changes it) and
+    /// is exact at that size, add `add`, keep the low byte. Clamping before rounding equals
+    /// rounding before clamping because the bounds are integers and rounding is monotone. A block with a product of 2^30 or more in magnitude, or NaN, is written by
+    /// `slow` (the per-element chain) instead. Returns how many values it wrote.
+    ///
+    /// # Safety
+    /// `ys` is at least as long as `xs`.
+    pub(super) unsafe fn requantize(
+        xs: &[i32],
+        scale: &impl Fn(usize) -> f32,
+        ys: &mut [u8],
+        (lo, hi): (f32, f32),
+        add: i32,
+        mask: u8,
+        slow: &impl Fn(usize) -> u8,
+    ) -> usize {
+        let n = xs.len() / 16 * 16;
+        assert!(ys.len() >= n);
+        unsafe {
+            let (vlo, vhi, vadd) = (_mm_set1_ps(lo), _mm_set1_ps(hi), _mm_set1_epi32(add));
+            let limit = _mm_set1_ps((1u32 << 30) as f32);
+            let sign = _mm_set1_ps(-0.0);
+            let (low_byte, vmask) = (_mm_set1_epi16(0xff), _mm_set1_epi8(mask as i8));
+            for b in (0..n).step_by(16) {
+                let mut v = [_mm_setzero_si128(); 4];
+                let mut small = 0xf;
+                for (j, v) in v.iter_mut().enumerate() {
+                    let i = b + 4 * j;
+                    let s = _mm_setr_ps(scale(i), scale(i + 1), scale(i + 2), scale(i + 3));
+                    let x = _mm_loadu_si128(xs.as_ptr().add(i) as *const __m128i);
+                    let f = _mm_mul_ps(_mm_cvtepi32_ps(x), s);
+                    small &= _mm_movemask_ps(_mm_cmplt_ps(_mm_andnot_ps(sign, f), limit));
+                    let clamped = _mm_min_ps(_mm_max_ps(f, vlo), vhi);
+                    *v = _mm_add_epi32(_mm_cvtps_epi32(clamped), vadd);
+                }
+                if small != 0xf {
+                    for (i, y) in ys[b..b + 16].iter_mut().enumerate() {
+                        *y = slow(b + i);
+                    }
+                    continue;
+                }
+                let words = [_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3])];
+                let [w0, w1] = words.map(|w| _mm_and_si128(w, low_byte));
+                let bytes = _mm_xor_si128(_mm_packus_epi16(w0, w1), vmask);
+                _mm_storeu_si128(ys.as_mut_ptr().add(b) as *mut __m128i, bytes);
+            }
+        }
+        n
+    }
+}
 
 /// Round half to even for any f32, without `f32::round_ties_even`: baseline x86_64 (SSE2)
 /// has no vector instruction for it and would call libm per element. Below 2^23 adding and
@@ -492,7 +516,7 @@ mod tests {
     /// Accumulators that probe every rounding and clamping edge: ties on both sides of
     /// zero, the clamp limits, the extremes of i32, and a spread of ordinary values.
     fn accumulators(n: usize) -> Vec<i32> {
-        let mut v = vec![
+        let extremes = [
             0,
             1,
             -1,
@@ -506,19 +530,23 @@ mod tests {
             -(1 << 24) - 1,
         ];
         let mut s = 0x2545_f491_u32;
-        while v.len() < n {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            v.push(match s % 4 {
-                0 => (s as i32) >> 8,
-                1 => (s % 2048) as i32 - 1024,
-                2 => (s % 600_000) as i32 - 300_000,
-                _ => s as i32,
-            });
-        }
-        v.truncate(n);
-        v
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                // Mostly the sizes a convolution produces, so that most blocks of 16 take
+                // the vectorised form; every 97th value an extreme, so that some do not.
+                if i % 97 == 5 {
+                    return extremes[(i / 97) % extremes.len()];
+                }
+                match s % 3 {
+                    0 => (s % 2048) as i32 - 1024,
+                    1 => (s % 600_000) as i32 - 300_000,
+                    _ => (s as i32) >> 9,
+                }
+            })
+            .collect()
     }
 
     /// Builds x -> Scale(s) -> tail..., evaluates it with tract unfused and fused, and
