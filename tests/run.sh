@@ -94,11 +94,13 @@ cargo build --workspace --locked --target "$TARGET"
 cargo test --workspace --locked --target "$TARGET"
 
 # qemu's default CPU has SVE; the engine's int8 rewrites must also be exact with the kernels
-# (and packings) tract picks on Cortex-A72 (SMLAL) and Cortex-A76 (SDOT) boards.
+# (and packings) tract picks on Cortex-A72 (SMLAL) and Cortex-A76 (SDOT) boards. The library
+# tests of the whole workspace, not `-p edgedx-engine`: the same features as the build above,
+# so the test binaries are reused instead of rebuilding tract.
 for cpu in cortex-a72 cortex-a76; do
-    log "engine tests ($TARGET, qemu -cpu $cpu)"
+    log "library tests ($TARGET, qemu -cpu $cpu)"
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
-        cargo test --locked --target "$TARGET" -p edgedx-engine --lib
+        cargo test --workspace --locked --target "$TARGET" --lib
 done
 
 log "all passed"
