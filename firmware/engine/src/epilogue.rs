@@ -25,7 +25,8 @@ use tract_onnx::tract_core::ops::quant::{OffsetU8asI8, Scale};
 /// The integer steps are folded when the chain is matched: the Adds (wrapping, as tract's
 /// i32 Add does in release builds) into one `add`, and any sequence of scalar Min and Max
 /// into one clamp, since `min(clamp(v, lo, hi), c) = clamp(v, min(lo, c), min(hi, c))` and
-/// likewise for `max`. A folded chain has no loop per element, so the compiler vectorises it.
+/// likewise for `max`. The folded chain is a few fixed steps per value, which is what the
+/// NEON and SSE2 blocks below do four lanes at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Requantize {
     /// The multipliers, one per channel along `axis` (or one for all).
@@ -53,7 +54,7 @@ impl Requantize {
     /// The chain's value for one accumulator, with multiplier `s`.
     #[inline(always)]
     fn value(&self, x: i32, s: f32) -> i32 {
-        let v = (round_half_even(x as f32 * s) as i32).wrapping_add(self.add);
+        let v = ((x as f32 * s).round_ties_even() as i32).wrapping_add(self.add);
         v.min(self.hi).max(self.lo)
     }
 
@@ -146,9 +147,10 @@ impl Requantize {
 
 #[cfg(target_arch = "aarch64")]
 mod neon {
+    use super::BLOCK;
     use std::arch::aarch64::*;
 
-    /// Whole blocks of 16 values of [`super::Requantize::run_values`]; returns how many
+    /// Whole blocks of [`BLOCK`] values of [`super::Requantize::run_values`]; returns how many
     /// values it wrote. `[add, lo, hi]` as in `Requantize`, with lo <= hi inside the range of
     /// the output type.
     ///
@@ -161,12 +163,12 @@ mod neon {
         [add, lo, hi]: [i32; 3],
         mask: u8,
     ) -> usize {
-        let n = xs.len() / 16 * 16;
+        let n = xs.len() / BLOCK * BLOCK;
         assert!(ys.len() >= n);
         unsafe {
             let (add, lo, hi) = (vdupq_n_s32(add), vdupq_n_s32(lo), vdupq_n_s32(hi));
             let mask = vdupq_n_u8(mask);
-            for b in (0..n).step_by(16) {
+            for b in (0..n).step_by(BLOCK) {
                 let quarter = |j: usize| {
                     let i = b + 4 * j;
                     let s = [scale(i), scale(i + 1), scale(i + 2), scale(i + 3)];
@@ -192,14 +194,16 @@ const BLOCK: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 mod sse2 {
+    use super::BLOCK;
     use std::arch::x86_64::*;
 
-    /// Whole blocks of 16 values of [`super::Requantize::run_values`]: clamp the product to
+    /// Whole blocks of [`BLOCK`] values of [`super::Requantize::run_values`]: clamp the product to
     /// `bounds` (`[lo - add, hi - add]`, at most 2^22 in magnitude), convert with CVTPS2DQ,
     /// which rounds half to even in the default MXCSR mode (Rust code never changes it) and
     /// is exact at that size, add `add`, keep the low byte. Clamping before rounding equals
-    /// rounding before clamping because the bounds are integers and rounding is monotone. A block with a product of 2^30 or more in magnitude, or NaN, is written by
-    /// `slow` (the per-element chain) instead. Returns how many values it wrote.
+    /// rounding before clamping because the bounds are integers and rounding is monotone. A
+    /// block with a product of 2^30 or more in magnitude, or NaN, is written by `slow` (the
+    /// per-element chain) instead. Returns how many values it wrote.
     ///
     /// # Safety
     /// `ys` is at least as long as `xs`.
@@ -212,14 +216,14 @@ mod sse2 {
         mask: u8,
         slow: &impl Fn(usize) -> u8,
     ) -> usize {
-        let n = xs.len() / 16 * 16;
+        let n = xs.len() / BLOCK * BLOCK;
         assert!(ys.len() >= n);
         unsafe {
             let (vlo, vhi, vadd) = (_mm_set1_ps(lo), _mm_set1_ps(hi), _mm_set1_epi32(add));
             let limit = _mm_set1_ps((1u32 << 30) as f32);
             let sign = _mm_set1_ps(-0.0);
             let (low_byte, vmask) = (_mm_set1_epi16(0xff), _mm_set1_epi8(mask as i8));
-            for b in (0..n).step_by(16) {
+            for b in (0..n).step_by(BLOCK) {
                 let mut v = [_mm_setzero_si128(); 4];
                 let mut small = 0xf;
                 for (j, v) in v.iter_mut().enumerate() {
@@ -232,7 +236,7 @@ mod sse2 {
                     *v = _mm_add_epi32(_mm_cvtps_epi32(clamped), vadd);
                 }
                 if small != 0xf {
-                    for (i, y) in ys[b..b + 16].iter_mut().enumerate() {
+                    for (i, y) in ys[b..b + BLOCK].iter_mut().enumerate() {
                         *y = slow(b + i);
                     }
                     continue;
@@ -245,20 +249,6 @@ mod sse2 {
         }
         n
     }
-}
-
-/// Round half to even for any f32, without `f32::round_ties_even`: baseline x86_64 (SSE2)
-/// has no vector instruction for it and would call libm per element. Below 2^23 adding and
-/// subtracting 2^23 rounds in the current (nearest-even) mode; from 2^23 up every f32 is an
-/// integer already. The sign is put back afterwards, which is exact because ties-to-even is
-/// symmetric. tract's `scale_by` rounds `|x| * s` with the same rule and restores the sign
-/// the same way.
-#[inline(always)]
-fn round_half_even(v: f32) -> f32 {
-    const TWO_23: f32 = 8_388_608.0;
-    let a = v.abs();
-    let r = if a < TWO_23 { (a + TWO_23) - TWO_23 } else { a };
-    r.copysign(v)
 }
 
 impl Op for Requantize {
@@ -692,48 +682,5 @@ mod tests {
         // Multipliers along two axes.
         let s = Tensor::from_shape(&[2, 4, 1], &[0.5f32; 8]).unwrap();
         check(&[2, 4, 50], s, &conv_tail(false), false);
-    }
-
-    #[test]
-    fn rounding_matches_ties_to_even_everywhere() {
-        let samples = [
-            0.5f32,
-            1.5,
-            2.5,
-            -0.5,
-            -1.5,
-            -2.5,
-            0.49999997,
-            8_388_607.5,
-            8_388_608.0,
-            4_194_303.5,
-            1e10,
-            -1e10,
-            f32::MAX,
-            f32::MIN,
-            -0.0,
-            0.0,
-        ];
-        for v in samples {
-            assert_eq!(
-                round_half_even(v).to_bits(),
-                v.round_ties_even().to_bits(),
-                "{v}"
-            );
-        }
-        let mut s = 7u32;
-        for _ in 0..200_000 {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            let v = f32::from_bits(s);
-            if v.is_finite() {
-                assert_eq!(
-                    round_half_even(v).to_bits(),
-                    v.round_ties_even().to_bits(),
-                    "{v}"
-                );
-            }
-        }
     }
 }

@@ -8,10 +8,11 @@
 //! [`PackPatches`] produces the same packed matrix, byte for byte, for the two layouts
 //! tract's integer kernels take: `PackedI8K4` (four consecutive k of one column in one
 //! 32-bit lane: the SDOT, VNNI and AMX kernels) and `PackedFormat` (k-major panels: the
-//! SMLAL kernels). It walks one panel of output positions at a time, copies each k row of
-//! the panel as contiguous runs of the input row (padding only at the edges) and, for K4,
-//! interleaves four rows at once. [`speed_up_patches`] swaps it in for every `Im2col` node
-//! whose geometry it handles (2-D, NCHW, one group, i8); any other node is left to tract.
+//! SMLAL and SVE kernels). For a band of output rows at a time it builds the patch matrix
+//! from contiguous runs of input rows (whole planes where the convolution allows, padding
+//! only at the edges), then copies its panels out (k-major) or interleaves four k rows at a
+//! time with SIMD (K4). [`speed_up_patches`] swaps it in for every `Im2col` node whose
+//! geometry it handles (2-D, NCHW, one group, i8); any other node is left to tract.
 
 use std::sync::Arc;
 
@@ -259,7 +260,7 @@ fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], oy0: usize,
             continue;
         }
         let line = &plane[iy as usize * g.width..(iy as usize + 1) * g.width];
-        out[..lead].fill(pad);
+        pad_edge(&mut out[..lead], pad);
         if sx == 1 {
             let start = (lead as isize + x0) as usize;
             out[lead..end].copy_from_slice(&line[start..start + end - lead]);
@@ -270,7 +271,7 @@ fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], oy0: usize,
                 *v = *x;
             }
         }
-        out[end..].fill(pad);
+        pad_edge(&mut out[end..], pad);
     }
 }
 
@@ -291,17 +292,21 @@ fn pad_edge(out: &mut [i8], pad: i8) {
 fn interleave_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut [i8]) {
     let groups = matrix.len() / cols / 4;
     assert!(m0 + r <= cols && matrix.len() == groups * 4 * cols && panel.len() >= groups * 4 * r);
-    #[cfg(target_arch = "x86_64")]
-    if r.is_multiple_of(16) {
-        // SAFETY: SSE2 is part of x86_64; the assertion above keeps every row read
-        // (m0..m0 + r of rows 0..4 * groups) and block written (groups * 4r) in bounds.
-        unsafe { simd::interleave_panel(matrix.as_ptr().add(m0), cols, groups, r, panel) };
-        return;
-    }
-    #[cfg(target_arch = "aarch64")]
-    if r.is_multiple_of(8) {
-        // SAFETY: NEON is part of aarch64; bounds as above.
-        unsafe { simd::interleave_panel(matrix.as_ptr().add(m0), cols, groups, r, panel) };
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if r.is_multiple_of(simd::WIDTH) {
+        let mut out = panel.as_mut_ptr();
+        for g in 0..groups {
+            let rows = matrix[(g * 4) * cols + m0..].as_ptr();
+            for c in (0..r).step_by(simd::WIDTH) {
+                // SAFETY: SSE2 and NEON are part of their architectures; the assertion above
+                // keeps the four rows' columns m0..m0 + r and the groups * 4r bytes written
+                // in bounds.
+                unsafe {
+                    simd::interleave4(rows.add(c), cols, out);
+                    out = out.add(4 * simd::WIDTH);
+                }
+            }
+        }
         return;
     }
     for g in 0..groups {
@@ -317,34 +322,26 @@ fn interleave_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut
 mod simd {
     use std::arch::x86_64::*;
 
-    /// [`super::interleave_panel`] 16 columns at a time: two rounds of unpacking.
+    /// Columns per [`interleave4`].
+    pub(super) const WIDTH: usize = 16;
+
+    /// `out[m * 4 + i] = row i [m]` for 16 columns of four rows `cols` bytes apart: two
+    /// rounds of unpacking.
     ///
     /// # Safety
-    /// `src` points at column m0 of a matrix with `4 * groups` rows of `cols` bytes and at
-    /// least r bytes from m0 in each; `out` holds `groups * 4 * r` bytes; `r % 16 == 0`.
-    pub(super) unsafe fn interleave_panel(
-        src: *const i8,
-        cols: usize,
-        groups: usize,
-        r: usize,
-        out: &mut [i8],
-    ) {
+    /// The four rows hold 16 bytes from `row`, `out` 64.
+    #[inline(always)]
+    pub(super) unsafe fn interleave4(row: *const i8, cols: usize, out: *mut i8) {
         unsafe {
-            let mut o = out.as_mut_ptr() as *mut __m128i;
-            for g in 0..groups {
-                let row = src.add(g * 4 * cols);
-                for c in (0..r).step_by(16) {
-                    let load = |i: usize| _mm_loadu_si128(row.add(i * cols + c) as *const __m128i);
-                    let (a, b, c2, d) = (load(0), load(1), load(2), load(3));
-                    let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
-                    let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c2, d), _mm_unpackhi_epi8(c2, d));
-                    _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_lo, cd_lo));
-                    _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
-                    _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
-                    _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
-                    o = o.add(4);
-                }
-            }
+            let load = |i: usize| _mm_loadu_si128(row.add(i * cols) as *const __m128i);
+            let (a, b, c, d) = (load(0), load(1), load(2), load(3));
+            let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+            let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+            let o = out as *mut __m128i;
+            _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
+            _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
         }
     }
 }
@@ -353,27 +350,18 @@ mod simd {
 mod simd {
     use std::arch::aarch64::*;
 
-    /// [`super::interleave_panel`] 8 columns at a time: one ST4 each.
+    /// Columns per [`interleave4`].
+    pub(super) const WIDTH: usize = 8;
+
+    /// `out[m * 4 + i] = row i [m]` for 8 columns of four rows `cols` bytes apart: one ST4.
     ///
     /// # Safety
-    /// As for the x86_64 version, with `r % 8 == 0`.
-    pub(super) unsafe fn interleave_panel(
-        src: *const i8,
-        cols: usize,
-        groups: usize,
-        r: usize,
-        out: &mut [i8],
-    ) {
+    /// The four rows hold 8 bytes from `row`, `out` 32.
+    #[inline(always)]
+    pub(super) unsafe fn interleave4(row: *const i8, cols: usize, out: *mut i8) {
         unsafe {
-            let mut o = out.as_mut_ptr();
-            for g in 0..groups {
-                let row = src.add(g * 4 * cols);
-                for c in (0..r).step_by(8) {
-                    let load = |i: usize| vld1_s8(row.add(i * cols + c));
-                    vst4_s8(o, int8x8x4_t(load(0), load(1), load(2), load(3)));
-                    o = o.add(32);
-                }
-            }
+            let load = |i: usize| vld1_s8(row.add(i * cols));
+            vst4_s8(out, int8x8x4_t(load(0), load(1), load(2), load(3)));
         }
     }
 }

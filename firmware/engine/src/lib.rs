@@ -221,19 +221,7 @@ impl Model {
         executor: multithread::Executor,
         input: &[f32],
     ) -> Result<Vec<Scores>, EngineError> {
-        let expected = self.batch() * self.input.item_len();
-        if input.len() != expected {
-            return Err(EngineError::BadInput(format!(
-                "got {} values, the plan takes {} ({} x {:?})",
-                input.len(),
-                expected,
-                self.batch(),
-                self.input.shape(1)
-            )));
-        }
-        let shape = self.input.shape(self.batch());
-        let tensor = Tensor::from_shape(&shape, input)
-            .map_err(|e| EngineError::BadInput(format!("{e:#}")))?;
+        let tensor = self.input_tensor(input)?;
         let path = self.report.path.clone();
         let outputs = isolate(&path, "running", || {
             threads::scope(executor, || self.plan.run(tvec!(tensor.into_tvalue())))
@@ -260,15 +248,12 @@ impl Model {
     /// profile (issue 5). Single-threaded, like the default worker.
     pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<OpTime>, EngineError> {
         use tract_onnx::tract_core::plan::{eval, SimpleState};
-        let expected = self.batch() * self.input.item_len();
-        if input.len() != expected || runs == 0 {
-            return Err(EngineError::BadInput(format!(
-                "profile needs {expected} values and at least one run"
-            )));
+        if runs == 0 {
+            return Err(EngineError::BadInput(
+                "profile needs at least one run".into(),
+            ));
         }
-        let shape = self.input.shape(self.batch());
-        let tensor = Tensor::from_shape(&shape, input)
-            .map_err(|e| EngineError::BadInput(format!("{e:#}")))?;
+        let tensor = self.input_tensor(input)?;
         let path = self.report.path.clone();
         let plan = self.plan.clone();
         let per_node = isolate(&path, "profiling", || -> TractResult<Vec<Duration>> {
@@ -308,6 +293,22 @@ impl Model {
         }
         by_op.sort_by(|a, b| b.time.cmp(&a.time).then(a.op.cmp(&b.op)));
         Ok(by_op)
+    }
+
+    /// One batch of `input` as the plan's input tensor, refusing the wrong number of values.
+    fn input_tensor(&self, input: &[f32]) -> Result<Tensor, EngineError> {
+        let expected = self.batch() * self.input.item_len();
+        if input.len() != expected {
+            return Err(EngineError::BadInput(format!(
+                "got {} values, the plan takes {} ({} x {:?})",
+                input.len(),
+                expected,
+                self.batch(),
+                self.input.shape(1)
+            )));
+        }
+        let shape = self.input.shape(self.batch());
+        Tensor::from_shape(&shape, input).map_err(|e| EngineError::BadInput(format!("{e:#}")))
     }
 
     /// Splits a flat output into per-item scores, refusing outputs that cannot be a
@@ -508,5 +509,6 @@ mod tests {
         assert!(ops.windows(2).all(|w| w[0].time >= w[1].time));
         assert!(ops[0].time > Duration::ZERO);
         assert!(model.profile(&input[1..], 3).is_err());
+        assert!(model.profile(&input, 0).is_err());
     }
 }

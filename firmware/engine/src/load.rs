@@ -96,7 +96,8 @@ pub struct Built {
     pub strategy_note: Option<String>,
     pub kernels: Vec<String>,
     pub ops: Vec<(String, usize)>,
-    /// The exact rewrites applied after tract's optimiser (see rewrite.rs, epilogue.rs).
+    /// The exact rewrites applied after tract's optimiser (rewrite.rs, im2col.rs, pool.rs,
+    /// epilogue.rs).
     pub patches: Vec<String>,
 }
 
@@ -151,8 +152,8 @@ pub(crate) fn build_with(
             .map_err(|e| load_err(format!("replacing the int8 max pools failed: {e:#}")))?;
         if removed > 0 || fused > 0 || packers > 0 || pools > 0 {
             // A second codegen pass lets tract fuse the remaining per-channel Sub into the
-            // matmul and prune the column sums that fed the removed terms and the replaced
-            // requantization nodes. Codegen only, not a full `into_optimized()`: the plan is
+            // matmul and prune what the rewrites left unused: the column sums of the removed
+            // terms and the replaced requantization chains. Codegen only, not a full `into_optimized()`: the plan is
             // the same on the default and VGG16 bundles, and skipping the second declutter
             // keeps VGG16 int8's load peak lower.
             optimized.optimize().map_err(|e| {
@@ -161,7 +162,8 @@ pub(crate) fn build_with(
                 ))
             })?;
             log::debug!(
-                "removed {removed} Sub(x, 0*y) terms, fused {fused} requantizations; plan {nodes} -> {} nodes",
+                "int8 rewrites: {removed} zero-point terms, {packers} packings, {pools} max \
+                 pools, {fused} requantizations; plan {nodes} -> {} nodes",
                 optimized.nodes().len()
             );
         }
