@@ -142,6 +142,8 @@ pub(crate) fn build_with(
     let mut patches = Vec::new();
     if rewrite {
         let nodes = optimized.nodes().len();
+        let folded_chains = rewrite::fold_constant_chains(&mut optimized)
+            .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
         let removed = rewrite::drop_zero_products(&mut optimized)
             .map_err(|e| load_err(format!("removing zero-point terms failed: {e:#}")))?;
         let fused = epilogue::fuse_requantization(&mut optimized)
@@ -150,7 +152,7 @@ pub(crate) fn build_with(
             .map_err(|e| load_err(format!("replacing the int8 patch packing failed: {e:#}")))?;
         let pools = pool::speed_up_max_pools(&mut optimized)
             .map_err(|e| load_err(format!("replacing the int8 max pools failed: {e:#}")))?;
-        if removed > 0 || fused > 0 || packers > 0 || pools > 0 {
+        if folded_chains > 0 || removed > 0 || fused > 0 || packers > 0 || pools > 0 {
             // A second codegen pass lets tract fuse the remaining per-channel Sub into the
             // matmul and prune what the rewrites left unused: the column sums of the removed
             // terms and the replaced requantization chains. Codegen only, not a full `into_optimized()`: the plan is
@@ -162,12 +164,18 @@ pub(crate) fn build_with(
                 ))
             })?;
             log::debug!(
-                "int8 rewrites: {removed} zero-point terms, {packers} packings, {pools} max \
+                "int8 rewrites: {folded_chains} constant chains, {removed} zero-point terms, {packers} packings, {pools} max \
                  pools, {fused} requantizations; plan {nodes} -> {} nodes",
                 optimized.nodes().len()
             );
         }
         for (count, before, noun, after) in [
+            (
+                folded_chains,
+                "evaluated",
+                "constant weight chain",
+                " at load instead of every inference",
+            ),
             (removed, "removed", "zero-point Sub(x, 0*y) term", ""),
             (
                 packers,

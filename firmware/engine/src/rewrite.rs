@@ -14,7 +14,10 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::dummy::Dummy;
+use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::math::{Mul, Sub};
+use tract_onnx::tract_core::ops::source::TypedSource;
 
 /// Rewires the consumers of every integer `Sub(x, Mul(0, y))` to `x` and returns how many
 /// were rewired. `apply` turns the then unused Sub, Mul and column sums into dummies; the
@@ -35,6 +38,105 @@ pub(crate) fn drop_zero_products(model: &mut TypedModel) -> TractResult<usize> {
         rewired += 1;
     }
     Ok(rewired)
+}
+
+/// Evaluates at load time the constant chains that tract's constant folding leaves in the
+/// plan, and returns how many it folded.
+///
+/// tract folds a node only while its output is no larger than its inputs or 4 MiB. The
+/// int8 lowering of a convolution computes the weight sums for its zero-point term as
+/// `Reduce<Sum>(Cast<i32>(kernel))`; for a kernel over 1 MiB the Cast alone is four times
+/// its input, so tract keeps the whole chain in the plan. Every inference then widens and
+/// sums the layer's weights again (14 ms of VGG16's 189 ms), and the plan keeps an unpacked
+/// copy of each such kernel beside the packed one (another 15 MiB for VGG16 int8).
+///
+/// Here a chain starts at a node whose inputs are all constant and goes on through single
+/// successors whose other inputs are constant too. It is folded up to its last node whose
+/// output is no larger than the chain's constant inputs, so large intermediates exist only
+/// for a moment at load time and the plan never holds more than it did. The ops run exactly
+/// as the plan would run them, so every value is the same.
+pub(crate) fn fold_constant_chains(model: &mut TypedModel) -> TractResult<usize> {
+    let mut folded = 0;
+    for id in model.eval_order()? {
+        let Some((end, values)) = constant_chain(model, id)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        for (slot, value) in values.into_iter().enumerate() {
+            let outlet = OutletId::new(end, slot);
+            let exotic = model.outlet_fact(outlet)?.exotic_fact.clone();
+            let name = format!("{}.folded", model.node(end).name);
+            let konst = Const::new_with_opt_exotic_fact(value.into_arc_tensor(), exotic)?;
+            let wire = patch.wire_node(name, konst, &[])?[0];
+            patch.shunt_outside(model, outlet, wire)?;
+        }
+        patch.apply(model)?;
+        folded += 1;
+    }
+    Ok(folded)
+}
+
+/// The last node of the constant chain starting at `id` worth folding, with its values:
+/// `None` when `id` does not start a chain or no node of it shrinks back to the size of
+/// the chain's constant inputs.
+fn constant_chain(model: &TypedModel, id: usize) -> TractResult<Option<(usize, TVec<TValue>)>> {
+    let node = model.node(id);
+    if node.op_is::<Const>() || node.op_is::<Dummy>() || node.op_is::<TypedSource>() {
+        return Ok(None);
+    }
+    let facts = model.node_input_facts(id)?;
+    if facts.is_empty() || facts.iter().any(|f| f.konst.is_none()) {
+        return Ok(None);
+    }
+    let mut budget: usize = facts.iter().map(|f| konst_bytes(f)).sum();
+    let inputs = facts
+        .iter()
+        .map(|f| f.konst.clone().unwrap().into_tvalue())
+        .collect();
+    let Ok(Some(mut values)) = node.op.eval_out_of_plan(inputs) else {
+        return Ok(None);
+    };
+    let outputs = model.output_outlets()?;
+    let mut at = id;
+    let mut best = None;
+    loop {
+        let bytes: usize = values
+            .iter()
+            .map(|v| v.len() * v.datum_type().size_of())
+            .sum();
+        if bytes <= budget {
+            best = Some((at, values.clone()));
+        }
+        if outputs.contains(&OutletId::new(at, 0)) {
+            break;
+        }
+        let Some(next) = model.single_succ(at)? else {
+            break;
+        };
+        let mut inputs = TVec::new();
+        for input in &next.inputs {
+            if input.node == at {
+                inputs.push(values[input.slot].clone());
+            } else if let Some(k) = &model.outlet_fact(*input)?.konst {
+                budget += k.len() * k.datum_type().size_of();
+                inputs.push(k.clone().into_tvalue());
+            } else {
+                return Ok(best);
+            }
+        }
+        let Ok(Some(next_values)) = next.op.eval_out_of_plan(inputs) else {
+            break;
+        };
+        values = next_values;
+        at = next.id;
+    }
+    Ok(best)
+}
+
+fn konst_bytes(fact: &TypedFact) -> usize {
+    fact.konst
+        .as_ref()
+        .map_or(0, |k| k.len() * k.datum_type().size_of())
 }
 
 /// Replaces, in evaluation order, every node for which `replacement` gives an op, keeping
@@ -216,5 +318,94 @@ mod tests {
         assert!(plain_integer(DatumType::I32) && plain_integer(DatumType::U8));
         assert!(!plain_integer(DatumType::U8.with_zp_scale(128, 0.1)));
         assert!(!plain_integer(DatumType::F32));
+    }
+}
+
+#[cfg(test)]
+mod fold_tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::cast::{cast, Cast};
+    use tract_onnx::tract_core::ops::math::{add, mul};
+    use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+
+    /// `x + (-128) * sum_k(i32(w))` with an i8 `w` of 64 × 32768 (2 MiB, so its i32 copy
+    /// is past tract's 4 MiB folding budget), as tract lowers a large int8 kernel's
+    /// zero-point term. `widened` adds a second path that keeps the i32 copy whole.
+    fn weight_sum_graph(widened: bool) -> TypedModel {
+        let (rows, k) = (64, 32768);
+        let w: Vec<i8> = (0..rows * k).map(|i| (i * 7 % 251) as i8).collect();
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", i32::fact([rows, 1])).unwrap();
+        let w = m
+            .add_const("w", Tensor::from_shape(&[rows, k], &w).unwrap())
+            .unwrap();
+        let wide = m.wire_node("wide", cast(i32::datum_type()), &[w]).unwrap()[0];
+        let sum = Reduce::new(tvec![1], Reducer::Sum);
+        let sum = m.wire_node("sum", sum, &[wide]).unwrap()[0];
+        let zp = m.add_const("zp", tensor2(&[[-128i32]])).unwrap();
+        let term = m.wire_node("term", mul(), &[sum, zp]).unwrap()[0];
+        let mut out = m.wire_node("out", add(), &[x, term]).unwrap()[0];
+        if widened {
+            let y = m.add_source("y", i32::fact([rows, k])).unwrap();
+            let whole = m.wire_node("whole", add(), &[y, wide]).unwrap()[0];
+            let whole = m
+                .wire_node("whole_sum", Reduce::new(tvec![1], Reducer::Sum), &[whole])
+                .unwrap()[0];
+            out = m.wire_node("out2", add(), &[out, whole]).unwrap()[0];
+        }
+        m.select_output_outlets(&[out]).unwrap();
+        m
+    }
+
+    fn casts(m: &TypedModel) -> usize {
+        m.nodes().iter().filter(|n| n.op_is::<Cast>()).count()
+    }
+
+    fn run(m: TypedModel, inputs: TVec<TValue>) -> Tensor {
+        let plan = m.into_runnable().unwrap();
+        plan.run(inputs).unwrap().remove(0).into_tensor()
+    }
+
+    #[test]
+    fn large_weight_sums_are_evaluated_once_at_load() {
+        let optimized = weight_sum_graph(false).into_optimized().unwrap();
+        // tract leaves the chain in the plan: the point of the pass.
+        assert_eq!(casts(&optimized), 1);
+        let mut folded = optimized.clone();
+        assert_eq!(fold_constant_chains(&mut folded).unwrap(), 1);
+        folded.optimize().unwrap();
+        assert_eq!(casts(&folded), 0);
+        // The unpacked weights went with the chain: nothing in the plan is 2 MiB any more.
+        let largest = folded
+            .nodes()
+            .iter()
+            .filter_map(|n| n.op_as::<Const>())
+            .map(|c| c.val().len())
+            .max()
+            .unwrap_or(0);
+        assert!(largest < 64 * 32768, "{largest}");
+
+        let x = Tensor::from_shape(&[64, 1], &(0..64).collect::<Vec<i32>>()).unwrap();
+        let want = run(optimized, tvec![x.clone().into_tvalue()]);
+        let got = run(folded, tvec![x.into_tvalue()]);
+        assert_eq!(want, got);
+        // And the values are the zero-point term itself, computed independently.
+        let view = got.to_plain_array_view::<i32>().unwrap();
+        for r in 0..64usize {
+            let sum: i32 = (0..32768)
+                .map(|c| ((r * 32768 + c) * 7 % 251) as i8 as i32)
+                .sum();
+            assert_eq!(view[[r, 0]], r as i32 - 128 * sum, "row {r}");
+        }
+    }
+
+    #[test]
+    fn a_chain_whose_large_value_is_still_needed_is_left_alone() {
+        let mut optimized = weight_sum_graph(true).into_optimized().unwrap();
+        let before = format!("{optimized:?}");
+        // `wide` has two consumers: folding past it would keep the 8 MiB i32 copy in the
+        // plan as a constant, so the chain stops at the Cast, which is not smaller.
+        assert_eq!(fold_constant_chains(&mut optimized).unwrap(), 0);
+        assert_eq!(format!("{optimized:?}"), before);
     }
 }
