@@ -69,6 +69,43 @@ impl Requantize {
         }
     }
 
+    /// The output's datum type (U8 or I8).
+    pub(crate) fn output_datum_type(&self) -> DatumType {
+        self.output_type()
+    }
+
+    /// Whether the multipliers run along axis 1 of a rank-3 `[1, rows, cols]` input (or
+    /// are one for all), so that each row of it has one multiplier: what
+    /// [`Requantize::run_rows`] needs.
+    pub(crate) fn is_per_row(&self, rank: usize) -> bool {
+        rank == 3 && matches!(self.axis, None | Some(1))
+    }
+
+    /// A block of `rows` accumulator rows of `cols` values (`x`, row-major, row `r` having
+    /// multiplier `r`, or the single one) into the same rows of `out`, whose rows are
+    /// `stride` bytes apart.
+    pub(crate) fn run_rows(
+        &self,
+        x: &[i32],
+        cols: usize,
+        out: &mut [u8],
+        stride: usize,
+    ) -> TractResult<()> {
+        let scales = self.scale.try_as_plain_ram()?;
+        let scales = scales.as_slice::<f32>()?;
+        let rows = x.len() / cols.max(1);
+        ensure!(
+            scales.len() == if self.axis.is_some() { rows } else { 1 },
+            "Requantize: {} multipliers for {rows} rows",
+            scales.len()
+        );
+        for (r, xs) in x.chunks_exact(cols).enumerate() {
+            let s = scales[if self.axis.is_some() { r } else { 0 }];
+            self.run_values(xs, |_| s, &mut out[r * stride..r * stride + cols]);
+        }
+        Ok(())
+    }
+
     fn run(&self, x: &[i32], shape: &[usize], out: &mut [u8]) -> TractResult<()> {
         let scales = self.scale.try_as_plain_ram()?;
         let scales = scales.as_slice::<f32>()?;

@@ -40,20 +40,20 @@ enum Layout {
 pub(crate) struct PackPatches {
     pool_spec: PoolSpec,
     /// The kernel's packing, copied from tract's node: the matmul checks it.
-    format: Box<dyn MMMInputFormat>,
+    pub(crate) format: Box<dyn MMMInputFormat>,
     layout: Layout,
-    k: usize,
-    panel_len: usize,
-    align: usize,
+    pub(crate) k: usize,
+    pub(crate) panel_len: usize,
+    pub(crate) align: usize,
 }
 
 /// The concrete geometry of one evaluation.
-struct Geometry {
-    channels: usize,
-    height: usize,
-    width: usize,
-    out_width: usize,
-    n: usize,
+pub(crate) struct Geometry {
+    pub(crate) channels: usize,
+    pub(crate) height: usize,
+    pub(crate) width: usize,
+    pub(crate) out_width: usize,
+    pub(crate) n: usize,
     kernel: [usize; 2],
     stride: [usize; 2],
     dilation: [usize; 2],
@@ -62,7 +62,11 @@ struct Geometry {
 
 impl PackPatches {
     /// `Some` when tract's node is one this op computes exactly.
-    fn for_node(op: &Im2Col, output: &TypedFact, input: &TypedFact) -> Option<PackPatches> {
+    pub(crate) fn for_node(
+        op: &Im2Col,
+        output: &TypedFact,
+        input: &TypedFact,
+    ) -> Option<PackPatches> {
         let spec = &op.pool_spec;
         let packed = output.exotic_fact()?.downcast_ref::<PackedExoticFact>()?;
         if op.group != 1
@@ -106,13 +110,13 @@ impl PackPatches {
         })
     }
 
-    fn r(&self) -> usize {
+    pub(crate) fn r(&self) -> usize {
         match self.layout {
             Layout::K4 { r } | Layout::KMajor { r } => r,
         }
     }
 
-    fn geometry(&self, shape: &[usize]) -> TractResult<Geometry> {
+    pub(crate) fn geometry(&self, shape: &[usize]) -> TractResult<Geometry> {
         ensure!(
             shape.len() == 4,
             "PackPatches: input of rank {}",
@@ -139,55 +143,78 @@ impl PackPatches {
     }
 
     /// Packs one image (`x`: C·H·W bytes) into `out` (`panels * panel_len` bytes, zeroed for
-    /// the k-major layout, whose alignment padding is not written here).
-    ///
-    /// Two passes: the patch matrix, k rows of the output positions, built from long runs
-    /// of input rows; then the panels, copied (k-major) or interleaved four rows at a time
-    /// (K4) from it. The matrix is padded with zero rows and columns to whole panels and
-    /// whole groups of four, which is what tract leaves in the packed padding too.
+    /// the k-major layout, whose alignment padding is not written here), a band of output
+    /// rows at a time so the patch matrix stays near [`CHUNK_BYTES`] whatever the layer
+    /// (VGG16's first layers would need tens of MB at once).
     fn pack(&self, g: &Geometry, x: &[i8], pad: i8, out: &mut [i8]) {
+        let rows = self.k.div_ceil(4) * 4;
+        let wo = g.out_width;
+        let unit = self.band_unit(g);
+        let band = unit * (CHUNK_BYTES / (rows * unit * wo)).max(1);
+        let ho = g.n / wo;
+        for oy0 in (0..ho).step_by(band) {
+            let first_panel = oy0 * wo / self.r();
+            let out = &mut out[first_panel * self.panel_len..];
+            self.pack_band(g, x, pad, oy0, (ho - oy0).min(band), out);
+        }
+    }
+
+    /// The smallest number of output rows that fills whole panels: bands other than the
+    /// last must be a multiple of it.
+    pub(crate) fn band_unit(&self, g: &Geometry) -> usize {
+        self.r() / gcd(g.out_width, self.r())
+    }
+
+    /// Packs output rows `oy0..oy0 + rows` of one image into the panels that start `out`
+    /// (`rows * out_width` columns, padded to whole panels). `oy0 * out_width` must be a
+    /// whole number of panels.
+    ///
+    /// Two passes: the patch matrix, k rows of the band's output positions, built from long
+    /// runs of input rows; then the panels, copied (k-major) or interleaved four rows at a
+    /// time (K4) from it. The matrix is padded with zero rows and columns to whole panels
+    /// and whole groups of four, which is what tract leaves in the packed padding too.
+    pub(crate) fn pack_band(
+        &self,
+        g: &Geometry,
+        x: &[i8],
+        pad: i8,
+        oy0: usize,
+        rows_out: usize,
+        out: &mut [i8],
+    ) {
         let r = self.r();
         let hw = g.height * g.width;
         let taps = g.kernel[0] * g.kernel[1];
         let rows = self.k.div_ceil(4) * 4;
-        let (wo, ho) = (g.out_width, g.n / g.out_width);
-        // The matrix covers a band of output rows at a time, a whole number of panels wide,
-        // so its size stays near CHUNK_BYTES whatever the layer (VGG16's first layers would
-        // need tens of MB at once).
-        let unit = r / gcd(wo, r);
-        let band = unit * (CHUNK_BYTES / (rows * unit * wo)).max(1);
+        let n = rows_out * g.out_width;
+        let cols = n.div_ceil(r) * r;
+        debug_assert!((oy0 * g.out_width).is_multiple_of(r));
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            for oy0 in (0..ho).step_by(band) {
-                let n = (ho - oy0).min(band) * wo;
-                let cols = n.div_ceil(r) * r;
-                if scratch.len() < rows * cols {
-                    scratch.resize(rows * cols, 0);
-                }
-                // Left over from earlier bands and layers: every byte is written below.
-                let matrix = &mut scratch[..rows * cols];
-                for kk in 0..self.k {
-                    let (ci, tap) = (kk / taps, kk % taps);
-                    let plane = &x[ci * hw..(ci + 1) * hw];
-                    let row = &mut matrix[kk * cols..(kk + 1) * cols];
-                    let tap = [tap / g.kernel[1], tap % g.kernel[1]];
-                    gather(g, plane, pad, tap, oy0, &mut row[..n]);
-                    row[n..].fill(0);
-                }
-                matrix[self.k * cols..].fill(0);
-                let first_panel = oy0 * wo / r;
-                let panels = out.chunks_mut(self.panel_len).skip(first_panel);
-                for (p, panel) in panels.take(cols / r).enumerate() {
-                    let m0 = p * r;
-                    match self.layout {
-                        Layout::KMajor { r } => {
-                            for kk in 0..self.k {
-                                let src = &matrix[kk * cols + m0..kk * cols + m0 + r];
-                                panel[kk * r..(kk + 1) * r].copy_from_slice(src);
-                            }
+            if scratch.len() < rows * cols {
+                scratch.resize(rows * cols, 0);
+            }
+            // Left over from earlier bands and layers: every byte is written below.
+            let matrix = &mut scratch[..rows * cols];
+            for kk in 0..self.k {
+                let (ci, tap) = (kk / taps, kk % taps);
+                let plane = &x[ci * hw..(ci + 1) * hw];
+                let row = &mut matrix[kk * cols..(kk + 1) * cols];
+                let tap = [tap / g.kernel[1], tap % g.kernel[1]];
+                gather(g, plane, pad, tap, oy0, &mut row[..n]);
+                row[n..].fill(0);
+            }
+            matrix[self.k * cols..].fill(0);
+            for (p, panel) in out.chunks_mut(self.panel_len).take(cols / r).enumerate() {
+                let m0 = p * r;
+                match self.layout {
+                    Layout::KMajor { r } => {
+                        for kk in 0..self.k {
+                            let src = &matrix[kk * cols + m0..kk * cols + m0 + r];
+                            panel[kk * r..(kk + 1) * r].copy_from_slice(src);
                         }
-                        Layout::K4 { r } => interleave_panel(matrix, cols, m0, r, panel),
                     }
+                    Layout::K4 { r } => interleave_panel(matrix, cols, m0, r, panel),
                 }
             }
         });

@@ -5,6 +5,7 @@
 //! type crosses this crate's boundary. Loading and running are isolated from tract panics,
 //! which malformed models can trigger (see ../shared/DESIGN.md).
 
+mod banded;
 mod cpu;
 mod epilogue;
 mod error;
@@ -168,9 +169,9 @@ impl Model {
             output_tensor,
             batch: options.batch,
         };
-        let built = isolate(path, "loading", || load::build(&mapped, &target))?
+        // The map goes into the build, which drops it once the protobuf is decoded.
+        let built = isolate(path, "loading", || load::build(mapped, &target))?
             .map_err(|e| load::with_path(e, path))?;
-        drop(mapped);
         memory::release_free_heap();
         let model = Model {
             input: input.clone(),
@@ -488,10 +489,12 @@ mod tests {
         let input = vec![0.25; model.input_spec().item_len()];
         let ops = model.profile(&input, 3).unwrap();
         let nodes = |name: &str| ops.iter().find(|o| o.op == name).map(|o| o.nodes);
-        // The five convolutions run on the engine's packing and requantisation, not on
-        // tract's element-wise chain.
-        assert_eq!(nodes("PackPatches"), Some(5));
-        assert_eq!(nodes("Requantize"), Some(5));
+        // The five convolutions run in bands on the engine's packing and requantisation,
+        // not on tract's element-wise chain.
+        assert_eq!(nodes("BandedConv"), Some(5));
+        for banded in ["PackPatches", "Requantize"] {
+            assert_eq!(nodes(banded), None, "{banded} is still in the plan");
+        }
         assert_eq!(nodes("MaxPool8"), Some(4));
         for gone in [
             "Im2col",

@@ -54,6 +54,12 @@ pub struct Mapped {
     pub sha256: String,
 }
 
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
 impl Deref for Mapped {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -102,25 +108,39 @@ pub struct Built {
 }
 
 /// Parses and optimises the model. May panic inside tract on malformed graphs: callers run
-/// it under `catch_unwind`.
-pub fn build(bytes: &[u8], target: &Target) -> Result<Built, EngineError> {
+/// it under `catch_unwind`. `bytes` (the mapped file) is dropped as soon as it is decoded,
+/// so the file's pages are not resident for the rest of the load.
+pub fn build(bytes: impl AsRef<[u8]>, target: &Target) -> Result<Built, EngineError> {
     build_with(bytes, target, true)
 }
 
 /// `build`, with the rewrites of rewrite.rs switched off when `rewrite` is false: the tests
 /// compare both plans. Not an engine option, since the rewrites never change an output.
 pub(crate) fn build_with(
-    bytes: &[u8],
+    bytes: impl AsRef<[u8]>,
     target: &Target,
     rewrite: bool,
 ) -> Result<Built, EngineError> {
     crate::cpu::configure_tract();
-    let proto = pb::ModelProto::decode(bytes).map_err(|e| {
+    let _allocator = crate::memory::LoadAllocation::begin();
+    let tr = |stage: &str| {
+        if let Some(m) = crate::memory::current() {
+            log::debug!(
+                "load memory after {stage}: resident {:.1} MiB (files {:.1} MiB), peak {:.1} MiB",
+                m.rss as f64 / MIB,
+                m.rss_file as f64 / MIB,
+                m.peak_rss as f64 / MIB
+            );
+        }
+    };
+    let proto = pb::ModelProto::decode(bytes.as_ref()).map_err(|e| {
         load_err(format!(
             "protobuf decoding failed ({e}); the file is truncated or not ONNX"
         ))
     })?;
+    drop(bytes);
     check_declared_input(&proto, target)?;
+    tr("decoding (the map is dropped)");
 
     let (typed, strategy, strategy_note) = match type_then_bind(&proto, target) {
         Ok(typed) => (typed, LoadStrategy::TypeThenBindBatch, None),
@@ -134,14 +154,18 @@ pub(crate) fn build_with(
             (typed, LoadStrategy::ConcreteInputFact, Some(first))
         }
     };
+    tr("typing");
     drop(proto);
+    tr("dropping the protobuf");
 
     let mut optimized = typed
         .into_optimized()
         .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
+    tr("tract's optimisation");
     let mut patches = Vec::new();
     if rewrite {
         let nodes = optimized.nodes().len();
+        let mut banded = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
         let removed = rewrite::drop_zero_products(&mut optimized)
@@ -163,9 +187,15 @@ pub(crate) fn build_with(
                     "optimisation after the int8 rewrites failed: {e:#}"
                 ))
             })?;
+            // Last, on the optimised plan: it takes tract's matmuls as tract built them.
+            banded = crate::banded::band_convolutions(&mut optimized)
+                .map_err(|e| load_err(format!("banding the int8 convolutions failed: {e:#}")))?;
+            optimized
+                .compact()
+                .map_err(|e| load_err(format!("pruning the rewritten plan failed: {e:#}")))?;
             log::debug!(
                 "int8 rewrites: {folded_chains} constant chains, {removed} zero-point terms, {packers} packings, {pools} max \
-                 pools, {fused} requantizations; plan {nodes} -> {} nodes",
+                 pools, {fused} requantizations, {banded} banded; plan {nodes} -> {} nodes",
                 optimized.nodes().len()
             );
         }
@@ -185,6 +215,12 @@ pub(crate) fn build_with(
             ),
             (pools, "ran", "u8/i8 max pool", " on the engine's kernel"),
             (
+                banded,
+                "ran",
+                "int8 convolution",
+                " a band of output rows at a time",
+            ),
+            (
                 fused,
                 "fused",
                 "requantization chain",
@@ -197,6 +233,7 @@ pub(crate) fn build_with(
             }
         }
     }
+    tr("the engine's rewrites");
     let (kernels, ops) = describe(&optimized);
     let plan = optimized
         .into_runnable()
@@ -210,6 +247,8 @@ pub(crate) fn build_with(
         patches,
     })
 }
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 fn load_err(message: String) -> EngineError {
     // The caller knows the path; `Model::load_file` re-labels it (see `with_path`).
@@ -526,16 +565,18 @@ pub(crate) mod tests {
         let bundle = default_bundle();
         for batch in [1, 3] {
             let (patches, before, after) = compare(&bundle, "int8", batch);
-            // Five symmetric-weight QLinearConvs, one zero-point term each.
-            assert_eq!(
-                patches,
-                [
-                    "removed 5 zero-point Sub(x, 0*y) terms",
-                    "packed the patches of 5 int8 convolutions in runs",
-                    "ran 4 u8/i8 max pools on the engine's kernel",
-                    "fused 5 requantization chains into one pass each"
-                ]
-            );
+            // Five symmetric-weight QLinearConvs, one zero-point term each. Banding takes
+            // one image at a time: a batch of 3 keeps the whole-matrix ops.
+            let mut want = vec![
+                "removed 5 zero-point Sub(x, 0*y) terms",
+                "packed the patches of 5 int8 convolutions in runs",
+                "ran 4 u8/i8 max pools on the engine's kernel",
+            ];
+            if batch == 1 {
+                want.push("ran 5 int8 convolutions a band of output rows at a time");
+            }
+            want.push("fused 5 requantization chains into one pass each");
+            assert_eq!(patches, want);
             assert!(after < before, "batch {batch}: {before} -> {after} nodes");
         }
     }

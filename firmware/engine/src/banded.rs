@@ -1,0 +1,765 @@
+//! Int8 convolutions run a band of output rows at a time.
+//!
+//! After the other rewrites an int8 convolution is four nodes: [`PackPatches`] builds the
+//! whole packed patch matrix, tract's `OptMatMul` writes the whole i32 accumulator matrix,
+//! and [`Requantize`] turns it into bytes. For VGG16's second layer that is 28 MiB of
+//! patches and 12 MiB of accumulators live at once, both larger than the layer's input
+//! and output together, and four times what the float plan holds (it reads patches lazily
+//! inside its matmul). [`BandedConv`] does the same three steps for one band of output rows
+//! at a time: pack the band's patches, run the same tract-linalg kernel with the same
+//! fused ops on them, requantize the band into its place in the output. The band's
+//! patches and accumulators stay near [`BAND_BYTES`] and in cache between the steps.
+//!
+//! Every output value is computed by the same kernel, from the same packed bytes and fused
+//! ops, as in the unbanded plan, and columns of a matmul do not depend on each other, so
+//! the output is the same bit for bit. Only one image at a time with one kernel, and fused
+//! ops that act per row or on every element alike, is banded; anything else keeps the four
+//! nodes.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use tract_linalg::mmm::{
+    EagerPackedInput, FusedSpec, MMMInputValue, PackedExoticFact, PackedMatrixStorage, ScratchSpace,
+};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::change_axes::IntoShape;
+use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
+use tract_onnx::tract_core::ops::matmul::ModePicker;
+
+use rayon::prelude::*;
+use tract_onnx::prelude::multithread;
+
+use crate::epilogue::Requantize;
+use crate::im2col::{Geometry, PackPatches};
+
+/// Bytes of packed patches plus i32 accumulators per band (at least one band unit).
+const BAND_BYTES: usize = 512 * 1024;
+
+/// Multiply-adds from which a layer's bands are spread over the inference threads: about
+/// 0.2 ms of int8 work on one core (VNNI here, SDOT on a Cortex-A76), against tens of
+/// microseconds to wake a pool. The default bundle's layers (at most 9.4 M) stay on one
+/// thread; with all cores they were slower than with one (RESULTS.md, run 4).
+const PARALLEL_MACS: usize = 16 << 20;
+
+/// PackPatches → OptMatMul → reshape → Requantize, one band of output rows at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BandedConv {
+    pack: PackPatches,
+    matmul: OptMatMul,
+    requantize: Requantize,
+    /// How many of this node's inputs are PackPatches' (the image, and the padding value
+    /// when it has one); the others are the matmul's, without the patches.
+    pack_inputs: usize,
+    /// Where the patches go among the matmul's inputs.
+    patches_slot: usize,
+    /// The matmul's output shape (concrete; its n axis is resized per band).
+    c_shape: TVec<usize>,
+    n_axis: usize,
+    /// Rows of the matmul (output channels).
+    m: usize,
+    /// This node's output shape: `[1, m, n]`.
+    output_shape: TVec<usize>,
+    /// Bytes per band; `BAND_BYTES` except in tests.
+    band_bytes: usize,
+}
+
+/// The kernel's scratch space and the packed band, kept between bands and inferences.
+type BandState = (Option<Box<dyn ScratchSpace>>, Option<Arc<Blob>>);
+
+thread_local! {
+    static STATE: RefCell<BandState> = const { RefCell::new((None, None)) };
+}
+
+impl BandedConv {
+    /// Output rows per band: a whole number of panels, about `band_bytes` of patches and
+    /// accumulators.
+    fn band_rows(&self, unit: usize, out_width: usize) -> usize {
+        let column_bytes = self.pack.k.div_ceil(4) * 4 + 4 * self.m;
+        let columns = self.band_bytes / column_bytes.max(1);
+        unit * (columns / (unit * out_width).max(1)).max(1)
+    }
+
+    /// Whether the layer has enough multiply-adds to spread over threads.
+    fn worth_threads(&self, g: &Geometry) -> bool {
+        #[cfg(test)]
+        let threshold = tests::PARALLEL_MACS.get();
+        #[cfg(not(test))]
+        let threshold = PARALLEL_MACS;
+        self.m * g.n * self.pack.k >= threshold
+    }
+
+    fn run(&self, inputs: &[TValue], out: &mut [u8]) -> TractResult<()> {
+        let x = &inputs[0];
+        ensure!(x.shape()[0] == 1, "BandedConv: one image at a time");
+        let pad = match self.pack_inputs {
+            2 => inputs[1].cast_to_scalar::<i32>()? as i8,
+            _ => 0,
+        };
+        let g = self.pack.geometry(x.shape())?;
+        ensure!(
+            g.n == self.output_shape[2] && out.len() == self.m * g.n,
+            "BandedConv: {} output positions for an output of {:?}",
+            g.n,
+            self.output_shape
+        );
+        let xs = x.try_as_plain_ram()?;
+        let wo = g.out_width.max(1);
+        let ho = g.n / wo;
+        let unit = self.pack.band_unit(&g);
+        let mut band = self.band_rows(unit, wo);
+        let executor = multithread::current_tract_executor();
+        let pool = match &executor {
+            multithread::Executor::MultiThread(pool) if self.worth_threads(&g) => Some(pool),
+            _ => None,
+        };
+        if let Some(pool) = pool {
+            // At least a band per thread where the layer has that many units.
+            let share = ho.div_ceil(pool.current_num_threads()).div_ceil(unit) * unit;
+            band = band.min(share.max(unit));
+        }
+        let job = Band {
+            g: &g,
+            xs: xs.as_slice::<i8>()?,
+            pad,
+            rest: &inputs[self.pack_inputs..],
+            blob_bytes: (band * wo).div_ceil(self.pack.r()) * self.pack.panel_len,
+            out: Output(out.as_mut_ptr()),
+        };
+        let bands: Vec<(usize, usize)> = (0..ho)
+            .step_by(band)
+            .map(|oy0| (oy0, (ho - oy0).min(band)))
+            .collect();
+        let in_order = || {
+            bands
+                .iter()
+                .try_for_each(|&(oy0, rows)| self.band(&job, oy0, rows))
+        };
+        match pool {
+            // One band per task on the pool's threads (the matmul of each runs on its own
+            // thread).
+            Some(pool) if bands.len() > 1 => pool.install(|| {
+                bands
+                    .par_iter()
+                    .try_for_each(|&(oy0, rows)| self.band(&job, oy0, rows))
+            }),
+            // A single large band runs here, where tract's executor splits its matmul.
+            Some(_) => in_order(),
+            // A small layer on one thread: waking the pool costs more than it saves.
+            None => {
+                multithread::multithread_tract_scope(multithread::Executor::SingleThread, in_order)
+            }
+        }
+    }
+
+    /// Output rows `oy0..oy0 + rows`: pack their patches, run the matmul on them, write
+    /// their requantized bytes. Bands write disjoint columns of the output.
+    fn band(&self, job: &Band, oy0: usize, rows: usize) -> TractResult<()> {
+        let mmm = &*self.matmul.mmm[0];
+        let wo = job.g.out_width;
+        let nb = rows * wo;
+        STATE.with_borrow_mut(|(scratch, blob)| -> TractResult<()> {
+            // SAFETY (both unsafe calls): tract-linalg's scratch-space contract, as OptMatMul
+            // uses it: a space is only used with a kernel that accepts it.
+            if !scratch
+                .as_ref()
+                .is_some_and(|s| unsafe { mmm.can_use_scratch_space(&**s) })
+            {
+                *scratch = Some(unsafe { mmm.allocate_scratch_space() });
+            }
+            let scratch = scratch.as_mut().unwrap();
+            let mut packed = take_blob(blob, job.blob_bytes, self.pack.align);
+            {
+                let bytes = Arc::get_mut(&mut packed).expect("take_blob returns it unshared");
+                // SAFETY: i8 and u8 have the same layout.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut i8, bytes.len())
+                };
+                self.pack
+                    .pack_band(job.g, job.xs, job.pad, oy0, rows, bytes);
+            }
+            // Kept to reuse for the next band once the matmul's inputs are dropped.
+            *blob = Some(packed.clone());
+            let value: Box<dyn MMMInputValue> = Box::new(EagerPackedInput {
+                fact: PackedExoticFact {
+                    format: self.pack.format.clone(),
+                    k: self.pack.k,
+                    mn: nb.to_dim(),
+                },
+                packed,
+                panel_bytes: self.pack.panel_len,
+                mn: nb,
+            });
+            let patches =
+                PackedMatrixStorage::new_batched(&[1, 1], tvec![value]).into_tensor(DatumType::I8);
+            let mut mm_inputs: TVec<TValue> = job.rest.iter().cloned().collect();
+            mm_inputs.insert(self.patches_slot, patches.into_tvalue());
+            let mut c_shape = self.c_shape.clone();
+            c_shape[self.n_axis] = nb;
+            // SAFETY: the kernel's Store writes every element of `c`.
+            let c = unsafe { Tensor::uninitialized_dt(DatumType::I32, &c_shape)? };
+            {
+                // Every axis but m and n has extent 1: one matmul, at the origin.
+                let origin: TVec<usize> = tvec![0; c_shape.len()];
+                let uops: TVec<FusedSpec> = self
+                    .matmul
+                    .micro_ops
+                    .iter()
+                    .map(|op| op.resolve(&mm_inputs, &origin, &c, mmm, 0))
+                    .collect();
+                // SAFETY: as in OptMatMul's own loop: the fused ops were resolved for this
+                // kernel, these inputs and an `m` × `nb` output.
+                unsafe { mmm.run_with_scratch_space(self.m, nb, scratch.as_mut(), &uops)? };
+            }
+            let acc = c.try_as_plain_ram()?;
+            let acc = acc.as_slice::<i32>()?;
+            let n = job.g.n;
+            let first = oy0 * wo;
+            // SAFETY: the output holds m rows of n bytes (checked in `run`); this band writes
+            // columns first..first + nb of each row, which no other band writes, and the
+            // slice spans from its first byte to the end of its last row.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(job.out.0.add(first), (self.m - 1) * n + nb)
+            };
+            self.requantize.run_rows(acc, nb, out, n)
+        })
+    }
+}
+
+/// What every band of one evaluation shares.
+struct Band<'a> {
+    g: &'a Geometry,
+    xs: &'a [i8],
+    pad: i8,
+    /// The matmul's inputs other than the patches.
+    rest: &'a [TValue],
+    /// Bytes of one band's packed patches.
+    blob_bytes: usize,
+    out: Output,
+}
+
+/// The output's bytes, written by bands on several threads, each to its own columns.
+struct Output(*mut u8);
+
+// SAFETY: bands write disjoint bytes through it (see `BandedConv::band`), and `run` returns
+// only after every band has finished.
+unsafe impl Send for Output {}
+unsafe impl Sync for Output {}
+
+/// The band buffer left from the last band when it is big enough, aligned and no longer
+/// shared; a new zeroed one otherwise.
+fn take_blob(kept: &mut Option<Arc<Blob>>, size: usize, align: usize) -> Arc<Blob> {
+    if let Some(b) = kept.take() {
+        if Arc::strong_count(&b) == 1
+            && b.len() >= size
+            && (b.as_ptr() as usize).is_multiple_of(align)
+        {
+            return b;
+        }
+    }
+    // SAFETY: filled with zeros right away.
+    let mut b = unsafe { Blob::new_for_size_and_align(size, align) };
+    b.as_bytes_mut().fill(0);
+    Arc::new(b)
+}
+
+impl Op for BandedConv {
+    fn name(&self) -> StaticName {
+        "BandedConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "k={}, m={}, kernel {}",
+            self.pack.k,
+            self.m,
+            self.matmul.mmm[0].name()
+        )])
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for BandedConv {
+    tract_onnx::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let dt = self.requantize.output_datum_type();
+        // SAFETY: `run` writes every byte: each band requantizes all its columns of every row.
+        let mut out = unsafe { Tensor::uninitialized_dt(dt, &self.output_shape)? };
+        {
+            let mut view = out.try_as_plain_ram_mut()?;
+            let bytes: &mut [u8] = match dt {
+                DatumType::U8 => view.as_slice_mut::<u8>()?,
+                DatumType::I8 => {
+                    let signed = view.as_slice_mut::<i8>()?;
+                    // SAFETY: i8 and u8 have the same size and alignment.
+                    unsafe {
+                        std::slice::from_raw_parts_mut(signed.as_mut_ptr() as *mut u8, signed.len())
+                    }
+                }
+                other => bail!("BandedConv: unsupported output {other:?}"),
+            };
+            self.run(&inputs, bytes)?;
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for BandedConv {
+    tract_onnx::tract_core::as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == DatumType::I8);
+        Ok(tvec!(self
+            .requantize
+            .output_datum_type()
+            .fact(&*self.output_shape)))
+    }
+}
+
+/// Replaces every PackPatches → OptMatMul → reshape → Requantize run that [`BandedConv`]
+/// computes exactly, and returns how many. The replaced nodes are left unused for the
+/// caller's next optimisation to prune.
+pub(crate) fn band_convolutions(model: &mut TypedModel) -> TractResult<usize> {
+    #[cfg(test)]
+    let band_bytes = tests::BAND_BYTES.get();
+    #[cfg(not(test))]
+    let band_bytes = BAND_BYTES;
+    let mut banded = 0;
+    for id in model.eval_order()? {
+        let Some((op, inputs, last)) = run_at(model, id, band_bytes)? else {
+            continue;
+        };
+        let name = format!("{}.banded", model.node(id).name);
+        let patch = TypedModelPatch::rewire(model, &inputs, &[last], &|p, taps| {
+            p.wire_node(&name, op.clone(), taps)
+        })?;
+        patch.apply(model)?;
+        banded += 1;
+    }
+    Ok(banded)
+}
+
+/// The op, its inputs and the outlet it replaces, when node `id` is a PackPatches that
+/// starts a run this op computes exactly.
+fn run_at(
+    model: &TypedModel,
+    id: usize,
+    band_bytes: usize,
+) -> TractResult<Option<(BandedConv, TVec<OutletId>, OutletId)>> {
+    let node = model.node(id);
+    let Some(pack) = node.op_as::<PackPatches>() else {
+        return Ok(None);
+    };
+    let patches = OutletId::new(id, 0);
+    let outputs = model.output_outlets()?;
+    let Some(mm_node) = model.single_succ(id)? else {
+        return Ok(None);
+    };
+    let Some(matmul) = mm_node.op_as::<OptMatMul>() else {
+        return Ok(None);
+    };
+    // The image: one item of known shape.
+    let image = model.outlet_fact(node.inputs[0])?;
+    if image
+        .shape
+        .as_concrete()
+        .is_none_or(|s| s.len() != 4 || s[0] != 1)
+    {
+        return Ok(None);
+    }
+    // The matmul: one kernel, patches used once as its b operand,
+    // and fused ops that act per row or on every element alike (nothing per column).
+    let slots: Vec<usize> = (0..mm_node.inputs.len())
+        .filter(|&i| mm_node.inputs[i] == patches)
+        .collect();
+    let [patches_slot] = slots[..] else {
+        return Ok(None);
+    };
+    if matmul.mmm.len() != 1 || !matches!(matmul.mode_picker, ModePicker::Single) {
+        return Ok(None);
+    }
+    let mut products = 0;
+    for op in &matmul.micro_ops {
+        match op {
+            ProtoFusedSpec::AddMatMul { a, b, packings, .. } => {
+                let b_is_patches = matches!(b, MatMulOperand::Input(i) if *i == patches_slot);
+                let a_is_patches = matches!(a, MatMulOperand::Input(i) if *i == patches_slot);
+                if !b_is_patches || a_is_patches || packings.len() != 1 || packings[0].1.is_some() {
+                    return Ok(None);
+                }
+                products += 1;
+            }
+            ProtoFusedSpec::BinPerRow(..)
+            | ProtoFusedSpec::BinScalar(..)
+            | ProtoFusedSpec::LeakyRelu(..)
+            | ProtoFusedSpec::Scaler(..)
+            | ProtoFusedSpec::Store(..) => {}
+            _ => return Ok(None),
+        }
+    }
+    let (Some(c_shape), Some(m_axis), Some(n_axis)) = (
+        matmul.c_fact.shape.as_concrete(),
+        matmul.c_m_axis,
+        matmul.c_n_axis,
+    ) else {
+        return Ok(None);
+    };
+    // Row-major m × n accumulators: every other axis of extent 1, m before n.
+    let others_unit = (0..c_shape.len())
+        .filter(|&a| a != m_axis && a != n_axis)
+        .all(|a| c_shape[a] == 1);
+    if products != 1
+        || matmul.c_fact.datum_type != DatumType::I32
+        || !others_unit
+        || m_axis > n_axis
+    {
+        return Ok(None);
+    }
+    let (m, n) = (c_shape[m_axis], c_shape[n_axis]);
+    // reshape to [1, m, n], then Requantize with one multiplier per row.
+    let mm_out = OutletId::new(mm_node.id, 0);
+    if outputs.contains(&mm_out) {
+        return Ok(None);
+    }
+    let Some(reshape) = model.single_succ(mm_node.id)? else {
+        return Ok(None);
+    };
+    if !reshape.op_is::<IntoShape>() || outputs.contains(&OutletId::new(reshape.id, 0)) {
+        return Ok(None);
+    }
+    let Some(rq_node) = model.single_succ(reshape.id)? else {
+        return Ok(None);
+    };
+    let Some(requantize) = rq_node.op_as::<Requantize>() else {
+        return Ok(None);
+    };
+    let output_shape: TVec<usize> = match rq_node.outputs[0].fact.shape.as_concrete() {
+        Some(s) if s == [1, m, n] => s.into(),
+        _ => return Ok(None),
+    };
+    if reshape.outputs[0].fact.shape.as_concrete() != Some(&output_shape[..])
+        || !requantize.is_per_row(3)
+    {
+        return Ok(None);
+    }
+    let mut inputs: TVec<OutletId> = node.inputs.iter().copied().collect();
+    inputs.extend(
+        mm_node
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != patches_slot)
+            .map(|(_, o)| *o),
+    );
+    let op = BandedConv {
+        pack: pack.clone(),
+        matmul: matmul.clone(),
+        requantize: requantize.clone(),
+        pack_inputs: node.inputs.len(),
+        patches_slot,
+        c_shape: c_shape.into(),
+        n_axis,
+        m,
+        output_shape,
+        band_bytes,
+    };
+    Ok(Some((op, inputs, OutletId::new(rq_node.id, 0))))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::Cell;
+
+    use edgedx_bundle::{Colour, InputSpec, Layout};
+    use prost::Message;
+    use tract_onnx::pb;
+
+    use super::*;
+    use crate::load::{build_with, Target};
+
+    thread_local! {
+        /// Band size of the plans this thread builds (tests shrink it to get many bands).
+        pub(crate) static BAND_BYTES: Cell<usize> = const { Cell::new(super::BAND_BYTES) };
+        /// Threading threshold of the plans this thread runs (tests lower it to 0 to
+        /// spread their small layers' bands over threads).
+        pub(crate) static PARALLEL_MACS: Cell<usize> = const { Cell::new(super::PARALLEL_MACS) };
+    }
+
+    /// One QLinearConv of the test models: output channels, kernel side, stride, dilation,
+    /// pads (top, left, bottom, right).
+    struct Layer(usize, usize, usize, usize, [i64; 4]);
+
+    fn raw<T: Copy>(
+        name: &str,
+        dt: pb::tensor_proto::DataType,
+        dims: &[usize],
+        v: &[T],
+    ) -> pb::TensorProto {
+        // SAFETY: plain numbers, read as their bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v))
+        };
+        pb::TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: dt as i32,
+            raw_data: bytes.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.into(),
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn value(name: &str, dims: &[usize]) -> pb::ValueInfoProto {
+        use pb::tensor_shape_proto::{dimension, Dimension};
+        let dim = dims
+            .iter()
+            .map(|&d| Dimension {
+                value: Some(dimension::Value::DimValue(d as i64)),
+                ..Default::default()
+            })
+            .collect();
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: pb::tensor_proto::DataType::Float as i32,
+                    shape: Some(pb::TensorShapeProto { dim }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn node(
+        op: &str,
+        inputs: &[String],
+        output: &str,
+        attribute: Vec<pb::AttributeProto>,
+    ) -> pb::NodeProto {
+        pb::NodeProto {
+            name: output.into(),
+            op_type: op.into(),
+            input: inputs.to_vec(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    /// x → QuantizeLinear → the QLinearConvs of `layers` (u8 activations, per-channel
+    /// symmetric i8 weights, i32 bias, deterministic pseudo-random values) →
+    /// DequantizeLinear → y, as onnxruntime's QOperator export writes them.
+    fn conv_model(c: usize, h: usize, w: usize, layers: &[Layer]) -> Vec<u8> {
+        use pb::tensor_proto::DataType as D;
+        let mut seed = 0x2545_f491_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let mut init = vec![
+            raw("s0", D::Float, &[], &[1.0f32 / 255.0]),
+            raw("z0", D::Uint8, &[], &[3u8]),
+        ];
+        let mut nodes = vec![node(
+            "QuantizeLinear",
+            &["x".into(), "s0".into(), "z0".into()],
+            "q0",
+            vec![],
+        )];
+        let mut cin = c;
+        for (i, Layer(cout, k, stride, dilation, pads)) in layers.iter().enumerate() {
+            let n = |s: &str| format!("{s}{i}");
+            let weights: Vec<i8> = (0..cout * cin * k * k)
+                .map(|_| (next() % 255) as i8)
+                .collect();
+            let bias: Vec<i32> = (0..*cout)
+                .map(|_| (next() % 20001) as i32 - 10000)
+                .collect();
+            let scales: Vec<f32> = (0..*cout)
+                .map(|_| 1e-3 + (next() % 1000) as f32 * 1e-6)
+                .collect();
+            init.push(raw(&n("w"), D::Int8, &[*cout, cin, *k, *k], &weights));
+            init.push(raw(&n("ws"), D::Float, &[*cout], &scales));
+            init.push(raw(&n("wz"), D::Int8, &[*cout], &vec![0i8; *cout]));
+            init.push(raw(&n("b"), D::Int32, &[*cout], &bias));
+            init.push(raw(&n("ys"), D::Float, &[], &[0.05f32 + 0.01 * i as f32]));
+            init.push(raw(&n("yz"), D::Uint8, &[], &[(100 + 7 * i) as u8]));
+            let inputs: Vec<String> = [
+                format!("q{i}"),
+                format!("s{i}"),
+                format!("z{i}"),
+                n("w"),
+                n("ws"),
+                n("wz"),
+                n("ys"),
+                n("yz"),
+                n("b"),
+            ]
+            .into();
+            let attrs = vec![
+                ints("kernel_shape", &[*k as i64, *k as i64]),
+                ints("strides", &[*stride as i64; 2]),
+                ints("dilations", &[*dilation as i64; 2]),
+                ints("pads", pads),
+            ];
+            nodes.push(node("QLinearConv", &inputs, &format!("q{}", i + 1), attrs));
+            // The next layer's input scale and zero point are this layer's output ones.
+            init.push(raw(
+                &format!("s{}", i + 1),
+                D::Float,
+                &[],
+                &[0.05f32 + 0.01 * i as f32],
+            ));
+            init.push(raw(
+                &format!("z{}", i + 1),
+                D::Uint8,
+                &[],
+                &[(100 + 7 * i) as u8],
+            ));
+            cin = *cout;
+        }
+        let last = layers.len();
+        nodes.push(node(
+            "DequantizeLinear",
+            &[format!("q{last}"), format!("s{last}"), format!("z{last}")],
+            "y",
+            vec![],
+        ));
+        let model = pb::ModelProto {
+            ir_version: 7,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(pb::GraphProto {
+                name: "banded".into(),
+                node: nodes,
+                initializer: init,
+                input: vec![value("x", &[1, c, h, w])],
+                output: vec![pb::ValueInfoProto {
+                    name: "y".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        model.encode_to_vec()
+    }
+
+    fn outputs(plan: &crate::Plan, shape: &[usize], data: &[f32]) -> Vec<u32> {
+        let input = Tensor::from_shape(shape, data).unwrap();
+        let out = plan.run(tvec!(input.into_tvalue())).unwrap();
+        let view = out[0].to_plain_array_view::<f32>().unwrap();
+        view.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Odd geometries (outputs that end inside a panel, strides, dilations, asymmetric
+    /// padding, rows narrower than a panel) in bands of one panel unit, a few units and the
+    /// default size: the banded plan gives the bits of tract's own unrewritten plan.
+    #[test]
+    fn banded_convolutions_match_the_unrewritten_plan() {
+        // (channels, height, width, convolutions with patches, layers): tract runs a 1×1
+        // stride-1 convolution as a plain matmul, with no patches to band.
+        let models = [
+            (
+                3,
+                15,
+                13,
+                2,
+                vec![Layer(8, 3, 2, 1, [1, 0, 2, 1]), Layer(16, 3, 1, 1, [1; 4])],
+            ),
+            (
+                1,
+                17,
+                17,
+                2,
+                vec![Layer(24, 3, 1, 1, [1; 4]), Layer(5, 5, 1, 2, [4; 4])],
+            ),
+            (
+                3,
+                9,
+                40,
+                1,
+                vec![Layer(32, 1, 1, 1, [0; 4]), Layer(7, 3, 3, 1, [0, 2, 1, 0])],
+            ),
+        ];
+        for (m, (c, h, w, patched, layers)) in models.iter().enumerate() {
+            let bytes = conv_model(*c, *h, *w, layers);
+            let spec = InputSpec {
+                tensor: "x".into(),
+                layout: Layout::Nchw,
+                height: *h as u32,
+                width: *w as u32,
+                channels: *c as u32,
+                colour: if *c == 3 { Colour::Rgb } else { Colour::Grey },
+                mean: vec![0.0; *c],
+                std: vec![1.0; *c],
+            };
+            let target = Target {
+                input: &spec,
+                output_tensor: "y",
+                batch: 1,
+            };
+            let plain = build_with(&bytes, &target, false).unwrap();
+            let shape = [1, *c, *h, *w];
+            let len = c * h * w;
+            let inputs: Vec<Vec<f32>> = (1..4u32)
+                .map(|s| {
+                    (0..len as u32)
+                        .map(|i: u32| ((i.wrapping_mul(2654435761) ^ s) % 1000) as f32 / 999.0)
+                        .collect()
+                })
+                .collect();
+            for band_bytes in [1, 20_000, super::BAND_BYTES] {
+                BAND_BYTES.set(band_bytes);
+                let banded = build_with(&bytes, &target, true).unwrap();
+                BAND_BYTES.set(super::BAND_BYTES);
+                let count = banded
+                    .plan
+                    .model()
+                    .nodes()
+                    .iter()
+                    .filter(|n| n.op_is::<BandedConv>())
+                    .count();
+                assert_eq!(count, *patched, "model {m}: {:?}", banded.patches);
+                for data in &inputs {
+                    let (want, got) = (
+                        outputs(&plain.plan, &shape, data),
+                        outputs(&banded.plan, &shape, data),
+                    );
+                    assert_eq!(want.len(), got.len());
+                    let differ = want.iter().zip(&got).position(|(a, b)| a != b);
+                    assert_eq!(
+                        differ, None,
+                        "model {m}, bands of {band_bytes} bytes: first difference"
+                    );
+                    // Bands spread over a pool's threads write the same bytes.
+                    let pool = crate::threads::executor_for(3).unwrap();
+                    PARALLEL_MACS.set(0);
+                    let threaded =
+                        crate::threads::scope(pool, || outputs(&banded.plan, &shape, data));
+                    PARALLEL_MACS.set(super::PARALLEL_MACS);
+                    assert_eq!(
+                        threaded, want,
+                        "model {m}, bands of {band_bytes} bytes, 3 threads"
+                    );
+                }
+            }
+        }
+    }
+}
