@@ -81,6 +81,11 @@ impl BandedConv {
         unit * (columns / (unit * out_width).max(1)).max(1)
     }
 
+    /// The tract matmul each band runs (its kernel is what `edgedx info` reports).
+    pub(crate) fn matmul(&self) -> &OptMatMul {
+        &self.matmul
+    }
+
     /// Whether the layer has enough multiply-adds to spread over threads.
     fn worth_threads(&self, g: &Geometry) -> bool {
         #[cfg(test)]

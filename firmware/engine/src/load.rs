@@ -423,7 +423,11 @@ fn describe(model: &TypedModel) -> (Vec<String>, Vec<(String, usize)>) {
     let mut ops: HashMap<String, usize> = HashMap::new();
     for node in model.nodes() {
         *ops.entry(node.op.name().to_string()).or_default() += 1;
-        if let Some(mm) = node.op_as::<OptMatMul>() {
+        let matmul = node.op_as::<OptMatMul>().or_else(|| {
+            node.op_as::<crate::banded::BandedConv>()
+                .map(|b| b.matmul())
+        });
+        if let Some(mm) = matmul {
             for k in &mm.mmm {
                 let name = k.name().to_string();
                 if !kernels.contains(&name) {
