@@ -51,6 +51,9 @@ pub struct ThreadResult {
     pub max_prob_diff: [f64; 2],
     /// Top-1 class equal between edgedx and onnxruntime in every round: [int8, fp32].
     pub same_top1: [bool; 2],
+    /// The product's preprocessing of the decoded image into the input tensor
+    /// (`edgedx_ingest::preprocess`: resize, colour, normalisation), ms, once per round.
+    pub preprocess: Summary,
 }
 
 impl ThreadResult {
@@ -144,7 +147,14 @@ pub fn run_group(
         };
 
         // One round: every active runner once, rotated start. Returns ms per runner.
-        let mut round = |r: usize, probs: &mut [Vec<f32>; 4]| -> Result<[f64; 4]> {
+        let mut fresh = vec![0f32; spec.item_len()];
+        let mut round = |r: usize, probs: &mut [Vec<f32>; 4]| -> Result<([f64; 4], f64)> {
+            let started = Instant::now();
+            edgedx_ingest::preprocess(&image, spec, &mut fresh)?;
+            let pre_ms = started.elapsed().as_secs_f64() * 1e3;
+            if fresh != input {
+                bail!("preprocessing the same image twice gave different tensors");
+            }
             let mut ms = [f64::NAN; 4];
             for k in 0..active.len() {
                 let runner = active[(r + k) % active.len()];
@@ -166,7 +176,7 @@ pub fn run_group(
                     }
                 }
             }
-            Ok(ms)
+            Ok((ms, pre_ms))
         };
 
         let mut probs: [Vec<f32>; 4] = Default::default();
@@ -185,10 +195,12 @@ pub fn run_group(
         );
 
         let mut series: [Vec<f64>; 4] = Default::default();
+        let mut pre_series = Vec::new();
         let mut max_diff = [0f64; 2];
         let mut same_top1 = [true; 2];
         for r in 0..rounds {
-            let ms = round(r, &mut probs)?;
+            let (ms, pre_ms) = round(r, &mut probs)?;
+            pre_series.push(pre_ms);
             for i in &active {
                 series[*i].push(ms[*i]);
             }
@@ -223,6 +235,7 @@ pub fn run_group(
                 .collect(),
             max_prob_diff: if have_ort { max_diff } else { [f64::NAN; 2] },
             same_top1,
+            preprocess: Summary::of(&pre_series).unwrap_or(nan),
         });
     }
     // The load children of the next group are separate processes; this only keeps the

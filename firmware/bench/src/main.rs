@@ -94,6 +94,18 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
+    /// Decode one image and preprocess it RUNS times into the bundle's input tensor; used by
+    /// qemu-insn.sh to count preprocessing's instructions (the NEON path on aarch64) against
+    /// an inference's.
+    Preprocess {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Default: the first image in the bundle's samples/ directory.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
     /// Where the time goes: each operator kind's share of one inference, for the given
     /// variants of a bundle, on the fixed input `infer` uses (single-threaded).
     Profile {
@@ -120,6 +132,11 @@ fn main() -> ExitCode {
             variant,
             runs,
         }) => infer(&bundle, &variant, runs),
+        Some(Command::Preprocess {
+            bundle,
+            image,
+            runs,
+        }) => preprocess(&bundle, image.as_deref(), runs),
         Some(Command::Profile {
             bundle,
             variants,
@@ -184,6 +201,41 @@ fn infer(bundle: &Path, variant: &str, runs: usize) -> Result<()> {
         top.0,
         top.1,
         model.report().kernels.join(",")
+    );
+    Ok(())
+}
+
+fn preprocess(bundle_dir: &Path, image: Option<&Path>, runs: usize) -> Result<()> {
+    let bundle = Bundle::open(bundle_dir)?;
+    let image = match image {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let samples = bundle_dir.join("samples");
+            let mut found: Vec<PathBuf> = std::fs::read_dir(&samples)
+                .with_context(|| format!("listing {}", samples.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "png" || x == "jpg"))
+                .collect();
+            found.sort();
+            found
+                .into_iter()
+                .next()
+                .with_context(|| format!("no PNG or JPEG in {}", samples.display()))?
+        }
+    };
+    let decoded = edgedx_ingest::load_path(&image, &edgedx_ingest::Limits::default())
+        .with_context(|| format!("reading {}", image.display()))?;
+    let spec = bundle.input();
+    let mut input = vec![0f32; spec.item_len()];
+    let mut sum = 0f64;
+    for _ in 0..runs {
+        edgedx_ingest::preprocess(&decoded, spec, &mut input)?;
+        sum += input.iter().map(|v| f64::from(*v)).sum::<f64>();
+    }
+    eprintln!(
+        "preprocessed {} {runs} time(s) into {} values (checksum {sum:.3})",
+        image.display(),
+        input.len()
     );
     Ok(())
 }

@@ -80,12 +80,13 @@ pub fn console(results: &[GroupResult], have_ort: bool) -> String {
             if have_ort {
                 let _ = write!(
                     s,
-                    "  ort int8/fp32 {:>5}  edgedx/ort int8 {:>5} fp32 {:>5}  max|dp| int8 {:.2e} fp32 {:.2e}",
+                    "  ort int8/fp32 {:>5}  edgedx/ort int8 {:>5} fp32 {:>5}  max|dp| int8 {:.2e} fp32 {:.2e}  preprocessing/int8 {:>5}",
                     ratio(t.median(2), t.median(3)),
                     ratio(t.median(0), t.median(2)),
                     ratio(t.median(1), t.median(3)),
                     t.max_prob_diff[0],
                     t.max_prob_diff[1],
+                    ratio(t.preprocess.median, t.median(0)),
                 );
             }
             s.push('\n');
@@ -157,20 +158,21 @@ pub fn markdown(info: &RunInfo, results: &[GroupResult]) -> String {
     );
     let _ = writeln!(
         s,
-        "| model | threads | edgedx int8/fp32 | ort int8/fp32 | edgedx/ort int8 | edgedx/ort fp32 | max abs Δp int8 | max abs Δp fp32 | same top-1 | rounds |"
+        "| model | threads | edgedx int8/fp32 | ort int8/fp32 | edgedx/ort int8 | edgedx/ort fp32 | preprocessing/edgedx int8 | max abs Δp int8 | max abs Δp fp32 | same top-1 | rounds |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for g in results {
         for t in &g.runs {
             let _ = writeln!(
                 s,
-                "| {} | {} | **{}** | {} | {} | {} | {:.1e} | {:.1e} | {} | {} |",
+                "| {} | {} | **{}** | {} | {} | {} | {} | {:.1e} | {:.1e} | {} | {} |",
                 g.group.name,
                 threads_label(t, have_ort),
                 ratio(t.median(0), t.median(1)),
                 ratio(t.median(2), t.median(3)),
                 ratio(t.median(0), t.median(2)),
                 ratio(t.median(1), t.median(3)),
+                ratio(t.preprocess.median, t.median(0)),
                 t.max_prob_diff[0],
                 t.max_prob_diff[1],
                 if !have_ort {
@@ -186,11 +188,16 @@ pub fn markdown(info: &RunInfo, results: &[GroupResult]) -> String {
     }
 
     let _ = writeln!(s, "\n## Latency (ms per image, median [p10–p90])\n");
-    let _ = writeln!(s, "| model | threads | {} |", RUNNERS.join(" | "));
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| model | threads | {} | preprocessing |",
+        RUNNERS.join(" | ")
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     for g in results {
         for t in &g.runs {
-            let cells: Vec<String> = t.latency.iter().map(latency).collect();
+            let mut cells: Vec<String> = t.latency.iter().map(latency).collect();
+            cells.push(latency(&t.preprocess));
             let _ = writeln!(
                 s,
                 "| {} | {} | {} |",
