@@ -31,7 +31,7 @@ use tract_onnx::tract_core::ops::matmul::ModePicker;
 use rayon::prelude::*;
 use tract_onnx::prelude::multithread;
 
-use crate::epilogue::Requantize;
+use crate::epilogue::{byte_tensor, Requantize};
 use crate::im2col::{Geometry, PackPatches};
 
 /// Bytes of packed patches plus i32 accumulators per band (at least one band unit).
@@ -292,22 +292,11 @@ impl EvalOp for BandedConv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let dt = self.requantize.output_datum_type();
         // SAFETY: `run` writes every byte: each band requantizes all its columns of every row.
-        let mut out = unsafe { Tensor::uninitialized_dt(dt, &self.output_shape)? };
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            let bytes: &mut [u8] = match dt {
-                DatumType::U8 => view.as_slice_mut::<u8>()?,
-                DatumType::I8 => {
-                    let signed = view.as_slice_mut::<i8>()?;
-                    // SAFETY: i8 and u8 have the same size and alignment.
-                    unsafe {
-                        std::slice::from_raw_parts_mut(signed.as_mut_ptr() as *mut u8, signed.len())
-                    }
-                }
-                other => bail!("BandedConv: unsupported output {other:?}"),
-            };
-            self.run(&inputs, bytes)?;
-        }
+        let out = unsafe {
+            byte_tensor(dt, &self.output_shape, "BandedConv", |bytes| {
+                self.run(&inputs, bytes)
+            })?
+        };
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -332,28 +321,16 @@ pub(crate) fn band_convolutions(model: &mut TypedModel) -> TractResult<usize> {
     let band_bytes = tests::BAND_BYTES.get();
     #[cfg(not(test))]
     let band_bytes = BAND_BYTES;
-    let mut banded = 0;
-    for id in model.eval_order()? {
-        let Some((op, inputs, last)) = run_at(model, id, band_bytes)? else {
-            continue;
-        };
-        let name = format!("{}.banded", model.node(id).name);
-        let patch = TypedModelPatch::rewire(model, &inputs, &[last], &|p, taps| {
-            p.wire_node(&name, op.clone(), taps)
-        })?;
-        patch.apply(model)?;
-        banded += 1;
-    }
-    Ok(banded)
+    crate::rewrite::replace_runs(model, "banded", |model, id| run_at(model, id, band_bytes))
 }
 
-/// The op, its inputs and the outlet it replaces, when node `id` is a PackPatches that
+/// The inputs, the outlet replaced and the op, when node `id` is a PackPatches that
 /// starts a run this op computes exactly.
 fn run_at(
     model: &TypedModel,
     id: usize,
     band_bytes: usize,
-) -> TractResult<Option<(BandedConv, TVec<OutletId>, OutletId)>> {
+) -> TractResult<Option<(TVec<OutletId>, OutletId, BandedConv)>> {
     let node = model.node(id);
     let Some(pack) = node.op_as::<PackPatches>() else {
         return Ok(None);
@@ -471,7 +448,7 @@ fn run_at(
         output_shape,
         band_bytes,
     };
-    Ok(Some((op, inputs, OutletId::new(rq_node.id, 0))))
+    Ok(Some((inputs, OutletId::new(rq_node.id, 0), op)))
 }
 
 #[cfg(test)]

@@ -316,26 +316,45 @@ impl EvalOp for Requantize {
         let shape: TVec<usize> = x.shape().into();
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<i32>()?;
-        // Every element is written below.
-        let mut out = unsafe { Tensor::uninitialized_dt(self.output_type(), &shape)? };
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            let bytes: &mut [u8] = match self.output_type() {
-                DatumType::U8 => view.as_slice_mut::<u8>()?,
-                DatumType::I8 => {
-                    let signed = view.as_slice_mut::<i8>()?;
-                    // SAFETY: i8 and u8 have the same size and alignment; the bytes written
-                    // are the i8 bit patterns (see `mask`).
-                    unsafe {
-                        std::slice::from_raw_parts_mut(signed.as_mut_ptr() as *mut u8, signed.len())
-                    }
-                }
-                other => bail!("Requantize: unsupported output {other:?}"),
-            };
-            self.run(xs, &shape, bytes)?;
-        }
+        // SAFETY: `run` writes every element.
+        let out = unsafe {
+            byte_tensor(self.output_type(), &shape, "Requantize", |bytes| {
+                self.run(xs, &shape, bytes)
+            })?
+        };
         Ok(tvec!(out.into_tvalue()))
     }
+}
+
+/// A new U8 or I8 tensor of `shape` whose bytes `fill` writes (i8 values as their bit
+/// patterns, see `Requantize::mask`).
+///
+/// # Safety
+/// `fill` must write every byte: the tensor starts uninitialised.
+pub(crate) unsafe fn byte_tensor(
+    dt: DatumType,
+    shape: &[usize],
+    op: &str,
+    fill: impl FnOnce(&mut [u8]) -> TractResult<()>,
+) -> TractResult<Tensor> {
+    // SAFETY: the caller writes every element through `fill`.
+    let mut out = unsafe { Tensor::uninitialized_dt(dt, shape)? };
+    {
+        let mut view = out.try_as_plain_ram_mut()?;
+        let bytes: &mut [u8] = match dt {
+            DatumType::U8 => view.as_slice_mut::<u8>()?,
+            DatumType::I8 => {
+                let signed = view.as_slice_mut::<i8>()?;
+                // SAFETY: i8 and u8 have the same size and alignment.
+                unsafe {
+                    std::slice::from_raw_parts_mut(signed.as_mut_ptr() as *mut u8, signed.len())
+                }
+            }
+            other => bail!("{op}: unsupported output {other:?}"),
+        };
+        fill(bytes)?;
+    }
+    Ok(out)
 }
 
 impl TypedOp for Requantize {
@@ -351,19 +370,9 @@ impl TypedOp for Requantize {
 /// returns how many. The replaced nodes are left unused; the caller's next optimisation
 /// prunes them.
 pub(crate) fn fuse_requantization(model: &mut TypedModel) -> TractResult<usize> {
-    let mut fused = 0;
-    for id in model.eval_order()? {
-        let Some((x, last, op)) = chain_at(model, id)? else {
-            continue;
-        };
-        let name = format!("{}.requantize", model.node(id).name);
-        let patch = TypedModelPatch::rewire(model, &[x], &[last], &|p, taps| {
-            p.wire_node(&name, op.clone(), taps)
-        })?;
-        patch.apply(model)?;
-        fused += 1;
-    }
-    Ok(fused)
+    crate::rewrite::replace_runs(model, "requantize", |model, id| {
+        Ok(chain_at(model, id)?.map(|(x, last, op)| (tvec![x], last, op)))
+    })
 }
 
 /// If node `id` is a `Scale` that starts a chain this module can fuse: the accumulator

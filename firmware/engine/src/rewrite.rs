@@ -159,6 +159,30 @@ pub(crate) fn replace_nodes<O: TypedOp>(
     Ok(replaced)
 }
 
+/// Replaces, in evaluation order, every run of nodes that `find` matches at a node: `find`
+/// gives the run's inputs, its last outlet and the op that computes it, and the run's
+/// consumers are rewired to a new node named after the first one plus `suffix`. Returns how
+/// many runs were replaced; the caller's next optimisation prunes the replaced nodes.
+pub(crate) fn replace_runs<O: TypedOp + Clone>(
+    model: &mut TypedModel,
+    suffix: &str,
+    find: impl Fn(&TypedModel, usize) -> TractResult<Option<(TVec<OutletId>, OutletId, O)>>,
+) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let Some((inputs, last, op)) = find(model, id)? else {
+            continue;
+        };
+        let name = format!("{}.{suffix}", model.node(id).name);
+        let patch = TypedModelPatch::rewire(model, &inputs, &[last], &|p, taps| {
+            p.wire_node(&name, op.clone(), taps)
+        })?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
 /// `Some(x)` when node `id` is a plain tract `Sub(x, p)` whose value is exactly `x`: `p` is
 /// `Mul(c, y)` or `Mul(y, c)` with `c` a constant all-zero integer tensor, the Sub is the
 /// Mul's only consumer, and `x` has the Sub's output shape and datum type (so no consumer
