@@ -471,8 +471,15 @@ pub(crate) mod tests {
     }
 
     /// One QLinearConv of the test models: output channels, kernel side, stride, dilation,
-    /// pads (top, left, bottom, right).
-    struct Layer(usize, usize, usize, usize, [i64; 4]);
+    /// pads (top, left, bottom, right), groups.
+    pub(crate) struct Layer(
+        pub(crate) usize,
+        pub(crate) usize,
+        pub(crate) usize,
+        pub(crate) usize,
+        pub(crate) [i64; 4],
+        pub(crate) usize,
+    );
 
     fn raw<T: Copy>(
         name: &str,
@@ -543,7 +550,7 @@ pub(crate) mod tests {
     /// x → QuantizeLinear → the QLinearConvs of `layers` (u8 activations, per-channel
     /// symmetric i8 weights, i32 bias, deterministic pseudo-random values) →
     /// DequantizeLinear → y, as onnxruntime's QOperator export writes them.
-    fn conv_model(c: usize, h: usize, w: usize, layers: &[Layer]) -> Vec<u8> {
+    pub(crate) fn conv_model(c: usize, h: usize, w: usize, layers: &[Layer]) -> Vec<u8> {
         use pb::tensor_proto::DataType as D;
         let mut seed = 0x2545_f491_u32;
         let mut next = move || {
@@ -563,9 +570,10 @@ pub(crate) mod tests {
             vec![],
         )];
         let mut cin = c;
-        for (i, Layer(cout, k, stride, dilation, pads)) in layers.iter().enumerate() {
+        for (i, Layer(cout, k, stride, dilation, pads, group)) in layers.iter().enumerate() {
             let n = |s: &str| format!("{s}{i}");
-            let weights: Vec<i8> = (0..cout * cin * k * k)
+            let per_group = cin / group;
+            let weights: Vec<i8> = (0..cout * per_group * k * k)
                 .map(|_| (next() % 255) as i8)
                 .collect();
             let bias: Vec<i32> = (0..*cout)
@@ -574,7 +582,7 @@ pub(crate) mod tests {
             let scales: Vec<f32> = (0..*cout)
                 .map(|_| 1e-3 + (next() % 1000) as f32 * 1e-6)
                 .collect();
-            init.push(raw(&n("w"), D::Int8, &[*cout, cin, *k, *k], &weights));
+            init.push(raw(&n("w"), D::Int8, &[*cout, per_group, *k, *k], &weights));
             init.push(raw(&n("ws"), D::Float, &[*cout], &scales));
             init.push(raw(&n("wz"), D::Int8, &[*cout], &vec![0i8; *cout]));
             init.push(raw(&n("b"), D::Int32, &[*cout], &bias));
@@ -597,6 +605,12 @@ pub(crate) mod tests {
                 ints("strides", &[*stride as i64; 2]),
                 ints("dilations", &[*dilation as i64; 2]),
                 ints("pads", pads),
+                pb::AttributeProto {
+                    name: "group".into(),
+                    r#type: pb::attribute_proto::AttributeType::Int as i32,
+                    i: *group as i64,
+                    ..Default::default()
+                },
             ];
             nodes.push(node("QLinearConv", &inputs, &format!("q{}", i + 1), attrs));
             // The next layer's input scale and zero point are this layer's output ones.
@@ -643,7 +657,32 @@ pub(crate) mod tests {
         model.encode_to_vec()
     }
 
-    fn outputs(plan: &crate::Plan, shape: &[usize], data: &[f32]) -> Vec<u32> {
+    /// The test models' input: `x`, NCHW, values in [0, 1].
+    pub(crate) fn input_spec(c: usize, h: usize, w: usize) -> InputSpec {
+        InputSpec {
+            tensor: "x".into(),
+            layout: Layout::Nchw,
+            height: h as u32,
+            width: w as u32,
+            channels: c as u32,
+            colour: if c == 3 { Colour::Rgb } else { Colour::Grey },
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+        }
+    }
+
+    /// Deterministic inputs in [0, 1] for an image of `len` values.
+    pub(crate) fn test_inputs(len: usize) -> Vec<Vec<f32>> {
+        (1..4u32)
+            .map(|s| {
+                (0..len as u32)
+                    .map(|i: u32| ((i.wrapping_mul(2654435761) ^ s) % 1000) as f32 / 999.0)
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub(crate) fn outputs(plan: &crate::Plan, shape: &[usize], data: &[f32]) -> Vec<u32> {
         let input = Tensor::from_shape(shape, data).unwrap();
         let out = plan.run(tvec!(input.into_tvalue())).unwrap();
         let view = out[0].to_plain_array_view::<f32>().unwrap();
@@ -663,35 +702,32 @@ pub(crate) mod tests {
                 15,
                 13,
                 2,
-                vec![Layer(8, 3, 2, 1, [1, 0, 2, 1]), Layer(16, 3, 1, 1, [1; 4])],
+                vec![
+                    Layer(8, 3, 2, 1, [1, 0, 2, 1], 1),
+                    Layer(16, 3, 1, 1, [1; 4], 1),
+                ],
             ),
             (
                 1,
                 17,
                 17,
                 2,
-                vec![Layer(24, 3, 1, 1, [1; 4]), Layer(5, 5, 1, 2, [4; 4])],
+                vec![Layer(24, 3, 1, 1, [1; 4], 1), Layer(5, 5, 1, 2, [4; 4], 1)],
             ),
             (
                 3,
                 9,
                 40,
                 1,
-                vec![Layer(32, 1, 1, 1, [0; 4]), Layer(7, 3, 3, 1, [0, 2, 1, 0])],
+                vec![
+                    Layer(32, 1, 1, 1, [0; 4], 1),
+                    Layer(7, 3, 3, 1, [0, 2, 1, 0], 1),
+                ],
             ),
         ];
         for (m, (c, h, w, patched, layers)) in models.iter().enumerate() {
             let bytes = conv_model(*c, *h, *w, layers);
-            let spec = InputSpec {
-                tensor: "x".into(),
-                layout: Layout::Nchw,
-                height: *h as u32,
-                width: *w as u32,
-                channels: *c as u32,
-                colour: if *c == 3 { Colour::Rgb } else { Colour::Grey },
-                mean: vec![0.0; *c],
-                std: vec![1.0; *c],
-            };
+            let spec = input_spec(*c, *h, *w);
             let target = Target {
                 input: &spec,
                 output_tensor: "y",
@@ -700,13 +736,7 @@ pub(crate) mod tests {
             let plain = build_with(&bytes, &target, false).unwrap();
             let shape = [1, *c, *h, *w];
             let len = c * h * w;
-            let inputs: Vec<Vec<f32>> = (1..4u32)
-                .map(|s| {
-                    (0..len as u32)
-                        .map(|i: u32| ((i.wrapping_mul(2654435761) ^ s) % 1000) as f32 / 999.0)
-                        .collect()
-                })
-                .collect();
+            let inputs = test_inputs(len);
             for band_bytes in [1, 20_000, super::BAND_BYTES] {
                 BAND_BYTES.set(band_bytes);
                 let banded = build_with(&bytes, &target, true).unwrap();

@@ -74,11 +74,32 @@ impl Requantize {
         self.output_type()
     }
 
-    /// Whether the multipliers run along axis 1 of a rank-3 `[1, rows, cols]` input (or
-    /// are one for all), so that each row of it has one multiplier: what
-    /// [`Requantize::run_rows`] needs.
+    /// Whether the multipliers run along the second-to-last axis of a `[1, rows, cols]` or
+    /// `[rows, cols]` input (or are one for all), so that each row has one multiplier: what
+    /// [`Requantize::run_rows`] and [`Requantize::run_row`] need.
     pub(crate) fn is_per_row(&self, rank: usize) -> bool {
-        rank == 3 && matches!(self.axis, None | Some(1))
+        (rank == 2 || rank == 3) && (self.axis.is_none() || self.axis == Some(rank - 2))
+    }
+
+    /// Row `row` of such an input (`x`, one row of accumulators) into `out`.
+    pub(crate) fn run_row(&self, x: &[i32], row: usize, out: &mut [u8]) -> TractResult<()> {
+        let scales = self.scale.try_as_plain_ram()?;
+        let scales = scales.as_slice::<f32>()?;
+        let index = if self.axis.is_some() { row } else { 0 };
+        let Some(&s) = scales.get(index) else {
+            bail!(
+                "Requantize: no multiplier for row {row} of {}",
+                scales.len()
+            );
+        };
+        ensure!(
+            x.len() == out.len(),
+            "Requantize: {} values into {} bytes",
+            x.len(),
+            out.len()
+        );
+        self.run_values(x, |_| s, out);
+        Ok(())
     }
 
     /// A block of `rows` accumulator rows of `cols` values (`x`, row-major, row `r` having

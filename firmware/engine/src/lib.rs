@@ -7,6 +7,7 @@
 
 mod banded;
 mod cpu;
+mod depthwise;
 mod epilogue;
 mod error;
 mod im2col;

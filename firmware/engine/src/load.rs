@@ -166,6 +166,7 @@ pub(crate) fn build_with(
     if rewrite {
         let nodes = optimized.nodes().len();
         let mut banded = 0;
+        let mut depthwise = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
         let removed = rewrite::drop_zero_products(&mut optimized)
@@ -190,12 +191,17 @@ pub(crate) fn build_with(
             // Last, on the optimised plan: it takes tract's matmuls as tract built them.
             banded = crate::banded::band_convolutions(&mut optimized)
                 .map_err(|e| load_err(format!("banding the int8 convolutions failed: {e:#}")))?;
+            depthwise = crate::depthwise::direct_depthwise(&mut optimized).map_err(|e| {
+                load_err(format!(
+                    "replacing the int8 depthwise convolutions failed: {e:#}"
+                ))
+            })?;
             optimized
                 .compact()
                 .map_err(|e| load_err(format!("pruning the rewritten plan failed: {e:#}")))?;
             log::debug!(
                 "int8 rewrites: {folded_chains} constant chains, {removed} zero-point terms, {packers} packings, {pools} max \
-                 pools, {fused} requantizations, {banded} banded; plan {nodes} -> {} nodes",
+                 pools, {fused} requantizations, {banded} banded, {depthwise} depthwise; plan {nodes} -> {} nodes",
                 optimized.nodes().len()
             );
         }
@@ -219,6 +225,12 @@ pub(crate) fn build_with(
                 "ran",
                 "int8 convolution",
                 " a band of output rows at a time",
+            ),
+            (
+                depthwise,
+                "computed",
+                "int8 depthwise convolution",
+                " directly",
             ),
             (
                 fused,

@@ -1,0 +1,500 @@
+//! Int8 depthwise convolutions computed directly.
+//!
+//! tract 0.23.9 has a float `DepthWiseConv` but no integer one: an int8 depthwise
+//! convolution (one input channel per group) becomes an `Im2col` of every channel's patches
+//! and one integer matmul per channel, each a single row run on a kernel of 8 or 16 rows.
+//! On MobileNetV2 (the benchmark's edge224) those took 357 of the int8 plan's 398 ms, 17
+//! times the whole fp32 inference.
+//!
+//! [`DepthwiseInt8`] replaces `Im2col → OptMatMul → [Add|Sub constant]* → reshape →
+//! Requantize` with a direct loop per channel: the channel's accumulator row starts at its
+//! constant terms (the matmul's per-row Add and the following constant Adds and Subs), each
+//! kernel tap adds `w * x` over whole output rows (a loop the compiler vectorizes), and the
+//! row is requantized by the same [`Requantize`]. Integer sums in i32 with wrapping adds are
+//! exact in any order, so the output is the same bit for bit. The weights come back out of
+//! tract's packed kernels (K4 or k-major panels) at load.
+
+use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
+use tract_linalg::pack::{PackedFormat, PackedI8K4};
+use tract_linalg::BinOp;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::change_axes::IntoShape;
+use tract_onnx::tract_core::ops::cnn::conv::Im2Col;
+use tract_onnx::tract_core::ops::cnn::PoolSpec;
+use tract_onnx::tract_core::ops::math::{Add, Sub};
+use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
+use tract_onnx::tract_core::ops::matmul::ModePicker;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use crate::epilogue::{byte_tensor, Requantize};
+
+/// A depthwise int8 convolution and its requantization, one channel at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DepthwiseInt8 {
+    pool_spec: PoolSpec,
+    /// `channels × taps` weights, tap = ky · kw + kx.
+    weights: Vec<i8>,
+    /// Per channel: every constant the plan adds to the accumulators (wrapping).
+    offsets: Vec<i32>,
+    /// The value of padded input positions (the zero point, shifted to i8).
+    pad: i8,
+    requantize: Requantize,
+    output_shape: TVec<usize>,
+}
+
+impl DepthwiseInt8 {
+    fn channels(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn run(&self, x: &Tensor, out: &mut [u8]) -> TractResult<()> {
+        let shape = x.shape();
+        let hw = match (self.pool_spec.data_format, shape) {
+            (DataFormat::CHW, [c, h, w]) | (DataFormat::NCHW, [1, c, h, w])
+                if *c == self.channels() =>
+            {
+                [*h, *w]
+            }
+            _ => bail!("DepthwiseInt8: input of shape {shape:?}"),
+        };
+        let padded = self.pool_spec.computed_padding(&hw);
+        let (ho, wo) = (padded[0].convoluted, padded[1].convoluted);
+        let n = ho * wo;
+        ensure!(
+            out.len() == self.channels() * n,
+            "DepthwiseInt8: {n} output positions for an output of {:?}",
+            self.output_shape
+        );
+        let xs = x.try_as_plain_ram()?;
+        let xs = xs.as_slice::<i8>()?;
+        let geometry = Plane {
+            height: hw[0],
+            width: hw[1],
+            out: [ho, wo],
+            kernel: [
+                self.pool_spec.kernel_shape[0],
+                self.pool_spec.kernel_shape[1],
+            ],
+            stride: self
+                .pool_spec
+                .strides()
+                .to_vec()
+                .try_into()
+                .unwrap_or([1, 1]),
+            dilation: self
+                .pool_spec
+                .dilations()
+                .to_vec()
+                .try_into()
+                .unwrap_or([1, 1]),
+            pad: [padded[0].pad_before, padded[1].pad_before],
+        };
+        let taps = geometry.kernel[0] * geometry.kernel[1];
+        let mut acc = vec![0i32; n];
+        let plane = hw[0] * hw[1];
+        for c in 0..self.channels() {
+            acc.fill(self.offsets[c]);
+            let w = &self.weights[c * taps..(c + 1) * taps];
+            geometry.accumulate(&xs[c * plane..(c + 1) * plane], w, self.pad, &mut acc);
+            self.requantize
+                .run_row(&acc, c, &mut out[c * n..(c + 1) * n])?;
+        }
+        Ok(())
+    }
+}
+
+/// One channel's geometry, with the padding resolved.
+struct Plane {
+    height: usize,
+    width: usize,
+    out: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pad: [usize; 2],
+}
+
+impl Plane {
+    /// `acc[oy, ox] += Σ w[ky, kx] · x[oy·sy + ky·dy − pt, ox·sx + kx·dx − pl]`, with `pad`
+    /// for positions outside the image.
+    fn accumulate(&self, x: &[i8], w: &[i8], pad: i8, acc: &mut [i32]) {
+        let [ho, wo] = self.out;
+        let (h, width) = (self.height as isize, self.width as isize);
+        let sx = self.stride[1] as isize;
+        for ky in 0..self.kernel[0] {
+            for kx in 0..self.kernel[1] {
+                let wv = i32::from(w[ky * self.kernel[1] + kx]);
+                let padded = wv * i32::from(pad);
+                // Output column ox reads input column ox · sx + x0; lead..end are inside.
+                let x0 = (kx * self.dilation[1]) as isize - self.pad[1] as isize;
+                let lead = if x0 >= 0 { 0 } else { (-x0 + sx - 1) / sx } as usize;
+                let end = if width - x0 <= 0 {
+                    0
+                } else {
+                    (width - x0 + sx - 1) / sx
+                } as usize;
+                let (lead, end) = (lead.min(wo), end.min(wo).max(lead.min(wo)));
+                for oy in 0..ho {
+                    let row = &mut acc[oy * wo..(oy + 1) * wo];
+                    let iy = (oy * self.stride[0] + ky * self.dilation[0]) as isize
+                        - self.pad[0] as isize;
+                    if iy < 0 || iy >= h {
+                        row.iter_mut().for_each(|a| *a = a.wrapping_add(padded));
+                        continue;
+                    }
+                    let line = &x[iy as usize * self.width..(iy as usize + 1) * self.width];
+                    let (left, rest) = row.split_at_mut(lead);
+                    let (inside, right) = rest.split_at_mut(end - lead);
+                    for a in left.iter_mut().chain(right.iter_mut()) {
+                        *a = a.wrapping_add(padded);
+                    }
+                    let start = (lead as isize * sx + x0) as usize;
+                    if sx == 1 {
+                        for (a, v) in inside.iter_mut().zip(&line[start..]) {
+                            *a = a.wrapping_add(wv * i32::from(*v));
+                        }
+                    } else {
+                        let taken = line[start..].iter().step_by(sx as usize);
+                        for (a, v) in inside.iter_mut().zip(taken) {
+                            *a = a.wrapping_add(wv * i32::from(*v));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Op for DepthwiseInt8 {
+    fn name(&self) -> StaticName {
+        "DepthwiseInt8".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} channels, kernel {:?}",
+            self.channels(),
+            self.pool_spec.kernel_shape
+        )])
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for DepthwiseInt8 {
+    tract_onnx::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let dt = self.requantize.output_datum_type();
+        // SAFETY: `run` requantizes every channel's whole row.
+        let out = unsafe {
+            byte_tensor(dt, &self.output_shape, "DepthwiseInt8", |bytes| {
+                self.run(&inputs[0], bytes)
+            })?
+        };
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for DepthwiseInt8 {
+    tract_onnx::tract_core::as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == DatumType::I8);
+        Ok(tvec!(self
+            .requantize
+            .output_datum_type()
+            .fact(&*self.output_shape)))
+    }
+}
+
+/// Replaces every depthwise run [`DepthwiseInt8`] computes exactly and returns how many.
+pub(crate) fn direct_depthwise(model: &mut TypedModel) -> TractResult<usize> {
+    crate::rewrite::replace_runs(model, "depthwise", run_at)
+}
+
+/// The image input, the outlet replaced and the op, when node `id` is an `Im2col` that
+/// starts a depthwise run.
+fn run_at(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<Option<(TVec<OutletId>, OutletId, DepthwiseInt8)>> {
+    let node = model.node(id);
+    let Some(im2col) = node.op_as::<Im2Col>() else {
+        return Ok(None);
+    };
+    let spec = &im2col.pool_spec;
+    let channels = spec.input_channels;
+    let image = model.outlet_fact(node.inputs[0])?;
+    let batch_ok = match spec.data_format {
+        DataFormat::CHW => image.rank() == 3,
+        DataFormat::NCHW => image.rank() == 4 && image.shape[0] == 1.to_dim(),
+        _ => false,
+    };
+    if im2col.group != channels
+        || spec.output_channels != channels
+        || spec.kernel_shape.len() != 2
+        || image.datum_type != DatumType::I8
+        || !batch_ok
+    {
+        return Ok(None);
+    }
+    let pad = match node.inputs.get(1) {
+        Some(p) => match model
+            .outlet_fact(*p)?
+            .konst
+            .as_ref()
+            .and_then(|k| k.as_uniform())
+        {
+            Some(k) => k.cast_to_scalar::<i32>()? as i8,
+            None => return Ok(None),
+        },
+        None => 0,
+    };
+    let patches = OutletId::new(id, 0);
+    let outputs = model.output_outlets()?;
+    let Some(mm_node) = model.single_succ(id)? else {
+        return Ok(None);
+    };
+    let Some(matmul) = mm_node.op_as::<OptMatMul>() else {
+        return Ok(None);
+    };
+    let Some(c_shape) = matmul.c_fact.shape.as_concrete() else {
+        return Ok(None);
+    };
+    // One row per channel: [1, channels, 1, n] with m the size-1 axis.
+    if matmul.mmm.len() != 1
+        || !matches!(matmul.mode_picker, ModePicker::Single)
+        || matmul.c_fact.datum_type != DatumType::I32
+        || c_shape.len() != 4
+        || c_shape[..3] != [1, channels, 1]
+        || matmul.c_m_axis != Some(2)
+        || matmul.c_n_axis != Some(3)
+    {
+        return Ok(None);
+    }
+    let taps = spec.kernel_shape[0] * spec.kernel_shape[1];
+    let mut weights = None;
+    let mut offsets = vec![0i32; channels];
+    for op in &matmul.micro_ops {
+        match op {
+            ProtoFusedSpec::AddMatMul { a, b, packings, .. } => {
+                let (MatMulOperand::Input(ia), MatMulOperand::Input(ib)) = (a, b) else {
+                    return Ok(None);
+                };
+                if mm_node.inputs.get(*ib) != Some(&patches)
+                    || packings.len() != 1
+                    || packings[0].1.is_some()
+                    || weights.is_some()
+                {
+                    return Ok(None);
+                }
+                let Some(kernels) = &model.outlet_fact(mm_node.inputs[*ia])?.konst else {
+                    return Ok(None);
+                };
+                let Some(w) = unpack_kernels(kernels, channels, taps) else {
+                    return Ok(None);
+                };
+                weights = Some(w);
+            }
+            ProtoFusedSpec::BinPerRow(slot, BinOp::Add, _) => {
+                let Some(k) = &model.outlet_fact(mm_node.inputs[*slot])?.konst else {
+                    return Ok(None);
+                };
+                let Some(values) = per_channel(k, channels) else {
+                    return Ok(None);
+                };
+                for (o, v) in offsets.iter_mut().zip(values) {
+                    *o = o.wrapping_add(v);
+                }
+            }
+            ProtoFusedSpec::Store(..) => {}
+            _ => return Ok(None),
+        }
+    }
+    let Some(weights) = weights else {
+        return Ok(None);
+    };
+    // Constant Adds and Subs on the accumulators, then the reshape and the requantization.
+    let mut at = mm_node;
+    loop {
+        if outputs.contains(&OutletId::new(at.id, 0)) {
+            return Ok(None);
+        }
+        let Some(next) = model.single_succ(at.id)? else {
+            return Ok(None);
+        };
+        let Some(bin) = next.op_as::<TypedBinOp>() else {
+            at = next;
+            break;
+        };
+        let sign = if bin.0.is::<Add>() {
+            1
+        } else if bin.0.is::<Sub>() {
+            -1
+        } else {
+            return Ok(None);
+        };
+        // `acc - c` or `acc + c` (or `c + acc`), with c one value per channel.
+        let other = match next.inputs.iter().position(|o| o.node == at.id) {
+            Some(0) => next.inputs[1],
+            Some(1) if sign == 1 => next.inputs[0],
+            _ => return Ok(None),
+        };
+        let out_fact = &next.outputs[0].fact;
+        let Some(k) = &model.outlet_fact(other)?.konst else {
+            return Ok(None);
+        };
+        if out_fact.datum_type != DatumType::I32
+            || out_fact.shape.as_concrete() != Some(c_shape)
+            || k.rank() != 4
+            || k.shape()[0] != 1
+            || k.shape()[2..] != [1, 1]
+        {
+            return Ok(None);
+        }
+        let Some(values) = per_channel(k, channels) else {
+            return Ok(None);
+        };
+        for (o, v) in offsets.iter_mut().zip(values) {
+            *o = if sign == 1 {
+                o.wrapping_add(v)
+            } else {
+                o.wrapping_sub(v)
+            };
+        }
+        at = next;
+    }
+    let reshape = at;
+    if !reshape.op_is::<IntoShape>() || outputs.contains(&OutletId::new(reshape.id, 0)) {
+        return Ok(None);
+    }
+    let Some(rq_node) = model.single_succ(reshape.id)? else {
+        return Ok(None);
+    };
+    let Some(requantize) = rq_node.op_as::<Requantize>() else {
+        return Ok(None);
+    };
+    let n = c_shape[3];
+    let output_shape: TVec<usize> = match rq_node.outputs[0].fact.shape.as_concrete() {
+        Some(s) if s == [channels, n] || s == [1, channels, n] => s.into(),
+        _ => return Ok(None),
+    };
+    if reshape.outputs[0].fact.shape.as_concrete() != Some(&output_shape[..])
+        || !requantize.is_per_row(output_shape.len())
+    {
+        return Ok(None);
+    }
+    let op = DepthwiseInt8 {
+        pool_spec: spec.clone(),
+        weights,
+        offsets,
+        pad,
+        requantize: requantize.clone(),
+        output_shape,
+    };
+    Ok(Some((
+        tvec![node.inputs[0]],
+        OutletId::new(rq_node.id, 0),
+        op,
+    )))
+}
+
+/// `channels` i32 values from a constant of that many elements, or one broadcast to all.
+fn per_channel(k: &Tensor, channels: usize) -> Option<Vec<i32>> {
+    let k = k.cast_to::<i32>().ok()?;
+    let values = k.try_as_plain_ram().ok()?.as_slice::<i32>().ok()?.to_vec();
+    match values.len() {
+        1 => Some(vec![values[0]; channels]),
+        l if l == channels => Some(values),
+        _ => None,
+    }
+}
+
+/// The `taps` i8 weights of each channel's kernel, from tract's packed kernels (one packed
+/// single-row matrix per channel, in a K4 or k-major panel).
+fn unpack_kernels(kernels: &Tensor, channels: usize, taps: usize) -> Option<Vec<i8>> {
+    let storage = kernels.try_storage_as::<PackedMatrixStorage>().ok()?;
+    if kernels.len() != channels {
+        return None;
+    }
+    let mut weights = Vec::with_capacity(channels * taps);
+    for c in 0..channels {
+        let value = storage.value_at_flat(c);
+        let packed = value.downcast_ref::<EagerPackedInput>()?;
+        if packed.mn != 1 || packed.fact.k != taps {
+            return None;
+        }
+        let format = &packed.fact.format;
+        // SAFETY: the blob holds at least one panel of `panel_bytes` bytes.
+        let panel = unsafe {
+            std::slice::from_raw_parts(packed.packed.as_ptr() as *const i8, packed.packed.len())
+        };
+        for k in 0..taps {
+            let at = if let Some(f) = format.downcast_ref::<PackedI8K4>() {
+                (k / 4) * 4 * f.r + k % 4
+            } else if let Some(f) = format.downcast_ref::<PackedFormat>() {
+                if f.dt != DatumType::I8 {
+                    return None;
+                }
+                k * f.r
+            } else {
+                return None;
+            };
+            weights.push(*panel.get(at)?);
+        }
+    }
+    Some(weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::banded::tests::{conv_model, input_spec, outputs, test_inputs, Layer};
+    use crate::load::{build_with, Target};
+
+    /// Depthwise layers with strides 1 and 2, dilation 2, asymmetric and wide padding, 3x3
+    /// and 5x5 kernels, between ordinary convolutions: the plan with the direct depthwise
+    /// op gives the bits of tract's own unrewritten plan.
+    #[test]
+    fn direct_depthwise_matches_the_unrewritten_plan() {
+        let (c, h, w) = (3, 21, 18);
+        let layers = [
+            Layer(16, 3, 2, 1, [1; 4], 1),
+            Layer(16, 3, 1, 1, [1; 4], 16),
+            Layer(16, 3, 2, 1, [0, 1, 2, 1], 16),
+            Layer(16, 5, 1, 2, [4, 3, 4, 5], 16),
+            Layer(8, 1, 1, 1, [0; 4], 1),
+            Layer(8, 3, 1, 1, [1; 4], 8),
+        ];
+        let bytes = conv_model(c, h, w, &layers);
+        let spec = input_spec(c, h, w);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        let plain = build_with(&bytes, &target, false).unwrap();
+        let direct = build_with(&bytes, &target, true).unwrap();
+        let count = direct
+            .plan
+            .model()
+            .nodes()
+            .iter()
+            .filter(|n| n.op_is::<DepthwiseInt8>())
+            .count();
+        assert_eq!(count, 4, "{:?}", direct.patches);
+        let shape = [1, c, h, w];
+        for data in test_inputs(c * h * w) {
+            let (want, got) = (
+                outputs(&plain.plan, &shape, &data),
+                outputs(&direct.plan, &shape, &data),
+            );
+            assert_eq!(want.len(), got.len());
+            let differ = want.iter().zip(&got).position(|(a, b)| a != b);
+            assert_eq!(differ, None, "first difference");
+        }
+    }
+}
