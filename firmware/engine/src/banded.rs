@@ -25,8 +25,11 @@ use tract_linalg::mmm::{
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::change_axes::IntoShape;
+use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
+use tract_onnx::tract_core::ops::matmul::pack::{DynPackedExoticFact, OptMatMulPack};
 use tract_onnx::tract_core::ops::matmul::ModePicker;
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use rayon::prelude::*;
 use tract_onnx::prelude::multithread;
@@ -54,12 +57,17 @@ pub(crate) struct BandedConv {
     pack_inputs: usize,
     /// Where the patches go among the matmul's inputs.
     patches_slot: usize,
-    /// The matmul's output shape (concrete; its n axis is resized per band).
-    c_shape: TVec<usize>,
-    n_axis: usize,
-    /// Rows of the matmul (output channels).
-    m: usize,
-    /// This node's output shape: `[1, m, n]`.
+    /// The patches are the matmul's a operand (rows of the kernel's tiles, as tract lays out
+    /// a 1x1 convolution), not its b operand (columns, as for im2col convolutions).
+    patches_are_a: bool,
+    /// The shape of one band's accumulators: the matmul's output shape with every axis but
+    /// the channels' at 1, then `pixel_axis` resized per band.
+    c_band_shape: TVec<usize>,
+    pixel_axis: usize,
+    /// Output channels: the accumulators' other dimension.
+    channels: usize,
+    /// This node's output shape: the channels, then the output positions (`[1, c, n]`,
+    /// `[c, n]` or `[c, h, w]`).
     output_shape: TVec<usize>,
     /// Bytes per band; `BAND_BYTES` except in tests.
     band_bytes: usize,
@@ -76,7 +84,7 @@ impl BandedConv {
     /// Output rows per band: a whole number of panels, about `band_bytes` of patches and
     /// accumulators.
     fn band_rows(&self, unit: usize, out_width: usize) -> usize {
-        let column_bytes = self.pack.k.div_ceil(4) * 4 + 4 * self.m;
+        let column_bytes = self.pack.k.div_ceil(4) * 4 + 4 * self.channels;
         let columns = self.band_bytes / column_bytes.max(1);
         unit * (columns / (unit * out_width).max(1)).max(1)
     }
@@ -92,19 +100,23 @@ impl BandedConv {
         let threshold = tests::PARALLEL_MACS.get();
         #[cfg(not(test))]
         let threshold = PARALLEL_MACS;
-        self.m * g.n * self.pack.k >= threshold
+        self.channels * g.n * self.pack.k >= threshold
     }
 
     fn run(&self, inputs: &[TValue], out: &mut [u8]) -> TractResult<()> {
         let x = &inputs[0];
-        ensure!(x.shape()[0] == 1, "BandedConv: one image at a time");
+        // One image, with or without its batch axis.
+        let shape: TVec<usize> = match x.shape() {
+            [1, c, h, w] | [c, h, w] => tvec![1, *c, *h, *w],
+            other => bail!("BandedConv: input of shape {other:?}"),
+        };
         let pad = match self.pack_inputs {
             2 => inputs[1].cast_to_scalar::<i32>()? as i8,
             _ => 0,
         };
-        let g = self.pack.geometry(x.shape())?;
+        let g = self.pack.geometry(&shape)?;
         ensure!(
-            g.n == self.output_shape[2] && out.len() == self.m * g.n,
+            out.len() == self.channels * g.n,
             "BandedConv: {} output positions for an output of {:?}",
             g.n,
             self.output_shape
@@ -200,8 +212,8 @@ impl BandedConv {
                 PackedMatrixStorage::new_batched(&[1, 1], tvec![value]).into_tensor(DatumType::I8);
             let mut mm_inputs: TVec<TValue> = job.rest.iter().cloned().collect();
             mm_inputs.insert(self.patches_slot, patches.into_tvalue());
-            let mut c_shape = self.c_shape.clone();
-            c_shape[self.n_axis] = nb;
+            let mut c_shape = self.c_band_shape.clone();
+            c_shape[self.pixel_axis] = nb;
             // SAFETY: the kernel's Store writes every element of `c`.
             let c = unsafe { Tensor::uninitialized_dt(DatumType::I32, &c_shape)? };
             {
@@ -215,7 +227,12 @@ impl BandedConv {
                     .collect();
                 // SAFETY: as in OptMatMul's own loop: the fused ops were resolved for this
                 // kernel, these inputs and an `m` × `nb` output.
-                unsafe { mmm.run_with_scratch_space(self.m, nb, scratch.as_mut(), &uops)? };
+                let (m, n) = if self.patches_are_a {
+                    (nb, self.channels)
+                } else {
+                    (self.channels, nb)
+                };
+                unsafe { mmm.run_with_scratch_space(m, n, scratch.as_mut(), &uops)? };
             }
             let acc = c.try_as_plain_ram()?;
             let acc = acc.as_slice::<i32>()?;
@@ -225,7 +242,7 @@ impl BandedConv {
             // columns first..first + nb of each row, which no other band writes, and the
             // slice spans from its first byte to the end of its last row.
             let out = unsafe {
-                std::slice::from_raw_parts_mut(job.out.0.add(first), (self.m - 1) * n + nb)
+                std::slice::from_raw_parts_mut(job.out.0.add(first), (self.channels - 1) * n + nb)
             };
             self.requantize.run_rows(acc, nb, out, n)
         })
@@ -278,7 +295,7 @@ impl Op for BandedConv {
         Ok(vec![format!(
             "k={}, m={}, kernel {}",
             self.pack.k,
-            self.m,
+            self.channels,
             self.matmul.mmm[0].name()
         )])
     }
@@ -324,17 +341,28 @@ pub(crate) fn band_convolutions(model: &mut TypedModel) -> TractResult<usize> {
     crate::rewrite::replace_runs(model, "banded", |model, id| run_at(model, id, band_bytes))
 }
 
-/// The inputs, the outlet replaced and the op, when node `id` is a PackPatches that
-/// starts a run this op computes exactly.
+/// The inputs, the outlet replaced and the op, when node `id` packs the patches of a run
+/// this op computes exactly: a `PackPatches` (im2col convolutions, patches as the matmul's b
+/// operand), or tract's `OptMatMulPack` of a 1x1 convolution's input (its a operand).
 fn run_at(
     model: &TypedModel,
     id: usize,
     band_bytes: usize,
 ) -> TractResult<Option<(TVec<OutletId>, OutletId, BandedConv)>> {
     let node = model.node(id);
-    let Some(pack) = node.op_as::<PackPatches>() else {
+    let pack = if let Some(pack) = node.op_as::<PackPatches>() {
+        pack.clone()
+    } else if let Some(pack) = pointwise_packer(model, node)? {
+        pack
+    } else {
         return Ok(None);
     };
+    // The image: one item of known shape.
+    let image = model.outlet_fact(node.inputs[0])?;
+    match image.shape.as_concrete() {
+        Some([1, _, _, _]) | Some([_, _, _]) => {}
+        _ => return Ok(None),
+    }
     let patches = OutletId::new(id, 0);
     let outputs = model.output_outlets()?;
     let Some(mm_node) = model.single_succ(id)? else {
@@ -343,17 +371,8 @@ fn run_at(
     let Some(matmul) = mm_node.op_as::<OptMatMul>() else {
         return Ok(None);
     };
-    // The image: one item of known shape.
-    let image = model.outlet_fact(node.inputs[0])?;
-    if image
-        .shape
-        .as_concrete()
-        .is_none_or(|s| s.len() != 4 || s[0] != 1)
-    {
-        return Ok(None);
-    }
-    // The matmul: one kernel, patches used once as its b operand,
-    // and fused ops that act per row or on every element alike (nothing per column).
+    // The matmul: one kernel, the patches used once as the operand expected, and fused ops
+    // that act per output channel or on every element alike (nothing per output position).
     let slots: Vec<usize> = (0..mm_node.inputs.len())
         .filter(|&i| mm_node.inputs[i] == patches)
         .collect();
@@ -363,19 +382,36 @@ fn run_at(
     if matmul.mmm.len() != 1 || !matches!(matmul.mode_picker, ModePicker::Single) {
         return Ok(None);
     }
-    let mut products = 0;
+    let is_patches =
+        |op: &MatMulOperand| matches!(op, MatMulOperand::Input(i) if *i == patches_slot);
+    // One product, the patches on one side of it: tract packs a 1x1 convolution's input as
+    // either operand.
+    let products: Vec<bool> = matmul
+        .micro_ops
+        .iter()
+        .filter_map(|op| match op {
+            ProtoFusedSpec::AddMatMul { a, b, packings, .. } => Some(
+                is_patches(a) != is_patches(b)
+                    && is_patches(a) | is_patches(b)
+                    && packings.len() == 1
+                    && packings[0].1.is_none(),
+            ),
+            _ => None,
+        })
+        .collect();
+    if products != [true] {
+        return Ok(None);
+    }
+    let patches_are_a = matmul
+        .micro_ops
+        .iter()
+        .any(|op| matches!(op, ProtoFusedSpec::AddMatMul { a, .. } if is_patches(a)));
     for op in &matmul.micro_ops {
         match op {
-            ProtoFusedSpec::AddMatMul { a, b, packings, .. } => {
-                let b_is_patches = matches!(b, MatMulOperand::Input(i) if *i == patches_slot);
-                let a_is_patches = matches!(a, MatMulOperand::Input(i) if *i == patches_slot);
-                if !b_is_patches || a_is_patches || packings.len() != 1 || packings[0].1.is_some() {
-                    return Ok(None);
-                }
-                products += 1;
-            }
-            ProtoFusedSpec::BinPerRow(..)
-            | ProtoFusedSpec::BinScalar(..)
+            ProtoFusedSpec::AddMatMul { .. } => {}
+            ProtoFusedSpec::BinPerRow(..) if !patches_are_a => {}
+            ProtoFusedSpec::BinPerCol(..) if patches_are_a => {}
+            ProtoFusedSpec::BinScalar(..)
             | ProtoFusedSpec::LeakyRelu(..)
             | ProtoFusedSpec::Scaler(..)
             | ProtoFusedSpec::Store(..) => {}
@@ -389,44 +425,53 @@ fn run_at(
     ) else {
         return Ok(None);
     };
-    // Row-major m × n accumulators: every other axis of extent 1, m before n.
-    let others_unit = (0..c_shape.len())
-        .filter(|&a| a != m_axis && a != n_axis)
-        .all(|a| c_shape[a] == 1);
-    if products != 1
-        || matmul.c_fact.datum_type != DatumType::I32
-        || !others_unit
-        || m_axis > n_axis
+    let (pixel_axis, channel_axis) = if patches_are_a {
+        (m_axis, n_axis)
+    } else {
+        (n_axis, m_axis)
+    };
+    // Channels first, then the output positions row-major, the band's axis last: every
+    // axis before the channels' of extent 1.
+    let rank = c_shape.len();
+    if matmul.c_fact.datum_type != DatumType::I32
+        || channel_axis >= pixel_axis
+        || pixel_axis != rank - 1
+        || c_shape[..channel_axis].iter().any(|&d| d != 1)
     {
         return Ok(None);
     }
-    let (m, n) = (c_shape[m_axis], c_shape[n_axis]);
-    // reshape to [1, m, n], then Requantize with one multiplier per row.
-    let mm_out = OutletId::new(mm_node.id, 0);
-    if outputs.contains(&mm_out) {
-        return Ok(None);
-    }
-    let Some(reshape) = model.single_succ(mm_node.id)? else {
+    let channels = c_shape[channel_axis];
+    let positions: usize = c_shape[channel_axis + 1..].iter().product();
+    // [reshape], then Requantize with one multiplier per channel.
+    let only_successor = |id: usize| -> TractResult<Option<&TypedNode>> {
+        if outputs.contains(&OutletId::new(id, 0)) {
+            return Ok(None);
+        }
+        model.single_succ(id)
+    };
+    let Some(mut rq_node) = only_successor(mm_node.id)? else {
         return Ok(None);
     };
-    if !reshape.op_is::<IntoShape>() || outputs.contains(&OutletId::new(reshape.id, 0)) {
-        return Ok(None);
+    if rq_node.op_is::<IntoShape>() {
+        let Some(after) = only_successor(rq_node.id)? else {
+            return Ok(None);
+        };
+        rq_node = after;
     }
-    let Some(rq_node) = model.single_succ(reshape.id)? else {
-        return Ok(None);
-    };
     let Some(requantize) = rq_node.op_as::<Requantize>() else {
         return Ok(None);
     };
-    let output_shape: TVec<usize> = match rq_node.outputs[0].fact.shape.as_concrete() {
-        Some(s) if s == [1, m, n] => s.into(),
-        _ => return Ok(None),
+    let Some(output_shape) = rq_node.outputs[0].fact.shape.as_concrete() else {
+        return Ok(None);
     };
-    if reshape.outputs[0].fact.shape.as_concrete() != Some(&output_shape[..])
-        || !requantize.is_per_row(3)
+    if !requantize.is_per_channel(output_shape, channels)
+        || output_shape.iter().product::<usize>() != channels * positions
     {
         return Ok(None);
     }
+    let output_shape: TVec<usize> = output_shape.into();
+    let mut c_band_shape: TVec<usize> = tvec![1; rank];
+    c_band_shape[channel_axis] = channels;
     let mut inputs: TVec<OutletId> = node.inputs.iter().copied().collect();
     inputs.extend(
         mm_node
@@ -437,18 +482,65 @@ fn run_at(
             .map(|(_, o)| *o),
     );
     let op = BandedConv {
-        pack: pack.clone(),
+        pack,
         matmul: matmul.clone(),
         requantize: requantize.clone(),
         pack_inputs: node.inputs.len(),
         patches_slot,
-        c_shape: c_shape.into(),
-        n_axis,
-        m,
+        patches_are_a,
+        c_band_shape,
+        pixel_axis,
+        channels,
         output_shape,
         band_bytes,
     };
     Ok(Some((inputs, OutletId::new(rq_node.id, 0), op)))
+}
+
+/// For tract's packing of a 1x1 convolution's input (`OptMatMulPack` of an i8 `[c, h, w]`
+/// or `[1, c, h, w]` image, k along the channels and mn along the width, one packed matrix
+/// per image row), the same packing as the patches of a 1x1 convolution over the whole
+/// image, which [`PackPatches`] makes.
+fn pointwise_packer(model: &TypedModel, node: &TypedNode) -> TractResult<Option<PackPatches>> {
+    if !node.op_is::<OptMatMulPack>() || node.inputs.len() != 1 {
+        return Ok(None);
+    }
+    let image = model.outlet_fact(node.inputs[0])?;
+    let Some(shape) = image.shape.as_concrete() else {
+        return Ok(None);
+    };
+    let (channels, k_axis, mn_axis) = match shape {
+        [c, _, _] => (*c, 0, 2),
+        [1, c, _, _] => (*c, 1, 3),
+        _ => return Ok(None),
+    };
+    // tract keeps the axes private; its own description of the op names them.
+    let expected = format!("k axis: {k_axis}, mn axis: {mn_axis}");
+    if image.datum_type != DatumType::I8
+        || !node.op.info()?.iter().any(|line| line.ends_with(&expected))
+    {
+        return Ok(None);
+    }
+    let Some(packed) = node.outputs[0]
+        .fact
+        .exotic_fact()
+        .and_then(|f| f.downcast_ref::<DynPackedExoticFact>())
+    else {
+        return Ok(None);
+    };
+    if packed.packers.len() != 1 || packed.k != channels.to_dim() {
+        return Ok(None);
+    }
+    let spec = PoolSpec {
+        data_format: DataFormat::NCHW,
+        kernel_shape: tvec![1, 1],
+        padding: PaddingSpec::Valid,
+        dilations: None,
+        strides: None,
+        input_channels: channels,
+        output_channels: channels,
+    };
+    Ok(PackPatches::new(spec, &*packed.packers[0], channels))
 }
 
 #[cfg(test)]
@@ -694,9 +786,20 @@ pub(crate) mod tests {
     /// default size: the banded plan gives the bits of tract's own unrewritten plan.
     #[test]
     fn banded_convolutions_match_the_unrewritten_plan() {
-        // (channels, height, width, convolutions with patches, layers): tract runs a 1×1
-        // stride-1 convolution as a plain matmul, with no patches to band.
+        // (channels, height, width, layers banded, layers): tract runs a 1×1 stride-1
+        // convolution as a plain matmul over its packed input, banded as the a operand.
         let models = [
+            (
+                3,
+                7,
+                13,
+                3,
+                vec![
+                    Layer(12, 3, 2, 1, [1; 4], 1),
+                    Layer(20, 1, 1, 1, [0; 4], 1),
+                    Layer(9, 1, 1, 1, [0; 4], 1),
+                ],
+            ),
             (
                 3,
                 15,
@@ -718,7 +821,7 @@ pub(crate) mod tests {
                 3,
                 9,
                 40,
-                1,
+                2,
                 vec![
                     Layer(32, 1, 1, 1, [0; 4], 1),
                     Layer(7, 3, 3, 1, [0, 2, 1, 0], 1),

@@ -123,6 +123,7 @@ impl Plane {
         let [ho, wo] = self.out;
         let (h, width) = (self.height as isize, self.width as isize);
         let sx = self.stride[1] as isize;
+        let mut gathered: Vec<i8> = Vec::with_capacity(wo);
         for ky in 0..self.kernel[0] {
             for kx in 0..self.kernel[1] {
                 let wv = i32::from(w[ky * self.kernel[1] + kx]);
@@ -152,18 +153,27 @@ impl Plane {
                     }
                     let start = (lead as isize * sx + x0) as usize;
                     if sx == 1 {
-                        for (a, v) in inside.iter_mut().zip(&line[start..]) {
-                            *a = a.wrapping_add(wv * i32::from(*v));
-                        }
+                        multiply_add(inside, &line[start..start + inside.len()], wv);
                     } else {
-                        let taken = line[start..].iter().step_by(sx as usize);
-                        for (a, v) in inside.iter_mut().zip(taken) {
-                            *a = a.wrapping_add(wv * i32::from(*v));
-                        }
+                        // Strided columns into a contiguous run first, so the products
+                        // below stay one vector loop.
+                        gathered.clear();
+                        gathered
+                            .extend(line[start..].iter().step_by(sx as usize).take(inside.len()));
+                        multiply_add(inside, &gathered, wv);
                     }
                 }
             }
         }
+    }
+}
+
+/// `acc[i] += w · x[i]` (wrapping): a loop the compiler vectorizes (NEON: widening shifts
+/// and MLA).
+#[inline]
+fn multiply_add(acc: &mut [i32], x: &[i8], w: i32) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a = a.wrapping_add(w * i32::from(*v));
     }
 }
 

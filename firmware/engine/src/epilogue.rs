@@ -81,6 +81,17 @@ impl Requantize {
         (rank == 2 || rank == 3) && (self.axis.is_none() || self.axis == Some(rank - 2))
     }
 
+    /// Whether, for an input of `shape` whose leading non-unit axis holds `channels`, the
+    /// multipliers run along that axis (or are one for all): each channel is then one
+    /// contiguous row of the input, what [`Requantize::run_rows`] and
+    /// [`Requantize::run_row`] need.
+    pub(crate) fn is_per_channel(&self, shape: &[usize], channels: usize) -> bool {
+        let Some(axis) = shape.iter().position(|&d| d != 1) else {
+            return false;
+        };
+        shape[axis] == channels && (self.axis.is_none() || self.axis == Some(axis))
+    }
+
     /// Row `row` of such an input (`x`, one row of accumulators) into `out`.
     pub(crate) fn run_row(&self, x: &[i32], row: usize, out: &mut [u8]) -> TractResult<()> {
         let scales = self.scale.try_as_plain_ram()?;

@@ -77,32 +77,37 @@ impl PackPatches {
         {
             return None;
         }
-        let (layout, panel_len, align) = if let Some(p) = packed.format.downcast_ref::<PackedI8K4>()
-        {
-            (
-                Layout::K4 { r: p.r },
-                p.single_panel_len(packed.k),
-                p.alignment(),
-            )
-        } else if let Some(p) = packed.format.downcast_ref::<PackedFormat>() {
+        let k = spec.input_channels * spec.kernel_shape.iter().product::<usize>();
+        if k != packed.k {
+            return None;
+        }
+        PackPatches::new(spec.clone(), &*packed.format, k)
+    }
+
+    /// Patches of `pool_spec` (2-D, NCHW geometry) packed in `format` (`PackedI8K4`, or
+    /// `PackedFormat` of i8), `k` rows each; `None` for any other format.
+    pub(crate) fn new(
+        pool_spec: PoolSpec,
+        format: &dyn MMMInputFormat,
+        k: usize,
+    ) -> Option<PackPatches> {
+        let (layout, panel_len, align) = if let Some(p) = format.downcast_ref::<PackedI8K4>() {
+            (Layout::K4 { r: p.r }, p.single_panel_len(k), p.alignment())
+        } else if let Some(p) = format.downcast_ref::<PackedFormat>() {
             if p.dt != DatumType::I8 {
                 return None;
             }
             (
                 Layout::KMajor { r: p.r },
-                p.single_panel_len(packed.k),
+                p.single_panel_len(k),
                 p.alignment(),
             )
         } else {
             return None;
         };
-        let k = spec.input_channels * spec.kernel_shape.iter().product::<usize>();
-        if k != packed.k {
-            return None;
-        }
         Some(PackPatches {
-            pool_spec: spec.clone(),
-            format: packed.format.clone(),
+            pool_spec,
+            format: tract_onnx::tract_core::dyn_clone::clone_box(format),
             layout,
             k,
             panel_len,
