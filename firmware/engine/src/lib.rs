@@ -14,6 +14,7 @@ mod im2col;
 mod load;
 pub mod memory;
 mod pool;
+mod qdq;
 mod rewrite;
 mod threads;
 

@@ -133,7 +133,7 @@ pub(crate) fn build_with(
             );
         }
     };
-    let proto = pb::ModelProto::decode(bytes.as_ref()).map_err(|e| {
+    let mut proto = pb::ModelProto::decode(bytes.as_ref()).map_err(|e| {
         load_err(format!(
             "protobuf decoding failed ({e}); the file is truncated or not ONNX"
         ))
@@ -141,6 +141,12 @@ pub(crate) fn build_with(
     drop(bytes);
     check_declared_input(&proto, target)?;
     tr("decoding (the map is dropped)");
+    // QDQ patterns onto QLinearConv before tract sees them (qdq.rs).
+    let (qdq_convs, qdq_pools) = if rewrite {
+        crate::qdq::fuse_qdq(&mut proto)
+    } else {
+        (0, 0)
+    };
 
     let (typed, strategy, strategy_note) = match type_then_bind(&proto, target) {
         Ok(typed) => (typed, LoadStrategy::TypeThenBindBatch, None),
@@ -163,6 +169,15 @@ pub(crate) fn build_with(
         .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
     tr("tract's optimisation");
     let mut patches = Vec::new();
+    for (count, noun, after) in [
+        (qdq_convs, "QDQ convolution", " as QLinearConv"),
+        (qdq_pools, "QDQ max pool", " on the quantized values"),
+    ] {
+        if count > 0 {
+            let plural = if count == 1 { "" } else { "s" };
+            patches.push(format!("ran {count} {noun}{plural}{after}"));
+        }
+    }
     if rewrite {
         let nodes = optimized.nodes().len();
         let mut banded = 0;
@@ -598,12 +613,58 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn zero_point_rewrite_leaves_fp32_and_qdq_plans_alone() {
+    fn rewrites_leave_the_fp32_plan_alone() {
+        let (patches, before, after) = compare(&default_bundle(), "fp32", 1);
+        assert!(patches.is_empty(), "{patches:?}");
+        assert_eq!(before, after);
+    }
+
+    /// The bundle's QDQ export has the QOperator export's weights, scales and zero points
+    /// (models/pipeline/quantize.py makes both from one calibration), so once its QDQ
+    /// patterns run as QLinearConv and u8 MaxPool it must give the QOperator model's bits,
+    /// batch by batch; tract's own plan of the QDQ file (f32 convolutions) does not.
+    #[test]
+    fn qdq_model_runs_as_the_qoperator_model() {
         let bundle = default_bundle();
-        for variant in ["fp32", "int8-qdq"] {
-            let (patches, before, after) = compare(&bundle, variant, 1);
-            assert!(patches.is_empty(), "{variant}: {patches:?}");
-            assert_eq!(before, after, "{variant}");
+        let m = bundle.manifest();
+        let read =
+            |v: &str| std::fs::read(bundle.variant_path(bundle.variant(v).unwrap())).unwrap();
+        let (qdq, qoperator) = (read("int8-qdq"), read("int8"));
+        for batch in [1, 3] {
+            let target = Target {
+                input: &m.input,
+                output_tensor: &m.output.tensor,
+                batch,
+            };
+            let fused = build_with(&qdq, &target, true).unwrap();
+            let float_qdq = build_with(&qdq, &target, false).unwrap();
+            let reference = build_with(&qoperator, &target, false).unwrap();
+            assert_eq!(
+                fused.patches[..2],
+                [
+                    "ran 5 QDQ convolutions as QLinearConv",
+                    "ran 4 QDQ max pools on the quantized values"
+                ]
+            );
+            let shape = m.input.shape(batch);
+            let items = inputs(m.input.item_len(), m.input.width as usize);
+            let mut differs_from_float = false;
+            for (n, first) in (0..items.len()).step_by(batch).enumerate() {
+                let data: Vec<f32> = (0..batch)
+                    .flat_map(|b| items[(first + b) % items.len()].iter().copied())
+                    .collect();
+                let got = run_bits(&fused.plan, &shape, &data);
+                assert_eq!(
+                    got,
+                    run_bits(&reference.plan, &shape, &data),
+                    "batch {batch}, input {n}"
+                );
+                differs_from_float |= got != run_bits(&float_qdq.plan, &shape, &data);
+            }
+            assert!(
+                differs_from_float,
+                "batch {batch}: the fusion changed nothing"
+            );
         }
     }
 }

@@ -1,0 +1,578 @@
+//! QDQ models onto tract's integer path.
+//!
+//! onnxruntime's default quantized export (QDQ) keeps float operators between
+//! `DequantizeLinear` and `QuantizeLinear` nodes: `DQ(x) → Conv(DQ(w), DQ(b)) → Q`. tract
+//! 0.23.9 runs such a Conv in f32 (1.3x the fp32 model's time on the default bundle), while
+//! onnxruntime itself fuses the pattern into its integer `QLinearConv` kernel. This module
+//! does the same fusion on the protobuf, before tract parses it, where the pattern is
+//! exactly a `QLinearConv`:
+//!
+//! - `Q(Conv(DQ(x), DQ(w)[, DQ(b)]))` becomes `QLinearConv(x, w[, b])` with the DQ and Q
+//!   nodes' scales and zero points, when every scale and zero point is a constant, the
+//!   weights are constant with one scale per output channel (or one for all), the bias is
+//!   int32 with scale `x_scale * w_scale` (bit for bit) and zero point 0, and the Conv's
+//!   only consumer is the Q;
+//! - `Q(MaxPool(DQ(x)))` with the same scale and zero point on both sides becomes
+//!   `MaxPool(x)`: dequantization is increasing, so the maximum commutes with it, and
+//!   `Q(DQ(v)) = v`. Only unpadded, floor-mode, single-output pools are rewritten.
+//!
+//! Anything else is left as it is; the DQ nodes the rewrites leave without consumers are
+//! removed. The integer model then takes the engine's int8 rewrites like a QOperator export.
+
+use std::collections::{HashMap, HashSet};
+
+use tract_onnx::pb;
+use tract_onnx::pb::tensor_proto::DataType;
+
+/// Rewrites the QDQ patterns above in place and returns how many (convolutions, pools).
+pub(crate) fn fuse_qdq(model: &mut pb::ModelProto) -> (usize, usize) {
+    let Some(graph) = model.graph.as_mut() else {
+        return (0, 0);
+    };
+    let mut convs = 0;
+    let mut pools = 0;
+    // One rewrite at a time, on a fresh index of the graph: each changes what consumes what.
+    loop {
+        let index = Index::new(graph);
+        let found = (0..graph.node.len()).find_map(|i| {
+            let node = &graph.node[i];
+            match node.op_type.as_str() {
+                "Conv" => conv_rewrite(graph, &index, i).map(|r| (r, true)),
+                "MaxPool" => pool_rewrite(graph, &index, i).map(|r| (r, false)),
+                _ => None,
+            }
+        });
+        let Some((rewrite, is_conv)) = found else {
+            break;
+        };
+        rewrite.apply(graph);
+        if is_conv {
+            convs += 1;
+        } else {
+            pools += 1;
+        }
+    }
+    if convs + pools > 0 {
+        remove_unused_dequantizers(graph);
+    }
+    (convs, pools)
+}
+
+/// Who produces and who consumes each value of a graph, and its constants.
+struct Index<'g> {
+    producer: HashMap<&'g str, usize>,
+    consumers: HashMap<&'g str, usize>,
+    initializers: HashMap<&'g str, &'g pb::TensorProto>,
+    outputs: HashSet<&'g str>,
+}
+
+impl<'g> Index<'g> {
+    fn new(graph: &'g pb::GraphProto) -> Index<'g> {
+        let mut producer = HashMap::new();
+        let mut consumers: HashMap<&str, usize> = HashMap::new();
+        for (i, node) in graph.node.iter().enumerate() {
+            for out in &node.output {
+                producer.insert(out.as_str(), i);
+            }
+            for input in &node.input {
+                *consumers.entry(input.as_str()).or_default() += 1;
+            }
+        }
+        Index {
+            producer,
+            consumers,
+            initializers: graph
+                .initializer
+                .iter()
+                .map(|t| (t.name.as_str(), t))
+                .collect(),
+            outputs: graph.output.iter().map(|o| o.name.as_str()).collect(),
+        }
+    }
+
+    /// The node producing `value` if it is a plain ONNX `op`.
+    fn produced_by(&self, graph: &'g pb::GraphProto, value: &str, op: &str) -> Option<usize> {
+        let i = *self.producer.get(value)?;
+        let node = &graph.node[i];
+        (node.op_type == op && (node.domain.is_empty() || node.domain == "ai.onnx")).then_some(i)
+    }
+
+    /// The one node consuming `value`, when it is a plain ONNX `op` and `value` is not a
+    /// graph output.
+    fn only_consumer(&self, graph: &'g pb::GraphProto, value: &str, op: &str) -> Option<usize> {
+        if self.outputs.contains(value) || self.consumers.get(value) != Some(&1) {
+            return None;
+        }
+        let i = graph
+            .node
+            .iter()
+            .position(|n| n.input.iter().any(|x| x == value))?;
+        let node = &graph.node[i];
+        (node.op_type == op && (node.domain.is_empty() || node.domain == "ai.onnx")).then_some(i)
+    }
+
+    fn constant(&self, name: &str) -> Option<&'g pb::TensorProto> {
+        self.initializers.get(name).copied()
+    }
+}
+
+/// A node to insert in place of others.
+struct Rewrite {
+    remove: Vec<usize>,
+    node: pb::NodeProto,
+}
+
+impl Rewrite {
+    fn apply(self, graph: &mut pb::GraphProto) {
+        let at = *self
+            .remove
+            .iter()
+            .min()
+            .expect("a rewrite removes its nodes");
+        let mut remove = self.remove;
+        remove.sort_unstable();
+        for i in remove.into_iter().rev() {
+            graph.node.remove(i);
+        }
+        // Where the first replaced node was: its inputs are produced before it, and the
+        // nodes after it that consumed the Q's output still come after.
+        graph.node.insert(at, self.node);
+    }
+}
+
+/// `(scale, zero point)` inputs of a DequantizeLinear or QuantizeLinear node: both named
+/// and constant.
+fn scale_and_zero_point<'g>(
+    index: &Index<'g>,
+    node: &'g pb::NodeProto,
+) -> Option<(&'g str, &'g str)> {
+    let [_, scale, zero_point] = &node.input[..] else {
+        return None;
+    };
+    index.constant(scale)?;
+    index.constant(zero_point)?;
+    Some((scale.as_str(), zero_point.as_str()))
+}
+
+fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option<Rewrite> {
+    let conv = &graph.node[conv_at];
+    if !(conv.domain.is_empty() || conv.domain == "ai.onnx") || conv.output.len() != 1 {
+        return None;
+    }
+    let (x, w, b) = match &conv.input[..] {
+        [x, w] => (x, w, None),
+        [x, w, b] if !b.is_empty() => (x, w, Some(b)),
+        _ => return None,
+    };
+    let dq_x = &graph.node[index.produced_by(graph, x, "DequantizeLinear")?];
+    let dq_w = &graph.node[index.produced_by(graph, w, "DequantizeLinear")?];
+    let q_at = index.only_consumer(graph, &conv.output[0], "QuantizeLinear")?;
+    let q = &graph.node[q_at];
+    let (x_scale, x_zp) = scale_and_zero_point(index, dq_x)?;
+    let (w_scale, w_zp) = scale_and_zero_point(index, dq_w)?;
+    let (y_scale, y_zp) = scale_and_zero_point(index, q)?;
+    // Activations: one scale and zero point each.
+    for name in [x_scale, x_zp, y_scale, y_zp] {
+        if volume(index.constant(name)?) != 1 {
+            return None;
+        }
+    }
+    // Weights: constant, 4-D, one scale per output channel along axis 0, or one for all.
+    let weights = index.constant(&dq_w.input[0])?;
+    let out_channels = *weights.dims.first()? as usize;
+    let w_scales = f32_values(index.constant(w_scale)?)?;
+    let per_channel = w_scales.len() == out_channels && out_channels > 1;
+    if weights.dims.len() != 4
+        || !matches!(dtype(weights), Some(DataType::Int8 | DataType::Uint8))
+        || !(w_scales.len() == 1 || per_channel)
+        || volume(index.constant(w_zp)?) != w_scales.len()
+        || (per_channel && axis(dq_w) != 0)
+    {
+        return None;
+    }
+    let mut inputs = vec![
+        dq_x.input[0].clone(),
+        x_scale.into(),
+        x_zp.into(),
+        dq_w.input[0].clone(),
+        w_scale.into(),
+        w_zp.into(),
+        y_scale.into(),
+        y_zp.into(),
+    ];
+    if let Some(b) = b {
+        // The bias: int32 in units of x_scale * w_scale, zero point 0, exactly what
+        // QLinearConv adds to its accumulators.
+        let dq_b = &graph.node[index.produced_by(graph, b, "DequantizeLinear")?];
+        let bias = index.constant(&dq_b.input[0])?;
+        let b_scales = f32_values(index.constant(dq_b.input.get(1)?)?)?;
+        let x_scale = *f32_values(index.constant(x_scale)?)?.first()?;
+        let zero = match dq_b.input.get(2) {
+            Some(name) if !name.is_empty() => {
+                i64_values(index.constant(name)?)?.iter().all(|&z| z == 0)
+            }
+            _ => true,
+        };
+        let expected = |c: usize| x_scale * w_scales[if per_channel { c } else { 0 }];
+        let scales_match = if b_scales.len() == 1 {
+            !per_channel && b_scales[0].to_bits() == expected(0).to_bits()
+        } else {
+            b_scales.len() == out_channels
+                && (0..out_channels).all(|c| b_scales[c].to_bits() == expected(c).to_bits())
+        };
+        if dtype(bias) != Some(DataType::Int32)
+            || volume(bias) != out_channels
+            || !zero
+            || !scales_match
+            || (b_scales.len() > 1 && axis(dq_b) != 0)
+        {
+            return None;
+        }
+        inputs.push(dq_b.input[0].clone());
+    }
+    Some(Rewrite {
+        remove: vec![conv_at, q_at],
+        node: pb::NodeProto {
+            name: conv.name.clone(),
+            op_type: "QLinearConv".into(),
+            domain: String::new(),
+            input: inputs,
+            output: vec![q.output[0].clone()],
+            attribute: conv.attribute.clone(),
+            doc_string: String::new(),
+        },
+    })
+}
+
+fn pool_rewrite(graph: &pb::GraphProto, index: &Index, pool_at: usize) -> Option<Rewrite> {
+    let pool = &graph.node[pool_at];
+    if !(pool.domain.is_empty() || pool.domain == "ai.onnx")
+        || pool.input.len() != 1
+        || pool.output.len() != 1
+    {
+        return None;
+    }
+    for attr in &pool.attribute {
+        let plain = match attr.name.as_str() {
+            "pads" => attr.ints.iter().all(|&p| p == 0),
+            "ceil_mode" => attr.i == 0,
+            "auto_pad" => matches!(&attr.s[..], b"NOTSET" | b"VALID" | b""),
+            "kernel_shape" | "strides" | "dilations" | "storage_order" => true,
+            _ => false,
+        };
+        if !plain {
+            return None;
+        }
+    }
+    let dq = &graph.node[index.produced_by(graph, &pool.input[0], "DequantizeLinear")?];
+    let q_at = index.only_consumer(graph, &pool.output[0], "QuantizeLinear")?;
+    let q = &graph.node[q_at];
+    let (in_scale, in_zp) = scale_and_zero_point(index, dq)?;
+    let (out_scale, out_zp) = scale_and_zero_point(index, q)?;
+    let scale = index.constant(in_scale)?;
+    let scales = f32_values(scale)?;
+    let same = |a: &pb::TensorProto, b: &pb::TensorProto| {
+        dtype(a) == dtype(b) && a.dims == b.dims && tensor_bytes(a) == tensor_bytes(b)
+    };
+    // A positive finite scale: dequantization is then increasing.
+    let increasing = scales[0] > 0.0 && scales[0].is_finite();
+    if volume(scale) != 1
+        || !increasing
+        || !same(scale, index.constant(out_scale)?)
+        || !same(index.constant(in_zp)?, index.constant(out_zp)?)
+        || volume(index.constant(in_zp)?) != 1
+    {
+        return None;
+    }
+    Some(Rewrite {
+        remove: vec![pool_at, q_at],
+        node: pb::NodeProto {
+            input: vec![dq.input[0].clone()],
+            output: vec![q.output[0].clone()],
+            ..pool.clone()
+        },
+    })
+}
+
+/// Drops DequantizeLinear nodes whose outputs nothing reads any more.
+fn remove_unused_dequantizers(graph: &mut pb::GraphProto) {
+    loop {
+        let used: HashSet<String> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().cloned())
+            .chain(graph.output.iter().map(|o| o.name.clone()))
+            .collect();
+        let before = graph.node.len();
+        graph.node.retain(|n| {
+            n.op_type != "DequantizeLinear" || n.output.iter().any(|o| used.contains(o))
+        });
+        if graph.node.len() == before {
+            break;
+        }
+    }
+}
+
+fn dtype(t: &pb::TensorProto) -> Option<DataType> {
+    DataType::try_from(t.data_type).ok()
+}
+
+fn volume(t: &pb::TensorProto) -> usize {
+    t.dims.iter().map(|&d| d.max(0) as usize).product()
+}
+
+fn axis(node: &pb::NodeProto) -> i64 {
+    node.attribute
+        .iter()
+        .find(|a| a.name == "axis")
+        .map_or(1, |a| a.i)
+}
+
+/// The tensor's values as little-endian bytes, from whichever field holds them.
+fn tensor_bytes(t: &pb::TensorProto) -> Vec<u8> {
+    if !t.raw_data.is_empty() {
+        return t.raw_data.clone();
+    }
+    let mut out = Vec::new();
+    out.extend(t.float_data.iter().flat_map(|v| v.to_le_bytes()));
+    out.extend(t.int32_data.iter().flat_map(|v| v.to_le_bytes()));
+    out.extend(t.int64_data.iter().flat_map(|v| v.to_le_bytes()));
+    out
+}
+
+fn f32_values(t: &pb::TensorProto) -> Option<Vec<f32>> {
+    if dtype(t)? != DataType::Float {
+        return None;
+    }
+    let values: Vec<f32> = if !t.raw_data.is_empty() {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    } else {
+        t.float_data.clone()
+    };
+    (values.len() == volume(t)).then_some(values)
+}
+
+/// Integer values of an int8, uint8 or int32 tensor (zero points).
+fn i64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
+    let values: Vec<i64> = match dtype(t)? {
+        DataType::Int8 if !t.raw_data.is_empty() => {
+            t.raw_data.iter().map(|&b| b as i8 as i64).collect()
+        }
+        DataType::Uint8 if !t.raw_data.is_empty() => t.raw_data.iter().map(|&b| b as i64).collect(),
+        DataType::Int32 if !t.raw_data.is_empty() => t
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+            .collect(),
+        DataType::Int8 | DataType::Uint8 | DataType::Int32 => {
+            t.int32_data.iter().map(|&v| v as i64).collect()
+        }
+        _ => return None,
+    };
+    (values.len() == volume(t)).then_some(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(name: &str, dt: DataType, dims: &[i64], raw: Vec<u8>) -> pb::TensorProto {
+        pb::TensorProto {
+            name: name.into(),
+            data_type: dt as i32,
+            dims: dims.to_vec(),
+            raw_data: raw,
+            ..Default::default()
+        }
+    }
+
+    fn f32s(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {
+        tensor(
+            name,
+            DataType::Float,
+            dims,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
+    }
+
+    fn node(
+        op: &str,
+        inputs: &[&str],
+        output: &str,
+        attribute: Vec<pb::AttributeProto>,
+    ) -> pb::NodeProto {
+        pb::NodeProto {
+            name: output.into(),
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.into(),
+            r#type: pb::attribute_proto::AttributeType::Ints as i32,
+            ints: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn axis0() -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: "axis".into(),
+            r#type: pb::attribute_proto::AttributeType::Int as i32,
+            i: 0,
+            ..Default::default()
+        }
+    }
+
+    /// x → Q → DQ → Conv(DQ(w), DQ(b)) → Q → DQ → MaxPool → Q → DQ → y, two output channels
+    /// with their own weight scales; `spoil` changes one detail.
+    fn model(spoil: &str) -> pb::ModelProto {
+        let (xs, ws) = (0.02f32, [0.5f32, 0.25]);
+        let bias_scale: Vec<f32> = ws
+            .iter()
+            .map(|w| {
+                if spoil == "bias scale" {
+                    xs * w * 1.5
+                } else {
+                    xs * w
+                }
+            })
+            .collect();
+        let mut nodes = vec![
+            node("QuantizeLinear", &["x", "xs", "xz"], "xq", vec![]),
+            node("DequantizeLinear", &["xq", "xs", "xz"], "xf", vec![]),
+            node("DequantizeLinear", &["wq", "ws", "wz"], "wf", vec![axis0()]),
+            node("DequantizeLinear", &["bq", "bs", "bz"], "bf", vec![axis0()]),
+            node(
+                "Conv",
+                &["xf", "wf", "bf"],
+                "c",
+                vec![ints("kernel_shape", &[3, 3])],
+            ),
+            node("QuantizeLinear", &["c", "ys", "yz"], "cq", vec![]),
+            node("DequantizeLinear", &["cq", "ys", "yz"], "cf", vec![]),
+            node(
+                "MaxPool",
+                &["cf"],
+                "p",
+                vec![
+                    ints("kernel_shape", &[2, 2]),
+                    ints(
+                        "pads",
+                        if spoil == "pool pads" {
+                            &[1, 1, 1, 1]
+                        } else {
+                            &[0, 0, 0, 0]
+                        },
+                    ),
+                ],
+            ),
+            node(
+                "QuantizeLinear",
+                &["p", if spoil == "pool scale" { "xs" } else { "ys" }, "yz"],
+                "pq",
+                vec![],
+            ),
+            node("DequantizeLinear", &["pq", "ys", "yz"], "y", vec![]),
+        ];
+        let mut outputs = vec![pb::ValueInfoProto {
+            name: "y".into(),
+            ..Default::default()
+        }];
+        if spoil == "conv output read twice" {
+            nodes.push(node("Relu", &["c"], "r", vec![]));
+            outputs.push(pb::ValueInfoProto {
+                name: "r".into(),
+                ..Default::default()
+            });
+        }
+        let initializer = vec![
+            f32s("xs", &[], &[xs]),
+            tensor("xz", DataType::Uint8, &[], vec![3]),
+            tensor(
+                "wq",
+                DataType::Int8,
+                &[2, 1, 3, 3],
+                (0..18u8).map(|i| i.wrapping_mul(37)).collect(),
+            ),
+            f32s("ws", &[2], &ws),
+            tensor("wz", DataType::Int8, &[2], vec![0, 0]),
+            tensor(
+                "bq",
+                DataType::Int32,
+                &[2],
+                [5i32, -7].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+            f32s("bs", &[2], &bias_scale),
+            tensor("bz", DataType::Int32, &[2], vec![0; 8]),
+            f32s("ys", &[], &[0.1]),
+            tensor("yz", DataType::Uint8, &[], vec![0]),
+        ];
+        pb::ModelProto {
+            graph: Some(pb::GraphProto {
+                node: nodes,
+                initializer,
+                output: outputs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ops(m: &pb::ModelProto) -> Vec<String> {
+        m.graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type.clone())
+            .collect()
+    }
+
+    #[test]
+    fn convolutions_and_pools_become_integer_ops() {
+        let mut m = model("");
+        assert_eq!(fuse_qdq(&mut m), (1, 1));
+        assert_eq!(
+            ops(&m),
+            [
+                "QuantizeLinear",
+                "QLinearConv",
+                "MaxPool",
+                "DequantizeLinear"
+            ]
+        );
+        let graph = m.graph.as_ref().unwrap();
+        let conv = &graph.node[1];
+        assert_eq!(
+            conv.input,
+            ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz", "bq"]
+        );
+        assert_eq!(conv.output, ["cq"]);
+        assert_eq!(graph.node[2].input, ["cq"]);
+        assert_eq!(graph.node[2].output, ["pq"]);
+        // Nothing is left to match.
+        assert_eq!(fuse_qdq(&mut m), (0, 0));
+    }
+
+    #[test]
+    fn patterns_that_are_not_exactly_integer_ops_are_left_alone() {
+        for (spoil, want) in [
+            ("bias scale", (0, 1)),
+            ("conv output read twice", (0, 1)),
+            ("pool pads", (1, 0)),
+            ("pool scale", (1, 0)),
+        ] {
+            let mut m = model(spoil);
+            assert_eq!(fuse_qdq(&mut m), want, "{spoil}");
+        }
+    }
+}
