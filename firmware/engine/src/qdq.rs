@@ -204,7 +204,7 @@ fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option
         // The bias: int32 in units of x_scale * w_scale, zero point 0, exactly what
         // QLinearConv adds to its accumulators.
         let dq_b = &graph.node[index.produced_by(graph, b, "DequantizeLinear")?];
-        let bias = index.constant(&dq_b.input[0])?;
+        let bias = index.constant(dq_b.input.first()?)?;
         let b_scales = f32_values(index.constant(dq_b.input.get(1)?)?)?;
         let x_scale = *f32_values(index.constant(x_scale)?)?.first()?;
         let zero = match dq_b.input.get(2) {
@@ -237,7 +237,7 @@ fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option
             op_type: "QLinearConv".into(),
             domain: String::new(),
             input: inputs,
-            output: vec![q.output[0].clone()],
+            output: vec![q.output.first()?.clone()],
             attribute: conv.attribute.clone(),
             doc_string: String::new(),
         },
@@ -288,7 +288,7 @@ fn pool_rewrite(graph: &pb::GraphProto, index: &Index, pool_at: usize) -> Option
         remove: vec![pool_at, q_at],
         node: pb::NodeProto {
             input: vec![dq.input[0].clone()],
-            output: vec![q.output[0].clone()],
+            output: vec![q.output.first()?.clone()],
             ..pool.clone()
         },
     })
