@@ -93,11 +93,13 @@ impl DepthwiseInt8 {
         };
         let taps = geometry.kernel[0] * geometry.kernel[1];
         let mut acc = vec![0i32; n];
+        let mut phases = Vec::new();
         let plane = hw[0] * hw[1];
         for c in 0..self.channels() {
             acc.fill(self.offsets[c]);
             let w = &self.weights[c * taps..(c + 1) * taps];
-            geometry.accumulate(&xs[c * plane..(c + 1) * plane], w, self.pad, &mut acc);
+            let x = &xs[c * plane..(c + 1) * plane];
+            geometry.accumulate(x, w, self.pad, &mut acc, &mut phases);
             self.requantize
                 .run_row(&acc, c, &mut out[c * n..(c + 1) * n])?;
         }
@@ -119,50 +121,119 @@ struct Plane {
 impl Plane {
     /// `acc[oy, ox] += Σ w[ky, kx] · x[oy·sy + ky·dy − pt, ox·sx + kx·dx − pl]`, with `pad`
     /// for positions outside the image.
-    fn accumulate(&self, x: &[i8], w: &[i8], pad: i8, acc: &mut [i32]) {
+    fn accumulate(&self, x: &[i8], w: &[i8], pad: i8, acc: &mut [i32], phases: &mut Vec<i8>) {
         let [ho, wo] = self.out;
         let (h, width) = (self.height as isize, self.width as isize);
-        let sx = self.stride[1] as isize;
-        let mut gathered: Vec<i8> = Vec::with_capacity(wo);
+        let sx = self.stride[1];
+        let flat = sx == 1 && self.stride[0] == 1 && wo == self.width;
+        // Strided convolutions read every sx-th column: split each row into sx phases once,
+        // phase p holding columns p, p + sx, ..., so every tap reads a contiguous run.
+        let phase_width = self.width.div_ceil(sx);
+        if sx > 1 {
+            phases.clear();
+            phases.resize(sx * self.height * phase_width, 0);
+            for (iy, line) in x.chunks_exact(self.width).enumerate() {
+                for p in 0..sx {
+                    let at = (p * self.height + iy) * phase_width;
+                    let out = &mut phases[at..at + phase_width];
+                    if sx == 2 {
+                        // Pairs, not a stride: the common case stays a tight loop.
+                        for (o, pair) in out.iter_mut().zip(line[p..].chunks(2)) {
+                            *o = pair[0];
+                        }
+                    } else {
+                        for (o, v) in out.iter_mut().zip(line[p..].iter().step_by(sx)) {
+                            *o = *v;
+                        }
+                    }
+                }
+            }
+        }
         for ky in 0..self.kernel[0] {
             for kx in 0..self.kernel[1] {
                 let wv = i32::from(w[ky * self.kernel[1] + kx]);
                 let padded = wv * i32::from(pad);
                 // Output column ox reads input column ox · sx + x0; lead..end are inside.
                 let x0 = (kx * self.dilation[1]) as isize - self.pad[1] as isize;
-                let lead = if x0 >= 0 { 0 } else { (-x0 + sx - 1) / sx } as usize;
+                let sxi = sx as isize;
+                let lead = if x0 >= 0 { 0 } else { (-x0 + sxi - 1) / sxi } as usize;
                 let end = if width - x0 <= 0 {
                     0
                 } else {
-                    (width - x0 + sx - 1) / sx
+                    (width - x0 + sxi - 1) / sxi
                 } as usize;
                 let (lead, end) = (lead.min(wo), end.min(wo).max(lead.min(wo)));
+                let y0 = (ky * self.dilation[0]) as isize - self.pad[0] as isize;
+                if flat {
+                    self.tap_flat(x, wv, padded, [y0, x0], [lead, end], acc);
+                    continue;
+                }
                 for oy in 0..ho {
                     let row = &mut acc[oy * wo..(oy + 1) * wo];
-                    let iy = (oy * self.stride[0] + ky * self.dilation[0]) as isize
-                        - self.pad[0] as isize;
+                    let iy = (oy * self.stride[0]) as isize + y0;
                     if iy < 0 || iy >= h {
                         row.iter_mut().for_each(|a| *a = a.wrapping_add(padded));
                         continue;
                     }
-                    let line = &x[iy as usize * self.width..(iy as usize + 1) * self.width];
                     let (left, rest) = row.split_at_mut(lead);
                     let (inside, right) = rest.split_at_mut(end - lead);
                     for a in left.iter_mut().chain(right.iter_mut()) {
                         *a = a.wrapping_add(padded);
                     }
-                    let start = (lead as isize * sx + x0) as usize;
-                    if sx == 1 {
-                        multiply_add(inside, &line[start..start + inside.len()], wv);
+                    let start = (lead as isize * sxi + x0) as usize;
+                    let run = if sx == 1 {
+                        &x[iy as usize * self.width + start..][..inside.len()]
                     } else {
-                        // Strided columns into a contiguous run first, so the products
-                        // below stay one vector loop.
-                        gathered.clear();
-                        gathered
-                            .extend(line[start..].iter().step_by(sx as usize).take(inside.len()));
-                        multiply_add(inside, &gathered, wv);
-                    }
+                        let at =
+                            ((start % sx) * self.height + iy as usize) * phase_width + start / sx;
+                        &phases[at..at + inside.len()]
+                    };
+                    multiply_add(inside, run, wv);
                 }
+            }
+        }
+    }
+
+    /// One tap of a stride-1 convolution whose output rows are as wide as its input's: output
+    /// position i reads input position i + y0·width + x0, so the valid rows are one run
+    /// over the flattened plane. The columns where that run wraps into the neighbouring row
+    /// (the padding columns, `..lead` and `end..`) are then corrected to the padding value.
+    fn tap_flat(
+        &self,
+        x: &[i8],
+        wv: i32,
+        padded: i32,
+        [y0, x0]: [isize; 2],
+        [lead, end]: [usize; 2],
+        acc: &mut [i32],
+    ) {
+        let [ho, wo] = self.out;
+        let shift = y0 * self.width as isize + x0;
+        let first = (-y0).clamp(0, ho as isize) as usize;
+        let last = (self.height as isize - y0).clamp(first as isize, ho as isize) as usize;
+        let (above, rest) = acc.split_at_mut(first * wo);
+        let below = &mut rest[(last - first) * wo..];
+        for a in above.iter_mut().chain(below.iter_mut()) {
+            *a = a.wrapping_add(padded);
+        }
+        // The flat run, clipped to the plane: positions it leaves out are padding columns.
+        let lo = ((first * wo) as isize).max(-shift);
+        let hi = ((last * wo) as isize).min(x.len() as isize - shift);
+        let (lo, hi) = (lo as usize, (hi.max(lo)) as usize);
+        multiply_add(
+            &mut acc[lo..hi],
+            &x[(lo as isize + shift) as usize..(hi as isize + shift) as usize],
+            wv,
+        );
+        for oy in first..last {
+            for ox in (0..lead).chain(end..wo) {
+                let i = oy * wo + ox;
+                let added = if (lo..hi).contains(&i) {
+                    wv * i32::from(x[(i as isize + shift) as usize])
+                } else {
+                    0
+                };
+                acc[i] = acc[i].wrapping_add(padded.wrapping_sub(added));
             }
         }
     }
@@ -466,7 +537,8 @@ mod tests {
     use crate::load::{build_with, Target};
 
     /// Depthwise layers with strides 1 and 2, dilation 2, asymmetric and wide padding, 3x3
-    /// and 5x5 kernels, between ordinary convolutions: the plan with the direct depthwise
+    /// and 5x5 kernels, output rows as wide as the input's and narrower (both stride-1
+    /// paths), between ordinary convolutions: the plan with the direct depthwise
     /// op gives the bits of tract's own unrewritten plan.
     #[test]
     fn direct_depthwise_matches_the_unrewritten_plan() {
@@ -478,6 +550,7 @@ mod tests {
             Layer(16, 5, 1, 2, [4, 3, 4, 5], 16),
             Layer(8, 1, 1, 1, [0; 4], 1),
             Layer(8, 3, 1, 1, [1; 4], 8),
+            Layer(8, 3, 1, 1, [0, 1, 0, 0], 8),
         ];
         let bytes = conv_model(c, h, w, &layers);
         let spec = input_spec(c, h, w);
@@ -495,7 +568,7 @@ mod tests {
             .iter()
             .filter(|n| n.op_is::<DepthwiseInt8>())
             .count();
-        assert_eq!(count, 4, "{:?}", direct.patches);
+        assert_eq!(count, 5, "{:?}", direct.patches);
         let shape = [1, c, h, w];
         for data in test_inputs(c * h * w) {
             let (want, got) = (
