@@ -34,7 +34,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use rayon::prelude::*;
 use tract_onnx::prelude::multithread;
 
-use crate::epilogue::{byte_tensor, Requantize};
+use crate::epilogue::Requantize;
 use crate::im2col::{Geometry, PackPatches};
 
 /// Bytes of packed patches plus i32 accumulators per band (at least one band unit).
@@ -307,14 +307,13 @@ impl EvalOp for BandedConv {
     tract_onnx::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let dt = self.requantize.output_datum_type();
         // SAFETY: `run` writes every byte: each band requantizes all its columns of every row.
-        let out = unsafe {
-            byte_tensor(dt, &self.output_shape, "BandedConv", |bytes| {
-                self.run(&inputs, bytes)
-            })?
-        };
-        Ok(tvec!(out.into_tvalue()))
+        unsafe {
+            self.requantize
+                .output(&self.output_shape, "BandedConv", |bytes| {
+                    self.run(&inputs, bytes)
+                })
+        }
     }
 }
 
@@ -323,10 +322,7 @@ impl TypedOp for BandedConv {
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs[0].datum_type == DatumType::I8);
-        Ok(tvec!(self
-            .requantize
-            .output_datum_type()
-            .fact(&*self.output_shape)))
+        Ok(tvec!(self.requantize.output_fact(&self.output_shape)))
     }
 }
 
@@ -553,6 +549,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::load::{build_with, Target};
+    use crate::onnx_build::{int, ints, node, raw, value};
 
     thread_local! {
         /// Band size of the plans this thread builds (tests shrink it to get many bands).
@@ -573,72 +570,6 @@ pub(crate) mod tests {
         pub(crate) usize,
     );
 
-    fn raw<T: Copy>(
-        name: &str,
-        dt: pb::tensor_proto::DataType,
-        dims: &[usize],
-        v: &[T],
-    ) -> pb::TensorProto {
-        // SAFETY: plain numbers, read as their bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v))
-        };
-        pb::TensorProto {
-            name: name.into(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: dt as i32,
-            raw_data: bytes.to_vec(),
-            ..Default::default()
-        }
-    }
-
-    fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
-        pb::AttributeProto {
-            name: name.into(),
-            r#type: pb::attribute_proto::AttributeType::Ints as i32,
-            ints: v.to_vec(),
-            ..Default::default()
-        }
-    }
-
-    fn value(name: &str, dims: &[usize]) -> pb::ValueInfoProto {
-        use pb::tensor_shape_proto::{dimension, Dimension};
-        let dim = dims
-            .iter()
-            .map(|&d| Dimension {
-                value: Some(dimension::Value::DimValue(d as i64)),
-                ..Default::default()
-            })
-            .collect();
-        pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: pb::tensor_proto::DataType::Float as i32,
-                    shape: Some(pb::TensorShapeProto { dim }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn node(
-        op: &str,
-        inputs: &[String],
-        output: &str,
-        attribute: Vec<pb::AttributeProto>,
-    ) -> pb::NodeProto {
-        pb::NodeProto {
-            name: output.into(),
-            op_type: op.into(),
-            input: inputs.to_vec(),
-            output: vec![output.into()],
-            attribute,
-            ..Default::default()
-        }
-    }
-
     /// x → QuantizeLinear → the QLinearConvs of `layers` (u8 activations, per-channel
     /// symmetric i8 weights, i32 bias, deterministic pseudo-random values) →
     /// DequantizeLinear → y, as onnxruntime's QOperator export writes them.
@@ -655,12 +586,7 @@ pub(crate) mod tests {
             raw("s0", D::Float, &[], &[1.0f32 / 255.0]),
             raw("z0", D::Uint8, &[], &[3u8]),
         ];
-        let mut nodes = vec![node(
-            "QuantizeLinear",
-            &["x".into(), "s0".into(), "z0".into()],
-            "q0",
-            vec![],
-        )];
+        let mut nodes = vec![node("QuantizeLinear", &["x", "s0", "z0"], "q0", vec![])];
         let mut cin = c;
         for (i, Layer(cout, k, stride, dilation, pads, group)) in layers.iter().enumerate() {
             let n = |s: &str| format!("{s}{i}");
@@ -697,12 +623,7 @@ pub(crate) mod tests {
                 ints("strides", &[*stride as i64; 2]),
                 ints("dilations", &[*dilation as i64; 2]),
                 ints("pads", pads),
-                pb::AttributeProto {
-                    name: "group".into(),
-                    r#type: pb::attribute_proto::AttributeType::Int as i32,
-                    i: *group as i64,
-                    ..Default::default()
-                },
+                int("group", *group as i64),
             ];
             nodes.push(node("QLinearConv", &inputs, &format!("q{}", i + 1), attrs));
             // The next layer's input scale and zero point are this layer's output ones.

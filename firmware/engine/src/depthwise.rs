@@ -28,7 +28,7 @@ use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, P
 use tract_onnx::tract_core::ops::matmul::ModePicker;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use crate::epilogue::{byte_tensor, Requantize};
+use crate::epilogue::Requantize;
 
 /// A depthwise int8 convolution and its requantization, one channel at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,14 +268,13 @@ impl EvalOp for DepthwiseInt8 {
     tract_onnx::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let dt = self.requantize.output_datum_type();
         // SAFETY: `run` requantizes every channel's whole row.
-        let out = unsafe {
-            byte_tensor(dt, &self.output_shape, "DepthwiseInt8", |bytes| {
-                self.run(&inputs[0], bytes)
-            })?
-        };
-        Ok(tvec!(out.into_tvalue()))
+        unsafe {
+            self.requantize
+                .output(&self.output_shape, "DepthwiseInt8", |bytes| {
+                    self.run(&inputs[0], bytes)
+                })
+        }
     }
 }
 
@@ -284,10 +283,7 @@ impl TypedOp for DepthwiseInt8 {
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs[0].datum_type == DatumType::I8);
-        Ok(tvec!(self
-            .requantize
-            .output_datum_type()
-            .fact(&*self.output_shape)))
+        Ok(tvec!(self.requantize.output_fact(&self.output_shape)))
     }
 }
 

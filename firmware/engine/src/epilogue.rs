@@ -69,9 +69,25 @@ impl Requantize {
         }
     }
 
-    /// The output's datum type (U8 or I8).
-    pub(crate) fn output_datum_type(&self) -> DatumType {
-        self.output_type()
+    /// The fact of this chain's output for an output of `shape`, for the ops that end in
+    /// it (banded.rs, depthwise.rs).
+    pub(crate) fn output_fact(&self, shape: &[usize]) -> TypedFact {
+        self.output_type().fact(shape)
+    }
+
+    /// A new output of `shape` whose bytes `fill` writes, for those ops' `eval`.
+    ///
+    /// # Safety
+    /// `fill` must write every byte.
+    pub(crate) unsafe fn output(
+        &self,
+        shape: &[usize],
+        op: &str,
+        fill: impl FnOnce(&mut [u8]) -> TractResult<()>,
+    ) -> TractResult<TVec<TValue>> {
+        // SAFETY: the caller's `fill` writes every byte.
+        let out = unsafe { byte_tensor(self.output_type(), shape, op, fill)? };
+        Ok(tvec!(out.into_tvalue()))
     }
 
     /// Whether the multipliers run along the second-to-last axis of a `[1, rows, cols]` or

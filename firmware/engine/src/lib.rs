@@ -13,6 +13,8 @@ mod error;
 mod im2col;
 mod load;
 pub mod memory;
+#[cfg(test)]
+mod onnx_build;
 mod pool;
 mod qdq;
 mod rewrite;

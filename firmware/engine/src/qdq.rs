@@ -378,58 +378,18 @@ fn i64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tensor(name: &str, dt: DataType, dims: &[i64], raw: Vec<u8>) -> pb::TensorProto {
-        pb::TensorProto {
-            name: name.into(),
-            data_type: dt as i32,
-            dims: dims.to_vec(),
-            raw_data: raw,
-            ..Default::default()
-        }
-    }
-
-    fn f32s(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {
-        tensor(
-            name,
-            DataType::Float,
-            dims,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        )
-    }
-
-    fn node(
-        op: &str,
-        inputs: &[&str],
-        output: &str,
-        attribute: Vec<pb::AttributeProto>,
-    ) -> pb::NodeProto {
-        pb::NodeProto {
-            name: output.into(),
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.into()],
-            attribute,
-            ..Default::default()
-        }
-    }
-
-    fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
-        pb::AttributeProto {
-            name: name.into(),
-            r#type: pb::attribute_proto::AttributeType::Ints as i32,
-            ints: v.to_vec(),
-            ..Default::default()
-        }
-    }
+    use crate::onnx_build::{int, ints, node, raw};
 
     fn axis0() -> pb::AttributeProto {
-        pb::AttributeProto {
-            name: "axis".into(),
-            r#type: pb::attribute_proto::AttributeType::Int as i32,
-            i: 0,
-            ..Default::default()
-        }
+        int("axis", 0)
+    }
+
+    fn tensor(name: &str, dt: DataType, dims: &[usize], bytes: Vec<u8>) -> pb::TensorProto {
+        raw(name, dt, dims, &bytes)
+    }
+
+    fn f32s(name: &str, dims: &[usize], v: &[f32]) -> pb::TensorProto {
+        raw(name, DataType::Float, dims, v)
     }
 
     /// x → Q → DQ → Conv(DQ(w), DQ(b)) → Q → DQ → MaxPool → Q → DQ → y, two output channels
