@@ -46,7 +46,7 @@ const BAND_BYTES: usize = 512 * 1024;
 /// thread; with all cores they were slower than with one (RESULTS.md, run 4).
 const PARALLEL_MACS: usize = 16 << 20;
 
-/// PackPatches → OptMatMul → reshape → Requantize, one band of output rows at a time.
+/// Patch packing → OptMatMul → [reshape] → Requantize, one band of output rows at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BandedConv {
     pack: PackPatches,
@@ -225,13 +225,13 @@ impl BandedConv {
                     .iter()
                     .map(|op| op.resolve(&mm_inputs, &origin, &c, mmm, 0))
                     .collect();
-                // SAFETY: as in OptMatMul's own loop: the fused ops were resolved for this
-                // kernel, these inputs and an `m` × `nb` output.
                 let (m, n) = if self.patches_are_a {
                     (nb, self.channels)
                 } else {
                     (self.channels, nb)
                 };
+                // SAFETY: as in OptMatMul's own loop: the fused ops were resolved for this
+                // kernel, these inputs and an `m` × `n` output.
                 unsafe { mmm.run_with_scratch_space(m, n, scratch.as_mut(), &uops)? };
             }
             let acc = c.try_as_plain_ram()?;
@@ -326,8 +326,9 @@ impl TypedOp for BandedConv {
     }
 }
 
-/// Replaces every PackPatches → OptMatMul → reshape → Requantize run that [`BandedConv`]
-/// computes exactly, and returns how many. The replaced nodes are left unused for the
+/// Replaces every run of patch packing (PackPatches, or tract's packing of a 1x1
+/// convolution's input) → OptMatMul → [reshape] → Requantize that [`BandedConv`] computes
+/// exactly, and returns how many. The replaced nodes are left unused for the
 /// caller's next optimisation to prune.
 pub(crate) fn band_convolutions(model: &mut TypedModel) -> TractResult<usize> {
     #[cfg(test)]
@@ -380,28 +381,22 @@ fn run_at(
     }
     let is_patches =
         |op: &MatMulOperand| matches!(op, MatMulOperand::Input(i) if *i == patches_slot);
-    // One product, the patches on one side of it: tract packs a 1x1 convolution's input as
-    // either operand.
-    let products: Vec<bool> = matmul
+    // One product, the patches on exactly one side of it (tract packs a 1x1 convolution's
+    // input as either operand): which side, or None for any other product.
+    let products: Vec<Option<bool>> = matmul
         .micro_ops
         .iter()
         .filter_map(|op| match op {
             ProtoFusedSpec::AddMatMul { a, b, packings, .. } => Some(
-                is_patches(a) != is_patches(b)
-                    && is_patches(a) | is_patches(b)
-                    && packings.len() == 1
-                    && packings[0].1.is_none(),
+                (is_patches(a) != is_patches(b) && packings.len() == 1 && packings[0].1.is_none())
+                    .then(|| is_patches(a)),
             ),
             _ => None,
         })
         .collect();
-    if products != [true] {
+    let [Some(patches_are_a)] = products[..] else {
         return Ok(None);
-    }
-    let patches_are_a = matmul
-        .micro_ops
-        .iter()
-        .any(|op| matches!(op, ProtoFusedSpec::AddMatMul { a, .. } if is_patches(a)));
+    };
     for op in &matmul.micro_ops {
         match op {
             ProtoFusedSpec::AddMatMul { .. } => {}

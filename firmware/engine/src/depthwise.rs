@@ -29,6 +29,7 @@ use tract_onnx::tract_core::ops::matmul::ModePicker;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::epilogue::Requantize;
+use crate::im2col::Geometry;
 
 /// A depthwise int8 convolution and its requantization, one channel at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,17 +52,16 @@ impl DepthwiseInt8 {
 
     fn run(&self, x: &Tensor, out: &mut [u8]) -> TractResult<()> {
         let shape = x.shape();
-        let hw = match (self.pool_spec.data_format, shape) {
+        let (h, w) = match (self.pool_spec.data_format, shape) {
             (DataFormat::CHW, [c, h, w]) | (DataFormat::NCHW, [1, c, h, w])
                 if *c == self.channels() =>
             {
-                [*h, *w]
+                (*h, *w)
             }
             _ => bail!("DepthwiseInt8: input of shape {shape:?}"),
         };
-        let padded = self.pool_spec.computed_padding(&hw);
-        let (ho, wo) = (padded[0].convoluted, padded[1].convoluted);
-        let n = ho * wo;
+        let g = Geometry::of(&self.pool_spec, &[1, self.channels(), h, w]);
+        let n = g.n;
         ensure!(
             out.len() == self.channels() * n,
             "DepthwiseInt8: {n} output positions for an output of {:?}",
@@ -69,37 +69,15 @@ impl DepthwiseInt8 {
         );
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<i8>()?;
-        let geometry = Plane {
-            height: hw[0],
-            width: hw[1],
-            out: [ho, wo],
-            kernel: [
-                self.pool_spec.kernel_shape[0],
-                self.pool_spec.kernel_shape[1],
-            ],
-            stride: self
-                .pool_spec
-                .strides()
-                .to_vec()
-                .try_into()
-                .unwrap_or([1, 1]),
-            dilation: self
-                .pool_spec
-                .dilations()
-                .to_vec()
-                .try_into()
-                .unwrap_or([1, 1]),
-            pad: [padded[0].pad_before, padded[1].pad_before],
-        };
-        let taps = geometry.kernel[0] * geometry.kernel[1];
+        let taps = g.kernel[0] * g.kernel[1];
         let mut acc = vec![0i32; n];
         let mut phases = Vec::new();
-        let plane = hw[0] * hw[1];
+        let plane = h * w;
         for c in 0..self.channels() {
             acc.fill(self.offsets[c]);
-            let w = &self.weights[c * taps..(c + 1) * taps];
+            let weights = &self.weights[c * taps..(c + 1) * taps];
             let x = &xs[c * plane..(c + 1) * plane];
-            geometry.accumulate(x, w, self.pad, &mut acc, &mut phases);
+            accumulate(&g, x, weights, self.pad, &mut acc, &mut phases);
             self.requantize
                 .run_row(&acc, c, &mut out[c * n..(c + 1) * n])?;
         }
@@ -107,134 +85,114 @@ impl DepthwiseInt8 {
     }
 }
 
-/// One channel's geometry, with the padding resolved.
-struct Plane {
-    height: usize,
-    width: usize,
-    out: [usize; 2],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pad: [usize; 2],
-}
-
-impl Plane {
-    /// `acc[oy, ox] += Σ w[ky, kx] · x[oy·sy + ky·dy − pt, ox·sx + kx·dx − pl]`, with `pad`
-    /// for positions outside the image.
-    fn accumulate(&self, x: &[i8], w: &[i8], pad: i8, acc: &mut [i32], phases: &mut Vec<i8>) {
-        let [ho, wo] = self.out;
-        let (h, width) = (self.height as isize, self.width as isize);
-        let sx = self.stride[1];
-        let flat = sx == 1 && self.stride[0] == 1 && wo == self.width;
-        // Strided convolutions read every sx-th column: split each row into sx phases once,
-        // phase p holding columns p, p + sx, ..., so every tap reads a contiguous run.
-        let phase_width = self.width.div_ceil(sx);
-        if sx > 1 {
-            phases.clear();
-            phases.resize(sx * self.height * phase_width, 0);
-            for (iy, line) in x.chunks_exact(self.width).enumerate() {
-                for p in 0..sx {
-                    let at = (p * self.height + iy) * phase_width;
-                    let out = &mut phases[at..at + phase_width];
-                    if sx == 2 {
-                        // Pairs, not a stride: the common case stays a tight loop.
-                        for (o, pair) in out.iter_mut().zip(line[p..].chunks(2)) {
-                            *o = pair[0];
-                        }
-                    } else {
-                        for (o, v) in out.iter_mut().zip(line[p..].iter().step_by(sx)) {
-                            *o = *v;
-                        }
+/// One channel: `acc[oy, ox] += Σ w[ky, kx] · x[oy·sy + ky·dy − pt, ox·sx + kx·dx − pl]`,
+/// with `pad` for positions outside the image.
+fn accumulate(g: &Geometry, x: &[i8], w: &[i8], pad: i8, acc: &mut [i32], phases: &mut Vec<i8>) {
+    let wo = g.out_width;
+    let ho = g.n / wo.max(1);
+    let h = g.height as isize;
+    let sx = g.stride[1];
+    let flat = sx == 1 && g.stride[0] == 1 && wo == g.width;
+    // Strided convolutions read every sx-th column: split each row into sx phases once,
+    // phase p holding columns p, p + sx, ..., so every tap reads a contiguous run.
+    let phase_width = g.width.div_ceil(sx);
+    if sx > 1 {
+        phases.clear();
+        phases.resize(sx * g.height * phase_width, 0);
+        for (iy, line) in x.chunks_exact(g.width).enumerate() {
+            for p in 0..sx {
+                let at = (p * g.height + iy) * phase_width;
+                let out = &mut phases[at..at + phase_width];
+                if sx == 2 {
+                    // Pairs, not a stride: the common case stays a tight loop.
+                    for (o, pair) in out.iter_mut().zip(line[p..].chunks(2)) {
+                        *o = pair[0];
                     }
-                }
-            }
-        }
-        for ky in 0..self.kernel[0] {
-            for kx in 0..self.kernel[1] {
-                let wv = i32::from(w[ky * self.kernel[1] + kx]);
-                let padded = wv * i32::from(pad);
-                // Output column ox reads input column ox · sx + x0; lead..end are inside.
-                let x0 = (kx * self.dilation[1]) as isize - self.pad[1] as isize;
-                let sxi = sx as isize;
-                let lead = if x0 >= 0 { 0 } else { (-x0 + sxi - 1) / sxi } as usize;
-                let end = if width - x0 <= 0 {
-                    0
                 } else {
-                    (width - x0 + sxi - 1) / sxi
-                } as usize;
-                let (lead, end) = (lead.min(wo), end.min(wo).max(lead.min(wo)));
-                let y0 = (ky * self.dilation[0]) as isize - self.pad[0] as isize;
-                if flat {
-                    self.tap_flat(x, wv, padded, [y0, x0], [lead, end], acc);
-                    continue;
-                }
-                for oy in 0..ho {
-                    let row = &mut acc[oy * wo..(oy + 1) * wo];
-                    let iy = (oy * self.stride[0]) as isize + y0;
-                    if iy < 0 || iy >= h {
-                        row.iter_mut().for_each(|a| *a = a.wrapping_add(padded));
-                        continue;
+                    for (o, v) in out.iter_mut().zip(line[p..].iter().step_by(sx)) {
+                        *o = *v;
                     }
-                    let (left, rest) = row.split_at_mut(lead);
-                    let (inside, right) = rest.split_at_mut(end - lead);
-                    for a in left.iter_mut().chain(right.iter_mut()) {
-                        *a = a.wrapping_add(padded);
-                    }
-                    let start = (lead as isize * sxi + x0) as usize;
-                    let run = if sx == 1 {
-                        &x[iy as usize * self.width + start..][..inside.len()]
-                    } else {
-                        let at =
-                            ((start % sx) * self.height + iy as usize) * phase_width + start / sx;
-                        &phases[at..at + inside.len()]
-                    };
-                    multiply_add(inside, run, wv);
                 }
             }
         }
     }
-
-    /// One tap of a stride-1 convolution whose output rows are as wide as its input's: output
-    /// position i reads input position i + y0·width + x0, so the valid rows are one run
-    /// over the flattened plane. The columns where that run wraps into the neighbouring row
-    /// (the padding columns, `..lead` and `end..`) are then corrected to the padding value.
-    fn tap_flat(
-        &self,
-        x: &[i8],
-        wv: i32,
-        padded: i32,
-        [y0, x0]: [isize; 2],
-        [lead, end]: [usize; 2],
-        acc: &mut [i32],
-    ) {
-        let [ho, wo] = self.out;
-        let shift = y0 * self.width as isize + x0;
-        let first = (-y0).clamp(0, ho as isize) as usize;
-        let last = (self.height as isize - y0).clamp(first as isize, ho as isize) as usize;
-        let (above, rest) = acc.split_at_mut(first * wo);
-        let below = &mut rest[(last - first) * wo..];
-        for a in above.iter_mut().chain(below.iter_mut()) {
-            *a = a.wrapping_add(padded);
-        }
-        // The flat run, clipped to the plane: positions it leaves out are padding columns.
-        let lo = ((first * wo) as isize).max(-shift);
-        let hi = ((last * wo) as isize).min(x.len() as isize - shift);
-        let (lo, hi) = (lo as usize, (hi.max(lo)) as usize);
-        multiply_add(
-            &mut acc[lo..hi],
-            &x[(lo as isize + shift) as usize..(hi as isize + shift) as usize],
-            wv,
-        );
-        for oy in first..last {
-            for ox in (0..lead).chain(end..wo) {
-                let i = oy * wo + ox;
-                let added = if (lo..hi).contains(&i) {
-                    wv * i32::from(x[(i as isize + shift) as usize])
-                } else {
-                    0
-                };
-                acc[i] = acc[i].wrapping_add(padded.wrapping_sub(added));
+    for ky in 0..g.kernel[0] {
+        for kx in 0..g.kernel[1] {
+            let wv = i32::from(w[ky * g.kernel[1] + kx]);
+            let padded = wv * i32::from(pad);
+            // Output column ox reads input column ox · sx + x0; lead..end are inside.
+            let (x0, lead, end) = g.columns(kx);
+            let y0 = (ky * g.dilation[0]) as isize - g.pad[0] as isize;
+            if flat {
+                tap_flat(g, x, wv, padded, [y0, x0], [lead, end], acc);
+                continue;
             }
+            for oy in 0..ho {
+                let row = &mut acc[oy * wo..(oy + 1) * wo];
+                let iy = (oy * g.stride[0]) as isize + y0;
+                if iy < 0 || iy >= h {
+                    row.iter_mut().for_each(|a| *a = a.wrapping_add(padded));
+                    continue;
+                }
+                let (left, rest) = row.split_at_mut(lead);
+                let (inside, right) = rest.split_at_mut(end - lead);
+                for a in left.iter_mut().chain(right.iter_mut()) {
+                    *a = a.wrapping_add(padded);
+                }
+                let start = (lead as isize * sx as isize + x0) as usize;
+                let run = if sx == 1 {
+                    &x[iy as usize * g.width + start..][..inside.len()]
+                } else {
+                    let at = ((start % sx) * g.height + iy as usize) * phase_width + start / sx;
+                    &phases[at..at + inside.len()]
+                };
+                multiply_add(inside, run, wv);
+            }
+        }
+    }
+}
+
+/// One tap of a stride-1 convolution whose output rows are as wide as its input's: output
+/// position i reads input position i + y0·width + x0, so the valid rows are one run over
+/// the flattened plane. The columns where that run wraps into the neighbouring row (the
+/// padding columns, `..lead` and `end..`) are then corrected to the padding value.
+fn tap_flat(
+    g: &Geometry,
+    x: &[i8],
+    wv: i32,
+    padded: i32,
+    [y0, x0]: [isize; 2],
+    [lead, end]: [usize; 2],
+    acc: &mut [i32],
+) {
+    let wo = g.out_width;
+    let ho = g.n / wo.max(1);
+    let shift = y0 * g.width as isize + x0;
+    let first = (-y0).clamp(0, ho as isize) as usize;
+    let last = (g.height as isize - y0).clamp(first as isize, ho as isize) as usize;
+    let (above, rest) = acc.split_at_mut(first * wo);
+    let below = &mut rest[(last - first) * wo..];
+    for a in above.iter_mut().chain(below.iter_mut()) {
+        *a = a.wrapping_add(padded);
+    }
+    // The flat run, clipped to the plane: positions it leaves out are padding columns.
+    let lo = ((first * wo) as isize).max(-shift);
+    let hi = ((last * wo) as isize).min(x.len() as isize - shift);
+    let (lo, hi) = (lo as usize, (hi.max(lo)) as usize);
+    multiply_add(
+        &mut acc[lo..hi],
+        &x[(lo as isize + shift) as usize..(hi as isize + shift) as usize],
+        wv,
+    );
+    for oy in first..last {
+        for ox in (0..lead).chain(end..wo) {
+            let i = oy * wo + ox;
+            let added = if (lo..hi).contains(&i) {
+                wv * i32::from(x[(i as isize + shift) as usize])
+            } else {
+                0
+            };
+            acc[i] = acc[i].wrapping_add(padded.wrapping_sub(added));
         }
     }
 }

@@ -54,10 +54,45 @@ pub(crate) struct Geometry {
     pub(crate) width: usize,
     pub(crate) out_width: usize,
     pub(crate) n: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pad: [usize; 2],
+    pub(crate) kernel: [usize; 2],
+    pub(crate) stride: [usize; 2],
+    pub(crate) dilation: [usize; 2],
+    pub(crate) pad: [usize; 2],
+}
+
+impl Geometry {
+    /// The geometry of `spec` (2-D) on an input of `shape` (`[n, c, h, w]`).
+    pub(crate) fn of(spec: &PoolSpec, shape: &[usize]) -> Geometry {
+        let padded = spec.computed_padding(&shape[2..]);
+        let (strides, dilations) = (spec.strides(), spec.dilations());
+        Geometry {
+            channels: shape[1],
+            height: shape[2],
+            width: shape[3],
+            out_width: padded[1].convoluted,
+            n: padded[0].convoluted * padded[1].convoluted,
+            kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
+            stride: [strides[0], strides[1]],
+            dilation: [dilations[0], dilations[1]],
+            pad: [padded[0].pad_before, padded[1].pad_before],
+        }
+    }
+
+    /// For kernel column `kx`: `x0`, with output column ox reading input column
+    /// `ox · stride + x0`, and the output columns `lead..end` that read inside the image.
+    #[inline]
+    pub(crate) fn columns(&self, kx: usize) -> (isize, usize, usize) {
+        let wo = self.out_width;
+        let (w, sx) = (self.width as isize, self.stride[1] as isize);
+        let x0 = (kx * self.dilation[1]) as isize - self.pad[1] as isize;
+        let lead = if x0 >= 0 { 0 } else { (-x0 + sx - 1) / sx } as usize;
+        let end = if w - x0 <= 0 {
+            0
+        } else {
+            (w - x0 + sx - 1) / sx
+        } as usize;
+        (x0, lead.min(wo), end.min(wo).max(lead.min(wo)))
+    }
 }
 
 impl PackPatches {
@@ -132,19 +167,7 @@ impl PackPatches {
             shape[1] == spec.input_channels,
             "PackPatches: {shape:?} has the wrong channels"
         );
-        let padded = spec.computed_padding(&shape[2..]);
-        let (strides, dilations) = (spec.strides(), spec.dilations());
-        Ok(Geometry {
-            channels: shape[1],
-            height: shape[2],
-            width: shape[3],
-            out_width: padded[1].convoluted,
-            n: padded[0].convoluted * padded[1].convoluted,
-            kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
-            stride: [strides[0], strides[1]],
-            dilation: [dilations[0], dilations[1]],
-            pad: [padded[0].pad_before, padded[1].pad_before],
-        })
+        Ok(Geometry::of(spec, shape))
     }
 
     /// Packs one image (`x`: C·H·W bytes) into `out` (`panels * panel_len` bytes, zeroed for
@@ -250,14 +273,7 @@ fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], oy0: usize,
     let (w, h) = (g.width as isize, g.height as isize);
     let sx = g.stride[1] as isize;
     // Input column of output column ox: ox * sx + x0. Columns lead..end read the image.
-    let x0 = (kx * g.dilation[1]) as isize - g.pad[1] as isize;
-    let lead = if x0 >= 0 { 0 } else { (-x0 + sx - 1) / sx } as usize;
-    let end = if w - x0 <= 0 {
-        0
-    } else {
-        (w - x0 + sx - 1) / sx
-    } as usize;
-    let (lead, end) = (lead.min(wo), end.min(wo).max(lead.min(wo)));
+    let (x0, lead, end) = g.columns(kx);
     let input_row =
         |oy: usize| ((oy0 + oy) * g.stride[0] + ky * g.dilation[0]) as isize - g.pad[0] as isize;
 

@@ -168,16 +168,13 @@ pub(crate) fn build_with(
         .into_optimized()
         .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
     tr("tract's optimisation");
-    let mut patches = Vec::new();
-    for (count, noun, after) in [
-        (qdq_convs, "QDQ convolution", " as QLinearConv"),
-        (qdq_pools, "QDQ max pool", " on the quantized values"),
-    ] {
-        if count > 0 {
-            let plural = if count == 1 { "" } else { "s" };
-            patches.push(format!("ran {count} {noun}{plural}{after}"));
-        }
-    }
+    let mut patches: Vec<String> = [
+        (qdq_convs, "ran", "QDQ convolution", " as QLinearConv"),
+        (qdq_pools, "ran", "QDQ max pool", " on the quantized values"),
+    ]
+    .into_iter()
+    .filter_map(patch_note)
+    .collect();
     if rewrite {
         let nodes = optimized.nodes().len();
         let mut banded = 0;
@@ -220,45 +217,44 @@ pub(crate) fn build_with(
                 optimized.nodes().len()
             );
         }
-        for (count, before, noun, after) in [
-            (
-                folded_chains,
-                "evaluated",
-                "constant weight chain",
-                " at load instead of every inference",
-            ),
-            (removed, "removed", "zero-point Sub(x, 0*y) term", ""),
-            (
-                packers,
-                "packed the patches of",
-                "int8 convolution",
-                " in runs",
-            ),
-            (pools, "ran", "u8/i8 max pool", " on the engine's kernel"),
-            (
-                banded,
-                "ran",
-                "int8 convolution",
-                " a band of output rows at a time",
-            ),
-            (
-                depthwise,
-                "computed",
-                "int8 depthwise convolution",
-                " directly",
-            ),
-            (
-                fused,
-                "fused",
-                "requantization chain",
-                " into one pass each",
-            ),
-        ] {
-            if count > 0 {
-                let plural = if count == 1 { "" } else { "s" };
-                patches.push(format!("{before} {count} {noun}{plural}{after}"));
-            }
-        }
+        patches.extend(
+            [
+                (
+                    folded_chains,
+                    "evaluated",
+                    "constant weight chain",
+                    " at load instead of every inference",
+                ),
+                (removed, "removed", "zero-point Sub(x, 0*y) term", ""),
+                (
+                    packers,
+                    "packed the patches of",
+                    "int8 convolution",
+                    " in runs",
+                ),
+                (pools, "ran", "u8/i8 max pool", " on the engine's kernel"),
+                (
+                    banded,
+                    "ran",
+                    "int8 convolution",
+                    " a band of output rows at a time",
+                ),
+                (
+                    depthwise,
+                    "computed",
+                    "int8 depthwise convolution",
+                    " directly",
+                ),
+                (
+                    fused,
+                    "fused",
+                    "requantization chain",
+                    " into one pass each",
+                ),
+            ]
+            .into_iter()
+            .filter_map(patch_note),
+        );
     }
     tr("the engine's rewrites");
     let (kernels, ops) = describe(&optimized);
@@ -276,6 +272,12 @@ pub(crate) fn build_with(
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// `"{before} {count} {noun}(s){after}"` for a rewrite applied `count` times, none for 0.
+fn patch_note((count, before, noun, after): (usize, &str, &str, &str)) -> Option<String> {
+    let plural = if count == 1 { "" } else { "s" };
+    (count > 0).then(|| format!("{before} {count} {noun}{plural}{after}"))
+}
 
 fn load_err(message: String) -> EngineError {
     // The caller knows the path; `Model::load_file` re-labels it (see `with_path`).

@@ -21,8 +21,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+use tract_onnx::data_resolver::FopenDataResolver;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::prelude::*;
+use tract_onnx::tensor::load_tensor;
 
 /// Rewrites the QDQ patterns above in place and returns how many (convolutions, pools).
 pub(crate) fn fuse_qdq(model: &mut pb::ModelProto) -> (usize, usize) {
@@ -114,6 +117,19 @@ impl<'g> Index<'g> {
     fn constant(&self, name: &str) -> Option<&'g pb::TensorProto> {
         self.initializers.get(name).copied()
     }
+
+    /// A scale, zero point or bias constant, decoded by tract's own ONNX tensor loader
+    /// (only the element types these hold).
+    fn value(&self, name: &str) -> Option<Tensor> {
+        let t = self.constant(name)?;
+        let numeric = matches!(
+            dtype(t),
+            Some(DataType::Float | DataType::Uint8 | DataType::Int8 | DataType::Int32)
+        );
+        numeric
+            .then(|| load_tensor(&FopenDataResolver, t, None).ok())
+            .flatten()
+    }
 }
 
 /// A node to insert in place of others.
@@ -173,19 +189,19 @@ fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option
     let (y_scale, y_zp) = scale_and_zero_point(index, q)?;
     // Activations: one scale and zero point each.
     for name in [x_scale, x_zp, y_scale, y_zp] {
-        if volume(index.constant(name)?) != 1 {
+        if index.value(name)?.len() != 1 {
             return None;
         }
     }
     // Weights: constant, 4-D, one scale per output channel along axis 0, or one for all.
     let weights = index.constant(&dq_w.input[0])?;
     let out_channels = *weights.dims.first()? as usize;
-    let w_scales = f32_values(index.constant(w_scale)?)?;
+    let w_scales = floats(&index.value(w_scale)?)?;
     let per_channel = w_scales.len() == out_channels && out_channels > 1;
     if weights.dims.len() != 4
         || !matches!(dtype(weights), Some(DataType::Int8 | DataType::Uint8))
         || !(w_scales.len() == 1 || per_channel)
-        || volume(index.constant(w_zp)?) != w_scales.len()
+        || index.value(w_zp)?.len() != w_scales.len()
         || (per_channel && axis(dq_w) != 0)
     {
         return None;
@@ -204,13 +220,11 @@ fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option
         // The bias: int32 in units of x_scale * w_scale, zero point 0, exactly what
         // QLinearConv adds to its accumulators.
         let dq_b = &graph.node[index.produced_by(graph, b, "DequantizeLinear")?];
-        let bias = index.constant(dq_b.input.first()?)?;
-        let b_scales = f32_values(index.constant(dq_b.input.get(1)?)?)?;
-        let x_scale = *f32_values(index.constant(x_scale)?)?.first()?;
+        let bias = index.value(dq_b.input.first()?)?;
+        let b_scales = floats(&index.value(dq_b.input.get(1)?)?)?;
+        let x_scale = *floats(&index.value(x_scale)?)?.first()?;
         let zero = match dq_b.input.get(2) {
-            Some(name) if !name.is_empty() => {
-                i64_values(index.constant(name)?)?.iter().all(|&z| z == 0)
-            }
+            Some(name) if !name.is_empty() => index.value(name)?.is_all_zero().ok()?,
             _ => true,
         };
         let expected = |c: usize| x_scale * w_scales[if per_channel { c } else { 0 }];
@@ -220,8 +234,8 @@ fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option
             b_scales.len() == out_channels
                 && (0..out_channels).all(|c| b_scales[c].to_bits() == expected(c).to_bits())
         };
-        if dtype(bias) != Some(DataType::Int32)
-            || volume(bias) != out_channels
+        if bias.datum_type() != DatumType::I32
+            || bias.len() != out_channels
             || !zero
             || !scales_match
             || (b_scales.len() > 1 && axis(dq_b) != 0)
@@ -269,18 +283,17 @@ fn pool_rewrite(graph: &pb::GraphProto, index: &Index, pool_at: usize) -> Option
     let q = &graph.node[q_at];
     let (in_scale, in_zp) = scale_and_zero_point(index, dq)?;
     let (out_scale, out_zp) = scale_and_zero_point(index, q)?;
-    let scale = index.constant(in_scale)?;
-    let scales = f32_values(scale)?;
-    let same = |a: &pb::TensorProto, b: &pb::TensorProto| {
-        dtype(a) == dtype(b) && a.dims == b.dims && tensor_bytes(a) == tensor_bytes(b)
+    let scale = index.value(in_scale)?;
+    let zero_point = index.value(in_zp)?;
+    let [s] = floats(&scale)?[..] else {
+        return None;
     };
     // A positive finite scale: dequantization is then increasing.
-    let increasing = scales[0] > 0.0 && scales[0].is_finite();
-    if volume(scale) != 1
-        || !increasing
-        || !same(scale, index.constant(out_scale)?)
-        || !same(index.constant(in_zp)?, index.constant(out_zp)?)
-        || volume(index.constant(in_zp)?) != 1
+    let increasing = s > 0.0 && s.is_finite();
+    if !increasing
+        || scale != index.value(out_scale)?
+        || zero_point != index.value(out_zp)?
+        || zero_point.len() != 1
     {
         return None;
     }
@@ -317,10 +330,6 @@ fn dtype(t: &pb::TensorProto) -> Option<DataType> {
     DataType::try_from(t.data_type).ok()
 }
 
-fn volume(t: &pb::TensorProto) -> usize {
-    t.dims.iter().map(|&d| d.max(0) as usize).product()
-}
-
 fn axis(node: &pb::NodeProto) -> i64 {
     node.attribute
         .iter()
@@ -328,51 +337,15 @@ fn axis(node: &pb::NodeProto) -> i64 {
         .map_or(1, |a| a.i)
 }
 
-/// The tensor's values as little-endian bytes, from whichever field holds them.
-fn tensor_bytes(t: &pb::TensorProto) -> Vec<u8> {
-    if !t.raw_data.is_empty() {
-        return t.raw_data.clone();
-    }
-    let mut out = Vec::new();
-    out.extend(t.float_data.iter().flat_map(|v| v.to_le_bytes()));
-    out.extend(t.int32_data.iter().flat_map(|v| v.to_le_bytes()));
-    out.extend(t.int64_data.iter().flat_map(|v| v.to_le_bytes()));
-    out
-}
-
-fn f32_values(t: &pb::TensorProto) -> Option<Vec<f32>> {
-    if dtype(t)? != DataType::Float {
-        return None;
-    }
-    let values: Vec<f32> = if !t.raw_data.is_empty() {
-        t.raw_data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    } else {
-        t.float_data.clone()
-    };
-    (values.len() == volume(t)).then_some(values)
-}
-
-/// Integer values of an int8, uint8 or int32 tensor (zero points).
-fn i64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
-    let values: Vec<i64> = match dtype(t)? {
-        DataType::Int8 if !t.raw_data.is_empty() => {
-            t.raw_data.iter().map(|&b| b as i8 as i64).collect()
-        }
-        DataType::Uint8 if !t.raw_data.is_empty() => t.raw_data.iter().map(|&b| b as i64).collect(),
-        DataType::Int32 if !t.raw_data.is_empty() => t
-            .raw_data
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+/// An f32 tensor's values.
+fn floats(t: &Tensor) -> Option<Vec<f32>> {
+    Some(
+        t.to_plain_array_view::<f32>()
+            .ok()?
+            .iter()
+            .copied()
             .collect(),
-        DataType::Int8 | DataType::Uint8 | DataType::Int32 => {
-            t.int32_data.iter().map(|&v| v as i64).collect()
-        }
-        _ => return None,
-    };
-    (values.len() == volume(t)).then_some(values)
+    )
 }
 
 #[cfg(test)]

@@ -85,14 +85,18 @@ fn constant_chain(model: &TypedModel, id: usize) -> TractResult<Option<(usize, T
         return Ok(None);
     }
     let facts = model.node_input_facts(id)?;
-    if facts.is_empty() || facts.iter().any(|f| f.konst.is_none()) {
+    let Some(konsts) = facts
+        .iter()
+        .map(|f| f.konst.clone())
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    if konsts.is_empty() {
         return Ok(None);
     }
-    let mut budget: usize = facts.iter().map(|f| konst_bytes(f)).sum();
-    let inputs = facts
-        .iter()
-        .map(|f| f.konst.clone().unwrap().into_tvalue())
-        .collect();
+    let mut budget: usize = konsts.iter().map(|k| bytes(k)).sum();
+    let inputs = konsts.into_iter().map(|k| k.into_tvalue()).collect();
     let Ok(Some(mut values)) = node.op.eval_out_of_plan(inputs) else {
         return Ok(None);
     };
@@ -100,11 +104,7 @@ fn constant_chain(model: &TypedModel, id: usize) -> TractResult<Option<(usize, T
     let mut at = id;
     let mut best = None;
     loop {
-        let bytes: usize = values
-            .iter()
-            .map(|v| v.len() * v.datum_type().size_of())
-            .sum();
-        if bytes <= budget {
+        if values.iter().map(|v| bytes(v)).sum::<usize>() <= budget {
             best = Some((at, values.clone()));
         }
         if outputs.contains(&OutletId::new(at, 0)) {
@@ -118,7 +118,7 @@ fn constant_chain(model: &TypedModel, id: usize) -> TractResult<Option<(usize, T
             if input.node == at {
                 inputs.push(values[input.slot].clone());
             } else if let Some(k) = &model.outlet_fact(*input)?.konst {
-                budget += k.len() * k.datum_type().size_of();
+                budget += bytes(k);
                 inputs.push(k.clone().into_tvalue());
             } else {
                 return Ok(best);
@@ -133,10 +133,8 @@ fn constant_chain(model: &TypedModel, id: usize) -> TractResult<Option<(usize, T
     Ok(best)
 }
 
-fn konst_bytes(fact: &TypedFact) -> usize {
-    fact.konst
-        .as_ref()
-        .map_or(0, |k| k.len() * k.datum_type().size_of())
+fn bytes(t: &Tensor) -> usize {
+    t.len() * t.datum_type().size_of()
 }
 
 /// Replaces, in evaluation order, every node for which `replacement` gives an op, keeping
