@@ -24,6 +24,10 @@ pub struct LoadStats {
     /// VmHWM right after the load: the load's peak, plus the baseline.
     pub peak_after_load: u64,
     pub rss_after_load: u64,
+    /// RssFile before and after the load: the growth is the binary's code and read-only
+    /// data the load touched, file pages the kernel maps in (64 KiB around each fault).
+    pub files_before: u64,
+    pub files_after_load: u64,
     /// VmRSS after the steady-state inferences (weights + activations + baseline).
     pub rss_steady: u64,
     pub peak_end: u64,
@@ -35,6 +39,11 @@ impl LoadStats {
     /// Memory the load added on top of the empty process, at its peak.
     pub fn load_peak(&self) -> u64 {
         self.peak_after_load.saturating_sub(self.rss_before)
+    }
+
+    /// The part of `load_peak` that is the program's own file pages (code), not data.
+    pub fn code_paged_in(&self) -> u64 {
+        self.files_after_load.saturating_sub(self.files_before)
     }
 
     /// Resident memory the model keeps while serving, beyond the empty process.
@@ -63,6 +72,8 @@ pub fn child_main(bundle: &Path, variant: &str, runs: usize) -> Result<()> {
         rss_before: before.rss,
         peak_after_load: after_load.peak_rss,
         rss_after_load: after_load.rss,
+        files_before: before.rss_file,
+        files_after_load: after_load.rss_file,
         rss_steady: end.rss,
         peak_end: end.peak_rss,
         kernels: report.kernels.clone(),

@@ -11,6 +11,7 @@ mod depthwise;
 mod epilogue;
 mod error;
 mod im2col;
+mod lean;
 mod load;
 pub mod memory;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod pool;
 mod qdq;
 mod rewrite;
 mod threads;
+mod weights;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -173,7 +175,7 @@ impl Model {
             output_tensor,
             batch: options.batch,
         };
-        // The map goes into the build, which drops it once the protobuf is decoded.
+        // The map goes into the build, which drops it once tract has read the weights.
         let built = isolate(path, "loading", || load::build(mapped, &target))?
             .map_err(|e| load::with_path(e, path))?;
         memory::release_free_heap();

@@ -12,6 +12,7 @@ use std::fmt;
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use edgedx_bundle::{InputSpec, ModelFile};
 use memmap2::Mmap;
@@ -21,7 +22,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 
 use crate::error::EngineError;
-use crate::{epilogue, im2col, pool, rewrite, Plan};
+use crate::{epilogue, im2col, pool, rewrite, weights, Plan};
 
 /// Upper bound on the batch a plan is built for: a classifier on a 2 GB board never needs
 /// more, and it bounds the activation memory a config typo could ask for.
@@ -50,7 +51,9 @@ impl fmt::Display for LoadStrategy {
 
 /// A model file mapped read-only whose bytes matched the manifest's sha256.
 pub struct Mapped {
-    map: Mmap,
+    map: Arc<Mmap>,
+    /// The file, canonical (the external-data references of weights.rs name it).
+    path: PathBuf,
     pub sha256: String,
 }
 
@@ -86,7 +89,13 @@ pub fn map_verified(path: &Path, file: &ModelFile) -> Result<Mapped, EngineError
     // bytes are only parsed after that check.
     let map = unsafe { Mmap::map(&handle) }.map_err(io)?;
     let sha256 = edgedx_bundle::verify_bytes(path, file, &map)?;
-    Ok(Mapped { map, sha256 })
+    // Hashing read every page; the load reads each weight once more, when tract copies it.
+    weights::drop_pages(&map, 0, map.len());
+    Ok(Mapped {
+        map: Arc::new(map),
+        path: path.canonicalize().map_err(io)?,
+        sha256,
+    })
 }
 
 /// What the plan must take and produce.
@@ -108,16 +117,66 @@ pub struct Built {
 }
 
 /// Parses and optimises the model. May panic inside tract on malformed graphs: callers run
-/// it under `catch_unwind`. `bytes` (the mapped file) is dropped as soon as it is decoded,
-/// so the file's pages are not resident for the rest of the load.
-pub fn build(bytes: impl AsRef<[u8]>, target: &Target) -> Result<Built, EngineError> {
-    build_with(bytes, target, true)
+/// it under `catch_unwind`. The weights are read from the map once each, when tract makes
+/// its tensors (weights.rs), and the map is dropped once the graph is typed.
+pub fn build(mapped: Mapped, target: &Target) -> Result<Built, EngineError> {
+    let location = mapped.path.file_name().and_then(|n| n.to_str());
+    let dir = mapped.path.parent().and_then(|d| d.to_str());
+    let (Some(location), Some(dir)) = (location, dir) else {
+        // A path tract cannot name: decode the whole file instead.
+        let proto = decode(&mapped)?;
+        drop(mapped);
+        return build_proto(proto, None, target, true);
+    };
+    let (proto, moved) = weights::decode_leaving_weights(&mapped, location).map_err(|e| {
+        load_err(format!(
+            "protobuf decoding failed ({e}); the file is truncated or not ONNX"
+        ))
+    })?;
+    log::debug!("{moved} bytes of initializers left in the map until tract reads them");
+    let source = External {
+        dir: dir.to_string(),
+        resolver: Arc::new(weights::MapResolver {
+            path: mapped.path.clone(),
+            map: mapped.map.clone(),
+        }),
+    };
+    drop(mapped);
+    build_proto(proto, Some(source), target, true)
 }
 
-/// `build`, with the rewrites of rewrite.rs switched off when `rewrite` is false: the tests
-/// compare both plans. Not an engine option, since the rewrites never change an output.
+/// Where tract reads the initializers that `weights::decode_leaving_weights` left in the
+/// file.
+struct External {
+    dir: String,
+    resolver: Arc<weights::MapResolver>,
+}
+
+fn decode(bytes: &[u8]) -> Result<pb::ModelProto, EngineError> {
+    pb::ModelProto::decode(bytes).map_err(|e| {
+        load_err(format!(
+            "protobuf decoding failed ({e}); the file is truncated or not ONNX"
+        ))
+    })
+}
+
+/// `build` from bytes in memory, with the rewrites of rewrite.rs switched off when
+/// `rewrite` is false: the tests compare both plans. Not an engine option, since the
+/// rewrites never change an output.
+#[cfg(test)]
 pub(crate) fn build_with(
     bytes: impl AsRef<[u8]>,
+    target: &Target,
+    rewrite: bool,
+) -> Result<Built, EngineError> {
+    let proto = decode(bytes.as_ref())?;
+    drop(bytes);
+    build_proto(proto, None, target, rewrite)
+}
+
+fn build_proto(
+    mut proto: pb::ModelProto,
+    external: Option<External>,
     target: &Target,
     rewrite: bool,
 ) -> Result<Built, EngineError> {
@@ -133,14 +192,8 @@ pub(crate) fn build_with(
             );
         }
     };
-    let mut proto = pb::ModelProto::decode(bytes.as_ref()).map_err(|e| {
-        load_err(format!(
-            "protobuf decoding failed ({e}); the file is truncated or not ONNX"
-        ))
-    })?;
-    drop(bytes);
     check_declared_input(&proto, target)?;
-    tr("decoding (the map is dropped)");
+    tr("decoding");
     // QDQ patterns onto QLinearConv before tract sees them (qdq.rs).
     let (qdq_convs, qdq_pools) = if rewrite {
         crate::qdq::fuse_qdq(&mut proto)
@@ -148,11 +201,11 @@ pub(crate) fn build_with(
         (0, 0)
     };
 
-    let (typed, strategy, strategy_note) = match type_then_bind(&proto, target) {
+    let (typed, strategy, strategy_note) = match type_then_bind(&proto, external.as_ref(), target) {
         Ok(typed) => (typed, LoadStrategy::TypeThenBindBatch, None),
         Err(first) => {
             log::debug!("type-then-bind failed ({first}), retrying with a concrete input fact");
-            let typed = concrete_input(&proto, target).map_err(|second| {
+            let typed = concrete_input(&proto, external.as_ref(), target).map_err(|second| {
                 load_err(format!(
                     "could not type the graph: with a symbolic batch: {first}; with a concrete input: {second}"
                 ))
@@ -162,11 +215,20 @@ pub(crate) fn build_with(
     };
     tr("typing");
     drop(proto);
-    tr("dropping the protobuf");
+    drop(external);
+    tr("dropping the protobuf and the map");
 
-    let mut optimized = typed
-        .into_optimized()
+    let mut optimized = typed;
+    optimized
+        .declutter()
         .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
+    tr("tract's declutter");
+    if rewrite {
+        crate::lean::optimize(&mut optimized)
+    } else {
+        optimized.optimize()
+    }
+    .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
     tr("tract's optimisation");
     let mut patches: Vec<String> = [
         (qdq_convs, "ran", "QDQ convolution", " as QLinearConv"),
@@ -384,8 +446,24 @@ fn check_declared_input(proto: &pb::ModelProto, target: &Target) -> Result<(), E
     Ok(())
 }
 
-fn parse(proto: &pb::ModelProto, target: &Target) -> TractResult<InferenceModel> {
-    let mut model = tract_onnx::onnx().model_for_proto_model(proto)?;
+fn parse(
+    proto: &pb::ModelProto,
+    external: Option<&External>,
+    target: &Target,
+) -> TractResult<InferenceModel> {
+    let mut onnx = tract_onnx::onnx();
+    let dir = external.map(|e| {
+        onnx.provider = e.resolver.clone();
+        e.dir.as_str()
+    });
+    let parsed = onnx.parse(proto, dir)?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(TractError::msg(format!(
+            "could not resolve inputs at top level: {:?}",
+            parsed.unresolved_inputs
+        )));
+    }
+    let mut model = parsed.model;
     let output = model
         .output_outlets()?
         .iter()
@@ -404,8 +482,12 @@ fn parse(proto: &pb::ModelProto, target: &Target) -> TractResult<InferenceModel>
     Ok(model)
 }
 
-fn type_then_bind(proto: &pb::ModelProto, target: &Target) -> Result<TypedModel, String> {
-    let model = parse(proto, target).map_err(|e| format!("{e:#}"))?;
+fn type_then_bind(
+    proto: &pb::ModelProto,
+    external: Option<&External>,
+    target: &Target,
+) -> Result<TypedModel, String> {
+    let model = parse(proto, external, target).map_err(|e| format!("{e:#}"))?;
     let typed = model.into_typed().map_err(|e| format!("{e:#}"))?;
     let fact = typed.input_fact(0).map_err(|e| format!("{e:#}"))?.clone();
     let expected = target.input.shape(target.batch);
@@ -438,9 +520,13 @@ fn type_then_bind(proto: &pb::ModelProto, target: &Target) -> Result<TypedModel,
     Ok(bound)
 }
 
-fn concrete_input(proto: &pb::ModelProto, target: &Target) -> Result<TypedModel, String> {
+fn concrete_input(
+    proto: &pb::ModelProto,
+    external: Option<&External>,
+    target: &Target,
+) -> Result<TypedModel, String> {
     let shape = target.input.shape(target.batch);
-    parse(proto, target)
+    parse(proto, external, target)
         .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
         .and_then(|m| m.into_typed())
         .map_err(|e| format!("{e:#}"))
@@ -571,7 +657,9 @@ pub(crate) mod tests {
             batch,
         };
         let plain = build_with(&bytes, &target, false).unwrap();
-        let patched = build_with(&bytes, &target, true).unwrap();
+        // The product's path: the verified map, its weights read from it by tract.
+        let path = bundle.variant_path(file);
+        let patched = build(map_verified(&path, file).unwrap(), &target).unwrap();
         assert!(plain.patches.is_empty());
 
         let item = m.input.item_len();

@@ -14,9 +14,11 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::dummy::Dummy;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::math::{Mul, Sub};
+use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 use tract_onnx::tract_core::ops::source::TypedSource;
 
 /// Rewires the consumers of every integer `Sub(x, Mul(0, y))` to `x` and returns how many
@@ -58,22 +60,30 @@ pub(crate) fn drop_zero_products(model: &mut TypedModel) -> TractResult<usize> {
 pub(crate) fn fold_constant_chains(model: &mut TypedModel) -> TractResult<usize> {
     let mut folded = 0;
     for id in model.eval_order()? {
-        let Some((end, values)) = constant_chain(model, id)? else {
-            continue;
-        };
-        let mut patch = TypedModelPatch::default();
-        for (slot, value) in values.into_iter().enumerate() {
-            let outlet = OutletId::new(end, slot);
-            let exotic = model.outlet_fact(outlet)?.exotic_fact.clone();
-            let name = format!("{}.folded", model.node(end).name);
-            let konst = Const::new_with_opt_exotic_fact(value.into_arc_tensor(), exotic)?;
-            let wire = patch.wire_node(name, konst, &[])?[0];
-            patch.shunt_outside(model, outlet, wire)?;
+        if let Some(patch) = fold_chain_at(model, id)? {
+            patch.apply(model)?;
+            folded += 1;
         }
-        patch.apply(model)?;
-        folded += 1;
     }
     Ok(folded)
+}
+
+/// The patch that folds the constant chain starting at `id` (see `fold_constant_chains`),
+/// or `None` when there is none worth folding there.
+pub(crate) fn fold_chain_at(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>> {
+    let Some((end, values)) = constant_chain(model, id)? else {
+        return Ok(None);
+    };
+    let mut patch = TypedModelPatch::default();
+    for (slot, value) in values.into_iter().enumerate() {
+        let outlet = OutletId::new(end, slot);
+        let exotic = model.outlet_fact(outlet)?.exotic_fact.clone();
+        let name = format!("{}.folded", model.node(end).name);
+        let konst = Const::new_with_opt_exotic_fact(value.into_arc_tensor(), exotic)?;
+        let wire = patch.wire_node(name, konst, &[])?[0];
+        patch.shunt_outside(model, outlet, wire)?;
+    }
+    Ok(Some(patch))
 }
 
 /// The last node of the constant chain starting at `id` worth folding, with its values:
@@ -96,12 +106,17 @@ fn constant_chain(model: &TypedModel, id: usize) -> TractResult<Option<(usize, T
         return Ok(None);
     }
     let mut budget: usize = konsts.iter().map(|k| bytes(k)).sum();
-    let inputs = konsts.into_iter().map(|k| k.into_tvalue()).collect();
-    let Ok(Some(mut values)) = node.op.eval_out_of_plan(inputs) else {
-        return Ok(None);
+    let (mut at, mut values) = match widened_sum_in_slices(model, node, &konsts)? {
+        Some(first) => first,
+        None => {
+            let inputs = konsts.into_iter().map(|k| k.into_tvalue()).collect();
+            let Ok(Some(values)) = node.op.eval_out_of_plan(inputs) else {
+                return Ok(None);
+            };
+            (id, values)
+        }
     };
     let outputs = model.output_outlets()?;
-    let mut at = id;
     let mut best = None;
     loop {
         if values.iter().map(|v| bytes(v)).sum::<usize>() <= budget {
@@ -131,6 +146,83 @@ fn constant_chain(model: &TypedModel, id: usize) -> TractResult<Option<(usize, T
         at = next.id;
     }
     Ok(best)
+}
+
+/// Slices of the widened input that `widened_sum_in_slices` evaluates at a time.
+const SLICE_BYTES: usize = 1 << 20;
+
+/// For a chain starting `Reduce<Sum>(Cast(x))` with a widening integer Cast (the weight sums
+/// of an int8 convolution), the Reduce node and its value, computed a slice of `x` at a
+/// time along an axis the sum keeps: the widened copy of `x` never exists whole (9.4 MB for
+/// VGG16's largest kernel of 2.4 MB). Integer sums are exact, so the value is bit for bit
+/// what the two ops give when run on the whole tensor. `None` for any other chain start.
+fn widened_sum_in_slices(
+    model: &TypedModel,
+    node: &TypedNode,
+    konsts: &[Arc<Tensor>],
+) -> TractResult<Option<(usize, TVec<TValue>)>> {
+    let (Some(cast), [x]) = (node.op_as::<Cast>(), konsts) else {
+        return Ok(None);
+    };
+    let Some(reduce_node) = widened_sum(model, node.id)? else {
+        return Ok(None);
+    };
+    let Some(reduce) = reduce_node.op_as::<Reduce>() else {
+        return Ok(None);
+    };
+    let Some(axis) = (0..x.rank())
+        .filter(|a| !reduce.axes.contains(a))
+        .max_by_key(|&a| x.shape()[a])
+    else {
+        return Ok(None);
+    };
+    let len = x.shape()[axis];
+    let per_index = x.len() / len.max(1) * cast.to.size_of();
+    let step = (SLICE_BYTES / per_index.max(1)).clamp(1, len.max(1));
+    let mut parts = Vec::with_capacity(len.div_ceil(step));
+    for start in (0..len).step_by(step) {
+        let slice = x.slice(axis, start, (start + step).min(len))?;
+        let Ok(Some(wide)) = node.op.eval_out_of_plan(tvec!(slice.into_tvalue())) else {
+            return Ok(None);
+        };
+        let Ok(Some(mut sum)) = reduce_node.op.eval_out_of_plan(wide) else {
+            return Ok(None);
+        };
+        parts.push(sum.remove(0).into_tensor());
+    }
+    let sums = Tensor::stack_tensors(axis, &parts)?;
+    Ok(Some((reduce_node.id, tvec!(sums.into_tvalue()))))
+}
+
+/// Whether node `id` is a widening integer Cast of a constant whose only reader sums it:
+/// the start of a weight-sum chain.
+pub(crate) fn starts_widened_sum(model: &TypedModel, id: usize) -> TractResult<bool> {
+    let node = model.node(id);
+    let konst = node.inputs.len() == 1 && model.outlet_fact(node.inputs[0])?.konst.is_some();
+    Ok(konst && widened_sum(model, id)?.is_some())
+}
+
+/// The `Reduce<Sum>` node reading a widening integer Cast at `id`, if that is its only
+/// reader.
+fn widened_sum(model: &TypedModel, id: usize) -> TractResult<Option<&TypedNode>> {
+    let node = model.node(id);
+    let Some(cast) = node.op_as::<Cast>() else {
+        return Ok(None);
+    };
+    let [input] = node.inputs.as_slice() else {
+        return Ok(None);
+    };
+    let from = model.outlet_fact(*input)?.datum_type;
+    if !(from.is_integer() && cast.to.is_integer() && cast.to.size_of() > from.size_of()) {
+        return Ok(None);
+    }
+    let Some(succ) = model.single_succ(id)? else {
+        return Ok(None);
+    };
+    let sums = succ
+        .op_as::<Reduce>()
+        .is_some_and(|r| r.reducer == Reducer::Sum);
+    Ok((sums && succ.inputs.len() == 1).then_some(succ))
 }
 
 fn bytes(t: &Tensor) -> usize {
