@@ -50,6 +50,9 @@ pub(crate) fn optimize(model: &mut TypedModel) -> TractResult<()> {
     model.optimize_with_session(&mut optimizer.session())
 }
 
+/// A fold whose inputs reach this size ends the round, so that the graph is pruned.
+const PRUNE_AFTER_BYTES: u64 = 64 << 10;
+
 /// tract's constant folding pass, plus the engine's chain folding, one patch per round.
 #[derive(Clone, Debug)]
 struct OneFoldPerRound {
@@ -77,30 +80,36 @@ impl TypedPass for OneFoldPerRound {
         let order = model.eval_order()?;
         // Weight sums first: until they are folded they keep the unpacked kernel alive
         // beside its reshaped and packed copies.
-        let mut patch = None;
+        let mut found = None;
         for &id in &order {
             if crate::rewrite::starts_widened_sum(model, id)? {
-                patch = crate::rewrite::fold_chain_at(model, id)?;
-                if patch.is_some() {
+                if let Some(patch) = crate::rewrite::fold_chain_at(model, id)? {
+                    found = Some((id, patch));
                     break;
                 }
             }
         }
         for &id in &order {
-            if patch.is_some() {
+            if found.is_some() {
                 break;
             }
-            patch = if grows_past_allowance(model, id)? {
+            let patch = if grows_past_allowance(model, id)? {
                 crate::rewrite::fold_chain_at(model, id)?
             } else {
                 fold_one(model, id)?
             };
+            found = patch.map(|p| (id, p));
         }
-        if patch.is_none() {
-            patch = self.fold.next(session, model)?;
-        }
-        self.handed = patch.is_some();
-        Ok(patch)
+        let Some((id, patch)) = found else {
+            let patch = self.fold.next(session, model)?;
+            self.handed = patch.is_some();
+            return Ok(patch);
+        };
+        // Pruning costs a pass over the graph: only worth it when the fold replaced
+        // something large.
+        let replaced: u64 = model.node_input_facts(id)?.iter().map(|f| mem(f)).sum();
+        self.handed = replaced >= PRUNE_AFTER_BYTES;
+        Ok(Some(patch))
     }
 }
 

@@ -18,6 +18,7 @@ pub mod memory;
 mod onnx_build;
 mod pool;
 mod qdq;
+mod quantize;
 mod rewrite;
 mod threads;
 mod weights;

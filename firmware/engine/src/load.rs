@@ -251,7 +251,15 @@ fn build_proto(
             .map_err(|e| load_err(format!("replacing the int8 patch packing failed: {e:#}")))?;
         let pools = pool::speed_up_max_pools(&mut optimized)
             .map_err(|e| load_err(format!("replacing the int8 max pools failed: {e:#}")))?;
-        if folded_chains > 0 || removed > 0 || fused > 0 || packers > 0 || pools > 0 {
+        let quantizers = crate::quantize::speed_up_quantize(&mut optimized)
+            .map_err(|e| load_err(format!("replacing the input quantization failed: {e:#}")))?;
+        if folded_chains > 0
+            || removed > 0
+            || fused > 0
+            || packers > 0
+            || pools > 0
+            || quantizers > 0
+        {
             // A second codegen pass lets tract fuse the remaining per-channel Sub into the
             // matmul and prune what the rewrites left unused: the column sums of the removed
             // terms and the replaced requantization chains. Codegen only, not a full `into_optimized()`: the plan is
@@ -295,6 +303,12 @@ fn build_proto(
                     " in runs",
                 ),
                 (pools, "ran", "u8/i8 max pool", " on the engine's kernel"),
+                (
+                    quantizers,
+                    "quantized",
+                    "f32 input",
+                    " in one branch-free pass",
+                ),
                 (
                     banded,
                     "ran",
@@ -692,6 +706,7 @@ pub(crate) mod tests {
                 "removed 5 zero-point Sub(x, 0*y) terms",
                 "packed the patches of 5 int8 convolutions in runs",
                 "ran 4 u8/i8 max pools on the engine's kernel",
+                "quantized 1 f32 input in one branch-free pass",
             ];
             if batch == 1 {
                 want.push("ran 5 int8 convolutions a band of output rows at a time");
