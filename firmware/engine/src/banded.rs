@@ -71,7 +71,41 @@ pub(crate) struct BandedConv {
     output_shape: TVec<usize>,
     /// Bytes per band; `BAND_BYTES` except in tests.
     band_bytes: usize,
+    /// The products on the engine's VNNI tiles (vnni.rs), where the CPU and the layer
+    /// allow; tract's kernel otherwise.
+    vnni: Option<Shared<Tiles>>,
 }
+
+#[cfg(target_arch = "x86_64")]
+use crate::vnni::Tiles;
+
+/// Stands for vnni.rs's tiles where there is no such module; never built.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug)]
+struct Tiles;
+
+/// Layer data computed at load and shared by the node's copies: equal when it is the same.
+#[derive(Debug)]
+struct Shared<T>(Arc<T>);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<T> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for Shared<T> {}
+
+/// The depth of products from which the VNNI tiles beat tract's kernel here: the default
+/// bundle's layers (k = 9 to 432) ran faster on tract's (`edgedx-bench profile`), VGG16's
+/// (576 to 4608) on the tiles.
+const VNNI_MIN_K: usize = 512;
 
 /// The kernel's scratch space and the packed band, kept between bands and inferences.
 type BandState = (Option<Box<dyn ScratchSpace>>, Option<Arc<Blob>>);
@@ -136,6 +170,12 @@ impl BandedConv {
             let share = ho.div_ceil(pool.current_num_threads()).div_ceil(unit) * unit;
             band = band.min(share.max(unit));
         }
+        let bands: Vec<(usize, usize)> = (0..ho)
+            .step_by(band)
+            .map(|oy0| (oy0, (ho - oy0).min(band)))
+            .collect();
+        // A single band on the pool stays on tract's kernel, whose executor splits it.
+        let single_split = pool.is_some() && bands.len() == 1;
         let job = Band {
             g: &g,
             xs: xs.as_slice::<i8>()?,
@@ -143,11 +183,8 @@ impl BandedConv {
             rest: &inputs[self.pack_inputs..],
             blob_bytes: (band * wo).div_ceil(self.pack.r()) * self.pack.panel_len,
             out: Output(out.as_mut_ptr()),
+            tiles: self.vnni.as_ref().filter(|_| !single_split).map(|t| &*t.0),
         };
-        let bands: Vec<(usize, usize)> = (0..ho)
-            .step_by(band)
-            .map(|oy0| (oy0, (ho - oy0).min(band)))
-            .collect();
         let in_order = || {
             bands
                 .iter()
@@ -173,19 +210,9 @@ impl BandedConv {
     /// Output rows `oy0..oy0 + rows`: pack their patches, run the matmul on them, write
     /// their requantized bytes. Bands write disjoint columns of the output.
     fn band(&self, job: &Band, oy0: usize, rows: usize) -> TractResult<()> {
-        let mmm = &*self.matmul.mmm[0];
         let wo = job.g.out_width;
         let nb = rows * wo;
         STATE.with_borrow_mut(|(scratch, blob)| -> TractResult<()> {
-            // SAFETY (both unsafe calls): tract-linalg's scratch-space contract, as OptMatMul
-            // uses it: a space is only used with a kernel that accepts it.
-            if !scratch
-                .as_ref()
-                .is_some_and(|s| unsafe { mmm.can_use_scratch_space(&**s) })
-            {
-                *scratch = Some(unsafe { mmm.allocate_scratch_space() });
-            }
-            let scratch = scratch.as_mut().unwrap();
             let mut packed = take_blob(blob, job.blob_bytes, self.pack.align);
             {
                 let bytes = Arc::get_mut(&mut packed).expect("take_blob returns it unshared");
@@ -195,44 +222,28 @@ impl BandedConv {
                 };
                 self.pack
                     .pack_band(job.g, job.xs, job.pad, oy0, rows, bytes);
+                if job.tiles.is_some() {
+                    let used = nb.div_ceil(self.pack.r()) * self.pack.panel_len;
+                    offset_patches(&mut bytes[..used]);
+                }
             }
             // Kept to reuse for the next band once the matmul's inputs are dropped.
             *blob = Some(packed.clone());
-            let value: Box<dyn MMMInputValue> = Box::new(EagerPackedInput {
-                fact: PackedExoticFact {
-                    format: self.pack.format.clone(),
-                    k: self.pack.k,
-                    mn: nb.to_dim(),
-                },
-                packed,
-                panel_bytes: self.pack.panel_len,
-                mn: nb,
-            });
-            let patches =
-                PackedMatrixStorage::new_batched(&[1, 1], tvec![value]).into_tensor(DatumType::I8);
-            let mut mm_inputs: TVec<TValue> = job.rest.iter().cloned().collect();
-            mm_inputs.insert(self.patches_slot, patches.into_tvalue());
             let mut c_shape = self.c_band_shape.clone();
             c_shape[self.pixel_axis] = nb;
-            // SAFETY: the kernel's Store writes every element of `c`.
-            let c = unsafe { Tensor::uninitialized_dt(DatumType::I32, &c_shape)? };
-            {
-                // Every axis but m and n has extent 1: one matmul, at the origin.
-                let origin: TVec<usize> = tvec![0; c_shape.len()];
-                let uops: TVec<FusedSpec> = self
-                    .matmul
-                    .micro_ops
-                    .iter()
-                    .map(|op| op.resolve(&mm_inputs, &origin, &c, mmm, 0))
-                    .collect();
-                let (m, n) = if self.patches_are_a {
-                    (nb, self.channels)
-                } else {
-                    (self.channels, nb)
-                };
-                // SAFETY: as in OptMatMul's own loop: the fused ops were resolved for this
-                // kernel, these inputs and an `m` × `n` output.
-                unsafe { mmm.run_with_scratch_space(m, n, scratch.as_mut(), &uops)? };
+            // SAFETY: the tiles or the kernel's Store write every element of `c`.
+            let mut c = unsafe { Tensor::uninitialized_dt(DatumType::I32, &c_shape)? };
+            if let Some(tiles) = job.tiles {
+                let mut acc = c.try_as_plain_ram_mut()?;
+                run_tiles(
+                    tiles,
+                    &packed,
+                    self.pack.panel_len,
+                    nb,
+                    acc.as_slice_mut::<i32>()?,
+                )?;
+            } else {
+                self.run_kernel(scratch, packed, job.rest, &c, nb)?;
             }
             let acc = c.try_as_plain_ram()?;
             let acc = acc.as_slice::<i32>()?;
@@ -247,7 +258,85 @@ impl BandedConv {
             self.requantize.run_rows(acc, nb, out, n)
         })
     }
+
+    /// The band's products and fused ops on tract's kernel, into `c`.
+    fn run_kernel(
+        &self,
+        scratch: &mut Option<Box<dyn ScratchSpace>>,
+        packed: Arc<Blob>,
+        rest: &[TValue],
+        c: &Tensor,
+        nb: usize,
+    ) -> TractResult<()> {
+        let mmm = &*self.matmul.mmm[0];
+        // SAFETY (both unsafe calls): tract-linalg's scratch-space contract, as OptMatMul
+        // uses it: a space is only used with a kernel that accepts it.
+        if !scratch
+            .as_ref()
+            .is_some_and(|s| unsafe { mmm.can_use_scratch_space(&**s) })
+        {
+            *scratch = Some(unsafe { mmm.allocate_scratch_space() });
+        }
+        let scratch = scratch.as_mut().unwrap();
+        {
+            let value: Box<dyn MMMInputValue> = Box::new(EagerPackedInput {
+                fact: PackedExoticFact {
+                    format: self.pack.format.clone(),
+                    k: self.pack.k,
+                    mn: nb.to_dim(),
+                },
+                packed,
+                panel_bytes: self.pack.panel_len,
+                mn: nb,
+            });
+            let patches =
+                PackedMatrixStorage::new_batched(&[1, 1], tvec![value]).into_tensor(DatumType::I8);
+            let mut mm_inputs: TVec<TValue> = rest.iter().cloned().collect();
+            mm_inputs.insert(self.patches_slot, patches.into_tvalue());
+            // Every axis but m and n has extent 1: one matmul, at the origin.
+            let origin: TVec<usize> = tvec![0; c.rank()];
+            let uops: TVec<FusedSpec> = self
+                .matmul
+                .micro_ops
+                .iter()
+                .map(|op| op.resolve(&mm_inputs, &origin, c, mmm, 0))
+                .collect();
+            let (m, n) = if self.patches_are_a {
+                (nb, self.channels)
+            } else {
+                (self.channels, nb)
+            };
+            // SAFETY: as in OptMatMul's own loop: the fused ops were resolved for this
+            // kernel, these inputs and an `m` × `n` output.
+            unsafe { mmm.run_with_scratch_space(m, n, scratch.as_mut(), &uops)? };
+        }
+        Ok(())
+    }
 }
+
+#[cfg(target_arch = "x86_64")]
+fn run_tiles(
+    tiles: &Tiles,
+    packed: &Blob,
+    panel_len: usize,
+    nb: usize,
+    c: &mut [i32],
+) -> TractResult<()> {
+    tiles.run(packed, panel_len, nb, c)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn run_tiles(_: &Tiles, _: &Blob, _: usize, _: usize, _: &mut [i32]) -> TractResult<()> {
+    bail!("BandedConv: VNNI tiles on a CPU without them")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn offset_patches(bytes: &mut [i8]) {
+    crate::vnni::offset_patches(bytes)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn offset_patches(_: &mut [i8]) {}
 
 /// What every band of one evaluation shares.
 struct Band<'a> {
@@ -259,6 +348,8 @@ struct Band<'a> {
     /// Bytes of one band's packed patches.
     blob_bytes: usize,
     out: Output,
+    /// The layer's VNNI tiles, when they compute this evaluation's products.
+    tiles: Option<&'a Tiles>,
 }
 
 /// The output's bytes, written by bands on several threads, each to its own columns.
@@ -484,8 +575,97 @@ fn run_at(
         channels,
         output_shape,
         band_bytes,
+        vnni: None,
     };
-    Ok(Some((inputs, OutletId::new(rq_node.id, 0), op)))
+    let vnni = vnni_tiles(model, mm_node, &op)?.map(|t| Shared(Arc::new(t)));
+    Ok(Some((
+        inputs,
+        OutletId::new(rq_node.id, 0),
+        BandedConv { vnni, ..op },
+    )))
+}
+
+/// The VNNI tiles for `op`, when the CPU has them and the layer fits them: patches as the
+/// b operand, both operands `PackedI8K4 { r: 16 }` with the weights constant, products at
+/// least `VNNI_MIN_K` deep, and fused ops that add or subtract constant per-channel
+/// values before the store.
+#[cfg(target_arch = "x86_64")]
+fn vnni_tiles(
+    model: &TypedModel,
+    mm_node: &TypedNode,
+    op: &BandedConv,
+) -> TractResult<Option<Tiles>> {
+    use tract_linalg::mmm::PackedMatrixStorage;
+    use tract_linalg::pack::PackedI8K4;
+    use tract_linalg::BinOp;
+    let patches_k4 = op
+        .pack
+        .format
+        .downcast_ref::<PackedI8K4>()
+        .is_some_and(|f| f.r == crate::vnni::R);
+    if op.patches_are_a || !patches_k4 || op.pack.k < VNNI_MIN_K || !crate::vnni::available() {
+        return Ok(None);
+    }
+    let konst = |i: usize| {
+        model
+            .outlet_fact(mm_node.inputs[i])
+            .ok()
+            .and_then(|f| f.konst.clone())
+    };
+    let mut weights = None;
+    let (mut adds, mut subs) = (vec![], vec![]);
+    let mut stored = false;
+    for (ix, uop) in op.matmul.micro_ops.iter().enumerate() {
+        match uop {
+            ProtoFusedSpec::AddMatMul { a, .. } if ix == 0 => {
+                weights = match a {
+                    MatMulOperand::Const(v) => Some(v.clone()),
+                    MatMulOperand::Input(i) => konst(*i).and_then(|k| {
+                        let storage = k.try_storage_as::<PackedMatrixStorage>().ok()?;
+                        (storage.values().len() == 1).then(|| storage.values()[0].clone())
+                    }),
+                };
+            }
+            ProtoFusedSpec::BinPerRow(i, bin, _) if !stored => {
+                let Some(values) = konst(*i)
+                    .filter(|k| k.datum_type() == DatumType::I32 && k.len() == op.channels)
+                else {
+                    return Ok(None);
+                };
+                match bin {
+                    BinOp::Add => adds.push(values),
+                    BinOp::SubF => subs.push(values),
+                    _ => return Ok(None),
+                }
+            }
+            ProtoFusedSpec::Store(_) if !stored && ix + 1 == op.matmul.micro_ops.len() => {
+                stored = true
+            }
+            _ => return Ok(None),
+        }
+    }
+    let Some(weights) =
+        weights.filter(|w| crate::vnni::reads(&**w) && w.mn() == op.channels && w.k() == op.pack.k)
+    else {
+        return Ok(None);
+    };
+    if !stored {
+        return Ok(None);
+    }
+    let slices = |v: &[Arc<Tensor>]| -> TractResult<Vec<Vec<i32>>> {
+        v.iter()
+            .map(|t| Ok(t.try_as_plain_ram()?.as_slice::<i32>()?.to_vec()))
+            .collect()
+    };
+    let (adds, subs) = (slices(&adds)?, slices(&subs)?);
+    let adds: Vec<&[i32]> = adds.iter().map(|x| x.as_slice()).collect();
+    let subs: Vec<&[i32]> = subs.iter().map(|x| x.as_slice()).collect();
+    Ok(Some(Tiles::new(weights, &adds, &subs)?))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn vnni_tiles(_: &TypedModel, _: &TypedNode, _: &BandedConv) -> TractResult<Option<Tiles>> {
+    Ok(None)
 }
 
 /// For tract's packing of a 1x1 convolution's input (`OptMatMulPack` of an i8 `[c, h, w]`
@@ -743,7 +923,22 @@ pub(crate) mod tests {
                     Layer(7, 3, 3, 1, [0, 2, 1, 0], 1),
                 ],
             ),
+            // Products 576 and 1000 deep: the VNNI tiles where the CPU has them, with 40
+            // and 17 channels (panels cut short) and 231 and 99 output positions.
+            (
+                3,
+                11,
+                21,
+                4,
+                vec![
+                    Layer(64, 3, 1, 1, [1; 4], 1),
+                    Layer(40, 3, 1, 1, [1; 4], 1),
+                    Layer(17, 5, 2, 1, [2, 1, 2, 2], 1),
+                    Layer(24, 3, 1, 2, [2; 4], 1),
+                ],
+            ),
         ];
+        let mut tiled = 0;
         for (m, (c, h, w, patched, layers)) in models.iter().enumerate() {
             let bytes = conv_model(*c, *h, *w, layers);
             let spec = input_spec(*c, *h, *w);
@@ -768,6 +963,13 @@ pub(crate) mod tests {
                     .filter(|n| n.op_is::<BandedConv>())
                     .count();
                 assert_eq!(count, *patched, "model {m}: {:?}", banded.patches);
+                tiled += banded
+                    .plan
+                    .model()
+                    .nodes()
+                    .iter()
+                    .filter(|n| n.op_as::<BandedConv>().is_some_and(|b| b.vnni.is_some()))
+                    .count();
                 for data in &inputs {
                     let (want, got) = (
                         outputs(&plain.plan, &shape, data),
@@ -792,5 +994,11 @@ pub(crate) mod tests {
                 }
             }
         }
+        // Two layers of the last model, built with three band sizes.
+        #[cfg(target_arch = "x86_64")]
+        if crate::vnni::available() {
+            assert_eq!(tiled, 6);
+        }
+        let _ = tiled;
     }
 }

@@ -21,6 +21,8 @@ mod qdq;
 mod quantize;
 mod rewrite;
 mod threads;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 mod weights;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,0 +1,200 @@
+//! A band's int8 products on x86_64 with AVX-512 VNNI, without tract's per-product offset.
+//!
+//! `vpdpbusd` multiplies unsigned bytes by signed ones. tract 0.23.9's VNNI kernel
+//! (`avx512vnni_mmm_i32_16x16`) takes both operands as i8, so for every broadcast group of
+//! four patch bytes it adds 128 (`vpaddb`) before the multiply, and corrects by
+//! `128 * sum(weights)` afterwards: one more vector instruction per `vpdpbusd`, on the same
+//! ports. That kernel was 75 % of VGG16's int8 time (`perf record` on `edgedx-bench infer`).
+//!
+//! The engine packs a band's patches itself, so here the 128 is added once per packed byte
+//! (`offset_patches`), and [`Tiles`] runs `vpdpbusd` alone: 16 output positions per vector
+//! (a packed patch group is four k for 16 positions, 64 bytes), one vector per output
+//! channel, each channel's four weight bytes broadcast from memory. Every accumulator
+//! starts from a per-channel constant: `-128 * sum(weights)` plus what the matmul's fused
+//! per-row ops add (tract's `BinPerRow` Add and SubF: `v + c` and `c - v`). i32 sums wrap
+//! in both tract's kernel and this one, and wrapping sums do not depend on their order, so
+//! the values are tract's bit for bit; they are stored straight into the band's row-major
+//! accumulators for the requantization.
+//!
+//! Both operands are in tract's `PackedI8K4 { r: 16 }` layout: per group of four k, 64
+//! bytes holding four consecutive k for each of 16 rows (weights: output channels; patches:
+//! output positions).
+
+use std::arch::x86_64::*;
+
+use tract_linalg::mmm::MMMInputValue;
+use tract_linalg::pack::PackedI8K4;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+/// Rows per packed panel of both operands.
+pub(crate) const R: usize = 16;
+
+/// Whether this CPU has the instructions [`Tiles`] uses.
+pub(crate) fn available() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether `a` is packed the way [`Tiles`] reads weights: eager (its panels are in memory)
+/// and `PackedI8K4 { r: 16 }`.
+pub(crate) fn reads(a: &dyn MMMInputValue) -> bool {
+    a.scratch_panel_buffer_layout().is_none()
+        && a.format()
+            .downcast_ref::<PackedI8K4>()
+            .is_some_and(|f| f.r == R)
+}
+
+/// One layer's weights and per-channel starting values. Built only where [`available`].
+#[derive(Debug)]
+pub(crate) struct Tiles {
+    weights: Box<dyn MMMInputValue>,
+    /// Per output channel, padded to whole panels.
+    starts: Vec<i32>,
+}
+
+impl Tiles {
+    /// `weights` (`reads` must hold) with the per-row values tract's fused ops add
+    /// (`adds`, `v + c`) and subtract (`subs`, `c - v`), one per output channel each.
+    pub(crate) fn new(
+        weights: Box<dyn MMMInputValue>,
+        adds: &[&[i32]],
+        subs: &[&[i32]],
+    ) -> TractResult<Tiles> {
+        ensure!(
+            available() && reads(&*weights),
+            "weights not in VNNI panels"
+        );
+        let (m, groups) = (weights.mn(), weights.k().div_ceil(4));
+        let mut starts = vec![0i32; m.div_ceil(R) * R];
+        for (panel, chunk) in starts.chunks_exact_mut(R).enumerate() {
+            let pa = weights.panel_bytes(panel, None)?;
+            // SAFETY: the CPU has VNNI (checked above); tract's eager panel holds `groups`
+            // groups of 64 bytes.
+            unsafe { store(chunk, minus_128_sums(pa, groups)) };
+        }
+        for (values, add) in adds
+            .iter()
+            .map(|v| (v, true))
+            .chain(subs.iter().map(|v| (v, false)))
+        {
+            ensure!(
+                values.len() == m,
+                "{} per-row values for {m} channels",
+                values.len()
+            );
+            for (s, v) in starts.iter_mut().zip(values.iter()) {
+                *s = if add {
+                    s.wrapping_add(*v)
+                } else {
+                    s.wrapping_sub(*v)
+                };
+            }
+        }
+        Ok(Tiles { weights, starts })
+    }
+
+    /// The band's accumulators, `channels` rows of `n` i32 into `c`, from its patches `b`:
+    /// `n.div_ceil(16)` panels of `panel_len` bytes, each byte offset by 128
+    /// (`offset_patches`).
+    pub(crate) fn run(
+        &self,
+        b: &[u8],
+        panel_len: usize,
+        n: usize,
+        c: &mut [i32],
+    ) -> TractResult<()> {
+        let (m, groups) = (self.weights.mn(), self.weights.k().div_ceil(4));
+        let col_panels = n.div_ceil(R);
+        ensure!(
+            panel_len == groups * 4 * R,
+            "packed panel of {panel_len} bytes, k {}",
+            self.weights.k()
+        );
+        ensure!(
+            b.len() >= col_panels * panel_len,
+            "{} packed bytes for {n} columns",
+            b.len()
+        );
+        ensure!(c.len() == m * n, "{} accumulators for {m} x {n}", c.len());
+        for (panel, starts) in self.starts.chunks_exact(R).enumerate() {
+            let pa = self.weights.panel_bytes(panel, None)?;
+            let rows = (m - panel * R).min(R);
+            for col_panel in 0..col_panels {
+                let cols = (n - col_panel * R).min(R);
+                let first = panel * R * n + col_panel * R;
+                // SAFETY: `Tiles` exists only where the CPU has VNNI; both panels hold
+                // `groups` groups of 64 bytes (checked above, and tract's packing of the
+                // weights); the tile's `rows` rows of `cols` values from `first`, `n` apart,
+                // are within `c` (checked above).
+                unsafe {
+                    tile(
+                        pa,
+                        b[col_panel * panel_len..].as_ptr(),
+                        groups,
+                        starts,
+                        c[first..].as_mut_ptr(),
+                        [rows, cols, n],
+                    )
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The patches as [`Tiles`] reads them: each i8 plus 128, as u8.
+pub(crate) fn offset_patches(bytes: &mut [i8]) {
+    for b in bytes {
+        *b ^= i8::MIN;
+    }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn store(out: &mut [i32], v: __m512i) {
+    debug_assert!(out.len() >= R);
+    // SAFETY: `out` holds at least 16 i32.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr() as *mut __m512i, v) }
+}
+
+/// `-128 * sum over k of a[row][k]` for one panel's 16 rows.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn minus_128_sums(pa: *const u8, groups: usize) -> __m512i {
+    // As the unsigned operand, 0x80 is 128.
+    let by_128 = _mm512_set1_epi8(i8::MIN);
+    let mut sum = _mm512_setzero_si512();
+    for g in 0..groups {
+        // SAFETY: the panel holds `groups` groups of 64 bytes.
+        let va = unsafe { _mm512_loadu_si512(pa.add(g * 64) as *const __m512i) };
+        sum = _mm512_dpbusd_epi32(sum, by_128, va);
+    }
+    _mm512_sub_epi32(_mm512_setzero_si512(), sum)
+}
+
+/// One tile: for each of `rows` (up to 16) channels, `start[row] + sum over k of
+/// a[row][k] * b[k][col]` (b as u8, a as i8) for the `cols` (up to 16) positions, stored
+/// from `c + row * stride`.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn tile(
+    pa: *const u8,
+    pb: *const u8,
+    groups: usize,
+    start: &[i32],
+    c: *mut i32,
+    [rows, cols, stride]: [usize; 3],
+) {
+    let mut acc: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32(start[r]));
+    for g in 0..groups {
+        // SAFETY (reads): both panels hold `groups` groups of 64 bytes.
+        let vb = unsafe { _mm512_loadu_si512(pb.add(g * 64) as *const __m512i) };
+        let weights = unsafe { pa.add(g * 64) } as *const i32;
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let wa = _mm512_set1_epi32(unsafe { weights.add(r).read_unaligned() });
+            *acc = _mm512_dpbusd_epi32(*acc, vb, wa);
+        }
+    }
+    let mask: __mmask16 = if cols >= R { !0 } else { (1 << cols) - 1 };
+    for (r, acc) in acc.iter().enumerate().take(rows) {
+        // SAFETY: the caller's contract: `cols` values from `c + r * stride`.
+        unsafe { _mm512_mask_storeu_epi32(c.add(r * stride), mask, *acc) };
+    }
+}
