@@ -118,29 +118,46 @@ impl Tiles {
         ensure!(c.len() == m * n, "{} accumulators for {m} x {n}", c.len());
         for (panel, starts) in self.starts.chunks_exact(R).enumerate() {
             let pa = self.weights.panel_bytes(panel, None)?;
-            let rows = (m - panel * R).min(R);
-            for col_panel in 0..col_panels {
-                let cols = (n - col_panel * R).min(R);
-                let first = panel * R * n + col_panel * R;
-                // SAFETY: `Tiles` exists only where the CPU has VNNI; both panels hold
-                // `groups` groups of 64 bytes (checked above, and tract's packing of the
-                // weights); the tile's `rows` rows of `cols` values from `first`, `n` apart,
-                // are within `c` (checked above).
-                unsafe {
-                    tile(
-                        pa,
-                        b[col_panel * panel_len..].as_ptr(),
-                        groups,
-                        starts,
-                        c[first..].as_mut_ptr(),
-                        [rows, cols, n],
-                    )
-                };
+            for half in 0..2 {
+                let first_row = panel * R + half * HALF;
+                if first_row >= m {
+                    break;
+                }
+                let rows = (m - first_row).min(HALF);
+                let starts = &starts[half * HALF..][..HALF];
+                let mut col_panel = 0;
+                while col_panel < col_panels {
+                    let group = (col_panels - col_panel).min(PANELS);
+                    let cols = (n - (col_panel + group - 1) * R).min(R);
+                    let pb = b[col_panel * panel_len..].as_ptr();
+                    let at = c[first_row * n + col_panel * R..].as_mut_ptr();
+                    let shape = [rows, cols, n, panel_len];
+                    // SAFETY: `Tiles` exists only where the CPU has VNNI; the weight panel
+                    // and the `group` patch panels hold `groups` groups of 64 bytes
+                    // (tract's packing, and the checks above); the tile's `rows` rows of
+                    // its columns, `n` apart, are within `c` (checked above).
+                    unsafe {
+                        let pa = pa.add(half * HALF * 4);
+                        match group {
+                            3 => tile::<3>(pa, pb, groups, starts, at, shape),
+                            2 => tile::<2>(pa, pb, groups, starts, at, shape),
+                            _ => tile::<1>(pa, pb, groups, starts, at, shape),
+                        }
+                    }
+                    col_panel += group;
+                }
             }
         }
         Ok(())
     }
 }
+
+/// Output channels per tile: half a weight panel, so that each channel's broadcast
+/// weights serve `PANELS` vectors of patches (loads were the limit with one).
+const HALF: usize = R / 2;
+/// Patch panels per tile: 8 x 3 accumulators, 3 patch vectors and a broadcast fit the 32
+/// vector registers.
+const PANELS: usize = 3;
 
 /// The patches as [`Tiles`] reads them: each i8 plus 128, as u8.
 pub(crate) fn offset_patches(bytes: &mut [i8]) {
@@ -170,31 +187,39 @@ unsafe fn minus_128_sums(pa: *const u8, groups: usize) -> __m512i {
     _mm512_sub_epi32(_mm512_setzero_si512(), sum)
 }
 
-/// One tile: for each of `rows` (up to 16) channels, `start[row] + sum over k of
-/// a[row][k] * b[k][col]` (b as u8, a as i8) for the `cols` (up to 16) positions, stored
-/// from `c + row * stride`.
+/// One tile: for each of `rows` (up to 8) channels from `pa`'s first row, `start[row] +
+/// sum over k of a[row][k] * b[k][col]` (b as u8, a as i8) for the `P` patch panels from
+/// `pb` (`panel_len` bytes apart), stored from `c + row * stride`: 16 columns per panel,
+/// `cols` in the last.
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn tile(
+unsafe fn tile<const P: usize>(
     pa: *const u8,
     pb: *const u8,
     groups: usize,
     start: &[i32],
     c: *mut i32,
-    [rows, cols, stride]: [usize; 3],
+    [rows, cols, stride, panel_len]: [usize; 4],
 ) {
-    let mut acc: [__m512i; R] = std::array::from_fn(|r| _mm512_set1_epi32(start[r]));
+    let mut acc: [[__m512i; P]; HALF] = std::array::from_fn(|r| [_mm512_set1_epi32(start[r]); P]);
     for g in 0..groups {
-        // SAFETY (reads): both panels hold `groups` groups of 64 bytes.
-        let vb = unsafe { _mm512_loadu_si512(pb.add(g * 64) as *const __m512i) };
+        // SAFETY (reads): every panel holds `groups` groups of 64 bytes.
+        let vb: [__m512i; P] = std::array::from_fn(|p| unsafe {
+            _mm512_loadu_si512(pb.add(p * panel_len + g * 64) as *const __m512i)
+        });
         let weights = unsafe { pa.add(g * 64) } as *const i32;
         for (r, acc) in acc.iter_mut().enumerate() {
             let wa = _mm512_set1_epi32(unsafe { weights.add(r).read_unaligned() });
-            *acc = _mm512_dpbusd_epi32(*acc, vb, wa);
+            for (acc, vb) in acc.iter_mut().zip(&vb) {
+                *acc = _mm512_dpbusd_epi32(*acc, *vb, wa);
+            }
         }
     }
-    let mask: __mmask16 = if cols >= R { !0 } else { (1 << cols) - 1 };
+    let last: __mmask16 = if cols >= R { !0 } else { (1 << cols) - 1 };
     for (r, acc) in acc.iter().enumerate().take(rows) {
-        // SAFETY: the caller's contract: `cols` values from `c + r * stride`.
-        unsafe { _mm512_mask_storeu_epi32(c.add(r * stride), mask, *acc) };
+        for (p, acc) in acc.iter().enumerate() {
+            let mask = if p + 1 == P { last } else { !0 };
+            // SAFETY: the caller's contract: the tile's columns from `c + r * stride`.
+            unsafe { _mm512_mask_storeu_epi32(c.add(r * stride + p * R), mask, *acc) };
+        }
     }
 }
