@@ -105,6 +105,7 @@ impl<T> Eq for Shared<T> {}
 /// The depth of products from which the VNNI tiles beat tract's kernel here: the default
 /// bundle's layers (k = 9 to 432) ran faster on tract's (`edgedx-bench profile`), VGG16's
 /// (576 to 4608) on the tiles.
+#[cfg(target_arch = "x86_64")]
 const VNNI_MIN_K: usize = 512;
 
 /// The kernel's scratch space and the packed band, kept between bands and inferences.
