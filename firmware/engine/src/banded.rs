@@ -161,9 +161,12 @@ impl BandedConv {
             _ => None,
         };
         if let Some(pool) = pool {
-            // At least a band per thread where the layer has that many units.
-            let share = ho.div_ceil(pool.current_num_threads()).div_ceil(unit) * unit;
-            band = band.min(share.max(unit));
+            // A multiple of the threads in bands, so that none waits for a last band alone
+            // (VGG16's 15-row layers were one band of whole panels, 16 rows). Each band packs
+            // its own patches, so a band need not end on a whole panel.
+            let threads = pool.current_num_threads().max(1);
+            let count = ho.div_ceil(band).div_ceil(threads) * threads;
+            band = ho.div_ceil(count).max(1);
         }
         let bands: Vec<(usize, usize)> = (0..ho)
             .step_by(band)

@@ -181,6 +181,7 @@ impl PackPatches {
         let band = unit * (CHUNK_BYTES / (rows * unit * wo)).max(1);
         let ho = g.n / wo;
         for oy0 in (0..ho).step_by(band) {
+            debug_assert!((oy0 * wo).is_multiple_of(self.r()));
             let first_panel = oy0 * wo / self.r();
             let out = &mut out[first_panel * self.panel_len..];
             self.pack_band(g, x, pad, oy0, (ho - oy0).min(band), out);
@@ -194,8 +195,8 @@ impl PackPatches {
     }
 
     /// Packs output rows `oy0..oy0 + rows` of one image into the panels that start `out`
-    /// (`rows * out_width` columns, padded to whole panels). `oy0 * out_width` must be a
-    /// whole number of panels.
+    /// (`rows * out_width` columns, padded to whole panels): a matrix of its own, which
+    /// `pack` places where the whole image's panels `oy0 * out_width` on start.
     ///
     /// Two passes: the patch matrix, k rows of the band's output positions, built from long
     /// runs of input rows; then the panels, copied (k-major) or interleaved four rows at a
@@ -216,7 +217,6 @@ impl PackPatches {
         let rows = self.k.div_ceil(4) * 4;
         let n = rows_out * g.out_width;
         let cols = n.div_ceil(r) * r;
-        debug_assert!((oy0 * g.out_width).is_multiple_of(r));
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             if scratch.len() < rows * cols {
