@@ -48,6 +48,7 @@ impl MaxPool8 {
     }
 
     /// Every plane of `xs` (H x W each) into `ys` (Ho x Wo each).
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn planes<T: Copy + Ord>(
         &self,
@@ -81,8 +82,9 @@ impl MaxPool8 {
         self.planes(xs, ys, hw, out)
     }
 
-    /// One plane (H x W) into one output plane (Ho x Wo).
-    #[inline(always)]
+    /// One plane (H x W) into one output plane (Ho x Wo). Inlined into the AVX2 variant on
+    /// x86_64.
+    #[cfg_attr(target_arch = "x86_64", inline(always))]
     fn plane<T: Copy + Ord>(&self, x: &[T], w: usize, out: &mut [T], wo: usize, row: &mut [T]) {
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
@@ -133,8 +135,16 @@ impl MaxPool8 {
                 } else {
                     self.planes(xs, ys, [h, w], [ho, wo]);
                 }
+                // The loop of `planes` written out here: through `planes`, the same code
+                // took twice the instructions on cortex-a76 (qemu-prof: 437 k against 202 k
+                // per inference of the default bundle).
                 #[cfg(not(target_arch = "x86_64"))]
-                self.planes(xs, ys, [h, w], [ho, wo]);
+                {
+                    let mut row = xs[..w].to_vec();
+                    for (xp, yp) in xs.chunks_exact(h * w).zip(ys.chunks_exact_mut(ho * wo)) {
+                        self.plane(xp, w, yp, wo, &mut row);
+                    }
+                }
             }
         }
         Ok(out)
