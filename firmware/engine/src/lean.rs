@@ -10,8 +10,8 @@
 //!
 //! `optimize` runs tract's codegen passes in tract's order, with the constant folding pass
 //! in front of them wrapped:
-//! - one fold per round: the session prunes the graph between rounds, which frees what the
-//!   fold replaced;
+//! - one large fold per round (inputs of 64 KiB and up): the session prunes the graph
+//!   between rounds, which frees what the fold replaced;
 //! - one node per fold, where tract's pass walks on through single successors and holds each
 //!   intermediate copy of a kernel at once;
 //! - weight sums first, a slice of the kernel at a time (`rewrite::fold_chain_at`), so once
@@ -29,8 +29,8 @@ use tract_onnx::tract_core::optim::{
     Optimizer, OptimizerSession, TypedPass, CONST_FOLD_MEM_BUDGET,
 };
 
-/// Optimises `model` like `TypedModel::optimize`, holding at most about one layer's
-/// replaced weights at a time. Falls back to tract's plain codegen if tract's pass list is
+/// Optimises `model` like `TypedModel::optimize`, holding about one layer's replaced
+/// weights at a time at most. Falls back to tract's plain codegen if tract's pass list is
 /// not the one this was written against (first pass `PropConst`).
 pub(crate) fn optimize(model: &mut TypedModel) -> TractResult<()> {
     let mut optimizer = Optimizer::codegen();
@@ -53,11 +53,12 @@ pub(crate) fn optimize(model: &mut TypedModel) -> TractResult<()> {
 /// A fold whose inputs reach this size ends the round, so that the graph is pruned.
 const PRUNE_AFTER_BYTES: u64 = 64 << 10;
 
-/// tract's constant folding pass, plus the engine's chain folding, one patch per round.
+/// The engine's folds (weight sums first, then single nodes), then tract's constant folding
+/// pass for anything they leave; a round ends after each fold of a large input.
 #[derive(Clone, Debug)]
 struct OneFoldPerRound {
     fold: Box<dyn TypedPass>,
-    /// A patch was handed out this round: the next call ends the round.
+    /// A large fold was handed out this round: the next call ends the round.
     handed: bool,
 }
 
