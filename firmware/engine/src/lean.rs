@@ -157,20 +157,7 @@ fn fold_one(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch
     let Ok(Some(values)) = node.op.eval_out_of_plan(inputs) else {
         return Ok(None);
     };
-    let mut patch = TypedModelPatch::default();
-    for (slot, value) in values.into_iter().enumerate() {
-        let outlet = OutletId::new(id, slot);
-        let exotic = model.outlet_fact(outlet)?.exotic_fact.clone();
-        let name = if slot == 0 {
-            node.name.clone()
-        } else {
-            format!("{}.{slot}", node.name)
-        };
-        let konst = Const::new_with_opt_exotic_fact(value.into_arc_tensor(), exotic)?;
-        let wire = patch.wire_node(name, konst, &[])?[0];
-        patch.shunt_outside(model, outlet, wire)?;
-    }
-    Ok(Some(patch))
+    crate::rewrite::constants_for(model, id, values).map(Some)
 }
 
 /// Whether `id` has constant inputs only and an output tract's constant folding refuses to

@@ -74,16 +74,28 @@ pub(crate) fn fold_chain_at(model: &TypedModel, id: usize) -> TractResult<Option
     let Some((end, values)) = constant_chain(model, id)? else {
         return Ok(None);
     };
+    Ok(Some(constants_for(model, end, values)?))
+}
+
+/// The patch that replaces the outputs of node `id` by constants holding `values`.
+pub(crate) fn constants_for(
+    model: &TypedModel,
+    id: usize,
+    values: TVec<TValue>,
+) -> TractResult<TypedModelPatch> {
     let mut patch = TypedModelPatch::default();
     for (slot, value) in values.into_iter().enumerate() {
-        let outlet = OutletId::new(end, slot);
+        let outlet = OutletId::new(id, slot);
         let exotic = model.outlet_fact(outlet)?.exotic_fact.clone();
-        let name = format!("{}.folded", model.node(end).name);
+        let name = match slot {
+            0 => format!("{}.folded", model.node(id).name),
+            _ => format!("{}.folded.{slot}", model.node(id).name),
+        };
         let konst = Const::new_with_opt_exotic_fact(value.into_arc_tensor(), exotic)?;
         let wire = patch.wire_node(name, konst, &[])?[0];
         patch.shunt_outside(model, outlet, wire)?;
     }
-    Ok(Some(patch))
+    Ok(patch)
 }
 
 /// The last node of the constant chain starting at `id` worth folding, with its values:
