@@ -659,7 +659,14 @@ fn vnni_tiles(
     let (adds, subs) = (slices(&adds)?, slices(&subs)?);
     let adds: Vec<&[i32]> = adds.iter().map(|x| x.as_slice()).collect();
     let subs: Vec<&[i32]> = subs.iter().map(|x| x.as_slice()).collect();
-    Ok(Some(Tiles::new(weights, &adds, &subs)?))
+    // Anything the tiles refuse stays on tract's kernel: the load does not fail for it.
+    match Tiles::new(weights, &adds, &subs) {
+        Ok(tiles) => Ok(Some(tiles)),
+        Err(e) => {
+            log::debug!("int8 products left to tract's kernel: {e:#}");
+            Ok(None)
+        }
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
