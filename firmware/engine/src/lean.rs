@@ -149,7 +149,7 @@ fn fold_one(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch
         return Ok(None);
     }
     let output_bytes: u64 = node.outputs.iter().map(|o| mem(&o.fact)).sum();
-    if output_bytes > input_bytes.max(CONST_FOLD_MEM_BUDGET) {
+    if grows_too_much(input_bytes, output_bytes) {
         return Ok(None);
     }
     // An op that cannot be evaluated here (stateful, or too early to tell) stays; tract's
@@ -175,11 +175,14 @@ fn grows_past_allowance(model: &TypedModel, id: usize) -> TractResult<bool> {
         }
         input_bytes += mem(fact);
     }
-    let mut output_bytes = 0u64;
-    for output in &node.outputs {
-        output_bytes += mem(&output.fact);
-    }
-    Ok(output_bytes > input_bytes.max(CONST_FOLD_MEM_BUDGET))
+    let output_bytes: u64 = node.outputs.iter().map(|o| mem(&o.fact)).sum();
+    Ok(grows_too_much(input_bytes, output_bytes))
+}
+
+/// tract's size rule for folding a constant node: its output may be no larger than its
+/// inputs, or than `CONST_FOLD_MEM_BUDGET` whatever the inputs.
+fn grows_too_much(input_bytes: u64, output_bytes: u64) -> bool {
+    output_bytes > input_bytes.max(CONST_FOLD_MEM_BUDGET)
 }
 
 fn mem(fact: &TypedFact) -> u64 {

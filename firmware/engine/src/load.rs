@@ -128,11 +128,8 @@ pub fn build(mapped: Mapped, target: &Target) -> Result<Built, EngineError> {
         drop(mapped);
         return build_proto(proto, None, target, true);
     };
-    let (proto, moved) = weights::decode_leaving_weights(&mapped, location).map_err(|e| {
-        load_err(format!(
-            "protobuf decoding failed ({e}); the file is truncated or not ONNX"
-        ))
-    })?;
+    let (proto, moved) =
+        weights::decode_leaving_weights(&mapped, location).map_err(decoding_failed)?;
     log::debug!("{moved} bytes of initializers left in the map until tract reads them");
     let source = External {
         dir: dir.to_string(),
@@ -153,11 +150,13 @@ struct External {
 }
 
 fn decode(bytes: &[u8]) -> Result<pb::ModelProto, EngineError> {
-    pb::ModelProto::decode(bytes).map_err(|e| {
-        load_err(format!(
-            "protobuf decoding failed ({e}); the file is truncated or not ONNX"
-        ))
-    })
+    pb::ModelProto::decode(bytes).map_err(decoding_failed)
+}
+
+fn decoding_failed(e: impl fmt::Display) -> EngineError {
+    load_err(format!(
+        "protobuf decoding failed ({e}); the file is truncated or not ONNX"
+    ))
 }
 
 /// `build` from bytes in memory, with the rewrites of rewrite.rs switched off when
