@@ -181,16 +181,7 @@ fn build_proto(
 ) -> Result<Built, EngineError> {
     crate::cpu::configure_tract();
     let _allocator = crate::memory::LoadAllocation::begin();
-    let tr = |stage: &str| {
-        if let Some(m) = crate::memory::current() {
-            log::debug!(
-                "load memory after {stage}: resident {:.1} MiB (files {:.1} MiB), peak {:.1} MiB",
-                m.rss as f64 / MIB,
-                m.rss_file as f64 / MIB,
-                m.peak_rss as f64 / MIB
-            );
-        }
-    };
+    let tr = |stage: &str| crate::memory::log_use(format_args!("{stage}"));
     check_declared_input(&proto, target)?;
     tr("decoding");
     // QDQ patterns onto QLinearConv before tract sees them (qdq.rs).
@@ -345,8 +336,6 @@ fn build_proto(
         patches,
     })
 }
-
-const MIB: f64 = 1024.0 * 1024.0;
 
 /// `"{before} {count} {noun}(s){after}"` for a rewrite applied `count` times, none for 0.
 fn patch_note((count, before, noun, after): (usize, &str, &str, &str)) -> Option<String> {

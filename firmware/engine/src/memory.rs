@@ -17,6 +17,23 @@ pub fn current() -> Option<MemoryUse> {
     Some(parse_status(&text))
 }
 
+/// Logs (at debug level) the resident set after `what`, with its file-backed part and the
+/// peak so far: how the load stages are measured (`RUST_LOG=edgedx_engine=debug`).
+pub(crate) fn log_use(what: std::fmt::Arguments<'_>) {
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    if let Some(m) = current() {
+        const MIB: f64 = (1 << 20) as f64;
+        log::debug!(
+            "load memory after {what}: resident {:.2} MiB (files {:.2} MiB), peak {:.2} MiB",
+            m.rss as f64 / MIB,
+            m.rss_file as f64 / MIB,
+            m.peak_rss as f64 / MIB
+        );
+    }
+}
+
 fn parse_status(text: &str) -> MemoryUse {
     let mut m = MemoryUse::default();
     for line in text.lines() {
