@@ -46,6 +46,14 @@ impl LoadStats {
         self.files_after_load.saturating_sub(self.files_before)
     }
 
+    /// `load_peak` without the program's code pages: the load's data (weights, graph,
+    /// transient copies, allocator) at its peak. A slight undercount where the code pages
+    /// at the peak moment were fewer than at the end of the load; the per-fold log of
+    /// `RUST_LOG=edgedx_engine=debug` gives the data at each stage to check it against.
+    pub fn data_peak(&self) -> u64 {
+        self.load_peak().saturating_sub(self.code_paged_in())
+    }
+
     /// Resident memory the model keeps while serving, beyond the empty process.
     pub fn model_rss(&self) -> u64 {
         self.rss_steady.saturating_sub(self.rss_before)

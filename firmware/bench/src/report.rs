@@ -94,13 +94,14 @@ pub fn console(results: &[GroupResult], have_ort: bool) -> String {
         let [i8l, f32l] = &g.loads;
         let _ = writeln!(
             s,
-            "{:<12} load ms int8 {:.1} fp32 {:.1}; load peak int8 {} ({} x file, {} of it code) fp32 {}; steady model RSS int8/fp32 {}",
+            "{:<12} load ms int8 {:.1} fp32 {:.1}; load peak int8 {} ({} x file, {} of it code; data {} x file) fp32 {}; steady model RSS int8/fp32 {}",
             g.group.name,
             load_median(i8l, |l| l.load_ms),
             load_median(f32l, |l| l.load_ms),
             mib(load_median(i8l, |l| l.load_peak() as f64)),
             ratio(load_median(i8l, |l| l.load_peak() as f64), g.int8_file as f64),
             mib(load_median(i8l, |l| l.code_paged_in() as f64)),
+            ratio(load_median(i8l, |l| l.data_peak() as f64), g.int8_file as f64),
             mib(load_median(f32l, |l| l.load_peak() as f64)),
             ratio(
                 load_median(i8l, |l| l.model_rss() as f64),
@@ -217,15 +218,17 @@ pub fn markdown(info: &RunInfo, results: &[GroupResult]) -> String {
     let _ = writeln!(
         s,
         "Load peak = VmHWM after `Model::load` minus VmRSS before it; code = the growth of RssFile \
-         over the load, the program's own pages the load touched (included in the peak). Model RSS = \
+         over the load, the program's own pages the load touched (included in the peak; how many \
+         depends on the page cache's folios for the executable as well as on the code run); data = \
+         load peak minus code. Model RSS = \
          VmRSS after {} inferences minus VmRSS before the load (the process itself: the column after).\n",
         info.settings.steady_runs
     );
     let _ = writeln!(
         s,
-        "| model | variant | file | load ms | ort session ms | load peak | peak / file | code | model RSS | process RSS |"
+        "| model | variant | file | load ms | ort session ms | load peak | peak / file | code | data | data / file | model RSS | process RSS |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for g in results {
         for (i, (variant, file)) in [(&g.group.int8, g.int8_file), (&g.group.fp32, g.fp32_file)]
             .into_iter()
@@ -233,9 +236,10 @@ pub fn markdown(info: &RunInfo, results: &[GroupResult]) -> String {
         {
             let l = &g.loads[i];
             let peak = load_median(l, |x| x.load_peak() as f64);
+            let data = load_median(l, |x| x.data_peak() as f64);
             let _ = writeln!(
                 s,
-                "| {} | {variant} | {} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {variant} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 g.group.name,
                 mib(file as f64),
                 load_median(l, |x| x.load_ms),
@@ -247,13 +251,15 @@ pub fn markdown(info: &RunInfo, results: &[GroupResult]) -> String {
                 mib(peak),
                 ratio(peak, file as f64),
                 mib(load_median(l, |x| x.code_paged_in() as f64)),
+                mib(data),
+                ratio(data, file as f64),
                 mib(load_median(l, |x| x.model_rss() as f64)),
                 mib(load_median(l, |x| x.rss_steady as f64)),
             );
         }
         let _ = writeln!(
             s,
-            "| {} | **int8/fp32** | {} | {} | {} | {} | | | {} | {} |",
+            "| {} | **int8/fp32** | {} | {} | {} | {} | | | {} | | {} | {} |",
             g.group.name,
             ratio(g.int8_file as f64, g.fp32_file as f64),
             ratio(
@@ -264,6 +270,10 @@ pub fn markdown(info: &RunInfo, results: &[GroupResult]) -> String {
             ratio(
                 load_median(&g.loads[0], |x| x.load_peak() as f64),
                 load_median(&g.loads[1], |x| x.load_peak() as f64)
+            ),
+            ratio(
+                load_median(&g.loads[0], |x| x.data_peak() as f64),
+                load_median(&g.loads[1], |x| x.data_peak() as f64)
             ),
             ratio(
                 load_median(&g.loads[0], |x| x.model_rss() as f64),
