@@ -107,7 +107,7 @@ enum Command {
         runs: usize,
     },
     /// Where the time goes: each operator kind's share of one inference, for the given
-    /// variants of a bundle, on the fixed input `infer` uses (single-threaded).
+    /// variants of a bundle, on the fixed input `infer` uses.
     Profile {
         #[arg(long)]
         bundle: PathBuf,
@@ -115,6 +115,9 @@ enum Command {
         variants: Vec<String>,
         #[arg(long, default_value_t = 200)]
         runs: usize,
+        /// Inference threads, as `--threads` of the benchmark (1: no executor).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
 }
 
@@ -141,7 +144,10 @@ fn main() -> ExitCode {
             bundle,
             variants,
             runs,
-        }) => profile(&bundle, &variants, runs),
+            threads,
+        }) => edgedx_engine::set_threads(threads)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| profile(&bundle, &variants, runs)),
         None => run_bench(cli.bench),
     };
     match result {

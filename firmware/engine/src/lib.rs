@@ -255,7 +255,8 @@ impl Model {
 
     /// Runs the plan `runs` times on one batch and returns the time spent in each kind of
     /// operator per inference, largest first: where the time goes, for the benchmark's
-    /// profile (issue 5). Single-threaded, like the default worker.
+    /// profile (issue 5). On the threads `set_threads` set (1, the default worker's, unless
+    /// changed); a node's time then includes waiting for its slowest thread.
     pub fn profile(&self, input: &[f32], runs: usize) -> Result<Vec<OpTime>, EngineError> {
         use tract_onnx::tract_core::plan::{eval, SimpleState};
         if runs == 0 {
@@ -266,23 +267,26 @@ impl Model {
         let tensor = self.input_tensor(input)?;
         let path = self.report.path.clone();
         let plan = self.plan.clone();
+        let executor = threads::current();
         let per_node = isolate(&path, "profiling", || -> TractResult<Vec<Duration>> {
-            let mut state = SimpleState::new(&plan)?;
-            let mut times = vec![Duration::ZERO; plan.model().nodes().len()];
-            // One untimed run: first-use allocations are not the steady state.
-            state.run(tvec!(tensor.clone().into_tvalue()))?;
-            for _ in 0..runs {
-                state.run_plan_with_eval(
-                    tvec!(tensor.clone().into_tvalue()),
-                    |ctx, st, node, inputs| {
-                        let start = Instant::now();
-                        let r = eval(ctx, st, node, inputs);
-                        times[node.id] += start.elapsed();
-                        r
-                    },
-                )?;
-            }
-            Ok(times)
+            threads::scope(executor, || -> TractResult<Vec<Duration>> {
+                let mut state = SimpleState::new(&plan)?;
+                let mut times = vec![Duration::ZERO; plan.model().nodes().len()];
+                // One untimed run: first-use allocations are not the steady state.
+                state.run(tvec!(tensor.clone().into_tvalue()))?;
+                for _ in 0..runs {
+                    state.run_plan_with_eval(
+                        tvec!(tensor.clone().into_tvalue()),
+                        |ctx, st, node, inputs| {
+                            let start = Instant::now();
+                            let r = eval(ctx, st, node, inputs);
+                            times[node.id] += start.elapsed();
+                            r
+                        },
+                    )?;
+                }
+                Ok(times)
+            })
         })?
         .map_err(|e| EngineError::Run(format!("{e:#}")))?;
         let mut by_op: Vec<OpTime> = Vec::new();
