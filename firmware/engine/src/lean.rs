@@ -17,41 +17,73 @@
 //!   intermediate copy of a kernel at once; an axis move reads its constant in place, where
 //!   tract's evaluation clones it first;
 //! - weight sums first, a slice of the kernel at a time (`rewrite::fold_chain_at`), so once
-//!   a kernel is packed nothing reads the unpacked one.
+//!   a kernel is packed nothing reads the unpacked one;
+//! - a constant that one axis op, reshape or packing reads, and nothing else, is taken out
+//!   of the graph and changed in place (`run_direct`): the axis op is evaluated on the
+//!   tensor itself (a reshape keeps its bytes), and a kernel whose packing only permutes
+//!   bytes inside each panel is packed panel by panel in its own buffer. A fold through
+//!   tract's evaluation of a constant the graph holds makes the new copy beside the old one
+//!   (2.25 MiB each for VGG16's 512x4608 kernels, twice per layer: the reshape and the
+//!   packing).
 //!
 //! Folds follow tract's size rules and compute the values tract's would; tract's own pass
 //! still runs after these for anything they leave.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
+use tract_linalg::mmm::{EagerPackedInput, MMMInputValue, PackedExoticFact, PackedMatrixStorage};
+use tract_linalg::pack::PackedI8K4;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::{bail, ensure};
 use tract_onnx::tract_core::ops::array::Slice;
-use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
 use tract_onnx::tract_core::ops::dummy::Dummy;
 use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::matmul::pack::{DynPackedExoticFact, OptMatMulPack};
 use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_core::optim::{
     Optimizer, OptimizerSession, TypedPass, CONST_FOLD_MEM_BUDGET,
 };
 
 /// Optimises `model` like `TypedModel::optimize`, holding about one layer's replaced
-/// weights at a time at most. Falls back to tract's plain codegen if tract's pass list is
-/// not the one this was written against (first pass `PropConst`).
-pub(crate) fn optimize(model: &mut TypedModel) -> TractResult<()> {
+/// weights at a time at most, and returns how many constants were changed in place.
+/// Falls back to tract's plain codegen if tract's pass list is not the one this was written
+/// against (first pass `PropConst`).
+pub(crate) fn optimize(model: &mut TypedModel) -> TractResult<InPlace> {
     let mut optimizer = Optimizer::codegen();
     let first = optimizer.passes.first().map(|p| format!("{p:?}"));
     if !first.is_some_and(|name| name.starts_with("PropConst")) {
         log::warn!("tract's codegen passes changed; optimising without the lean constant folding");
-        return model.optimize();
+        model.optimize()?;
+        return Ok(InPlace::default());
     }
     let fold = optimizer.passes.remove(0);
+    let in_place = Arc::new(Mutex::new(InPlace::default()));
     optimizer.passes.insert(
         0,
         Box::new(OneFoldPerRound {
             fold,
             handed: false,
             trim: false,
+            direct: false,
+            in_place: in_place.clone(),
         }),
     );
-    model.optimize_with_session(&mut optimizer.session())
+    model.optimize_with_session(&mut optimizer.session())?;
+    let done = std::mem::take(&mut *in_place.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok(done)
+}
+
+/// What `optimize` changed in place rather than by evaluation.
+#[derive(Debug, Default)]
+pub(crate) struct InPlace {
+    /// Constants reshaped (or otherwise changed by an axis op) without a copy beside them.
+    pub(crate) reshaped: usize,
+    /// Kernels packed panel by panel in their own buffer.
+    pub(crate) packed: usize,
+    /// Nodes whose constant turned out to be held elsewhere too: folded the usual way.
+    refused: HashSet<String>,
 }
 
 /// A fold whose inputs reach this size ends the round, so that the graph is pruned.
@@ -67,6 +99,10 @@ struct OneFoldPerRound {
     /// The round ended after a large fold: once the session has pruned the graph, the heap
     /// it freed goes back to the kernel.
     trim: bool,
+    /// The round was ended for `run_direct` to change constants in place.
+    direct: bool,
+    /// Shared by the copies of this pass (the session clones its passes every round).
+    in_place: Arc<Mutex<InPlace>>,
 }
 
 impl TypedPass for OneFoldPerRound {
@@ -105,6 +141,22 @@ impl TypedPass for OneFoldPerRound {
                 }
             }
         }
+        // Then whatever can change in place: the round ends here with an empty patch (which
+        // keeps the session going) and `run_direct` does it, with the model in hand.
+        if found.is_none() {
+            let refused = &self
+                .in_place
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .refused;
+            for &id in &order {
+                if !refused.contains(&model.node(id).name) && in_place_at(model, id)?.is_some() {
+                    self.handed = true;
+                    self.direct = true;
+                    return Ok(Some(TypedModelPatch::new("constants changed in place")));
+                }
+            }
+        }
         for &id in &order {
             if found.is_some() {
                 break;
@@ -129,6 +181,215 @@ impl TypedPass for OneFoldPerRound {
             crate::memory::log_use(format_args!("folding {}", model.node(id).name));
         }
         Ok(Some(patch))
+    }
+
+    /// Changes every constant `in_place_at` finds, once `next` has ended the round for it.
+    fn run_direct(&mut self, model: &mut TypedModel) -> TractResult<bool> {
+        if !std::mem::take(&mut self.direct) {
+            return Ok(false);
+        }
+        let mut state = self.in_place.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut changed = false;
+        // Ids stay valid: applying a patch appends nodes, only the session's pruning
+        // renumbers them.
+        for id in model.eval_order()? {
+            if state.refused.contains(&model.node(id).name) {
+                continue;
+            }
+            let Some(change) = in_place_at(model, id)? else {
+                continue;
+            };
+            let input = model.node(id).inputs[0];
+            let Some(tensor) = take_constant(model, input)? else {
+                log::debug!(
+                    "{}: its constant is shared, folded by copy",
+                    model.node(id).name
+                );
+                state.refused.insert(model.node(id).name.clone());
+                continue;
+            };
+            let value = match change {
+                Change::Eval => {
+                    let op = model.node(id).op.clone();
+                    let values = op.eval_out_of_plan(tvec![tensor.into_tvalue()])?;
+                    state.reshaped += 1;
+                    let Some(values) = values else {
+                        bail!("{} cannot be evaluated at load", model.node(id));
+                    };
+                    values
+                }
+                Change::Pack(pack) => {
+                    state.packed += 1;
+                    tvec![pack.pack(tensor)?.into_tvalue()]
+                }
+            };
+            let large = value
+                .iter()
+                .any(|v| v.len() * v.datum_type().size_of() >= PRUNE_AFTER_BYTES as usize);
+            let name =
+                large.then(|| format!("{} ({})", model.node(id).name, model.node(id).op.name()));
+            crate::rewrite::constants_for(model, id, value)?.apply(model)?;
+            if let Some(name) = name {
+                crate::memory::log_use(format_args!("{name}, in place"));
+            }
+            changed = true;
+        }
+        Ok(changed)
+    }
+}
+
+/// How a node whose only input is a constant nothing else reads can change it in place.
+enum Change {
+    /// An axis op or a reshape, evaluated on the constant itself: tract's evaluation takes
+    /// its input by value, and with the only reference it reshapes without copying.
+    Eval,
+    /// A packing that only permutes each panel's bytes.
+    Pack(PackInPlace),
+}
+
+/// The change `in_place_at` makes at node `id`, if any: the node reads one constant, which
+/// no other node reads and which is not a model output, in plain host memory.
+fn in_place_at(model: &TypedModel, id: usize) -> TractResult<Option<Change>> {
+    let node = model.node(id);
+    let [input] = node.inputs[..] else {
+        return Ok(None);
+    };
+    let source = model.node(input.node);
+    let Some(konst) = source.op_as::<Const>() else {
+        return Ok(None);
+    };
+    if konst.exotic_fact().is_some()
+        || !konst.val().has_plain_ram_storage()
+        || node.outputs.len() != 1
+        || model.outlet_successors(input).len() != 1
+        || model.output_outlets()?.contains(&input)
+    {
+        return Ok(None);
+    }
+    if node.op_is::<AxisOp>() || node.op_is::<IntoShape>() {
+        return Ok(Some(Change::Eval));
+    }
+    Ok(PackInPlace::at(model, node, konst.val())?.map(Change::Pack))
+}
+
+/// Removes the constant feeding `outlet` from the graph and returns its tensor, or `None`
+/// (the graph unchanged) when something else holds the tensor too. The constant's node is
+/// left a `Dummy` with no value: the caller replaces its only reader next, after which
+/// nothing reads it and the session's pruning removes it.
+fn take_constant(model: &mut TypedModel, outlet: OutletId) -> TractResult<Option<Tensor>> {
+    let Some(konst) = model.node(outlet.node).op_as::<Const>() else {
+        bail!("{} is not a constant", model.node(outlet.node));
+    };
+    let tensor = konst.val().clone();
+    model.node_mut(outlet.node).op = Box::new(Dummy::new());
+    let fact = model.outlet_fact_mut(outlet)?.konst.take();
+    drop(fact);
+    match Arc::try_unwrap(tensor) {
+        Ok(tensor) => Ok(Some(tensor)),
+        Err(tensor) => {
+            model.node_mut(outlet.node).op = Box::new(Const::new(tensor.clone())?);
+            model.outlet_fact_mut(outlet)?.konst = Some(tensor);
+            Ok(None)
+        }
+    }
+}
+
+/// A kernel whose packing into tract's `PackedI8K4` layout needs no padding: `k` a multiple
+/// of 4, `mn` of the panel width `r`, laid out as `mn` rows of `k` bytes. Then panel `p` is
+/// rows `p * r ..` of the kernel, the same bytes the packed panel takes, and packing
+/// permutes the bytes inside each panel (`out[(k / 4) * r * 4 + m * 4 + k % 4] =
+/// in[m][k]`, tract's layout).
+struct PackInPlace {
+    format: PackedI8K4,
+    k: usize,
+    mn: usize,
+    /// The packing's output shape: the kernel's without the k and mn axes.
+    shape: TVec<usize>,
+}
+
+impl PackInPlace {
+    fn at(model: &TypedModel, node: &TypedNode, kernel: &Tensor) -> TractResult<Option<Self>> {
+        let Some(op) = node.op_as::<OptMatMulPack>() else {
+            return Ok(None);
+        };
+        let fact = &node.outputs[0].fact;
+        let Some(packers) = fact
+            .exotic_fact
+            .as_ref()
+            .and_then(|f| f.downcast_ref::<DynPackedExoticFact>())
+            .map(|f| &f.packers)
+        else {
+            return Ok(None);
+        };
+        let [packer] = &packers[..] else {
+            return Ok(None);
+        };
+        let Some(format) = packer.downcast_ref::<PackedI8K4>() else {
+            return Ok(None);
+        };
+        if kernel.datum_type() != DatumType::I8 {
+            return Ok(None);
+        }
+        let input = model.outlet_fact(node.inputs[0])?;
+        let mapping = op.axes_mapping(&[input], &[fact])?;
+        let k_axis = mapping.axis('K')?.inputs[0][0];
+        let mn_axis = mapping.axis('M')?.inputs[0][0];
+        let (shape, strides) = (kernel.shape(), kernel.strides());
+        let (k, mn) = (shape[k_axis], shape[mn_axis]);
+        let others_are_one = (0..shape.len())
+            .filter(|&a| a != k_axis && a != mn_axis)
+            .all(|a| shape[a] == 1);
+        let aligned = (kernel.as_bytes().as_ptr() as usize).is_multiple_of(format.alignment());
+        if !others_are_one
+            || strides[k_axis] != 1
+            || strides[mn_axis] != k as isize
+            || k % 4 != 0
+            || format.r == 0
+            || mn % format.r != 0
+            || !aligned
+        {
+            return Ok(None);
+        }
+        Ok(Some(PackInPlace {
+            format: format.clone(),
+            k,
+            mn,
+            shape: op.output_shape(shape),
+        }))
+    }
+
+    /// The packed kernel, as tract's packing evaluates it (one packed matrix).
+    fn pack(&self, kernel: Tensor) -> TractResult<Tensor> {
+        let dt = kernel.datum_type();
+        let (r, k) = (self.format.r, self.k);
+        let mut blob = kernel.into_blob()?;
+        let bytes = blob.as_bytes_mut();
+        ensure!(
+            bytes.len() == self.mn * k,
+            "{} bytes for {} x {k}",
+            bytes.len(),
+            self.mn
+        );
+        let mut rows = vec![0u8; r * k];
+        for panel in bytes.chunks_exact_mut(r * k) {
+            rows.copy_from_slice(panel);
+            for (m, row) in rows.chunks_exact(k).enumerate() {
+                for (group, four) in row.chunks_exact(4).enumerate() {
+                    panel[(group * r + m) * 4..][..4].copy_from_slice(four);
+                }
+            }
+        }
+        let packed: Box<dyn MMMInputValue> = Box::new(EagerPackedInput {
+            fact: PackedExoticFact {
+                format: Box::new(self.format.clone()),
+                k,
+                mn: self.mn.to_dim(),
+            },
+            packed: Arc::new(blob),
+            panel_bytes: r * k,
+            mn: self.mn,
+        });
+        Ok(PackedMatrixStorage::new_batched(&self.shape, tvec![packed]).into_tensor(dt))
     }
 }
 
@@ -234,6 +495,7 @@ fn mem(fact: &TypedFact) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tract_onnx::tract_core::internal::EvalOp;
 
     /// A constant's axis move, folded in place, is the tensor tract's own evaluation of the
     /// op gives, and the tensor ndarray's permutation gives.
@@ -275,6 +537,141 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A reshape of a constant nothing else reads is done on the constant itself: tract's
+    /// value, in the same buffer.
+    #[test]
+    fn reshapes_of_unshared_constants_keep_their_buffer() {
+        let data: Vec<i8> = (0..4 * 6 * 9).map(|i| (i * 37 % 251) as i8).collect();
+        let w = Tensor::from_shape(&[4, 6, 3, 3], &data).unwrap();
+        let buffer = w.as_bytes().as_ptr();
+        let op = AxisOp::Reshape(
+            1,
+            tvec![6.to_dim(), 3.to_dim(), 3.to_dim()],
+            tvec![54.to_dim()],
+        );
+        let tracts = EvalOp::eval_out_of_plan(&op, tvec![w.clone().into_tvalue()])
+            .unwrap()
+            .unwrap()
+            .remove(0)
+            .into_tensor();
+        let mut m = TypedModel::default();
+        let c = m.add_const("w", w).unwrap();
+        let out = m.wire_node("reshaped", op, &[c]).unwrap()[0];
+        m.select_output_outlets(&[out]).unwrap();
+
+        let done = optimize(&mut m).unwrap();
+        assert_eq!((done.reshaped, done.packed), (1, 0));
+        let folded = m.outlet_fact(m.output_outlets().unwrap()[0]).unwrap();
+        let folded = folded.konst.clone().expect("the output is a constant now");
+        assert_eq!(*folded, tracts);
+        assert_eq!(folded.shape(), &[4, 54]);
+        assert_eq!(
+            folded.as_bytes().as_ptr(),
+            buffer,
+            "reshaped in a new buffer"
+        );
+    }
+
+    /// Every K4 kernel tract packs without padding is packed in place, to tract's bytes;
+    /// the others are packed by tract's evaluation, and the two plans compute the same bits.
+    #[test]
+    fn kernels_packed_in_place_are_tracts_packing() {
+        use crate::banded::tests::{conv_model, outputs, test_inputs, Layer};
+        // Kernels of 36x32, 288x16, 16x24 (1x1) and 27x40 (k not a multiple of 4).
+        let layers = [
+            Layer(32, 3, 1, 1, [1; 4], 1),
+            Layer(16, 3, 1, 1, [1; 4], 1),
+            Layer(24, 1, 1, 1, [0; 4], 1),
+            Layer(40, 3, 2, 1, [1; 4], 1),
+        ];
+        // The kernels the engine's loads choose (tract's AMX kernels off, cpu.rs).
+        crate::cpu::configure_tract();
+        let (h, w) = (12, 10);
+        // (input channels, layers): the second model's first layer has k = 27.
+        let models = [(4, &layers[..3]), (3, &layers[3..])];
+        for (model, (c, layers)) in models.into_iter().enumerate() {
+            let bytes = conv_model(c, h, w, layers);
+            let decluttered = tract_onnx::onnx()
+                .model_for_read(&mut &bytes[..])
+                .unwrap()
+                .with_input_fact(0, f32::fact([1, c, h, w]).into())
+                .unwrap()
+                .into_typed()
+                .unwrap()
+                .into_decluttered()
+                .unwrap();
+            let mut tracts = decluttered.clone();
+            tracts.optimize().unwrap();
+            let mut ours = decluttered;
+            let done = optimize(&mut ours).unwrap();
+
+            let (theirs, mine) = (k4_kernels(&tracts), k4_kernels(&ours));
+            assert_eq!(theirs, mine, "model {model}: packed kernels differ");
+            let unpadded = theirs
+                .iter()
+                .filter(|(r, k, mn, _)| k % 4 == 0 && mn % r == 0)
+                .count();
+            assert_eq!(
+                done.packed, unpadded,
+                "model {model}: kernels packed in place"
+            );
+            if model == 0 && !theirs.is_empty() {
+                assert!(done.packed > 0, "no K4 kernel packed in place: {theirs:?}");
+            }
+
+            let len = c * h * w;
+            let shape = [1, c, h, w];
+            let (tracts, ours) = (
+                Arc::new(tracts.into_runnable().unwrap()),
+                Arc::new(ours.into_runnable().unwrap()),
+            );
+            for data in test_inputs(len) {
+                assert_eq!(
+                    outputs(&tracts, &shape, &data),
+                    outputs(&ours, &shape, &data),
+                    "model {model}"
+                );
+            }
+        }
+    }
+
+    /// The `PackedI8K4` kernels of a plan, as (r, k, mn, packed bytes), sorted: in constants
+    /// and in matmuls' constant operands.
+    fn k4_kernels(model: &TypedModel) -> Vec<(usize, usize, usize, Vec<u8>)> {
+        use tract_onnx::tract_core::ops::matmul::optimized::{
+            MatMulOperand, OptMatMul, ProtoFusedSpec,
+        };
+        let mut values: Vec<Box<dyn MMMInputValue>> = vec![];
+        for node in model.nodes() {
+            if let Some(k) = node.op_as::<Const>() {
+                if let Ok(storage) = k.val().try_storage_as::<PackedMatrixStorage>() {
+                    values.extend(storage.values().iter().cloned());
+                }
+            }
+            if let Some(mm) = node.op_as::<OptMatMul>() {
+                for op in &mm.micro_ops {
+                    if let ProtoFusedSpec::AddMatMul { a, b, .. } = op {
+                        for operand in [a, b] {
+                            if let MatMulOperand::Const(v) = operand {
+                                values.push(v.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut kernels: Vec<_> = values
+            .iter()
+            .filter_map(|v| {
+                let e = v.downcast_ref::<EagerPackedInput>()?;
+                let f = e.fact.format.downcast_ref::<PackedI8K4>()?;
+                Some((f.r, e.fact.k, e.mn, e.packed.as_bytes().to_vec()))
+            })
+            .collect();
+        kernels.sort();
+        kernels
     }
 
     /// Other axis ops keep tract's evaluation.

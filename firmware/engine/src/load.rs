@@ -213,13 +213,19 @@ fn build_proto(
         .declutter()
         .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
     tr("tract's declutter");
-    if rewrite {
+    let in_place = if rewrite {
         crate::lean::optimize(&mut optimized)
     } else {
-        optimized.optimize()
+        optimized.optimize().map(|()| Default::default())
     }
     .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
     tr("tract's optimisation");
+    // Same values as tract's folding, so not a change to the plan (`patches`).
+    log::debug!(
+        "constants changed in place: {} kernels packed, {} reshaped",
+        in_place.packed,
+        in_place.reshaped
+    );
     let mut patches: Vec<String> = [
         (qdq_convs, "ran", "QDQ convolution", " as QLinearConv"),
         (qdq_pools, "ran", "QDQ max pool", " on the quantized values"),
