@@ -44,7 +44,7 @@ const BAND_BYTES: usize = 512 * 1024;
 /// 0.2 ms of int8 work on one core (VNNI here, SDOT on a Cortex-A76), against tens of
 /// microseconds to wake a pool. The default bundle's layers (at most 9.4 M) stay on one
 /// thread; with all cores they were slower than with one (RESULTS.md, run 4).
-const PARALLEL_MACS: usize = 16 << 20;
+pub(crate) const PARALLEL_MACS: usize = 16 << 20;
 
 /// Patch packing → OptMatMul → [reshape] → Requantize, one band of output rows at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,6 +412,15 @@ impl TypedOp for BandedConv {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         ensure!(inputs[0].datum_type == DatumType::I8);
         Ok(tvec!(self.requantize.output_fact(&self.output_shape)))
+    }
+
+    /// The products' multiply-adds: channels x output positions x k.
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let positions = self.output_shape.iter().product::<usize>() / self.channels.max(1);
+        Ok(tvec!((
+            Cost::FMA(DatumType::I32),
+            (self.channels * positions * self.pack.k).to_dim()
+        )))
     }
 }
 
@@ -892,6 +901,31 @@ pub(crate) mod tests {
         return crate::vnni::available();
         #[cfg(not(target_arch = "x86_64"))]
         false
+    }
+
+    /// A plan's largest node, in multiply-adds, as the load reports it (what decides whether
+    /// inference is split over threads): a banded layer counts channels x positions x k,
+    /// and tract's own matmuls count through tract's cost model.
+    #[test]
+    fn the_load_reports_the_largest_layers_multiply_adds() {
+        // 64 channels x 32x32 positions x 16*3*3 deep, then 8 x 32x32 x 64. (Not a stride-2
+        // second layer: tract would move the subsampling into the first.)
+        let layers = [Layer(64, 3, 1, 1, [1; 4], 1), Layer(8, 1, 1, 1, [0; 4], 1)];
+        let bytes = conv_model(16, 32, 32, &layers);
+        let spec = input_spec(16, 32, 32);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        for rewrite in [true, false] {
+            let built = build_with(&bytes, &target, rewrite).unwrap();
+            assert_eq!(
+                built.largest_node_macs,
+                64 * 32 * 32 * 144,
+                "rewrite {rewrite}"
+            );
+        }
     }
 
     #[test]

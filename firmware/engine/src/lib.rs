@@ -111,6 +111,10 @@ impl Scores {
 /// A loaded, optimised model ready to run batches of `batch` items.
 pub struct Model {
     plan: Plan,
+    /// Whether some node of the plan does enough work to split over threads
+    /// (`banded::PARALLEL_MACS`); a plan without one runs on the calling thread whatever
+    /// `set_threads` says, since handing it to the pool costs more than it can save.
+    splits: bool,
     input: InputSpec,
     output_kind: OutputKind,
     classes: usize,
@@ -201,6 +205,7 @@ impl Model {
                 patches: built.patches,
                 load_time: started.elapsed(),
             },
+            splits: built.largest_node_macs >= banded::PARALLEL_MACS as u64,
             plan: built.plan,
         };
         model.check_output_shape()?;
@@ -223,7 +228,16 @@ impl Model {
     /// model's layout; the result has one [`Scores`] per item. Uses the threads set by
     /// [`set_threads`].
     pub fn run(&self, input: &[f32]) -> Result<Vec<Scores>, EngineError> {
-        self.run_on(threads::current(), input)
+        self.run_on(self.executor(), input)
+    }
+
+    /// The executor set by [`set_threads`], for a plan worth splitting.
+    fn executor(&self) -> multithread::Executor {
+        if self.splits {
+            threads::current()
+        } else {
+            multithread::Executor::SingleThread
+        }
     }
 
     fn run_on(
@@ -234,8 +248,11 @@ impl Model {
         let tensor = self.input_tensor(input)?;
         let path = self.report.path.clone();
         let outputs = isolate(&path, "running", || {
-            threads::scope(executor, || self.plan.run(tvec!(tensor.into_tvalue())))
-                .map_err(|e| EngineError::Run(format!("{e:#}")))
+            threads::scope(executor, || -> TractResult<Vec<Tensor>> {
+                let outputs = self.plan.run(tvec!(tensor.into_tvalue()))?;
+                Ok(outputs.into_iter().map(|v| v.into_tensor()).collect())
+            })
+            .map_err(|e| EngineError::Run(format!("{e:#}")))
         })??;
         let output = outputs
             .first()
@@ -267,7 +284,7 @@ impl Model {
         let tensor = self.input_tensor(input)?;
         let path = self.report.path.clone();
         let plan = self.plan.clone();
-        let executor = threads::current();
+        let executor = self.executor();
         let per_node = isolate(&path, "profiling", || -> TractResult<Vec<Duration>> {
             threads::scope(executor, || -> TractResult<Vec<Duration>> {
                 let mut state = SimpleState::new(&plan)?;
@@ -470,6 +487,23 @@ mod tests {
                     .collect()
             })
             .collect()
+    }
+
+    /// The default bundle's layers are all too small to split (at most 9.4 M multiply-adds
+    /// each): its inferences stay on the calling thread whatever the thread setting.
+    #[test]
+    fn small_plans_are_not_split() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/brain-mri-4class");
+        let bundle = Bundle::open(&dir).expect("models/brain-mri-4class");
+        for variant in ["int8", "fp32"] {
+            let model = Model::load(&bundle, variant, &EngineOptions { batch: 1 }).unwrap();
+            assert!(!model.splits, "{variant}");
+            let batch = Model::load(&bundle, variant, &EngineOptions { batch: 4 }).unwrap();
+            assert!(
+                batch.splits,
+                "{variant}: a batch of 4 has layers of over 16 M"
+            );
+        }
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub struct Built {
     /// The exact rewrites applied after tract's optimiser (rewrite.rs, im2col.rs, pool.rs,
     /// epilogue.rs).
     pub patches: Vec<String>,
+    /// The most multiply-adds any one node of the plan does per run (tract's cost model).
+    pub largest_node_macs: u64,
 }
 
 /// Parses and optimises the model. May panic inside tract on malformed graphs: callers run
@@ -330,6 +332,7 @@ fn build_proto(
     }
     tr("the engine's rewrites");
     let (kernels, ops) = describe(&optimized);
+    let largest_node_macs = largest_node_macs(&optimized);
     let plan = optimized
         .into_runnable()
         .map_err(|e| load_err(format!("building the plan failed: {e:#}")))?;
@@ -340,6 +343,7 @@ fn build_proto(
         kernels,
         ops,
         patches,
+        largest_node_macs,
     })
 }
 
@@ -541,6 +545,28 @@ fn concrete_input(
 }
 
 /// The matrix kernels and the operator mix of an optimised plan.
+/// The most multiply-adds (`Cost::FMA`, any type) one node of `model` does per run, as the
+/// ops report them; 0 for ops that report none or a count that depends on a symbol.
+fn largest_node_macs(model: &TypedModel) -> u64 {
+    let mut largest = 0;
+    for node in model.nodes() {
+        let Ok(inputs) = model.node_input_facts(node.id) else {
+            continue;
+        };
+        let Ok(costs) = node.op.cost(&inputs) else {
+            continue;
+        };
+        let macs: u64 = costs
+            .iter()
+            .filter(|(cost, _)| matches!(cost, tract_onnx::tract_core::ops::Cost::FMA(_)))
+            .filter_map(|(_, n)| n.to_i64().ok())
+            .map(|n| n.max(0) as u64)
+            .sum();
+        largest = largest.max(macs);
+    }
+    largest
+}
+
 fn describe(model: &TypedModel) -> (Vec<String>, Vec<(String, usize)>) {
     let mut kernels: Vec<String> = Vec::new();
     let mut ops: HashMap<String, usize> = HashMap::new();

@@ -49,10 +49,21 @@ pub(crate) fn current() -> Executor {
         .clone()
 }
 
-/// Runs `f` with `executor` as this thread's tract executor. Always installed, even for
+/// Runs `f` with `executor` as its tract executor. Always installed, even for
 /// `SingleThread`, so a default executor set elsewhere in the process cannot leak in.
-pub(crate) fn scope<R>(executor: Executor, f: impl FnOnce() -> R) -> R {
-    multithread_tract_scope(executor, f)
+///
+/// With a pool, `f` runs on one of the pool's threads, and the calling thread waits: the
+/// operators that stay on one thread run there, and the pool's other threads join in where
+/// work is split. Run on the caller instead, an inference set to n threads kept n + 1 busy
+/// or spinning (the caller and the whole pool), more threads than cores.
+pub(crate) fn scope<R: Send>(executor: Executor, f: impl FnOnce() -> R + Send) -> R {
+    match &executor {
+        Executor::MultiThread(pool) => {
+            let pool = pool.clone();
+            pool.install(|| multithread_tract_scope(executor, f))
+        }
+        _ => multithread_tract_scope(executor, f),
+    }
 }
 
 pub(crate) fn executor_for(n: usize) -> Result<Executor, EngineError> {
