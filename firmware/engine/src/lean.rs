@@ -9,7 +9,9 @@
 //! kernels lived on until the engine's own rewrites after the optimiser.
 //!
 //! `optimize` runs tract's codegen passes in tract's order, with the constant folding pass
-//! in front of them wrapped:
+//! in front of them wrapped, and the same folding run inside the codegen pass itself after
+//! every few nodes it rewrites (`CodegenInSteps`), so that the graph does not first grow by
+//! every layer's constant chains at once:
 //! - one large fold per round (inputs of 64 KiB and up): the session prunes the graph
 //!   between rounds, which frees what the fold replaced, and the freed heap is returned to
 //!   the kernel;
