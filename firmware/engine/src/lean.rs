@@ -9,9 +9,7 @@
 //! kernels lived on until the engine's own rewrites after the optimiser.
 //!
 //! `optimize` runs tract's codegen passes in tract's order, with the constant folding pass
-//! in front of them wrapped, and the same folding run inside the codegen pass itself after
-//! every few nodes it rewrites (`CodegenInSteps`), so that the graph does not first grow by
-//! every layer's constant chains at once:
+//! in front of them wrapped:
 //! - one large fold per round (inputs of 64 KiB and up): the session prunes the graph
 //!   between rounds, which frees what the fold replaced, and the freed heap is returned to
 //!   the kernel;
@@ -65,40 +63,13 @@ pub(crate) fn optimize(model: &mut TypedModel) -> TractResult<InPlace> {
     optimizer.passes.insert(
         0,
         Box::new(OneFoldPerRound {
-            fold: fold.clone(),
+            fold,
             handed: false,
             trim: false,
             direct: false,
             in_place: in_place.clone(),
         }),
     );
-    // tract's codegen pass, with the folding after every few nodes it rewrites.
-    match optimizer
-        .passes
-        .iter()
-        .position(|p| format!("{p:?}") == "codegen")
-    {
-        Some(ix) => {
-            let codegen = optimizer.passes.remove(ix);
-            let fold = OneFoldPerRound {
-                fold: fold.clone(),
-                handed: false,
-                trim: false,
-                direct: false,
-                in_place: in_place.clone(),
-            };
-            optimizer.passes.insert(
-                ix,
-                Box::new(CodegenInSteps {
-                    codegen,
-                    fold,
-                    rewritten: 0,
-                    folding: false,
-                }),
-            );
-        }
-        None => log::warn!("tract's codegen pass not found; folding only between its rounds"),
-    }
     model.optimize_with_session(&mut optimizer.session())?;
     let done = std::mem::take(&mut *in_place.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(done)
@@ -113,75 +84,6 @@ pub(crate) struct InPlace {
     pub(crate) packed: usize,
     /// Nodes whose constant turned out to be held elsewhere too: folded the usual way.
     refused: HashSet<String>,
-}
-
-/// Nodes tract's codegen rewrites between two rounds of folding.
-const CODEGEN_STEP: usize = 4;
-
-/// tract's codegen pass, with the engine's folding (`OneFoldPerRound`) run after every
-/// `CODEGEN_STEP` nodes it rewrites rather than once it has rewritten them all.
-///
-/// Codegen turns each convolution into a few dozen nodes, most of them constant chains
-/// around the kernel (reshapes, the weight sums, the packing) that only the next folding
-/// removes. Run whole, it took VGG16's graph from 149 to 718 nodes (about 1.9 KiB each in
-/// tract's node table) before anything was folded, and the session's compaction copies
-/// that table: 1.3 MiB more at the load peak than folding as it goes. Folding only
-/// replaces constant subgraphs by their values, which the codegen of the nodes still to
-/// come reads as constants either way, and no other pass runs in between, so nothing
-/// codegen does is undone and redone.
-#[derive(Clone, Debug)]
-struct CodegenInSteps {
-    codegen: Box<dyn TypedPass>,
-    fold: OneFoldPerRound,
-    /// Nodes rewritten since the last folding.
-    rewritten: usize,
-    /// Folding until nothing is left to fold, then back to codegen.
-    folding: bool,
-}
-
-impl TypedPass for CodegenInSteps {
-    fn reset(&mut self) -> TractResult<()> {
-        self.codegen.reset()?;
-        self.fold.reset()
-    }
-
-    fn next(
-        &mut self,
-        session: &mut OptimizerSession,
-        model: &TypedModel,
-    ) -> TractResult<Option<TypedModelPatch>> {
-        // At most: codegen has nothing (left) to do, then folding has nothing either.
-        for _ in 0..2 {
-            if !self.folding {
-                if let Some(patch) = self.codegen.next(session, model)? {
-                    self.rewritten += 1;
-                    if self.rewritten >= CODEGEN_STEP {
-                        self.folding = true;
-                        self.rewritten = 0;
-                    }
-                    return Ok(Some(patch));
-                }
-                self.folding = true;
-                self.rewritten = 0;
-            }
-            // The fold ends the session's inner round after a large fold (for the pruning)
-            // and before changing constants in place (`run_direct`): folding goes on in the
-            // next one.
-            let ending = self.fold.handed;
-            if let Some(patch) = self.fold.next(session, model)? {
-                return Ok(Some(patch));
-            }
-            if ending || self.fold.direct {
-                return Ok(None);
-            }
-            self.folding = false;
-        }
-        Ok(None)
-    }
-
-    fn run_direct(&mut self, model: &mut TypedModel) -> TractResult<bool> {
-        self.fold.run_direct(model)
-    }
 }
 
 /// A fold whose inputs reach this size ends the round, so that the graph is pruned.
