@@ -637,6 +637,157 @@ mod tests {
         }
     }
 
+    /// A MobileNetV2-like int8 graph as onnxruntime's QOperator export writes it: a
+    /// residual `DequantizeLinear -> Add -> QuantizeLinear` between QLinearConvs, a
+    /// depthwise QLinearConv, a 1x1 one, and a float head (`GlobalAveragePool`, `Gemm`).
+    fn residual_model(c: usize, h: usize, w: usize) -> Vec<u8> {
+        use crate::onnx_build::{int, ints, node, raw, value};
+        use prost::Message;
+        use tract_onnx::pb;
+        use tract_onnx::pb::tensor_proto::DataType as D;
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let mut init = vec![];
+        let scale = |name: &str, v: f32, z: u8, init: &mut Vec<pb::TensorProto>| {
+            init.push(raw(&format!("{name}s"), D::Float, &[], &[v]));
+            init.push(raw(&format!("{name}z"), D::Uint8, &[], &[z]));
+        };
+        for (name, v, z) in [
+            ("x", 1.0 / 255.0, 0),
+            ("a", 0.05, 110),
+            ("b", 0.04, 120),
+            ("r", 0.07, 100),
+            ("d", 0.06, 90),
+            ("e", 0.08, 128),
+        ] {
+            scale(name, v, z, &mut init);
+        }
+        let classes = 10;
+        let fc: Vec<f32> = (0..classes * 32)
+            .map(|_| (next() % 2001) as f32 * 1e-3 - 1.0)
+            .collect();
+        let mut conv = |name: &str,
+                        input: &str,
+                        output: &str,
+                        (cout, cin, k, group): (usize, usize, usize, usize),
+                        init: &mut Vec<pb::TensorProto>| {
+            let weights: Vec<i8> = (0..cout * (cin / group) * k * k)
+                .map(|_| (next() % 255) as i8)
+                .collect();
+            let bias: Vec<i32> = (0..cout).map(|_| (next() % 2001) as i32 - 1000).collect();
+            let scales: Vec<f32> = (0..cout)
+                .map(|_| 2e-3 + (next() % 1000) as f32 * 2e-6)
+                .collect();
+            init.push(raw(
+                &format!("{name}w"),
+                D::Int8,
+                &[cout, cin / group, k, k],
+                &weights,
+            ));
+            init.push(raw(&format!("{name}ws"), D::Float, &[cout], &scales));
+            init.push(raw(
+                &format!("{name}wz"),
+                D::Int8,
+                &[cout],
+                &vec![0i8; cout],
+            ));
+            init.push(raw(&format!("{name}b"), D::Int32, &[cout], &bias));
+            let inputs = [
+                format!("{input}q"),
+                format!("{input}s"),
+                format!("{input}z"),
+                format!("{name}w"),
+                format!("{name}ws"),
+                format!("{name}wz"),
+                format!("{output}s"),
+                format!("{output}z"),
+                format!("{name}b"),
+            ];
+            let pad = (k / 2) as i64;
+            node(
+                "QLinearConv",
+                &inputs,
+                &format!("{output}q"),
+                vec![
+                    ints("kernel_shape", &[k as i64; 2]),
+                    ints("pads", &[pad; 4]),
+                    int("group", group as i64),
+                ],
+            )
+        };
+        let nodes = vec![
+            node("QuantizeLinear", &["x", "xs", "xz"], "xq", vec![]),
+            conv("c1", "x", "a", (16, c, 3, 1), &mut init),
+            conv("c2", "a", "b", (16, 16, 1, 1), &mut init),
+            node("DequantizeLinear", &["aq", "as", "az"], "ad", vec![]),
+            node("DequantizeLinear", &["bq", "bs", "bz"], "bd", vec![]),
+            node("Add", &["ad", "bd"], "sum", vec![]),
+            node("QuantizeLinear", &["sum", "rs", "rz"], "rq", vec![]),
+            conv("c3", "r", "d", (16, 16, 3, 16), &mut init),
+            conv("c4", "d", "e", (32, 16, 1, 1), &mut init),
+            node("DequantizeLinear", &["eq", "es", "ez"], "ed", vec![]),
+            node("GlobalAveragePool", &["ed"], "pooled", vec![]),
+            node("Flatten", &["pooled"], "flat", vec![int("axis", 1)]),
+            node("Gemm", &["flat", "fc"], "y", vec![int("transB", 1)]),
+        ];
+        init.push(raw("fc", D::Float, &[classes, 32], &fc));
+        pb::ModelProto {
+            ir_version: 7,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(pb::GraphProto {
+                name: "residual".into(),
+                node: nodes,
+                initializer: init,
+                input: vec![value("x", &[1, c, h, w])],
+                output: vec![pb::ValueInfoProto {
+                    name: "y".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// The whole load path on a residual int8 graph computes the bits of tract's own plan
+    /// (`load::tests::compare` does this for the default bundle, which has no residual
+    /// adds and no depthwise layer).
+    #[test]
+    fn residual_int8_graphs_keep_tracts_bits() {
+        use crate::banded::tests::{input_spec, outputs, test_inputs};
+        use crate::load::{build_with, Target};
+        let (c, h, w) = (3, 14, 12);
+        let bytes = residual_model(c, h, w);
+        let spec = input_spec(c, h, w);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        let plain = build_with(&bytes, &target, false).unwrap();
+        let ours = build_with(&bytes, &target, true).unwrap();
+        assert!(
+            ours.patches.iter().any(|p| p.contains("depthwise")),
+            "{:?}",
+            ours.patches
+        );
+        for data in test_inputs(c * h * w) {
+            assert_eq!(
+                outputs(&plain.plan, &[1, c, h, w], &data),
+                outputs(&ours.plan, &[1, c, h, w], &data)
+            );
+        }
+    }
+
     /// The `PackedI8K4` kernels of a plan, as (r, k, mn, packed bytes), sorted: in constants
     /// and in matmuls' constant operands.
     fn k4_kernels(model: &TypedModel) -> Vec<(usize, usize, usize, Vec<u8>)> {
