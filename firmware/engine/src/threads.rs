@@ -104,6 +104,23 @@ mod tests {
         }
     }
 
+    /// With a pool, the work runs on one of the pool's threads (the caller only waits), so
+    /// an inference on n threads keeps n threads busy, not n + 1; without one, on the
+    /// caller.
+    #[test]
+    fn a_pool_runs_the_work_on_its_own_threads() {
+        let caller = std::thread::current().id();
+        let (thread, index) = scope(executor_for(2).unwrap(), || {
+            (std::thread::current().id(), rayon::current_thread_index())
+        });
+        assert_ne!(thread, caller);
+        assert!(index.is_some_and(|i| i < 2), "{index:?}");
+        let (thread, index) = scope(executor_for(1).unwrap(), || {
+            (std::thread::current().id(), rayon::current_thread_index())
+        });
+        assert_eq!((thread, index), (caller, None));
+    }
+
     #[test]
     fn one_thread_is_no_pool_at_all() {
         // tract#2894: a one-thread pool would fall through to rayon's global pool.
