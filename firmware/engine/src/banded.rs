@@ -734,12 +734,11 @@ pub(crate) mod tests {
     use std::cell::Cell;
 
     use edgedx_bundle::{Colour, InputSpec, Layout};
-    use prost::Message;
     use tract_onnx::pb;
 
     use super::*;
     use crate::load::{build_with, Target};
-    use crate::onnx_build::{int, ints, node, raw, value};
+    use crate::onnx_build::{int, ints, model_bytes, node, raw};
 
     thread_local! {
         /// Band size of the plans this thread builds (tests shrink it to get many bands).
@@ -838,26 +837,7 @@ pub(crate) mod tests {
             "y",
             vec![],
         ));
-        let model = pb::ModelProto {
-            ir_version: 7,
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 13,
-            }],
-            graph: Some(pb::GraphProto {
-                name: "banded".into(),
-                node: nodes,
-                initializer: init,
-                input: vec![value("x", &[1, c, h, w])],
-                output: vec![pb::ValueInfoProto {
-                    name: "y".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        model.encode_to_vec()
+        model_bytes("banded", nodes, init, ("x", &[1, c, h, w]), "y")
     }
 
     /// The test models' input: `x`, NCHW, values in [0, 1].

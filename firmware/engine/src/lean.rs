@@ -641,8 +641,7 @@ mod tests {
     /// residual `DequantizeLinear -> Add -> QuantizeLinear` between QLinearConvs, a
     /// depthwise QLinearConv, a 1x1 one, and a float head (`GlobalAveragePool`, `Gemm`).
     fn residual_model(c: usize, h: usize, w: usize) -> Vec<u8> {
-        use crate::onnx_build::{int, ints, node, raw, value};
-        use prost::Message;
+        use crate::onnx_build::{int, ints, model_bytes, node, raw};
         use tract_onnx::pb;
         use tract_onnx::pb::tensor_proto::DataType as D;
         let mut seed = 0x9e37_79b9_u32;
@@ -736,26 +735,7 @@ mod tests {
             node("Gemm", &["flat", "fc"], "y", vec![int("transB", 1)]),
         ];
         init.push(raw("fc", D::Float, &[classes, 32], &fc));
-        pb::ModelProto {
-            ir_version: 7,
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 13,
-            }],
-            graph: Some(pb::GraphProto {
-                name: "residual".into(),
-                node: nodes,
-                initializer: init,
-                input: vec![value("x", &[1, c, h, w])],
-                output: vec![pb::ValueInfoProto {
-                    name: "y".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-        .encode_to_vec()
+        model_bytes("residual", nodes, init, ("x", &[1, c, h, w]), "y")
     }
 
     /// The whole load path on a residual int8 graph computes the bits of tract's own plan

@@ -81,3 +81,35 @@ pub(crate) fn node<S: AsRef<str>>(
         ..Default::default()
     }
 }
+
+/// The encoded model of one graph: `nodes` over `initializer`, one f32 input `input` of
+/// `dims`, one output `output`, ONNX opset 13.
+pub(crate) fn model_bytes(
+    name: &str,
+    nodes: Vec<pb::NodeProto>,
+    initializer: Vec<pb::TensorProto>,
+    (input, dims): (&str, &[usize]),
+    output: &str,
+) -> Vec<u8> {
+    use prost::Message;
+    pb::ModelProto {
+        ir_version: 7,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            name: name.into(),
+            node: nodes,
+            initializer,
+            input: vec![value(input, dims)],
+            output: vec![pb::ValueInfoProto {
+                name: output.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
