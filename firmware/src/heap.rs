@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct CountingAlloc;
 
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
 static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Caps the heap of this process at `bytes` (the worker calls it before loading a model).
@@ -21,24 +20,25 @@ pub fn set_limit(bytes: usize) {
     LIMIT.store(bytes, Ordering::SeqCst);
 }
 
-/// Heap bytes allocated now, and the most at any time.
+/// Heap bytes allocated now.
 #[cfg(test)]
-pub fn usage() -> (usize, usize) {
-    (IN_USE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed))
+pub fn in_use() -> usize {
+    IN_USE.load(Ordering::Relaxed)
 }
 
 fn reserve(size: usize) -> bool {
-    let limit = LIMIT.load(Ordering::Relaxed);
+    reserve_within(size, LIMIT.load(Ordering::Relaxed))
+}
+
+/// Adds `size` to the count unless that would pass `limit`.
+fn reserve_within(size: usize, limit: usize) -> bool {
     let mut current = IN_USE.load(Ordering::Relaxed);
     loop {
         let Some(next) = current.checked_add(size).filter(|n| *n <= limit) else {
             return false;
         };
         match IN_USE.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => {
-                PEAK.fetch_max(next, Ordering::Relaxed);
-                return true;
-            }
+            Ok(_) => return true,
             Err(seen) => current = seen,
         }
     }
@@ -105,20 +105,18 @@ mod tests {
         // on other threads meanwhile: a free elsewhere between the two readings can hide
         // this allocation, so one of several tries must show it in full.
         let counted = (0..20).any(|_| {
-            let (before, _) = usage();
+            let before = in_use();
             let v = std::hint::black_box(vec![0u8; 1 << 20]);
-            let (during, peak) = usage();
-            assert!(peak >= during, "the peak is below the current count");
+            let during = in_use();
             drop(v);
             during >= before + (1 << 20)
         });
         assert!(counted, "a 1 MiB allocation never showed in the count");
-        // A reservation past the limit is refused without touching the count.
-        let saved = LIMIT.load(Ordering::SeqCst);
-        LIMIT.store(usage().0 + 1024, Ordering::SeqCst);
-        assert!(!reserve(1 << 30));
-        LIMIT.store(saved, Ordering::SeqCst);
-        assert!(reserve(16));
+        // A reservation past the limit is refused. The limit is passed in rather than set:
+        // lowering the process-wide one would fail the other test threads' allocations.
+        assert!(!reserve_within(1 << 30, in_use() + 1024));
+        assert!(!reserve_within(usize::MAX, usize::MAX));
+        assert!(reserve_within(16, usize::MAX));
         release(16);
     }
 }
