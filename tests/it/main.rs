@@ -5,6 +5,7 @@ mod classify;
 mod daemon;
 mod gate;
 mod golden;
+mod layout;
 mod memory;
 mod safety;
 mod util;
