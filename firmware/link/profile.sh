@@ -14,10 +14,12 @@ bench=${1:-$root/target/release/edgedx-bench}
 out="$root/firmware/link/hot-functions.txt"
 command -v valgrind >/dev/null || { echo "profile.sh: valgrind is not installed" >&2; exit 1; }
 [ -x "$bench" ] || { echo "profile.sh: no edgedx-bench at $bench (cargo build --release -p edgedx-bench)" >&2; exit 1; }
-[ "$(nm --defined-only "$bench" | grep -c ' _R')" -gt 0 ] || { echo "profile.sh: $bench has no v0 symbol names" >&2; exit 1; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+nm --defined-only "$bench" | awk '$2 ~ /^[tTwW]$/ { print $1, $3 }' >"$work/symbols"
+grep -q ' _R' "$work/symbols" || { echo "profile.sh: $bench has no v0 symbol names" >&2; exit 1; }
+
 # "variant bundle" pairs (the bundle path last, so it may hold spaces).
 runs=("int8 $root/models/brain-mri-4class" "fp32 $root/models/brain-mri-4class")
 [ -f "$root/.cache/vgg16/manifest.toml" ] && runs+=("int8 $root/.cache/vgg16")
@@ -33,7 +35,6 @@ sed -n 's/^fn=//p' "$work"/cg.* | sort -u >"$work/executed"
 
 # Every name at an executed function's address: LLVM merges identical functions into one
 # body with aliases, and the profile may have seen any of the names.
-nm --defined-only "$bench" | awk '$2 ~ /^[tTwW]$/ { print $1, $3 }' >"$work/symbols"
 awk 'NR == FNR { run[$1] = 1; next }
      { names[$1] = names[$1] " " $2; if ($2 in run) hot[$1] = 1 }
      END { for (a in hot) { n = split(names[a], list, " "); for (i = 1; i <= n; i++) print list[i] } }' \
