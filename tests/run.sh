@@ -18,8 +18,6 @@ install_system_packages() {
     command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
     [ -e /usr/aarch64-linux-gnu/lib/crt1.o ] || need+=(libc6-dev-arm64-cross)
     command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
-    # firmware/link/order-link relinks aarch64 programs with lld's symbol ordering.
-    command -v ld.lld >/dev/null || need+=(lld)
     command -v cmake >/dev/null || need+=(cmake)
     command -v g++ >/dev/null || need+=(g++)
     # v4l (the V4L2 camera) runs bindgen, which needs libclang.

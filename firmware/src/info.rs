@@ -87,6 +87,8 @@ struct LoadedModel {
     ops: Vec<(String, usize)>,
     /// Exact rewrites the engine applied after tract's optimiser.
     patches: Vec<String>,
+    /// Quantized operators that run in float, and why.
+    in_float: Vec<String>,
     /// Resident memory of this process after the load (bytes).
     rss_after_load: Option<u64>,
     /// Peak resident memory of this process so far (bytes): the load peak of the models
@@ -124,6 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             kernels: r.kernels.clone(),
             ops: r.ops.clone(),
             patches: r.patches.clone(),
+            in_float: r.in_float.clone(),
             rss_after_load: mem.map(|m| m.rss),
             peak_rss: mem.map(|m| m.peak_rss),
         });
@@ -280,6 +283,9 @@ fn print_text(info: &Info) {
         println!("  ops      {}", ops.join(" "));
         for p in &m.patches {
             println!("  rewrite  {p}");
+        }
+        for f in &m.in_float {
+            println!("  float    {f}");
         }
         if let (Some(rss), Some(peak)) = (m.rss_after_load, m.peak_rss) {
             println!(

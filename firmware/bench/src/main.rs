@@ -32,13 +32,14 @@ struct Cli {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Model sets: default, qdq, vgg16, edge224, edge224-qdq.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "default,qdq,vgg16,edge224"
-    )]
-    models: Vec<String>,
+    /// Model sets: default, qdq, vgg16, edge224, edge224-qdq (default: the first four, or
+    /// none when --bundle is given).
+    #[arg(long, value_delimiter = ',')]
+    models: Option<Vec<String>>,
+    /// Any bundle directory, its int8 variant (default `int8`) against its fp32 one, on its
+    /// first sample image (or the default bundle's). Repeatable.
+    #[arg(long = "bundle", value_name = "DIR[:INT8_VARIANT]")]
+    bundles: Vec<String>,
     /// Thread settings, each for both edgedx (engine threads) and onnxruntime (intra-op
     /// threads): a number or "all" (every core).
     #[arg(long, value_delimiter = ',', default_value = "1,all")]
@@ -297,10 +298,17 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         steady_runs: 3,
     };
     // Resolve (and build) every model set before measuring anything.
-    let groups = args
-        .models
+    let sets = match args.models {
+        Some(sets) => sets,
+        None if args.bundles.is_empty() => {
+            models::DEFAULT_SETS.iter().map(|s| s.to_string()).collect()
+        }
+        None => vec![],
+    };
+    let groups = sets
         .iter()
         .map(|m| models::resolve(m, &paths))
+        .chain(args.bundles.iter().map(|b| models::from_bundle(b, &paths)))
         .collect::<Result<Vec<_>>>()?;
 
     let mut ort = if args.no_ort {

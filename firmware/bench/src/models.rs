@@ -22,6 +22,8 @@ pub struct Group {
 }
 
 pub const ALL: &[&str] = &["default", "qdq", "vgg16", "edge224", "edge224-qdq"];
+/// What `--models` means when neither it nor `--bundle` is given.
+pub const DEFAULT_SETS: &[&str] = &["default", "qdq", "vgg16", "edge224"];
 
 pub struct Paths {
     pub root: PathBuf,
@@ -82,6 +84,52 @@ pub fn resolve(name: &str, paths: &Paths) -> Result<Group> {
         ),
         other => bail!("unknown model set {other:?}; known: {}", ALL.join(", ")),
     })
+}
+
+/// `DIR[:INT8_VARIANT]` from `--bundle`: any bundle's int8 variant against its fp32 one.
+pub fn from_bundle(spec: &str, paths: &Paths) -> Result<Group> {
+    let (dir, int8) = match spec.rsplit_once(':') {
+        Some((dir, variant)) if !variant.contains('/') => (dir, variant),
+        _ => (spec, "int8"),
+    };
+    let dir = PathBuf::from(dir);
+    let bundle =
+        edgedx_bundle::Bundle::open(&dir).with_context(|| format!("--bundle {}", dir.display()))?;
+    for variant in [int8, "fp32"] {
+        if bundle.variant(variant).is_err() {
+            bail!(
+                "--bundle {}: the manifest has no model {variant:?}",
+                dir.display()
+            );
+        }
+    }
+    let image = first_sample(&dir.join("samples"))
+        .unwrap_or_else(|| paths.default_bundle().join("samples/glioma-01.png"));
+    Ok(Group {
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| spec.to_string()),
+        bundle: dir,
+        int8: int8.to_string(),
+        fp32: "fp32".to_string(),
+        image,
+        note: "a bundle given with --bundle",
+    })
+}
+
+/// The first PNG, JPEG or DICOM file of `dir` by name, if any.
+fn first_sample(dir: &Path) -> Option<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+            ["png", "jpg", "jpeg", "dcm", "pgm"].contains(&ext.to_ascii_lowercase().as_str())
+        })
+        .collect();
+    files.sort();
+    files.into_iter().next()
 }
 
 /// Runs `script` with `args` unless `out/stamp` matches the hash of `inputs`.

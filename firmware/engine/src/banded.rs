@@ -36,6 +36,7 @@ use tract_onnx::prelude::multithread;
 
 use crate::epilogue::Requantize;
 use crate::im2col::{Geometry, PackPatches};
+use crate::kernels::c16;
 
 /// Bytes of packed patches plus i32 accumulators per band (at least one band unit).
 const BAND_BYTES: usize = 512 * 1024;
@@ -71,18 +72,64 @@ pub(crate) struct BandedConv {
     output_shape: TVec<usize>,
     /// Bytes per band; `BAND_BYTES` except in tests.
     band_bytes: usize,
-    /// The products on the engine's VNNI tiles (vnni.rs), where the CPU and the layer
-    /// allow; tract's kernel otherwise.
-    vnni: Option<Shared<Tiles>>,
+    /// The products on the engine's own tiles, where the CPU and the layer allow; tract's
+    /// kernel otherwise.
+    tiles: Option<Shared<Tiles>>,
 }
 
-#[cfg(target_arch = "x86_64")]
-use crate::vnni::Tiles;
-
-/// Stands for vnni.rs's tiles where there is no such module; never built.
-#[cfg(not(target_arch = "x86_64"))]
+/// The engine's own product tiles for one layer, chosen per CPU at load.
 #[derive(Debug)]
-struct Tiles;
+enum Tiles {
+    /// x86_64 with AVX-512 VNNI (vnni.rs), on tract's K4 packing of the patches.
+    #[cfg(target_arch = "x86_64")]
+    Vnni(crate::vnni::Tiles),
+    /// Cores without a dot product (kernels/c16.rs), on the patches in c16 panels.
+    C16(c16::Weights, PackPatches),
+}
+
+impl Tiles {
+    /// How the band's patches are packed for these tiles (`tracts` is the matmul's).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn pack<'a>(&'a self, tracts: &'a PackPatches) -> &'a PackPatches {
+        match self {
+            Tiles::C16(_, pack) => pack,
+            #[cfg(target_arch = "x86_64")]
+            Tiles::Vnni(_) => tracts,
+        }
+    }
+
+    /// Whether a band alone on the pool goes back to tract's kernel (whose executor splits
+    /// it): only where the tiles read tract's own packing.
+    fn yields_single_band(&self) -> bool {
+        !matches!(self, Tiles::C16(..))
+    }
+
+    /// The `nb` columns' sums into `c`, from the band's packed patches.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+    fn run(
+        &self,
+        packed: &mut [i8],
+        panel_len: usize,
+        nb: usize,
+        c: &mut [i32],
+    ) -> TractResult<()> {
+        match self {
+            Tiles::C16(weights, _) => weights
+                .run(packed, nb, c)
+                .map_err(|e| format_err!("BandedConv: c16 tiles: {e}")),
+            #[cfg(target_arch = "x86_64")]
+            Tiles::Vnni(tiles) => {
+                let used = nb.div_ceil(crate::vnni::R) * panel_len;
+                crate::vnni::offset_patches(&mut packed[..used]);
+                // SAFETY: i8 and u8 have the same layout.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(packed.as_ptr() as *const u8, packed.len())
+                };
+                tiles.run(bytes, panel_len, nb, c)
+            }
+        }
+    }
+}
 
 /// Layer data computed at load and shared by the node's copies: equal when it is the same.
 #[derive(Debug)]
@@ -153,7 +200,9 @@ impl BandedConv {
         let xs = x.try_as_plain_ram()?;
         let wo = g.out_width.max(1);
         let ho = g.n / wo;
-        let unit = self.pack.band_unit(&g);
+        let tiles = self.tiles.as_ref().map(|t| &*t.0);
+        let pack = tiles.map_or(&self.pack, |t| t.pack(&self.pack));
+        let unit = pack.band_unit(&g);
         let mut band = self.band_rows(unit, wo);
         let executor = multithread::current_tract_executor();
         let pool = match &executor {
@@ -179,9 +228,10 @@ impl BandedConv {
             xs: xs.as_slice::<i8>()?,
             pad,
             rest: &inputs[self.pack_inputs..],
-            blob_bytes: (band * wo).div_ceil(self.pack.r()) * self.pack.panel_len,
+            pack,
+            blob_bytes: (band * wo).div_ceil(pack.r()) * pack.panel_len,
             out: Output(out.as_mut_ptr()),
-            tiles: self.vnni.as_ref().filter(|_| !single_split).map(|t| &*t.0),
+            tiles: tiles.filter(|t| !(single_split && t.yields_single_band())),
         };
         let in_order = || {
             bands
@@ -211,36 +261,26 @@ impl BandedConv {
         let wo = job.g.out_width;
         let nb = rows * wo;
         STATE.with_borrow_mut(|(scratch, blob)| -> TractResult<()> {
-            let mut packed = take_blob(blob, job.blob_bytes, self.pack.align);
+            let mut packed = take_blob(blob, job.blob_bytes, job.pack.align);
+            let mut c_shape = self.c_band_shape.clone();
+            c_shape[self.pixel_axis] = nb;
+            // SAFETY: the tiles or the kernel's Store write every element of `c`.
+            let mut c = unsafe { Tensor::uninitialized_dt(DatumType::I32, &c_shape)? };
             {
                 let bytes = Arc::get_mut(&mut packed).expect("take_blob returns it unshared");
                 // SAFETY: i8 and u8 have the same layout.
                 let bytes = unsafe {
                     std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut i8, bytes.len())
                 };
-                self.pack
-                    .pack_band(job.g, job.xs, job.pad, oy0, rows, bytes);
-                if job.tiles.is_some() {
-                    let used = nb.div_ceil(self.pack.r()) * self.pack.panel_len;
-                    offset_patches(&mut bytes[..used]);
+                job.pack.pack_band(job.g, job.xs, job.pad, oy0, rows, bytes);
+                if let Some(tiles) = job.tiles {
+                    let mut acc = c.try_as_plain_ram_mut()?;
+                    tiles.run(bytes, job.pack.panel_len, nb, acc.as_slice_mut::<i32>()?)?;
                 }
             }
             // Kept to reuse for the next band once the matmul's inputs are dropped.
             *blob = Some(packed.clone());
-            let mut c_shape = self.c_band_shape.clone();
-            c_shape[self.pixel_axis] = nb;
-            // SAFETY: the tiles or the kernel's Store write every element of `c`.
-            let mut c = unsafe { Tensor::uninitialized_dt(DatumType::I32, &c_shape)? };
-            if let Some(tiles) = job.tiles {
-                let mut acc = c.try_as_plain_ram_mut()?;
-                run_tiles(
-                    tiles,
-                    &packed,
-                    self.pack.panel_len,
-                    nb,
-                    acc.as_slice_mut::<i32>()?,
-                )?;
-            } else {
+            if job.tiles.is_none() {
                 self.run_kernel(scratch, packed, job.rest, &c, nb)?;
             }
             let acc = c.try_as_plain_ram()?;
@@ -312,30 +352,6 @@ impl BandedConv {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn run_tiles(
-    tiles: &Tiles,
-    packed: &Blob,
-    panel_len: usize,
-    nb: usize,
-    c: &mut [i32],
-) -> TractResult<()> {
-    tiles.run(packed, panel_len, nb, c)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn run_tiles(_: &Tiles, _: &Blob, _: usize, _: usize, _: &mut [i32]) -> TractResult<()> {
-    bail!("BandedConv: VNNI tiles on a CPU without them")
-}
-
-#[cfg(target_arch = "x86_64")]
-fn offset_patches(bytes: &mut [i8]) {
-    crate::vnni::offset_patches(bytes)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn offset_patches(_: &mut [i8]) {}
-
 /// What every band of one evaluation shares.
 struct Band<'a> {
     g: &'a Geometry,
@@ -343,6 +359,8 @@ struct Band<'a> {
     pad: i8,
     /// The matmul's inputs other than the patches.
     rest: &'a [TValue],
+    /// How the band's patches are packed: the tiles' packing, or the matmul's.
+    pack: &'a PackPatches,
     /// Bytes of one band's packed patches.
     blob_bytes: usize,
     out: Output,
@@ -582,38 +600,114 @@ fn run_at(
         channels,
         output_shape,
         band_bytes,
-        vnni: None,
+        tiles: None,
     };
-    let vnni = vnni_tiles(model, mm_node, &op)?.map(|t| Shared(Arc::new(t)));
+    let tiles = tiles_for(model, mm_node, &op)?.map(|t| Shared(Arc::new(t)));
     Ok(Some((
         inputs,
         OutletId::new(rq_node.id, 0),
-        BandedConv { vnni, ..op },
+        BandedConv { tiles, ..op },
     )))
 }
 
-/// The VNNI tiles for `op`, when the CPU has them and the layer fits them: patches as the
-/// b operand, both operands `PackedI8K4 { r: 16 }` with the weights constant, and fused ops
-/// that add or subtract constant per-channel values before the store. They beat tract's
-/// kernel at every depth measured, 9 to 4608 (`edgedx-bench profile`: the default bundle's
-/// convolutions 0.39 -> 0.32 ms, VGG16's 98 -> 88 ms).
-#[cfg(target_arch = "x86_64")]
-fn vnni_tiles(
+/// The engine's own tiles for `op`, where the CPU has some and the layer fits them:
+/// constant weights, and fused ops that add or subtract constant per-channel values before
+/// the store. Anything the tiles refuse stays on tract's kernel:
+/// the load does not fail for it.
+///
+/// - x86_64 with AVX-512 VNNI, on tract's `PackedI8K4 { r: 16 }` patches: they beat
+///   tract's kernel at every depth measured, 9 to 4608 (`edgedx-bench profile`: the default
+///   bundle's convolutions 0.39 -> 0.32 ms, VGG16's 98 -> 88 ms).
+/// - Cores without a dot product ([`c16_wanted`]), on weights in [-127, 127]: 16
+///   multiply-adds per three instructions where tract's kernel does four per instruction.
+fn tiles_for(
     model: &TypedModel,
     mm_node: &TypedNode,
     op: &BandedConv,
 ) -> TractResult<Option<Tiles>> {
-    use tract_linalg::mmm::PackedMatrixStorage;
-    use tract_linalg::pack::PackedI8K4;
-    use tract_linalg::BinOp;
-    let patches_k4 = op
-        .pack
-        .format
-        .downcast_ref::<PackedI8K4>()
-        .is_some_and(|f| f.r == crate::vnni::R);
-    if op.patches_are_a || !patches_k4 || !crate::vnni::available() {
+    let Some((weights, adds, subs)) = tile_operands(model, mm_node, op)? else {
+        return Ok(None);
+    };
+    if weights.mn() != op.channels || weights.k() != op.pack.k {
         return Ok(None);
     }
+    let slices = |v: &[Arc<Tensor>]| -> TractResult<Vec<Vec<i32>>> {
+        v.iter()
+            .map(|t| Ok(t.try_as_plain_ram()?.as_slice::<i32>()?.to_vec()))
+            .collect()
+    };
+    let (adds, subs) = (slices(&adds)?, slices(&subs)?);
+    if c16_wanted() {
+        let Some(rows) = crate::im2col::unpack_rows(&*weights) else {
+            return Ok(None);
+        };
+        let mut starts = vec![0i32; op.channels];
+        for (i, s) in starts.iter_mut().enumerate() {
+            *s = adds.iter().fold(*s, |s, v| s.wrapping_add(v[i]));
+            *s = subs.iter().fold(*s, |s, v| s.wrapping_sub(v[i]));
+        }
+        return Ok(
+            match c16::Weights::new(&rows, op.channels, op.pack.k, &starts) {
+                Ok(w) => Some(Tiles::C16(w, op.pack.c16())),
+                Err(e) => {
+                    log::debug!("int8 products left to tract's kernel: {e}");
+                    None
+                }
+            },
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use tract_linalg::pack::PackedI8K4;
+        let patches_k4 = op
+            .pack
+            .format
+            .downcast_ref::<PackedI8K4>()
+            .is_some_and(|f| f.r == crate::vnni::R);
+        if !op.patches_are_a
+            && patches_k4
+            && crate::vnni::available()
+            && crate::vnni::reads(&*weights)
+        {
+            let adds: Vec<&[i32]> = adds.iter().map(|x| x.as_slice()).collect();
+            let subs: Vec<&[i32]> = subs.iter().map(|x| x.as_slice()).collect();
+            return Ok(match crate::vnni::Tiles::new(weights, &adds, &subs) {
+                Ok(tiles) => Some(Tiles::Vnni(tiles)),
+                Err(e) => {
+                    log::debug!("int8 products left to tract's kernel: {e:#}");
+                    None
+                }
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// Whether layers go to the c16 tiles: on aarch64 cores without a dot product, where
+/// tract's int8 kernel does no more multiply-adds per instruction than its fp32 one.
+fn c16_wanted() -> bool {
+    #[cfg(test)]
+    if tests::FORCE_C16.get() {
+        return true;
+    }
+    #[cfg(target_arch = "aarch64")]
+    return !std::arch::is_aarch64_feature_detected!("dotprod");
+    #[cfg(not(target_arch = "aarch64"))]
+    false
+}
+
+/// Per-channel values tract's fused ops add before the store: `Add` (`v + c`) and `SubF`
+/// (`c - v`) constants, one per output channel each.
+type PerChannel = Vec<Arc<Tensor>>;
+
+/// The matmul's constant weights (the operand the patches are not) and its per-channel
+/// adds and subtractions, when its fused ops are only those, then the store.
+fn tile_operands(
+    model: &TypedModel,
+    mm_node: &TypedNode,
+    op: &BandedConv,
+) -> TractResult<Option<(Box<dyn MMMInputValue>, PerChannel, PerChannel)>> {
+    use tract_linalg::BinOp;
     let konst = |i: usize| {
         model
             .outlet_fact(mm_node.inputs[i])
@@ -625,8 +719,8 @@ fn vnni_tiles(
     let mut stored = false;
     for (ix, uop) in op.matmul.micro_ops.iter().enumerate() {
         match uop {
-            ProtoFusedSpec::AddMatMul { a, .. } if ix == 0 => {
-                weights = match a {
+            ProtoFusedSpec::AddMatMul { a, b, .. } if ix == 0 => {
+                weights = match if op.patches_are_a { b } else { a } {
                     MatMulOperand::Const(v) => Some(v.clone()),
                     MatMulOperand::Input(i) => konst(*i).and_then(|k| {
                         let storage = k.try_storage_as::<PackedMatrixStorage>().ok()?;
@@ -634,7 +728,9 @@ fn vnni_tiles(
                     }),
                 };
             }
-            ProtoFusedSpec::BinPerRow(i, bin, _) if !stored => {
+            ProtoFusedSpec::BinPerRow(i, bin, _) | ProtoFusedSpec::BinPerCol(i, bin, _)
+                if !stored && matches!(uop, ProtoFusedSpec::BinPerCol(..)) == op.patches_are_a =>
+            {
                 let Some(values) = konst(*i)
                     .filter(|k| k.datum_type() == DatumType::I32 && k.len() == op.channels)
                 else {
@@ -652,35 +748,7 @@ fn vnni_tiles(
             _ => return Ok(None),
         }
     }
-    let Some(weights) =
-        weights.filter(|w| crate::vnni::reads(&**w) && w.mn() == op.channels && w.k() == op.pack.k)
-    else {
-        return Ok(None);
-    };
-    if !stored {
-        return Ok(None);
-    }
-    let slices = |v: &[Arc<Tensor>]| -> TractResult<Vec<Vec<i32>>> {
-        v.iter()
-            .map(|t| Ok(t.try_as_plain_ram()?.as_slice::<i32>()?.to_vec()))
-            .collect()
-    };
-    let (adds, subs) = (slices(&adds)?, slices(&subs)?);
-    let adds: Vec<&[i32]> = adds.iter().map(|x| x.as_slice()).collect();
-    let subs: Vec<&[i32]> = subs.iter().map(|x| x.as_slice()).collect();
-    // Anything the tiles refuse stays on tract's kernel: the load does not fail for it.
-    match Tiles::new(weights, &adds, &subs) {
-        Ok(tiles) => Ok(Some(tiles)),
-        Err(e) => {
-            log::debug!("int8 products left to tract's kernel: {e:#}");
-            Ok(None)
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn vnni_tiles(_: &TypedModel, _: &TypedNode, _: &BandedConv) -> TractResult<Option<Tiles>> {
-    Ok(None)
+    Ok(weights.filter(|_| stored).map(|w| (w, adds, subs)))
 }
 
 /// For tract's packing of a 1x1 convolution's input (`OptMatMulPack` of an i8 `[c, h, w]`
@@ -746,21 +814,24 @@ pub(crate) mod tests {
         /// Threading threshold of the plans this thread runs (tests lower it to 0 to
         /// spread their small layers' bands over threads).
         pub(crate) static PARALLEL_MACS: Cell<usize> = const { Cell::new(super::PARALLEL_MACS) };
+        /// Plans this thread loads put their layers on the c16 tiles whatever the CPU (on
+        /// hosts other than aarch64, their scalar reference).
+        pub(crate) static FORCE_C16: Cell<bool> = const { Cell::new(false) };
     }
 
-    /// One QLinearConv of the test models: output channels, kernel side, stride, dilation,
-    /// pads (top, left, bottom, right), groups.
+    /// One QLinearConv of the test models: output channels, kernel side, strides (vertical,
+    /// horizontal), dilation, pads (top, left, bottom, right), groups.
     pub(crate) struct Layer(
         pub(crate) usize,
         pub(crate) usize,
-        pub(crate) usize,
+        pub(crate) [usize; 2],
         pub(crate) usize,
         pub(crate) [i64; 4],
         pub(crate) usize,
     );
 
     /// x → QuantizeLinear → the QLinearConvs of `layers` (u8 activations, per-channel
-    /// symmetric i8 weights, i32 bias, deterministic pseudo-random values) →
+    /// symmetric i8 weights in [-127, 127], i32 bias, deterministic pseudo-random values) →
     /// DequantizeLinear → y, as onnxruntime's QOperator export writes them.
     pub(crate) fn conv_model(c: usize, h: usize, w: usize, layers: &[Layer]) -> Vec<u8> {
         use pb::tensor_proto::DataType as D;
@@ -781,7 +852,7 @@ pub(crate) mod tests {
             let n = |s: &str| format!("{s}{i}");
             let per_group = cin / group;
             let weights: Vec<i8> = (0..cout * per_group * k * k)
-                .map(|_| (next() % 255) as i8)
+                .map(|_| ((next() % 255) as i32 - 127) as i8)
                 .collect();
             let bias: Vec<i32> = (0..*cout)
                 .map(|_| (next() % 20001) as i32 - 10000)
@@ -809,7 +880,7 @@ pub(crate) mod tests {
             .into();
             let attrs = vec![
                 ints("kernel_shape", &[*k as i64, *k as i64]),
-                ints("strides", &[*stride as i64; 2]),
+                ints("strides", &[stride[0] as i64, stride[1] as i64]),
                 ints("dilations", &[*dilation as i64; 2]),
                 ints("pads", pads),
                 int("group", *group as i64),
@@ -890,7 +961,10 @@ pub(crate) mod tests {
     fn the_load_reports_the_largest_layers_multiply_adds() {
         // 64 channels x 32x32 positions x 16*3*3 deep, then 8 x 32x32 x 64. (Not a stride-2
         // second layer: tract would move the subsampling into the first.)
-        let layers = [Layer(64, 3, 1, 1, [1; 4], 1), Layer(8, 1, 1, 1, [0; 4], 1)];
+        let layers = [
+            Layer(64, 3, [1; 2], 1, [1; 4], 1),
+            Layer(8, 1, [1; 2], 1, [0; 4], 1),
+        ];
         let bytes = conv_model(16, 32, 32, &layers);
         let spec = input_spec(16, 32, 32);
         let target = Target {
@@ -908,8 +982,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// Which tiles a banded layer runs on, by family.
+    fn family(b: &BandedConv) -> &'static str {
+        match b.tiles.as_ref().map(|t| &*t.0) {
+            None => "tract",
+            Some(Tiles::C16(..)) => "c16",
+            #[cfg(target_arch = "x86_64")]
+            Some(Tiles::Vnni(_)) => "vnni",
+        }
+    }
+
     #[test]
     fn banded_convolutions_match_the_unrewritten_plan() {
+        banded_plans_match(false);
+    }
+
+    /// The same models with every layer the c16 tiles take on them (the NEON kernel on
+    /// aarch64, its scalar reference elsewhere).
+    #[test]
+    fn banded_convolutions_on_the_c16_tiles_match_the_unrewritten_plan() {
+        FORCE_C16.set(true);
+        banded_plans_match(true);
+        FORCE_C16.set(false);
+    }
+
+    fn banded_plans_match(c16_forced: bool) {
         // (channels, height, width, layers banded, layers): tract runs a 1×1 stride-1
         // convolution as a plain matmul over its packed input, banded as the a operand.
         let models = [
@@ -919,9 +1016,9 @@ pub(crate) mod tests {
                 13,
                 3,
                 vec![
-                    Layer(12, 3, 2, 1, [1; 4], 1),
-                    Layer(20, 1, 1, 1, [0; 4], 1),
-                    Layer(9, 1, 1, 1, [0; 4], 1),
+                    Layer(12, 3, [2; 2], 1, [1; 4], 1),
+                    Layer(20, 1, [1; 2], 1, [0; 4], 1),
+                    Layer(9, 1, [1; 2], 1, [0; 4], 1),
                 ],
             ),
             (
@@ -930,8 +1027,8 @@ pub(crate) mod tests {
                 13,
                 2,
                 vec![
-                    Layer(8, 3, 2, 1, [1, 0, 2, 1], 1),
-                    Layer(16, 3, 1, 1, [1; 4], 1),
+                    Layer(8, 3, [2; 2], 1, [1, 0, 2, 1], 1),
+                    Layer(16, 3, [1; 2], 1, [1; 4], 1),
                 ],
             ),
             (
@@ -939,7 +1036,10 @@ pub(crate) mod tests {
                 17,
                 17,
                 2,
-                vec![Layer(24, 3, 1, 1, [1; 4], 1), Layer(5, 5, 1, 2, [4; 4], 1)],
+                vec![
+                    Layer(24, 3, [1; 2], 1, [1; 4], 1),
+                    Layer(5, 5, [1; 2], 2, [4; 4], 1),
+                ],
             ),
             (
                 3,
@@ -947,8 +1047,19 @@ pub(crate) mod tests {
                 40,
                 2,
                 vec![
-                    Layer(32, 1, 1, 1, [0; 4], 1),
-                    Layer(7, 3, 3, 1, [0, 2, 1, 0], 1),
+                    Layer(32, 1, [1; 2], 1, [0; 4], 1),
+                    Layer(7, 3, [3; 2], 1, [0, 2, 1, 0], 1),
+                ],
+            ),
+            // Unequal strides on a wide input (MobileNetV3-style).
+            (
+                3,
+                12,
+                45,
+                2,
+                vec![
+                    Layer(12, 3, [2, 1], 1, [1; 4], 1),
+                    Layer(9, 5, [1, 2], 1, [2, 1, 2, 2], 1),
                 ],
             ),
             // Products 576 and 1000 deep, with 40 and 17 channels (panels cut short) and 231
@@ -959,10 +1070,10 @@ pub(crate) mod tests {
                 21,
                 4,
                 vec![
-                    Layer(64, 3, 1, 1, [1; 4], 1),
-                    Layer(40, 3, 1, 1, [1; 4], 1),
-                    Layer(17, 5, 2, 1, [2, 1, 2, 2], 1),
-                    Layer(24, 3, 1, 2, [2; 4], 1),
+                    Layer(64, 3, [1; 2], 1, [1; 4], 1),
+                    Layer(40, 3, [1; 2], 1, [1; 4], 1),
+                    Layer(17, 5, [2; 2], 1, [2, 1, 2, 2], 1),
+                    Layer(24, 3, [1; 2], 2, [2; 4], 1),
                 ],
             ),
         ];
@@ -998,17 +1109,20 @@ pub(crate) mod tests {
                     .iter()
                     .filter_map(|n| n.op_as::<BandedConv>())
                     .collect();
-                let tiled = ops.iter().filter(|b| b.vnni.is_some()).count();
-                // Where the CPU has VNNI, every layer with the patches as b in 16-wide K4
-                // panels runs on the tiles (tract packs layers of few channels for its 8x8
-                // kernel instead).
+                let tiled = ops.iter().filter(|b| b.tiles.is_some()).count();
+                // On the c16 tiles every layer (the test weights are in [-127, 127]). Where the CPU has VNNI, every such layer in 16-wide K4
+                // panels runs on the VNNI tiles (tract packs layers of few channels for its
+                // 8x8 kernel instead).
                 let sixteen = |b: &&&BandedConv| {
                     b.pack
                         .format
                         .downcast_ref::<tract_linalg::pack::PackedI8K4>()
                         .is_some_and(|f| f.r == 16)
                 };
-                let expected = if vnni_cpu() {
+                let c16 = c16_forced || super::c16_wanted();
+                let expected = if c16 {
+                    ops.len()
+                } else if vnni_cpu() {
                     ops.iter()
                         .filter(|b| !b.patches_are_a)
                         .filter(sixteen)
@@ -1016,7 +1130,14 @@ pub(crate) mod tests {
                 } else {
                     0
                 };
-                assert_eq!(tiled, expected, "model {m}: layers on the VNNI tiles");
+                assert_eq!(tiled, expected, "model {m}: layers on the engine's tiles");
+                let want_family = if c16 { "c16" } else { "vnni" };
+                assert!(
+                    ops.iter()
+                        .filter(|b| b.tiles.is_some())
+                        .all(|b| family(b) == want_family),
+                    "model {m}: tiles of the family {want_family}"
+                );
                 tiled_layers += tiled;
                 for data in &inputs {
                     let (want, got) = (
@@ -1042,6 +1163,9 @@ pub(crate) mod tests {
                 }
             }
         }
-        assert_eq!(tiled_layers > 0, vnni_cpu());
+        assert_eq!(
+            tiled_layers > 0,
+            c16_forced || super::c16_wanted() || vnni_cpu()
+        );
     }
 }

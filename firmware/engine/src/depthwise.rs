@@ -15,7 +15,6 @@
 //! tract's packed kernels (K4 or k-major panels) at load.
 
 use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
-use tract_linalg::pack::{PackedFormat, PackedI8K4};
 use tract_linalg::BinOp;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -175,15 +174,19 @@ fn tap_flat(
     for a in above.iter_mut().chain(below.iter_mut()) {
         *a = a.wrapping_add(padded);
     }
-    // The flat run, clipped to the plane: positions it leaves out are padding columns.
+    // The flat run, clipped to the plane: positions it leaves out are padding columns. A
+    // tap whose rows all fall outside the plane (a plane of one row, a tap below it) has
+    // no run at all.
     let lo = ((first * wo) as isize).max(-shift);
     let hi = ((last * wo) as isize).min(x.len() as isize - shift);
     let (lo, hi) = (lo as usize, (hi.max(lo)) as usize);
-    multiply_add(
-        &mut acc[lo..hi],
-        &x[(lo as isize + shift) as usize..(hi as isize + shift) as usize],
-        wv,
-    );
+    if lo < hi {
+        multiply_add(
+            &mut acc[lo..hi],
+            &x[(lo as isize + shift) as usize..(hi as isize + shift) as usize],
+            wv,
+        );
+    }
     for oy in first..last {
         for ox in (0..lead).chain(end..wo) {
             let i = oy * wo + ox;
@@ -468,16 +471,7 @@ fn unpack_kernels(kernels: &Tensor, channels: usize, taps: usize) -> Option<Vec<
             std::slice::from_raw_parts(packed.packed.as_ptr() as *const i8, packed.packed.len())
         };
         for k in 0..taps {
-            let at = if let Some(f) = format.downcast_ref::<PackedI8K4>() {
-                (k / 4) * 4 * f.r + k % 4
-            } else if let Some(f) = format.downcast_ref::<PackedFormat>() {
-                if f.dt != DatumType::I8 {
-                    return None;
-                }
-                k * f.r
-            } else {
-                return None;
-            };
+            let at = crate::im2col::packed_offset(&**format, 0, k)?;
             weights.push(*panel.get(at)?);
         }
     }
@@ -498,13 +492,13 @@ mod tests {
     fn direct_depthwise_matches_the_unrewritten_plan() {
         let (c, h, w) = (3, 21, 18);
         let layers = [
-            Layer(16, 3, 2, 1, [1; 4], 1),
-            Layer(16, 3, 1, 1, [1; 4], 16),
-            Layer(16, 3, 2, 1, [0, 1, 2, 1], 16),
-            Layer(16, 5, 1, 2, [4, 3, 4, 5], 16),
-            Layer(8, 1, 1, 1, [0; 4], 1),
-            Layer(8, 3, 1, 1, [1; 4], 8),
-            Layer(8, 3, 1, 1, [0, 1, 0, 0], 8),
+            Layer(16, 3, [2; 2], 1, [1; 4], 1),
+            Layer(16, 3, [1; 2], 1, [1; 4], 16),
+            Layer(16, 3, [2; 2], 1, [0, 1, 2, 1], 16),
+            Layer(16, 5, [1; 2], 2, [4, 3, 4, 5], 16),
+            Layer(8, 1, [1; 2], 1, [0; 4], 1),
+            Layer(8, 3, [1; 2], 1, [1; 4], 8),
+            Layer(8, 3, [1; 2], 1, [0, 1, 0, 0], 8),
         ];
         let bytes = conv_model(c, h, w, &layers);
         let spec = input_spec(c, h, w);
@@ -532,6 +526,67 @@ mod tests {
             assert_eq!(want.len(), got.len());
             let differ = want.iter().zip(&got).position(|(a, b)| a != b);
             assert_eq!(differ, None, "first difference");
+        }
+    }
+
+    /// MobileNetV3-style depthwise layers on a non-square input: 3x3 and 5x5 kernels with
+    /// strides (2, 1) and (1, 2), then a stride-1 layer on rows narrower than the plane's.
+    #[test]
+    fn depthwise_with_unequal_strides_on_a_wide_input() {
+        let layers = [
+            Layer(16, 3, [2; 2], 1, [1; 4], 1),
+            Layer(16, 3, [2, 1], 1, [1; 4], 16),
+            Layer(16, 5, [2, 1], 1, [2; 4], 16),
+            Layer(16, 5, [1, 2], 1, [2, 1, 2, 3], 16),
+            Layer(16, 3, [1; 2], 1, [1; 4], 16),
+            Layer(8, 1, [1; 2], 1, [0; 4], 1),
+        ];
+        matches_tract_on(3, 48, 192, &layers, 4);
+    }
+
+    /// Strides (2, 1) down to planes of one row, where a stride-1 5x5 tap reads entirely
+    /// outside the plane (issue 14's MobileNetV3 panic: "range start index 194 out of range
+    /// for slice of length 192").
+    #[test]
+    fn depthwise_on_planes_of_one_row() {
+        let layers = [
+            Layer(16, 3, [2; 2], 1, [1; 4], 1),
+            Layer(16, 5, [2, 1], 1, [2; 4], 16),
+            Layer(16, 5, [1; 2], 1, [2; 4], 16),
+            Layer(16, 3, [1; 2], 1, [1; 4], 16),
+            Layer(8, 1, [1; 2], 1, [0; 4], 1),
+        ];
+        matches_tract_on(3, 4, 40, &layers, 3);
+    }
+
+    /// The plan with the direct depthwise op (`depthwise` of them) gives the bits of
+    /// tract's own unrewritten plan.
+    fn matches_tract_on(c: usize, h: usize, w: usize, layers: &[Layer], depthwise: usize) {
+        let bytes = conv_model(c, h, w, layers);
+        let spec = input_spec(c, h, w);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        let plain = build_with(&bytes, &target, false).unwrap();
+        let direct = build_with(&bytes, &target, true).unwrap();
+        let count = direct
+            .plan
+            .model()
+            .nodes()
+            .iter()
+            .filter(|n| n.op_is::<DepthwiseInt8>())
+            .count();
+        assert_eq!(count, depthwise, "{:?}", direct.patches);
+        let shape = [1, c, h, w];
+        for data in test_inputs(c * h * w).iter().take(2) {
+            let (want, got) = (
+                outputs(&plain.plan, &shape, data),
+                outputs(&direct.plan, &shape, data),
+            );
+            let differ = want.iter().zip(&got).position(|(a, b)| a != b);
+            assert_eq!((want.len(), differ), (got.len(), None), "first difference");
         }
     }
 }

@@ -21,6 +21,15 @@ pub enum EngineError {
         what: String,
         message: String,
     },
+    /// A panic in the engine's own code (its rewrites and kernels): a bug in edgedx, never
+    /// the model file's fault.
+    #[error("{path}: internal error in edgedx's engine while {what} the model, at {location} ({message}); this is a bug in edgedx, not a problem of the model file: please report it")]
+    Internal {
+        path: PathBuf,
+        what: String,
+        location: String,
+        message: String,
+    },
     #[error("bad engine options: {0}")]
     BadOptions(String),
     #[error("input does not fit the model: {0}")]
@@ -38,6 +47,7 @@ pub enum ErrorKind {
     Io,
     Load,
     Panicked,
+    Internal,
     Options,
     Input,
     Run,
@@ -51,6 +61,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::Load => "model_load",
             ErrorKind::Panicked => "model_panic",
+            ErrorKind::Internal => "internal",
             ErrorKind::Options => "options",
             ErrorKind::Input => "input",
             ErrorKind::Run => "inference",
@@ -66,6 +77,7 @@ impl EngineError {
             EngineError::Io { .. } => ErrorKind::Io,
             EngineError::Load { .. } => ErrorKind::Load,
             EngineError::Panicked { .. } => ErrorKind::Panicked,
+            EngineError::Internal { .. } => ErrorKind::Internal,
             EngineError::BadOptions(_) => ErrorKind::Options,
             EngineError::BadInput(_) => ErrorKind::Input,
             EngineError::Run(_) => ErrorKind::Run,

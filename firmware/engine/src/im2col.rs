@@ -33,6 +33,18 @@ enum Layout {
     K4 { r: usize },
     /// `PackedFormat { r }`: `panel[k * r + m]`.
     KMajor { r: usize },
+    /// The engine's c16 tiles (kernels/c16.rs): `panel[(k / 16) * 16r + m * 16 + k % 16]`.
+    K16 { r: usize },
+}
+
+impl Layout {
+    /// k rows the packing groups together (the patch matrix is padded to a multiple).
+    fn group(&self) -> usize {
+        match self {
+            Layout::K16 { .. } => 16,
+            Layout::K4 { .. } | Layout::KMajor { .. } => 4,
+        }
+    }
 }
 
 /// Drop-in replacement for tract's `Im2col` on the geometries described in the module doc.
@@ -152,7 +164,19 @@ impl PackPatches {
 
     pub(crate) fn r(&self) -> usize {
         match self.layout {
-            Layout::K4 { r } | Layout::KMajor { r } => r,
+            Layout::K4 { r } | Layout::KMajor { r } | Layout::K16 { r } => r,
+        }
+    }
+
+    /// The same patches in the c16 packing (kernels/c16.rs), for the engine's own tiles;
+    /// `format` stays tract's, which only tract's kernel reads.
+    pub(crate) fn c16(&self) -> PackPatches {
+        use crate::kernels::c16;
+        PackPatches {
+            layout: Layout::K16 { r: c16::MR },
+            panel_len: c16::panel_len(self.k),
+            align: 16,
+            ..self.clone()
         }
     }
 
@@ -175,7 +199,7 @@ impl PackPatches {
     /// rows at a time so the patch matrix stays near [`CHUNK_BYTES`] whatever the layer
     /// (VGG16's first layers would need tens of MB at once).
     fn pack(&self, g: &Geometry, x: &[i8], pad: i8, out: &mut [i8]) {
-        let rows = self.k.div_ceil(4) * 4;
+        let rows = self.k.div_ceil(self.layout.group()) * self.layout.group();
         let wo = g.out_width;
         let unit = self.band_unit(g);
         let band = unit * (CHUNK_BYTES / (rows * unit * wo)).max(1);
@@ -214,7 +238,7 @@ impl PackPatches {
         let r = self.r();
         let hw = g.height * g.width;
         let taps = g.kernel[0] * g.kernel[1];
-        let rows = self.k.div_ceil(4) * 4;
+        let rows = self.k.div_ceil(self.layout.group()) * self.layout.group();
         let n = rows_out * g.out_width;
         let cols = n.div_ceil(r) * r;
         SCRATCH.with(|scratch| {
@@ -243,10 +267,47 @@ impl PackPatches {
                         }
                     }
                     Layout::K4 { r } => interleave_panel(matrix, cols, m0, r, panel),
+                    Layout::K16 { r } => interleave16_panel(matrix, cols, m0, r, panel),
                 }
             }
         });
     }
+}
+
+/// Where row `m`'s byte at depth `k` lies in a panel of tract's integer packings
+/// (`PackedI8K4`, or `PackedFormat` of i8); `None` for any other format.
+pub(crate) fn packed_offset(format: &dyn MMMInputFormat, m: usize, k: usize) -> Option<usize> {
+    if let Some(f) = format.downcast_ref::<PackedI8K4>() {
+        (m < f.r).then_some((k / 4) * 4 * f.r + m * 4 + k % 4)
+    } else if let Some(f) = format.downcast_ref::<PackedFormat>() {
+        (f.dt == DatumType::I8 && m < f.r).then_some(k * f.r + m)
+    } else {
+        None
+    }
+}
+
+/// The `mn` rows of `k` bytes of an eager packed i8 matrix, row-major; `None` when its
+/// packing is not one of tract's integer packings.
+pub(crate) fn unpack_rows(value: &dyn MMMInputValue) -> Option<Vec<i8>> {
+    let (rows, k) = (value.mn(), value.k());
+    if value.scratch_panel_buffer_layout().is_some() {
+        return None;
+    }
+    let r = if let Some(f) = value.format().downcast_ref::<PackedI8K4>() {
+        f.r
+    } else {
+        value.format().downcast_ref::<PackedFormat>()?.r
+    };
+    let mut out = Vec::with_capacity(rows * k);
+    for row in 0..rows {
+        let panel = value.panel_bytes(row / r, None).ok()?;
+        for kk in 0..k {
+            let at = packed_offset(value.format(), row % r, kk)?;
+            // SAFETY: an eager panel holds its `r` rows at every depth up to `k`.
+            out.push(unsafe { *(panel.add(at) as *const i8) });
+        }
+    }
+    Some(out)
 }
 
 /// Bytes of patch matrix [`PackPatches::pack`] builds at a time (at least one band).
@@ -366,6 +427,35 @@ fn interleave_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut
     }
 }
 
+/// One K16 panel: for each group of 16 k rows of `matrix` (rows of `cols` bytes, a whole
+/// number of groups), `panel[group * 16r + m * 16 + i] = matrix[16 * group + i][m0 + m]`.
+fn interleave16_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut [i8]) {
+    let groups = matrix.len() / cols / 16;
+    assert!(m0 + r <= cols && matrix.len() == groups * 16 * cols && panel.len() >= groups * 16 * r);
+    #[cfg(target_arch = "aarch64")]
+    if r.is_multiple_of(8) {
+        for g in 0..groups {
+            let rows = matrix[(g * 16) * cols + m0..].as_ptr();
+            for c in (0..r).step_by(8) {
+                // SAFETY: the assertion above keeps the 16 rows' columns m0..m0 + r and the
+                // groups * 16r bytes written in bounds.
+                unsafe {
+                    simd::interleave16(rows.add(c), cols, panel[(g * r + c) * 16..].as_mut_ptr())
+                };
+            }
+        }
+        return;
+    }
+    for g in 0..groups {
+        let block = &mut panel[g * 16 * r..(g + 1) * 16 * r];
+        for (m, lane) in block.chunks_exact_mut(16).enumerate() {
+            for (i, v) in lane.iter_mut().enumerate() {
+                *v = matrix[(g * 16 + i) * cols + m0 + m];
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
@@ -410,6 +500,34 @@ mod simd {
         unsafe {
             let load = |i: usize| vld1_s8(row.add(i * cols));
             vst4_s8(out, int8x8x4_t(load(0), load(1), load(2), load(3)));
+        }
+    }
+
+    /// `out[m * 16 + i] = row i [m]` for 8 columns of 16 rows `cols` bytes apart: each
+    /// four rows zipped into 4-byte groups, then one ST4 of 32-bit lanes per 4 columns.
+    ///
+    /// # Safety
+    /// The 16 rows hold 8 bytes from `row`, `out` 128.
+    #[inline(always)]
+    pub(super) unsafe fn interleave16(row: *const i8, cols: usize, out: *mut i8) {
+        unsafe {
+            let load = |i: usize| vld1_s8(row.add(i * cols));
+            // Rows i..i + 4 as 4-byte groups: columns 0-3, then columns 4-7.
+            let quads = |i: usize| {
+                let (a, b, c, d) = (load(i), load(i + 1), load(i + 2), load(i + 3));
+                let half = |ab: int8x8_t, cd: int8x8_t| {
+                    let (ab, cd) = (vreinterpret_s16_s8(ab), vreinterpret_s16_s8(cd));
+                    vreinterpretq_s32_s16(vcombine_s16(vzip1_s16(ab, cd), vzip2_s16(ab, cd)))
+                };
+                (
+                    half(vzip1_s8(a, b), vzip1_s8(c, d)),
+                    half(vzip2_s8(a, b), vzip2_s8(c, d)),
+                )
+            };
+            let (q0, q1, q2, q3) = (quads(0), quads(4), quads(8), quads(12));
+            let out = out as *mut i32;
+            vst4q_s32(out, int32x4x4_t(q0.0, q1.0, q2.0, q3.0));
+            vst4q_s32(out.add(16), int32x4x4_t(q0.1, q1.1, q2.1, q3.1));
         }
     }
 }

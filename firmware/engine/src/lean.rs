@@ -581,10 +581,10 @@ mod tests {
         use crate::banded::tests::{conv_model, outputs, test_inputs, Layer};
         // Kernels of 36x32, 288x16, 16x24 (1x1) and 27x40 (k not a multiple of 4).
         let layers = [
-            Layer(32, 3, 1, 1, [1; 4], 1),
-            Layer(16, 3, 1, 1, [1; 4], 1),
-            Layer(24, 1, 1, 1, [0; 4], 1),
-            Layer(40, 3, 2, 1, [1; 4], 1),
+            Layer(32, 3, [1; 2], 1, [1; 4], 1),
+            Layer(16, 3, [1; 2], 1, [1; 4], 1),
+            Layer(24, 1, [1; 2], 1, [0; 4], 1),
+            Layer(40, 3, [2; 2], 1, [1; 4], 1),
         ];
         // The kernels the engine's loads choose (tract's AMX kernels off, cpu.rs).
         crate::cpu::configure_tract();

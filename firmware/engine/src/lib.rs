@@ -6,11 +6,13 @@
 //! which malformed models can trigger (see ../shared/DESIGN.md).
 
 mod banded;
+mod contrib;
 mod cpu;
 mod depthwise;
 mod epilogue;
 mod error;
 mod im2col;
+mod kernels;
 mod lean;
 mod load;
 pub mod memory;
@@ -83,6 +85,8 @@ pub struct ModelReport {
     /// Exact rewrites the engine applied to tract's optimised plan (they never change an
     /// output), e.g. "removed 5 zero-point Sub(x, 0*y) terms"; empty when none applied.
     pub patches: Vec<String>,
+    /// Quantized operators of the file that run in float, and why.
+    pub in_float: Vec<String>,
     pub load_time: Duration,
 }
 
@@ -203,6 +207,7 @@ impl Model {
                 kernels: built.kernels,
                 ops: built.ops,
                 patches: built.patches,
+                in_float: built.in_float,
                 load_time: started.elapsed(),
             },
             splits: built.largest_node_macs >= banded::PARALLEL_MACS as u64,
@@ -414,22 +419,75 @@ pub fn softmax(row: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// Runs `f`, turning a panic inside tract into an error that names the file. The panic
-/// message itself is whatever tract said; the process's panic hook (set in `main`)
+/// Runs `f`, turning a panic into an error that names the file. A panic in tract is
+/// reported as the model's (a malformed file or a construct tract cannot handle); a panic
+/// in the engine's own code is reported as edgedx's bug, with where it happened. The panic
+/// message itself is whatever the code said; the process's panic hook (set in `main`)
 /// decides whether it is also logged.
 fn isolate<T>(path: &Path, what: &str, f: impl FnOnce() -> T) -> Result<T, EngineError> {
+    record_panic_locations();
+    PANIC_AT.with_borrow_mut(|at| *at = None);
+    let since = LAST_PANIC.lock().map(|l| l.0).unwrap_or(0);
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let message = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic payload".into());
-        EngineError::Panicked {
-            path: path.to_path_buf(),
-            what: what.to_string(),
-            message,
+        // This thread's panic, or else one on a pool thread since `f` started (rayon
+        // resumes the payload on the caller's thread, without the location).
+        let location = PANIC_AT.with_borrow_mut(|at| at.take()).or_else(|| {
+            let last = LAST_PANIC.lock().ok()?;
+            (last.0 > since).then(|| last.1.clone())
+        });
+        match location {
+            Some(location) if is_ours(&location) => EngineError::Internal {
+                path: path.to_path_buf(),
+                what: what.to_string(),
+                location,
+                message,
+            },
+            _ => EngineError::Panicked {
+                path: path.to_path_buf(),
+                what: what.to_string(),
+                message,
+            },
         }
     })
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened (`file:line`), as the hook saw it.
+    static PANIC_AT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The process's last panic: a sequence number and where it happened.
+static LAST_PANIC: std::sync::Mutex<(u64, String)> = std::sync::Mutex::new((0, String::new()));
+
+/// Puts a hook in front of the process's panic hook (once) that notes where each panic
+/// happened, so that [`isolate`] can tell the engine's panics from tract's.
+fn record_panic_locations() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(l) = info.location() {
+                let at = format!("{}:{}", l.file(), l.line());
+                PANIC_AT.with_borrow_mut(|slot| *slot = Some(at.clone()));
+                if let Ok(mut last) = LAST_PANIC.lock() {
+                    *last = (last.0 + 1, at);
+                }
+            }
+            previous(info)
+        }));
+    });
+}
+
+/// Whether a panic at `location` (`file:line`) is in this crate's own source.
+fn is_ours(location: &str) -> bool {
+    let here = file!();
+    let dir = &here[..here.len() - "lib.rs".len()];
+    location.starts_with(dir)
 }
 
 #[cfg(test)]
@@ -461,8 +519,51 @@ mod tests {
             panic!("index out of bounds")
         });
         let e = r.unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Panicked);
+        assert_eq!(e.kind(), ErrorKind::Internal);
         assert!(e.to_string().contains("m.onnx") && e.to_string().contains("index out of bounds"));
+    }
+
+    /// A panic in the engine's own code (here: this file) is edgedx's bug, named as such
+    /// with where it happened; one anywhere else (tract's code) is the model's.
+    #[test]
+    fn isolate_tells_the_engines_panics_from_the_models() {
+        let e = isolate(Path::new("m.onnx"), "running", || {
+            let v: Vec<u8> = vec![1, 2];
+            let i = v.len() + 1;
+            v[i]
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("bug in edgedx") && text.contains("firmware/engine/src/lib.rs:"),
+            "{text}"
+        );
+        assert!(!text.contains("malformed"), "{text}");
+        // The same on an inference pool's thread, re-raised on the caller's.
+        let pool = crate::threads::executor_for(2).unwrap();
+        let e = isolate(Path::new("m.onnx"), "running", || {
+            crate::threads::scope(pool, || {
+                use rayon::prelude::*;
+                (0..4usize)
+                    .into_par_iter()
+                    .for_each(|i| assert!(i < 3, "lane {i}"));
+            })
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Internal, "{e}");
+    }
+
+    #[test]
+    fn panics_in_tract_are_not_the_engines() {
+        assert!(is_ours("firmware/engine/src/depthwise.rs:183"));
+        for elsewhere in [
+            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tract-core-0.23.9/src/ops/cnn/conv/conv.rs:412",
+            "firmware/src/serve/worker.rs:10",
+            "/rustc/59807616e/library/core/src/slice/index.rs:60",
+        ] {
+            assert!(!is_ours(elsewhere), "{elsewhere}");
+        }
     }
 
     /// Runs `model` on deterministic inputs with `threads` threads; the output bits per input.

@@ -114,6 +114,8 @@ pub struct Built {
     /// The exact rewrites applied after tract's optimiser (rewrite.rs, im2col.rs, pool.rs,
     /// epilogue.rs).
     pub patches: Vec<String>,
+    /// Quantized operators that run in float, and why (contrib.rs).
+    pub in_float: Vec<String>,
     /// The most multiply-adds any one node of the plan does per run (tract's cost model).
     pub largest_node_macs: u64,
 }
@@ -186,6 +188,14 @@ fn build_proto(
     let tr = |stage: &str| crate::memory::log_use(format_args!("{stage}"));
     check_declared_input(&proto, target)?;
     tr("decoding");
+    // onnxruntime's contrib operators as standard ones (contrib.rs): tract cannot parse
+    // them, so this is part of loading, not one of the rewrites.
+    let fopen = tract_onnx::data_resolver::FopenDataResolver;
+    let source: crate::contrib::Source = match external.as_ref() {
+        Some(e) => (&*e.resolver, Some(e.dir.as_str())),
+        None => (&fopen, None),
+    };
+    let lowered = crate::contrib::lower_contrib_ops(&mut proto, source);
     // QDQ patterns onto QLinearConv before tract sees them (qdq.rs).
     let (qdq_convs, qdq_pools) = if rewrite {
         crate::qdq::fuse_qdq(&mut proto)
@@ -235,6 +245,7 @@ fn build_proto(
     .into_iter()
     .filter_map(patch_note)
     .collect();
+
     if rewrite {
         let nodes = optimized.nodes().len();
         let mut banded = 0;
@@ -343,6 +354,12 @@ fn build_proto(
         kernels,
         ops,
         patches,
+        in_float: lowered
+            .iter()
+            .map(|(op, n)| {
+                format!("{n} com.microsoft {op}: dequantized, the float operator, quantized again (tract has no integer {op})")
+            })
+            .collect(),
         largest_node_macs,
     })
 }

@@ -1,0 +1,267 @@
+//! int8 products as 16-deep dot products: the family for cores without a dot-product
+//! instruction (Cortex-A53 and Cortex-A72: the i.MX 8M Plus and the Raspberry Pi 4).
+//!
+//! tract's kernel for those cores widens both operands to 16 bits and multiplies by
+//! element (SMLAL): four multiply-adds per instruction, what fp32's FMLA does, so int8 was
+//! no faster than fp32 there. Here both operands keep 16 consecutive k of one row together,
+//! so that the NEON tile multiplies eight pairs into 16-bit lanes (SMULL), adds the next
+//! eight pairs into the same lanes (SMLAL2) and widens the lane pairs into 32-bit sums
+//! (SADALP): 16 multiply-adds in three instructions, and one four-register load per
+//! operand for a tile of 4 channels by 4 positions (the technique of XNNPACK's
+//! `c16-neon-mlal` and onnxruntime MLAS's S8S8 kernels; the code is the engine's own).
+//!
+//! Two products of an i8 by a weight in [-127, 127] fit an i16 (2 · 128 · 127 = 32512);
+//! two products of -128 by -128 do not, so [`Weights::new`] refuses a layer with a -128
+//! weight and the operator keeps it on tract's kernel. onnxruntime's symmetric s8 weights,
+//! and the TFLite quantisation rules, stay in [-127, 127].
+//!
+//! Packing (k padded with zeros to a multiple of [`KC`] on both sides):
+//! - weights: channels in groups of [`NR`] (the last padded with zero channels); group
+//!   `q`'s 16-k block `g` holds `NR × 16` bytes, `w[(q · groups + g) · NR · 16 + j · 16 + i]`
+//!   being channel `q · NR + j`'s weight at `k = 16g + i`;
+//! - patches: panels of [`MR`] output positions (the last padded with zero positions);
+//!   `p[panel · panel_len + g · MR · 16 + m · 16 + i]` is position `panel · MR + m` at
+//!   `k = 16g + i`. im2col.rs packs a band's patches so (`Layout::K16`).
+//!
+//! Sums wrap in i32 as tract's do; exact sums do not depend on their order, so the values
+//! are tract's bit for bit.
+
+/// k per packed block.
+pub(crate) const KC: usize = 16;
+/// Output channels per weight group.
+pub(crate) const NR: usize = 4;
+/// Output positions per patch panel.
+pub(crate) const MR: usize = 8;
+
+/// One layer's weights in c16 packing, with the value each channel's sum starts from.
+#[derive(Debug)]
+pub(crate) struct Weights {
+    packed: Vec<i8>,
+    /// Per channel, padded to whole groups.
+    starts: Vec<i32>,
+    channels: usize,
+    k: usize,
+}
+
+impl Weights {
+    /// From `rows` (`channels` rows of `k` weights) and each channel's starting value;
+    /// refused when a weight is -128 (see the module doc).
+    pub(crate) fn new(
+        rows: &[i8],
+        channels: usize,
+        k: usize,
+        starts: &[i32],
+    ) -> Result<Weights, String> {
+        if channels == 0 || k == 0 || rows.len() != channels * k || starts.len() != channels {
+            return Err(format!(
+                "{} weights and {} starts for {channels} channels of {k}",
+                rows.len(),
+                starts.len()
+            ));
+        }
+        if let Some(at) = rows.iter().position(|&w| w == i8::MIN) {
+            return Err(format!(
+                "channel {} has a weight of -128: two products could overflow 16 bits",
+                at / k
+            ));
+        }
+        let groups = k.div_ceil(KC);
+        let padded = channels.div_ceil(NR) * NR;
+        let mut packed = vec![0i8; padded * groups * KC];
+        for (ch, row) in rows.chunks_exact(k).enumerate() {
+            let (q, j) = (ch / NR, ch % NR);
+            for (kk, &w) in row.iter().enumerate() {
+                let (g, i) = (kk / KC, kk % KC);
+                packed[((q * groups + g) * NR + j) * KC + i] = w;
+            }
+        }
+        let mut starts = starts.to_vec();
+        starts.resize(padded, 0);
+        Ok(Weights {
+            packed,
+            starts,
+            channels,
+            k,
+        })
+    }
+
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn channels(&self) -> usize {
+        self.channels
+    }
+
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes per patch panel for this depth.
+    pub(crate) fn panel_len(&self) -> usize {
+        panel_len(self.k)
+    }
+
+    /// `c[ch · n + pos] = start[ch] + Σ_k w[ch][k] · p[pos][k]` for the `n` positions of
+    /// `patches` (`n.div_ceil(MR)` panels in c16 packing).
+    pub(crate) fn run(&self, patches: &[i8], n: usize, c: &mut [i32]) -> Result<(), String> {
+        self.check(patches, n, c)?;
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of aarch64; `check` holds the lengths the kernel reads and
+        // writes.
+        unsafe {
+            super::c16_neon::run(self, patches, n, c)
+        };
+        #[cfg(not(target_arch = "aarch64"))]
+        self.run_scalar(patches, n, c);
+        Ok(())
+    }
+
+    fn check(&self, patches: &[i8], n: usize, c: &[i32]) -> Result<(), String> {
+        if patches.len() < n.div_ceil(MR) * self.panel_len() {
+            return Err(format!(
+                "{} packed bytes for {n} positions of depth {}",
+                patches.len(),
+                self.k
+            ));
+        }
+        if c.len() != self.channels * n {
+            return Err(format!(
+                "{} sums for {} channels x {n} positions",
+                c.len(),
+                self.channels
+            ));
+        }
+        Ok(())
+    }
+
+    /// The scalar reference: what every ISA's kernel must compute.
+    pub(crate) fn run_scalar(&self, patches: &[i8], n: usize, c: &mut [i32]) {
+        let groups = self.k.div_ceil(KC);
+        let panel_len = self.panel_len();
+        for ch in 0..self.channels {
+            let (q, j) = (ch / NR, ch % NR);
+            for pos in 0..n {
+                let panel = &patches[(pos / MR) * panel_len..][..panel_len];
+                let m = pos % MR;
+                let mut sum = self.starts[ch];
+                for g in 0..groups {
+                    let w = &self.packed[((q * groups + g) * NR + j) * KC..][..KC];
+                    let p = &panel[(g * MR + m) * KC..][..KC];
+                    for (w, p) in w.iter().zip(p) {
+                        sum = sum.wrapping_add(i32::from(*w) * i32::from(*p));
+                    }
+                }
+                c[ch * n + pos] = sum;
+            }
+        }
+    }
+
+    /// The packed weights and starts, for the ISA kernels.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
+        (&self.packed, &self.starts)
+    }
+}
+
+/// Bytes per patch panel of depth `k`.
+pub(crate) fn panel_len(k: usize) -> usize {
+    k.div_ceil(KC) * KC * MR
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// `matrix` (k rows of n positions) in c16 panels: the packing contract, written
+    /// independently of im2col.rs's packer.
+    pub(crate) fn pack_patches(matrix: &[i8], k: usize, n: usize) -> Vec<i8> {
+        let len = panel_len(k);
+        let mut out = vec![0i8; n.div_ceil(MR) * len];
+        for kk in 0..k {
+            for pos in 0..n {
+                let (g, i, panel, m) = (kk / KC, kk % KC, pos / MR, pos % MR);
+                out[panel * len + (g * MR + m) * KC + i] = matrix[kk * n + pos];
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u32, lo: i32) -> Vec<i8> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (lo + (s % (128 - lo) as u32) as i32) as i8
+            })
+            .collect()
+    }
+
+    /// The naive sums, straight from the unpacked operands.
+    fn naive(w: &[i8], x: &[i8], starts: &[i32], (m, k, n): (usize, usize, usize)) -> Vec<i32> {
+        let mut c = vec![0i32; m * n];
+        for ch in 0..m {
+            for pos in 0..n {
+                let mut s = starts[ch];
+                for kk in 0..k {
+                    s = s.wrapping_add(i32::from(w[ch * k + kk]) * i32::from(x[kk * n + pos]));
+                }
+                c[ch * n + pos] = s;
+            }
+        }
+        c
+    }
+
+    fn check(m: usize, k: usize, n: usize, w: &[i8], x: &[i8]) {
+        let starts: Vec<i32> = (0..m as i32).map(|i| i * 1_000_003 - 7).collect();
+        let weights = Weights::new(w, m, k, &starts).unwrap();
+        let patches = pack_patches(x, k, n);
+        let want = naive(w, x, &starts, (m, k, n));
+        let mut got = vec![i32::MIN; m * n];
+        weights.run(&patches, n, &mut got).unwrap();
+        assert_eq!(got, want, "kernel, {m} channels x {k} deep x {n} positions");
+        let mut scalar = vec![i32::MIN; m * n];
+        weights.run_scalar(&patches, n, &mut scalar);
+        assert_eq!(scalar, want, "scalar, {m} x {k} x {n}");
+    }
+
+    /// Every combination of channel counts off the group size, depths off the block size
+    /// (a 1x1 layer of 3 channels, 3x3 of 3, 5x5 of 17, ...) and position counts off the
+    /// panel size: the kernel this CPU runs and the scalar reference give the naive sums.
+    #[test]
+    fn matches_the_naive_sums_over_odd_shapes() {
+        let mut seed = 7;
+        for m in [1, 3, 4, 5, 8, 17, 64] {
+            for k in [1, 3, 9, 16, 17, 27, 32, 144, 425] {
+                for n in [1, 3, 4, 5, 8, 9, 23, 64] {
+                    seed += 1;
+                    let w = values(m * k, seed, -127);
+                    let x = values(k * n, seed * 31, -128);
+                    check(m, k, n, &w, &x);
+                }
+            }
+        }
+    }
+
+    /// The extremes of both operands: every product at ±16256 and pairs at ±32512, the
+    /// limits of the 16-bit lanes, and depths whose sums pass i32 (they wrap, as tract's).
+    #[test]
+    fn holds_at_the_extremes_of_the_16_bit_lanes() {
+        for (w, x) in [(-127i8, -128i8), (127, -128), (-127, 127), (127, 127)] {
+            for (m, k, n) in [(5, 33, 9), (4, 4608, 8)] {
+                check(m, k, n, &vec![w; m * k], &vec![x; k * n]);
+            }
+        }
+        // 2^31 / 16256 products wrap once.
+        let k = (1 << 31) / 16256 + 100;
+        check(1, k, 1, &vec![-127; k], &vec![-128; k]);
+    }
+
+    #[test]
+    fn refuses_weights_of_minus_128() {
+        let mut w = vec![1i8; 3 * 10];
+        w[25] = i8::MIN;
+        let err = Weights::new(&w, 3, 10, &[0; 3]).unwrap_err();
+        assert!(err.contains("channel 2"), "{err}");
+    }
+}

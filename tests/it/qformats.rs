@@ -1,0 +1,143 @@
+//! One small CNN with the constructs of MobileNetV3 / EfficientNet-Lite classifiers
+//! (strides (2, 1), depthwise 5x5, squeeze-excite, residual Add, Concat, AveragePool, a
+//! Gemm head, a non-square input) in every int8 format onnxruntime's quantizer writes
+//! (tests/python/qformats_bundle.py): each loads and gives onnxruntime's outputs on the
+//! same file and input, within a stated number of output quantization steps and with the
+//! same class.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use edgedx_bundle::Bundle;
+use edgedx_engine::{EngineOptions, Model};
+use serde_json::Value;
+
+use crate::util;
+
+/// int8: onnxruntime's fused kernels and the engine's integer ops may round one
+/// intermediate value differently, which moves an output by about one step; two steps of
+/// the output's quantization, or of 1/127 of the largest output where the file's output is
+/// float (int8-std's float Gemm head).
+const INT8_STEPS: f32 = 2.0;
+/// fp32: the same arithmetic in another order.
+const FP32_TOLERANCE: f32 = 1e-4;
+
+/// Makes (or reuses) the bundle; `None` (with a SKIPPED line) without the reference python.
+fn qformats_bundle() -> Option<PathBuf> {
+    let python = util::reference_python()?;
+    let root = util::root();
+    let script = root.join("tests/python/qformats_bundle.py");
+    let out = root.join(".cache/qformats");
+    let stamp = edgedx_bundle::sha256_hex(&std::fs::read(&script).expect("script"));
+    let stamp_file = out.join("stamp");
+    if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
+        let status = Command::new(&python)
+            .arg(&script)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .expect("run qformats_bundle.py");
+        assert!(status.success(), "qformats_bundle.py failed");
+        std::fs::write(&stamp_file, &stamp).unwrap();
+    }
+    Some(out)
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
+fn top(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
+}
+
+#[test]
+fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
+    let Some(dir) = qformats_bundle() else { return };
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let bundle = Bundle::open(&dir).expect("qformats bundle");
+    let inputs: Vec<Vec<f32>> = reference["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(floats)
+        .collect();
+    // The file holds what its name says: contrib operators only in int8-qop.
+    let ops = |v: &str| reference["ops"][v].to_string();
+    assert!(
+        ops("int8-qop").contains("com.microsoft.QLinearAdd"),
+        "{}",
+        ops("int8-qop")
+    );
+    assert!(
+        !ops("int8-std").contains("com.microsoft"),
+        "{}",
+        ops("int8-std")
+    );
+    assert!(
+        ops("int8-qdq").contains("DequantizeLinear"),
+        "{}",
+        ops("int8-qdq")
+    );
+    for variant in ["fp32", "int8-qdq", "int8-qop", "int8-std"] {
+        let model = Model::load(&bundle, variant, &EngineOptions::default())
+            .unwrap_or_else(|e| panic!("{variant}: {e}"));
+        let report = model.report();
+        let wants: Vec<Vec<f32>> = reference["outputs"][variant]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(floats)
+            .collect();
+        let largest = wants.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+        let step = reference["output_step"][variant]
+            .as_f64()
+            .map_or(largest / 127.0, |s| s as f32);
+        let tolerance = if variant == "fp32" {
+            FP32_TOLERANCE * largest.max(1.0)
+        } else {
+            INT8_STEPS * step
+        };
+        let mut worst = 0f32;
+        for (i, (input, want)) in inputs.iter().zip(&wants).enumerate() {
+            let got = model.run(input).expect("run").remove(0).raw;
+            assert_eq!(got.len(), want.len(), "{variant} input {i}");
+            let diff = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff <= tolerance,
+                "{variant} input {i}: max |edgedx - onnxruntime| = {diff} > {tolerance}\n edgedx {got:?}\n ort    {want:?}"
+            );
+            assert_eq!(top(&got), top(want), "{variant} input {i}: class differs");
+            worst = worst.max(diff);
+        }
+        eprintln!(
+            "{variant}: {} inputs, worst |edgedx - onnxruntime| {worst:.2e} ({:.2} steps of {step:.2e}); in float: {:?}",
+            inputs.len(),
+            worst / step,
+            report.in_float
+        );
+        if variant == "int8-qop" {
+            for op in [
+                "QLinearAdd",
+                "QGemm",
+                "QLinearGlobalAveragePool",
+                "QLinearConcat",
+            ] {
+                assert!(
+                    report.in_float.iter().any(|f| f.contains(op)),
+                    "{variant}: {op} not reported among the float operators: {:?}",
+                    report.in_float
+                );
+            }
+        }
+    }
+}
