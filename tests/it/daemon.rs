@@ -579,6 +579,50 @@ fn a_client_that_stops_reading_does_not_stop_the_others() {
     c.ping(10, T).unwrap();
 }
 
+/// A socket client over `max_clients` is told why (an Error frame, code Busy) before it is
+/// closed, and the clients already connected are still served.
+#[test]
+fn a_client_over_the_limit_gets_an_error_frame_before_it_is_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::configure(tmp.path().to_path_buf(), Opts::default());
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(
+        &d.config,
+        text.replacen("[socket]\n", "[socket]\nmax_clients = 2\n", 1),
+    )
+    .unwrap();
+    let d = d.spawn();
+    // The readiness probe's connections count until the daemon has seen them close: retry
+    // until each of the two is in (answered, not refused).
+    let admitted = || {
+        let until = Instant::now() + T;
+        loop {
+            let mut c = Client::socket(&d.socket).unwrap();
+            if c.hello("it", Duration::from_secs(2)).is_ok() {
+                return c;
+            }
+            assert!(Instant::now() < until, "no socket client admitted in {T:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut first = admitted();
+    let mut second = admitted();
+    let mut third = Client::socket(&d.socket).unwrap();
+    let frame = third
+        .recv(T)
+        .unwrap()
+        .expect("the refused client gets a frame");
+    match frame.message {
+        Message::Error(e) => {
+            assert_eq!(e.code, edgedx_icd::ErrorCode::Busy);
+            assert!(e.text.contains("at most 2"), "{}", e.text);
+        }
+        other => panic!("expected an Error frame, got {other:?}"),
+    }
+    first.ping(3, T).unwrap();
+    second.ping(4, T).unwrap();
+}
+
 /// The command-line client, built beside edgedx (tests/run.sh builds the workspace first).
 fn ctl() -> std::process::Command {
     let exe = util::edgedx_exe().with_file_name("edgedx-ctl");

@@ -68,12 +68,12 @@ fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
         .iter()
         .map(floats)
         .collect();
-    // The file holds what its name says: contrib operators only in int8-qop.
+    // The file holds what its name says: contrib operators only in int8.
     let ops = |v: &str| reference["ops"][v].to_string();
     assert!(
-        ops("int8-qop").contains("com.microsoft.QLinearAdd"),
+        ops("int8").contains("com.microsoft.QLinearAdd"),
         "{}",
-        ops("int8-qop")
+        ops("int8")
     );
     assert!(
         !ops("int8-std").contains("com.microsoft"),
@@ -85,7 +85,7 @@ fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
         "{}",
         ops("int8-qdq")
     );
-    for variant in ["fp32", "int8-qdq", "int8-qop", "int8-std"] {
+    for variant in ["fp32", "int8-qdq", "int8", "int8-std"] {
         let model = Model::load(&bundle, variant, &EngineOptions::default())
             .unwrap_or_else(|e| panic!("{variant}: {e}"));
         let report = model.report();
@@ -125,7 +125,7 @@ fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
             worst / step,
             report.in_float
         );
-        if variant == "int8-qop" {
+        if variant == "int8" {
             for op in [
                 "QLinearAdd",
                 "QGemm",

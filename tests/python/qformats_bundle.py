@@ -10,7 +10,7 @@ branches, an AveragePool and a Gemm head.
 It is quantized by onnxruntime's `quantize_static` (per-channel symmetric s8 weights, u8
 activations, calibration on seeded images) three ways:
   int8-qdq     QuantFormat.QDQ (onnxruntime's default)
-  int8-qop     QuantFormat.QOperator as onnxruntime writes it, with the com.microsoft
+  int8         QuantFormat.QOperator as onnxruntime writes it, with the com.microsoft
                operators (QLinearAdd, QLinearMul, QLinearSigmoid, QLinearConcat,
                QLinearGlobalAveragePool, QLinearAveragePool, QGemm)
   int8-std     QuantFormat.QOperator restricted to standard ONNX ops (QLinearConv,
@@ -145,7 +145,7 @@ def main() -> None:
                   extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     variants = {
         "int8-qdq": dict(quant_format=QuantFormat.QDQ),
-        "int8-qop": dict(quant_format=QuantFormat.QOperator),
+        "int8": dict(quant_format=QuantFormat.QOperator),
         "int8-std": dict(quant_format=QuantFormat.QOperator,
                          op_types_to_quantize=["Conv", "MatMul"]),
     }

@@ -42,10 +42,14 @@ impl Transport for SocketTransport {
                 "the device closed the socket",
             )),
             Ok(n) => Ok(n),
+            // A signal that interrupts the wait (EINTR: the test harness's, a UI's timer)
+            // is no data yet, like a timeout: the caller reads again.
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 Ok(0)

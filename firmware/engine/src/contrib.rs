@@ -234,7 +234,12 @@ impl Builder {
     fn new(node: &pb::NodeProto) -> Builder {
         Builder {
             stem: format!("{}__edgedx", node.output[0]),
-            name: node.name.clone(),
+            // onnxruntime leaves contrib nodes unnamed at times: the output names them.
+            name: if node.name.is_empty() {
+                node.output[0].clone()
+            } else {
+                node.name.clone()
+            },
             count: 0,
             nodes: vec![],
         }
@@ -254,7 +259,7 @@ impl Builder {
     fn op_to(&mut self, op: &str, inputs: &[&str], attrs: Vec<pb::AttributeProto>, out: &str) {
         self.nodes.push(pb::NodeProto {
             op_type: op.into(),
-            name: format!("{}/{op}", self.name),
+            name: format!("{}/{op}{}", self.name, self.nodes.len()),
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![out.into()],
             attribute: attrs,

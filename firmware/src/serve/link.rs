@@ -196,7 +196,7 @@ pub fn serve_socket<E: Send + 'static>(
                 };
                 if live.load(Ordering::SeqCst) as usize >= max_clients {
                     log::warn!("socket: refusing a client, {max_clients} already connected");
-                    drop(stream);
+                    refuse(stream, max_clients);
                     continue;
                 }
                 let peer = peer_name(&stream);
@@ -206,6 +206,24 @@ pub fn serve_socket<E: Send + 'static>(
             }
         })?;
     Ok(())
+}
+
+/// Tells a client over the limit why it is closed (an `Error` frame, `Busy`) instead of
+/// closing it without a word. The write has a short timeout: a client that does not read
+/// cannot hold the accept loop.
+fn refuse(mut stream: UnixStream, max_clients: usize) {
+    use edgedx_icd::{encode_frame, ErrorCode, ErrorMessage, Message, MAX_FRAME};
+    let text =
+        format!("the device serves at most {max_clients} socket clients at once; try again later");
+    let msg = Message::Error(ErrorMessage::new(ErrorCode::Busy, &text, None));
+    let mut buf = [0u8; MAX_FRAME];
+    if let Ok(frame) = encode_frame(&msg, 0, &mut buf) {
+        let _ = stream.set_write_timeout(Some(std::time::Duration::from_millis(200)));
+        let _ = stream
+            .write_all(&[0])
+            .and_then(|()| stream.write_all(frame));
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
 fn peer_name(stream: &UnixStream) -> String {
