@@ -84,7 +84,7 @@ enum Tiles {
     #[cfg(target_arch = "x86_64")]
     Vnni(crate::vnni::Tiles),
     /// Cores without a dot product (kernels/c16.rs), on the patches in c16 panels.
-    C16(c16::Weights, PackPatches),
+    C16(Box<(c16::Weights, PackPatches)>),
 }
 
 impl Tiles {
@@ -92,7 +92,7 @@ impl Tiles {
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn pack<'a>(&'a self, tracts: &'a PackPatches) -> &'a PackPatches {
         match self {
-            Tiles::C16(_, pack) => pack,
+            Tiles::C16(c16) => &c16.1,
             #[cfg(target_arch = "x86_64")]
             Tiles::Vnni(_) => tracts,
         }
@@ -114,7 +114,8 @@ impl Tiles {
         c: &mut [i32],
     ) -> TractResult<()> {
         match self {
-            Tiles::C16(weights, _) => weights
+            Tiles::C16(c16) => c16
+                .0
                 .run(packed, nb, c)
                 .map_err(|e| format_err!("BandedConv: c16 tiles: {e}")),
             #[cfg(target_arch = "x86_64")]
@@ -648,7 +649,7 @@ fn tiles_for(
         }
         return Ok(
             match c16::Weights::new(&rows, op.channels, op.pack.k, &starts) {
-                Ok(w) => Some(Tiles::C16(w, op.pack.c16())),
+                Ok(w) => Some(Tiles::C16(Box::new((w, op.pack.c16())))),
                 Err(e) => {
                     log::debug!("int8 products left to tract's kernel: {e}");
                     None
@@ -700,13 +701,16 @@ fn c16_wanted() -> bool {
 /// (`c - v`) constants, one per output channel each.
 type PerChannel = Vec<Arc<Tensor>>;
 
+/// A matmul's constant weights, with the per-channel values it adds and subtracts.
+type TileOperands = (Box<dyn MMMInputValue>, PerChannel, PerChannel);
+
 /// The matmul's constant weights (the operand the patches are not) and its per-channel
 /// adds and subtractions, when its fused ops are only those, then the store.
 fn tile_operands(
     model: &TypedModel,
     mm_node: &TypedNode,
     op: &BandedConv,
-) -> TractResult<Option<(Box<dyn MMMInputValue>, PerChannel, PerChannel)>> {
+) -> TractResult<Option<TileOperands>> {
     use tract_linalg::BinOp;
     let konst = |i: usize| {
         model

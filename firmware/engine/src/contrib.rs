@@ -163,7 +163,7 @@ fn lower(
         }
         // (Y_scale, Y_zp, X0, X0_scale, X0_zp, X1, ...)
         "QLinearConcat" => {
-            if node.input.len() < 5 || (node.input.len() - 2) % 3 != 0 {
+            if node.input.len() < 5 || !(node.input.len() - 2).is_multiple_of(3) {
                 return None;
             }
             let parts: Vec<String> = node.input[2..]
