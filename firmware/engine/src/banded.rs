@@ -166,9 +166,21 @@ impl BandedConv {
         unit * (columns / (unit * out_width).max(1)).max(1)
     }
 
-    /// The tract matmul each band runs (its kernel is what `edgedx info` reports).
-    pub(crate) fn matmul(&self) -> &OptMatMul {
-        &self.matmul
+    /// The kernels the bands run, as `edgedx info` reports them: the engine's tiles, and
+    /// tract's kernel where a band can still fall back to it.
+    pub(crate) fn kernels(&self) -> Vec<String> {
+        let tract = self.matmul.mmm.iter().map(|k| k.name().to_string());
+        match self.tiles.as_ref().map(|t| &*t.0) {
+            None => tract.collect(),
+            Some(Tiles::C16(..)) if cfg!(target_arch = "aarch64") => {
+                vec!["edgedx_c16_neon_4x4".into()]
+            }
+            Some(Tiles::C16(..)) => vec!["edgedx_c16_scalar".into()],
+            #[cfg(target_arch = "x86_64")]
+            Some(Tiles::Vnni(_)) => std::iter::once("edgedx_vnni_8x48".to_string())
+                .chain(tract)
+                .collect(),
+        }
     }
 
     /// Whether the layer has enough multiply-adds to spread over threads.
@@ -638,6 +650,10 @@ fn tiles_for(
             .collect()
     };
     let (adds, subs) = (slices(&adds)?, slices(&subs)?);
+    // Every depth: even at k = 9 (a first layer's 3x3 on one channel, padded to 16) the
+    // tiles with their packing ran fewer instructions than tract's kernel with its own
+    // (the default bundle's int8 on cortex-a72 under qemu: 7.89 M per inference with its
+    // first layer on the tiles, 8.27 M on tract's kernel).
     if c16_wanted() {
         let Some(rows) = crate::im2col::unpack_rows(&*weights) else {
             return Ok(None);
@@ -1114,34 +1130,26 @@ pub(crate) mod tests {
                     .filter_map(|n| n.op_as::<BandedConv>())
                     .collect();
                 let tiled = ops.iter().filter(|b| b.tiles.is_some()).count();
-                // On the c16 tiles every layer (the test weights are in [-127, 127]). Where the CPU has VNNI, every such layer in 16-wide K4
-                // panels runs on the VNNI tiles (tract packs layers of few channels for its
-                // 8x8 kernel instead).
-                let sixteen = |b: &&&BandedConv| {
+                // On the c16 tiles every layer (the test weights are in [-127, 127]). Where the CPU has VNNI, every other layer with the
+                // patches as b in 16-wide K4 panels runs on the VNNI tiles (tract packs
+                // layers of few channels for its 8x8 kernel instead).
+                let c16 = c16_forced || super::c16_wanted();
+                let sixteen = |b: &BandedConv| {
                     b.pack
                         .format
                         .downcast_ref::<tract_linalg::pack::PackedI8K4>()
                         .is_some_and(|f| f.r == 16)
                 };
-                let c16 = c16_forced || super::c16_wanted();
-                let expected = if c16 {
-                    ops.len()
-                } else if vnni_cpu() {
-                    ops.iter()
-                        .filter(|b| !b.patches_are_a)
-                        .filter(sixteen)
-                        .count()
-                } else {
-                    0
-                };
-                assert_eq!(tiled, expected, "model {m}: layers on the engine's tiles");
-                let want_family = if c16 { "c16" } else { "vnni" };
-                assert!(
-                    ops.iter()
-                        .filter(|b| b.tiles.is_some())
-                        .all(|b| family(b) == want_family),
-                    "model {m}: tiles of the family {want_family}"
-                );
+                for (i, b) in ops.iter().enumerate() {
+                    let want = if c16 {
+                        "c16"
+                    } else if vnni_cpu() && !b.patches_are_a && sixteen(b) {
+                        "vnni"
+                    } else {
+                        "tract"
+                    };
+                    assert_eq!(family(b), want, "model {m}, layer {i} (k {})", b.pack.k);
+                }
                 tiled_layers += tiled;
                 for data in &inputs {
                     let (want, got) = (

@@ -589,16 +589,16 @@ fn describe(model: &TypedModel) -> (Vec<String>, Vec<(String, usize)>) {
     let mut ops: HashMap<String, usize> = HashMap::new();
     for node in model.nodes() {
         *ops.entry(node.op.name().to_string()).or_default() += 1;
-        let matmul = node.op_as::<OptMatMul>().or_else(|| {
-            node.op_as::<crate::banded::BandedConv>()
-                .map(|b| b.matmul())
-        });
-        if let Some(mm) = matmul {
-            for k in &mm.mmm {
-                let name = k.name().to_string();
-                if !kernels.contains(&name) {
-                    kernels.push(name);
-                }
+        let names: Vec<String> = if let Some(mm) = node.op_as::<OptMatMul>() {
+            mm.mmm.iter().map(|k| k.name().to_string()).collect()
+        } else if let Some(b) = node.op_as::<crate::banded::BandedConv>() {
+            b.kernels()
+        } else {
+            vec![]
+        };
+        for name in names {
+            if !kernels.contains(&name) {
+                kernels.push(name);
             }
         }
     }

@@ -134,6 +134,7 @@ impl Weights {
     }
 
     /// The scalar reference: what every ISA's kernel must compute.
+    #[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))]
     pub(crate) fn run_scalar(&self, patches: &[i8], n: usize, c: &mut [i32]) {
         let groups = self.k.div_ceil(KC);
         let panel_len = self.panel_len();
