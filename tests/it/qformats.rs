@@ -125,6 +125,19 @@ fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
             worst / step,
             report.in_float
         );
+        if variant == "int8-qdq" {
+            // The QDQ convolutions run as integer ops; the element-wise steps stay float.
+            assert!(
+                report.in_float.iter().any(|f| f.contains("Add between")),
+                "{variant}: the residual Add not reported as float: {:?}",
+                report.in_float
+            );
+            assert!(
+                !report.in_float.iter().any(|f| f.contains("Conv")),
+                "{variant}: a convolution left in float: {:?}",
+                report.in_float
+            );
+        }
         if variant == "int8" {
             for op in [
                 "QLinearAdd",

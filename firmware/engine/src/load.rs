@@ -196,12 +196,20 @@ fn build_proto(
         None => (&fopen, None),
     };
     let lowered = crate::contrib::lower_contrib_ops(&mut proto, source);
+    let lowered = lowered.into_iter().map(|(op, n)| {
+        format!("{n} com.microsoft {op}: dequantized, the float operator, quantized again (tract has no integer {op})")
+    });
     // QDQ patterns onto QLinearConv before tract sees them (qdq.rs).
     let (qdq_convs, qdq_pools) = if rewrite {
         crate::qdq::fuse_qdq(&mut proto)
     } else {
         (0, 0)
     };
+    let in_float: Vec<String> = lowered
+        .chain(crate::qdq::float_between_qdq(&proto).into_iter().map(|(op, n)| {
+            format!("{n} {op} between DequantizeLinear and QuantizeLinear: float (no integer form of it in the engine)")
+        }))
+        .collect();
 
     let (typed, strategy, strategy_note) = match type_then_bind(&proto, external.as_ref(), target) {
         Ok(typed) => (typed, LoadStrategy::TypeThenBindBatch, None),
@@ -354,12 +362,7 @@ fn build_proto(
         kernels,
         ops,
         patches,
-        in_float: lowered
-            .iter()
-            .map(|(op, n)| {
-                format!("{n} com.microsoft {op}: dequantized, the float operator, quantized again (tract has no integer {op})")
-            })
-            .collect(),
+        in_float,
         largest_node_macs,
     })
 }

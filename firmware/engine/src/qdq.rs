@@ -61,6 +61,39 @@ pub(crate) fn fuse_qdq(model: &mut pb::ModelProto) -> (usize, usize) {
     (convs, pools)
 }
 
+/// The operators left in float between `DequantizeLinear` and `QuantizeLinear` after the
+/// fusion (an operator that reads a dequantized value and whose output is quantized), by
+/// type with their counts, in the order first met.
+pub(crate) fn float_between_qdq(model: &pb::ModelProto) -> Vec<(String, usize)> {
+    let Some(graph) = model.graph.as_ref() else {
+        return vec![];
+    };
+    let index = Index::new(graph);
+    let mut counts: Vec<(String, usize)> = vec![];
+    for node in &graph.node {
+        if matches!(node.op_type.as_str(), "DequantizeLinear" | "QuantizeLinear") {
+            continue;
+        }
+        let reads_dq = node
+            .input
+            .iter()
+            .any(|i| index.produced_by(graph, i, "DequantizeLinear").is_some());
+        let quantized = node.output.iter().any(|o| {
+            graph
+                .node
+                .iter()
+                .any(|n| n.op_type == "QuantizeLinear" && n.input.first() == Some(o))
+        });
+        if reads_dq && quantized {
+            match counts.iter_mut().find(|(op, _)| *op == node.op_type) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((node.op_type.clone(), 1)),
+            }
+        }
+    }
+    counts
+}
+
 /// Who produces and who consumes each value of a graph, and its constants.
 struct Index<'g> {
     producer: HashMap<&'g str, usize>,
