@@ -6,7 +6,6 @@
 //! same class.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use edgedx_bundle::Bundle;
 use edgedx_engine::{EngineOptions, Model};
@@ -28,18 +27,13 @@ fn qformats_bundle() -> Option<PathBuf> {
     let root = util::root();
     let script = root.join("tests/python/qformats_bundle.py");
     let out = root.join(".cache/qformats");
-    let stamp = edgedx_bundle::sha256_hex(&std::fs::read(&script).expect("script"));
-    let stamp_file = out.join("stamp");
-    if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
-        let status = Command::new(&python)
-            .arg(&script)
-            .arg("--out")
-            .arg(&out)
-            .status()
-            .expect("run qformats_bundle.py");
-        assert!(status.success(), "qformats_bundle.py failed");
-        std::fs::write(&stamp_file, &stamp).unwrap();
-    }
+    util::build_with_python(
+        &python,
+        &script,
+        &["--out".as_ref(), out.as_os_str()],
+        std::slice::from_ref(&script),
+        &out,
+    );
     Some(out)
 }
 

@@ -110,3 +110,31 @@ pub fn reference_python() -> Option<PathBuf> {
     eprintln!("SKIPPED: no python with onnxruntime (run tests/run.sh, which makes .cache/venv)");
     None
 }
+
+/// Runs the reference python on `script` with `args` to make `out`, unless `out/stamp`
+/// holds the hash of `inputs` (the script and what it imports), so a derived bundle is
+/// built once and rebuilt when its sources change.
+pub fn build_with_python(
+    python: &Path,
+    script: &Path,
+    args: &[&std::ffi::OsStr],
+    inputs: &[PathBuf],
+    out: &Path,
+) {
+    let sources: Vec<u8> = inputs
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .collect();
+    let stamp = edgedx_bundle::sha256_hex(&sources);
+    let stamp_file = out.join("stamp");
+    if std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
+        return;
+    }
+    let status = Command::new(python)
+        .arg(script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(status.success(), "{} failed", script.display());
+    std::fs::write(&stamp_file, &stamp).unwrap();
+}

@@ -3,7 +3,6 @@
 //! tf2onnx path and give onnxruntime's class on real brain slices.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -20,27 +19,22 @@ fn vgg16_bundle() -> Option<PathBuf> {
     let root = util::root();
     let script = root.join("tests/python/vgg16_bundle.py");
     let out = root.join(".cache/vgg16");
-    // Rebuild when the script or the pipeline's quantizer changed.
-    let stamp_src: Vec<u8> = [script.clone(), root.join("models/pipeline/quantize.py")]
-        .iter()
-        .flat_map(|p| std::fs::read(p).expect("script"))
-        .collect();
-    let stamp = edgedx_bundle::sha256_hex(&stamp_src);
-    let stamp_file = out.join("stamp");
-    if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
-        let status = Command::new(&python)
-            .arg(&script)
-            .arg("--shared")
-            .arg(&shared)
-            .arg("--pipeline")
-            .arg(root.join("models/pipeline"))
-            .arg("--out")
-            .arg(&out)
-            .status()
-            .expect("run vgg16_bundle.py");
-        assert!(status.success(), "vgg16_bundle.py failed");
-        std::fs::write(&stamp_file, &stamp).unwrap();
-    }
+    let pipeline = root.join("models/pipeline");
+    // Rebuilt when the script or the pipeline's quantizer changed.
+    util::build_with_python(
+        &python,
+        &script,
+        &[
+            "--shared".as_ref(),
+            shared.as_os_str(),
+            "--pipeline".as_ref(),
+            pipeline.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ],
+        &[script.clone(), pipeline.join("quantize.py")],
+        &out,
+    );
     Some(out)
 }
 
