@@ -218,15 +218,7 @@ fn preprocess(bundle_dir: &Path, image: Option<&Path>, runs: usize) -> Result<()
         Some(path) => path.to_path_buf(),
         None => {
             let samples = bundle_dir.join("samples");
-            let mut found: Vec<PathBuf> = std::fs::read_dir(&samples)
-                .with_context(|| format!("listing {}", samples.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "png" || x == "jpg"))
-                .collect();
-            found.sort();
-            found
-                .into_iter()
-                .next()
+            models::first_sample(&samples, &["png", "jpg"])?
                 .with_context(|| format!("no PNG or JPEG in {}", samples.display()))?
         }
     };

@@ -103,7 +103,9 @@ pub fn from_bundle(spec: &str, paths: &Paths) -> Result<Group> {
             );
         }
     }
-    let image = first_sample(&dir.join("samples"))
+    let image = first_sample(&dir.join("samples"), &["png", "jpg", "jpeg", "dcm", "pgm"])
+        .ok()
+        .flatten()
         .unwrap_or_else(|| paths.default_bundle().join("samples/glioma-01.png"));
     Ok(Group {
         name: dir
@@ -118,18 +120,19 @@ pub fn from_bundle(spec: &str, paths: &Paths) -> Result<Group> {
     })
 }
 
-/// The first PNG, JPEG or DICOM file of `dir` by name, if any.
-fn first_sample(dir: &Path) -> Option<PathBuf> {
+/// The first file of `dir` by name whose extension is one of `extensions` (lower case),
+/// if any; an error when `dir` cannot be listed.
+pub fn first_sample(dir: &Path, extensions: &[&str]) -> Result<Option<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
+        .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-            ["png", "jpg", "jpeg", "dcm", "pgm"].contains(&ext.to_ascii_lowercase().as_str())
+            extensions.contains(&ext.to_ascii_lowercase().as_str())
         })
         .collect();
     files.sort();
-    files.into_iter().next()
+    Ok(files.into_iter().next())
 }
 
 /// Runs `script` with `args` unless `out/stamp` matches the hash of `inputs`.

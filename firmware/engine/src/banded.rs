@@ -644,12 +644,7 @@ fn tiles_for(
     if weights.mn() != op.channels || weights.k() != op.pack.k {
         return Ok(None);
     }
-    let slices = |v: &[Arc<Tensor>]| -> TractResult<Vec<Vec<i32>>> {
-        v.iter()
-            .map(|t| Ok(t.try_as_plain_ram()?.as_slice::<i32>()?.to_vec()))
-            .collect()
-    };
-    let (adds, subs) = (slices(&adds)?, slices(&subs)?);
+    let offsets = per_channel_offsets(op.channels, &adds, &subs)?;
     // Every depth: even at k = 9 (a first layer's 3x3 on one channel, padded to 16) the
     // tiles with their packing ran fewer instructions than tract's kernel with its own
     // (the default bundle's int8 on cortex-a72 under qemu: 7.89 M per inference with its
@@ -658,13 +653,8 @@ fn tiles_for(
         let Some(rows) = crate::im2col::unpack_rows(&*weights) else {
             return Ok(None);
         };
-        let mut starts = vec![0i32; op.channels];
-        for (i, s) in starts.iter_mut().enumerate() {
-            *s = adds.iter().fold(*s, |s, v| s.wrapping_add(v[i]));
-            *s = subs.iter().fold(*s, |s, v| s.wrapping_sub(v[i]));
-        }
         return Ok(
-            match c16::Weights::new(&rows, op.channels, op.pack.k, &starts) {
+            match c16::Weights::new(&rows, op.channels, op.pack.k, &offsets) {
                 Ok(w) => Some(Tiles::C16(Box::new((w, op.pack.c16())))),
                 Err(e) => {
                     log::debug!("int8 products left to tract's kernel: {e}");
@@ -686,9 +676,7 @@ fn tiles_for(
             && crate::vnni::available()
             && crate::vnni::reads(&*weights)
         {
-            let adds: Vec<&[i32]> = adds.iter().map(|x| x.as_slice()).collect();
-            let subs: Vec<&[i32]> = subs.iter().map(|x| x.as_slice()).collect();
-            return Ok(match crate::vnni::Tiles::new(weights, &adds, &subs) {
+            return Ok(match crate::vnni::Tiles::new(weights, &offsets) {
                 Ok(tiles) => Some(Tiles::Vnni(tiles)),
                 Err(e) => {
                     log::debug!("int8 products left to tract's kernel: {e:#}");
@@ -698,6 +686,38 @@ fn tiles_for(
         }
     }
     Ok(None)
+}
+
+/// What the matmul's fused ops add to each output channel's sum before the store: the sum
+/// of its `Add` values less the sum of its `SubF` ones (`c - v` of each), wrapping in i32
+/// as tract's kernel does.
+fn per_channel_offsets(
+    channels: usize,
+    adds: &[Arc<Tensor>],
+    subs: &[Arc<Tensor>],
+) -> TractResult<Vec<i32>> {
+    let mut offsets = vec![0i32; channels];
+    for (values, add) in adds
+        .iter()
+        .map(|v| (v, true))
+        .chain(subs.iter().map(|v| (v, false)))
+    {
+        let plain = values.try_as_plain_ram()?;
+        let values = plain.as_slice::<i32>()?;
+        ensure!(
+            values.len() == channels,
+            "{} per-row values for {channels} channels",
+            values.len()
+        );
+        for (o, v) in offsets.iter_mut().zip(values) {
+            *o = if add {
+                o.wrapping_add(*v)
+            } else {
+                o.wrapping_sub(*v)
+            };
+        }
+    }
+    Ok(offsets)
 }
 
 /// Whether layers go to the c16 tiles: on aarch64 cores without a dot product, where
@@ -1130,9 +1150,10 @@ pub(crate) mod tests {
                     .filter_map(|n| n.op_as::<BandedConv>())
                     .collect();
                 let tiled = ops.iter().filter(|b| b.tiles.is_some()).count();
-                // On the c16 tiles every layer (the test weights are in [-127, 127]). Where the CPU has VNNI, every other layer with the
-                // patches as b in 16-wide K4 panels runs on the VNNI tiles (tract packs
-                // layers of few channels for its 8x8 kernel instead).
+                // On the c16 tiles every layer (the test weights are in [-127, 127]).
+                // Where the CPU has VNNI, every other layer with the patches as b in
+                // 16-wide K4 panels runs on the VNNI tiles (tract packs layers of few
+                // channels for its 8x8 kernel instead).
                 let c16 = c16_forced || super::c16_wanted();
                 let sixteen = |b: &BandedConv| {
                     b.pack

@@ -62,10 +62,7 @@ pub(crate) fn lower_contrib_ops(
         };
         match lowered {
             Some(replacement) => {
-                match counts.iter_mut().find(|(op, _)| *op == node.op_type) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push((node.op_type.clone(), 1)),
-                }
+                crate::qdq::tally(&mut counts, &node.op_type);
                 out.extend(replacement);
             }
             None => out.push(node),

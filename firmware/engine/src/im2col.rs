@@ -168,6 +168,11 @@ impl PackPatches {
         }
     }
 
+    /// Rows of the patch matrix: k padded to whole groups of the packing.
+    fn padded_k(&self) -> usize {
+        self.k.div_ceil(self.layout.group()) * self.layout.group()
+    }
+
     /// The same patches in the c16 packing (kernels/c16.rs), for the engine's own tiles;
     /// `format` stays tract's, which only tract's kernel reads.
     pub(crate) fn c16(&self) -> PackPatches {
@@ -199,7 +204,7 @@ impl PackPatches {
     /// rows at a time so the patch matrix stays near [`CHUNK_BYTES`] whatever the layer
     /// (VGG16's first layers would need tens of MB at once).
     fn pack(&self, g: &Geometry, x: &[i8], pad: i8, out: &mut [i8]) {
-        let rows = self.k.div_ceil(self.layout.group()) * self.layout.group();
+        let rows = self.padded_k();
         let wo = g.out_width;
         let unit = self.band_unit(g);
         let band = unit * (CHUNK_BYTES / (rows * unit * wo)).max(1);
@@ -238,7 +243,7 @@ impl PackPatches {
         let r = self.r();
         let hw = g.height * g.width;
         let taps = g.kernel[0] * g.kernel[1];
-        let rows = self.k.div_ceil(self.layout.group()) * self.layout.group();
+        let rows = self.padded_k();
         let n = rows_out * g.out_width;
         let cols = n.div_ceil(r) * r;
         SCRATCH.with(|scratch| {

@@ -253,7 +253,6 @@ fn build_proto(
     .into_iter()
     .filter_map(patch_note)
     .collect();
-
     if rewrite {
         let nodes = optimized.nodes().len();
         let mut banded = 0;

@@ -69,6 +69,12 @@ pub(crate) fn float_between_qdq(model: &pb::ModelProto) -> Vec<(String, usize)> 
         return vec![];
     };
     let index = Index::new(graph);
+    let quantized: HashSet<&str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "QuantizeLinear")
+        .filter_map(|n| n.input.first().map(String::as_str))
+        .collect();
     let mut counts: Vec<(String, usize)> = vec![];
     for node in &graph.node {
         if matches!(node.op_type.as_str(), "DequantizeLinear" | "QuantizeLinear") {
@@ -78,20 +84,19 @@ pub(crate) fn float_between_qdq(model: &pb::ModelProto) -> Vec<(String, usize)> 
             .input
             .iter()
             .any(|i| index.produced_by(graph, i, "DequantizeLinear").is_some());
-        let quantized = node.output.iter().any(|o| {
-            graph
-                .node
-                .iter()
-                .any(|n| n.op_type == "QuantizeLinear" && n.input.first() == Some(o))
-        });
-        if reads_dq && quantized {
-            match counts.iter_mut().find(|(op, _)| *op == node.op_type) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((node.op_type.clone(), 1)),
-            }
+        if reads_dq && node.output.iter().any(|o| quantized.contains(o.as_str())) {
+            tally(&mut counts, &node.op_type);
         }
     }
     counts
+}
+
+/// Counts one more `op` in `counts` (operator types in the order first met).
+pub(crate) fn tally(counts: &mut Vec<(String, usize)>, op: &str) {
+    match counts.iter_mut().find(|(o, _)| o == op) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((op.to_string(), 1)),
+    }
 }
 
 /// Who produces and who consumes each value of a graph, and its constants.

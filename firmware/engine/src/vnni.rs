@@ -53,13 +53,9 @@ pub(crate) struct Tiles {
 }
 
 impl Tiles {
-    /// `weights` (`reads` must hold) with the per-row values tract's fused ops add
-    /// (`adds`, `v + c`) and subtract (`subs`, `c - v`), one per output channel each.
-    pub(crate) fn new(
-        weights: Box<dyn MMMInputValue>,
-        adds: &[&[i32]],
-        subs: &[&[i32]],
-    ) -> TractResult<Tiles> {
+    /// `weights` (`reads` must hold) with what tract's fused ops add per output channel
+    /// (`offsets`: their Add values less their SubF ones, banded.rs `per_channel_offsets`).
+    pub(crate) fn new(weights: Box<dyn MMMInputValue>, offsets: &[i32]) -> TractResult<Tiles> {
         ensure!(
             available() && reads(&*weights),
             "weights not in VNNI panels"
@@ -72,23 +68,13 @@ impl Tiles {
             // groups of 64 bytes.
             unsafe { store(chunk, minus_128_sums(pa, groups)) };
         }
-        for (values, add) in adds
-            .iter()
-            .map(|v| (v, true))
-            .chain(subs.iter().map(|v| (v, false)))
-        {
-            ensure!(
-                values.len() == m,
-                "{} per-row values for {m} channels",
-                values.len()
-            );
-            for (s, v) in starts.iter_mut().zip(values.iter()) {
-                *s = if add {
-                    s.wrapping_add(*v)
-                } else {
-                    s.wrapping_sub(*v)
-                };
-            }
+        ensure!(
+            offsets.len() == m,
+            "{} per-row values for {m} channels",
+            offsets.len()
+        );
+        for (s, v) in starts.iter_mut().zip(offsets) {
+            *s = s.wrapping_add(*v);
         }
         Ok(Tiles { weights, starts })
     }
