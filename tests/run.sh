@@ -12,40 +12,6 @@ scope=${1:-all}
 
 log() { printf '\n=== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
 
-install_system_packages() {
-    local need=()
-    command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
-    command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
-    [ -e /usr/aarch64-linux-gnu/lib/crt1.o ] || need+=(libc6-dev-arm64-cross)
-    command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
-    command -v cmake >/dev/null || need+=(cmake)
-    command -v g++ >/dev/null || need+=(g++)
-    # v4l (the V4L2 camera) runs bindgen, which needs libclang.
-    dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
-    python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
-    [ ${#need[@]} -eq 0 ] && return 0
-    log "installing ${need[*]}"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    export DEBIAN_FRONTEND=noninteractive
-    # Debian's docker-clean apt hook can fail the first attempt ("cannot access archive").
-    for attempt in 1 2 3; do
-        if $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"; then
-            return 0
-        fi
-        echo "apt-get failed (attempt $attempt), retrying" >&2
-        sleep 2
-    done
-    echo "could not install ${need[*]}" >&2
-    return 1
-}
-
-install_rust_parts() {
-    rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
-    rustup component list --installed | grep -q '^clippy' || rustup component add clippy
-    rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
-}
-
 # onnxruntime is the numeric reference for the tests that need one (the VGG16 check);
 # it lives in a venv under .cache, which git ignores.
 install_python_reference() {
@@ -58,8 +24,8 @@ install_python_reference() {
     export EDGEDX_TEST_PYTHON="$venv/bin/python"
 }
 
-install_system_packages
-install_rust_parts
+# The same script the README's quick start and the package build use.
+board/build-deps.sh build cross test package
 install_python_reference
 export EDGEDX_SHARED_DIR="${EDGEDX_SHARED_DIR:-$ROOT/../shared}"
 [ -d "$EDGEDX_SHARED_DIR" ] || echo "NOTE: $EDGEDX_SHARED_DIR is absent: tests that need real DICOM files and the VGG16 will say SKIPPED"

@@ -623,31 +623,12 @@ fn a_client_over_the_limit_gets_an_error_frame_before_it_is_closed() {
     second.ping(4, T).unwrap();
 }
 
-/// The command-line client, built beside edgedx (tests/run.sh builds the workspace first).
-fn ctl() -> std::process::Command {
-    let exe = util::edgedx_exe().with_file_name("edgedx-ctl");
-    assert!(
-        exe.is_file(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        exe.display()
-    );
-    match std::env::var("EDGEDX_TEST_RUNNER") {
-        Ok(runner) if !runner.trim().is_empty() => {
-            let mut parts = runner.split_whitespace();
-            let mut cmd = std::process::Command::new(parts.next().unwrap());
-            cmd.args(parts).arg(exe);
-            cmd
-        }
-        _ => std::process::Command::new(exe),
-    }
-}
-
 #[test]
 fn edgedx_ctl_classifies_reports_status_and_watches() {
     let d = Daemon::start();
     let sock = d.socket.to_str().unwrap().to_string();
     let files = [sample("glioma-01.png"), sample("meningioma-02.dcm")];
-    let out = ctl()
+    let out = util::ctl()
         .args(["--socket", &sock, "--json", "classify"])
         .args(&files)
         .output()
@@ -666,7 +647,7 @@ fn edgedx_ctl_classifies_reports_status_and_watches() {
         assert_eq!(line["input_sha256"], reference["input_sha256"]);
     }
     // ctl acknowledged both: nothing is pending.
-    let out = ctl()
+    let out = util::ctl()
         .args(["--socket", &sock, "--json", "status"])
         .output()
         .unwrap();
@@ -675,7 +656,7 @@ fn edgedx_ctl_classifies_reports_status_and_watches() {
     assert_eq!(status["results"], 2);
     assert_eq!(status["mode"], "int8");
     // watch: a spooled file's result is streamed and acknowledged.
-    let watch = ctl()
+    let watch = util::ctl()
         .args([
             "--socket",
             &sock,
@@ -700,7 +681,7 @@ fn edgedx_ctl_classifies_reports_status_and_watches() {
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("junk.png");
     std::fs::write(&junk, b"\x89PNG\r\n\x1a\nnot really").unwrap();
-    let out = ctl()
+    let out = util::ctl()
         .args(["--socket", &sock, "classify"])
         .arg(&junk)
         .output()

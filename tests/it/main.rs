@@ -6,6 +6,7 @@ mod daemon;
 mod gate;
 mod golden;
 mod memory;
+mod package;
 mod qformats;
 mod safety;
 mod util;

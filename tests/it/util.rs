@@ -66,7 +66,21 @@ pub fn edgedx_exe() -> PathBuf {
 /// A command that runs the real binary; under EDGEDX_TEST_RUNNER (e.g. the qemu-aarch64
 /// runner) when set, since an aarch64 child cannot be exec'd directly here.
 pub fn edgedx() -> Command {
-    let exe = edgedx_exe();
+    through_runner(&edgedx_exe())
+}
+
+/// The command-line client, built beside edgedx (tests/run.sh builds the workspace first).
+pub fn ctl() -> Command {
+    let exe = edgedx_exe().with_file_name("edgedx-ctl");
+    assert!(
+        exe.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        exe.display()
+    );
+    through_runner(&exe)
+}
+
+fn through_runner(exe: &Path) -> Command {
     match std::env::var("EDGEDX_TEST_RUNNER") {
         Ok(runner) if !runner.trim().is_empty() => {
             let mut parts = runner.split_whitespace();

@@ -785,6 +785,28 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_configuration_parses_with_every_board_profile() {
+        // The Debian package's conffile, and the one-line change its comment documents.
+        let text = include_str!("../../../board/deb/edgedx.toml");
+        for profile in ["rpi4-2gb", "rpi5-2gb", "imx8mp"] {
+            assert!(
+                text.contains(&format!("#   {profile} ")),
+                "{profile} is listed"
+            );
+            let text = text.replace("profile = \"rpi4-2gb\"", &format!("profile = {profile:?}"));
+            let mut c: Config = toml::from_str(&text).expect("board/deb/edgedx.toml");
+            c.apply_profile(false, false).unwrap();
+            assert_eq!(c.profile.as_deref(), Some(profile));
+            assert_eq!(c.memory.budget_mib, 384, "{profile}");
+            assert!(c.serial.is_some() && c.watchdog.is_some(), "{profile}");
+            assert_eq!(
+                c.bundle.as_deref(),
+                Some(Path::new("/usr/share/edgedx/bundles/default"))
+            );
+        }
+    }
+
+    #[test]
     fn profile_fills_what_the_file_leaves_out() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
