@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing, then runs formatting, lint, the host
-# suite and the whole suite for aarch64 under qemu-aarch64. Safe to rerun.
+# suite, builds the amd64 and arm64 Debian packages, runs the README's quick start, and the
+# whole suite for aarch64 under qemu-aarch64. Safe to rerun.
 #
 #   tests/run.sh            everything (what CI runs)
-#   tests/run.sh host       skip the aarch64 half (quicker local loop)
+#   tests/run.sh host       skip the packages and the aarch64 half (quicker local loop)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -45,19 +46,30 @@ cargo build --workspace --locked
 cargo test --workspace --locked
 
 if [ "$scope" = "host" ]; then
-    log "host only: aarch64 half skipped on request"
+    log "host only: packages and the aarch64 half skipped on request"
     du -sh target 2>/dev/null || true
     exit 0
 fi
 
+log "amd64 package and the README's quick start"
+# A release build for this machine, packaged and checked by lintian; the quick start then
+# runs from the same build (cargo run finds it up to date).
+board/deb/build.sh amd64
+cargo run --release --locked -p edgedx -- demo
+
 log "clippy ($TARGET)"
 cargo clippy --workspace --all-targets --locked --target "$TARGET" -- -D warnings
 
-log "tests ($TARGET under qemu-aarch64)"
-# Tests that start the edgedx binary must go through qemu too (no binfmt_misc here).
+log "tests ($TARGET under qemu-aarch64, release build)"
+# The aarch64 half tests the release build, the one the arm64 package ships (the host half
+# keeps debug assertions and overflow checks); its optimised code also runs much faster
+# under qemu. Tests that start the edgedx binary go through qemu too (no binfmt_misc here).
 export EDGEDX_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
-cargo build --workspace --locked --target "$TARGET"
-cargo test --workspace --locked --target "$TARGET"
+cargo build --workspace --locked --release --target "$TARGET"
+cargo test --workspace --locked --release --target "$TARGET"
+
+log "arm64 package"
+board/deb/build.sh arm64
 
 # qemu's default CPU has SVE; the engine's int8 rewrites must also be exact with the kernels
 # (and packings) tract picks on Cortex-A72 (SMLAL) and Cortex-A76 (SDOT) boards. The library
@@ -66,7 +78,7 @@ cargo test --workspace --locked --target "$TARGET"
 for cpu in cortex-a72 cortex-a76; do
     log "library tests ($TARGET, qemu -cpu $cpu)"
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
-        cargo test --workspace --locked --target "$TARGET" --lib
+        cargo test --workspace --locked --release --target "$TARGET" --lib
 done
 
 log "all passed"
