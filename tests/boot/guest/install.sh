@@ -9,7 +9,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "install $(basename "$deb") (offline)"
 cp "$deb" /var/cache/
-DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+DEBIAN_FRONTEND=noninteractive apt-get -o Dpkg::Use-Pty=0 install -y --no-install-recommends \
     "/var/cache/$(basename "$deb")" 2>&1
 rm -f "/var/cache/$(basename "$deb")"
 dpkg -s edgedx | grep -E '^(Version|Depends|Recommends)' || true
@@ -55,4 +55,4 @@ install -d -m 2770 -o root -g edgedx /media/edgedx-usb
 install -d /var/lib/boot-test
 cp "$data"/samples/* /var/lib/boot-test/
 systemctl daemon-reload
-systemctl cat edgedx.service | grep -E '^(# /|DeviceAllow|Type|Watchdog|MemoryMax|SystemCall)'
+systemctl cat edgedx.service | grep -E '^(# /|After|Wants|DeviceAllow|ReadWritePaths|Type|Watchdog|MemoryMax|SystemCall)'
