@@ -409,7 +409,8 @@ wait_running() {
     done
 }
 
-watchdog_fired() { grep -q 'watchdog: timer fired' "$QEMU_LOG"; }
+# How many times the watchdog expired so far (qemu's log of this run).
+watchdog_fires() { grep -c 'watchdog: timer fired' "$QEMU_LOG" || true; }
 
 check_boot() {
     local ok=0
@@ -499,12 +500,13 @@ check_kill9() {
     [ -n "$id1" ] && [ "$id1" = "$id2" ] || fail "result $id1 was not delivered again after kill -9 (got ${id2:-none})"
     log "  outbox: $(unacked) unacknowledged result(s) after the host's ack"
     show "ls -lR $spool"
-    ! watchdog_fired || fail "the watchdog fired (qemu: $(grep -c 'timer fired' "$QEMU_LOG") time(s)) after kill -9"
+    [ "$(watchdog_fires)" = 0 ] || fail "the watchdog expired while edgedx was restarted after kill -9 (qemu: $(watchdog_fires) time(s)): a board would have reset"
 }
 
 check_stop() {
-    local out rc boot wait_s
+    local out rc boot wait_s fires
     wait_s=$((2 * WATCHDOG_TIMEOUT_S + 20))
+    fires=$(watchdog_fires)
     show 'date +%s.%N > /run/boot-test-stop; journalctl -k -b --no-pager | grep -c "did not stop" > /run/boot-test-nostop || true'
     out=$(guest 'systemctl stop edgedx; echo "systemctl stop: exit $?"')
     printf '%s\n' "$out" | sed 's/^/        | /'
@@ -522,7 +524,7 @@ check_stop() {
     log "  waiting $wait_s s (2 x $WATCHDOG_TIMEOUT_S s watchdog stages + margin) for a reset that must not come"
     sleep "$wait_s"
     vm_alive || fail "the VM exited"
-    ! watchdog_fired || fail "the watchdog fired after the stop"
+    [ "$(watchdog_fires)" = "$fires" ] || fail "the watchdog fired after the stop"
     boot=$(guest 'cat /proc/sys/kernel/random/boot_id; cat /proc/uptime')
     log "  guest boot id and uptime: $(tr '\n' ' ' <<<"$boot")"
     [ "$(head -1 <<<"$boot")" = "$BOOT_ID" ] || fail "the VM rebooted"
