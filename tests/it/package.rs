@@ -176,34 +176,23 @@ fn sysusers_then_tmpfiles_create_the_user_and_its_directories() {
     let uid: u32 = fields[2].parse().unwrap();
     assert!(uid < 1000, "a system user: {uid}");
     let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
-    for (name, member) in [
-        ("dialout", true),
-        ("video", true),
-        ("gpio", true),
-        ("edgedx", false),
-    ] {
-        let line = group
+    // name:password:gid:members
+    let group_fields = |name: &str| -> Vec<&str> {
+        group
             .lines()
             .find(|l| l.starts_with(&format!("{name}:")))
-            .unwrap_or_else(|| panic!("group {name}: {group}"));
-        if member {
-            assert!(
-                line.split(':')
-                    .nth(3)
-                    .unwrap()
-                    .split(',')
-                    .any(|m| m == "edgedx"),
-                "{line}"
-            );
-        }
-    }
-    let gid_of = |name: &str| -> u32 {
-        let line = group
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}:")))
-            .unwrap();
-        line.split(':').nth(2).unwrap().parse().unwrap()
+            .unwrap_or_else(|| panic!("group {name}: {group}"))
+            .split(':')
+            .collect()
     };
+    for name in ["dialout", "video", "gpio"] {
+        let fields = group_fields(name);
+        assert!(
+            fields[3].split(',').any(|m| m == "edgedx"),
+            "edgedx is not in {name}: {fields:?}"
+        );
+    }
+    let gid_of = |name: &str| -> u32 { group_fields(name)[2].parse().unwrap() };
 
     let out = run(
         &tmpfiles,
