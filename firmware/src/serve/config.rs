@@ -454,6 +454,19 @@ impl WorkerConfig {
     pub fn load_timeout(&self) -> Duration {
         Duration::from_millis(self.load_timeout_ms)
     }
+
+    /// How long the inference loop may go without progress before the watchdogs are
+    /// starved: the longest a job may legitimately take (load + deadline, with retries).
+    pub fn stall_limit(&self) -> Duration {
+        (self.load_timeout() + Duration::from_millis(self.deadline_floor_ms)) * (self.retries + 2)
+    }
+
+    /// How long start-up may feed the watchdog before the supervisor loop takes it over:
+    /// a stall limit for each precision the start may try, plus a minute for verifying
+    /// the bundle and recovering the outbox.
+    pub fn startup_limit(&self) -> Duration {
+        self.stall_limit() * 2 + Duration::from_secs(60)
+    }
 }
 
 impl Config {

@@ -14,6 +14,7 @@ pub mod link;
 pub mod memory;
 pub mod outbox;
 pub mod spool;
+pub mod watchdog_keeper;
 pub mod worker;
 pub mod worker_handle;
 
@@ -40,6 +41,7 @@ use self::config::{CameraKind, Config};
 use self::dispatch::{Completed, DispatchEvent, Dispatcher, EngineState, Job, Policy, Transition};
 use self::link::{LinkEvent, LinkId, LinkKind, LinkWriter, Sent};
 use self::outbox::{Outbox, OutboxLimits};
+use self::watchdog_keeper::{StartupFeed, WatchdogKeeper};
 use self::worker_handle::WorkerSpec;
 use crate::PrecisionArg;
 
@@ -193,6 +195,15 @@ pub fn serve(
     shutdown: Receiver<()>,
     ready: Option<Sender<()>>,
 ) -> anyhow::Result<ExitCode> {
+    // The watchdog first: one armed by a previous run keeps counting during start-up.
+    let watchdog_keeper = match open_watchdog(&config)? {
+        Some(dog) => Some(WatchdogKeeper::start(StartupFeed::new(
+            dog,
+            Arc::new(edgedx_board::SystemClock),
+            config.worker.startup_limit(),
+        ))?),
+        None => None,
+    };
     let bundle_dir = crate::paths::bundle_dir(config.bundle.clone());
     let (bundle, signer) = open_bundle(&bundle_dir, &config.trusted_keys)?;
     let manifest = bundle.manifest();
@@ -374,7 +385,6 @@ pub fn serve(
         Some(c) => Some(start_camera(c, events_tx.clone())?),
         None => None,
     };
-    let watchdog = open_watchdog(&config)?;
     let (led, buzzer) = open_gpio(&config, events_tx.clone())?;
     {
         let tx = events_tx.clone();
@@ -387,6 +397,7 @@ pub fn serve(
             })?;
     }
 
+    let watchdog = watchdog_keeper.and_then(WatchdogKeeper::hand_over);
     let mut sup = Supervisor {
         config,
         identity,
@@ -516,8 +527,9 @@ impl Supervisor {
             let _ = std::fs::remove_file(&s.path);
         }
         if let Some(w) = self.watchdog.take() {
-            if let Err(e) = w.disarm() {
-                log::warn!("watchdog: {e}");
+            match w.disarm() {
+                Ok(()) => log::info!("watchdog disarmed"),
+                Err(e) => log::warn!("watchdog: {e}"),
             }
         }
         if self.notify_systemd {
@@ -601,7 +613,7 @@ impl Supervisor {
         if let Some(buzzer) = self.buzzer.as_mut() {
             let _ = buzzer.set(alert || full);
         }
-        if progress < self.stall_limit() {
+        if progress < self.config.worker.stall_limit() {
             if let Some(w) = self.watchdog.as_mut() {
                 if let Err(e) = w.pet() {
                     log::warn!("watchdog: {e}");
@@ -611,13 +623,6 @@ impl Supervisor {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
         }
-    }
-
-    /// How long the inference loop may go without progress before the watchdogs are
-    /// starved: the longest a job may legitimately take (load + deadline, with retries).
-    fn stall_limit(&self) -> Duration {
-        let w = &self.config.worker;
-        (w.load_timeout() + Duration::from_millis(w.deadline_floor_ms)) * (w.retries + 2)
     }
 
     fn on_link(&mut self, id: LinkId, event: LinkEvent) {
