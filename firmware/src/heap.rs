@@ -5,19 +5,59 @@
 //! lives in memory the emulator reserved up front and merely re-protects, which the kernel
 //! does not check against the limit. Counting in the allocator gives the same limit on a
 //! board and under the emulator: past it an allocation fails, Rust's allocation-error
-//! handler aborts the worker, and the supervisor reports a memory-budget breach.
+//! handler aborts the worker, and the worker exits with [`MEMORY_LIMIT_EXIT`] so that the
+//! supervisor tells a memory-limit breach from any other abort.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub struct CountingAlloc;
 
 static IN_USE: AtomicUsize = AtomicUsize::new(0);
 static LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Set when an allocation was refused (by the limit, or by the system allocator).
+static REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// The exit status of a worker that aborted after an allocation was refused.
+pub const MEMORY_LIMIT_EXIT: i32 = 88;
 
 /// Caps the heap of this process at `bytes` (the worker calls it before loading a model).
 pub fn set_limit(bytes: usize) {
     LIMIT.store(bytes, Ordering::SeqCst);
+}
+
+/// Forgets earlier refusals (a refusal the caller handled, e.g. a `try_reserve` on an
+/// earlier input, says nothing about a later abort).
+pub fn clear_refusal() {
+    REFUSED.store(false, Ordering::SeqCst);
+}
+
+/// Makes an abort that follows a refused allocation end the process with
+/// [`MEMORY_LIMIT_EXIT`] instead of SIGABRT. Any other abort stays SIGABRT (a crash).
+pub fn exit_distinctly_on_allocation_failure() -> std::io::Result<()> {
+    extern "C" fn on_abort(_: libc::c_int) {
+        if REFUSED.load(Ordering::SeqCst) {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(MEMORY_LIMIT_EXIT) };
+        }
+        // Returning lets abort(3) restore the default action and raise SIGABRT again.
+    }
+    // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler only
+    // reads an atomic and calls _exit.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn refused() -> *mut u8 {
+    REFUSED.store(true, Ordering::SeqCst);
+    std::ptr::null_mut()
 }
 
 /// Heap bytes allocated now.
@@ -53,22 +93,24 @@ fn release(size: usize) {
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if !reserve(layout.size()) {
-            return std::ptr::null_mut();
+            return refused();
         }
         let p = unsafe { System.alloc(layout) };
         if p.is_null() {
             release(layout.size());
+            return refused();
         }
         p
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if !reserve(layout.size()) {
-            return std::ptr::null_mut();
+            return refused();
         }
         let p = unsafe { System.alloc_zeroed(layout) };
         if p.is_null() {
             release(layout.size());
+            return refused();
         }
         p
     }
@@ -81,13 +123,14 @@ unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old = layout.size();
         if new_size > old && !reserve(new_size - old) {
-            return std::ptr::null_mut();
+            return refused();
         }
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if p.is_null() {
             if new_size > old {
                 release(new_size - old);
             }
+            return refused();
         } else if new_size < old {
             release(old - new_size);
         }

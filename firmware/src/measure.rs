@@ -64,7 +64,8 @@ pub fn measure(
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let name = path.display().to_string();
-            match worker.classify(i as u64, &name, bytes, Duration::from_secs(300)) {
+            let limit = Duration::from_secs(300);
+            match worker.classify(i as u64, &name, bytes, limit, limit) {
                 Ok(Outcome::Scores { peak_rss_bytes, .. }) => {
                     peak = peak.max(peak_rss_bytes);
                     images += 1;

@@ -263,7 +263,7 @@ fn hung_int8_worker_without_room_for_fp32_gives_errors_and_an_alert() {
 }
 
 #[test]
-fn a_worker_that_allocates_past_its_limit_is_ended_and_the_daemon_goes_on() {
+fn an_input_that_breaks_the_worker_memory_limit_while_decoding_is_refused_and_int8_keeps_serving() {
     // The worker's heap limit counts the guest's heap, natively and under qemu alike.
     let limit = 64;
     // Decoding 36 Mpx takes seconds under qemu: a long deadline keeps this about memory.
@@ -291,18 +291,25 @@ fn a_worker_that_allocates_past_its_limit_is_ended_and_the_daemon_goes_on() {
             d.audit()
         ),
     };
+    let text = format!("{e}");
     assert!(
-        format!("{e}").contains("memory limit"),
-        "{e}\n{}",
+        text.contains("TooLarge") && text.contains("memory limit") && text.contains("huge.png"),
+        "the input's fault, named: {text}\n{}",
         d.stderr()
     );
     let audit = d.audit();
-    assert!(audit.contains("memory limit"), "{audit}");
-    // The daemon, its link and the next request are fine.
+    assert!(audit.contains("while decoding huge.png"), "{audit}");
+    // The input's fault, not the model's: with `after_failures = 1` one int8 failure
+    // would switch to fp32, and this must not.
+    assert!(!audit.contains("fallback_fp32"), "{audit}");
+    let s = c.status(T).unwrap();
+    assert_eq!((s.mode, s.fallbacks), (Precision::Int8, 0), "{s:?}");
+    // The daemon, its link and the next request are fine, still on int8.
     let r = c
         .classify_bytes("g.png", &std::fs::read(sample("glioma-01.png")).unwrap(), T)
         .unwrap();
     assert_eq!(r.label.as_str(), "glioma");
+    assert_eq!(r.precision, Precision::Int8);
 }
 
 #[test]

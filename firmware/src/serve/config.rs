@@ -411,6 +411,10 @@ pub struct WorkerConfig {
     pub deadline_factor: f64,
     #[serde(default = "default_deadline_floor_ms")]
     pub deadline_floor_ms: u64,
+    /// Time allowed for decoding and preprocessing one input in the worker. A worker that
+    /// hangs or dies in that phase fails the input, not the model.
+    #[serde(default = "default_decode_timeout_ms")]
+    pub decode_timeout_ms: u64,
     /// How often a request is retried on a fresh worker after its worker died or hung.
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -428,6 +432,7 @@ impl Default for WorkerConfig {
             load_timeout_ms: default_load_timeout_ms(),
             deadline_factor: default_deadline_factor(),
             deadline_floor_ms: default_deadline_floor_ms(),
+            decode_timeout_ms: default_decode_timeout_ms(),
             retries: default_retries(),
             threads: default_threads(),
         }
@@ -443,6 +448,9 @@ fn default_deadline_factor() -> f64 {
 fn default_deadline_floor_ms() -> u64 {
     2_000
 }
+fn default_decode_timeout_ms() -> u64 {
+    20_000
+}
 fn default_retries() -> u32 {
     1
 }
@@ -455,10 +463,18 @@ impl WorkerConfig {
         Duration::from_millis(self.load_timeout_ms)
     }
 
+    pub fn decode_timeout(&self) -> Duration {
+        Duration::from_millis(self.decode_timeout_ms)
+    }
+
     /// How long the inference loop may go without progress before the watchdogs are
-    /// starved: the longest a job may legitimately take (load + deadline, with retries).
+    /// starved: the longest a job may legitimately take (load, decode and deadline, with
+    /// retries).
     pub fn stall_limit(&self) -> Duration {
-        (self.load_timeout() + Duration::from_millis(self.deadline_floor_ms)) * (self.retries + 2)
+        (self.load_timeout()
+            + self.decode_timeout()
+            + Duration::from_millis(self.deadline_floor_ms))
+            * (self.retries + 2)
     }
 
     /// How long start-up may feed the watchdog before the supervisor loop takes it over:
@@ -649,8 +665,8 @@ impl Config {
                 w.deadline_factor
             );
         }
-        if w.deadline_floor_ms == 0 || w.load_timeout_ms == 0 {
-            bail!("worker.deadline_floor_ms and worker.load_timeout_ms must be positive");
+        if w.deadline_floor_ms == 0 || w.load_timeout_ms == 0 || w.decode_timeout_ms == 0 {
+            bail!("worker.deadline_floor_ms, worker.decode_timeout_ms and worker.load_timeout_ms must be positive");
         }
         if let Some(exe) = &w.exe {
             if !exe.is_file() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use edgedx_icd::{ErrorCode, FallbackReason, Precision, PrecisionReason};
 
 use super::ipc::Outcome;
-use super::worker_handle::{Worker, WorkerFailure, WorkerSpec};
+use super::worker_handle::{JobFailure, Phase, Worker, WorkerFailure, WorkerSpec};
 use crate::PrecisionArg;
 
 /// One image to classify.
@@ -174,6 +174,8 @@ pub struct Policy {
     pub retries: u32,
     pub deadline_factor: f64,
     pub deadline_floor: Duration,
+    /// How long decoding and preprocessing one input may take.
+    pub decode_deadline: Duration,
     /// Int8 failures within `window` that switch to fp32.
     pub fallback_after: usize,
     pub window: Duration,
@@ -395,7 +397,7 @@ impl Dispatcher {
         let deadline = self
             .policy
             .deadline(Duration::from_micros(worker.ready().warmup_us));
-        let fp32 = match worker.classify(id, name, bytes, deadline) {
+        let fp32 = match worker.classify(id, name, bytes, self.policy.decode_deadline, deadline) {
             Ok(Outcome::Scores { probabilities, .. })
                 if validate(&probabilities, self.policy.classes).is_ok() =>
             {
@@ -466,7 +468,13 @@ impl Dispatcher {
             let deadline = self
                 .policy
                 .deadline(Duration::from_micros(worker.ready().warmup_us));
-            let outcome = worker.classify(job.id, &job.name, job.bytes.clone(), deadline);
+            let outcome = worker.classify(
+                job.id,
+                &job.name,
+                job.bytes.clone(),
+                self.policy.decode_deadline,
+                deadline,
+            );
             let failure = match outcome {
                 Ok(Outcome::Scores {
                     probabilities,
@@ -519,7 +527,11 @@ impl Dispatcher {
                     worker.kill();
                     WorkerFailure::Broken(format!("invalid output: {message}"))
                 }
-                Err(failure) => failure,
+                Err(JobFailure {
+                    phase: Phase::Decode,
+                    failure,
+                }) => return Err(self.input_fault(precision, &job.name, failure)),
+                Err(JobFailure { failure, .. }) => failure,
             };
             self.worker = None;
             if let Ok(mut s) = self.state.lock() {
@@ -549,6 +561,26 @@ impl Dispatcher {
             }
             last_failure = Some(failure);
         }
+    }
+
+    /// The worker died or hung while decoding an input: the input's fault. The worker is
+    /// replaced (at the next job or idle tick), but nothing counts against int8, nothing
+    /// is retried (the same bytes would fail again) and the serving precision stays.
+    fn input_fault(
+        &mut self,
+        precision: PrecisionArg,
+        name: &str,
+        failure: WorkerFailure,
+    ) -> JobError {
+        self.worker = None;
+        if let Ok(mut s) = self.state.lock() {
+            s.worker_restarts += 1;
+        }
+        self.transition(Transition::WorkerFailed {
+            precision: precision.variant(),
+            failure: format!("while decoding {name}: {failure}"),
+        });
+        input_fault_error(name, &failure, self.policy.decode_deadline)
     }
 
     fn give_up(&mut self, failure: &WorkerFailure, earlier: Option<&WorkerFailure>) -> JobError {
@@ -704,6 +736,32 @@ fn argmax(p: &[f32]) -> usize {
         .0
 }
 
+/// What the requester reads when decoding its input ended the worker.
+fn input_fault_error(name: &str, failure: &WorkerFailure, decode_deadline: Duration) -> JobError {
+    match failure {
+        WorkerFailure::Died {
+            memory_breach: true,
+            ..
+        } => JobError {
+            code: ErrorCode::TooLarge,
+            text: format!(
+                "{name}: decoding needs more memory than the worker's memory limit allows"
+            ),
+        },
+        WorkerFailure::Hang { .. } => JobError {
+            code: ErrorCode::DecodeFailed,
+            text: format!(
+                "{name}: decoding took longer than {} s; the decoder was stopped",
+                decode_deadline.as_secs_f32()
+            ),
+        },
+        other => JobError {
+            code: ErrorCode::DecodeFailed,
+            text: format!("{name}: the decoder failed on this input ({other})"),
+        },
+    }
+}
+
 fn reason_of(failure: &WorkerFailure) -> FallbackReason {
     match failure {
         WorkerFailure::Hang { .. } => FallbackReason::Hang,
@@ -764,6 +822,7 @@ mod tests {
             retries: 1,
             deadline_factor: 20.0,
             deadline_floor: Duration::from_secs(2),
+            decode_deadline: Duration::from_secs(20),
             fallback_after: 1,
             window: Duration::from_secs(600),
             cooldown: Duration::from_secs(300),

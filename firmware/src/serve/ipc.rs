@@ -33,6 +33,12 @@ pub enum Reply {
     Ready(Ready),
     /// Loading failed; the worker exits after sending this.
     LoadFailed { kind: String, message: String },
+    /// `job` was read from the pipe; decoding starts. A worker that fails before this
+    /// was broken before the input reached it.
+    Received { job: u64 },
+    /// The input of `job` is decoded and preprocessed; inference starts. Everything that
+    /// goes wrong before this is the input's fault, everything after it the model's.
+    Decoded { job: u64 },
     /// Answer to `Classify`.
     Done { job: u64, outcome: Outcome },
 }

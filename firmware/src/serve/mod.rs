@@ -315,6 +315,7 @@ pub fn serve(
         retries: config.worker.retries,
         deadline_factor: config.worker.deadline_factor,
         deadline_floor: Duration::from_millis(config.worker.deadline_floor_ms),
+        decode_deadline: config.worker.decode_timeout(),
         fallback_after: config.fallback.after_failures,
         window: Duration::from_secs(config.fallback.window_s),
         cooldown: Duration::from_secs(config.fallback.cooldown_s),

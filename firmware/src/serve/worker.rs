@@ -43,6 +43,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(limit) = args.heap_limit {
         crate::heap::set_limit(limit);
     }
+    crate::heap::exit_distinctly_on_allocation_failure()
+        .context("installing the allocation-failure handler")?;
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();
     let mut input = BufReader::new(stdin);
@@ -72,7 +74,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let Request::Classify { job, name, bytes } = request else {
             continue;
         };
-        let outcome = classify(&model, &limits, &name, &bytes, &mut tensor);
+        crate::heap::clear_refusal();
+        let started = Instant::now();
+        ipc::send(&mut output, &Reply::Received { job }).context("writing to the supervisor")?;
+        // Phase 1, the input's: decode and preprocess. A crash or hang before `Decoded`
+        // reaches the supervisor is blamed on the input, never on the model.
+        if let Err(outcome) = prepare(&model, &limits, &name, &bytes, &mut tensor) {
+            ipc::send(&mut output, &Reply::Done { job, outcome })
+                .context("writing to the supervisor")?;
+            continue;
+        }
+        drop(bytes);
+        ipc::send(&mut output, &Reply::Decoded { job }).context("writing to the supervisor")?;
+        // Phase 2, the model's: inference.
+        let outcome = infer(&model, &name, &tensor, started);
         ipc::send(&mut output, &Reply::Done { job, outcome })
             .context("writing to the supervisor")?;
     }
@@ -129,36 +144,36 @@ fn load(args: &Args) -> Result<(Model, Ready), (String, String)> {
     Ok((model, ready))
 }
 
-fn classify(
+/// Decodes and preprocesses one input into `tensor`; `Err` is the answer to send.
+fn prepare(
     model: &Model,
     limits: &Limits,
     name: &str,
     bytes: &[u8],
     tensor: &mut [f32],
-) -> Outcome {
-    let started = Instant::now();
+) -> Result<(), Outcome> {
     let rejected = |kind: &str, message: String| Outcome::InputRejected {
         kind: kind.to_string(),
         message,
     };
     if bytes.len() as u64 > limits.max_file_bytes {
-        return rejected(
+        return Err(rejected(
             "too_large",
             format!(
                 "{name}: {} bytes is over the {} byte limit",
                 bytes.len(),
                 limits.max_file_bytes
             ),
-        );
+        ));
     }
-    let image = match edgedx_ingest::load_bytes(bytes, name, limits) {
-        Ok(image) => image,
-        Err(e) => return rejected(e.kind().as_str(), e.to_string()),
-    };
-    if let Err(e) = edgedx_ingest::preprocess(&image, model.input_spec(), tensor) {
-        return rejected(e.kind().as_str(), e.to_string());
-    }
-    drop(image);
+    let image = edgedx_ingest::load_bytes(bytes, name, limits)
+        .map_err(|e| rejected(e.kind().as_str(), e.to_string()))?;
+    edgedx_ingest::preprocess(&image, model.input_spec(), tensor)
+        .map_err(|e| rejected(e.kind().as_str(), e.to_string()))
+}
+
+/// Runs the model on a prepared tensor.
+fn infer(model: &Model, name: &str, tensor: &[f32], started: Instant) -> Outcome {
     match model.run(tensor) {
         Ok(mut scores) if scores.len() == 1 => {
             let memory = edgedx_engine::memory::current();

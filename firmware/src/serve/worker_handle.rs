@@ -69,13 +69,47 @@ impl std::fmt::Display for WorkerFailure {
     }
 }
 
+/// Where in a job a worker failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Decoding and preprocessing the input: a failure here is the input's fault.
+    Decode,
+    /// Inference on a prepared tensor, or a worker that failed before it had read the
+    /// job: the model's fault.
+    Inference,
+}
+
+/// A job's failure and the phase it happened in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFailure {
+    pub phase: Phase,
+    pub failure: WorkerFailure,
+}
+
+impl std::fmt::Display for JobFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.phase {
+            Phase::Decode => write!(f, "while decoding the input: {}", self.failure),
+            Phase::Inference => write!(f, "{}", self.failure),
+        }
+    }
+}
+
+impl JobFailure {
+    fn inference(failure: WorkerFailure) -> Self {
+        JobFailure {
+            phase: Phase::Inference,
+            failure,
+        }
+    }
+}
+
 pub struct Worker {
     child: Child,
     jobs: Option<mpsc::Sender<Request>>,
     replies: Receiver<std::io::Result<Option<Reply>>>,
     ready: Ready,
     precision: PrecisionArg,
-    memory_limit: Option<u64>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -195,7 +229,6 @@ impl Worker {
                 peak_rss_bytes: 0,
             },
             precision: spec.precision,
-            memory_limit,
         };
         match worker.wait_reply(spec.load_timeout) {
             Ok(Reply::Ready(ready)) => {
@@ -228,14 +261,17 @@ impl Worker {
         self.child.id()
     }
 
-    /// Runs one job; on any failure the worker has been killed and must be replaced.
+    /// Runs one job: `deadline` bounds reading the job and the inference, `decode_deadline`
+    /// decoding and preprocessing in between. On any failure the worker has been killed and must be replaced;
+    /// the failure names the phase it happened in.
     pub fn classify(
         &mut self,
         job: u64,
         name: &str,
         bytes: Vec<u8>,
+        decode_deadline: Duration,
         deadline: Duration,
-    ) -> Result<Outcome, WorkerFailure> {
+    ) -> Result<Outcome, JobFailure> {
         let request = Request::Classify {
             job,
             name: name.to_string(),
@@ -247,17 +283,39 @@ impl Worker {
             .map(|j| j.send(request).is_ok())
             .unwrap_or(false);
         if !sent {
-            return Err(self.reap("its input pipe is closed"));
+            // Nothing of this input reached the worker: it was dead before the job.
+            return Err(JobFailure::inference(self.reap("its input pipe is closed")));
         }
-        match self.wait_reply(deadline)? {
+        let in_phase = |phase: Phase| move |failure| JobFailure { phase, failure };
+        // A worker that hangs or dies before it has read the job (stopped, or broken while
+        // idle) is not the input's fault. Reading a job takes no longer than an inference.
+        match self
+            .wait_reply(deadline)
+            .map_err(in_phase(Phase::Inference))?
+        {
+            Reply::Received { job: done } if done == job => {}
+            other => return Err(JobFailure::inference(self.unexpected(job, other))),
+        }
+        match self
+            .wait_reply(decode_deadline)
+            .map_err(in_phase(Phase::Decode))?
+        {
+            Reply::Done { job: done, outcome } if done == job => return Ok(outcome),
+            Reply::Decoded { job: done } if done == job => {}
+            other => return Err(JobFailure::inference(self.unexpected(job, other))),
+        }
+        match self
+            .wait_reply(deadline)
+            .map_err(in_phase(Phase::Inference))?
+        {
             Reply::Done { job: done, outcome } if done == job => Ok(outcome),
-            other => {
-                self.kill();
-                Err(WorkerFailure::Broken(format!(
-                    "expected the answer to job {job}, got {other:?}"
-                )))
-            }
+            other => Err(JobFailure::inference(self.unexpected(job, other))),
         }
+    }
+
+    fn unexpected(&mut self, job: u64, reply: Reply) -> WorkerFailure {
+        self.kill();
+        WorkerFailure::Broken(format!("expected the answer to job {job}, got {reply:?}"))
     }
 
     /// Whether the process has ended on its own (checked while idle).
@@ -309,11 +367,9 @@ impl Worker {
             (Some(code), None) => format!("exit code {code}"),
             _ => status.to_string(),
         };
-        // A memory-limited worker that fails an allocation aborts (SIGABRT, Rust's
-        // allocation error handler) or is killed; either way it hit its limit.
-        let memory_breach = self.memory_limit.is_some()
-            && matches!(status.signal(), Some(libc::SIGABRT) | Some(libc::SIGSEGV))
-            || status.code() == Some(134);
+        // The worker turns the abort that follows a refused allocation into this exit
+        // status; SIGABRT or SIGSEGV without it is a crash, not a memory breach.
+        let memory_breach = status.code() == Some(crate::heap::MEMORY_LIMIT_EXIT);
         WorkerFailure::Died {
             status: text,
             memory_breach,
