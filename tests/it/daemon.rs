@@ -411,6 +411,91 @@ fn serial_link_over_a_pseudo_terminal() {
     assert!(sock.status(T).unwrap().ready);
 }
 
+/// PROTOCOL.md 9: the serial line's session starts with the device. A host that stays
+/// attached while the device restarts gets the device's Hello, the unacknowledged result and
+/// new results without sending Hello again.
+#[test]
+fn a_serial_host_attached_across_a_restart_gets_every_result_without_a_new_hello() {
+    let pty = edgedx_board::serial::open_pty().expect("openpty");
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = || Opts {
+        serial: Some(&pty.slave_path),
+        ..Opts::default()
+    };
+    let mut d = Daemon::configure(tmp.path().to_path_buf(), opts()).spawn();
+    let mut c = Client::new(Box::new(SerialTransport::from_port(
+        pty.master.try_clone().unwrap(),
+    )));
+    c.hello("it-serial", T).expect("hello over serial");
+    let bytes = std::fs::read(sample("glioma-01.png")).unwrap();
+    let first = c.classify_bytes("g.png", &bytes, T).unwrap();
+    // Not acknowledged. The device restarts; the host says nothing.
+    assert!(d.stop().success());
+    let d = Daemon::configure(tmp.path().to_path_buf(), opts()).spawn();
+    let spooled = std::fs::read(sample("meningioma-01.png")).unwrap();
+    std::fs::write(d.spool.join("after-restart.png.part"), &spooled).unwrap();
+    std::fs::rename(
+        d.spool.join("after-restart.png.part"),
+        d.spool.join("after-restart.png"),
+    )
+    .unwrap();
+    let (mut device_hello, mut replayed, mut new_result) = (false, false, false);
+    let until = Instant::now() + T;
+    while !(device_hello && replayed && new_result) && Instant::now() < until {
+        let Some(frame) = c.recv(Duration::from_secs(1)).unwrap() else {
+            continue;
+        };
+        match frame.message {
+            Message::Hello(_) => device_hello = true,
+            Message::Result(r) if r.result_id == first.result_id => {
+                assert_eq!(r.input_sha256, first.input_sha256);
+                replayed = true;
+            }
+            Message::Result(r) if r.source != (Source::Upload { upload_id: 1 }) => {
+                assert_eq!(r.label.as_str(), "meningioma");
+                new_result = true;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        device_hello && replayed && new_result,
+        "hello {device_hello}, replayed {replayed}, new result {new_result}\n{}",
+        d.stderr()
+    );
+}
+
+/// A spool file whose name was used before is new input: it is classified again.
+#[test]
+fn a_spool_file_name_used_again_is_classified_again() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    for file in ["glioma-01.png", "meningioma-01.png", "glioma-01.png"] {
+        let bytes = std::fs::read(sample(file)).unwrap();
+        let part = d.spool.join("scan.png.part");
+        std::fs::write(&part, &bytes).unwrap();
+        std::fs::rename(&part, d.spool.join("scan.png")).unwrap();
+        let r = loop {
+            match c.next_event(T).unwrap() {
+                Some(Event::Result(r)) => break r,
+                Some(_) => continue,
+                None => panic!("no result for {file} as scan.png:\n{}", d.stderr()),
+            }
+        };
+        assert_eq!(
+            (r.source.clone(), hex::encode(r.input_sha256)),
+            (
+                Source::Spool {
+                    name: "scan.png".try_into().unwrap()
+                },
+                edgedx_bundle::sha256_hex(&bytes)
+            ),
+            "{file}"
+        );
+        c.ack(r.result_id).unwrap();
+    }
+}
+
 #[test]
 fn spool_file_written_slowly_is_read_once_when_complete() {
     let d = Daemon::start();
@@ -621,6 +706,41 @@ fn a_client_over_the_limit_gets_an_error_frame_before_it_is_closed() {
     }
     first.ping(3, T).unwrap();
     second.ping(4, T).unwrap();
+}
+
+/// PROTOCOL.md 1.4 and 8: a frame of another protocol version is answered with
+/// `Error UnsupportedVersion` and the device's Hello, and the stream goes on.
+#[test]
+fn a_frame_of_another_version_gets_the_error_and_the_device_hello() {
+    let d = Daemon::start();
+    let mut c = d.client();
+    let mut buf = [0u8; MAX_FRAME];
+    let v2 = encode_raw_frame(2, 0x04, 77, &[], &mut buf)
+        .unwrap()
+        .to_vec();
+    c.send_raw(&v2).unwrap();
+    let mut seen = Vec::new();
+    let until = Instant::now() + T;
+    while seen.len() < 2 && Instant::now() < until {
+        if let Some(f) = c.recv(Duration::from_secs(1)).unwrap() {
+            match f.message {
+                Message::Error(e) => {
+                    assert_eq!(
+                        (e.code, e.in_reply_to),
+                        (ErrorCode::UnsupportedVersion, None)
+                    );
+                    seen.push("error");
+                }
+                Message::Hello(h) => {
+                    assert_eq!(h.protocol_version, edgedx_icd::PROTOCOL_VERSION);
+                    seen.push("hello");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(seen, ["error", "hello"]);
+    c.ping(5, T).unwrap();
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod classify;
 mod daemon;
+mod fairness;
 mod gate;
 mod golden;
 mod memory;

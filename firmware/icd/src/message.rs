@@ -441,6 +441,8 @@ pub enum ErrorCode {
     CameraFailed,
     /// A fault inside the device (13).
     Internal,
+    /// The host was too slow: an upload stalled or a connection never said Hello (14).
+    TimedOut,
     /// A code this version does not know.
     Other(u16),
 }
@@ -461,6 +463,7 @@ impl From<u16> for ErrorCode {
             11 => ErrorCode::Busy,
             12 => ErrorCode::CameraFailed,
             13 => ErrorCode::Internal,
+            14 => ErrorCode::TimedOut,
             other => ErrorCode::Other(other),
         }
     }
@@ -482,6 +485,7 @@ impl From<ErrorCode> for u16 {
             ErrorCode::Busy => 11,
             ErrorCode::CameraFailed => 12,
             ErrorCode::Internal => 13,
+            ErrorCode::TimedOut => 14,
             ErrorCode::Other(code) => code,
         }
     }

@@ -759,6 +759,7 @@ fn wire_encoding_of_types_is_pinned() {
         ErrorCode::Busy,
         ErrorCode::CameraFailed,
         ErrorCode::Internal,
+        ErrorCode::TimedOut,
     ];
     for (i, code) in known.iter().enumerate() {
         assert_eq!(u16::from(*code), i as u16 + 1, "{code:?}");

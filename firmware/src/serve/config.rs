@@ -241,9 +241,15 @@ pub struct SocketConfig {
     /// Group that owns the socket file (clients must be in it).
     #[serde(default)]
     pub group: Option<String>,
-    /// Most clients connected at once; further connections are closed at once.
+    /// Most clients connected at once. At the limit, the connection idle longest is
+    /// closed for a newcomer if it has been idle `evict_idle_s`; else the newcomer is.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// A connection that has not sent Hello within this is closed.
+    #[serde(default = "default_hello_timeout_ms")]
+    pub hello_timeout_ms: u64,
+    #[serde(default = "default_evict_idle_s")]
+    pub evict_idle_s: u64,
 }
 
 fn default_socket_mode() -> String {
@@ -251,6 +257,12 @@ fn default_socket_mode() -> String {
 }
 fn default_max_clients() -> usize {
     8
+}
+fn default_hello_timeout_ms() -> u64 {
+    5_000
+}
+fn default_evict_idle_s() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +347,18 @@ pub struct LimitsConfig {
     /// Image bytes the supervisor holds at once (uploads being received + queued jobs).
     #[serde(default = "default_pending_bytes")]
     pub pending_bytes: u64,
+    /// Uploads one link may have open at once.
+    #[serde(default = "default_per_link_uploads")]
+    pub per_link_uploads: usize,
+    /// Longest gap between two chunks of an upload.
+    #[serde(default = "default_upload_idle_ms")]
+    pub upload_idle_ms: u64,
+    /// An upload must complete within `upload_grace_ms` + its size at the link's minimum
+    /// rate: `socket_min_rate` bytes/s on the socket, half the line rate on serial.
+    #[serde(default = "default_upload_grace_ms")]
+    pub upload_grace_ms: u64,
+    #[serde(default = "default_socket_min_rate")]
+    pub socket_min_rate: u64,
 }
 
 impl Default for LimitsConfig {
@@ -345,6 +369,10 @@ impl Default for LimitsConfig {
             queue_depth: default_queue_depth(),
             max_uploads: default_max_uploads(),
             pending_bytes: default_pending_bytes(),
+            per_link_uploads: default_per_link_uploads(),
+            upload_idle_ms: default_upload_idle_ms(),
+            upload_grace_ms: default_upload_grace_ms(),
+            socket_min_rate: default_socket_min_rate(),
         }
     }
 }
@@ -362,6 +390,20 @@ fn default_queue_depth() -> usize {
 }
 fn default_max_uploads() -> usize {
     4
+}
+fn default_per_link_uploads() -> usize {
+    2
+}
+fn default_upload_idle_ms() -> u64 {
+    5_000
+}
+fn default_upload_grace_ms() -> u64 {
+    5_000
+}
+// A local socket moves hundreds of MiB/s; with the grace, 16 MiB/s bounds how long a
+// 64 MiB upload holds its slot to 9 s.
+fn default_socket_min_rate() -> u64 {
+    16 * 1024 * 1024
 }
 fn default_pending_bytes() -> u64 {
     96 * 1024 * 1024
@@ -595,8 +637,8 @@ impl Config {
             if mode & 0o007 != 0 {
                 bail!("socket.mode {:?} would let every local user talk to the device; use 0660 and socket.group", s.mode);
             }
-            if s.max_clients == 0 {
-                bail!("socket.max_clients must be at least 1");
+            if s.max_clients == 0 || s.hello_timeout_ms == 0 {
+                bail!("socket.max_clients and socket.hello_timeout_ms must be at least 1");
             }
             match s.path.parent() {
                 Some(p) if p.as_os_str().is_empty() || p.is_dir() => {}
@@ -643,6 +685,16 @@ impl Config {
         }
         if l.max_uploads == 0 || l.max_uploads > 64 {
             bail!("limits.max_uploads {} is outside 1..=64", l.max_uploads);
+        }
+        if l.per_link_uploads == 0 || l.per_link_uploads > l.max_uploads {
+            bail!(
+                "limits.per_link_uploads {} is outside 1..=max_uploads ({})",
+                l.per_link_uploads,
+                l.max_uploads
+            );
+        }
+        if l.upload_idle_ms == 0 || l.socket_min_rate == 0 {
+            bail!("limits.upload_idle_ms and limits.socket_min_rate must be positive");
         }
         if l.max_pixels == 0 || l.max_file_bytes == 0 {
             bail!("limits.max_pixels and limits.max_file_bytes must be positive");

@@ -41,10 +41,17 @@ pub enum LinkEvent {
     Down,
 }
 
+/// What the writer thread of a link is asked to do, in order.
+enum Out {
+    Frame(Vec<u8>),
+    /// Close the connection once everything before has been written.
+    Close,
+}
+
 /// The supervisor's handle for sending to one link.
 pub struct LinkWriter {
     kind: LinkKind,
-    tx: SyncSender<Vec<u8>>,
+    tx: SyncSender<Out>,
     closer: Option<Box<dyn Fn() + Send>>,
 }
 
@@ -70,8 +77,21 @@ impl LinkWriter {
         self.kind
     }
 
+    /// Closes a socket connection after the frames already queued (e.g. the `Error` that
+    /// says why) have been written; if the queue is full, at once.
+    pub fn close_after_queued(&self) {
+        if self.kind != LinkKind::Socket {
+            return;
+        }
+        if self.tx.try_send(Out::Close).is_err() {
+            if let Some(close) = &self.closer {
+                close();
+            }
+        }
+    }
+
     pub fn send(&self, frame: Vec<u8>) -> Sent {
-        match self.tx.try_send(frame) {
+        match self.tx.try_send(Out::Frame(frame)) {
             Ok(()) => Sent::Queued,
             Err(TrySendError::Full(_)) => {
                 if let Some(close) = &self.closer {
@@ -126,18 +146,25 @@ fn pump<E>(
 fn writer_thread(
     name: String,
     mut write: impl FnMut(&[u8]) -> io::Result<()> + Send + 'static,
-) -> io::Result<SyncSender<Vec<u8>>> {
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(LINK_QUEUE_FRAMES);
+    close: impl FnOnce() + Send + 'static,
+) -> io::Result<SyncSender<Out>> {
+    let (tx, rx) = mpsc::sync_channel::<Out>(LINK_QUEUE_FRAMES);
     thread::Builder::new().name(name).spawn(move || {
         // A leading delimiter closes off any noise the peer saw before (PROTOCOL.md 1.4).
         if write(&[0]).is_err() {
             return;
         }
-        for frame in rx {
-            if write(&frame).is_err() {
-                break;
+        for out in rx {
+            match out {
+                Out::Frame(frame) => {
+                    if write(&frame).is_err() {
+                        break;
+                    }
+                }
+                Out::Close => break,
             }
         }
+        close();
     })?;
     Ok(tx)
 }
@@ -175,7 +202,9 @@ pub fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Resul
     Ok(listener)
 }
 
-/// Accepts clients until the listener fails. Clients beyond `max_clients` are closed.
+/// Accepts clients until the listener fails and hands each to the supervisor, which
+/// applies the client limit (see `admission`). Only a flood far past `max_clients`, which
+/// the supervisor would refuse anyway, is turned away here, to bound the threads.
 pub fn serve_socket<E: Send + 'static>(
     listener: UnixListener,
     max_clients: usize,
@@ -194,7 +223,7 @@ pub fn serve_socket<E: Send + 'static>(
                         continue;
                     }
                 };
-                if live.load(Ordering::SeqCst) as usize >= max_clients {
+                if live.load(Ordering::SeqCst) as usize >= max_clients * 2 + 2 {
                     log::warn!("socket: refusing a client, {max_clients} already connected");
                     refuse(stream, max_clients);
                     continue;
@@ -244,7 +273,16 @@ fn start_client<E: Send + 'static>(
     let id = next_id();
     let mut write_half = stream.try_clone()?;
     let shutdown_half = stream.try_clone()?;
-    let tx = writer_thread(format!("link-{id}-out"), move |b| write_half.write_all(b))?;
+    let closing_half = stream.try_clone()?;
+    // A peer that stops reading must not hold the writer (and its Close) forever.
+    write_half.set_write_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let tx = writer_thread(
+        format!("link-{id}-out"),
+        move |b| write_half.write_all(b),
+        move || {
+            let _ = closing_half.shutdown(std::net::Shutdown::Both);
+        },
+    )?;
     let writer = LinkWriter {
         kind: LinkKind::Socket,
         tx,
@@ -298,12 +336,16 @@ pub fn serve_serial<E: Send + 'static>(
     let id = next_id();
     // A serial host that stops reading makes writes time out: drop that frame and go on
     // (results stay in the outbox and are resent after the host's next Hello).
-    let tx = writer_thread(format!("serial-{id}-out"), move |b| {
-        if let Err(e) = writer.write_all(b) {
-            log::warn!("serial: frame dropped: {e}");
-        }
-        Ok(())
-    })?;
+    let tx = writer_thread(
+        format!("serial-{id}-out"),
+        move |b| {
+            if let Err(e) = writer.write_all(b) {
+                log::warn!("serial: frame dropped: {e}");
+            }
+            Ok(())
+        },
+        || {},
+    )?;
     let link = LinkWriter {
         kind: LinkKind::Serial,
         tx,

@@ -6,6 +6,7 @@
 //! sent by the link readers, the spool watcher, the camera, the dispatcher, the signal
 //! handler and a tick. Nothing else mutates state, so there are no locks around it.
 
+pub mod admission;
 pub mod audit;
 pub mod config;
 pub mod dispatch;
@@ -29,13 +30,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use edgedx_bundle::Bundle;
 use edgedx_icd::{
-    encode_frame, Ack, Busy, ClassificationResult, ErrorCode, ErrorMessage, FormatHint, Frame,
-    Hello, Message, Pong, Precision, PrecisionReason, Source, Status, MAX_FRAME,
+    encode_frame, Ack, Busy, ClassificationResult, ErrorCode, ErrorMessage, Frame, Hello, Message,
+    Pong, Precision, PrecisionReason, Source, Status, MAX_FRAME,
 };
 use edgedx_ingest::Limits;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use self::admission::{Admission, AdmissionLimits, Arrival, BeginRequest, Expired, Refusal};
 use self::audit::AuditLog;
 use self::config::{CameraKind, Config};
 use self::dispatch::{Completed, DispatchEvent, Dispatcher, EngineState, Job, Policy, Transition};
@@ -127,15 +129,6 @@ struct LinkState {
     peer: String,
 }
 
-struct Upload {
-    link: LinkId,
-    total_len: u32,
-    name: String,
-    format: FormatHint,
-    bytes: Vec<u8>,
-    last_activity: Instant,
-}
-
 struct JobMeta {
     source: Source,
     name: String,
@@ -167,13 +160,17 @@ pub struct Supervisor {
     identity: Identity,
     started: Instant,
     links: HashMap<LinkId, LinkState>,
-    uploads: HashMap<(LinkId, u32), Upload>,
+    admission: Admission,
     jobs_tx: Option<SyncSender<Job>>,
     jobs: HashMap<u64, JobMeta>,
     next_job: u64,
-    pending_bytes: u64,
+    /// Image bytes of queued jobs (uploads in progress are counted by `admission`).
+    job_bytes: u64,
     spool_backlog: VecDeque<PathBuf>,
-    spool_seen: HashSet<PathBuf>,
+    /// Spool files waiting in the backlog or being classified: a second report of the same
+    /// path meanwhile is not queued twice. A path leaves the set when its file is moved to
+    /// done/ or failed/, so a new file of the same name is classified again.
+    spool_active: HashSet<PathBuf>,
     outbox: Outbox,
     outbox_was_full: bool,
     audit: AuditLog,
@@ -399,18 +396,19 @@ pub fn serve(
     }
 
     let watchdog = watchdog_keeper.and_then(WatchdogKeeper::hand_over);
+    let admission = Admission::new(admission_limits(&config));
     let mut sup = Supervisor {
         config,
         identity,
         started: Instant::now(),
         links: HashMap::new(),
-        uploads: HashMap::new(),
+        admission,
         jobs_tx: Some(jobs_tx),
         jobs: HashMap::new(),
         next_job: 1,
-        pending_bytes: 0,
+        job_bytes: 0,
         spool_backlog: VecDeque::new(),
-        spool_seen: HashSet::new(),
+        spool_active: HashSet::new(),
         outbox,
         outbox_was_full: false,
         audit,
@@ -542,7 +540,7 @@ impl Supervisor {
         match event {
             Event::Link(id, e) => self.on_link(id, e),
             Event::Spool(spool::SpoolFile(path)) => {
-                if self.spool_seen.insert(path.clone()) {
+                if self.spool_active.insert(path.clone()) {
                     self.spool_backlog.push_back(path);
                 }
             }
@@ -573,21 +571,25 @@ impl Supervisor {
             }
             self.spool_backlog.pop_front();
         }
-        let stale: Vec<(LinkId, u32)> = self
-            .uploads
-            .iter()
-            .filter(|(_, u)| u.last_activity.elapsed() > UPLOAD_IDLE)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in stale {
-            if let Some(u) = self.uploads.remove(&key) {
-                self.pending_bytes -= u.total_len as u64;
-                log::info!(
-                    "upload {} from link {} abandoned after {} s idle",
-                    key.1,
-                    u.link,
-                    UPLOAD_IDLE.as_secs()
-                );
+        for expired in self.admission.expire(Instant::now()) {
+            match expired {
+                Expired::Upload {
+                    link,
+                    seq,
+                    upload_id,
+                    why,
+                } => {
+                    log::info!("link {link}: {why}");
+                    let _ = upload_id;
+                    self.error(Some((link, seq)), ErrorCode::TimedOut, &why);
+                }
+                Expired::NoHello { link, after } => {
+                    let text = format!(
+                        "no Hello within {:.1} s of connecting; closing",
+                        after.as_secs_f32()
+                    );
+                    self.close_link(link, ErrorCode::TimedOut, &text);
+                }
             }
         }
         let full = self.outbox.is_full();
@@ -636,29 +638,55 @@ impl Supervisor {
                     hello: false,
                     peer,
                 };
-                // The device introduces itself first on the serial line, whose host may
-                // have been waiting since before the device started (PROTOCOL.md 9).
-                if kind == LinkKind::Serial {
+                let min_rate = match kind {
+                    // Half the line rate: 10 bits per byte on the wire.
+                    LinkKind::Serial => self.config.serial.as_ref().map(|s| u64::from(s.baud) / 20),
+                    LinkKind::Socket => None,
+                };
+                match self.admission.link_up(id, kind, min_rate, Instant::now()) {
+                    Arrival::Accept => {}
+                    Arrival::AcceptEvicting { link, idle } => {
+                        let text = format!(
+                            "closed after {} s without a frame to make room for a new connection ({} at most); send Ping when idle",
+                            idle.as_secs(),
+                            self.max_clients()
+                        );
+                        self.close_link(link, ErrorCode::Busy, &text);
+                    }
+                    Arrival::Refuse => {
+                        let text = format!(
+                            "the device serves at most {} socket clients at once and none is idle; try again later",
+                            self.max_clients()
+                        );
+                        log::warn!("link {id} ({}) refused: {text}", state.peer);
+                        send_on(
+                            &mut state,
+                            &Message::Error(ErrorMessage::new(ErrorCode::Busy, &text, None)),
+                        );
+                        state.writer.close_after_queued();
+                        return;
+                    }
+                }
+                // The serial line is point to point: its session starts when the device
+                // does. The device introduces itself and resends what is unacknowledged,
+                // so a host that stayed attached across a restart misses nothing without
+                // having to notice the restart (PROTOCOL.md 9).
+                let serial = kind == LinkKind::Serial;
+                if serial {
+                    state.hello = true;
                     let hello = self.hello();
                     send_on(&mut state, &hello);
                 }
                 self.links.insert(id, state);
+                if serial {
+                    self.resend_unacked(id);
+                }
             }
             LinkEvent::Down => {
                 if let Some(l) = self.links.remove(&id) {
                     log::info!("link {id} down ({})", l.peer);
                 }
-                let gone: Vec<_> = self
-                    .uploads
-                    .keys()
-                    .filter(|(l, _)| *l == id)
-                    .copied()
-                    .collect();
-                for key in gone {
-                    if let Some(u) = self.uploads.remove(&key) {
-                        self.pending_bytes -= u.total_len as u64;
-                    }
-                }
+                self.admission.link_down(id);
             }
             LinkEvent::Bad(e) => {
                 self.counters.dropped_frames += 1;
@@ -669,6 +697,12 @@ impl Supervisor {
                     e.in_reply_to(),
                 ));
                 self.send(id, &msg);
+                // A host speaking another version still learns what this device speaks:
+                // Hello is decodable in every version (PROTOCOL.md 8).
+                if e.error_code() == ErrorCode::UnsupportedVersion {
+                    let hello = self.hello();
+                    self.send(id, &hello);
+                }
             }
             LinkEvent::Frame(frame) => self.on_frame(id, frame),
         }
@@ -676,8 +710,10 @@ impl Supervisor {
 
     fn on_frame(&mut self, id: LinkId, frame: Frame) {
         let seq = frame.seq;
+        self.admission.frame(id, Instant::now());
         match frame.message {
             Message::Hello(h) => {
+                self.admission.hello(id);
                 if let Some(l) = self.links.get_mut(&id) {
                     l.hello = true;
                     log::info!(
@@ -689,12 +725,7 @@ impl Supervisor {
                 }
                 let hello = self.hello();
                 self.send(id, &hello);
-                let pending: Vec<ClassificationResult> = self.outbox.unacked().cloned().collect();
-                for r in pending {
-                    if self.send(id, &Message::Result(r)) != Sent::Queued {
-                        break;
-                    }
-                }
+                self.resend_unacked(id);
             }
             Message::Ping(p) => {
                 self.send(id, &Message::Pong(Pong { nonce: p.nonce }));
@@ -718,6 +749,16 @@ impl Supervisor {
                     id,
                     &Message::Error(ErrorMessage::new(ErrorCode::Unsupported, &text, Some(seq))),
                 );
+            }
+        }
+    }
+
+    /// Sends every unacknowledged result to one link, oldest first.
+    fn resend_unacked(&mut self, id: LinkId) {
+        let pending: Vec<ClassificationResult> = self.outbox.unacked().cloned().collect();
+        for r in pending {
+            if self.send(id, &Message::Result(r)) != Sent::Queued {
+                break;
             }
         }
     }
@@ -822,89 +863,87 @@ impl Supervisor {
         self.send(id, &msg);
     }
 
-    /// Whether new work may be accepted now.
-    fn can_admit(&self, bytes: u64) -> bool {
+    /// Whether the queue and the outbox can take one more request.
+    fn has_room(&self) -> bool {
         !self.shutting_down
             && !self.outbox.is_full()
             && self.jobs.len() < self.config.limits.queue_depth
-            && self.pending_bytes + bytes <= self.config.limits.pending_bytes
+    }
+
+    /// Whether a request of `bytes` may be accepted now.
+    fn can_admit(&self, bytes: u64) -> bool {
+        self.has_room()
+            && self.job_bytes + self.admission.upload_bytes() + bytes
+                <= self.config.limits.pending_bytes
+    }
+
+    fn max_clients(&self) -> usize {
+        self.config.socket.as_ref().map_or(0, |s| s.max_clients)
+    }
+
+    /// Tells a link why it is being closed, then closes it once that frame is written.
+    fn close_link(&mut self, id: LinkId, code: ErrorCode, text: &str) {
+        log::info!("link {id}: {text}");
+        self.send(id, &Message::Error(ErrorMessage::new(code, text, None)));
+        if let Some(link) = self.links.remove(&id) {
+            link.writer.close_after_queued();
+        }
+        self.admission.link_down(id);
     }
 
     fn upload_begin(&mut self, id: LinkId, seq: u32, b: edgedx_icd::UploadBegin) {
-        let limit = self.config.limits.max_file_bytes;
-        if b.total_len as u64 > limit {
-            let text = format!(
-                "upload of {} bytes is over the {limit} byte limit",
-                b.total_len
-            );
-            return self.error(Some((id, seq)), ErrorCode::TooLarge, &text);
-        }
-        if b.total_len == 0 {
-            return self.error(
-                Some((id, seq)),
-                ErrorCode::UploadMismatch,
-                "upload of 0 bytes",
-            );
-        }
-        if let Some(old) = self.uploads.remove(&(id, b.upload_id)) {
-            // Restarting an upload with the same id replaces the old one (PROTOCOL.md).
-            self.pending_bytes -= old.total_len as u64;
-        }
-        if self.uploads.len() >= self.config.limits.max_uploads
-            || !self.can_admit(b.total_len as u64)
+        let request = BeginRequest {
+            link: id,
+            seq,
+            upload_id: b.upload_id,
+            total_len: b.total_len,
+            name: b.name.as_str().to_string(),
+        };
+        let room = self.has_room();
+        match self
+            .admission
+            .begin(request, self.job_bytes, room, Instant::now())
         {
-            return self.busy(id, seq);
+            Ok(()) => {}
+            Err(Refusal::TooLarge { len, max }) => {
+                let text = format!("upload of {len} bytes is over the {max} byte limit");
+                self.error(Some((id, seq)), ErrorCode::TooLarge, &text);
+            }
+            Err(Refusal::Empty) => {
+                self.error(
+                    Some((id, seq)),
+                    ErrorCode::UploadMismatch,
+                    "upload of 0 bytes",
+                );
+            }
+            Err(Refusal::LinkLimit { open, max }) => {
+                let text = format!(
+                    "this connection already has {open} uploads open, the most one connection may have ({max}); finish one first"
+                );
+                self.error(Some((id, seq)), ErrorCode::Busy, &text);
+            }
+            Err(Refusal::Busy) => self.busy(id, seq),
         }
-        self.pending_bytes += b.total_len as u64;
-        self.uploads.insert(
-            (id, b.upload_id),
-            Upload {
-                link: id,
-                total_len: b.total_len,
-                name: b.name.as_str().to_string(),
-                format: b.format,
-                bytes: Vec::new(),
-                last_activity: Instant::now(),
-            },
-        );
     }
 
     fn upload_chunk(&mut self, id: LinkId, seq: u32, c: edgedx_icd::UploadChunk) {
-        let Some(u) = self.uploads.get_mut(&(id, c.upload_id)) else {
-            let text = format!("no upload {} is open on this link", c.upload_id);
-            return self.error(Some((id, seq)), ErrorCode::UploadMismatch, &text);
-        };
-        let problem = if c.offset as usize != u.bytes.len() {
-            Some(format!(
-                "chunk offset {} but {} bytes received",
-                c.offset,
-                u.bytes.len()
-            ))
-        } else if u.bytes.len() + c.data.len() > u.total_len as usize {
-            Some(format!("chunks exceed the announced {} bytes", u.total_len))
-        } else {
-            None
-        };
-        if let Some(text) = problem {
-            if let Some(u) = self.uploads.remove(&(id, c.upload_id)) {
-                self.pending_bytes -= u.total_len as u64;
-            }
-            return self.error(Some((id, seq)), ErrorCode::UploadMismatch, &text);
+        if let Err(problem) =
+            self.admission
+                .chunk(id, c.upload_id, c.offset, &c.data, Instant::now())
+        {
+            self.error(
+                Some((id, seq)),
+                ErrorCode::UploadMismatch,
+                &problem.to_string(),
+            );
         }
-        if u.bytes.is_empty() {
-            // Reserve once: total_len is bounded by the configured limit.
-            u.bytes.reserve_exact(u.total_len as usize);
-        }
-        u.bytes.extend_from_slice(&c.data);
-        u.last_activity = Instant::now();
     }
 
     fn upload_end(&mut self, id: LinkId, seq: u32, e: edgedx_icd::UploadEnd) {
-        let Some(u) = self.uploads.remove(&(id, e.upload_id)) else {
+        let Some(u) = self.admission.end(id, e.upload_id) else {
             let text = format!("no upload {} is open on this link", e.upload_id);
             return self.error(Some((id, seq)), ErrorCode::UploadMismatch, &text);
         };
-        self.pending_bytes -= u.total_len as u64;
         if u.bytes.len() != u.total_len as usize {
             let text = format!("received {} of {} bytes", u.bytes.len(), u.total_len);
             return self.error(Some((id, seq)), ErrorCode::UploadMismatch, &text);
@@ -917,7 +956,7 @@ impl Supervisor {
                 "SHA-256 of the received bytes does not match",
             );
         }
-        let _ = u.format; // the worker sniffs the format from the bytes; the hint is advisory
+        // The worker sniffs the format from the bytes; the begin's hint is advisory.
         let name = if u.name.is_empty() {
             format!("upload-{}", e.upload_id)
         } else {
@@ -971,6 +1010,7 @@ impl Supervisor {
     }
 
     fn spool_failed(&mut self, path: &Path, name: &str, reason: &str) {
+        self.spool_active.remove(path);
         self.counters.errors += 1;
         log::warn!("spool {name}: {reason}");
         self.audit
@@ -1031,7 +1071,7 @@ impl Supervisor {
             bytes,
         }) {
             Ok(()) => {
-                self.pending_bytes += len as u64;
+                self.job_bytes += len as u64;
                 self.jobs.insert(
                     id,
                     JobMeta {
@@ -1058,7 +1098,7 @@ impl Supervisor {
         let Some(meta) = self.jobs.remove(&c.id) else {
             return;
         };
-        self.pending_bytes = self.pending_bytes.saturating_sub(meta.bytes as u64);
+        self.job_bytes = self.job_bytes.saturating_sub(meta.bytes as u64);
         let requester_link = meta.requester.map(|(l, _)| l);
         match c.result {
             Ok(classified) => {
@@ -1118,6 +1158,7 @@ impl Supervisor {
                     }),
                 );
                 if let Some(path) = &meta.spool_path {
+                    self.spool_active.remove(path);
                     let done = self.spool_dir("done");
                     if let Err(e) = spool::move_into(path, &done, &stored.result_id.to_string()) {
                         log::error!(
@@ -1133,6 +1174,7 @@ impl Supervisor {
                 self.counters.errors += 1;
                 self.audit.record("request_failed", json!({ "input": meta.name, "code": format!("{:?}", err.code), "reason": err.text }));
                 if let Some(path) = &meta.spool_path {
+                    self.spool_active.remove(path);
                     self.move_to_failed(path, &meta.name, &format!("{:?}: {}", err.code, err.text));
                 }
                 let in_reply_to = meta.requester.map(|(_, s)| s);
@@ -1288,7 +1330,6 @@ impl Supervisor {
 }
 
 /// Idle time after which a half-received upload is dropped and its memory released.
-const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 
 fn send_on(link: &mut LinkState, msg: &Message) -> Sent {
     let mut buf = [0u8; MAX_FRAME];
@@ -1453,6 +1494,26 @@ fn open_gpio(
             })?;
     }
     Ok((led, buzzer))
+}
+
+fn admission_limits(config: &Config) -> AdmissionLimits {
+    let l = &config.limits;
+    let socket = config.socket.as_ref();
+    AdmissionLimits {
+        max_uploads: l.max_uploads,
+        per_link_uploads: l.per_link_uploads,
+        max_file_bytes: l.max_file_bytes,
+        pending_bytes: l.pending_bytes,
+        upload_idle: Duration::from_millis(l.upload_idle_ms),
+        upload_grace: Duration::from_millis(l.upload_grace_ms),
+        socket_min_rate: l.socket_min_rate,
+        max_clients: socket.map_or(usize::MAX, |s| s.max_clients),
+        hello_timeout: Duration::from_millis(socket.map_or(5_000, |s| s.hello_timeout_ms)),
+        evict_idle: Duration::from_secs(socket.map_or(30, |s| s.evict_idle_s)),
+        // A Busy asks the host to wait 500 ms; a host that does not ask again within a
+        // few times that has gone away.
+        wait_hold: Duration::from_secs(3),
+    }
 }
 
 fn open_watchdog(

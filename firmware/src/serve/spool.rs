@@ -88,15 +88,18 @@ pub fn watch<E: Send + 'static>(
                                 c.writing = false;
                                 c.closed = true;
                             }
-                            // Moved in from elsewhere: complete by definition.
+                            // Moved in from elsewhere: complete by definition. A new file
+                            // under a name already processed is new input.
                             EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
                                 c.writing = false;
                                 c.closed = true;
+                                c.reported = false;
                             }
                             EventKind::Create(CreateKind::File)
                             | EventKind::Create(CreateKind::Any) => {
                                 c.writing = true;
                                 c.closed = false;
+                                c.reported = false;
                             }
                             EventKind::Modify(ModifyKind::Data(_))
                             | EventKind::Modify(ModifyKind::Any) => {
