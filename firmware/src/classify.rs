@@ -149,24 +149,17 @@ fn classify_one<'m>(
         message: e.to_string(),
     })?;
     let started = Instant::now();
-    let image = edgedx_ingest::load_bytes(&bytes, &name, limits).map_err(|e| ErrorBody {
-        kind: e.kind().as_str(),
-        message: e.to_string(),
-    })?;
-    edgedx_ingest::preprocess(&image, model.input_spec(), tensor).map_err(|e| ErrorBody {
-        kind: e.kind().as_str(),
-        message: e.to_string(),
-    })?;
+    let image =
+        crate::pipeline::prepare(&bytes, &name, limits, model, tensor).map_err(|e| ErrorBody {
+            kind: e.kind().as_str(),
+            message: e.to_string(),
+        })?;
     let preprocessed = Instant::now();
-    let scores = model.run(tensor).map_err(|e| ErrorBody {
+    let scores = crate::pipeline::score(model, tensor).map_err(|e| ErrorBody {
         kind: e.kind().as_str(),
         message: format!("{name}: {e}"),
     })?;
     let finished = Instant::now();
-    let scores = scores.into_iter().next().ok_or_else(|| ErrorBody {
-        kind: "invalid_output",
-        message: format!("{name}: the model returned no result"),
-    })?;
     let labels = bundle.labels();
     let (class_index, confidence) = scores.top();
     let report = model.report();

@@ -223,10 +223,8 @@ fn prepare(
         .map_err(|e| fail("unreadable".into(), e.kind().as_str(), e.to_string()))?;
     let sha = dataset::file_sha256(&bytes);
     let name = item.path.display().to_string();
-    let image = edgedx_ingest::load_bytes(&bytes, &name, limits)
-        .map_err(|e| fail(sha.clone(), e.kind().as_str(), e.to_string()))?;
     let mut tensor = vec![0f32; item_len];
-    edgedx_ingest::preprocess(&image, model.input_spec(), &mut tensor)
+    crate::pipeline::prepare(&bytes, &name, limits, model, &mut tensor)
         .map_err(|e| fail(sha.clone(), e.kind().as_str(), e.to_string()))?;
     Ok((sha, tensor))
 }
@@ -246,11 +244,7 @@ fn run_group(
     let result = (|| -> Result<Vec<Outcome>, edgedx_engine::EngineError> {
         let mut results: Vec<Outcome> = Vec::with_capacity(group.len());
         for (item, tensor) in group {
-            let one = |m: &Model| -> Result<Scores, edgedx_engine::EngineError> {
-                m.run(tensor)?.into_iter().next().ok_or_else(|| {
-                    edgedx_engine::EngineError::InvalidOutput("no result for a batch of 1".into())
-                })
-            };
+            let one = |m: &Model| crate::pipeline::score(m, tensor);
             results.push(Outcome {
                 class: item.class,
                 stratum: item.stratum.clone(),

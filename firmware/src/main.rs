@@ -13,6 +13,7 @@ mod heap;
 mod info;
 mod measure;
 mod paths;
+mod pipeline;
 mod serve;
 
 use std::process::ExitCode;

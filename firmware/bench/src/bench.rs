@@ -253,5 +253,5 @@ pub fn run_group(
 }
 
 fn argmax(v: &[f32]) -> usize {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
+    edgedx_engine::top1(v).0
 }

@@ -100,16 +100,24 @@ pub struct Scores {
 }
 
 impl Scores {
-    /// Index and probability of the most likely class.
+    /// Index and probability of the most likely class (see [`top1`]).
     pub fn top(&self) -> (usize, f32) {
-        let mut best = (0, f32::NEG_INFINITY);
-        for (i, p) in self.probabilities.iter().enumerate() {
-            if *p > best.1 {
-                best = (i, *p);
-            }
-        }
-        best
+        top1(&self.probabilities)
     }
+}
+
+/// The one argmax of edgedx: index and value of the largest score. The lowest index wins
+/// a tie, so equal scores give the same class in every precision and batch size, and a
+/// NaN never wins (an all-NaN or empty row gives `(0, NEG_INFINITY)`; the dispatcher
+/// refuses such rows before anyone reads a class from them).
+pub fn top1(values: &[f32]) -> (usize, f32) {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, v) in values.iter().enumerate() {
+        if *v > best.1 {
+            best = (i, *v);
+        }
+    }
+    best
 }
 
 /// A loaded, optimised model ready to run batches of `batch` items.

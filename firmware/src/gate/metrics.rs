@@ -9,16 +9,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// Index of the largest value; the lowest index wins a tie, as in `Scores::top`, so that
-/// equal scores give the same class in every precision and batch size.
+/// Index of the largest value, by [`edgedx_engine::top1`].
 pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] {
-            best = i;
-        }
-    }
-    best
+    edgedx_engine::top1(values).0
 }
 
 /// Metrics of one class.
@@ -244,6 +237,10 @@ mod tests {
         assert_eq!(argmax(&[0.1, 0.4, 0.4, 0.1]), 1);
         assert_eq!(argmax(&[0.1, 0.2, 0.3, 0.4]), 3);
         assert_eq!(argmax(&[]), 0);
+        // A NaN never wins, wherever it is.
+        assert_eq!(argmax(&[f32::NAN, 0.1, 0.2]), 2);
+        assert_eq!(argmax(&[0.3, f32::NAN, 0.2]), 0);
+        assert_eq!(edgedx_engine::top1(&[f32::NAN; 3]), (0, f32::NEG_INFINITY));
     }
 
     #[test]

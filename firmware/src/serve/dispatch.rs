@@ -484,7 +484,13 @@ impl Dispatcher {
                 }) => match validate(&probabilities, self.policy.classes) {
                     Ok(()) => {
                         let ready = worker.ready();
-                        let model_sha256 = parse_sha(&ready.model_sha256);
+                        let Some(model_sha256) = parse_sha(&ready.model_sha256) else {
+                            let failure = WorkerFailure::Broken(format!(
+                                "the worker names its model by {:?}, not a sha256",
+                                ready.model_sha256
+                            ));
+                            return Err(self.give_up(&failure, last_failure.as_ref()));
+                        };
                         if let Ok(mut s) = self.state.lock() {
                             s.worker_rss_bytes = rss_bytes;
                         }
@@ -724,16 +730,7 @@ impl Dispatcher {
 }
 
 fn argmax(p: &[f32]) -> usize {
-    p.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, v)| {
-            if *v > best.1 {
-                (i, *v)
-            } else {
-                best
-            }
-        })
-        .0
+    edgedx_engine::top1(p).0
 }
 
 /// What the requester reads when decoding its input ended the worker.
@@ -799,15 +796,10 @@ pub fn validate(probabilities: &[f32], classes: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// A hex sha256 as bytes; zeros when it is not 64 hex digits (the manifest validated it).
-pub(crate) fn parse_sha(hex_text: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    if let Ok(bytes) = hex::decode(hex_text) {
-        if bytes.len() == 32 {
-            out.copy_from_slice(&bytes);
-        }
-    }
-    out
+/// A hex sha256 as bytes; `None` unless it is 64 hex digits. Results never carry a
+/// made-up digest: the model that produced them must be identifiable.
+pub(crate) fn parse_sha(hex_text: &str) -> Option<[u8; 32]> {
+    hex::decode(hex_text).ok()?.try_into().ok()
 }
 
 #[cfg(test)]
@@ -863,6 +855,15 @@ mod tests {
         assert_eq!(last, (10, 0));
         assert!(shadow_alert(last.0, last.1, &p).is_none());
         assert_eq!(argmax(&[0.1, 0.7, 0.2]), 1);
+    }
+
+    #[test]
+    fn a_model_digest_is_parsed_or_refused_never_zeroed() {
+        let hex = "ab".repeat(32);
+        assert_eq!(parse_sha(&hex), Some([0xab; 32]));
+        for bad in ["", "ab", &"zz".repeat(32), &"ab".repeat(33)] {
+            assert_eq!(parse_sha(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -208,8 +208,13 @@ pub fn serve(
     let model_sha = int8_file
         .as_ref()
         .or(bundle.variant("fp32").ok())
-        .map(|f| dispatch::parse_sha(&f.sha256))
-        .unwrap_or([0; 32]);
+        .and_then(|f| dispatch::parse_sha(&f.sha256))
+        .with_context(|| {
+            format!(
+                "bundle {}: no int8 or fp32 model with a valid sha256",
+                bundle_dir.display()
+            )
+        })?;
     let identity = Identity {
         device_id: config.device_id.clone().unwrap_or_else(hostname),
         bundle_name: manifest.bundle.name.clone(),
@@ -1102,10 +1107,7 @@ impl Supervisor {
         let requester_link = meta.requester.map(|(l, _)| l);
         match c.result {
             Ok(classified) => {
-                let (class_index, confidence) = classified.probabilities.iter().enumerate().fold(
-                    (0usize, f32::NEG_INFINITY),
-                    |best, (i, p)| if *p > best.1 { (i, *p) } else { best },
-                );
+                let (class_index, confidence) = edgedx_engine::top1(&classified.probabilities);
                 let mut probabilities = heapless::Vec::new();
                 for p in &classified.probabilities {
                     let _ = probabilities.push(*p);

@@ -152,44 +152,26 @@ fn prepare(
     bytes: &[u8],
     tensor: &mut [f32],
 ) -> Result<(), Outcome> {
-    let rejected = |kind: &str, message: String| Outcome::InputRejected {
-        kind: kind.to_string(),
-        message,
-    };
-    if bytes.len() as u64 > limits.max_file_bytes {
-        return Err(rejected(
-            "too_large",
-            format!(
-                "{name}: {} bytes is over the {} byte limit",
-                bytes.len(),
-                limits.max_file_bytes
-            ),
-        ));
-    }
-    let image = edgedx_ingest::load_bytes(bytes, name, limits)
-        .map_err(|e| rejected(e.kind().as_str(), e.to_string()))?;
-    edgedx_ingest::preprocess(&image, model.input_spec(), tensor)
-        .map_err(|e| rejected(e.kind().as_str(), e.to_string()))
+    crate::pipeline::prepare(bytes, name, limits, model, tensor)
+        .map(drop)
+        .map_err(|e| Outcome::InputRejected {
+            kind: e.kind().as_str().to_string(),
+            message: e.to_string(),
+        })
 }
 
 /// Runs the model on a prepared tensor.
 fn infer(model: &Model, name: &str, tensor: &[f32], started: Instant) -> Outcome {
-    match model.run(tensor) {
-        Ok(mut scores) if scores.len() == 1 => {
+    match crate::pipeline::score(model, tensor) {
+        Ok(scores) => {
             let memory = edgedx_engine::memory::current();
             Outcome::Scores {
-                probabilities: std::mem::take(&mut scores[0].probabilities),
+                probabilities: scores.probabilities,
                 latency_us: started.elapsed().as_micros() as u64,
                 rss_bytes: memory.map_or(0, |m| m.rss),
                 peak_rss_bytes: memory.map_or(0, |m| m.peak_rss),
             }
         }
-        Ok(scores) => Outcome::ModelError {
-            message: format!(
-                "{name}: the model returned {} rows for one image",
-                scores.len()
-            ),
-        },
         Err(e) => Outcome::ModelError {
             message: format!("{name}: {e}"),
         },
