@@ -1331,8 +1331,6 @@ impl Supervisor {
     }
 }
 
-/// Idle time after which a half-received upload is dropped and its memory released.
-
 fn send_on(link: &mut LinkState, msg: &Message) -> Sent {
     let mut buf = [0u8; MAX_FRAME];
     let seq = link.seq;
