@@ -2,7 +2,7 @@
 //! alert buzzer and the capture button.
 
 use std::path::Path;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Sender, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use super::{CaptureRequest, CapturedFrame, Event};
 /// The camera runs in its own thread: a capture can block for a frame interval or more.
 pub(super) fn start_camera(
     c: &config::CameraConfig,
-    events: Sender<Event>,
+    events: SyncSender<Event>,
 ) -> anyhow::Result<Sender<CaptureRequest>> {
     use edgedx_board::camera::{Camera, PixelFormat};
     let format = match c.format.as_str() {
@@ -106,7 +106,7 @@ fn open_v4l2(
 #[allow(clippy::type_complexity)]
 pub(super) fn open_gpio(
     config: &Config,
-    events: Sender<Event>,
+    events: SyncSender<Event>,
 ) -> anyhow::Result<(
     Option<edgedx_board::StatusLed>,
     Option<edgedx_board::AlertBuzzer>,

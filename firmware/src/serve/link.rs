@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread;
 
@@ -115,7 +115,7 @@ fn next_id() -> LinkId {
 fn pump<E>(
     id: LinkId,
     mut read: impl FnMut(&mut [u8]) -> io::Result<Option<usize>>,
-    events: &Sender<E>,
+    events: &SyncSender<E>,
     wrap: fn(LinkId, LinkEvent) -> E,
 ) {
     let mut decoder = FrameDecoder::new();
@@ -208,7 +208,7 @@ pub fn bind_socket(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Resul
 pub fn serve_socket<E: Send + 'static>(
     listener: UnixListener,
     max_clients: usize,
-    events: Sender<E>,
+    events: SyncSender<E>,
     wrap: fn(LinkId, LinkEvent) -> E,
 ) -> io::Result<()> {
     let live = Arc::new(AtomicU64::new(0));
@@ -267,7 +267,7 @@ fn start_client<E: Send + 'static>(
     stream: UnixStream,
     peer: String,
     live: Arc<AtomicU64>,
-    events: Sender<E>,
+    events: SyncSender<E>,
     wrap: fn(LinkId, LinkEvent) -> E,
 ) -> io::Result<()> {
     let id = next_id();
@@ -327,7 +327,7 @@ fn start_client<E: Send + 'static>(
 pub fn serve_serial<E: Send + 'static>(
     device: &Path,
     baud: u32,
-    events: Sender<E>,
+    events: SyncSender<E>,
     wrap: fn(LinkId, LinkEvent) -> E,
 ) -> anyhow::Result<()> {
     let port = edgedx_board::serial::open_serial(device, baud)

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -61,7 +61,7 @@ pub fn ignored(name: &str) -> bool {
 pub fn watch<E: Send + 'static>(
     dir: PathBuf,
     settle: Duration,
-    out: Sender<E>,
+    out: SyncSender<E>,
     wrap: fn(SpoolFile) -> E,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel();

@@ -28,6 +28,10 @@ use super::worker_handle::WorkerSpec;
 use super::{link_event, memory, spool, spool_event, Event};
 use crate::PrecisionArg;
 
+/// Events waiting for the supervisor loop. An upload chunk event holds about 1 KiB, so a
+/// full queue is a few hundred KiB.
+const EVENT_QUEUE: usize = 256;
+
 /// Runs the daemon until `shutdown` fires. `ready` (tests, demo) is told the socket path
 /// once the first worker is serving.
 pub fn serve(
@@ -108,7 +112,9 @@ pub fn serve(
     }
 
     let approval = memory::check_approval(&bundle, &config)?;
-    let (events_tx, events_rx) = mpsc::channel::<Event>();
+    // Bounded: a link that floods the device blocks its own reader thread (backpressure on
+    // that link) instead of growing the supervisor's queue without limit.
+    let (events_tx, events_rx) = mpsc::sync_channel::<Event>(EVENT_QUEUE);
     let engine = Arc::new(Mutex::new(EngineState {
         ready: false,
         mode: match approval.serve {
