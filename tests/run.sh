@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: installs what is missing, then runs formatting, lint, the host
-# suite, builds the amd64 and arm64 Debian packages, runs the README's quick start, and the
-# whole suite for aarch64 under qemu-aarch64. Safe to rerun.
+# suite, builds the amd64 and arm64 Debian packages, runs the README's quick start, a
+# 3-minute soak, and the whole suite for aarch64 under qemu-aarch64. Safe to rerun.
 #
 #   tests/run.sh            everything (what CI runs)
 #   tests/run.sh host       skip the packages and the aarch64 half (quicker local loop)
@@ -56,6 +56,9 @@ log "amd64 package and the README's quick start"
 # runs from the same build (cargo run finds it up to date).
 board/deb/build.sh amd64
 cargo run --release --locked -p edgedx -- demo
+
+log "soak, 3 minutes (tests/soak/README.md; the release build above)"
+cargo run --release --locked -p edgedx-soak -- --minutes 3
 
 log "clippy ($TARGET)"
 cargo clippy --workspace --all-targets --locked --target "$TARGET" -- -D warnings

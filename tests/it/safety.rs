@@ -222,6 +222,40 @@ fn hung_int8_worker_falls_back_to_fp32_within_the_deadline() {
     );
 }
 
+/// The fallback ends after its cool-down even when requests never stop (the dispatcher is
+/// never idle under steady load).
+#[test]
+fn fp32_fallback_returns_to_int8_after_the_cooldown_under_steady_load() {
+    let extra = fast_watchdog() + "[fallback]\nafter_failures = 1\ncooldown_s = 4\n";
+    let d = Daemon::start_with(Opts {
+        extra: &extra,
+        ..Opts::default()
+    });
+    let mut c = d.client();
+    signal(d.worker_pid(), libc::SIGSTOP);
+    let png = std::fs::read(sample("glioma-01.png")).unwrap();
+    let r = c.classify_bytes("g.png", &png, T).unwrap();
+    assert_eq!(r.precision, Precision::Fp32);
+    let fell_back = std::time::Instant::now();
+    // Back-to-back requests, never an idle moment: int8 must come back after 4 s.
+    let back = loop {
+        let r = c.classify_bytes("g.png", &png, T).unwrap();
+        if r.precision == Precision::Int8 {
+            break fell_back.elapsed();
+        }
+        assert!(
+            fell_back.elapsed() < Duration::from_secs(90),
+            "still on fp32 90 s after a 4 s cool-down\n{}",
+            d.audit()
+        );
+    };
+    assert!(
+        back >= Duration::from_secs(4),
+        "back on int8 before the cool-down: {back:?}"
+    );
+    assert!(d.audit().contains("back_to_int8"), "{}", d.audit());
+}
+
 #[test]
 fn hung_int8_worker_without_room_for_fp32_gives_errors_and_an_alert() {
     // No retry on a fresh int8 worker, so the hang itself must be answered.

@@ -273,6 +273,9 @@ impl Dispatcher {
                 Ok(job) => {
                     let completed = self.handle(job);
                     self.progress();
+                    // Under steady load the loop is never idle: the cool-down must end
+                    // between jobs too, or a busy device would stay on fp32 for good.
+                    self.end_cooldown_if_due();
                     if self
                         .events
                         .send(DispatchEvent::Completed(completed))
@@ -325,11 +328,7 @@ impl Dispatcher {
                 return;
             }
         }
-        if let Some((since, _)) = self.fallback {
-            if since.elapsed() >= self.cooldown {
-                self.try_return_to_int8();
-            }
-        }
+        self.end_cooldown_if_due();
         // An alert stays up until int8 has gone a whole window without failing.
         let now = Instant::now();
         self.failures
@@ -340,6 +339,15 @@ impl Dispatcher {
             }
         }
         self.progress();
+    }
+
+    /// Tries int8 again once the fallback's cool-down has passed.
+    fn end_cooldown_if_due(&mut self) {
+        if let Some((since, _)) = self.fallback {
+            if since.elapsed() >= self.cooldown {
+                self.try_return_to_int8();
+            }
+        }
     }
 
     fn handle(&mut self, job: Job) -> Completed {
