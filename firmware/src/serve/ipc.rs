@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// The supervisor sizes jobs below this; anything larger means a corrupted stream.
 pub const MAX_IPC_MESSAGE: usize = 1 << 30;
 
+/// First allocation for a message body; larger bodies grow as their bytes arrive.
+const READ_STEP: usize = 64 * 1024;
+
 /// Supervisor → worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
@@ -98,11 +101,26 @@ pub fn recv<T: for<'de> Deserialize<'de>>(input: &mut impl Read) -> io::Result<O
             format!("pipe message of {len} bytes is over the {MAX_IPC_MESSAGE} byte limit"),
         ));
     }
-    let mut body = vec![0u8; len];
-    input.read_exact(&mut body)?;
-    postcard::from_bytes(&body)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("decode: {e}")))
+    // Grow with the bytes that actually arrive: a length prefix alone (a corrupted stream,
+    // or a worker that decoded hostile input and misbehaves) must not make the reader
+    // allocate up to the limit.
+    let mut body = Vec::with_capacity(len.min(READ_STEP));
+    input.take(len as u64).read_to_end(&mut body)?;
+    if body.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("pipe message cut short: {} of {len} bytes", body.len()),
+        ));
+    }
+    // Exactly one message per body: bytes left over mean the two ends disagree.
+    match postcard::take_from_bytes(&body) {
+        Ok((message, [])) => Ok(Some(message)),
+        Ok((_, rest)) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("pipe message has {} byte(s) after its end", rest.len()),
+        )),
+        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("decode: {e}"))),
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +165,14 @@ mod tests {
         assert!(recv::<Request>(&mut r).is_err());
         let huge = (MAX_IPC_MESSAGE as u32 + 1).to_le_bytes();
         assert!(recv::<Request>(&mut &huge[..]).is_err());
+        // A length far beyond what follows is cut short, not allocated up front.
+        let mut claims_512_mib = (512u32 << 20).to_le_bytes().to_vec();
+        claims_512_mib.extend_from_slice(&[1; 10]);
+        let e = recv::<Request>(&mut &claims_512_mib[..]).unwrap_err();
+        assert!(e.to_string().contains("cut short: 10 of 536870912"), "{e}");
+        // Found by fuzz/worker_pipe: a body with bytes after the message was accepted.
+        let trailing = [2, 0, 0, 0, 1, 0];
+        let e = recv::<Request>(&mut &trailing[..]).unwrap_err();
+        assert!(e.to_string().contains("1 byte(s) after its end"), "{e}");
     }
 }
