@@ -24,7 +24,11 @@ where
                 let mut again = Vec::new();
                 ipc::send(&mut again, &message).expect("encode an accepted message");
                 // postcard has one encoding per value, so the bytes must come back.
-                assert_eq!(again, &before[..consumed], "re-encoding changed the message");
+                assert_eq!(
+                    again,
+                    &before[..consumed],
+                    "re-encoding changed the message"
+                );
             }
             Ok(None) | Err(_) => return,
         }

@@ -119,7 +119,10 @@ pub fn recv<T: for<'de> Deserialize<'de>>(input: &mut impl Read) -> io::Result<O
             io::ErrorKind::InvalidData,
             format!("pipe message has {} byte(s) after its end", rest.len()),
         )),
-        Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("decode: {e}"))),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("decode: {e}"),
+        )),
     }
 }
 
