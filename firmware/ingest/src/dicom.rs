@@ -1,10 +1,16 @@
-//! DICOM decoding: pre-scan and sanity checks, dicom-rs under `catch_unwind`, then the
+//! DICOM decoding: pre-scan and sanity checks, dicom-rs, then the palette lookup or the
 //! modality LUT and VOI window that map stored values to [0, 1].
 //!
 //! Order matters for robustness: nothing reaches dicom-rs before [`scan`] has bounded
 //! every element length and the image attributes have been checked against
-//! [`Limits`], because dicom-rs aborts (not panics) on some lengths (DESIGN.md).
+//! [`Limits`], because dicom-rs aborts (not panics) on some lengths (DESIGN.md), and
+//! before what a decoder is known to index without checking (the RLE header, the size a
+//! codestream declares) has been checked against those attributes. `catch_unwind`
+//! around dicom-rs stays as the last guard only: a panic it catches is a decoder bug that
+//! these checks missed, and is reported as such.
 
+mod palette;
+mod rle;
 mod scan;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,6 +22,7 @@ use dicom_pixeldata::{PixelDecoder, PlanarConfiguration};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use crate::{Image, ImageInfo, IngestError, Limits, SourceFormat};
+use palette::{Palette, PaletteError};
 use scan::{tag_str, text, Fail, Found, PixelData, Syntax};
 
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
@@ -23,6 +30,7 @@ const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
 const DEFLATED_EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1.99";
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+const PALETTE_COLOR: &str = "PALETTE COLOR";
 /// Secondary Capture, used only to complete the file meta of a data set without one.
 const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 
@@ -35,6 +43,7 @@ const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 pub struct RawFrame {
     pub rows: u32,
     pub cols: u32,
+    /// Samples per Pixel of the file; `values` hold 3 per pixel when `rgb`.
     pub samples: u8,
     pub values: Vec<f32>,
     /// (index used, frame count).
@@ -43,8 +52,12 @@ pub struct RawFrame {
     pub signed: bool,
     /// Photometric Interpretation as written in the file.
     pub photometric: String,
-    /// Whether `values` are RGB (decoder output or converted from YBR here).
+    /// Whether `values` are RGB (decoder output, converted from YBR or looked up in the
+    /// palette here).
     pub rgb: bool,
+    /// Value of full intensity in `values` when `rgb`: 2^Bits Stored - 1, or the range of
+    /// the palette's entries (255 or 65535).
+    pub rgb_max: f32,
     pub modality: Option<String>,
     pub transfer_syntax: String,
     /// (slope, intercept) of the modality LUT; (1, 0) when absent.
@@ -129,6 +142,22 @@ pub fn decode_raw_bytes(
     };
     let attrs = Attrs::read(&prep, name)?;
     attrs.check(name, limits)?;
+    // Read before decoding: a file whose tables are unusable is refused without the cost.
+    let palette = if attrs.photometric == PALETTE_COLOR {
+        let p = Palette::read(
+            &prep.found,
+            &prep.dataset,
+            prep.syntax.big_endian,
+            attrs.signed,
+        )
+        .map_err(|e| match e {
+            PaletteError::Malformed(m) => IngestError::malformed(name, m),
+            PaletteError::Unsupported(m) => IngestError::unsupported(name, m),
+        })?;
+        Some(p)
+    } else {
+        None
+    };
     let ts = TransferSyntaxRegistry.get(&prep.read_ts).ok_or_else(|| {
         IngestError::unsupported(name, format!("unknown transfer syntax {}", prep.file_ts))
     })?;
@@ -142,13 +171,15 @@ pub fn decode_raw_bytes(
             format!("transfer syntax {ts_name} cannot be decoded by this build"),
         ));
     }
+    let frame = attrs.frames / 2;
     match pixel {
         PixelData::Native { len } => {
             if ts.is_encapsulated_pixel_data() {
                 return Err(IngestError::malformed(
                     name,
                     format!(
-                        "transfer syntax {ts_name} needs encapsulated pixel data, found native"
+                        "transfer syntax {ts_name} needs encapsulated pixel data, Pixel Data \
+                         (7FE0,0010) is native ({len} bytes of defined length)"
                     ),
                 ));
             }
@@ -169,15 +200,28 @@ pub fn decode_raw_bytes(
                 return Err(IngestError::malformed(
                     name,
                     format!(
-                        "transfer syntax {ts_name} needs native pixel data, found encapsulated"
+                        "transfer syntax {ts_name} needs native pixel data, Pixel Data \
+                         (7FE0,0010) is encapsulated (undefined length, {} fragment items)",
+                        fragments.len()
                     ),
                 ));
             }
-            check_codestreams(&prep.dataset, fragments, &attrs, name)?;
+            if fragments.len() < 2 {
+                return Err(IngestError::NoPixelData {
+                    name: name.to_string(),
+                    reason: "encapsulated Pixel Data (7FE0,0010) has no fragments after the \
+                             offset table"
+                        .into(),
+                });
+            }
+            if prep.read_ts == RLE_LOSSLESS {
+                check_rle(&prep.dataset, fragments, &attrs, frame, name)?;
+            } else {
+                check_codestreams(&prep.dataset, fragments, &attrs, name)?;
+            }
         }
     }
 
-    let frame = attrs.frames / 2;
     let read_ts = prep.read_ts.clone();
     let dataset = &prep.dataset;
     let decoded = guarded(name, "parser", || {
@@ -234,8 +278,19 @@ pub fn decode_raw_bytes(
     if attrs.samples == 3 && !rgb {
         return Err(IngestError::unsupported(
             name,
-            format!("uncompressed {} colour", attrs.photometric),
+            format!(
+                "uncompressed {} colour (Photometric Interpretation (0028,0004)); RGB and \
+                 YBR_FULL are decoded",
+                attrs.photometric
+            ),
         ));
+    }
+    let mut rgb_max = attrs.max_value();
+    if let Some(palette) = palette {
+        values = palette.apply(&values);
+        rgb = true;
+        rgb_max = palette.max;
+        notes.push(palette.note);
     }
 
     Ok(RawFrame {
@@ -248,6 +303,7 @@ pub fn decode_raw_bytes(
         signed: attrs.signed,
         photometric: attrs.photometric.clone(),
         rgb,
+        rgb_max,
         modality: attrs.modality.clone(),
         transfer_syntax: ts_name,
         rescale: attrs.rescale,
@@ -257,8 +313,10 @@ pub fn decode_raw_bytes(
     })
 }
 
-/// Runs third-party code that is known to panic on malformed input; a panic becomes
-/// an error naming the file. The panic hook (installed by `main`) still reports it.
+/// Runs dicom-rs with a last guard: the checks before it are meant to leave it nothing
+/// to panic on, so a panic caught here is a decoder bug those checks missed, reported as
+/// such rather than blamed on the file. The panic hook (installed by `main`) still
+/// reports it with its location.
 fn guarded<T>(
     name: &str,
     what: &str,
@@ -272,11 +330,14 @@ fn guarded<T>(
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".into());
-            log::warn!("{name}: DICOM {what} panicked: {msg}");
-            Err(IngestError::malformed(
-                name,
-                format!("{what} panicked: {msg}"),
-            ))
+            log::error!("{name}: dicom-rs {what} panicked: {msg}");
+            Err(IngestError::DecoderBug {
+                name: name.to_string(),
+                reason: format!(
+                    "the dicom-rs {what} panicked ({msg}): a bug that the checks made before \
+                     decoding did not catch, not necessarily a fault of the file"
+                ),
+            })
         }
     }
 }
@@ -419,9 +480,13 @@ impl Attrs {
                 } else {
                     u16::from_le_bytes([a, b])
                 })),
-                Some(_) => Err(IngestError::malformed(
+                Some(v) => Err(IngestError::malformed(
                     name,
-                    format!("{} is not a 2-byte US value", tag_str(tag)),
+                    format!(
+                        "{} holds {} byte, a US value needs 2",
+                        tag_str(tag),
+                        v.len()
+                    ),
                 )),
             }
         };
@@ -433,6 +498,11 @@ impl Attrs {
                 None => Ok(None),
                 Some(s) => {
                     let first = s.split('\\').next().unwrap_or("").trim();
+                    // An empty value means absent: DS written as "", or with an empty
+                    // first value ("\2").
+                    if first.is_empty() {
+                        return Ok(None);
+                    }
                     first.parse::<f64>().map(Some).map_err(|_| {
                         IngestError::malformed(
                             name,
@@ -460,7 +530,10 @@ impl Attrs {
         let frames = match string((0x0028, 0x0008)) {
             None => 1,
             Some(s) => s.trim().parse::<u32>().map_err(|_| {
-                IngestError::malformed(name, format!("Number of Frames (0028,0008) is {s:?}"))
+                IngestError::malformed(
+                    name,
+                    format!("Number of Frames (0028,0008) is {s:?}, not a whole number"),
+                )
             })?,
         };
         let photometric = string((0x0028, 0x0004)).unwrap_or_else(|| {
@@ -488,7 +561,7 @@ impl Attrs {
         if samples > 3 {
             return Err(IngestError::unsupported(
                 name,
-                format!("Samples per Pixel (0028,0002) is {samples}"),
+                format!("Samples per Pixel (0028,0002) is {samples}; 1 and 3 are decoded"),
             ));
         }
         Ok(Attrs {
@@ -514,7 +587,7 @@ impl Attrs {
         let bad = |m: String| Err(IngestError::malformed(name, m));
         if self.rows == 0 || self.cols == 0 {
             return bad(format!(
-                "image is {} x {} (Rows x Columns)",
+                "image is {} x {} (Rows (0028,0010) x Columns (0028,0011))",
                 self.rows, self.cols
             ));
         }
@@ -566,23 +639,39 @@ impl Attrs {
             self.photometric.as_str(),
             "RGB" | "YBR_FULL" | "YBR_FULL_422" | "YBR_ICT" | "YBR_RCT"
         );
-        if self.photometric == "PALETTE COLOR" {
-            return Err(IngestError::unsupported(
-                name,
-                "PALETTE COLOR images (lookup tables are not applied)",
-            ));
+        if self.photometric == PALETTE_COLOR {
+            if self.samples != 1 {
+                return bad(format!(
+                    "PALETTE COLOR with Samples per Pixel (0028,0002) {}, must be 1",
+                    self.samples
+                ));
+            }
+            if !matches!(self.bits_allocated, 8 | 16) {
+                return Err(IngestError::unsupported(
+                    name,
+                    format!(
+                        "PALETTE COLOR with Bits Allocated (0028,0100) {}; 8 and 16 are \
+                         supported",
+                        self.bits_allocated
+                    ),
+                ));
+            }
+            return Ok(());
         }
         if !(mono && self.samples == 1 || colour && self.samples == 3) {
             return Err(IngestError::unsupported(
                 name,
                 format!(
-                    "Photometric Interpretation {:?} with {} sample(s) per pixel",
+                    "Photometric Interpretation (0028,0004) {:?} with Samples per Pixel \
+                     (0028,0002) {}",
                     self.photometric, self.samples
                 ),
             ));
         }
         if self.samples == 3 && self.bits_allocated == 1 {
-            return bad("1-bit colour image".into());
+            return bad(
+                "Bits Allocated (0028,0100) is 1 with Samples per Pixel (0028,0002) 3".into(),
+            );
         }
         Ok(())
     }
@@ -604,6 +693,49 @@ impl Attrs {
     }
 }
 
+/// Checks what the RLE decoder will index in the fragment of `frame` (see [`rle`]). Only
+/// that fragment: dicom-rs decodes one frame and reads no other.
+fn check_rle(
+    buf: &[u8],
+    fragments: &[(usize, usize)],
+    attrs: &Attrs,
+    frame: u32,
+    name: &str,
+) -> Result<(), IngestError> {
+    if !matches!(attrs.bits_allocated, 8 | 16) {
+        return Err(IngestError::unsupported(
+            name,
+            format!(
+                "RLE Lossless with Bits Allocated (0028,0100) {}; 8 and 16 are supported",
+                attrs.bits_allocated
+            ),
+        ));
+    }
+    // Fragments after the basic offset table; RLE puts each frame in exactly one
+    // (PS3.5 G.2), and the decoder picks a frame's fragment by that rule.
+    let data = &fragments[1..];
+    if data.len() as u64 != u64::from(attrs.frames) {
+        return Err(IngestError::malformed(
+            name,
+            format!(
+                "RLE Lossless needs one Pixel Data (7FE0,0010) fragment per frame: Number of \
+                 Frames (0028,0008) is {}, the pixel data has {} fragment(s)",
+                attrs.frames,
+                data.len()
+            ),
+        ));
+    }
+    let (start, end) = data[frame as usize];
+    let shape = rle::Shape {
+        rows: attrs.rows,
+        cols: attrs.cols,
+        samples: attrs.samples,
+        bytes_per_sample: (attrs.bits_allocated / 8) as u8,
+    };
+    rle::check_frame(&buf[start..end], frame, shape)
+        .map_err(|why| IngestError::malformed(name, format!("{why} (fragment at offset {start})")))
+}
+
 /// Compares the size each codestream declares with Rows / Columns, so that a decoder is
 /// never asked to allocate for a header that disagrees with the attributes.
 fn check_codestreams(
@@ -612,13 +744,7 @@ fn check_codestreams(
     attrs: &Attrs,
     name: &str,
 ) -> Result<(), IngestError> {
-    if fragments.len() < 2 {
-        return Err(IngestError::NoPixelData {
-            name: name.to_string(),
-            reason: "encapsulated Pixel Data has no fragments after the offset table".into(),
-        });
-    }
-    for &(start, end) in &fragments[1..] {
+    for &(start, end) in fragments.iter().skip(1) {
         let frag = &buf[start..end];
         let Some((w, h)) = codestream_size(frag) else {
             continue;
@@ -744,7 +870,7 @@ fn to_image(raw: RawFrame, name: &str) -> Result<Image, IngestError> {
     let mut notes = raw.notes.clone();
     let mut data = raw.values;
     if raw.rgb {
-        let max = ((1u64 << raw.bits_stored.min(32)) - 1) as f32;
+        let max = raw.rgb_max;
         for v in &mut data {
             *v = (*v / max).clamp(0.0, 1.0);
         }
@@ -754,7 +880,10 @@ fn to_image(raw: RawFrame, name: &str) -> Result<Image, IngestError> {
         if !slope.is_finite() || !intercept.is_finite() || slope == 0.0 {
             return Err(IngestError::malformed(
                 name,
-                format!("Rescale Slope / Intercept {slope} / {intercept}"),
+                format!(
+                    "Rescale Slope (0028,1053) {slope} / Rescale Intercept (0028,1052) \
+                     {intercept}: the slope must be finite and non-zero, the intercept finite"
+                ),
             ));
         }
         if (slope, intercept) != (1.0, 0.0) {

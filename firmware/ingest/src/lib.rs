@@ -3,8 +3,9 @@
 //!
 //! Everything here treats its input as hostile: files come from USB sticks, scanners and
 //! uploads. Sizes are checked against [`Limits`] before anything large is allocated, and
-//! third-party decoders that are known to panic on malformed input run under
-//! `catch_unwind` after a pre-scan has refused what could make them abort.
+//! what third-party decoders would index or allocate without checking is checked before
+//! they run; `catch_unwind` around them is the last guard, and a panic it catches is
+//! reported as a decoder bug ([`ErrorKind::DecoderBug`]).
 
 use std::fmt;
 use std::io::Read;
@@ -119,6 +120,10 @@ pub enum IngestError {
     Truncated { name: String, reason: String },
     #[error("{name}: too large: {reason}")]
     TooLarge { name: String, reason: String },
+    /// A decoder failed in a way the file alone does not explain (it panicked): a bug to
+    /// report, not a verdict on the file.
+    #[error("{name}: internal decoder error: {reason}")]
+    DecoderBug { name: String, reason: String },
     #[error("preprocessing: {reason}")]
     Spec { reason: String },
 }
@@ -133,6 +138,7 @@ pub enum ErrorKind {
     NoPixelData,
     Truncated,
     TooLarge,
+    DecoderBug,
     Spec,
 }
 
@@ -146,6 +152,7 @@ impl ErrorKind {
             ErrorKind::NoPixelData => "no_pixel_data",
             ErrorKind::Truncated => "truncated",
             ErrorKind::TooLarge => "too_large",
+            ErrorKind::DecoderBug => "decoder_bug",
             ErrorKind::Spec => "spec",
         }
     }
@@ -167,6 +174,7 @@ impl IngestError {
             IngestError::NoPixelData { .. } => ErrorKind::NoPixelData,
             IngestError::Truncated { .. } => ErrorKind::Truncated,
             IngestError::TooLarge { .. } => ErrorKind::TooLarge,
+            IngestError::DecoderBug { .. } => ErrorKind::DecoderBug,
             IngestError::Spec { .. } => ErrorKind::Spec,
         }
     }

@@ -530,6 +530,9 @@ impl Dispatcher {
                     let code = match kind.as_str() {
                         "too_large" => ErrorCode::TooLarge,
                         "unsupported" => ErrorCode::Unsupported,
+                        // A third-party decoder panicked past every check made before it:
+                        // a fault inside the device, not a verdict on the file.
+                        "decoder_bug" => ErrorCode::Internal,
                         _ => ErrorCode::DecodeFailed,
                     };
                     return Err(JobError {

@@ -6,8 +6,15 @@
 //! data) and refuses any defined length larger than what its container still holds.
 //! On the way it collects the top-level attributes the decoder would trust, so they can
 //! be sanity-checked before decoding.
+//!
+//! The bound only holds if the walker finds the headers where dicom-rs 0.10 will read
+//! them, so it reads them the way dicom-rs does, not the way the standard says: an
+//! unknown explicit VR is UN (4-byte length), a binary value is consumed in whole values
+//! (a US of length 3 leaves dicom-rs one byte early, reading the next header out of a
+//! value), and the items of an undefined-length UN are read in the data set's own
+//! syntax. What dicom-rs would read out of step is refused here instead.
 
-use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 
@@ -49,6 +56,16 @@ pub(crate) enum Fail {
     /// The stream ends inside something that declared more bytes.
     Truncated(String),
     Malformed(String),
+}
+
+impl Fail {
+    /// The same failure, said to be `context` (where it happened).
+    fn context(self, context: String) -> Fail {
+        match self {
+            Fail::Truncated(m) => Fail::Truncated(format!("{context}: {m}")),
+            Fail::Malformed(m) => Fail::Malformed(format!("{context}: {m}")),
+        }
+    }
 }
 
 /// Where the pixel data sits and how it is stored.
@@ -95,33 +112,67 @@ const WANTED: &[(u16, u16)] = &[
     (0x0028, 0x1052), // Rescale Intercept
     (0x0028, 0x1053), // Rescale Slope
     (0x0028, 0x1056), // VOI LUT Function
+    (0x0028, 0x1101), // Red Palette Color Lookup Table Descriptor
+    (0x0028, 0x1102), // Green Palette Color Lookup Table Descriptor
+    (0x0028, 0x1103), // Blue Palette Color Lookup Table Descriptor
+    (0x0028, 0x1201), // Red Palette Color Lookup Table Data
+    (0x0028, 0x1202), // Green Palette Color Lookup Table Data
+    (0x0028, 0x1203), // Blue Palette Color Lookup Table Data
+    (0x0028, 0x1221), // Segmented Red Palette Color Lookup Table Data
+    (0x0028, 0x1222), // Segmented Green Palette Color Lookup Table Data
+    (0x0028, 0x1223), // Segmented Blue Palette Color Lookup Table Data
 ];
 
-/// Explicit-VR codes whose length field is 4 bytes (after 2 reserved bytes).
-fn has_long_length(vr: [u8; 2]) -> bool {
-    matches!(
-        &vr,
-        b"OB"
-            | b"OD"
-            | b"OF"
-            | b"OL"
-            | b"OV"
-            | b"OW"
-            | b"SQ"
-            | b"SV"
-            | b"UC"
-            | b"UN"
-            | b"UR"
-            | b"UT"
-            | b"UV"
+/// Whether an explicit-VR header has a 4-byte length (after 2 reserved bytes): every VR
+/// but those PS3.5 Table 7.1-2 lists, including the codes dicom-rs does not know (it reads
+/// them as UN).
+fn has_long_length(vr: VR) -> bool {
+    !matches!(
+        vr,
+        VR::AE
+            | VR::AS
+            | VR::AT
+            | VR::CS
+            | VR::DA
+            | VR::DS
+            | VR::DT
+            | VR::FL
+            | VR::FD
+            | VR::IS
+            | VR::LO
+            | VR::LT
+            | VR::PN
+            | VR::SH
+            | VR::SL
+            | VR::SS
+            | VR::ST
+            | VR::TM
+            | VR::UI
+            | VR::UL
+            | VR::US
     )
 }
 
-fn dictionary_says_sequence(tag: (u16, u16)) -> bool {
+/// The VR dicom-rs reads an element with in implicit VR: the dictionary's (the first of
+/// its choices), OW for pixel and overlay data, UN when the tag is unknown.
+fn implicit_vr(tag: (u16, u16)) -> VR {
+    if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+        return VR::OW;
+    }
     StandardDataDictionary
         .by_tag(Tag(tag.0, tag.1))
-        .map(|e| matches!(e.vr(), VirtualVr::Exact(VR::SQ)))
-        .unwrap_or(false)
+        .map(|e| e.vr().relaxed())
+        .unwrap_or(VR::UN)
+}
+
+/// Size of one value of a binary VR, which dicom-rs reads in whole values only.
+fn value_size(vr: VR) -> u32 {
+    match vr {
+        VR::US | VR::SS | VR::OW => 2,
+        VR::UL | VR::SL | VR::FL | VR::OL | VR::OF | VR::AT => 4,
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => 8,
+        _ => 1,
+    }
 }
 
 pub(crate) fn tag_str(tag: (u16, u16)) -> String {
@@ -217,54 +268,59 @@ impl Walker<'_> {
                 };
             }
             let (vr, len, header) = if syn.explicit {
-                let vr = [self.buf[pos + 4], self.buf[pos + 5]];
-                if !vr.iter().all(u8::is_ascii_uppercase) {
+                let code = [self.buf[pos + 4], self.buf[pos + 5]];
+                if !code.iter().all(u8::is_ascii_uppercase) {
                     return Err(Fail::Malformed(format!(
                         "element {} at offset {pos} has invalid VR bytes {:02X} {:02X}",
                         tag_str(tag),
-                        vr[0],
-                        vr[1]
+                        code[0],
+                        code[1]
                     )));
                 }
+                let vr = VR::from_binary(code).unwrap_or(VR::UN);
                 if has_long_length(vr) {
                     if end - pos < 12 {
                         return Err(self.overrun("element header".into(), 12, pos, end));
                     }
-                    (Some(vr), self.u32_at(pos + 8, syn.big_endian), 12)
+                    (vr, self.u32_at(pos + 8, syn.big_endian), 12)
                 } else {
-                    (Some(vr), u32::from(self.u16_at(pos + 6, syn.big_endian)), 8)
+                    (vr, u32::from(self.u16_at(pos + 6, syn.big_endian)), 8)
                 }
             } else {
-                (None, self.u32_at(pos + 4, syn.big_endian), 8)
+                (implicit_vr(tag), self.u32_at(pos + 4, syn.big_endian), 8)
             };
             let value = pos + header;
-            let is_sq = match vr {
-                Some(v) => &v == b"SQ" || (&v == b"UN" && dictionary_says_sequence(tag)),
-                None => dictionary_says_sequence(tag),
-            };
-            // An undefined-length UN is a sequence encoded in implicit VR little endian
-            // (PS3.5 6.2.2); so is the content of a UN the dictionary knows as SQ.
-            let inner = match vr {
-                Some(v) if &v == b"UN" => Syntax::IMPLICIT_LE,
-                _ => syn,
-            };
             if len == UNDEFINED {
-                if tag == PIXEL_DATA && depth == 0 {
-                    pos = self.fragments(value, end, syn)?;
+                // Encapsulated pixel data is not only the image's: an Icon Image Sequence
+                // (0088,0200) item of a compressed file carries its own, encapsulated in the
+                // same transfer syntax. Only the top-level one is the image to decode.
+                if tag == PIXEL_DATA {
+                    pos = self.fragments(value, end, syn, depth == 0)?;
                     continue;
                 }
-                let sequence_like = match vr {
-                    Some(v) => &v == b"SQ" || &v == b"UN",
-                    None => true,
-                };
-                if !sequence_like {
+                // dicom-rs reads any other undefined length as a sequence; in explicit VR
+                // only SQ and UN are meant to be one.
+                if syn.explicit && !matches!(vr, VR::SQ | VR::UN) {
                     return Err(Fail::Malformed(format!(
-                        "element {} at offset {pos} has undefined length but VR {}",
+                        "element {} at offset {pos} has undefined length but VR {vr}; only \
+                         sequences (SQ, UN) and Pixel Data {} may",
                         tag_str(tag),
-                        String::from_utf8_lossy(&vr.unwrap_or(*b"??"))
+                        tag_str(PIXEL_DATA)
                     )));
                 }
-                pos = self.items(value, end, inner, depth + 1, true)?;
+                pos = self.items(value, end, syn, depth + 1, true).map_err(|f| {
+                    if vr == VR::UN && syn.explicit {
+                        // The standard encodes these items in implicit VR; dicom-rs 0.10
+                        // reads them in explicit VR, so only that reading is safe to pass.
+                        f.context(format!(
+                            "in UN element {} of undefined length at offset {pos}, whose \
+                             items the decoder reads in explicit VR",
+                            tag_str(tag)
+                        ))
+                    } else {
+                        f
+                    }
+                })?;
                 continue;
             }
             let len_usize = len as usize;
@@ -276,9 +332,17 @@ impl Walker<'_> {
                     end,
                 ));
             }
+            let size = value_size(vr);
+            if len % size != 0 {
+                return Err(Fail::Malformed(format!(
+                    "element {} at offset {pos} has VR {vr} and length {len}, not a whole \
+                     number of {size}-byte values",
+                    tag_str(tag)
+                )));
+            }
             let value_end = value + len_usize;
-            if is_sq {
-                self.items(value, value_end, inner, depth + 1, false)?;
+            if vr == VR::SQ {
+                self.items(value, value_end, syn, depth + 1, false)?;
             }
             if depth == 0 {
                 if tag == PIXEL_DATA {
@@ -347,8 +411,15 @@ impl Walker<'_> {
         }
     }
 
-    /// Encapsulated pixel data: defined-length items up to the sequence delimiter.
-    fn fragments(&mut self, mut pos: usize, end: usize, syn: Syntax) -> Result<usize, Fail> {
+    /// Encapsulated pixel data: defined-length items up to the sequence delimiter. With
+    /// `record`, they are the image's fragments.
+    fn fragments(
+        &mut self,
+        mut pos: usize,
+        end: usize,
+        syn: Syntax,
+        record: bool,
+    ) -> Result<usize, Fail> {
         let mut fragments = Vec::new();
         loop {
             if end - pos < 8 {
@@ -361,7 +432,9 @@ impl Walker<'_> {
             let len = self.u32_at(pos + 4, syn.big_endian);
             match tag {
                 SEQ_DELIM => {
-                    self.found.pixel_data = Some(PixelData::Encapsulated { fragments });
+                    if record {
+                        self.found.pixel_data = Some(PixelData::Encapsulated { fragments });
+                    }
                     return Ok(pos + 8);
                 }
                 ITEM if len != UNDEFINED => {
@@ -410,7 +483,7 @@ pub(crate) fn scan_meta(buf: &[u8], start: usize) -> Result<(String, usize), Fai
     let mut ts = None;
     while buf.len() - pos >= 8 && w.u16_at(pos, false) == 0x0002 {
         let tag = (0x0002, w.u16_at(pos + 2, false));
-        let vr = [buf[pos + 4], buf[pos + 5]];
+        let vr = VR::from_binary([buf[pos + 4], buf[pos + 5]]).unwrap_or(VR::UN);
         let (len, header) = if has_long_length(vr) {
             if buf.len() - pos < 12 {
                 return Err(w.overrun("file meta element header".into(), 12, pos, buf.len()));
@@ -457,7 +530,7 @@ mod tests {
         v.extend_from_slice(&tag.0.to_le_bytes());
         v.extend_from_slice(&tag.1.to_le_bytes());
         v.extend_from_slice(vr);
-        if has_long_length(*vr) {
+        if has_long_length(VR::from_binary(*vr).unwrap()) {
             v.extend_from_slice(&[0, 0]);
             v.extend_from_slice(&(value.len() as u32).to_le_bytes());
         } else {
@@ -505,6 +578,167 @@ mod tests {
         assert!(
             matches!(err, Fail::Malformed(ref m) if m.contains("(0008,0100)")),
             "{err:?}"
+        );
+    }
+
+    /// Header of an explicit VR LE element of undefined length.
+    fn undefined(tag: (u16, u16), vr: &[u8; 2]) -> Vec<u8> {
+        let mut v = el(tag, vr, &[]);
+        let n = v.len();
+        v[n - 4..].copy_from_slice(&UNDEFINED.to_le_bytes());
+        v
+    }
+
+    fn item(len: u32) -> Vec<u8> {
+        let mut v = vec![0xFE, 0xFF, 0x00, 0xE0];
+        v.extend_from_slice(&len.to_le_bytes());
+        v
+    }
+
+    const SEQ_DELIM_BYTES: [u8; 8] = [0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0];
+    const ITEM_DELIM_BYTES: [u8; 8] = [0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0];
+
+    /// Encapsulated pixel data: empty offset table, then `fragments`.
+    fn encapsulated(fragments: &[&[u8]]) -> Vec<u8> {
+        let mut v = undefined(PIXEL_DATA, b"OB");
+        v.extend(item(0));
+        for f in fragments {
+            v.extend(item(f.len() as u32));
+            v.extend_from_slice(f);
+        }
+        v.extend_from_slice(&SEQ_DELIM_BYTES);
+        v
+    }
+
+    #[test]
+    fn encapsulated_pixel_data_inside_an_icon_item_is_walked_not_recorded() {
+        // Icon Image Sequence of undefined length, one item of undefined length holding an
+        // encapsulated icon, as compressed files from several vendors have; then the image.
+        let mut buf = el((0x0018, 0x0050), b"DS", b"");
+        buf.extend(undefined((0x0088, 0x0200), b"SQ"));
+        buf.extend(item(UNDEFINED));
+        buf.extend(el((0x0028, 0x0010), b"US", &8u16.to_le_bytes()));
+        buf.extend(encapsulated(&[&[0xAA; 6]]));
+        buf.extend_from_slice(&ITEM_DELIM_BYTES);
+        buf.extend_from_slice(&SEQ_DELIM_BYTES);
+        buf.extend(el((0x0028, 0x0010), b"US", &64u16.to_le_bytes()));
+        let image_at = buf.len();
+        buf.extend(encapsulated(&[&[0x55; 10], &[0x66; 4]]));
+        let found = scan_dataset(&buf, 0, Syntax::EXPLICIT_LE).unwrap();
+        // The icon's Rows is nested: only the image's is collected.
+        assert_eq!(found.raw(&buf, (0x0028, 0x0010)), Some(&[64u8, 0][..]));
+        let first = image_at + 12 + 8 + 8;
+        assert_eq!(
+            found.pixel_data,
+            Some(PixelData::Encapsulated {
+                fragments: vec![
+                    (image_at + 20, image_at + 20),
+                    (first, first + 10),
+                    (first + 18, first + 22)
+                ]
+            })
+        );
+        assert_eq!(found.raw(&buf, (0x0018, 0x0050)), None, "not a wanted tag");
+
+        // The same in implicit VR (no VR bytes: the tag alone says pixel data).
+        let mut implicit = Vec::new();
+        implicit.extend_from_slice(&[0x88, 0x00, 0x00, 0x02]);
+        implicit.extend_from_slice(&UNDEFINED.to_le_bytes());
+        implicit.extend(item(UNDEFINED));
+        implicit.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00]);
+        implicit.extend_from_slice(&UNDEFINED.to_le_bytes());
+        implicit.extend(item(0));
+        implicit.extend(item(2));
+        implicit.extend_from_slice(&[1, 2]);
+        implicit.extend_from_slice(&SEQ_DELIM_BYTES);
+        implicit.extend_from_slice(&ITEM_DELIM_BYTES);
+        implicit.extend_from_slice(&SEQ_DELIM_BYTES);
+        let found = scan_dataset(&implicit, 0, Syntax::IMPLICIT_LE).unwrap();
+        assert_eq!(found.pixel_data, None, "an icon alone is not an image");
+    }
+
+    #[test]
+    fn undefined_length_outside_sequences_and_pixel_data_is_refused() {
+        let mut buf = undefined((0x0009, 0x1010), b"OB");
+        buf.extend(item(0));
+        buf.extend_from_slice(&SEQ_DELIM_BYTES);
+        let Fail::Malformed(msg) = scan_dataset(&buf, 0, Syntax::EXPLICIT_LE).unwrap_err() else {
+            panic!("not reported as malformed")
+        };
+        assert!(
+            msg.contains("(0009,1010)") && msg.contains("VR OB"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn binary_values_must_be_whole_values() {
+        // Found by fuzzing (a mutated CT_small.dcm): Pixel Representation written as SL of
+        // length 2. dicom-rs reads no 4-byte value from it, stays two bytes early and takes
+        // the next element's SS value as the length of a UN: 0xF8300002 bytes to allocate.
+        let mut buf = el((0x0028, 0x0103), b"SL", &[1, 0]);
+        buf.extend(el((0x0028, 0x0120), b"SS", &[0x30, 0xF8]));
+        let Fail::Malformed(msg) = scan_dataset(&buf, 0, Syntax::EXPLICIT_LE).unwrap_err() else {
+            panic!("not reported as malformed")
+        };
+        assert!(
+            msg.contains("(0028,0103)") && msg.contains("VR SL and length 2"),
+            "{msg}"
+        );
+        assert!(msg.contains("4-byte values"), "{msg}");
+
+        // Implicit VR: the dictionary's VR counts (Rows is US).
+        let mut implicit = vec![0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 64, 0, 0];
+        let Fail::Malformed(msg) = scan_dataset(&implicit, 0, Syntax::IMPLICIT_LE).unwrap_err()
+        else {
+            panic!("not reported as malformed")
+        };
+        assert!(
+            msg.contains("(0028,0010)") && msg.contains("VR US and length 3"),
+            "{msg}"
+        );
+        implicit[4] = 2;
+        implicit.pop();
+        assert!(scan_dataset(&implicit, 0, Syntax::IMPLICIT_LE).is_ok());
+    }
+
+    #[test]
+    fn unknown_vr_codes_have_a_4_byte_length_as_in_dicom_rs() {
+        // "ZZ" is no VR: dicom-rs reads it as UN, with reserved bytes and a 4-byte length.
+        let mut buf = vec![0x09, 0x00, 0x01, 0x10, b'Z', b'Z', 0, 0];
+        buf.extend_from_slice(&6u32.to_le_bytes());
+        buf.extend_from_slice(b"abcdef");
+        buf.extend(el((0x0028, 0x0010), b"US", &64u16.to_le_bytes()));
+        let found = scan_dataset(&buf, 0, Syntax::EXPLICIT_LE).unwrap();
+        assert_eq!(found.raw(&buf, (0x0028, 0x0010)), Some(&[64u8, 0][..]));
+    }
+
+    #[test]
+    fn undefined_length_un_items_are_read_as_the_decoder_reads_them() {
+        // Items in explicit VR, as dicom-rs reads them: walked.
+        let mut buf = undefined((0x0009, 0x1010), b"UN");
+        buf.extend(item(UNDEFINED));
+        buf.extend(el((0x0008, 0x0100), b"SH", b"ABCD"));
+        buf.extend_from_slice(&ITEM_DELIM_BYTES);
+        buf.extend_from_slice(&SEQ_DELIM_BYTES);
+        buf.extend(el((0x0028, 0x0010), b"US", &64u16.to_le_bytes()));
+        let found = scan_dataset(&buf, 0, Syntax::EXPLICIT_LE).unwrap();
+        assert_eq!(found.raw(&buf, (0x0028, 0x0010)), Some(&[64u8, 0][..]));
+
+        // Items in implicit VR (what PS3.5 6.2.2 asks for): dicom-rs would read their
+        // headers out of step, so they are refused, saying where.
+        let mut buf = undefined((0x0009, 0x1010), b"UN");
+        buf.extend(item(UNDEFINED));
+        buf.extend_from_slice(&[0x08, 0x00, 0x00, 0x01, 4, 0, 0, 0]);
+        buf.extend_from_slice(b"ABCD");
+        buf.extend_from_slice(&ITEM_DELIM_BYTES);
+        buf.extend_from_slice(&SEQ_DELIM_BYTES);
+        let Fail::Malformed(msg) = scan_dataset(&buf, 0, Syntax::EXPLICIT_LE).unwrap_err() else {
+            panic!("not reported as malformed")
+        };
+        assert!(
+            msg.starts_with("in UN element (0009,1010) of undefined length at offset 0"),
+            "{msg}"
         );
     }
 

@@ -3,6 +3,8 @@
 use super::*;
 use crate::{load_bytes, shared_dicom_dir, ErrorKind};
 
+mod built;
+
 /// One row of SURVEY.tsv: what pydicom 3.0.2 + GDCM decode from a file.
 struct Expected {
     file: String,
@@ -166,6 +168,32 @@ fn gzipped_dicom_loads() {
     assert_eq!((img.width, img.height), (64, 64));
 }
 
+/// Regression for the fuzzer's first out-of-memory (CT_small.dcm with the VR of Pixel
+/// Representation changed from US to SL): refused by the pre-scan, never handed to
+/// dicom-rs, which would allocate 0xF8300002 bytes for it. Checked through `prepare` so
+/// that a regression fails here instead of allocating 4 GiB in the test.
+#[test]
+fn a_binary_value_that_is_not_whole_values_is_refused_before_dicom_rs() {
+    let Some(dir) = shared_dicom_dir() else {
+        return;
+    };
+    let mut bytes = std::fs::read(dir.join("CT_small.dcm")).unwrap();
+    let at = bytes
+        .windows(6)
+        .position(|w| w == [0x28, 0x00, 0x03, 0x01, b'U', b'S'])
+        .unwrap();
+    bytes[at + 4..at + 6].copy_from_slice(b"SL");
+    let err = prepare(&bytes, "CT_small.dcm", &Limits::default(), &mut Vec::new())
+        .err()
+        .expect("refused by the pre-scan");
+    assert_eq!(err.kind(), ErrorKind::Malformed, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("(0028,0103)") && msg.contains("VR SL and length 2"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn pixel_limit_is_checked_before_decoding() {
     let Some(dir) = shared_dicom_dir() else {
@@ -195,6 +223,7 @@ fn windowing_and_monochrome1() {
         signed: false,
         photometric: "MONOCHROME1".into(),
         rgb: false,
+        rgb_max: 255.0,
         modality: None,
         transfer_syntax: "x".into(),
         rescale: (2.0, -100.0),
@@ -206,6 +235,22 @@ fn windowing_and_monochrome1() {
     // Rescaled to -100, 0, 100; robust window over those; inverted.
     assert_eq!(img.data, vec![1.0, 0.5, 0.0]);
     assert!(img.info.note.unwrap().contains("MONOCHROME1 inverted"));
+}
+
+#[test]
+fn a_caught_decoder_panic_is_reported_as_a_decoder_bug() {
+    let err = guarded("scan.dcm", "decoder", || -> Result<(), IngestError> {
+        panic!("index out of bounds: the len is 3 but the index is 3")
+    })
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DecoderBug);
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("scan.dcm: internal decoder error: the dicom-rs decoder panicked (index"),
+        "{msg}"
+    );
+    assert!(msg.contains("not necessarily a fault of the file"), "{msg}");
+    assert!(!msg.contains("malformed"), "{msg}");
 }
 
 #[test]
@@ -309,10 +354,11 @@ fn mutated_files_never_panic_or_abort() {
         160
     };
     let limits = Limits::default();
-    let (mut total, mut ok) = (0, 0);
+    let (mut total, mut ok, mut bugs) = (0, 0, 0);
     for file in [
         "MR_small.dcm",
         "MR_small_RLE.dcm",
+        "SC_rgb_rle.dcm",
         "SC_rgb_jpeg_dcmtk.dcm",
         "JPEG2000.dcm",
         "MR_small_jpeg_ls_lossless.dcm",
@@ -325,6 +371,15 @@ fn mutated_files_never_panic_or_abort() {
                     ok += 1;
                     assert!(img.data.iter().all(|v| v.is_finite()), "{file} {what}");
                 }
+                Ok(Err(e)) if e.kind() == ErrorKind::DecoderBug => {
+                    // Native and RLE data are checked completely before decoding: nothing
+                    // may reach the last guard.
+                    let checked_fully =
+                        file == "MR_small.dcm" || file.to_ascii_lowercase().contains("rle");
+                    assert!(!checked_fully, "{file} {what}: {e}");
+                    eprintln!("{file} {what}: {e}");
+                    bugs += 1;
+                }
                 Ok(Err(e)) => assert!(e.to_string().contains(file), "{file} {what}: {e}"),
                 Err(_) => panic!("{file}: mutation {what} panicked through load_bytes"),
             }
@@ -332,7 +387,7 @@ fn mutated_files_never_panic_or_abort() {
         }
     }
     eprintln!(
-        "mutation test: {total} variants, {ok} decoded, {} refused",
+        "mutation test: {total} variants, {ok} decoded, {} refused, {bugs} caught decoder panics",
         total - ok
     );
     assert!(
