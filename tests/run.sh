@@ -58,7 +58,9 @@ board/deb/build.sh amd64
 cargo run --release --locked -p edgedx -- demo
 
 log "soak, 3 minutes (tests/soak/README.md; the release build above)"
-cargo run --release --locked -p edgedx-soak -- --minutes 3
+# A fault every ~8 s; seed 7 draws every kind of fault (worker kill and stop, supervisor
+# kill, full disk) within the 3 minutes.
+cargo run --release --locked -p edgedx-soak -- --minutes 3 --fault-every-s 8 --seed 7
 
 log "clippy ($TARGET)"
 cargo clippy --workspace --all-targets --locked --target "$TARGET" -- -D warnings

@@ -12,6 +12,12 @@
 //! the torn write of a power cut: it is cut off and the records before it are kept. The
 //! same damage in an older segment is reported and the rest of that segment is skipped,
 //! but the file is left in place for inspection.
+//!
+//! A write that fails while the device runs (a full disk) must not leave a partial record
+//! with later records after it: that would read as damage at the next start and cut off
+//! every record behind it. The partial record is cut off at once, and if even that fails
+//! the next record goes to a new segment. Old segments are deleted only while the active
+//! one holds its header, so the next result id is never forgotten.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -71,6 +77,8 @@ struct Segment {
     bytes: u64,
     /// Unacknowledged results stored in this segment.
     pending: usize,
+    /// Holds a header record (the next result id when it was started).
+    header: bool,
 }
 
 pub struct Outbox {
@@ -80,6 +88,11 @@ pub struct Outbox {
     active: File,
     unacked: BTreeMap<u64, (u64, ClassificationResult)>,
     next_id: u64,
+    /// A failed write left bytes that could not be cut off: write on in a new segment.
+    torn: bool,
+    /// Acks the host sent while the journal could not take them (a full disk): already
+    /// applied in memory, written before the next record.
+    unjournaled_acks: Vec<u64>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -126,9 +139,11 @@ impl Outbox {
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(io_err(&path))?;
             let (good, records) = parse_records(&data);
+            let mut header = false;
             for (kind, payload) in records {
                 match kind {
                     TYPE_SEGMENT if payload.len() >= 8 => {
+                        header = true;
                         next_id = next_id.max(u64_le(payload));
                     }
                     TYPE_RESULT => match postcard::from_bytes::<ClassificationResult>(payload) {
@@ -170,6 +185,7 @@ impl Outbox {
                 path,
                 bytes,
                 pending: 0,
+                header,
             });
         }
         for (segment_no, _) in unacked.values() {
@@ -201,7 +217,22 @@ impl Outbox {
             active,
             unacked,
             next_id,
+            torn: false,
+            unjournaled_acks: Vec::new(),
         };
+        // A newest segment without its header (a rotation cut short by a full disk or a
+        // crash): record the next id in it before any older segment may be deleted.
+        if !outbox.segments.last().is_some_and(|s| s.header) {
+            let id = outbox.next_id.to_le_bytes();
+            match outbox.write_record(TYPE_SEGMENT, &id, true) {
+                Ok(()) => {
+                    if let Some(active) = outbox.segments.last_mut() {
+                        active.header = true;
+                    }
+                }
+                Err(e) => log::error!("{e}; old segments are kept until a new one starts"),
+            }
+        }
         outbox.collect_garbage();
         Ok((outbox, recovery))
     }
@@ -219,6 +250,7 @@ impl Outbox {
             message: e.to_string(),
         })?;
         self.maybe_rotate()?;
+        self.journal_pending_acks()?;
         self.write_record(TYPE_RESULT, &payload, true)?;
         self.next_id += 1;
         let active = self
@@ -232,16 +264,32 @@ impl Outbox {
 
     /// Records the host's acknowledgement. Unknown or repeated ids are ignored (Ack is
     /// idempotent). Returns whether the id was pending.
+    ///
+    /// The host has the result, so it is never sent again in this run even when the
+    /// journal cannot take the ack (a full disk): the ack is kept and written before the
+    /// next record. Only a restart before that can bring the result back once, as a
+    /// duplicate the host recognises by its id.
     pub fn ack(&mut self, id: u64) -> Result<bool, OutboxError> {
         let Some((segment_no, _)) = self.unacked.remove(&id) else {
             return Ok(false);
         };
-        self.write_record(TYPE_ACK, &id.to_le_bytes(), false)?;
         if let Some(s) = self.segments.iter_mut().find(|s| s.number == segment_no) {
             s.pending = s.pending.saturating_sub(1);
         }
+        self.unjournaled_acks.push(id);
+        self.maybe_rotate()?;
+        self.journal_pending_acks()?;
         self.collect_garbage();
         Ok(true)
+    }
+
+    /// Writes the acks the journal could not take earlier, oldest first.
+    fn journal_pending_acks(&mut self) -> Result<(), OutboxError> {
+        while let Some(&id) = self.unjournaled_acks.first() {
+            self.write_record(TYPE_ACK, &id.to_le_bytes(), false)?;
+            self.unjournaled_acks.remove(0);
+        }
+        Ok(())
     }
 
     /// Unacknowledged results in id order: what a reconnecting host is sent again.
@@ -285,13 +333,25 @@ impl Outbox {
     fn write_record(&mut self, kind: u8, payload: &[u8], sync: bool) -> Result<(), OutboxError> {
         let record = encode_record(kind, payload);
         let path = self.active_path();
-        let io_err = |source| OutboxError::Io {
-            path: path.clone(),
-            source,
-        };
-        self.active.write_all(&record).map_err(io_err)?;
-        if sync {
-            self.active.sync_data().map_err(io_err)?;
+        let before = self.segments.last().map_or(0, |s| s.bytes);
+        let written = self.active.write_all(&record).and_then(|()| {
+            if sync {
+                self.active.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(source) = written {
+            // Cut the partial record off, so that records written later are not behind
+            // damage. If that fails too, the next record starts a new segment.
+            if let Err(e) = self.active.set_len(before) {
+                log::error!(
+                    "outbox {}: cannot cut a failed write off ({e}); continuing in a new segment",
+                    path.display()
+                );
+                self.torn = true;
+            }
+            return Err(OutboxError::Io { path, source });
         }
         if let Some(active) = self.segments.last_mut() {
             active.bytes += record.len() as u64;
@@ -303,19 +363,24 @@ impl Outbox {
         let Some(active) = self.segments.last() else {
             return Ok(());
         };
-        if active.bytes < self.limits.segment_bytes {
+        if active.bytes < self.limits.segment_bytes && !self.torn {
             return Ok(());
         }
         let number = active.number + 1;
         let (file, segment) = create_segment(&self.dir, number, self.next_id)?;
         self.active = file;
         self.segments.push(segment);
+        self.torn = false;
         self.collect_garbage();
         Ok(())
     }
 
-    /// Deletes older segments whose results are all acknowledged.
+    /// Deletes older segments whose results are all acknowledged, once the active segment
+    /// holds the next result id (else the older headers are the only record of it).
     fn collect_garbage(&mut self) {
+        if !self.segments.last().is_some_and(|s| s.header) {
+            return;
+        }
         let active = self.segments.last().map(|s| s.number);
         self.segments.retain(|s| {
             if Some(s.number) == active || s.pending > 0 {
@@ -342,9 +407,11 @@ fn create_segment(dir: &Path, number: u64, next_id: u64) -> Result<(File, Segmen
         path: path.clone(),
         source,
     };
+    // Truncate: a file of this number can only be what a failed earlier attempt left.
     let mut file = OpenOptions::new()
         .create(true)
-        .append(true)
+        .write(true)
+        .truncate(true)
         .open(&path)
         .map_err(io_err)?;
     let record = encode_record(TYPE_SEGMENT, &next_id.to_le_bytes());
@@ -362,6 +429,7 @@ fn create_segment(dir: &Path, number: u64, next_id: u64) -> Result<(File, Segmen
             path,
             bytes,
             pending: 0,
+            header: true,
         },
     ))
 }
@@ -545,5 +613,124 @@ mod tests {
             ob.ack(id).unwrap();
         }
         assert!(!ob.is_full());
+    }
+
+    /// A full disk (here /dev/full) fails a write: nothing partial may stay in front of
+    /// later records, the id is not used, and what follows lands in a readable segment.
+    /// Found by the soak: torn records in the middle of a segment cut off every result and
+    /// ack behind them at the next start, and result ids were given out again.
+    #[test]
+    fn a_failed_write_leaves_no_damage_and_no_id_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = OutboxLimits {
+            segment_bytes: 1 << 20,
+            ..LIMITS
+        };
+        let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
+        assert_eq!(ob.append(result("a")).unwrap().result_id, 1);
+        let real = std::mem::replace(
+            &mut ob.active,
+            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+        );
+        let err = ob.append(result("b")).unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert_eq!(ob.unacked_len(), 1);
+        // /dev/full cannot be truncated either: the next record starts a new segment.
+        assert!(ob.torn);
+        drop(real);
+        assert!(ob.ack(1).unwrap(), "the ack goes to a new segment");
+        assert!(!ob.torn);
+        assert!(ob.unjournaled_acks.is_empty());
+        assert_eq!(
+            ob.append(result("c")).unwrap().result_id,
+            2,
+            "id 2 was never used"
+        );
+        drop(ob);
+        let (ob, rec) = Outbox::open(dir.path(), big).unwrap();
+        assert_eq!((rec.torn_bytes, rec.damaged.len()), (0, 0));
+        let left: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        assert_eq!(left, vec![2]);
+        assert_eq!(ob.next_id(), 3);
+    }
+
+    /// A rotation cut short leaves an empty (or partly written) newest segment. Reopening
+    /// must neither give ids out again nor delete the older segments that hold the next id
+    /// before the newest holds it.
+    #[test]
+    fn a_headerless_newest_segment_does_not_lose_the_next_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
+        let ids: Vec<u64> = (0..30)
+            .map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id)
+            .collect();
+        for id in &ids {
+            ob.ack(*id).unwrap();
+        }
+        drop(ob);
+        // What a failed rotation leaves: the next segment file, empty or with half a header.
+        for leftover in [&[][..], &[9, 0, 0][..]] {
+            let newest = fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| {
+                    let name = e.unwrap().file_name().into_string().unwrap();
+                    name.strip_prefix("seg-")?
+                        .strip_suffix(".log")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .max()
+                .unwrap();
+            fs::write(segment_path(dir.path(), newest + 1), leftover).unwrap();
+            // A restart with nothing journaled, then another.
+            drop(Outbox::open(dir.path(), LIMITS).unwrap());
+            let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
+            let next = ob.append(result("next")).unwrap().result_id;
+            assert!(
+                next > 30,
+                "id {next} given out again (leftover {leftover:?})"
+            );
+            ob.ack(next).unwrap();
+            drop(ob);
+            let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
+            let again = ob.append(result("again")).unwrap().result_id;
+            assert!(again > next, "id {again} after {next}");
+            ob.ack(again).unwrap();
+        }
+    }
+
+    /// An ack the journal cannot take (a full disk) still stops the resending at once, and
+    /// reaches the journal with the next record that can be written.
+    #[test]
+    fn an_ack_on_a_full_disk_is_applied_now_and_journaled_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = OutboxLimits {
+            segment_bytes: 1 << 20,
+            ..LIMITS
+        };
+        let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
+        ob.append(result("a")).unwrap();
+        ob.append(result("b")).unwrap();
+        let real = std::mem::replace(
+            &mut ob.active,
+            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+        );
+        assert!(ob.ack(1).is_err());
+        let left: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        assert_eq!(
+            left,
+            vec![2],
+            "acknowledged, so never sent again in this run"
+        );
+        assert_eq!(ob.unjournaled_acks, vec![1]);
+        // Space again. /dev/full could not be truncated, so the next record rotates first.
+        ob.active = real;
+        assert_eq!(ob.append(result("c")).unwrap().result_id, 3);
+        assert!(ob.unjournaled_acks.is_empty());
+        drop(ob);
+        let (ob, rec) = Outbox::open(dir.path(), big).unwrap();
+        assert_eq!(rec.damaged.len(), 0);
+        let left: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        assert_eq!(left, vec![2, 3], "the ack of 1 reached the journal");
     }
 }

@@ -29,6 +29,8 @@ pub struct Ledger {
     result_of: HashMap<[u8; 32], u64>,
     /// Every result id seen on any link.
     pub seen: HashSet<u64>,
+    /// The input each result id was given to: an id is never given out twice.
+    input_of: HashMap<u64, [u8; 32]>,
     /// Result ids whose Ack the device has processed (a Pong after the Ack came back).
     acked: HashMap<u64, Instant>,
     pub duplicates_by_id: u64,
@@ -87,6 +89,18 @@ impl Ledger {
         let now = Instant::now();
         if !self.seen.insert(r.result_id) {
             self.duplicates_by_id += 1;
+        }
+        match self.input_of.get(&r.result_id) {
+            Some(input) if *input != r.input_sha256 => self.violations.push(format!(
+                "result id {} given to two inputs ({} and {})",
+                r.result_id,
+                hex8(input),
+                hex8(&r.input_sha256)
+            )),
+            Some(_) => {}
+            None => {
+                self.input_of.insert(r.result_id, r.input_sha256);
+            }
         }
         if let Some(acked_at) = self.acked.get(&r.result_id) {
             if session_start > *acked_at {
