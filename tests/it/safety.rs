@@ -249,11 +249,24 @@ fn fp32_fallback_returns_to_int8_after_the_cooldown_under_steady_load() {
             d.audit()
         );
     };
+    // The cool-down runs from the switch, which the client cannot see (the first fp32
+    // answer comes after fp32 has loaded): measure it in the audit log's own times.
+    let audit = d.audit();
+    let at = |event: &str| -> u64 {
+        audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == event)
+            .and_then(|v| v["ts_ms"].as_u64())
+            .unwrap_or_else(|| panic!("no {event} in the audit log:\n{audit}"))
+    };
+    // Both are stamped when the supervisor logs them, a queue hop after the dispatcher
+    // acts: allow it a little.
+    let cooled = at("back_to_int8") - at("fallback_fp32");
     assert!(
-        back >= Duration::from_secs(4),
-        "back on int8 before the cool-down: {back:?}"
+        cooled >= 3500,
+        "back on int8 {cooled} ms after the switch, before the 4 s cool-down (client saw {back:?})"
     );
-    assert!(d.audit().contains("back_to_int8"), "{}", d.audit());
 }
 
 #[test]

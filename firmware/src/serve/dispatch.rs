@@ -659,6 +659,8 @@ impl Dispatcher {
             self.fallback = None;
             return Err(failure.to_string());
         }
+        // The cool-down is time spent serving fp32: it starts once fp32 is loaded.
+        self.fallback = Some((Instant::now(), reason));
         if let Ok(mut s) = self.state.lock() {
             s.fallbacks += 1;
             s.mode = Precision::Fp32;
