@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use edgedx_icd::{crc32, ClassificationResult};
@@ -343,8 +343,15 @@ impl Outbox {
         });
         if let Err(source) = written {
             // Cut the partial record off, so that records written later are not behind
-            // damage. If that fails too, the next record starts a new segment.
-            if let Err(e) = self.active.set_len(before) {
+            // damage, and write on from there: the file position moved with the partial
+            // write, and writing past the new end would leave a hole of zeros (a record
+            // of length 0, which reads as damage). If that fails too, the next record
+            // starts a new segment.
+            let cut = self
+                .active
+                .set_len(before)
+                .and_then(|()| self.active.seek(io::SeekFrom::Start(before)).map(drop));
+            if let Err(e) = cut {
                 log::error!(
                     "outbox {}: cannot cut a failed write off ({e}); continuing in a new segment",
                     path.display()

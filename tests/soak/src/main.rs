@@ -332,6 +332,23 @@ fn run(args: Args) -> anyhow::Result<bool> {
         l.peak_worker_anon as f64 / 1048576.0,
         worker_limit >> 20
     );
+    // A power cut or a kill tears at most the one record being written (64 KiB at most):
+    // more cut off at a start means records were written behind damage.
+    let log = std::fs::read_to_string(h.dir.join("daemon.log")).unwrap_or_default();
+    for line in log.lines() {
+        if let Some(rest) = line.split("dropped a torn last record (").nth(1) {
+            let bytes: u64 = rest
+                .split(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if bytes > 64 * 1024 {
+                l.violations.push(format!(
+                    "the outbox cut {bytes} bytes at a start: more than one torn record ({line})"
+                ));
+            }
+        }
+    }
     if l.waits.is_empty() || l.seen.is_empty() {
         l.violations
             .push("no well-behaved request was served at all".into());
