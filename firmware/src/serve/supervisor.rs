@@ -186,14 +186,9 @@ impl Supervisor {
         }
         for expired in self.admission.expire(Instant::now()) {
             match expired {
-                Expired::Upload {
-                    link,
-                    seq,
-                    upload_id,
-                    why,
-                } => {
+                // `why` names the upload; the Error answers its UploadBegin.
+                Expired::Upload { link, seq, why, .. } => {
                     log::info!("link {link}: {why}");
-                    let _ = upload_id;
                     self.error(Some((link, seq)), ErrorCode::TimedOut, &why);
                 }
                 Expired::NoHello { link, after } => {
