@@ -7,12 +7,13 @@
 //! times the whole fp32 inference.
 //!
 //! [`DepthwiseInt8`] replaces `Im2col → OptMatMul → [Add|Sub constant]* → reshape →
-//! Requantize` with a direct loop per channel: the channel's accumulator row starts at its
-//! constant terms (the matmul's per-row Add and the following constant Adds and Subs), each
-//! kernel tap adds `w * x` over whole output rows (a loop the compiler vectorizes), and the
-//! row is requantized by the same [`Requantize`]. Integer sums in i32 with wrapping adds are
-//! exact in any order, so the output is the same bit for bit. The weights come back out of
-//! tract's packed kernels (K4 or k-major panels) at load.
+//! Requantize` with a direct computation per channel: the channel is copied into a plane
+//! that holds its padding and, for strided rows, its column phases ([`Plane`]); the
+//! depthwise kernels (kernels/dw.rs, NEON on aarch64) sum every tap from the channel's
+//! constant terms (the matmul's per-row Add and the following constant Adds and Subs); the
+//! row is requantized by the same [`Requantize`]. Integer sums in i32 with wrapping adds
+//! are exact in any order, so the output is the same bit for bit. The weights come back
+//! out of tract's packed kernels (K4 or k-major panels) at load.
 
 use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
 use tract_linalg::BinOp;
@@ -29,6 +30,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::epilogue::Requantize;
 use crate::im2col::Geometry;
+use crate::kernels::dw;
 
 /// A depthwise int8 convolution and its requantization, one channel at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,17 +68,25 @@ impl DepthwiseInt8 {
             "DepthwiseInt8: {n} output positions for an output of {:?}",
             self.output_shape
         );
+        if n == 0 {
+            return Ok(());
+        }
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<i8>()?;
+        let layout = Plane::of(&g);
         let taps = g.kernel[0] * g.kernel[1];
+        let mut plane = vec![0i8; layout.len];
         let mut acc = vec![0i32; n];
-        let mut phases = Vec::new();
-        let plane = h * w;
+        let shape = (n / g.out_width, g.out_width);
         for c in 0..self.channels() {
-            acc.fill(self.offsets[c]);
-            let weights = &self.weights[c * taps..(c + 1) * taps];
-            let x = &xs[c * plane..(c + 1) * plane];
-            accumulate(&g, x, weights, self.pad, &mut acc, &mut phases);
+            layout.fill(&g, &xs[c * h * w..(c + 1) * h * w], self.pad, &mut plane);
+            let taps = dw::Taps {
+                offsets: &layout.offsets,
+                weights: &self.weights[c * taps..(c + 1) * taps],
+                pitch: layout.pitch,
+            };
+            dw::run(&plane, &taps, self.offsets[c], shape, &mut acc)
+                .map_err(|e| format_err!("DepthwiseInt8: channel {c} of a {h}x{w} input: {e}"))?;
             self.requantize
                 .run_row(&acc, c, &mut out[c * n..(c + 1) * n])?;
         }
@@ -84,128 +94,70 @@ impl DepthwiseInt8 {
     }
 }
 
-/// One channel: `acc[oy, ox] += Σ w[ky, kx] · x[oy·sy + ky·dy − pt, ox·sx + kx·dx − pl]`,
-/// with `pad` for positions outside the image.
-fn accumulate(g: &Geometry, x: &[i8], w: &[i8], pad: i8, acc: &mut [i32], phases: &mut Vec<i8>) {
-    let wo = g.out_width;
-    let ho = g.n / wo.max(1);
-    let h = g.height as isize;
-    let sx = g.stride[1];
-    let flat = sx == 1 && g.stride[0] == 1 && wo == g.width;
-    // Strided convolutions read every sx-th column: split each row into sx phases once,
-    // phase p holding columns p, p + sx, ..., so every tap reads a contiguous run.
-    let phase_width = g.width.div_ceil(sx);
-    if sx > 1 {
-        phases.clear();
-        phases.resize(sx * g.height * phase_width, 0);
-        for (iy, line) in x.chunks_exact(g.width).enumerate() {
-            for p in 0..sx {
-                let at = (p * g.height + iy) * phase_width;
-                let out = &mut phases[at..at + phase_width];
-                if sx == 2 {
-                    // Pairs, not a stride: the common case stays a tight loop.
-                    for (o, pair) in out.iter_mut().zip(line[p..].chunks(2)) {
-                        *o = pair[0];
-                    }
-                } else {
-                    for (o, v) in out.iter_mut().zip(line[p..].iter().step_by(sx)) {
-                        *o = *v;
-                    }
-                }
+/// One channel's input as the depthwise kernels read it (kernels/dw.rs): the image inside
+/// its padding, each padded row split into `stride` phases (phase p holds columns p,
+/// p + stride, ...), so that every tap of every output row reads one contiguous run.
+/// Phase p's rows follow each other, and the phases follow each other.
+#[derive(Debug)]
+struct Plane {
+    /// Padded rows: every row a tap reads, the image's and the padding's.
+    rows: usize,
+    phases: usize,
+    /// Columns per phase row.
+    width: usize,
+    /// Per tap (ky · kw + kx), where output position (0, 0) reads it.
+    offsets: Vec<usize>,
+    /// From one output row to the next.
+    pitch: usize,
+    /// Bytes, with the kernels' read slack.
+    len: usize,
+}
+
+impl Plane {
+    fn of(g: &Geometry) -> Plane {
+        let ([kh, kw], [sy, sx], [dy, dx], [pt, pl]) = (g.kernel, g.stride, g.dilation, g.pad);
+        let (ho, wo) = (g.n / g.out_width, g.out_width);
+        let rows = (pt + g.height).max((ho - 1) * sy + (kh - 1) * dy + 1);
+        let cols = (pl + g.width).max((wo - 1) * sx + (kw - 1) * dx + 1);
+        let width = cols.div_ceil(sx);
+        let mut offsets = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (phase, col) = ((kx * dx) % sx, (kx * dx) / sx);
+                offsets.push((phase * rows + ky * dy) * width + col);
             }
         }
+        Plane {
+            rows,
+            phases: sx,
+            width,
+            offsets,
+            pitch: sy * width,
+            len: sx * rows * width + dw::READ_SLACK,
+        }
     }
-    for ky in 0..g.kernel[0] {
-        for kx in 0..g.kernel[1] {
-            let wv = i32::from(w[ky * g.kernel[1] + kx]);
-            let padded = wv * i32::from(pad);
-            // Output column ox reads input column ox · sx + x0; lead..end are inside.
-            let (x0, lead, end) = g.columns(kx);
-            let y0 = (ky * g.dilation[0]) as isize - g.pad[0] as isize;
-            if flat {
-                tap_flat(g, x, wv, padded, [y0, x0], [lead, end], acc);
+
+    /// Writes channel `x` (`g.height × g.width`) into `plane` with `pad` around it.
+    fn fill(&self, g: &Geometry, x: &[i8], pad: i8, plane: &mut [i8]) {
+        plane.fill(pad);
+        let [pt, pl] = g.pad;
+        let sx = self.phases;
+        for (iy, line) in x.chunks_exact(g.width).enumerate() {
+            if sx == 1 {
+                let at = (pt + iy) * self.width + pl;
+                plane[at..at + g.width].copy_from_slice(line);
                 continue;
             }
-            for oy in 0..ho {
-                let row = &mut acc[oy * wo..(oy + 1) * wo];
-                let iy = (oy * g.stride[0]) as isize + y0;
-                if iy < 0 || iy >= h {
-                    row.iter_mut().for_each(|a| *a = a.wrapping_add(padded));
-                    continue;
+            for p in 0..sx {
+                // The first padded column of phase p at or after the image's left edge.
+                let c0 = pl + (p + sx - pl % sx) % sx;
+                let at = (p * self.rows + pt + iy) * self.width + c0 / sx;
+                let run = line.iter().skip(c0 - pl).step_by(sx);
+                for (o, v) in plane[at..].iter_mut().zip(run) {
+                    *o = *v;
                 }
-                let (left, rest) = row.split_at_mut(lead);
-                let (inside, right) = rest.split_at_mut(end - lead);
-                for a in left.iter_mut().chain(right.iter_mut()) {
-                    *a = a.wrapping_add(padded);
-                }
-                let start = (lead as isize * sx as isize + x0) as usize;
-                let run = if sx == 1 {
-                    &x[iy as usize * g.width + start..][..inside.len()]
-                } else {
-                    let at = ((start % sx) * g.height + iy as usize) * phase_width + start / sx;
-                    &phases[at..at + inside.len()]
-                };
-                multiply_add(inside, run, wv);
             }
         }
-    }
-}
-
-/// One tap of a stride-1 convolution whose output rows are as wide as its input's: output
-/// position i reads input position i + y0·width + x0, so the valid rows are one run over
-/// the flattened plane. The columns where that run wraps into the neighbouring row (the
-/// padding columns, `..lead` and `end..`) are then corrected to the padding value.
-fn tap_flat(
-    g: &Geometry,
-    x: &[i8],
-    wv: i32,
-    padded: i32,
-    [y0, x0]: [isize; 2],
-    [lead, end]: [usize; 2],
-    acc: &mut [i32],
-) {
-    let wo = g.out_width;
-    let ho = g.n / wo.max(1);
-    let shift = y0 * g.width as isize + x0;
-    let first = (-y0).clamp(0, ho as isize) as usize;
-    let last = (g.height as isize - y0).clamp(first as isize, ho as isize) as usize;
-    let (above, rest) = acc.split_at_mut(first * wo);
-    let below = &mut rest[(last - first) * wo..];
-    for a in above.iter_mut().chain(below.iter_mut()) {
-        *a = a.wrapping_add(padded);
-    }
-    // The flat run, clipped to the plane: positions it leaves out are padding columns. A
-    // tap whose rows all fall outside the plane (a plane of one row, a tap below it) has
-    // no run at all.
-    let lo = ((first * wo) as isize).max(-shift);
-    let hi = ((last * wo) as isize).min(x.len() as isize - shift);
-    let (lo, hi) = (lo as usize, (hi.max(lo)) as usize);
-    if lo < hi {
-        multiply_add(
-            &mut acc[lo..hi],
-            &x[(lo as isize + shift) as usize..(hi as isize + shift) as usize],
-            wv,
-        );
-    }
-    for oy in first..last {
-        for ox in (0..lead).chain(end..wo) {
-            let i = oy * wo + ox;
-            let added = if (lo..hi).contains(&i) {
-                wv * i32::from(x[(i as isize + shift) as usize])
-            } else {
-                0
-            };
-            acc[i] = acc[i].wrapping_add(padded.wrapping_sub(added));
-        }
-    }
-}
-
-/// `acc[i] += w · x[i]` (wrapping): a loop the compiler vectorizes (NEON: widening shifts
-/// and MLA).
-#[inline]
-fn multiply_add(acc: &mut [i32], x: &[i8], w: i32) {
-    for (a, v) in acc.iter_mut().zip(x) {
-        *a = a.wrapping_add(w * i32::from(*v));
     }
 }
 
@@ -531,6 +483,21 @@ mod tests {
             Layer(8, 1, [1; 2], 1, [0; 4], 1),
         ];
         matches_tract_on(3, 4, 40, &layers, 3);
+    }
+
+    /// 7x7 kernels (49 taps), stride 3, dilation with stride 2, padding wider than the
+    /// stride on one side only, and channels not a multiple of the kernels' blocks.
+    #[test]
+    fn depthwise_with_large_kernels_and_strides() {
+        let layers = [
+            Layer(12, 3, [1; 2], 1, [1; 4], 1),
+            Layer(12, 7, [1; 2], 1, [3; 4], 12),
+            Layer(12, 7, [2; 2], 1, [3, 0, 2, 5], 12),
+            Layer(12, 3, [3; 2], 1, [1; 4], 12),
+            Layer(12, 3, [2; 2], 2, [2, 1, 0, 2], 12),
+            Layer(5, 1, [1; 2], 1, [0; 4], 1),
+        ];
+        matches_tract_on(3, 37, 29, &layers, 4);
     }
 
     /// The plan with the direct depthwise op (`depthwise` of them) gives the bits of

@@ -1,8 +1,12 @@
 //! Integer microkernels, kept apart from the operators that choose them (as XNNPACK keeps
 //! its microkernels apart from its operators): each family states its packing, has a
 //! scalar reference, and its per-ISA versions are tested against that reference over many
-//! shapes. banded.rs picks a family per layer and per CPU at load.
+//! shapes. banded.rs picks a family per layer and per CPU at load; depthwise.rs
+//! prepares the planes of the depthwise family.
 
 pub(crate) mod c16;
 #[cfg(target_arch = "aarch64")]
 mod c16_neon;
+pub(crate) mod dw;
+#[cfg(target_arch = "aarch64")]
+mod dw_neon;

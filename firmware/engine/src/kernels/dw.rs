@@ -1,0 +1,227 @@
+//! Depthwise products over a prepared plane: the family behind every int8 depthwise
+//! convolution (depthwise.rs prepares the plane and picks it).
+//!
+//! The operator copies one channel's input into a plane that already holds the padding
+//! (the zero point) and, for a stride `s` > 1 along the rows, splits each row into `s`
+//! phases (columns p, p + s, ...). Then every kernel tap of every output row reads one
+//! contiguous run, and a channel's sums are
+//!
+//! `out[oy · cols + ox] = start + Σ_t w[t] · src[oy · pitch + offsets[t] + ox]`
+//!
+//! with no edge cases: the kernel never tests a position against the image's border.
+//!
+//! The NEON version keeps 16 output positions' sums in four registers across all taps
+//! (tract's integer path and this crate's earlier loop went through memory once per tap),
+//! widens 16 input bytes once per tap (SXTL, SXTL2) and multiplies by the tap's weight
+//! by element (SMLAL, SMLAL2): 16 multiply-adds in about 7 instructions. Products of two
+//! i8 values fit the 16-bit lanes (16384 at most) and are summed in 32 bits, so any i8
+//! weight, -128 included, is exact. Sums wrap in i32 as tract's do.
+//!
+//! Contract on the reads: the kernels read whole blocks of [`BLOCK`] positions, so `src`
+//! must hold [`READ_SLACK`] bytes past the last position a channel's sums use ([`check`]).
+
+/// Output positions a NEON block computes at once.
+pub(crate) const BLOCK: usize = 16;
+/// Bytes the kernels may read past the last position that contributes to a sum.
+pub(crate) const READ_SLACK: usize = BLOCK;
+
+/// One channel's taps over a prepared plane: tap `t` starts at `offsets[t]` and weighs
+/// `weights[t]`; output row `oy` reads `pitch · oy` further on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taps<'a> {
+    pub(crate) offsets: &'a [usize],
+    pub(crate) weights: &'a [i8],
+    pub(crate) pitch: usize,
+}
+
+/// The length `src` must have for `rows × cols` sums of `taps` (with [`READ_SLACK`]).
+pub(crate) fn needed(taps: &Taps, rows: usize, cols: usize) -> usize {
+    let last = taps.offsets.iter().max().copied().unwrap_or(0);
+    if rows == 0 || cols == 0 {
+        return 0;
+    }
+    last + (rows - 1) * taps.pitch + cols + READ_SLACK
+}
+
+/// Refuses operands the kernels would read or write out of bounds.
+pub(crate) fn check(
+    src: &[i8],
+    taps: &Taps,
+    (rows, cols): (usize, usize),
+    out: &[i32],
+) -> Result<(), String> {
+    if taps.offsets.len() != taps.weights.len() || taps.offsets.is_empty() {
+        return Err(format!(
+            "{} tap offsets and {} weights",
+            taps.offsets.len(),
+            taps.weights.len()
+        ));
+    }
+    if out.len() != rows * cols {
+        return Err(format!("{} sums for {rows} x {cols} positions", out.len()));
+    }
+    let needed = needed(taps, rows, cols);
+    if src.len() < needed {
+        return Err(format!(
+            "a plane of {} bytes for {rows} x {cols} positions needing {needed}",
+            src.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `out[oy · cols + ox] = start + Σ_t w[t] · src[oy · pitch + offsets[t] + ox]`.
+pub(crate) fn run(
+    src: &[i8],
+    taps: &Taps,
+    start: i32,
+    (rows, cols): (usize, usize),
+    out: &mut [i32],
+) -> Result<(), String> {
+    check(src, taps, (rows, cols), out)?;
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of aarch64; `check` holds the lengths the kernel reads (with
+    // READ_SLACK) and writes.
+    unsafe {
+        super::dw_neon::run(src, taps, start, (rows, cols), out)
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    run_scalar(src, taps, start, (rows, cols), out);
+    Ok(())
+}
+
+/// The scalar reference: what every ISA's kernel must compute. On hosts without a kernel
+/// of their own it serves: tap by tap over a row, a loop the compiler vectorizes.
+#[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))]
+pub(crate) fn run_scalar(
+    src: &[i8],
+    taps: &Taps,
+    start: i32,
+    (rows, cols): (usize, usize),
+    out: &mut [i32],
+) {
+    for (oy, row) in out.chunks_exact_mut(cols.max(1)).take(rows).enumerate() {
+        row.fill(start);
+        for (&at, &w) in taps.offsets.iter().zip(taps.weights) {
+            let w = i32::from(w);
+            let run = &src[oy * taps.pitch + at..][..cols];
+            for (a, &x) in row.iter_mut().zip(run) {
+                *a = a.wrapping_add(w * i32::from(x));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<i8> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s as u8 as i8
+            })
+            .collect()
+    }
+
+    /// The naive sums, written apart from `run_scalar`.
+    fn naive(src: &[i8], taps: &Taps, start: i32, (rows, cols): (usize, usize)) -> Vec<i32> {
+        let mut out = Vec::with_capacity(rows * cols);
+        for oy in 0..rows {
+            for ox in 0..cols {
+                let mut s = start;
+                for t in 0..taps.offsets.len() {
+                    let x = src[oy * taps.pitch + taps.offsets[t] + ox];
+                    s = s.wrapping_add(i32::from(taps.weights[t]) * i32::from(x));
+                }
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    fn check_shape(src: &[i8], taps: &Taps, start: i32, shape: (usize, usize)) {
+        let want = naive(src, taps, start, shape);
+        let mut got = vec![i32::MIN; shape.0 * shape.1];
+        run(src, taps, start, shape, &mut got).unwrap();
+        assert_eq!(got, want, "kernel, {} taps, {shape:?}", taps.offsets.len());
+        let mut scalar = vec![i32::MAX; shape.0 * shape.1];
+        run_scalar(src, taps, start, shape, &mut scalar);
+        assert_eq!(
+            scalar,
+            want,
+            "scalar, {} taps, {shape:?}",
+            taps.offsets.len()
+        );
+    }
+
+    /// Tap counts of 1x1 to 7x7 kernels and of non-square ones, output rows shorter than,
+    /// equal to and longer than a block (1, 7, 15, 16, 17, 33, 112 positions), one to many
+    /// rows, pitches of stride-1 and stride-2 planes, offsets in any order: the kernel this
+    /// CPU runs and the scalar reference give the naive sums.
+    #[test]
+    fn matches_the_naive_sums_over_odd_shapes() {
+        let mut seed = 11;
+        for ntaps in [1, 2, 3, 4, 5, 9, 15, 25, 49] {
+            for cols in [1, 7, 8, 15, 16, 17, 33, 112] {
+                for rows in [1, 2, 5] {
+                    for stride in [1, 2] {
+                        seed += 1;
+                        let pitch = stride * (cols + 6);
+                        let offsets: Vec<usize> = (0..ntaps)
+                            .map(|t| (t * 7 + seed as usize) % (3 * pitch + 5))
+                            .collect();
+                        let weights = values(ntaps, seed * 3);
+                        let taps = Taps {
+                            offsets: &offsets,
+                            weights: &weights,
+                            pitch,
+                        };
+                        let src = values(needed(&taps, rows, cols), seed * 7);
+                        check_shape(&src, &taps, seed as i32 * 1_000_003, (rows, cols));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every product at ±16384 and ±16256 (the extremes of two i8 values, -128 weights
+    /// included), and sums that pass i32 and wrap as tract's do.
+    #[test]
+    fn holds_at_the_extremes_and_wraps() {
+        for (w, x) in [(-128i8, -128i8), (-128, 127), (127, -128), (127, 127)] {
+            for ntaps in [9, 25, 49] {
+                let offsets: Vec<usize> = (0..ntaps).collect();
+                let weights = vec![w; ntaps];
+                let taps = Taps {
+                    offsets: &offsets,
+                    weights: &weights,
+                    pitch: 40,
+                };
+                let src = vec![x; needed(&taps, 3, 21)];
+                check_shape(&src, &taps, i32::MAX - 5, (3, 21));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_a_plane_too_short_for_its_reads() {
+        let offsets = [0, 5, 9];
+        let weights = [1i8, 2, 3];
+        let taps = Taps {
+            offsets: &offsets,
+            weights: &weights,
+            pitch: 12,
+        };
+        let src = vec![0i8; needed(&taps, 4, 10) - 1];
+        let mut out = vec![0; 40];
+        let err = run(&src, &taps, 0, (4, 10), &mut out).unwrap_err();
+        assert!(err.contains("needing"), "{err}");
+        let err = run(&src, &taps, 0, (4, 9), &mut out).unwrap_err();
+        assert!(err.contains("40 sums"), "{err}");
+    }
+}
