@@ -148,6 +148,21 @@ impl Plane {
                 plane[at..at + g.width].copy_from_slice(line);
                 continue;
             }
+            if sx == 2 {
+                // Phase pl % 2 starts with the image's first column.
+                let (first, second) = plane.split_at_mut(self.rows * self.width);
+                let (mut evens, mut odds) = (first, second);
+                if pl % 2 == 1 {
+                    std::mem::swap(&mut evens, &mut odds);
+                }
+                let row = (pt + iy) * self.width;
+                dw::split2(
+                    line,
+                    &mut evens[row + pl / 2..],
+                    &mut odds[row + (pl + 1) / 2..],
+                );
+                continue;
+            }
             for p in 0..sx {
                 // The first padded column of phase p at or after the image's left edge.
                 let c0 = pl + (p + sx - pl % sx) % sx;

@@ -112,6 +112,29 @@ pub(crate) fn run_scalar(
     }
 }
 
+/// Splits a row into its even and odd positions (`line[0], line[2], ...` into `evens`,
+/// `line[1], line[3], ...` into `odds`): the phases of a stride-2 plane. The slices must
+/// hold at least `line.len().div_ceil(2)` and `line.len() / 2` values.
+pub(crate) fn split2(line: &[i8], evens: &mut [i8], odds: &mut [i8]) {
+    let (ne, no) = (line.len().div_ceil(2), line.len() / 2);
+    let (evens, odds) = (&mut evens[..ne], &mut odds[..no]);
+    #[cfg(target_arch = "aarch64")]
+    let done = super::dw_neon::split2(line, evens, odds);
+    #[cfg(not(target_arch = "aarch64"))]
+    let done = 0;
+    let tail = &line[2 * done..];
+    for ((pair, e), o) in tail
+        .chunks_exact(2)
+        .zip(&mut evens[done..])
+        .zip(&mut odds[done..])
+    {
+        (*e, *o) = (pair[0], pair[1]);
+    }
+    if let (Some(&last), true) = (tail.last(), tail.len() % 2 == 1) {
+        evens[ne - 1] = last;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +228,28 @@ mod tests {
                 let src = vec![x; needed(&taps, 3, 21)];
                 check_shape(&src, &taps, i32::MAX - 5, (3, 21));
             }
+        }
+    }
+
+    /// Rows of every length around the NEON chunk of 32: each value lands in its phase.
+    #[test]
+    fn split2_puts_every_value_in_its_phase() {
+        for len in [0, 1, 2, 3, 31, 32, 33, 63, 64, 65, 112, 225] {
+            let line = values(len, len as u32 + 3);
+            let (mut evens, mut odds) = (vec![0i8; len.div_ceil(2) + 3], vec![0i8; len / 2 + 3]);
+            split2(&line, &mut evens, &mut odds);
+            let want_e: Vec<i8> = line.iter().step_by(2).copied().collect();
+            let want_o: Vec<i8> = line.iter().skip(1).step_by(2).copied().collect();
+            assert_eq!(&evens[..want_e.len()], &want_e[..], "evens of {len}");
+            assert_eq!(&odds[..want_o.len()], &want_o[..], "odds of {len}");
+            assert!(
+                evens[want_e.len()..].iter().all(|&v| v == 0),
+                "past the evens of {len}"
+            );
+            assert!(
+                odds[want_o.len()..].iter().all(|&v| v == 0),
+                "past the odds of {len}"
+            );
         }
     }
 

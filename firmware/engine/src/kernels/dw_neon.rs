@@ -118,3 +118,30 @@ unsafe fn block(
     }
     acc
 }
+
+/// The whole 32- and 16-value chunks of `line` split into `evens` and `odds` (LD2, two
+/// ST1); returns how many pairs were written.
+pub(super) fn split2(line: &[i8], evens: &mut [i8], odds: &mut [i8]) -> usize {
+    let pairs = (line.len() / 2).min(evens.len()).min(odds.len());
+    let mut done = 0;
+    while done + 16 <= pairs {
+        // SAFETY: reads line[2 · done..][..32] and writes 16 values from `done` of each
+        // half, all within `pairs`.
+        unsafe {
+            let pair = vld2q_s8(line.as_ptr().add(2 * done));
+            vst1q_s8(evens.as_mut_ptr().add(done), pair.0);
+            vst1q_s8(odds.as_mut_ptr().add(done), pair.1);
+        }
+        done += 16;
+    }
+    if done + 8 <= pairs {
+        // SAFETY: as above, for 8 pairs.
+        unsafe {
+            let pair = vld2_s8(line.as_ptr().add(2 * done));
+            vst1_s8(evens.as_mut_ptr().add(done), pair.0);
+            vst1_s8(odds.as_mut_ptr().add(done), pair.1);
+        }
+        done += 8;
+    }
+    done
+}
