@@ -56,26 +56,40 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
 /// channels' sums.
 #[inline(always)]
 unsafe fn tile(w: *const i8, p: *const i8, groups: usize) -> [int32x4_t; TP] {
-    let mut acc = [[vdupq_n_s32(0); NR]; TP];
-    for g in 0..groups {
-        // SAFETY: the caller's contract: `groups` blocks on both sides.
-        let (a, b) = unsafe {
-            (
-                vld1q_s8_x4(p.add(g * MR * KC)),
-                vld1q_s8_x4(w.add(g * NR * KC)),
-            )
-        };
-        let a = [a.0, a.1, a.2, a.3];
-        let b = [b.0, b.1, b.2, b.3];
-        for (acc, a) in acc.iter_mut().zip(a) {
-            for (acc, b) in acc.iter_mut().zip(b) {
-                let products = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-                let products = vmlal_high_s8(products, a, b);
-                *acc = vpadalq_s16(*acc, products);
-            }
-        }
+    // The first block starts the sums (SADDLP) rather than adding to zeroed ones: a tile
+    // of a 16-deep product (MobileNet's narrow 1x1 layers) saves 16 of its ~85 instructions.
+    // SAFETY: the caller's contract: `groups` blocks on both sides, at least one.
+    let mut acc = unsafe { block::<true>([[vdupq_n_s32(0); NR]; TP], w, p) };
+    for g in 1..groups {
+        // SAFETY: as above.
+        acc = unsafe { block::<false>(acc, w.add(g * NR * KC), p.add(g * MR * KC)) };
     }
     acc.map(|[c0, c1, c2, c3]| vpaddq_s32(vpaddq_s32(c0, c1), vpaddq_s32(c2, c3)))
+}
+
+/// One 16-k block of the tile added to `acc` (or starting it, when `FIRST`).
+#[inline(always)]
+unsafe fn block<const FIRST: bool>(
+    mut acc: [[int32x4_t; NR]; TP],
+    w: *const i8,
+    p: *const i8,
+) -> [[int32x4_t; NR]; TP] {
+    // SAFETY: the caller's contract: 64 bytes on both sides.
+    let (a, b) = unsafe { (vld1q_s8_x4(p), vld1q_s8_x4(w)) };
+    let a = [a.0, a.1, a.2, a.3];
+    let b = [b.0, b.1, b.2, b.3];
+    for (acc, a) in acc.iter_mut().zip(a) {
+        for (acc, b) in acc.iter_mut().zip(b) {
+            let products = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+            let products = vmlal_high_s8(products, a, b);
+            *acc = if FIRST {
+                vpaddlq_s16(products)
+            } else {
+                vpadalq_s16(*acc, products)
+            };
+        }
+    }
+    acc
 }
 
 /// `sums[pos]` (four channels each) plus `start`, as `rows` channel rows `n` apart from

@@ -169,9 +169,20 @@ mod tests {
 
     fn check_shape(src: &[i8], taps: &Taps, start: i32, shape: (usize, usize)) {
         let want = naive(src, taps, start, shape);
-        let mut got = vec![i32::MIN; shape.0 * shape.1];
-        run(src, taps, start, shape, &mut got).unwrap();
-        assert_eq!(got, want, "kernel, {} taps, {shape:?}", taps.offsets.len());
+        let n = shape.0 * shape.1;
+        // Sentinels past the sums: the kernel writes nothing outside the slice it is given.
+        let mut got = vec![i32::MIN; n + BLOCK];
+        run(src, taps, start, shape, &mut got[..n]).unwrap();
+        assert_eq!(
+            got[..n],
+            want,
+            "kernel, {} taps, {shape:?}",
+            taps.offsets.len()
+        );
+        assert!(
+            got[n..].iter().all(|&v| v == i32::MIN),
+            "written past the end"
+        );
         let mut scalar = vec![i32::MAX; shape.0 * shape.1];
         run_scalar(src, taps, start, shape, &mut scalar);
         assert_eq!(

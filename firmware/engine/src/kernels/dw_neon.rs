@@ -7,7 +7,9 @@
 //! loop that loads and stores the sums once per tap. The common kernels (3x3, 5x5, 7x7)
 //! are compiled with their tap count fixed, so that the taps' offsets and weights stay in
 //! registers over a whole channel. A row's last block, when shorter than 16 positions, is
-//! computed whole (its reads are within `READ_SLACK`) and only its valid sums are stored.
+//! computed whole (its reads are within `READ_SLACK`) and stored whole: its extra sums
+//! land on the next row's first positions, which are stored again after it. Only at the
+//! end of the channel are the valid sums copied out of a block.
 
 use std::arch::aarch64::*;
 
@@ -69,28 +71,32 @@ unsafe fn rows(
     out: &mut [i32],
 ) {
     let start = vdupq_n_s32(start);
-    let full = cols / BLOCK * BLOCK;
     for oy in 0..rows {
         // SAFETY: row `oy` reads `src[oy · pitch + offset ..][.. cols rounded up to a
-        // block]`, within `dw::needed`; it writes `out[oy · cols ..][.. cols]`.
+        // block]`, within `dw::needed`; it writes `out[oy · cols ..][.. cols]`, and whole
+        // blocks only where they end within `out`.
         unsafe {
             let row = src.as_ptr().add(oy * pitch);
-            let dst = out.as_mut_ptr().add(oy * cols);
             let mut ox = 0;
-            while ox < full {
+            while ox < cols {
                 let sums = block(row.add(ox), offsets, weights, start);
-                for (i, s) in sums.iter().enumerate() {
-                    vst1q_s32(dst.add(ox + 4 * i), *s);
+                let at = oy * cols + ox;
+                // A whole block is stored wherever it ends within `out`: a row's last block
+                // then spills into the next row's first positions, stored again after it.
+                if at + BLOCK <= out.len() {
+                    let dst = out.as_mut_ptr().add(at);
+                    for (i, s) in sums.iter().enumerate() {
+                        vst1q_s32(dst.add(4 * i), *s);
+                    }
+                } else {
+                    let mut tail = [0i32; BLOCK];
+                    for (i, s) in sums.iter().enumerate() {
+                        vst1q_s32(tail.as_mut_ptr().add(4 * i), *s);
+                    }
+                    let valid = (cols - ox).min(BLOCK);
+                    out[at..at + valid].copy_from_slice(&tail[..valid]);
                 }
                 ox += BLOCK;
-            }
-            if ox < cols {
-                let sums = block(row.add(ox), offsets, weights, start);
-                let mut tail = [0i32; BLOCK];
-                for (i, s) in sums.iter().enumerate() {
-                    vst1q_s32(tail.as_mut_ptr().add(4 * i), *s);
-                }
-                std::ptr::copy_nonoverlapping(tail.as_ptr(), dst.add(ox), cols - ox);
             }
         }
     }
