@@ -1117,7 +1117,7 @@ pub(crate) mod tests {
                 ],
             ),
         ];
-        let mut tiled_layers = 0;
+        let (mut tiled_layers, mut expected_tiled) = (0, 0);
         for (m, (c, h, w, patched, layers)) in models.iter().enumerate() {
             let bytes = conv_model(*c, *h, *w, layers);
             let spec = input_spec(*c, *h, *w);
@@ -1170,6 +1170,7 @@ pub(crate) mod tests {
                         "tract"
                     };
                     assert_eq!(family(b), want, "model {m}, layer {i} (k {})", b.pack.k);
+                    expected_tiled += usize::from(want != "tract");
                 }
                 tiled_layers += tiled;
                 for data in &inputs {
@@ -1196,9 +1197,14 @@ pub(crate) mod tests {
                 }
             }
         }
-        assert_eq!(
-            tiled_layers > 0,
-            c16_forced || super::c16_wanted() || vnni_cpu()
-        );
+        assert_eq!(tiled_layers, expected_tiled);
+        if c16_forced || super::c16_wanted() {
+            assert!(tiled_layers > 0, "no layer ran on the c16 tiles");
+        } else if vnni_cpu() && tiled_layers == 0 {
+            // tract packs for its 8-wide VNNI kernel on some CPUs (AMD Zen 4:
+            // avx512vnni_mmm_i32_8x8), and the engine's VNNI tiles read only its 16-wide
+            // K4 panels: there every layer stays on tract's kernel.
+            eprintln!("NOTE: this CPU has VNNI, but tract packed no layer for the VNNI tiles");
+        }
     }
 }
