@@ -159,7 +159,7 @@ impl Plane {
                 dw::split2(
                     line,
                     &mut evens[row + pl / 2..],
-                    &mut odds[row + (pl + 1) / 2..],
+                    &mut odds[row + pl.div_ceil(2)..],
                 );
                 continue;
             }
