@@ -186,7 +186,8 @@ pub(crate) mod tests {
         out
     }
 
-    fn values(len: usize, seed: u32, lo: i32) -> Vec<i8> {
+    /// Pseudo-random i8 values in [lo, 127] (xorshift).
+    pub(crate) fn values(len: usize, seed: u32, lo: i32) -> Vec<i8> {
         let mut s = seed | 1;
         (0..len)
             .map(|_| {

@@ -139,16 +139,9 @@ pub(crate) fn split2(line: &[i8], evens: &mut [i8], odds: &mut [i8]) {
 mod tests {
     use super::*;
 
+    /// Pseudo-random i8 values over the whole range.
     fn values(len: usize, seed: u32) -> Vec<i8> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                s as u8 as i8
-            })
-            .collect()
+        crate::kernels::c16::tests::values(len, seed, -128)
     }
 
     /// The naive sums, written apart from `run_scalar`.
