@@ -74,7 +74,7 @@ impl DepthwiseInt8 {
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<i8>()?;
         let layout = Plane::of(&g);
-        let taps = g.kernel[0] * g.kernel[1];
+        let per_channel = g.kernel[0] * g.kernel[1];
         let mut plane = vec![0i8; layout.len];
         let mut acc = vec![0i32; n];
         let shape = (n / g.out_width, g.out_width);
@@ -82,7 +82,7 @@ impl DepthwiseInt8 {
             layout.fill(&g, &xs[c * h * w..(c + 1) * h * w], self.pad, &mut plane);
             let taps = dw::Taps {
                 offsets: &layout.offsets,
-                weights: &self.weights[c * taps..(c + 1) * taps],
+                weights: &self.weights[c * per_channel..(c + 1) * per_channel],
                 pitch: layout.pitch,
             };
             dw::run(&plane, &taps, self.offsets[c], shape, &mut acc)
@@ -102,8 +102,7 @@ impl DepthwiseInt8 {
 struct Plane {
     /// Padded rows: every row a tap reads, the image's and the padding's.
     rows: usize,
-    phases: usize,
-    /// Columns per phase row.
+    /// Columns per phase row (the phases are the row stride's).
     width: usize,
     /// Per tap (ky · kw + kx), where output position (0, 0) reads it.
     offsets: Vec<usize>,
@@ -129,7 +128,6 @@ impl Plane {
         }
         Plane {
             rows,
-            phases: sx,
             width,
             offsets,
             pitch: sy * width,
@@ -141,7 +139,7 @@ impl Plane {
     fn fill(&self, g: &Geometry, x: &[i8], pad: i8, plane: &mut [i8]) {
         plane.fill(pad);
         let [pt, pl] = g.pad;
-        let sx = self.phases;
+        let sx = g.stride[1];
         for (iy, line) in x.chunks_exact(g.width).enumerate() {
             if sx == 1 {
                 let at = (pt + iy) * self.width + pl;
