@@ -247,16 +247,15 @@ fn print_text(info: &Info) {
         b.labels.join(", ")
     );
     println!(
-        "input      {:?} {} {}x{}x{} {} mean {:?} std {:?}",
+        "input      {:?} {} {}x{}x{} {}",
         b.input.tensor,
         b.input.layout,
         b.input.height,
         b.input.width,
         b.input.channels,
         b.input.colour,
-        b.input.mean,
-        b.input.std
     );
+    println!("           {}", b.input.preprocessing());
     println!("output     {:?} ({})", b.output.tensor, b.output.kind);
     for f in &b.files {
         println!(

@@ -24,8 +24,9 @@ pub fn prepare(
     model: &Model,
     tensor: &mut [f32],
 ) -> Result<Prepared, IngestError> {
-    let image = edgedx_ingest::load_bytes(bytes, name, limits)?;
-    edgedx_ingest::preprocess(&image, model.input_spec(), tensor)?;
+    let spec = model.input_spec();
+    let image = edgedx_ingest::load_bytes_for(bytes, name, limits, &spec.dicom)?;
+    edgedx_ingest::preprocess(&image, spec, tensor)?;
     Ok(Prepared {
         width: image.width,
         height: image.height,

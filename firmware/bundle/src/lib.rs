@@ -102,12 +102,101 @@ impl fmt::Display for Layout {
     }
 }
 
-/// Colour model the network was trained on.
+/// Colour model the network was trained on, and the order of its channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Colour {
     Grey,
     Rgb,
+    /// Three channels in blue, green, red order (OpenCV-trained models).
+    Bgr,
+}
+
+impl Colour {
+    /// Channels the model input has in this colour model.
+    pub fn channels(self) -> u32 {
+        match self {
+            Colour::Grey => 1,
+            Colour::Rgb | Colour::Bgr => 3,
+        }
+    }
+}
+
+/// How an image is fitted to the model's input size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// Both axes scaled independently to the input size (the aspect ratio changes).
+    #[default]
+    Stretch,
+    /// Scaled, keeping the aspect ratio, until the input size is `crop_fraction` of the
+    /// short side, then the centre cut out (torchvision's `Resize` + `CenterCrop`).
+    #[serde(alias = "center-crop")]
+    CentreCrop,
+    /// Scaled, keeping the aspect ratio, to fit inside the input size, centred, the rest
+    /// filled with `pad`.
+    Letterbox,
+}
+
+/// Resampling filter of the resize, with PIL's definitions (antialiased when shrinking:
+/// the filter widens with the downscale factor).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    Nearest,
+    Box,
+    #[default]
+    Bilinear,
+    Hamming,
+    Bicubic,
+    Lanczos,
+}
+
+/// Range the network expects its input intensities in, before `mean` and `std`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Range {
+    #[default]
+    #[serde(rename = "0-1")]
+    Unit,
+    #[serde(rename = "0-255")]
+    Byte,
+}
+
+impl Range {
+    /// Factor from intensities in [0, 1] to this range.
+    pub fn gain(self) -> f32 {
+        match self {
+            Range::Unit => 1.0,
+            Range::Byte => 255.0,
+        }
+    }
+}
+
+/// Which VOI window maps a greyscale DICOM image's values to intensities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowPolicy {
+    /// The file's first VOI window (Window Center / Width and its VOI LUT function);
+    /// the robust window when the file has none.
+    #[default]
+    File,
+    /// The 0.5th to 99.5th percentile of the image's values, whatever the file says.
+    Robust,
+    /// `centre` and `width` in modality units (after Rescale Slope / Intercept: Hounsfield
+    /// units for CT), the linear function of PS3.3 C.11.2.1.2.
+    Fixed,
+}
+
+/// How DICOM images are turned into intensities for this model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomInput {
+    #[serde(default)]
+    pub window: WindowPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centre: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<f64>,
 }
 
 /// What the model's output tensor holds.
@@ -163,6 +252,7 @@ impl fmt::Display for Colour {
         f.write_str(match self {
             Colour::Grey => "grey",
             Colour::Rgb => "rgb",
+            Colour::Bgr => "bgr",
         })
     }
 }
@@ -190,9 +280,85 @@ pub struct InputSpec {
     pub mean: Vec<f32>,
     /// Per-channel divisor applied after the mean.
     pub std: Vec<f32>,
+    #[serde(default)]
+    pub resize: Resize,
+    /// `resize = "centre-crop"` only: the fraction of the resized short side that the crop
+    /// keeps (0.875 is the usual resize-256-crop-224).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop_fraction: Option<f32>,
+    /// `resize = "letterbox"` only: the intensity of the padding, in [0, 1] like the image
+    /// (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad: Option<f32>,
+    #[serde(default)]
+    pub filter: Filter,
+    #[serde(default)]
+    pub range: Range,
+    #[serde(default)]
+    pub dicom: DicomInput,
 }
 
 impl InputSpec {
+    /// A spec that stretches images to `height` x `width` with the default filter, range
+    /// and DICOM window: what a manifest without the optional `[input]` keys means.
+    pub fn stretched(
+        tensor: &str,
+        layout: Layout,
+        height: u32,
+        width: u32,
+        colour: Colour,
+        mean: Vec<f32>,
+        std: Vec<f32>,
+    ) -> InputSpec {
+        InputSpec {
+            tensor: tensor.to_string(),
+            layout,
+            height,
+            width,
+            channels: colour.channels(),
+            colour,
+            mean,
+            std,
+            resize: Resize::default(),
+            crop_fraction: None,
+            pad: None,
+            filter: Filter::default(),
+            range: Range::default(),
+            dicom: DicomInput::default(),
+        }
+    }
+
+    /// How images become this input, in one line for people (`edgedx info`).
+    pub fn preprocessing(&self) -> String {
+        let fit = match self.resize {
+            Resize::Stretch => "stretch".to_string(),
+            Resize::CentreCrop => format!(
+                "centre-crop keeping {} of the short side",
+                self.crop_fraction.unwrap_or(1.0)
+            ),
+            Resize::Letterbox => format!("letterbox padded with {}", self.pad.unwrap_or(0.0)),
+        };
+        let filter = format!("{:?}", self.filter).to_lowercase();
+        let range = match self.range {
+            Range::Unit => "0-1",
+            Range::Byte => "0-255",
+        };
+        let window = match self.dicom.window {
+            WindowPolicy::File => "the file's VOI window (robust if none)".to_string(),
+            WindowPolicy::Robust => "a robust 0.5-99.5 percentile window".to_string(),
+            WindowPolicy::Fixed => format!(
+                "window {}/{}",
+                self.dicom.centre.unwrap_or(f64::NAN),
+                self.dicom.width.unwrap_or(f64::NAN)
+            ),
+        };
+        format!(
+            "{fit} to {}x{}, {filter} resampling, {} in {range}, mean {:?} std {:?}; \
+             DICOM: {window}",
+            self.width, self.height, self.colour, self.mean, self.std
+        )
+    }
+
     /// Number of f32 values in one batch item.
     pub fn item_len(&self) -> usize {
         self.height as usize * self.width as usize * self.channels as usize
@@ -548,10 +714,7 @@ fn validate(m: &Manifest) -> Result<(), FieldError> {
             format!("must be in 1..={MAX_INPUT_SIDE}"),
         ));
     }
-    let expected_channels = match i.colour {
-        Colour::Grey => 1,
-        Colour::Rgb => 3,
-    };
+    let expected_channels = i.colour.channels();
     if i.channels != expected_channels {
         return Err(bad(
             "input.channels",
@@ -574,6 +737,68 @@ fn validate(m: &Manifest) -> Result<(), FieldError> {
     }
     if i.std.iter().any(|s| *s <= 0.0) {
         return Err(bad("input.std", "values must be > 0"));
+    }
+    match (i.resize, i.crop_fraction) {
+        (Resize::CentreCrop, None) => {
+            return Err(bad(
+                "input.crop_fraction",
+                "resize = \"centre-crop\" needs it: the fraction of the resized short side \
+                 the crop keeps (0.875 for resize 256, crop 224; 1.0 to crop only the long side)",
+            ))
+        }
+        (Resize::CentreCrop, Some(f)) if !(f > 0.0 && f <= 1.0) => {
+            return Err(bad("input.crop_fraction", format!("{f} must be in (0, 1]")))
+        }
+        (Resize::Stretch | Resize::Letterbox, Some(_)) => {
+            return Err(bad(
+                "input.crop_fraction",
+                format!(
+                    "only applies to resize = \"centre-crop\", not {:?}",
+                    i.resize
+                ),
+            ))
+        }
+        _ => {}
+    }
+    match (i.resize, i.pad) {
+        (Resize::Letterbox, Some(p)) if !(0.0..=1.0).contains(&p) => {
+            return Err(bad(
+                "input.pad",
+                format!("{p} must be an intensity in [0, 1] (114/255 = 0.447 for grey 114)"),
+            ))
+        }
+        (Resize::Stretch | Resize::CentreCrop, Some(_)) => {
+            return Err(bad(
+                "input.pad",
+                format!("only applies to resize = \"letterbox\", not {:?}", i.resize),
+            ))
+        }
+        _ => {}
+    }
+    let d = &i.dicom;
+    match (d.window, d.centre, d.width) {
+        (WindowPolicy::Fixed, Some(c), Some(w)) => {
+            if !c.is_finite() || !w.is_finite() || w < 1.0 {
+                return Err(bad(
+                    "input.dicom",
+                    format!("centre {c} and width {w} must be finite, with width >= 1"),
+                ));
+            }
+        }
+        (WindowPolicy::Fixed, _, _) => {
+            return Err(bad(
+                "input.dicom",
+                "window = \"fixed\" needs centre and width (modality units, e.g. 40 and 80 \
+                 for a CT brain window)",
+            ))
+        }
+        (_, None, None) => {}
+        (policy, _, _) => {
+            return Err(bad(
+                "input.dicom",
+                format!("centre and width only apply to window = \"fixed\", not {policy:?}"),
+            ))
+        }
     }
     for (name, model) in &m.models {
         let field = format!("models.{name}");
@@ -638,13 +863,14 @@ fn validate(m: &Manifest) -> Result<(), FieldError> {
             ));
         }
     }
-    for required in ["int8", "fp32"] {
-        if !m.models.contains_key(required) {
-            return Err(bad(
-                &format!("models.{required}"),
-                "is required (the serving model and its fallback)",
-            ));
-        }
+    // fp32 is the reference every int8 variant is gated against and the fallback; a
+    // bundle being prepared (`bundle init` before quantization) may not have int8 yet,
+    // and whatever serves or gates it asks for the variant by name.
+    if !m.models.contains_key("fp32") {
+        return Err(bad(
+            "models.fp32",
+            "is required (the reference the int8 model is gated against, and the fallback)",
+        ));
     }
     Ok(())
 }
@@ -797,6 +1023,91 @@ quantization = "none"
         )
         .unwrap_err();
         assert!(err.to_string().contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn preprocessing_keys_default_to_a_plain_stretch() {
+        let b = open_with(GOOD).unwrap();
+        let i = b.input();
+        assert_eq!(
+            (i.resize, i.filter, i.range, i.dicom),
+            (
+                Resize::Stretch,
+                Filter::Bilinear,
+                Range::Unit,
+                DicomInput::default()
+            )
+        );
+        let with = |keys: &str| GOOD.replace("std = [0.25]", &format!("std = [0.25]\n{keys}"));
+        let b = open_with(&with(
+            "resize = \"center-crop\"\ncrop_fraction = 0.875\nfilter = \"bicubic\"\n\
+             range = \"0-255\"\ndicom = { window = \"fixed\", centre = 40.0, width = 80.0 }",
+        ))
+        .unwrap();
+        let i = b.input();
+        assert_eq!(
+            (i.resize, i.crop_fraction, i.filter, i.range.gain()),
+            (Resize::CentreCrop, Some(0.875), Filter::Bicubic, 255.0)
+        );
+        assert_eq!(
+            (i.dicom.window, i.dicom.centre, i.dicom.width),
+            (WindowPolicy::Fixed, Some(40.0), Some(80.0))
+        );
+        assert_eq!(
+            open_with(&with("resize = \"letterbox\"\npad = 0.447"))
+                .unwrap()
+                .input()
+                .pad,
+            Some(0.447)
+        );
+    }
+
+    #[test]
+    fn inconsistent_preprocessing_keys_are_refused() {
+        let with = |keys: &str| GOOD.replace("std = [0.25]", &format!("std = [0.25]\n{keys}"));
+        for (keys, field) in [
+            ("resize = \"centre-crop\"", "input.crop_fraction"),
+            (
+                "resize = \"centre-crop\"\ncrop_fraction = 1.5",
+                "input.crop_fraction",
+            ),
+            ("crop_fraction = 0.9", "input.crop_fraction"),
+            ("resize = \"letterbox\"\npad = 114.0", "input.pad"),
+            ("pad = 0.5", "input.pad"),
+            (
+                "dicom = { window = \"fixed\", centre = 40.0 }",
+                "input.dicom",
+            ),
+            (
+                "dicom = { window = \"fixed\", centre = 40.0, width = 0.0 }",
+                "input.dicom",
+            ),
+            ("dicom = { centre = 40.0, width = 80.0 }", "input.dicom"),
+            ("resize = \"crop\"", "resize"),
+            ("filter = \"cubic\"", "filter"),
+            ("range = \"0-65535\"", "range"),
+        ] {
+            let err = open_with(&with(keys)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Manifest, "{keys}: {err}");
+            assert!(err.to_string().contains(field), "{keys}: {err}");
+        }
+        let bgr_grey = GOOD.replace("colour = \"grey\"", "colour = \"bgr\"");
+        assert!(open_with(&bgr_grey)
+            .unwrap_err()
+            .to_string()
+            .contains("input.channels"));
+    }
+
+    #[test]
+    fn a_bundle_may_wait_for_its_int8_model_but_not_for_fp32() {
+        let b = open_with(&GOOD.replace("[models.int8]", "[models.int8-draft]")).unwrap();
+        assert!(matches!(
+            b.variant("int8"),
+            Err(BundleError::NoSuchVariant { .. })
+        ));
+        let no_fp32 = GOOD.replace("[models.fp32]", "[models.float]");
+        let err = open_with(&no_fp32).unwrap_err();
+        assert!(err.to_string().contains("models.fp32"), "{err}");
     }
 
     #[test]

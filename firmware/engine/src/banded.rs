@@ -953,16 +953,15 @@ pub(crate) mod tests {
 
     /// The test models' input: `x`, NCHW, values in [0, 1].
     pub(crate) fn input_spec(c: usize, h: usize, w: usize) -> InputSpec {
-        InputSpec {
-            tensor: "x".into(),
-            layout: Layout::Nchw,
-            height: h as u32,
-            width: w as u32,
-            channels: c as u32,
-            colour: if c == 3 { Colour::Rgb } else { Colour::Grey },
-            mean: vec![0.0; c],
-            std: vec![1.0; c],
-        }
+        InputSpec::stretched(
+            "x",
+            Layout::Nchw,
+            h as u32,
+            w as u32,
+            if c == 3 { Colour::Rgb } else { Colour::Grey },
+            vec![0.0; c],
+            vec![1.0; c],
+        )
     }
 
     /// Deterministic inputs in [0, 1] for an image of `len` values.

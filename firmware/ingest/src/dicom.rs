@@ -20,6 +20,7 @@ use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_pixeldata::{PixelDecoder, PlanarConfiguration};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use edgedx_bundle::{DicomInput, WindowPolicy};
 
 use crate::{Image, ImageInfo, IngestError, Limits, SourceFormat};
 use palette::{Palette, PaletteError};
@@ -91,10 +92,15 @@ pub fn decode_raw(path: &Path, limits: &Limits) -> Result<RawFrame, IngestError>
     decode_raw_bytes(&bytes, &name, limits)
 }
 
-/// Decodes DICOM bytes (already un-gzipped) to an [`Image`].
-pub(crate) fn load(bytes: &[u8], name: &str, limits: &Limits) -> Result<Image, IngestError> {
+/// Decodes DICOM bytes (already un-gzipped) to an [`Image`], windowed as `dicom` says.
+pub(crate) fn load(
+    bytes: &[u8],
+    name: &str,
+    limits: &Limits,
+    dicom: &DicomInput,
+) -> Result<Image, IngestError> {
     let raw = decode_raw_bytes(bytes, name, limits)?;
-    to_image(raw, name)
+    to_image(raw, name, dicom)
 }
 
 /// What the pre-scan established about a file.
@@ -859,8 +865,9 @@ fn ybr_full_to_rgb(values: &mut [f32], max: f32) {
     }
 }
 
-/// Applies the modality LUT and the VOI window (or a robust window) to reach [0, 1].
-fn to_image(raw: RawFrame, name: &str) -> Result<Image, IngestError> {
+/// Applies the modality LUT and the VOI window that `dicom` asks for (the file's, a robust
+/// one, or a fixed one) to reach [0, 1].
+fn to_image(raw: RawFrame, name: &str, dicom: &DicomInput) -> Result<Image, IngestError> {
     let mut info = ImageInfo::new(SourceFormat::Dicom);
     info.frame = Some(raw.frame);
     info.bits_stored = Some(raw.bits_stored);
@@ -891,14 +898,23 @@ fn to_image(raw: RawFrame, name: &str) -> Result<Image, IngestError> {
                 *v = (f64::from(*v) * slope + intercept) as f32;
             }
         }
-        let window = raw
+        let from_file = raw
             .window
             .filter(|(c, w)| c.is_finite() && w.is_finite() && *w >= 1.0);
-        match window {
-            Some((c, w)) => {
+        let window = match (dicom.window, dicom.centre, dicom.width) {
+            (WindowPolicy::Fixed, Some(c), Some(w)) => Some((c, w, "LINEAR", "the bundle")),
+            // The manifest check refuses a fixed window without both values.
+            (WindowPolicy::Fixed, _, _) => None,
+            (WindowPolicy::File, _, _) => from_file.map(|(c, w)| {
                 let function = raw.voi_function.as_deref().unwrap_or("LINEAR");
+                (c, w, function, "file")
+            }),
+            (WindowPolicy::Robust, _, _) => None,
+        };
+        match window {
+            Some((c, w, function, source)) => {
                 apply_window(&mut data, c, w, function);
-                notes.push(format!("window {c}/{w} from file ({function})"));
+                notes.push(format!("window {c}/{w} from {source} ({function})"));
             }
             None => {
                 let (lo, hi) = robust_range(&data);

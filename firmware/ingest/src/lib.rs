@@ -11,6 +11,8 @@ use std::fmt;
 use std::io::Read;
 use std::path::Path;
 
+use edgedx_bundle::DicomInput;
+
 pub mod dicom;
 pub mod preprocess;
 pub mod raster;
@@ -218,8 +220,19 @@ pub fn load_path(path: &Path, limits: &Limits) -> Result<Image, IngestError> {
     load_bytes(&bytes, &name, limits)
 }
 
-/// Decodes an image held in memory; `name` only labels errors and logs.
+/// Decodes an image held in memory; `name` only labels errors and logs. Greyscale DICOM
+/// gets the file's VOI window (a robust one when it has none).
 pub fn load_bytes(bytes: &[u8], name: &str, limits: &Limits) -> Result<Image, IngestError> {
+    load_bytes_for(bytes, name, limits, &DicomInput::default())
+}
+
+/// [`load_bytes`] for a model whose manifest says how DICOM images are windowed.
+pub fn load_bytes_for(
+    bytes: &[u8],
+    name: &str,
+    limits: &Limits,
+    dicom: &DicomInput,
+) -> Result<Image, IngestError> {
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(IngestError::too_large(
             name,
@@ -241,12 +254,12 @@ pub fn load_bytes(bytes: &[u8], name: &str, limits: &Limits) -> Result<Image, In
             // One level is what archives produce; nesting only serves bombs.
             return Err(IngestError::malformed(name, "gzip inside gzip"));
         }
-        return load_bytes(&inner, name, limits);
+        return load_bytes_for(&inner, name, limits, dicom);
     }
     match sniff(bytes) {
-        Some(SourceFormat::Dicom) => dicom::load(bytes, name, limits),
+        Some(SourceFormat::Dicom) => dicom::load(bytes, name, limits, dicom),
         Some(format) => raster::load(bytes, format, name, limits),
-        None if dicom::looks_like_raw_dataset(bytes) => dicom::load(bytes, name, limits),
+        None if dicom::looks_like_raw_dataset(bytes) => dicom::load(bytes, name, limits, dicom),
         None => Err(IngestError::UnrecognisedFormat {
             name: name.to_string(),
             reason: format!(

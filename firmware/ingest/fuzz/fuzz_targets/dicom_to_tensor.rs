@@ -22,16 +22,15 @@ const LIMITS: Limits = Limits {
 /// The default bundle's input (128 x 128 grey, NCHW), and its RGB counterpart so that the
 /// colour path of the preprocessing is driven too.
 fn spec(channels: u32, colour: Colour) -> InputSpec {
-    InputSpec {
-        tensor: "input".into(),
-        layout: Layout::Nchw,
-        height: 128,
-        width: 128,
-        channels,
+    InputSpec::stretched(
+        "input",
+        Layout::Nchw,
+        128,
+        128,
         colour,
-        mean: vec![0.5; channels as usize],
-        std: vec![0.25; channels as usize],
-    }
+        vec![0.5; channels as usize],
+        vec![0.25; channels as usize],
+    )
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -231,10 +231,53 @@ fn windowing_and_monochrome1() {
         voi_function: None,
         notes: vec![],
     };
-    let img = to_image(raw, "t").unwrap();
+    let img = to_image(raw, "t", &DicomInput::default()).unwrap();
     // Rescaled to -100, 0, 100; robust window over those; inverted.
     assert_eq!(img.data, vec![1.0, 0.5, 0.0]);
     assert!(img.info.note.unwrap().contains("MONOCHROME1 inverted"));
+}
+
+#[test]
+fn the_bundle_chooses_the_window() {
+    // CT-like values in HU with a lung window in the file; the policy decides which
+    // window maps them to intensities.
+    let raw = |window| RawFrame {
+        rows: 1,
+        cols: 5,
+        samples: 1,
+        values: vec![-1000.0, -600.0, 0.0, 40.0, 80.0],
+        frame: (0, 1),
+        bits_stored: 12,
+        signed: true,
+        photometric: "MONOCHROME2".into(),
+        rgb: false,
+        rgb_max: 255.0,
+        modality: Some("CT".into()),
+        transfer_syntax: "x".into(),
+        rescale: (1.0, 0.0),
+        window,
+        voi_function: None,
+        notes: vec![],
+    };
+    let lung = Some((-599.5, 1501.0));
+    let file = to_image(raw(lung), "t", &DicomInput::default()).unwrap();
+    assert_eq!(file.data[1], 0.5);
+    assert!(file.info.note.unwrap().contains("from file"));
+    let brain = DicomInput {
+        window: WindowPolicy::Fixed,
+        centre: Some(40.5),
+        width: Some(81.0),
+    };
+    let fixed = to_image(raw(lung), "t", &brain).unwrap();
+    assert_eq!(fixed.data, vec![0.0, 0.0, 0.0, 0.5, 1.0]);
+    assert!(fixed.info.note.unwrap().contains("from the bundle"));
+    let robust = DicomInput {
+        window: WindowPolicy::Robust,
+        ..DicomInput::default()
+    };
+    let img = to_image(raw(lung), "t", &robust).unwrap();
+    assert_eq!((img.data[0], img.data[4]), (0.0, 1.0));
+    assert!(img.info.note.unwrap().contains("robust"));
 }
 
 #[test]

@@ -213,7 +213,7 @@ fn palette_with_16_bit_entries_keeps_the_high_byte_and_clamps_indices() {
         .flat_map(at)
         .collect();
     assert_eq!(raw.values, want);
-    let img = to_image(raw, "p16").unwrap();
+    let img = to_image(raw, "p16", &DicomInput::default()).unwrap();
     assert_eq!(img.data[3 * 4], (150u16 << 8) as f32 / 65535.0);
 
     // 65536 entries (written as a count of 0), one per possible index.
@@ -242,7 +242,7 @@ fn palette_of_8_bit_values_in_16_bit_words_is_scaled_by_255() {
     );
     let raw = decode(&bytes).unwrap();
     assert_eq!(raw.rgb_max, 255.0);
-    let img = to_image(raw, "p").unwrap();
+    let img = to_image(raw, "p", &DicomInput::default()).unwrap();
     assert_eq!(
         &img.data[3..9],
         &[128.0 / 255.0, 128.0 / 255.0, 128.0 / 255.0, 1.0, 1.0, 1.0]
