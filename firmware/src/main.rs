@@ -11,6 +11,7 @@ mod demo;
 mod gate;
 mod heap;
 mod info;
+mod manifest_edit;
 mod measure;
 mod paths;
 mod pipeline;

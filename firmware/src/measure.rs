@@ -102,20 +102,7 @@ pub fn write_needs(
     let path = dir.join(edgedx_bundle::MANIFEST_FILE);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    // Drop earlier [memory.*] tables (each runs to the next table header or the end).
-    let mut kept = Vec::new();
-    let mut skipping = false;
-    for line in text.lines() {
-        let header = line.trim_start().starts_with('[');
-        if header {
-            skipping = line.trim_start().starts_with("[memory.") || line.trim() == "[memory]";
-        }
-        if !skipping {
-            kept.push(line);
-        }
-    }
-    let mut new_text = kept.join("\n").trim_end().to_string();
-    new_text.push('\n');
+    let mut tables = String::new();
     let date = crate::gate::record_now_utc();
     for m in measured {
         let need = MemoryNeed {
@@ -126,14 +113,15 @@ pub fn write_needs(
             date: date.clone(),
         };
         let table = toml::to_string(&need).context("serialising the memory record")?;
-        new_text.push_str(&format!("\n[memory.{}]\n{table}", m.variant));
+        if !tables.is_empty() {
+            tables.push('\n');
+        }
+        tables.push_str(&format!("[memory.{}]\n{table}", m.variant));
     }
+    // Earlier [memory.*] tables go (each runs to the next table header or the end).
+    let new_text = crate::manifest_edit::replace_tables(&text, "memory", &tables);
     // The result must still be a valid manifest before it replaces the old one.
     edgedx_bundle::Manifest::from_toml_str(&new_text, &path)
         .context("the updated manifest does not validate")?;
-    let tmp = dir.join(".manifest.toml.tmp");
-    std::fs::write(&tmp, &new_text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    crate::manifest_edit::write(dir, &new_text)
 }

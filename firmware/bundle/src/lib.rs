@@ -415,6 +415,10 @@ pub struct ModelCard {
     pub clinical_use: String,
 }
 
+/// What `edgedx bundle init` writes into model-card fields for the team to replace; a
+/// manifest that still holds it is not signed.
+pub const PLACEHOLDER: &str = "TODO";
+
 /// The manifest as written on disk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -439,6 +443,35 @@ pub struct Manifest {
     /// `edgedx info --memory --write`. The daemon's memory gate reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<BTreeMap<String, MemoryNeed>>,
+}
+
+impl Manifest {
+    /// What must still be written before the bundle can be signed for devices: model-card
+    /// fields that are missing, empty or still hold [`PLACEHOLDER`], and the int8 model a
+    /// device serves. Empty when the bundle is complete.
+    pub fn unfinished(&self) -> Vec<String> {
+        let mut missing = Vec::new();
+        match &self.model_card {
+            None => missing.push("model_card (the whole table)".to_string()),
+            Some(card) => {
+                for (field, text) in [
+                    ("summary", &card.summary),
+                    ("trained_on", &card.trained_on),
+                    ("intended_use", &card.intended_use),
+                    ("limitations", &card.limitations),
+                    ("clinical_use", &card.clinical_use),
+                ] {
+                    if text.trim().is_empty() || text.contains(PLACEHOLDER) {
+                        missing.push(format!("model_card.{field}"));
+                    }
+                }
+            }
+        }
+        if !self.models.contains_key("int8") {
+            missing.push("models.int8 (quantize the model first)".to_string());
+        }
+        missing
+    }
 }
 
 /// `[memory.<variant>]`: what one worker process serving this variant used, measured.

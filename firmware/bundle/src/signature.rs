@@ -71,6 +71,8 @@ pub enum SignatureError {
         expected: String,
         actual: String,
     },
+    #[error("{path}: not finished, refusing to sign it: {fields} still to be written (`{placeholder}` marks what `edgedx bundle init` left for the model team)", placeholder = crate::PLACEHOLDER)]
+    Unfinished { path: PathBuf, fields: String },
     #[error(transparent)]
     Manifest(#[from] BundleError),
     #[error("{path}: {source}")]
@@ -123,7 +125,9 @@ impl SignatureError {
             }
             SignatureError::BadKey { .. } => SignatureErrorKind::BadKey,
             SignatureError::FileHashMismatch { .. } => SignatureErrorKind::FileHashMismatch,
-            SignatureError::Manifest(_) => SignatureErrorKind::Manifest,
+            SignatureError::Manifest(_) | SignatureError::Unfinished { .. } => {
+                SignatureErrorKind::Manifest
+            }
             SignatureError::Io { .. } | SignatureError::Random { .. } => SignatureErrorKind::Io,
         }
     }
@@ -309,6 +313,13 @@ pub fn sign_bundle(
     let bytes = read_limited(&manifest_path, MAX_MANIFEST_BYTES)?;
     let manifest = parse_manifest(&bytes, &manifest_path)?;
     check_files(dir, &manifest)?;
+    let unfinished = manifest.unfinished();
+    if !unfinished.is_empty() {
+        return Err(SignatureError::Unfinished {
+            path: manifest_path,
+            fields: unfinished.join(", "),
+        });
+    }
 
     let public = PublicKey {
         key: signing.verifying_key(),
@@ -632,6 +643,27 @@ mod tests {
         let mut bytes = std::fs::read(path).unwrap();
         bytes[at] ^= 0x01;
         std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn an_unfinished_model_card_is_not_signed() {
+        let bundle = bundle_copy();
+        let keys = tempfile::tempdir().unwrap();
+        let (key, _) = key_in(keys.path(), "team.pem");
+        let path = bundle.path().join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text.find("limitations = ").unwrap();
+        let end = start + text[start..].find('\n').unwrap();
+        let unfinished = format!(
+            "{}limitations = \"TODO: what the model was not tested on\"{}",
+            &text[..start],
+            &text[end..]
+        );
+        std::fs::write(&path, unfinished).unwrap();
+        let err = sign_bundle(bundle.path(), &key, "t").unwrap_err();
+        assert_eq!(err.kind(), SignatureErrorKind::Manifest);
+        assert!(err.to_string().contains("model_card.limitations"), "{err}");
+        assert!(!bundle.path().join(SIGNATURE_FILE).exists());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod cpu;
 mod depthwise;
 mod epilogue;
 mod error;
+pub mod graph;
 mod im2col;
 mod kernels;
 mod lean;

@@ -1,7 +1,6 @@
 //! The approval record: writes `[approval]` into a bundle's manifest.toml atomically, and
 //! the UTC timestamp it carries (a civil-from-days conversion, so no date crate is needed).
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,45 +45,6 @@ pub fn now_utc() -> String {
     iso8601_utc(secs)
 }
 
-/// Returns `text` with its top-level `[approval]` table (and any `[approval.*]` sub-tables)
-/// removed and `table` appended.
-///
-/// Why textual and not `toml` re-serialisation: the pipeline writes manifest.toml with
-/// comments and a chosen key order that people read; re-serialising would drop the
-/// comments and reorder everything. The caller re-parses the result and checks that
-/// everything but `approval` is unchanged, so a manifest this simple scan misreads (a
-/// `[`-line inside a multi-line string) is refused instead of damaged.
-fn replace_approval(text: &str, table: &str) -> String {
-    let mut out = String::with_capacity(text.len() + table.len());
-    let mut inside = false;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim_start();
-        if t.starts_with('[') {
-            let header: String = t
-                .trim_start_matches('[')
-                .chars()
-                .take_while(|c| *c != ']')
-                .filter(|c| !c.is_whitespace())
-                .collect();
-            inside = header == "approval" || header.starts_with("approval.");
-        }
-        if !inside {
-            out.push_str(line);
-        }
-    }
-    while out.ends_with("\n\n") {
-        out.pop();
-    }
-    if !out.is_empty() && !out.ends_with('\n') {
-        out.push('\n');
-    }
-    if !out.is_empty() {
-        out.push('\n');
-    }
-    out.push_str(table);
-    out
-}
-
 /// Writes `approval` into `<dir>/manifest.toml`: temp file in the same directory, fsync,
 /// rename over the manifest, fsync the directory, so a power cut leaves either the old or
 /// the new manifest, never half of one. `expected` is the manifest the gate ran with: if
@@ -106,7 +66,7 @@ pub fn write_approval(dir: &Path, expected: &Manifest, approval: &Approval) -> a
     }
     let table =
         toml::to_string(&Wrapper { approval }).context("serialising the approval record")?;
-    let new_text = replace_approval(&text, &table);
+    let new_text = crate::manifest_edit::replace_tables(&text, "approval", &table);
     let reparsed = Manifest::from_toml_str(&new_text, &path)
         .context("the manifest with the new [approval] does not parse; nothing written")?;
     // Compared as text, not with `==`: an undefined recall is NaN, which never equals itself.
@@ -122,21 +82,7 @@ pub fn write_approval(dir: &Path, expected: &Manifest, approval: &Approval) -> a
             path.display()
         );
     }
-    let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(new_text.as_bytes())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, &path)?;
-        // The rename is durable only once the directory entry is on disk.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
+    crate::manifest_edit::write(dir, &new_text)
 }
 
 fn strip(m: &Manifest) -> Manifest {
@@ -171,17 +117,5 @@ mod tests {
         assert_eq!(iso8601_utc(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(iso8601_utc(-1), "1969-12-31T23:59:59Z");
         assert_eq!(now_utc().len(), 20);
-    }
-
-    #[test]
-    fn approval_table_is_replaced_and_the_rest_kept() {
-        let text = "# comment\nx = 1\n\n[approval]\nverdict = \"rejected\"\n\n[approval.sub]\na = 1\n[other]\ny = 2\n";
-        let out = replace_approval(text, "[approval]\nverdict = \"approved\"\n");
-        assert_eq!(
-            out,
-            "# comment\nx = 1\n\n[other]\ny = 2\n\n[approval]\nverdict = \"approved\"\n"
-        );
-        let out = replace_approval("a = 1", "[approval]\n");
-        assert_eq!(out, "a = 1\n\n[approval]\n");
     }
 }
