@@ -1,4 +1,5 @@
-//! `edgedx bundle keygen|sign|verify`: the model team's tools for signed bundles.
+//! `edgedx bundle init|add|keygen|sign|verify`: the model team's tools, from ONNX files to
+//! a signed bundle.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,6 +17,13 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum BundleCommand {
+    /// Write a new bundle from an fp32 ONNX model (and optionally its int8 version) and a
+    /// labels file: tensor names, layout and size read from the graph, sha256s filled in,
+    /// a model card to complete; every model is loaded once and reported.
+    Init(crate::bundle_init::InitArgs),
+    /// Put a model file into a bundle as a variant (`int8` by default) and record its
+    /// sha256 and format in the manifest.
+    Add(crate::bundle_init::AddArgs),
     /// Make a new Ed25519 key pair: the private key goes to --out (mode 0600, never
     /// overwritten); the public key line for device configs is printed.
     Keygen {
@@ -50,6 +58,8 @@ enum BundleCommand {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
+        BundleCommand::Init(args) => crate::bundle_init::init(args),
+        BundleCommand::Add(args) => crate::bundle_init::add(args),
         BundleCommand::Keygen { out } => keygen(out),
         BundleCommand::Sign {
             bundle,

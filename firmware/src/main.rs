@@ -6,6 +6,7 @@
 //! 70 internal error. Never 101.
 
 mod bundle_cmd;
+mod bundle_init;
 mod classify;
 mod demo;
 mod gate;
@@ -46,7 +47,7 @@ enum Command {
     Info(info::Args),
     /// Accuracy gate: compare int8 with fp32 on a labelled set; approve or reject int8.
     Gate(gate::Args),
-    /// Bundle signing for the model team: keygen, sign, verify.
+    /// The model team's bundle tools: init, add, keygen, sign, verify.
     Bundle(bundle_cmd::Args),
     /// Run the daemon: links, spool, camera, outbox, inference workers.
     Serve(serve::Args),
