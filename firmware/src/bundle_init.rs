@@ -192,10 +192,11 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
         &models,
         &args.fp32,
     )?;
+    // The options are checked by the manifest's own rules before anything is written.
+    Manifest::from_toml_str(&text, &out.join(MANIFEST_FILE))
+        .context("these options do not make a valid bundle")?;
     std::fs::write(staging.path().join(MANIFEST_FILE), &text).context("writing manifest.toml")?;
-    let bundle = Bundle::open(staging.path()).context(
-        "the manifest written from these files does not validate (a bug: please report it)",
-    )?;
+    let bundle = Bundle::open(staging.path())?;
     let loaded = load_all(&bundle)?;
 
     if out.exists() {

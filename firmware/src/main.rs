@@ -16,6 +16,7 @@ mod manifest_edit;
 mod measure;
 mod paths;
 mod pipeline;
+mod preprocess_cmd;
 mod serve;
 
 use std::process::ExitCode;
@@ -49,6 +50,9 @@ enum Command {
     Gate(gate::Args),
     /// The model team's bundle tools: init, add, keygen, sign, verify.
     Bundle(bundle_cmd::Args),
+    /// Write the input tensors the device would make from images, as one .npy array
+    /// (calibration data for quantization, checks against a training pipeline).
+    Preprocess(preprocess_cmd::Args),
     /// Run the daemon: links, spool, camera, outbox, inference workers.
     Serve(serve::Args),
     /// Start the daemon on a temporary socket and spool, feed it the bundled samples, print
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::Gate(args) => gate::run(args),
         Command::Bundle(args) => bundle_cmd::run(args),
+        Command::Preprocess(args) => preprocess_cmd::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Worker(args) => serve::worker::run(args),

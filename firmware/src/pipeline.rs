@@ -2,6 +2,7 @@
 //! the model's input, run one item. `classify`, the gate and the serving worker all go
 //! through it, so an image gets the same tensor and the same scores whichever way it came.
 
+use edgedx_bundle::InputSpec;
 use edgedx_engine::{EngineError, Model, Scores};
 use edgedx_ingest::{ImageInfo, IngestError, Limits};
 
@@ -24,7 +25,18 @@ pub fn prepare(
     model: &Model,
     tensor: &mut [f32],
 ) -> Result<Prepared, IngestError> {
-    let spec = model.input_spec();
+    prepare_for(bytes, name, limits, model.input_spec(), tensor)
+}
+
+/// [`prepare`] for an input spec without a loaded model (`edgedx preprocess`, which makes
+/// calibration tensors exactly as the device will).
+pub fn prepare_for(
+    bytes: &[u8],
+    name: &str,
+    limits: &Limits,
+    spec: &InputSpec,
+    tensor: &mut [f32],
+) -> Result<Prepared, IngestError> {
     let image = edgedx_ingest::load_bytes_for(bytes, name, limits, &spec.dicom)?;
     edgedx_ingest::preprocess(&image, spec, tensor)?;
     Ok(Prepared {

@@ -1,6 +1,7 @@
 //! edgedx integration suite: drives the real binary and the real libraries against real
 //! models and real DICOM files. Runs natively and, for aarch64, under qemu-aarch64.
 
+mod bundle_init;
 mod classify;
 mod daemon;
 mod fairness;

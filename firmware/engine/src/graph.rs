@@ -172,10 +172,7 @@ fn value_facts(v: &pb::ValueInfoProto) -> ValueFacts {
 fn producer_of(graph: &pb::GraphProto, value: &str) -> Option<String> {
     let mut value = value.to_string();
     for _ in 0..graph.node.len().min(64) {
-        let node = graph
-            .node
-            .iter()
-            .find(|n| n.output.iter().any(|o| *o == value))?;
+        let node = graph.node.iter().find(|n| n.output.contains(&value))?;
         if !SHAPE_ONLY.contains(&node.op_type.as_str()) {
             return Some(node.op_type.clone());
         }
