@@ -332,8 +332,7 @@ def make_image(src, z, label, stratum, rng) -> np.ndarray:
     return np.round(img * 255).astype(np.uint8)
 
 
-def build_split(split: str, sources: dict[str, Source], out_dir: Path) -> str:
-    per_stratum = SPLIT_SIZES[split]
+def build_split(split: str, sources: dict[str, Source], out_dir: Path, per_stratum: int) -> str:
     slices = slices_for(split)
     jobs = []
     for stratum in STRATA:
@@ -382,19 +381,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/brain"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "dataset")
+    # Small sets for tests and the model-team walkthrough (models/README.md); the bundle's
+    # own splits use the defaults.
+    ap.add_argument("--splits", default=",".join(SPLIT_SIZES), help="comma-separated splits to build")
+    ap.add_argument("--per-stratum", type=int, default=None, help="images per stratum (default: SPLIT_SIZES)")
     args = ap.parse_args()
+    splits = [s for s in args.splits.split(",") if s]
+    unknown = [s for s in splits if s not in SPLIT_SIZES]
+    if unknown:
+        ap.error(f"unknown split(s) {unknown}; known: {list(SPLIT_SIZES)}")
     t0 = time.time()
     sources = load_sources(args.data)
     print(f"loaded volumes in {time.time() - t0:.1f}s")
     hashes, content = {}, {}
-    for split in SPLIT_SIZES:
+    for split in splits:
+        size = args.per_stratum or SPLIT_SIZES[split]
         t = time.time()
         if (args.out / split).exists():
             for p in sorted((args.out / split).rglob("*"), reverse=True):
                 p.unlink() if p.is_file() else p.rmdir()
-        hashes[split] = build_split(split, sources, args.out)
+        hashes[split] = build_split(split, sources, args.out, size)
         content[split] = write_checksums(args.out / split)
-        n = SPLIT_SIZES[split] * len(STRATA)
+        n = size * len(STRATA)
         print(f"{split:12s} {n:5d} images  {time.time() - t:6.1f}s  sha256(labels.csv)={hashes[split]}"
               f"  sha256(SHA256SUMS)={content[split]}")
     # One line per split: name, sha256 of labels.csv (the manifest's split_sha256), sha256
