@@ -189,10 +189,10 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bott
 .verdict{padding:12px 16px;border-radius:6px;font-size:18px;font-weight:600;margin:12px 0}
 .approved{background:#e3f4e6;color:#17612a;border:1px solid #9fd3aa}.rejected{background:#fbe5e5;color:#8a1c1c;border:1px solid #eaa5a5}
 table{border-collapse:collapse;margin:6px 0}th,td{padding:3px 9px;text-align:right;border-bottom:1px solid #eceff3}
-th{background:#f4f6f9;font-weight:600}td.l,th.l{text-align:left}code{font-size:12px;word-break:break-all}
+th{background:#f4f6f9;font-weight:600}th[colspan]{text-align:center}td.l,th.l{text-align:left}code{font-size:12px;word-break:break-all}
 .grid{display:flex;flex-wrap:wrap;gap:28px}.heat td{width:78px;height:48px;text-align:center;border:1px solid #fff}
 .heat td.diag{outline:2px solid #1b1f24;outline-offset:-2px}.heat small{display:block;font-size:11px;opacity:.8}
-.bars{display:grid;grid-template-columns:170px 44px 1fr 72px;gap:3px 8px;align-items:center;max-width:760px}
+.bars{display:grid;grid-template-columns:170px 44px 1fr 130px;gap:3px 8px;align-items:center;max-width:760px}
 .track{background:#eef1f5;height:14px;border-radius:3px}.bar{height:14px;border-radius:3px}.fp32{background:#6b8fc9}.int8{background:#d08a2e}
 .cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #d5dae1;border-radius:6px;padding:8px;width:210px;font-size:12px}
 .card img{display:block;margin:0 auto 6px;image-rendering:auto;background:#000}.nothumb{height:96px;display:flex;align-items:center;justify-content:center;background:#eef1f5}
