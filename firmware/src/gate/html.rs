@@ -559,6 +559,8 @@ fn failures(s: &mut String, r: &Report) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
@@ -619,5 +621,142 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
         assert!(write_atomic(&dir.path().join("missing/r.html"), b"x").is_err());
+    }
+
+    /// A rejected report over labels `a`, `<q>` (markup in a label must be escaped) with
+    /// three disagreeing images, built by hand.
+    fn report() -> Report {
+        use super::super::{BatchInvariance, DisagreeingImage, Disagreement, Failure, Prediction};
+        let labels = vec!["a".to_string(), "<q>".to_string()];
+        let truth = [0, 0, 1, 1];
+        let strata = vec![Some("s&t".to_string()); 4];
+        let int8 = super::super::metrics::compute(&labels, &truth, &[1, 1, 1, 0], &strata);
+        let fp32 = super::super::metrics::compute(&labels, &truth, &[0, 0, 1, 1], &strata);
+        let file = |n: usize| DisagreeingImage {
+            file: format!("a/\"x{n}\".png"),
+            path: PathBuf::from("/nonexistent"),
+            label: labels[0].clone(),
+            int8: Prediction {
+                label: labels[1].clone(),
+                probability: 0.75,
+            },
+            fp32: Prediction {
+                label: labels[0].clone(),
+                probability: 0.5,
+            },
+        };
+        Report {
+            verdict: Verdict::Rejected,
+            reasons: vec!["accuracy drop <script>".into()],
+            bundle: "demo@1".into(),
+            int8_sha256: "11".repeat(32),
+            fp32_sha256: "22".repeat(32),
+            dataset: "/data/<set>".into(),
+            dataset_layout: super::super::Layout::ImageFolder,
+            dataset_sha256: "33".repeat(32),
+            skipped_files: vec!["README.md".into()],
+            images: 5,
+            evaluated: 4,
+            failed: vec![Failure {
+                file: "a/bad.png".into(),
+                line: None,
+                kind: "decode".into(),
+                message: "not a <png>".into(),
+            }],
+            thresholds: edgedx_bundle::GateThresholds {
+                max_accuracy_drop: 0.01,
+                max_recall_drop: 0.01,
+            },
+            accuracy_drop: fp32.accuracy - int8.accuracy,
+            recall_drop: vec![Some(1.0), Some(0.5)],
+            disagreement: Disagreement {
+                images: 3,
+                rate: 0.75,
+                files: (0..3).map(file).collect(),
+            },
+            labels,
+            fp32,
+            int8,
+            batch_invariance: BatchInvariance {
+                batches: vec![1, 2, 4],
+                differing_predictions: 0,
+                max_probability_difference: 2.5e-8,
+                invariant: true,
+            },
+            tool: "edgedx test".into(),
+            date: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn the_page_escapes_dataset_text_and_caps_the_thumbnails() {
+        let r = report();
+        let page = render(&r, &[Some("QUJD".into()), None]);
+        assert!(!page.contains("<q>") && !page.contains("<script") && !page.contains("<set>"));
+        assert!(page.contains("&lt;q&gt;") && page.contains("a/&quot;x0&quot;.png"));
+        // Hooks carry exact values; labels in keys are escaped like any attribute.
+        assert!(page.contains(r#"data-metric="int8.recall.&lt;q&gt;" data-value="0.5""#));
+        assert!(page.contains(r#"data-metric="fp32.confusion.a.&lt;q&gt;" data-value="0""#));
+        assert!(page.contains(r#"data-metric="int8.precision.a" data-value="0""#));
+        assert!(page.contains(r#"data-metric="int8.stratum.s&amp;t.accuracy" data-value="0.25""#));
+        // Rust writes f64 without an exponent; it parses back to the same value.
+        assert!(page.contains(
+            r#"data-metric="batch_invariance.max_probability_difference" data-value="0.000000025""#
+        ));
+        // Two cards (one thumbnail, one without), the third counted as left out.
+        assert_eq!(page.matches("class=\"card\"").count(), 2);
+        assert_eq!(
+            page.matches("src=\"data:image/png;base64,QUJD\"").count(),
+            1
+        );
+        assert!(page.contains("no thumbnail"));
+        assert!(page.contains(r#"data-metric="disagreement.left_out" data-value="1""#));
+        assert!(page.contains("disagreement.files.1.int8.probability"));
+        assert!(!page.contains("disagreement.files.2."));
+        // The failure and the rejection are on the page.
+        assert!(page.contains("not a &lt;png&gt;") && page.contains("class=\"verdict rejected\""));
+        // Nothing outside the page.
+        for outside in ["http:", "https:", "<script", "<link", "url("] {
+            assert!(!page.contains(outside), "{outside}");
+        }
+    }
+
+    #[test]
+    fn thumbnails_are_small_pngs_of_the_decoded_image() {
+        let samples =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/brain-mri-4class/samples");
+        for name in ["glioma-01.png", "meningioma-02.dcm"] {
+            let b64 = thumbnail(&samples.join(name), &Limits::default())
+                .unwrap_or_else(|| panic!("{name}: no thumbnail"));
+            // Decoding the base64 back is the image crate's job here: check the PNG header
+            // (base64 of \x89PNG\r\n\x1a\n) and the size through a round trip.
+            assert!(b64.starts_with("iVBORw0KGgo"), "{name}");
+            let png = decode_base64(&b64);
+            let img = image::load_from_memory(&png).unwrap();
+            assert_eq!(img.width().max(img.height()), THUMBNAIL_PX, "{name}");
+        }
+        assert!(thumbnail(&samples.join("missing.png"), &Limits::default()).is_none());
+    }
+
+    /// Test-only inverse of [`base64`].
+    fn decode_base64(text: &str) -> Vec<u8> {
+        let value = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        let mut out = Vec::new();
+        for chunk in text.as_bytes().chunks(4) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c != b'=')
+                .fold(0u32, |n, (k, c)| n | u32::from(value(*c)) << (18 - 6 * k));
+            let bytes = chunk.iter().filter(|c| **c != b'=').count() - 1;
+            out.extend_from_slice(&n.to_be_bytes()[1..=bytes]);
+        }
+        out
     }
 }
