@@ -350,9 +350,9 @@ fn comparison(s: &mut String, r: &Report) {
             points(&format!("recall_drop.{label}"), r.recall_drop[c])
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<tr><td class=\"l\">correct</td><td>{}</td><td>{}</td><td></td></tr></table>\n",
+        "<tr><td class=\"l\">correct</td><td>{}</td><td>{}</td><td></td></tr></table>",
         count("fp32.correct", r.fp32.correct),
         count("int8.correct", r.int8.correct)
     );
@@ -471,10 +471,10 @@ fn strata(s: &mut String, r: &Report) {
 fn batch(s: &mut String, r: &Report) {
     let b = &r.batch_invariance;
     let batches: Vec<String> = b.batches.iter().map(usize::to_string).collect();
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<h2>Batch invariance</h2><p>int8 with batch {}: {} image(s) with a different class than at batch 1, \
-         largest probability difference {}: <b>{}</b></p>\n",
+         largest probability difference {}: <b>{}</b></p>",
         batches.join(", "),
         count("batch_invariance.differing_predictions", b.differing_predictions),
         metric(
