@@ -188,13 +188,32 @@ fn a_damaged_int8_model_is_rejected_with_the_reason() {
     std::fs::rename(&damaged, &int8).unwrap();
     util::rehash(bundle.path(), "int8");
     let data = dataset();
-    let (out, report) = gate(bundle.path(), data.path(), &[]);
+    let page = data.path().join("rejected.html");
+    let (out, report) = gate(
+        bundle.path(),
+        data.path(),
+        &["--report", page.to_str().unwrap()],
+    );
     assert_eq!(report["verdict"], "rejected");
     assert_eq!(out.status.code(), Some(3));
     let why = reasons(&report);
     assert!(
         why.contains("accuracy drop") || why.contains("recall drop"),
         "{why}"
+    );
+    // The page is written for a rejection too, with its reasons, the same numbers as the
+    // JSON and a thumbnail of each image the two models disagree on.
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("class=\"verdict rejected\""));
+    assert_page_matches_json(&page_metrics(&html), &report, "rejected.html");
+    let disagreeing = report["disagreement"]["images"].as_u64().unwrap() as usize;
+    assert!(
+        disagreeing > 0,
+        "a damaged model that loses accuracy disagrees somewhere"
+    );
+    assert_eq!(
+        html.matches("src=\"data:image/png;base64,").count(),
+        disagreeing.min(48)
     );
 }
 
@@ -646,8 +665,8 @@ fn expected_metrics(report: &Value) -> Vec<(String, Value)> {
     expected
 }
 
-/// Checks that the page's hooks are exactly the JSON's numbers, each equal to the value
-/// (numbers compared as f64 after parsing both texts, so 0.5 and 5e-1 agree).
+/// Checks that the page's hooks are exactly the JSON's numbers (compared as f64 after
+/// parsing both texts, so 0.5 and 5e-1 agree), and that the page has no other numbers.
 fn assert_page_matches_json(
     page: &std::collections::BTreeMap<String, String>,
     report: &Value,
@@ -662,7 +681,12 @@ fn assert_page_matches_json(
             Value::Null => shown == "null",
             Value::Bool(b) => shown == &b.to_string(),
             Value::String(s) => shown == s,
-            Value::Number(n) => shown.parse::<f64>().ok() == n.as_f64(),
+            Value::Number(n) => match (shown.parse::<f64>(), n.as_f64()) {
+                // serde_json's default float parser (no `float_roundtrip`) may land one
+                // ulp off the value it printed; the page's text is the exact one.
+                (Ok(a), Some(b)) => (a - b).abs() <= 4.0 * f64::EPSILON * a.abs().max(b.abs()),
+                _ => false,
+            },
             _ => false,
         };
         assert!(
