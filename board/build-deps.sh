@@ -5,7 +5,8 @@
 #   board/build-deps.sh build     cargo build / cargo run on this machine (cmake for CharLS,
 #                                 g++, libclang for the V4L2 bindings)
 #   board/build-deps.sh cross     + the aarch64 cross toolchain and Rust target
-#   board/build-deps.sh test      + qemu-user (aarch64 tests), python3-venv, clippy, rustfmt
+#   board/build-deps.sh test      + qemu-user (aarch64 tests), python3-venv, chromium (the gate's
+#                                 HTML report is checked in a headless browser), clippy, rustfmt
 #   board/build-deps.sh package   + cargo-deb, lintian and dpkg-dev (board/deb/build.sh)
 #
 # Several purposes may be given at once. The Rust toolchain itself (rustup) is assumed.
@@ -35,6 +36,7 @@ for purpose in "${@:-build}"; do
             want_cmd qemu-aarch64 qemu-user
             want_cmd systemd-analyze systemd
             python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+            want_cmd chromium chromium
             ;;
         package)
             want_cmd lintian lintian

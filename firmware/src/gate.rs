@@ -3,9 +3,10 @@
 //! not depend on the batch size, and optionally writes the verdict into the manifest.
 //!
 //! Exit codes: 0 approved, 3 rejected (including any image that could not be read),
-//! 1 setup error (bundle, model, dataset, labels.csv), 2 bad usage.
+//! 1 setup error (bundle, model, dataset, labels.csv, report not written), 2 bad usage.
 
 mod dataset;
+mod html;
 mod metrics;
 mod record;
 
@@ -15,17 +16,18 @@ pub fn record_now_utc() -> String {
 }
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use edgedx_bundle::{Approval, Bundle, GateThresholds, Verdict};
 use edgedx_engine::{EngineOptions, Model, Scores};
 use edgedx_ingest::Limits;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use dataset::{Dataset, Item};
+use dataset::{Dataset, Item, Layout};
 use metrics::Metrics;
 
 /// Exit code of a run that completed and rejected the model.
@@ -39,11 +41,30 @@ const GROUP: usize = 4;
 const EPSILON: f64 = 1e-9;
 
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "\
+DATASET LAYOUTS
+  labels.csv      <dir>/labels.csv with the header file,label,class_index[,stratum];
+                  file is a path relative to <dir>. Used whenever the file exists.
+  ImageFolder     otherwise: <dir>/<label>/<image> or <dir>/<label>/<stratum>/<image>.
+                  Folder names must be the bundle's labels; a label folder holds either
+                  images or stratum folders. Images are *.png, *.jpg, *.jpeg, *.dcm,
+                  *.dicom, *.pgm, *.ppm, *.pnm (any case) and files without an extension
+                  (DICOM exports), except DICOMDIR; other files are skipped and listed,
+                  hidden ones (.name) ignored. The format is recognised from the bytes.
+
+A progress bar is drawn on stderr when stderr is a terminal (not with --json).
+
+EXIT STATUS
+  0 approved, 3 rejected (the report lists the reasons), 1 setup error (bundle, model,
+  dataset, --write or --report failed), 2 bad usage.
+
+See models/README.md (\"Gate on your own dataset\") and models/BUNDLE.md (the dataset hash).")]
 pub struct Args {
     /// Model bundle directory (its int8 and fp32 models are compared).
     #[arg(long)]
     bundle: PathBuf,
-    /// Labelled image set: a directory holding labels.csv (file,label,class_index[,stratum]).
+    /// Labelled image set: a directory holding labels.csv (file,label,class_index[,stratum]),
+    /// or without one, an ImageFolder tree <label>/[<stratum>/]<image>.
     #[arg(long)]
     dataset: PathBuf,
     /// Print one JSON document instead of the text report.
@@ -52,19 +73,26 @@ pub struct Args {
     /// Write the verdict as [approval] into the bundle's manifest.toml.
     #[arg(long)]
     write: bool,
+    /// Also write a self-contained HTML page (verdict, per-class metrics, confusion heat
+    /// maps, strata, the images int8 and fp32 disagree on), whatever the verdict.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
 }
 
 /// An image the gate could not evaluate.
 #[derive(Debug, Serialize)]
 struct Failure {
     file: String,
-    line: usize,
+    /// labels.csv line; `null` in an ImageFolder set.
+    line: Option<usize>,
     kind: String,
     message: String,
 }
 
 /// What one image produced.
 struct Outcome {
+    file: String,
+    path: PathBuf,
     class: usize,
     stratum: Option<String>,
     int8: Scores,
@@ -77,6 +105,25 @@ struct Outcome {
 struct Disagreement {
     images: usize,
     rate: f64,
+    /// Every image int8 and fp32 classify differently, in dataset order.
+    files: Vec<DisagreeingImage>,
+}
+
+#[derive(Debug, Serialize)]
+struct DisagreeingImage {
+    file: String,
+    /// Where to read it again for the HTML report's thumbnail.
+    #[serde(skip)]
+    path: PathBuf,
+    label: String,
+    int8: Prediction,
+    fp32: Prediction,
+}
+
+#[derive(Debug, Serialize)]
+struct Prediction {
+    label: String,
+    probability: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,7 +144,10 @@ struct Report {
     int8_sha256: String,
     fp32_sha256: String,
     dataset: String,
+    dataset_layout: Layout,
     dataset_sha256: String,
+    /// Files of an ImageFolder set that were not read as images (by their name).
+    skipped_files: Vec<String>,
     images: usize,
     evaluated: usize,
     failed: Vec<Failure>,
@@ -120,6 +170,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let labels = bundle.labels().to_vec();
     let thresholds = bundle.manifest().gate_thresholds();
     let data = dataset::load(&args.dataset, &labels)?;
+    if let Some(path) = &args.report {
+        check_report_path(path)?;
+    }
     let int8 = Model::load(&bundle, "int8", &EngineOptions::default())
         .context("loading the int8 model")?;
     let fp32 = Model::load(&bundle, "fp32", &EngineOptions::default())
@@ -132,7 +185,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let (outcomes, failed, hashes) = evaluate(&data, &int8, &fp32, &batched);
+    let progress = progress_bar(
+        data.items.len(),
+        !args.json && std::io::stderr().is_terminal(),
+    );
+    let (outcomes, failed, hashes) = evaluate(&data, &int8, &fp32, &batched, &progress);
+    progress.finish_and_clear();
     let dataset_sha256 = dataset::dataset_sha256(&data.labels_csv, &hashes);
     let report = judge(
         &bundle,
@@ -152,6 +210,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out.write_all(text_report(&report).as_bytes())?;
     }
     out.flush()?;
+    if let Some(path) = &args.report {
+        html::write(path, &report, &Limits::default())?;
+        if !args.json {
+            writeln!(out, "wrote the HTML report to {}", path.display())?;
+        }
+    }
     if args.write {
         let approval = approval_record(&report);
         record::write_approval(bundle.dir(), bundle.manifest(), &approval)?;
@@ -170,11 +234,57 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Refuses, before any model runs, a report path whose directory does not exist or that
+/// names a directory, so a long run does not end in a write error.
+fn check_report_path(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        bail!(
+            "--report {}: is a directory, expected a file name",
+            path.display()
+        );
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "--report {}: the directory {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr (images done / total, rate, ETA), or a hidden one that draws
+/// nothing when stderr is not a terminal or the output is JSON.
+fn progress_bar(total: usize, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    // The template is a constant; should indicatif ever refuse it, the default bar still
+    // shows the count.
+    if let Ok(style) =
+        ProgressStyle::with_template("gate {wide_bar} {pos}/{len} images  {per_sec:.1}  ETA {eta}")
+    {
+        bar.set_style(style);
+    }
+    bar
+}
+
 type Evaluated = (Vec<Outcome>, Vec<Failure>, Vec<(String, String)>);
 
 /// Runs every image through every plan, a group of [`GROUP`] images at a time so memory
 /// stays at a few tensors whatever the dataset size.
-fn evaluate(data: &Dataset, int8: &Model, fp32: &Model, batched: &[Model]) -> Evaluated {
+fn evaluate(
+    data: &Dataset,
+    int8: &Model,
+    fp32: &Model,
+    batched: &[Model],
+    progress: &ProgressBar,
+) -> Evaluated {
     let limits = Limits::default();
     let item_len = int8.input_spec().item_len();
     let mut outcomes = Vec::with_capacity(data.items.len());
@@ -190,10 +300,12 @@ fn evaluate(data: &Dataset, int8: &Model, fp32: &Model, batched: &[Model]) -> Ev
             Err((sha, failure)) => {
                 hashes.push((item.file.clone(), sha));
                 failed.push(failure);
+                progress.inc(1);
             }
         }
         if pending.len() == GROUP || (n + 1 == data.items.len() && !pending.is_empty()) {
             run_group(&pending, int8, fp32, batched, &mut outcomes, &mut failed);
+            progress.inc(pending.len() as u64);
             pending.clear();
         }
     }
@@ -246,6 +358,8 @@ fn run_group(
         for (item, tensor) in group {
             let one = |m: &Model| crate::pipeline::score(m, tensor);
             results.push(Outcome {
+                file: item.file.clone(),
+                path: item.path.clone(),
                 class: item.class,
                 stratum: item.stratum.clone(),
                 int8: one(int8)?,
@@ -318,6 +432,25 @@ fn judge(
         invariant: differing == 0,
     };
     let disagreeing = metrics::disagreements(&int8_pred, &fp32_pred);
+    let prediction = |s: &Scores, class: usize| Prediction {
+        label: labels[class].clone(),
+        probability: s
+            .probabilities
+            .get(class)
+            .map_or(f64::NAN, |p| f64::from(*p)),
+    };
+    let disagreeing_files: Vec<DisagreeingImage> = outcomes
+        .iter()
+        .zip(int8_pred.iter().zip(&fp32_pred))
+        .filter(|(_, (i, f))| i != f)
+        .map(|(o, (i, f))| DisagreeingImage {
+            file: o.file.clone(),
+            path: o.path.clone(),
+            label: labels[o.class].clone(),
+            int8: prediction(&o.int8, *i),
+            fp32: prediction(&o.fp32, *f),
+        })
+        .collect();
 
     let accuracy_drop = fp32.accuracy - int8.accuracy;
     let recall_drop: Vec<Option<f64>> = fp32
@@ -330,10 +463,12 @@ fn judge(
     let mut reasons = Vec::new();
     if !failed.is_empty() {
         reasons.push(format!(
-            "{} image(s) could not be evaluated (first: {} at labels.csv line {}: {})",
+            "{} image(s) could not be evaluated (first: {}{}: {})",
             failed.len(),
             failed[0].file,
-            failed[0].line,
+            failed[0]
+                .line
+                .map_or_else(String::new, |l| format!(" at labels.csv line {l}")),
             failed[0].message
         ));
     }
@@ -383,7 +518,9 @@ fn judge(
         int8_sha256,
         fp32_sha256,
         dataset: data.dir.display().to_string(),
+        dataset_layout: data.layout,
         dataset_sha256,
+        skipped_files: data.skipped.clone(),
         images: data.items.len(),
         evaluated: outcomes.len(),
         failed,
@@ -396,6 +533,7 @@ fn judge(
             } else {
                 disagreeing as f64 / outcomes.len() as f64
             },
+            files: disagreeing_files,
         },
         fp32,
         int8,
@@ -459,13 +597,24 @@ fn text_report(r: &Report) -> String {
     let _ = writeln!(s, "  fp32 sha256 {}", r.fp32_sha256);
     let _ = writeln!(
         s,
-        "  dataset {} ({} images, {} evaluated, {} failed)\n  dataset sha256 {}",
+        "  dataset {} ({}, {} images, {} evaluated, {} failed)\n  dataset sha256 {}",
         r.dataset,
+        match r.dataset_layout {
+            Layout::Csv => "labels.csv",
+            Layout::ImageFolder => "ImageFolder",
+        },
         r.images,
         r.evaluated,
         r.failed.len(),
         r.dataset_sha256
     );
+    if let Some(first) = r.skipped_files.first() {
+        let _ = writeln!(
+            s,
+            "  skipped {} file(s) that are not images by their name (first: {first})",
+            r.skipped_files.len()
+        );
+    }
     let _ = writeln!(
         s,
         "\nint8 vs fp32 (percent)\n{:<w$}  {:>7}  {:>7}  {:>7}  {:>7}",
@@ -553,12 +702,23 @@ fn text_report(r: &Report) -> String {
         b.max_probability_difference,
         if b.invariant { "holds" } else { "BROKEN" }
     );
-    for f in &r.failed {
+    for d in &r.disagreement.files {
         let _ = writeln!(
             s,
-            "failed: {} (labels.csv line {}): {}: {}",
-            f.file, f.line, f.kind, f.message
+            "disagree: {} (true {}): int8 {} {:.1}%, fp32 {} {:.1}%",
+            d.file,
+            d.label,
+            d.int8.label,
+            d.int8.probability * 100.0,
+            d.fp32.label,
+            d.fp32.probability * 100.0
         );
+    }
+    for f in &r.failed {
+        let at = f
+            .line
+            .map_or_else(String::new, |l| format!(" (labels.csv line {l})"));
+        let _ = writeln!(s, "failed: {}{at}: {}: {}", f.file, f.kind, f.message);
     }
     match r.verdict {
         Verdict::Approved => {
