@@ -17,7 +17,7 @@ log() { printf '\n=== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
 # it lives in a venv under .cache, which git ignores.
 install_python_reference() {
     local venv="$ROOT/.cache/venv"
-    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import onnxruntime, onnx, numpy' 2>/dev/null; then
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import onnxruntime, onnx, numpy, scipy, PIL' 2>/dev/null; then
         log "creating the onnxruntime reference venv"
         python3 -m venv "$venv"
         "$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt

@@ -89,6 +89,10 @@ pub struct InitArgs {
     window_centre: Option<f64>,
     #[arg(long)]
     window_width: Option<f64>,
+    /// Images copied into the bundle's samples/ (repeatable): `info --memory` measures the
+    /// worker on them, and technicians try the bundle with them.
+    #[arg(long = "sample", value_name = "IMAGE")]
+    samples: Vec<PathBuf>,
 }
 
 /// Arguments of `edgedx bundle add`.
@@ -196,6 +200,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     Manifest::from_toml_str(&text, &out.join(MANIFEST_FILE))
         .context("these options do not make a valid bundle")?;
     std::fs::write(staging.path().join(MANIFEST_FILE), &text).context("writing manifest.toml")?;
+    copy_samples(&args.samples, &staging.path().join("samples"))?;
     let bundle = Bundle::open(staging.path())?;
     let loaded = load_all(&bundle)?;
 
@@ -684,6 +689,30 @@ fn manifest_text(
     text += "\n# For the model team to fill in: `edgedx bundle sign` refuses every field that still says TODO.\n";
     text += &table("model_card", &card)?;
     Ok(text)
+}
+
+/// Copies sample images into `dir`, refusing two with the same file name.
+fn copy_samples(samples: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for sample in samples {
+        let Some(name) = sample.file_name() else {
+            bail!("--sample {}: not a file", sample.display());
+        };
+        let to = dir.join(name);
+        if to.exists() {
+            bail!(
+                "--sample {}: a sample named {:?} is already there",
+                sample.display(),
+                name
+            );
+        }
+        std::fs::copy(sample, &to)
+            .with_context(|| format!("copying --sample {}", sample.display()))?;
+    }
+    Ok(())
 }
 
 /// Every variant of the bundle, loaded once with the engine (batch 1, then batch 2 to

@@ -187,6 +187,13 @@ fn run_memory(args: &Args) -> anyhow::Result<ExitCode> {
         )
     });
     samples.sort();
+    if samples.is_empty() {
+        eprintln!(
+            "edgedx: note: {} has no sample images: the peak covers loading and warm-up only \
+             (put a few typical images there, e.g. with `bundle init --sample`)",
+            dir.join("samples").display()
+        );
+    }
     let measured = crate::measure::measure(&dir, &launcher, &samples)?;
     let measured_on = format!(
         "{}-{}{}",

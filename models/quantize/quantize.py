@@ -29,6 +29,7 @@ import argparse
 import csv
 import json
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,10 @@ def draw_balanced(items, per_stratum: int | None, seed: int):
 
 
 def run(cmd: list[str]) -> str:
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise SystemExit(f"cannot run {cmd[0]}: {e} (pass --edgedx PATH)")
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
     return out.stdout
@@ -102,8 +106,11 @@ def main() -> None:
     ap.add_argument("--format", choices=["qdq", "qoperator"], default="qdq")
     ap.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax",
                     help="calibration method (onnxruntime's CalibrationMethod)")
-    ap.add_argument("--edgedx", default=shutil.which("edgedx") or "edgedx", help="the edgedx binary")
+    ap.add_argument("--edgedx", default=shutil.which("edgedx") or "edgedx",
+                    help="the edgedx binary; a command with arguments is split like a shell would "
+                         "(e.g. an emulator in front of an aarch64 build)")
     args = ap.parse_args()
+    edgedx = shlex.split(args.edgedx)
 
     import numpy as np
     import onnxruntime
@@ -131,7 +138,7 @@ def main() -> None:
         tmp = Path(tmp)
         images = [p for chosen in drawn.values() for p, _, _ in chosen]
         (tmp / "list.txt").write_text("".join(f"{p.resolve()}\n" for p in images))
-        run([args.edgedx, "preprocess", "--bundle", str(args.bundle), "--out", str(tmp / "calib.npy"),
+        run([*edgedx, "preprocess", "--bundle", str(args.bundle), "--out", str(tmp / "calib.npy"),
              "--list", str(tmp / "list.txt")])
         tensors = np.load(tmp / "calib.npy")
         print(f"preprocessed {len(tensors)} images by edgedx to {list(tensors.shape[1:])} "
@@ -171,7 +178,7 @@ def main() -> None:
         )
         print(f"quantized with onnxruntime {onnxruntime.__version__} ({args.format}, per-channel, "
               f"s8 weights, u8 activations, {args.method}) in {time.time() - t1:.1f}s")
-        report = run([args.edgedx, "bundle", "add", "--bundle", str(args.bundle), "--variant", "int8", str(out)])
+        report = run([*edgedx, "bundle", "add", "--bundle", str(args.bundle), "--variant", "int8", str(out)])
 
     print(report, end="")
     in_float = [line.split("runs in float:", 1)[1].strip() for line in report.splitlines() if "runs in float:" in line]

@@ -8,6 +8,7 @@ mod fairness;
 mod gate;
 mod golden;
 mod memory;
+mod model_team;
 mod package;
 mod qformats;
 mod safety;
