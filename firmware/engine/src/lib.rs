@@ -131,6 +131,9 @@ pub struct Model {
     input: InputSpec,
     output_kind: OutputKind,
     classes: usize,
+    /// How far a probability row may sum from 1: rounding of the sum, plus half an output
+    /// step per class when the model quantizes its probabilities.
+    sum_tolerance: f32,
     report: ModelReport,
 }
 
@@ -220,6 +223,7 @@ impl Model {
                 load_time: started.elapsed(),
             },
             splits: built.largest_node_macs >= banded::PARALLEL_MACS as u64,
+            sum_tolerance: 1e-3 + classes as f32 * built.output_step / 2.0,
             plan: built.plan,
         };
         model.check_output_shape()?;
@@ -379,7 +383,8 @@ impl Model {
                     OutputKind::Logits => softmax(row),
                     OutputKind::Probabilities => {
                         let sum: f32 = row.iter().sum();
-                        if (sum - 1.0).abs() > 1e-3 || row.iter().any(|p| *p < -1e-6) {
+                        if (sum - 1.0).abs() > self.sum_tolerance || row.iter().any(|p| *p < -1e-6)
+                        {
                             return Err(EngineError::InvalidOutput(format!(
                                 "probabilities sum to {sum}, not 1: {row:?}"
                             )));

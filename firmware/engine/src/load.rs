@@ -118,6 +118,9 @@ pub struct Built {
     pub in_float: Vec<String>,
     /// The most multiply-adds any one node of the plan does per run (tract's cost model).
     pub largest_node_macs: u64,
+    /// The step between output values when a per-tensor DequantizeLinear makes the output
+    /// (QDQ models that quantize their Softmax); 0 for a float output.
+    pub output_step: f32,
 }
 
 /// Parses and optimises the model. May panic inside tract on malformed graphs: callers run
@@ -210,6 +213,11 @@ fn build_proto(
             format!("{n} {op} between DequantizeLinear and QuantizeLinear: float (no integer form of it in the engine)")
         }))
         .collect();
+    // A correctness guard, not one of the rewrites: tract would turn a quantized Softmax
+    // into a wrong lookup table (qdq.rs, ROW_OPERATORS). After the float census above,
+    // which still sees the Softmax reading its DequantizeLinear.
+    let exact_rows = crate::qdq::keep_row_operators_exact(&mut proto);
+    let output_step = crate::qdq::output_step(&proto, target.output_tensor).unwrap_or(0.0);
 
     let (typed, strategy, strategy_note) = match type_then_bind(&proto, external.as_ref(), target) {
         Ok(typed) => (typed, LoadStrategy::TypeThenBindBatch, None),
@@ -249,6 +257,12 @@ fn build_proto(
     let mut patches: Vec<String> = [
         (qdq_convs, "ran", "QDQ convolution", " as QLinearConv"),
         (qdq_pools, "ran", "QDQ max pool", " on the quantized values"),
+        (
+            exact_rows,
+            "dequantized the input of",
+            "Softmax-like operator",
+            " with Cast/Sub/Mul (tract 0.23.9 would make a wrong lookup table of it)",
+        ),
     ]
     .into_iter()
     .filter_map(patch_note)
@@ -363,6 +377,7 @@ fn build_proto(
         patches,
         in_float,
         largest_node_macs,
+        output_step,
     })
 }
 

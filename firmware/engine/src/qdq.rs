@@ -345,6 +345,126 @@ fn pool_rewrite(graph: &pb::GraphProto, index: &Index, pool_at: usize) -> Option
     })
 }
 
+/// Operators that combine the values of a row, which tract 0.23.9 nevertheless maps as
+/// element-wise (their axes mapping is the identity). Between a `DequantizeLinear` and a
+/// `QuantizeLinear`, tract's dequantization declutter then replaces `Q(op(DQ(x)))` with a
+/// 256-entry lookup table that it computes by running the operator over one row holding
+/// all 256 codes: a QDQ model ending in `Softmax` returned 1.0 for every class.
+const ROW_OPERATORS: [&str; 3] = ["Softmax", "LogSoftmax", "Hardmax"];
+
+/// Feeds every row operator of [`ROW_OPERATORS`] that reads a per-tensor
+/// `DequantizeLinear` from the same arithmetic spelled `Mul(Sub(Cast(x), zero_point),
+/// scale)` instead, which tract's declutter leaves alone; `(x - zp) * scale` in f32 is the
+/// DequantizeLinear's value bit for bit (codes and zero points are exact in f32). Returns
+/// how many operators it re-fed.
+pub(crate) fn keep_row_operators_exact(model: &mut pb::ModelProto) -> usize {
+    let Some(graph) = model.graph.as_mut() else {
+        return 0;
+    };
+    let index = Index::new(graph);
+    // (row operator, quantized input, scale name, zero point, dequantizer name)
+    let mut found: Vec<(usize, String, String, f32, String)> = Vec::new();
+    for (at, node) in graph.node.iter().enumerate() {
+        let plain = node.domain.is_empty() || node.domain == "ai.onnx";
+        if !plain || !ROW_OPERATORS.contains(&node.op_type.as_str()) {
+            continue;
+        }
+        let Some(dq_at) = node
+            .input
+            .first()
+            .and_then(|x| index.produced_by(graph, x, "DequantizeLinear"))
+        else {
+            continue;
+        };
+        let dq = &graph.node[dq_at];
+        let (Some(x), Some(scale_name)) = (dq.input.first(), dq.input.get(1)) else {
+            continue;
+        };
+        let one = |t: &Tensor| t.len() == 1;
+        let Some(scale) = index.value(scale_name).filter(one) else {
+            continue;
+        };
+        if scale.datum_type() != f32::datum_type() {
+            continue;
+        }
+        let zero_point = match dq.input.get(2).filter(|z| !z.is_empty()) {
+            None => 0.0,
+            Some(z) => match index
+                .value(z)
+                .filter(one)
+                .and_then(|t| t.cast_to::<f32>().ok().and_then(|t| floats(&t)))
+            {
+                Some(v) => v[0],
+                None => continue,
+            },
+        };
+        found.push((
+            at,
+            x.clone(),
+            scale_name.clone(),
+            zero_point,
+            dq.name.clone(),
+        ));
+    }
+    // From the last node back, so the positions found stay valid while nodes go in.
+    for (n, (at, x, scale, zero_point, dq_name)) in found.iter().enumerate().rev() {
+        let base = format!("{dq_name}/edgedx_exact_dequantize_{n}");
+        let (cast, zp, centred, value) = (
+            format!("{base}/cast"),
+            format!("{base}/zero_point"),
+            format!("{base}/centred"),
+            format!("{base}/value"),
+        );
+        graph.initializer.push(pb::TensorProto {
+            name: zp.clone(),
+            data_type: DataType::Float as i32,
+            raw_data: zero_point.to_le_bytes().to_vec(),
+            ..Default::default()
+        });
+        let node = |op: &str, inputs: Vec<String>, output: &str| pb::NodeProto {
+            op_type: op.into(),
+            name: format!("{output}/node"),
+            input: inputs,
+            output: vec![output.to_string()],
+            ..Default::default()
+        };
+        let mut to_float = node("Cast", vec![x.clone()], &cast);
+        to_float.attribute.push(pb::AttributeProto {
+            name: "to".into(),
+            r#type: pb::attribute_proto::AttributeType::Int as i32,
+            i: DataType::Float as i64,
+            ..Default::default()
+        });
+        graph.node[*at].input[0] = value.clone();
+        let new = [
+            to_float,
+            node("Sub", vec![cast.clone(), zp], &centred),
+            node("Mul", vec![centred.clone(), scale.clone()], &value),
+        ];
+        for (k, n) in new.into_iter().enumerate() {
+            graph.node.insert(at + k, n);
+        }
+    }
+    if !found.is_empty() {
+        remove_unused_dequantizers(graph);
+    }
+    found.len()
+}
+
+/// The scale of the per-tensor DequantizeLinear that makes graph output `output`, if one
+/// does: the output then moves in steps of that size (a quantized Softmax's probabilities
+/// are multiples of 1/255 and sum to 1 only within one half-step per class).
+pub(crate) fn output_step(model: &pb::ModelProto, output: &str) -> Option<f32> {
+    let graph = model.graph.as_ref()?;
+    let index = Index::new(graph);
+    let dq = &graph.node[index.produced_by(graph, output, "DequantizeLinear")?];
+    let scale = index.value(dq.input.get(1)?)?;
+    (scale.len() == 1)
+        .then(|| floats(&scale).map(|v| v[0]))
+        .flatten()
+        .filter(|s| s.is_finite() && *s > 0.0)
+}
+
 /// Drops DequantizeLinear nodes whose outputs nothing reads any more.
 fn remove_unused_dequantizers(graph: &mut pb::GraphProto) {
     loop {
@@ -544,6 +664,120 @@ mod tests {
         ] {
             let mut m = model(spoil);
             assert_eq!(fuse_qdq(&mut m), want, "{spoil}");
+        }
+    }
+
+    /// `x` (1 x 1 x 2 x 3 image) flattened, quantized (scale 0.1, zero point 89), then
+    /// `DQ -> row operator -> Q (1/255, 0) -> DQ`: the tail of a QDQ classifier with a
+    /// Softmax inside the graph.
+    fn quantized_softmax(op: &str) -> Vec<u8> {
+        let u8s = |name: &str, v: u8| raw(name, DataType::Uint8, &[], &[v]);
+        let f32s = |name: &str, v: f32| raw(name, DataType::Float, &[], &[v]);
+        crate::onnx_build::model_bytes(
+            "softmax-tail",
+            vec![
+                node("Flatten", &["x"], "flat", vec![]),
+                node("QuantizeLinear", &["flat", "s_in", "z_in"], "q_in", vec![]),
+                node(
+                    "DequantizeLinear",
+                    &["q_in", "s_in", "z_in"],
+                    "dq_in",
+                    vec![],
+                ),
+                node(op, &["dq_in"], "p", vec![]),
+                node("QuantizeLinear", &["p", "s_out", "z_out"], "q_out", vec![]),
+                node(
+                    "DequantizeLinear",
+                    &["q_out", "s_out", "z_out"],
+                    "y",
+                    vec![],
+                ),
+            ],
+            vec![
+                f32s("s_in", 0.1),
+                u8s("z_in", 89),
+                f32s("s_out", 1.0 / 255.0),
+                u8s("z_out", 0),
+            ],
+            ("x", &[1, 1, 2, 3]),
+            "y",
+        )
+    }
+
+    #[test]
+    fn a_softmax_between_quantizers_computes_a_softmax() {
+        use edgedx_bundle::{Colour, InputSpec, Layout};
+        let spec =
+            InputSpec::stretched("x", Layout::Nchw, 2, 3, Colour::Grey, vec![0.0], vec![1.0]);
+        let target = crate::load::Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        let x = [-3.1f32, 0.4, 2.0, -0.05, 1.26, 0.0];
+        // The reference: each step as ONNX defines it, in f32 (onnxruntime's arithmetic).
+        let q = |v: f32, s: f32, z: f32| ((v / s).round_ties_even() + z).clamp(0.0, 255.0);
+        let d: Vec<f32> = x
+            .iter()
+            .map(|&v| (q(v, 0.1, 89.0) - 89.0) * 0.1f32)
+            .collect();
+        let max = d.iter().cloned().fold(f32::MIN, f32::max);
+        let e: Vec<f32> = d.iter().map(|v| (v - max).exp()).collect();
+        let sum: f32 = e.iter().sum();
+        let want: Vec<f32> = e
+            .iter()
+            .map(|v| q(v / sum, 1.0 / 255.0, 0.0) * (1.0f32 / 255.0))
+            .collect();
+        for rewrite in [true, false] {
+            let built =
+                crate::load::build_with(&quantized_softmax("Softmax"), &target, rewrite).unwrap();
+            let input = Tensor::from_shape(&[1, 1, 2, 3], &x).unwrap();
+            let out = built.plan.run(tvec!(input.into_tvalue())).unwrap();
+            let got: Vec<f32> = out[0]
+                .to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect();
+            for (g, w) in got.iter().zip(&want) {
+                // One output step apart at most: exp and the division may round either way.
+                assert!(
+                    (g - w).abs() <= 1.0 / 255.0 + 1e-6,
+                    "rewrite {rewrite}: {got:?} vs {want:?}"
+                );
+            }
+            assert_eq!(built.output_step, 1.0 / 255.0);
+            assert!(
+                built.patches.iter().any(|p| p.contains("Softmax-like")),
+                "{:?}",
+                built.patches
+            );
+        }
+    }
+
+    #[test]
+    fn only_row_operators_after_a_per_tensor_dequantizer_are_refed() {
+        use prost::Message;
+        for (op, want) in [("Softmax", 1), ("LogSoftmax", 1), ("Relu", 0)] {
+            let mut m = pb::ModelProto::decode(&quantized_softmax(op)[..]).unwrap();
+            assert_eq!(keep_row_operators_exact(&mut m), want, "{op}");
+            let graph = m.graph.as_ref().unwrap();
+            let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+            if want == 1 {
+                assert_eq!(
+                    ops,
+                    [
+                        "Flatten",
+                        "QuantizeLinear",
+                        "Cast",
+                        "Sub",
+                        "Mul",
+                        op,
+                        "QuantizeLinear",
+                        "DequantizeLinear"
+                    ]
+                );
+            }
         }
     }
 }
