@@ -730,7 +730,7 @@ mod tests {
             .collect();
         for rewrite in [true, false] {
             let built =
-                crate::load::build_with(&quantized_softmax("Softmax"), &target, rewrite).unwrap();
+                crate::load::build_with(quantized_softmax("Softmax"), &target, rewrite).unwrap();
             let input = Tensor::from_shape(&[1, 1, 2, 3], &x).unwrap();
             let out = built.plan.run(tvec!(input.into_tvalue())).unwrap();
             let got: Vec<f32> = out[0]
