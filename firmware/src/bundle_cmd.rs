@@ -20,7 +20,7 @@ enum BundleCommand {
     /// Write a new bundle from an fp32 ONNX model (and optionally its int8 version) and a
     /// labels file: tensor names, layout and size read from the graph, sha256s filled in,
     /// a model card to complete; every model is loaded once and reported.
-    Init(crate::bundle_init::InitArgs),
+    Init(Box<crate::bundle_init::InitArgs>),
     /// Put a model file into a bundle as a variant (`int8` by default) and record its
     /// sha256 and format in the manifest.
     Add(crate::bundle_init::AddArgs),
@@ -58,7 +58,7 @@ enum BundleCommand {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        BundleCommand::Init(args) => crate::bundle_init::init(args),
+        BundleCommand::Init(args) => crate::bundle_init::init(*args),
         BundleCommand::Add(args) => crate::bundle_init::add(args),
         BundleCommand::Keygen { out } => keygen(out),
         BundleCommand::Sign {
