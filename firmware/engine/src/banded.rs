@@ -953,7 +953,7 @@ pub(crate) mod tests {
 
     /// The test models' input: `x`, NCHW, values in [0, 1].
     pub(crate) fn input_spec(c: usize, h: usize, w: usize) -> InputSpec {
-        InputSpec::stretched(
+        let mut spec = InputSpec::stretched(
             "x",
             Layout::Nchw,
             h as u32,
@@ -961,7 +961,10 @@ pub(crate) mod tests {
             if c == 3 { Colour::Rgb } else { Colour::Grey },
             vec![0.0; c],
             vec![1.0; c],
-        )
+        );
+        // Test graphs take any channel count; no image is preprocessed for them.
+        spec.channels = c as u32;
+        spec
     }
 
     /// Deterministic inputs in [0, 1] for an image of `len` values.
