@@ -534,10 +534,11 @@ fn the_progress_bar_draws_on_a_terminal_only_and_never_with_json() {
         "--dataset",
         data.path().to_str().unwrap(),
     ]);
+    // Only the bar is looked for: under qemu, tract logs a warning about /proc/cpuinfo.
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !stderr.contains("/26 images") && !stderr.contains("ETA"),
+        "drawn into a pipe: {stderr}"
     );
 }
 
