@@ -8,7 +8,6 @@
 //! this simple scan misreads (a `[`-line inside a multi-line string) is refused instead
 //! of damaged.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -61,26 +60,11 @@ pub fn replace_tables(text: &str, name: &str, tables: &str) -> String {
     out
 }
 
-/// Replaces `<dir>/manifest.toml` with `text`: temp file in the same directory, fsync,
-/// rename, fsync of the directory, so a power cut leaves the old or the new manifest,
-/// never half of one.
+/// Replaces `<dir>/manifest.toml` with `text`, atomically and durably.
 pub fn write(dir: &Path, text: &str) -> anyhow::Result<()> {
     let path = dir.join(MANIFEST_FILE);
-    let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp-{}", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, &path)?;
-        // The rename is durable only once the directory entry is on disk.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
+    edgedx_bundle::write_file_atomically(&path, text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! model, written as one NumPy `.npy` array. Quantization calibrates on these (models/
 //! quantize), and training-side checks can compare them with their own pipeline.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -104,15 +103,8 @@ fn write_npy(path: &Path, shape: &[usize], values: &[f32]) -> anyhow::Result<()>
     for v in values {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    let tmp = path.with_extension("npy.tmp");
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
+    edgedx_bundle::write_file_atomically(path, &bytes)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

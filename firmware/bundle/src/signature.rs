@@ -16,7 +16,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -554,17 +554,10 @@ fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, SignatureError> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SignatureError> {
-    let tmp = path.with_extension("sig.tmp");
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| SignatureError::Io { path: p, source }
-    };
-    let mut file = File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    Ok(())
+    crate::write_file_atomically(path, bytes).map_err(|source| SignatureError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn shorten(text: &str) -> String {
@@ -635,7 +628,7 @@ mod tests {
             .mode(0o600)
             .open(&path)
             .unwrap();
-        f.write_all(pem.as_str().as_bytes()).unwrap();
+        std::io::Write::write_all(&mut f, pem.as_str().as_bytes()).unwrap();
         (path, public)
     }
 
