@@ -8,7 +8,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::util;
+use crate::util::{self, ok};
 
 /// Tiny real ONNX classifiers (NCHW and NHWC), labels and images made by the reference
 /// script, or `None` (after saying SKIPPED) without the reference python.
@@ -29,18 +29,8 @@ fn inputs() -> Option<(tempfile::TempDir, PathBuf)> {
     Some((dir, python))
 }
 
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn init(dir: &Path, name: &str, model: &str, extra: &[&str]) -> (PathBuf, String) {
+/// `edgedx bundle init` of `dir/model` with `dir/labels.txt` into `dir/name`.
+fn run_init(dir: &Path, name: &str, model: &str, extra: &[&str]) -> (PathBuf, Output) {
     let bundle = dir.join(name);
     let fp32 = dir.join(model);
     let labels = dir.join("labels.txt");
@@ -55,8 +45,14 @@ fn init(dir: &Path, name: &str, model: &str, extra: &[&str]) -> (PathBuf, String
         bundle.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let stdout = ok(&util::run(&args), "bundle init");
-    (bundle, stdout)
+    let out = util::run(&args);
+    (bundle, out)
+}
+
+/// [`run_init`] that must succeed; returns the bundle and what init printed.
+fn init(dir: &Path, name: &str, model: &str, extra: &[&str]) -> (PathBuf, String) {
+    let (bundle, out) = run_init(dir, name, model, extra);
+    (bundle, ok(&out, "bundle init"))
 }
 
 /// Max |edgedx - reference| over the tensors of `images`, relative to the largest value
@@ -251,21 +247,7 @@ fn init_reads_the_graph_and_asks_only_for_what_it_cannot_say() {
 
     // What the graph does not say is asked for, by name; what contradicts it is refused.
     let refused = |extra: &[&str], needle: &str| {
-        let fp32 = d.join("tiny-nchw.onnx");
-        let labels = d.join("labels.txt");
-        let out_dir = d.join("refused");
-        let mut args = vec![
-            "bundle",
-            "init",
-            "--fp32",
-            fp32.to_str().unwrap(),
-            "--labels",
-            labels.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let out = util::run(&args);
+        let (out_dir, out) = run_init(d, "refused", "tiny-nchw.onnx", extra);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_ne!(out.status.code(), Some(0), "{extra:?}");
         assert!(stderr.contains(needle), "{extra:?}: {stderr}");

@@ -9,24 +9,13 @@
 //! fp32 model, taken as a team would bring it: a bare ONNX file and a labels file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
 use edgedx_icd::Precision;
 
 use crate::daemon::{Daemon, Opts, T};
-use crate::util;
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}):\n{}\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::util::{self, ok};
 
 /// Runs one step, printing how long it took (the closing notes quote these).
 fn step<T>(name: &str, f: impl FnOnce() -> T) -> T {
@@ -71,7 +60,7 @@ fn flow(model: &Path, init_args: &[&str], per_stratum: [usize; 2]) -> Option<Flo
     step("make the labelled sets", || {
         for (split, n) in ["calibration", "test"].into_iter().zip(per_stratum) {
             ok(
-                Command::new(&python)
+                &Command::new(&python)
                     .arg(root.join("models/pipeline/make_dataset.py"))
                     .args(["--data", arg(&brain), "--out", arg(&data)])
                     .args(["--splits", split, "--per-stratum", &n.to_string()])
@@ -98,13 +87,13 @@ fn flow(model: &Path, init_args: &[&str], per_stratum: [usize; 2]) -> Option<Flo
             arg(&sample),
         ];
         args.extend_from_slice(init_args);
-        ok(util::run(&args), "bundle init")
+        ok(&util::run(&args), "bundle init")
     });
     assert!(init.contains("models/quantize/quantize.sh"), "{init}");
 
     let quantized = step("quantize", || {
         ok(
-            Command::new(root.join("models/quantize/quantize.sh"))
+            &Command::new(root.join("models/quantize/quantize.sh"))
                 .args(["--bundle", arg(&bundle), "--calibration"])
                 .arg(data.join("calibration"))
                 .args(["--edgedx", &edgedx_command()])
@@ -173,7 +162,7 @@ fn flow(model: &Path, init_args: &[&str], per_stratum: [usize; 2]) -> Option<Flo
     }
     step("info --memory --write", || {
         ok(
-            util::run(&memory.iter().map(String::as_str).collect::<Vec<_>>()),
+            &util::run(&memory.iter().map(String::as_str).collect::<Vec<_>>()),
             "info --memory",
         )
     });
@@ -195,7 +184,7 @@ fn flow(model: &Path, init_args: &[&str], per_stratum: [usize; 2]) -> Option<Flo
     let keys = tempfile::tempdir().unwrap();
     let key = keys.path().join("team.pem");
     let keygen = ok(
-        util::run(&["bundle", "keygen", "--out", arg(&key)]),
+        &util::run(&["bundle", "keygen", "--out", arg(&key)]),
         "keygen",
     );
     let public = keygen
@@ -205,7 +194,7 @@ fn flow(model: &Path, init_args: &[&str], per_stratum: [usize; 2]) -> Option<Flo
         .to_string();
     step("sign", || {
         ok(
-            util::run(&[
+            &util::run(&[
                 "bundle",
                 "sign",
                 "--bundle",
@@ -217,7 +206,7 @@ fn flow(model: &Path, init_args: &[&str], per_stratum: [usize; 2]) -> Option<Flo
         )
     });
     ok(
-        util::run(&[
+        &util::run(&[
             "bundle",
             "verify",
             "--bundle",

@@ -101,6 +101,18 @@ pub fn run(args: &[&str]) -> Output {
         .expect("start edgedx")
 }
 
+/// `out`'s stdout, after asserting that `what` succeeded (its output in the message if not).
+pub fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Parses stdout as JSON lines.
 pub fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
