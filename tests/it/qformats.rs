@@ -145,6 +145,13 @@ fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
                     report.in_float
                 );
             }
+            // Each lowered operator is reported once, not again as the float operator it
+            // became between its DequantizeLinear and QuantizeLinear.
+            assert!(
+                !report.in_float.iter().any(|f| f.contains("between")),
+                "{variant}: a lowered operator reported twice: {:?}",
+                report.in_float
+            );
         }
     }
 }

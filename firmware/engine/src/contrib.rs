@@ -219,6 +219,10 @@ fn lower(
     Some(nodes)
 }
 
+/// Marks the values of the nodes that lowering writes (`<output>__edgedx_<op><n>`), so the
+/// float census (qdq.rs) does not count a lowered operator a second time.
+pub(crate) const LOWERED: &str = "__edgedx";
+
 /// Writes the replacement nodes, with value names derived from the lowered node's output.
 struct Builder {
     stem: String,
@@ -230,7 +234,7 @@ struct Builder {
 impl Builder {
     fn new(node: &pb::NodeProto) -> Builder {
         Builder {
-            stem: format!("{}__edgedx", node.output[0]),
+            stem: format!("{}{LOWERED}", node.output[0]),
             // onnxruntime leaves contrib nodes unnamed at times: the output names them.
             name: if node.name.is_empty() {
                 node.output[0].clone()

@@ -80,6 +80,14 @@ pub(crate) fn float_between_qdq(model: &pb::ModelProto) -> Vec<(String, usize)> 
         if matches!(node.op_type.as_str(), "DequantizeLinear" | "QuantizeLinear") {
             continue;
         }
+        // Written by the contrib lowering, which reports its operators itself.
+        if node
+            .output
+            .iter()
+            .any(|o| o.contains(crate::contrib::LOWERED))
+        {
+            continue;
+        }
         let reads_dq = node
             .input
             .iter()
