@@ -176,12 +176,12 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create a directory in {}", parent.display()))?;
     let mut models = vec![(
         "fp32".to_string(),
-        copy_model(&args.fp32, staging.path(), "fp32", Quantization::None)?,
+        stage_model(&args.fp32, staging.path(), "fp32", Quantization::None)?.place()?,
     )];
     if let Some((path, facts)) = &int8 {
         models.push((
             "int8".to_string(),
-            copy_model(path, staging.path(), "int8", facts.quantization)?,
+            stage_model(path, staging.path(), "int8", facts.quantization)?.place()?,
         ));
     }
     let text = manifest_text(
@@ -202,7 +202,10 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(staging.path().join(MANIFEST_FILE), &text).context("writing manifest.toml")?;
     copy_samples(&args.samples, &staging.path().join("samples"))?;
     let bundle = Bundle::open(staging.path())?;
-    let loaded = load_all(&bundle)?;
+    let loaded = models
+        .iter()
+        .map(|(variant, file)| check(bundle.manifest(), variant, &bundle.variant_path(file), file))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     if out.exists() {
         std::fs::remove_dir(out).with_context(|| format!("replacing {}", out.display()))?;
@@ -226,13 +229,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
             None => String::new(),
         }
     );
-    print_loaded(
-        &loaded,
-        &[&fp32]
-            .into_iter()
-            .chain(int8.iter().map(|(_, f)| f))
-            .collect::<Vec<_>>(),
-    );
+    print_loaded(&loaded);
     println!("next:");
     if int8.is_none() {
         println!(
@@ -276,7 +273,10 @@ pub fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
         None => bail!("{}: the bundle has no fp32 model", args.bundle.display()),
     };
     same_interface(&facts, &reference, &args.file)?;
-    let file = copy_model(&args.file, &args.bundle, &args.variant, facts.quantization)?;
+    // Nothing of the bundle changes until the new file is known to load and run: it is
+    // staged beside the model it may replace, checked, and only then renamed into place.
+    let staged = stage_model(&args.file, &args.bundle, &args.variant, facts.quantization)?;
+    let file = staged.file.clone();
     let table = toml::to_string(&file).context("serialising the model entry")?;
     let path = args.bundle.join(MANIFEST_FILE);
     let text =
@@ -295,14 +295,16 @@ pub fn add(args: AddArgs) -> anyhow::Result<ExitCode> {
             args.variant
         );
     }
+    let loaded = check(&manifest, &args.variant, &staged.path, &file)?;
+    // The file first, then the manifest: a failure between the two leaves a bundle whose
+    // file does not match its manifest, which every loader refuses by name.
+    staged.place()?;
     crate::manifest_edit::write(&args.bundle, &new_text)?;
-    let bundle = Bundle::open(&args.bundle)?;
-    let loaded = load_all(&bundle)?;
     println!(
         "added {} as [models.{}] ({} {}, sha256 {})",
         file.file, args.variant, file.precision, file.quantization, file.sha256
     );
-    print_loaded(&loaded, &[&facts]);
+    print_loaded(&[loaded]);
     if let Some(approval) = &manifest.approval {
         if args.variant == "int8" && approval.int8_sha256 != file.sha256 {
             println!("note: [approval] is for another int8 file: run `edgedx gate --write` again");
@@ -549,66 +551,93 @@ fn refuse_non_empty(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Copies `from` into `dir` as `<variant>.onnx` (in place when it is already that file),
-/// hashing the bytes as they are written.
-fn copy_model(
+/// A model file copied into a bundle directory under a temporary name, with its manifest
+/// entry; [`Staged::place`] gives it its final name. Dropped unplaced, the copy is removed.
+struct Staged {
+    /// Where the bytes are now (the final path when they were already there).
+    path: PathBuf,
+    to: PathBuf,
+    file: ModelFile,
+}
+
+impl Staged {
+    fn place(mut self) -> anyhow::Result<ModelFile> {
+        if self.path != self.to {
+            std::fs::rename(&self.path, &self.to)
+                .with_context(|| format!("moving the new model to {}", self.to.display()))?;
+            self.path = self.to.clone();
+        }
+        Ok(self.file.clone())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.path != self.to {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Copies `from` into `dir` for the variant `<variant>.onnx`, hashing the bytes as they are
+/// written (when `from` already is that file, it is only hashed).
+fn stage_model(
     from: &Path,
     dir: &Path,
     variant: &str,
     quantization: Quantization,
-) -> anyhow::Result<ModelFile> {
+) -> anyhow::Result<Staged> {
     use sha2::{Digest, Sha256};
     let name = file_name(variant);
     let to = dir.join(&name);
-    let same = match (from.canonicalize(), to.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    let mut input =
-        std::fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    if same {
-        loop {
-            let n = input
-                .read(&mut buf)
-                .with_context(|| format!("reading {}", from.display()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-    } else {
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let result = (|| -> std::io::Result<()> {
-            let mut out = std::fs::File::create(&tmp)?;
-            loop {
-                let n = input.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                out.write_all(&buf[..n])?;
-            }
-            out.sync_all()?;
-            std::fs::rename(&tmp, &to)
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e)
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()));
-        }
-    }
-    Ok(ModelFile {
-        file: name,
-        sha256: hex::encode(hasher.finalize()),
+    let entry = |sha256: String| ModelFile {
+        file: name.clone(),
+        sha256,
         precision: if quantization == Quantization::None {
             Precision::Fp32
         } else {
             Precision::Int8
         },
         quantization,
-    })
+    };
+    let already_there = match (from.canonicalize(), to.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if already_there {
+        let sha256 = edgedx_bundle::sha256_file(from)
+            .with_context(|| format!("reading {}", from.display()))?;
+        return Ok(Staged {
+            path: to.clone(),
+            to,
+            file: entry(sha256),
+        });
+    }
+    let tmp = dir.join(format!(".{name}.new-{}", std::process::id()));
+    let mut hasher = Sha256::new();
+    let copied = (|| -> std::io::Result<()> {
+        let mut input = std::fs::File::open(from)?;
+        let mut out = std::fs::File::create(&tmp)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+        }
+        out.sync_all()
+    })();
+    // From here the temporary copy is owned, and removed if anything fails.
+    let mut staged = Staged {
+        path: tmp,
+        to,
+        file: entry(String::new()),
+    };
+    copied.with_context(|| format!("copying {} into {}", from.display(), dir.display()))?;
+    staged.file.sha256 = hex::encode(hasher.finalize());
+    Ok(staged)
 }
 
 /// manifest.toml for a new bundle: every table with a comment saying where it came from.
@@ -715,37 +744,48 @@ fn copy_samples(samples: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every variant of the bundle, loaded once with the engine (batch 1, then batch 2 to
-/// learn whether the graph takes batches).
+/// A model loaded once with the engine (batch 1, then batch 2 to learn whether the graph
+/// takes batches).
 struct Loaded {
     variant: String,
     model: Model,
     batches: Result<(), String>,
 }
 
-fn load_all(bundle: &Bundle) -> anyhow::Result<Vec<Loaded>> {
-    let mut loaded = Vec::new();
-    for variant in bundle.manifest().models.keys() {
-        let model = Model::load(bundle, variant, &EngineOptions { batch: 1 })
-            .with_context(|| format!("the {variant} model does not load on edgedx's engine"))?;
-        // One inference on a mid-grey input proves the plan runs end to end.
-        let item = vec![0.5f32; model.input_spec().item_len()];
-        model
-            .run(&item)
-            .with_context(|| format!("the {variant} model loads but does not run"))?;
-        let batches = Model::load(bundle, variant, &EngineOptions { batch: 2 })
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        loaded.push(Loaded {
-            variant: variant.clone(),
-            model,
-            batches,
-        });
-    }
-    Ok(loaded)
+/// Loads the model file at `path` as `manifest` describes it, runs one inference on a
+/// mid-grey input (the plan runs end to end), and tries batch 2.
+fn check(
+    manifest: &Manifest,
+    variant: &str,
+    path: &Path,
+    file: &ModelFile,
+) -> anyhow::Result<Loaded> {
+    let load = |batch| {
+        Model::load_file(
+            path,
+            variant,
+            file,
+            &manifest.input,
+            &manifest.output.tensor,
+            manifest.output.kind,
+            manifest.bundle.labels.len(),
+            &EngineOptions { batch },
+        )
+    };
+    let model =
+        load(1).with_context(|| format!("the {variant} model does not load on edgedx's engine"))?;
+    let item = vec![0.5f32; model.input_spec().item_len()];
+    model
+        .run(&item)
+        .with_context(|| format!("the {variant} model loads but does not run"))?;
+    Ok(Loaded {
+        variant: variant.to_string(),
+        model,
+        batches: load(2).map(|_| ()).map_err(|e| e.to_string()),
+    })
 }
 
-fn print_loaded(loaded: &[Loaded], facts: &[&GraphFacts]) {
+fn print_loaded(loaded: &[Loaded]) {
     for l in loaded {
         let r = l.model.report();
         println!(
@@ -762,15 +802,6 @@ fn print_loaded(loaded: &[Loaded], facts: &[&GraphFacts]) {
         );
         for f in &r.in_float {
             println!("           runs in float: {f}");
-        }
-    }
-    for f in facts {
-        let contrib = f.contrib_ops();
-        if !contrib.is_empty() {
-            println!(
-                "  operators outside the ONNX domain: {}",
-                contrib.join(", ")
-            );
         }
     }
 }

@@ -389,3 +389,59 @@ fn init_and_add_make_the_default_models_a_servable_bundle() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(std::fs::read(bundle.join("manifest.toml")).unwrap(), before);
 }
+
+#[test]
+fn a_model_that_does_not_run_changes_nothing_in_the_bundle() {
+    let Some((dir, _python)) = inputs() else {
+        return;
+    };
+    let d = dir.path();
+    let (bundle, _) = init(
+        d,
+        "team",
+        "tiny-nchw.onnx",
+        &["--resize", "stretch", "--mean", "0,0,0", "--std", "1,1,1"],
+    );
+    let add = |file: &Path| {
+        util::run(&[
+            "bundle",
+            "add",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--variant",
+            "alt",
+            file.to_str().unwrap(),
+        ])
+    };
+    ok(&add(&d.join("tiny-nchw.onnx")), "add a model that runs");
+    let listing = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = (
+        listing(&bundle),
+        std::fs::read(bundle.join("manifest.toml")).unwrap(),
+        std::fs::read(bundle.join("alt.onnx")).unwrap(),
+    );
+    // Same input and output, an operator the engine cannot run: refused, and the
+    // variant it would replace, the manifest and the directory stay as they were.
+    let out = add(&d.join("broken-nchw.onnx"));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not load"), "{stderr}");
+    let after = (
+        listing(&bundle),
+        std::fs::read(bundle.join("manifest.toml")).unwrap(),
+        std::fs::read(bundle.join("alt.onnx")).unwrap(),
+    );
+    assert!(
+        before == after,
+        "the bundle changed: {:?} -> {:?}",
+        before.0,
+        after.0
+    );
+}

@@ -4,7 +4,8 @@ does it with PIL (and torchvision's arithmetic for Resize + CenterCrop), to chec
 
   preprocess_reference.py inputs DIR
       writes DIR/tiny-nchw.onnx, DIR/tiny-nhwc.onnx (3-channel classifiers with real
-      ONNX graphs: GlobalAveragePool / ReduceMean -> Gemm), DIR/labels.txt and test images
+      ONNX graphs: ReduceMean -> Gemm), DIR/broken-nchw.onnx (the NCHW one with an
+      operator no runtime knows), DIR/labels.txt and test images
       (a non-square colour PNG and a grey PNG)
   preprocess_reference.py compare BUNDLE TENSORS.npy IMAGE...
       recomputes the tensors from BUNDLE/manifest.toml's [input] with PIL and prints one
@@ -57,6 +58,16 @@ def make_inputs(out: Path) -> None:
         model.ir_version = 8
         onnx.checker.check_model(model)
         onnx.save(model, out / f"tiny-{layout}.onnx")
+        if layout == "nchw":
+            # The same interface around an operator no runtime knows: loads as ONNX, fails
+            # on the engine (for `bundle add`'s nothing-changes-on-failure test).
+            nodes.insert(1, helper.make_node("Mystery", ["pooled"], ["mystery"], domain="com.example"))
+            nodes[2].input[0] = "mystery"
+            broken = helper.make_graph(nodes, "broken", graph.input, graph.output, [w, b, ax])
+            broken = helper.make_model(broken, opset_imports=[helper.make_opsetid("", 18),
+                                                              helper.make_opsetid("com.example", 1)])
+            broken.ir_version = 8
+            onnx.save(broken, out / "broken-nchw.onnx")
     (out / "labels.txt").write_text("red\ngreen\nblue\nother\n")
     # Smooth colour gradients with texture: resampling errors show, values stay exact.
     y, x = np.mgrid[0:61, 0:97]

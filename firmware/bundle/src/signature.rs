@@ -517,23 +517,10 @@ fn check_files(dir: &Path, manifest: &Manifest) -> Result<(), SignatureError> {
 }
 
 fn sha256_file(path: &Path) -> Result<String, SignatureError> {
-    let io = |source| SignatureError::Io {
+    crate::sha256_file(path).map_err(|source| SignatureError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = File::open(path).map_err(io)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
-        };
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    })
 }
 
 fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>, SignatureError> {

@@ -59,17 +59,6 @@ pub struct GraphFacts {
     pub producer: String,
 }
 
-impl GraphFacts {
-    /// Operators outside the default ONNX domain, as `domain:Op`.
-    pub fn contrib_ops(&self) -> Vec<String> {
-        self.ops
-            .keys()
-            .filter(|(domain, _)| !domain.is_empty() && domain != "ai.onnx")
-            .map(|(domain, op)| format!("{domain}:{op}"))
-            .collect()
-    }
-}
-
 /// Operators that change only shapes, so the operator behind them makes the values.
 const SHAPE_ONLY: [&str; 6] = [
     "Reshape",
