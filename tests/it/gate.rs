@@ -104,6 +104,26 @@ fn gate(bundle: &Path, dataset: &Path, extra: &[&str]) -> (Output, Value) {
     (out, report)
 }
 
+/// Runs the gate where it must stop with a setup error (exit 1), before any verdict.
+fn gate_setup_error(bundle: &Path, dataset: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "gate",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--dataset",
+        dataset.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = util::run(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn reasons(report: &Value) -> String {
     report["reasons"].to_string()
 }
@@ -315,14 +335,7 @@ fn an_unknown_label_is_a_setup_error_naming_the_line() {
         1,
     );
     std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
-    let out = util::run(&[
-        "gate",
-        "--bundle",
-        util::default_bundle().to_str().unwrap(),
-        "--dataset",
-        data.path().to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let out = gate_setup_error(&util::default_bundle(), data.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("labels.csv:4: unknown label \"astrocytoma\""),
@@ -352,14 +365,7 @@ fn a_looser_gate_in_the_manifest_is_refused() {
     std::fs::write(&manifest, text + "\n[gate]\nmax_accuracy_drop = 0.05\n").unwrap();
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("labels.csv"), "file,label,class_index\n").unwrap();
-    let out = util::run(&[
-        "gate",
-        "--bundle",
-        bundle.path().to_str().unwrap(),
-        "--dataset",
-        data.path().to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let out = gate_setup_error(bundle.path(), data.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("gate.max_accuracy_drop"), "{stderr}");
 }
@@ -419,14 +425,7 @@ fn image_folder_layout_errors_are_setup_errors_naming_the_folder() {
     let data = tempfile::tempdir().unwrap();
     make_image_folder(data.path());
     std::fs::create_dir(data.path().join("astrocytoma")).unwrap();
-    let out = util::run(&[
-        "gate",
-        "--bundle",
-        util::default_bundle().to_str().unwrap(),
-        "--dataset",
-        data.path().to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let out = gate_setup_error(&util::default_bundle(), data.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("folder \"astrocytoma\" is not a label of the bundle")
@@ -439,14 +438,7 @@ fn image_folder_layout_errors_are_setup_errors_naming_the_folder() {
         data.path().join("glioma/loose.png"),
     )
     .unwrap();
-    let out = util::run(&[
-        "gate",
-        "--bundle",
-        util::default_bundle().to_str().unwrap(),
-        "--dataset",
-        data.path().to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let out = gate_setup_error(&util::default_bundle(), data.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("holds both images"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -457,16 +449,11 @@ fn a_report_into_a_missing_directory_is_refused_before_the_run() {
     let data = tempfile::tempdir().unwrap();
     make_image_folder(data.path());
     let report = data.path().join("no/such/dir/r.html");
-    let out = util::run(&[
-        "gate",
-        "--bundle",
-        util::default_bundle().to_str().unwrap(),
-        "--dataset",
-        data.path().to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1));
+    let out = gate_setup_error(
+        &util::default_bundle(),
+        data.path(),
+        &["--report", report.to_str().unwrap()],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no/such/dir"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing ran: {:?}", out.stdout);
