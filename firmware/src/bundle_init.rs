@@ -197,14 +197,13 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
         &args.fp32,
     )?;
     // The options are checked by the manifest's own rules before anything is written.
-    Manifest::from_toml_str(&text, &out.join(MANIFEST_FILE))
+    let manifest = Manifest::from_toml_str(&text, &out.join(MANIFEST_FILE))
         .context("these options do not make a valid bundle")?;
     std::fs::write(staging.path().join(MANIFEST_FILE), &text).context("writing manifest.toml")?;
     copy_samples(&args.samples, &staging.path().join("samples"))?;
-    let bundle = Bundle::open(staging.path())?;
     let loaded = models
         .iter()
-        .map(|(variant, file)| check(bundle.manifest(), variant, &bundle.variant_path(file), file))
+        .map(|(variant, file)| check(&manifest, variant, &staging.path().join(&file.file), file))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     if out.exists() {

@@ -27,7 +27,7 @@ fn header(line: &str) -> Option<String> {
 }
 
 /// Whether a table name belongs to the family `name` (`name` itself or `name.*`).
-pub fn in_family(table: &str, name: &str) -> bool {
+fn in_family(table: &str, name: &str) -> bool {
     table == name
         || table
             .strip_prefix(name)

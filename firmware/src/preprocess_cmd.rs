@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use edgedx_bundle::{Bundle, InputSpec};
+use edgedx_bundle::Bundle;
 use edgedx_ingest::Limits;
 
 /// Refuse to build arrays larger than this in memory (a calibration set is hundreds of
@@ -70,18 +70,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             images.len()
         );
     }
-    write_npy(&args.out, &shape(&spec, images.len()), &values)?;
+    write_npy(&args.out, &spec.shape(images.len()), &values)?;
     println!(
         "wrote {} tensors of shape {:?} to {}",
         images.len(),
-        &shape(&spec, 1)[1..],
+        &spec.shape(1)[1..],
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn shape(spec: &InputSpec, n: usize) -> [usize; 4] {
-    spec.shape(n)
 }
 
 /// NumPy format version 1.0: magic, header length, a Python dict literal padded with

@@ -52,11 +52,8 @@ pub struct GraphFacts {
     pub output_op: Option<String>,
     /// `(domain, operator) -> count`; the default domain is "".
     pub ops: BTreeMap<(String, String), usize>,
-    /// Opset version per domain.
-    pub opsets: BTreeMap<String, i64>,
     /// `None` for a float model, else how it is quantized.
     pub quantization: Quantization,
-    pub producer: String,
 }
 
 /// Operators that change only shapes, so the operator behind them makes the values.
@@ -109,21 +106,12 @@ pub fn describe(path: &Path) -> Result<GraphFacts, EngineError> {
             .or_insert(0) += 1;
     }
     let output_op = outputs.first().and_then(|o| producer_of(graph, &o.name));
-    let opsets = proto
-        .opset_import
-        .iter()
-        .map(|o| (o.domain.clone(), o.version))
-        .collect();
     Ok(GraphFacts {
         inputs,
         outputs,
         output_op,
         quantization: quantization(&ops),
         ops,
-        opsets,
-        producer: format!("{} {}", proto.producer_name, proto.producer_version)
-            .trim()
-            .to_string(),
     })
 }
 
