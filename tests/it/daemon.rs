@@ -633,6 +633,130 @@ fn unacknowledged_results_survive_disconnects_and_restarts() {
     assert!(got.is_empty(), "{got:?}");
 }
 
+/// A device that restarts with more unacknowledged results than a link's queue holds (a
+/// host away for a shift) replays every one of them, in id order: to the serial host
+/// unasked, and to a socket host after its Hello, without cutting it off. The results are
+/// read back from the journal as each link drains (memory.rs measures what that costs).
+#[test]
+fn a_backlog_larger_than_a_link_queue_is_replayed_whole() {
+    const N: u64 = 3000;
+    let tmp = tempfile::tempdir().unwrap();
+    let written = write_journal(&tmp.path().join("state/outbox"), N);
+    let pty = edgedx_board::serial::open_pty().expect("openpty");
+    // The serial host is attached and reading before the device starts.
+    let mut serial = Client::new(Box::new(SerialTransport::from_port(
+        pty.master.try_clone().unwrap(),
+    )));
+    let serial_host = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let until = Instant::now() + T;
+        while (got.len() as u64) < N && Instant::now() < until {
+            if let Some(frame) = serial.recv(Duration::from_secs(1)).unwrap() {
+                if let Message::Result(r) = frame.message {
+                    got.push(r);
+                }
+            }
+        }
+        got
+    });
+    let d = Daemon::configure(
+        tmp.path().to_path_buf(),
+        Opts {
+            serial: Some(&pty.slave_path),
+            ..Opts::default()
+        },
+    )
+    .spawn();
+    let mut c = d.client();
+    let mut got = Vec::new();
+    while (got.len() as u64) < N {
+        match c.next_event(Duration::from_secs(20)) {
+            Ok(Some(Event::Result(r))) => got.push(r),
+            Ok(Some(_)) => {}
+            other => panic!(
+                "socket host: {other:?} after {} results\n{}",
+                got.len(),
+                d.stderr()
+            ),
+        }
+    }
+    assert_eq!(got, written, "socket host");
+    let over_serial = serial_host.join().unwrap();
+    assert_eq!(
+        over_serial.len(),
+        written.len(),
+        "serial host\n{}",
+        d.stderr()
+    );
+    assert_eq!(over_serial, written, "serial host");
+    for r in &got {
+        c.ack(r.result_id).unwrap();
+    }
+    c.ping(1, T).unwrap();
+    let mut again = d.client();
+    assert!(
+        again.next_event(Duration::from_secs(2)).unwrap().is_none(),
+        "every result was acknowledged"
+    );
+}
+
+/// Writes an outbox journal of `n` unacknowledged results, as a device leaves it: 1 MiB
+/// segments, each a header record (the next id) then one record per result, each
+/// `len u32 LE · crc32 u32 LE · type u8 · payload` (firmware/src/serve/outbox.rs).
+pub fn write_journal(dir: &Path, n: u64) -> Vec<edgedx_icd::ClassificationResult> {
+    fn record(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+        let mut body = vec![kind];
+        body.extend_from_slice(payload);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&edgedx_icd::crc32(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+    }
+    let labels = ["glioma", "meningioma", "notumor", "pituitary"];
+    std::fs::create_dir_all(dir).unwrap();
+    // Segments rotate at 1 MiB, the default `outbox.segment_bytes`.
+    let mut segment = 1u32;
+    let mut file = Vec::new();
+    record(1, &1u64.to_le_bytes(), &mut file);
+    let results: Vec<_> = (1..=n)
+        .map(|id| {
+            if file.len() >= 1 << 20 {
+                let path = dir.join(format!("seg-{segment:08}.log"));
+                std::fs::write(path, std::mem::take(&mut file)).unwrap();
+                segment += 1;
+                record(1, &id.to_le_bytes(), &mut file);
+            }
+            let class = (id % 4) as usize;
+            let mut probabilities = heapless::Vec::new();
+            for c in 0..4 {
+                let p = if c == class { 0.7 } else { 0.1 };
+                probabilities.push(p).unwrap();
+            }
+            let r = edgedx_icd::ClassificationResult {
+                result_id: id,
+                source: Source::Spool {
+                    name: heapless::String::try_from(format!("scan-{id}.png").as_str()).unwrap(),
+                },
+                label: heapless::String::try_from(labels[class]).unwrap(),
+                class_index: class as u16,
+                confidence: 0.7,
+                probabilities,
+                precision: Precision::Int8,
+                precision_reason: PrecisionReason::Normal,
+                model_sha256: [7; 32],
+                input_sha256: [(id % 251) as u8; 32],
+                latency_us: 1000 + id,
+                timestamp_ms: 1_700_000_000_000 + id,
+                bundle_name: heapless::String::try_from("brain-mri").unwrap(),
+                bundle_version: heapless::String::try_from("1").unwrap(),
+            };
+            record(2, &postcard::to_stdvec(&r).unwrap(), &mut file);
+            r
+        })
+        .collect();
+    std::fs::write(dir.join(format!("seg-{segment:08}.log")), file).unwrap();
+    results
+}
+
 #[test]
 fn a_client_that_stops_reading_does_not_stop_the_others() {
     let d = Daemon::start();

@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread;
@@ -52,6 +52,8 @@ enum Out {
 pub struct LinkWriter {
     kind: LinkKind,
     tx: SyncSender<Out>,
+    /// Frames queued and not yet written (the writer thread counts them down).
+    backlog: Arc<AtomicUsize>,
     closer: Option<Box<dyn Fn() + Send>>,
 }
 
@@ -90,8 +92,20 @@ impl LinkWriter {
         }
     }
 
+    /// Frames queued on this link and not yet written: replays fill the queue only up to
+    /// a part of it, so that they never crowd out new results or cut a client off.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::SeqCst)
+    }
+
     pub fn send(&self, frame: Vec<u8>) -> Sent {
-        match self.tx.try_send(Out::Frame(frame)) {
+        // Counted before it is queued: the writer may write it and count down at once.
+        self.backlog.fetch_add(1, Ordering::SeqCst);
+        let sent = self.tx.try_send(Out::Frame(frame));
+        if sent.is_err() {
+            self.backlog.fetch_sub(1, Ordering::SeqCst);
+        }
+        match sent {
             Ok(()) => Sent::Queued,
             Err(TrySendError::Full(_)) => {
                 if let Some(close) = &self.closer {
@@ -147,8 +161,10 @@ fn writer_thread(
     name: String,
     mut write: impl FnMut(&[u8]) -> io::Result<()> + Send + 'static,
     close: impl FnOnce() + Send + 'static,
-) -> io::Result<SyncSender<Out>> {
+) -> io::Result<(SyncSender<Out>, Arc<AtomicUsize>)> {
     let (tx, rx) = mpsc::sync_channel::<Out>(LINK_QUEUE_FRAMES);
+    let backlog = Arc::new(AtomicUsize::new(0));
+    let written = Arc::clone(&backlog);
     thread::Builder::new().name(name).spawn(move || {
         // A leading delimiter closes off any noise the peer saw before (PROTOCOL.md 1.4).
         if write(&[0]).is_err() {
@@ -157,7 +173,9 @@ fn writer_thread(
         for out in rx {
             match out {
                 Out::Frame(frame) => {
-                    if write(&frame).is_err() {
+                    let ok = write(&frame).is_ok();
+                    written.fetch_sub(1, Ordering::SeqCst);
+                    if !ok {
                         break;
                     }
                 }
@@ -166,7 +184,7 @@ fn writer_thread(
         }
         close();
     })?;
-    Ok(tx)
+    Ok((tx, backlog))
 }
 
 /// Binds the socket: removes a stale socket file (nothing listening), refuses to take over
@@ -276,7 +294,7 @@ fn start_client<E: Send + 'static>(
     let closing_half = stream.try_clone()?;
     // A peer that stops reading must not hold the writer (and its Close) forever.
     write_half.set_write_timeout(Some(std::time::Duration::from_secs(10)))?;
-    let tx = writer_thread(
+    let (tx, backlog) = writer_thread(
         format!("link-{id}-out"),
         move |b| write_half.write_all(b),
         move || {
@@ -286,6 +304,7 @@ fn start_client<E: Send + 'static>(
     let writer = LinkWriter {
         kind: LinkKind::Socket,
         tx,
+        backlog,
         closer: Some(Box::new(move || {
             let _ = shutdown_half.shutdown(std::net::Shutdown::Both);
         })),
@@ -336,7 +355,7 @@ pub fn serve_serial<E: Send + 'static>(
     let id = next_id();
     // A serial host that stops reading makes writes time out: drop that frame and go on
     // (results stay in the outbox and are resent after the host's next Hello).
-    let tx = writer_thread(
+    let (tx, backlog) = writer_thread(
         format!("serial-{id}-out"),
         move |b| {
             if let Err(e) = writer.write_all(b) {
@@ -349,6 +368,7 @@ pub fn serve_serial<E: Send + 'static>(
     let link = LinkWriter {
         kind: LinkKind::Serial,
         tx,
+        backlog,
         closer: None,
     };
     let name: PathBuf = device.to_path_buf();

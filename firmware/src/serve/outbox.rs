@@ -8,6 +8,10 @@
 //! id). A segment is deleted once every result in it is acknowledged, except the active
 //! one, whose header record carries the next result id so ids keep increasing.
 //!
+//! Memory holds only where each unacknowledged result is (its segment and offset, a few
+//! dozen bytes each): a host that is away for days must not make the supervisor hold every
+//! result it missed. Replays read the results back from the journal.
+//!
 //! On open, a record that ends early or fails its CRC at the end of the newest segment is
 //! the torn write of a power cut: it is cut off and the records before it are kept. The
 //! same damage in an older segment is reported and the rest of that segment is skipped,
@@ -22,6 +26,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use edgedx_icd::{crc32, ClassificationResult};
@@ -46,6 +51,15 @@ pub enum OutboxError {
     },
     #[error("outbox: result {id} could not be encoded: {message}")]
     Encode { id: u64, message: String },
+    #[error(
+        "outbox {path}: the record of result {id} at byte {offset} cannot be read back: {what}"
+    )]
+    Unreadable {
+        path: PathBuf,
+        id: u64,
+        offset: u64,
+        what: String,
+    },
 }
 
 /// Limits for the journal.
@@ -74,6 +88,8 @@ pub struct Recovery {
 struct Segment {
     number: u64,
     path: PathBuf,
+    /// Opened when a result is first read back from this segment.
+    reader: Option<File>,
     bytes: u64,
     /// Unacknowledged results stored in this segment.
     pending: usize,
@@ -86,13 +102,21 @@ pub struct Outbox {
     limits: OutboxLimits,
     segments: Vec<Segment>,
     active: File,
-    unacked: BTreeMap<u64, (u64, ClassificationResult)>,
+    /// Unacknowledged result id → where its record is.
+    unacked: BTreeMap<u64, Place>,
     next_id: u64,
     /// A failed write left bytes that could not be cut off: write on in a new segment.
     torn: bool,
     /// Acks the host sent while the journal could not take them (a full disk): already
     /// applied in memory, written before the next record.
     unjournaled_acks: Vec<u64>,
+}
+
+/// Where a result record starts in the journal.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    segment: u64,
+    offset: u64,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -140,7 +164,12 @@ impl Outbox {
                 .map_err(io_err(&path))?;
             let (good, records) = parse_records(&data);
             let mut header = false;
-            for (kind, payload) in records {
+            for Record {
+                offset,
+                kind,
+                payload,
+            } in records
+            {
                 match kind {
                     TYPE_SEGMENT if payload.len() >= 8 => {
                         header = true;
@@ -150,7 +179,11 @@ impl Outbox {
                         Ok(result) => {
                             next_id = next_id.max(result.result_id + 1);
                             recovery.results += 1;
-                            unacked.insert(result.result_id, (number, result));
+                            let place = Place {
+                                segment: number,
+                                offset: offset as u64,
+                            };
+                            unacked.insert(result.result_id, place);
                         }
                         // The CRC was good, so the record was written whole by a firmware
                         // with another Result layout: keep the file, say so.
@@ -183,13 +216,14 @@ impl Outbox {
             segments.push(Segment {
                 number,
                 path,
+                reader: None,
                 bytes,
                 pending: 0,
                 header,
             });
         }
-        for (segment_no, _) in unacked.values() {
-            if let Some(s) = segments.iter_mut().find(|s| s.number == *segment_no) {
+        for place in unacked.values() {
+            if let Some(s) = segments.iter_mut().find(|s| s.number == place.segment) {
                 s.pending += 1;
             }
         }
@@ -251,6 +285,7 @@ impl Outbox {
         })?;
         self.maybe_rotate()?;
         self.journal_pending_acks()?;
+        let offset = self.segments.last().map_or(0, |s| s.bytes);
         self.write_record(TYPE_RESULT, &payload, true)?;
         self.next_id += 1;
         let active = self
@@ -258,7 +293,11 @@ impl Outbox {
             .last_mut()
             .expect("there is always an active segment");
         active.pending += 1;
-        self.unacked.insert(id, (active.number, result.clone()));
+        let place = Place {
+            segment: active.number,
+            offset,
+        };
+        self.unacked.insert(id, place);
         Ok(result)
     }
 
@@ -270,10 +309,10 @@ impl Outbox {
     /// next record. Only a restart before that can bring the result back once, as a
     /// duplicate the host recognises by its id.
     pub fn ack(&mut self, id: u64) -> Result<bool, OutboxError> {
-        let Some((segment_no, _)) = self.unacked.remove(&id) else {
+        let Some(place) = self.unacked.remove(&id) else {
             return Ok(false);
         };
-        if let Some(s) = self.segments.iter_mut().find(|s| s.number == segment_no) {
+        if let Some(s) = self.segments.iter_mut().find(|s| s.number == place.segment) {
             s.pending = s.pending.saturating_sub(1);
         }
         self.unjournaled_acks.push(id);
@@ -292,9 +331,58 @@ impl Outbox {
         Ok(())
     }
 
-    /// Unacknowledged results in id order: what a reconnecting host is sent again.
-    pub fn unacked(&self) -> impl Iterator<Item = &ClassificationResult> {
-        self.unacked.values().map(|(_, r)| r)
+    /// The first unacknowledged result id in `from..end`: replays walk the ids in order.
+    pub fn next_unacked(&self, from: u64, end: u64) -> Option<u64> {
+        self.unacked.range(from..end).next().map(|(id, _)| *id)
+    }
+
+    /// Reads unacknowledged result `id` back from the journal (`None` once acknowledged).
+    pub fn read(&mut self, id: u64) -> Result<Option<ClassificationResult>, OutboxError> {
+        let Some(place) = self.unacked.get(&id).copied() else {
+            return Ok(None);
+        };
+        let Some(segment) = self.segments.iter_mut().find(|s| s.number == place.segment) else {
+            return Err(OutboxError::Unreadable {
+                path: segment_path(&self.dir, place.segment),
+                id,
+                offset: place.offset,
+                what: "its segment is gone".into(),
+            });
+        };
+        let unreadable = |what: String| OutboxError::Unreadable {
+            path: segment.path.clone(),
+            id,
+            offset: place.offset,
+            what,
+        };
+        let reader = match &mut segment.reader {
+            Some(f) => f,
+            slot => slot.insert(File::open(&segment.path).map_err(|e| unreadable(e.to_string()))?),
+        };
+        let mut header = [0u8; 8];
+        reader
+            .read_exact_at(&mut header, place.offset)
+            .map_err(|e| unreadable(e.to_string()))?;
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_RECORD {
+            return Err(unreadable(format!("record length {len}")));
+        }
+        let mut body = vec![0u8; len];
+        reader
+            .read_exact_at(&mut body, place.offset + 8)
+            .map_err(|e| unreadable(e.to_string()))?;
+        if crc32(&body) != crc || body[0] != TYPE_RESULT {
+            return Err(unreadable(
+                "the record changed on disk since it was written".into(),
+            ));
+        }
+        let result = postcard::from_bytes::<ClassificationResult>(&body[1..])
+            .map_err(|e| unreadable(e.to_string()))?;
+        if result.result_id != id {
+            return Err(unreadable(format!("it holds result {}", result.result_id)));
+        }
+        Ok(Some(result))
     }
 
     pub fn unacked_len(&self) -> usize {
@@ -310,7 +398,7 @@ impl Outbox {
         self.bytes() + FULL_MARGIN > self.limits.max_bytes
     }
 
-    #[cfg(test)]
+    /// The id the next result will get: a replay started now ends before it.
     pub fn next_id(&self) -> u64 {
         self.next_id
     }
@@ -434,6 +522,7 @@ fn create_segment(dir: &Path, number: u64, next_id: u64) -> Result<(File, Segmen
         Segment {
             number,
             path,
+            reader: None,
             bytes,
             pending: 0,
             header: true,
@@ -452,8 +541,16 @@ fn encode_record(kind: u8, payload: &[u8]) -> Vec<u8> {
     record
 }
 
+/// One whole record of a segment.
+struct Record<'a> {
+    /// Where the record starts in its segment.
+    offset: usize,
+    kind: u8,
+    payload: &'a [u8],
+}
+
 /// Splits `data` into records; returns the length of the valid prefix and the records in it.
-fn parse_records(data: &[u8]) -> (usize, Vec<(u8, &[u8])>) {
+fn parse_records(data: &[u8]) -> (usize, Vec<Record<'_>>) {
     let mut at = 0;
     let mut records = Vec::new();
     while data.len() - at >= RECORD_HEADER {
@@ -466,7 +563,11 @@ fn parse_records(data: &[u8]) -> (usize, Vec<(u8, &[u8])>) {
         if crc32(body) != crc {
             break;
         }
-        records.push((body[0], &body[1..]));
+        records.push(Record {
+            offset: at,
+            kind: body[0],
+            payload: &body[1..],
+        });
         at += 8 + len;
     }
     (at, records)
@@ -504,6 +605,19 @@ mod tests {
         }
     }
 
+    /// Every unacknowledged result id, each read back from the journal, in id order.
+    fn replay(ob: &mut Outbox) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let mut from = 0;
+        while let Some(id) = ob.next_unacked(from, u64::MAX) {
+            let r = ob.read(id).unwrap().expect("unacknowledged");
+            assert_eq!(r.result_id, id);
+            ids.push(id);
+            from = id + 1;
+        }
+        ids
+    }
+
     const LIMITS: OutboxLimits = OutboxLimits {
         max_bytes: 16 * 1024 * 1024,
         segment_bytes: 1024,
@@ -525,8 +639,8 @@ mod tests {
         );
         assert!(!ob.ack(99).unwrap());
         drop(ob);
-        let (ob, rec) = Outbox::open(dir.path(), LIMITS).unwrap();
-        let left: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        let (mut ob, rec) = Outbox::open(dir.path(), LIMITS).unwrap();
+        let left: Vec<u64> = replay(&mut ob);
         assert_eq!(left, vec![1, 3, 4, 5]);
         assert_eq!(rec.torn_bytes, 0);
         assert_eq!(ob.next_id(), 6);
@@ -549,12 +663,12 @@ mod tests {
         // Every cut inside the last record must keep exactly the first two results.
         let full = fs::read(&seg).unwrap();
         let (_, records) = parse_records(&full);
-        let last_len = 8 + 1 + records.last().unwrap().1.len() as u64;
+        let last_len = 8 + 1 + records.last().unwrap().payload.len() as u64;
         for cut in [1, 5, 9, last_len / 2, last_len - 1] {
             fs::write(&seg, &full[..(len - cut) as usize]).unwrap();
             let (mut ob, rec) = Outbox::open(dir.path(), big).unwrap();
             assert_eq!(rec.torn_bytes, last_len - cut, "cut {cut}");
-            let ids: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+            let ids: Vec<u64> = replay(&mut ob);
             assert_eq!(ids, vec![1, 2], "cut {cut}");
             // The journal stays appendable after the repair, and ids do not go back.
             assert_eq!(ob.append(result("after")).unwrap().result_id, 3);
@@ -615,7 +729,7 @@ mod tests {
         // Appending past full still stores (an admitted request's result is never lost).
         ob.append(result("late")).unwrap();
         assert_eq!(ob.unacked_len(), n + 1);
-        let ids: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        let ids: Vec<u64> = replay(&mut ob);
         for id in ids {
             ob.ack(id).unwrap();
         }
@@ -654,9 +768,9 @@ mod tests {
             "id 2 was never used"
         );
         drop(ob);
-        let (ob, rec) = Outbox::open(dir.path(), big).unwrap();
+        let (mut ob, rec) = Outbox::open(dir.path(), big).unwrap();
         assert_eq!((rec.torn_bytes, rec.damaged.len()), (0, 0));
-        let left: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        let left: Vec<u64> = replay(&mut ob);
         assert_eq!(left, vec![2]);
         assert_eq!(ob.next_id(), 3);
     }
@@ -723,7 +837,7 @@ mod tests {
             OpenOptions::new().write(true).open("/dev/full").unwrap(),
         );
         assert!(ob.ack(1).is_err());
-        let left: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        let left: Vec<u64> = replay(&mut ob);
         assert_eq!(
             left,
             vec![2],
@@ -735,9 +849,70 @@ mod tests {
         assert_eq!(ob.append(result("c")).unwrap().result_id, 3);
         assert!(ob.unjournaled_acks.is_empty());
         drop(ob);
-        let (ob, rec) = Outbox::open(dir.path(), big).unwrap();
+        let (mut ob, rec) = Outbox::open(dir.path(), big).unwrap();
         assert_eq!(rec.damaged.len(), 0);
-        let left: Vec<u64> = ob.unacked().map(|r| r.result_id).collect();
+        let left: Vec<u64> = replay(&mut ob);
         assert_eq!(left, vec![2, 3], "the ack of 1 reached the journal");
+    }
+
+    /// Replays read the results back whole from the journal, across segments and a
+    /// reopen; a replay window ends where it was asked to.
+    #[test]
+    fn results_are_read_back_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
+        let sent: Vec<ClassificationResult> = (0..40)
+            .map(|i| {
+                let mut r = result(&format!("file-{i}"));
+                r.confidence = i as f32 / 40.0;
+                ob.append(r).unwrap()
+            })
+            .collect();
+        assert!(ob.segments.len() > 2, "1 KiB segments should have rotated");
+        for r in &sent {
+            assert_eq!(ob.read(r.result_id).unwrap().as_ref(), Some(r));
+        }
+        assert_eq!(ob.next_unacked(4, 7), Some(4));
+        ob.ack(5).unwrap();
+        assert_eq!(ob.next_unacked(5, 7), Some(6));
+        assert_eq!(ob.next_unacked(7, 7), None, "the window's end is exclusive");
+        assert_eq!(ob.read(5).unwrap(), None, "acknowledged");
+        drop(ob);
+        let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
+        for r in sent.iter().filter(|r| r.result_id != 5) {
+            assert_eq!(ob.read(r.result_id).unwrap().as_ref(), Some(r));
+        }
+    }
+
+    /// A record that changed on disk after it was written is reported with its id and
+    /// place, never sent as if it were the result.
+    #[test]
+    fn a_record_damaged_after_writing_is_reported_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = OutboxLimits {
+            segment_bytes: 1 << 20,
+            ..LIMITS
+        };
+        let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
+        for i in 0..3 {
+            ob.append(result(&format!("f{i}"))).unwrap();
+        }
+        let seg = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&seg).unwrap();
+        let (_, records) = parse_records(&bytes);
+        let second = records
+            .iter()
+            .filter(|r| r.kind == TYPE_RESULT)
+            .nth(1)
+            .unwrap()
+            .offset;
+        bytes[second + 20] ^= 0x01;
+        fs::write(&seg, &bytes).unwrap();
+        let err = ob.read(2).unwrap_err().to_string();
+        assert!(
+            err.contains("result 2") && err.contains("changed on disk"),
+            "{err}"
+        );
+        assert_eq!(ob.read(3).unwrap().map(|r| r.result_id), Some(3));
     }
 }

@@ -20,7 +20,7 @@ use super::admission::{Admission, Arrival, BeginRequest, Expired, Refusal};
 use super::audit::AuditLog;
 use super::config::Config;
 use super::dispatch::{Completed, DispatchEvent, EngineState, Job, Transition};
-use super::link::{LinkEvent, LinkId, LinkKind, LinkWriter, Sent};
+use super::link::{LinkEvent, LinkId, LinkKind, LinkWriter, Sent, LINK_QUEUE_FRAMES};
 use super::outbox::Outbox;
 use super::{now_ms, spool, CaptureRequest, CapturedFrame, Event};
 
@@ -29,7 +29,26 @@ pub(super) struct LinkState {
     pub(super) seq: u32,
     pub(super) hello: bool,
     pub(super) peer: String,
+    /// Unacknowledged results still to be resent on this link.
+    pub(super) replay: Option<Replay>,
 }
+
+/// A resend of the unacknowledged results to one link, read from the journal a few at a
+/// time as the link's queue drains: however many results a host missed, the link's queue
+/// never overflows (which would cut a socket client off or drop frames on serial) and the
+/// supervisor never holds them all.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Replay {
+    /// The next result id to look at.
+    next: u64,
+    /// Results from this id on are newer than the replay and were sent live.
+    end: u64,
+}
+
+/// A replay keeps a link's queue at most this full, leaving the rest for live frames.
+const REPLAY_QUEUE_FRAMES: usize = LINK_QUEUE_FRAMES / 2;
+/// How often a replay tops up its link's queue when no event wakes the supervisor.
+const REPLAY_POLL: Duration = Duration::from_millis(10);
 
 pub(super) struct JobMeta {
     pub(super) source: Source,
@@ -102,13 +121,22 @@ impl Supervisor {
     pub(super) fn run(&mut self, events: Receiver<Event>) {
         let tick = Duration::from_millis(250);
         let mut shutdown_deadline: Option<Instant> = None;
+        let mut last_tick = Instant::now();
         loop {
-            match events.recv_timeout(tick) {
+            let replaying = self.links.values().any(|l| l.replay.is_some());
+            let wait = if replaying { REPLAY_POLL } else { tick };
+            match events.recv_timeout(wait) {
                 Ok(event) => self.handle(event),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            self.tick();
+            self.pump_replays();
+            // After every event, as before, but not on every replay poll: the tick pets
+            // the watchdogs and drives the LED.
+            if !replaying || last_tick.elapsed() >= tick {
+                self.tick();
+                last_tick = Instant::now();
+            }
             if self.shutting_down {
                 let deadline = *shutdown_deadline
                     .get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
@@ -245,6 +273,7 @@ impl Supervisor {
                     seq: 0,
                     hello: false,
                     peer,
+                    replay: None,
                 };
                 let min_rate = match kind {
                     // Half the line rate: 10 bits per byte on the wire.
@@ -361,12 +390,54 @@ impl Supervisor {
         }
     }
 
-    /// Sends every unacknowledged result to one link, oldest first.
+    /// Starts sending every unacknowledged result to one link, oldest first (a replay
+    /// already under way starts again from the oldest).
     fn resend_unacked(&mut self, id: LinkId) {
-        let pending: Vec<ClassificationResult> = self.outbox.unacked().cloned().collect();
-        for r in pending {
-            if self.send(id, &Message::Result(r)) != Sent::Queued {
-                break;
+        let end = self.outbox.next_id();
+        if let Some(link) = self.links.get_mut(&id) {
+            link.replay = Some(Replay { next: 0, end });
+        }
+        self.pump_replays();
+    }
+
+    /// Tops up the queue of every link with a replay under way from the journal.
+    fn pump_replays(&mut self) {
+        let mut cut = Vec::new();
+        for (&id, link) in self.links.iter_mut() {
+            while let Some(replay) = link.replay.as_mut() {
+                if link.writer.backlog() >= REPLAY_QUEUE_FRAMES {
+                    break;
+                }
+                let Some(result_id) = self.outbox.next_unacked(replay.next, replay.end) else {
+                    link.replay = None;
+                    break;
+                };
+                replay.next = result_id + 1;
+                let result = match self.outbox.read(result_id) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        log::error!("{e}; not resent");
+                        continue;
+                    }
+                };
+                match send_on(link, &Message::Result(result)) {
+                    Sent::Queued => {}
+                    Sent::Overflow if link.writer.kind() == LinkKind::Socket => {
+                        cut.push(id);
+                        break;
+                    }
+                    // Serial: that frame was dropped; the host gets it at its next Hello.
+                    Sent::Overflow => {}
+                    Sent::Closed => {
+                        link.replay = None;
+                    }
+                }
+            }
+        }
+        for id in cut {
+            if let Some(l) = self.links.remove(&id) {
+                log::warn!("link {id} ({}) is not reading; disconnecting it", l.peer);
             }
         }
     }
