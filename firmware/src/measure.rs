@@ -65,7 +65,7 @@ pub fn measure(
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let name = path.display().to_string();
             let limit = Duration::from_secs(300);
-            match worker.classify(i as u64, &name, bytes, limit, limit) {
+            match worker.classify(i as u64, &name, bytes.into(), limit, limit) {
                 Ok(Outcome::Scores { peak_rss_bytes, .. }) => {
                     peak = peak.max(peak_rss_bytes);
                     images += 1;

@@ -142,11 +142,61 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 
 /// The process's peak resident set (VmHWM), in MiB.
 fn vm_hwm_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A figure of /proc/PID/status in kB, as MiB.
+fn status_mib(pid: u32, key: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {key}"));
     kib / 1024.0
+}
+
+/// An upload is held once by the supervisor (its upload buffer, written straight into the
+/// worker's pipe) and once by the worker (the message it read, decoded in place): each
+/// process grows by about the image, not twice it (as when each made an encoded copy).
+#[test]
+fn an_upload_is_held_once_by_the_supervisor_and_once_by_the_worker() {
+    const SIZE: usize = 24 << 20;
+    let d = Daemon::start();
+    let mut c = d.client();
+    let sample_name = "glioma-01.png";
+    // The worker is up and has classified once: its start-up peak is behind it.
+    c.classify_bytes(sample_name, &std::fs::read(sample(sample_name)).unwrap(), T)
+        .unwrap();
+    let worker = d.worker_pid();
+    let (supervisor_before, worker_before) = (vm_rss_mib(d.pid()), vm_rss_mib(worker));
+    // Bytes no decoder takes: the image travels to the worker and is refused there.
+    let noise: Vec<u8> = (0..SIZE as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let refused = c.classify_bytes("noise.bin", &noise, T);
+    assert!(refused.is_err(), "noise was classified: {refused:?}");
+    assert_eq!(
+        d.worker_pid(),
+        worker,
+        "the worker was replaced\n{}",
+        d.stderr()
+    );
+    let size_mib = SIZE as f64 / MIB;
+    for (who, pid, before) in [
+        ("supervisor", d.pid(), supervisor_before),
+        ("worker", worker, worker_before),
+    ] {
+        let grew = vm_hwm_mib(pid) - before;
+        eprintln!("{who}: peak grew by {grew:.1} MiB for a {size_mib:.0} MiB upload");
+        assert!(
+            grew < 1.5 * size_mib,
+            "{who} grew by {grew:.1} MiB for a {size_mib:.0} MiB upload: more than one copy"
+        );
+    }
+}
+
+/// The process's resident set (VmRSS), in MiB.
+fn vm_rss_mib(pid: u32) -> f64 {
+    status_mib(pid, "VmRSS:")
 }

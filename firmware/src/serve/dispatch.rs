@@ -22,7 +22,8 @@ use crate::PrecisionArg;
 pub struct Job {
     pub id: u64,
     pub name: String,
-    pub bytes: Vec<u8>,
+    /// The image, shared rather than copied by retries and the shadow run.
+    pub bytes: Arc<Vec<u8>>,
 }
 
 /// A validated classification.
@@ -355,7 +356,7 @@ impl Dispatcher {
         let shadow_input = self
             .shadow
             .as_ref()
-            .map(|_| (job.name.clone(), job.bytes.clone()));
+            .map(|_| (job.name.clone(), Arc::clone(&job.bytes)));
         let result = self.classify(job);
         if let (Ok(primary), Some((name, bytes))) = (&result, shadow_input) {
             if primary.precision == Precision::Int8 {
@@ -368,7 +369,7 @@ impl Dispatcher {
 
     /// Runs a sampled input on an fp32 worker beside the int8 one, when memory allows both
     /// to be resident, and updates the rolling disagreement rate.
-    fn maybe_shadow(&mut self, id: u64, name: &str, bytes: Vec<u8>, int8: &[f32]) {
+    fn maybe_shadow(&mut self, id: u64, name: &str, bytes: Arc<Vec<u8>>, int8: &[f32]) {
         let Some(policy) = self.shadow.clone() else {
             return;
         };
@@ -479,7 +480,7 @@ impl Dispatcher {
             let outcome = worker.classify(
                 job.id,
                 &job.name,
-                job.bytes.clone(),
+                Arc::clone(&job.bytes),
                 self.policy.decode_deadline,
                 deadline,
             );

@@ -747,7 +747,7 @@ impl Supervisor {
         match jobs_tx.try_send(Job {
             id,
             name: name.clone(),
-            bytes,
+            bytes: Arc::new(bytes),
         }) {
             Ok(()) => {
                 self.job_bytes += len as u64;

@@ -65,14 +65,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_file_bytes: args.max_file_bytes,
     };
     let mut tensor = vec![0f32; model.input_spec().item_len()];
+    // The supervisor sends no image over the file limit it gave this worker.
+    let largest_request = usize::try_from(args.max_file_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(ipc::REQUEST_OVERHEAD);
     loop {
-        let request =
-            match ipc::recv::<Request>(&mut input).context("reading from the supervisor")? {
-                None | Some(Request::Exit) => return Ok(ExitCode::SUCCESS),
-                Some(request) => request,
-            };
+        // The image stays in the message body it arrived in, read in place.
+        let Some(body) =
+            ipc::recv_body(&mut input, largest_request).context("reading from the supervisor")?
+        else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        let request = ipc::decode::<Request>(&body).context("reading from the supervisor")?;
         let Request::Classify { job, name, bytes } = request else {
-            continue;
+            return Ok(ExitCode::SUCCESS);
         };
         crate::heap::clear_refusal();
         let started = Instant::now();
@@ -85,6 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             continue;
         }
         drop(bytes);
+        drop(body);
         ipc::send(&mut output, &Reply::Decoded { job }).context("writing to the supervisor")?;
         // Phase 2, the model's: inference.
         let outcome = infer(&model, &name, &tensor, started);

@@ -5,10 +5,13 @@ use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use edgedx_ingest::Limits;
+
+use std::borrow::Cow;
 
 use super::ipc::{self, Outcome, Ready, Reply, Request};
 use crate::PrecisionArg;
@@ -104,9 +107,19 @@ impl JobFailure {
     }
 }
 
+/// What the supervisor's side queues for the thread that writes the worker's pipe.
+enum ToWorker {
+    Classify {
+        job: u64,
+        name: String,
+        bytes: Arc<Vec<u8>>,
+    },
+    Exit,
+}
+
 pub struct Worker {
     child: Child,
-    jobs: Option<mpsc::Sender<Request>>,
+    jobs: Option<mpsc::Sender<ToWorker>>,
     replies: Receiver<std::io::Result<Option<Reply>>>,
     ready: Ready,
     precision: PrecisionArg,
@@ -188,12 +201,21 @@ impl Worker {
 
         // Writes go through their own thread: a hung worker stops reading, and a blocked
         // write must not stall the supervisor.
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Request>();
+        let (jobs_tx, jobs_rx) = mpsc::channel::<ToWorker>();
         thread::Builder::new()
             .name("worker-in".into())
             .spawn(move || {
                 let mut w = BufWriter::new(stdin);
-                for request in jobs_rx {
+                for out in jobs_rx {
+                    // The image is written from the job's own buffer, not copied.
+                    let request = match &out {
+                        ToWorker::Classify { job, name, bytes } => Request::Classify {
+                            job: *job,
+                            name: name.clone(),
+                            bytes: Cow::Borrowed(bytes.as_slice()),
+                        },
+                        ToWorker::Exit => Request::Exit,
+                    };
                     if ipc::send(&mut w, &request).is_err() {
                         break;
                     }
@@ -206,7 +228,7 @@ impl Worker {
             .spawn(move || {
                 let mut r = BufReader::new(stdout);
                 loop {
-                    let reply = ipc::recv::<Reply>(&mut r);
+                    let reply = ipc::recv::<Reply>(&mut r, ipc::MAX_REPLY);
                     let end = !matches!(reply, Ok(Some(_)));
                     if replies_tx.send(reply).is_err() || end {
                         break;
@@ -268,11 +290,11 @@ impl Worker {
         &mut self,
         job: u64,
         name: &str,
-        bytes: Vec<u8>,
+        bytes: Arc<Vec<u8>>,
         decode_deadline: Duration,
         deadline: Duration,
     ) -> Result<Outcome, JobFailure> {
-        let request = Request::Classify {
+        let request = ToWorker::Classify {
             job,
             name: name.to_string(),
             bytes,
@@ -386,7 +408,7 @@ impl Worker {
     /// Asks the worker to exit and waits a little; kills it if it does not.
     pub fn stop(mut self) {
         if let Some(jobs) = self.jobs.take() {
-            let _ = jobs.send(Request::Exit);
+            let _ = jobs.send(ToWorker::Exit);
         }
         let until = Instant::now() + Duration::from_secs(2);
         while Instant::now() < until {
