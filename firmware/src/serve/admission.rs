@@ -19,6 +19,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use super::link::{LinkId, LinkKind};
 
 #[derive(Debug, Clone)]
@@ -58,9 +60,19 @@ pub struct Upload {
     pub total_len: u32,
     pub name: String,
     pub bytes: Vec<u8>,
+    /// SHA-256 of `bytes`, kept up to date chunk by chunk: checking a large upload at its
+    /// end costs no more than a small one (the supervisor loop never hashes a whole file).
+    hasher: Sha256,
     began: Instant,
     last_activity: Instant,
     deadline: Instant,
+}
+
+impl Upload {
+    /// SHA-256 of the bytes received so far.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.hasher.clone().finalize().into()
+    }
 }
 
 #[derive(Debug)]
@@ -322,6 +334,7 @@ impl Admission {
                 total_len,
                 name,
                 bytes: Vec::new(),
+                hasher: Sha256::new(),
                 began: now,
                 last_activity: now,
                 deadline,
@@ -370,6 +383,7 @@ impl Admission {
             u.bytes.reserve_exact(u.total_len as usize);
         }
         u.bytes.extend_from_slice(data);
+        u.hasher.update(data);
         u.last_activity = now;
         Ok(())
     }
@@ -556,6 +570,12 @@ mod tests {
         assert_eq!(
             (u.bytes.as_slice(), u.total_len, u.name.as_str()),
             (&b"abcdef"[..], 6, "1-1")
+        );
+        let whole: [u8; 32] = Sha256::digest(b"abcdef").into();
+        assert_eq!(
+            u.sha256(),
+            whole,
+            "the digest kept chunk by chunk is the file's"
         );
         assert!(a.end(1, 1).is_none());
         begin(&mut a, 1, 2, 4, t0).unwrap();

@@ -66,6 +66,7 @@ pub fn now_ms() -> u64 {
 pub enum Event {
     Link(LinkId, LinkEvent),
     Spool(spool::SpoolFile),
+    SpoolRead(spool::SpoolRead),
     Dispatch(DispatchEvent),
     Captured {
         capture_id: u32,
@@ -92,6 +93,10 @@ fn link_event(id: LinkId, e: LinkEvent) -> Event {
 
 fn spool_event(f: spool::SpoolFile) -> Event {
     Event::Spool(f)
+}
+
+fn spool_read_event(r: spool::SpoolRead) -> Event {
+    Event::SpoolRead(r)
 }
 
 /// SIGTERM / SIGINT: finish in-flight work, flush, exit. Returns a receiver the serve

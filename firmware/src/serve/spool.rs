@@ -7,15 +7,20 @@
 //! and are ready once their size and modification time have not changed for the settle
 //! time. A file that has shown write activity but no close waits for the close, up to a
 //! long timeout, so a slow copy that pauses is not read half-written.
+//!
+//! Admitted files are read and hashed by a thread of their own ([`start_reader`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, Sender, SyncSender};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+
+use edgedx_ingest::Limits;
 
 /// A file that is complete and can be read.
 #[derive(Debug)]
@@ -160,6 +165,54 @@ pub fn watch<E: Send + 'static>(
         }
     })?;
     Ok(())
+}
+
+/// A spool file the supervisor has admitted, to be read and hashed off its loop.
+#[derive(Debug)]
+pub struct ReadRequest {
+    pub path: PathBuf,
+    /// Bytes the supervisor set aside for it (the file's size when it was admitted).
+    pub reserved: u64,
+    pub limits: Limits,
+}
+
+/// A spool file read whole and hashed, or why it could not be.
+#[derive(Debug)]
+pub struct SpoolRead {
+    pub path: PathBuf,
+    pub reserved: u64,
+    pub read: Result<(Vec<u8>, [u8; 32]), String>,
+}
+
+/// Starts the thread that reads admitted spool files (a large file on a slow USB stick
+/// takes seconds) and hashes them, so the supervisor loop never waits on either; each
+/// file comes back to `out` as `wrap(SpoolRead)`, in the order asked.
+pub fn start_reader<E: Send + 'static>(
+    out: SyncSender<E>,
+    wrap: fn(SpoolRead) -> E,
+) -> std::io::Result<Sender<ReadRequest>> {
+    let (tx, rx) = mpsc::channel::<ReadRequest>();
+    thread::Builder::new()
+        .name("spool-read".into())
+        .spawn(move || {
+            for r in rx {
+                let read = edgedx_ingest::read_capped(&r.path, &r.limits)
+                    .map(|bytes| {
+                        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                        (bytes, digest)
+                    })
+                    .map_err(|e| e.to_string());
+                let done = SpoolRead {
+                    path: r.path,
+                    reserved: r.reserved,
+                    read,
+                };
+                if out.send(wrap(done)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(tx)
 }
 
 fn name_ok(path: &Path) -> bool {

@@ -25,7 +25,7 @@ use super::outbox::{Outbox, OutboxLimits};
 use super::supervisor::*;
 use super::watchdog_keeper::{StartupFeed, WatchdogKeeper};
 use super::worker_handle::WorkerSpec;
-use super::{link_event, memory, spool, spool_event, Event};
+use super::{link_event, memory, spool, spool_event, spool_read_event, Event};
 use crate::PrecisionArg;
 
 /// Events waiting for the supervisor loop. An upload chunk event holds about 1 KiB, so a
@@ -224,7 +224,9 @@ pub fn serve(
         link::serve_serial(&s.device, s.baud, events_tx.clone(), link_event)?;
         log::info!("serial link on {} at {} baud", s.device.display(), s.baud);
     }
+    let mut spool_reader = None;
     if let Some(s) = &config.spool {
+        spool_reader = Some(spool::start_reader(events_tx.clone(), spool_read_event)?);
         spool::watch(
             s.dir.clone(),
             Duration::from_millis(s.settle_ms),
@@ -263,6 +265,8 @@ pub fn serve(
         job_bytes: 0,
         spool_backlog: VecDeque::new(),
         spool_active: HashSet::new(),
+        spool_reader,
+        spool_reading: 0,
         outbox,
         outbox_was_full: false,
         audit,

@@ -14,7 +14,6 @@ use edgedx_icd::{
 };
 use edgedx_ingest::Limits;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::admission::{Admission, Arrival, BeginRequest, Expired, Refusal};
 use super::audit::AuditLog;
@@ -92,6 +91,10 @@ pub struct Supervisor {
     /// path meanwhile is not queued twice. A path leaves the set when its file is moved to
     /// done/ or failed/, so a new file of the same name is classified again.
     pub(super) spool_active: HashSet<PathBuf>,
+    /// Reads and hashes admitted spool files off this loop.
+    pub(super) spool_reader: Option<Sender<spool::ReadRequest>>,
+    /// Bytes set aside for spool files being read.
+    pub(super) spool_reading: u64,
     pub(super) outbox: Outbox,
     pub(super) outbox_was_full: bool,
     pub(super) audit: AuditLog,
@@ -185,6 +188,7 @@ impl Supervisor {
                     self.spool_backlog.push_back(path);
                 }
             }
+            Event::SpoolRead(read) => self.on_spool_read(read),
             Event::Dispatch(DispatchEvent::Completed(c)) => self.on_completed(c),
             Event::Dispatch(DispatchEvent::Transition(t)) => self.on_transition(t),
             Event::Captured {
@@ -552,7 +556,7 @@ impl Supervisor {
     /// Whether a request of `bytes` may be accepted now.
     fn can_admit(&self, bytes: u64) -> bool {
         self.has_room()
-            && self.job_bytes + self.admission.upload_bytes() + bytes
+            && self.job_bytes + self.spool_reading + self.admission.upload_bytes() + bytes
                 <= self.config.limits.pending_bytes
     }
 
@@ -627,7 +631,7 @@ impl Supervisor {
             let text = format!("received {} of {} bytes", u.bytes.len(), u.total_len);
             return self.error(Some((id, seq)), ErrorCode::UploadMismatch, &text);
         }
-        let digest: [u8; 32] = Sha256::digest(&u.bytes).into();
+        let digest = u.sha256();
         if digest != e.sha256 {
             return self.error(
                 Some((id, seq)),
@@ -675,17 +679,40 @@ impl Supervisor {
             max_pixels: self.config.limits.max_pixels,
             max_file_bytes: limit,
         };
-        match edgedx_ingest::read_capped(path, &limits) {
-            Ok(bytes) => {
-                let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let request = spool::ReadRequest {
+            path: path.to_path_buf(),
+            reserved: size,
+            limits,
+        };
+        match &self.spool_reader {
+            Some(reader) if reader.send(request).is_ok() => self.spool_reading += size,
+            _ => self.spool_failed(path, &name, "the spool reader has stopped"),
+        }
+        true
+    }
+
+    /// A spool file came back from the reader: queued for classification, or failed.
+    fn on_spool_read(&mut self, r: spool::SpoolRead) {
+        self.spool_reading = self.spool_reading.saturating_sub(r.reserved);
+        let name = r
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if self.shutting_down {
+            // Left in the spool: the next start classifies it.
+            self.spool_active.remove(&r.path);
+            return;
+        }
+        match r.read {
+            Ok((bytes, digest)) => {
                 let source = Source::Spool {
                     name: heapless_str(&name),
                 };
-                self.enqueue(name, bytes, source, None, digest, Some(path.to_path_buf()));
+                self.enqueue(name, bytes, source, None, digest, Some(r.path));
             }
-            Err(e) => self.spool_failed(path, &name, &e.to_string()),
+            Err(e) => self.spool_failed(&r.path, &name, &e),
         }
-        true
     }
 
     fn spool_failed(&mut self, path: &Path, name: &str, reason: &str) {
