@@ -220,6 +220,10 @@ fn hung_int8_worker_falls_back_to_fp32_within_the_deadline() {
         audit.contains("worker_failed") && audit.contains("fallback_fp32"),
         "{audit}"
     );
+    assert!(
+        audit.contains("\"cooldown_s\":3600"),
+        "the audit says how long fp32 serves: {audit}"
+    );
 }
 
 /// The fallback ends after its cool-down even when requests never stop (the dispatcher is

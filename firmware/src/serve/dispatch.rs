@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use edgedx_icd::{ErrorCode, FallbackReason, Precision, PrecisionReason};
 
+use super::fallback::{Fallback, FallbackRules};
 use super::ipc::Outcome;
 use super::worker_handle::{JobFailure, Phase, Worker, WorkerFailure, WorkerSpec};
 use crate::PrecisionArg;
@@ -64,6 +65,8 @@ pub enum Transition {
     },
     FallbackToFp32 {
         reason: FallbackReason,
+        /// How long fp32 serves before int8 is tried again.
+        cooldown: Duration,
     },
     FallbackRefused {
         reason: FallbackReason,
@@ -177,13 +180,8 @@ pub struct Policy {
     pub deadline_floor: Duration,
     /// How long decoding and preprocessing one input may take.
     pub decode_deadline: Duration,
-    /// Int8 failures within `window` that switch to fp32.
-    pub fallback_after: usize,
-    pub window: Duration,
-    /// Time in fp32 before int8 is tried again; doubled each time int8 fails again soon
-    /// after coming back, so the device never flaps between models.
-    pub cooldown: Duration,
-    pub max_cooldown: Duration,
+    /// When int8 failures switch serving to fp32, and for how long.
+    pub fallback: FallbackRules,
     pub classes: usize,
 }
 
@@ -203,12 +201,7 @@ pub struct Dispatcher {
     state: Arc<Mutex<EngineState>>,
     events: Sender<DispatchEvent>,
     worker: Option<Worker>,
-    /// Recent int8 failures (for the fallback window).
-    failures: VecDeque<Instant>,
-    /// In fp32 fallback since, with the reason and the current cool-down.
-    fallback: Option<(Instant, FallbackReason)>,
-    cooldown: Duration,
-    returned_at: Option<Instant>,
+    fallback: Fallback,
     shadow: Option<ShadowPolicy>,
     shadow_worker: Option<Worker>,
     shadow_window: ShadowWindow,
@@ -224,7 +217,7 @@ impl Dispatcher {
         state: Arc<Mutex<EngineState>>,
         events: Sender<DispatchEvent>,
     ) -> Dispatcher {
-        let cooldown = policy.cooldown;
+        let fallback = Fallback::new(policy.fallback);
         Dispatcher {
             int8,
             fp32,
@@ -233,10 +226,7 @@ impl Dispatcher {
             state,
             events,
             worker: None,
-            failures: VecDeque::new(),
-            fallback: None,
-            cooldown,
-            returned_at: None,
+            fallback,
             shadow: None,
             shadow_worker: None,
             shadow_window: ShadowWindow::default(),
@@ -257,7 +247,7 @@ impl Dispatcher {
             Ok(()) => Ok(()),
             Err(failure) if primary == PrecisionArg::Int8 => {
                 let reason = reason_of(&failure);
-                self.note_int8_failure();
+                self.fallback.int8_failed(Instant::now());
                 if let Err(e) = self.enter_fallback(reason) {
                     return Err(format!("int8 model: {failure}; fp32 fallback: {e}"));
                 }
@@ -314,13 +304,15 @@ impl Dispatcher {
                     precision: precision.variant(),
                     failure: failure.to_string(),
                 });
+                // Counted, but no switch: nothing was asked of it. The next job runs
+                // on a fresh worker of the same precision.
                 if precision == PrecisionArg::Int8 {
-                    self.note_int8_failure();
+                    self.fallback.int8_failed(Instant::now());
                 }
             }
         }
         if self.worker.is_none() {
-            let want = if self.fallback.is_some() {
+            let want = if self.fallback.active().is_some() {
                 PrecisionArg::Fp32
             } else {
                 self.policy.primary
@@ -331,10 +323,7 @@ impl Dispatcher {
         }
         self.end_cooldown_if_due();
         // An alert stays up until int8 has gone a whole window without failing.
-        let now = Instant::now();
-        self.failures
-            .retain(|t| now.duration_since(*t) <= self.policy.window);
-        if self.failures.is_empty() {
+        if self.fallback.quiet(Instant::now()) {
             if let Ok(mut s) = self.state.lock() {
                 s.alert = None;
             }
@@ -344,10 +333,8 @@ impl Dispatcher {
 
     /// Tries int8 again once the fallback's cool-down has passed.
     fn end_cooldown_if_due(&mut self) {
-        if let Some((since, _)) = self.fallback {
-            if since.elapsed() >= self.cooldown {
-                self.try_return_to_int8();
-            }
+        if self.fallback.cooldown_due(Instant::now()) {
+            self.try_return_to_int8();
         }
     }
 
@@ -453,7 +440,7 @@ impl Dispatcher {
         let mut attempts = 0u32;
         let mut last_failure: Option<WorkerFailure> = None;
         loop {
-            let precision = if self.fallback.is_some() {
+            let precision = if self.fallback.active().is_some() {
                 PrecisionArg::Fp32
             } else {
                 self.policy.primary
@@ -464,9 +451,8 @@ impl Dispatcher {
                 }
                 if let Err(failure) = self.spawn(precision) {
                     if precision == PrecisionArg::Int8 {
-                        self.note_int8_failure();
                         last_failure = Some(failure.clone());
-                        if self.maybe_fall_back(&failure) {
+                        if self.int8_failed(&failure) {
                             continue;
                         }
                     }
@@ -503,11 +489,11 @@ impl Dispatcher {
                         if let Ok(mut s) = self.state.lock() {
                             s.worker_rss_bytes = rss_bytes;
                         }
-                        let reason = match (&self.fallback, precision) {
-                            (Some((_, reason)), PrecisionArg::Fp32)
+                        let reason = match (self.fallback.active(), precision) {
+                            (Some(reason), PrecisionArg::Fp32)
                                 if self.policy.primary == PrecisionArg::Int8 =>
                             {
-                                PrecisionReason::Fallback { reason: *reason }
+                                PrecisionReason::Fallback { reason }
                             }
                             _ => self.policy.primary_reason,
                         };
@@ -561,15 +547,7 @@ impl Dispatcher {
             });
             attempts += 1;
             if precision == PrecisionArg::Int8 {
-                self.note_int8_failure();
-                if self
-                    .returned_at
-                    .is_some_and(|t| t.elapsed() < self.policy.window)
-                {
-                    // int8 failed again soon after coming back: wait longer next time.
-                    self.cooldown = (self.cooldown * 2).min(self.policy.max_cooldown);
-                }
-                if self.maybe_fall_back(&failure) {
+                if self.int8_failed(&failure) {
                     last_failure = Some(failure);
                     continue;
                 }
@@ -612,28 +590,13 @@ impl Dispatcher {
         }
     }
 
-    fn note_int8_failure(&mut self) {
-        let now = Instant::now();
-        self.failures.push_back(now);
-        while self
-            .failures
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
-        {
-            self.failures.pop_front();
-        }
-    }
-
-    /// After an int8 failure: switch to fp32 if the policy and memory allow. Returns whether
-    /// the job should be re-run (now on fp32).
-    fn maybe_fall_back(&mut self, failure: &WorkerFailure) -> bool {
-        if self.policy.primary != PrecisionArg::Int8 || self.fallback.is_some() {
-            return false;
-        }
-        if self.failures.len() < self.policy.fallback_after {
-            return false;
-        }
-        self.enter_fallback(reason_of(failure)).is_ok()
+    /// An int8 failure: switches to fp32 if the rules and memory allow. Returns whether
+    /// it did (a job should be re-run, now on fp32).
+    fn int8_failed(&mut self, failure: &WorkerFailure) -> bool {
+        let switch = self.fallback.int8_failed(Instant::now());
+        switch
+            && self.policy.primary == PrecisionArg::Int8
+            && self.enter_fallback(reason_of(failure)).is_ok()
     }
 
     fn enter_fallback(&mut self, reason: FallbackReason) -> Result<(), String> {
@@ -655,20 +618,23 @@ impl Dispatcher {
         if let Some(w) = self.shadow_worker.take() {
             w.stop();
         }
-        self.fallback = Some((Instant::now(), reason));
+        self.fallback.entered(reason, Instant::now());
         if let Err(failure) = self.spawn(PrecisionArg::Fp32) {
-            self.fallback = None;
+            self.fallback.abandoned();
             return Err(failure.to_string());
         }
         // The cool-down is time spent serving fp32: it starts once fp32 is loaded.
-        self.fallback = Some((Instant::now(), reason));
+        self.fallback.entered(reason, Instant::now());
         if let Ok(mut s) = self.state.lock() {
             s.fallbacks += 1;
             s.mode = Precision::Fp32;
             s.mode_reason = PrecisionReason::Fallback { reason };
             s.alert = None;
         }
-        self.transition(Transition::FallbackToFp32 { reason });
+        self.transition(Transition::FallbackToFp32 {
+            reason,
+            cooldown: self.fallback.cooldown(),
+        });
         Ok(())
     }
 
@@ -678,9 +644,7 @@ impl Dispatcher {
         }
         match self.spawn(PrecisionArg::Int8) {
             Ok(()) => {
-                self.fallback = None;
-                self.returned_at = Some(Instant::now());
-                self.failures.clear();
+                self.fallback.returned(Instant::now());
                 if let Ok(mut s) = self.state.lock() {
                     s.mode = Precision::Int8;
                     s.mode_reason = PrecisionReason::Normal;
@@ -691,10 +655,7 @@ impl Dispatcher {
                 self.transition(Transition::Int8RetryFailed {
                     failure: failure.to_string(),
                 });
-                if let Some((_, reason)) = self.fallback {
-                    self.fallback = Some((Instant::now(), reason));
-                }
-                self.cooldown = (self.cooldown * 2).min(self.policy.max_cooldown);
+                self.fallback.return_failed(Instant::now());
                 let _ = self.spawn(PrecisionArg::Fp32);
             }
         }
@@ -829,10 +790,12 @@ mod tests {
             deadline_factor: 20.0,
             deadline_floor: Duration::from_secs(2),
             decode_deadline: Duration::from_secs(20),
-            fallback_after: 1,
-            window: Duration::from_secs(600),
-            cooldown: Duration::from_secs(300),
-            max_cooldown: Duration::from_secs(2400),
+            fallback: FallbackRules {
+                after: 1,
+                window: Duration::from_secs(600),
+                cooldown: Duration::from_secs(300),
+                max_cooldown: Duration::from_secs(2400),
+            },
             classes: 4,
         };
         assert_eq!(

@@ -13,6 +13,7 @@ pub mod admission;
 pub mod audit;
 pub mod config;
 pub mod dispatch;
+pub mod fallback;
 pub mod ipc;
 pub mod link;
 pub mod memory;

@@ -19,6 +19,7 @@ use super::admission::{Admission, AdmissionLimits};
 use super::audit::AuditLog;
 use super::config::Config;
 use super::dispatch::{self, DispatchEvent, Dispatcher, EngineState, Job, Policy};
+use super::fallback::FallbackRules;
 use super::hardware::*;
 use super::link::{self};
 use super::outbox::{Outbox, OutboxLimits};
@@ -167,10 +168,12 @@ pub fn serve(
         deadline_factor: config.worker.deadline_factor,
         deadline_floor: Duration::from_millis(config.worker.deadline_floor_ms),
         decode_deadline: config.worker.decode_timeout(),
-        fallback_after: config.fallback.after_failures,
-        window: Duration::from_secs(config.fallback.window_s),
-        cooldown: Duration::from_secs(config.fallback.cooldown_s),
-        max_cooldown: Duration::from_secs(config.fallback.cooldown_s.saturating_mul(8)),
+        fallback: FallbackRules {
+            after: config.fallback.after_failures,
+            window: Duration::from_secs(config.fallback.window_s),
+            cooldown: Duration::from_secs(config.fallback.cooldown_s),
+            max_cooldown: Duration::from_secs(config.fallback.cooldown_s.saturating_mul(8)),
+        },
         classes: identity.labels.len(),
     };
     let (dispatch_tx, dispatch_rx) = mpsc::channel::<DispatchEvent>();

@@ -914,9 +914,13 @@ impl Supervisor {
                     json!({ "precision": precision, "failure": failure }),
                 )
             }
-            Transition::FallbackToFp32 { reason } => {
-                log::warn!("int8 -> fp32 fallback ({reason:?})");
-                ("fallback_fp32", json!({ "reason": format!("{reason:?}") }))
+            Transition::FallbackToFp32 { reason, cooldown } => {
+                let cooldown_s = cooldown.as_secs();
+                log::warn!("int8 -> fp32 fallback ({reason:?}); int8 again in {cooldown_s} s");
+                (
+                    "fallback_fp32",
+                    json!({ "reason": format!("{reason:?}"), "cooldown_s": cooldown_s }),
+                )
             }
             Transition::FallbackRefused { reason, why } => {
                 log::error!("ALERT: int8 failing ({reason:?}) and fp32 may not load: {why}");
