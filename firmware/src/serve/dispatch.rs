@@ -546,11 +546,9 @@ impl Dispatcher {
                 failure: failure.to_string(),
             });
             attempts += 1;
-            if precision == PrecisionArg::Int8 {
-                if self.int8_failed(&failure) {
-                    last_failure = Some(failure);
-                    continue;
-                }
+            if precision == PrecisionArg::Int8 && self.int8_failed(&failure) {
+                last_failure = Some(failure);
+                continue;
             }
             if attempts > self.policy.retries {
                 return Err(self.give_up(&failure, last_failure.as_ref()));
