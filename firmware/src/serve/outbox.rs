@@ -623,6 +623,21 @@ mod tests {
         segment_bytes: 1024,
     };
 
+    /// Segments large enough that a test's results stay in the first.
+    const ONE_SEGMENT: OutboxLimits = OutboxLimits {
+        segment_bytes: 1 << 20,
+        ..LIMITS
+    };
+
+    /// An outbox holding `n` results, named f0, f1, ...
+    fn with_results(dir: &Path, limits: OutboxLimits, n: usize) -> Outbox {
+        let (mut ob, _) = Outbox::open(dir, limits).unwrap();
+        for i in 0..n {
+            ob.append(result(&format!("f{i}"))).unwrap();
+        }
+        ob
+    }
+
     #[test]
     fn results_survive_reopen_and_acks_are_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -649,15 +664,8 @@ mod tests {
     #[test]
     fn torn_last_record_is_cut_and_earlier_records_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let big = OutboxLimits {
-            segment_bytes: 1 << 20,
-            ..LIMITS
-        };
-        let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
-        for i in 0..3 {
-            ob.append(result(&format!("f{i}"))).unwrap();
-        }
-        drop(ob);
+        let big = ONE_SEGMENT;
+        drop(with_results(dir.path(), big, 3));
         let seg = segment_path(dir.path(), 1);
         let len = fs::metadata(&seg).unwrap().len();
         // Every cut inside the last record must keep exactly the first two results.
@@ -743,10 +751,7 @@ mod tests {
     #[test]
     fn a_failed_write_leaves_no_damage_and_no_id_is_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let big = OutboxLimits {
-            segment_bytes: 1 << 20,
-            ..LIMITS
-        };
+        let big = ONE_SEGMENT;
         let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
         assert_eq!(ob.append(result("a")).unwrap().result_id, 1);
         let real = std::mem::replace(
@@ -825,10 +830,7 @@ mod tests {
     #[test]
     fn an_ack_on_a_full_disk_is_applied_now_and_journaled_later() {
         let dir = tempfile::tempdir().unwrap();
-        let big = OutboxLimits {
-            segment_bytes: 1 << 20,
-            ..LIMITS
-        };
+        let big = ONE_SEGMENT;
         let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
         ob.append(result("a")).unwrap();
         ob.append(result("b")).unwrap();
@@ -889,14 +891,8 @@ mod tests {
     #[test]
     fn a_record_damaged_after_writing_is_reported_not_sent() {
         let dir = tempfile::tempdir().unwrap();
-        let big = OutboxLimits {
-            segment_bytes: 1 << 20,
-            ..LIMITS
-        };
-        let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
-        for i in 0..3 {
-            ob.append(result(&format!("f{i}"))).unwrap();
-        }
+        let big = ONE_SEGMENT;
+        let mut ob = with_results(dir.path(), big, 3);
         let seg = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&seg).unwrap();
         let (_, records) = parse_records(&bytes);
