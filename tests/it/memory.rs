@@ -101,7 +101,6 @@ fn supervisor_peak_memory_is_within_its_budget_row() {
 /// A device that comes back to a journal of many unacknowledged results (a host away for
 /// days) keeps only their index in RAM and reads each one back from the journal as a link
 /// drains: its peak stays in the `supervisor.replay` row however long the backlog is.
-/// (Holding the results themselves, as before, put it near 40 MiB here.)
 #[test]
 fn supervisor_replaying_a_long_backlog_is_within_its_budget_row() {
     const N: u64 = 30_000;
