@@ -40,30 +40,40 @@ fn runner_args() -> Vec<String> {
 
 #[test]
 fn worker_peak_memory_is_within_the_budget_rows() {
-    let mut args = vec!["info".to_string(), "--memory".into(), "--json".into()];
-    args.extend(runner_args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = util::run(&args);
+    for w in workers_within_rows(&[], "worker", "") {
+        assert!(w["images"].as_u64().unwrap() >= 6, "{w}");
+    }
+}
+
+/// Measures each worker with `edgedx info --memory` (plus `args`) and checks its peak
+/// against the row `{row}.{variant}.peak`; returns the workers' reports.
+fn workers_within_rows(args: &[&str], row: &str, what: &str) -> Vec<serde_json::Value> {
+    let mut all = vec!["info".to_string(), "--memory".into(), "--json".into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.extend(runner_args());
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let out = util::run(&all);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let report = &util::json_lines(&out)[0];
-    for w in report["workers"].as_array().unwrap() {
+    let workers = report["workers"].as_array().unwrap().clone();
+    for w in &workers {
         let variant = w["variant"].as_str().unwrap();
         let peak = w["peak_rss_bytes"].as_f64().unwrap() / MIB;
         let steady = w["steady_rss_bytes"].as_f64().unwrap() / MIB;
-        let limit = budget_limit(&format!("worker.{variant}.peak"));
+        let limit = budget_limit(&format!("{row}.{variant}.peak"));
         eprintln!(
-            "{variant} worker: steady {steady:.1} MiB, peak {peak:.1} MiB, limit {limit} MiB"
+            "{what}{variant} worker: steady {steady:.1} MiB, peak {peak:.1} MiB, limit {limit} MiB"
         );
         assert!(
             peak <= limit,
-            "{variant} worker peak {peak:.1} MiB is over its budget row ({limit} MiB)"
+            "{what}{variant} worker peak {peak:.1} MiB is over its budget row ({limit} MiB)"
         );
-        assert!(w["images"].as_u64().unwrap() >= 6, "{w}");
     }
+    workers
 }
 
 #[test]
@@ -213,26 +223,6 @@ fn a_vgg16_class_worker_is_within_its_budget_rows() {
         return;
     };
     let bundle = bundle.display().to_string();
-    let out = util::run(&["info", "--memory", "--json", "--bundle", &bundle]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = &util::json_lines(&out)[0];
-    let workers = report["workers"].as_array().unwrap();
-    assert_eq!(workers.len(), 2, "an int8 and an fp32 worker: {report}");
-    for w in workers {
-        let variant = w["variant"].as_str().unwrap();
-        let peak = w["peak_rss_bytes"].as_f64().unwrap() / MIB;
-        let steady = w["steady_rss_bytes"].as_f64().unwrap() / MIB;
-        let limit = budget_limit(&format!("worker.vgg16.{variant}.peak"));
-        eprintln!(
-            "VGG16 {variant} worker: steady {steady:.1} MiB, peak {peak:.1} MiB, limit {limit} MiB"
-        );
-        assert!(
-            peak <= limit,
-            "VGG16 {variant} worker peak {peak:.1} MiB is over its budget row ({limit} MiB)"
-        );
-    }
+    let workers = workers_within_rows(&["--bundle", &bundle], "worker.vgg16", "VGG16 ");
+    assert_eq!(workers.len(), 2, "an int8 and an fp32 worker: {workers:?}");
 }

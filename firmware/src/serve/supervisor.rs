@@ -109,6 +109,13 @@ pub struct Supervisor {
     pub(super) buzzer: Option<edgedx_board::AlertBuzzer>,
 }
 
+/// A spool file's name as results and messages carry it.
+fn spool_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 pub(super) fn heapless_str<const N: usize>(s: &str) -> heapless::String<N> {
     // Cut at a char boundary so the limit is respected whatever the input.
     let mut out = heapless::String::new();
@@ -659,10 +666,7 @@ impl Supervisor {
 
     fn admit_spool(&mut self, path: &Path) -> bool {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = spool_name(path);
         let limit = self.config.limits.max_file_bytes;
         if size > limit {
             self.spool_failed(
@@ -694,11 +698,7 @@ impl Supervisor {
     /// A spool file came back from the reader: queued for classification, or failed.
     fn on_spool_read(&mut self, r: spool::SpoolRead) {
         self.spool_reading = self.spool_reading.saturating_sub(r.reserved);
-        let name = r
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = spool_name(&r.path);
         if self.shutting_down {
             // Left in the spool: the next start classifies it.
             self.spool_active.remove(&r.path);
