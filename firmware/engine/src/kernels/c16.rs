@@ -39,6 +39,9 @@ pub(crate) struct Weights {
     packed: Vec<i8>,
     /// Per channel, padded to whole groups.
     starts: Vec<i32>,
+    /// Per channel, its start four times: a NEON vector added to that channel's row of
+    /// four positions.
+    start_lanes: Vec<i32>,
     channels: usize,
     k: usize,
 }
@@ -77,9 +80,11 @@ impl Weights {
         }
         let mut starts = starts.to_vec();
         starts.resize(padded, 0);
+        let start_lanes = starts.iter().flat_map(|&s| [s; 4]).collect();
         Ok(Weights {
             packed,
             starts,
+            start_lanes,
             channels,
             k,
         })
@@ -156,10 +161,11 @@ impl Weights {
         }
     }
 
-    /// The packed weights and starts, for the ISA kernels.
+    /// The packed weights and each channel's start as four lanes (`[start; 4]`), padded to
+    /// whole groups, for the ISA kernels.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
-        (&self.packed, &self.starts)
+        (&self.packed, &self.start_lanes)
     }
 }
 
