@@ -758,12 +758,19 @@ mod tests {
         for stride in 1..=4 {
             for n in 0..70 {
                 for extra in 0..3 {
-                    let len = if n == 0 { extra } else { (n - 1) * stride + 1 + extra };
+                    let len = if n == 0 {
+                        extra
+                    } else {
+                        (n - 1) * stride + 1 + extra
+                    };
                     let src: Vec<i8> = (0..len).map(|i| (i * 37 + 11) as i8).collect();
                     let mut out = vec![0i8; n];
                     take_strided(&src, stride, &mut out);
                     let expected: Vec<i8> = (0..n).map(|i| src[i * stride]).collect();
-                    assert_eq!(out, expected, "stride {stride}, {n} bytes, {len} source bytes");
+                    assert_eq!(
+                        out, expected,
+                        "stride {stride}, {n} bytes, {len} source bytes"
+                    );
                 }
             }
         }

@@ -70,7 +70,10 @@ unsafe fn tile(
     }
     // Channel j's row: lane i is the sum of position i's accumulator's four lanes.
     std::array::from_fn(|j| {
-        vaddq_s32(addp(addp(acc[0][j], acc[1][j]), addp(acc[2][j], acc[3][j])), starts[j])
+        vaddq_s32(
+            addp(addp(acc[0][j], acc[1][j]), addp(acc[2][j], acc[3][j])),
+            starts[j],
+        )
     })
 }
 
