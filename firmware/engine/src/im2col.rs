@@ -400,11 +400,11 @@ fn take_strided(src: &[i8], stride: usize, out: &mut [i8]) {
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if stride == 2 {
         // Each step reads 32 source bytes: only while they are all inside `src`.
-        while done + simd::EVEN_WIDTH <= n && 2 * done + 2 * simd::EVEN_WIDTH <= src.len() {
+        while done + 16 <= n && 2 * done + 32 <= src.len() {
             // SAFETY: the loop condition keeps the 32 bytes read and 16 written in bounds;
             // SSE2 and NEON are part of their architectures.
-            unsafe { simd::even_bytes(src.as_ptr().add(2 * done), out.as_mut_ptr().add(done)) };
-            done += simd::EVEN_WIDTH;
+            unsafe { simd::even_bytes16(src.as_ptr().add(2 * done), out.as_mut_ptr().add(done)) };
+            done += 16;
         }
         // Rows of 8 to 15 outputs (the narrow layers' strided rows), or a row's tail.
         if done + 8 <= n && 2 * done + 16 <= src.len() {
@@ -498,15 +498,12 @@ mod simd {
     /// Columns per [`interleave4`].
     pub(super) const WIDTH: usize = 16;
 
-    /// Bytes written per [`even_bytes`].
-    pub(super) const EVEN_WIDTH: usize = 16;
-
     /// `out[i] = src[2i]` for 16 bytes: the low byte of each 16-bit lane, packed.
     ///
     /// # Safety
     /// `src` holds 32 bytes, `out` 16.
     #[inline(always)]
-    pub(super) unsafe fn even_bytes(src: *const i8, out: *mut i8) {
+    pub(super) unsafe fn even_bytes16(src: *const i8, out: *mut i8) {
         unsafe {
             let low = _mm_set1_epi16(0x00ff);
             let a = _mm_and_si128(_mm_loadu_si128(src as *const __m128i), low);
@@ -557,15 +554,12 @@ mod simd {
     /// Columns per [`interleave4`].
     pub(super) const WIDTH: usize = 8;
 
-    /// Bytes written per [`even_bytes`].
-    pub(super) const EVEN_WIDTH: usize = 16;
-
     /// `out[i] = src[2i]` for 16 bytes: one LD2 deinterleaves even and odd bytes.
     ///
     /// # Safety
     /// `src` holds 32 bytes, `out` 16.
     #[inline(always)]
-    pub(super) unsafe fn even_bytes(src: *const i8, out: *mut i8) {
+    pub(super) unsafe fn even_bytes16(src: *const i8, out: *mut i8) {
         unsafe { vst1q_s8(out, vld2q_s8(src).0) }
     }
 

@@ -37,10 +37,8 @@ pub(crate) const MR: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Weights {
     packed: Vec<i8>,
-    /// Per channel, padded to whole groups.
-    starts: Vec<i32>,
-    /// Per channel, its start four times: a NEON vector added to that channel's row of
-    /// four positions.
+    /// Per channel, padded to whole groups, its start four times: a NEON vector added to
+    /// that channel's row of four positions.
     start_lanes: Vec<i32>,
     channels: usize,
     k: usize,
@@ -78,12 +76,10 @@ impl Weights {
                 packed[((q * groups + g) * NR + j) * KC + i] = w;
             }
         }
-        let mut starts = starts.to_vec();
-        starts.resize(padded, 0);
-        let start_lanes = starts.iter().flat_map(|&s| [s; 4]).collect();
+        let mut start_lanes: Vec<i32> = starts.iter().flat_map(|&s| [s; 4]).collect();
+        start_lanes.resize(padded * 4, 0);
         Ok(Weights {
             packed,
-            starts,
             start_lanes,
             channels,
             k,
@@ -148,7 +144,7 @@ impl Weights {
             for pos in 0..n {
                 let panel = &patches[(pos / MR) * panel_len..][..panel_len];
                 let m = pos % MR;
-                let mut sum = self.starts[ch];
+                let mut sum = self.start_lanes[ch * 4];
                 for g in 0..groups {
                     let w = &self.packed[((q * groups + g) * NR + j) * KC..][..KC];
                     let p = &panel[(g * MR + m) * KC..][..KC];
