@@ -11,11 +11,11 @@
 //! with no edge cases: the kernel never tests a position against the image's border.
 //!
 //! The NEON version keeps 16 output positions' sums in four registers across all taps
-//! (tract's integer path and this crate's earlier loop went through memory once per tap),
-//! widens 16 input bytes once per tap (SXTL, SXTL2) and multiplies by the tap's weight
-//! by element (SMLAL, SMLAL2): 16 multiply-adds in about 7 instructions. Products of two
-//! i8 values fit the 16-bit lanes (16384 at most) and are summed in 32 bits, so any i8
-//! weight, -128 included, is exact. Sums wrap in i32 as tract's do.
+//! (tract's integer path and this crate's earlier loop went through memory once per tap).
+//! When no weight of the channel is -128 it sums two taps' products in 16-bit lanes before
+//! adding them to the 32-bit sums (5 instructions per tap and 16 positions); otherwise it
+//! widens each tap's bytes and multiplies them by element (7). Either way the result is
+//! exact for any i8 weight, and sums wrap in i32 as tract's do.
 //!
 //! Contract on the reads: the kernels read whole blocks of [`BLOCK`] positions, so `src`
 //! must hold [`READ_SLACK`] bytes past the last position a channel's sums use ([`check`]).
@@ -202,14 +202,27 @@ mod tests {
                         let offsets: Vec<usize> = (0..ntaps)
                             .map(|t| (t * 7 + seed as usize) % (3 * pitch + 5))
                             .collect();
-                        let weights = values(ntaps, seed * 3);
-                        let taps = Taps {
+                        // Weights in [-127, 127] (the paired NEON taps), then with a
+                        // -128 among them (the widened ones).
+                        let mut weights = values(ntaps, seed * 3);
+                        weights.iter_mut().for_each(|w| *w = (*w).max(-127));
+                        let plain = Taps {
                             offsets: &offsets,
                             weights: &weights,
                             pitch,
                         };
-                        let src = values(needed(&taps, rows, cols), seed * 7);
-                        check_shape(&src, &taps, seed as i32 * 1_000_003, (rows, cols));
+                        let src = values(needed(&plain, rows, cols), seed * 7);
+                        for spoil in [None, Some(ntaps / 2)] {
+                            if let Some(t) = spoil {
+                                weights[t] = i8::MIN;
+                            }
+                            let taps = Taps {
+                                offsets: &offsets,
+                                weights: &weights,
+                                pitch,
+                            };
+                            check_shape(&src, &taps, seed as i32 * 1_000_003, (rows, cols));
+                        }
                     }
                 }
             }
@@ -217,10 +230,19 @@ mod tests {
     }
 
     /// Every product at ±16384 and ±16256 (the extremes of two i8 values, -128 weights
-    /// included), and sums that pass i32 and wrap as tract's do.
+    /// included; ±32512 is what two paired taps reach in 16 bits), and sums that pass i32
+    /// and wrap as tract's do.
     #[test]
     fn holds_at_the_extremes_and_wraps() {
-        for (w, x) in [(-128i8, -128i8), (-128, 127), (127, -128), (127, 127)] {
+        let pairs = [
+            (-128i8, -128i8),
+            (-128, 127),
+            (127, -128),
+            (127, 127),
+            (-127, -128),
+            (-127, 127),
+        ];
+        for (w, x) in pairs {
             for ntaps in [9, 25, 49] {
                 let offsets: Vec<usize> = (0..ntaps).collect();
                 let weights = vec![w; ntaps];

@@ -1,15 +1,22 @@
 //! The depthwise family on aarch64 NEON: 16 output positions of one row per block, their
 //! sums in four registers across every tap.
 //!
-//! Per tap a block loads 16 input bytes (LD1), widens them to 16 bits (SXTL, SXTL2) and
-//! multiplies them by the tap's weight by element into the four accumulators (SMLAL,
-//! SMLAL2): 16 multiply-adds in 7 instructions, against about 4 per multiply-add for a
-//! loop that loads and stores the sums once per tap. The common kernels (3x3, 5x5, 7x7)
-//! are compiled with their tap count fixed, so that the taps' offsets and weights stay in
-//! registers over a whole channel. A row's last block, when shorter than 16 positions, is
-//! computed whole (its reads are within `READ_SLACK`) and stored whole: its extra sums
-//! land on the next row's first positions, which are stored again after it. Only at the
-//! end of the channel are the valid sums copied out of a block.
+//! Two ways to multiply a tap's 16 input bytes by its weight:
+//! - **Paired taps** (every weight in [-127, 127], as onnxruntime's symmetric s8 weights
+//!   are): two taps' products go into the same 16-bit lanes (SMULL, SMULL2, then SMLAL,
+//!   SMLAL2 of the second tap: two products of at most 128 · 127 = 16256 fit in i16), and
+//!   the pair is added into the four 32-bit accumulators (SADDW, SADDW2): 32 multiply-adds
+//!   in 10 instructions with the two loads.
+//! - **Widened taps** (a weight of -128, whose products with -128 reach 16384 and would
+//!   overflow a pair): the 16 bytes are widened to 16 bits (SXTL, SXTL2) and multiplied by
+//!   the weight by element into the accumulators (SMLAL, SMLAL2): 16 in 7 instructions.
+//!
+//! The common kernels (3x3, 5x5, 7x7) are compiled with their tap count fixed, so that the
+//! taps' offsets and weights stay in registers over a whole channel. A row's last block,
+//! when shorter than 16 positions, is computed whole (its reads are within `READ_SLACK`)
+//! and stored whole: its extra sums land on the next row's first positions, which are
+//! stored again after it. Only at the end of the channel are the valid sums copied out of a
+//! block.
 
 use std::arch::aarch64::*;
 
@@ -24,28 +31,36 @@ pub(super) unsafe fn run(
     shape: (usize, usize),
     out: &mut [i32],
 ) {
-    // SAFETY (each arm): the caller's contract, passed on.
+    let paired = !taps.weights.contains(&i8::MIN);
+    // SAFETY (each arm): the caller's contract, passed on; `paired` says no weight is -128.
     unsafe {
-        match taps.offsets.len() {
-            9 => fixed::<9>(src, taps, start, shape, out),
-            25 => fixed::<25>(src, taps, start, shape, out),
-            49 => fixed::<49>(src, taps, start, shape, out),
-            _ => rows(
-                src,
-                taps.offsets,
-                taps.weights,
-                taps.pitch,
-                start,
-                shape,
-                out,
-            ),
+        match (taps.offsets.len(), paired) {
+            (9, true) => fixed::<9, true>(src, taps, start, shape, out),
+            (25, true) => fixed::<25, true>(src, taps, start, shape, out),
+            (49, true) => fixed::<49, true>(src, taps, start, shape, out),
+            (9, false) => fixed::<9, false>(src, taps, start, shape, out),
+            (25, false) => fixed::<25, false>(src, taps, start, shape, out),
+            (49, false) => fixed::<49, false>(src, taps, start, shape, out),
+            (_, true) => {
+                let splats: Vec<int8x16_t> = taps.weights.iter().map(|&w| splat(w)).collect();
+                rows(src, taps.pitch, start, shape, out, |at, start| {
+                    paired_block(at, taps.offsets, &splats, start)
+                })
+            }
+            (_, false) => rows(src, taps.pitch, start, shape, out, |at, start| {
+                widened_block(at, taps.offsets, taps.weights, start)
+            }),
         }
     }
 }
 
-/// `rows` with the tap count known at compile time.
+/// `run` with the tap count known at compile time, so that the taps' offsets and weights
+/// stay in registers (those that fit) over the whole channel.
+///
+/// # Safety
+/// As `run`; with `PAIRED`, no weight is -128.
 #[inline(never)]
-unsafe fn fixed<const T: usize>(
+unsafe fn fixed<const T: usize, const PAIRED: bool>(
     src: &[i8],
     taps: &Taps,
     start: i32,
@@ -57,18 +72,33 @@ unsafe fn fixed<const T: usize>(
     offsets.copy_from_slice(taps.offsets);
     weights.copy_from_slice(taps.weights);
     // SAFETY: the caller's contract.
-    unsafe { rows(src, &offsets, &weights, taps.pitch, start, shape, out) }
+    unsafe {
+        if PAIRED {
+            let splats: [int8x16_t; T] = std::array::from_fn(|t| splat(weights[t]));
+            rows(src, taps.pitch, start, shape, out, |at, start| {
+                paired_block(at, &offsets, &splats, start)
+            })
+        } else {
+            rows(src, taps.pitch, start, shape, out, |at, start| {
+                widened_block(at, &offsets, &weights, start)
+            })
+        }
+    }
 }
 
+/// Every row's sums, 16 positions at a time by `block` (given where position 0 of the 16
+/// reads and the start in every lane, it returns their sums).
+///
+/// # Safety
+/// As `run`, with `block` reading at most the taps' offsets plus 16 from where it is given.
 #[inline(always)]
 unsafe fn rows(
     src: &[i8],
-    offsets: &[usize],
-    weights: &[i8],
     pitch: usize,
     start: i32,
     (rows, cols): (usize, usize),
     out: &mut [i32],
+    block: impl Fn(*const i8, int32x4_t) -> [int32x4_t; 4],
 ) {
     let start = vdupq_n_s32(start);
     for oy in 0..rows {
@@ -79,7 +109,7 @@ unsafe fn rows(
             let row = src.as_ptr().add(oy * pitch);
             let mut ox = 0;
             while ox < cols {
-                let sums = block(row.add(ox), offsets, weights, start);
+                let sums = block(row.add(ox), start);
                 let at = oy * cols + ox;
                 // A whole block is stored wherever it ends within `out`: a row's last block
                 // then spills into the next row's first positions, stored again after it.
@@ -102,9 +132,103 @@ unsafe fn rows(
     }
 }
 
-/// The sums of the 16 positions from `at`.
+/// `w` in all 16 lanes, as a value the compiler cannot see through: knowing it a splat,
+/// LLVM keeps its low half in a register of its own, two registers per tap.
 #[inline(always)]
-unsafe fn block(
+fn splat(w: i8) -> int8x16_t {
+    // SAFETY: NEON is part of aarch64; the asm is an empty instruction that only names the
+    // register.
+    unsafe {
+        let mut v = vdupq_n_s8(w);
+        std::arch::asm!(
+            "/* {v:v} */",
+            v = inout(vreg) v,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+        v
+    }
+}
+
+/// The sums of the 16 positions from `at`, taps two at a time in 16-bit lanes; `splats`
+/// holds each tap's weight in every lane, none -128.
+#[inline(always)]
+unsafe fn paired_block(
+    at: *const i8,
+    offsets: &[usize],
+    splats: &[int8x16_t],
+    start: int32x4_t,
+) -> [int32x4_t; 4] {
+    let mut acc = [start; 4];
+    let pairs = offsets.len() / 2;
+    for p in 0..pairs {
+        let (t, u) = (2 * p, 2 * p + 1);
+        // SAFETY: the caller's bounds.
+        let (x, y) = unsafe { (vld1q_s8(at.add(offsets[t])), vld1q_s8(at.add(offsets[u]))) };
+        let lo = vmlal_s8(
+            vmull_s8(vget_low_s8(x), vget_low_s8(splats[t])),
+            vget_low_s8(y),
+            vget_low_s8(splats[u]),
+        );
+        let hi = high_products(x, splats[t], Some((y, splats[u])));
+        add_widened(&mut acc, lo, hi);
+    }
+    if offsets.len() % 2 == 1 {
+        let t = offsets.len() - 1;
+        // SAFETY: the caller's bounds.
+        let x = unsafe { vld1q_s8(at.add(offsets[t])) };
+        let lo = vmull_s8(vget_low_s8(x), vget_low_s8(splats[t]));
+        let hi = high_products(x, splats[t], None);
+        add_widened(&mut acc, lo, hi);
+    }
+    acc
+}
+
+/// `x · wx (+ y · wy)` over the upper 8 lanes, in 16 bits (SMULL2, SMLAL2). Written as
+/// assembly because LLVM hoists the upper half of the loop-invariant weights and then
+/// needs an EXT of every input for a plain SMULL: an instruction more per tap.
+#[inline(always)]
+fn high_products(x: int8x16_t, wx: int8x16_t, y: Option<(int8x16_t, int8x16_t)>) -> int16x8_t {
+    let p: int16x8_t;
+    // SAFETY: register-only NEON multiplies.
+    unsafe {
+        match y {
+            None => std::arch::asm!(
+                "smull2 {p:v}.8h, {x:v}.16b, {wx:v}.16b",
+                p = out(vreg) p,
+                x = in(vreg) x,
+                wx = in(vreg) wx,
+                options(pure, nomem, nostack, preserves_flags)
+            ),
+            Some((y, wy)) => std::arch::asm!(
+                "smull2 {p:v}.8h, {x:v}.16b, {wx:v}.16b",
+                "smlal2 {p:v}.8h, {y:v}.16b, {wy:v}.16b",
+                p = out(vreg) p,
+                x = in(vreg) x,
+                wx = in(vreg) wx,
+                y = in(vreg) y,
+                wy = in(vreg) wy,
+                options(pure, nomem, nostack, preserves_flags)
+            ),
+        }
+    }
+    p
+}
+
+/// Adds 16 sums of 16 bits (positions 0-7 in `lo`, 8-15 in `hi`) into the accumulators.
+#[inline(always)]
+fn add_widened(acc: &mut [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) {
+    // SAFETY: NEON is part of aarch64; register operations only.
+    unsafe {
+        acc[0] = vaddw_s16(acc[0], vget_low_s16(lo));
+        acc[1] = vaddw_high_s16(acc[1], lo);
+        acc[2] = vaddw_s16(acc[2], vget_low_s16(hi));
+        acc[3] = vaddw_high_s16(acc[3], hi);
+    }
+}
+
+/// The sums of the 16 positions from `at`, one tap at a time by element (any weight).
+#[inline(always)]
+unsafe fn widened_block(
     at: *const i8,
     offsets: &[usize],
     weights: &[i8],
