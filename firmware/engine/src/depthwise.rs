@@ -75,11 +75,13 @@ impl DepthwiseInt8 {
         let xs = xs.as_slice::<i8>()?;
         let layout = Plane::of(&g);
         let per_channel = g.kernel[0] * g.kernel[1];
-        let mut plane = vec![0i8; layout.len];
+        // The padding is the same for every channel and `fill` never writes it: it is
+        // written once here.
+        let mut plane = vec![self.pad; layout.len];
         let mut acc = vec![0i32; n];
         let shape = (n / g.out_width, g.out_width);
         for c in 0..self.channels() {
-            layout.fill(&g, &xs[c * h * w..(c + 1) * h * w], self.pad, &mut plane);
+            layout.fill(&g, &xs[c * h * w..(c + 1) * h * w], &mut plane);
             let taps = dw::Taps {
                 offsets: &layout.offsets,
                 weights: &self.weights[c * per_channel..(c + 1) * per_channel],
@@ -135,9 +137,9 @@ impl Plane {
         }
     }
 
-    /// Writes channel `x` (`g.height × g.width`) into `plane` with `pad` around it.
-    fn fill(&self, g: &Geometry, x: &[i8], pad: i8, plane: &mut [i8]) {
-        plane.fill(pad);
+    /// Writes channel `x` (`g.height × g.width`) into the image's positions of `plane`,
+    /// and nothing else: the padding around them keeps what it holds.
+    fn fill(&self, g: &Geometry, x: &[i8], plane: &mut [i8]) {
         let [pt, pl] = g.pad;
         let sx = g.stride[1];
         for (iy, line) in x.chunks_exact(g.width).enumerate() {

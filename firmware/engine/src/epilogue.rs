@@ -194,14 +194,18 @@ impl Requantize {
     ///
     /// On aarch64, NEON does the chain's exact steps four lanes at a time: SCVTF and FMUL
     /// are the same IEEE operations, FCVTNS rounds half to even and saturates like `as i32`
-    /// (NaN to 0 included), ADD wraps like `wrapping_add`, then SMIN, SMAX and narrowing.
+    /// (NaN to 0 included), ADD wraps like `wrapping_add`, then saturating narrowing and a
+    /// clamp of the bytes, which is the i32 clamp for bounds inside the output type.
     /// On x86_64, SSE2 does it in the clamped form of `sse2::requantize`. What neither
     /// covers (the last values of a row, other targets) runs the chain per element.
     fn run_values(&self, xs: &[i32], scale: impl Fn(usize) -> f32, ys: &mut [u8]) {
         let mask = self.mask();
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of aarch64; `neon::requantize` stays within both slices.
-        let done = unsafe { neon::requantize(xs, &scale, ys, [self.add, self.lo, self.hi], mask) };
+        let done = unsafe {
+            let bounds = [self.add, self.lo, self.hi];
+            neon::requantize(xs, &scale, ys, bounds, self.cast_to == DatumType::U8, mask)
+        };
         #[cfg(target_arch = "x86_64")]
         let done = match self.float_bounds() {
             // SAFETY: SSE2 is part of x86_64; `sse2::requantize` stays within both slices.
@@ -237,7 +241,13 @@ mod neon {
 
     /// Whole blocks of [`BLOCK`] values of [`super::Requantize::run_values`]; returns how many
     /// values it wrote. `[add, lo, hi]` as in `Requantize`, with lo <= hi inside the range of
-    /// the output type.
+    /// the output type, u8 when `unsigned`, else i8.
+    ///
+    /// The clamp is done on the bytes: the sums narrow with saturation (SQXTN to i16, then
+    /// SQXTUN to u8 or SQXTN to i8), then UMIN/UMAX or SMIN/SMAX against `[lo, hi]` clamp
+    /// 16 bytes at once. Saturation is monotone and leaves values inside the type's range
+    /// as they are, so for bounds inside that range it gives `clamp(v, lo, hi)` for every
+    /// i32 `v`: the same bytes as clamping the i32 lanes, in 6 instructions fewer per block.
     ///
     /// # Safety
     /// `ys` is at least as long as `xs`.
@@ -246,13 +256,17 @@ mod neon {
         scale: &impl Fn(usize) -> f32,
         ys: &mut [u8],
         [add, lo, hi]: [i32; 3],
+        unsigned: bool,
         mask: u8,
     ) -> usize {
         let n = xs.len() / BLOCK * BLOCK;
         assert!(ys.len() >= n);
         unsafe {
-            let (add, lo, hi) = (vdupq_n_s32(add), vdupq_n_s32(lo), vdupq_n_s32(hi));
+            let add = vdupq_n_s32(add);
             let mask = vdupq_n_u8(mask);
+            // The bounds as bytes of the output type (they fit it: the caller's contract).
+            let (ulo, uhi) = (vdupq_n_u8(lo as u8), vdupq_n_u8(hi as u8));
+            let (slo, shi) = (vdupq_n_s8(lo as i8), vdupq_n_s8(hi as i8));
             for b in (0..n).step_by(BLOCK) {
                 let quarter = |j: usize| {
                     let i = b + 4 * j;
@@ -261,12 +275,17 @@ mod neon {
                         vcvtq_f32_s32(vld1q_s32(xs.as_ptr().add(i))),
                         vld1q_f32(s.as_ptr()),
                     );
-                    let v = vaddq_s32(vcvtnq_s32_f32(f), add);
-                    vmaxq_s32(vminq_s32(v, hi), lo)
+                    vaddq_s32(vcvtnq_s32_f32(f), add)
                 };
-                let low = vcombine_s16(vmovn_s32(quarter(0)), vmovn_s32(quarter(1)));
-                let high = vcombine_s16(vmovn_s32(quarter(2)), vmovn_s32(quarter(3)));
-                let bytes = vreinterpretq_u8_s8(vcombine_s8(vmovn_s16(low), vmovn_s16(high)));
+                let low = vqmovn_high_s32(vqmovn_s32(quarter(0)), quarter(1));
+                let high = vqmovn_high_s32(vqmovn_s32(quarter(2)), quarter(3));
+                let bytes = if unsigned {
+                    let u = vqmovun_high_s16(vqmovun_s16(low), high);
+                    vminq_u8(vmaxq_u8(u, ulo), uhi)
+                } else {
+                    let i = vqmovn_high_s16(vqmovn_s16(low), high);
+                    vreinterpretq_u8_s8(vminq_s8(vmaxq_s8(i, slo), shi))
+                };
                 vst1q_u8(ys.as_mut_ptr().add(b), veorq_u8(bytes, mask));
             }
         }
@@ -725,6 +744,22 @@ mod tests {
             m.wire_node("cast", cast(DatumType::I8), &[x]).unwrap()[0]
         };
         check(&[3, 10, 100], tensor3(&[[[0.37f32]]]), &tail, true);
+    }
+
+    /// i8 bounds inside the type (a fused ReLU6 of an s8 output): the NEON form clamps the
+    /// saturated bytes, the same values as clamping the sums.
+    #[test]
+    fn signed_bounds_inside_the_type() {
+        let tail = |m: &mut TypedModel, x: OutletId| {
+            let zp = scalar_const(m, "zp", -20);
+            let x = m.wire_node("add", add(), &[x, zp]).unwrap()[0];
+            let lo = scalar_const(m, "lo", -20);
+            let hi = scalar_const(m, "hi", 91);
+            let x = m.wire_node("max", max(), &[x, lo]).unwrap()[0];
+            let x = m.wire_node("min", min(), &[x, hi]).unwrap()[0];
+            m.wire_node("cast", cast(DatumType::I8), &[x]).unwrap()[0]
+        };
+        check(&[1, 8, 500], per_channel(8), &tail, true);
     }
 
     #[test]
