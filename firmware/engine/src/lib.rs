@@ -20,6 +20,7 @@ pub mod memory;
 #[cfg(test)]
 mod onnx_build;
 mod pool;
+mod qbinary;
 mod qdq;
 mod quantize;
 mod rewrite;

@@ -271,6 +271,7 @@ fn build_proto(
         let nodes = optimized.nodes().len();
         let mut banded = 0;
         let mut depthwise = 0;
+        let mut binaries = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
         let removed = rewrite::drop_zero_products(&mut optimized)
@@ -308,12 +309,15 @@ fn build_proto(
                     "replacing the int8 depthwise convolutions failed: {e:#}"
                 ))
             })?;
+            binaries = crate::qbinary::fuse_quantized_binaries(&mut optimized).map_err(|e| {
+                load_err(format!("fusing the quantized Adds and Muls failed: {e:#}"))
+            })?;
             optimized
                 .compact()
                 .map_err(|e| load_err(format!("pruning the rewritten plan failed: {e:#}")))?;
             log::debug!(
                 "int8 rewrites: {folded_chains} constant chains, {removed} zero-point terms, {packers} packings, {pools} max \
-                 pools, {fused} requantizations, {banded} banded, {depthwise} depthwise; plan {nodes} -> {} nodes",
+                 pools, {fused} requantizations, {banded} banded, {depthwise} depthwise, {binaries} quantized Add/Mul; plan {nodes} -> {} nodes",
                 optimized.nodes().len()
             );
         }
@@ -356,6 +360,12 @@ fn build_proto(
                     "fused",
                     "requantization chain",
                     " into one pass each",
+                ),
+                (
+                    binaries,
+                    "computed",
+                    "int8 Add/Mul node",
+                    " in one pass each, without f32 tensors between the steps",
                 ),
             ]
             .into_iter()

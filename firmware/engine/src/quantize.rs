@@ -37,9 +37,9 @@ const LIMIT: f32 = (1 << 22) as f32;
 /// Adding then subtracting this rounds |v| <= 2^22 to an integer, ties to even.
 const ROUNDER: f32 = 1.5 * (1 << 23) as f32;
 
-/// One value, as tract's quantize computes it.
+/// One value, as tract's quantize computes it (also qbinary.rs's last step).
 #[inline(always)]
-fn quantize(x: f32, scale: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
+pub(crate) fn quantize(x: f32, scale: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
     let v = x * scale;
     let v = if v.is_nan() {
         0.0
@@ -55,7 +55,7 @@ fn quantize(x: f32, scale: f32, zero_point: i32, lo: i32, hi: i32) -> i32 {
 }
 
 /// An i32 already clamped to the type's range, as that type.
-trait Narrow: Copy {
+pub(crate) trait Narrow: Copy {
     fn narrow(v: i32) -> Self;
 }
 
@@ -98,6 +98,11 @@ unsafe fn quantize_all_avx2<T: Narrow>(
 }
 
 impl Quantize8 {
+    /// (the multiplier, the zero point, the output type).
+    pub(crate) fn params(&self) -> (f32, i32, DatumType) {
+        (self.scale, self.zero_point, self.to)
+    }
+
     fn for_node(node: &TypedNode) -> Option<Quantize8> {
         let op = node.op_as::<ElementWiseOp>()?;
         if let Some(q) = op.0.downcast_ref::<QuantizeLinearU8>() {
