@@ -8,7 +8,8 @@
 //!
 //! [`QBinary`] computes the same chain per element, from the two int8 inputs to the int8
 //! output: `(x - zero point) as f32 * scale` for each side, the one f32 Add or Mul, then
-//! [`crate::quantize::quantize`], the quantization `Quantize8` does. These are the same
+//! the quantization `Quantize8` does ([`crate::quantize::quantize_slice`]), 256 outputs at
+//! a time. These are the same
 //! IEEE operations in the same order (Add and Mul are commutative bit for bit), so the
 //! output is the same bytes as the chain's. One side may be broadcast over the other's
 //! trailing axes (a squeeze-excite's `[1, C, 1, 1]` against `[1, C, H, W]`); other
@@ -20,7 +21,10 @@ use tract_onnx::tract_core::ops::binary::{BinMiniOp, OptBinByScalar, OptBinUnica
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
-use crate::quantize::{quantize, Narrow, Quantize8};
+use crate::quantize::{quantize_slice, Narrow, Quantize8};
+
+/// Outputs computed in f32 before they are quantized together.
+const CHUNK: usize = 256;
 
 /// `Quantize8(DQ(a) op DQ(b))` with `op` an f32 Add or Mul.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,21 +49,14 @@ impl QBinary {
         B: Datum + Copy + Into<i32>,
         Y: Datum + Narrow,
     {
-        let (lo, hi) = if Y::datum_type() == DatumType::U8 {
-            (0, 255)
-        } else {
-            (-128, 127)
-        };
+        let range = if Y::UNSIGNED { [0, 255] } else { [-128, 127] };
         let [(sa, za), (sb, zb)] = self.dequantize;
         let (scale, zero_point, _) = self.quantize.params();
         let da = |x: A| (x.into() - za) as f32 * sa;
         let db = |y: B| (y.into() - zb) as f32 * sb;
         // The steps in the chain's order: `da(x) op db(y)`; Add and Mul are commutative
         // bit for bit, so the broadcast side may be either.
-        let value = |u: f32, v: f32| {
-            let r = if MUL { u * v } else { u + v };
-            Y::narrow(quantize(r, scale, zero_point, lo, hi))
-        };
+        let op = |u: f32, v: f32| if MUL { u * v } else { u + v };
         let (av, bv) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
         let (xs, ys) = (av.as_slice::<A>()?, bv.as_slice::<B>()?);
         let total: usize = self.shape.iter().product();
@@ -80,24 +77,45 @@ impl QBinary {
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let zs = view.as_slice_mut::<Y>()?;
+            // The f32 results of a run of outputs, then their quantization on the vector
+            // unit (`quantize_slice`) while they are in L1.
+            let mut buf = [0f32; CHUNK];
+            let quantize =
+                |values: &[f32], zs: &mut [Y]| quantize_slice(values, zs, scale, zero_point, range);
             if self.inner == 1 {
-                for ((z, &x), &y) in zs.iter_mut().zip(xs).zip(ys) {
-                    *z = value(da(x), db(y));
+                let runs = zs
+                    .chunks_mut(CHUNK)
+                    .zip(xs.chunks(CHUNK))
+                    .zip(ys.chunks(CHUNK));
+                for ((zs, xs), ys) in runs {
+                    let values = &mut buf[..zs.len()];
+                    for ((v, &x), &y) in values.iter_mut().zip(xs).zip(ys) {
+                        *v = op(da(x), db(y));
+                    }
+                    quantize(values, zs);
                 }
             } else if self.full == 0 {
                 let blocks = zs.chunks_mut(self.inner).zip(xs.chunks(self.inner));
                 for ((zs, xs), &y) in blocks.zip(ys) {
                     let v = db(y);
-                    for (z, &x) in zs.iter_mut().zip(xs) {
-                        *z = value(da(x), v);
+                    for (zs, xs) in zs.chunks_mut(CHUNK).zip(xs.chunks(CHUNK)) {
+                        let values = &mut buf[..zs.len()];
+                        for (r, &x) in values.iter_mut().zip(xs) {
+                            *r = op(da(x), v);
+                        }
+                        quantize(values, zs);
                     }
                 }
             } else {
                 let blocks = zs.chunks_mut(self.inner).zip(ys.chunks(self.inner));
                 for ((zs, ys), &x) in blocks.zip(xs) {
                     let u = da(x);
-                    for (z, &y) in zs.iter_mut().zip(ys) {
-                        *z = value(u, db(y));
+                    for (zs, ys) in zs.chunks_mut(CHUNK).zip(ys.chunks(CHUNK)) {
+                        let values = &mut buf[..zs.len()];
+                        for (r, &y) in values.iter_mut().zip(ys) {
+                            *r = op(u, db(y));
+                        }
+                        quantize(values, zs);
                     }
                 }
             }

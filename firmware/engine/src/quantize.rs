@@ -56,10 +56,13 @@ pub(crate) fn quantize(x: f32, scale: f32, zero_point: i32, lo: i32, hi: i32) ->
 
 /// An i32 already clamped to the type's range, as that type.
 pub(crate) trait Narrow: Copy {
+    /// u8 (else i8): the one-byte type's range.
+    const UNSIGNED: bool;
     fn narrow(v: i32) -> Self;
 }
 
 impl Narrow for u8 {
+    const UNSIGNED: bool = true;
     #[inline(always)]
     fn narrow(v: i32) -> u8 {
         v as u8
@@ -67,6 +70,7 @@ impl Narrow for u8 {
 }
 
 impl Narrow for i8 {
+    const UNSIGNED: bool = false;
     #[inline(always)]
     fn narrow(v: i32) -> i8 {
         v as i8
@@ -95,6 +99,92 @@ unsafe fn quantize_all_avx2<T: Narrow>(
     range: [i32; 2],
 ) {
     quantize_all(xs, ys, scale, zp, range)
+}
+
+/// `ys[i] = quantize(xs[i], ...)` for the whole slices (of one length), on the vector
+/// unit: NEON on aarch64 (`neon::quantize`, then the last values one by one), AVX2 where
+/// the host has it, else the loop the compiler vectorises for the baseline.
+pub(crate) fn quantize_slice<T: Narrow>(
+    xs: &[f32],
+    ys: &mut [T],
+    scale: f32,
+    zp: i32,
+    range: [i32; 2],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected just above.
+        unsafe { quantize_all_avx2(xs, ys, scale, zp, range) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    let done = {
+        let n = xs.len().min(ys.len());
+        // SAFETY: NEON is part of aarch64; T is one byte (u8 or i8, `Narrow`), and both
+        // slices hold `n` values.
+        unsafe {
+            neon::quantize(
+                &xs[..n],
+                ys.as_mut_ptr() as *mut u8,
+                scale,
+                zp,
+                range,
+                T::UNSIGNED,
+            )
+        }
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    let done = 0;
+    quantize_all(&xs[done..], &mut ys[done..], scale, zp, range);
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    /// Whole blocks of 16 values of `quantize_slice`; returns how many it wrote.
+    ///
+    /// FCVTNS rounds half to even, turns NaN into 0 and saturates at the ends of i32;
+    /// SQADD adds the zero point with saturation; the narrowing saturates (SQXTN to i16,
+    /// then SQXTUN to u8 or SQXTN to i8) and UMIN/UMAX or SMIN/SMAX clamp the bytes to
+    /// `[lo, hi]`. For |x · scale| within 2^22 these are `quantize`'s steps; beyond, both
+    /// saturate to the same end of the range.
+    ///
+    /// # Safety
+    /// `ys` has room for `xs.len()` bytes; `[lo, hi]` lies within the type's range.
+    pub(super) unsafe fn quantize(
+        xs: &[f32],
+        ys: *mut u8,
+        scale: f32,
+        zp: i32,
+        [lo, hi]: [i32; 2],
+        unsigned: bool,
+    ) -> usize {
+        let n = xs.len() / 16 * 16;
+        // SAFETY: reads `xs[b..b + 16]` and writes `ys[b..b + 16]` for b < n.
+        unsafe {
+            let (s, z) = (vdupq_n_f32(scale), vdupq_n_s32(zp));
+            let (ulo, uhi) = (vdupq_n_u8(lo as u8), vdupq_n_u8(hi as u8));
+            let (slo, shi) = (vdupq_n_s8(lo as i8), vdupq_n_s8(hi as i8));
+            for b in (0..n).step_by(16) {
+                let q = |j: usize| {
+                    let x = vld1q_f32(xs.as_ptr().add(b + 4 * j));
+                    vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(x, s)), z)
+                };
+                let low = vqmovn_high_s32(vqmovn_s32(q(0)), q(1));
+                let high = vqmovn_high_s32(vqmovn_s32(q(2)), q(3));
+                let bytes = if unsigned {
+                    let u = vqmovun_high_s16(vqmovun_s16(low), high);
+                    vminq_u8(vmaxq_u8(u, ulo), uhi)
+                } else {
+                    let i = vqmovn_high_s16(vqmovn_s16(low), high);
+                    vreinterpretq_u8_s8(vminq_s8(vmaxq_s8(i, slo), shi))
+                };
+                vst1q_u8(ys.add(b), bytes);
+            }
+        }
+        n
+    }
 }
 
 impl Quantize8 {
@@ -136,16 +226,7 @@ impl Quantize8 {
                 "Quantize8: {} values for {shape:?}",
                 xs.len()
             );
-            let (scale, zp) = (self.scale, self.zero_point);
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 was detected just above.
-                unsafe { quantize_all_avx2(xs, ys, scale, zp, range) };
-            } else {
-                quantize_all(xs, ys, scale, zp, range);
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            quantize_all(xs, ys, scale, zp, range);
+            quantize_slice(xs, ys, self.scale, self.zero_point, range);
         }
         Ok(out)
     }
@@ -260,6 +341,34 @@ mod tests {
             v.push(f32::from_bits(s));
         }
         v
+    }
+
+    /// The vector forms (NEON on aarch64, AVX2 on the host) give `quantize`'s value for
+    /// every value class, every zero point, narrowed bounds and slice lengths that leave a
+    /// tail.
+    #[test]
+    fn slices_quantize_like_each_value() {
+        let xs = values();
+        for scale in [1.0f32, 255.0, 1.0 / 0.003_921_569, -2.0] {
+            for (zp, range) in [(0, [0, 255]), (128, [0, 255]), (255, [3, 250])] {
+                for len in [xs.len(), 15, 33] {
+                    let mut ys = vec![0u8; len];
+                    quantize_slice(&xs[..len], &mut ys, scale, zp, range);
+                    for (x, y) in xs.iter().zip(&ys) {
+                        let want = quantize(*x, scale, zp, range[0], range[1]) as u8;
+                        assert_eq!(*y, want, "u8 {x} * {scale} + {zp} in {range:?}");
+                    }
+                }
+            }
+            for (zp, range) in [(-128, [-128, 127]), (5, [-128, 127]), (127, [-20, 91])] {
+                let mut ys = vec![0i8; xs.len()];
+                quantize_slice(&xs, &mut ys, scale, zp, range);
+                for (x, y) in xs.iter().zip(&ys) {
+                    let want = quantize(*x, scale, zp, range[0], range[1]) as i8;
+                    assert_eq!(*y, want, "i8 {x} * {scale} + {zp} in {range:?}");
+                }
+            }
+        }
     }
 
     /// Whether tract's `round(x * scale) as i32 + zero_point` stays within i32.
