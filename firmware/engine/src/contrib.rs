@@ -6,9 +6,10 @@
 //! and `QGemm`. tract 0.23.9 refuses them (sonos/tract#1570), so the int8 models people
 //! download did not load. Each is defined as "dequantize the inputs, apply the float
 //! operator, quantize the result", which is what this module writes in its place:
-//! `DequantizeLinear` → the standard operator → `QuantizeLinear`. They run in float (they
-//! are element-wise or pooling steps, a few percent of a CNN's work), and `edgedx info`
-//! lists them among the patches. A `QGemm`'s constant weights are dequantized here once,
+//! `DequantizeLinear` → the standard operator → `QuantizeLinear`. `QLinearAdd` and
+//! `QLinearMul` then run from the int8 values to the int8 result in one pass (qbinary.rs,
+//! the same float steps per element); the others run in float (element-wise or pooling
+//! steps, a few percent of a CNN's work), and `edgedx info` lists them among the patches. A `QGemm`'s constant weights are dequantized here once,
 //! per column where they are quantized per column (tract's DequantizeLinear takes a scalar
 //! scale).
 //!

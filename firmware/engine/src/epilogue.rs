@@ -237,17 +237,13 @@ impl Requantize {
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use super::BLOCK;
+    use crate::quantize::neon::ByteClamp;
     use std::arch::aarch64::*;
 
     /// Whole blocks of [`BLOCK`] values of [`super::Requantize::run_values`]; returns how many
     /// values it wrote. `[add, lo, hi]` as in `Requantize`, with lo <= hi inside the range of
-    /// the output type, u8 when `unsigned`, else i8.
-    ///
-    /// The clamp is done on the bytes: the sums narrow with saturation (SQXTN to i16, then
-    /// SQXTUN to u8 or SQXTN to i8), then UMIN/UMAX or SMIN/SMAX against `[lo, hi]` clamp
-    /// 16 bytes at once. Saturation is monotone and leaves values inside the type's range
-    /// as they are, so for bounds inside that range it gives `clamp(v, lo, hi)` for every
-    /// i32 `v`: the same bytes as clamping the i32 lanes, in 6 instructions fewer per block.
+    /// the output type, u8 when `unsigned`, else i8. The clamp is done on the bytes
+    /// (`ByteClamp`, the same as clamping the i32 lanes for such bounds).
     ///
     /// # Safety
     /// `ys` is at least as long as `xs`.
@@ -261,12 +257,10 @@ mod neon {
     ) -> usize {
         let n = xs.len() / BLOCK * BLOCK;
         assert!(ys.len() >= n);
+        let clamp = ByteClamp::new([lo, hi], unsigned);
         unsafe {
             let add = vdupq_n_s32(add);
             let mask = vdupq_n_u8(mask);
-            // The bounds as bytes of the output type (they fit it: the caller's contract).
-            let (ulo, uhi) = (vdupq_n_u8(lo as u8), vdupq_n_u8(hi as u8));
-            let (slo, shi) = (vdupq_n_s8(lo as i8), vdupq_n_s8(hi as i8));
             for b in (0..n).step_by(BLOCK) {
                 let quarter = |j: usize| {
                     let i = b + 4 * j;
@@ -277,15 +271,7 @@ mod neon {
                     );
                     vaddq_s32(vcvtnq_s32_f32(f), add)
                 };
-                let low = vqmovn_high_s32(vqmovn_s32(quarter(0)), quarter(1));
-                let high = vqmovn_high_s32(vqmovn_s32(quarter(2)), quarter(3));
-                let bytes = if unsigned {
-                    let u = vqmovun_high_s16(vqmovun_s16(low), high);
-                    vminq_u8(vmaxq_u8(u, ulo), uhi)
-                } else {
-                    let i = vqmovn_high_s16(vqmovn_s16(low), high);
-                    vreinterpretq_u8_s8(vminq_s8(vmaxq_s8(i, slo), shi))
-                };
+                let bytes = clamp.bytes([quarter(0), quarter(1), quarter(2), quarter(3)]);
                 vst1q_u8(ys.as_mut_ptr().add(b), veorq_u8(bytes, mask));
             }
         }

@@ -184,57 +184,40 @@ fn blocks2x2<T>(r0: &[T], r1: &[T], o: &[T]) -> usize {
     o.len().min(r0.len() / 2).min(r1.len() / 2) / 16
 }
 
-impl PoolByte for u8 {
-    fn max2x2(r0: &[u8], r1: &[u8], o: &mut [u8]) -> usize {
-        #[cfg(target_arch = "aarch64")]
-        {
-            use std::arch::aarch64::*;
-            let blocks = blocks2x2(r0, r1, o);
-            for b in 0..blocks {
-                // SAFETY: NEON is part of aarch64; block b reads 32 bytes of each row from
-                // 32 b and writes 16 from 16 b, within the lengths `blocks2x2` checked.
-                unsafe {
-                    let x = vld2q_u8(r0.as_ptr().add(32 * b));
-                    let y = vld2q_u8(r1.as_ptr().add(32 * b));
-                    let m = vmaxq_u8(vmaxq_u8(x.0, x.1), vmaxq_u8(y.0, y.1));
-                    vst1q_u8(o.as_mut_ptr().add(16 * b), m);
+/// `PoolByte` for one byte type, with its NEON loads and max.
+macro_rules! pool_byte {
+    ($t:ty, $ld2:ident, $max:ident, $st:ident) => {
+        impl PoolByte for $t {
+            fn max2x2(r0: &[$t], r1: &[$t], o: &mut [$t]) -> usize {
+                #[cfg(target_arch = "aarch64")]
+                {
+                    use std::arch::aarch64::*;
+                    let blocks = blocks2x2(r0, r1, o);
+                    for b in 0..blocks {
+                        // SAFETY: NEON is part of aarch64; block b reads 32 bytes of each
+                        // row from 32 b and writes 16 from 16 b, within the lengths
+                        // `blocks2x2` checked.
+                        unsafe {
+                            let x = $ld2(r0.as_ptr().add(32 * b));
+                            let y = $ld2(r1.as_ptr().add(32 * b));
+                            let m = $max($max(x.0, x.1), $max(y.0, y.1));
+                            $st(o.as_mut_ptr().add(16 * b), m);
+                        }
+                    }
+                    blocks * 16
+                }
+                #[cfg(not(target_arch = "aarch64"))]
+                {
+                    let _ = (r0, r1, o);
+                    0
                 }
             }
-            blocks * 16
         }
-        #[cfg(not(target_arch = "aarch64"))]
-        {
-            let _ = (r0, r1, o);
-            0
-        }
-    }
+    };
 }
 
-impl PoolByte for i8 {
-    fn max2x2(r0: &[i8], r1: &[i8], o: &mut [i8]) -> usize {
-        #[cfg(target_arch = "aarch64")]
-        {
-            use std::arch::aarch64::*;
-            let blocks = blocks2x2(r0, r1, o);
-            for b in 0..blocks {
-                // SAFETY: NEON is part of aarch64; block b reads 32 bytes of each row from
-                // 32 b and writes 16 from 16 b, within the lengths `blocks2x2` checked.
-                unsafe {
-                    let x = vld2q_s8(r0.as_ptr().add(32 * b));
-                    let y = vld2q_s8(r1.as_ptr().add(32 * b));
-                    let m = vmaxq_s8(vmaxq_s8(x.0, x.1), vmaxq_s8(y.0, y.1));
-                    vst1q_s8(o.as_mut_ptr().add(16 * b), m);
-                }
-            }
-            blocks * 16
-        }
-        #[cfg(not(target_arch = "aarch64"))]
-        {
-            let _ = (r0, r1, o);
-            0
-        }
-    }
-}
+pool_byte!(u8, vld2q_u8, vmaxq_u8, vst1q_u8);
+pool_byte!(i8, vld2q_s8, vmaxq_s8, vst1q_s8);
 
 impl Op for MaxPool8 {
     fn name(&self) -> StaticName {

@@ -139,48 +139,84 @@ pub(crate) fn quantize_slice<T: Narrow>(
 }
 
 #[cfg(target_arch = "aarch64")]
-mod neon {
+pub(crate) mod neon {
     use std::arch::aarch64::*;
+
+    /// Sixteen i32 lanes to the bytes of the output type (u8 when `unsigned`, else i8),
+    /// clamped to `[lo, hi]`: narrowing with saturation (SQXTN to i16, then SQXTUN to u8
+    /// or SQXTN to i8), then UMIN/UMAX or SMIN/SMAX on the 16 bytes. Saturation is
+    /// monotone and keeps the values inside the type's range, so for bounds inside that
+    /// range this is `clamp(v, lo, hi)` for every i32 `v`. Shared by `quantize` here and
+    /// the requantisation (epilogue.rs).
+    #[derive(Clone, Copy)]
+    pub(crate) struct ByteClamp {
+        unsigned: bool,
+        ulo: uint8x16_t,
+        uhi: uint8x16_t,
+        slo: int8x16_t,
+        shi: int8x16_t,
+    }
+
+    impl ByteClamp {
+        /// `[lo, hi]` must lie within the output type's range.
+        pub(crate) fn new([lo, hi]: [i32; 2], unsigned: bool) -> ByteClamp {
+            // SAFETY: NEON is part of aarch64; register operations only.
+            unsafe {
+                ByteClamp {
+                    unsigned,
+                    ulo: vdupq_n_u8(lo as u8),
+                    uhi: vdupq_n_u8(hi as u8),
+                    slo: vdupq_n_s8(lo as i8),
+                    shi: vdupq_n_s8(hi as i8),
+                }
+            }
+        }
+
+        #[inline(always)]
+        pub(crate) fn bytes(&self, q: [int32x4_t; 4]) -> uint8x16_t {
+            // SAFETY: as in `new`.
+            unsafe {
+                let low = vqmovn_high_s32(vqmovn_s32(q[0]), q[1]);
+                let high = vqmovn_high_s32(vqmovn_s32(q[2]), q[3]);
+                if self.unsigned {
+                    let u = vqmovun_high_s16(vqmovun_s16(low), high);
+                    vminq_u8(vmaxq_u8(u, self.ulo), self.uhi)
+                } else {
+                    let i = vqmovn_high_s16(vqmovn_s16(low), high);
+                    vreinterpretq_u8_s8(vminq_s8(vmaxq_s8(i, self.slo), self.shi))
+                }
+            }
+        }
+    }
 
     /// Whole blocks of 16 values of `quantize_slice`; returns how many it wrote.
     ///
     /// FCVTNS rounds half to even, turns NaN into 0 and saturates at the ends of i32;
-    /// SQADD adds the zero point with saturation; the narrowing saturates (SQXTN to i16,
-    /// then SQXTUN to u8 or SQXTN to i8) and UMIN/UMAX or SMIN/SMAX clamp the bytes to
-    /// `[lo, hi]`. For |x · scale| within 2^22 these are `quantize`'s steps; beyond, both
-    /// saturate to the same end of the range.
+    /// SQADD adds the zero point with saturation; [`ByteClamp`] narrows and clamps. For
+    /// |x · scale| within 2^22 these are `quantize`'s steps; beyond, both saturate to the
+    /// same end of the range.
     ///
     /// # Safety
-    /// `ys` has room for `xs.len()` bytes; `[lo, hi]` lies within the type's range.
+    /// `ys` has room for `xs.len()` bytes; `range` lies within the type's range.
     pub(super) unsafe fn quantize(
         xs: &[f32],
         ys: *mut u8,
         scale: f32,
         zp: i32,
-        [lo, hi]: [i32; 2],
+        range: [i32; 2],
         unsigned: bool,
     ) -> usize {
         let n = xs.len() / 16 * 16;
+        let clamp = ByteClamp::new(range, unsigned);
         // SAFETY: reads `xs[b..b + 16]` and writes `ys[b..b + 16]` for b < n.
         unsafe {
             let (s, z) = (vdupq_n_f32(scale), vdupq_n_s32(zp));
-            let (ulo, uhi) = (vdupq_n_u8(lo as u8), vdupq_n_u8(hi as u8));
-            let (slo, shi) = (vdupq_n_s8(lo as i8), vdupq_n_s8(hi as i8));
             for b in (0..n).step_by(16) {
                 let q = |j: usize| {
                     let x = vld1q_f32(xs.as_ptr().add(b + 4 * j));
                     vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(x, s)), z)
                 };
-                let low = vqmovn_high_s32(vqmovn_s32(q(0)), q(1));
-                let high = vqmovn_high_s32(vqmovn_s32(q(2)), q(3));
-                let bytes = if unsigned {
-                    let u = vqmovun_high_s16(vqmovun_s16(low), high);
-                    vminq_u8(vmaxq_u8(u, ulo), uhi)
-                } else {
-                    let i = vqmovn_high_s16(vqmovn_s16(low), high);
-                    vreinterpretq_u8_s8(vminq_s8(vmaxq_s8(i, slo), shi))
-                };
-                vst1q_u8(ys.add(b), bytes);
+                vst1q_u8(ys.add(b), clamp.bytes([q(0), q(1), q(2), q(3)]));
             }
         }
         n
