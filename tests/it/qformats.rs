@@ -119,11 +119,34 @@ fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
             worst / step,
             report.in_float
         );
-        if variant == "int8-qdq" {
-            // The QDQ convolutions run as integer ops; the element-wise steps stay float.
+        if variant == "int8" || variant == "int8-qdq" {
+            // The residual Add and the squeeze-excite Mul run on the int8 values (QBinary)
+            // and are reported so, not among the float operators.
             assert!(
-                report.in_float.iter().any(|f| f.contains("Add between")),
-                "{variant}: the residual Add not reported as float: {:?}",
+                report
+                    .patches
+                    .iter()
+                    .any(|p| p.contains("computed 2 int8 Add/Mul nodes")),
+                "{variant}: the Add and Mul not reported as int8: {:?}",
+                report.patches
+            );
+            assert!(
+                !report
+                    .in_float
+                    .iter()
+                    .any(|f| f.contains("Add") || f.contains("Mul")),
+                "{variant}: an Add or Mul reported as float: {:?}",
+                report.in_float
+            );
+        }
+        if variant == "int8-qdq" {
+            // The QDQ convolutions run as integer ops; the pooling steps stay float.
+            assert!(
+                report
+                    .in_float
+                    .iter()
+                    .any(|f| f.contains("AveragePool between")),
+                "{variant}: the pools not reported as float: {:?}",
                 report.in_float
             );
             assert!(
@@ -133,12 +156,7 @@ fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
             );
         }
         if variant == "int8" {
-            for op in [
-                "QLinearAdd",
-                "QGemm",
-                "QLinearGlobalAveragePool",
-                "QLinearConcat",
-            ] {
+            for op in ["QGemm", "QLinearGlobalAveragePool", "QLinearConcat"] {
                 assert!(
                     report.in_float.iter().any(|f| f.contains(op)),
                     "{variant}: {op} not reported among the float operators: {:?}",

@@ -74,6 +74,20 @@ pub(crate) fn lower_contrib_ops(
     counts
 }
 
+/// The names of the Add and Mul nodes the lowering wrote (for QLinearAdd and QLinearMul).
+pub(crate) fn lowered_binaries(model: &pb::ModelProto) -> Vec<String> {
+    let Some(graph) = model.graph.as_ref() else {
+        return vec![];
+    };
+    graph
+        .node
+        .iter()
+        .filter(|n| matches!(n.op_type.as_str(), "Add" | "Mul"))
+        .filter(|n| n.output.iter().any(|o| o.contains(LOWERED)))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
 /// The standard nodes for `node`, or `None` to leave it as it is.
 /// The graph's initializers, decoded on demand.
 struct Constants<'a> {

@@ -198,21 +198,18 @@ fn build_proto(
         Some(e) => (&*e.resolver, Some(e.dir.as_str())),
         None => (&fopen, None),
     };
-    let lowered = crate::contrib::lower_contrib_ops(&mut proto, source);
-    let lowered = lowered.into_iter().map(|(op, n)| {
-        format!("{n} com.microsoft {op}: dequantized, the float operator, quantized again (tract has no integer {op})")
-    });
+    let mut lowered = crate::contrib::lower_contrib_ops(&mut proto, source);
     // QDQ patterns onto QLinearConv before tract sees them (qdq.rs).
     let (qdq_convs, qdq_pools) = if rewrite {
         crate::qdq::fuse_qdq(&mut proto)
     } else {
         (0, 0)
     };
-    let in_float: Vec<String> = lowered
-        .chain(crate::qdq::float_between_qdq(&proto).into_iter().map(|(op, n)| {
-            format!("{n} {op} between DequantizeLinear and QuantizeLinear: float (no integer form of it in the engine)")
-        }))
-        .collect();
+    // What runs in float between DequantizeLinear and QuantizeLinear, less what the rewrites
+    // on the plan below take onto the int8 values (`lowered_binaries`: the Add and Mul
+    // nodes of lowered QLinearAdd and QLinearMul, to tell them from QDQ ones).
+    let mut qdq_float = crate::qdq::float_between_qdq(&proto);
+    let lowered_binaries = crate::contrib::lowered_binaries(&proto);
     // A correctness guard, not one of the rewrites: tract would turn a quantized Softmax
     // into a wrong lookup table (qdq.rs, ROW_OPERATORS). After the float census above,
     // which still sees the Softmax reading its DequantizeLinear.
@@ -309,9 +306,26 @@ fn build_proto(
                     "replacing the int8 depthwise convolutions failed: {e:#}"
                 ))
             })?;
-            binaries = crate::qbinary::fuse_quantized_binaries(&mut optimized).map_err(|e| {
-                load_err(format!("fusing the quantized Adds and Muls failed: {e:#}"))
-            })?;
+            let fused_binaries =
+                crate::qbinary::fuse_quantized_binaries(&mut optimized).map_err(|e| {
+                    load_err(format!("fusing the quantized Adds and Muls failed: {e:#}"))
+                })?;
+            binaries = fused_binaries.len();
+            for (mul, name) in fused_binaries {
+                // tract names a node after the ONNX node, or that name and a suffix.
+                let from_lowered = lowered_binaries
+                    .iter()
+                    .any(|l| name == *l || name.starts_with(&format!("{l}.")));
+                let (counts, op) = match (from_lowered, mul) {
+                    (true, false) => (&mut lowered, "QLinearAdd"),
+                    (true, true) => (&mut lowered, "QLinearMul"),
+                    (false, false) => (&mut qdq_float, "Add"),
+                    (false, true) => (&mut qdq_float, "Mul"),
+                };
+                if let Some(entry) = counts.iter_mut().find(|(o, _)| o == op) {
+                    entry.1 = entry.1.saturating_sub(1);
+                }
+            }
             optimized
                 .compact()
                 .map_err(|e| load_err(format!("pruning the rewritten plan failed: {e:#}")))?;
@@ -373,6 +387,14 @@ fn build_proto(
         );
     }
     tr("the engine's rewrites");
+    let lowered = lowered.into_iter().filter(|(_, n)| *n > 0).map(|(op, n)| {
+        format!("{n} com.microsoft {op}: dequantized, the float operator, quantized again (tract has no integer {op})")
+    });
+    let in_float: Vec<String> = lowered
+        .chain(qdq_float.into_iter().filter(|(_, n)| *n > 0).map(|(op, n)| {
+            format!("{n} {op} between DequantizeLinear and QuantizeLinear: float (no integer form of it in the engine)")
+        }))
+        .collect();
     let (kernels, ops) = describe(&optimized);
     let largest_node_macs = largest_node_macs(&optimized);
     let plan = optimized

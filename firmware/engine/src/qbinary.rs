@@ -178,10 +178,21 @@ impl TypedOp for QBinary {
     }
 }
 
-/// Replaces every `Quantize8(DQ(a) Add|Mul DQ(b))` [`QBinary`] computes and returns how
-/// many.
-pub(crate) fn fuse_quantized_binaries(model: &mut TypedModel) -> TractResult<usize> {
-    crate::rewrite::replace_runs(model, "qbinary", run_at)
+/// Replaces every `Quantize8(DQ(a) Add|Mul DQ(b))` [`QBinary`] computes; returns, for each,
+/// whether it was a Mul and the name of the f32 operator's node (load.rs tells the QDQ
+/// ones from contrib.rs's lowered QLinearAdd and QLinearMul by it).
+pub(crate) fn fuse_quantized_binaries(model: &mut TypedModel) -> TractResult<Vec<(bool, String)>> {
+    let fused = std::cell::RefCell::new(vec![]);
+    crate::rewrite::replace_runs(model, "qbinary", |model, id| {
+        let found = run_at(model, id)?;
+        if let Some((_, _, op)) = &found {
+            fused
+                .borrow_mut()
+                .push((op.mul, model.node(id).name.clone()));
+        }
+        Ok(found)
+    })?;
+    Ok(fused.into_inner())
 }
 
 /// The f32 operator of node `node` when it is tract's Add or Mul, in any of its forms.
@@ -374,6 +385,9 @@ mod tests {
                 .filter(|n| n.op_is::<QBinary>())
                 .count();
             assert_eq!(fused, 1, "{op} {pooled} {zeros:?}: {:?}", ours.patches);
+            // Reported as float only where it runs so (`Built::in_float`).
+            let float_op = |b: &crate::load::Built| b.in_float.iter().any(|f| f.contains(op));
+            assert!(float_op(&plain) && !float_op(&ours), "{:?}", ours.in_float);
             for data in test_inputs(c * h * w) {
                 assert_eq!(
                     outputs(&plain.plan, &[1, c, h, w], &data),
