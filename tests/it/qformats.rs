@@ -138,6 +138,23 @@ fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
                 "{variant}: an Add or Mul reported as float: {:?}",
                 report.in_float
             );
+            // Both global pools (squeeze-excite and head) sum in integers.
+            assert!(
+                report
+                    .patches
+                    .iter()
+                    .any(|p| p.contains("summed 2 quantized global average pools")),
+                "{variant}: the global pools not reported as integer: {:?}",
+                report.patches
+            );
+            assert!(
+                !report
+                    .in_float
+                    .iter()
+                    .any(|f| f.contains("GlobalAveragePool")),
+                "{variant}: a global pool reported as float: {:?}",
+                report.in_float
+            );
         }
         if variant == "int8-qdq" {
             // The QDQ convolutions run as integer ops; the pooling steps stay float.
@@ -156,7 +173,7 @@ fn every_int8_format_onnxruntime_writes_matches_onnxruntime() {
             );
         }
         if variant == "int8" {
-            for op in ["QGemm", "QLinearGlobalAveragePool", "QLinearConcat"] {
+            for op in ["QGemm", "QLinearAveragePool", "QLinearConcat"] {
                 assert!(
                     report.in_float.iter().any(|f| f.contains(op)),
                     "{variant}: {op} not reported among the float operators: {:?}",

@@ -8,8 +8,9 @@
 //! operator, quantize the result", which is what this module writes in its place:
 //! `DequantizeLinear` → the standard operator → `QuantizeLinear`. `QLinearAdd` and
 //! `QLinearMul` then run from the int8 values to the int8 result in one pass (qbinary.rs,
-//! the same float steps per element); the others run in float (element-wise or pooling
-//! steps, a few percent of a CNN's work), and `edgedx info` lists them among the patches. A `QGemm`'s constant weights are dequantized here once,
+//! the same float steps per element) and `QLinearGlobalAveragePool` sums in integers
+//! (qgap.rs); the others run in float (element-wise or pooling steps, a few percent of a
+//! CNN's work), and `edgedx info` lists them among the patches. A `QGemm`'s constant weights are dequantized here once,
 //! per column where they are quantized per column (tract's DequantizeLinear takes a scalar
 //! scale).
 //!
@@ -74,15 +75,15 @@ pub(crate) fn lower_contrib_ops(
     counts
 }
 
-/// The names of the Add and Mul nodes the lowering wrote (for QLinearAdd and QLinearMul).
-pub(crate) fn lowered_binaries(model: &pb::ModelProto) -> Vec<String> {
+/// The names of the nodes of types `ops` the lowering wrote.
+pub(crate) fn lowered_nodes(model: &pb::ModelProto, ops: &[&str]) -> Vec<String> {
     let Some(graph) = model.graph.as_ref() else {
         return vec![];
     };
     graph
         .node
         .iter()
-        .filter(|n| matches!(n.op_type.as_str(), "Add" | "Mul"))
+        .filter(|n| ops.contains(&n.op_type.as_str()))
         .filter(|n| n.output.iter().any(|o| o.contains(LOWERED)))
         .map(|n| n.name.clone())
         .collect()

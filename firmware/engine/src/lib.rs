@@ -22,6 +22,7 @@ mod onnx_build;
 mod pool;
 mod qbinary;
 mod qdq;
+mod qgap;
 mod quantize;
 mod rewrite;
 mod threads;

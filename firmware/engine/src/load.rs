@@ -206,10 +206,11 @@ fn build_proto(
         (0, 0)
     };
     // What runs in float between DequantizeLinear and QuantizeLinear, less what the rewrites
-    // on the plan below take onto the int8 values (`lowered_binaries`: the Add and Mul
-    // nodes of lowered QLinearAdd and QLinearMul, to tell them from QDQ ones).
+    // on the plan below take onto the int8 values (`lowered_nodes`: the nodes contrib.rs
+    // wrote for QLinearAdd, QLinearMul and QLinearGlobalAveragePool, to tell them from QDQ
+    // ones).
     let mut qdq_float = crate::qdq::float_between_qdq(&proto);
-    let lowered_binaries = crate::contrib::lowered_binaries(&proto);
+    let lowered_nodes = crate::contrib::lowered_nodes(&proto, &["Add", "Mul", "GlobalAveragePool"]);
     // A correctness guard, not one of the rewrites: tract would turn a quantized Softmax
     // into a wrong lookup table (qdq.rs, ROW_OPERATORS). After the float census above,
     // which still sees the Softmax reading its DequantizeLinear.
@@ -269,6 +270,7 @@ fn build_proto(
         let mut banded = 0;
         let mut depthwise = 0;
         let mut binaries = 0;
+        let mut global_pools = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
         let removed = rewrite::drop_zero_products(&mut optimized)
@@ -310,17 +312,32 @@ fn build_proto(
                 crate::qbinary::fuse_quantized_binaries(&mut optimized).map_err(|e| {
                     load_err(format!("fusing the quantized Adds and Muls failed: {e:#}"))
                 })?;
+            let fused_pools = crate::qgap::fuse_quantized_pools(&mut optimized).map_err(|e| {
+                load_err(format!("fusing the quantized global pools failed: {e:#}"))
+            })?;
             binaries = fused_binaries.len();
-            for (mul, name) in fused_binaries {
+            global_pools = fused_pools.len();
+            // Each fused node as (its QDQ operator, its contrib operator, its node's name).
+            let fused_nodes = fused_binaries
+                .into_iter()
+                .map(|(mul, name)| match mul {
+                    false => ("Add", "QLinearAdd", name),
+                    true => ("Mul", "QLinearMul", name),
+                })
+                .chain(
+                    fused_pools
+                        .into_iter()
+                        .map(|name| ("GlobalAveragePool", "QLinearGlobalAveragePool", name)),
+                );
+            for (qdq_op, contrib_op, name) in fused_nodes {
                 // tract names a node after the ONNX node, or that name and a suffix.
-                let from_lowered = lowered_binaries
+                let from_lowered = lowered_nodes
                     .iter()
                     .any(|l| name == *l || name.starts_with(&format!("{l}.")));
-                let (counts, op) = match (from_lowered, mul) {
-                    (true, false) => (&mut lowered, "QLinearAdd"),
-                    (true, true) => (&mut lowered, "QLinearMul"),
-                    (false, false) => (&mut qdq_float, "Add"),
-                    (false, true) => (&mut qdq_float, "Mul"),
+                let (counts, op) = if from_lowered {
+                    (&mut lowered, contrib_op)
+                } else {
+                    (&mut qdq_float, qdq_op)
                 };
                 if let Some(entry) = counts.iter_mut().find(|(o, _)| o == op) {
                     entry.1 = entry.1.saturating_sub(1);
@@ -331,7 +348,7 @@ fn build_proto(
                 .map_err(|e| load_err(format!("pruning the rewritten plan failed: {e:#}")))?;
             log::debug!(
                 "int8 rewrites: {folded_chains} constant chains, {removed} zero-point terms, {packers} packings, {pools} max \
-                 pools, {fused} requantizations, {banded} banded, {depthwise} depthwise, {binaries} quantized Add/Mul; plan {nodes} -> {} nodes",
+                 pools, {fused} requantizations, {banded} banded, {depthwise} depthwise, {binaries} quantized Add/Mul, {global_pools} global pools; plan {nodes} -> {} nodes",
                 optimized.nodes().len()
             );
         }
@@ -380,6 +397,12 @@ fn build_proto(
                     "computed",
                     "int8 Add/Mul node",
                     " in one pass each, without f32 tensors between the steps",
+                ),
+                (
+                    global_pools,
+                    "summed",
+                    "quantized global average pool",
+                    " in integers",
                 ),
             ]
             .into_iter()
