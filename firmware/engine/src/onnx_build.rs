@@ -24,6 +24,16 @@ pub(crate) fn raw<T: Copy>(
     }
 }
 
+/// A scalar zero point: i8 when `z` is negative, else u8 (the tests' shorthand for the
+/// two quantized types).
+pub(crate) fn zero_point(name: &str, z: i32) -> pb::TensorProto {
+    if z < 0 {
+        raw(name, DataType::Int8, &[], &[z as i8])
+    } else {
+        raw(name, DataType::Uint8, &[], &[z as u8])
+    }
+}
+
 pub(crate) fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),

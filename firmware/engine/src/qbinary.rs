@@ -302,7 +302,7 @@ fn run_at(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx_build::{int, model_bytes, node, raw};
+    use crate::onnx_build::{int, model_bytes, node, raw, zero_point};
     use tract_onnx::pb::tensor_proto::DataType as D;
 
     #[test]
@@ -319,20 +319,13 @@ mod tests {
     /// squeeze-excite's shape, with `zb`), `DQ(a) op DQ(b)` quantized with `zy` and
     /// dequantized to the output: zero points as u8 or i8 by their signs.
     fn model(op: &str, pooled: bool, zeros: [i32; 3], (c, h, w): (usize, usize, usize)) -> Vec<u8> {
-        let zero = |name: &str, z: i32| {
-            if z < 0 {
-                raw(name, D::Int8, &[], &[z as i8])
-            } else {
-                raw(name, D::Uint8, &[], &[z as u8])
-            }
-        };
         let init = vec![
             raw("sa", D::Float, &[], &[0.043f32]),
-            zero("za", zeros[0]),
+            zero_point("za", zeros[0]),
             raw("sb", D::Float, &[], &[0.0271f32]),
-            zero("zb", zeros[1]),
+            zero_point("zb", zeros[1]),
             raw("sy", D::Float, &[], &[0.0517f32]),
-            zero("zy", zeros[2]),
+            zero_point("zy", zeros[2]),
         ];
         let mut nodes = vec![node("QuantizeLinear", &["x", "sa", "za"], "a", vec![])];
         let b_from = if pooled {

@@ -236,24 +236,17 @@ fn run_at(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx_build::{int, model_bytes, node, raw};
+    use crate::onnx_build::{int, model_bytes, node, raw, zero_point};
     use tract_onnx::pb::tensor_proto::DataType as D;
 
     /// `x` quantized (zero point `zx`, u8 or i8 by its sign), a GlobalAveragePool between
     /// DequantizeLinear and QuantizeLinear (zero point `zy`), dequantized to the output.
     fn model(zx: i32, zy: i32, (c, h, w): (usize, usize, usize)) -> Vec<u8> {
-        let zero = |name: &str, z: i32| {
-            if z < 0 {
-                raw(name, D::Int8, &[], &[z as i8])
-            } else {
-                raw(name, D::Uint8, &[], &[z as u8])
-            }
-        };
         let init = vec![
             raw("sx", D::Float, &[], &[0.0043f32]),
-            zero("zx", zx),
+            zero_point("zx", zx),
             raw("sy", D::Float, &[], &[0.00217f32]),
-            zero("zy", zy),
+            zero_point("zy", zy),
         ];
         let nodes = vec![
             node("QuantizeLinear", &["x", "sx", "zx"], "q", vec![]),
