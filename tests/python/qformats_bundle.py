@@ -7,14 +7,10 @@ with strides (2, 1), a depthwise 5x5, 1x1 expansions, a squeeze-excite block
 (GlobalAveragePool, two 1x1 convolutions, Sigmoid, Mul), a residual Add, a Concat of two
 branches, an AveragePool and a Gemm head.
 
-It is quantized by onnxruntime's `quantize_static` (per-channel symmetric s8 weights, u8
-activations, calibration on seeded images) three ways:
-  int8-qdq     QuantFormat.QDQ (onnxruntime's default)
-  int8         QuantFormat.QOperator as onnxruntime writes it, with the com.microsoft
-               operators (QLinearAdd, QLinearMul, QLinearSigmoid, QLinearConcat,
-               QLinearGlobalAveragePool, QLinearAveragePool, QGemm)
-  int8-std     QuantFormat.QOperator restricted to standard ONNX ops (QLinearConv,
-               QLinearMatMul), everything else in float
+onnxruntime quantizes it in every int8 format its quantizer writes (tests/python/qbundle.py):
+int8-qdq (QDQ), int8 (QOperator with the com.microsoft operators: QLinearAdd, QLinearMul,
+QLinearSigmoid, QLinearConcat, QLinearGlobalAveragePool, QLinearAveragePool, QGemm) and
+int8-std (QOperator with standard ops only), calibrated on seeded images.
 
 What it writes under OUT (git-ignored, derived): fp32.onnx, the three int8 files,
 manifest.toml, reference.json (inputs, onnxruntime outputs per variant, the operators of
@@ -22,16 +18,13 @@ each file and the output quantization step).
 """
 
 import argparse
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                      quantize_static)
+
+import qbundle
 
 C, H, W = 3, 40, 56
 CLASSES = 5
@@ -108,27 +101,6 @@ def images(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     return out
 
 
-class Reader(CalibrationDataReader):
-    def __init__(self, data):
-        self.it = iter([{"input": d} for d in data])
-
-    def get_next(self):
-        return next(self.it, None)
-
-
-def output_step(model: onnx.ModelProto) -> float | None:
-    """The scale of the DequantizeLinear (or QGemm y_scale) that makes the graph output."""
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    out = model.graph.output[0].name
-    for n in model.graph.node:
-        if out in n.output:
-            if n.op_type == "DequantizeLinear":
-                return float(np.max(inits[n.input[1]]))
-            if n.op_type == "QGemm" and len(n.input) > 7 and n.input[7]:
-                return float(np.max(inits[n.input[7]]))
-    return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
@@ -140,67 +112,9 @@ def main() -> None:
     onnx.save(fp32, out / "fp32.onnx")
     calibration = images(rng, 24)
     tests = images(rng, INPUTS)
-    common = dict(per_channel=True, weight_type=QuantType.QInt8,
-                  activation_type=QuantType.QUInt8,
-                  extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-    variants = {
-        "int8-qdq": dict(quant_format=QuantFormat.QDQ),
-        "int8": dict(quant_format=QuantFormat.QOperator),
-        "int8-std": dict(quant_format=QuantFormat.QOperator,
-                         op_types_to_quantize=["Conv", "MatMul"]),
-    }
-    for name, opts in variants.items():
-        quantize_static(str(out / "fp32.onnx"), str(out / f"{name}.onnx"),
-                        Reader(calibration), **common, **opts)
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    ref = {"inputs": [t.flatten().tolist() for t in tests], "outputs": {}, "ops": {},
-           "output_step": {}, "made_with": f"onnxruntime {ort.__version__}"}
-    for name in ["fp32", *variants]:
-        path = out / f"{name}.onnx"
-        sess = ort.InferenceSession(str(path), so)
-        ref["outputs"][name] = [sess.run(None, {"input": t})[0].flatten().tolist() for t in tests]
-        m = onnx.load(path)
-        ref["ops"][name] = sorted({f"{n.domain + '.' if n.domain else ''}{n.op_type}"
-                                   for n in m.graph.node})
-        ref["output_step"][name] = output_step(m)
-
-    def sha(p: Path) -> str:
-        return hashlib.sha256(p.read_bytes()).hexdigest()
-
-    models = "".join(f"""
-[models.{name}]
-file = "{name}.onnx"
-sha256 = "{sha(out / f'{name}.onnx')}"
-precision = "{'fp32' if name == 'fp32' else 'int8'}"
-quantization = "{'none' if name == 'fp32' else ('qdq' if name == 'int8-qdq' else 'qoperator')}"
-""" for name in ["fp32", *variants])
-    labels = [f"class{i}" for i in range(CLASSES)]
-    (out / "manifest.toml").write_text(f"""schema_version = 1
-
-[bundle]
-name = "qformats-test"
-version = "0.0.1-test"
-task = "image-classification"
-labels = {json.dumps(labels)}
-
-[input]
-tensor = "input"
-layout = "NCHW"
-height = {H}
-width = {W}
-channels = {C}
-colour = "rgb"
-mean = [0.0, 0.0, 0.0]
-std = [1.0, 1.0, 1.0]
-
-[output]
-tensor = "logits"
-kind = "logits"
-{models}""")
-    (out / "reference.json").write_text(json.dumps(ref))
-    print(f"qformats bundle in {out}: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in ref["ops"].items()))
+    spec = qbundle.InputSpec("input", C, H, W, [0.0] * 3, [1.0] * 3)
+    qbundle.write(out, "qformats-test", spec, "logits", [f"class{i}" for i in range(CLASSES)],
+                  calibration, tests)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ mod pool;
 mod qbinary;
 mod qdq;
 mod qgap;
+mod qtable;
 mod quantize;
 mod rewrite;
 mod threads;

@@ -210,7 +210,13 @@ fn build_proto(
     // wrote for QLinearAdd, QLinearMul and QLinearGlobalAveragePool, to tell them from QDQ
     // ones).
     let mut qdq_float = crate::qdq::float_between_qdq(&proto);
-    let lowered_nodes = crate::contrib::lowered_nodes(&proto, &["Add", "Mul", "GlobalAveragePool"]);
+    let lowered_nodes = crate::contrib::lowered_nodes(
+        &proto,
+        &["Add", "Mul", "GlobalAveragePool", "Sigmoid", "LeakyRelu"],
+    );
+    // Each ONNX node as tract names it, with its operator: the rewrites name the plan's
+    // nodes they take, and the census above counts ONNX operators.
+    let onnx_nodes = crate::qdq::tract_names(&proto);
     // A correctness guard, not one of the rewrites: tract would turn a quantized Softmax
     // into a wrong lookup table (qdq.rs, ROW_OPERATORS). After the float census above,
     // which still sees the Softmax reading its DequantizeLinear.
@@ -271,6 +277,7 @@ fn build_proto(
         let mut depthwise = 0;
         let mut binaries = 0;
         let mut global_pools = 0;
+        let mut tables = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
         let removed = rewrite::drop_zero_products(&mut optimized)
@@ -315,20 +322,42 @@ fn build_proto(
             let fused_pools = crate::qgap::fuse_quantized_pools(&mut optimized).map_err(|e| {
                 load_err(format!("fusing the quantized global pools failed: {e:#}"))
             })?;
+            let chains = crate::qtable::tabulate_quantized_chains(&mut optimized).map_err(|e| {
+                load_err(format!(
+                    "tabulating the quantized element-wise chains failed: {e:#}"
+                ))
+            })?;
             binaries = fused_binaries.len();
             global_pools = fused_pools.len();
+            tables = chains.len();
             // Each fused node as (its QDQ operator, its contrib operator, its node's name).
+            // A table's chain is one node of the census when all its steps come from one
+            // ONNX node (a Clip is tract's Max and Min); longer chains were not counted.
+            let chain_nodes = chains.into_iter().filter_map(|steps| {
+                let mut sources = steps
+                    .iter()
+                    .map(|step| crate::qdq::onnx_node_of(&onnx_nodes, step));
+                let first = sources.next()??;
+                sources.all(|s| s == Some(first)).then(|| {
+                    let (name, op) = first.clone();
+                    (op.clone(), format!("QLinear{op}"), name)
+                })
+            });
             let fused_nodes = fused_binaries
                 .into_iter()
                 .map(|(mul, name)| match mul {
-                    false => ("Add", "QLinearAdd", name),
-                    true => ("Mul", "QLinearMul", name),
+                    false => ("Add".to_string(), "QLinearAdd".to_string(), name),
+                    true => ("Mul".to_string(), "QLinearMul".to_string(), name),
                 })
-                .chain(
-                    fused_pools
-                        .into_iter()
-                        .map(|name| ("GlobalAveragePool", "QLinearGlobalAveragePool", name)),
-                );
+                .chain(fused_pools.into_iter().map(|name| {
+                    (
+                        "GlobalAveragePool".to_string(),
+                        "QLinearGlobalAveragePool".to_string(),
+                        name,
+                    )
+                }))
+                .chain(chain_nodes)
+                .collect::<Vec<_>>();
             for (qdq_op, contrib_op, name) in fused_nodes {
                 // tract names a node after the ONNX node, or that name and a suffix.
                 let from_lowered = lowered_nodes
@@ -339,7 +368,7 @@ fn build_proto(
                 } else {
                     (&mut qdq_float, qdq_op)
                 };
-                if let Some(entry) = counts.iter_mut().find(|(o, _)| o == op) {
+                if let Some(entry) = counts.iter_mut().find(|(o, _)| *o == op) {
                     entry.1 = entry.1.saturating_sub(1);
                 }
             }
@@ -348,7 +377,7 @@ fn build_proto(
                 .map_err(|e| load_err(format!("pruning the rewritten plan failed: {e:#}")))?;
             log::debug!(
                 "int8 rewrites: {folded_chains} constant chains, {removed} zero-point terms, {packers} packings, {pools} max \
-                 pools, {fused} requantizations, {banded} banded, {depthwise} depthwise, {binaries} quantized Add/Mul, {global_pools} global pools; plan {nodes} -> {} nodes",
+                 pools, {fused} requantizations, {banded} banded, {depthwise} depthwise, {binaries} quantized Add/Mul, {global_pools} global pools, {tables} tables; plan {nodes} -> {} nodes",
                 optimized.nodes().len()
             );
         }
@@ -403,6 +432,12 @@ fn build_proto(
                     "summed",
                     "quantized global average pool",
                     " in integers",
+                ),
+                (
+                    tables,
+                    "looked up",
+                    "quantized element-wise chain",
+                    " in a 256-entry table",
                 ),
             ]
             .into_iter()

@@ -99,6 +99,44 @@ pub(crate) fn float_between_qdq(model: &pb::ModelProto) -> Vec<(String, usize)> 
     counts
 }
 
+/// Every node of the graph as (the name tract gives its node, its operator type): its
+/// name, else its first output's name (tract-onnx 0.23.9's rule; the rest are unnamed
+/// to tract and left out).
+pub(crate) fn tract_names(model: &pb::ModelProto) -> Vec<(String, String)> {
+    let Some(graph) = model.graph.as_ref() else {
+        return vec![];
+    };
+    graph
+        .node
+        .iter()
+        .filter_map(|n| {
+            let name = if n.name.is_empty() {
+                n.output.first().filter(|o| !o.is_empty())?
+            } else {
+                &n.name
+            };
+            Some((name.clone(), n.op_type.clone()))
+        })
+        .collect()
+}
+
+/// The ONNX node (of [`tract_names`]) a plan node named `plan_name` came from: tract names
+/// a node after its ONNX node, or that name, a dot and a suffix. The longest such name.
+pub(crate) fn onnx_node_of<'a>(
+    nodes: &'a [(String, String)],
+    plan_name: &str,
+) -> Option<&'a (String, String)> {
+    nodes
+        .iter()
+        .filter(|(name, _)| {
+            plan_name == name
+                || plan_name
+                    .strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .max_by_key(|(name, _)| name.len())
+}
+
 /// Counts one more `op` in `counts` (operator types in the order first met).
 pub(crate) fn tally(counts: &mut Vec<(String, usize)>, op: &str) {
     match counts.iter_mut().find(|(o, _)| o == op) {

@@ -1,0 +1,305 @@
+//! Element-wise float steps between two quantized tensors, as one 256-entry table.
+//!
+//! An activation that the quantizer left in float reaches tract as
+//! `Quantize8(f(... DQ(x)))`, each step of `f` element-wise: a Clip (ReLU6) or a Relu
+//! between QLinearConvs when onnxruntime quantizes only the convolutions (QOperator with
+//! standard ops), a HardSigmoid or a LeakyRelu it has no quantized form of. tract 0.23.9
+//! makes a lookup table of such a chain only when every step is a unary operator, and its
+//! ONNX Clip and Relu are Max and Min with a constant: they ran as three passes over the
+//! tensor with two f32 tensors between them, about a seventh of EfficientNet-Lite0's
+//! QOperator-standard inference under qemu (cortex-a72).
+//!
+//! A u8 or i8 input has 256 values, so the chain is a table of 256 outputs. The table is
+//! made at load by running the chain's own operators (the dequantization, each step with
+//! its constant, the quantization) on the 256 values, so every entry is the byte tract's
+//! chain gives for that value; tract's `LookupTable` (its NEON table kernel on aarch64)
+//! applies it. A step qualifies when it is an element-wise unary operator, or a binary
+//! one (or tract's chain of binary ones) whose other inputs are constants of one value.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::{OptBinByScalar, OptBinChain, OptBinUnicast, TypedBinOp};
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::quant::{lookup_table, DequantizeLinearF32};
+
+use crate::quantize::Quantize8;
+
+/// Replaces every `Quantize8(f(DQ(x)))` chain of element-wise steps with a lookup table;
+/// returns, per chain, the names of its float steps' nodes (load.rs reports their ONNX
+/// operators as integer).
+pub(crate) fn tabulate_quantized_chains(model: &mut TypedModel) -> TractResult<Vec<Vec<String>>> {
+    let found = std::cell::RefCell::new(vec![]);
+    crate::rewrite::replace_runs(model, "table", |model, id| {
+        let Some(chain) = chain_at(model, id)? else {
+            return Ok(None);
+        };
+        let table = table(model, &chain)?;
+        let op = lookup_table(tract_linalg::routines::lut_u8(&table)?);
+        found.borrow_mut().push(
+            chain.steps[..chain.steps.len() - 1]
+                .iter()
+                .map(|&s| model.node(s).name.clone())
+                .collect(),
+        );
+        let last = *chain
+            .steps
+            .last()
+            .expect("a chain ends with its quantization");
+        Ok(Some((tvec![chain.input], OutletId::new(last, 0), op)))
+    })?;
+    Ok(found.into_inner())
+}
+
+/// A chain from a dequantization: its int8 input, then the nodes after the
+/// `DequantizeLinearF32` node `dequantize`, the last one the `Quantize8`.
+struct Chain {
+    input: OutletId,
+    dequantize: usize,
+    steps: Vec<usize>,
+}
+
+/// The chain that starts at node `id`, when it is a `DequantizeLinearF32` of a u8 or i8
+/// tensor followed only by qualifying steps and a `Quantize8`, each intermediate tensor
+/// read by the next step alone.
+fn chain_at(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
+    let node = model.node(id);
+    if !node.op_is::<DequantizeLinearF32>() || node.inputs.len() != 1 {
+        return Ok(None);
+    }
+    let input = node.inputs[0];
+    if !matches!(
+        model.outlet_fact(input)?.datum_type,
+        DatumType::U8 | DatumType::I8
+    ) {
+        return Ok(None);
+    }
+    let outputs = model.output_outlets()?;
+    let mut steps = vec![];
+    let mut current = node;
+    loop {
+        if current.outputs.len() != 1 || outputs.contains(&OutletId::new(current.id, 0)) {
+            return Ok(None);
+        }
+        let Some(next) = model.single_succ(current.id)? else {
+            return Ok(None);
+        };
+        if next.op_is::<Quantize8>() {
+            // tract's table gives bytes of the input's type; a u8 input quantized to i8 (or
+            // the reverse) would need a reinterpreting cast tract does not have.
+            if next.outputs[0].fact.datum_type != model.outlet_fact(input)?.datum_type {
+                return Ok(None);
+            }
+            steps.push(next.id);
+            break;
+        }
+        if !element_wise_step(model, next, current.id)? {
+            return Ok(None);
+        }
+        steps.push(next.id);
+        current = next;
+    }
+    // The dequantization straight into a quantization is a plain requantization; tract
+    // handles it.
+    Ok((steps.len() > 1).then_some(Chain {
+        input,
+        dequantize: id,
+        steps,
+    }))
+}
+
+/// Whether `node`, fed by node `from`, maps each f32 element on its own: an element-wise
+/// unary operator, or binary ones (tract's chain of them included: a Clip is its Max and
+/// Min in one `OptBinChain`) whose other inputs are one-value constants.
+fn element_wise_step(model: &TypedModel, node: &TypedNode, from: usize) -> TractResult<bool> {
+    let f32_out = node.outputs.len() == 1 && node.outputs[0].fact.datum_type == DatumType::F32;
+    if !f32_out {
+        return Ok(false);
+    }
+    if node.op_is::<ElementWiseOp>() {
+        return Ok(node.inputs.len() == 1);
+    }
+    let binary = node.op_is::<TypedBinOp>()
+        || node.op_is::<OptBinByScalar>()
+        || node.op_is::<OptBinUnicast>()
+        || node.op_is::<OptBinChain>();
+    if !binary || node.inputs.len() < 2 {
+        return Ok(false);
+    }
+    for input in &node.inputs {
+        if input.node == from {
+            continue;
+        }
+        let Some(k) = model.node(input.node).op_as::<Const>() else {
+            return Ok(false);
+        };
+        if k.val().len() != 1 || k.val().datum_type() != DatumType::F32 {
+            return Ok(false);
+        }
+    }
+    // Both inputs the chain's own tensor (x op x) is element-wise too, but rare; not taken.
+    Ok(node.inputs.iter().filter(|i| i.node == from).count() == 1)
+}
+
+/// The chain's output byte for each of the 256 input bytes (index: the byte's bits).
+fn table(model: &TypedModel, chain: &Chain) -> TractResult<Vec<u8>> {
+    let dt = model.outlet_fact(chain.input)?.datum_type;
+    let rank = model.outlet_fact(chain.input)?.rank().max(1);
+    let mut shape = vec![1usize; rank];
+    shape[rank - 1] = 256;
+    let mut adhoc = TypedModel::default();
+    let source = adhoc.add_source("values", dt.fact(&*shape))?;
+    let dequantize = model.node(chain.dequantize);
+    let mut wire = adhoc.wire_node(&dequantize.name, dequantize.op.clone(), &[source])?[0];
+    let mut from = chain.dequantize;
+    for &step in &chain.steps {
+        let node = model.node(step);
+        let mut inputs = tvec![];
+        for (slot, input) in node.inputs.iter().enumerate() {
+            if input.node == from {
+                inputs.push(wire);
+            } else {
+                let k = model.node(input.node).op_as::<Const>().expect("checked");
+                let name = format!("{}.const{slot}", node.name);
+                inputs.push(adhoc.add_const(name, k.val().clone())?);
+            }
+        }
+        wire = adhoc.wire_node(&node.name, node.op.clone(), &inputs)?[0];
+        from = step;
+    }
+    adhoc.select_output_outlets(&[wire])?;
+    let bytes: Vec<u8> = (0..=255).collect();
+    let values = match dt {
+        DatumType::U8 => Tensor::from_shape(&shape, &bytes)?,
+        _ => {
+            let signed: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
+            Tensor::from_shape(&shape, &signed)?
+        }
+    };
+    let out = SimplePlan::new(adhoc)?
+        .run(tvec![values.into_tvalue()])?
+        .remove(0);
+    let out = out.try_as_plain_ram()?;
+    Ok(match out.datum_type() {
+        DatumType::U8 => out.as_slice::<u8>()?.to_vec(),
+        DatumType::I8 => out.as_slice::<i8>()?.iter().map(|&v| v as u8).collect(),
+        other => bail!("QTable: the chain's quantization gives {other:?}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::onnx_build::{model_bytes, node, raw, zero_point};
+    use tract_onnx::pb::tensor_proto::DataType as D;
+
+    type Step<'a> = (&'a str, &'a [f32], Vec<tract_onnx::pb::AttributeProto>);
+
+    /// `x` (in [0, 1]) stretched to [-6, 6] and quantized (zero point `za`), so that every
+    /// byte occurs, saturated ones included; dequantized, through the float steps `steps`
+    /// (each an op type and its extra constant inputs' values), quantized with `zy` and
+    /// dequantized to the output.
+    fn model(steps: &[Step], za: i32, zy: i32) -> Vec<u8> {
+        let mut init = vec![
+            raw("stretch", D::Float, &[], &[12f32]),
+            raw("shift", D::Float, &[], &[-6f32]),
+            raw("sa", D::Float, &[], &[0.043f32]),
+            zero_point("za", za),
+            raw("sy", D::Float, &[], &[0.0317f32]),
+            zero_point("zy", zy),
+        ];
+        let mut nodes = vec![
+            node("Mul", &["x", "stretch"], "xs", vec![]),
+            node("Add", &["xs", "shift"], "xw", vec![]),
+            node("QuantizeLinear", &["xw", "sa", "za"], "a", vec![]),
+            node("DequantizeLinear", &["a", "sa", "za"], "s0", vec![]),
+        ];
+        for (i, (op, consts, attrs)) in steps.iter().enumerate() {
+            let from = format!("s{i}");
+            let mut inputs = vec![from];
+            for (j, v) in consts.iter().enumerate() {
+                let name = format!("k{i}_{j}");
+                init.push(raw(&name, D::Float, &[], &[*v]));
+                inputs.push(name);
+            }
+            let inputs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+            nodes.push(node(op, &inputs, &format!("s{}", i + 1), attrs.clone()));
+        }
+        let last = format!("s{}", steps.len());
+        nodes.extend([
+            node("QuantizeLinear", &[&last, "sy", "zy"], "yq", vec![]),
+            node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
+        ]);
+        model_bytes("qtable", nodes, init, ("x", &[1, 5, 7, 9]), "y")
+    }
+
+    /// Clip (ReLU6), Relu, and LeakyRelu, HardSigmoid and an Add of a constant chained
+    /// with them, u8 and i8: the plan with the table gives the bytes of tract's passes.
+    /// A chain from u8 to i8 is left as it was.
+    #[test]
+    fn element_wise_chains_keep_tracts_bits() {
+        use crate::banded::tests::{input_spec, outputs, test_inputs};
+        use crate::load::{build_with, Target};
+        use tract_onnx::pb::AttributeProto;
+        let (c, h, w) = (5, 7, 9);
+        let spec = input_spec(c, h, w);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        let alpha = |v: f32| AttributeProto {
+            name: "alpha".into(),
+            r#type: 1,
+            f: v,
+            ..Default::default()
+        };
+        let cases: Vec<(Vec<Step>, i32, i32)> = vec![
+            (vec![("Clip", &[0.0, 6.0], vec![])], 128, 0),
+            (vec![("Relu", &[], vec![])], -7, -128),
+            // A unary step alone tract tabulates itself; with a Clip it does not.
+            (
+                vec![
+                    ("LeakyRelu", &[], vec![alpha(0.1)]),
+                    ("Clip", &[-0.3, 4.0], vec![]),
+                ],
+                128,
+                120,
+            ),
+            (
+                vec![("HardSigmoid", &[], vec![]), ("Add", &[0.25], vec![])],
+                -3,
+                -100,
+            ),
+            // u8 in, i8 out: left to tract (a table keeps its input's type).
+            (vec![("Clip", &[0.0, 6.0], vec![])], 128, -20),
+            (
+                vec![("Clip", &[-1.0, 2.5], vec![]), ("Relu", &[], vec![])],
+                0,
+                5,
+            ),
+        ];
+        for (steps, za, zy) in cases {
+            let bytes = model(&steps, za, zy);
+            let what = format!(
+                "{:?} {za} {zy}",
+                steps.iter().map(|s| s.0).collect::<Vec<_>>()
+            );
+            let plain = build_with(&bytes, &target, false).unwrap();
+            let ours = build_with(&bytes, &target, true).unwrap();
+            let same_type = (za < 0) == (zy < 0);
+            assert_eq!(
+                ours.patches.iter().any(|p| p.contains("table")),
+                same_type,
+                "{what}: {:?}",
+                ours.patches
+            );
+            for data in test_inputs(c * h * w) {
+                assert_eq!(
+                    outputs(&plain.plan, &[1, c, h, w], &data),
+                    outputs(&ours.plan, &[1, c, h, w], &data),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
