@@ -12,8 +12,8 @@
 //! A u8 or i8 input has 256 values, so the chain is a table of 256 outputs. The table is
 //! made at load by running the chain's own operators (the dequantization, each step with
 //! its constant, the quantization) on the 256 values, so every entry is the byte tract's
-//! chain gives for that value; tract's `LookupTable` (its NEON table kernel on aarch64)
-//! applies it. A step qualifies when it is an element-wise unary operator, or a binary
+//! chain gives for that value; [`QTable`] applies it (kernels/lut.rs: TBL/TBX on
+//! aarch64; tract's own table op is its generic one there, four instructions a byte). A step qualifies when it is an element-wise unary operator, or a binary
 //! one (or tract's chain of binary ones) whose other inputs are constants of one value.
 
 use tract_onnx::prelude::*;
@@ -21,9 +21,61 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::{OptBinByScalar, OptBinChain, OptBinUnicast, TypedBinOp};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
-use tract_onnx::tract_core::ops::quant::{lookup_table, DequantizeLinearF32};
+use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
+use crate::kernels::lut;
 use crate::quantize::Quantize8;
+
+/// A u8 or i8 tensor's bytes looked up in a 256-entry table (indexed by the bits of each
+/// byte); the output has the input's type and shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct QTable {
+    table: Box<[u8; 256]>,
+}
+
+impl Op for QTable {
+    fn name(&self) -> StaticName {
+        "QTable".into()
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for QTable {
+    tract_onnx::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let mut x = inputs.remove(0).into_tensor();
+        {
+            let mut view = x.try_as_plain_ram_mut()?;
+            match view.datum_type() {
+                DatumType::U8 => lut::apply(&self.table, view.as_slice_mut::<u8>()?),
+                DatumType::I8 => {
+                    let values = view.as_slice_mut::<i8>()?;
+                    // SAFETY: i8 and u8 have the same size and alignment; every bit
+                    // pattern is valid for both.
+                    let bytes = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            values.as_mut_ptr().cast::<u8>(),
+                            values.len(),
+                        )
+                    };
+                    lut::apply(&self.table, bytes)
+                }
+                other => bail!("QTable: an input of {other:?}"),
+            }
+        }
+        Ok(tvec!(x.into_tvalue()))
+    }
+}
+
+impl TypedOp for QTable {
+    tract_onnx::tract_core::as_op!();
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(inputs[0].without_value()))
+    }
+}
 
 /// Replaces every `Quantize8(f(DQ(x)))` chain of element-wise steps with a lookup table;
 /// returns, per chain, the names of its float steps' nodes (load.rs reports their ONNX
@@ -34,8 +86,9 @@ pub(crate) fn tabulate_quantized_chains(model: &mut TypedModel) -> TractResult<V
         let Some(chain) = chain_at(model, id)? else {
             return Ok(None);
         };
-        let table = table(model, &chain)?;
-        let op = lookup_table(tract_linalg::routines::lut_u8(&table)?);
+        let op = QTable {
+            table: table(model, &chain)?,
+        };
         found.borrow_mut().push(
             chain.steps[..chain.steps.len() - 1]
                 .iter()
@@ -142,7 +195,7 @@ fn element_wise_step(model: &TypedModel, node: &TypedNode, from: usize) -> Tract
 }
 
 /// The chain's output byte for each of the 256 input bytes (index: the byte's bits).
-fn table(model: &TypedModel, chain: &Chain) -> TractResult<Vec<u8>> {
+fn table(model: &TypedModel, chain: &Chain) -> TractResult<Box<[u8; 256]>> {
     let dt = model.outlet_fact(chain.input)?.datum_type;
     let rank = model.outlet_fact(chain.input)?.rank().max(1);
     let mut shape = vec![1usize; rank];
@@ -180,11 +233,15 @@ fn table(model: &TypedModel, chain: &Chain) -> TractResult<Vec<u8>> {
         .run(tvec![values.into_tvalue()])?
         .remove(0);
     let out = out.try_as_plain_ram()?;
-    Ok(match out.datum_type() {
+    let bytes: Vec<u8> = match out.datum_type() {
         DatumType::U8 => out.as_slice::<u8>()?.to_vec(),
         DatumType::I8 => out.as_slice::<i8>()?.iter().map(|&v| v as u8).collect(),
         other => bail!("QTable: the chain's quantization gives {other:?}"),
-    })
+    };
+    bytes
+        .into_boxed_slice()
+        .try_into()
+        .map_err(|b: Box<[u8]>| format_err!("QTable: {} table entries", b.len()))
 }
 
 #[cfg(test)]

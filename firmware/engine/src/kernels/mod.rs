@@ -10,3 +10,4 @@ mod c16_neon;
 pub(crate) mod dw;
 #[cfg(target_arch = "aarch64")]
 mod dw_neon;
+pub(crate) mod lut;
