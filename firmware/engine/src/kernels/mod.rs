@@ -8,6 +8,8 @@ pub(crate) mod c16;
 #[cfg(target_arch = "aarch64")]
 mod c16_neon;
 pub(crate) mod dw;
+#[cfg(target_arch = "x86_64")]
+mod dw_avx2;
 #[cfg(target_arch = "aarch64")]
 mod dw_neon;
 pub(crate) mod lut;
