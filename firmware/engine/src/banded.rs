@@ -82,26 +82,19 @@ pub(crate) struct BandedConv {
 enum Tiles {
     /// x86_64 with AVX-512 VNNI (vnni.rs), on tract's K4 packing of the patches.
     #[cfg(target_arch = "x86_64")]
-    Vnni(crate::vnni::Tiles),
+    Vnni(Box<(crate::vnni::Tiles, PackPatches)>),
     /// Cores without a dot product (kernels/c16.rs), on the patches in c16 panels.
     C16(Box<(c16::Weights, PackPatches)>),
 }
 
 impl Tiles {
     /// How the band's patches are packed for these tiles (`tracts` is the matmul's).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
-    fn pack<'a>(&'a self, tracts: &'a PackPatches) -> &'a PackPatches {
+    fn pack(&self) -> &PackPatches {
         match self {
             Tiles::C16(c16) => &c16.1,
             #[cfg(target_arch = "x86_64")]
-            Tiles::Vnni(_) => tracts,
+            Tiles::Vnni(vnni) => &vnni.1,
         }
-    }
-
-    /// Whether a band alone on the pool goes back to tract's kernel (whose executor splits
-    /// it): only where the tiles read tract's own packing.
-    fn yields_single_band(&self) -> bool {
-        !matches!(self, Tiles::C16(..))
     }
 
     /// The `nb` columns' sums into `c`, from the band's packed patches.
@@ -119,14 +112,14 @@ impl Tiles {
                 .run(packed, nb, c)
                 .map_err(|e| format_err!("BandedConv: c16 tiles: {e}")),
             #[cfg(target_arch = "x86_64")]
-            Tiles::Vnni(tiles) => {
+            Tiles::Vnni(vnni) => {
                 let used = nb.div_ceil(crate::vnni::R) * panel_len;
                 crate::vnni::offset_patches(&mut packed[..used]);
                 // SAFETY: i8 and u8 have the same layout.
                 let bytes = unsafe {
                     std::slice::from_raw_parts(packed.as_ptr() as *const u8, packed.len())
                 };
-                tiles.run(bytes, panel_len, nb, c)
+                vnni.0.run(bytes, panel_len, nb, c)
             }
         }
     }
@@ -177,9 +170,7 @@ impl BandedConv {
             }
             Some(Tiles::C16(..)) => vec!["edgedx_c16_scalar".into()],
             #[cfg(target_arch = "x86_64")]
-            Some(Tiles::Vnni(_)) => std::iter::once("edgedx_vnni_8x48".to_string())
-                .chain(tract)
-                .collect(),
+            Some(Tiles::Vnni(_)) => vec!["edgedx_vnni_8x48".into()],
         }
     }
 
@@ -214,7 +205,7 @@ impl BandedConv {
         let wo = g.out_width.max(1);
         let ho = g.n / wo;
         let tiles = self.tiles.as_ref().map(|t| &*t.0);
-        let pack = tiles.map_or(&self.pack, |t| t.pack(&self.pack));
+        let pack = tiles.map_or(&self.pack, Tiles::pack);
         let unit = pack.band_unit(&g);
         let mut band = self.band_rows(unit, wo);
         let executor = multithread::current_tract_executor();
@@ -234,8 +225,6 @@ impl BandedConv {
             .step_by(band)
             .map(|oy0| (oy0, (ho - oy0).min(band)))
             .collect();
-        // A single band on the pool stays on tract's kernel, whose executor splits it.
-        let single_split = pool.is_some() && bands.len() == 1;
         let job = Band {
             g: &g,
             xs: xs.as_slice::<i8>()?,
@@ -244,7 +233,7 @@ impl BandedConv {
             pack,
             blob_bytes: (band * wo).div_ceil(pack.r()) * pack.panel_len,
             out: Output(out.as_mut_ptr()),
-            tiles: tiles.filter(|t| !(single_split && t.yields_single_band())),
+            tiles,
         };
         let in_order = || {
             bands
@@ -377,7 +366,7 @@ struct Band<'a> {
     /// Bytes of one band's packed patches.
     blob_bytes: usize,
     out: Output,
-    /// The layer's VNNI tiles, when they compute this evaluation's products.
+    /// The layer's own tiles, when it has some (tract's kernel otherwise).
     tiles: Option<&'a Tiles>,
 }
 
@@ -628,9 +617,9 @@ fn run_at(
 /// the store. Anything the tiles refuse stays on tract's kernel:
 /// the load does not fail for it.
 ///
-/// - x86_64 with AVX-512 VNNI, on tract's `PackedI8K4 { r: 16 }` patches: they beat
-///   tract's kernel at every depth measured, 9 to 4608 (`edgedx-bench profile`: the default
-///   bundle's convolutions 0.39 -> 0.32 ms, VGG16's 98 -> 88 ms).
+/// - x86_64 with AVX-512 VNNI, on their own 16-wide K4 packing of weights and patches:
+///   they beat tract's kernel at every depth measured, 9 to 4608 (`edgedx-bench profile`:
+///   the default bundle's convolutions 0.39 -> 0.32 ms, VGG16's 98 -> 88 ms).
 /// - Cores without a dot product ([`c16_wanted`]), on weights in [-127, 127]: 16
 ///   multiply-adds per three instructions where tract's kernel does four per instruction.
 fn tiles_for(
@@ -664,26 +653,19 @@ fn tiles_for(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    {
-        use tract_linalg::pack::PackedI8K4;
-        let patches_k4 = op
-            .pack
-            .format
-            .downcast_ref::<PackedI8K4>()
-            .is_some_and(|f| f.r == crate::vnni::R);
-        if !op.patches_are_a
-            && patches_k4
-            && crate::vnni::available()
-            && crate::vnni::reads(&*weights)
-        {
-            return Ok(match crate::vnni::Tiles::new(weights, &offsets) {
-                Ok(tiles) => Some(Tiles::Vnni(tiles)),
+    if crate::vnni::available() {
+        let Some(rows) = crate::im2col::unpack_rows(&*weights) else {
+            return Ok(None);
+        };
+        return Ok(
+            match crate::vnni::Tiles::new(&rows, op.channels, op.pack.k, &offsets) {
+                Ok(tiles) => Some(Tiles::Vnni(Box::new((tiles, op.pack.k4(crate::vnni::R))))),
                 Err(e) => {
-                    log::debug!("int8 products left to tract's kernel: {e:#}");
+                    log::debug!("int8 products left to tract's kernel: {e}");
                     None
                 }
-            });
-        }
+            },
+        );
     }
     Ok(None)
 }
@@ -1152,21 +1134,14 @@ pub(crate) mod tests {
                     .filter_map(|n| n.op_as::<BandedConv>())
                     .collect();
                 let tiled = ops.iter().filter(|b| b.tiles.is_some()).count();
-                // On the c16 tiles every layer (the test weights are in [-127, 127]).
-                // Where the CPU has VNNI, every other layer with the patches as b in
-                // 16-wide K4 panels runs on the VNNI tiles (tract packs layers of few
-                // channels for its 8x8 kernel instead).
+                // On the c16 tiles every layer (the test weights are in [-127, 127]);
+                // where the CPU has VNNI, every layer on the VNNI tiles, whatever kernel
+                // tract packed it for.
                 let c16 = c16_forced || super::c16_wanted();
-                let sixteen = |b: &BandedConv| {
-                    b.pack
-                        .format
-                        .downcast_ref::<tract_linalg::pack::PackedI8K4>()
-                        .is_some_and(|f| f.r == 16)
-                };
                 for (i, b) in ops.iter().enumerate() {
                     let want = if c16 {
                         "c16"
-                    } else if vnni_cpu() && !b.patches_are_a && sixteen(b) {
+                    } else if vnni_cpu() {
                         "vnni"
                     } else {
                         "tract"
@@ -1200,13 +1175,8 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(tiled_layers, expected_tiled);
-        if c16_forced || super::c16_wanted() {
-            assert!(tiled_layers > 0, "no layer ran on the c16 tiles");
-        } else if vnni_cpu() && tiled_layers == 0 {
-            // tract packs for its 8-wide VNNI kernel on some CPUs (AMD Zen 4:
-            // avx512vnni_mmm_i32_8x8), and the engine's VNNI tiles read only its 16-wide
-            // K4 panels: there every layer stays on tract's kernel.
-            eprintln!("NOTE: this CPU has VNNI, but tract packed no layer for the VNNI tiles");
+        if c16_forced || super::c16_wanted() || vnni_cpu() {
+            assert!(tiled_layers > 0, "no layer ran on the engine's tiles");
         }
     }
 }

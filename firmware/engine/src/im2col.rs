@@ -185,6 +185,19 @@ impl PackPatches {
         }
     }
 
+    /// The same patches in `PackedI8K4 { r }` panels, for the engine's own VNNI tiles
+    /// (vnni.rs); `format` stays tract's, which only tract's kernel reads.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn k4(&self, r: usize) -> PackPatches {
+        let group_bytes = 4 * r;
+        PackPatches {
+            layout: Layout::K4 { r },
+            panel_len: self.k.div_ceil(4) * group_bytes,
+            align: 64,
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn geometry(&self, shape: &[usize]) -> TractResult<Geometry> {
         ensure!(
             shape.len() == 4,

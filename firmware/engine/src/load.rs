@@ -339,8 +339,8 @@ fn build_proto(
                     .map(|step| crate::qdq::onnx_node_of(&onnx_nodes, step));
                 let first = sources.next()??;
                 sources.all(|s| s == Some(first)).then(|| {
-                    let (name, op) = first.clone();
-                    (op.clone(), format!("QLinear{op}"), name)
+                    let (name, op) = first;
+                    (op.clone(), format!("QLinear{op}"), name.clone())
                 })
             });
             let fused_nodes = fused_binaries
@@ -356,13 +356,11 @@ fn build_proto(
                         name,
                     )
                 }))
-                .chain(chain_nodes)
-                .collect::<Vec<_>>();
+                .chain(chain_nodes);
             for (qdq_op, contrib_op, name) in fused_nodes {
-                // tract names a node after the ONNX node, or that name and a suffix.
                 let from_lowered = lowered_nodes
                     .iter()
-                    .any(|l| name == *l || name.starts_with(&format!("{l}.")));
+                    .any(|l| crate::qdq::named_after(&name, l));
                 let (counts, op) = if from_lowered {
                     (&mut lowered, contrib_op)
                 } else {

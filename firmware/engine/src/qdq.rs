@@ -120,20 +120,23 @@ pub(crate) fn tract_names(model: &pb::ModelProto) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The ONNX node (of [`tract_names`]) a plan node named `plan_name` came from: tract names
-/// a node after its ONNX node, or that name, a dot and a suffix. The longest such name.
+/// Whether tract's plan node `plan_name` came from the ONNX node `onnx_name`: tract names a
+/// node after its ONNX node, or that name, a dot and a suffix.
+pub(crate) fn named_after(plan_name: &str, onnx_name: &str) -> bool {
+    plan_name
+        .strip_prefix(onnx_name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// The ONNX node (of [`tract_names`]) a plan node named `plan_name` came from
+/// ([`named_after`]): the longest such name.
 pub(crate) fn onnx_node_of<'a>(
     nodes: &'a [(String, String)],
     plan_name: &str,
 ) -> Option<&'a (String, String)> {
     nodes
         .iter()
-        .filter(|(name, _)| {
-            plan_name == name
-                || plan_name
-                    .strip_prefix(name.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
-        })
+        .filter(|(name, _)| named_after(plan_name, name))
         .max_by_key(|(name, _)| name.len())
 }
 

@@ -18,12 +18,14 @@
 //!
 //! Both operands are in tract's `PackedI8K4 { r: 16 }` layout: per group of four k, 64
 //! bytes holding four consecutive k for each of 16 rows (weights: output channels; patches:
-//! output positions).
+//! output positions). The engine packs both itself, the weights once at load and the
+//! patches per band, whatever kernel tract picked for the layer: tract packs most of
+//! EfficientNet-Lite0's convolutions for its `avx512vnni_mmm_i32_8x8`, whose panels are
+//! half as wide, and that kernel took 30 % of the network's int8 time (`perf record` on
+//! `edgedx-bench profile`) while these tiles read none of them.
 
 use std::arch::x86_64::*;
 
-use tract_linalg::mmm::MMMInputValue;
-use tract_linalg::pack::PackedI8K4;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -35,53 +37,63 @@ pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
 }
 
-/// Whether `a` is packed the way [`Tiles`] reads weights: eager (its panels are in memory)
-/// and `PackedI8K4 { r: 16 }`.
-pub(crate) fn reads(a: &dyn MMMInputValue) -> bool {
-    a.scratch_panel_buffer_layout().is_none()
-        && a.format()
-            .downcast_ref::<PackedI8K4>()
-            .is_some_and(|f| f.r == R)
-}
-
-/// One layer's weights and per-channel starting values. Built only where [`available`].
+/// One layer's weights in 16-row K4 panels, and per-channel starting values. Built only
+/// where [`available`].
 #[derive(Debug)]
 pub(crate) struct Tiles {
-    weights: Box<dyn MMMInputValue>,
+    /// `channels.div_ceil(16)` panels of `groups` groups of 64 bytes: four consecutive k
+    /// of each of 16 channels, zero past the last channel and past `k`.
+    panels: Vec<u8>,
+    channels: usize,
+    groups: usize,
     /// Per output channel, padded to whole panels.
     starts: Vec<i32>,
 }
 
 impl Tiles {
-    /// `weights` (`reads` must hold) with what tract's fused ops add per output channel
-    /// (`offsets`: their Add values less their SubF ones, banded.rs `per_channel_offsets`).
-    pub(crate) fn new(weights: Box<dyn MMMInputValue>, offsets: &[i32]) -> TractResult<Tiles> {
-        ensure!(
-            available() && reads(&*weights),
-            "weights not in VNNI panels"
-        );
-        let (m, groups) = (weights.mn(), weights.k().div_ceil(4));
-        let mut starts = vec![0i32; m.div_ceil(R) * R];
-        for (panel, chunk) in starts.chunks_exact_mut(R).enumerate() {
-            let pa = weights.panel_bytes(panel, None)?;
-            // SAFETY: the CPU has VNNI (checked above); tract's eager panel holds `groups`
-            // groups of 64 bytes.
-            unsafe { store(chunk, minus_128_sums(pa, groups)) };
+    /// `rows`: the layer's weights, `channels` rows of `k` bytes, row-major; `offsets`:
+    /// what tract's fused ops add per output channel (their Add values less their SubF
+    /// ones, banded.rs `per_channel_offsets`).
+    pub(crate) fn new(
+        rows: &[i8],
+        channels: usize,
+        k: usize,
+        offsets: &[i32],
+    ) -> Result<Tiles, String> {
+        if !available() {
+            return Err("this CPU has no AVX-512 VNNI".into());
         }
-        ensure!(
-            offsets.len() == m,
-            "{} per-row values for {m} channels",
-            offsets.len()
-        );
-        for (s, v) in starts.iter_mut().zip(offsets) {
-            *s = s.wrapping_add(*v);
+        if channels == 0 || k == 0 || rows.len() != channels * k || offsets.len() != channels {
+            return Err(format!(
+                "{} weights and {} per-row values for {channels} channels of {k}",
+                rows.len(),
+                offsets.len()
+            ));
         }
-        Ok(Tiles { weights, starts })
+        let groups = k.div_ceil(4);
+        let panel_len = groups * 4 * R;
+        let mut panels = vec![0u8; channels.div_ceil(R) * panel_len];
+        let mut starts = vec![0i32; channels.div_ceil(R) * R];
+        for (ch, row) in rows.chunks_exact(k).enumerate() {
+            let panel = &mut panels[(ch / R) * panel_len..][..panel_len];
+            for (kk, &w) in row.iter().enumerate() {
+                panel[(kk / 4) * 4 * R + (ch % R) * 4 + kk % 4] = w as u8;
+            }
+            // The patches arrive offset by 128: take 128 times the weights' sum back off.
+            let sum = row.iter().fold(0i32, |s, &w| s.wrapping_add(i32::from(w)));
+            starts[ch] = offsets[ch].wrapping_sub(sum.wrapping_mul(128));
+        }
+        Ok(Tiles {
+            panels,
+            channels,
+            groups,
+            starts,
+        })
     }
 
     /// The band's accumulators, `channels` rows of `n` i32 into `c`, from its patches `b`:
-    /// `n.div_ceil(16)` panels of `panel_len` bytes, each byte offset by 128
-    /// (`offset_patches`).
+    /// `n.div_ceil(16)` panels of `panel_len` bytes in the same K4 packing, each byte offset
+    /// by 128 (`offset_patches`).
     pub(crate) fn run(
         &self,
         b: &[u8],
@@ -89,12 +101,11 @@ impl Tiles {
         n: usize,
         c: &mut [i32],
     ) -> TractResult<()> {
-        let (m, groups) = (self.weights.mn(), self.weights.k().div_ceil(4));
+        let (m, groups) = (self.channels, self.groups);
         let col_panels = n.div_ceil(R);
         ensure!(
             panel_len == groups * 4 * R,
-            "packed panel of {panel_len} bytes, k {}",
-            self.weights.k()
+            "packed panel of {panel_len} bytes, {groups} groups of four k"
         );
         ensure!(
             b.len() >= col_panels * panel_len,
@@ -103,7 +114,7 @@ impl Tiles {
         );
         ensure!(c.len() == m * n, "{} accumulators for {m} x {n}", c.len());
         for (panel, starts) in self.starts.chunks_exact(R).enumerate() {
-            let pa = self.weights.panel_bytes(panel, None)?;
+            let pa = self.panels[panel * panel_len..].as_ptr();
             for half in 0..2 {
                 let first_row = panel * R + half * HALF;
                 if first_row >= m {
@@ -119,9 +130,9 @@ impl Tiles {
                     let at = c[first_row * n + col_panel * R..].as_mut_ptr();
                     let shape = [rows, cols, n, panel_len];
                     // SAFETY: `Tiles` exists only where the CPU has VNNI; the weight panel
-                    // and the `group` patch panels hold `groups` groups of 64 bytes
-                    // (tract's packing, and the checks above); the tile's `rows` rows of
-                    // its columns, `n` apart, are within `c` (checked above).
+                    // and the `group` patch panels hold `groups` groups of 64 bytes (the
+                    // checks above); the tile's `rows` rows of its columns, `n` apart, are
+                    // within `c` (checked above).
                     unsafe {
                         let pa = pa.add(half * HALF * 4);
                         match group {
@@ -150,27 +161,6 @@ pub(crate) fn offset_patches(bytes: &mut [i8]) {
     for b in bytes {
         *b ^= i8::MIN;
     }
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn store(out: &mut [i32], v: __m512i) {
-    debug_assert!(out.len() >= R);
-    // SAFETY: `out` holds at least 16 i32.
-    unsafe { _mm512_storeu_si512(out.as_mut_ptr() as *mut __m512i, v) }
-}
-
-/// `-128 * sum over k of a[row][k]` for one panel's 16 rows.
-#[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn minus_128_sums(pa: *const u8, groups: usize) -> __m512i {
-    // As the unsigned operand, 0x80 is 128.
-    let by_128 = _mm512_set1_epi8(i8::MIN);
-    let mut sum = _mm512_setzero_si512();
-    for g in 0..groups {
-        // SAFETY: the panel holds `groups` groups of 64 bytes.
-        let va = unsafe { _mm512_loadu_si512(pa.add(g * 64) as *const __m512i) };
-        sum = _mm512_dpbusd_epi32(sum, by_128, va);
-    }
-    _mm512_sub_epi32(_mm512_setzero_si512(), sum)
 }
 
 /// One tile: for each of `rows` (up to 8) channels from `pa`'s first row, `start[row] +
