@@ -51,10 +51,12 @@ pub(crate) const PARALLEL_MACS: usize = 16 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BandedConv {
     pack: PackPatches,
-    matmul: OptMatMul,
+    /// Who computes the products: tract's kernel, or the engine's tiles.
+    products: Products,
     requantize: Requantize,
     /// How many of this node's inputs are PackPatches' (the image, and the padding value
-    /// when it has one); the others are the matmul's, without the patches.
+    /// when it has one); the others are the matmul's, without the patches (none when the
+    /// tiles compute the products: they hold the weights).
     pack_inputs: usize,
     /// Where the patches go among the matmul's inputs.
     patches_slot: usize,
@@ -72,9 +74,26 @@ pub(crate) struct BandedConv {
     output_shape: TVec<usize>,
     /// Bytes per band; `BAND_BYTES` except in tests.
     band_bytes: usize,
-    /// The products on the engine's own tiles, where the CPU and the layer allow; tract's
-    /// kernel otherwise.
-    tiles: Option<Shared<Tiles>>,
+}
+
+/// A layer's products: on the engine's own tiles where the CPU and the layer allow, on
+/// tract's kernel otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Products {
+    /// tract's kernel and fused ops, on the matmul's inputs (the node's after the pack's).
+    Tract(OptMatMul),
+    /// The tiles, with the layer's weights in their own packing: tract's packed copy is
+    /// not kept (it is no input of the node, and the plan prunes it).
+    Tiles(Shared<Tiles>),
+}
+
+impl Products {
+    fn tiles(&self) -> Option<&Tiles> {
+        match self {
+            Products::Tiles(t) => Some(&t.0),
+            Products::Tract(_) => None,
+        }
+    }
 }
 
 /// The engine's own product tiles for one layer, chosen per CPU at load.
@@ -88,6 +107,16 @@ enum Tiles {
 }
 
 impl Tiles {
+    /// The kernel's name, as `edgedx info` reports it.
+    fn name(&self) -> &'static str {
+        match self {
+            Tiles::C16(..) if cfg!(target_arch = "aarch64") => "edgedx_c16_neon_4x4",
+            Tiles::C16(..) => "edgedx_c16_scalar",
+            #[cfg(target_arch = "x86_64")]
+            Tiles::Vnni(_) => "edgedx_vnni_8x48",
+        }
+    }
+
     /// How the band's patches are packed for these tiles (`tracts` is the matmul's).
     fn pack(&self) -> &PackPatches {
         match self {
@@ -159,18 +188,11 @@ impl BandedConv {
         unit * (columns / (unit * out_width).max(1)).max(1)
     }
 
-    /// The kernels the bands run, as `edgedx info` reports them: the engine's tiles, and
-    /// tract's kernel where a band can still fall back to it.
+    /// The kernels the bands run, as `edgedx info` reports them.
     pub(crate) fn kernels(&self) -> Vec<String> {
-        let tract = self.matmul.mmm.iter().map(|k| k.name().to_string());
-        match self.tiles.as_ref().map(|t| &*t.0) {
-            None => tract.collect(),
-            Some(Tiles::C16(..)) if cfg!(target_arch = "aarch64") => {
-                vec!["edgedx_c16_neon_4x4".into()]
-            }
-            Some(Tiles::C16(..)) => vec!["edgedx_c16_scalar".into()],
-            #[cfg(target_arch = "x86_64")]
-            Some(Tiles::Vnni(_)) => vec!["edgedx_vnni_8x48".into()],
+        match &self.products {
+            Products::Tract(matmul) => matmul.mmm.iter().map(|k| k.name().to_string()).collect(),
+            Products::Tiles(t) => vec![t.0.name().into()],
         }
     }
 
@@ -204,8 +226,7 @@ impl BandedConv {
         let xs = x.try_as_plain_ram()?;
         let wo = g.out_width.max(1);
         let ho = g.n / wo;
-        let tiles = self.tiles.as_ref().map(|t| &*t.0);
-        let pack = tiles.map_or(&self.pack, Tiles::pack);
+        let pack = self.products.tiles().map_or(&self.pack, Tiles::pack);
         let unit = pack.band_unit(&g);
         let mut band = self.band_rows(unit, wo);
         let executor = multithread::current_tract_executor();
@@ -233,7 +254,6 @@ impl BandedConv {
             pack,
             blob_bytes: (band * wo).div_ceil(pack.r()) * pack.panel_len,
             out: Output(out.as_mut_ptr()),
-            tiles,
         };
         let in_order = || {
             bands
@@ -275,15 +295,15 @@ impl BandedConv {
                     std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut i8, bytes.len())
                 };
                 job.pack.pack_band(job.g, job.xs, job.pad, oy0, rows, bytes);
-                if let Some(tiles) = job.tiles {
+                if let Some(tiles) = self.products.tiles() {
                     let mut acc = c.try_as_plain_ram_mut()?;
                     tiles.run(bytes, job.pack.panel_len, nb, acc.as_slice_mut::<i32>()?)?;
                 }
             }
             // Kept to reuse for the next band once the matmul's inputs are dropped.
             *blob = Some(packed.clone());
-            if job.tiles.is_none() {
-                self.run_kernel(scratch, packed, job.rest, &c, nb)?;
+            if let Products::Tract(matmul) = &self.products {
+                self.run_kernel(matmul, scratch, packed, job.rest, &c, nb)?;
             }
             let acc = c.try_as_plain_ram()?;
             let acc = acc.as_slice::<i32>()?;
@@ -302,13 +322,14 @@ impl BandedConv {
     /// The band's products and fused ops on tract's kernel, into `c`.
     fn run_kernel(
         &self,
+        matmul: &OptMatMul,
         scratch: &mut Option<Box<dyn ScratchSpace>>,
         packed: Arc<Blob>,
         rest: &[TValue],
         c: &Tensor,
         nb: usize,
     ) -> TractResult<()> {
-        let mmm = &*self.matmul.mmm[0];
+        let mmm = &*matmul.mmm[0];
         // SAFETY (both unsafe calls): tract-linalg's scratch-space contract, as OptMatMul
         // uses it: a space is only used with a kernel that accepts it.
         if !scratch
@@ -335,8 +356,7 @@ impl BandedConv {
             mm_inputs.insert(self.patches_slot, patches.into_tvalue());
             // Every axis but m and n has extent 1: one matmul, at the origin.
             let origin: TVec<usize> = tvec![0; c.rank()];
-            let uops: TVec<FusedSpec> = self
-                .matmul
+            let uops: TVec<FusedSpec> = matmul
                 .micro_ops
                 .iter()
                 .map(|op| op.resolve(&mm_inputs, &origin, c, mmm, 0))
@@ -366,8 +386,6 @@ struct Band<'a> {
     /// Bytes of one band's packed patches.
     blob_bytes: usize,
     out: Output,
-    /// The layer's own tiles, when it has some (tract's kernel otherwise).
-    tiles: Option<&'a Tiles>,
 }
 
 /// The output's bytes, written by bands on several threads, each to its own columns.
@@ -405,7 +423,7 @@ impl Op for BandedConv {
             "k={}, m={}, kernel {}",
             self.pack.k,
             self.channels,
-            self.matmul.mmm[0].name()
+            self.kernels().join(", ")
         )])
     }
 
@@ -592,7 +610,7 @@ fn run_at(
     );
     let op = BandedConv {
         pack,
-        matmul: matmul.clone(),
+        products: Products::Tract(matmul.clone()),
         requantize: requantize.clone(),
         pack_inputs: node.inputs.len(),
         patches_slot,
@@ -602,14 +620,18 @@ fn run_at(
         channels,
         output_shape,
         band_bytes,
-        tiles: None,
     };
-    let tiles = tiles_for(model, mm_node, &op)?.map(|t| Shared(Arc::new(t)));
-    Ok(Some((
-        inputs,
-        OutletId::new(rq_node.id, 0),
-        BandedConv { tiles, ..op },
-    )))
+    let op = match tiles_for(model, mm_node, matmul, &op)? {
+        Some(tiles) => {
+            inputs.truncate(op.pack_inputs);
+            BandedConv {
+                products: Products::Tiles(Shared(Arc::new(tiles))),
+                ..op
+            }
+        }
+        None => op,
+    };
+    Ok(Some((inputs, OutletId::new(rq_node.id, 0), op)))
 }
 
 /// The engine's own tiles for `op`, where the CPU has some and the layer fits them:
@@ -625,9 +647,10 @@ fn run_at(
 fn tiles_for(
     model: &TypedModel,
     mm_node: &TypedNode,
+    matmul: &OptMatMul,
     op: &BandedConv,
 ) -> TractResult<Option<Tiles>> {
-    let Some((weights, adds, subs)) = tile_operands(model, mm_node, op)? else {
+    let Some((weights, adds, subs)) = tile_operands(model, mm_node, matmul, op)? else {
         return Ok(None);
     };
     if weights.mn() != op.channels || weights.k() != op.pack.k {
@@ -654,11 +677,8 @@ fn tiles_for(
     }
     #[cfg(target_arch = "x86_64")]
     if crate::vnni::available() {
-        let Some(rows) = crate::im2col::unpack_rows(&*weights) else {
-            return Ok(None);
-        };
         return Ok(
-            match crate::vnni::Tiles::new(&rows, op.channels, op.pack.k, &offsets) {
+            match crate::vnni::Tiles::new(&*weights, op.channels, op.pack.k, &offsets) {
                 Ok(tiles) => Some(Tiles::Vnni(Box::new((tiles, op.pack.k4(crate::vnni::R))))),
                 Err(e) => {
                     log::debug!("int8 products left to tract's kernel: {e}");
@@ -727,6 +747,7 @@ type TileOperands = (Box<dyn MMMInputValue>, PerChannel, PerChannel);
 fn tile_operands(
     model: &TypedModel,
     mm_node: &TypedNode,
+    matmul: &OptMatMul,
     op: &BandedConv,
 ) -> TractResult<Option<TileOperands>> {
     use tract_linalg::BinOp;
@@ -739,7 +760,7 @@ fn tile_operands(
     let mut weights = None;
     let (mut adds, mut subs) = (vec![], vec![]);
     let mut stored = false;
-    for (ix, uop) in op.matmul.micro_ops.iter().enumerate() {
+    for (ix, uop) in matmul.micro_ops.iter().enumerate() {
         match uop {
             ProtoFusedSpec::AddMatMul { a, b, .. } if ix == 0 => {
                 weights = match if op.patches_are_a { b } else { a } {
@@ -764,7 +785,7 @@ fn tile_operands(
                     _ => return Ok(None),
                 }
             }
-            ProtoFusedSpec::Store(_) if !stored && ix + 1 == op.matmul.micro_ops.len() => {
+            ProtoFusedSpec::Store(_) if !stored && ix + 1 == matmul.micro_ops.len() => {
                 stored = true
             }
             _ => return Ok(None),
@@ -1008,7 +1029,7 @@ pub(crate) mod tests {
 
     /// Which tiles a banded layer runs on, by family.
     fn family(b: &BandedConv) -> &'static str {
-        match b.tiles.as_ref().map(|t| &*t.0) {
+        match b.products.tiles() {
             None => "tract",
             Some(Tiles::C16(..)) => "c16",
             #[cfg(target_arch = "x86_64")]
@@ -1133,7 +1154,7 @@ pub(crate) mod tests {
                     .iter()
                     .filter_map(|n| n.op_as::<BandedConv>())
                     .collect();
-                let tiled = ops.iter().filter(|b| b.tiles.is_some()).count();
+                let tiled = ops.iter().filter(|b| b.products.tiles().is_some()).count();
                 // On the c16 tiles every layer (the test weights are in [-127, 127]);
                 // where the CPU has VNNI, every layer on the VNNI tiles, whatever kernel
                 // tract packed it for.

@@ -18,14 +18,17 @@
 //!
 //! Both operands are in tract's `PackedI8K4 { r: 16 }` layout: per group of four k, 64
 //! bytes holding four consecutive k for each of 16 rows (weights: output channels; patches:
-//! output positions). The engine packs both itself, the weights once at load and the
-//! patches per band, whatever kernel tract picked for the layer: tract packs most of
-//! EfficientNet-Lite0's convolutions for its `avx512vnni_mmm_i32_8x8`, whose panels are
-//! half as wide, and that kernel took 30 % of the network's int8 time (`perf record` on
-//! `edgedx-bench profile`) while these tiles read none of them.
+//! output positions). The engine packs the patches itself per band, and the weights at
+//! load when tract packed them otherwise (tract's 16-wide panels are shared, not copied),
+//! whatever kernel tract picked for the layer: tract packs most of EfficientNet-Lite0's
+//! convolutions for its `avx512vnni_mmm_i32_8x8`, whose panels are half as wide, and that
+//! kernel took 30 % of the network's int8 time (`perf record` on `edgedx-bench profile`)
+//! while these tiles read none of them.
 
 use std::arch::x86_64::*;
 
+use tract_linalg::mmm::{EagerPackedInput, MMMInputValue};
+use tract_linalg::pack::PackedI8K4;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -42,8 +45,9 @@ pub(crate) fn available() -> bool {
 #[derive(Debug)]
 pub(crate) struct Tiles {
     /// `channels.div_ceil(16)` panels of `groups` groups of 64 bytes: four consecutive k
-    /// of each of 16 channels, zero past the last channel and past `k`.
-    panels: Vec<u8>,
+    /// of each of 16 channels, zero past the last channel and past `k`. tract's own when it
+    /// packed them so (shared, not copied).
+    panels: Arc<Blob>,
     channels: usize,
     groups: usize,
     /// Per output channel, padded to whole panels.
@@ -51,11 +55,11 @@ pub(crate) struct Tiles {
 }
 
 impl Tiles {
-    /// `rows`: the layer's weights, `channels` rows of `k` bytes, row-major; `offsets`:
-    /// what tract's fused ops add per output channel (their Add values less their SubF
-    /// ones, banded.rs `per_channel_offsets`).
+    /// `weights`: the layer's, as tract packed them (`channels` rows of depth `k`);
+    /// `offsets`: what tract's fused ops add per output channel (their Add values less
+    /// their SubF ones, banded.rs `per_channel_offsets`).
     pub(crate) fn new(
-        rows: &[i8],
+        weights: &dyn MMMInputValue,
         channels: usize,
         k: usize,
         offsets: &[i32],
@@ -63,25 +67,55 @@ impl Tiles {
         if !available() {
             return Err("this CPU has no AVX-512 VNNI".into());
         }
-        if channels == 0 || k == 0 || rows.len() != channels * k || offsets.len() != channels {
+        if channels == 0 || k == 0 || weights.mn() != channels || weights.k() != k {
             return Err(format!(
-                "{} weights and {} per-row values for {channels} channels of {k}",
-                rows.len(),
+                "weights of {} x {} for {channels} channels of {k}",
+                weights.mn(),
+                weights.k()
+            ));
+        }
+        if offsets.len() != channels {
+            return Err(format!(
+                "{} per-row values for {channels} channels",
                 offsets.len()
             ));
         }
         let groups = k.div_ceil(4);
         let panel_len = groups * 4 * R;
-        let mut panels = vec![0u8; channels.div_ceil(R) * panel_len];
-        let mut starts = vec![0i32; channels.div_ceil(R) * R];
-        for (ch, row) in rows.chunks_exact(k).enumerate() {
-            let panel = &mut panels[(ch / R) * panel_len..][..panel_len];
-            for (kk, &w) in row.iter().enumerate() {
-                panel[(kk / 4) * 4 * R + (ch % R) * 4 + kk % 4] = w as u8;
+        let panels = match weights.downcast_ref::<EagerPackedInput>() {
+            Some(eager)
+                if eager
+                    .fact
+                    .format
+                    .downcast_ref::<PackedI8K4>()
+                    .is_some_and(|f| f.r == R)
+                    && eager.panel_bytes == panel_len
+                    && eager.packed.len() >= channels.div_ceil(R) * panel_len =>
+            {
+                eager.packed.clone()
             }
-            // The patches arrive offset by 128: take 128 times the weights' sum back off.
-            let sum = row.iter().fold(0i32, |s, &w| s.wrapping_add(i32::from(w)));
-            starts[ch] = offsets[ch].wrapping_sub(sum.wrapping_mul(128));
+            _ => {
+                let rows = crate::im2col::unpack_rows(weights)
+                    .ok_or("weights in a packing the engine cannot read")?;
+                let mut panels = vec![0u8; channels.div_ceil(R) * panel_len];
+                for (ch, row) in rows.chunks_exact(k).enumerate() {
+                    let panel = &mut panels[(ch / R) * panel_len..][..panel_len];
+                    for (kk, &w) in row.iter().enumerate() {
+                        panel[(kk / 4) * 4 * R + (ch % R) * 4 + kk % 4] = w as u8;
+                    }
+                }
+                Arc::new(Blob::from_bytes_alignment(&panels, 64).map_err(|e| e.to_string())?)
+            }
+        };
+        // The patches arrive offset by 128: each channel starts 128 times its weights'
+        // sum lower (the panels are zero past `k`).
+        let mut starts = vec![0i32; channels.div_ceil(R) * R];
+        for (ch, start) in starts.iter_mut().enumerate().take(channels) {
+            let panel = &panels[(ch / R) * panel_len..][..panel_len];
+            let sum = (0..groups)
+                .flat_map(|g| &panel[g * 4 * R + (ch % R) * 4..][..4])
+                .fold(0i32, |s, &w| s.wrapping_add(i32::from(w as i8)));
+            *start = offsets[ch].wrapping_sub(sum.wrapping_mul(128));
         }
         Ok(Tiles {
             panels,
