@@ -81,7 +81,7 @@ pub(crate) struct BandedConv {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Products {
     /// tract's kernel and fused ops, on the matmul's inputs (the node's after the pack's).
-    Tract(OptMatMul),
+    Tract(Box<OptMatMul>),
     /// The tiles, with the layer's weights in their own packing: tract's packed copy is
     /// not kept (it is no input of the node, and the plan prunes it).
     Tiles(Shared<Tiles>),
@@ -610,7 +610,7 @@ fn run_at(
     );
     let op = BandedConv {
         pack,
-        products: Products::Tract(matmul.clone()),
+        products: Products::Tract(Box::new(matmul.clone())),
         requantize: requantize.clone(),
         pack_inputs: node.inputs.len(),
         patches_slot,
