@@ -117,7 +117,7 @@ impl Tiles {
         }
     }
 
-    /// How the band's patches are packed for these tiles (`tracts` is the matmul's).
+    /// How the band's patches are packed for these tiles (their own packing, not the matmul's).
     fn pack(&self) -> &PackPatches {
         match self {
             Tiles::C16(c16) => &c16.1,
