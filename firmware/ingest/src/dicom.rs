@@ -9,6 +9,7 @@
 //! around dicom-rs stays as the last guard only: a panic it catches is a decoder bug that
 //! these checks missed, and is reported as such.
 
+mod codestream;
 mod palette;
 mod rle;
 mod scan;
@@ -220,17 +221,27 @@ pub fn decode_raw_bytes(
                         .into(),
                 });
             }
+            if !matches!(attrs.bits_allocated, 8 | 16) {
+                // Every codec adapter of dicom-rs decodes these two only.
+                return Err(IngestError::unsupported(
+                    name,
+                    format!(
+                        "{ts_name} with Bits Allocated (0028,0100) {}; 8 and 16 are supported",
+                        attrs.bits_allocated
+                    ),
+                ));
+            }
             if prep.read_ts == RLE_LOSSLESS {
                 check_rle(&prep.dataset, fragments, &attrs, frame, name)?;
-            } else {
-                check_codestreams(&prep.dataset, fragments, &attrs, name)?;
+            } else if let Some(family) = codestream::Family::of(&prep.read_ts) {
+                check_codestream(family, &prep.dataset, fragments, &attrs, frame, name)?;
             }
         }
     }
 
     let read_ts = prep.read_ts.clone();
     let dataset = &prep.dataset;
-    let decoded = guarded(name, "parser", || {
+    let decoded = guarded(name, "dicom-rs parser", || {
         let obj = InMemDicomObject::read_dataset_with_ts(&dataset[..], ts)
             .map_err(|e| IngestError::malformed(name, format!("dicom-rs: {e}")))?;
         obj.with_meta(
@@ -241,7 +252,7 @@ pub fn decode_raw_bytes(
         )
         .map_err(|e| IngestError::malformed(name, format!("dicom-rs file meta: {e}")))
     })?;
-    let px = guarded(name, "decoder", || {
+    let px = guarded(name, "dicom-rs decoder", || {
         decoded
             .decode_pixel_data_frame(frame)
             .map(|p| p.to_owned())
@@ -336,11 +347,11 @@ fn guarded<T>(
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".into());
-            log::error!("{name}: dicom-rs {what} panicked: {msg}");
+            log::error!("{name}: the {what} panicked: {msg}");
             Err(IngestError::DecoderBug {
                 name: name.to_string(),
                 reason: format!(
-                    "the dicom-rs {what} panicked ({msg}): a bug that the checks made before \
+                    "the {what} panicked ({msg}): a bug that the checks made before \
                      decoding did not catch, not necessarily a fault of the file"
                 ),
             })
@@ -452,6 +463,16 @@ fn prepare_without_meta(
             reasons[0], reasons[1]
         ),
     })
+}
+
+/// What a decoder must produce for one frame.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    rows: u32,
+    cols: u32,
+    samples: u8,
+    /// 1 or 2 (Bits Allocated 8 or 16).
+    bytes_per_sample: u8,
 }
 
 /// Image attributes from the pre-scan, checked before any decoder trusts them.
@@ -682,6 +703,16 @@ impl Attrs {
         Ok(())
     }
 
+    /// The image a codec must produce; Bits Allocated is 8 or 16 (checked by the caller).
+    fn shape(&self) -> Shape {
+        Shape {
+            rows: self.rows,
+            cols: self.cols,
+            samples: self.samples,
+            bytes_per_sample: (self.bits_allocated / 8) as u8,
+        }
+    }
+
     fn native_bytes(&self) -> u64 {
         let samples = u64::from(self.rows)
             * u64::from(self.cols)
@@ -708,15 +739,6 @@ fn check_rle(
     frame: u32,
     name: &str,
 ) -> Result<(), IngestError> {
-    if !matches!(attrs.bits_allocated, 8 | 16) {
-        return Err(IngestError::unsupported(
-            name,
-            format!(
-                "RLE Lossless with Bits Allocated (0028,0100) {}; 8 and 16 are supported",
-                attrs.bits_allocated
-            ),
-        ));
-    }
     // Fragments after the basic offset table; RLE puts each frame in exactly one
     // (PS3.5 G.2), and the decoder picks a frame's fragment by that rule.
     let data = &fragments[1..];
@@ -732,82 +754,37 @@ fn check_rle(
         ));
     }
     let (start, end) = data[frame as usize];
-    let shape = rle::Shape {
-        rows: attrs.rows,
-        cols: attrs.cols,
-        samples: attrs.samples,
-        bytes_per_sample: (attrs.bits_allocated / 8) as u8,
-    };
-    rle::check_frame(&buf[start..end], frame, shape)
+    rle::check_frame(&buf[start..end], frame, attrs.shape())
         .map_err(|why| IngestError::malformed(name, format!("{why} (fragment at offset {start})")))
 }
 
-/// Compares the size each codestream declares with Rows / Columns, so that a decoder is
-/// never asked to allocate for a header that disagrees with the attributes.
-fn check_codestreams(
+/// Checks the header of the codestream dicom-rs will decode for `frame` (see
+/// [`codestream`]).
+fn check_codestream(
+    family: codestream::Family,
     buf: &[u8],
     fragments: &[(usize, usize)],
     attrs: &Attrs,
+    frame: u32,
     name: &str,
 ) -> Result<(), IngestError> {
-    for &(start, end) in fragments.iter().skip(1) {
-        let frag = &buf[start..end];
-        let Some((w, h)) = codestream_size(frag) else {
-            continue;
-        };
-        if (w, h) != (attrs.cols, attrs.rows) {
-            return Err(IngestError::malformed(
-                name,
-                format!(
-                    "codestream at offset {start} is {w} x {h}, Rows x Columns say {} x {}",
-                    attrs.cols, attrs.rows
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// (width, height) from a JPEG / JPEG-LS SOF or a JPEG 2000 SIZ marker at the start of
-/// a fragment; `None` when the fragment does not start a codestream.
-fn codestream_size(f: &[u8]) -> Option<(u32, u32)> {
-    let be16 = |p: usize| {
-        f.get(p..p + 2)
-            .map(|b| u32::from(u16::from_be_bytes([b[0], b[1]])))
+    let Some(bytes) = codestream::frame_bytes(buf, fragments, attrs.frames, frame) else {
+        return Err(IngestError::malformed(
+            name,
+            format!(
+                "Pixel Data (7FE0,0010) has {} fragment(s) for {} frames and its basic \
+                 offset table does not place frame {frame}",
+                fragments.len() - 1,
+                attrs.frames
+            ),
+        ));
     };
-    let be32 = |p: usize| {
-        f.get(p..p + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    if f.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
-        let (xs, ys, xo, yo) = (be32(8)?, be32(12)?, be32(16)?, be32(20)?);
-        return Some((xs.checked_sub(xo)?, ys.checked_sub(yo)?));
-    }
-    if !f.starts_with(&[0xFF, 0xD8]) {
-        return None;
-    }
-    let mut p = 2;
-    while p + 4 <= f.len() {
-        if f[p] != 0xFF {
-            return None;
-        }
-        let marker = f[p + 1];
-        if marker == 0xFF {
-            p += 1;
-            continue;
-        }
-        let len = be16(p + 2)? as usize;
-        let is_sof = matches!(marker, 0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC))
-            || marker == 0xF7;
-        if is_sof {
-            return Some((be16(p + 7)?, be16(p + 5)?));
-        }
-        if marker == 0xDA {
-            return None;
-        }
-        p += 2 + len;
-    }
-    None
+    guarded(name, "jpeg-decoder header reader", || {
+        codestream::check(family, &bytes, attrs.shape()).map_err(|r| match r {
+            codestream::Refusal::Malformed(m) => IngestError::malformed(name, m),
+            codestream::Refusal::Unsupported(m) => IngestError::unsupported(name, m),
+        })
+    })
 }
 
 /// Stored values from decoded bytes (native endian), sign-extended from Bits Stored.

@@ -5,19 +5,11 @@
 //! its length, so a short fragment, a wrong count or a segment that decodes short makes it
 //! index out of bounds. Everything it would index is checked here first.
 
+use super::Shape;
+
 /// The RLE header: a segment count and 15 segment offsets, 4 bytes each.
 const HEADER: usize = 64;
 const MAX_SEGMENTS: u32 = 15;
-
-/// What the decoder will be asked to produce from one fragment.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Shape {
-    pub rows: u32,
-    pub cols: u32,
-    pub samples: u8,
-    /// 1 or 2 (Bits Allocated 8 or 16).
-    pub bytes_per_sample: u8,
-}
 
 /// Checks the fragment of `frame` (the whole RLE-compressed frame): the header and, by
 /// running the PackBits scheme without keeping its output, the length of every segment.

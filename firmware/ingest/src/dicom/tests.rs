@@ -282,9 +282,13 @@ fn the_bundle_chooses_the_window() {
 
 #[test]
 fn a_caught_decoder_panic_is_reported_as_a_decoder_bug() {
-    let err = guarded("scan.dcm", "decoder", || -> Result<(), IngestError> {
-        panic!("index out of bounds: the len is 3 but the index is 3")
-    })
+    let err = guarded(
+        "scan.dcm",
+        "dicom-rs decoder",
+        || -> Result<(), IngestError> {
+            panic!("index out of bounds: the len is 3 but the index is 3")
+        },
+    )
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::DecoderBug);
     let msg = err.to_string();
@@ -296,17 +300,33 @@ fn a_caught_decoder_panic_is_reported_as_a_decoder_bug() {
     assert!(!msg.contains("malformed"), "{msg}");
 }
 
+/// The decoder panic fuzzing found: a JPEG frame header wider than Columns, behind bytes
+/// between markers that jpeg-decoder skips (and a strict marker walk stops at). dicom-rs
+/// copies the 228-pixel-wide decode into a buffer sized for 100.
 #[test]
-fn codestream_headers_are_read() {
-    let mut sof = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0, 0];
-    sof.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x0B, 8, 0x00, 0x40, 0x00, 0x80, 1]);
-    assert_eq!(codestream_size(&sof), Some((128, 64)));
-    let mut siz = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 0x29, 0, 0];
-    for v in [256u32, 1024, 0, 0] {
-        siz.extend_from_slice(&v.to_be_bytes());
-    }
-    assert_eq!(codestream_size(&siz), Some((256, 1024)));
-    assert_eq!(codestream_size(&[1, 2, 3]), None);
+fn a_jpeg_frame_wider_than_columns_is_refused_before_decoding() {
+    let Some(dir) = shared_dicom_dir() else {
+        return;
+    };
+    let bytes = std::fs::read(dir.join("SC_rgb_jpeg_dcmtk.dcm")).unwrap();
+    let find = |pattern: &[u8]| bytes.windows(pattern.len()).position(|w| w == pattern);
+    let soi = find(&[0xFF, 0xD8, 0xFF, 0xE0]).expect("the file's JPEG starts with APP0");
+    let sof = find(&[0xFF, 0xC0, 0x00, 0x11, 8, 0, 100, 0, 100]).expect("a 100 x 100 SOF0");
+    let mut bad = bytes.clone();
+    bad[soi + 2] = 0; // the APP0 marker's 0xFF: now bytes between markers
+    bad[sof + 7..sof + 9].copy_from_slice(&228u16.to_be_bytes());
+    let err = decode_raw_bytes(&bad, "wide.dcm", &Limits::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Malformed, "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("JPEG frame header is 228 x 100 pixels")
+            && msg.contains("Columns (0028,0011) x Rows (0028,0010) say 100 x 100"),
+        "{msg}"
+    );
+    // The same bytes between markers with the true width still decode.
+    bad[sof + 7..sof + 9].copy_from_slice(&100u16.to_be_bytes());
+    let frame = decode_raw_bytes(&bad, "skipped.dcm", &Limits::default()).unwrap();
+    assert_eq!((frame.cols, frame.rows, frame.samples), (100, 100, 3));
 }
 
 /// Deterministic mutations of `bytes`: truncations, byte flips, length fields and image
