@@ -19,7 +19,7 @@ pub mod watchdog;
 #[cfg(feature = "v4l2")]
 pub use camera::V4l2Camera;
 pub use camera::{Camera, Frame, ImageKind, PixelFormat, SimCamera, SimCameraHandle};
-pub use clock::{Clock, SimClock, SystemClock};
+pub use clock::{Clock, OffsetFileClock, SimClock, SystemClock};
 pub use error::{BoardError, ErrorKind, FrameProblem};
 pub use pins::{AlertBuzzer, CaptureButton, GpioPin, PinError, SimPin, StatusLed};
 pub use profile::Profile;

@@ -35,6 +35,8 @@ pub struct Opts<'a> {
     pub serial: Option<&'a Path>,
     pub extra: &'a str,
     pub top: &'a str,
+    /// Run the daemon on a clock the test moves forward ([`Daemon::advance_clock`]).
+    pub sim_clock: bool,
 }
 
 impl Daemon {
@@ -79,6 +81,12 @@ impl Daemon {
             ));
         }
         text.push_str(o.extra);
+        if o.sim_clock {
+            text.push_str(&format!(
+                "[clock]\noffset_file = {:?}\n",
+                dir.join("clock-offset").display().to_string()
+            ));
+        }
         if !o.extra.contains("[worker]") {
             text.push_str(&format!(
                 "[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\n"
@@ -131,6 +139,17 @@ impl Daemon {
             "edgedx serve did not open its socket in {T:?}:\n{}",
             self.stderr()
         );
+    }
+
+    /// Moves the daemon's clock forward by `by` (started with `Opts::sim_clock`): its
+    /// timers (cool-down, upload and Hello timeouts) see the time pass at once.
+    pub fn advance_clock(&self, by: Duration) {
+        let path = self.dir.join("clock-offset");
+        let now: u64 = std::fs::read_to_string(&path)
+            .map(|t| t.trim().parse().unwrap())
+            .unwrap_or(0);
+        let total = Duration::from_millis(now) + by;
+        edgedx_board::OffsetFileClock::write(&path, total).unwrap();
     }
 
     pub fn stderr(&self) -> String {

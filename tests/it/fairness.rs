@@ -51,7 +51,10 @@ fn polite_classify(d: &Daemon) -> Duration {
 
 #[test]
 fn uploads_left_open_cost_their_own_client_only_and_are_dropped_with_an_error() {
-    let d = Daemon::start();
+    let d = Daemon::start_with(Opts {
+        sim_clock: true,
+        ..Opts::default()
+    });
     let mut holder = d.client();
     let first = begin(&mut holder, 1, 1000);
     let second = begin(&mut holder, 2, 1000);
@@ -62,8 +65,9 @@ fn uploads_left_open_cost_their_own_client_only_and_are_dropped_with_an_error() 
     // Another client is served while the two uploads are held.
     let took = polite_classify(&d);
     assert!(took < SERVED_WITHIN, "{took:?}");
-    // The abandoned uploads are dropped after the idle limit and their host is told,
-    // in reply to each UploadBegin.
+    // The abandoned uploads are dropped after the idle limit (5 s, crossed on the
+    // daemon's clock) and their host is told, in reply to each UploadBegin.
+    d.advance_clock(Duration::from_secs(6));
     let mut answered = Vec::new();
     let until = Instant::now() + Duration::from_secs(30);
     while answered.len() < 2 && Instant::now() < until {
@@ -82,18 +86,17 @@ fn uploads_left_open_cost_their_own_client_only_and_are_dropped_with_an_error() 
 
 #[test]
 fn a_trickling_upload_is_dropped_at_its_rate_deadline() {
-    // 64 KiB/s minimum and 1 s grace: a 128 KiB upload must finish within 3 s.
+    // 64 KiB/s minimum and 1 s grace: a 640 KiB upload must finish within 11 s of the
+    // daemon's clock, which the test moves (real time passes too, a few seconds at most).
     let d = Daemon::start_with(Opts {
         extra: "[limits]\nupload_grace_ms = 1000\nsocket_min_rate = 65536\n",
+        sim_clock: true,
         ..Opts::default()
     });
     let mut c = d.client();
-    let seq = begin(&mut c, 1, 128 * 1024);
-    let started = Instant::now();
+    let seq = begin(&mut c, 1, 640 * 1024);
     let mut offset = 0u32;
-    let mut answer = None;
-    // One byte every 400 ms never trips the idle limit.
-    while started.elapsed() < Duration::from_secs(20) && answer.is_none() {
+    let mut trickle = |c: &mut Client| {
         c.send(&Message::UploadChunk(UploadChunk {
             upload_id: 1,
             offset,
@@ -101,22 +104,39 @@ fn a_trickling_upload_is_dropped_at_its_rate_deadline() {
         }))
         .unwrap();
         offset += 1;
-        answer = error_for(&mut c, seq, Duration::from_millis(400));
+        error_for(c, seq, Duration::from_millis(600))
+    };
+    // A byte every 2 s never trips the idle limit; within the deadline it is kept.
+    for _ in 0..2 {
+        d.advance_clock(Duration::from_secs(2));
+        if let Some(e) = trickle(&mut c) {
+            panic!("dropped before its 11 s deadline: {e:?}");
+        }
+    }
+    d.advance_clock(Duration::from_secs(8));
+    let mut answer = trickle(&mut c);
+    let until = Instant::now() + Duration::from_secs(20);
+    while answer.is_none() && Instant::now() < until {
+        answer = trickle(&mut c);
     }
     let e = answer.expect("the trickling upload was never dropped");
     assert_eq!(e.code, ErrorCode::TimedOut);
     assert!(e.text.contains("slower than"), "{}", e.text);
-    let took = started.elapsed();
-    assert!(took >= Duration::from_secs(2), "dropped early: {took:?}");
 }
 
 #[test]
 fn connections_that_never_say_hello_cannot_lock_the_others_out() {
-    let d = Daemon::start();
-    // Eight silent connections fill every socket slot.
+    let d = Daemon::start_with(Opts {
+        sim_clock: true,
+        ..Opts::default()
+    });
+    // Eight silent connections fill every socket slot, until their Hello timeout (5 s,
+    // crossed on the daemon's clock).
     let mut silent: Vec<_> = (0..8)
         .map(|_| std::os::unix::net::UnixStream::connect(&d.socket).unwrap())
         .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    d.advance_clock(Duration::from_secs(6));
     let started = Instant::now();
     let mut c = loop {
         let mut c = Client::socket(&d.socket).unwrap();

@@ -58,6 +58,19 @@ pub struct Config {
     pub gpio: Option<GpioConfig>,
     #[serde(default)]
     pub shadow: Option<ShadowConfig>,
+    #[serde(default)]
+    pub clock: ClockConfig,
+}
+
+/// The daemon's time source. A board runs on its monotonic clock; a simulated one (no
+/// profile, or `host-sim`) may take a forward offset from a file that its tests write, to
+/// jump over a cool-down or a timeout instead of waiting it out
+/// ([`edgedx_board::OffsetFileClock`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockConfig {
+    #[serde(default)]
+    pub offset_file: Option<PathBuf>,
 }
 
 /// Shadow validation: run fp32 too on a sample of the inputs int8 answered (only while
@@ -544,6 +557,16 @@ impl Config {
         Ok(config)
     }
 
+    /// The clock every timer of the daemon reads: the fallback window and cool-down,
+    /// upload and Hello timeouts, the inference stall limit. (Spool settling and
+    /// worker deadlines are about real files and processes and stay on real time.)
+    pub fn clock(&self) -> std::sync::Arc<dyn edgedx_board::Clock> {
+        match &self.clock.offset_file {
+            Some(path) => std::sync::Arc::new(edgedx_board::OffsetFileClock::new(path)),
+            None => std::sync::Arc::new(edgedx_board::SystemClock),
+        }
+    }
+
     /// Fills what this file leaves out from the board profile. `memory_set`: the file has
     /// its own [memory] table, which then wins over the profile's budget; `threads_set`: the
     /// file sets `[worker] threads`, which then wins over the profile's `threads`.
@@ -622,6 +645,15 @@ impl Config {
         for (i, key) in self.trusted_keys.iter().enumerate() {
             edgedx_bundle::signature::PublicKey::parse(key)
                 .with_context(|| format!("trusted_keys[{i}]"))?;
+        }
+        if self.clock.offset_file.is_some()
+            && self.profile.as_deref().is_some_and(|p| p != "host-sim")
+        {
+            bail!(
+                "clock.offset_file is for the simulated board only (no profile, or \
+                 host-sim); profile {:?} runs on its monotonic clock",
+                self.profile.as_deref().unwrap_or_default()
+            );
         }
         if self.socket.is_none() && self.serial.is_none() {
             bail!("no link configured: add a [socket] or a [serial] section (or both)");

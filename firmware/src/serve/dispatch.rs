@@ -11,6 +11,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use edgedx_board::Clock;
 use edgedx_icd::{ErrorCode, FallbackReason, Precision, PrecisionReason};
 
 use super::fallback::{Fallback, FallbackRules};
@@ -206,6 +207,8 @@ pub struct Dispatcher {
     shadow_worker: Option<Worker>,
     shadow_window: ShadowWindow,
     served: u64,
+    /// The fallback's failure window and cool-down, and `EngineState::progress`.
+    clock: Arc<dyn Clock>,
 }
 
 impl Dispatcher {
@@ -216,6 +219,7 @@ impl Dispatcher {
         gate: Box<dyn MemoryGate>,
         state: Arc<Mutex<EngineState>>,
         events: Sender<DispatchEvent>,
+        clock: Arc<dyn Clock>,
     ) -> Dispatcher {
         let fallback = Fallback::new(policy.fallback);
         Dispatcher {
@@ -231,6 +235,7 @@ impl Dispatcher {
             shadow_worker: None,
             shadow_window: ShadowWindow::default(),
             served: 0,
+            clock,
         }
     }
 
@@ -247,7 +252,7 @@ impl Dispatcher {
             Ok(()) => Ok(()),
             Err(failure) if primary == PrecisionArg::Int8 => {
                 let reason = reason_of(&failure);
-                self.fallback.int8_failed(Instant::now());
+                self.fallback.int8_failed(self.clock.now());
                 if let Err(e) = self.enter_fallback(reason) {
                     return Err(format!("int8 model: {failure}; fp32 fallback: {e}"));
                 }
@@ -289,7 +294,7 @@ impl Dispatcher {
 
     fn progress(&self) {
         if let Ok(mut s) = self.state.lock() {
-            s.progress = Instant::now();
+            s.progress = self.clock.now();
         }
     }
 
@@ -307,7 +312,7 @@ impl Dispatcher {
                 // Counted, but no switch: nothing was asked of it. The next job runs
                 // on a fresh worker of the same precision.
                 if precision == PrecisionArg::Int8 {
-                    self.fallback.int8_failed(Instant::now());
+                    self.fallback.int8_failed(self.clock.now());
                 }
             }
         }
@@ -323,7 +328,7 @@ impl Dispatcher {
         }
         self.end_cooldown_if_due();
         // An alert stays up until int8 has gone a whole window without failing.
-        if self.fallback.quiet(Instant::now()) {
+        if self.fallback.quiet(self.clock.now()) {
             if let Ok(mut s) = self.state.lock() {
                 s.alert = None;
             }
@@ -333,7 +338,7 @@ impl Dispatcher {
 
     /// Tries int8 again once the fallback's cool-down has passed.
     fn end_cooldown_if_due(&mut self) {
-        if self.fallback.cooldown_due(Instant::now()) {
+        if self.fallback.cooldown_due(self.clock.now()) {
             self.try_return_to_int8();
         }
     }
@@ -591,7 +596,7 @@ impl Dispatcher {
     /// An int8 failure: switches to fp32 if the rules and memory allow. Returns whether
     /// it did (a job should be re-run, now on fp32).
     fn int8_failed(&mut self, failure: &WorkerFailure) -> bool {
-        let switch = self.fallback.int8_failed(Instant::now());
+        let switch = self.fallback.int8_failed(self.clock.now());
         switch
             && self.policy.primary == PrecisionArg::Int8
             && self.enter_fallback(reason_of(failure)).is_ok()
@@ -616,13 +621,13 @@ impl Dispatcher {
         if let Some(w) = self.shadow_worker.take() {
             w.stop();
         }
-        self.fallback.entered(reason, Instant::now());
+        self.fallback.entered(reason, self.clock.now());
         if let Err(failure) = self.spawn(PrecisionArg::Fp32) {
             self.fallback.abandoned();
             return Err(failure.to_string());
         }
         // The cool-down is time spent serving fp32: it starts once fp32 is loaded.
-        self.fallback.entered(reason, Instant::now());
+        self.fallback.entered(reason, self.clock.now());
         if let Ok(mut s) = self.state.lock() {
             s.fallbacks += 1;
             s.mode = Precision::Fp32;
@@ -642,7 +647,7 @@ impl Dispatcher {
         }
         match self.spawn(PrecisionArg::Int8) {
             Ok(()) => {
-                self.fallback.returned(Instant::now());
+                self.fallback.returned(self.clock.now());
                 if let Ok(mut s) = self.state.lock() {
                     s.mode = Precision::Int8;
                     s.mode_reason = PrecisionReason::Normal;
@@ -653,7 +658,7 @@ impl Dispatcher {
                 self.transition(Transition::Int8RetryFailed {
                     failure: failure.to_string(),
                 });
-                self.fallback.return_failed(Instant::now());
+                self.fallback.return_failed(self.clock.now());
                 let _ = self.spawn(PrecisionArg::Fp32);
             }
         }
@@ -679,7 +684,7 @@ impl Dispatcher {
                     s.ready = true;
                     s.kernels = r.kernels.join(",");
                     s.worker_rss_bytes = r.rss_bytes;
-                    s.progress = Instant::now();
+                    s.progress = self.clock.now();
                 }
                 self.worker = Some(w);
                 Ok(())

@@ -40,11 +40,12 @@ pub fn serve(
     shutdown: Receiver<()>,
     ready: Option<Sender<()>>,
 ) -> anyhow::Result<ExitCode> {
+    let clock = config.clock();
     // The watchdog first: one armed by a previous run keeps counting during start-up.
     let watchdog_keeper = match open_watchdog(&config)? {
         Some(dog) => Some(WatchdogKeeper::start(StartupFeed::new(
             dog,
-            Arc::new(edgedx_board::SystemClock),
+            clock.clone(),
             config.worker.startup_limit(),
         ))?),
         None => None,
@@ -127,7 +128,7 @@ pub fn serve(
         worker_rss_bytes: 0,
         fallbacks: 0,
         worker_restarts: 0,
-        progress: Instant::now(),
+        progress: clock.now(),
         alert: None,
         shadow_checked: 0,
         shadow_disagreements: 0,
@@ -191,6 +192,7 @@ pub fn serve(
         Box::new(gate),
         engine.clone(),
         dispatch_tx,
+        clock.clone(),
     )
     .with_shadow(shadow);
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(config.limits.queue_depth);
@@ -260,6 +262,7 @@ pub fn serve(
         config,
         identity,
         started: Instant::now(),
+        clock,
         links: HashMap::new(),
         admission,
         jobs_tx: Some(jobs_tx),

@@ -79,6 +79,8 @@ pub struct Supervisor {
     pub(super) config: Config,
     pub(super) identity: Identity,
     pub(super) started: Instant,
+    /// Upload and Hello timeouts, the inference stall limit and the shutdown grace.
+    pub(super) clock: Arc<dyn edgedx_board::Clock>,
     pub(super) links: HashMap<LinkId, LinkState>,
     pub(super) admission: Admission,
     pub(super) jobs_tx: Option<SyncSender<Job>>,
@@ -148,9 +150,10 @@ impl Supervisor {
                 last_tick = Instant::now();
             }
             if self.shutting_down {
-                let deadline = *shutdown_deadline
-                    .get_or_insert_with(|| Instant::now() + Duration::from_secs(20));
-                if self.jobs.is_empty() || Instant::now() >= deadline {
+                let now = self.clock.now();
+                let deadline =
+                    *shutdown_deadline.get_or_insert_with(|| now + Duration::from_secs(20));
+                if self.jobs.is_empty() || now >= deadline {
                     break;
                 }
             }
@@ -223,7 +226,7 @@ impl Supervisor {
             }
             self.spool_backlog.pop_front();
         }
-        for expired in self.admission.expire(Instant::now()) {
+        for expired in self.admission.expire(self.clock.now()) {
             match expired {
                 // `why` names the upload; the Error answers its UploadBegin.
                 Expired::Upload { link, seq, why, .. } => {
@@ -253,7 +256,10 @@ impl Supervisor {
         let (progress, ready, alert) = self
             .engine
             .lock()
-            .map(|s| (s.progress.elapsed(), s.ready, s.alert.is_some()))
+            .map(|s| {
+                let since = self.clock.now().saturating_duration_since(s.progress);
+                (since, s.ready, s.alert.is_some())
+            })
             .unwrap_or((Duration::MAX, false, true));
         // LED: serving. Buzzer: a person must act (model failing without a fallback, or
         // the outbox full because the host stopped acknowledging).
@@ -291,7 +297,7 @@ impl Supervisor {
                     LinkKind::Serial => self.config.serial.as_ref().map(|s| u64::from(s.baud) / 20),
                     LinkKind::Socket => None,
                 };
-                match self.admission.link_up(id, kind, min_rate, Instant::now()) {
+                match self.admission.link_up(id, kind, min_rate, self.clock.now()) {
                     Arrival::Accept => {}
                     Arrival::AcceptEvicting { link, idle } => {
                         let text = format!(
@@ -358,7 +364,7 @@ impl Supervisor {
 
     fn on_frame(&mut self, id: LinkId, frame: Frame) {
         let seq = frame.seq;
-        self.admission.frame(id, Instant::now());
+        self.admission.frame(id, self.clock.now());
         match frame.message {
             Message::Hello(h) => {
                 self.admission.hello(id);
@@ -592,7 +598,7 @@ impl Supervisor {
         let room = self.has_room();
         match self
             .admission
-            .begin(request, self.job_bytes, room, Instant::now())
+            .begin(request, self.job_bytes, room, self.clock.now())
         {
             Ok(()) => {}
             Err(Refusal::TooLarge { len, max }) => {
@@ -619,7 +625,7 @@ impl Supervisor {
     fn upload_chunk(&mut self, id: LinkId, seq: u32, c: edgedx_icd::UploadChunk) {
         if let Err(problem) =
             self.admission
-                .chunk(id, c.upload_id, c.offset, &c.data, Instant::now())
+                .chunk(id, c.upload_id, c.offset, &c.data, self.clock.now())
         {
             self.error(
                 Some((id, seq)),
