@@ -69,6 +69,8 @@ pub enum Event {
     Spool(spool::SpoolFile),
     SpoolRead(spool::SpoolRead),
     Dispatch(DispatchEvent),
+    /// The outbox syncer finished a batch.
+    Synced(outbox::Synced),
     Captured {
         capture_id: u32,
         requester: Option<(LinkId, u32)>,

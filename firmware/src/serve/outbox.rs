@@ -5,7 +5,9 @@
 //! `len u32 LE · crc32 u32 LE · type u8 · payload`, the CRC covering type and payload.
 //! A result record is fsynced before the result is sent anywhere; acknowledgements are
 //! appended without a sync (losing one only causes a duplicate, which hosts recognise by
-//! id). A segment is deleted once every result in it is acknowledged, except the active
+//! id). The supervisor writes records and the [`Syncer`] thread syncs them, several at
+//! once when results come faster than the disk syncs: the supervisor's loop never waits
+//! on the disk, and holds each result until [`Outbox::durable_next`] passes its id. A segment is deleted once every result in it is acknowledged, except the active
 //! one, whose header record carries the next result id so ids keep increasing.
 //!
 //! Memory holds only where each unacknowledged result is (its segment and offset, a few
@@ -28,6 +30,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Sender, SyncSender};
+use std::sync::Arc;
+use std::thread;
 
 use edgedx_icd::{crc32, ClassificationResult};
 
@@ -101,10 +106,13 @@ pub struct Outbox {
     dir: PathBuf,
     limits: OutboxLimits,
     segments: Vec<Segment>,
-    active: File,
+    /// Shared with the [`Syncer`] through [`SyncTicket`]s.
+    active: Arc<File>,
     /// Unacknowledged result id → where its record is.
     unacked: BTreeMap<u64, Place>,
     next_id: u64,
+    /// Results with a smaller id are on disk (synced, or found there at open).
+    durable_next: u64,
     /// A failed write left bytes that could not be cut off: write on in a new segment.
     torn: bool,
     /// Acks the host sent while the journal could not take them (a full disk): already
@@ -248,9 +256,10 @@ impl Outbox {
             dir: dir.to_path_buf(),
             limits,
             segments,
-            active,
+            active: Arc::new(active),
             unacked,
             next_id,
+            durable_next: next_id,
             torn: false,
             unjournaled_acks: Vec::new(),
         };
@@ -258,7 +267,10 @@ impl Outbox {
         // crash): record the next id in it before any older segment may be deleted.
         if !outbox.segments.last().is_some_and(|s| s.header) {
             let id = outbox.next_id.to_le_bytes();
-            match outbox.write_record(TYPE_SEGMENT, &id, true) {
+            let written = outbox
+                .write_record(TYPE_SEGMENT, &id)
+                .and_then(|()| outbox.flush());
+            match written {
                 Ok(()) => {
                     if let Some(active) = outbox.segments.last_mut() {
                         active.header = true;
@@ -271,12 +283,12 @@ impl Outbox {
         Ok((outbox, recovery))
     }
 
-    /// Gives `result` the next id, journals it and syncs it to disk. Only after this
-    /// returns may the result be sent.
+    /// Gives `result` the next id and writes it to the journal. It may be sent once the
+    /// returned ticket has been synced ([`Outbox::durable`] moved past its id).
     pub fn append(
         &mut self,
         mut result: ClassificationResult,
-    ) -> Result<ClassificationResult, OutboxError> {
+    ) -> Result<(ClassificationResult, SyncTicket), OutboxError> {
         let id = self.next_id;
         result.result_id = id;
         let payload = postcard::to_stdvec(&result).map_err(|e| OutboxError::Encode {
@@ -286,7 +298,7 @@ impl Outbox {
         self.maybe_rotate()?;
         self.journal_pending_acks()?;
         let offset = self.segments.last().map_or(0, |s| s.bytes);
-        self.write_record(TYPE_RESULT, &payload, true)?;
+        self.write_record(TYPE_RESULT, &payload)?;
         self.next_id += 1;
         let active = self
             .segments
@@ -298,7 +310,69 @@ impl Outbox {
             offset,
         };
         self.unacked.insert(id, place);
-        Ok(result)
+        let ticket = SyncTicket {
+            file: self.active.clone(),
+            path: active.path.clone(),
+            through: self.next_id,
+        };
+        Ok((result, ticket))
+    }
+
+    /// Results below this id are on disk and may be sent (and replayed).
+    pub fn durable_next(&self) -> u64 {
+        self.durable_next
+    }
+
+    /// The [`Syncer`] synced the journal as written when it issued `through`'s ticket.
+    pub fn durable(&mut self, through: u64) {
+        self.durable_next = self.durable_next.max(through.min(self.next_id));
+    }
+
+    /// A sync failed: no result written since the last good sync can be trusted to be on
+    /// disk. They are cut from the journal, as a failed write is (their ids are not used
+    /// again), and returned so that their requesters are told. Acknowledgements journaled
+    /// after them go too: like any unsynced ack, losing one costs a duplicate at the next
+    /// start at most.
+    pub fn sync_failed(&mut self) -> Vec<u64> {
+        let lost: Vec<u64> = (self.durable_next..self.next_id).collect();
+        let mut cuts: BTreeMap<u64, u64> = BTreeMap::new();
+        for id in &lost {
+            if let Some(place) = self.unacked.remove(id) {
+                let cut = cuts.entry(place.segment).or_insert(place.offset);
+                *cut = (*cut).min(place.offset);
+                if let Some(s) = self.segments.iter_mut().find(|s| s.number == place.segment) {
+                    s.pending = s.pending.saturating_sub(1);
+                }
+            }
+        }
+        for (number, offset) in cuts {
+            let active = self.segments.last().map(|s| s.number) == Some(number);
+            let Some(segment) = self.segments.iter_mut().find(|s| s.number == number) else {
+                continue;
+            };
+            let cut = if active {
+                self.active
+                    .set_len(offset)
+                    .and_then(|()| (&*self.active).seek(io::SeekFrom::Start(offset)).map(drop))
+            } else {
+                OpenOptions::new()
+                    .write(true)
+                    .open(&segment.path)
+                    .and_then(|f| f.set_len(offset))
+            };
+            match cut {
+                Ok(()) => segment.bytes = offset,
+                Err(e) => {
+                    log::error!(
+                        "outbox {}: cannot cut unsynced results off ({e}); continuing in a new segment",
+                        segment.path.display()
+                    );
+                    self.torn = true;
+                }
+            }
+        }
+        self.durable_next = self.next_id;
+        lost
     }
 
     /// Records the host's acknowledgement. Unknown or repeated ids are ignored (Ack is
@@ -309,6 +383,10 @@ impl Outbox {
     /// next record. Only a restart before that can bring the result back once, as a
     /// duplicate the host recognises by its id.
     pub fn ack(&mut self, id: u64) -> Result<bool, OutboxError> {
+        if id >= self.durable_next {
+            // Not sent yet, so not received: an id the host guessed.
+            return Ok(false);
+        }
         let Some(place) = self.unacked.remove(&id) else {
             return Ok(false);
         };
@@ -325,7 +403,7 @@ impl Outbox {
     /// Writes the acks the journal could not take earlier, oldest first.
     fn journal_pending_acks(&mut self) -> Result<(), OutboxError> {
         while let Some(&id) = self.unjournaled_acks.first() {
-            self.write_record(TYPE_ACK, &id.to_le_bytes(), false)?;
+            self.write_record(TYPE_ACK, &id.to_le_bytes())?;
             self.unjournaled_acks.remove(0);
         }
         Ok(())
@@ -398,17 +476,21 @@ impl Outbox {
         self.bytes() + FULL_MARGIN > self.limits.max_bytes
     }
 
-    /// The id the next result will get: a replay started now ends before it.
+    /// The id the next result will get.
+    #[cfg(test)]
     pub fn next_id(&self) -> u64 {
         self.next_id
     }
 
-    /// Syncs acknowledgements written since the last result (called on shutdown).
+    /// Syncs everything written (at start-up and shutdown, where waiting is fine): the
+    /// results not yet synced become durable.
     pub fn flush(&mut self) -> Result<(), OutboxError> {
         let path = self.active_path();
         self.active
             .sync_data()
-            .map_err(|source| OutboxError::Io { path, source })
+            .map_err(|source| OutboxError::Io { path, source })?;
+        self.durable_next = self.next_id;
+        Ok(())
     }
 
     fn active_path(&self) -> PathBuf {
@@ -418,17 +500,11 @@ impl Outbox {
             .unwrap_or_else(|| self.dir.clone())
     }
 
-    fn write_record(&mut self, kind: u8, payload: &[u8], sync: bool) -> Result<(), OutboxError> {
+    fn write_record(&mut self, kind: u8, payload: &[u8]) -> Result<(), OutboxError> {
         let record = encode_record(kind, payload);
         let path = self.active_path();
         let before = self.segments.last().map_or(0, |s| s.bytes);
-        let written = self.active.write_all(&record).and_then(|()| {
-            if sync {
-                self.active.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let written = (&*self.active).write_all(&record);
         if let Err(source) = written {
             // Cut the partial record off, so that records written later are not behind
             // damage, and write on from there: the file position moved with the partial
@@ -438,7 +514,7 @@ impl Outbox {
             let cut = self
                 .active
                 .set_len(before)
-                .and_then(|()| self.active.seek(io::SeekFrom::Start(before)).map(drop));
+                .and_then(|()| (&*self.active).seek(io::SeekFrom::Start(before)).map(drop));
             if let Err(e) = cut {
                 log::error!(
                     "outbox {}: cannot cut a failed write off ({e}); continuing in a new segment",
@@ -463,7 +539,8 @@ impl Outbox {
         }
         let number = active.number + 1;
         let (file, segment) = create_segment(&self.dir, number, self.next_id)?;
-        self.active = file;
+        // Tickets already issued keep the old file open until it is synced.
+        self.active = Arc::new(file);
         self.segments.push(segment);
         self.torn = false;
         self.collect_garbage();
@@ -489,6 +566,62 @@ impl Outbox {
                 }
             }
         });
+    }
+}
+
+/// Asks the [`Syncer`] to sync `file`: results below `through` are then durable.
+#[derive(Debug)]
+pub struct SyncTicket {
+    file: Arc<File>,
+    path: PathBuf,
+    through: u64,
+}
+
+/// What a sync achieved: [`Outbox::durable`] on success, [`Outbox::sync_failed`] else.
+#[derive(Debug)]
+pub struct Synced {
+    pub through: u64,
+    pub result: Result<(), String>,
+}
+
+/// The thread that syncs the journal off the supervisor's loop.
+pub struct Syncer;
+
+impl Syncer {
+    /// Starts the thread; it reports each batch to `out` as `wrap(Synced)` and ends when
+    /// the returned sender is dropped.
+    pub fn start<E: Send + 'static>(
+        out: SyncSender<E>,
+        wrap: fn(Synced) -> E,
+    ) -> io::Result<Sender<SyncTicket>> {
+        let (tx, rx) = mpsc::channel::<SyncTicket>();
+        thread::Builder::new()
+            .name("outbox-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // Everything queued meanwhile rides on the same sync: one per file
+                    // (two when a segment rotated), in the order written.
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let through = batch.iter().map(|t| t.through).max().unwrap_or(0);
+                    let mut result = Ok(());
+                    let mut synced: Vec<&Arc<File>> = Vec::new();
+                    for t in &batch {
+                        if synced.iter().any(|f| Arc::ptr_eq(f, &t.file)) {
+                            continue;
+                        }
+                        if let Err(e) = t.file.sync_data() {
+                            result = Err(format!("outbox {}: sync failed: {e}", t.path.display()));
+                            break;
+                        }
+                        synced.push(&t.file);
+                    }
+                    if out.send(wrap(Synced { through, result })).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(tx)
     }
 }
 
@@ -629,11 +762,19 @@ mod tests {
         ..LIMITS
     };
 
+    /// Appends `r` and syncs it, as the supervisor and the syncer do together.
+    fn stored(ob: &mut Outbox, r: ClassificationResult) -> ClassificationResult {
+        let (r, ticket) = ob.append(r).unwrap();
+        ticket.file.sync_data().unwrap();
+        ob.durable(ticket.through);
+        r
+    }
+
     /// An outbox holding `n` results, named f0, f1, ...
     fn with_results(dir: &Path, limits: OutboxLimits, n: usize) -> Outbox {
         let (mut ob, _) = Outbox::open(dir, limits).unwrap();
         for i in 0..n {
-            ob.append(result(&format!("f{i}"))).unwrap();
+            stored(&mut ob, result(&format!("f{i}")));
         }
         ob
     }
@@ -644,7 +785,7 @@ mod tests {
         let (mut ob, rec) = Outbox::open(dir.path(), LIMITS).unwrap();
         assert_eq!(rec.unacked, 0);
         let ids: Vec<u64> = (0..5)
-            .map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id)
+            .map(|i| stored(&mut ob, result(&format!("f{i}"))).result_id)
             .collect();
         assert_eq!(ids, vec![1, 2, 3, 4, 5]);
         assert!(ob.ack(2).unwrap());
@@ -679,7 +820,7 @@ mod tests {
             let ids: Vec<u64> = replay(&mut ob);
             assert_eq!(ids, vec![1, 2], "cut {cut}");
             // The journal stays appendable after the repair, and ids do not go back.
-            assert_eq!(ob.append(result("after")).unwrap().result_id, 3);
+            assert_eq!(stored(&mut ob, result("after")).result_id, 3);
             drop(ob);
             fs::write(&seg, &full).unwrap();
         }
@@ -698,7 +839,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
         let ids: Vec<u64> = (0..40)
-            .map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id)
+            .map(|i| stored(&mut ob, result(&format!("f{i}"))).result_id)
             .collect();
         let count = || fs::read_dir(dir.path()).unwrap().count();
         let before = count();
@@ -715,7 +856,7 @@ mod tests {
         let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
         assert_eq!(ob.unacked_len(), 0);
         assert_eq!(
-            ob.append(result("next")).unwrap().result_id,
+            stored(&mut ob, result("next")).result_id,
             41,
             "ids survive rotation"
         );
@@ -731,11 +872,11 @@ mod tests {
         let (mut ob, _) = Outbox::open(dir.path(), small).unwrap();
         let mut n = 0;
         while !ob.is_full() {
-            ob.append(result("x")).unwrap();
+            stored(&mut ob, result("x"));
             n += 1;
         }
         // Appending past full still stores (an admitted request's result is never lost).
-        ob.append(result("late")).unwrap();
+        stored(&mut ob, result("late"));
         assert_eq!(ob.unacked_len(), n + 1);
         let ids: Vec<u64> = replay(&mut ob);
         for id in ids {
@@ -753,10 +894,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let big = ONE_SEGMENT;
         let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
-        assert_eq!(ob.append(result("a")).unwrap().result_id, 1);
+        assert_eq!(stored(&mut ob, result("a")).result_id, 1);
         let real = std::mem::replace(
             &mut ob.active,
-            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+            Arc::new(OpenOptions::new().write(true).open("/dev/full").unwrap()),
         );
         let err = ob.append(result("b")).unwrap_err();
         assert!(err.to_string().contains("No space left"), "{err}");
@@ -768,7 +909,7 @@ mod tests {
         assert!(!ob.torn);
         assert!(ob.unjournaled_acks.is_empty());
         assert_eq!(
-            ob.append(result("c")).unwrap().result_id,
+            stored(&mut ob, result("c")).result_id,
             2,
             "id 2 was never used"
         );
@@ -788,7 +929,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
         let ids: Vec<u64> = (0..30)
-            .map(|i| ob.append(result(&format!("f{i}"))).unwrap().result_id)
+            .map(|i| stored(&mut ob, result(&format!("f{i}"))).result_id)
             .collect();
         for id in &ids {
             ob.ack(*id).unwrap();
@@ -811,7 +952,7 @@ mod tests {
             // A restart with nothing journaled, then another.
             drop(Outbox::open(dir.path(), LIMITS).unwrap());
             let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
-            let next = ob.append(result("next")).unwrap().result_id;
+            let next = stored(&mut ob, result("next")).result_id;
             assert!(
                 next > 30,
                 "id {next} given out again (leftover {leftover:?})"
@@ -819,7 +960,7 @@ mod tests {
             ob.ack(next).unwrap();
             drop(ob);
             let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
-            let again = ob.append(result("again")).unwrap().result_id;
+            let again = stored(&mut ob, result("again")).result_id;
             assert!(again > next, "id {again} after {next}");
             ob.ack(again).unwrap();
         }
@@ -832,11 +973,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let big = ONE_SEGMENT;
         let (mut ob, _) = Outbox::open(dir.path(), big).unwrap();
-        ob.append(result("a")).unwrap();
-        ob.append(result("b")).unwrap();
+        stored(&mut ob, result("a"));
+        stored(&mut ob, result("b"));
         let real = std::mem::replace(
             &mut ob.active,
-            OpenOptions::new().write(true).open("/dev/full").unwrap(),
+            Arc::new(OpenOptions::new().write(true).open("/dev/full").unwrap()),
         );
         assert!(ob.ack(1).is_err());
         let left: Vec<u64> = replay(&mut ob);
@@ -848,13 +989,70 @@ mod tests {
         assert_eq!(ob.unjournaled_acks, vec![1]);
         // Space again. /dev/full could not be truncated, so the next record rotates first.
         ob.active = real;
-        assert_eq!(ob.append(result("c")).unwrap().result_id, 3);
+        assert_eq!(stored(&mut ob, result("c")).result_id, 3);
         assert!(ob.unjournaled_acks.is_empty());
         drop(ob);
         let (mut ob, rec) = Outbox::open(dir.path(), big).unwrap();
         assert_eq!(rec.damaged.len(), 0);
         let left: Vec<u64> = replay(&mut ob);
         assert_eq!(left, vec![2, 3], "the ack of 1 reached the journal");
+    }
+
+    /// Results are held back until a sync covers them: not replayed, not acknowledgeable.
+    /// The syncer thread syncs whatever queued meanwhile in one go.
+    #[test]
+    fn results_wait_for_the_syncer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
+        let (out, synced) = mpsc::sync_channel(4);
+        let syncer = Syncer::start(out, |s| s).unwrap();
+        let tickets: Vec<SyncTicket> = (0..30)
+            .map(|i| ob.append(result(&format!("f{i}"))).unwrap().1)
+            .collect();
+        assert!(ob.segments.len() > 2, "1 KiB segments should have rotated");
+        assert_eq!(ob.durable_next(), 1);
+        assert_eq!(ob.next_unacked(0, ob.durable_next()), None);
+        assert!(!ob.ack(1).unwrap(), "not sent, so not acknowledgeable");
+        for t in tickets {
+            syncer.send(t).unwrap();
+        }
+        let mut through = 0;
+        while through < 31 {
+            let s: Synced = synced.recv().unwrap();
+            assert_eq!(s.result, Ok(()));
+            through = s.through;
+            ob.durable(through);
+        }
+        assert_eq!(ob.durable_next(), 31);
+        assert_eq!(ob.next_unacked(0, ob.durable_next()), Some(1));
+        assert!(ob.ack(1).unwrap());
+    }
+
+    /// A failed sync: the results written since the last good one are cut off (their
+    /// requesters are told), the journal reads clean at the next start, and their ids are
+    /// not given out again.
+    #[test]
+    fn a_failed_sync_cuts_the_unsynced_results_and_no_id_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ob, _) = Outbox::open(dir.path(), LIMITS).unwrap();
+        let first = stored(&mut ob, result("synced"));
+        let lost: Vec<u64> = (0..20)
+            .map(|i| ob.append(result(&format!("lost-{i}"))).unwrap().0.result_id)
+            .collect();
+        assert!(
+            ob.segments.len() > 2,
+            "the unsynced results span a rotation"
+        );
+        assert_eq!(ob.sync_failed(), lost);
+        assert_eq!(ob.durable_next(), ob.next_id());
+        assert_eq!(replay(&mut ob), vec![first.result_id]);
+        let next = stored(&mut ob, result("next")).result_id;
+        assert_eq!(next, 22, "ids of cut results are not used again");
+        drop(ob);
+        let (mut ob, rec) = Outbox::open(dir.path(), LIMITS).unwrap();
+        assert_eq!((rec.torn_bytes, rec.damaged.len()), (0, 0));
+        assert_eq!(replay(&mut ob), vec![first.result_id, next]);
+        assert_eq!(ob.next_id(), 23);
     }
 
     /// Replays read the results back whole from the journal, across segments and a
@@ -867,7 +1065,7 @@ mod tests {
             .map(|i| {
                 let mut r = result(&format!("file-{i}"));
                 r.confidence = i as f32 / 40.0;
-                ob.append(r).unwrap()
+                stored(&mut ob, r)
             })
             .collect();
         assert!(ob.segments.len() > 2, "1 KiB segments should have rotated");

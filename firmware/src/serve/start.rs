@@ -22,7 +22,7 @@ use super::dispatch::{self, DispatchEvent, Dispatcher, EngineState, Job, Policy}
 use super::fallback::FallbackRules;
 use super::hardware::*;
 use super::link::{self};
-use super::outbox::{Outbox, OutboxLimits};
+use super::outbox::{Outbox, OutboxLimits, Syncer};
 use super::supervisor::*;
 use super::watchdog_keeper::{StartupFeed, WatchdogKeeper};
 use super::worker_handle::WorkerSpec;
@@ -274,6 +274,8 @@ pub fn serve(
         spool_reader,
         spool_reading: 0,
         outbox,
+        syncer: Syncer::start(events_tx.clone(), Event::Synced)?,
+        unsynced: VecDeque::new(),
         outbox_was_full: false,
         audit,
         engine,

@@ -20,7 +20,7 @@ use super::audit::AuditLog;
 use super::config::Config;
 use super::dispatch::{Completed, DispatchEvent, EngineState, Job, Transition};
 use super::link::{LinkEvent, LinkId, LinkKind, LinkWriter, Sent, LINK_QUEUE_FRAMES};
-use super::outbox::Outbox;
+use super::outbox::{Outbox, SyncTicket, Synced};
 use super::{now_ms, spool, CaptureRequest, CapturedFrame, Event};
 
 pub(super) struct LinkState {
@@ -98,6 +98,11 @@ pub struct Supervisor {
     /// Bytes set aside for spool files being read.
     pub(super) spool_reading: u64,
     pub(super) outbox: Outbox,
+    /// Syncs what the outbox wrote, off this loop.
+    pub(super) syncer: Sender<SyncTicket>,
+    /// Results written to the outbox and waiting for their sync, oldest first: sent, and
+    /// their spool files moved, once [`Outbox::durable_next`] passes them.
+    pub(super) unsynced: VecDeque<(ClassificationResult, JobMeta)>,
     pub(super) outbox_was_full: bool,
     pub(super) audit: AuditLog,
     pub(super) engine: Arc<Mutex<EngineState>>,
@@ -153,7 +158,7 @@ impl Supervisor {
                 let now = self.clock.now();
                 let deadline =
                     *shutdown_deadline.get_or_insert_with(|| now + Duration::from_secs(20));
-                if self.jobs.is_empty() || now >= deadline {
+                if self.jobs.is_empty() && self.unsynced.is_empty() || now >= deadline {
                     break;
                 }
             }
@@ -168,8 +173,11 @@ impl Supervisor {
                 let _ = (link, seq);
             }
         }
-        if let Err(e) = self.outbox.flush() {
-            log::error!("{e}");
+        // Results still waiting for the syncer: sync here, and send them to whoever is
+        // still connected (the journal replays them at the next start otherwise).
+        match self.outbox.flush() {
+            Ok(()) => self.deliver_synced(),
+            Err(e) => log::error!("{e}"),
         }
         self.audit.record(
             "stop",
@@ -200,6 +208,7 @@ impl Supervisor {
             }
             Event::SpoolRead(read) => self.on_spool_read(read),
             Event::Dispatch(DispatchEvent::Completed(c)) => self.on_completed(c),
+            Event::Synced(synced) => self.on_synced(synced),
             Event::Dispatch(DispatchEvent::Transition(t)) => self.on_transition(t),
             Event::Captured {
                 capture_id,
@@ -410,7 +419,8 @@ impl Supervisor {
     /// Starts sending every unacknowledged result to one link, oldest first (a replay
     /// already under way starts again from the oldest).
     fn resend_unacked(&mut self, id: LinkId) {
-        let end = self.outbox.next_id();
+        // Results not yet synced are sent to every link when they are.
+        let end = self.outbox.durable_next();
         if let Some(link) = self.links.get_mut(&id) {
             link.replay = Some(Replay { next: 0, end });
         }
@@ -806,12 +816,79 @@ impl Supervisor {
         }
     }
 
+    /// A result that could not be journaled (or whose sync failed): without the journal it
+    /// cannot be guaranteed, so its requester is told rather than sent something that may
+    /// be lost. A spool file stays where it is.
+    fn not_stored(&mut self, meta: &JobMeta) {
+        self.counters.errors += 1;
+        self.error(
+            meta.requester,
+            ErrorCode::Internal,
+            "result could not be stored on the device",
+        );
+    }
+
+    fn on_synced(&mut self, synced: Synced) {
+        match synced.result {
+            Ok(()) => {
+                self.outbox.durable(synced.through);
+                self.deliver_synced();
+            }
+            Err(e) => {
+                log::error!("{e}");
+                let lost = self.outbox.sync_failed();
+                self.audit
+                    .record("outbox_sync_failed", json!({ "error": e, "results": lost }));
+                // Every unsynced result is among the lost (they are the journal's tail).
+                for (_, meta) in std::mem::take(&mut self.unsynced) {
+                    self.not_stored(&meta);
+                }
+            }
+        }
+    }
+
+    /// Sends the results the journal now holds on disk, and files their spool inputs.
+    fn deliver_synced(&mut self) {
+        let durable = self.outbox.durable_next();
+        while self
+            .unsynced
+            .front()
+            .is_some_and(|(r, _)| r.result_id < durable)
+        {
+            let Some((stored, meta)) = self.unsynced.pop_front() else {
+                break;
+            };
+            self.counters.results += 1;
+            self.audit.record(
+                "result",
+                json!({
+                    "id": stored.result_id, "input": meta.name, "label": stored.label.as_str(),
+                    "confidence": stored.confidence, "precision": format!("{:?}", stored.precision),
+                    "reason": format!("{:?}", stored.precision_reason),
+                    "input_sha256": hex::encode(meta.input_sha256),
+                }),
+            );
+            if let Some(path) = &meta.spool_path {
+                self.spool_active.remove(path);
+                let done = self.spool_dir("done");
+                if let Err(e) = spool::move_into(path, &done, &stored.result_id.to_string()) {
+                    log::error!(
+                        "spool {}: cannot move to {}: {e}",
+                        meta.name,
+                        done.display()
+                    );
+                }
+            }
+            let requester_link = meta.requester.map(|(l, _)| l);
+            self.broadcast(&Message::Result(stored), requester_link);
+        }
+    }
+
     fn on_completed(&mut self, c: Completed) {
         let Some(meta) = self.jobs.remove(&c.id) else {
             return;
         };
         self.job_bytes = self.job_bytes.saturating_sub(meta.bytes as u64);
-        let requester_link = meta.requester.map(|(l, _)| l);
         match c.result {
             Ok(classified) => {
                 let (class_index, confidence) = edgedx_engine::top1(&classified.probabilities);
@@ -841,43 +918,17 @@ impl Supervisor {
                     bundle_name: heapless_str(&self.identity.bundle_name),
                     bundle_version: heapless_str(&self.identity.bundle_version),
                 };
-                let stored = match self.outbox.append(result) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // Without the journal the result cannot be guaranteed: say so
-                        // rather than send something that may be lost.
-                        log::error!("{e}");
-                        self.counters.errors += 1;
-                        self.error(
-                            meta.requester,
-                            ErrorCode::Internal,
-                            "result could not be stored on the device",
-                        );
-                        return;
+                match self.outbox.append(result) {
+                    Ok((written, ticket)) => {
+                        // The syncer outlives this loop; a send cannot fail before it ends.
+                        let _ = self.syncer.send(ticket);
+                        self.unsynced.push_back((written, meta));
                     }
-                };
-                self.counters.results += 1;
-                self.audit.record(
-                    "result",
-                    json!({
-                        "id": stored.result_id, "input": meta.name, "label": label,
-                        "confidence": confidence, "precision": format!("{:?}", stored.precision),
-                        "reason": format!("{:?}", stored.precision_reason),
-                        "input_sha256": hex::encode(meta.input_sha256),
-                    }),
-                );
-                if let Some(path) = &meta.spool_path {
-                    self.spool_active.remove(path);
-                    let done = self.spool_dir("done");
-                    if let Err(e) = spool::move_into(path, &done, &stored.result_id.to_string()) {
-                        log::error!(
-                            "spool {}: cannot move to {}: {e}",
-                            meta.name,
-                            done.display()
-                        );
+                    Err(e) => {
+                        log::error!("{e}");
+                        self.not_stored(&meta);
                     }
                 }
-                self.broadcast(&Message::Result(stored), requester_link);
             }
             Err(err) => {
                 self.counters.errors += 1;
