@@ -569,11 +569,13 @@ impl Supervisor {
         self.send(id, &msg);
     }
 
-    /// Whether the queue and the outbox can take one more request.
+    /// Whether the queue and the outbox can take one more request. Results waiting for
+    /// their sync count against the queue, so a disk that stops syncing holds at most
+    /// `queue_depth` of them in memory.
     fn has_room(&self) -> bool {
         !self.shutting_down
             && !self.outbox.is_full()
-            && self.jobs.len() < self.config.limits.queue_depth
+            && self.jobs.len() + self.unsynced.len() < self.config.limits.queue_depth
     }
 
     /// Whether a request of `bytes` may be accepted now.
