@@ -292,11 +292,17 @@ impl PackPatches {
     }
 }
 
+/// Where row `m`'s byte at depth `k` lies in a `PackedI8K4 { r }` panel: groups of four
+/// depths, each `r` rows of 4 bytes.
+pub(crate) fn k4_offset(r: usize, m: usize, k: usize) -> usize {
+    (k / 4) * 4 * r + m * 4 + k % 4
+}
+
 /// Where row `m`'s byte at depth `k` lies in a panel of tract's integer packings
 /// (`PackedI8K4`, or `PackedFormat` of i8); `None` for any other format.
 pub(crate) fn packed_offset(format: &dyn MMMInputFormat, m: usize, k: usize) -> Option<usize> {
     if let Some(f) = format.downcast_ref::<PackedI8K4>() {
-        (m < f.r).then_some((k / 4) * 4 * f.r + m * 4 + k % 4)
+        (m < f.r).then_some(k4_offset(f.r, m, k))
     } else if let Some(f) = format.downcast_ref::<PackedFormat>() {
         (f.dt == DatumType::I8 && m < f.r).then_some(k * f.r + m)
     } else {

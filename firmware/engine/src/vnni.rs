@@ -32,6 +32,8 @@ use tract_linalg::pack::PackedI8K4;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use crate::im2col::{k4_offset, unpack_rows};
+
 /// Rows per packed panel of both operands.
 pub(crate) const R: usize = 16;
 
@@ -95,13 +97,13 @@ impl Tiles {
                 eager.packed.clone()
             }
             _ => {
-                let rows = crate::im2col::unpack_rows(weights)
-                    .ok_or("weights in a packing the engine cannot read")?;
+                let rows =
+                    unpack_rows(weights).ok_or("weights in a packing the engine cannot read")?;
                 let mut panels = vec![0u8; channels.div_ceil(R) * panel_len];
                 for (ch, row) in rows.chunks_exact(k).enumerate() {
                     let panel = &mut panels[(ch / R) * panel_len..][..panel_len];
                     for (kk, &w) in row.iter().enumerate() {
-                        panel[(kk / 4) * 4 * R + (ch % R) * 4 + kk % 4] = w as u8;
+                        panel[k4_offset(R, ch % R, kk)] = w as u8;
                     }
                 }
                 Arc::new(Blob::from_bytes_alignment(&panels, 64).map_err(|e| e.to_string())?)
@@ -113,7 +115,7 @@ impl Tiles {
         for (ch, start) in starts.iter_mut().enumerate().take(channels) {
             let panel = &panels[(ch / R) * panel_len..][..panel_len];
             let sum = (0..groups)
-                .flat_map(|g| &panel[g * 4 * R + (ch % R) * 4..][..4])
+                .flat_map(|g| &panel[k4_offset(R, ch % R, 4 * g)..][..4])
                 .fold(0i32, |s, &w| s.wrapping_add(i32::from(w as i8)));
             *start = offsets[ch].wrapping_sub(sum.wrapping_mul(128));
         }
