@@ -1119,3 +1119,76 @@ fn systemd_is_told_ready_fed_the_watchdog_and_told_stopping() {
     }
     assert!(last.iter().any(|m| m.contains("STOPPING=1")), "{last:?}");
 }
+
+/// The watchdogs are fed only while the inference loop makes progress: a worker stuck in
+/// a job past the stall limit starves them (a board then resets), and progress feeds them
+/// again. The stall limit is minutes long; the daemon's clock is moved over it.
+#[test]
+fn a_stalled_inference_loop_starves_the_watchdog_until_it_moves_again() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    // A deadline far beyond the test, so that only the watchdog reacts to the stall.
+    let extra = format!(
+        "[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\ndeadline_floor_ms = 600000\n"
+    );
+    let mut d = Daemon::configure(
+        tmp.path().join("d"),
+        Opts {
+            extra: &extra,
+            sim_clock: true,
+            ..Opts::default()
+        },
+    );
+    d.env
+        .push(("NOTIFY_SOCKET".into(), notify_path.display().to_string()));
+    let d = d.spawn();
+    let mut buf = [0u8; 256];
+    let mut pets_within = |window: Duration| -> usize {
+        let until = Instant::now() + window;
+        let mut pets = 0;
+        while Instant::now() < until {
+            if let Ok(n) = notify.recv(&mut buf) {
+                pets += usize::from(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
+            }
+        }
+        pets
+    };
+    assert!(pets_within(Duration::from_secs(2)) >= 2, "{}", d.stderr());
+    let worker = d.worker_pid();
+    signal(worker, libc::SIGSTOP);
+    let mut c = d.client();
+    let png = std::fs::read(sample("glioma-01.png")).unwrap();
+    let request = std::thread::spawn(move || c.classify_bytes("g.png", &png, T));
+    // The job is with the stopped worker; within the stall limit the feeding goes on.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        pets_within(Duration::from_secs(1)) >= 2,
+        "fed while within the limit"
+    );
+    d.advance_clock(Duration::from_secs(4 * 3600));
+    pets_within(Duration::from_millis(500)); // a pet already queued
+    assert_eq!(
+        pets_within(Duration::from_secs(2)),
+        0,
+        "fed while the inference loop is stalled\n{}",
+        d.stderr()
+    );
+    signal(worker, libc::SIGCONT);
+    let r = request.join().unwrap();
+    let r = r.unwrap_or_else(|e| panic!("{e:?}\n{}", d.stderr()));
+    assert_eq!(r.label.as_str(), "glioma");
+    assert!(
+        pets_within(Duration::from_secs(2)) >= 2,
+        "fed again after progress"
+    );
+}
