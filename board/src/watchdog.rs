@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use crate::clock::{Clock, SimClock};
+use crate::clock::Clock;
 use crate::error::BoardError;
 
 /// A hardware or simulated watchdog timer.
@@ -175,13 +175,21 @@ impl Watchdog for DevWatchdog {
     }
 }
 
-/// A watchdog on a [`SimClock`]: it "fires" when the clock passes the last pet plus the
-/// timeout. Tests keep a [`SimWatchdogHandle`] to look at it after handing the watchdog
-/// to the code under test.
-#[derive(Debug)]
+/// A watchdog on a [`Clock`] (a [`crate::SimClock`] in unit tests, the daemon's clock on a
+/// simulated board): it "fires" when the clock passes the last pet plus the timeout.
+/// Tests keep a [`SimWatchdogHandle`] to look at it after handing the watchdog to the
+/// code under test.
 pub struct SimWatchdog {
     state: Arc<Mutex<SimState>>,
-    clock: SimClock,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SimWatchdog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimWatchdog")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -208,16 +216,24 @@ impl SimState {
     }
 }
 
-/// Inspection and time control of a [`SimWatchdog`].
-#[derive(Debug, Clone)]
+/// Inspection of a [`SimWatchdog`] (time moves with its clock).
+#[derive(Clone)]
 pub struct SimWatchdogHandle {
     state: Arc<Mutex<SimState>>,
-    clock: SimClock,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SimWatchdogHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimWatchdogHandle")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SimWatchdog {
     /// An armed watchdog whose time is `clock`.
-    pub fn new(clock: SimClock, timeout: Duration) -> (SimWatchdog, SimWatchdogHandle) {
+    pub fn new(clock: Arc<dyn Clock>, timeout: Duration) -> (SimWatchdog, SimWatchdogHandle) {
         let state = Arc::new(Mutex::new(SimState {
             timeout,
             armed_at: clock.now(),
@@ -262,12 +278,6 @@ impl Watchdog for SimWatchdog {
 }
 
 impl SimWatchdogHandle {
-    /// Advances the shared clock by `by` and tells whether the watchdog has fired.
-    pub fn advance(&self, by: Duration) -> bool {
-        self.clock.advance(by);
-        self.fired()
-    }
-
     /// Whether the timer has expired without a pet (at the clock's current time).
     pub fn fired(&self) -> bool {
         self.fired_at().is_some()
@@ -292,32 +302,35 @@ impl SimWatchdogHandle {
     pub fn is_disarmed(&self) -> bool {
         lock(&self.state).disarmed
     }
-
-    pub fn clock(&self) -> &SimClock {
-        &self.clock
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SimClock;
     use crate::error::ErrorKind;
+
+    /// Moves `clock` on by `by`; tells whether the watchdog has fired by then.
+    fn advance(clock: &SimClock, handle: &SimWatchdogHandle, by: Duration) -> bool {
+        clock.advance(by);
+        handle.fired()
+    }
 
     #[test]
     fn sim_fires_only_when_not_petted_in_time() {
         let clock = SimClock::new();
-        let (dog, handle) = SimWatchdog::new(clock.clone(), Duration::from_secs(10));
+        let (dog, handle) = SimWatchdog::new(Arc::new(clock.clone()), Duration::from_secs(10));
         let mut dog: Box<dyn Watchdog> = Box::new(dog);
         assert_eq!(dog.timeout(), Duration::from_secs(10));
         for _ in 0..5 {
-            assert!(!handle.advance(Duration::from_secs(9)));
+            assert!(!advance(&clock, &handle, Duration::from_secs(9)));
             dog.pet().unwrap();
         }
         assert_eq!(handle.pet_count(), 5);
         assert_eq!(handle.last_pet(), Some(clock.now()));
         // Exactly at the deadline is still in time; one tick after is not.
-        assert!(!handle.advance(Duration::from_secs(10)));
-        assert!(handle.advance(Duration::from_millis(1)));
+        assert!(!advance(&clock, &handle, Duration::from_secs(10)));
+        assert!(advance(&clock, &handle, Duration::from_millis(1)));
         let fired_at = handle.fired_at().unwrap();
         assert_eq!(
             fired_at,
@@ -331,7 +344,7 @@ mod tests {
     #[test]
     fn sim_counts_a_missed_deadline_even_if_nobody_looked() {
         let clock = SimClock::new();
-        let (mut dog, handle) = SimWatchdog::new(clock.clone(), Duration::from_secs(2));
+        let (mut dog, handle) = SimWatchdog::new(Arc::new(clock.clone()), Duration::from_secs(2));
         clock.advance(Duration::from_secs(3));
         dog.pet().unwrap();
         assert!(handle.fired(), "the pet came 1 s too late");
@@ -340,10 +353,10 @@ mod tests {
     #[test]
     fn sim_disarm_stops_it() {
         let clock = SimClock::new();
-        let (dog, handle) = SimWatchdog::new(clock, Duration::from_secs(1));
+        let (dog, handle) = SimWatchdog::new(Arc::new(clock.clone()), Duration::from_secs(1));
         Box::new(dog).disarm().unwrap();
         assert!(handle.is_disarmed());
-        assert!(!handle.advance(Duration::from_secs(3600)));
+        assert!(!advance(&clock, &handle, Duration::from_secs(3600)));
     }
 
     #[test]

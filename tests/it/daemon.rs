@@ -200,6 +200,20 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `within` for the daemon to end on its own; its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut().expect("running");
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn audit(&self) -> String {
         std::fs::read_to_string(self.dir.join("state/audit.log")).unwrap_or_default()
     }
@@ -1118,6 +1132,82 @@ fn systemd_is_told_ready_fed_the_watchdog_and_told_stopping() {
         last.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     assert!(last.iter().any(|m| m.contains("STOPPING=1")), "{last:?}");
+}
+
+/// The simulated board (host-sim's devices) runs in the daemon: its panel shows the LED,
+/// takes a press of the capture button, and its watchdog, starved by a stalled inference
+/// loop, ends the process as a board would reset. Time is moved, never waited out.
+#[test]
+fn the_simulated_board_shows_the_led_captures_on_a_press_and_resets_when_starved() {
+    let frames = tempfile::tempdir().unwrap();
+    std::fs::copy(sample("pituitary-01.png"), frames.path().join("a.png")).unwrap();
+    let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let extra = format!(
+        "[camera]\nkind = \"sim\"\ndir = {:?}\n\
+         [gpio]\ndriver = \"sim\"\nled = 0\nbuzzer = 1\nbutton = 2\n\
+         [watchdog]\ndriver = \"sim\"\ntimeout_s = 10\n\
+         [worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\ndeadline_floor_ms = 600000\n",
+        frames.path().display().to_string()
+    );
+    let mut d = Daemon::start_with(Opts {
+        extra: &extra,
+        sim_clock: true,
+        ..Opts::default()
+    });
+    let panel = d.dir.join("state/sim-board");
+    let show = |name: &str| std::fs::read_to_string(panel.join(name)).unwrap_or_default();
+    let until = Instant::now() + T;
+    while show("led") != "on" {
+        assert!(Instant::now() < until, "LED never on:\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(show("buzzer"), "off");
+    // A press of the capture button classifies a camera frame, sent to every host.
+    let mut c = d.client();
+    std::fs::write(panel.join("button"), "pressed").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(panel.join("button"), "released").unwrap();
+    let r = loop {
+        match c.next_event(T).unwrap() {
+            Some(Event::Result(r)) => break r,
+            Some(Event::Error(e)) => panic!("capture failed: {e:?}\n{}", d.stderr()),
+            Some(_) => continue,
+            None => panic!("no result for the button press:\n{}", d.stderr()),
+        }
+    };
+    assert_eq!(r.source, Source::Camera { capture_id: 0 });
+    assert_eq!(r.label.as_str(), "pituitary");
+    // Fed while serving; starved with a job stuck in a stopped worker past the stall limit.
+    assert!(d.wait_exit(Duration::from_secs(1)).is_none());
+    let worker = d.worker_pid();
+    signal(worker, libc::SIGSTOP);
+    let png = std::fs::read(sample("glioma-01.png")).unwrap();
+    let stuck = std::thread::spawn(move || c.classify_bytes("g.png", &png, T));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        d.wait_exit(Duration::from_millis(500)).is_none(),
+        "reset while within the limit"
+    );
+    d.advance_clock(Duration::from_secs(4 * 3600));
+    let status = d
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no reset after the watchdog starved:\n{}", d.stderr()));
+    assert_eq!(status.code(), Some(75), "{status:?}\n{}", d.stderr());
+    assert_eq!(show("watchdog"), "fired");
+    assert!(
+        d.stderr().contains("simulated watchdog fired"),
+        "{}",
+        d.stderr()
+    );
+    assert!(
+        stuck.join().unwrap().is_err(),
+        "the device went away mid-request"
+    );
+    signal(worker, libc::SIGCONT);
 }
 
 /// The watchdogs are fed only while the inference loop makes progress: a worker stuck in

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use edgedx_board::profile::Driver;
 use serde::Deserialize;
 
 use crate::PrecisionArg;
@@ -65,7 +66,8 @@ pub struct Config {
 /// The daemon's time source. A board runs on its monotonic clock; a simulated one (no
 /// profile, or `host-sim`) may take a forward offset from a file that its tests write, to
 /// jump over a cool-down or a timeout instead of waiting it out
-/// ([`edgedx_board::OffsetFileClock`]).
+/// ([`edgedx_board::OffsetFileClock`]). A jump longer than a simulated watchdog's timeout
+/// starves it, as that much time without a pet would.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClockConfig {
@@ -101,10 +103,15 @@ fn default_shadow_min() -> usize {
     20
 }
 
-/// Status LED, alert buzzer and capture button on a GPIO character device.
+/// Status LED, alert buzzer and capture button on a GPIO character device, or on the
+/// simulated board's panel (`driver = "sim"`: files in `STATE_DIR/sim-board/`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpioConfig {
+    #[serde(default)]
+    pub driver: Driver,
+    /// The GPIO character device (`driver = "linux"`).
+    #[serde(default)]
     pub chip: PathBuf,
     #[serde(default)]
     pub led: Option<u32>,
@@ -214,7 +221,12 @@ fn default_cooldown_s() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WatchdogConfig {
-    /// Hardware watchdog device, e.g. /dev/watchdog0.
+    /// `sim`: a watchdog on the daemon's clock that ends the process when it fires, as a
+    /// board would reset.
+    #[serde(default)]
+    pub driver: Driver,
+    /// Hardware watchdog device, e.g. /dev/watchdog0 (`driver = "linux"`).
+    #[serde(default)]
     pub device: PathBuf,
     #[serde(default = "default_watchdog_timeout")]
     pub timeout_s: u64,
@@ -571,7 +583,6 @@ impl Config {
     /// its own [memory] table, which then wins over the profile's budget; `threads_set`: the
     /// file sets `[worker] threads`, which then wins over the profile's `threads`.
     pub fn apply_profile(&mut self, memory_set: bool, threads_set: bool) -> anyhow::Result<()> {
-        use edgedx_board::profile::Driver;
         let Some(name) = self.profile.clone() else {
             return Ok(());
         };
@@ -603,10 +614,11 @@ impl Config {
             }
         }
         if self.gpio.is_none() {
-            if let Some(g) = profile.gpio.as_ref().filter(|g| g.driver == Driver::Linux) {
-                if let Some(chip) = &g.chip {
+            if let Some(g) = &profile.gpio {
+                if g.chip.is_some() || g.driver == Driver::Sim {
                     self.gpio = Some(GpioConfig {
-                        chip: chip.clone(),
+                        driver: g.driver,
+                        chip: g.chip.clone().unwrap_or_default(),
                         led: g.led,
                         buzzer: g.buzzer,
                         button: g.button,
@@ -617,14 +629,11 @@ impl Config {
             }
         }
         if self.watchdog.is_none() {
-            if let Some(w) = profile
-                .watchdog
-                .as_ref()
-                .filter(|w| w.driver == Driver::Linux)
-            {
-                if let Some(device) = &w.device {
+            if let Some(w) = &profile.watchdog {
+                if w.device.is_some() || w.driver == Driver::Sim {
                     self.watchdog = Some(WatchdogConfig {
-                        device: device.clone(),
+                        driver: w.driver,
+                        device: w.device.clone().unwrap_or_default(),
                         timeout_s: w.timeout_s as u64,
                     });
                 }
@@ -646,13 +655,24 @@ impl Config {
             edgedx_bundle::signature::PublicKey::parse(key)
                 .with_context(|| format!("trusted_keys[{i}]"))?;
         }
-        if self.clock.offset_file.is_some()
-            && self.profile.as_deref().is_some_and(|p| p != "host-sim")
-        {
+        let real_board = self.profile.as_deref().filter(|p| *p != "host-sim");
+        let simulated = [
+            ("clock.offset_file", self.clock.offset_file.is_some()),
+            (
+                "gpio.driver = \"sim\"",
+                self.gpio.as_ref().is_some_and(|g| g.driver == Driver::Sim),
+            ),
+            (
+                "watchdog.driver = \"sim\"",
+                self.watchdog
+                    .as_ref()
+                    .is_some_and(|w| w.driver == Driver::Sim),
+            ),
+        ];
+        if let (Some(board), Some((what, _))) = (real_board, simulated.iter().find(|s| s.1)) {
             bail!(
-                "clock.offset_file is for the simulated board only (no profile, or \
-                 host-sim); profile {:?} runs on its monotonic clock",
-                self.profile.as_deref().unwrap_or_default()
+                "{what} is for the simulated board only (no profile, or host-sim); profile \
+                 {board:?} has real devices"
             );
         }
         if self.socket.is_none() && self.serial.is_none() {
@@ -809,9 +829,17 @@ impl Config {
                 );
             }
         }
-        if let Some(g) = &self.gpio {
+        if let Some(g) = self.gpio.as_ref().filter(|g| g.driver == Driver::Linux) {
             if !g.chip.exists() {
-                bail!("gpio.chip {} does not exist", g.chip.display());
+                bail!(
+                    "gpio.chip {:?} does not exist",
+                    g.chip.display().to_string()
+                );
+            }
+        }
+        if let Some(w) = self.watchdog.as_ref().filter(|w| w.driver == Driver::Linux) {
+            if w.device.as_os_str().is_empty() {
+                bail!("watchdog.device is missing (or set watchdog.driver = \"sim\")");
             }
         }
         if w.retries > 5 {

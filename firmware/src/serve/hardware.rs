@@ -3,13 +3,18 @@
 
 use std::path::Path;
 use std::sync::mpsc::{self, Sender, SyncSender};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use edgedx_board::profile::Driver;
+use edgedx_board::Clock;
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 use super::config::{self, CameraKind, Config};
+use super::sim_panel::Panel;
 use super::{CaptureRequest, CapturedFrame, Event};
 
 /// The camera runs in its own thread: a capture can block for a frame interval or more.
@@ -102,42 +107,60 @@ fn open_v4l2(
 }
 
 /// Status LED and alert buzzer (returned, driven by the supervisor's tick) and the capture
-/// button (polled in its own thread, which sends [`Event::CaptureButton`] once per press).
+/// button (polled in its own thread, which sends [`Event::CaptureButton`] once per press),
+/// on GPIO lines or simulated (their sim pins go to `panel`).
 #[allow(clippy::type_complexity)]
 pub(super) fn open_gpio(
     config: &Config,
     events: SyncSender<Event>,
+    clock: Arc<dyn Clock>,
+    panel: &mut Panel,
 ) -> anyhow::Result<(
     Option<edgedx_board::StatusLed>,
     Option<edgedx_board::AlertBuzzer>,
 )> {
-    use edgedx_board::pins::{open_input, open_output};
+    use edgedx_board::pins::{open_input, open_output, GpioPin, SimPin};
     use embedded_hal::digital::PinState;
     let Some(g) = &config.gpio else {
         return Ok((None, None));
     };
     let chip = g.chip.as_path();
     let ctx = |what: &str, line: u32| format!("{what} on {} line {line}", chip.display());
+    let sim = g.driver == Driver::Sim;
+    // A simulated line starts at `level`; its clone shows on the panel.
+    let sim_pin = |level: bool, slot: &mut Option<SimPin>| {
+        let pin = SimPin::new(level);
+        *slot = Some(pin.clone());
+        GpioPin::from(pin)
+    };
+    let output = |line: u32, what: &str, slot: &mut Option<SimPin>| -> anyhow::Result<GpioPin> {
+        if sim {
+            Ok(sim_pin(false, slot))
+        } else {
+            open_output(chip, line, PinState::Low).with_context(|| ctx(what, line))
+        }
+    };
     let led = match g.led {
         Some(line) => Some(
-            edgedx_board::StatusLed::new(
-                open_output(chip, line, PinState::Low).with_context(|| ctx("status LED", line))?,
-            )
-            .with_context(|| ctx("status LED", line))?,
+            edgedx_board::StatusLed::new(output(line, "status LED", &mut panel.led)?)
+                .with_context(|| ctx("status LED", line))?,
         ),
         None => None,
     };
     let buzzer = match g.buzzer {
         Some(line) => Some(
-            edgedx_board::AlertBuzzer::new(
-                open_output(chip, line, PinState::Low).with_context(|| ctx("buzzer", line))?,
-            )
-            .with_context(|| ctx("buzzer", line))?,
+            edgedx_board::AlertBuzzer::new(output(line, "buzzer", &mut panel.buzzer)?)
+                .with_context(|| ctx("buzzer", line))?,
         ),
         None => None,
     };
     if let Some(line) = g.button {
-        let pin = open_input(chip, line).with_context(|| ctx("capture button", line))?;
+        let pin = if sim {
+            panel.button_active_low = g.button_active_low;
+            sim_pin(g.button_active_low, &mut panel.button)
+        } else {
+            open_input(chip, line).with_context(|| ctx("capture button", line))?
+        };
         let mut button = edgedx_board::CaptureButton::new(
             pin,
             g.button_active_low,
@@ -146,7 +169,7 @@ pub(super) fn open_gpio(
         thread::Builder::new()
             .name("button".into())
             .spawn(move || loop {
-                match button.poll(Instant::now()) {
+                match button.poll(clock.now()) {
                     Ok(true) => {
                         if events.send(Event::CaptureButton).is_err() {
                             return;

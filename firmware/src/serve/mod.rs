@@ -24,6 +24,7 @@ pub mod worker;
 pub mod worker_handle;
 
 mod hardware;
+mod sim_panel;
 mod start;
 mod supervisor;
 

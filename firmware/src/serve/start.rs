@@ -23,6 +23,7 @@ use super::fallback::FallbackRules;
 use super::hardware::*;
 use super::link::{self};
 use super::outbox::{Outbox, OutboxLimits, Syncer};
+use super::sim_panel::Panel;
 use super::supervisor::*;
 use super::watchdog_keeper::{StartupFeed, WatchdogKeeper};
 use super::worker_handle::WorkerSpec;
@@ -42,7 +43,8 @@ pub fn serve(
 ) -> anyhow::Result<ExitCode> {
     let clock = config.clock();
     // The watchdog first: one armed by a previous run keeps counting during start-up.
-    let watchdog_keeper = match open_watchdog(&config)? {
+    let mut panel = Panel::default();
+    let watchdog_keeper = match open_watchdog(&config, &clock, &mut panel)? {
         Some(dog) => Some(WatchdogKeeper::start(StartupFeed::new(
             dog,
             clock.clone(),
@@ -244,7 +246,8 @@ pub fn serve(
         Some(c) => Some(start_camera(c, events_tx.clone())?),
         None => None,
     };
-    let (led, buzzer) = open_gpio(&config, events_tx.clone())?;
+    let (led, buzzer) = open_gpio(&config, events_tx.clone(), clock.clone(), &mut panel)?;
+    panel.start(&config.state_dir)?;
     {
         let tx = events_tx.clone();
         thread::Builder::new()
@@ -360,14 +363,23 @@ fn admission_limits(config: &Config) -> AdmissionLimits {
     }
 }
 
+/// The hardware watchdog, or the simulated one on the daemon's clock (its handle goes to
+/// `panel`, which ends the process when it fires).
 fn open_watchdog(
     config: &Config,
+    clock: &Arc<dyn edgedx_board::Clock>,
+    panel: &mut Panel,
 ) -> anyhow::Result<Option<Box<dyn edgedx_board::watchdog::Watchdog>>> {
     let Some(w) = &config.watchdog else {
         return Ok(None);
     };
-    let dog =
-        edgedx_board::watchdog::DevWatchdog::open(&w.device, Duration::from_secs(w.timeout_s))
-            .with_context(|| format!("opening watchdog {}", w.device.display()))?;
+    let timeout = Duration::from_secs(w.timeout_s);
+    if w.driver == edgedx_board::profile::Driver::Sim {
+        let (dog, handle) = edgedx_board::SimWatchdog::new(clock.clone(), timeout);
+        panel.watchdog = Some(handle);
+        return Ok(Some(Box::new(dog)));
+    }
+    let dog = edgedx_board::watchdog::DevWatchdog::open(&w.device, timeout)
+        .with_context(|| format!("opening watchdog {}", w.device.display()))?;
     Ok(Some(Box::new(dog)))
 }

@@ -143,13 +143,34 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
-    fn feed(limit: Duration) -> (StartupFeed, edgedx_board::watchdog::SimWatchdogHandle) {
+    /// A start-up feed on a simulated watchdog, and a handle that moves their clock.
+    fn feed(limit: Duration) -> (StartupFeed, Handle) {
         let clock = SimClock::new();
-        let (dog, handle) = SimWatchdog::new(clock.clone(), TIMEOUT);
+        let (dog, watchdog) = SimWatchdog::new(Arc::new(clock.clone()), TIMEOUT);
         (
-            StartupFeed::new(Box::new(dog), Arc::new(clock), limit),
-            handle,
+            StartupFeed::new(Box::new(dog), Arc::new(clock.clone()), limit),
+            Handle { clock, watchdog },
         )
+    }
+
+    struct Handle {
+        clock: SimClock,
+        watchdog: edgedx_board::watchdog::SimWatchdogHandle,
+    }
+
+    impl std::ops::Deref for Handle {
+        type Target = edgedx_board::watchdog::SimWatchdogHandle;
+        fn deref(&self) -> &Self::Target {
+            &self.watchdog
+        }
+    }
+
+    impl Handle {
+        /// Moves the clock on by `by`; tells whether the watchdog has fired by then.
+        fn advance(&self, by: Duration) -> bool {
+            self.clock.advance(by);
+            self.watchdog.fired()
+        }
     }
 
     #[test]
