@@ -14,6 +14,8 @@
 //! value), and the items of an undefined-length UN are read in the data set's own
 //! syntax. What dicom-rs would read out of step is refused here instead.
 
+use std::collections::HashMap;
+
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
@@ -182,6 +184,9 @@ pub(crate) fn tag_str(tag: (u16, u16)) -> String {
 struct Walker<'a> {
     buf: &'a [u8],
     found: Found,
+    /// Top-level tags seen, with their offsets: a tag that comes twice is refused, because
+    /// dicom-rs keeps the last and this scan would read the first.
+    seen: HashMap<(u16, u16), usize>,
 }
 
 impl Walker<'_> {
@@ -266,6 +271,15 @@ impl Walker<'_> {
                         tag_str(tag)
                     ))),
                 };
+            }
+            if depth == 0 {
+                if let Some(first) = self.seen.insert(tag, pos) {
+                    return Err(Fail::Malformed(format!(
+                        "element {} appears twice in the data set, at offsets {first} and \
+                         {pos}: which value the image has is ambiguous",
+                        tag_str(tag)
+                    )));
+                }
             }
             let (vr, len, header) = if syn.explicit {
                 let code = [self.buf[pos + 4], self.buf[pos + 5]];
@@ -467,6 +481,7 @@ pub(crate) fn scan_dataset(buf: &[u8], start: usize, syn: Syntax) -> Result<Foun
     let mut w = Walker {
         buf,
         found: Found::default(),
+        seen: HashMap::new(),
     };
     w.elements(start, buf.len(), syn, 0, false)?;
     Ok(w.found)
@@ -478,6 +493,7 @@ pub(crate) fn scan_meta(buf: &[u8], start: usize) -> Result<(String, usize), Fai
     let w = Walker {
         buf,
         found: Found::default(),
+        seen: HashMap::new(),
     };
     let mut pos = start;
     let mut ts = None;
@@ -547,6 +563,37 @@ mod tests {
         let found = scan_dataset(&buf, 0, Syntax::EXPLICIT_LE).unwrap();
         assert_eq!(found.raw(&buf, (0x0028, 0x0010)), Some(&[64u8, 0][..]));
         assert_eq!(found.pixel_data, Some(PixelData::Native { len: 8 }));
+    }
+
+    /// dicom-rs keeps the last of two equal tags, a scan that read the first would check
+    /// other attributes than the decoder uses (fuzzing: a second Samples per Pixel of 0
+    /// made dicom-rs size its output at 0 bytes and panic).
+    #[test]
+    fn a_tag_that_comes_twice_is_refused_with_both_offsets() {
+        let mut buf = el((0x0028, 0x0002), b"US", &3u16.to_le_bytes());
+        buf.extend(el((0x0028, 0x0004), b"CS", b"RGB "));
+        let second = buf.len();
+        buf.extend(el((0x0028, 0x0002), b"US", &0u16.to_le_bytes()));
+        let err = scan_dataset(&buf, 0, Syntax::EXPLICIT_LE).unwrap_err();
+        let Fail::Malformed(msg) = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            msg.contains("(0028,0002) appears twice") && msg.contains(&format!("0 and {second}")),
+            "{msg}"
+        );
+        // Equal tags in different items of a sequence are not duplicates.
+        let item = |v: u16| {
+            let inner = el((0x0028, 0x0002), b"US", &v.to_le_bytes());
+            let mut i = vec![0xFE, 0xFF, 0x00, 0xE0];
+            i.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+            i.extend(inner);
+            i
+        };
+        let mut items = item(1);
+        items.extend(item(3));
+        let seq = el((0x0008, 0x1115), b"SQ", &items);
+        assert!(scan_dataset(&seq, 0, Syntax::EXPLICIT_LE).is_ok());
     }
 
     #[test]

@@ -329,6 +329,30 @@ fn a_jpeg_frame_wider_than_columns_is_refused_before_decoding() {
     assert_eq!((frame.cols, frame.rows, frame.samples), (100, 100, 3));
 }
 
+/// The second decoder panic fuzzing found: Planar Configuration's tag bytes turned into
+/// Samples per Pixel's, so the file says Samples per Pixel twice (3, then 0). dicom-rs
+/// keeps the last and sized its output at 0 bytes.
+#[test]
+fn a_file_with_samples_per_pixel_twice_is_refused_naming_the_element() {
+    let Some(dir) = shared_dicom_dir() else {
+        return;
+    };
+    let mut bytes = std::fs::read(dir.join("SC_rgb_jpeg_dcmtk.dcm")).unwrap();
+    let planar = [0x28, 0x00, 0x06, 0x00, b'U', b'S', 2, 0];
+    let at = bytes
+        .windows(planar.len())
+        .position(|w| w == planar)
+        .expect("Planar Configuration (0028,0006) in the file");
+    bytes[at + 2] = 0x02;
+    let err = decode_raw_bytes(&bytes, "twice.dcm", &Limits::default()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Malformed, "{err}");
+    assert!(
+        err.to_string()
+            .contains("element (0028,0002) appears twice"),
+        "{err}"
+    );
+}
+
 /// Deterministic mutations of `bytes`: truncations, byte flips, length fields and image
 /// attributes set to hostile values.
 fn mutations(bytes: &[u8], budget: usize) -> Vec<(String, Vec<u8>)> {
