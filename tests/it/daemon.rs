@@ -57,11 +57,7 @@ impl Daemon {
         let socket = dir.join("edgedx.sock");
         let spool = dir.join("spool");
         std::fs::create_dir_all(&spool).unwrap();
-        let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
+        let launcher = launcher();
         let bundle = o
             .bundle
             .map(Path::to_path_buf)
@@ -224,6 +220,28 @@ impl Drop for Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// The command the daemon starts its workers with: the test runner (qemu-aarch64 on the
+/// cross-target run), as `[worker] launcher` takes it.
+pub fn launcher() -> Vec<String> {
+    std::env::var("EDGEDX_TEST_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The next result on `c`, failing the test on an error or a silence of `T`.
+fn next_result(c: &mut Client, d: &Daemon, what: &str) -> edgedx_icd::ClassificationResult {
+    loop {
+        match c.next_event(T).unwrap() {
+            Some(Event::Result(r)) => return r,
+            Some(Event::Error(e)) => panic!("{what} failed: {e:?}\n{}", d.stderr()),
+            Some(_) => continue,
+            None => panic!("no result for {what}:\n{}", d.stderr()),
         }
     }
 }
@@ -1023,14 +1041,7 @@ fn capture_request_classifies_a_frame_from_the_simulated_camera() {
     let seq = c
         .send(&Message::Capture(edgedx_icd::Capture { capture_id: 77 }))
         .unwrap();
-    let r = loop {
-        match c.next_event(T).unwrap() {
-            Some(Event::Result(r)) => break r,
-            Some(Event::Error(e)) => panic!("capture {seq} failed: {e:?}\n{}", d.stderr()),
-            Some(_) => continue,
-            None => panic!("no capture result:\n{}", d.stderr()),
-        }
-    };
+    let r = next_result(&mut c, &d, &format!("capture {seq}"));
     assert_eq!(r.source, Source::Camera { capture_id: 77 });
     assert_eq!(r.label.as_str(), "pituitary", "{r:?}");
     // The input hash is of the raw frame, not of the PNG the simulator read.
@@ -1051,11 +1062,7 @@ fn capture_request_classifies_a_frame_from_the_simulated_camera() {
 #[test]
 fn sigterm_finishes_in_flight_work_and_the_result_survives_the_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let launcher = launcher();
     // A long deadline: the frozen worker must not be declared hung during the test.
     let extra = format!(
         "[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\ndeadline_floor_ms = 60000\n"
@@ -1141,11 +1148,7 @@ fn systemd_is_told_ready_fed_the_watchdog_and_told_stopping() {
 fn the_simulated_board_shows_the_led_captures_on_a_press_and_resets_when_starved() {
     let frames = tempfile::tempdir().unwrap();
     std::fs::copy(sample("pituitary-01.png"), frames.path().join("a.png")).unwrap();
-    let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let launcher = launcher();
     let extra = format!(
         "[camera]\nkind = \"sim\"\ndir = {:?}\n\
          [gpio]\ndriver = \"sim\"\nled = 0\nbuzzer = 1\nbutton = 2\n\
@@ -1171,14 +1174,7 @@ fn the_simulated_board_shows_the_led_captures_on_a_press_and_resets_when_starved
     std::fs::write(panel.join("button"), "pressed").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(panel.join("button"), "released").unwrap();
-    let r = loop {
-        match c.next_event(T).unwrap() {
-            Some(Event::Result(r)) => break r,
-            Some(Event::Error(e)) => panic!("capture failed: {e:?}\n{}", d.stderr()),
-            Some(_) => continue,
-            None => panic!("no result for the button press:\n{}", d.stderr()),
-        }
-    };
+    let r = next_result(&mut c, &d, "the button press");
     assert_eq!(r.source, Source::Camera { capture_id: 0 });
     assert_eq!(r.label.as_str(), "pituitary");
     // Fed while serving; starved with a job stuck in a stopped worker past the stall limit.
@@ -1222,11 +1218,7 @@ fn a_stalled_inference_loop_starves_the_watchdog_until_it_moves_again() {
     notify
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let launcher = launcher();
     // A deadline far beyond the test, so that only the watchdog reacts to the stall.
     let extra = format!(
         "[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\ndeadline_floor_ms = 600000\n"

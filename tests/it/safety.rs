@@ -169,11 +169,7 @@ fn unapproved_int8_is_not_served_fp32_answers_instead() {
 /// Deadline settings that make a hang visible quickly: 3 s natively, longer under qemu
 /// where one inference takes about half a second.
 fn fast_watchdog() -> String {
-    let launcher: Vec<String> = std::env::var("EDGEDX_TEST_RUNNER")
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let launcher = crate::daemon::launcher();
     let floor = if launcher.is_empty() { 3000 } else { 15000 };
     format!("[worker]\nlauncher = {launcher:?}\nload_timeout_ms = 120000\ndeadline_floor_ms = {floor}\ndeadline_factor = 4.0\nretries = 1\n")
 }
