@@ -7,7 +7,8 @@
 //! appended without a sync (losing one only causes a duplicate, which hosts recognise by
 //! id). The supervisor writes records and the [`Syncer`] thread syncs them, several at
 //! once when results come faster than the disk syncs: the supervisor's loop never waits
-//! on the disk, and holds each result until [`Outbox::durable_next`] passes its id. A segment is deleted once every result in it is acknowledged, except the active
+//! on the disk, and holds each result until [`Outbox::durable_next`] passes its id. A
+//! segment is deleted once every result in it is acknowledged, except the active
 //! one, whose header record carries the next result id so ids keep increasing.
 //!
 //! Memory holds only where each unacknowledged result is (its segment and offset, a few
@@ -351,9 +352,7 @@ impl Outbox {
                 continue;
             };
             let cut = if active {
-                self.active
-                    .set_len(offset)
-                    .and_then(|()| (&*self.active).seek(io::SeekFrom::Start(offset)).map(drop))
+                cut_at(&self.active, offset)
             } else {
                 OpenOptions::new()
                     .write(true)
@@ -507,14 +506,8 @@ impl Outbox {
         let written = (&*self.active).write_all(&record);
         if let Err(source) = written {
             // Cut the partial record off, so that records written later are not behind
-            // damage, and write on from there: the file position moved with the partial
-            // write, and writing past the new end would leave a hole of zeros (a record
-            // of length 0, which reads as damage). If that fails too, the next record
-            // starts a new segment.
-            let cut = self
-                .active
-                .set_len(before)
-                .and_then(|()| (&*self.active).seek(io::SeekFrom::Start(before)).map(drop));
+            // damage. If that fails too, the next record starts a new segment.
+            let cut = cut_at(&self.active, before);
             if let Err(e) = cut {
                 log::error!(
                     "outbox {}: cannot cut a failed write off ({e}); continuing in a new segment",
@@ -623,6 +616,15 @@ impl Syncer {
             })?;
         Ok(tx)
     }
+}
+
+/// Truncates the active segment to `offset` and writes on from there: the file position
+/// moved with what was written, and writing past the new end would leave a hole of zeros
+/// (a record of length 0, which reads as damage).
+fn cut_at(active: &File, offset: u64) -> io::Result<()> {
+    active.set_len(offset)?;
+    let mut f = active;
+    f.seek(io::SeekFrom::Start(offset)).map(drop)
 }
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
