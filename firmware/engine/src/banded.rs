@@ -36,7 +36,7 @@ use tract_onnx::prelude::multithread;
 
 use crate::epilogue::Requantize;
 use crate::im2col::{Geometry, PackPatches};
-use crate::kernels::c16;
+use crate::kernels::{c16, dot};
 
 /// Bytes of packed patches plus i32 accumulators per band (at least one band unit).
 const BAND_BYTES: usize = 512 * 1024;
@@ -104,6 +104,9 @@ enum Tiles {
     Vnni(Box<(crate::vnni::Tiles, PackPatches)>),
     /// Cores without a dot product (kernels/c16.rs), on the patches in c16 panels.
     C16(Box<(c16::Weights, PackPatches)>),
+    /// aarch64 cores with the dot product (kernels/dot.rs), on the patches in 8-wide K4
+    /// panels.
+    Dot(Box<(dot::Weights, PackPatches)>),
 }
 
 impl Tiles {
@@ -112,6 +115,8 @@ impl Tiles {
         match self {
             Tiles::C16(..) if cfg!(target_arch = "aarch64") => "edgedx_c16_neon_4x4",
             Tiles::C16(..) => "edgedx_c16_scalar",
+            Tiles::Dot(..) if dot::available() => "edgedx_dot_neon_8x8",
+            Tiles::Dot(..) => "edgedx_dot_scalar",
             #[cfg(target_arch = "x86_64")]
             Tiles::Vnni(_) => "edgedx_vnni_8x48",
         }
@@ -121,6 +126,7 @@ impl Tiles {
     fn pack(&self) -> &PackPatches {
         match self {
             Tiles::C16(c16) => &c16.1,
+            Tiles::Dot(dot) => &dot.1,
             #[cfg(target_arch = "x86_64")]
             Tiles::Vnni(vnni) => &vnni.1,
         }
@@ -140,6 +146,10 @@ impl Tiles {
                 .0
                 .run(packed, nb, c)
                 .map_err(|e| format_err!("BandedConv: c16 tiles: {e}")),
+            Tiles::Dot(dot) => dot
+                .0
+                .run(packed, nb, c)
+                .map_err(|e| format_err!("BandedConv: dot tiles: {e}")),
             #[cfg(target_arch = "x86_64")]
             Tiles::Vnni(vnni) => {
                 let used = nb.div_ceil(crate::vnni::R) * panel_len;
@@ -644,6 +654,9 @@ fn run_at(
 ///   the default bundle's convolutions 0.39 -> 0.32 ms, VGG16's 98 -> 88 ms).
 /// - Cores without a dot product ([`c16_wanted`]), on weights in [-127, 127]: 16
 ///   multiply-adds per three instructions where tract's kernel does four per instruction.
+/// - aarch64 cores with the dot product ([`dot_wanted`]): the same SDOT products as
+///   tract's kernel without its tile scheduling and strided stores (EfficientNet-Lite0
+///   under `qemu-aarch64 -cpu cortex-a76`: INT8-NOTES item 23).
 fn tiles_for(
     model: &TypedModel,
     mm_node: &TypedNode,
@@ -668,6 +681,20 @@ fn tiles_for(
         return Ok(
             match c16::Weights::new(&rows, op.channels, op.pack.k, &offsets) {
                 Ok(w) => Some(Tiles::C16(Box::new((w, op.pack.c16())))),
+                Err(e) => {
+                    log::debug!("int8 products left to tract's kernel: {e}");
+                    None
+                }
+            },
+        );
+    }
+    if dot_wanted() {
+        let Some(rows) = crate::im2col::unpack_rows(&*weights) else {
+            return Ok(None);
+        };
+        return Ok(
+            match dot::Weights::new(&rows, op.channels, op.pack.k, &offsets) {
+                Ok(w) => Some(Tiles::Dot(Box::new((w, op.pack.k4(dot::MR))))),
                 Err(e) => {
                     log::debug!("int8 products left to tract's kernel: {e}");
                     None
@@ -725,14 +752,23 @@ fn per_channel_offsets(
 /// Whether layers go to the c16 tiles: on aarch64 cores without a dot product, where
 /// tract's int8 kernel does no more multiply-adds per instruction than its fp32 one.
 fn c16_wanted() -> bool {
+    wanted("c16", cfg!(target_arch = "aarch64") && !dot::available())
+}
+
+/// Whether layers go to the dot tiles: on aarch64 cores with the dot product.
+fn dot_wanted() -> bool {
+    wanted("dot", cfg!(target_arch = "aarch64") && dot::available())
+}
+
+/// `by_cpu`, unless a test forces one family of tiles (its scalar reference where the CPU
+/// lacks the instructions).
+fn wanted(family: &str, by_cpu: bool) -> bool {
     #[cfg(test)]
-    if tests::FORCE_C16.get() {
-        return true;
+    if let Some(forced) = tests::FORCE.get() {
+        return forced == family;
     }
-    #[cfg(target_arch = "aarch64")]
-    return !std::arch::is_aarch64_feature_detected!("dotprod");
-    #[cfg(not(target_arch = "aarch64"))]
-    false
+    let _ = family;
+    by_cpu
 }
 
 /// Per-channel values tract's fused ops add before the store: `Add` (`v + c`) and `SubF`
@@ -857,9 +893,9 @@ pub(crate) mod tests {
         /// Threading threshold of the plans this thread runs (tests lower it to 0 to
         /// spread their small layers' bands over threads).
         pub(crate) static PARALLEL_MACS: Cell<usize> = const { Cell::new(super::PARALLEL_MACS) };
-        /// Plans this thread loads put their layers on the c16 tiles whatever the CPU (on
-        /// hosts other than aarch64, their scalar reference).
-        pub(crate) static FORCE_C16: Cell<bool> = const { Cell::new(false) };
+        /// Plans this thread loads put their layers on this family of tiles (`"c16"` or
+        /// `"dot"`) whatever the CPU (its scalar reference where the CPU lacks it).
+        pub(crate) static FORCE: Cell<Option<&'static str>> = const { Cell::new(None) };
     }
 
     /// One QLinearConv of the test models: output channels, kernel side, strides (vertical,
@@ -1032,6 +1068,7 @@ pub(crate) mod tests {
         match b.products.tiles() {
             None => "tract",
             Some(Tiles::C16(..)) => "c16",
+            Some(Tiles::Dot(..)) => "dot",
             #[cfg(target_arch = "x86_64")]
             Some(Tiles::Vnni(_)) => "vnni",
         }
@@ -1039,19 +1076,43 @@ pub(crate) mod tests {
 
     #[test]
     fn banded_convolutions_match_the_unrewritten_plan() {
-        banded_plans_match(false);
+        banded_plans_match(None);
     }
 
     /// The same models with every layer the c16 tiles take on them (the NEON kernel on
     /// aarch64, its scalar reference elsewhere).
     #[test]
     fn banded_convolutions_on_the_c16_tiles_match_the_unrewritten_plan() {
-        FORCE_C16.set(true);
-        banded_plans_match(true);
-        FORCE_C16.set(false);
+        FORCE.set(Some("c16"));
+        banded_plans_match(Some("c16"));
+        FORCE.set(None);
     }
 
-    fn banded_plans_match(c16_forced: bool) {
+    /// The same models on the dot tiles (the SDOT kernel on aarch64 cores with the dot
+    /// product, its scalar reference elsewhere).
+    #[test]
+    fn banded_convolutions_on_the_dot_tiles_match_the_unrewritten_plan() {
+        FORCE.set(Some("dot"));
+        banded_plans_match(Some("dot"));
+        FORCE.set(None);
+    }
+
+    /// The family every banded layer should run on: `forced`, else the CPU's.
+    fn expected_family(forced: Option<&'static str>) -> &'static str {
+        if let Some(family) = forced {
+            family
+        } else if super::c16_wanted() {
+            "c16"
+        } else if super::dot_wanted() {
+            "dot"
+        } else if vnni_cpu() {
+            "vnni"
+        } else {
+            "tract"
+        }
+    }
+
+    fn banded_plans_match(forced: Option<&'static str>) {
         // (channels, height, width, layers banded, layers): tract runs a 1×1 stride-1
         // convolution as a plain matmul over its packed input, banded as the a operand.
         let models = [
@@ -1156,17 +1217,10 @@ pub(crate) mod tests {
                     .collect();
                 let tiled = ops.iter().filter(|b| b.products.tiles().is_some()).count();
                 // On the c16 tiles every layer (the test weights are in [-127, 127]);
-                // where the CPU has VNNI, every layer on the VNNI tiles, whatever kernel
-                // tract packed it for.
-                let c16 = c16_forced || super::c16_wanted();
+                // on the dot or VNNI tiles every layer, whatever kernel tract packed it
+                // for.
+                let want = expected_family(forced);
                 for (i, b) in ops.iter().enumerate() {
-                    let want = if c16 {
-                        "c16"
-                    } else if vnni_cpu() {
-                        "vnni"
-                    } else {
-                        "tract"
-                    };
                     assert_eq!(family(b), want, "model {m}, layer {i} (k {})", b.pack.k);
                     expected_tiled += usize::from(want != "tract");
                 }
@@ -1196,7 +1250,7 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(tiled_layers, expected_tiled);
-        if c16_forced || super::c16_wanted() || vnni_cpu() {
+        if expected_family(forced) != "tract" {
             assert!(tiled_layers > 0, "no layer ran on the engine's tiles");
         }
     }

@@ -186,8 +186,8 @@ impl PackPatches {
     }
 
     /// The same patches in `PackedI8K4 { r }` panels, for the engine's own VNNI tiles
-    /// (vnni.rs); `format` stays tract's, which only tract's kernel reads.
-    #[cfg(target_arch = "x86_64")]
+    /// (vnni.rs) and dot tiles (kernels/dot.rs); `format` stays tract's, which only
+    /// tract's kernel reads.
     pub(crate) fn k4(&self, r: usize) -> PackPatches {
         let group_bytes = 4 * r;
         PackPatches {

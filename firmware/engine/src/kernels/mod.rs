@@ -7,6 +7,9 @@
 pub(crate) mod c16;
 #[cfg(target_arch = "aarch64")]
 mod c16_neon;
+pub(crate) mod dot;
+#[cfg(target_arch = "aarch64")]
+mod dot_neon;
 pub(crate) mod dw;
 #[cfg(target_arch = "x86_64")]
 mod dw_avx2;

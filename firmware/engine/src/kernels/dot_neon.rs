@@ -1,0 +1,113 @@
+//! The dot family on aarch64 NEON with the dot product: tiles of 8 output channels by 8
+//! output positions.
+//!
+//! Per 4 k a tile loads its eight positions' bytes (two registers, four positions each)
+//! and its eight channels' bytes (two registers, four channels each) with one two-register
+//! LD1 each, then runs 16 SDOT by element: accumulator `[j][h]` adds, for positions
+//! `4h..4h + 4`, their four bytes times channel `j`'s four bytes (lane `j % 4` of the
+//! weight register `j / 4`). So each accumulator is one channel at four consecutive
+//! positions, the layout of the channel rows of sums: a tile ends in 8 two-register stores
+//! with no transpose. 16 accumulators and 4 operand registers fit the 32 vector registers.
+//!
+//! Rust's SDOT intrinsics are unstable (rust-lang/rust#117224), so the instruction is
+//! written as one line of inline assembly and the compiler still allocates the registers.
+
+use std::arch::aarch64::*;
+
+use super::dot::{Weights, KC, MR, NR};
+
+/// # Safety
+/// The CPU has the dot product; `patches` holds `n.div_ceil(MR)` panels of
+/// `weights.panel_len()` bytes and `c` holds `weights.channels() * n` sums
+/// (`Weights::check`).
+#[target_feature(enable = "dotprod")]
+pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i32]) {
+    let (packed, starts) = weights.raw();
+    let channels = weights.channels();
+    let groups = weights.k().div_ceil(KC);
+    let panel_len = weights.panel_len();
+    let group_len = groups * NR * KC;
+    let p0 = patches.as_ptr();
+    for q in 0..channels.div_ceil(NR) {
+        // Each weight group is read from cache by every tile of the band.
+        let w = packed[q * group_len..][..group_len].as_ptr();
+        let starts: [i32; NR] = std::array::from_fn(|j| starts[q * NR + j]);
+        let rows = (channels - q * NR).min(NR);
+        // SAFETY (the loop): the caller's contract: `n.div_ceil(MR)` panels of `groups`
+        // blocks of MR x 4 bytes; rows `q * NR..q * NR + rows` of `c` hold `n` sums each.
+        let out = unsafe { c.as_mut_ptr().add(q * NR * n) };
+        for (t, pos) in (0..n).step_by(MR).enumerate() {
+            let sums = unsafe { tile(w, p0.add(t * panel_len), groups, &starts) };
+            unsafe { store(&sums, out.add(pos), n, rows, (n - pos).min(MR)) };
+        }
+    }
+}
+
+/// Accumulator `[j][h]`: channel `j` at positions `4h..4h + 4`.
+type Sums = [[int32x4_t; 2]; NR];
+
+/// For the eight positions at `p` and the eight channels at `w` (blocks of 32 bytes on
+/// both sides): each channel's start plus its sums at the eight positions.
+#[target_feature(enable = "dotprod")]
+#[inline]
+unsafe fn tile(w: *const i8, p: *const i8, groups: usize, starts: &[i32; NR]) -> Sums {
+    let mut acc: Sums = std::array::from_fn(|j| [vdupq_n_s32(starts[j]); 2]);
+    for g in 0..groups {
+        // SAFETY: the caller's contract: `groups` blocks of 32 bytes on both sides.
+        let (a, b) = unsafe { (vld1q_s8_x2(p.add(g * MR * KC)), vld1q_s8_x2(w.add(g * NR * KC))) };
+        for (h, a) in [a.0, a.1].into_iter().enumerate() {
+            acc[0][h] = sdot::<0>(acc[0][h], a, b.0);
+            acc[1][h] = sdot::<1>(acc[1][h], a, b.0);
+            acc[2][h] = sdot::<2>(acc[2][h], a, b.0);
+            acc[3][h] = sdot::<3>(acc[3][h], a, b.0);
+            acc[4][h] = sdot::<0>(acc[4][h], a, b.1);
+            acc[5][h] = sdot::<1>(acc[5][h], a, b.1);
+            acc[6][h] = sdot::<2>(acc[6][h], a, b.1);
+            acc[7][h] = sdot::<3>(acc[7][h], a, b.1);
+        }
+    }
+    acc
+}
+
+/// `acc` plus, per 32-bit lane `i`, the four bytes of lane `i` of `a` times the four bytes
+/// of lane `L` of `b` (SDOT by element).
+#[target_feature(enable = "dotprod")]
+#[inline]
+fn sdot<const L: i32>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: one register-to-register instruction of the dot-product extension, which
+    // this function's target feature requires of the CPU.
+    unsafe {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.4b[{lane}]",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            lane = const L,
+            options(pure, nomem, nostack, preserves_flags),
+        )
+    };
+    acc
+}
+
+/// The channel rows of `sums` into `rows` rows of `c`, `n` apart, `cols` positions each.
+#[inline(always)]
+unsafe fn store(sums: &Sums, c: *mut i32, n: usize, rows: usize, cols: usize) {
+    if rows == NR && cols == MR {
+        // Every tile but those of a layer's last channels and last positions: eight
+        // stores, without a test per row.
+        for (j, row) in sums.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            unsafe { vst1q_s32_x2(c.add(j * n), int32x4x2_t(row[0], row[1])) };
+        }
+        return;
+    }
+    for (j, row) in sums.iter().enumerate().take(rows) {
+        let mut lanes = [0i32; MR];
+        // SAFETY: the caller's contract.
+        unsafe {
+            vst1q_s32_x2(lanes.as_mut_ptr(), int32x4x2_t(row[0], row[1]));
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), c.add(j * n), cols);
+        }
+    }
+}
