@@ -7,6 +7,8 @@
 //!   Gemm head, a non-square input): tests/python/qformats_bundle.py.
 //! - EfficientNet-Lite0 with its real ImageNet weights on photographs:
 //!   tests/python/efficientnet_lite_bundle.py.
+//! - PaddleOCR's MobileNetV3 text-direction classifier with its trained weights, on
+//!   rendered lines of text: tests/python/ppocr_cls_bundle.py.
 
 use std::path::{Path, PathBuf};
 
@@ -261,6 +263,28 @@ fn efficientnet_lite0_with_real_weights_matches_onnxruntime() {
                     .any(|p| p.contains("quantized element-wise chains in a 256-entry table")),
                 "{variant}: the Clips not tabulated: {:?}",
                 report.patches
+            );
+        }
+    }
+}
+
+/// A real MobileNetV3 as model teams download it: PaddleOCR's text-direction classifier
+/// with its trained weights (the ONNX file in the rapidocr-onnxruntime wheel), quantized by
+/// onnxruntime: HardSigmoid squeeze-excite gates, hard-swish, 3x3 and 5x5 depthwise layers
+/// with strides (2, 1), unfolded BatchNormalization in the fp32 file, a 48x192 input and a
+/// Softmax head (`com.microsoft.QLinearSoftmax` in the contrib file).
+#[test]
+fn ppocr_mobilenetv3_classifier_with_real_weights_matches_onnxruntime() {
+    let Some(dir) = bundle("ppocr_cls_bundle.py", "ppocr-cls") else {
+        return;
+    };
+    for (variant, report) in matches_onnxruntime(&dir, REAL_NETWORK_STEPS) {
+        if variant != "fp32" {
+            // Every convolution, depthwise ones with strides (2, 1) included, on integers.
+            assert!(
+                !report.in_float.iter().any(|f| f.contains("Conv")),
+                "{variant}: a convolution left in float: {:?}",
+                report.in_float
             );
         }
     }

@@ -66,10 +66,12 @@ def _sha(p: Path) -> str:
 
 
 def write(out: Path, name: str, spec: InputSpec, output: str, labels: list[str],
-          calibration: list[np.ndarray], tests: list[np.ndarray]) -> dict:
-    """Quantizes OUT/fp32.onnx three ways, runs every file on `tests` and writes
-    manifest.toml and reference.json; returns the reference."""
-    fp32 = out / "fp32.onnx"
+          calibration: list[np.ndarray], tests: list[np.ndarray], kind: str = "logits",
+          quantize_from: Path | None = None) -> dict:
+    """Quantizes OUT/fp32.onnx (or `quantize_from`, the same network prepared for the
+    quantizer) three ways, runs every file on `tests` and writes manifest.toml and
+    reference.json; returns the reference."""
+    fp32 = quantize_from or out / "fp32.onnx"
     for variant, opts in VARIANTS.items():
         quantize_static(str(fp32), str(out / f"{variant}.onnx"),
                         _Reader(spec.tensor, calibration), per_channel=True,
@@ -116,7 +118,7 @@ std = {json.dumps(spec.std)}
 
 [output]
 tensor = "{output}"
-kind = "logits"
+kind = "{kind}"
 {models}""")
     (out / "reference.json").write_text(json.dumps(ref))
     print(f"{name} bundle in {out}: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in ref["ops"].items()))

@@ -2,8 +2,8 @@
 //!
 //! onnxruntime's QOperator export writes `com.microsoft` operators for everything but
 //! convolutions and matrix products: `QLinearAdd`, `QLinearMul`, `QLinearSigmoid`,
-//! `QLinearLeakyRelu`, `QLinearGlobalAveragePool`, `QLinearAveragePool`, `QLinearConcat`
-//! and `QGemm`. tract 0.23.9 refuses them (sonos/tract#1570), so the int8 models people
+//! `QLinearLeakyRelu`, `QLinearGlobalAveragePool`, `QLinearAveragePool`, `QLinearConcat`,
+//! `QLinearSoftmax` and `QGemm`. tract 0.23.9 refuses them (sonos/tract#1570), so the int8 models people
 //! download did not load. Each is defined as "dequantize the inputs, apply the float
 //! operator, quantize the result", which is what this module writes in its place:
 //! `DequantizeLinear` → the standard operator → `QuantizeLinear`. `QLinearAdd` and
@@ -171,6 +171,28 @@ fn lower(
                     );
                     pooled(&mut b, "AveragePool", attrs)
                 }
+            };
+            b.quantize(&y, input(3), input(4), output)?
+        }
+        // (X, X_scale, X_zp, Y_scale, Y_zp); `opset` is the opset of the Softmax it
+        // replaced, whose meaning of `axis` changed at 13: before, the input is taken as a
+        // matrix whose rows start at `axis`; from 13, softmax runs along `axis` alone. On the
+        // last axis (onnxruntime's default, and every classifier's head) both are the same.
+        "QLinearSoftmax" => {
+            let x = b.dequantize(input(0), input(1), input(2))?;
+            let axis = attr(node, "axis").map_or(-1, |a| a.i);
+            let opset = attr(node, "opset")?.i;
+            let y = if axis == -1 {
+                b.op("Softmax", &[&x], vec![int_attr("axis", -1)])
+            } else if opset < 13 {
+                // Rows from `axis` on, as the old Softmax took them, in any opset.
+                let rows = b.op("Flatten", &[&x], vec![int_attr("axis", axis)]);
+                let shape = b.op("Shape", &[&x], vec![]);
+                let y = b.op("Softmax", &[&rows], vec![int_attr("axis", 1)]);
+                b.op("Reshape", &[&y, &shape], vec![])
+            } else {
+                // One axis other than the last: needs the rank, which is not known here.
+                return None;
             };
             b.quantize(&y, input(3), input(4), output)?
         }
