@@ -1,6 +1,7 @@
 //! Networks in every int8 format onnxruntime's quantizer writes (tests/python/qbundle.py):
 //! each file loads and gives onnxruntime's outputs on the same file and input, within a
-//! stated number of output quantization steps and with the same class.
+//! stated number of output quantization steps and with the same class (or, where
+//! onnxruntime's top two classes are within one output step, one of them).
 //!
 //! - One small CNN with the constructs of MobileNetV3 / EfficientNet-Lite classifiers
 //!   (strides (2, 1), depthwise 5x5, squeeze-excite, residual Add, Concat, AveragePool, a
@@ -90,7 +91,9 @@ fn matches_onnxruntime(dir: &Path, int8_steps: f32) -> Vec<(&'static str, ModelR
         ops("int8-qdq")
     );
     let mut reports = Vec::new();
-    for variant in ["fp32", "int8-qdq", "int8", "int8-std"] {
+    for variant in [
+        "fp32", "int8-qdq", "int8", "int8-std", "int8-s8", "int8-u8w",
+    ] {
         let model = Model::load(&bundle, variant, &EngineOptions::default())
             .unwrap_or_else(|e| panic!("{variant}: {e}"));
         let report = model.report();
@@ -111,7 +114,7 @@ fn matches_onnxruntime(dir: &Path, int8_steps: f32) -> Vec<(&'static str, ModelR
             int8_steps * step * (1.0 + 1e-5)
         };
         let mut worst = 0f32;
-        let (mut outputs, mut differ) = (0usize, 0usize);
+        let (mut outputs, mut differ, mut ties) = (0usize, 0usize, 0usize);
         for (i, (input, want)) in inputs.iter().zip(&wants).enumerate() {
             let got = model.run(input).expect("run").remove(0).raw;
             assert_eq!(got.len(), want.len(), "{variant} input {i}");
@@ -123,14 +126,31 @@ fn matches_onnxruntime(dir: &Path, int8_steps: f32) -> Vec<(&'static str, ModelR
                 diff <= tolerance,
                 "{variant} input {i}: max |edgedx - onnxruntime| = {diff} > {tolerance}\n edgedx {got:?}\n ort    {want:?}"
             );
-            assert_eq!(top(&got), top(want), "{variant} input {i}: class differs");
+            // The same class, unless onnxruntime itself scores the class edgedx picks within
+            // one output step of its own top class (fp32: within the fp32 tolerance): a tie
+            // at the output's resolution, which a one-step rounding breaks either way.
+            let (picked, reference_top) = (top(&got), top(want));
+            let tie = if variant == "fp32" {
+                tolerance
+            } else {
+                step * (1.0 + 1e-5)
+            };
+            assert!(
+                picked == reference_top || want[reference_top] - want[picked] <= tie,
+                "{variant} input {i}: class {picked}, onnxruntime's {reference_top} \
+                 (onnxruntime scores them {} and {})",
+                want[picked],
+                want[reference_top]
+            );
+            ties += usize::from(picked != reference_top);
             worst = worst.max(diff);
             outputs += got.len();
             differ += got.iter().zip(want).filter(|(a, b)| a != b).count();
         }
         eprintln!(
             "{variant}: {} inputs, worst |edgedx - onnxruntime| {worst:.2e} ({:.2} steps of {step:.2e}), \
-             {:.1} % of outputs differ; in float: {:?}; rewrites: {:?}",
+             {:.1} % of outputs differ, {ties} tie(s) broken the other way; in float: {:?}; \
+             rewrites: {:?}",
             inputs.len(),
             worst / step,
             100.0 * differ as f64 / outputs.max(1) as f64,

@@ -8,7 +8,15 @@ test inputs, and the bundle gets a manifest and a reference.json for tests/it/qf
   int8-std   QuantFormat.QOperator restricted to standard ONNX ops (QLinearConv,
              QLinearMatMul), everything else in float
 
-All three: per-channel symmetric s8 weights, u8 asymmetric activations, MinMax calibration.
+These three: per-channel symmetric s8 weights, u8 asymmetric activations. Two more cover
+the other choices a model team can make:
+
+  int8-s8    quantize_static with none of its options set, what a model team gets by
+             default: QDQ, one scale per tensor, s8 activations and s8 weights
+  int8-u8w   QOperator with per-tensor asymmetric u8 weights (onnxruntime's former
+             default) and u8 activations
+
+All with MinMax calibration.
 """
 
 import hashlib
@@ -23,10 +31,18 @@ from onnx import numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                       quantize_static)
 
+_PER_CHANNEL_S8 = dict(per_channel=True, weight_type=QuantType.QInt8,
+                      activation_type=QuantType.QUInt8,
+                      extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
 VARIANTS = {
-    "int8-qdq": dict(quant_format=QuantFormat.QDQ),
-    "int8": dict(quant_format=QuantFormat.QOperator),
-    "int8-std": dict(quant_format=QuantFormat.QOperator, op_types_to_quantize=["Conv", "MatMul"]),
+    "int8-qdq": dict(quant_format=QuantFormat.QDQ, **_PER_CHANNEL_S8),
+    "int8": dict(quant_format=QuantFormat.QOperator, **_PER_CHANNEL_S8),
+    "int8-std": dict(quant_format=QuantFormat.QOperator, op_types_to_quantize=["Conv", "MatMul"],
+                     **_PER_CHANNEL_S8),
+    "int8-s8": dict(),
+    "int8-u8w": dict(quant_format=QuantFormat.QOperator, weight_type=QuantType.QUInt8,
+                     activation_type=QuantType.QUInt8,
+                     extra_options={"WeightSymmetric": False, "ActivationSymmetric": False}),
 }
 
 
@@ -74,10 +90,7 @@ def write(out: Path, name: str, spec: InputSpec, output: str, labels: list[str],
     fp32 = quantize_from or out / "fp32.onnx"
     for variant, opts in VARIANTS.items():
         quantize_static(str(fp32), str(out / f"{variant}.onnx"),
-                        _Reader(spec.tensor, calibration), per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-                        **opts)
+                        _Reader(spec.tensor, calibration), **opts)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     ref = {"inputs": [t.flatten().tolist() for t in tests], "outputs": {}, "ops": {},
@@ -96,7 +109,7 @@ def write(out: Path, name: str, spec: InputSpec, output: str, labels: list[str],
 file = "{variant}.onnx"
 sha256 = "{_sha(out / f'{variant}.onnx')}"
 precision = "{'fp32' if variant == 'fp32' else 'int8'}"
-quantization = "{'none' if variant == 'fp32' else ('qdq' if variant == 'int8-qdq' else 'qoperator')}"
+quantization = "{'none' if variant == 'fp32' else ('qdq' if VARIANTS[variant].get('quant_format', QuantFormat.QDQ) == QuantFormat.QDQ else 'qoperator')}"
 """ for variant in ["fp32", *VARIANTS])
     (out / "manifest.toml").write_text(f"""schema_version = 1
 

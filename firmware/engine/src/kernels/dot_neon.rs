@@ -75,7 +75,12 @@ unsafe fn tile(w: *const i8, p: *const i8, groups: usize, starts: &[i32; NR]) ->
 #[inline]
 unsafe fn block(mut acc: Sums, w: *const i8, p: *const i8) -> Sums {
     // SAFETY: the caller's contract.
-    let (a, b) = unsafe { ([vld1q_s8(p), vld1q_s8(p.add(16))], [vld1q_s8(w), vld1q_s8(w.add(16))]) };
+    let (a, b) = unsafe {
+        (
+            [vld1q_s8(p), vld1q_s8(p.add(16))],
+            [vld1q_s8(w), vld1q_s8(w.add(16))],
+        )
+    };
     for (h, a) in a.into_iter().enumerate() {
         acc[0][h] = sdot::<0>(acc[0][h], a, b[0]);
         acc[1][h] = sdot::<1>(acc[1][h], a, b[0]);
