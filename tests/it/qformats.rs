@@ -10,6 +10,8 @@
 //!   tests/python/efficientnet_lite_bundle.py.
 //! - PaddleOCR's MobileNetV3 text-direction classifier with its trained weights, on
 //!   rendered lines of text: tests/python/ppocr_cls_bundle.py.
+//! - A ResNet-18-style network with seeded weights, on photographs:
+//!   tests/python/resnet18_bundle.py.
 
 use std::path::{Path, PathBuf};
 
@@ -306,6 +308,28 @@ fn ppocr_mobilenetv3_classifier_with_real_weights_matches_onnxruntime() {
                 "{variant}: a convolution left in float: {:?}",
                 report.in_float
             );
+        }
+    }
+}
+
+/// A ResNet-18-style network (seeded weights: tests/python/resnet18_bundle.py says why):
+/// 7x7 stride-2 stem, padded 3x3 stride-2 max pool, 1x1 stride-2 shortcuts, residual Add
+/// then Relu, 512-channel 3x3 layers.
+#[test]
+fn resnet18_style_network_matches_onnxruntime() {
+    let Some(dir) = bundle("resnet18_bundle.py", "resnet18") else {
+        return;
+    };
+    for (variant, report) in matches_onnxruntime(&dir, REAL_NETWORK_STEPS) {
+        if variant == "int8" || variant == "int8-qdq" || variant == "int8-s8" {
+            // Every convolution, residual Add and the global pool run on integers.
+            for op in ["Conv", "Add", "GlobalAveragePool"] {
+                assert!(
+                    !report.in_float.iter().any(|f| f.contains(op)),
+                    "{variant}: {op} reported as float: {:?}",
+                    report.in_float
+                );
+            }
         }
     }
 }

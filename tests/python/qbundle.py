@@ -20,7 +20,9 @@ All with MinMax calibration.
 """
 
 import hashlib
+import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                       quantize_static)
+from PIL import Image
 
 _PER_CHANNEL_S8 = dict(per_channel=True, weight_type=QuantType.QInt8,
                       activation_type=QuantType.QUInt8,
@@ -62,6 +65,30 @@ class _Reader(CalibrationDataReader):
 
     def get_next(self):
         return next(self.it, None)
+
+
+def photo_dir() -> Path:
+    """scikit-image's photographs (a cat, a cup of coffee, a rocket, ...), which it ships in
+    its wheel: real images for the ImageNet-sized networks."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("scikit-image (tests/python/requirements.txt) is not installed: it ships the photographs")
+    return Path(spec.submodule_search_locations[0]) / "data"
+
+
+def views(img: Image.Image, size: int) -> list[Image.Image]:
+    """The centre crop (short side resized to 256/224 of `size`), then other crops and a
+    mirror image: test and calibration inputs from one photograph."""
+    w, h = img.size
+    s = size * 256 / 224 / min(w, h)
+    img = img.convert("RGB").resize((max(size, round(w * s)), max(size, round(h * s))),
+                                    Image.BILINEAR)
+    w, h = img.size
+    cx, cy = (w - size) // 2, (h - size) // 2
+    centre = img.crop((cx, cy, cx + size, cy + size))
+    corner = img.crop((0, 0, size, size))
+    whole = img.resize((size, size), Image.BILINEAR)
+    return [centre, corner, whole, centre.transpose(Image.FLIP_LEFT_RIGHT)]
 
 
 def output_step(model: onnx.ModelProto) -> float | None:
