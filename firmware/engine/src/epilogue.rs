@@ -16,9 +16,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::cast::Cast;
+use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::math::{Add, Max, Min};
+use tract_onnx::tract_core::ops::math::{Add, Max, Min, QScale};
 use tract_onnx::tract_core::ops::quant::{OffsetU8asI8, Scale};
+use tract_onnx::tract_core::optim::{OptimizerSession, TypedPass};
 
 /// `Scale -> Add* -> (Min | Max)* -> Cast (u8 | i8) [-> OffsetU8asI8]` as one node.
 ///
@@ -419,6 +421,97 @@ impl TypedOp for Requantize {
     }
 }
 
+/// A pass of tract's codegen session (lean.rs runs it after tract's declutter, before its
+/// fuse): every requantisation with one multiplier for the whole tensor (per-tensor
+/// quantization, what onnxruntime's `quantize_static` writes by default) becomes a
+/// [`Requantize`].
+///
+/// For such a chain tract's declutter turns the f32 `Scale` into a `QScale` (the exact
+/// product rounded in fixed point), and its fuse pass then moves the QScale, the zero point,
+/// the clamps and the cast into the matmul's kernel. That left no chain for
+/// [`fuse_requantization`]: those layers kept tract's whole plan (the whole patch matrix at
+/// once, tract's kernel, no direct depthwise). [`Requantize`] rounds the f32 product half to
+/// even, which is onnxruntime's own requantization (MLAS: `float(acc) * scale`, then
+/// `nearbyint`): values move toward the reference wherever tract's fixed point rounded
+/// differently (a tie of the f32 product, or an accumulator past 2^24).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PerTensorRequantize;
+
+impl TypedPass for PerTensorRequantize {
+    fn reset(&mut self) -> TractResult<()> {
+        Ok(())
+    }
+
+    fn next(
+        &mut self,
+        _session: &mut OptimizerSession,
+        _model: &TypedModel,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        Ok(None)
+    }
+
+    fn run_direct(&mut self, model: &mut TypedModel) -> TractResult<bool> {
+        let mut replaced = 0;
+        for id in model.eval_order()? {
+            if !is_q_scale(model.node(id)) {
+                continue;
+            }
+            // tract's convolution reshapes the product's rows into the image between the
+            // multiplier and the zero point; the reshape goes first, on the i32 values, as
+            // in the per-channel plans that banded.rs and depthwise.rs match.
+            let reshape =
+                only_successor(model, id)?.filter(|&n| model.node(n).op_is::<IntoShape>());
+            let Some((x, last, op)) = chain_from(model, id, reshape.unwrap_or(id))? else {
+                continue;
+            };
+            let name = format!("{}.requantize", model.node(id).name);
+            let reshape = reshape.map(|n| (model.node(n).name.clone(), model.node(n).op.clone()));
+            let patch = TypedModelPatch::rewire(model, &[x], &[last], &|p, taps| {
+                let taps = match &reshape {
+                    Some((name, op)) => p.wire_node(name, op.clone(), taps)?,
+                    None => taps.into(),
+                };
+                p.wire_node(&name, op.clone(), &taps)
+            })?;
+            patch.apply(model)?;
+            replaced += 1;
+        }
+        Ok(replaced > 0)
+    }
+}
+
+/// tract's fixed-point `QScale` on i32 values.
+fn is_q_scale(node: &TypedNode) -> bool {
+    node.op_as::<ElementWiseOp>()
+        .is_some_and(|op| op.1.is_none() && op.0.is::<QScale>())
+}
+
+/// The multiplier tensor and the accumulator outlet of a chain's first node: an f32
+/// `Scale` by a constant, or a `QScale` (its f32 scale, one for all).
+fn multiplier(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<(Arc<Tensor>, OutletId)>> {
+    if is_bin::<Scale>(node) && node.inputs.len() == 2 {
+        return Ok(model
+            .outlet_fact(node.inputs[0])?
+            .konst
+            .clone()
+            .filter(|k| k.datum_type() == DatumType::F32)
+            .map(|k| (k, node.inputs[1])));
+    }
+    if is_q_scale(node) && node.inputs.len() == 1 {
+        let Some(q) = node
+            .op_as::<ElementWiseOp>()
+            .and_then(|op| op.0.downcast_ref::<QScale>())
+        else {
+            return Ok(None);
+        };
+        return Ok(Some((Arc::new(tensor0(q.scaler.scale)), node.inputs[0])));
+    }
+    Ok(None)
+}
+
 /// Replaces every requantisation chain of the optimised plan with a [`Requantize`] node and
 /// returns how many. The replaced nodes are left unused; the caller's next optimisation
 /// prunes them.
@@ -428,23 +521,29 @@ pub(crate) fn fuse_requantization(model: &mut TypedModel) -> TractResult<usize> 
     })
 }
 
-/// If node `id` is a `Scale` that starts a chain this module can fuse: the accumulator
+/// If node `id` is a `Scale` (or a `QScale`) that starts a chain this module can fuse: the accumulator
 /// outlet, the chain's last outlet and the op that replaces the chain.
 fn chain_at(
     model: &TypedModel,
     id: usize,
 ) -> TractResult<Option<(OutletId, OutletId, Requantize)>> {
+    chain_from(model, id, id)
+}
+
+/// [`chain_at`] for the Scale or QScale `id`, walking the steps from node `from`: `id`
+/// itself, or a reshape right after a per-tensor multiplier (whose place in the chain does
+/// not matter: one multiplier for all). The steps keep `from`'s output shape.
+fn chain_from(
+    model: &TypedModel,
+    id: usize,
+    from: usize,
+) -> TractResult<Option<(OutletId, OutletId, Requantize)>> {
     let node = model.node(id);
-    if !is_bin::<Scale>(node) || node.inputs.len() != 2 {
-        return Ok(None);
-    }
-    let x = node.inputs[1];
-    let x_fact = model.outlet_fact(x)?;
-    let Some(scale) = model.outlet_fact(node.inputs[0])?.konst.clone() else {
+    let Some((scale, x)) = multiplier(model, node)? else {
         return Ok(None);
     };
+    let x_fact = model.outlet_fact(x)?;
     if x_fact.datum_type != DatumType::I32
-        || scale.datum_type() != DatumType::F32
         || model.outlet_fact(OutletId::new(id, 0))?.datum_type != DatumType::I32
     {
         return Ok(None);
@@ -455,21 +554,22 @@ fn chain_at(
     let Some(x_shape) = x_fact.shape.as_concrete() else {
         return Ok(None);
     };
-    if axis.is_some_and(|axis| x_shape[axis] != scale.len()) {
+    if axis.is_some_and(|axis| x_shape[axis] != scale.len()) || (from != id && axis.is_some()) {
         return Ok(None);
     }
+    let shape = model.outlet_fact(OutletId::new(from, 0))?.shape.clone();
 
     // Walk the single-consumer chain after the Scale, folding the steps. `range` is what
     // the i32 value can be at this point; a Cast is only fused when the clamps before it
     // make it exact.
     let (mut add, mut lo, mut hi) = (0i32, i32::MIN, i32::MAX);
     let mut clamped = false;
-    let mut at = id;
+    let mut at = from;
     let mut cast_to = None;
     let mut offset_to_i8 = false;
     while let Some(next) = only_successor(model, at)? {
         let next_node = model.node(next);
-        if model.outlet_fact(OutletId::new(next, 0))?.shape != x_fact.shape {
+        if model.outlet_fact(OutletId::new(next, 0))?.shape != shape {
             break;
         }
         if cast_to.is_none() {

@@ -70,6 +70,20 @@ pub(crate) fn optimize(model: &mut TypedModel) -> TractResult<InPlace> {
             in_place: in_place.clone(),
         }),
     );
+    // After tract's declutter (which makes a per-tensor Scale a fixed-point QScale) and
+    // before its fuse (which would move the QScale into the matmul's kernel).
+    match optimizer
+        .passes
+        .iter()
+        .position(|p| format!("{p:?}") == "declutter")
+    {
+        Some(at) => optimizer
+            .passes
+            .insert(at + 1, Box::new(crate::epilogue::PerTensorRequantize)),
+        None => log::warn!(
+            "tract's codegen passes changed; per-tensor requantisation left in tract's kernels"
+        ),
+    }
     model.optimize_with_session(&mut optimizer.session())?;
     let done = std::mem::take(&mut *in_place.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(done)

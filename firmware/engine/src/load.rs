@@ -252,6 +252,12 @@ fn build_proto(
     }
     .map_err(|e| load_err(format!("optimisation failed: {e:#}")))?;
     tr("tract's optimisation");
+    // Only `epilogue::PerTensorRequantize`, inside lean.rs's codegen, has made these so far.
+    let per_tensor = optimized
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<epilogue::Requantize>())
+        .count();
     // Same values as tract's folding, so not a change to the plan (`patches`).
     log::debug!(
         "constants changed in place: {} kernels packed, {} reshaped",
@@ -266,6 +272,12 @@ fn build_proto(
             "dequantized the input of",
             "Softmax-like operator",
             " with Cast/Sub/Mul (tract 0.23.9 would make a wrong lookup table of it)",
+        ),
+        (
+            per_tensor,
+            "kept",
+            "per-tensor requantization",
+            " in f32 as onnxruntime does (tract: a fixed point in its kernel)",
         ),
     ]
     .into_iter()
