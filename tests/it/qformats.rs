@@ -159,6 +159,20 @@ fn matches_onnxruntime(dir: &Path, int8_steps: f32) -> Vec<(&'static str, ModelR
             report.in_float,
             report.patches
         );
+        if variant == "int8-s8" {
+            // Per-tensor requantization (onnxruntime's default) on the engine's own path,
+            // not left inside tract's kernels.
+            for wanted in [
+                "per-tensor requantization",
+                "a band of output rows at a time",
+            ] {
+                assert!(
+                    report.patches.iter().any(|p| p.contains(wanted)),
+                    "{variant}: no \"{wanted}\" among the rewrites: {:?}",
+                    report.patches
+                );
+            }
+        }
         reports.push((variant, report.clone()));
     }
     reports

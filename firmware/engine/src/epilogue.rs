@@ -775,6 +775,63 @@ mod tests {
             .unwrap()
     }
 
+    /// tract's per-tensor chain, `QScale(0.1) -> Add(3) -> Min(127) -> Max(-128) -> Cast i8`,
+    /// becomes one Requantize that rounds the f32 product as onnxruntime does. 5 * 0.1 is
+    /// exactly 0.50000000745...: tract's fixed point rounds it up to 1, the f32 product is
+    /// 0.5 and rounds to even, 0 (as MLAS's `float(acc) * scale` then `nearbyint` does);
+    /// every other value is the same either way.
+    #[test]
+    fn per_tensor_chains_become_one_requantize_rounding_the_f32_product() {
+        use tract_linalg::mmm::RoundingPolicy;
+        use tract_linalg::Scaler;
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", i32::fact([1, 1, 8])).unwrap();
+        let q = ElementWiseOp(
+            Box::new(QScale {
+                scaler: Scaler::new(0.1, RoundingPolicy::Even),
+            }),
+            None,
+        );
+        let scaled = m.wire_node("qscale", q, &[x]).unwrap()[0];
+        let c = scalar_const(&mut m, "zp", 3);
+        let y = m.wire_node("add", add(), &[scaled, c]).unwrap()[0];
+        let c = scalar_const(&mut m, "hi", 127);
+        let y = m.wire_node("min", min(), &[y, c]).unwrap()[0];
+        let c = scalar_const(&mut m, "lo", -128);
+        let y = m.wire_node("max", max(), &[y, c]).unwrap()[0];
+        let y = m.wire_node("cast", cast(DatumType::I8), &[y]).unwrap()[0];
+        m.select_output_outlets(&[y]).unwrap();
+        let xs = [5, -5, 15, 1_000_000, -1_000_000, 14, 26, 0];
+        let run = |model: &TypedModel| -> Vec<i8> {
+            let plan = model.clone().into_runnable().unwrap();
+            let input = Tensor::from_shape(&[1, 1, 8], &xs).unwrap();
+            let out = plan.run(tvec!(input.into_tvalue())).unwrap();
+            let out = out[0].clone().into_tensor();
+            out.try_as_plain_ram()
+                .unwrap()
+                .as_slice::<i8>()
+                .unwrap()
+                .to_vec()
+        };
+        let tracts = run(&m);
+        assert_eq!(tracts[0], 4, "tract's fixed point rounds 5 * 0.1 up");
+        let mut fused = m.clone();
+        assert!(PerTensorRequantize.run_direct(&mut fused).unwrap());
+        let fused = fused.into_decluttered().unwrap();
+        assert!(fused.nodes().iter().any(|n| n.op_is::<Requantize>()));
+        let want: Vec<i8> = xs
+            .iter()
+            .map(|&x| (((x as f32) * 0.1f32).round_ties_even() as i32 + 3).clamp(-128, 127) as i8)
+            .collect();
+        assert_eq!(want[0], 3);
+        assert_eq!(run(&fused), want);
+        assert_eq!(
+            tracts.iter().zip(&want).filter(|(a, b)| a != b).count(),
+            2,
+            "only the ties differ: {tracts:?} against {want:?}"
+        );
+    }
+
     fn per_channel(c: usize) -> Tensor {
         let s: Vec<f32> = (0..c)
             .map(|i| 0.0017 * (i as f32 + 1.0) + 0.5 * (i % 2) as f32)
