@@ -107,11 +107,16 @@ pub fn from_bundle(spec: &str, paths: &Paths) -> Result<Group> {
         .ok()
         .flatten()
         .unwrap_or_else(|| paths.default_bundle().join("samples/glioma-01.png"));
+    let mut name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| spec.to_string());
+    // Rows of one bundle's variants tell themselves apart in the report.
+    if int8 != "int8" {
+        name = format!("{name}:{int8}");
+    }
     Ok(Group {
-        name: dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| spec.to_string()),
+        name,
         bundle: dir,
         int8: int8.to_string(),
         fp32: "fp32".to_string(),

@@ -15,7 +15,7 @@
 //! weight and the operator keeps it on tract's kernel. onnxruntime's symmetric s8 weights,
 //! and the TFLite quantisation rules, stay in [-127, 127].
 //!
-//! Packing (k padded with zeros to a multiple of [`KC`] on both sides):
+//! Packing (kernels/panels.rs; k padded with zeros to a multiple of [`KC`] on both sides):
 //! - weights: channels in groups of [`NR`] (the last padded with zero channels); group
 //!   `q`'s 16-k block `g` holds `NR × 16` bytes, `w[(q · groups + g) · NR · 16 + j · 16 + i]`
 //!   being channel `q · NR + j`'s weight at `k = 16g + i`;
@@ -26,6 +26,8 @@
 //! Sums wrap in i32 as tract's do; exact sums do not depend on their order, so the values
 //! are tract's bit for bit.
 
+use super::panels::Packed;
+
 /// k per packed block.
 pub(crate) const KC: usize = 16;
 /// Output channels per weight group.
@@ -33,15 +35,14 @@ pub(crate) const NR: usize = 4;
 /// Output positions per patch panel.
 pub(crate) const MR: usize = 8;
 
-/// One layer's weights in c16 packing, with the value each channel's sum starts from.
+/// One layer's weights in c16 packing (kernels/panels.rs with 4 channels, 16 k and 8
+/// positions), with the value each channel's sum starts from.
 #[derive(Debug)]
 pub(crate) struct Weights {
-    packed: Vec<i8>,
+    packed: Packed<NR, KC, MR>,
     /// Per channel, padded to whole groups, its start four times: a NEON vector added to
     /// that channel's row of four positions.
     start_lanes: Vec<i32>,
-    channels: usize,
-    k: usize,
 }
 
 impl Weights {
@@ -53,58 +54,40 @@ impl Weights {
         k: usize,
         starts: &[i32],
     ) -> Result<Weights, String> {
-        if channels == 0 || k == 0 || rows.len() != channels * k || starts.len() != channels {
-            return Err(format!(
-                "{} weights and {} starts for {channels} channels of {k}",
-                rows.len(),
-                starts.len()
-            ));
-        }
+        let packed = Packed::new(rows, channels, k, starts)?;
         if let Some(at) = rows.iter().position(|&w| w == i8::MIN) {
             return Err(format!(
                 "channel {} has a weight of -128: two products could overflow 16 bits",
                 at / k
             ));
         }
-        let groups = k.div_ceil(KC);
-        let padded = channels.div_ceil(NR) * NR;
-        let mut packed = vec![0i8; padded * groups * KC];
-        for (ch, row) in rows.chunks_exact(k).enumerate() {
-            let (q, j) = (ch / NR, ch % NR);
-            for (kk, &w) in row.iter().enumerate() {
-                let (g, i) = (kk / KC, kk % KC);
-                packed[((q * groups + g) * NR + j) * KC + i] = w;
-            }
-        }
-        let mut start_lanes: Vec<i32> = starts.iter().flat_map(|&s| [s; 4]).collect();
-        start_lanes.resize(padded * 4, 0);
+        let start_lanes = packed.raw().1.iter().flat_map(|&s| [s; 4]).collect();
         Ok(Weights {
             packed,
             start_lanes,
-            channels,
-            k,
         })
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn channels(&self) -> usize {
-        self.channels
+        self.packed.channels()
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn k(&self) -> usize {
-        self.k
+        self.packed.k()
     }
 
     /// Bytes per patch panel for this depth.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn panel_len(&self) -> usize {
-        panel_len(self.k)
+        self.packed.panel_len()
     }
 
     /// `c[ch · n + pos] = start[ch] + Σ_k w[ch][k] · p[pos][k]` for the `n` positions of
     /// `patches` (`n.div_ceil(MR)` panels in c16 packing).
     pub(crate) fn run(&self, patches: &[i8], n: usize, c: &mut [i32]) -> Result<(), String> {
-        self.check(patches, n, c)?;
+        self.packed.check(patches, n, c)?;
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of aarch64; `check` holds the lengths the kernel reads and
         // writes.
@@ -116,110 +99,34 @@ impl Weights {
         Ok(())
     }
 
-    fn check(&self, patches: &[i8], n: usize, c: &[i32]) -> Result<(), String> {
-        if patches.len() < n.div_ceil(MR) * self.panel_len() {
-            return Err(format!(
-                "{} packed bytes for {n} positions of depth {}",
-                patches.len(),
-                self.k
-            ));
-        }
-        if c.len() != self.channels * n {
-            return Err(format!(
-                "{} sums for {} channels x {n} positions",
-                c.len(),
-                self.channels
-            ));
-        }
-        Ok(())
-    }
-
     /// The scalar reference: what every ISA's kernel must compute.
     #[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))]
     pub(crate) fn run_scalar(&self, patches: &[i8], n: usize, c: &mut [i32]) {
-        let groups = self.k.div_ceil(KC);
-        let panel_len = self.panel_len();
-        for ch in 0..self.channels {
-            let (q, j) = (ch / NR, ch % NR);
-            for pos in 0..n {
-                let panel = &patches[(pos / MR) * panel_len..][..panel_len];
-                let m = pos % MR;
-                let mut sum = self.start_lanes[ch * 4];
-                for g in 0..groups {
-                    let w = &self.packed[((q * groups + g) * NR + j) * KC..][..KC];
-                    let p = &panel[(g * MR + m) * KC..][..KC];
-                    for (w, p) in w.iter().zip(p) {
-                        sum = sum.wrapping_add(i32::from(*w) * i32::from(*p));
-                    }
-                }
-                c[ch * n + pos] = sum;
-            }
-        }
+        self.packed.run_scalar(patches, n, c)
     }
 
     /// The packed weights and each channel's start as four lanes (`[start; 4]`), padded to
     /// whole groups, for the ISA kernels.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
-        (&self.packed, &self.start_lanes)
+        (self.packed.raw().0, &self.start_lanes)
     }
 }
 
 /// Bytes per patch panel of depth `k`.
 pub(crate) fn panel_len(k: usize) -> usize {
-    k.div_ceil(KC) * KC * MR
+    super::panels::panel_len::<KC, MR>(k)
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// `matrix` (k rows of n positions) in c16 panels: the packing contract, written
-    /// independently of im2col.rs's packer.
-    pub(crate) fn pack_patches(matrix: &[i8], k: usize, n: usize) -> Vec<i8> {
-        let len = panel_len(k);
-        let mut out = vec![0i8; n.div_ceil(MR) * len];
-        for kk in 0..k {
-            for pos in 0..n {
-                let (g, i, panel, m) = (kk / KC, kk % KC, pos / MR, pos % MR);
-                out[panel * len + (g * MR + m) * KC + i] = matrix[kk * n + pos];
-            }
-        }
-        out
-    }
-
-    /// Pseudo-random i8 values in [lo, 127] (xorshift).
-    pub(crate) fn values(len: usize, seed: u32, lo: i32) -> Vec<i8> {
-        let mut s = seed | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (lo + (s % (128 - lo) as u32) as i32) as i8
-            })
-            .collect()
-    }
-
-    /// The naive sums, straight from the unpacked operands.
-    fn naive(w: &[i8], x: &[i8], starts: &[i32], (m, k, n): (usize, usize, usize)) -> Vec<i32> {
-        let mut c = vec![0i32; m * n];
-        for ch in 0..m {
-            for pos in 0..n {
-                let mut s = starts[ch];
-                for kk in 0..k {
-                    s = s.wrapping_add(i32::from(w[ch * k + kk]) * i32::from(x[kk * n + pos]));
-                }
-                c[ch * n + pos] = s;
-            }
-        }
-        c
-    }
+    use crate::kernels::panels::tests::{naive, pack_patches, starts, values};
 
     fn check(m: usize, k: usize, n: usize, w: &[i8], x: &[i8]) {
-        let starts: Vec<i32> = (0..m as i32).map(|i| i * 1_000_003 - 7).collect();
+        let starts = starts(m);
         let weights = Weights::new(w, m, k, &starts).unwrap();
-        let patches = pack_patches(x, k, n);
+        let patches = pack_patches::<KC, MR>(x, k, n);
         let want = naive(w, x, &starts, (m, k, n));
         let mut got = vec![i32::MIN; m * n];
         weights.run(&patches, n, &mut got).unwrap();

@@ -13,17 +13,14 @@
 //! scheduling, scratch and strided stores cost about as many instructions again on
 //! EfficientNet-Lite0's narrow 1x1 layers (QEMU-INSN.md).
 //!
-//! Packing (k padded with zeros to a multiple of [`KC`] on both sides), tract's
-//! `PackedI8K4 { r: 8 }` on both operands:
-//! - weights: channels in groups of [`NR`] (the last padded with zero channels); group
-//!   `q`'s 4-k block `g` holds `NR × 4` bytes, `w[(q · groups + g) · NR · 4 + j · 4 + i]`
-//!   being channel `q · NR + j`'s weight at `k = 4g + i`;
-//! - patches: panels of [`MR`] output positions (the last padded with zero positions);
-//!   `p[panel · panel_len + g · MR · 4 + m · 4 + i]` is position `panel · MR + m` at
-//!   `k = 4g + i`. im2col.rs packs a band's patches so (`PackPatches::k4`).
+//! Packing: kernels/panels.rs with [`NR`] = 8 channels, [`KC`] = 4 k and [`MR`] = 8
+//! positions, which is tract's `PackedI8K4 { r: 8 }` on both operands (im2col.rs packs a
+//! band's patches so: `PackPatches::k4`).
 //!
 //! Sums wrap in i32 as tract's do; exact sums do not depend on their order, so the values
 //! are tract's bit for bit.
+
+use super::panels::Packed;
 
 /// k per packed block.
 pub(crate) const KC: usize = 4;
@@ -32,15 +29,10 @@ pub(crate) const NR: usize = 8;
 /// Output positions per patch panel.
 pub(crate) const MR: usize = 8;
 
-/// One layer's weights in the dot packing, with the value each channel's sum starts from.
+/// One layer's weights in the dot packing (kernels/panels.rs with 8 channels, 4 k and 8
+/// positions), with the value each channel's sum starts from.
 #[derive(Debug)]
-pub(crate) struct Weights {
-    packed: Vec<i8>,
-    /// Per channel, padded to whole groups.
-    starts: Vec<i32>,
-    channels: usize,
-    k: usize,
-}
+pub(crate) struct Weights(Packed<NR, KC, MR>);
 
 impl Weights {
     /// From `rows` (`channels` rows of `k` weights) and each channel's starting value.
@@ -50,52 +42,29 @@ impl Weights {
         k: usize,
         starts: &[i32],
     ) -> Result<Weights, String> {
-        if channels == 0 || k == 0 || rows.len() != channels * k || starts.len() != channels {
-            return Err(format!(
-                "{} weights and {} starts for {channels} channels of {k}",
-                rows.len(),
-                starts.len()
-            ));
-        }
-        let groups = k.div_ceil(KC);
-        let padded = channels.div_ceil(NR) * NR;
-        let mut packed = vec![0i8; padded * groups * KC];
-        for (ch, row) in rows.chunks_exact(k).enumerate() {
-            let (q, j) = (ch / NR, ch % NR);
-            for (kk, &w) in row.iter().enumerate() {
-                let (g, i) = (kk / KC, kk % KC);
-                packed[((q * groups + g) * NR + j) * KC + i] = w;
-            }
-        }
-        let mut starts = starts.to_vec();
-        starts.resize(padded, 0);
-        Ok(Weights {
-            packed,
-            starts,
-            channels,
-            k,
-        })
+        Packed::new(rows, channels, k, starts).map(Weights)
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn channels(&self) -> usize {
-        self.channels
+        self.0.channels()
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn k(&self) -> usize {
-        self.k
+        self.0.k()
     }
 
     /// Bytes per patch panel for this depth.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn panel_len(&self) -> usize {
-        panel_len(self.k)
+        self.0.panel_len()
     }
 
     /// `c[ch · n + pos] = start[ch] + Σ_k w[ch][k] · p[pos][k]` for the `n` positions of
     /// `patches` (`n.div_ceil(MR)` panels in the dot packing).
     pub(crate) fn run(&self, patches: &[i8], n: usize, c: &mut [i32]) -> Result<(), String> {
-        self.check(patches, n, c)?;
+        self.0.check(patches, n, c)?;
         #[cfg(target_arch = "aarch64")]
         if available() {
             // SAFETY: the CPU has the dot product (checked above); `check` holds the
@@ -107,57 +76,17 @@ impl Weights {
         Ok(())
     }
 
-    fn check(&self, patches: &[i8], n: usize, c: &[i32]) -> Result<(), String> {
-        if patches.len() < n.div_ceil(MR) * self.panel_len() {
-            return Err(format!(
-                "{} packed bytes for {n} positions of depth {}",
-                patches.len(),
-                self.k
-            ));
-        }
-        if c.len() != self.channels * n {
-            return Err(format!(
-                "{} sums for {} channels x {n} positions",
-                c.len(),
-                self.channels
-            ));
-        }
-        Ok(())
-    }
-
     /// The scalar reference: what every ISA's kernel must compute.
     pub(crate) fn run_scalar(&self, patches: &[i8], n: usize, c: &mut [i32]) {
-        let groups = self.k.div_ceil(KC);
-        let panel_len = self.panel_len();
-        for ch in 0..self.channels {
-            let (q, j) = (ch / NR, ch % NR);
-            for pos in 0..n {
-                let panel = &patches[(pos / MR) * panel_len..][..panel_len];
-                let m = pos % MR;
-                let mut sum = self.starts[ch];
-                for g in 0..groups {
-                    let w = &self.packed[((q * groups + g) * NR + j) * KC..][..KC];
-                    let p = &panel[(g * MR + m) * KC..][..KC];
-                    for (w, p) in w.iter().zip(p) {
-                        sum = sum.wrapping_add(i32::from(*w) * i32::from(*p));
-                    }
-                }
-                c[ch * n + pos] = sum;
-            }
-        }
+        self.0.run_scalar(patches, n, c)
     }
 
     /// The packed weights and each channel's start, padded to whole groups, for the ISA
     /// kernels.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
-        (&self.packed, &self.starts)
+        self.0.raw()
     }
-}
-
-/// Bytes per patch panel of depth `k`.
-pub(crate) fn panel_len(k: usize) -> usize {
-    k.div_ceil(KC) * KC * MR
 }
 
 /// Whether this CPU runs the family's NEON kernel (it has the dot product).
@@ -171,41 +100,12 @@ pub(crate) fn available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::c16::tests::values;
-
-    /// `matrix` (k rows of n positions) in dot panels: the packing contract, written
-    /// independently of im2col.rs's packer.
-    fn pack_patches(matrix: &[i8], k: usize, n: usize) -> Vec<i8> {
-        let len = panel_len(k);
-        let mut out = vec![0i8; n.div_ceil(MR) * len];
-        for kk in 0..k {
-            for pos in 0..n {
-                let (g, i, panel, m) = (kk / KC, kk % KC, pos / MR, pos % MR);
-                out[panel * len + (g * MR + m) * KC + i] = matrix[kk * n + pos];
-            }
-        }
-        out
-    }
-
-    /// The naive sums, straight from the unpacked operands.
-    fn naive(w: &[i8], x: &[i8], starts: &[i32], (m, k, n): (usize, usize, usize)) -> Vec<i32> {
-        let mut c = vec![0i32; m * n];
-        for ch in 0..m {
-            for pos in 0..n {
-                let mut s = starts[ch];
-                for kk in 0..k {
-                    s = s.wrapping_add(i32::from(w[ch * k + kk]) * i32::from(x[kk * n + pos]));
-                }
-                c[ch * n + pos] = s;
-            }
-        }
-        c
-    }
+    use crate::kernels::panels::tests::{naive, pack_patches, starts, values};
 
     fn check(m: usize, k: usize, n: usize, w: &[i8], x: &[i8]) {
-        let starts: Vec<i32> = (0..m as i32).map(|i| i * 1_000_003 - 7).collect();
+        let starts = starts(m);
         let weights = Weights::new(w, m, k, &starts).unwrap();
-        let patches = pack_patches(x, k, n);
+        let patches = pack_patches::<KC, MR>(x, k, n);
         let want = naive(w, x, &starts, (m, k, n));
         let mut got = vec![i32::MIN; m * n];
         weights.run(&patches, n, &mut got).unwrap();

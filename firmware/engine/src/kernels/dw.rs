@@ -151,7 +151,7 @@ mod tests {
 
     /// Pseudo-random i8 values over the whole range.
     fn values(len: usize, seed: u32) -> Vec<i8> {
-        crate::kernels::c16::tests::values(len, seed, -128)
+        crate::kernels::panels::tests::values(len, seed, -128)
     }
 
     /// The naive sums, written apart from `run_scalar`.

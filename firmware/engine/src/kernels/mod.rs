@@ -16,3 +16,4 @@ mod dw_avx2;
 #[cfg(target_arch = "aarch64")]
 mod dw_neon;
 pub(crate) mod lut;
+pub(crate) mod panels;

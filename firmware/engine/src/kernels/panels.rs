@@ -1,0 +1,188 @@
+//! The packing both product families share (c16.rs without dot product, dot.rs with it):
+//! one layer's weights in groups of `NR` output channels and blocks of `KC` consecutive k,
+//! the patches in panels of `MR` output positions and the same blocks, k padded with zeros
+//! to whole blocks on both sides.
+//!
+//! - weights: group `q`'s block `g` holds `NR × KC` bytes,
+//!   `w[(q · groups + g) · NR · KC + j · KC + i]` being channel `q · NR + j`'s weight at
+//!   `k = KC · g + i` (the last group padded with zero channels);
+//! - patches: `p[panel · panel_len + g · MR · KC + m · KC + i]` is position `panel · MR + m`
+//!   at `k = KC · g + i` (the last panel padded with zero positions). im2col.rs packs a
+//!   band's patches so.
+//!
+//! Each channel's sum starts from its own value (the matmul's per-channel constant terms).
+//! Sums wrap in i32 as tract's do; exact sums do not depend on their order.
+
+/// One layer's packed weights with each channel's starting value.
+#[derive(Debug)]
+pub(crate) struct Packed<const NR: usize, const KC: usize, const MR: usize> {
+    packed: Vec<i8>,
+    /// Per channel, padded with zeros to whole groups.
+    starts: Vec<i32>,
+    channels: usize,
+    k: usize,
+}
+
+impl<const NR: usize, const KC: usize, const MR: usize> Packed<NR, KC, MR> {
+    /// From `rows` (`channels` rows of `k` weights) and each channel's starting value.
+    pub(crate) fn new(
+        rows: &[i8],
+        channels: usize,
+        k: usize,
+        starts: &[i32],
+    ) -> Result<Self, String> {
+        if channels == 0 || k == 0 || rows.len() != channels * k || starts.len() != channels {
+            return Err(format!(
+                "{} weights and {} starts for {channels} channels of {k}",
+                rows.len(),
+                starts.len()
+            ));
+        }
+        let groups = k.div_ceil(KC);
+        let padded = channels.div_ceil(NR) * NR;
+        let mut packed = vec![0i8; padded * groups * KC];
+        for (ch, row) in rows.chunks_exact(k).enumerate() {
+            let (q, j) = (ch / NR, ch % NR);
+            for (kk, &w) in row.iter().enumerate() {
+                let (g, i) = (kk / KC, kk % KC);
+                packed[((q * groups + g) * NR + j) * KC + i] = w;
+            }
+        }
+        let mut starts = starts.to_vec();
+        starts.resize(padded, 0);
+        Ok(Packed {
+            packed,
+            starts,
+            channels,
+            k,
+        })
+    }
+
+    pub(crate) fn channels(&self) -> usize {
+        self.channels
+    }
+
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes per patch panel for this depth.
+    pub(crate) fn panel_len(&self) -> usize {
+        panel_len::<KC, MR>(self.k)
+    }
+
+    /// The packed weights and each channel's start (padded to whole groups).
+    pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
+        (&self.packed, &self.starts)
+    }
+
+    /// Refuses operands an ISA kernel would read or write out of bounds: `patches` must
+    /// hold `n.div_ceil(MR)` panels and `c` exactly `channels × n` sums.
+    pub(crate) fn check(&self, patches: &[i8], n: usize, c: &[i32]) -> Result<(), String> {
+        if patches.len() < n.div_ceil(MR) * self.panel_len() {
+            return Err(format!(
+                "{} packed bytes for {n} positions of depth {}",
+                patches.len(),
+                self.k
+            ));
+        }
+        if c.len() != self.channels * n {
+            return Err(format!(
+                "{} sums for {} channels x {n} positions",
+                c.len(),
+                self.channels
+            ));
+        }
+        Ok(())
+    }
+
+    /// The scalar reference: `c[ch · n + pos] = start[ch] + Σ_k w[ch][k] · p[pos][k]`, what
+    /// every ISA's kernel must compute.
+    pub(crate) fn run_scalar(&self, patches: &[i8], n: usize, c: &mut [i32]) {
+        let groups = self.k.div_ceil(KC);
+        let panel_len = self.panel_len();
+        for ch in 0..self.channels {
+            let (q, j) = (ch / NR, ch % NR);
+            for pos in 0..n {
+                let panel = &patches[(pos / MR) * panel_len..][..panel_len];
+                let m = pos % MR;
+                let mut sum = self.starts[ch];
+                for g in 0..groups {
+                    let w = &self.packed[((q * groups + g) * NR + j) * KC..][..KC];
+                    let p = &panel[(g * MR + m) * KC..][..KC];
+                    for (w, p) in w.iter().zip(p) {
+                        sum = sum.wrapping_add(i32::from(*w) * i32::from(*p));
+                    }
+                }
+                c[ch * n + pos] = sum;
+            }
+        }
+    }
+}
+
+/// Bytes per patch panel of depth `k`.
+pub(crate) fn panel_len<const KC: usize, const MR: usize>(k: usize) -> usize {
+    k.div_ceil(KC) * KC * MR
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// `matrix` (k rows of n positions) in panels of `MR` positions and blocks of `KC`: the
+    /// packing contract, written independently of im2col.rs's packer.
+    pub(crate) fn pack_patches<const KC: usize, const MR: usize>(
+        matrix: &[i8],
+        k: usize,
+        n: usize,
+    ) -> Vec<i8> {
+        let len = panel_len::<KC, MR>(k);
+        let mut out = vec![0i8; n.div_ceil(MR) * len];
+        for kk in 0..k {
+            for pos in 0..n {
+                let (g, i, panel, m) = (kk / KC, kk % KC, pos / MR, pos % MR);
+                out[panel * len + (g * MR + m) * KC + i] = matrix[kk * n + pos];
+            }
+        }
+        out
+    }
+
+    /// Pseudo-random i8 values in [lo, 127] (xorshift).
+    pub(crate) fn values(len: usize, seed: u32, lo: i32) -> Vec<i8> {
+        let mut s = seed | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (lo + (s % (128 - lo) as u32) as i32) as i8
+            })
+            .collect()
+    }
+
+    /// The naive sums, straight from the unpacked operands (`w`: m rows of k; `x`: k rows
+    /// of n).
+    pub(crate) fn naive(
+        w: &[i8],
+        x: &[i8],
+        starts: &[i32],
+        (m, k, n): (usize, usize, usize),
+    ) -> Vec<i32> {
+        let mut c = vec![0i32; m * n];
+        for ch in 0..m {
+            for pos in 0..n {
+                let mut s = starts[ch];
+                for kk in 0..k {
+                    s = s.wrapping_add(i32::from(w[ch * k + kk]) * i32::from(x[kk * n + pos]));
+                }
+                c[ch * n + pos] = s;
+            }
+        }
+        c
+    }
+
+    /// Distinct, large starting values: a start added twice or to the wrong channel shows.
+    pub(crate) fn starts(m: usize) -> Vec<i32> {
+        (0..m as i32).map(|i| i * 1_000_003 - 7).collect()
+    }
+}
