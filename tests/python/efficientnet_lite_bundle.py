@@ -182,8 +182,7 @@ def build_fp32(w: dict[str, np.ndarray]) -> onnx.ModelProto:
 # -- inputs -----------------------------------------------------------------------------
 
 def tensor(img: Image.Image) -> np.ndarray:
-    x = np.asarray(img.convert("RGB"), np.float32) / 255.0
-    return ((x - MEAN) / STD).transpose(2, 0, 1)[None].astype(np.float32)
+    return qbundle.normalized(img, [MEAN] * 3, [STD] * 3)
 
 
 def weights_file() -> Path:

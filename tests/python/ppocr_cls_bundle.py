@@ -90,8 +90,7 @@ def line_image(text: str, size: int, ink: int, paper: int, turned: bool) -> Imag
 
 
 def tensor(img: Image.Image) -> np.ndarray:
-    x = np.asarray(img, np.float32) / 255.0
-    return ((x - MEAN) / STD).transpose(2, 0, 1)[None].astype(np.float32)
+    return qbundle.normalized(img, [MEAN] * 3, [STD] * 3)
 
 
 def main() -> None:

@@ -91,6 +91,13 @@ def views(img: Image.Image, size: int) -> list[Image.Image]:
     return [centre, corner, whole, centre.transpose(Image.FLIP_LEFT_RIGHT)]
 
 
+def normalized(img: Image.Image, mean: list[float], std: list[float]) -> np.ndarray:
+    """An image as a network's 1xCxHxW float input: (pixel / 255 - mean) / std per channel."""
+    x = np.asarray(img.convert("RGB"), np.float32) / 255.0
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    return ((x - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
+
+
 def output_step(model: onnx.ModelProto) -> float | None:
     """The scale of the DequantizeLinear (or QGemm y_scale) that makes the graph output."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

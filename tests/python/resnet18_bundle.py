@@ -90,8 +90,7 @@ def build_fp32(rng: np.random.Generator) -> onnx.ModelProto:
 
 
 def tensor(img: Image.Image) -> np.ndarray:
-    x = np.asarray(img.convert("RGB"), np.float32) / 255.0
-    return ((x - MEAN) / STD).transpose(2, 0, 1)[None].astype(np.float32)
+    return qbundle.normalized(img, MEAN, STD)
 
 
 def main() -> None:
