@@ -674,45 +674,34 @@ fn tiles_for(
     // tiles with their packing ran fewer instructions than tract's kernel with its own
     // (the default bundle's int8 on cortex-a72 under qemu: 7.89 M per inference with its
     // first layer on the tiles, 8.27 M on tract's kernel).
-    if c16_wanted() {
+    // A family that refuses the layer (a weight of -128 for c16) leaves it on tract's
+    // kernel.
+    let chosen = |tiles: Result<Tiles, String>| match tiles {
+        Ok(tiles) => Some(tiles),
+        Err(e) => {
+            log::debug!("int8 products left to tract's kernel: {e}");
+            None
+        }
+    };
+    if c16_wanted() || dot_wanted() {
         let Some(rows) = crate::im2col::unpack_rows(&*weights) else {
             return Ok(None);
         };
-        return Ok(
-            match c16::Weights::new(&rows, op.channels, op.pack.k, &offsets) {
-                Ok(w) => Some(Tiles::C16(Box::new((w, op.pack.c16())))),
-                Err(e) => {
-                    log::debug!("int8 products left to tract's kernel: {e}");
-                    None
-                }
-            },
-        );
-    }
-    if dot_wanted() {
-        let Some(rows) = crate::im2col::unpack_rows(&*weights) else {
-            return Ok(None);
+        let (channels, k) = (op.channels, op.pack.k);
+        let tiles = if c16_wanted() {
+            c16::Weights::new(&rows, channels, k, &offsets)
+                .map(|w| Tiles::C16(Box::new((w, op.pack.c16()))))
+        } else {
+            dot::Weights::new(&rows, channels, k, &offsets)
+                .map(|w| Tiles::Dot(Box::new((w, op.pack.k4(dot::MR)))))
         };
-        return Ok(
-            match dot::Weights::new(&rows, op.channels, op.pack.k, &offsets) {
-                Ok(w) => Some(Tiles::Dot(Box::new((w, op.pack.k4(dot::MR))))),
-                Err(e) => {
-                    log::debug!("int8 products left to tract's kernel: {e}");
-                    None
-                }
-            },
-        );
+        return Ok(chosen(tiles));
     }
     #[cfg(target_arch = "x86_64")]
     if crate::vnni::available() {
-        return Ok(
-            match crate::vnni::Tiles::new(&*weights, op.channels, op.pack.k, &offsets) {
-                Ok(tiles) => Some(Tiles::Vnni(Box::new((tiles, op.pack.k4(crate::vnni::R))))),
-                Err(e) => {
-                    log::debug!("int8 products left to tract's kernel: {e}");
-                    None
-                }
-            },
-        );
+        let tiles = crate::vnni::Tiles::new(&*weights, op.channels, op.pack.k, &offsets)
+            .map(|t| Tiles::Vnni(Box::new((t, op.pack.k4(crate::vnni::R)))));
+        return Ok(chosen(tiles));
     }
     Ok(None)
 }

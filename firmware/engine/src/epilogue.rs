@@ -8,7 +8,8 @@
 //! chain with one [`Requantize`] node that computes, per element, exactly what the chain
 //! computes: the same f32 product, the same rounding, the same integer clamps, then the
 //! cast. The outputs are bit-identical (tested here on the boundaries and in load.rs on whole
-//! models).
+//! models). Per-tensor chains are the exception ([`PerTensorRequantize`]): tract computes
+//! them in fixed point, the engine with the f32 product as onnxruntime does.
 
 use std::sync::Arc;
 
@@ -453,7 +454,7 @@ impl TypedPass for PerTensorRequantize {
     fn run_direct(&mut self, model: &mut TypedModel) -> TractResult<bool> {
         let mut replaced = 0;
         for id in model.eval_order()? {
-            if !is_q_scale(model.node(id)) {
+            if q_scale(model.node(id)).is_none() {
                 continue;
             }
             // tract's convolution reshapes the product's rows into the image between the
@@ -480,10 +481,11 @@ impl TypedPass for PerTensorRequantize {
     }
 }
 
-/// tract's fixed-point `QScale` on i32 values.
-fn is_q_scale(node: &TypedNode) -> bool {
+/// tract's fixed-point `QScale`, when `node` is one.
+fn q_scale(node: &TypedNode) -> Option<&QScale> {
     node.op_as::<ElementWiseOp>()
-        .is_some_and(|op| op.1.is_none() && op.0.is::<QScale>())
+        .filter(|op| op.1.is_none())
+        .and_then(|op| op.0.downcast_ref::<QScale>())
 }
 
 /// The multiplier tensor and the accumulator outlet of a chain's first node: an f32
@@ -500,16 +502,9 @@ fn multiplier(
             .filter(|k| k.datum_type() == DatumType::F32)
             .map(|k| (k, node.inputs[1])));
     }
-    if is_q_scale(node) && node.inputs.len() == 1 {
-        let Some(q) = node
-            .op_as::<ElementWiseOp>()
-            .and_then(|op| op.0.downcast_ref::<QScale>())
-        else {
-            return Ok(None);
-        };
-        return Ok(Some((Arc::new(tensor0(q.scaler.scale)), node.inputs[0])));
-    }
-    Ok(None)
+    Ok(q_scale(node)
+        .filter(|_| node.inputs.len() == 1)
+        .map(|q| (Arc::new(tensor0(q.scaler.scale)), node.inputs[0])))
 }
 
 /// Replaces every requantisation chain of the optimised plan with a [`Requantize`] node and

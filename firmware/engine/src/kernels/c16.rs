@@ -121,19 +121,15 @@ pub(crate) fn panel_len(k: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::panels::tests::{naive, pack_patches, starts, values};
+    use crate::kernels::panels::tests::values;
 
     fn check(m: usize, k: usize, n: usize, w: &[i8], x: &[i8]) {
-        let starts = starts(m);
-        let weights = Weights::new(w, m, k, &starts).unwrap();
-        let patches = pack_patches::<KC, MR>(x, k, n);
-        let want = naive(w, x, &starts, (m, k, n));
-        let mut got = vec![i32::MIN; m * n];
-        weights.run(&patches, n, &mut got).unwrap();
-        assert_eq!(got, want, "kernel, {m} channels x {k} deep x {n} positions");
-        let mut scalar = vec![i32::MIN; m * n];
-        weights.run_scalar(&patches, n, &mut scalar);
-        assert_eq!(scalar, want, "scalar, {m} x {k} x {n}");
+        crate::kernels::panels::tests::check::<Weights, KC, MR>(
+            (Weights::new, Weights::run, Weights::run_scalar),
+            (m, k, n),
+            (w, x),
+            "kernel",
+        );
     }
 
     /// Every combination of channel counts off the group size, depths off the block size

@@ -100,24 +100,15 @@ pub(crate) fn available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::panels::tests::{naive, pack_patches, starts, values};
+    use crate::kernels::panels::tests::values;
 
     fn check(m: usize, k: usize, n: usize, w: &[i8], x: &[i8]) {
-        let starts = starts(m);
-        let weights = Weights::new(w, m, k, &starts).unwrap();
-        let patches = pack_patches::<KC, MR>(x, k, n);
-        let want = naive(w, x, &starts, (m, k, n));
-        let mut got = vec![i32::MIN; m * n];
-        weights.run(&patches, n, &mut got).unwrap();
-        assert_eq!(
-            got,
-            want,
-            "kernel (dot product: {}), {m} channels x {k} deep x {n} positions",
-            available()
+        crate::kernels::panels::tests::check::<Weights, KC, MR>(
+            (Weights::new, Weights::run, Weights::run_scalar),
+            (m, k, n),
+            (w, x),
+            &format!("kernel (dot product: {})", available()),
         );
-        let mut scalar = vec![i32::MIN; m * n];
-        weights.run_scalar(&patches, n, &mut scalar);
-        assert_eq!(scalar, want, "scalar, {m} x {k} x {n}");
     }
 
     /// Every combination of channel counts off the group size, depths off the block size

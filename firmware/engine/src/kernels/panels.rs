@@ -185,4 +185,36 @@ pub(crate) mod tests {
     pub(crate) fn starts(m: usize) -> Vec<i32> {
         (0..m as i32).map(|i| i * 1_000_003 - 7).collect()
     }
+
+    /// A family's weights built from unpacked rows, run by the kernel this CPU picks, and
+    /// run by the scalar reference.
+    pub(crate) type Family<W> = (
+        fn(&[i8], usize, usize, &[i32]) -> Result<W, String>,
+        fn(&W, &[i8], usize, &mut [i32]) -> Result<(), String>,
+        fn(&W, &[i8], usize, &mut [i32]),
+    );
+
+    /// `m` channels of `k` weights `w` against `n` positions of `x` (k rows of n), in the
+    /// family's packing of `KC` k by `MR` positions: the kernel (`kernel` names it in a
+    /// failure) and the scalar reference give the naive sums.
+    pub(crate) fn check<W, const KC: usize, const MR: usize>(
+        (new, run, run_scalar): Family<W>,
+        (m, k, n): (usize, usize, usize),
+        (w, x): (&[i8], &[i8]),
+        kernel: &str,
+    ) {
+        let starts = starts(m);
+        let weights = new(w, m, k, &starts).unwrap();
+        let patches = pack_patches::<KC, MR>(x, k, n);
+        let want = naive(w, x, &starts, (m, k, n));
+        let mut got = vec![i32::MIN; m * n];
+        run(&weights, &patches, n, &mut got).unwrap();
+        assert_eq!(
+            got, want,
+            "{kernel}, {m} channels x {k} deep x {n} positions"
+        );
+        let mut scalar = vec![i32::MIN; m * n];
+        run_scalar(&weights, &patches, n, &mut scalar);
+        assert_eq!(scalar, want, "scalar, {m} x {k} x {n}");
+    }
 }
