@@ -173,6 +173,20 @@ fn matches_onnxruntime(dir: &Path, int8_steps: f32) -> Vec<(&'static str, ModelR
                 );
             }
         }
+        if variant == "int8-u8w" {
+            // Asymmetric u8 weights: their zero point's term on the engine's kernels, so
+            // that the convolutions are banded and not left to tract's kernels.
+            for wanted in [
+                "took the weight zero point of",
+                "a band of output rows at a time",
+            ] {
+                assert!(
+                    report.patches.iter().any(|p| p.contains(wanted)),
+                    "{variant}: no \"{wanted}\" among the rewrites: {:?}",
+                    report.patches
+                );
+            }
+        }
         reports.push((variant, report.clone()));
     }
     reports

@@ -24,8 +24,10 @@ use tract_linalg::mmm::{
 };
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+use tract_onnx::tract_core::ops::math::{Add, Sub};
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
 use tract_onnx::tract_core::ops::matmul::pack::{DynPackedExoticFact, OptMatMulPack};
 use tract_onnx::tract_core::ops::matmul::ModePicker;
@@ -74,6 +76,39 @@ pub(crate) struct BandedConv {
     output_shape: TVec<usize>,
     /// Bytes per band; `BAND_BYTES` except in tests.
     band_bytes: usize,
+    /// What tract's plan adds to the products after its matmul, when the products do not
+    /// hold it.
+    after: After,
+}
+
+/// Terms tract's plan adds to a layer's sums outside its matmul's kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct After {
+    /// Per channel, constants added after tract's kernel (the tiles fold them into their
+    /// starts instead).
+    offsets: Option<Vec<i32>>,
+    /// Per channel, the weight zero point `zw` of the term `− zw · Σ_k x` (zero_point.rs),
+    /// subtracted times the column sums of the band's patches.
+    zero_point: Option<Vec<i32>>,
+}
+
+impl After {
+    /// Adds the terms to `acc` (`channels` rows of `n` sums), given the column sums of the
+    /// patches when there is a zero point.
+    fn apply(&self, acc: &mut [i32], n: usize, column_sums: &[i32]) {
+        for (ch, row) in acc.chunks_exact_mut(n.max(1)).enumerate() {
+            if let Some(offsets) = &self.offsets {
+                let offset = offsets[ch];
+                row.iter_mut().for_each(|a| *a = a.wrapping_add(offset));
+            }
+            if let Some(zero_points) = &self.zero_point {
+                let zw = zero_points[ch];
+                for (a, &s) in row.iter_mut().zip(column_sums) {
+                    *a = a.wrapping_sub(zw.wrapping_mul(s));
+                }
+            }
+        }
+    }
 }
 
 /// A layer's products: on the engine's own tiles where the CPU and the layer allow, on
@@ -198,6 +233,11 @@ impl BandedConv {
         unit * (columns / (unit * out_width).max(1)).max(1)
     }
 
+    /// Whether the layer's weights have a zero point, whose term the bands compute.
+    pub(crate) fn takes_zero_point(&self) -> bool {
+        self.after.zero_point.is_some()
+    }
+
     /// The kernels the bands run, as `edgedx info` reports them.
     pub(crate) fn kernels(&self) -> Vec<String> {
         match &self.products {
@@ -294,6 +334,11 @@ impl BandedConv {
         let nb = rows * wo;
         STATE.with_borrow_mut(|(scratch, blob)| -> TractResult<()> {
             let mut packed = take_blob(blob, job.blob_bytes, job.pack.align);
+            // Σ_k of each position's patch, for the weight zero point's term.
+            let mut column_sums = match self.after.zero_point {
+                Some(_) => vec![0i32; nb],
+                None => vec![],
+            };
             let mut c_shape = self.c_band_shape.clone();
             c_shape[self.pixel_axis] = nb;
             // SAFETY: the tiles or the kernel's Store write every element of `c`.
@@ -304,7 +349,9 @@ impl BandedConv {
                 let bytes = unsafe {
                     std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut i8, bytes.len())
                 };
-                job.pack.pack_band(job.g, job.xs, job.pad, oy0, rows, bytes);
+                let sums = self.after.zero_point.as_ref().map(|_| &mut column_sums[..]);
+                job.pack
+                    .pack_band(job.g, job.xs, job.pad, oy0, rows, bytes, sums);
                 if let Some(tiles) = self.products.tiles() {
                     let mut acc = c.try_as_plain_ram_mut()?;
                     tiles.run(bytes, job.pack.panel_len, nb, acc.as_slice_mut::<i32>()?)?;
@@ -314,6 +361,11 @@ impl BandedConv {
             *blob = Some(packed.clone());
             if let Products::Tract(matmul) = &self.products {
                 self.run_kernel(matmul, scratch, packed, job.rest, &c, nb)?;
+            }
+            if self.after != After::default() {
+                let mut acc = c.try_as_plain_ram_mut()?;
+                self.after
+                    .apply(acc.as_slice_mut::<i32>()?, nb, &column_sums);
             }
             let acc = c.try_as_plain_ram()?;
             let acc = acc.as_slice::<i32>()?;
@@ -429,8 +481,13 @@ impl Op for BandedConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let zero_point = if self.takes_zero_point() {
+            ", weight zero point's term from the patches' sums"
+        } else {
+            ""
+        };
         Ok(vec![format!(
-            "k={}, m={}, kernel {}",
+            "k={}, m={}, kernel {}{zero_point}",
             self.pack.k,
             self.channels,
             self.kernels().join(", ")
@@ -508,11 +565,33 @@ fn run_at(
     }
     let patches = OutletId::new(id, 0);
     let outputs = model.output_outlets()?;
-    let Some(mm_node) = model.single_succ(id)? else {
+    // The matmul, and with weights that have a zero point the column sums of its term
+    // (zero_point.rs), which the tiles take over.
+    let successors = &node.outputs[0].successors;
+    let matmuls: Vec<&TypedNode> = successors
+        .iter()
+        .map(|s| model.node(s.node))
+        .filter(|n| n.op_is::<OptMatMul>())
+        .collect();
+    let [mm_node] = matmuls[..] else {
         return Ok(None);
     };
+    if successors.len() > 2 || outputs.contains(&patches) {
+        return Ok(None);
+    }
     let Some(matmul) = mm_node.op_as::<OptMatMul>() else {
         return Ok(None);
+    };
+    // Where the column sums of the patches come from in tract's plan: QSumB over them, or
+    // for a 1x1 convolution a Reduce<Sum> over the channels of its input.
+    let column_sums = |term: OutletId| -> TractResult<Option<Arc<Tensor>>> {
+        use crate::zero_point::{weight_zero_point, Sums};
+        if let Some(zw) = weight_zero_point(model, term, Sums::Patches(patches))? {
+            return Ok(Some(zw));
+        }
+        let x = node.inputs[0];
+        let axis = image.rank() - 3;
+        weight_zero_point(model, term, Sums::Channels { x, axis })
     };
     // The matmul: one kernel, the patches used once as the operand expected, and fused ops
     // that act per output channel or on every element alike (nothing per output position).
@@ -543,11 +622,25 @@ fn run_at(
     let [Some(patches_are_a)] = products[..] else {
         return Ok(None);
     };
-    for op in &matmul.micro_ops {
+    // The zero point's term fused in the matmul, one value for every column: which fused
+    // op it is, and zw.
+    let mut fused_zero_point = None;
+    for (ix, op) in matmul.micro_ops.iter().enumerate() {
         match op {
             ProtoFusedSpec::AddMatMul { .. } => {}
             ProtoFusedSpec::BinPerRow(..) if !patches_are_a => {}
             ProtoFusedSpec::BinPerCol(..) if patches_are_a => {}
+            ProtoFusedSpec::BinPerCol(slot, tract_linalg::BinOp::SubF, _)
+            | ProtoFusedSpec::BinPerRow(slot, tract_linalg::BinOp::SubF, _)
+                if fused_zero_point.is_none() =>
+            {
+                match column_sums(mm_node.inputs[*slot])? {
+                    Some(zw) if zw.len() == 1 => {
+                        fused_zero_point = Some((ix, zw.cast_to_scalar::<i32>()?))
+                    }
+                    _ => return Ok(None),
+                }
+            }
             ProtoFusedSpec::BinScalar(..)
             | ProtoFusedSpec::LeakyRelu(..)
             | ProtoFusedSpec::Scaler(..)
@@ -586,8 +679,58 @@ fn run_at(
         }
         model.single_succ(id)
     };
-    let Some(mut rq_node) = only_successor(mm_node.id)? else {
-        return Ok(None);
+    // Constant Adds and Subs of the sums, and the zero point's term, then [reshape] and
+    // Requantize.
+    let mut after = After::default();
+    if let Some((_, zw)) = fused_zero_point {
+        after.zero_point = Some(vec![zw; channels]);
+    }
+    let mut at = mm_node;
+    let mut rq_node = loop {
+        let Some(next) = only_successor(at.id)? else {
+            return Ok(None);
+        };
+        let Some(bin) = next.op_as::<TypedBinOp>() else {
+            break next;
+        };
+        let subtracts = bin.0.is::<Sub>();
+        if !(subtracts || bin.0.is::<Add>())
+            || next.outputs[0].fact.datum_type != DatumType::I32
+            || next.outputs[0].fact.shape.as_concrete() != Some(c_shape)
+        {
+            return Ok(None);
+        }
+        // `acc - t` or `acc + t` (or `t + acc`).
+        let other = match next.inputs.iter().position(|o| o.node == at.id) {
+            Some(0) => next.inputs[1],
+            Some(1) if !subtracts => next.inputs[0],
+            _ => return Ok(None),
+        };
+        let per_channel =
+            |k: &Tensor| crate::zero_point::per_channel(k, rank, channel_axis, channels);
+        if let Some(k) = &model.outlet_fact(other)?.konst {
+            let Some(values) = per_channel(k) else {
+                return Ok(None);
+            };
+            let offsets = after.offsets.get_or_insert_with(|| vec![0; channels]);
+            for (o, v) in offsets.iter_mut().zip(values) {
+                *o = if subtracts {
+                    o.wrapping_sub(v)
+                } else {
+                    o.wrapping_add(v)
+                };
+            }
+        } else {
+            let zw = match column_sums(other)? {
+                Some(zw) if subtracts && after.zero_point.is_none() => zw,
+                _ => return Ok(None),
+            };
+            let Some(zw) = per_channel(&zw) else {
+                return Ok(None);
+            };
+            after.zero_point = Some(zw);
+        }
+        at = next;
     };
     if rq_node.op_is::<IntoShape>() {
         let Some(after) = only_successor(rq_node.id)? else {
@@ -630,15 +773,24 @@ fn run_at(
         channels,
         output_shape,
         band_bytes,
+        after,
     };
-    let op = match tiles_for(model, mm_node, matmul, &op)? {
+    let skip = fused_zero_point.map(|(ix, _)| ix);
+    let op = match tiles_for(model, mm_node, matmul, &op, skip)? {
         Some(tiles) => {
             inputs.truncate(op.pack_inputs);
             BandedConv {
                 products: Products::Tiles(Shared(Arc::new(tiles))),
+                // The tiles start from the constants.
+                after: After {
+                    offsets: None,
+                    ..op.after.clone()
+                },
                 ..op
             }
         }
+        // tract's kernel cannot leave out the fused term: its column sums are an input.
+        None if fused_zero_point.is_some() => return Ok(None),
         None => op,
     };
     Ok(Some((inputs, OutletId::new(rq_node.id, 0), op)))
@@ -652,8 +804,9 @@ fn run_at(
 /// - x86_64 with AVX-512 VNNI, on their own 16-wide K4 packing of weights and patches:
 ///   they beat tract's kernel at every depth measured, 9 to 4608 (`edgedx-bench profile`:
 ///   the default bundle's convolutions 0.39 -> 0.32 ms, VGG16's 98 -> 88 ms).
-/// - Cores without a dot product ([`c16_wanted`]), on weights in [-127, 127]: 16
-///   multiply-adds per three instructions where tract's kernel does four per instruction.
+/// - Cores without a dot product ([`c16_wanted`]), unless two weights of -128 share a
+///   16-bit lane (kernels/c16.rs): 16 multiply-adds per three instructions where tract's
+///   kernel does four per instruction.
 /// - aarch64 cores with the dot product ([`dot_wanted`]): the same SDOT products as
 ///   tract's kernel without its tile scheduling and strided stores (EfficientNet-Lite0
 ///   under `qemu-aarch64 -cpu cortex-a76`: INT8-NOTES item 23).
@@ -662,19 +815,24 @@ fn tiles_for(
     mm_node: &TypedNode,
     matmul: &OptMatMul,
     op: &BandedConv,
+    skip: Option<usize>,
 ) -> TractResult<Option<Tiles>> {
-    let Some((weights, adds, subs)) = tile_operands(model, mm_node, matmul, op)? else {
+    let Some((weights, mut offsets)) = tile_operands(model, mm_node, matmul, op, skip)? else {
         return Ok(None);
     };
     if weights.mn() != op.channels || weights.k() != op.pack.k {
         return Ok(None);
     }
-    let offsets = per_channel_offsets(op.channels, &adds, &subs)?;
+    if let Some(after) = &op.after.offsets {
+        for (o, a) in offsets.iter_mut().zip(after) {
+            *o = o.wrapping_add(*a);
+        }
+    }
     // Every depth: even at k = 9 (a first layer's 3x3 on one channel, padded to 16) the
     // tiles with their packing ran fewer instructions than tract's kernel with its own
     // (the default bundle's int8 on cortex-a72 under qemu: 7.89 M per inference with its
     // first layer on the tiles, 8.27 M on tract's kernel).
-    // A family that refuses the layer (a weight of -128 for c16) leaves it on tract's
+    // A family that refuses the layer (two -128 weights in one c16 lane) leaves it on tract's
     // kernel.
     let chosen = |tiles: Result<Tiles, String>| match tiles {
         Ok(tiles) => Some(tiles),
@@ -706,38 +864,6 @@ fn tiles_for(
     Ok(None)
 }
 
-/// What the matmul's fused ops add to each output channel's sum before the store: the sum
-/// of its `Add` values less the sum of its `SubF` ones (`c - v` of each), wrapping in i32
-/// as tract's kernel does.
-fn per_channel_offsets(
-    channels: usize,
-    adds: &[Arc<Tensor>],
-    subs: &[Arc<Tensor>],
-) -> TractResult<Vec<i32>> {
-    let mut offsets = vec![0i32; channels];
-    for (values, add) in adds
-        .iter()
-        .map(|v| (v, true))
-        .chain(subs.iter().map(|v| (v, false)))
-    {
-        let plain = values.try_as_plain_ram()?;
-        let values = plain.as_slice::<i32>()?;
-        ensure!(
-            values.len() == channels,
-            "{} per-row values for {channels} channels",
-            values.len()
-        );
-        for (o, v) in offsets.iter_mut().zip(values) {
-            *o = if add {
-                o.wrapping_add(*v)
-            } else {
-                o.wrapping_sub(*v)
-            };
-        }
-    }
-    Ok(offsets)
-}
-
 /// Whether layers go to the c16 tiles: on aarch64 cores without a dot product, where
 /// tract's int8 kernel does no more multiply-adds per instruction than its fp32 one.
 fn c16_wanted() -> bool {
@@ -760,20 +886,20 @@ fn wanted(family: &str, by_cpu: bool) -> bool {
     by_cpu
 }
 
-/// Per-channel values tract's fused ops add before the store: `Add` (`v + c`) and `SubF`
-/// (`c - v`) constants, one per output channel each.
-type PerChannel = Vec<Arc<Tensor>>;
+/// A matmul's constant weights, with what its fused ops add to each output channel's sum.
+type TileOperands = (Box<dyn MMMInputValue>, Vec<i32>);
 
-/// A matmul's constant weights, with the per-channel values it adds and subtracts.
-type TileOperands = (Box<dyn MMMInputValue>, PerChannel, PerChannel);
-
-/// The matmul's constant weights (the operand the patches are not) and its per-channel
-/// adds and subtractions, when its fused ops are only those, then the store.
+/// The matmul's constant weights (the operand the patches are not) and what its fused ops
+/// add to each output channel's sum before the store, wrapping in i32 as tract's kernel
+/// does: per-channel and scalar constants, added (`Add`) or subtracted (`SubF`: `c - v`).
+/// `None` when it fuses anything else, except the fused op `skip` (the zero point's term,
+/// which the operator applies itself).
 fn tile_operands(
     model: &TypedModel,
     mm_node: &TypedNode,
     matmul: &OptMatMul,
     op: &BandedConv,
+    skip: Option<usize>,
 ) -> TractResult<Option<TileOperands>> {
     use tract_linalg::BinOp;
     let konst = |i: usize| {
@@ -781,42 +907,55 @@ fn tile_operands(
             .outlet_fact(mm_node.inputs[i])
             .ok()
             .and_then(|f| f.konst.clone())
+            .filter(|k| k.datum_type() == DatumType::I32)
     };
     let mut weights = None;
-    let (mut adds, mut subs) = (vec![], vec![]);
+    let mut offsets = vec![0i32; op.channels];
     let mut stored = false;
     for (ix, uop) in matmul.micro_ops.iter().enumerate() {
-        match uop {
+        let (values, bin) = match uop {
+            _ if Some(ix) == skip => continue,
             ProtoFusedSpec::AddMatMul { a, b, .. } if ix == 0 => {
                 weights = match if op.patches_are_a { b } else { a } {
                     MatMulOperand::Const(v) => Some(v.clone()),
-                    MatMulOperand::Input(i) => konst(*i).and_then(|k| {
-                        let storage = k.try_storage_as::<PackedMatrixStorage>().ok()?;
-                        (storage.values().len() == 1).then(|| storage.values()[0].clone())
-                    }),
+                    MatMulOperand::Input(i) => konst_packed(model, mm_node.inputs[*i]),
                 };
+                continue;
             }
             ProtoFusedSpec::BinPerRow(i, bin, _) | ProtoFusedSpec::BinPerCol(i, bin, _)
                 if !stored && matches!(uop, ProtoFusedSpec::BinPerCol(..)) == op.patches_are_a =>
             {
-                let Some(values) = konst(*i)
-                    .filter(|k| k.datum_type() == DatumType::I32 && k.len() == op.channels)
-                else {
-                    return Ok(None);
-                };
-                match bin {
-                    BinOp::Add => adds.push(values),
-                    BinOp::SubF => subs.push(values),
-                    _ => return Ok(None),
+                match konst(*i).filter(|k| k.len() == op.channels) {
+                    Some(k) => (k.try_as_plain_ram()?.as_slice::<i32>()?.to_vec(), bin),
+                    None => return Ok(None),
                 }
             }
+            ProtoFusedSpec::BinScalar(i, bin) if !stored => match konst(*i) {
+                Some(k) if k.len() == 1 => (vec![k.cast_to_scalar::<i32>()?; op.channels], bin),
+                _ => return Ok(None),
+            },
             ProtoFusedSpec::Store(_) if !stored && ix + 1 == matmul.micro_ops.len() => {
-                stored = true
+                stored = true;
+                continue;
             }
             _ => return Ok(None),
+        };
+        for (o, v) in offsets.iter_mut().zip(values) {
+            *o = match bin {
+                BinOp::Add => o.wrapping_add(v),
+                BinOp::SubF => o.wrapping_sub(v),
+                _ => return Ok(None),
+            };
         }
     }
-    Ok(weights.filter(|_| stored).map(|w| (w, adds, subs)))
+    Ok(weights.filter(|_| stored).map(|w| (w, offsets)))
+}
+
+/// The one packed matrix a constant holds, if it is one.
+fn konst_packed(model: &TypedModel, outlet: OutletId) -> Option<Box<dyn MMMInputValue>> {
+    let k = model.outlet_fact(outlet).ok()?.konst.clone()?;
+    let storage = k.try_storage_as::<PackedMatrixStorage>().ok()?;
+    (storage.values().len() == 1).then(|| storage.values()[0].clone())
 }
 
 /// For tract's packing of a 1x1 convolution's input (`OptMatMulPack` of an i8 `[c, h, w]`
@@ -898,10 +1037,34 @@ pub(crate) mod tests {
         pub(crate) usize,
     );
 
+    /// How the test models' weights are quantized.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) enum Weights {
+        /// Per-channel symmetric i8 in [-127, 127] (onnxruntime's default).
+        Symmetric,
+        /// Asymmetric u8 (onnxruntime's `weight_type=QUInt8`), one zero point per tensor or
+        /// per channel. Layer `i`'s zero points are 131, 136, 129 and 120 in turn (less 128:
+        /// a Mul in tract's plan, a shift, neither, a negative Mul), plus the channel for
+        /// per-channel ones. Its weights are in [1, 255] but for one 0 (-128 once shifted,
+        /// alone in its 16-bit lane of the c16 tiles).
+        U8 { per_channel: bool },
+    }
+
     /// x → QuantizeLinear → the QLinearConvs of `layers` (u8 activations, per-channel
     /// symmetric i8 weights in [-127, 127], i32 bias, deterministic pseudo-random values) →
     /// DequantizeLinear → y, as onnxruntime's QOperator export writes them.
     pub(crate) fn conv_model(c: usize, h: usize, w: usize, layers: &[Layer]) -> Vec<u8> {
+        conv_model_with(c, h, w, layers, Weights::Symmetric)
+    }
+
+    /// [`conv_model`] with its weights quantized as `coding` says.
+    pub(crate) fn conv_model_with(
+        c: usize,
+        h: usize,
+        w: usize,
+        layers: &[Layer],
+        coding: Weights,
+    ) -> Vec<u8> {
         use pb::tensor_proto::DataType as D;
         let mut seed = 0x2545_f491_u32;
         let mut next = move || {
@@ -919,18 +1082,37 @@ pub(crate) mod tests {
         for (i, Layer(cout, k, stride, dilation, pads, group)) in layers.iter().enumerate() {
             let n = |s: &str| format!("{s}{i}");
             let per_group = cin / group;
-            let weights: Vec<i8> = (0..cout * per_group * k * k)
-                .map(|_| ((next() % 255) as i32 - 127) as i8)
-                .collect();
+            let count = cout * per_group * k * k;
+            let shape = [*cout, per_group, *k, *k];
+            match coding {
+                Weights::Symmetric => {
+                    let weights: Vec<i8> = (0..count)
+                        .map(|_| ((next() % 255) as i32 - 127) as i8)
+                        .collect();
+                    init.push(raw(&n("w"), D::Int8, &shape, &weights));
+                    init.push(raw(&n("wz"), D::Int8, &[*cout], &vec![0i8; *cout]));
+                }
+                Weights::U8 { per_channel } => {
+                    let mut weights: Vec<u8> =
+                        (0..count).map(|_| 1 + (next() % 255) as u8).collect();
+                    weights[count / 2] = 0;
+                    init.push(raw(&n("w"), D::Uint8, &shape, &weights));
+                    let zero = [131u8, 136, 129, 120][i % 4];
+                    if per_channel {
+                        let zeros: Vec<u8> = (0..*cout).map(|o| zero + (o % 7) as u8).collect();
+                        init.push(raw(&n("wz"), D::Uint8, &[*cout], &zeros));
+                    } else {
+                        init.push(raw(&n("wz"), D::Uint8, &[], &[zero]));
+                    }
+                }
+            }
             let bias: Vec<i32> = (0..*cout)
                 .map(|_| (next() % 20001) as i32 - 10000)
                 .collect();
             let scales: Vec<f32> = (0..*cout)
                 .map(|_| 1e-3 + (next() % 1000) as f32 * 1e-6)
                 .collect();
-            init.push(raw(&n("w"), D::Int8, &[*cout, per_group, *k, *k], &weights));
             init.push(raw(&n("ws"), D::Float, &[*cout], &scales));
-            init.push(raw(&n("wz"), D::Int8, &[*cout], &vec![0i8; *cout]));
             init.push(raw(&n("b"), D::Int32, &[*cout], &bias));
             init.push(raw(&n("ys"), D::Float, &[], &[0.05f32 + 0.01 * i as f32]));
             init.push(raw(&n("yz"), D::Uint8, &[], &[(100 + 7 * i) as u8]));
@@ -1065,7 +1247,7 @@ pub(crate) mod tests {
 
     #[test]
     fn banded_convolutions_match_the_unrewritten_plan() {
-        banded_plans_match(None);
+        banded_plans_match(None, Weights::Symmetric);
     }
 
     /// The same models with every layer the c16 tiles take on them (the NEON kernel on
@@ -1073,7 +1255,7 @@ pub(crate) mod tests {
     #[test]
     fn banded_convolutions_on_the_c16_tiles_match_the_unrewritten_plan() {
         FORCE.set(Some("c16"));
-        banded_plans_match(Some("c16"));
+        banded_plans_match(Some("c16"), Weights::Symmetric);
         FORCE.set(None);
     }
 
@@ -1082,8 +1264,29 @@ pub(crate) mod tests {
     #[test]
     fn banded_convolutions_on_the_dot_tiles_match_the_unrewritten_plan() {
         FORCE.set(Some("dot"));
-        banded_plans_match(Some("dot"));
+        banded_plans_match(Some("dot"), Weights::Symmetric);
         FORCE.set(None);
+    }
+
+    /// The same models with asymmetric u8 weights, per tensor and per channel: every layer
+    /// is banded, on each family of tiles, with the weight zero point's term (fused in
+    /// tract's matmul after an im2col, a Sub after it for a 1x1 convolution) computed from
+    /// the band's own patches.
+    #[test]
+    fn banded_convolutions_with_u8_weights_match_the_unrewritten_plan() {
+        for per_channel in [false, true] {
+            let coding = Weights::U8 { per_channel };
+            for forced in [None, Some("c16"), Some("dot")] {
+                if forced.is_none() && expected_family(None) == "tract" {
+                    // tract's kernel cannot leave out a fused zero-point term; the forced
+                    // families below cover this CPU.
+                    continue;
+                }
+                FORCE.set(forced);
+                banded_plans_match(forced, coding);
+                FORCE.set(None);
+            }
+        }
     }
 
     /// The family every banded layer should run on: `forced`, else the CPU's.
@@ -1101,7 +1304,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn banded_plans_match(forced: Option<&'static str>) {
+    fn banded_plans_match(forced: Option<&'static str>, coding: Weights) {
         // (channels, height, width, layers banded, layers): tract runs a 1×1 stride-1
         // convolution as a plain matmul over its packed input, banded as the a operand.
         let models = [
@@ -1174,7 +1377,7 @@ pub(crate) mod tests {
         ];
         let (mut tiled_layers, mut expected_tiled) = (0, 0);
         for (m, (c, h, w, patched, layers)) in models.iter().enumerate() {
-            let bytes = conv_model(*c, *h, *w, layers);
+            let bytes = conv_model_with(*c, *h, *w, layers, coding);
             let spec = input_spec(*c, *h, *w);
             let target = Target {
                 input: &spec,
@@ -1212,6 +1415,12 @@ pub(crate) mod tests {
                 for (i, b) in ops.iter().enumerate() {
                     assert_eq!(family(b), want, "model {m}, layer {i} (k {})", b.pack.k);
                     expected_tiled += usize::from(want != "tract");
+                    let u8_weights = matches!(coding, Weights::U8 { .. });
+                    assert_eq!(
+                        b.after.zero_point.is_some(),
+                        u8_weights,
+                        "model {m}, layer {i}: the weight zero point's term"
+                    );
                 }
                 tiled_layers += tiled;
                 for data in &inputs {

@@ -14,6 +14,10 @@
 //! row is requantized by the same [`Requantize`]. Integer sums in i32 with wrapping adds
 //! are exact in any order, so the output is the same bit for bit. The weights come back
 //! out of tract's packed kernels (K4 or k-major panels) at load.
+//!
+//! Weights with a zero point (asymmetric u8) add a Sub of `zw · Σ_taps x` to the run, the
+//! column sums of the patches (zero_point.rs). Since `Σ x·w − zw·Σ x = Σ x·(w − zw)`, it is
+//! folded into the taps, as 16-bit weights in [-255, 255].
 
 use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
 use tract_linalg::BinOp;
@@ -36,8 +40,10 @@ use crate::kernels::dw;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DepthwiseInt8 {
     pool_spec: PoolSpec,
-    /// `channels × taps` weights, tap = ky · kw + kx.
-    weights: Vec<i8>,
+    /// `channels × taps` weights, tap = ky · kw + kx, less the weight zero point if any.
+    weights: Vec<i16>,
+    /// Whether the weights had a zero point (their term is folded into them).
+    zero_point: bool,
     /// Per channel: every constant the plan adds to the accumulators (wrapping).
     offsets: Vec<i32>,
     /// The value of padded input positions (the zero point, shifted to i8).
@@ -49,6 +55,11 @@ pub(crate) struct DepthwiseInt8 {
 impl DepthwiseInt8 {
     fn channels(&self) -> usize {
         self.offsets.len()
+    }
+
+    /// Whether the layer's weights have a zero point, folded into its taps.
+    pub(crate) fn takes_zero_point(&self) -> bool {
+        self.zero_point
     }
 
     fn run(&self, x: &Tensor, out: &mut [u8]) -> TractResult<()> {
@@ -182,8 +193,13 @@ impl Op for DepthwiseInt8 {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let zero_point = if self.zero_point {
+            ", weights less their zero point"
+        } else {
+            ""
+        };
         Ok(vec![format!(
-            "{} channels, kernel {:?}",
+            "{} channels, kernel {:?}{zero_point}",
             self.channels(),
             self.pool_spec.kernel_shape
         )])
@@ -260,9 +276,20 @@ fn run_at(
     };
     let patches = OutletId::new(id, 0);
     let outputs = model.output_outlets()?;
-    let Some(mm_node) = model.single_succ(id)? else {
+    // The matmul, and with weights that have a zero point the column sums of the term
+    // matched below.
+    let successors = &node.outputs[0].successors;
+    let matmuls: Vec<&TypedNode> = successors
+        .iter()
+        .map(|s| model.node(s.node))
+        .filter(|n| n.op_is::<OptMatMul>())
+        .collect();
+    let [mm_node] = matmuls[..] else {
         return Ok(None);
     };
+    if successors.len() > 2 || outputs.contains(&patches) {
+        return Ok(None);
+    }
     let Some(matmul) = mm_node.op_as::<OptMatMul>() else {
         return Ok(None);
     };
@@ -302,7 +329,7 @@ fn run_at(
                 let Some(w) = unpack_kernels(kernels, channels, taps) else {
                     return Ok(None);
                 };
-                weights = Some(w);
+                weights = Some(w.into_iter().map(i16::from).collect::<Vec<i16>>());
             }
             ProtoFusedSpec::BinPerRow(slot, BinOp::Add, _) => {
                 let Some(k) = &model.outlet_fact(mm_node.inputs[*slot])?.konst else {
@@ -319,10 +346,12 @@ fn run_at(
             _ => return Ok(None),
         }
     }
-    let Some(weights) = weights else {
+    let Some(mut weights) = weights else {
         return Ok(None);
     };
-    // Constant Adds and Subs on the accumulators, then the reshape and the requantization.
+    // Constant Adds and Subs on the accumulators, and the weight zero point's term, then the
+    // reshape and the requantization.
+    let mut zero_point = None;
     let mut at = mm_node;
     loop {
         if outputs.contains(&OutletId::new(at.id, 0)) {
@@ -349,18 +378,24 @@ fn run_at(
             _ => return Ok(None),
         };
         let out_fact = &next.outputs[0].fact;
-        let Some(k) = &model.outlet_fact(other)?.konst else {
-            return Ok(None);
-        };
-        if out_fact.datum_type != DatumType::I32
-            || out_fact.shape.as_concrete() != Some(c_shape)
-            || k.rank() != 4
-            || k.shape()[0] != 1
-            || k.shape()[2..] != [1, 1]
-        {
+        if out_fact.datum_type != DatumType::I32 || out_fact.shape.as_concrete() != Some(c_shape) {
             return Ok(None);
         }
-        let Some(values) = per_channel(k, channels) else {
+        let Some(k) = &model.outlet_fact(other)?.konst else {
+            // `acc - zw · Σ x`, once: zw per tensor or per channel.
+            let sums = crate::zero_point::Sums::Patches(patches);
+            let zw = match crate::zero_point::weight_zero_point(model, other, sums)? {
+                Some(zw) if sign == -1 && zero_point.is_none() => zw,
+                _ => return Ok(None),
+            };
+            let Some(zw) = crate::zero_point::per_channel(&zw, 4, 1, channels) else {
+                return Ok(None);
+            };
+            zero_point = Some(zw);
+            at = next;
+            continue;
+        };
+        let Some(values) = crate::zero_point::per_channel(k, 4, 1, channels) else {
             return Ok(None);
         };
         for (o, v) in offsets.iter_mut().zip(values) {
@@ -392,9 +427,25 @@ fn run_at(
     {
         return Ok(None);
     }
+    let has_zero_point = zero_point.is_some();
+    if let Some(zw) = zero_point {
+        for (channel, zw) in weights.chunks_exact_mut(taps).zip(zw) {
+            for w in channel {
+                // A u8 weight and zero point, both less 128, differ by at most 255.
+                let Some(shifted) = i16::try_from(i32::from(*w) - zw)
+                    .ok()
+                    .filter(|v| dw::WEIGHT_RANGE.contains(v))
+                else {
+                    return Ok(None);
+                };
+                *w = shifted;
+            }
+        }
+    }
     let op = DepthwiseInt8 {
         pool_spec: spec.clone(),
         weights,
+        zero_point: has_zero_point,
         offsets,
         pad,
         requantize: requantize.clone(),
@@ -448,7 +499,7 @@ fn unpack_kernels(kernels: &Tensor, channels: usize, taps: usize) -> Option<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::banded::tests::{conv_model, input_spec, outputs, test_inputs, Layer};
+    use crate::banded::tests::{conv_model_with, input_spec, outputs, test_inputs, Layer, Weights};
     use crate::load::{build_with, Target};
 
     /// Depthwise layers with strides 1 and 2, dilation 2, asymmetric and wide padding, 3x3
@@ -468,6 +519,12 @@ mod tests {
             Layer(8, 3, [1; 2], 1, [0, 1, 0, 0], 8),
         ];
         matches_tract_on(c, h, w, &layers, 5);
+        // Asymmetric u8 weights, per tensor and per channel: every depthwise layer takes
+        // the weight zero point into its taps.
+        for per_channel in [false, true] {
+            let coding = Weights::U8 { per_channel };
+            matches_tract_with(c, h, w, &layers, 5, coding);
+        }
     }
 
     /// MobileNetV3-style depthwise layers on a non-square input: 3x3 and 5x5 kernels with
@@ -513,12 +570,27 @@ mod tests {
             Layer(5, 1, [1; 2], 1, [0; 4], 1),
         ];
         matches_tract_on(3, 37, 29, &layers, 4);
+        for per_channel in [false, true] {
+            let coding = Weights::U8 { per_channel };
+            matches_tract_with(3, 37, 29, &layers, 4, coding);
+        }
     }
 
     /// The plan with the direct depthwise op (`depthwise` of them) gives the bits of
     /// tract's own unrewritten plan.
     fn matches_tract_on(c: usize, h: usize, w: usize, layers: &[Layer], depthwise: usize) {
-        let bytes = conv_model(c, h, w, layers);
+        matches_tract_with(c, h, w, layers, depthwise, Weights::Symmetric)
+    }
+
+    fn matches_tract_with(
+        c: usize,
+        h: usize,
+        w: usize,
+        layers: &[Layer],
+        depthwise: usize,
+        coding: Weights,
+    ) {
+        let bytes = conv_model_with(c, h, w, layers, coding);
         let spec = input_spec(c, h, w);
         let target = Target {
             input: &spec,
@@ -534,7 +606,7 @@ mod tests {
             .iter()
             .filter(|n| n.op_is::<DepthwiseInt8>())
             .count();
-        assert_eq!(count, depthwise, "{:?}", direct.patches);
+        assert_eq!(count, depthwise, "{coding:?}: {:?}", direct.patches);
         let shape = [1, c, h, w];
         for data in &test_inputs(c * h * w) {
             let (want, got) = (

@@ -226,7 +226,7 @@ impl PackPatches {
             debug_assert!((oy0 * wo).is_multiple_of(self.r()));
             let first_panel = oy0 * wo / self.r();
             let out = &mut out[first_panel * self.panel_len..];
-            self.pack_band(g, x, pad, oy0, (ho - oy0).min(band), out);
+            self.pack_band(g, x, pad, oy0, (ho - oy0).min(band), out, None);
         }
     }
 
@@ -244,6 +244,11 @@ impl PackPatches {
     /// runs of input rows; then the panels, copied (k-major) or interleaved four rows at a
     /// time (K4) from it. The matrix is padded with zero rows and columns to whole panels
     /// and whole groups of four, which is what tract leaves in the packed padding too.
+    ///
+    /// With `sums` (one per output position of the band), also each position's sum over
+    /// its patch (padding included), what tract's QSumB makes for the weight zero point's
+    /// term (zero_point.rs).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn pack_band(
         &self,
         g: &Geometry,
@@ -252,6 +257,7 @@ impl PackPatches {
         oy0: usize,
         rows_out: usize,
         out: &mut [i8],
+        sums: Option<&mut [i32]>,
     ) {
         let r = self.r();
         let hw = g.height * g.width;
@@ -275,6 +281,15 @@ impl PackPatches {
                 row[n..].fill(0);
             }
             matrix[self.k * cols..].fill(0);
+            if let Some(sums) = sums {
+                let sums = &mut sums[..n];
+                sums.fill(0);
+                for row in matrix[..self.k * cols].chunks_exact(cols) {
+                    for (s, &v) in sums.iter_mut().zip(row) {
+                        *s += i32::from(v);
+                    }
+                }
+            }
             for (p, panel) in out.chunks_mut(self.panel_len).take(cols / r).enumerate() {
                 let m0 = p * r;
                 match self.layout {

@@ -30,6 +30,7 @@ mod threads;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 mod weights;
+mod zero_point;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};

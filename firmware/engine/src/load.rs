@@ -287,6 +287,7 @@ fn build_proto(
         let nodes = optimized.nodes().len();
         let mut banded = 0;
         let mut depthwise = 0;
+        let mut zero_points = 0;
         let mut binaries = 0;
         let mut global_pools = 0;
         let mut tables = 0;
@@ -385,6 +386,16 @@ fn build_proto(
             optimized
                 .compact()
                 .map_err(|e| load_err(format!("pruning the rewritten plan failed: {e:#}")))?;
+            zero_points = optimized
+                .nodes()
+                .iter()
+                .filter(|n| {
+                    n.op_as::<crate::banded::BandedConv>()
+                        .is_some_and(|b| b.takes_zero_point())
+                        || n.op_as::<crate::depthwise::DepthwiseInt8>()
+                            .is_some_and(|d| d.takes_zero_point())
+                })
+                .count();
             log::debug!(
                 "int8 rewrites: {folded_chains} constant chains, {removed} zero-point terms, {packers} packings, {pools} max \
                  pools, {fused} requantizations, {banded} banded, {depthwise} depthwise, {binaries} quantized Add/Mul, {global_pools} global pools, {tables} tables; plan {nodes} -> {} nodes",
@@ -424,6 +435,12 @@ fn build_proto(
                     "computed",
                     "int8 depthwise convolution",
                     " directly",
+                ),
+                (
+                    zero_points,
+                    "took the weight zero point of",
+                    "int8 convolution",
+                    " into the engine's kernels (asymmetric weights: zero_point.rs)",
                 ),
                 (
                     fused,

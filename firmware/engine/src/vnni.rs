@@ -58,8 +58,7 @@ pub(crate) struct Tiles {
 
 impl Tiles {
     /// `weights`: the layer's, as tract packed them (`channels` rows of depth `k`);
-    /// `offsets`: what tract's fused ops add per output channel (their Add values less
-    /// their SubF ones, banded.rs `per_channel_offsets`).
+    /// `offsets`: what tract's plan adds per output channel (banded.rs `tile_operands`).
     pub(crate) fn new(
         weights: &dyn MMMInputValue,
         channels: usize,

@@ -10,10 +10,13 @@
 //! operand for a tile of 4 channels by 4 positions (the technique of XNNPACK's
 //! `c16-neon-mlal` and onnxruntime MLAS's S8S8 kernels; the code is the engine's own).
 //!
-//! Two products of an i8 by a weight in [-127, 127] fit an i16 (2 · 128 · 127 = 32512);
-//! two products of -128 by -128 do not, so [`Weights::new`] refuses a layer with a -128
-//! weight and the operator keeps it on tract's kernel. onnxruntime's symmetric s8 weights,
-//! and the TFLite quantisation rules, stay in [-127, 127].
+//! A 16-bit lane sums the products at depths `16g + i` and `16g + i + 8`. Two products of
+//! an i8 by a weight in [-127, 127] fit it (2 · 128 · 127 = 32512), and so does one product
+//! of -128 by -128 beside one of them (16384 + 16256); only two of -128 by -128 do not. So
+//! [`Weights::new`] refuses a layer only where one channel has -128 at both depths of a
+//! lane, and the operator keeps that layer on tract's kernel. onnxruntime's symmetric s8
+//! weights, and the TFLite quantisation rules, stay in [-127, 127]; its asymmetric u8
+//! weights, shifted to i8, reach -128 only at their few smallest values.
 //!
 //! Packing (kernels/panels.rs; k padded with zeros to a multiple of [`KC`] on both sides):
 //! - weights: channels in groups of [`NR`] (the last padded with zero channels); group
@@ -55,10 +58,11 @@ impl Weights {
         starts: &[i32],
     ) -> Result<Weights, String> {
         let packed = Packed::new(rows, channels, k, starts)?;
-        if let Some(at) = rows.iter().position(|&w| w == i8::MIN) {
+        if let Some((ch, at)) = overflowing_lane(rows, k) {
             return Err(format!(
-                "channel {} has a weight of -128: two products could overflow 16 bits",
-                at / k
+                "channel {ch} has weights of -128 at depths {at} and {}: their two products \
+                 could overflow a 16-bit lane",
+                at + KC / 2
             ));
         }
         let start_lanes = packed.raw().1.iter().flat_map(|&s| [s; 4]).collect();
@@ -113,6 +117,21 @@ impl Weights {
     }
 }
 
+/// The first channel and depth whose weight is -128 as is the weight at the other depth of
+/// its 16-bit lane (`at + 8`, in the same 16-k block), if any.
+fn overflowing_lane(rows: &[i8], k: usize) -> Option<(usize, usize)> {
+    let half = KC / 2;
+    rows.chunks_exact(k.max(1))
+        .enumerate()
+        .find_map(|(ch, row)| {
+            (0..k).find_map(|at| {
+                let pair = at + half;
+                (at % KC < half && pair < k && row[at] == i8::MIN && row[pair] == i8::MIN)
+                    .then_some((ch, at))
+            })
+        })
+}
+
 /// Bytes per patch panel of depth `k`.
 pub(crate) fn panel_len(k: usize) -> usize {
     super::panels::panel_len::<KC, MR>(k)
@@ -164,11 +183,48 @@ mod tests {
         check(1, k, 1, &vec![-127; k], &vec![-128; k]);
     }
 
+    /// Weights of -128 (asymmetric u8 weights shifted to i8 have them) wherever the other
+    /// depth of their lane is not -128, against patches of -128: each lane holds 16384 plus
+    /// a product of the other extreme, at the limit of its 16 bits.
     #[test]
-    fn refuses_weights_of_minus_128() {
-        let mut w = vec![1i8; 3 * 10];
-        w[25] = i8::MIN;
-        let err = Weights::new(&w, 3, 10, &[0; 3]).unwrap_err();
-        assert!(err.contains("channel 2"), "{err}");
+    fn holds_with_weights_of_minus_128_beside_other_weights() {
+        for (m, k, n) in [(5, 33, 9), (4, 48, 8), (3, 425, 17)] {
+            for other in [-127i8, 127, 0] {
+                // -128 at the first half of every lane, `other` at its second half.
+                let w: Vec<i8> = (0..m * k)
+                    .map(|i| if i % k % KC < KC / 2 { i8::MIN } else { other })
+                    .collect();
+                for x in [-128i8, 127] {
+                    check(m, k, n, &w, &vec![x; k * n]);
+                }
+                // And at the second half only, with pseudo-random patches.
+                let w: Vec<i8> = w
+                    .iter()
+                    .map(|&v| if v == i8::MIN { other } else { i8::MIN })
+                    .collect();
+                check(m, k, n, &w, &values(k * n, (m * k) as u32, -128));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_weights_of_minus_128_at_both_depths_of_a_lane() {
+        let mut w = vec![1i8; 3 * 40];
+        // Channel 2, depths 21 and 29: one lane of the second 16-k block.
+        w[80 + 21] = i8::MIN;
+        w[80 + 29] = i8::MIN;
+        let err = Weights::new(&w, 3, 40, &[0; 3]).unwrap_err();
+        assert!(
+            err.contains("channel 2") && err.contains("21 and 29"),
+            "{err}"
+        );
+        // Depths 24 and 32 are in different blocks, 21 and 30 in different lanes; a depth
+        // whose lane partner lies past k (37, 45) is alone in its lane.
+        for pair in [[24, 32], [21, 30], [37, 38]] {
+            let mut w = vec![1i8; 3 * 40];
+            w[80 + pair[0]] = i8::MIN;
+            w[80 + pair[1]] = i8::MIN;
+            assert!(Weights::new(&w, 3, 40, &[0; 3]).is_ok(), "{pair:?}");
+        }
     }
 }

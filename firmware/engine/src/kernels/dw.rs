@@ -10,12 +10,17 @@
 //!
 //! with no edge cases: the kernel never tests a position against the image's border.
 //!
+//! Weights are 16-bit: a symmetric i8 weight, or an asymmetric u8 weight less its zero
+//! point (`w - zw` in [-255, 255]), which folds the zero point's per-position term
+//! `zw · Σ x` into the taps (depthwise.rs).
+//!
 //! The NEON version keeps 16 output positions' sums in four registers across all taps
 //! (tract's integer path and this crate's earlier loop went through memory once per tap).
-//! When no weight of the channel is -128 it sums two taps' products in 16-bit lanes before
-//! adding them to the 32-bit sums (5 instructions per tap and 16 positions); otherwise it
-//! widens each tap's bytes and multiplies them by element (7). Either way the result is
-//! exact for any i8 weight, and sums wrap in i32 as tract's do. On x86-64 with AVX2 two
+//! When every weight of the channel is in [-127, 127] it sums two taps' products in 16-bit
+//! lanes before adding them to the 32-bit sums (5 instructions per tap and 16 positions);
+//! otherwise it widens each tap's bytes and multiplies them by element (7). Either way the
+//! result is exact for any weight in [-255, 255] (a 16-bit product of an i8 and such a
+//! weight cannot overflow), and sums wrap in i32 as tract's do. On x86-64 with AVX2 two
 //! taps' bytes are interleaved and multiplied by their weight pair with VPMADDWD
 //! (kernels/dw_avx2.rs); other hosts run the scalar reference.
 //!
@@ -26,13 +31,16 @@
 pub(crate) const BLOCK: usize = 16;
 /// Bytes the kernels may read past the last position that contributes to a sum.
 pub(crate) const READ_SLACK: usize = BLOCK;
+/// The weights the kernels take: i8 weights, and u8 weights less a u8 zero point.
+pub(crate) const WEIGHT_RANGE: std::ops::RangeInclusive<i16> = -255..=255;
 
 /// One channel's taps over a prepared plane: tap `t` starts at `offsets[t]` and weighs
 /// `weights[t]`; output row `oy` reads `pitch · oy` further on.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Taps<'a> {
     pub(crate) offsets: &'a [usize],
-    pub(crate) weights: &'a [i8],
+    /// In [`WEIGHT_RANGE`].
+    pub(crate) weights: &'a [i16],
     pub(crate) pitch: usize,
 }
 
@@ -58,6 +66,9 @@ pub(crate) fn check(
             taps.offsets.len(),
             taps.weights.len()
         ));
+    }
+    if let Some(w) = taps.weights.iter().find(|w| !WEIGHT_RANGE.contains(w)) {
+        return Err(format!("a weight of {w}, outside {WEIGHT_RANGE:?}"));
     }
     if out.len() != rows * cols {
         return Err(format!("{} sums for {rows} x {cols} positions", out.len()));
@@ -213,18 +224,21 @@ mod tests {
                             .map(|t| (t * 7 + seed as usize) % (3 * pitch + 5))
                             .collect();
                         // Weights in [-127, 127] (the paired NEON taps), then with a
-                        // -128 among them (the widened ones).
-                        let mut weights = values(ntaps, seed * 3);
-                        weights.iter_mut().for_each(|w| *w = (*w).max(-127));
+                        // -128 among them, then a u8 weight less its zero point (the
+                        // widened ones).
+                        let mut weights: Vec<i16> = values(ntaps, seed * 3)
+                            .iter()
+                            .map(|&w| i16::from(w).max(-127))
+                            .collect();
                         let plain = Taps {
                             offsets: &offsets,
                             weights: &weights,
                             pitch,
                         };
                         let src = values(needed(&plain, rows, cols), seed * 7);
-                        for spoil in [None, Some(ntaps / 2)] {
-                            if let Some(t) = spoil {
-                                weights[t] = i8::MIN;
+                        for spoil in [None, Some(-128), Some(255), Some(-255)] {
+                            if let Some(w) = spoil {
+                                weights[ntaps / 2] = w;
                             }
                             let taps = Taps {
                                 offsets: &offsets,
@@ -240,17 +254,21 @@ mod tests {
     }
 
     /// Every product at ±16384 and ±16256 (the extremes of two i8 values, -128 weights
-    /// included; ±32512 is what two paired taps reach in 16 bits), and sums that pass i32
-    /// and wrap as tract's do.
+    /// included; ±32512 is what two paired taps reach in 16 bits), at ±32640 (a u8 weight
+    /// less its zero point, ±255, by an i8), and sums that pass i32 and wrap as tract's do.
     #[test]
     fn holds_at_the_extremes_and_wraps() {
         let pairs = [
-            (-128i8, -128i8),
+            (-128i16, -128i8),
             (-128, 127),
             (127, -128),
             (127, 127),
             (-127, -128),
             (-127, 127),
+            (255, -128),
+            (-255, -128),
+            (255, 127),
+            (-255, 127),
         ];
         for (w, x) in pairs {
             for ntaps in [9, 25, 49] {
@@ -292,7 +310,7 @@ mod tests {
     #[test]
     fn refuses_a_plane_too_short_for_its_reads() {
         let offsets = [0, 5, 9];
-        let weights = [1i8, 2, 3];
+        let weights = [1i16, 2, 3];
         let taps = Taps {
             offsets: &offsets,
             weights: &weights,
@@ -304,5 +322,13 @@ mod tests {
         assert!(err.contains("needing"), "{err}");
         let err = run(&src, &taps, 0, (4, 9), &mut out).unwrap_err();
         assert!(err.contains("40 sums"), "{err}");
+        let weights = [1i16, 256, 3];
+        let taps = Taps {
+            weights: &weights,
+            ..taps
+        };
+        let src = vec![0i8; needed(&taps, 4, 10)];
+        let err = run(&src, &taps, 0, (4, 10), &mut out).unwrap_err();
+        assert!(err.contains("a weight of 256"), "{err}");
     }
 }

@@ -7,9 +7,10 @@
 //!   SMLAL2 of the second tap: two products of at most 128 · 127 = 16256 fit in i16), and
 //!   the pair is added into the four 32-bit accumulators (SADDW, SADDW2): 32 multiply-adds
 //!   in 10 instructions with the two loads.
-//! - **Widened taps** (a weight of -128, whose products with -128 reach 16384 and would
-//!   overflow a pair): the 16 bytes are widened to 16 bits (SXTL, SXTL2) and multiplied by
-//!   the weight by element into the accumulators (SMLAL, SMLAL2): 16 in 7 instructions.
+//! - **Widened taps** (any other weight: -128, whose products with -128 reach 16384 and
+//!   would overflow a pair, or a u8 weight less its zero point, up to ±255): the 16 bytes
+//!   are widened to 16 bits (SXTL, SXTL2) and multiplied by the 16-bit weight by element
+//!   into the accumulators (SMLAL, SMLAL2): 16 in 7 instructions.
 //!
 //! The common kernels (3x3, 5x5, 7x7) are compiled with their tap count fixed, so that the
 //! taps' offsets and weights stay in registers over a whole channel. A row's last block,
@@ -31,8 +32,9 @@ pub(super) unsafe fn run(
     shape: (usize, usize),
     out: &mut [i32],
 ) {
-    let paired = !taps.weights.contains(&i8::MIN);
-    // SAFETY (each arm): the caller's contract, passed on; `paired` says no weight is -128.
+    let paired = taps.weights.iter().all(|w| (-127..=127).contains(w));
+    // SAFETY (each arm): the caller's contract, passed on; `paired` says every weight is in
+    // [-127, 127].
     unsafe {
         match (taps.offsets.len(), paired) {
             (9, true) => fixed::<9, true>(src, taps, start, shape, out),
@@ -42,7 +44,7 @@ pub(super) unsafe fn run(
             (25, false) => fixed::<25, false>(src, taps, start, shape, out),
             (49, false) => fixed::<49, false>(src, taps, start, shape, out),
             (_, true) => {
-                let splats: Vec<int8x16_t> = taps.weights.iter().map(|&w| splat(w)).collect();
+                let splats: Vec<int8x16_t> = taps.weights.iter().map(|&w| splat(w as i8)).collect();
                 rows(src, taps.pitch, start, shape, out, |at, start| {
                     paired_block(at, taps.offsets, &splats, start)
                 })
@@ -58,7 +60,7 @@ pub(super) unsafe fn run(
 /// stay in registers (those that fit) over the whole channel.
 ///
 /// # Safety
-/// As `run`; with `PAIRED`, no weight is -128.
+/// As `run`; with `PAIRED`, every weight is in [-127, 127].
 #[inline(never)]
 unsafe fn fixed<const T: usize, const PAIRED: bool>(
     src: &[i8],
@@ -68,13 +70,13 @@ unsafe fn fixed<const T: usize, const PAIRED: bool>(
     out: &mut [i32],
 ) {
     let mut offsets = [0usize; T];
-    let mut weights = [0i8; T];
+    let mut weights = [0i16; T];
     offsets.copy_from_slice(taps.offsets);
     weights.copy_from_slice(taps.weights);
     // SAFETY: the caller's contract.
     unsafe {
         if PAIRED {
-            let splats: [int8x16_t; T] = std::array::from_fn(|t| splat(weights[t]));
+            let splats: [int8x16_t; T] = std::array::from_fn(|t| splat(weights[t] as i8));
             rows(src, taps.pitch, start, shape, out, |at, start| {
                 paired_block(at, &offsets, &splats, start)
             })
@@ -226,17 +228,17 @@ fn add_widened(acc: &mut [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) {
     }
 }
 
-/// The sums of the 16 positions from `at`, one tap at a time by element (any weight).
+/// The sums of the 16 positions from `at`, one tap at a time by element (any weight in
+/// `dw::WEIGHT_RANGE`).
 #[inline(always)]
 unsafe fn widened_block(
     at: *const i8,
     offsets: &[usize],
-    weights: &[i8],
+    weights: &[i16],
     start: int32x4_t,
 ) -> [int32x4_t; 4] {
     let mut acc = [start; 4];
     for (&o, &w) in offsets.iter().zip(weights) {
-        let w = i16::from(w);
         // SAFETY: the caller's bounds.
         let x = unsafe { vld1q_s8(at.add(o)) };
         let lo = vmovl_s8(vget_low_s8(x));

@@ -1,0 +1,124 @@
+//! The weight zero point's term, the one part of a quantized convolution's sums that
+//! depends on the output position.
+//!
+//! With `x` the patches and `w` the weights, both shifted to i8, tract lowers a
+//! QLinearConv's sums to `Σ_k x·w − zw·Σ_k x − zx·Σ_k w + k·zx·zw`. Every term but
+//! `zw·Σ_k x` is one constant per output channel, which the engine's operators fold into
+//! the sums' starting values. That one is not: `Σ_k x` is a sum per output position (a
+//! column sum of the patch matrix), which tract computes every inference (QSumB on an
+//! im2col's packed patches, or Cast and Reduce<Sum> over a 1x1 convolution's input
+//! channels) and subtracts `zw` times, in a node of its own or fused in its matmul.
+//!
+//! The term is zero, and rewrite.rs removes it, for symmetric weights. It is not for
+//! onnxruntime's asymmetric u8 weights (`weight_type=QUInt8`, the format of many int8
+//! models people download), where `zw` is the u8 zero point less 128. This module
+//! recognizes the term, so that the engine's operators take it over instead of leaving the
+//! layer to tract: the direct depthwise convolution folds it into its taps (`w − zw`, in
+//! 16 bits: depthwise.rs), a banded convolution subtracts `zw` times the column sums of the
+//! patches it packs (banded.rs).
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cast::Cast;
+use tract_onnx::tract_core::ops::change_axes::IntoShape;
+use tract_onnx::tract_core::ops::math::{Mul, ShiftLeft};
+use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+
+/// Where the column sums of a convolution's patches come from in tract's plan.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Sums {
+    /// QSumB over the packed patches this outlet makes (an `Im2col`, or the engine's
+    /// `PackPatches` in its place).
+    Patches(OutletId),
+    /// A Reduce<Sum> of `Cast<i32>(x)` over the channel axis `axis` of `x`: a 1x1
+    /// convolution's input.
+    Channels { x: OutletId, axis: usize },
+}
+
+/// `zw` when `term` is tract's `zw · Σ_k x` for the column sums `sums`: a Mul of them (or of
+/// an IntoShape of them) by a constant i32 tensor, returned as it is (one value, or one
+/// per output channel: the caller checks its shape), a ShiftLeft of them by a constant
+/// (tract's Mul by a power of two), or the sums alone (its Mul by 1). `None` for anything
+/// else.
+pub(crate) fn weight_zero_point(
+    model: &TypedModel,
+    term: OutletId,
+    sums: Sums,
+) -> TractResult<Option<Arc<Tensor>>> {
+    let mul = model.node(term.node);
+    let bin = mul.op_as::<TypedBinOp>().filter(|_| mul.inputs.len() == 2);
+    let konst = |o: OutletId| model.outlet_fact(o).map(|f| f.konst.clone());
+    let (zw, other) = match bin {
+        Some(op) if op.0.is::<Mul>() => match (konst(mul.inputs[0])?, konst(mul.inputs[1])?) {
+            (Some(k), None) => (k, mul.inputs[1]),
+            (None, Some(k)) => (k, mul.inputs[0]),
+            _ => return Ok(None),
+        },
+        // tract's Mul by a power of two, `sums << s`.
+        Some(op) if op.0.is::<ShiftLeft>() => {
+            let Some(shift) = konst(mul.inputs[1])? else {
+                return Ok(None);
+            };
+            let Some(zw) = shift
+                .cast_to_scalar::<i32>()
+                .ok()
+                .filter(|s| (0..31).contains(s))
+                .map(|s| 1i32 << s)
+            else {
+                return Ok(None);
+            };
+            (rctensor0(zw), mul.inputs[0])
+        }
+        _ => (rctensor0(1i32), term),
+    };
+    if zw.datum_type() != DatumType::I32 {
+        return Ok(None);
+    }
+    let mut source = model.node(other.node);
+    if source.op_is::<IntoShape>() {
+        source = model.node(source.inputs[0].node);
+    }
+    let found = match sums {
+        Sums::Patches(patches) => {
+            source.op.name() == "QSumB" && source.inputs.first() == Some(&patches)
+        }
+        Sums::Channels { x, axis } => {
+            let reduces_channels = source
+                .op_as::<Reduce>()
+                .is_some_and(|r| r.axes[..] == [axis] && matches!(r.reducer, Reducer::Sum));
+            reduces_channels && {
+                let cast = model.node(source.inputs[0].node);
+                cast.op_as::<Cast>().is_some_and(|c| c.to == DatumType::I32)
+                    && cast.inputs.first() == Some(&x)
+            }
+        }
+    };
+    Ok(found.then_some(zw))
+}
+
+/// `k`'s values, one per channel, when `k` broadcasts along `channel_axis` of a tensor of
+/// rank `rank`: a single value (any shape), or `channels` values along that axis and 1
+/// along every other.
+pub(crate) fn per_channel(
+    k: &Tensor,
+    rank: usize,
+    channel_axis: usize,
+    channels: usize,
+) -> Option<Vec<i32>> {
+    let k32 = k.cast_to::<i32>().ok()?;
+    let values = k32
+        .try_as_plain_ram()
+        .ok()?
+        .as_slice::<i32>()
+        .ok()?
+        .to_vec();
+    if values.len() == 1 {
+        return Some(vec![values[0]; channels]);
+    }
+    let along = k.rank() == rank
+        && k.shape()
+            .iter()
+            .enumerate()
+            .all(|(i, &d)| d == if i == channel_axis { channels } else { 1 });
+    along.then_some(values)
+}
