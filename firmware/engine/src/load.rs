@@ -207,12 +207,19 @@ fn build_proto(
     };
     // What runs in float between DequantizeLinear and QuantizeLinear, less what the rewrites
     // on the plan below take onto the int8 values (`lowered_nodes`: the nodes contrib.rs
-    // wrote for QLinearAdd, QLinearMul and QLinearGlobalAveragePool, to tell them from QDQ
+    // wrote for QLinearAdd, QLinearMul, QLinearGlobalAveragePool, ..., to tell them from QDQ
     // ones).
     let mut qdq_float = crate::qdq::float_between_qdq(&proto);
     let lowered_nodes = crate::contrib::lowered_nodes(
         &proto,
-        &["Add", "Mul", "GlobalAveragePool", "Sigmoid", "LeakyRelu"],
+        &[
+            "Add",
+            "Mul",
+            "GlobalAveragePool",
+            "Sigmoid",
+            "LeakyRelu",
+            "Concat",
+        ],
     );
     // Each ONNX node as tract names it, with its operator: the rewrites name the plan's
     // nodes they take, and the census above counts ONNX operators.
@@ -288,6 +295,7 @@ fn build_proto(
         let mut banded = 0;
         let mut depthwise = 0;
         let mut zero_points = 0;
+        let mut concats = 0;
         let mut binaries = 0;
         let mut global_pools = 0;
         let mut tables = 0;
@@ -340,9 +348,13 @@ fn build_proto(
                     "tabulating the quantized element-wise chains failed: {e:#}"
                 ))
             })?;
+            let joined = crate::qtable::concat_quantized(&mut optimized).map_err(|e| {
+                load_err(format!("concatenating the quantized tensors failed: {e:#}"))
+            })?;
             binaries = fused_binaries.len();
             global_pools = fused_pools.len();
             tables = chains.len();
+            concats = joined.len();
             // Each fused node as (its QDQ operator, its contrib operator, its node's name).
             // A table's chain is one node of the census when all its steps come from one
             // ONNX node (a Clip is tract's Max and Min); longer chains were not counted.
@@ -356,6 +368,16 @@ fn build_proto(
                     (op.clone(), format!("QLinear{op}"), name.clone())
                 })
             });
+            // tract's own tables: it makes one of a quantized unary chain (a Sigmoid between
+            // its DequantizeLinear and QuantizeLinear) at declutter, so that node runs on
+            // the int8 values too.
+            let tract_tables: Vec<(String, String, String)> = optimized
+                .nodes()
+                .iter()
+                .filter(|n| n.op.name() == "LookupTable")
+                .filter_map(|n| crate::qdq::onnx_node_of(&onnx_nodes, &n.name))
+                .map(|(name, op)| (op.clone(), format!("QLinear{op}"), name.clone()))
+                .collect();
             let fused_nodes = fused_binaries
                 .into_iter()
                 .map(|(mul, name)| match mul {
@@ -369,7 +391,12 @@ fn build_proto(
                         name,
                     )
                 }))
-                .chain(chain_nodes);
+                .chain(chain_nodes)
+                .chain(tract_tables)
+                .chain(joined.iter().filter_map(|concat| {
+                    let (name, op) = crate::qdq::onnx_node_of(&onnx_nodes, concat)?;
+                    Some((op.clone(), format!("QLinear{op}"), name.clone()))
+                }));
             for (qdq_op, contrib_op, name) in fused_nodes {
                 let from_lowered = lowered_nodes
                     .iter()
@@ -459,6 +486,12 @@ fn build_proto(
                     "summed",
                     "quantized global average pool",
                     " in integers",
+                ),
+                (
+                    concats,
+                    "concatenated",
+                    "quantized Concat",
+                    " on the int8 values, each input requantized by a 256-entry table",
                 ),
                 (
                     tables,

@@ -18,6 +18,7 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::binary::{OptBinByScalar, OptBinChain, OptBinUnicast, TypedBinOp};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
@@ -102,6 +103,98 @@ pub(crate) fn tabulate_quantized_chains(model: &mut TypedModel) -> TractResult<V
         Ok(Some((tvec![chain.input], OutletId::new(last, 0), op)))
     })?;
     Ok(found.into_inner())
+}
+
+/// Replaces every `Quantize8(Concat(DQ_0(x_0), DQ_1(x_1), ...))` with the concatenation of
+/// the int8 inputs, each requantized to the output's scale by a table of its own (none when
+/// it already has the output's scale and zero point); returns the Concat nodes' names
+/// (load.rs reports their ONNX operators as integer).
+///
+/// onnxruntime writes a QLinearConcat (contrib.rs lowers it so) or a QDQ Concat wherever
+/// branches join (SqueezeNet's fire modules, Inception blocks): tract dequantizes every
+/// input to f32, concatenates four bytes per value and quantizes again. The output value
+/// of each element depends on that element alone, through its input's dequantization and
+/// the quantization: a table of 256 bytes per input, made by running those two ops, so
+/// every byte is the one tract's float path gives.
+pub(crate) fn concat_quantized(model: &mut TypedModel) -> TractResult<Vec<String>> {
+    let mut names = vec![];
+    for id in model.eval_order()? {
+        let Some((inputs, tables, quantize)) = concat_at(model, id)? else {
+            continue;
+        };
+        let concat = model.node(id);
+        let (name, axis) = (
+            concat.name.clone(),
+            concat.op_as::<TypedConcat>().expect("checked").axis,
+        );
+        let patch = TypedModelPatch::rewire(
+            model,
+            &inputs,
+            &[OutletId::new(quantize, 0)],
+            &|patch, taps| {
+                let mut parts = tvec![];
+                for (i, (tap, table)) in taps.iter().zip(&tables).enumerate() {
+                    parts.push(match table {
+                        Some(table) => {
+                            let op = QTable {
+                                table: table.clone(),
+                            };
+                            patch.wire_node(format!("{name}.table{i}"), op, &[*tap])?[0]
+                        }
+                        None => *tap,
+                    });
+                }
+                patch.wire_node(format!("{name}.bytes"), TypedConcat { axis }, &parts)
+            },
+        )?;
+        patch.apply(model)?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Per requantized input of the Concat `id`, its int8 tensor and its table (`None`: the
+/// bytes stay as they are), and the `Quantize8` node after the Concat; `None` unless every
+/// input is a `DequantizeLinearF32` of an int8 tensor of the quantization's output type.
+type Joined = (TVec<OutletId>, Vec<Option<Box<[u8; 256]>>>, usize);
+
+fn concat_at(model: &TypedModel, id: usize) -> TractResult<Option<Joined>> {
+    let node = model.node(id);
+    if !node.op_is::<TypedConcat>() || node.outputs.len() != 1 {
+        return Ok(None);
+    }
+    let outputs = model.output_outlets()?;
+    if outputs.contains(&OutletId::new(id, 0)) {
+        return Ok(None);
+    }
+    let Some(quantize) = model.single_succ(id)? else {
+        return Ok(None);
+    };
+    if !quantize.op_is::<Quantize8>() {
+        return Ok(None);
+    }
+    let dt = quantize.outputs[0].fact.datum_type;
+    let (mut inputs, mut tables) = (tvec![], vec![]);
+    for outlet in &node.inputs {
+        let dequantize = model.node(outlet.node);
+        if !dequantize.op_is::<DequantizeLinearF32>() || dequantize.inputs.len() != 1 {
+            return Ok(None);
+        }
+        let input = dequantize.inputs[0];
+        if model.outlet_fact(input)?.datum_type != dt {
+            return Ok(None);
+        }
+        let chain = Chain {
+            input,
+            dequantize: dequantize.id,
+            steps: vec![quantize.id],
+        };
+        let table = table(model, &chain)?;
+        let identity = table.iter().enumerate().all(|(i, &b)| usize::from(b) == i);
+        inputs.push(input);
+        tables.push((!identity).then_some(table));
+    }
+    Ok(Some((inputs, tables, quantize.id)))
 }
 
 /// A chain from a dequantization: its int8 input, then the nodes after the
@@ -209,7 +302,9 @@ fn table(model: &TypedModel, chain: &Chain) -> TractResult<Box<[u8; 256]>> {
         let node = model.node(step);
         let mut inputs = tvec![];
         for (slot, input) in node.inputs.iter().enumerate() {
-            if input.node == from {
+            // The chain's value: from the step before, or for a lone quantization (a
+            // Concat's, `concat_quantized`) its single input.
+            if input.node == from || (chain.steps.len() == 1 && node.inputs.len() == 1) {
                 inputs.push(wire);
             } else {
                 let k = model.node(input.node).op_as::<Const>().expect("checked");
@@ -350,6 +445,83 @@ mod tests {
                 "{what}: {:?}",
                 ours.patches
             );
+            for data in test_inputs(c * h * w) {
+                assert_eq!(
+                    outputs(&plain.plan, &[1, c, h, w], &data),
+                    outputs(&ours.plan, &[1, c, h, w], &data),
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    /// Three quantized tensors concatenated: two with scales and zero points of their own
+    /// (a table each) and one with the output's (its bytes as they are), u8 and i8. The
+    /// plan with the int8 Concat gives the bytes of tract's float one; a u8 input into an
+    /// i8 output is left to tract.
+    #[test]
+    fn quantized_concats_keep_tracts_bits() {
+        use crate::banded::tests::{input_spec, outputs, test_inputs};
+        use crate::load::{build_with, Target};
+        let (c, h, w) = (5, 7, 9);
+        let spec = input_spec(c, h, w);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        for (za, zb, zy) in [(128, 131, 3), (-7, -128, 20), (10, 0, -5)] {
+            let init = vec![
+                raw("stretch", D::Float, &[], &[12f32]),
+                raw("shift", D::Float, &[], &[-6f32]),
+                raw("half", D::Float, &[], &[0.5f32]),
+                raw("sa", D::Float, &[], &[0.043f32]),
+                zero_point("za", za),
+                raw("sb", D::Float, &[], &[0.0111f32]),
+                zero_point("zb", zb),
+                raw("sy", D::Float, &[], &[0.0317f32]),
+                zero_point("zy", zy),
+            ];
+            let nodes = vec![
+                node("Mul", &["x", "stretch"], "xs", vec![]),
+                node("Add", &["xs", "shift"], "xw", vec![]),
+                node("Mul", &["xw", "half"], "xh", vec![]),
+                node("QuantizeLinear", &["xw", "sa", "za"], "a", vec![]),
+                node("QuantizeLinear", &["xh", "sb", "zb"], "b", vec![]),
+                node("QuantizeLinear", &["xh", "sy", "zy"], "c", vec![]),
+                node("DequantizeLinear", &["a", "sa", "za"], "da", vec![]),
+                node("DequantizeLinear", &["b", "sb", "zb"], "db", vec![]),
+                node("DequantizeLinear", &["c", "sy", "zy"], "dc", vec![]),
+                node(
+                    "Concat",
+                    &["da", "db", "dc"],
+                    "joined",
+                    vec![crate::onnx_build::int("axis", 1)],
+                ),
+                node("QuantizeLinear", &["joined", "sy", "zy"], "yq", vec![]),
+                node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
+            ];
+            let bytes = model_bytes("qconcat", nodes, init, ("x", &[1, c, h, w]), "y");
+            let what = format!("zero points {za} {zb} {zy}");
+            let plain = build_with(&bytes, &target, false).unwrap();
+            let ours = build_with(&bytes, &target, true).unwrap();
+            let same_type = [za, zb].iter().all(|z| (*z < 0) == (zy < 0));
+            assert_eq!(
+                ours.patches.iter().any(|p| p.contains("quantized Concat")),
+                same_type,
+                "{what}: {:?}",
+                ours.patches
+            );
+            if same_type {
+                let tables = ours
+                    .plan
+                    .model()
+                    .nodes()
+                    .iter()
+                    .filter(|n| n.name.starts_with("joined") && n.op_is::<super::QTable>())
+                    .count();
+                assert_eq!(tables, 2, "{what}: one table per requantized input");
+            }
             for data in test_inputs(c * h * w) {
                 assert_eq!(
                     outputs(&plain.plan, &[1, c, h, w], &data),
