@@ -17,7 +17,8 @@
 //!
 //! Weights with a zero point (asymmetric u8) add a Sub of `zw · Σ_taps x` to the run, the
 //! column sums of the patches (zero_point.rs). Since `Σ x·w − zw·Σ x = Σ x·(w − zw)`, it is
-//! folded into the taps, as 16-bit weights in [-255, 255].
+//! folded into the taps, as 16-bit weights (a u8 weight less a u8 zero point is in
+//! [-255, 255]).
 
 use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
 use tract_linalg::BinOp;
@@ -432,10 +433,7 @@ fn run_at(
         for (channel, zw) in weights.chunks_exact_mut(taps).zip(zw) {
             for w in channel {
                 // A u8 weight and zero point, both less 128, differ by at most 255.
-                let Some(shifted) = i16::try_from(i32::from(*w) - zw)
-                    .ok()
-                    .filter(|v| dw::WEIGHT_RANGE.contains(v))
-                else {
+                let Ok(shifted) = i16::try_from(i32::from(*w) - zw) else {
                     return Ok(None);
                 };
                 *w = shifted;

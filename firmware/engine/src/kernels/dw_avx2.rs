@@ -4,9 +4,8 @@
 //! Two taps at a time: their 16 input bytes are interleaved (position by position: tap a,
 //! tap b), widened to 16 bits and multiplied by the pair of weights with VPMADDWD, which
 //! adds the two products of each position into its 32-bit sum: 32 multiply-adds in 8
-//! instructions with the two loads. A 16-bit weight's product with an i8 value is summed in
-//! 32 bits, so every weight in `dw::WEIGHT_RANGE` is exact. An odd last tap is paired with
-//! a weight of 0.
+//! instructions with the two loads. Two products of an i8 and a 16-bit weight are summed
+//! in 32 bits, so every weight is exact. An odd last tap is paired with a weight of 0.
 //!
 //! A row's last block, when shorter than 16 positions, is computed whole (its reads are
 //! within `READ_SLACK`) and only its valid sums are stored.

@@ -228,8 +228,7 @@ fn add_widened(acc: &mut [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) {
     }
 }
 
-/// The sums of the 16 positions from `at`, one tap at a time by element (any weight in
-/// `dw::WEIGHT_RANGE`).
+/// The sums of the 16 positions from `at`, one tap at a time by element (any weight).
 #[inline(always)]
 unsafe fn widened_block(
     at: *const i8,
