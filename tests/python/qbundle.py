@@ -15,6 +15,8 @@ the other choices a model team can make:
              default: QDQ, one scale per tensor, s8 activations and s8 weights
   int8-u8w   QOperator with per-tensor asymmetric u8 weights (onnxruntime's former
              default) and u8 activations
+  int8-qdq-u8w  QDQ with per-channel u8 weights, asked to be asymmetric, and u8
+             activations (onnxruntime 1.x gives most channels the zero point 128)
 
 All with MinMax calibration.
 """
@@ -46,6 +48,10 @@ VARIANTS = {
     "int8-u8w": dict(quant_format=QuantFormat.QOperator, weight_type=QuantType.QUInt8,
                      activation_type=QuantType.QUInt8,
                      extra_options={"WeightSymmetric": False, "ActivationSymmetric": False}),
+    "int8-qdq-u8w": dict(quant_format=QuantFormat.QDQ, per_channel=True,
+                         weight_type=QuantType.QUInt8, activation_type=QuantType.QUInt8,
+                         extra_options={"WeightSymmetric": False,
+                                        "ActivationSymmetric": False}),
 }
 
 
