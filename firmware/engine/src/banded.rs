@@ -567,18 +567,9 @@ fn run_at(
     let outputs = model.output_outlets()?;
     // The matmul, and with weights that have a zero point the column sums of its term
     // (zero_point.rs), which the tiles take over.
-    let successors = &node.outputs[0].successors;
-    let matmuls: Vec<&TypedNode> = successors
-        .iter()
-        .map(|s| model.node(s.node))
-        .filter(|n| n.op_is::<OptMatMul>())
-        .collect();
-    let [mm_node] = matmuls[..] else {
+    let Some(mm_node) = crate::zero_point::patches_matmul(model, node)? else {
         return Ok(None);
     };
-    if successors.len() > 2 || outputs.contains(&patches) {
-        return Ok(None);
-    }
     let Some(matmul) = mm_node.op_as::<OptMatMul>() else {
         return Ok(None);
     };

@@ -346,6 +346,9 @@ mod tests {
 
     type Step<'a> = (&'a str, &'a [f32], Vec<tract_onnx::pb::AttributeProto>);
 
+    /// The test models' input shape.
+    const SHAPE: [usize; 4] = [1, 5, 7, 9];
+
     /// `x` (in [0, 1]) stretched to [-6, 6] and quantized (zero point `za`), so that every
     /// byte occurs, saturated ones included; dequantized, through the float steps `steps`
     /// (each an op type and its extra constant inputs' values), quantized with `zy` and
@@ -381,7 +384,7 @@ mod tests {
             node("QuantizeLinear", &[&last, "sy", "zy"], "yq", vec![]),
             node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
         ]);
-        model_bytes("qtable", nodes, init, ("x", &[1, 5, 7, 9]), "y")
+        model_bytes("qtable", nodes, init, ("x", &SHAPE), "y")
     }
 
     /// Clip (ReLU6), Relu, and LeakyRelu, HardSigmoid and an Add of a constant chained
@@ -389,16 +392,7 @@ mod tests {
     /// A chain from u8 to i8 is left as it was.
     #[test]
     fn element_wise_chains_keep_tracts_bits() {
-        use crate::banded::tests::{input_spec, outputs, test_inputs};
-        use crate::load::{build_with, Target};
         use tract_onnx::pb::AttributeProto;
-        let (c, h, w) = (5, 7, 9);
-        let spec = input_spec(c, h, w);
-        let target = Target {
-            input: &spec,
-            output_tensor: "y",
-            batch: 1,
-        };
         let alpha = |v: f32| AttributeProto {
             name: "alpha".into(),
             r#type: 1,
@@ -436,8 +430,7 @@ mod tests {
                 "{:?} {za} {zy}",
                 steps.iter().map(|s| s.0).collect::<Vec<_>>()
             );
-            let plain = build_with(&bytes, &target, false).unwrap();
-            let ours = build_with(&bytes, &target, true).unwrap();
+            let ours = same_bytes_as_tract(&bytes, &what);
             let same_type = (za < 0) == (zy < 0);
             assert_eq!(
                 ours.patches.iter().any(|p| p.contains("table")),
@@ -445,14 +438,31 @@ mod tests {
                 "{what}: {:?}",
                 ours.patches
             );
-            for data in test_inputs(c * h * w) {
-                assert_eq!(
-                    outputs(&plain.plan, &[1, c, h, w], &data),
-                    outputs(&ours.plan, &[1, c, h, w], &data),
-                    "{what}"
-                );
-            }
         }
+    }
+
+    /// The rewritten plan of a test model (input `x` of [`SHAPE`], output `y`), once checked
+    /// to give the bytes of tract's unrewritten plan on the test inputs.
+    fn same_bytes_as_tract(bytes: &[u8], what: &str) -> crate::load::Built {
+        use crate::banded::tests::{input_spec, outputs, test_inputs};
+        use crate::load::{build_with, Target};
+        let [_, c, h, w] = SHAPE;
+        let spec = input_spec(c, h, w);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        let plain = build_with(bytes, &target, false).unwrap();
+        let ours = build_with(bytes, &target, true).unwrap();
+        for data in test_inputs(c * h * w) {
+            assert_eq!(
+                outputs(&plain.plan, &SHAPE, &data),
+                outputs(&ours.plan, &SHAPE, &data),
+                "{what}"
+            );
+        }
+        ours
     }
 
     /// Three quantized tensors concatenated: two with scales and zero points of their own
@@ -461,15 +471,6 @@ mod tests {
     /// i8 output is left to tract.
     #[test]
     fn quantized_concats_keep_tracts_bits() {
-        use crate::banded::tests::{input_spec, outputs, test_inputs};
-        use crate::load::{build_with, Target};
-        let (c, h, w) = (5, 7, 9);
-        let spec = input_spec(c, h, w);
-        let target = Target {
-            input: &spec,
-            output_tensor: "y",
-            batch: 1,
-        };
         for (za, zb, zy) in [(128, 131, 3), (-7, -128, 20), (10, 0, -5)] {
             let init = vec![
                 raw("stretch", D::Float, &[], &[12f32]),
@@ -501,10 +502,9 @@ mod tests {
                 node("QuantizeLinear", &["joined", "sy", "zy"], "yq", vec![]),
                 node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
             ];
-            let bytes = model_bytes("qconcat", nodes, init, ("x", &[1, c, h, w]), "y");
+            let bytes = model_bytes("qconcat", nodes, init, ("x", &SHAPE), "y");
             let what = format!("zero points {za} {zb} {zy}");
-            let plain = build_with(&bytes, &target, false).unwrap();
-            let ours = build_with(&bytes, &target, true).unwrap();
+            let ours = same_bytes_as_tract(&bytes, &what);
             let same_type = [za, zb].iter().all(|z| (*z < 0) == (zy < 0));
             assert_eq!(
                 ours.patches.iter().any(|p| p.contains("quantized Concat")),
@@ -521,13 +521,6 @@ mod tests {
                     .filter(|n| n.name.starts_with("joined") && n.op_is::<super::QTable>())
                     .count();
                 assert_eq!(tables, 2, "{what}: one table per requantized input");
-            }
-            for data in test_inputs(c * h * w) {
-                assert_eq!(
-                    outputs(&plain.plan, &[1, c, h, w], &data),
-                    outputs(&ours.plan, &[1, c, h, w], &data),
-                    "{what}"
-                );
             }
         }
     }

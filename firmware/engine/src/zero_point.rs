@@ -22,6 +22,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::math::{Mul, ShiftLeft};
+use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
 /// Where the column sums of a convolution's patches come from in tract's plan.
@@ -121,4 +122,25 @@ pub(crate) fn per_channel(
             .enumerate()
             .all(|(i, &d)| d == if i == channel_axis { channels } else { 1 });
     along.then_some(values)
+}
+
+/// The one matmul that reads the patches `node` makes, when its other reader, if any, is
+/// the column sums of the zero point's term (QSumB), and the patches are no model output.
+pub(crate) fn patches_matmul<'m>(
+    model: &'m TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<&'m TypedNode>> {
+    let successors = &node.outputs[0].successors;
+    let matmuls: Vec<&TypedNode> = successors
+        .iter()
+        .map(|s| model.node(s.node))
+        .filter(|n| n.op_is::<OptMatMul>())
+        .collect();
+    let patches = OutletId::new(node.id, 0);
+    match matmuls[..] {
+        [matmul] if successors.len() <= 2 && !model.output_outlets()?.contains(&patches) => {
+            Ok(Some(matmul))
+        }
+        _ => Ok(None),
+    }
 }
