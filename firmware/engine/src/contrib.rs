@@ -10,9 +10,12 @@
 //! `QLinearMul` then run from the int8 values to the int8 result in one pass (qbinary.rs,
 //! the same float steps per element) and `QLinearGlobalAveragePool` sums in integers
 //! (qgap.rs); the others run in float (element-wise or pooling steps, a few percent of a
-//! CNN's work), and `edgedx info` lists them among the patches. A `QGemm`'s constant weights are dequantized here once,
-//! per column where they are quantized per column (tract's DequantizeLinear takes a scalar
-//! scale).
+//! CNN's work), and `edgedx info` lists them among the patches. A `QGemm` (a classifier's
+//! head) becomes `MatMulInteger` on its int8 weights, the int32 bias, and one f32
+//! multiplier per column, as onnxruntime computes it; where that cannot be written (a
+//! transposed A, zero points that differ between columns) its constant weights are
+//! dequantized here once, per column where they are quantized per column (tract's
+//! DequantizeLinear takes a scalar scale), and it runs in float.
 //!
 //! onnxruntime computes these operators in float too, and rounds the same way
 //! (`QuantizeLinear`: round half to even, then saturate); its fused kernels may differ from
@@ -36,7 +39,7 @@ use tract_onnx::tensor::load_tensor;
 pub(crate) type Source<'a> = (&'a dyn ModelDataResolver, Option<&'a str>);
 
 /// Lowers every contrib operator listed in the module doc, in place; returns how many of
-/// each (`op_type`, count), in the order first met.
+/// each (`op_type`, count) now have a float step, in the order first met.
 pub(crate) fn lower_contrib_ops(
     model: &mut pb::ModelProto,
     source: Source,
@@ -64,7 +67,10 @@ pub(crate) fn lower_contrib_ops(
         };
         match lowered {
             Some(replacement) => {
-                crate::qdq::tally(&mut counts, &node.op_type);
+                // A QGemm lowered to integer products (`integer_gemm`) runs no float step.
+                if !replacement.iter().any(|n| n.op_type == "MatMulInteger") {
+                    crate::qdq::tally(&mut counts, &node.op_type);
+                }
                 out.extend(replacement);
             }
             None => out.push(node),
@@ -211,6 +217,9 @@ fn lower(
         }
         // (A, a_scale, a_zp, B, b_scale, b_zp, [C], [y_scale], [y_zp])
         "QGemm" => {
+            if let Some(nodes) = integer_gemm(node, initializers, new_initializers) {
+                return Some(nodes);
+            }
             let a = b.dequantize(input(0), input(1), input(2))?;
             let trans_b = attr(node, "transB").is_some_and(|t| t.i != 0);
             let (weights, bias_scales) =
@@ -380,6 +389,95 @@ fn dequantized_weights(
         })
         .collect();
     Some(((dims, values), scales))
+}
+
+/// A QGemm as integer products: `MatMulInteger(A, B)` (B transposed at load when `transB`)
+/// plus the int32 bias C, then one f32 multiplier per column (`alpha · a_scale · b_scale`)
+/// and the output's quantization, as onnxruntime computes it. The weights stay int8 (a
+/// classifier's head: EfficientNet-Lite0's 1280 x 1000 is 1.2 MiB, not 4.9 MiB of f32),
+/// and tract runs the products on its integer kernels. `None`, for the float lowering,
+/// when A is transposed, B is not a 2-D constant, or B's zero point differs between
+/// columns (tract's MatMulInteger takes one).
+fn integer_gemm(
+    node: &pb::NodeProto,
+    initializers: &Constants,
+    new_initializers: &mut Vec<pb::TensorProto>,
+) -> Option<Vec<pb::NodeProto>> {
+    let input = |i: usize| node.input.get(i).map(String::as_str).unwrap_or("");
+    let output = node.output.first()?.as_str();
+    if attr(node, "transA").is_some_and(|t| t.i != 0) || input(2).is_empty() {
+        return None;
+    }
+    let trans_b = attr(node, "transB").is_some_and(|t| t.i != 0);
+    let alpha = attr(node, "alpha").map_or(1.0, |a| a.f);
+    let w = initializers.get(input(3))?;
+    let [rows, cols] = w.shape()[..] else {
+        return None;
+    };
+    let data_type = match w.datum_type() {
+        DatumType::I8 => DataType::Int8,
+        DatumType::U8 => DataType::Uint8,
+        _ => return None,
+    };
+    let (k, columns) = if trans_b { (cols, rows) } else { (rows, cols) };
+    let a_scale = scalar_f32(&initializers.get(input(1))?)?;
+    let b_scales = values::<f32>(&initializers.get(input(4))?)?;
+    let zero_points = match input(5) {
+        "" => vec![0],
+        zp => values::<i32>(&initializers.get(zp)?)?,
+    };
+    let per_column = |n: usize| n == 1 || n == columns;
+    if !per_column(b_scales.len()) || !zero_points.iter().all(|&z| z == zero_points[0]) {
+        return None;
+    }
+    // B as K x columns bytes.
+    let bytes = w.as_bytes();
+    let kn: Vec<u8> = if trans_b {
+        (0..k * columns)
+            .map(|i| bytes[(i % columns) * k + i / columns])
+            .collect()
+    } else {
+        bytes.to_vec()
+    };
+    let mut b = Builder::new(node);
+    let w_name = b.fresh("weights");
+    new_initializers.push(pb::TensorProto {
+        name: w_name.clone(),
+        data_type: data_type as i32,
+        dims: vec![k as i64, columns as i64],
+        raw_data: kn,
+        ..Default::default()
+    });
+    let mut inputs = vec![input(0), &w_name, input(2)];
+    let zp_name = b.fresh("weights_zero_point");
+    if zero_points[0] != 0 {
+        // One zero point for every column, of B's type (MatMulInteger's rule).
+        new_initializers.push(pb::TensorProto {
+            name: zp_name.clone(),
+            data_type: data_type as i32,
+            dims: vec![],
+            raw_data: vec![zero_points[0] as u8],
+            ..Default::default()
+        });
+        inputs.push(&zp_name);
+    }
+    let mut acc = b.op("MatMulInteger", &inputs, vec![]);
+    if !input(6).is_empty() {
+        acc = b.op("Add", &[&acc, input(6)], vec![]);
+    }
+    let floats = b.op("Cast", &[&acc], vec![int_attr("to", DataType::Float as i64)]);
+    let multipliers: Vec<f32> = (0..columns)
+        .map(|c| alpha * a_scale * b_scales[if b_scales.len() == 1 { 0 } else { c }])
+        .collect();
+    let m_name = b.fresh("multipliers");
+    new_initializers.push(f32_tensor(&m_name, &[columns], &multipliers));
+    if input(7).is_empty() {
+        b.op_to("Mul", &[&floats, &m_name], vec![], output);
+        Some(b.nodes)
+    } else {
+        let y = b.op("Mul", &[&floats, &m_name], vec![]);
+        b.quantize(&y, input(7), input(8), output)
+    }
 }
 
 fn scalar_f32(v: &Tensor) -> Option<f32> {
