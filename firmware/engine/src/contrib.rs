@@ -465,7 +465,11 @@ fn integer_gemm(
     if !input(6).is_empty() {
         acc = b.op("Add", &[&acc, input(6)], vec![]);
     }
-    let floats = b.op("Cast", &[&acc], vec![int_attr("to", DataType::Float as i64)]);
+    let floats = b.op(
+        "Cast",
+        &[&acc],
+        vec![int_attr("to", DataType::Float as i64)],
+    );
     let multipliers: Vec<f32> = (0..columns)
         .map(|c| alpha * a_scale * b_scales[if b_scales.len() == 1 { 0 } else { c }])
         .collect();

@@ -199,12 +199,23 @@ fn build_proto(
         None => (&fopen, None),
     };
     let mut lowered = crate::contrib::lower_contrib_ops(&mut proto, source);
-    // QDQ patterns onto QLinearConv before tract sees them (qdq.rs).
-    let (qdq_convs, qdq_pools) = if rewrite {
+    // QDQ patterns onto QLinearConv (and QGemm) before tract sees them (qdq.rs).
+    let fused = if rewrite {
         crate::qdq::fuse_qdq(&mut proto)
     } else {
-        (0, 0)
+        Default::default()
     };
+    // The QGemms written for QDQ Gemms, lowered as a QOperator file's; any that could not
+    // be written as integer products is reported in float with the others.
+    let mut qdq_gemms = fused.gemms;
+    if fused.gemms > 0 {
+        for (op, n) in crate::contrib::lower_contrib_ops(&mut proto, source) {
+            qdq_gemms = qdq_gemms.saturating_sub(n);
+            for _ in 0..n {
+                crate::qdq::tally(&mut lowered, &op);
+            }
+        }
+    }
     // What runs in float between DequantizeLinear and QuantizeLinear, less what the rewrites
     // on the plan below take onto the int8 values (`lowered_nodes`: the nodes contrib.rs
     // wrote for QLinearAdd, QLinearMul, QLinearGlobalAveragePool, ..., to tell them from QDQ
@@ -272,8 +283,19 @@ fn build_proto(
         in_place.reshaped
     );
     let mut patches: Vec<String> = [
-        (qdq_convs, "ran", "QDQ convolution", " as QLinearConv"),
-        (qdq_pools, "ran", "QDQ max pool", " on the quantized values"),
+        (fused.convs, "ran", "QDQ convolution", " as QLinearConv"),
+        (
+            fused.pools,
+            "ran",
+            "QDQ max pool",
+            " on the quantized values",
+        ),
+        (
+            qdq_gemms,
+            "ran",
+            "QDQ Gemm",
+            " as integer products on its int8 weights",
+        ),
         (
             exact_rows,
             "dequantized the input of",

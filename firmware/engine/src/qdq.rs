@@ -14,7 +14,10 @@
 //!   only consumer is the Q;
 //! - `Q(MaxPool(DQ(x)))` with the same scale and zero point on both sides becomes
 //!   `MaxPool(x)`: dequantization is increasing, so the maximum commutes with it, and
-//!   `Q(DQ(v)) = v`. Only unpadded, floor-mode, single-output pools are rewritten.
+//!   `Q(DQ(v)) = v`. Only unpadded, floor-mode, single-output pools are rewritten;
+//! - `[Q](Gemm(DQ(x), DQ(w)[, DQ(b)]))` (a classifier's head) becomes onnxruntime's
+//!   `com.microsoft.QGemm` under the Conv's conditions, which contrib.rs lowers to integer
+//!   products on the int8 weights (tract would keep 4 bytes per weight in f32).
 //!
 //! Anything else is left as it is; the DQ nodes the rewrites leave without consumers are
 //! removed. The integer model then takes the engine's int8 rewrites like a QOperator export.
@@ -27,38 +30,47 @@ use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::prelude::*;
 use tract_onnx::tensor::load_tensor;
 
-/// Rewrites the QDQ patterns above in place and returns how many (convolutions, pools).
-pub(crate) fn fuse_qdq(model: &mut pb::ModelProto) -> (usize, usize) {
+/// How many of each pattern [`fuse_qdq`] rewrote.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Fused {
+    pub(crate) convs: usize,
+    pub(crate) pools: usize,
+    /// Gemms written as `com.microsoft.QGemm`, for contrib.rs to lower.
+    pub(crate) gemms: usize,
+}
+
+/// Rewrites the QDQ patterns above in place and returns how many of each.
+pub(crate) fn fuse_qdq(model: &mut pb::ModelProto) -> Fused {
+    let mut fused = Fused::default();
     let Some(graph) = model.graph.as_mut() else {
-        return (0, 0);
+        return fused;
     };
-    let mut convs = 0;
-    let mut pools = 0;
     // One rewrite at a time, on a fresh index of the graph: each changes what consumes what.
     loop {
         let index = Index::new(graph);
         let found = (0..graph.node.len()).find_map(|i| {
             let node = &graph.node[i];
             match node.op_type.as_str() {
-                "Conv" => conv_rewrite(graph, &index, i).map(|r| (r, true)),
-                "MaxPool" => pool_rewrite(graph, &index, i).map(|r| (r, false)),
+                "Conv" => conv_rewrite(graph, &index, i).map(|r| (r, "Conv")),
+                "MaxPool" => pool_rewrite(graph, &index, i).map(|r| (r, "MaxPool")),
+                "Gemm" => gemm_rewrite(graph, &index, i).map(|r| (r, "Gemm")),
                 _ => None,
             }
         });
-        let Some((rewrite, is_conv)) = found else {
+        let Some((rewrite, op)) = found else {
             break;
         };
         rewrite.apply(graph);
-        if is_conv {
-            convs += 1;
-        } else {
-            pools += 1;
+        match op {
+            "Conv" => fused.convs += 1,
+            "MaxPool" => fused.pools += 1,
+            _ => fused.gemms += 1,
         }
     }
-    if convs + pools > 0 {
+    if fused != Fused::default() {
         remove_unused_dequantizers(graph);
     }
-    (convs, pools)
+    fused
 }
 
 /// The operators left in float between `DequantizeLinear` and `QuantizeLinear` after the
@@ -304,32 +316,14 @@ fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option
         y_zp.into(),
     ];
     if let Some(b) = b {
-        // The bias: int32 in units of x_scale * w_scale, zero point 0, exactly what
-        // QLinearConv adds to its accumulators.
-        let dq_b = &graph.node[index.produced_by(graph, b, "DequantizeLinear")?];
-        let bias = index.value(dq_b.input.first()?)?;
-        let b_scales = floats(&index.value(dq_b.input.get(1)?)?)?;
-        let x_scale = *floats(&index.value(x_scale)?)?.first()?;
-        let zero = match dq_b.input.get(2) {
-            Some(name) if !name.is_empty() => index.value(name)?.is_all_zero().ok()?,
-            _ => true,
-        };
-        let expected = |c: usize| x_scale * w_scales[if per_channel { c } else { 0 }];
-        let scales_match = if b_scales.len() == 1 {
-            !per_channel && b_scales[0].to_bits() == expected(0).to_bits()
-        } else {
-            b_scales.len() == out_channels
-                && (0..out_channels).all(|c| b_scales[c].to_bits() == expected(c).to_bits())
-        };
-        if bias.datum_type() != DatumType::I32
-            || bias.len() != out_channels
-            || !zero
-            || !scales_match
-            || (b_scales.len() > 1 && axis(dq_b) != 0)
-        {
-            return None;
-        }
-        inputs.push(dq_b.input[0].clone());
+        inputs.push(int32_bias(
+            graph,
+            index,
+            b,
+            x_scale,
+            &w_scales,
+            out_channels,
+        )?);
     }
     Some(Rewrite {
         remove: vec![conv_at, q_at],
@@ -340,6 +334,135 @@ fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option
             input: inputs,
             output: vec![q.output.first()?.clone()],
             attribute: conv.attribute.clone(),
+            doc_string: String::new(),
+        },
+    })
+}
+
+/// The int32 values behind the bias `b`, when it is their DequantizeLinear in units of
+/// `x_scale * w_scale` (bit for bit, per output channel when the weights are) with zero
+/// point 0: exactly what QLinearConv and QGemm add to their accumulators.
+fn int32_bias(
+    graph: &pb::GraphProto,
+    index: &Index,
+    b: &str,
+    x_scale: &str,
+    w_scales: &[f32],
+    out_channels: usize,
+) -> Option<String> {
+    let per_channel = w_scales.len() > 1;
+    let dq_b = &graph.node[index.produced_by(graph, b, "DequantizeLinear")?];
+    let bias = index.value(dq_b.input.first()?)?;
+    let b_scales = floats(&index.value(dq_b.input.get(1)?)?)?;
+    let x_scale = *floats(&index.value(x_scale)?)?.first()?;
+    let zero = match dq_b.input.get(2) {
+        Some(name) if !name.is_empty() => index.value(name)?.is_all_zero().ok()?,
+        _ => true,
+    };
+    let expected = |c: usize| x_scale * w_scales[if per_channel { c } else { 0 }];
+    let scales_match = if b_scales.len() == 1 {
+        !per_channel && b_scales[0].to_bits() == expected(0).to_bits()
+    } else {
+        b_scales.len() == out_channels
+            && (0..out_channels).all(|c| b_scales[c].to_bits() == expected(c).to_bits())
+    };
+    let fits = bias.datum_type() == DatumType::I32
+        && bias.len() == out_channels
+        && zero
+        && scales_match
+        && (b_scales.len() == 1 || axis(dq_b) == 0);
+    fits.then(|| dq_b.input[0].clone())
+}
+
+/// `[Q](Gemm(DQ(x), DQ(w)[, DQ(b)]))`, a classifier's head, as onnxruntime's
+/// `com.microsoft.QGemm`, which contrib.rs then lowers to integer products on the int8
+/// weights: the same conditions as a Conv's for the scales, zero points and bias, weights
+/// quantized per tensor or per output column, A not transposed, `beta` 1. Without a
+/// QuantizeLinear after it the QGemm's output is f32, as the Gemm's was.
+fn gemm_rewrite(graph: &pb::GraphProto, index: &Index, gemm_at: usize) -> Option<Rewrite> {
+    let gemm = &graph.node[gemm_at];
+    if !(gemm.domain.is_empty() || gemm.domain == "ai.onnx") || gemm.output.len() != 1 {
+        return None;
+    }
+    let int_attr = |name: &str| gemm.attribute.iter().find(|a| a.name == name).map(|a| a.i);
+    let float_attr = |name: &str| gemm.attribute.iter().find(|a| a.name == name).map(|a| a.f);
+    let trans_b = int_attr("transB").unwrap_or(0) != 0;
+    if int_attr("transA").unwrap_or(0) != 0 || float_attr("beta").unwrap_or(1.0) != 1.0 {
+        return None;
+    }
+    let (x, w, b) = match &gemm.input[..] {
+        [x, w] => (x, w, None),
+        [x, w, b] if !b.is_empty() => (x, w, Some(b)),
+        _ => return None,
+    };
+    let dq_x = &graph.node[index.produced_by(graph, x, "DequantizeLinear")?];
+    let dq_w = &graph.node[index.produced_by(graph, w, "DequantizeLinear")?];
+    let (x_scale, x_zp) = scale_and_zero_point(index, dq_x)?;
+    let (w_scale, w_zp) = scale_and_zero_point(index, dq_w)?;
+    let q_at = index.only_consumer(graph, &gemm.output[0], "QuantizeLinear");
+    let quantized = match q_at {
+        Some(q_at) => Some(scale_and_zero_point(index, &graph.node[q_at])?),
+        None => None,
+    };
+    for name in [x_scale, x_zp]
+        .into_iter()
+        .chain(quantized.into_iter().flat_map(|(s, z)| [s, z]))
+    {
+        if index.value(name)?.len() != 1 {
+            return None;
+        }
+    }
+    // Weights: constant, 2-D, one scale per output column (axis 0 of a transposed B,
+    // axis 1 otherwise), or one for all.
+    let weights = index.constant(&dq_w.input[0])?;
+    let [rows, cols] = weights.dims[..] else {
+        return None;
+    };
+    let columns = if trans_b { rows } else { cols } as usize;
+    let w_scales = floats(&index.value(w_scale)?)?;
+    let per_column = w_scales.len() == columns && columns > 1;
+    if !matches!(dtype(weights), Some(DataType::Int8 | DataType::Uint8))
+        || !(w_scales.len() == 1 || per_column)
+        || index.value(w_zp)?.len() != w_scales.len()
+        || (per_column && axis(dq_w) != if trans_b { 0 } else { 1 })
+    {
+        return None;
+    }
+    let mut inputs = vec![
+        dq_x.input[0].clone(),
+        x_scale.into(),
+        x_zp.into(),
+        dq_w.input[0].clone(),
+        w_scale.into(),
+        w_zp.into(),
+    ];
+    inputs.push(match b {
+        Some(b) => int32_bias(graph, index, b, x_scale, &w_scales, columns)?,
+        None => String::new(),
+    });
+    let mut remove = vec![gemm_at];
+    let output = match (q_at, quantized) {
+        (Some(q_at), Some((y_scale, y_zp))) => {
+            inputs.extend([y_scale.into(), y_zp.into()]);
+            remove.push(q_at);
+            graph.node[q_at].output.first()?.clone()
+        }
+        _ => gemm.output[0].clone(),
+    };
+    Some(Rewrite {
+        remove,
+        node: pb::NodeProto {
+            name: gemm.name.clone(),
+            op_type: "QGemm".into(),
+            domain: "com.microsoft".into(),
+            input: inputs,
+            output: vec![output],
+            attribute: gemm
+                .attribute
+                .iter()
+                .filter(|a| a.name == "alpha" || a.name == "transB")
+                .cloned()
+                .collect(),
             doc_string: String::new(),
         },
     })
@@ -680,7 +803,14 @@ mod tests {
     #[test]
     fn convolutions_and_pools_become_integer_ops() {
         let mut m = model("");
-        assert_eq!(fuse_qdq(&mut m), (1, 1));
+        assert_eq!(
+            fuse_qdq(&mut m),
+            Fused {
+                convs: 1,
+                pools: 1,
+                gemms: 0
+            }
+        );
         assert_eq!(
             ops(&m),
             [
@@ -700,18 +830,23 @@ mod tests {
         assert_eq!(graph.node[2].input, ["cq"]);
         assert_eq!(graph.node[2].output, ["pq"]);
         // Nothing is left to match.
-        assert_eq!(fuse_qdq(&mut m), (0, 0));
+        assert_eq!(fuse_qdq(&mut m), Fused::default());
     }
 
     #[test]
     fn patterns_that_are_not_exactly_integer_ops_are_left_alone() {
-        for (spoil, want) in [
+        for (spoil, (convs, pools)) in [
             ("bias scale", (0, 1)),
             ("conv output read twice", (0, 1)),
             ("pool pads", (1, 0)),
             ("pool scale", (1, 0)),
         ] {
             let mut m = model(spoil);
+            let want = Fused {
+                convs,
+                pools,
+                gemms: 0,
+            };
             assert_eq!(fuse_qdq(&mut m), want, "{spoil}");
         }
     }
@@ -826,6 +961,102 @@ mod tests {
                         "DequantizeLinear"
                     ]
                 );
+            }
+        }
+    }
+
+    /// `x → Flatten → Q → DQ → Gemm(DQ(w), DQ(b)) → [Q → DQ] → y`, weights quantized per
+    /// output column: B as written (transB 0, scales along axis 1) and transposed (transB 1,
+    /// axis 0), with a quantized and a float output. The head runs as integer products and
+    /// gives the float plan's outputs within one output step (a quantized output) or to
+    /// f32 rounding (a float one: both sum the same exact products).
+    #[test]
+    fn qdq_gemm_heads_run_as_integer_products() {
+        use crate::banded::tests::{input_spec, test_inputs};
+        use crate::load::{build_with, Target};
+        let (k, n) = (24usize, 10usize);
+        let (xs, ys) = (0.02f32, 0.05f32);
+        let ws: Vec<f32> = (0..n).map(|c| 0.01 + 0.003 * c as f32).collect();
+        for (trans_b, quantized) in [(false, true), (true, true), (false, false)] {
+            // w[kk][c] (or w[c][kk] transposed): pseudo-random codes in [-127, 127].
+            let code = |kk: usize, c: usize| ((kk * 31 + c * 17) % 255) as i8 as i32 as i8;
+            let w: Vec<i8> = if trans_b {
+                (0..n * k).map(|i| code(i % k, i / k)).collect()
+            } else {
+                (0..k * n).map(|i| code(i / n, i % n)).collect()
+            };
+            let dims = if trans_b { [n, k] } else { [k, n] };
+            let bias: Vec<i32> = (0..n).map(|c| c as i32 * 37 - 150).collect();
+            let bs: Vec<f32> = ws.iter().map(|w| xs * w).collect();
+            let axis = int("axis", i64::from(!trans_b));
+            let mut nodes = vec![
+                node("Flatten", &["x"], "flat", vec![]),
+                node("QuantizeLinear", &["flat", "xs", "xz"], "xq", vec![]),
+                node("DequantizeLinear", &["xq", "xs", "xz"], "xf", vec![]),
+                node("DequantizeLinear", &["wq", "ws", "wz"], "wf", vec![axis]),
+                node("DequantizeLinear", &["bq", "bs"], "bf", vec![axis0()]),
+            ];
+            let gemm_out = if quantized { "g" } else { "y" };
+            nodes.push(node(
+                "Gemm",
+                &["xf", "wf", "bf"],
+                gemm_out,
+                vec![int("transB", i64::from(trans_b))],
+            ));
+            if quantized {
+                nodes.push(node("QuantizeLinear", &["g", "ys", "yz"], "gq", vec![]));
+                nodes.push(node("DequantizeLinear", &["gq", "ys", "yz"], "y", vec![]));
+            }
+            let init = vec![
+                raw("xs", DataType::Float, &[], &[xs]),
+                raw("xz", DataType::Uint8, &[], &[7u8]),
+                raw("wq", DataType::Int8, &dims, &w),
+                raw("ws", DataType::Float, &[n], &ws),
+                raw("wz", DataType::Int8, &[n], &vec![0i8; n]),
+                raw("bq", DataType::Int32, &[n], &bias),
+                raw("bs", DataType::Float, &[n], &bs),
+                raw("ys", DataType::Float, &[], &[ys]),
+                raw("yz", DataType::Uint8, &[], &[128u8]),
+            ];
+            let bytes =
+                crate::onnx_build::model_bytes("qdq-gemm", nodes, init, ("x", &[1, k, 1, 1]), "y");
+            let spec = input_spec(k, 1, 1);
+            let target = Target {
+                input: &spec,
+                output_tensor: "y",
+                batch: 1,
+            };
+            let what = format!("transB {trans_b}, quantized output {quantized}");
+            let plain = build_with(&bytes, &target, false).unwrap();
+            let ours = build_with(&bytes, &target, true).unwrap();
+            assert!(
+                ours.patches
+                    .iter()
+                    .any(|p| p.contains("1 QDQ Gemm as integer products")),
+                "{what}: {:?}",
+                ours.patches
+            );
+            assert!(ours.in_float.is_empty(), "{what}: {:?}", ours.in_float);
+            let run = |plan: &crate::Plan, data: &[f32]| -> Vec<f32> {
+                let input = Tensor::from_shape(&[1, k, 1, 1], data).unwrap();
+                let out = plan.run(tvec!(input.into_tvalue())).unwrap();
+                out[0]
+                    .to_plain_array_view::<f32>()
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect()
+            };
+            for data in test_inputs(k) {
+                let data: Vec<f32> = data.iter().map(|v| v * 4.0 - 2.0).collect();
+                let (want, got) = (run(&plain.plan, &data), run(&ours.plan, &data));
+                let tolerance = if quantized { ys * 1.001 } else { 1e-4 };
+                for (a, b) in want.iter().zip(&got) {
+                    assert!(
+                        (a - b).abs() <= tolerance,
+                        "{what}: {want:?} against {got:?}"
+                    );
+                }
             }
         }
     }
