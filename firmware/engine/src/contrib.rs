@@ -125,7 +125,7 @@ fn lower(
     initializers: &Constants,
     new_initializers: &mut Vec<pb::TensorProto>,
 ) -> Option<Vec<pb::NodeProto>> {
-    let input = |i: usize| node.input.get(i).map(String::as_str).unwrap_or("");
+    let input = |i: usize| input_name(node, i);
     let output = node.output.first()?.as_str();
     if output.is_empty() {
         return None;
@@ -217,7 +217,7 @@ fn lower(
         }
         // (A, a_scale, a_zp, B, b_scale, b_zp, [C], [y_scale], [y_zp])
         "QGemm" => {
-            if let Some(nodes) = integer_gemm(node, initializers, new_initializers) {
+            if let Some(nodes) = integer_gemm(node, output, initializers, new_initializers) {
                 return Some(nodes);
             }
             let a = b.dequantize(input(0), input(1), input(2))?;
@@ -400,11 +400,11 @@ fn dequantized_weights(
 /// columns (tract's MatMulInteger takes one).
 fn integer_gemm(
     node: &pb::NodeProto,
+    output: &str,
     initializers: &Constants,
     new_initializers: &mut Vec<pb::TensorProto>,
 ) -> Option<Vec<pb::NodeProto>> {
-    let input = |i: usize| node.input.get(i).map(String::as_str).unwrap_or("");
-    let output = node.output.first()?.as_str();
+    let input = |i: usize| input_name(node, i);
     if attr(node, "transA").is_some_and(|t| t.i != 0) || input(2).is_empty() {
         return None;
     }
@@ -482,6 +482,11 @@ fn integer_gemm(
         let y = b.op("Mul", &[&floats, &m_name], vec![]);
         b.quantize(&y, input(7), input(8), output)
     }
+}
+
+/// Input `i` of `node`, or "" when it is omitted.
+fn input_name(node: &pb::NodeProto, i: usize) -> &str {
+    node.input.get(i).map(String::as_str).unwrap_or("")
 }
 
 fn scalar_f32(v: &Tensor) -> Option<f32> {

@@ -269,22 +269,78 @@ fn scale_and_zero_point<'g>(
     Some((scale.as_str(), zero_point.as_str()))
 }
 
-fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option<Rewrite> {
-    let conv = &graph.node[conv_at];
-    if !(conv.domain.is_empty() || conv.domain == "ai.onnx") || conv.output.len() != 1 {
+/// A standard-domain node `op(DQ(x), DQ(w)[, b])` of one output: its DequantizeLinear nodes,
+/// their constant scales and zero points, and the bias input if any.
+struct Dequantized<'g> {
+    dq_x: &'g pb::NodeProto,
+    dq_w: &'g pb::NodeProto,
+    x: (&'g str, &'g str),
+    w: (&'g str, &'g str),
+    bias: Option<&'g str>,
+}
+
+impl Dequantized<'_> {
+    /// x, its scale and zero point, w, its scale and zero point: the first six inputs of a
+    /// QLinearConv and of a QGemm.
+    fn inputs(&self) -> Vec<String> {
+        let (x, w) = (&self.dq_x.input[0], &self.dq_w.input[0]);
+        [x.as_str(), self.x.0, self.x.1, w, self.w.0, self.w.1]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// The weights' scales and the output channels, when the weights are a constant
+    /// int8 or uint8 tensor of `rank` dimensions quantized with one scale for all or one
+    /// per output channel along `channel_axis`, and as many zero points.
+    fn weight_scales(
+        &self,
+        index: &Index,
+        rank: usize,
+        channel_axis: usize,
+    ) -> Option<(Vec<f32>, usize)> {
+        let weights = index.constant(&self.dq_w.input[0])?;
+        let channels = *weights.dims.get(channel_axis)? as usize;
+        let scales = floats(&index.value(self.w.0)?)?;
+        let per_channel = scales.len() == channels && channels > 1;
+        let fits = weights.dims.len() == rank
+            && matches!(dtype(weights), Some(DataType::Int8 | DataType::Uint8))
+            && (scales.len() == 1 || per_channel)
+            && index.value(self.w.1)?.len() == scales.len()
+            && (!per_channel || axis(self.dq_w) == channel_axis as i64);
+        fits.then_some((scales, channels))
+    }
+}
+
+fn dequantized_operands<'g>(
+    graph: &'g pb::GraphProto,
+    index: &Index<'g>,
+    node: &'g pb::NodeProto,
+) -> Option<Dequantized<'g>> {
+    if !(node.domain.is_empty() || node.domain == "ai.onnx") || node.output.len() != 1 {
         return None;
     }
-    let (x, w, b) = match &conv.input[..] {
+    let (x, w, bias) = match &node.input[..] {
         [x, w] => (x, w, None),
-        [x, w, b] if !b.is_empty() => (x, w, Some(b)),
+        [x, w, b] if !b.is_empty() => (x, w, Some(b.as_str())),
         _ => return None,
     };
     let dq_x = &graph.node[index.produced_by(graph, x, "DequantizeLinear")?];
     let dq_w = &graph.node[index.produced_by(graph, w, "DequantizeLinear")?];
+    Some(Dequantized {
+        dq_x,
+        dq_w,
+        x: scale_and_zero_point(index, dq_x)?,
+        w: scale_and_zero_point(index, dq_w)?,
+        bias,
+    })
+}
+
+fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option<Rewrite> {
+    let conv = &graph.node[conv_at];
+    let operands = dequantized_operands(graph, index, conv)?;
+    let ((x_scale, x_zp), b) = (operands.x, operands.bias);
     let q_at = index.only_consumer(graph, &conv.output[0], "QuantizeLinear")?;
     let q = &graph.node[q_at];
-    let (x_scale, x_zp) = scale_and_zero_point(index, dq_x)?;
-    let (w_scale, w_zp) = scale_and_zero_point(index, dq_w)?;
     let (y_scale, y_zp) = scale_and_zero_point(index, q)?;
     // Activations: one scale and zero point each.
     for name in [x_scale, x_zp, y_scale, y_zp] {
@@ -292,29 +348,10 @@ fn conv_rewrite(graph: &pb::GraphProto, index: &Index, conv_at: usize) -> Option
             return None;
         }
     }
-    // Weights: constant, 4-D, one scale per output channel along axis 0, or one for all.
-    let weights = index.constant(&dq_w.input[0])?;
-    let out_channels = *weights.dims.first()? as usize;
-    let w_scales = floats(&index.value(w_scale)?)?;
-    let per_channel = w_scales.len() == out_channels && out_channels > 1;
-    if weights.dims.len() != 4
-        || !matches!(dtype(weights), Some(DataType::Int8 | DataType::Uint8))
-        || !(w_scales.len() == 1 || per_channel)
-        || index.value(w_zp)?.len() != w_scales.len()
-        || (per_channel && axis(dq_w) != 0)
-    {
-        return None;
-    }
-    let mut inputs = vec![
-        dq_x.input[0].clone(),
-        x_scale.into(),
-        x_zp.into(),
-        dq_w.input[0].clone(),
-        w_scale.into(),
-        w_zp.into(),
-        y_scale.into(),
-        y_zp.into(),
-    ];
+    // Weights: 4-D, one scale per output channel along axis 0, or one for all.
+    let (w_scales, out_channels) = operands.weight_scales(index, 4, 0)?;
+    let mut inputs = operands.inputs();
+    inputs.extend([y_scale.into(), y_zp.into()]);
     if let Some(b) = b {
         inputs.push(int32_bias(
             graph,
@@ -381,24 +418,14 @@ fn int32_bias(
 /// QuantizeLinear after it the QGemm's output is f32, as the Gemm's was.
 fn gemm_rewrite(graph: &pb::GraphProto, index: &Index, gemm_at: usize) -> Option<Rewrite> {
     let gemm = &graph.node[gemm_at];
-    if !(gemm.domain.is_empty() || gemm.domain == "ai.onnx") || gemm.output.len() != 1 {
-        return None;
-    }
     let int_attr = |name: &str| gemm.attribute.iter().find(|a| a.name == name).map(|a| a.i);
     let float_attr = |name: &str| gemm.attribute.iter().find(|a| a.name == name).map(|a| a.f);
     let trans_b = int_attr("transB").unwrap_or(0) != 0;
     if int_attr("transA").unwrap_or(0) != 0 || float_attr("beta").unwrap_or(1.0) != 1.0 {
         return None;
     }
-    let (x, w, b) = match &gemm.input[..] {
-        [x, w] => (x, w, None),
-        [x, w, b] if !b.is_empty() => (x, w, Some(b)),
-        _ => return None,
-    };
-    let dq_x = &graph.node[index.produced_by(graph, x, "DequantizeLinear")?];
-    let dq_w = &graph.node[index.produced_by(graph, w, "DequantizeLinear")?];
-    let (x_scale, x_zp) = scale_and_zero_point(index, dq_x)?;
-    let (w_scale, w_zp) = scale_and_zero_point(index, dq_w)?;
+    let operands = dequantized_operands(graph, index, gemm)?;
+    let ((x_scale, x_zp), b) = (operands.x, operands.bias);
     let q_at = index.only_consumer(graph, &gemm.output[0], "QuantizeLinear");
     let quantized = match q_at {
         Some(q_at) => Some(scale_and_zero_point(index, &graph.node[q_at])?),
@@ -412,30 +439,10 @@ fn gemm_rewrite(graph: &pb::GraphProto, index: &Index, gemm_at: usize) -> Option
             return None;
         }
     }
-    // Weights: constant, 2-D, one scale per output column (axis 0 of a transposed B,
-    // axis 1 otherwise), or one for all.
-    let weights = index.constant(&dq_w.input[0])?;
-    let [rows, cols] = weights.dims[..] else {
-        return None;
-    };
-    let columns = if trans_b { rows } else { cols } as usize;
-    let w_scales = floats(&index.value(w_scale)?)?;
-    let per_column = w_scales.len() == columns && columns > 1;
-    if !matches!(dtype(weights), Some(DataType::Int8 | DataType::Uint8))
-        || !(w_scales.len() == 1 || per_column)
-        || index.value(w_zp)?.len() != w_scales.len()
-        || (per_column && axis(dq_w) != if trans_b { 0 } else { 1 })
-    {
-        return None;
-    }
-    let mut inputs = vec![
-        dq_x.input[0].clone(),
-        x_scale.into(),
-        x_zp.into(),
-        dq_w.input[0].clone(),
-        w_scale.into(),
-        w_zp.into(),
-    ];
+    // Weights: 2-D, one scale per output column (axis 0 of a transposed B, axis 1
+    // otherwise), or one for all.
+    let (w_scales, columns) = operands.weight_scales(index, 2, usize::from(!trans_b))?;
+    let mut inputs = operands.inputs();
     inputs.push(match b {
         Some(b) => int32_bias(graph, index, b, x_scale, &w_scales, columns)?,
         None => String::new(),
