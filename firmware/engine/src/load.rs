@@ -380,15 +380,15 @@ fn build_proto(
             // Each fused node as (its QDQ operator, its contrib operator, its node's name).
             // A table's chain is one node of the census when all its steps come from one
             // ONNX node (a Clip is tract's Max and Min); longer chains were not counted.
+            // The census entry of the ONNX node a plan node came from.
+            let entry =
+                |(name, op): &(String, String)| (op.clone(), format!("QLinear{op}"), name.clone());
             let chain_nodes = chains.into_iter().filter_map(|steps| {
                 let mut sources = steps
                     .iter()
                     .map(|step| crate::qdq::onnx_node_of(&onnx_nodes, step));
                 let first = sources.next()??;
-                sources.all(|s| s == Some(first)).then(|| {
-                    let (name, op) = first;
-                    (op.clone(), format!("QLinear{op}"), name.clone())
-                })
+                sources.all(|s| s == Some(first)).then(|| entry(first))
             });
             // tract's own tables: it makes one of a quantized unary chain (a Sigmoid between
             // its DequantizeLinear and QuantizeLinear) at declutter, so that node runs on
@@ -398,7 +398,7 @@ fn build_proto(
                 .iter()
                 .filter(|n| n.op.name() == "LookupTable")
                 .filter_map(|n| crate::qdq::onnx_node_of(&onnx_nodes, &n.name))
-                .map(|(name, op)| (op.clone(), format!("QLinear{op}"), name.clone()))
+                .map(entry)
                 .collect();
             let fused_nodes = fused_binaries
                 .into_iter()
@@ -415,10 +415,12 @@ fn build_proto(
                 }))
                 .chain(chain_nodes)
                 .chain(tract_tables)
-                .chain(joined.iter().filter_map(|concat| {
-                    let (name, op) = crate::qdq::onnx_node_of(&onnx_nodes, concat)?;
-                    Some((op.clone(), format!("QLinear{op}"), name.clone()))
-                }));
+                .chain(
+                    joined
+                        .iter()
+                        .filter_map(|concat| crate::qdq::onnx_node_of(&onnx_nodes, concat))
+                        .map(entry),
+                );
             for (qdq_op, contrib_op, name) in fused_nodes {
                 let from_lowered = lowered_nodes
                     .iter()
