@@ -24,10 +24,8 @@ use tract_linalg::mmm::{
 };
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
-use tract_onnx::tract_core::ops::math::{Add, Sub};
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
 use tract_onnx::tract_core::ops::matmul::pack::{DynPackedExoticFact, OptMatMulPack};
 use tract_onnx::tract_core::ops::matmul::ModePicker;
@@ -575,15 +573,13 @@ fn run_at(
     };
     // Where the column sums of the patches come from in tract's plan: QSumB over them, or
     // for a 1x1 convolution a Reduce<Sum> over the channels of its input.
-    let column_sums = |term: OutletId| -> TractResult<Option<Arc<Tensor>>> {
-        use crate::zero_point::{weight_zero_point, Sums};
-        if let Some(zw) = weight_zero_point(model, term, Sums::Patches(patches))? {
-            return Ok(Some(zw));
-        }
-        let x = node.inputs[0];
-        let axis = image.rank() - 3;
-        weight_zero_point(model, term, Sums::Channels { x, axis })
-    };
+    let sources = [
+        crate::zero_point::Sums::Patches(patches),
+        crate::zero_point::Sums::Channels {
+            x: node.inputs[0],
+            axis: image.rank() - 3,
+        },
+    ];
     // The matmul: one kernel, the patches used once as the operand expected, and fused ops
     // that act per output channel or on every element alike (nothing per output position).
     let slots: Vec<usize> = (0..mm_node.inputs.len())
@@ -625,7 +621,11 @@ fn run_at(
             | ProtoFusedSpec::BinPerRow(slot, tract_linalg::BinOp::SubF, _)
                 if fused_zero_point.is_none() =>
             {
-                match column_sums(mm_node.inputs[*slot])? {
+                match crate::zero_point::weight_zero_point_from(
+                    model,
+                    mm_node.inputs[*slot],
+                    &sources,
+                )? {
                     Some(zw) if zw.len() == 1 => {
                         fused_zero_point = Some((ix, zw.cast_to_scalar::<i32>()?))
                     }
@@ -672,57 +672,18 @@ fn run_at(
     };
     // Constant Adds and Subs of the sums, and the zero point's term, then [reshape] and
     // Requantize.
-    let mut after = After::default();
-    if let Some((_, zw)) = fused_zero_point {
-        after.zero_point = Some(vec![zw; channels]);
-    }
-    let mut at = mm_node;
-    let mut rq_node = loop {
-        let Some(next) = only_successor(at.id)? else {
-            return Ok(None);
-        };
-        let Some(bin) = next.op_as::<TypedBinOp>() else {
-            break next;
-        };
-        let subtracts = bin.0.is::<Sub>();
-        if !(subtracts || bin.0.is::<Add>())
-            || next.outputs[0].fact.datum_type != DatumType::I32
-            || next.outputs[0].fact.shape.as_concrete() != Some(c_shape)
-        {
-            return Ok(None);
-        }
-        // `acc - t` or `acc + t` (or `t + acc`).
-        let other = match next.inputs.iter().position(|o| o.node == at.id) {
-            Some(0) => next.inputs[1],
-            Some(1) if !subtracts => next.inputs[0],
-            _ => return Ok(None),
-        };
-        let per_channel =
-            |k: &Tensor| crate::zero_point::per_channel(k, rank, channel_axis, channels);
-        if let Some(k) = &model.outlet_fact(other)?.konst {
-            let Some(values) = per_channel(k) else {
-                return Ok(None);
-            };
-            let offsets = after.offsets.get_or_insert_with(|| vec![0; channels]);
-            for (o, v) in offsets.iter_mut().zip(values) {
-                *o = if subtracts {
-                    o.wrapping_sub(v)
-                } else {
-                    o.wrapping_add(v)
-                };
-            }
-        } else {
-            let zw = match column_sums(other)? {
-                Some(zw) if subtracts && after.zero_point.is_none() => zw,
-                _ => return Ok(None),
-            };
-            let Some(zw) = per_channel(&zw) else {
-                return Ok(None);
-            };
-            after.zero_point = Some(zw);
-        }
-        at = next;
+    let shape = (c_shape, channel_axis);
+    let has_term = fused_zero_point.is_some();
+    let Some(tail) = crate::zero_point::tail(model, mm_node, shape, &sources, has_term)? else {
+        return Ok(None);
     };
+    let after = After {
+        offsets: tail.offsets,
+        zero_point: tail
+            .zero_point
+            .or(fused_zero_point.map(|(_, zw)| vec![zw; channels])),
+    };
+    let mut rq_node = tail.next;
     if rq_node.op_is::<IntoShape>() {
         let Some(after) = only_successor(rq_node.id)? else {
             return Ok(None);

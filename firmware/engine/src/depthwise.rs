@@ -24,11 +24,9 @@ use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
 use tract_linalg::BinOp;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::cnn::conv::Im2Col;
 use tract_onnx::tract_core::ops::cnn::PoolSpec;
-use tract_onnx::tract_core::ops::math::{Add, Sub};
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
 use tract_onnx::tract_core::ops::matmul::ModePicker;
 use tract_onnx::tract_core::ops::nn::DataFormat;
@@ -343,63 +341,15 @@ fn run_at(
     };
     // Constant Adds and Subs on the accumulators, and the weight zero point's term, then the
     // reshape and the requantization.
-    let mut zero_point = None;
-    let mut at = mm_node;
-    loop {
-        if outputs.contains(&OutletId::new(at.id, 0)) {
-            return Ok(None);
-        }
-        let Some(next) = model.single_succ(at.id)? else {
-            return Ok(None);
-        };
-        let Some(bin) = next.op_as::<TypedBinOp>() else {
-            at = next;
-            break;
-        };
-        let sign = if bin.0.is::<Add>() {
-            1
-        } else if bin.0.is::<Sub>() {
-            -1
-        } else {
-            return Ok(None);
-        };
-        // `acc - c` or `acc + c` (or `c + acc`), with c one value per channel.
-        let other = match next.inputs.iter().position(|o| o.node == at.id) {
-            Some(0) => next.inputs[1],
-            Some(1) if sign == 1 => next.inputs[0],
-            _ => return Ok(None),
-        };
-        let out_fact = &next.outputs[0].fact;
-        if out_fact.datum_type != DatumType::I32 || out_fact.shape.as_concrete() != Some(c_shape) {
-            return Ok(None);
-        }
-        let Some(k) = &model.outlet_fact(other)?.konst else {
-            // `acc - zw · Σ x`, once: zw per tensor or per channel.
-            let sums = crate::zero_point::Sums::Patches(patches);
-            let zw = match crate::zero_point::weight_zero_point(model, other, sums)? {
-                Some(zw) if sign == -1 && zero_point.is_none() => zw,
-                _ => return Ok(None),
-            };
-            let Some(zw) = crate::zero_point::per_channel(&zw, 4, 1, channels) else {
-                return Ok(None);
-            };
-            zero_point = Some(zw);
-            at = next;
-            continue;
-        };
-        let Some(values) = crate::zero_point::per_channel(k, 4, 1, channels) else {
-            return Ok(None);
-        };
-        for (o, v) in offsets.iter_mut().zip(values) {
-            *o = if sign == 1 {
-                o.wrapping_add(v)
-            } else {
-                o.wrapping_sub(v)
-            };
-        }
-        at = next;
+    let sources = [crate::zero_point::Sums::Patches(patches)];
+    let Some(tail) = crate::zero_point::tail(model, mm_node, (c_shape, 1), &sources, false)? else {
+        return Ok(None);
+    };
+    for (o, v) in offsets.iter_mut().zip(tail.offsets.iter().flatten()) {
+        *o = o.wrapping_add(*v);
     }
-    let reshape = at;
+    let zero_point = tail.zero_point;
+    let reshape = tail.next;
     if !reshape.op_is::<IntoShape>() || outputs.contains(&OutletId::new(reshape.id, 0)) {
         return Ok(None);
     }

@@ -21,7 +21,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::IntoShape;
-use tract_onnx::tract_core::ops::math::{Mul, ShiftLeft};
+use tract_onnx::tract_core::ops::math::{Add, Mul, ShiftLeft, Sub};
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
@@ -142,5 +142,102 @@ pub(crate) fn patches_matmul<'m>(
             Ok(Some(matmul))
         }
         _ => Ok(None),
+    }
+}
+
+/// `zw` of the term `term` from the first of `sources` it is made from (see
+/// [`weight_zero_point`]).
+pub(crate) fn weight_zero_point_from(
+    model: &TypedModel,
+    term: OutletId,
+    sources: &[Sums],
+) -> TractResult<Option<Arc<Tensor>>> {
+    for &sums in sources {
+        if let Some(zw) = weight_zero_point(model, term, sums)? {
+            return Ok(Some(zw));
+        }
+    }
+    Ok(None)
+}
+
+/// What tract's plan does to a convolution's sums between its matmul and what follows them
+/// (a reshape, a requantization), per output channel.
+pub(crate) struct Tail<'m> {
+    /// The constants it adds (wrapping in i32), when it adds any.
+    pub(crate) offsets: Option<Vec<i32>>,
+    /// `zw` of the zero point's term it subtracts, when it does.
+    pub(crate) zero_point: Option<Vec<i32>>,
+    /// The first node after them.
+    pub(crate) next: &'m TypedNode,
+}
+
+/// The single-consumer chain of Adds and Subs after the matmul node `matmul` (its output of
+/// shape `c_shape`, channels along `channel_axis`): constants of one value or one per
+/// channel, added or subtracted, and at most one zero point's term (`acc − zw · Σ x`) from
+/// `sources`, none when `has_term` (the matmul subtracts it already). `None` for anything
+/// else, or when a value of the chain is a model output.
+pub(crate) fn tail<'m>(
+    model: &'m TypedModel,
+    matmul: &'m TypedNode,
+    (c_shape, channel_axis): (&[usize], usize),
+    sources: &[Sums],
+    has_term: bool,
+) -> TractResult<Option<Tail<'m>>> {
+    let channels = c_shape[channel_axis];
+    let outputs = model.output_outlets()?;
+    let (mut offsets, mut zero_point): (Option<Vec<i32>>, _) = (None, None);
+    let mut at = matmul;
+    loop {
+        if outputs.contains(&OutletId::new(at.id, 0)) {
+            return Ok(None);
+        }
+        let Some(next) = model.single_succ(at.id)? else {
+            return Ok(None);
+        };
+        let Some(bin) = next.op_as::<TypedBinOp>() else {
+            return Ok(Some(Tail {
+                offsets,
+                zero_point,
+                next,
+            }));
+        };
+        let subtracts = bin.0.is::<Sub>();
+        let out_fact = &next.outputs[0].fact;
+        if !(subtracts || bin.0.is::<Add>())
+            || out_fact.datum_type != DatumType::I32
+            || out_fact.shape.as_concrete() != Some(c_shape)
+        {
+            return Ok(None);
+        }
+        // `acc - t` or `acc + t` (or `t + acc`).
+        let other = match next.inputs.iter().position(|o| o.node == at.id) {
+            Some(0) => next.inputs[1],
+            Some(1) if !subtracts => next.inputs[0],
+            _ => return Ok(None),
+        };
+        let along = |k: &Tensor| per_channel(k, c_shape.len(), channel_axis, channels);
+        if let Some(k) = &model.outlet_fact(other)?.konst {
+            let Some(values) = along(k) else {
+                return Ok(None);
+            };
+            let sums = offsets.get_or_insert_with(|| vec![0; channels]);
+            for (o, v) in sums.iter_mut().zip(values) {
+                *o = if subtracts {
+                    o.wrapping_sub(v)
+                } else {
+                    o.wrapping_add(v)
+                };
+            }
+        } else {
+            let zw = match weight_zero_point_from(model, other, sources)? {
+                Some(zw) if subtracts && !has_term && zero_point.is_none() => zw,
+                _ => return Ok(None),
+            };
+            let Some(zw) = along(&zw) else {
+                return Ok(None);
+            };
+            zero_point = Some(zw);
+        }
+        at = next;
     }
 }
