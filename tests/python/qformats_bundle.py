@@ -69,8 +69,10 @@ def build_fp32(rng: np.random.Generator) -> onnx.ModelProto:
     b1 = conv("res", "br1", 24, 16, 3, stride=(2, 2))                       # 5x14
     b2 = conv("res", "br2", 24, 16, 1, stride=(2, 2))
     nodes.append(helper.make_node("Concat", [b1, b2], ["cat"], axis=1))
-    nodes.append(helper.make_node("AveragePool", ["cat"], ["avg"], kernel_shape=[2, 2],
-                                  strides=[1, 1]))                               # 4x13
+    # A padded window whose padding is not counted (as Inception's branch pools).
+    nodes.append(helper.make_node("AveragePool", ["cat"], ["avg"], kernel_shape=[3, 3],
+                                  strides=[1, 1], pads=[1, 1, 1, 1],
+                                  count_include_pad=0))                          # 5x14
     h = conv("avg", "head", 32, 64, 1)
     nodes.append(helper.make_node("GlobalAveragePool", [h], ["gap"]))
     nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))

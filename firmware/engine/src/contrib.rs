@@ -8,9 +8,9 @@
 //! operator, quantize the result", which is what this module writes in its place:
 //! `DequantizeLinear` → the standard operator → `QuantizeLinear`. `QLinearAdd` and
 //! `QLinearMul` then run from the int8 values to the int8 result in one pass (qbinary.rs,
-//! the same float steps per element) and `QLinearGlobalAveragePool` sums in integers
-//! (qgap.rs); the others run in float (element-wise or pooling steps, a few percent of a
-//! CNN's work), and `edgedx info` lists them among the patches. A `QGemm` (a classifier's
+//! the same float steps per element), the pools sum in integers (avgpool.rs), `QLinearConcat`
+//! joins the int8 values and the element-wise ones become 256-entry tables (qtable.rs);
+//! what stays in float (`QLinearSoftmax`, a channels-last pool) `edgedx info` lists. A `QGemm` (a classifier's
 //! head) becomes `MatMulInteger` on its int8 weights, the int32 bias, and one f32
 //! multiplier per column, as onnxruntime computes it; where that cannot be written (a
 //! transposed A, zero points that differ between columns) its constant weights are

@@ -5,6 +5,7 @@
 //! type crosses this crate's boundary. Loading and running are isolated from tract panics,
 //! which malformed models can trigger (see ../shared/DESIGN.md).
 
+mod avgpool;
 mod banded;
 mod contrib;
 mod cpu;
@@ -22,7 +23,6 @@ mod onnx_build;
 mod pool;
 mod qbinary;
 mod qdq;
-mod qgap;
 mod qtable;
 mod quantize;
 mod rewrite;

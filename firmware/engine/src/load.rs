@@ -230,6 +230,7 @@ fn build_proto(
             "Sigmoid",
             "LeakyRelu",
             "Concat",
+            "AveragePool",
         ],
     );
     // Each ONNX node as tract names it, with its operator: the rewrites name the plan's
@@ -285,9 +286,9 @@ fn build_proto(
     let mut patches: Vec<String> = [
         (fused.convs, "ran", "QDQ convolution", " as QLinearConv"),
         (
-            fused.pools,
+            fused.moves,
             "ran",
-            "QDQ max pool",
+            "QDQ max pool or shape node",
             " on the quantized values",
         ),
         (
@@ -319,7 +320,7 @@ fn build_proto(
         let mut zero_points = 0;
         let mut concats = 0;
         let mut binaries = 0;
-        let mut global_pools = 0;
+        let mut average_pools = 0;
         let mut tables = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
@@ -362,9 +363,10 @@ fn build_proto(
                 crate::qbinary::fuse_quantized_binaries(&mut optimized).map_err(|e| {
                     load_err(format!("fusing the quantized Adds and Muls failed: {e:#}"))
                 })?;
-            let fused_pools = crate::qgap::fuse_quantized_pools(&mut optimized).map_err(|e| {
-                load_err(format!("fusing the quantized global pools failed: {e:#}"))
-            })?;
+            let fused_pools =
+                crate::avgpool::fuse_quantized_pools(&mut optimized).map_err(|e| {
+                    load_err(format!("fusing the quantized global pools failed: {e:#}"))
+                })?;
             let chains = crate::qtable::tabulate_quantized_chains(&mut optimized).map_err(|e| {
                 load_err(format!(
                     "tabulating the quantized element-wise chains failed: {e:#}"
@@ -374,7 +376,7 @@ fn build_proto(
                 load_err(format!("concatenating the quantized tensors failed: {e:#}"))
             })?;
             binaries = fused_binaries.len();
-            global_pools = fused_pools.len();
+            average_pools = fused_pools.len();
             tables = chains.len();
             concats = joined.len();
             // Each fused node as (its QDQ operator, its contrib operator, its node's name).
@@ -406,13 +408,7 @@ fn build_proto(
                     false => ("Add".to_string(), "QLinearAdd".to_string(), name),
                     true => ("Mul".to_string(), "QLinearMul".to_string(), name),
                 })
-                .chain(fused_pools.into_iter().map(|name| {
-                    (
-                        "GlobalAveragePool".to_string(),
-                        "QLinearGlobalAveragePool".to_string(),
-                        name,
-                    )
-                }))
+                .chain(fused_pools.iter().map(entry))
                 .chain(chain_nodes)
                 .chain(tract_tables)
                 .chain(
@@ -449,7 +445,7 @@ fn build_proto(
                 .count();
             log::debug!(
                 "int8 rewrites: {folded_chains} constant chains, {removed} zero-point terms, {packers} packings, {pools} max \
-                 pools, {fused} requantizations, {banded} banded, {depthwise} depthwise, {binaries} quantized Add/Mul, {global_pools} global pools, {tables} tables; plan {nodes} -> {} nodes",
+                 pools, {fused} requantizations, {banded} banded, {depthwise} depthwise, {binaries} quantized Add/Mul, {average_pools} average pools, {tables} tables; plan {nodes} -> {} nodes",
                 optimized.nodes().len()
             );
         }
@@ -506,9 +502,9 @@ fn build_proto(
                     " in one pass each, without f32 tensors between the steps",
                 ),
                 (
-                    global_pools,
+                    average_pools,
                     "summed",
-                    "quantized global average pool",
+                    "quantized average pool",
                     " in integers",
                 ),
                 (
@@ -976,7 +972,7 @@ pub(crate) mod tests {
                 fused.patches[..2],
                 [
                     "ran 5 QDQ convolutions as QLinearConv",
-                    "ran 4 QDQ max pools on the quantized values"
+                    "ran 4 QDQ max pool or shape nodes on the quantized values"
                 ]
             );
             let shape = m.input.shape(batch);

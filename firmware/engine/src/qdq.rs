@@ -14,7 +14,8 @@
 //!   only consumer is the Q;
 //! - `Q(MaxPool(DQ(x)))` with the same scale and zero point on both sides becomes
 //!   `MaxPool(x)`: dequantization is increasing, so the maximum commutes with it, and
-//!   `Q(DQ(v)) = v`. Only unpadded, floor-mode, single-output pools are rewritten;
+//!   `Q(DQ(v)) = v`; so do the shape operators (Flatten, Reshape, Transpose, Squeeze,
+//!   Unsqueeze), which move values without changing them;
 //! - `[Q](Gemm(DQ(x), DQ(w)[, DQ(b)]))` (a classifier's head) becomes onnxruntime's
 //!   `com.microsoft.QGemm` under the Conv's conditions, which contrib.rs lowers to integer
 //!   products on the int8 weights (tract would keep 4 bytes per weight in f32).
@@ -34,7 +35,8 @@ use tract_onnx::tensor::load_tensor;
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Fused {
     pub(crate) convs: usize,
-    pub(crate) pools: usize,
+    /// Max pools and shape operators run on the quantized values.
+    pub(crate) moves: usize,
     /// Gemms written as `com.microsoft.QGemm`, for contrib.rs to lower.
     pub(crate) gemms: usize,
 }
@@ -52,9 +54,8 @@ pub(crate) fn fuse_qdq(model: &mut pb::ModelProto) -> Fused {
             let node = &graph.node[i];
             match node.op_type.as_str() {
                 "Conv" => conv_rewrite(graph, &index, i).map(|r| (r, "Conv")),
-                "MaxPool" => pool_rewrite(graph, &index, i).map(|r| (r, "MaxPool")),
                 "Gemm" => gemm_rewrite(graph, &index, i).map(|r| (r, "Gemm")),
-                _ => None,
+                _ => moves_values_rewrite(graph, &index, i).map(|r| (r, "moves")),
             }
         });
         let Some((rewrite, op)) = found else {
@@ -63,7 +64,7 @@ pub(crate) fn fuse_qdq(model: &mut pb::ModelProto) -> Fused {
         rewrite.apply(graph);
         match op {
             "Conv" => fused.convs += 1,
-            "MaxPool" => fused.pools += 1,
+            "moves" => fused.moves += 1,
             _ => fused.gemms += 1,
         }
     }
@@ -475,28 +476,33 @@ fn gemm_rewrite(graph: &pb::GraphProto, index: &Index, gemm_at: usize) -> Option
     })
 }
 
-fn pool_rewrite(graph: &pb::GraphProto, index: &Index, pool_at: usize) -> Option<Rewrite> {
-    let pool = &graph.node[pool_at];
-    if !(pool.domain.is_empty() || pool.domain == "ai.onnx")
-        || pool.input.len() != 1
-        || pool.output.len() != 1
+/// Operators whose outputs are values of their first input, moved or selected: a max
+/// pool's maxima and the shape operators. Between a DequantizeLinear and a QuantizeLinear
+/// of one scale and zero point, they give the same codes on the quantized values.
+const MOVES_VALUES: [&str; 6] = [
+    "MaxPool",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+];
+
+/// `Q(op(DQ(x), rest...))` as `op(x, rest...)` for an operator of [`MOVES_VALUES`].
+fn moves_values_rewrite(graph: &pb::GraphProto, index: &Index, op_at: usize) -> Option<Rewrite> {
+    let op = &graph.node[op_at];
+    // A max pool's padding and ceil mode hold too: its windows take the maxima of the
+    // values inside the input (tract's integer pool skips the padding, as -inf does).
+    // A pool with a second output (the indices) is not rewritten.
+    if !(op.domain.is_empty() || op.domain == "ai.onnx")
+        || !MOVES_VALUES.contains(&op.op_type.as_str())
+        || op.input.is_empty()
+        || op.output.len() != 1
     {
         return None;
     }
-    for attr in &pool.attribute {
-        let plain = match attr.name.as_str() {
-            "pads" => attr.ints.iter().all(|&p| p == 0),
-            "ceil_mode" => attr.i == 0,
-            "auto_pad" => matches!(&attr.s[..], b"NOTSET" | b"VALID" | b""),
-            "kernel_shape" | "strides" | "dilations" | "storage_order" => true,
-            _ => false,
-        };
-        if !plain {
-            return None;
-        }
-    }
-    let dq = &graph.node[index.produced_by(graph, &pool.input[0], "DequantizeLinear")?];
-    let q_at = index.only_consumer(graph, &pool.output[0], "QuantizeLinear")?;
+    let dq = &graph.node[index.produced_by(graph, &op.input[0], "DequantizeLinear")?];
+    let q_at = index.only_consumer(graph, &op.output[0], "QuantizeLinear")?;
     let q = &graph.node[q_at];
     let (in_scale, in_zp) = scale_and_zero_point(index, dq)?;
     let (out_scale, out_zp) = scale_and_zero_point(index, q)?;
@@ -514,12 +520,14 @@ fn pool_rewrite(graph: &pb::GraphProto, index: &Index, pool_at: usize) -> Option
     {
         return None;
     }
+    let mut input = op.input.clone();
+    input[0] = dq.input[0].clone();
     Some(Rewrite {
-        remove: vec![pool_at, q_at],
+        remove: vec![op_at, q_at],
         node: pb::NodeProto {
-            input: vec![dq.input[0].clone()],
+            input,
             output: vec![q.output.first()?.clone()],
-            ..pool.clone()
+            ..op.clone()
         },
     })
 }
@@ -814,7 +822,7 @@ mod tests {
             fuse_qdq(&mut m),
             Fused {
                 convs: 1,
-                pools: 1,
+                moves: 1,
                 gemms: 0
             }
         );
@@ -842,19 +850,62 @@ mod tests {
 
     #[test]
     fn patterns_that_are_not_exactly_integer_ops_are_left_alone() {
-        for (spoil, (convs, pools)) in [
+        for (spoil, (convs, moves)) in [
             ("bias scale", (0, 1)),
             ("conv output read twice", (0, 1)),
-            ("pool pads", (1, 0)),
             ("pool scale", (1, 0)),
+            // Not a spoil: a padded max pool is exact on the quantized values too.
+            ("pool pads", (1, 1)),
         ] {
             let mut m = model(spoil);
             let want = Fused {
                 convs,
-                pools,
+                moves,
                 gemms: 0,
             };
             assert_eq!(fuse_qdq(&mut m), want, "{spoil}");
+        }
+    }
+
+    /// `Q → DQ → Reshape(shape) → Q → DQ`, the Reshape's quantization `(scale, zero point)`:
+    /// the Reshape runs on the quantized values, its shape input kept, only with the scale
+    /// and zero point of its input.
+    #[test]
+    fn shape_operators_move_the_quantized_values() {
+        for ((scale, zp), fused) in [((0.1f32, 3u8), 1), ((0.2, 3), 0), ((0.1, 4), 0)] {
+            let u8s = |name: &str, v: u8| raw(name, DataType::Uint8, &[], &[v]);
+            let f32s = |name: &str, v: f32| raw(name, DataType::Float, &[], &[v]);
+            let mut m = pb::ModelProto {
+                graph: Some(pb::GraphProto {
+                    node: vec![
+                        node("QuantizeLinear", &["x", "s", "z"], "xq", vec![]),
+                        node("DequantizeLinear", &["xq", "s", "z"], "xf", vec![]),
+                        node("Reshape", &["xf", "shape"], "r", vec![]),
+                        node("QuantizeLinear", &["r", "rs", "rz"], "rq", vec![]),
+                        node("DequantizeLinear", &["rq", "rs", "rz"], "y", vec![]),
+                    ],
+                    initializer: vec![
+                        f32s("s", 0.1),
+                        u8s("z", 3),
+                        f32s("rs", scale),
+                        u8s("rz", zp),
+                        raw("shape", DataType::Int64, &[2], &[1i64, -1]),
+                    ],
+                    output: vec![pb::ValueInfoProto {
+                        name: "y".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            assert_eq!(fuse_qdq(&mut m).moves, fused, "{scale} {zp}");
+            if fused == 1 {
+                assert_eq!(ops(&m), ["QuantizeLinear", "Reshape", "DequantizeLinear"]);
+                let reshape = &m.graph.as_ref().unwrap().node[1];
+                assert_eq!(reshape.input, ["xq", "shape"]);
+                assert_eq!(reshape.output, ["rq"]);
+            }
         }
     }
 
