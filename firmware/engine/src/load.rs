@@ -294,7 +294,7 @@ fn build_proto(
         (
             qdq_gemms,
             "ran",
-            "QDQ Gemm",
+            "QDQ Gemm/MatMul head",
             " as integer products on its int8 weights",
         ),
         (

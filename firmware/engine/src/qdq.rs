@@ -16,9 +16,10 @@
 //!   `MaxPool(x)`: dequantization is increasing, so the maximum commutes with it, and
 //!   `Q(DQ(v)) = v`; so do the shape operators (Flatten, Reshape, Transpose, Squeeze,
 //!   Unsqueeze), which move values without changing them;
-//! - `[Q](Gemm(DQ(x), DQ(w)[, DQ(b)]))` (a classifier's head) becomes onnxruntime's
-//!   `com.microsoft.QGemm` under the Conv's conditions, which contrib.rs lowers to integer
-//!   products on the int8 weights (tract would keep 4 bytes per weight in f32).
+//! - `[Q](Gemm(DQ(x), DQ(w)[, DQ(b)]))` and `[Q](MatMul(DQ(x), DQ(w)))` (a classifier's
+//!   head) become onnxruntime's `com.microsoft.QGemm` under the Conv's conditions, which
+//!   contrib.rs lowers to integer products on the int8 weights (tract would keep 4 bytes
+//!   per weight in f32).
 //!
 //! Anything else is left as it is; the DQ nodes the rewrites leave without consumers are
 //! removed. The integer model then takes the engine's int8 rewrites like a QOperator export.
@@ -54,7 +55,7 @@ pub(crate) fn fuse_qdq(model: &mut pb::ModelProto) -> Fused {
             let node = &graph.node[i];
             match node.op_type.as_str() {
                 "Conv" => conv_rewrite(graph, &index, i).map(|r| (r, "Conv")),
-                "Gemm" => gemm_rewrite(graph, &index, i).map(|r| (r, "Gemm")),
+                "Gemm" | "MatMul" => gemm_rewrite(graph, &index, i).map(|r| (r, "Gemm")),
                 _ => moves_values_rewrite(graph, &index, i).map(|r| (r, "moves")),
             }
         });
@@ -417,6 +418,12 @@ fn int32_bias(
 /// weights: the same conditions as a Conv's for the scales, zero points and bias, weights
 /// quantized per tensor or per output column, A not transposed, `beta` 1. Without a
 /// QuantizeLinear after it the QGemm's output is f32, as the Gemm's was.
+///
+/// A `MatMul` of a constant 2-D B (Keras heads exported by tf2onnx: MatMul, then the bias
+/// Add) is the same product without bias, for any rank of A: the lowering's MatMulInteger
+/// and its per-column multipliers broadcast over A's leading axes. Only with one weight
+/// zero point for all columns, which the integer lowering takes (its float fallback is a
+/// 2-D Gemm).
 fn gemm_rewrite(graph: &pb::GraphProto, index: &Index, gemm_at: usize) -> Option<Rewrite> {
     let gemm = &graph.node[gemm_at];
     let int_attr = |name: &str| gemm.attribute.iter().find(|a| a.name == name).map(|a| a.i);
@@ -426,6 +433,10 @@ fn gemm_rewrite(graph: &pb::GraphProto, index: &Index, gemm_at: usize) -> Option
         return None;
     }
     let operands = dequantized_operands(graph, index, gemm)?;
+    let matmul = gemm.op_type == "MatMul";
+    if matmul && (operands.bias.is_some() || !gemm.attribute.is_empty()) {
+        return None;
+    }
     let ((x_scale, x_zp), b) = (operands.x, operands.bias);
     let q_at = index.only_consumer(graph, &gemm.output[0], "QuantizeLinear");
     let quantized = match q_at {
@@ -443,6 +454,17 @@ fn gemm_rewrite(graph: &pb::GraphProto, index: &Index, gemm_at: usize) -> Option
     // Weights: 2-D, one scale per output column (axis 0 of a transposed B, axis 1
     // otherwise), or one for all.
     let (w_scales, columns) = operands.weight_scales(index, 2, usize::from(!trans_b))?;
+    if matmul {
+        let zero_points = index
+            .value(operands.w.1)?
+            .cast_to::<f32>()
+            .ok()?
+            .into_owned();
+        let zero_points = floats(&zero_points)?;
+        if zero_points.iter().any(|&z| z != zero_points[0]) {
+            return None;
+        }
+    }
     let mut inputs = operands.inputs();
     inputs.push(match b {
         Some(b) => int32_bias(graph, index, b, x_scale, &w_scales, columns)?,
@@ -1025,7 +1047,9 @@ mod tests {
 
     /// `x → Flatten → Q → DQ → Gemm(DQ(w), DQ(b)) → [Q → DQ] → y`, weights quantized per
     /// output column: B as written (transB 0, scales along axis 1) and transposed (transB 1,
-    /// axis 0), with a quantized and a float output. The head runs as integer products and
+    /// axis 0), with a quantized and a float output; and the same head as a MatMul without
+    /// bias on a rank-3 A (`Reshape` to 1 x 1 x k, as tf2onnx writes a Keras head). The head
+    /// runs as integer products and
     /// gives the float plan's outputs within one output step (a quantized output) or to
     /// f32 rounding (a float one: both sum the same exact products).
     #[test]
@@ -1035,7 +1059,14 @@ mod tests {
         let (k, n) = (24usize, 10usize);
         let (xs, ys) = (0.02f32, 0.05f32);
         let ws: Vec<f32> = (0..n).map(|c| 0.01 + 0.003 * c as f32).collect();
-        for (trans_b, quantized) in [(false, true), (true, true), (false, false)] {
+        for (op, trans_b, quantized) in [
+            ("Gemm", false, true),
+            ("Gemm", true, true),
+            ("Gemm", false, false),
+            ("MatMul", false, true),
+            ("MatMul", false, false),
+        ] {
+            let matmul = op == "MatMul";
             // w[kk][c] (or w[c][kk] transposed): pseudo-random codes in [-127, 127].
             let code = |kk: usize, c: usize| ((kk * 31 + c * 17) % 255) as i8 as i32 as i8;
             let w: Vec<i8> = if trans_b {
@@ -1048,19 +1079,25 @@ mod tests {
             let bs: Vec<f32> = ws.iter().map(|w| xs * w).collect();
             let axis = int("axis", i64::from(!trans_b));
             let mut nodes = vec![
-                node("Flatten", &["x"], "flat", vec![]),
+                match matmul {
+                    false => node("Flatten", &["x"], "flat", vec![]),
+                    true => node("Reshape", &["x", "rank3"], "flat", vec![]),
+                },
                 node("QuantizeLinear", &["flat", "xs", "xz"], "xq", vec![]),
                 node("DequantizeLinear", &["xq", "xs", "xz"], "xf", vec![]),
                 node("DequantizeLinear", &["wq", "ws", "wz"], "wf", vec![axis]),
                 node("DequantizeLinear", &["bq", "bs"], "bf", vec![axis0()]),
             ];
             let gemm_out = if quantized { "g" } else { "y" };
-            nodes.push(node(
-                "Gemm",
-                &["xf", "wf", "bf"],
-                gemm_out,
-                vec![int("transB", i64::from(trans_b))],
-            ));
+            nodes.push(match matmul {
+                false => node(
+                    "Gemm",
+                    &["xf", "wf", "bf"],
+                    gemm_out,
+                    vec![int("transB", i64::from(trans_b))],
+                ),
+                true => node("MatMul", &["xf", "wf"], gemm_out, vec![]),
+            });
             if quantized {
                 nodes.push(node("QuantizeLinear", &["g", "ys", "yz"], "gq", vec![]));
                 nodes.push(node("DequantizeLinear", &["gq", "ys", "yz"], "y", vec![]));
@@ -1075,6 +1112,7 @@ mod tests {
                 raw("bs", DataType::Float, &[n], &bs),
                 raw("ys", DataType::Float, &[], &[ys]),
                 raw("yz", DataType::Uint8, &[], &[128u8]),
+                raw("rank3", DataType::Int64, &[3], &[1i64, 1, -1]),
             ];
             let bytes =
                 crate::onnx_build::model_bytes("qdq-gemm", nodes, init, ("x", &[1, k, 1, 1]), "y");
@@ -1084,13 +1122,13 @@ mod tests {
                 output_tensor: "y",
                 batch: 1,
             };
-            let what = format!("transB {trans_b}, quantized output {quantized}");
+            let what = format!("{op}, transB {trans_b}, quantized output {quantized}");
             let plain = build_with(&bytes, &target, false).unwrap();
             let ours = build_with(&bytes, &target, true).unwrap();
             assert!(
                 ours.patches
                     .iter()
-                    .any(|p| p.contains("1 QDQ Gemm as integer products")),
+                    .any(|p| p.contains("1 QDQ Gemm/MatMul head as integer products")),
                 "{what}: {:?}",
                 ours.patches
             );
