@@ -12,6 +12,8 @@
 //!   rendered lines of text: tests/python/ppocr_cls_bundle.py.
 //! - A ResNet-18-style network with seeded weights, on photographs:
 //!   tests/python/resnet18_bundle.py.
+//! - MobileNetV2 with seeded weights (the benchmark's architecture), on photographs:
+//!   tests/python/mobilenetv2_bundle.py.
 
 use std::path::{Path, PathBuf};
 
@@ -36,15 +38,23 @@ const FP32_TOLERANCE: f32 = 1e-4;
 /// Makes (or reuses) the bundle that tests/python/`script` writes into .cache/`dir`;
 /// `None` (with a SKIPPED line) without the reference python.
 fn bundle(script: &str, dir: &str) -> Option<PathBuf> {
+    bundle_from(script, dir, &[])
+}
+
+/// [`bundle`], remade also when one of `sources` (the script's other inputs, from the
+/// repository's root) changes.
+fn bundle_from(script: &str, dir: &str, sources: &[&str]) -> Option<PathBuf> {
     let python = util::reference_python()?;
     let root = util::root();
     let script = root.join("tests/python").join(script);
     let out = root.join(".cache").join(dir);
+    let mut inputs = vec![script.clone(), root.join("tests/python/qbundle.py")];
+    inputs.extend(sources.iter().map(|s| root.join(s)));
     util::build_with_python(
         &python,
         &script,
         &["--out".as_ref(), out.as_os_str()],
-        &[script.clone(), root.join("tests/python/qbundle.py")],
+        &inputs,
         &out,
     );
     Some(out)
@@ -343,6 +353,40 @@ fn resnet18_style_network_matches_onnxruntime() {
                     report.in_float
                 );
             }
+        }
+    }
+}
+
+/// MobileNetV2 (seeded weights; tests/python/mobilenetv2_bundle.py says why): ReLU6 as
+/// Clip, 3x3 depthwise convolutions of stride 1 and 2, residual Adds without activation,
+/// 17 blocks.
+#[test]
+fn mobilenetv2_matches_onnxruntime() {
+    let Some(dir) = bundle_from(
+        "mobilenetv2_bundle.py",
+        "mobilenetv2",
+        &["firmware/bench/edge224.py"],
+    ) else {
+        return;
+    };
+    for (variant, report) in matches_onnxruntime(&dir, REAL_NETWORK_STEPS) {
+        if variant == "int8" || variant == "int8-qdq" || variant == "int8-s8" {
+            // Every convolution, residual Add and the global pool run on integers.
+            for op in ["Conv", "Add", "GlobalAveragePool", "Clip"] {
+                assert!(
+                    !report.in_float.iter().any(|f| f.contains(op)),
+                    "{variant}: {op} reported as float: {:?}",
+                    report.in_float
+                );
+            }
+            assert!(
+                report
+                    .patches
+                    .iter()
+                    .any(|p| p.contains("computed 17 int8 depthwise convolutions directly")),
+                "{variant}: the depthwise convolutions not on the engine's kernel: {:?}",
+                report.patches
+            );
         }
     }
 }
