@@ -49,6 +49,35 @@ pub(crate) struct DepthwiseInt8 {
     pad: i8,
     requantize: Requantize,
     output_shape: TVec<usize>,
+    /// On cores with the dot product, where it pays (kernels/dw.rs): the layer's taps in
+    /// the dot kernel's groups, and each channel's weights packed for them (none for a
+    /// channel whose weights are not all i8). Made at load, once.
+    dot: Option<DotLayer>,
+}
+
+/// A layer's taps for the dot-product depthwise kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DotLayer {
+    groups: dw::DotGroups,
+    packed: Vec<Option<Vec<i32>>>,
+}
+
+impl DotLayer {
+    /// For `weights` (`taps` per channel) over an input `image` of [1,] C x H x W, when
+    /// this CPU has the dot product and the layout's groups pay.
+    fn new(spec: &PoolSpec, image: &[usize], weights: &[i16], taps: usize) -> Option<DotLayer> {
+        let (c, h, w) = match *image {
+            [c, h, w] | [1, c, h, w] => (c, h, w),
+            _ => return None,
+        };
+        let g = Geometry::of(spec, &[1, c, h, w]);
+        if g.n == 0 || g.out_width == 0 {
+            return None;
+        }
+        let groups = dw::DotGroups::of(&Plane::of(&g).offsets)?;
+        let packed = weights.chunks_exact(taps).map(|w| groups.pack(w)).collect();
+        Some(DotLayer { groups, packed })
+    }
 }
 
 impl DepthwiseInt8 {
@@ -90,12 +119,23 @@ impl DepthwiseInt8 {
         let mut plane = vec![self.pad; layout.len];
         let mut acc = vec![0i32; n];
         let shape = (n / g.out_width, g.out_width);
+        // The groups made at load are this layout's (the input's shape is the load's).
+        let dot = self
+            .dot
+            .as_ref()
+            .filter(|d| d.groups.of_offsets(&layout.offsets));
         for c in 0..self.channels() {
             layout.fill(&g, &xs[c * h * w..(c + 1) * h * w], &mut plane);
             let taps = dw::Taps {
                 offsets: &layout.offsets,
                 weights: &self.weights[c * per_channel..(c + 1) * per_channel],
                 pitch: layout.pitch,
+                dot: dot.and_then(|d| {
+                    Some(dw::DotTaps {
+                        groups: &d.groups,
+                        packed: d.packed.get(c)?.as_deref()?,
+                    })
+                }),
             };
             dw::run(&plane, &taps, self.offsets[c], shape, &mut acc)
                 .map_err(|e| format_err!("DepthwiseInt8: channel {c} of a {h}x{w} input: {e}"))?;
@@ -182,6 +222,27 @@ impl Plane {
                     *o = *v;
                 }
             }
+        }
+    }
+}
+
+impl DepthwiseInt8 {
+    /// The depthwise kernels this layer runs on this CPU (kernels/dw.rs): the dot-product
+    /// one for the channels whose weights it takes, the family's other one for the rest.
+    pub(crate) fn kernels(&self) -> Vec<String> {
+        #[cfg(target_arch = "aarch64")]
+        let other = "edgedx_dw_neon_16";
+        #[cfg(target_arch = "x86_64")]
+        let other = match std::arch::is_x86_feature_detected!("avx2") {
+            true => "edgedx_dw_avx2",
+            false => "edgedx_dw_scalar",
+        };
+        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+        let other = "edgedx_dw_scalar";
+        match &self.dot {
+            Some(d) if d.packed.iter().all(Option::is_some) => vec!["edgedx_dw_dot_16".into()],
+            Some(_) => vec!["edgedx_dw_dot_16".into(), other.into()],
+            None => vec![other.into()],
         }
     }
 }
@@ -381,8 +442,13 @@ fn run_at(
             }
         }
     }
+    let dot = image
+        .shape
+        .as_concrete()
+        .and_then(|image| DotLayer::new(spec, image, &weights, taps));
     let op = DepthwiseInt8 {
         pool_spec: spec.clone(),
+        dot,
         weights,
         zero_point: has_zero_point,
         offsets,

@@ -780,6 +780,8 @@ fn describe(model: &TypedModel) -> (Vec<String>, Vec<(String, usize)>) {
             mm.mmm.iter().map(|k| k.name().to_string()).collect()
         } else if let Some(b) = node.op_as::<crate::banded::BandedConv>() {
             b.kernels()
+        } else if let Some(d) = node.op_as::<crate::depthwise::DepthwiseInt8>() {
+            d.kernels()
         } else {
             vec![]
         };

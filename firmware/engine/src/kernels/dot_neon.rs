@@ -98,7 +98,7 @@ unsafe fn block(mut acc: Sums, w: *const i8, p: *const i8) -> Sums {
 /// of lane `L` of `b` (SDOT by element).
 #[target_feature(enable = "dotprod")]
 #[inline]
-fn sdot<const L: i32>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(super) fn sdot<const L: i32>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let mut acc = acc;
     // SAFETY: one register-to-register instruction of the dot-product extension, which
     // this function's target feature requires of the CPU.

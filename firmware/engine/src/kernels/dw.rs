@@ -24,13 +24,21 @@
 //! taps' bytes are interleaved and multiplied by their weight pair with VPMADDWD
 //! (kernels/dw_avx2.rs); other hosts run the scalar reference.
 //!
-//! Contract on the reads: the kernels read whole blocks of [`BLOCK`] positions, so `src`
-//! must hold [`READ_SLACK`] bytes past the last position a channel's sums use ([`check`]).
+//! On cores with the dot product (Cortex-A55, A76) the taps go four at a time through
+//! SDOT (kernels/dw_dot.rs): [`DotGroups`] splits a layout's taps into runs of up to four
+//! consecutive offsets (a kernel row of a stride-1 plane, a phase's columns of a stride-2
+//! one), whose bytes a table lookup lays out per position, and gathers of four other taps;
+//! it is used where it takes fewer instructions than the paired taps, and only for a
+//! channel whose weights are all i8.
+//!
+//! Contract on the reads: the kernels read whole blocks of [`BLOCK`] positions, and the
+//! dot kernel's runs 12 bytes further, so `src` must hold [`READ_SLACK`] bytes past the
+//! last position a channel's sums use ([`check`]).
 
 /// Output positions a NEON block computes at once.
 pub(crate) const BLOCK: usize = 16;
 /// Bytes the kernels may read past the last position that contributes to a sum.
-pub(crate) const READ_SLACK: usize = BLOCK;
+pub(crate) const READ_SLACK: usize = 2 * BLOCK;
 
 /// One channel's taps over a prepared plane: tap `t` starts at `offsets[t]` and weighs
 /// `weights[t]`; output row `oy` reads `pitch · oy` further on.
@@ -39,6 +47,184 @@ pub(crate) struct Taps<'a> {
     pub(crate) offsets: &'a [usize],
     pub(crate) weights: &'a [i16],
     pub(crate) pitch: usize,
+    /// The taps in groups of four and their weights for the dot-product kernel, or none.
+    pub(crate) dot: Option<DotTaps<'a>>,
+}
+
+/// One channel's taps for the dot-product kernel: the layout's groups ([`DotGroups::of`]
+/// the offsets) and the channel's weights packed for them ([`DotGroups::pack`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DotTaps<'a> {
+    pub(crate) groups: &'a DotGroups,
+    pub(crate) packed: &'a [i32],
+}
+
+/// Up to four taps at consecutive offsets, which one SDOT per four positions sums: `len`
+/// (2 to 4) taps from `base`, `taps[k]` at `base + k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DotRun {
+    pub(crate) base: usize,
+    pub(crate) len: usize,
+    pub(crate) taps: [usize; 4],
+}
+
+/// Four taps anywhere, which one SDOT per four positions sums; a missing one repeats an
+/// offset with weight 0 (tap `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DotGather {
+    pub(crate) offsets: [usize; 4],
+    pub(crate) taps: [Option<usize>; 4],
+}
+
+/// A layout's taps in runs (the longest first) and gathers, every tap in exactly one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DotGroups {
+    pub(crate) runs: Vec<DotRun>,
+    pub(crate) gathers: Vec<DotGather>,
+    /// The offsets they were made of: the kernel runs them only for these taps.
+    offsets: Vec<usize>,
+}
+
+/// The TBL indices of a run of `len` taps (`RUN_INDICES[len]`) for positions 4q .. 4q + 3
+/// (q = 0, 1, 2) from a load at the run's base: byte 4j + k is position 4q + j's tap k,
+/// `4q + j + k`; 0xFF, out of the table (TBL gives 0), for k ≥ len. Positions 12-15 take
+/// q = 0's indices from a load 12 bytes on, so that no index passes 15.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(crate) const RUN_INDICES: [[[u8; 16]; 3]; 5] = {
+    let mut table = [[[0xFF; 16]; 3]; 5];
+    let mut len = 0;
+    while len < 5 {
+        let mut q = 0;
+        while q < 3 {
+            let mut i = 0;
+            while i < 16 {
+                let (j, k) = (i / 4, i % 4);
+                if k < len {
+                    table[len][q][i] = (4 * q + j + k) as u8;
+                }
+                i += 1;
+            }
+            q += 1;
+        }
+        len += 1;
+    }
+    table
+};
+
+/// Estimated instructions per block of 16 positions: a run (two loads, four lookups, four
+/// SDOT), a gather (four loads, eight zips, four SDOT), and a pair of the paired NEON
+/// taps (two loads, four multiplies, four widening adds).
+const RUN_COST: usize = 10;
+const GATHER_COST: usize = 16;
+const PAIR_COST: usize = 10;
+
+impl DotGroups {
+    /// The groups of the taps at `offsets`, when this CPU has the dot product and they
+    /// take at most 6/7 of the paired kernel's instructions (a stride-2 3x3 layout, in
+    /// runs of two and single taps, gains nothing).
+    pub(crate) fn of(offsets: &[usize]) -> Option<DotGroups> {
+        if !super::dot::available() {
+            return None;
+        }
+        let groups = DotGroups::split(offsets);
+        groups.worth_it(offsets.len()).then_some(groups)
+    }
+
+    /// Whether the groups of `taps` taps take at most 6/7 of the paired kernel's
+    /// instructions.
+    fn worth_it(&self, taps: usize) -> bool {
+        let cost = self.runs.len() * RUN_COST + self.gathers.len() * GATHER_COST;
+        7 * cost <= 6 * PAIR_COST * taps.div_ceil(2)
+    }
+
+    /// Runs of consecutive offsets, cut every four taps; the taps left alone gathered four
+    /// at a time.
+    pub(crate) fn split(offsets: &[usize]) -> DotGroups {
+        let mut order: Vec<usize> = (0..offsets.len()).collect();
+        order.sort_by_key(|&t| offsets[t]);
+        let mut runs = vec![];
+        let mut singles = vec![];
+        let mut i = 0;
+        while i < order.len() {
+            let mut len = 1;
+            while len < 4
+                && i + len < order.len()
+                && offsets[order[i + len]] == offsets[order[i]] + len
+            {
+                len += 1;
+            }
+            if len == 1 {
+                singles.push(order[i]);
+            } else {
+                let mut taps = [order[i]; 4];
+                taps[..len].copy_from_slice(&order[i..i + len]);
+                runs.push(DotRun {
+                    base: offsets[order[i]],
+                    len,
+                    taps,
+                });
+            }
+            i += len;
+        }
+        runs.sort_by_key(|r| std::cmp::Reverse(r.len));
+        let mut gathers = vec![];
+        for chunk in singles.chunks(4) {
+            let mut taps = [None; 4];
+            let mut at = [offsets[chunk[0]]; 4];
+            for (k, &t) in chunk.iter().enumerate() {
+                taps[k] = Some(t);
+                at[k] = offsets[t];
+            }
+            gathers.push(DotGather { offsets: at, taps });
+        }
+        DotGroups {
+            runs,
+            gathers,
+            offsets: offsets.to_vec(),
+        }
+    }
+
+    /// Whether these are the groups of taps at `offsets`.
+    pub(crate) fn of_offsets(&self, offsets: &[usize]) -> bool {
+        self.offsets == offsets
+    }
+
+    /// How many groups: runs, then gathers.
+    pub(crate) fn len(&self) -> usize {
+        self.runs.len() + self.gathers.len()
+    }
+
+    /// How many runs of 4, 3 and 2 taps, and how many gathers.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn counts(&self) -> [usize; 4] {
+        let runs = |len: usize| self.runs.iter().filter(|r| r.len == len).count();
+        [runs(4), runs(3), runs(2), self.gathers.len()]
+    }
+
+    /// One channel's `weights` (per tap) packed for the groups, runs then gathers: each
+    /// group's four as the bytes of one i32, tap k in byte k, 0 where a group has no tap.
+    /// None when a weight is not an i8 (a u8 weight less its zero point can be ±255).
+    pub(crate) fn pack(&self, weights: &[i16]) -> Option<Vec<i32>> {
+        let byte = |t: Option<usize>| -> Option<u32> {
+            match t {
+                None => Some(0),
+                Some(t) => i8::try_from(*weights.get(t)?).ok().map(|w| w as u8 as u32),
+            }
+        };
+        let word = |taps: [Option<usize>; 4]| -> Option<i32> {
+            let mut word = 0u32;
+            for (k, t) in taps.into_iter().enumerate() {
+                word |= byte(t)? << (8 * k);
+            }
+            Some(word as i32)
+        };
+        let runs = self
+            .runs
+            .iter()
+            .map(|r| word(std::array::from_fn(|k| (k < r.len).then_some(r.taps[k]))));
+        let gathers = self.gathers.iter().map(|g| word(g.taps));
+        runs.chain(gathers).collect()
+    }
 }
 
 /// The length `src` must have for `rows × cols` sums of `taps` (with [`READ_SLACK`]).
@@ -67,6 +253,16 @@ pub(crate) fn check(
     if out.len() != rows * cols {
         return Err(format!("{} sums for {rows} x {cols} positions", out.len()));
     }
+    if let Some(dot) = taps.dot {
+        if !dot.groups.of_offsets(taps.offsets) || dot.packed.len() != dot.groups.len() {
+            return Err(format!(
+                "dot-product groups of other taps than {:?}, or {} packed weights for {} groups",
+                taps.offsets,
+                dot.packed.len(),
+                dot.groups.len()
+            ));
+        }
+    }
     let needed = needed(taps, rows, cols);
     if src.len() < needed {
         return Err(format!(
@@ -86,6 +282,14 @@ pub(crate) fn run(
     out: &mut [i32],
 ) -> Result<(), String> {
     check(src, taps, (rows, cols), out)?;
+    #[cfg(target_arch = "aarch64")]
+    if let Some(dot) = taps.dot {
+        // SAFETY: `DotGroups::of` made the groups on a CPU with the dot product; `check`
+        // holds that they are these taps', with a packed weight each, and the lengths the
+        // kernel reads (with READ_SLACK) and writes.
+        unsafe { super::dw_dot::run(src, taps.pitch, dot, start, (rows, cols), out) };
+        return Ok(());
+    }
     #[cfg(target_arch = "aarch64")]
     // SAFETY: NEON is part of aarch64; `check` holds the lengths the kernel reads (with
     // READ_SLACK) and writes.
@@ -191,6 +395,32 @@ mod tests {
             got[n..].iter().all(|&v| v == i32::MIN),
             "written past the end"
         );
+        // The dot-product kernel, on the groups of these taps whatever they cost, where this
+        // CPU has it (CI runs the library tests under qemu as a Cortex-A76).
+        let groups = DotGroups::split(taps.offsets);
+        let packed = groups.pack(taps.weights);
+        if let (true, Some(packed)) = (crate::kernels::dot::available(), packed) {
+            let mut got = vec![i32::MIN; n + BLOCK];
+            let dot = Taps {
+                dot: Some(DotTaps {
+                    groups: &groups,
+                    packed: &packed,
+                }),
+                ..*taps
+            };
+            run(src, &dot, start, shape, &mut got[..n]).unwrap();
+            assert_eq!(
+                got[..n],
+                want,
+                "dot kernel, {} taps in {:?}, {shape:?}",
+                taps.offsets.len(),
+                groups
+            );
+            assert!(
+                got[n..].iter().all(|&v| v == i32::MIN),
+                "written past the end"
+            );
+        }
         let mut scalar = vec![i32::MAX; shape.0 * shape.1];
         run_scalar(src, taps, start, shape, &mut scalar);
         assert_eq!(
@@ -228,6 +458,7 @@ mod tests {
                             offsets: &offsets,
                             weights: &weights,
                             pitch,
+                            dot: None,
                         };
                         let src = values(needed(&plain, rows, cols), seed * 7);
                         for spoil in [None, Some(-128), Some(255), Some(-255)] {
@@ -238,10 +469,95 @@ mod tests {
                                 offsets: &offsets,
                                 weights: &weights,
                                 pitch,
+                                dot: None,
                             };
                             check_shape(&src, &taps, seed as i32 * 1_000_003, (rows, cols));
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The tap offsets depthwise.rs lays out for a `k`x`k` kernel of `stride` and
+    /// `dilation` over a plane of `rows` padded rows and `cols` padded columns (phases of
+    /// `width` columns), and the pitch from one output row to the next.
+    fn layout(
+        k: usize,
+        stride: usize,
+        dilation: usize,
+        rows: usize,
+        cols: usize,
+    ) -> (Vec<usize>, usize) {
+        let width = cols.div_ceil(stride);
+        let mut offsets = vec![];
+        for ky in 0..k {
+            for kx in 0..k {
+                let (phase, col) = ((kx * dilation) % stride, (kx * dilation) / stride);
+                offsets.push((phase * rows + ky * dilation) * width + col);
+            }
+        }
+        (offsets, stride * width)
+    }
+
+    /// The layouts of real depthwise layers: their groups (kernel rows of a stride-1 plane
+    /// and a stride-2 plane's phases as runs, the taps left alone in gathers), which ones
+    /// the dot kernel takes, every tap in one group; and every kernel (the dot one where
+    /// this CPU has it) gives the naive sums on them, at row widths of 7, 14, 16 and 28.
+    #[test]
+    fn dot_groups_of_real_layouts() {
+        // (k, stride, dilation, runs of 4/3/2 and gathers, taken by the dot kernel)
+        let cases = [
+            (3, 1, 1, [0, 3, 0, 0], true),
+            (3, 2, 1, [0, 0, 3, 1], false),
+            (5, 1, 1, [5, 0, 0, 2], true),
+            (5, 2, 1, [0, 5, 5, 0], true),
+            (7, 1, 1, [7, 7, 0, 0], true),
+            (7, 2, 1, [7, 7, 0, 0], true),
+            (3, 1, 2, [0, 0, 0, 3], false),
+        ];
+        let mut seed = 500;
+        for (k, stride, dilation, counts, taken) in cases {
+            for cols in [7, 14, 16, 28] {
+                let rows_out = 3;
+                let span = (k - 1) * dilation + 1;
+                let (rows, padded) = ((rows_out - 1) * stride + span, (cols - 1) * stride + span);
+                let (offsets, pitch) = layout(k, stride, dilation, rows, padded);
+                let groups = DotGroups::split(&offsets);
+                assert_eq!(groups.counts(), counts, "{k}x{k} /{stride} d{dilation}");
+                assert_eq!(groups.worth_it(offsets.len()), taken, "{k}x{k} /{stride}");
+                let mut seen: Vec<usize> = groups
+                    .runs
+                    .iter()
+                    .flat_map(|r| r.taps[..r.len].to_vec())
+                    .chain(
+                        groups
+                            .gathers
+                            .iter()
+                            .flat_map(|g| g.taps.iter().flatten().copied()),
+                    )
+                    .collect();
+                seen.sort();
+                assert_eq!(seen, (0..k * k).collect::<Vec<_>>(), "{k}x{k} /{stride}");
+                for spoil in [None, Some(-128), Some(255)] {
+                    seed += 1;
+                    let mut weights: Vec<i16> = values(k * k, seed)
+                        .iter()
+                        .map(|&w| i16::from(w).max(-127))
+                        .collect();
+                    if let Some(w) = spoil {
+                        weights[k] = w;
+                    }
+                    // A u8 weight less its zero point is no i8: no packing, other kernels.
+                    assert_eq!(groups.pack(&weights).is_some(), spoil != Some(255));
+                    let taps = Taps {
+                        offsets: &offsets,
+                        weights: &weights,
+                        pitch,
+                        dot: None,
+                    };
+                    let src = values(needed(&taps, rows_out, cols), seed * 5);
+                    check_shape(&src, &taps, seed as i32 * 7919, (rows_out, cols));
                 }
             }
         }
@@ -275,6 +591,7 @@ mod tests {
                     offsets: &offsets,
                     weights: &weights,
                     pitch: 40,
+                    dot: None,
                 };
                 let src = vec![x; needed(&taps, 3, 21)];
                 check_shape(&src, &taps, i32::MAX - 5, (3, 21));
@@ -312,6 +629,7 @@ mod tests {
             offsets: &offsets,
             weights: &weights,
             pitch: 12,
+            dot: None,
         };
         let src = vec![0i8; needed(&taps, 4, 10) - 1];
         let mut out = vec![0; 40];

@@ -96,7 +96,7 @@ unsafe fn fixed<const T: usize, const PAIRED: bool>(
 /// # Safety
 /// As `run`, with `block` reading at most the taps' offsets plus 16 from where it is given.
 #[inline(always)]
-unsafe fn rows(
+pub(super) unsafe fn rows(
     src: &[i8],
     pitch: usize,
     start: i32,

@@ -14,6 +14,8 @@ pub(crate) mod dw;
 #[cfg(target_arch = "x86_64")]
 mod dw_avx2;
 #[cfg(target_arch = "aarch64")]
+mod dw_dot;
+#[cfg(target_arch = "aarch64")]
 mod dw_neon;
 pub(crate) mod lut;
 pub(crate) mod panels;
