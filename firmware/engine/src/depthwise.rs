@@ -228,7 +228,8 @@ impl Plane {
 
 impl DepthwiseInt8 {
     /// The depthwise kernels this layer runs on this CPU (kernels/dw.rs): the dot-product
-    /// one for the channels whose weights it takes, the family's other one for the rest.
+    /// one (SDOT, or AVX-512 VNNI) for the channels whose weights it takes, the family's
+    /// other one for the rest.
     pub(crate) fn kernels(&self) -> Vec<String> {
         #[cfg(target_arch = "aarch64")]
         let other = "edgedx_dw_neon_16";
@@ -239,9 +240,14 @@ impl DepthwiseInt8 {
         };
         #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
         let other = "edgedx_dw_scalar";
+        let dot = if cfg!(target_arch = "x86_64") {
+            "edgedx_dw_vnni_16"
+        } else {
+            "edgedx_dw_dot_16"
+        };
         match &self.dot {
-            Some(d) if d.packed.iter().all(Option::is_some) => vec!["edgedx_dw_dot_16".into()],
-            Some(_) => vec!["edgedx_dw_dot_16".into(), other.into()],
+            Some(d) if d.packed.iter().all(Option::is_some) => vec![dot.into()],
+            Some(_) => vec![dot.into(), other.into()],
             None => vec![other.into()],
         }
     }

@@ -211,10 +211,17 @@ impl Requantize {
         };
         #[cfg(target_arch = "x86_64")]
         let done = match self.float_bounds() {
-            // SAFETY: SSE2 is part of x86_64; `sse2::requantize` stays within both slices.
             Some(bounds) => {
                 let slow = |i: usize| (self.value(xs[i], scale(i)) as u8) ^ mask;
-                unsafe { sse2::requantize(xs, &scale, ys, bounds, self.add, mask, &slow) }
+                if avx512::available() {
+                    // SAFETY: the CPU has AVX-512 F; `avx512::requantize` stays within both
+                    // slices.
+                    unsafe { avx512::requantize(xs, &scale, ys, bounds, self.add, mask, &slow) }
+                } else {
+                    // SAFETY: SSE2 is part of x86_64; `sse2::requantize` stays within both
+                    // slices.
+                    unsafe { sse2::requantize(xs, &scale, ys, bounds, self.add, mask, &slow) }
+                }
             }
             None => 0,
         };
@@ -337,6 +344,66 @@ mod sse2 {
                 let words = [_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3])];
                 let [w0, w1] = words.map(|w| _mm_and_si128(w, low_byte));
                 let bytes = _mm_xor_si128(_mm_packus_epi16(w0, w1), vmask);
+                _mm_storeu_si128(ys.as_mut_ptr().add(b) as *mut __m128i, bytes);
+            }
+        }
+        n
+    }
+}
+
+/// `sse2::requantize` 16 lanes at a time, for hosts with AVX-512 (the development host,
+/// x86 servers): the same clamped form, and VPMOVDB keeps each value's low byte as the
+/// SSE2 packing does. Requantization was a fifth of EfficientNet-Lite0's int8 inference
+/// on the host with SSE2 (perf).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::BLOCK;
+    use std::arch::x86_64::*;
+
+    pub(super) fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+    }
+
+    /// As `sse2::requantize`, a block of [`BLOCK`] values per step.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `ys` is at least as long as `xs`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn requantize(
+        xs: &[i32],
+        scale: &impl Fn(usize) -> f32,
+        ys: &mut [u8],
+        (lo, hi): (f32, f32),
+        add: i32,
+        mask: u8,
+        slow: &impl Fn(usize) -> u8,
+    ) -> usize {
+        let n = xs.len() / BLOCK * BLOCK;
+        assert!(ys.len() >= n);
+        // SAFETY: loads of `xs[b..b + BLOCK]` and stores of `ys[b..b + BLOCK]`, b + BLOCK ≤ n.
+        unsafe {
+            let (vlo, vhi, vadd) = (
+                _mm512_set1_ps(lo),
+                _mm512_set1_ps(hi),
+                _mm512_set1_epi32(add),
+            );
+            let limit = _mm512_set1_ps((1u32 << 30) as f32);
+            let vmask = _mm_set1_epi8(mask as i8);
+            for b in (0..n).step_by(BLOCK) {
+                let scales: [f32; BLOCK] = std::array::from_fn(|j| scale(b + j));
+                let s = _mm512_loadu_ps(scales.as_ptr());
+                let x = _mm512_loadu_si512(xs.as_ptr().add(b) as *const _);
+                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), s);
+                // Every |f| < 2^30 (false for NaN): else the per-element chain.
+                if _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(f), limit) != 0xffff {
+                    for (i, y) in ys[b..b + BLOCK].iter_mut().enumerate() {
+                        *y = slow(b + i);
+                    }
+                    continue;
+                }
+                let clamped = _mm512_min_ps(_mm512_max_ps(f, vlo), vhi);
+                let v = _mm512_add_epi32(_mm512_cvtps_epi32(clamped), vadd);
+                let bytes = _mm_xor_si128(_mm512_cvtepi32_epi8(v), vmask);
                 _mm_storeu_si128(ys.as_mut_ptr().add(b) as *mut __m128i, bytes);
             }
         }

@@ -111,30 +111,66 @@ pub(crate) const RUN_INDICES: [[[u8; 16]; 3]; 5] = {
     table
 };
 
-/// Estimated instructions per block of 16 positions: a run (two loads, four lookups, four
-/// SDOT), a gather (four loads, eight zips, four SDOT), and a pair of the paired NEON
-/// taps (two loads, four multiplies, four widening adds).
-const RUN_COST: usize = 10;
-const GATHER_COST: usize = 16;
-const PAIR_COST: usize = 10;
+/// Estimated instructions per block of 16 positions of a run, of a gather and of a pair of
+/// taps on the ISA's other depthwise kernel.
+#[derive(Debug, Clone, Copy)]
+struct Costs {
+    run: usize,
+    gather: usize,
+    pair: usize,
+}
+
+/// NEON: a run is two loads, four TBL, four SDOT; a gather four loads, eight zips, four
+/// SDOT; a pair of the paired taps two loads, four multiplies, four widening adds.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+const NEON_COSTS: Costs = Costs {
+    run: 10,
+    gather: 16,
+    pair: 10,
+};
+
+/// AVX-512: a run is a load, an XOR, a VPERMB and a VPDPBUSD; a gather four loads, three
+/// inserts and the same three; a pair of the AVX2 kernel two loads, an unpack, two
+/// widenings, VPMADDWD, an add.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const VNNI_COSTS: Costs = Costs {
+    run: 4,
+    gather: 10,
+    pair: 8,
+};
+
+/// Whether this CPU runs a dot-product depthwise kernel: SDOT on aarch64 (kernels/dw_dot.rs),
+/// AVX-512 VBMI and VNNI on x86-64 (kernels/dw_vnni.rs).
+pub(crate) fn dot_available() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    return super::dot::available();
+    #[cfg(target_arch = "x86_64")]
+    return super::dw_vnni::available();
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+    false
+}
 
 impl DotGroups {
-    /// The groups of the taps at `offsets`, when this CPU has the dot product and they
-    /// take at most 6/7 of the paired kernel's instructions (a stride-2 3x3 layout, in
-    /// runs of two and single taps, gains nothing).
+    /// The groups of the taps at `offsets`, when this CPU has a dot-product kernel and
+    /// they take at most 6/7 of the other kernel's instructions (on NEON, a stride-2 3x3
+    /// layout, in runs of two and single taps, gains nothing).
     pub(crate) fn of(offsets: &[usize]) -> Option<DotGroups> {
-        if !super::dot::available() {
+        if !dot_available() {
             return None;
         }
+        #[cfg(target_arch = "x86_64")]
+        let costs = VNNI_COSTS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let costs = NEON_COSTS;
         let groups = DotGroups::split(offsets);
-        groups.worth_it(offsets.len()).then_some(groups)
+        groups.worth_it(offsets.len(), costs).then_some(groups)
     }
 
-    /// Whether the groups of `taps` taps take at most 6/7 of the paired kernel's
+    /// Whether the groups of `taps` taps take at most 6/7 of the other kernel's
     /// instructions.
-    fn worth_it(&self, taps: usize) -> bool {
-        let cost = self.runs.len() * RUN_COST + self.gathers.len() * GATHER_COST;
-        7 * cost <= 6 * PAIR_COST * taps.div_ceil(2)
+    fn worth_it(&self, taps: usize, costs: Costs) -> bool {
+        let cost = self.runs.len() * costs.run + self.gathers.len() * costs.gather;
+        7 * cost <= 6 * costs.pair * taps.div_ceil(2)
     }
 
     /// Runs of consecutive offsets, cut every four taps; the taps left alone gathered four
@@ -297,6 +333,14 @@ pub(crate) fn run(
         super::dw_neon::run(src, taps, start, (rows, cols), out)
     };
     #[cfg(target_arch = "x86_64")]
+    if let Some(dot) = taps.dot {
+        // SAFETY: `DotGroups::of` made the groups on a CPU with AVX-512 VBMI and VNNI;
+        // `check` holds that they are these taps', with a packed weight each, and the
+        // lengths the kernel reads (with READ_SLACK) and writes.
+        unsafe { super::dw_vnni::run(src, taps.pitch, dot, start, (rows, cols), out) };
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2; `check` holds the lengths the kernel reads (with
         // READ_SLACK) and writes.
@@ -339,7 +383,9 @@ pub(crate) fn split2(line: &[i8], evens: &mut [i8], odds: &mut [i8]) {
     let (evens, odds) = (&mut evens[..ne], &mut odds[..no]);
     #[cfg(target_arch = "aarch64")]
     let done = super::dw_neon::split2(line, evens, odds);
-    #[cfg(not(target_arch = "aarch64"))]
+    #[cfg(target_arch = "x86_64")]
+    let done = split2_sse2(line, evens, odds);
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
     let done = 0;
     let tail = &line[2 * done..];
     for ((pair, e), o) in tail
@@ -352,6 +398,33 @@ pub(crate) fn split2(line: &[i8], evens: &mut [i8], odds: &mut [i8]) {
     if let (Some(&last), true) = (tail.last(), tail.len() % 2 == 1) {
         evens[ne - 1] = last;
     }
+}
+
+/// The whole 32-value chunks of `line` split into `evens` and `odds` with SSE2 (the
+/// baseline of x86-64): each 16-bit lane's low byte is an even value and its high byte the
+/// odd one, packed back to bytes (PACKUSWB of values 0-255 keeps them). Returns how many
+/// pairs were written. The scalar loop had been a tenth of EfficientNet-Lite0's int8
+/// inference on the host (perf).
+#[cfg(target_arch = "x86_64")]
+fn split2_sse2(line: &[i8], evens: &mut [i8], odds: &mut [i8]) -> usize {
+    use std::arch::x86_64::*;
+    let pairs = (line.len() / 2).min(evens.len()).min(odds.len());
+    let mut done = 0;
+    // SAFETY: SSE2 is part of x86_64; reads line[2 · done..][..32] and writes 16 values
+    // from `done` of each half, all within `pairs`.
+    unsafe {
+        let low = _mm_set1_epi16(0xff);
+        while done + 16 <= pairs {
+            let at = line.as_ptr().add(2 * done) as *const __m128i;
+            let (a, b) = (_mm_loadu_si128(at), _mm_loadu_si128(at.add(1)));
+            let even = _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low));
+            let odd = _mm_packus_epi16(_mm_srli_epi16::<8>(a), _mm_srli_epi16::<8>(b));
+            _mm_storeu_si128(evens.as_mut_ptr().add(done) as *mut __m128i, even);
+            _mm_storeu_si128(odds.as_mut_ptr().add(done) as *mut __m128i, odd);
+            done += 16;
+        }
+    }
+    done
 }
 
 #[cfg(test)]
@@ -396,10 +469,11 @@ mod tests {
             "written past the end"
         );
         // The dot-product kernel, on the groups of these taps whatever they cost, where this
-        // CPU has it (CI runs the library tests under qemu as a Cortex-A76).
+        // CPU has it (CI runs the library tests under qemu as a Cortex-A76, and on hosts with
+        // AVX-512 VNNI).
         let groups = DotGroups::split(taps.offsets);
         let packed = groups.pack(taps.weights);
-        if let (true, Some(packed)) = (crate::kernels::dot::available(), packed) {
+        if let (true, Some(packed)) = (dot_available(), packed) {
             let mut got = vec![i32::MIN; n + BLOCK];
             let dot = Taps {
                 dot: Some(DotTaps {
@@ -525,7 +599,15 @@ mod tests {
                 let (offsets, pitch) = layout(k, stride, dilation, rows, padded);
                 let groups = DotGroups::split(&offsets);
                 assert_eq!(groups.counts(), counts, "{k}x{k} /{stride} d{dilation}");
-                assert_eq!(groups.worth_it(offsets.len()), taken, "{k}x{k} /{stride}");
+                assert_eq!(
+                    groups.worth_it(offsets.len(), NEON_COSTS),
+                    taken,
+                    "{k}x{k} /{stride}"
+                );
+                assert!(
+                    groups.worth_it(offsets.len(), VNNI_COSTS),
+                    "{k}x{k} /{stride}"
+                );
                 let mut seen: Vec<usize> = groups
                     .runs
                     .iter()

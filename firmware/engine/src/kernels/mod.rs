@@ -17,5 +17,7 @@ mod dw_avx2;
 mod dw_dot;
 #[cfg(target_arch = "aarch64")]
 mod dw_neon;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod dw_vnni;
 pub(crate) mod lut;
 pub(crate) mod panels;
