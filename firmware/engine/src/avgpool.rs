@@ -26,6 +26,49 @@ use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
 use crate::quantize::{quantize_slice, Narrow, Quantize8};
 
+/// What the two pools compute their own way: the averages of an input (u8 or i8), as f32
+/// values in the output's order; the rest (types, quantization) is [`quantized_averages`].
+trait Averages {
+    fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>>;
+    fn quantize(&self) -> &Quantize8;
+    fn output_shape(&self) -> &[usize];
+}
+
+/// `pool`'s averages of `x`, quantized as `Quantize8` does.
+fn quantized_averages<P: Averages + Op>(pool: &P, x: &Tensor) -> TractResult<Tensor> {
+    let averages = match x.datum_type() {
+        DatumType::U8 => pool.averages::<u8>(x)?,
+        DatumType::I8 => pool.averages::<i8>(x)?,
+        other => bail!("{}: {other:?} input", pool.name()),
+    };
+    let (qs, qz, to) = pool.quantize().params();
+    fn write<Y: Datum + Narrow>(
+        a: &[f32],
+        shape: &[usize],
+        qs: f32,
+        qz: i32,
+    ) -> TractResult<Tensor> {
+        // SAFETY: every element is written below before the tensor is read.
+        let mut out = unsafe { Tensor::uninitialized::<Y>(shape)? };
+        {
+            let mut view = out.try_as_plain_ram_mut()?;
+            let ys = view.as_slice_mut::<Y>()?;
+            ensure!(
+                ys.len() == a.len(),
+                "{} averages for an output of {shape:?}",
+                a.len()
+            );
+            let range = if Y::UNSIGNED { [0, 255] } else { [-128, 127] };
+            quantize_slice(a, ys, qs, qz, range);
+        }
+        Ok(out)
+    }
+    match to {
+        DatumType::U8 => write::<u8>(&averages, pool.output_shape(), qs, qz),
+        _ => write::<i8>(&averages, pool.output_shape(), qs, qz),
+    }
+}
+
 /// Largest plane whose sum of `x - zero point` (at most 255 in magnitude) fits an i32.
 const MAX_PLANE: usize = (i32::MAX / 255) as usize;
 
@@ -45,11 +88,8 @@ pub(crate) struct QGlobalAvgPool {
 
 impl Eq for QGlobalAvgPool {}
 
-impl QGlobalAvgPool {
-    fn run<X: Datum + Copy + Into<i32>, Y: Datum + Narrow>(
-        &self,
-        x: &Tensor,
-    ) -> TractResult<Tensor> {
+impl Averages for QGlobalAvgPool {
+    fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>> {
         let planes: usize = self.output_shape.iter().product();
         let view = x.try_as_plain_ram()?;
         let xs = view.as_slice::<X>()?;
@@ -60,32 +100,22 @@ impl QGlobalAvgPool {
             self.output_shape
         );
         let (scale, zp) = self.dequantize;
-        let averages: Vec<f32> = xs
+        Ok(xs
             .chunks_exact(self.plane)
             .map(|p| {
                 // |x - zp| <= 255 and `plane` <= MAX_PLANE (checked at the rewrite): exact.
                 let sum: i32 = p.iter().map(|&v| v.into() - zp).sum();
                 sum as f32 * scale * self.recip
             })
-            .collect();
-        // SAFETY: every element is written below before the tensor is read.
-        let mut out = unsafe { Tensor::uninitialized::<Y>(&self.output_shape)? };
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            let ys = view.as_slice_mut::<Y>()?;
-            let (qs, qz, _) = self.quantize.params();
-            let range = if Y::UNSIGNED { [0, 255] } else { [-128, 127] };
-            quantize_slice(&averages, ys, qs, qz, range);
-        }
-        Ok(out)
+            .collect())
     }
 
-    fn run_to<Y: Datum + Narrow>(&self, x: &Tensor) -> TractResult<Tensor> {
-        match x.datum_type() {
-            DatumType::U8 => self.run::<u8, Y>(x),
-            DatumType::I8 => self.run::<i8, Y>(x),
-            other => bail!("QGlobalAvgPool: {other:?} input"),
-        }
+    fn quantize(&self) -> &Quantize8 {
+        &self.quantize
+    }
+
+    fn output_shape(&self) -> &[usize] {
+        &self.output_shape
     }
 }
 
@@ -108,11 +138,7 @@ impl EvalOp for QGlobalAvgPool {
     tract_onnx::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let out = match self.quantize.params().2 {
-            DatumType::U8 => self.run_to::<u8>(&inputs[0])?,
-            _ => self.run_to::<i8>(&inputs[0])?,
-        };
-        Ok(tvec!(out.into_tvalue()))
+        Ok(tvec!(quantized_averages(self, &inputs[0])?.into_tvalue()))
     }
 }
 
@@ -237,11 +263,10 @@ impl QAvgPool {
             ],
         })
     }
+}
 
-    fn run<X: Datum + Copy + Into<i32>, Y: Datum + Narrow>(
-        &self,
-        x: &Tensor,
-    ) -> TractResult<Tensor> {
+impl Averages for QAvgPool {
+    fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>> {
         let [h, w] = self.input_hw;
         let (ho, wo) = (self.rows.first.len(), self.cols.first.len());
         let planes = self.output_shape[0] * self.output_shape[1];
@@ -300,24 +325,15 @@ impl QAvgPool {
                 }
             }
         }
-        // SAFETY: every element is written below before the tensor is read.
-        let mut out = unsafe { Tensor::uninitialized::<Y>(&self.output_shape)? };
-        {
-            let mut view = out.try_as_plain_ram_mut()?;
-            let ys = view.as_slice_mut::<Y>()?;
-            let (qs, qz, _) = self.quantize.params();
-            let range = if Y::UNSIGNED { [0, 255] } else { [-128, 127] };
-            quantize_slice(&averages, ys, qs, qz, range);
-        }
-        Ok(out)
+        Ok(averages)
     }
 
-    fn run_to<Y: Datum + Narrow>(&self, x: &Tensor) -> TractResult<Tensor> {
-        match x.datum_type() {
-            DatumType::U8 => self.run::<u8, Y>(x),
-            DatumType::I8 => self.run::<i8, Y>(x),
-            other => bail!("QAvgPool: {other:?} input"),
-        }
+    fn quantize(&self) -> &Quantize8 {
+        &self.quantize
+    }
+
+    fn output_shape(&self) -> &[usize] {
+        &self.output_shape
     }
 }
 
@@ -346,11 +362,7 @@ impl EvalOp for QAvgPool {
     tract_onnx::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let out = match self.quantize.params().2 {
-            DatumType::U8 => self.run_to::<u8>(&inputs[0])?,
-            _ => self.run_to::<i8>(&inputs[0])?,
-        };
-        Ok(tvec!(out.into_tvalue()))
+        Ok(tvec!(quantized_averages(self, &inputs[0])?.into_tvalue()))
     }
 }
 
