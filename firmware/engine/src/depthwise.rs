@@ -96,6 +96,18 @@ impl DepthwiseInt8 {
         self.offsets.len()
     }
 
+    /// The depthwise kernels this layer runs on this CPU (kernels/dw.rs): the dot-product
+    /// one (SDOT, or AVX-512 VNNI) for the channels whose weights it takes, the family's
+    /// other one for the rest.
+    pub(crate) fn kernels(&self) -> Vec<String> {
+        let (dot, other) = (dw::kernel_name(true), dw::kernel_name(false));
+        match &self.dot {
+            Some(d) if d.packed.iter().all(Option::is_some) => vec![dot.into()],
+            Some(_) => vec![dot.into(), other.into()],
+            None => vec![other.into()],
+        }
+    }
+
     /// Whether the layer's weights have a zero point, folded into its taps.
     pub(crate) fn takes_zero_point(&self) -> bool {
         self.zero_point
@@ -273,33 +285,6 @@ impl Plane {
                     *o = *v;
                 }
             }
-        }
-    }
-}
-
-impl DepthwiseInt8 {
-    /// The depthwise kernels this layer runs on this CPU (kernels/dw.rs): the dot-product
-    /// one (SDOT, or AVX-512 VNNI) for the channels whose weights it takes, the family's
-    /// other one for the rest.
-    pub(crate) fn kernels(&self) -> Vec<String> {
-        #[cfg(target_arch = "aarch64")]
-        let other = "edgedx_dw_neon_16";
-        #[cfg(target_arch = "x86_64")]
-        let other = match std::arch::is_x86_feature_detected!("avx2") {
-            true => "edgedx_dw_avx2",
-            false => "edgedx_dw_scalar",
-        };
-        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
-        let other = "edgedx_dw_scalar";
-        let dot = if cfg!(target_arch = "x86_64") {
-            "edgedx_dw_vnni_16"
-        } else {
-            "edgedx_dw_dot_16"
-        };
-        match &self.dot {
-            Some(d) if d.packed.iter().all(Option::is_some) => vec![dot.into()],
-            Some(_) => vec![dot.into(), other.into()],
-            None => vec![other.into()],
         }
     }
 }

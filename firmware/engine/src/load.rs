@@ -365,7 +365,7 @@ fn build_proto(
                 })?;
             let fused_pools =
                 crate::avgpool::fuse_quantized_pools(&mut optimized).map_err(|e| {
-                    load_err(format!("fusing the quantized global pools failed: {e:#}"))
+                    load_err(format!("fusing the quantized average pools failed: {e:#}"))
                 })?;
             let chains = crate::qtable::tabulate_quantized_chains(&mut optimized).map_err(|e| {
                 load_err(format!(

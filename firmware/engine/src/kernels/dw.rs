@@ -352,6 +352,26 @@ pub(crate) fn run(
     Ok(())
 }
 
+/// The kernel [`run`] takes on this CPU, for taps with dot-product groups (`dot`) or without.
+pub(crate) fn kernel_name(dot: bool) -> &'static str {
+    #[cfg(target_arch = "aarch64")]
+    return if dot {
+        "edgedx_dw_dot_16"
+    } else {
+        "edgedx_dw_neon_16"
+    };
+    #[cfg(target_arch = "x86_64")]
+    return if dot {
+        "edgedx_dw_vnni_16"
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        "edgedx_dw_avx2"
+    } else {
+        "edgedx_dw_scalar"
+    };
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+    "edgedx_dw_scalar"
+}
+
 /// The scalar reference: what every ISA's kernel must compute. On hosts without a kernel
 /// of their own it serves: tap by tap over a row, a loop the compiler vectorizes (with
 /// SSE2 only, at about a gigaproduct a second on the development host).
