@@ -990,7 +990,7 @@ pub(crate) mod tests {
     );
 
     /// How the test models' weights are quantized.
-    #[derive(Clone, Copy, Debug)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub(crate) enum Weights {
         /// Per-channel symmetric i8 in [-127, 127] (onnxruntime's default).
         Symmetric,

@@ -36,7 +36,7 @@ use tract_onnx::prelude::multithread;
 
 use crate::epilogue::Requantize;
 use crate::im2col::Geometry;
-use crate::kernels::dw;
+use crate::kernels::{dw, dwc};
 
 /// Multiply-adds from which a layer's channels are spread over the pool's threads: about
 /// 0.1 ms on the development host, 1 ms on a Cortex-A53, against tens of microseconds to
@@ -64,6 +64,31 @@ pub(crate) struct DepthwiseInt8 {
     /// the dot kernel's groups, and each channel's weights packed for them (none for a
     /// channel whose weights are not all i8). Made at load, once.
     dot: Option<DotLayer>,
+    /// On cores without the dot product (and for the layouts its groups leave), the
+    /// weights packed for the channels-last family (kernels/dwc.rs), which then computes
+    /// the whole layer ([`DepthwiseInt8::run_channels_last`]).
+    channels_last: Option<dwc::Weights>,
+}
+
+/// Whether a layer of `channels` with output rows of `out_width` takes the channels-last
+/// family rather than planes, on a core with (`dot`) or without the dot product: on aarch64
+/// when 16 channels fill a vector better than a plane row fills its blocks of 16
+/// positions. MobileNet's and EfficientNet's layers (32 to 1152 channels, rows of 56 down
+/// to 7) take it; PaddleOCR's (8 to 200 channels, rows of 96) keep planes. Where both are
+/// full, the planes' dot product (SDOT) does more per instruction. On x86-64 the plane
+/// kernels (AVX2, VNNI) stay: the family has no x86 version.
+fn takes_channels_last(channels: usize, out_width: usize, dot: bool) -> bool {
+    #[cfg(test)]
+    if let Some(forced) = tests::CHANNELS_LAST.get() {
+        return forced;
+    }
+    // Lanes used per lane paid, compared as fractions.
+    let (vector, block) = (
+        channels.next_multiple_of(16),
+        out_width.next_multiple_of(16),
+    );
+    let (vector_use, block_use) = (channels * block, out_width * vector);
+    cfg!(target_arch = "aarch64") && (vector_use > block_use || vector_use == block_use && !dot)
 }
 
 /// A layer's taps for the dot-product depthwise kernel.
@@ -100,6 +125,9 @@ impl DepthwiseInt8 {
     /// one (SDOT, or AVX-512 VNNI) for the channels whose weights it takes, the family's
     /// other one for the rest.
     pub(crate) fn kernels(&self) -> Vec<String> {
+        if self.channels_last.is_some() {
+            return vec![dwc::Weights::kernel_name().into()];
+        }
         let (dot, other) = (dw::kernel_name(true), dw::kernel_name(false));
         match &self.dot {
             Some(d) if d.packed.iter().all(Option::is_some) => vec![dot.into()],
@@ -135,6 +163,9 @@ impl DepthwiseInt8 {
         }
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<i8>()?;
+        if let Some(layer) = &self.channels_last {
+            return self.run_channels_last(layer, &g, xs, out);
+        }
         let layout = Plane::of(&g);
         // The groups made at load are this layout's (the input's shape is the load's).
         let dot = self
@@ -166,6 +197,67 @@ impl DepthwiseInt8 {
             }
             _ => self.channels_into(&job, 0, out),
         }
+    }
+
+    /// The whole layer on the channels-last family: the input copied once into a
+    /// `[rows][cols][cp]` image inside its padding, each output row's sums and their
+    /// requantization as `[positions][cp]` bytes, copied back as channel rows at the end.
+    /// Output rows are spread over the pool's threads.
+    fn run_channels_last(
+        &self,
+        layer: &dwc::Weights,
+        g: &Geometry,
+        xs: &[i8],
+        out: &mut [u8],
+    ) -> TractResult<()> {
+        let channels = self.channels();
+        let cp = layer.padded_channels();
+        let ([kh, kw], [sy, sx], [dy, dx], [pt, pl]) = (g.kernel, g.stride, g.dilation, g.pad);
+        let (rows, cols) = padded_extent(g);
+        let frame = dwc::Frame {
+            cp,
+            cols,
+            top: pt,
+            left: pl,
+        };
+        let fail =
+            |e: String| format_err!("DepthwiseInt8 on a {}x{} input: {e}", g.height, g.width);
+        let mut image = vec![self.pad; rows * cols * cp];
+        dwc::to_channels_last(xs, (channels, g.height, g.width), frame, &mut image)
+            .map_err(fail)?;
+        let offsets: Vec<usize> = (0..kh * kw)
+            .map(|t| ((t / kw) * dy * cols + (t % kw) * dx) * cp)
+            .collect();
+        let (out_rows, out_cols) = (g.n / g.out_width, g.out_width);
+        let per_row = out_cols * cp;
+        // Output rows `first..` (as many as `bytes` holds) with sums of their own.
+        let rows_into = |first: usize, bytes: &mut [u8]| -> TractResult<()> {
+            let mut acc = vec![0i32; per_row];
+            for (i, dst) in bytes.chunks_exact_mut(per_row).enumerate() {
+                let src = &image[(first + i) * sy * cols * cp..];
+                layer
+                    .run(src, &offsets, sx * cp, out_cols, &mut acc)
+                    .map_err(fail)?;
+                self.requantize.run_channels_last(&acc, cp, channels, dst)?;
+            }
+            Ok(())
+        };
+        let mut bytes = vec![0u8; g.n * cp];
+        let executor = multithread::current_tract_executor();
+        let macs = channels * g.n * kh * kw;
+        match &executor {
+            multithread::Executor::MultiThread(pool) if macs >= PARALLEL_MACS && out_rows > 1 => {
+                let per_task = out_rows.div_ceil(pool.current_num_threads().max(1));
+                pool.install(|| {
+                    bytes
+                        .par_chunks_mut(per_task * per_row)
+                        .enumerate()
+                        .try_for_each(|(t, chunk)| rows_into(t * per_task, chunk))
+                })?
+            }
+            _ => rows_into(0, &mut bytes)?,
+        }
+        dwc::from_channels_last(&bytes, cp, (channels, g.n), out).map_err(fail)
     }
 
     /// Channels `first..` (as many as `out` has rows of `g.n`) into `out`, with a plane and
@@ -227,12 +319,20 @@ struct Plane {
     len: usize,
 }
 
+/// The rows and columns of an input inside its padding: every row and column a tap reads,
+/// the image's and the padding's (both layouts hold this much).
+fn padded_extent(g: &Geometry) -> (usize, usize) {
+    let ([kh, kw], [sy, sx], [dy, dx], [pt, pl]) = (g.kernel, g.stride, g.dilation, g.pad);
+    let (ho, wo) = (g.n / g.out_width, g.out_width);
+    let rows = (pt + g.height).max((ho - 1) * sy + (kh - 1) * dy + 1);
+    let cols = (pl + g.width).max((wo - 1) * sx + (kw - 1) * dx + 1);
+    (rows, cols)
+}
+
 impl Plane {
     fn of(g: &Geometry) -> Plane {
-        let ([kh, kw], [sy, sx], [dy, dx], [pt, pl]) = (g.kernel, g.stride, g.dilation, g.pad);
-        let (ho, wo) = (g.n / g.out_width, g.out_width);
-        let rows = (pt + g.height).max((ho - 1) * sy + (kh - 1) * dy + 1);
-        let cols = (pl + g.width).max((wo - 1) * sx + (kw - 1) * dx + 1);
+        let ([kh, kw], [sy, sx], [dy, dx]) = (g.kernel, g.stride, g.dilation);
+        let (rows, cols) = padded_extent(g);
         let width = cols.div_ceil(sx);
         let mut offsets = Vec::with_capacity(kh * kw);
         for ky in 0..kh {
@@ -484,13 +584,24 @@ fn run_at(
             }
         }
     }
-    let dot = image
+    let mut dot = image
         .shape
         .as_concrete()
         .and_then(|image| DotLayer::new(spec, image, &weights, taps));
+    let out_width = image.shape.as_concrete().and_then(|image| match *image {
+        [c, h, w] | [1, c, h, w] => Some(Geometry::of(spec, &[1, c, h, w]).out_width),
+        _ => None,
+    });
+    let channels_last = out_width
+        .filter(|&w| takes_channels_last(channels, w, dot.is_some()))
+        .and_then(|_| dwc::Weights::new(&weights, channels, taps, &offsets));
+    if channels_last.is_some() {
+        dot = None;
+    }
     let op = DepthwiseInt8 {
         pool_spec: spec.clone(),
         dot,
+        channels_last,
         weights,
         zero_point: has_zero_point,
         offsets,
@@ -548,6 +659,14 @@ mod tests {
     use super::*;
     use crate::banded::tests::{conv_model_with, input_spec, outputs, test_inputs, Layer, Weights};
     use crate::load::{build_with, Target};
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Plans this thread loads take the channels-last family (`Some(true)`) or the
+        /// planes (`Some(false)`) whatever the CPU, on its scalar reference where the CPU
+        /// has no kernel of that family.
+        pub(super) static CHANNELS_LAST: Cell<Option<bool>> = const { Cell::new(None) };
+    }
 
     /// Depthwise layers with strides 1 and 2, dilation 2, asymmetric and wide padding, 3x3
     /// and 5x5 kernels, output rows as wide as the input's and narrower (both stride-1
@@ -645,27 +764,41 @@ mod tests {
             batch: 1,
         };
         let plain = build_with(&bytes, &target, false).unwrap();
-        let direct = build_with(&bytes, &target, true).unwrap();
-        let count = direct
-            .plan
-            .model()
-            .nodes()
-            .iter()
-            .filter(|n| n.op_is::<DepthwiseInt8>())
-            .count();
-        assert_eq!(count, depthwise, "{coding:?}: {:?}", direct.patches);
-        let shape = [1, c, h, w];
-        for data in &test_inputs(c * h * w) {
-            let (want, got) = (
-                outputs(&plain.plan, &shape, data),
-                outputs(&direct.plan, &shape, data),
-            );
-            let differ = want.iter().zip(&got).position(|(a, b)| a != b);
-            assert_eq!((want.len(), differ), (got.len(), None), "first difference");
-            // Channels spread over a pool's threads give the same bytes.
-            let pool = crate::threads::executor_for(3).unwrap();
-            let threaded = crate::threads::scope(pool, || outputs(&direct.plan, &shape, data));
-            assert_eq!(threaded, want, "{coding:?}, 3 threads");
+        // This CPU's choice, then each family whatever the CPU.
+        for forced in [None, Some(false), Some(true)] {
+            CHANNELS_LAST.set(forced);
+            let direct = build_with(&bytes, &target, true);
+            CHANNELS_LAST.set(None);
+            let direct = direct.unwrap();
+            let ops: Vec<&DepthwiseInt8> = direct
+                .plan
+                .model()
+                .nodes()
+                .iter()
+                .filter_map(|n| n.op_as::<DepthwiseInt8>())
+                .collect();
+            assert_eq!(ops.len(), depthwise, "{coding:?}: {:?}", direct.patches);
+            if forced == Some(true) && coding == Weights::Symmetric {
+                // Symmetric weights are in [-127, 127]: every layer takes the family.
+                assert!(ops.iter().all(|op| op.channels_last.is_some()));
+            }
+            if forced == Some(false) {
+                assert!(ops.iter().all(|op| op.channels_last.is_none()));
+            }
+            let shape = [1, c, h, w];
+            for data in &test_inputs(c * h * w) {
+                let (want, got) = (
+                    outputs(&plain.plan, &shape, data),
+                    outputs(&direct.plan, &shape, data),
+                );
+                let differ = want.iter().zip(&got).position(|(a, b)| a != b);
+                let case = format!("{coding:?}, channels last {forced:?}: first difference");
+                assert_eq!((want.len(), differ), (got.len(), None), "{case}");
+                // Channels (or rows) spread over a pool's threads give the same bytes.
+                let pool = crate::threads::executor_for(3).unwrap();
+                let threaded = crate::threads::scope(pool, || outputs(&direct.plan, &shape, data));
+                assert_eq!(threaded, want, "{coding:?}, {forced:?}, 3 threads");
+            }
         }
     }
 }

@@ -128,7 +128,39 @@ impl Requantize {
             x.len(),
             out.len()
         );
-        self.run_values(x, |_| s, out);
+        self.run_values(x, Scales::One(s), out);
+        Ok(())
+    }
+
+    /// Channels-last accumulators (`x`: positions of `pitch` values, channel c at c) into
+    /// the same places of `out`: the first `channels` values of each position, channel c
+    /// with multiplier c (or the single one), as [`Requantize::run_row`] does per channel.
+    pub(crate) fn run_channels_last(
+        &self,
+        x: &[i32],
+        pitch: usize,
+        channels: usize,
+        out: &mut [u8],
+    ) -> TractResult<()> {
+        let scales = self.scale.try_as_plain_ram()?;
+        let scales = scales.as_slice::<f32>()?;
+        ensure!(
+            scales.len() == if self.axis.is_some() { channels } else { 1 }
+                && channels <= pitch
+                && x.len() == out.len()
+                && x.len() % pitch.max(1) == 0,
+            "Requantize: {} multipliers for {} values of {channels} channels in rows of {pitch} into {} bytes",
+            scales.len(),
+            x.len(),
+            out.len()
+        );
+        for (xs, ys) in x.chunks_exact(pitch).zip(out.chunks_exact_mut(pitch)) {
+            let (xs, ys) = (&xs[..channels], &mut ys[..channels]);
+            match self.axis {
+                Some(_) => self.run_values(xs, Scales::Each(&scales[..channels]), ys),
+                None => self.run_values(xs, Scales::One(scales[0]), ys),
+            }
+        }
         Ok(())
     }
 
@@ -152,7 +184,7 @@ impl Requantize {
         );
         for (r, xs) in x.chunks_exact(cols).enumerate() {
             let s = scales[if self.axis.is_some() { r } else { 0 }];
-            self.run_values(xs, |_| s, &mut out[r * stride..r * stride + cols]);
+            self.run_values(xs, Scales::One(s), &mut out[r * stride..r * stride + cols]);
         }
         Ok(())
     }
@@ -176,7 +208,7 @@ impl Requantize {
         if inner >= BLOCK {
             for (c, (xs, ys)) in x.chunks(inner).zip(out.chunks_mut(inner)).enumerate() {
                 let s = scales[c % channels];
-                self.run_values(xs, |_| s, ys);
+                self.run_values(xs, Scales::One(s), ys);
             }
         } else if channels * inner > 0 {
             // Channels last (or nearly): one multiplier per element of each outer item,
@@ -187,13 +219,13 @@ impl Requantize {
                 .collect();
             let item = channels * inner;
             for (xs, ys) in x.chunks(item).zip(out.chunks_mut(item)) {
-                self.run_values(xs, |i| expanded[i], ys);
+                self.run_values(xs, Scales::Each(&expanded), ys);
             }
         }
         Ok(())
     }
 
-    /// Values whose multipliers are `scale(index)`, as output bytes.
+    /// Values whose multipliers are `scale`'s, as output bytes.
     ///
     /// On aarch64, NEON does the chain's exact steps four lanes at a time: SCVTF and FMUL
     /// are the same IEEE operations, FCVTNS rounds half to even and saturates like `as i32`
@@ -201,26 +233,42 @@ impl Requantize {
     /// clamp of the bytes, which is the i32 clamp for bounds inside the output type.
     /// On x86_64, SSE2 does it in the clamped form of `sse2::requantize`. What neither
     /// covers (the last values of a row, other targets) runs the chain per element.
-    fn run_values(&self, xs: &[i32], scale: impl Fn(usize) -> f32, ys: &mut [u8]) {
+    fn run_values(&self, xs: &[i32], scale: Scales, ys: &mut [u8]) {
         let mask = self.mask();
+        if let Scales::Each(each) = scale {
+            // The SIMD blocks load the multipliers of their values.
+            assert!(each.len() >= xs.len());
+        }
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is part of aarch64; `neon::requantize` stays within both slices.
+        // SAFETY: NEON is part of aarch64; `neon::requantize` stays within both slices, and
+        // the multipliers' loads within `each` (as long as `xs`).
         let done = unsafe {
+            use std::arch::aarch64::*;
             let bounds = [self.add, self.lo, self.hi];
-            neon::requantize(xs, &scale, ys, bounds, self.cast_to == DatumType::U8, mask)
+            let unsigned = self.cast_to == DatumType::U8;
+            match scale {
+                Scales::One(s) => {
+                    let s = vdupq_n_f32(s);
+                    neon::requantize(xs, |_| s, ys, bounds, unsigned, mask)
+                }
+                Scales::Each(each) => {
+                    let at = |i: usize| vld1q_f32(each.as_ptr().add(i));
+                    neon::requantize(xs, at, ys, bounds, unsigned, mask)
+                }
+            }
         };
         #[cfg(target_arch = "x86_64")]
         let done = match self.float_bounds() {
             Some(bounds) => {
-                let slow = |i: usize| (self.value(xs[i], scale(i)) as u8) ^ mask;
+                let slow = |i: usize| (self.value(xs[i], scale.at(i)) as u8) ^ mask;
                 if avx512::available() {
                     // SAFETY: the CPU has AVX-512 F; `avx512::requantize` stays within both
                     // slices.
-                    unsafe { avx512::requantize(xs, &scale, ys, bounds, self.add, mask, &slow) }
+                    unsafe { avx512::requantize(xs, scale, ys, bounds, self.add, mask, &slow) }
                 } else {
                     // SAFETY: SSE2 is part of x86_64; `sse2::requantize` stays within both
                     // slices.
-                    unsafe { sse2::requantize(xs, &scale, ys, bounds, self.add, mask, &slow) }
+                    unsafe { sse2::requantize(xs, scale, ys, bounds, self.add, mask, &slow) }
                 }
             }
             None => 0,
@@ -228,7 +276,7 @@ impl Requantize {
         #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
         let done = 0;
         for (i, (y, &x)) in ys[done..].iter_mut().zip(&xs[done..]).enumerate() {
-            *y = (self.value(x, scale(done + i)) as u8) ^ mask;
+            *y = (self.value(x, scale.at(done + i)) as u8) ^ mask;
         }
     }
 
@@ -241,6 +289,24 @@ impl Requantize {
         let hi = self.hi as i64 - self.add as i64;
         let fits = |v: i64| v.abs() <= EXACT;
         (fits(lo) && fits(hi) && fits(self.add as i64)).then_some((lo as f32, hi as f32))
+    }
+}
+
+/// The multipliers of a run of values: one for all of them, or one each (at least as many
+/// as the values).
+#[derive(Debug, Clone, Copy)]
+enum Scales<'a> {
+    One(f32),
+    Each(&'a [f32]),
+}
+
+impl Scales<'_> {
+    #[inline(always)]
+    fn at(self, i: usize) -> f32 {
+        match self {
+            Scales::One(s) => s,
+            Scales::Each(each) => each[i],
+        }
     }
 }
 
@@ -257,9 +323,10 @@ mod neon {
     ///
     /// # Safety
     /// `ys` is at least as long as `xs`.
+    /// `scale(i)` gives the multipliers of values `i..i + 4`.
     pub(super) unsafe fn requantize(
         xs: &[i32],
-        scale: &impl Fn(usize) -> f32,
+        scale: impl Fn(usize) -> float32x4_t,
         ys: &mut [u8],
         [add, lo, hi]: [i32; 3],
         unsigned: bool,
@@ -274,11 +341,7 @@ mod neon {
             for b in (0..n).step_by(BLOCK) {
                 let quarter = |j: usize| {
                     let i = b + 4 * j;
-                    let s = [scale(i), scale(i + 1), scale(i + 2), scale(i + 3)];
-                    let f = vmulq_f32(
-                        vcvtq_f32_s32(vld1q_s32(xs.as_ptr().add(i))),
-                        vld1q_f32(s.as_ptr()),
-                    );
+                    let f = vmulq_f32(vcvtq_f32_s32(vld1q_s32(xs.as_ptr().add(i))), scale(i));
                     vaddq_s32(vcvtnq_s32_f32(f), add)
                 };
                 let bytes = clamp.bytes([quarter(0), quarter(1), quarter(2), quarter(3)]);
@@ -294,7 +357,7 @@ const BLOCK: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 mod sse2 {
-    use super::BLOCK;
+    use super::{Scales, BLOCK};
     use std::arch::x86_64::*;
 
     /// Whole blocks of [`BLOCK`] values of [`super::Requantize::run_values`]: clamp the product to
@@ -309,7 +372,7 @@ mod sse2 {
     /// `ys` is at least as long as `xs`.
     pub(super) unsafe fn requantize(
         xs: &[i32],
-        scale: &impl Fn(usize) -> f32,
+        scale: Scales,
         ys: &mut [u8],
         (lo, hi): (f32, f32),
         add: i32,
@@ -319,6 +382,10 @@ mod sse2 {
         let n = xs.len() / BLOCK * BLOCK;
         assert!(ys.len() >= n);
         unsafe {
+            let scale = |i: usize| match scale {
+                Scales::One(s) => _mm_set1_ps(s),
+                Scales::Each(each) => _mm_loadu_ps(each.as_ptr().add(i)),
+            };
             let (vlo, vhi, vadd) = (_mm_set1_ps(lo), _mm_set1_ps(hi), _mm_set1_epi32(add));
             let limit = _mm_set1_ps((1u32 << 30) as f32);
             let sign = _mm_set1_ps(-0.0);
@@ -328,9 +395,8 @@ mod sse2 {
                 let mut small = 0xf;
                 for (j, v) in v.iter_mut().enumerate() {
                     let i = b + 4 * j;
-                    let s = _mm_setr_ps(scale(i), scale(i + 1), scale(i + 2), scale(i + 3));
                     let x = _mm_loadu_si128(xs.as_ptr().add(i) as *const __m128i);
-                    let f = _mm_mul_ps(_mm_cvtepi32_ps(x), s);
+                    let f = _mm_mul_ps(_mm_cvtepi32_ps(x), scale(i));
                     small &= _mm_movemask_ps(_mm_cmplt_ps(_mm_andnot_ps(sign, f), limit));
                     let clamped = _mm_min_ps(_mm_max_ps(f, vlo), vhi);
                     *v = _mm_add_epi32(_mm_cvtps_epi32(clamped), vadd);
@@ -357,7 +423,7 @@ mod sse2 {
 /// on the host with SSE2 (perf).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::BLOCK;
+    use super::{Scales, BLOCK};
     use std::arch::x86_64::*;
 
     pub(super) fn available() -> bool {
@@ -371,7 +437,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn requantize(
         xs: &[i32],
-        scale: &impl Fn(usize) -> f32,
+        scale: Scales,
         ys: &mut [u8],
         (lo, hi): (f32, f32),
         add: i32,
@@ -390,8 +456,10 @@ mod avx512 {
             let limit = _mm512_set1_ps((1u32 << 30) as f32);
             let vmask = _mm_set1_epi8(mask as i8);
             for b in (0..n).step_by(BLOCK) {
-                let scales: [f32; BLOCK] = std::array::from_fn(|j| scale(b + j));
-                let s = _mm512_loadu_ps(scales.as_ptr());
+                let s = match scale {
+                    Scales::One(s) => _mm512_set1_ps(s),
+                    Scales::Each(each) => _mm512_loadu_ps(each.as_ptr().add(b)),
+                };
                 let x = _mm512_loadu_si512(xs.as_ptr().add(b) as *const _);
                 let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), s);
                 // Every |f| < 2^30 (false for NaN): else the per-element chain.

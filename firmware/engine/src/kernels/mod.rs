@@ -1,8 +1,9 @@
 //! Integer microkernels, kept apart from the operators that choose them (as XNNPACK keeps
 //! its microkernels apart from its operators): each family states its packing, has a
 //! scalar reference, and its per-ISA versions are tested against that reference over many
-//! shapes. banded.rs picks a family per layer and per CPU at load; depthwise.rs
-//! prepares the planes of the depthwise family.
+//! shapes. banded.rs picks a family per layer and per CPU at load; depthwise.rs picks
+//! a depthwise family (planes, kernels/dw.rs, or channels last, kernels/dwc.rs) and
+//! prepares its layout.
 
 pub(crate) mod c16;
 #[cfg(target_arch = "aarch64")]
@@ -19,5 +20,8 @@ mod dw_dot;
 mod dw_neon;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod dw_vnni;
+pub(crate) mod dwc;
+#[cfg(target_arch = "aarch64")]
+mod dwc_neon;
 pub(crate) mod lut;
 pub(crate) mod panels;

@@ -1,0 +1,476 @@
+//! Depthwise products with the channels as the vector axis (channels last): the depthwise
+//! family for cores without a dot product (Cortex-A53 and A72: the i.MX 8M Plus and the
+//! Raspberry Pi 4).
+//!
+//! The plane family (kernels/dw.rs) puts 16 output positions of one channel in a vector.
+//! Late in a MobileNet or an EfficientNet the planes are 14 or 7 positions wide, so its
+//! blocks of 16 are half empty there, and every channel pays for its own plane copy, its
+//! stride phases and its call. Here a vector holds 16 channels of one position: those
+//! networks' depthwise layers have 32 to 1152 channels, multiples of 16, so every lane
+//! works at every image size, and a stride is only a longer step between positions.
+//!
+//! Layout ([`to_channels_last`]): the input as `[rows][cols][cp]` i8, padding included
+//! (written by the caller with the zero point), `cp` the channels rounded up to [`LANES`].
+//! For one output row of `cols` positions:
+//!
+//! `acc[ox · cp + c] = start[c] + Σ_t w[c][t] · src[ox · step + offsets[t] + c]`
+//!
+//! with `offsets[t]` the tap's place relative to the position's first read
+//! (`(ky · dy · padded_cols + kx · dx) · cp`) and `step = stride · cp`.
+//!
+//! NEON (kernels/dwc_neon.rs): per pair of taps, SMULL and SMLAL put both taps' products
+//! of 8 channels into 16-bit lanes (twice per 16 channels), and SADDW adds them into the
+//! four 32-bit sums: 12 instructions per pair of taps and 16 channels, loads included;
+//! 3x3 weights stay in registers across a row. Two products of an i8 by a weight in
+//! [-127, 127] fit a 16-bit lane (2 · 128 · 127 = 32512): [`Weights::new`] refuses a layer
+//! with another weight (a -128, or an asymmetric u8 weight less its zero point), which keeps
+//! the plane family.
+//!
+//! [`from_channels_last`] writes the requantized `[positions][cp]` bytes back as channel
+//! rows. Both copies go through 16 x 16 byte transposes on NEON.
+
+/// Channels per vector.
+pub(crate) const LANES: usize = 16;
+
+/// One layer's weights packed for the channels-last kernels, with each channel's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Weights {
+    taps: usize,
+    channels: usize,
+    /// `[channel group][tap][LANES]`; the last group's missing channels are zero.
+    packed: Vec<i8>,
+    /// Per channel, padded with zeros to whole groups.
+    starts: Vec<i32>,
+}
+
+impl Weights {
+    /// From `channels × taps` weights (tap-major within a channel) and each channel's start;
+    /// `None` when a weight is outside [-127, 127] (see the module doc).
+    pub(crate) fn new(
+        weights: &[i16],
+        channels: usize,
+        taps: usize,
+        starts: &[i32],
+    ) -> Option<Weights> {
+        if taps == 0
+            || weights.len() != channels * taps
+            || starts.len() != channels
+            || weights.iter().any(|w| !(-127..=127).contains(w))
+        {
+            return None;
+        }
+        let cp = channels.next_multiple_of(LANES);
+        let mut packed = vec![0i8; cp * taps];
+        for (c, row) in weights.chunks_exact(taps).enumerate() {
+            let (group, lane) = (c / LANES, c % LANES);
+            for (t, &w) in row.iter().enumerate() {
+                packed[(group * taps + t) * LANES + lane] = w as i8;
+            }
+        }
+        let mut padded = starts.to_vec();
+        padded.resize(cp, 0);
+        Some(Weights {
+            taps,
+            channels,
+            packed,
+            starts: padded,
+        })
+    }
+
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn taps(&self) -> usize {
+        self.taps
+    }
+
+    /// Channels rounded up to whole groups of [`LANES`]: the layout's innermost axis.
+    pub(crate) fn padded_channels(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// The packed weights and the padded starts, for the ISA kernels.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
+        (&self.packed, &self.starts)
+    }
+
+    /// Refuses operands the kernels would read or write out of bounds.
+    fn check(
+        &self,
+        src: &[i8],
+        offsets: &[usize],
+        step: usize,
+        cols: usize,
+        acc: &[i32],
+    ) -> Result<(), String> {
+        let cp = self.padded_channels();
+        if offsets.len() != self.taps {
+            return Err(format!(
+                "{} tap offsets for {} taps",
+                offsets.len(),
+                self.taps
+            ));
+        }
+        if acc.len() != cols * cp {
+            return Err(format!(
+                "{} sums for {cols} positions of {cp} channels",
+                acc.len()
+            ));
+        }
+        if cols == 0 {
+            return Ok(());
+        }
+        let needed = (cols - 1) * step + offsets.iter().max().copied().unwrap_or(0) + cp;
+        if src.len() < needed {
+            return Err(format!(
+                "{} input bytes for {cols} positions needing {needed}",
+                src.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// One output row's sums (see the module doc), on this CPU's kernel.
+    pub(crate) fn run(
+        &self,
+        src: &[i8],
+        offsets: &[usize],
+        step: usize,
+        cols: usize,
+        acc: &mut [i32],
+    ) -> Result<(), String> {
+        self.check(src, offsets, step, cols, acc)?;
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of aarch64; `check` holds the lengths the kernel reads and
+        // writes.
+        unsafe {
+            super::dwc_neon::run(self, src, offsets, step, cols, acc)
+        };
+        #[cfg(not(target_arch = "aarch64"))]
+        self.run_scalar(src, offsets, step, cols, acc);
+        Ok(())
+    }
+
+    /// The scalar reference: what every ISA's kernel must compute.
+    #[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))]
+    pub(crate) fn run_scalar(
+        &self,
+        src: &[i8],
+        offsets: &[usize],
+        step: usize,
+        cols: usize,
+        acc: &mut [i32],
+    ) {
+        let cp = self.padded_channels();
+        for (ox, sums) in acc.chunks_exact_mut(cp).take(cols).enumerate() {
+            for (c, sum) in sums.iter_mut().enumerate() {
+                let (group, lane) = (c / LANES, c % LANES);
+                let weights = &self.packed[group * self.taps * LANES..];
+                *sum = offsets
+                    .iter()
+                    .enumerate()
+                    .fold(self.starts[c], |s, (t, &at)| {
+                        let w = i32::from(weights[t * LANES + lane]);
+                        s.wrapping_add(w * i32::from(src[ox * step + at + c]))
+                    });
+            }
+        }
+    }
+
+    /// The kernel [`Weights::run`] takes on this CPU.
+    pub(crate) fn kernel_name() -> &'static str {
+        if cfg!(target_arch = "aarch64") {
+            "edgedx_dwc_neon_16"
+        } else {
+            "edgedx_dwc_scalar"
+        }
+    }
+}
+
+/// Where the channels-last copy of an image puts it: `[rows][cols][cp]` with the image's
+/// `height × width` positions from row `top` and column `left` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub(crate) cp: usize,
+    pub(crate) cols: usize,
+    pub(crate) top: usize,
+    pub(crate) left: usize,
+}
+
+impl Frame {
+    /// Where image position `(y, x)`'s channels start.
+    fn at(&self, y: usize, x: usize) -> usize {
+        ((self.top + y) * self.cols + self.left + x) * self.cp
+    }
+}
+
+/// Copies `channels` planes of `height × width` values (`src`, channel after channel) into
+/// the image positions of `dst` laid out as `frame`; the padding is left as it is.
+pub(crate) fn to_channels_last(
+    src: &[i8],
+    (channels, height, width): (usize, usize, usize),
+    frame: Frame,
+    dst: &mut [i8],
+) -> Result<(), String> {
+    let n = height * width;
+    if src.len() != channels * n || channels > frame.cp || frame.left + width > frame.cols {
+        return Err(format!(
+            "{channels} x {height} x {width} values from {} into a frame {frame:?}",
+            src.len()
+        ));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let last = frame.at(height - 1, width - 1) + frame.cp;
+    if dst.len() < last {
+        return Err(format!("a frame of {} bytes needing {last}", dst.len()));
+    }
+    // Each position's place, once per layer (every channel block uses it).
+    let places: Vec<usize> = (0..height)
+        .flat_map(|y| (0..width).map(move |x| frame.at(y, x)))
+        .collect();
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of aarch64; the lengths are checked above: `src` holds
+    // `channels` rows of `n` and every place plus `cp` is inside `dst`.
+    let done = unsafe { super::dwc_neon::to_channels_last(src, channels, n, &places, dst) };
+    #[cfg(not(target_arch = "aarch64"))]
+    let done = (0, 0);
+    copy_rest(done, (channels, n), |c, j| {
+        dst[places[j] + c] = src[c * n + j];
+    });
+    Ok(())
+}
+
+/// Copies the first `channels` of each of `positions` rows of `cp` bytes (`src`) into
+/// `dst` as one row of `positions` bytes per channel.
+pub(crate) fn from_channels_last(
+    src: &[u8],
+    cp: usize,
+    (channels, positions): (usize, usize),
+    dst: &mut [u8],
+) -> Result<(), String> {
+    if channels > cp || src.len() != positions * cp || dst.len() != channels * positions {
+        return Err(format!(
+            "{positions} positions of {channels} of {cp} channels from {} bytes into {}",
+            src.len(),
+            dst.len()
+        ));
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of aarch64; the lengths are checked above.
+    let done = unsafe { super::dwc_neon::from_channels_last(src, cp, channels, positions, dst) };
+    #[cfg(not(target_arch = "aarch64"))]
+    let done = (0, 0);
+    copy_rest(done, (channels, positions), |c, j| {
+        dst[c * positions + j] = src[j * cp + c];
+    });
+    Ok(())
+}
+
+/// Runs `copy(channel, position)` for every pair outside the `done` corner (the first
+/// `done.0` channels at the first `done.1` positions, which the NEON blocks copied).
+fn copy_rest(
+    (done_c, done_j): (usize, usize),
+    (channels, positions): (usize, usize),
+    mut copy: impl FnMut(usize, usize),
+) {
+    for c in 0..channels {
+        let from = if c < done_c { done_j } else { 0 };
+        for j in from..positions {
+            copy(c, j);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<i8> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s as i8
+            })
+            .collect()
+    }
+
+    /// The naive depthwise convolution of channel-major planes, for one output row.
+    #[allow(clippy::too_many_arguments)]
+    fn naive(
+        x: &[i8],
+        (c, h, w): (usize, usize, usize),
+        weights: &[i16],
+        starts: &[i32],
+        (k, stride, dilation, pad): (usize, usize, usize, i8),
+        (top, left): (usize, usize),
+        (oy, cols): (usize, usize),
+    ) -> Vec<i32> {
+        let mut out = vec![0i32; c * cols];
+        for ch in 0..c {
+            for ox in 0..cols {
+                let mut s = starts[ch];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let y = (oy * stride + ky * dilation) as isize - top as isize;
+                        let xx = (ox * stride + kx * dilation) as isize - left as isize;
+                        let v = if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                            pad
+                        } else {
+                            x[ch * h * w + y as usize * w + xx as usize]
+                        };
+                        let wt = i32::from(weights[ch * k * k + ky * k + kx]);
+                        s = s.wrapping_add(wt * i32::from(v));
+                    }
+                }
+                out[ox * c + ch] = s;
+            }
+        }
+        out
+    }
+
+    /// Every kernel against the naive convolution: 3x3, 5x5, 7x7 and 1x2 kernels, strides
+    /// 1 to 3, dilation 2, channels below, at and above whole groups, rows of 1 to 23.
+    #[test]
+    fn matches_the_naive_convolution_over_odd_shapes() {
+        let cases = [
+            // (channels, h, w, k, stride, dilation, pad)
+            (16, 7, 7, 3, 1, 1, 1),
+            (32, 14, 14, 3, 2, 1, 1),
+            (5, 9, 11, 3, 1, 1, 1),
+            (40, 6, 23, 5, 1, 1, 2),
+            (24, 12, 9, 5, 2, 1, 2),
+            (17, 13, 13, 7, 1, 1, 3),
+            (48, 10, 10, 3, 1, 2, 2),
+            (33, 1, 4, 3, 3, 1, 1),
+            (16, 8, 8, 2, 1, 1, 0),
+        ];
+        for (i, &(c, h, w, k, stride, dilation, p)) in cases.iter().enumerate() {
+            let x = values(c * h * w, i as u32);
+            let weights: Vec<i16> = values(c * k * k, 100 + i as u32)
+                .iter()
+                .map(|&v| i16::from(v).max(-127))
+                .collect();
+            let starts: Vec<i32> = (0..c as i32).map(|v| v * 977 - 5000).collect();
+            let layer = Weights::new(&weights, c, k * k, &starts).unwrap();
+            let cp = layer.padded_channels();
+            let span = (k - 1) * dilation + 1;
+            let (rows, cols) = (h + 2 * p, w + 2 * p);
+            let (oh, ow) = ((rows - span) / stride + 1, (cols - span) / stride + 1);
+            let pad = -7i8;
+            let frame = Frame {
+                cp,
+                cols,
+                top: p,
+                left: p,
+            };
+            let mut plane = vec![pad; rows * cols * cp];
+            to_channels_last(&x, (c, h, w), frame, &mut plane).unwrap();
+            let offsets: Vec<usize> = (0..k * k)
+                .map(|t| ((t / k) * dilation * cols + (t % k) * dilation) * cp)
+                .collect();
+            for oy in 0..oh {
+                let src = &plane[oy * stride * cols * cp..];
+                let mut got = vec![0i32; ow * cp];
+                layer.run(src, &offsets, stride * cp, ow, &mut got).unwrap();
+                let mut scalar = vec![0i32; ow * cp];
+                layer.run_scalar(src, &offsets, stride * cp, ow, &mut scalar);
+                assert_eq!(got, scalar, "case {i}, row {oy}");
+                let want = naive(
+                    &x,
+                    (c, h, w),
+                    &weights,
+                    &starts,
+                    (k, stride, dilation, pad),
+                    (p, p),
+                    (oy, ow),
+                );
+                let got: Vec<i32> = got.chunks_exact(cp).flat_map(|s| s[..c].to_vec()).collect();
+                assert_eq!(got, want, "case {i}, row {oy}");
+            }
+        }
+    }
+
+    /// The sums wrap in i32 as tract's do, at the extreme weights and inputs.
+    #[test]
+    fn holds_at_the_extremes_and_wraps() {
+        let (c, taps) = (16, 9);
+        for (x, w, start) in [
+            (-128i8, -127i16, 0i32),
+            (127, 127, i32::MAX - 5),
+            (-128, 127, i32::MIN + 3),
+        ] {
+            let weights = vec![w; c * taps];
+            let layer = Weights::new(&weights, c, taps, &vec![start; c]).unwrap();
+            let src = vec![x; 3 * c * taps];
+            let offsets: Vec<usize> = (0..taps).map(|t| t * c).collect();
+            let mut got = vec![0i32; 2 * c];
+            layer.run(&src, &offsets, c, 2, &mut got).unwrap();
+            let one = i32::from(x) * i32::from(w) * taps as i32;
+            assert_eq!(got, vec![start.wrapping_add(one); 2 * c]);
+        }
+    }
+
+    #[test]
+    fn refuses_weights_and_operands_it_cannot_take() {
+        assert!(Weights::new(&[-128, 3], 1, 2, &[0]).is_none());
+        assert!(Weights::new(&[200, 3], 1, 2, &[0]).is_none());
+        let layer = Weights::new(&[1; 18], 2, 9, &[0, 0]).unwrap();
+        let offsets: Vec<usize> = (0..9).map(|t| t * 16).collect();
+        let mut acc = vec![0i32; 2 * 16];
+        // Two positions need 16 + 128 + 16 bytes.
+        assert!(layer.run(&[0; 159], &offsets, 16, 2, &mut acc).is_err());
+        assert!(layer.run(&[0; 160], &offsets, 16, 2, &mut acc).is_ok());
+        assert!(layer
+            .run(&[0; 160], &offsets[..8], 16, 2, &mut acc)
+            .is_err());
+        assert!(layer.run(&[0; 160], &offsets, 16, 3, &mut acc).is_err());
+    }
+
+    /// Both copies against their definitions, at sizes around the 16 x 16 blocks.
+    #[test]
+    fn channel_copies_put_every_value_in_its_place() {
+        for (c, h, w) in [
+            (16, 4, 4),
+            (33, 7, 7),
+            (5, 3, 11),
+            (48, 1, 17),
+            (64, 14, 14),
+            (1, 1, 1),
+        ] {
+            let n = h * w;
+            let x = values(c * n, (c * 31 + n) as u32);
+            let cp = c.next_multiple_of(LANES) + 16;
+            let frame = Frame {
+                cp,
+                cols: w + 3,
+                top: 2,
+                left: 1,
+            };
+            let mut plane = vec![99i8; (h + 4) * (w + 3) * cp];
+            to_channels_last(&x, (c, h, w), frame, &mut plane).unwrap();
+            for (i, &v) in plane.iter().enumerate() {
+                let (pos, ch) = (i / cp, i % cp);
+                let (y, xx) = (pos / (w + 3), pos % (w + 3));
+                let inside = ch < c && (2..2 + h).contains(&y) && (1..1 + w).contains(&xx);
+                let want = if inside {
+                    x[ch * n + (y - 2) * w + xx - 1]
+                } else {
+                    99
+                };
+                assert_eq!(v, want, "{c} x {h} x {w}: byte {i}");
+            }
+            let rows: Vec<u8> = values(n * cp, 7).iter().map(|&v| v as u8).collect();
+            let mut back = vec![0u8; c * n];
+            from_channels_last(&rows, cp, (c, n), &mut back).unwrap();
+            for ch in 0..c {
+                for j in 0..n {
+                    assert_eq!(back[ch * n + j], rows[j * cp + ch], "{c} x {n}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The channels-last depthwise family on aarch64 NEON (kernels/dwc.rs has the layout).
+//!
+//! A row's sums run one group of 16 channels at a time (a 3x3 kernel's weights in
+//! registers for the whole row), two positions at a time, each position's four 32-bit sums
+//! in registers across all its taps. Per pair of taps and position: two loads of 16
+//! channels' bytes, SMULL/SMULL2 of the first tap's, SMLAL/SMLAL2 of the second's into the
+//! same 16-bit lanes, and four SADDW into the sums.
+
+use std::arch::aarch64::*;
+
+use super::dwc::{Weights, LANES};
+
+/// # Safety
+/// `Weights::check` holds for these operands.
+pub(super) unsafe fn run(
+    w: &Weights,
+    src: &[i8],
+    offsets: &[usize],
+    step: usize,
+    cols: usize,
+    acc: &mut [i32],
+) {
+    let (packed, starts) = w.raw();
+    let (cp, taps) = (w.padded_channels(), w.taps());
+    for g in 0..cp / LANES {
+        // SAFETY: the caller's contract: group g has `taps` × 16 weights and 16 starts;
+        // every position's reads (`ox · step + offsets[t] + g · 16`, 16 bytes) are inside
+        // `src` and its 16 sums inside `acc`.
+        unsafe {
+            let wg = packed.as_ptr().add(g * taps * LANES);
+            let s = vld1q_s32_x4(starts.as_ptr().add(g * LANES));
+            let start = [s.0, s.1, s.2, s.3];
+            let (p, out) = (src.as_ptr().add(g * LANES), acc.as_mut_ptr().add(g * LANES));
+            if taps == 9 {
+                // A 3x3 kernel's weights stay in registers for the whole row.
+                let ws: [int8x16_t; 9] = std::array::from_fn(|t| vld1q_s8(wg.add(t * LANES)));
+                row(p, out, (step, cp), cols, &offsets[..9], |t| ws[t], start);
+            } else {
+                let weight = |t: usize| vld1q_s8(wg.add(t * LANES));
+                row(p, out, (step, cp), cols, offsets, weight, start);
+            }
+        }
+    }
+}
+
+/// One group's sums over a row of `cols` positions, two positions at a time (each pair of
+/// taps' weights serves both).
+///
+/// # Safety
+/// As `run`'s, for the group at `p` and `out`.
+#[inline(always)]
+unsafe fn row(
+    p: *const i8,
+    out: *mut i32,
+    (step, cp): (usize, usize),
+    cols: usize,
+    at: &[usize],
+    weight: impl Fn(usize) -> int8x16_t,
+    start: [int32x4_t; 4],
+) {
+    let store = |out: *mut i32, s: [int32x4_t; 4]| {
+        // SAFETY: the caller's contract: 16 sums at `out`.
+        unsafe { vst1q_s32_x4(out, int32x4x4_t(s[0], s[1], s[2], s[3])) }
+    };
+    let mut ox = 0;
+    while ox + 2 <= cols {
+        // SAFETY: the caller's contract, for positions ox and ox + 1.
+        let [a, b] = unsafe { sums::<2>(p.add(ox * step), step, at, &weight, start) };
+        // SAFETY: as above.
+        unsafe {
+            store(out.add(ox * cp), a);
+            store(out.add((ox + 1) * cp), b);
+        }
+        ox += 2;
+    }
+    if ox < cols {
+        // SAFETY: the caller's contract, for position ox.
+        let [a] = unsafe { sums::<1>(p.add(ox * step), step, at, &weight, start) };
+        // SAFETY: as above.
+        unsafe { store(out.add(ox * cp), a) };
+    }
+}
+
+/// The sums of `P` consecutive positions (`step` bytes apart) from `start`.
+///
+/// # Safety
+/// Every position's reads are inside the caller's input.
+#[inline(always)]
+unsafe fn sums<const P: usize>(
+    p: *const i8,
+    step: usize,
+    at: &[usize],
+    weight: &impl Fn(usize) -> int8x16_t,
+    start: [int32x4_t; 4],
+) -> [[int32x4_t; 4]; P] {
+    let mut sums = [start; P];
+    let mut t = 0;
+    while t + 1 < at.len() {
+        let (wa, wb) = (weight(t), weight(t + 1));
+        for (q, sums) in sums.iter_mut().enumerate() {
+            // SAFETY: the caller's contract.
+            let (xa, xb) = unsafe {
+                let x = p.add(q * step);
+                (vld1q_s8(x.add(at[t])), vld1q_s8(x.add(at[t + 1])))
+            };
+            let (lo, hi) = pair(xa, wa, xb, wb);
+            widen_add(sums, lo, hi);
+        }
+        t += 2;
+    }
+    if t < at.len() {
+        let w = weight(t);
+        for (q, sums) in sums.iter_mut().enumerate() {
+            // SAFETY: the caller's contract.
+            let x = unsafe { vld1q_s8(p.add(q * step + at[t])) };
+            let (lo, hi) = single(x, w);
+            widen_add(sums, lo, hi);
+        }
+    }
+    sums
+}
+
+/// Adds the 16-bit products of 16 channels (`lo`: channels 0-7, `hi`: 8-15) to their sums.
+#[inline(always)]
+fn widen_add(sums: &mut [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) {
+    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
+    unsafe {
+        sums[0] = vaddw_s16(sums[0], vget_low_s16(lo));
+        sums[1] = vaddw_high_s16(sums[1], lo);
+        sums[2] = vaddw_s16(sums[2], vget_low_s16(hi));
+        sums[3] = vaddw_high_s16(sums[3], hi);
+    }
+}
+
+/// Two taps' products (`xa · wa + xb · wb`) of 16 channels in 16-bit lanes: exact, since
+/// every weight is in [-127, 127]. Written out: LLVM turns SMULL2 of a loop-invariant
+/// weight into EXT and SMULL of each input, one more instruction per tap.
+#[inline(always)]
+fn pair(xa: int8x16_t, wa: int8x16_t, xb: int8x16_t, wb: int8x16_t) -> (int16x8_t, int16x8_t) {
+    let (lo, hi): (int16x8_t, int16x8_t);
+    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
+    unsafe {
+        std::arch::asm!(
+            "smull {lo:v}.8h, {xa:v}.8b, {wa:v}.8b",
+            "smull2 {hi:v}.8h, {xa:v}.16b, {wa:v}.16b",
+            "smlal {lo:v}.8h, {xb:v}.8b, {wb:v}.8b",
+            "smlal2 {hi:v}.8h, {xb:v}.16b, {wb:v}.16b",
+            lo = out(vreg) lo,
+            hi = out(vreg) hi,
+            xa = in(vreg) xa,
+            wa = in(vreg) wa,
+            xb = in(vreg) xb,
+            wb = in(vreg) wb,
+            options(pure, nomem, nostack, preserves_flags),
+        )
+    };
+    (lo, hi)
+}
+
+/// One tap's products of 16 channels in 16-bit lanes.
+#[inline(always)]
+fn single(x: int8x16_t, w: int8x16_t) -> (int16x8_t, int16x8_t) {
+    let (lo, hi): (int16x8_t, int16x8_t);
+    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
+    unsafe {
+        std::arch::asm!(
+            "smull {lo:v}.8h, {x:v}.8b, {w:v}.8b",
+            "smull2 {hi:v}.8h, {x:v}.16b, {w:v}.16b",
+            lo = out(vreg) lo,
+            hi = out(vreg) hi,
+            x = in(vreg) x,
+            w = in(vreg) w,
+            options(pure, nomem, nostack, preserves_flags),
+        )
+    };
+    (lo, hi)
+}
+
+/// A 16 x 16 byte transpose: `out[k]` lane `j` is `rows[j]` lane `k`. TRN1/TRN2 at bytes,
+/// then halfwords, words and doublewords (64 instructions).
+#[inline(always)]
+fn transpose(r: [uint8x16_t; 16]) -> [uint8x16_t; 16] {
+    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
+    unsafe {
+        let mut a = r;
+        for i in 0..8 {
+            a[2 * i] = vtrn1q_u8(r[2 * i], r[2 * i + 1]);
+            a[2 * i + 1] = vtrn2q_u8(r[2 * i], r[2 * i + 1]);
+        }
+        let mut b = [vdupq_n_u16(0); 16];
+        for g in (0..16).step_by(4) {
+            for i in g..g + 2 {
+                let (x, y) = (vreinterpretq_u16_u8(a[i]), vreinterpretq_u16_u8(a[i + 2]));
+                b[i] = vtrn1q_u16(x, y);
+                b[i + 2] = vtrn2q_u16(x, y);
+            }
+        }
+        let mut c = [vdupq_n_u32(0); 16];
+        for g in (0..16).step_by(8) {
+            for i in g..g + 4 {
+                let (x, y) = (vreinterpretq_u32_u16(b[i]), vreinterpretq_u32_u16(b[i + 4]));
+                c[i] = vtrn1q_u32(x, y);
+                c[i + 4] = vtrn2q_u32(x, y);
+            }
+        }
+        let mut d = r;
+        for i in 0..8 {
+            let (x, y) = (vreinterpretq_u64_u32(c[i]), vreinterpretq_u64_u32(c[i + 8]));
+            d[i] = vreinterpretq_u8_u64(vtrn1q_u64(x, y));
+            d[i + 8] = vreinterpretq_u8_u64(vtrn2q_u64(x, y));
+        }
+        d
+    }
+}
+
+/// The whole 16 x 16 blocks of `dwc::to_channels_last`: channel rows of `n` values into
+/// their positions' `places`. Returns the channels and positions it covered.
+///
+/// # Safety
+/// `src` holds `channels × n` values; `places` has `n` entries and each plus `channels` is
+/// inside `dst`.
+pub(super) unsafe fn to_channels_last(
+    src: &[i8],
+    channels: usize,
+    n: usize,
+    places: &[usize],
+    dst: &mut [i8],
+) -> (usize, usize) {
+    let (cb, jb) = (channels / 16 * 16, n / 16 * 16);
+    for c0 in (0..cb).step_by(16) {
+        for j0 in (0..jb).step_by(16) {
+            // SAFETY: the caller's contract; c0 + 16 ≤ channels and j0 + 16 ≤ n.
+            unsafe {
+                let rows = std::array::from_fn(|i| {
+                    vld1q_u8(src.as_ptr().add((c0 + i) * n + j0) as *const u8)
+                });
+                for (k, v) in transpose(rows).into_iter().enumerate() {
+                    vst1q_u8(dst.as_mut_ptr().add(places[j0 + k] + c0) as *mut u8, v);
+                }
+            }
+        }
+    }
+    (cb, jb)
+}
+
+/// The whole 16 x 16 blocks of `dwc::from_channels_last`. Returns the channels and
+/// positions it covered.
+///
+/// # Safety
+/// `src` holds `positions × cp` bytes, `dst` `channels × positions`, channels ≤ cp.
+pub(super) unsafe fn from_channels_last(
+    src: &[u8],
+    cp: usize,
+    channels: usize,
+    positions: usize,
+    dst: &mut [u8],
+) -> (usize, usize) {
+    let (cb, jb) = (channels / 16 * 16, positions / 16 * 16);
+    for j0 in (0..jb).step_by(16) {
+        for c0 in (0..cb).step_by(16) {
+            // SAFETY: the caller's contract; c0 + 16 ≤ channels and j0 + 16 ≤ positions.
+            unsafe {
+                let rows = std::array::from_fn(|i| vld1q_u8(src.as_ptr().add((j0 + i) * cp + c0)));
+                for (k, v) in transpose(rows).into_iter().enumerate() {
+                    vst1q_u8(dst.as_mut_ptr().add((c0 + k) * positions + j0), v);
+                }
+            }
+        }
+    }
+    (cb, jb)
+}
