@@ -154,10 +154,19 @@ impl Requantize {
             x.len(),
             out.len()
         );
+        if channels == pitch {
+            // No padding channels: the positions are one run, the multipliers a cycle.
+            let scale = match self.axis {
+                Some(_) => Scales::Cycle(scales),
+                None => Scales::One(scales[0]),
+            };
+            self.run_values(x, scale, out);
+            return Ok(());
+        }
         for (xs, ys) in x.chunks_exact(pitch).zip(out.chunks_exact_mut(pitch)) {
             let (xs, ys) = (&xs[..channels], &mut ys[..channels]);
             match self.axis {
-                Some(_) => self.run_values(xs, Scales::Each(&scales[..channels]), ys),
+                Some(_) => self.run_values(xs, Scales::Each(scales), ys),
                 None => self.run_values(xs, Scales::One(scales[0]), ys),
             }
         }
@@ -235,30 +244,39 @@ impl Requantize {
     /// covers (the last values of a row, other targets) runs the chain per element.
     fn run_values(&self, xs: &[i32], scale: Scales, ys: &mut [u8]) {
         let mask = self.mask();
-        if let Scales::Each(each) = scale {
-            // The SIMD blocks load the multipliers of their values.
-            assert!(each.len() >= xs.len());
-        }
+        // The SIMD blocks load the multipliers of their values: `Each` has them all, and
+        // a block of a `Cycle` does not wrap (whole blocks per cycle).
+        let blocks = match scale {
+            Scales::One(_) => true,
+            Scales::Each(each) => each.len() >= xs.len(),
+            Scales::Cycle(cycle) => !cycle.is_empty() && cycle.len() % BLOCK == 0,
+        };
         #[cfg(target_arch = "aarch64")]
         // SAFETY: NEON is part of aarch64; `neon::requantize` stays within both slices, and
-        // the multipliers' loads within `each` (as long as `xs`).
+        // the multipliers' loads within `each` or `cycle` (`blocks`).
         let done = unsafe {
             use std::arch::aarch64::*;
             let bounds = [self.add, self.lo, self.hi];
             let unsigned = self.cast_to == DatumType::U8;
             match scale {
+                _ if !blocks => 0,
                 Scales::One(s) => {
                     let s = vdupq_n_f32(s);
-                    neon::requantize(xs, |_| s, ys, bounds, unsigned, mask)
+                    neon::requantize(xs, |_| [s; 4], ys, bounds, unsigned, mask)
                 }
                 Scales::Each(each) => {
-                    let at = |i: usize| vld1q_f32(each.as_ptr().add(i));
+                    let at = |b: usize| neon::block_scales(each, b);
+                    neon::requantize(xs, at, ys, bounds, unsigned, mask)
+                }
+                Scales::Cycle(cycle) => {
+                    let at = |b: usize| neon::block_scales(cycle, b % cycle.len());
                     neon::requantize(xs, at, ys, bounds, unsigned, mask)
                 }
             }
         };
         #[cfg(target_arch = "x86_64")]
         let done = match self.float_bounds() {
+            _ if !blocks => 0,
             Some(bounds) => {
                 let slow = |i: usize| (self.value(xs[i], scale.at(i)) as u8) ^ mask;
                 if avx512::available() {
@@ -292,12 +310,13 @@ impl Requantize {
     }
 }
 
-/// The multipliers of a run of values: one for all of them, or one each (at least as many
-/// as the values).
+/// The multipliers of a run of values: one for all of them, one each, or a cycle (value i
+/// has `cycle[i % cycle.len()]`: channels-last positions).
 #[derive(Debug, Clone, Copy)]
 enum Scales<'a> {
     One(f32),
     Each(&'a [f32]),
+    Cycle(&'a [f32]),
 }
 
 impl Scales<'_> {
@@ -306,6 +325,7 @@ impl Scales<'_> {
         match self {
             Scales::One(s) => s,
             Scales::Each(each) => each[i],
+            Scales::Cycle(cycle) => cycle[i % cycle.len()],
         }
     }
 }
@@ -321,12 +341,13 @@ mod neon {
     /// the output type, u8 when `unsigned`, else i8. The clamp is done on the bytes
     /// (`ByteClamp`, the same as clamping the i32 lanes for such bounds).
     ///
+    /// `scale(b)` gives the multipliers of the block of values `b..b + 16`.
+    ///
     /// # Safety
     /// `ys` is at least as long as `xs`.
-    /// `scale(i)` gives the multipliers of values `i..i + 4`.
     pub(super) unsafe fn requantize(
         xs: &[i32],
-        scale: impl Fn(usize) -> float32x4_t,
+        scale: impl Fn(usize) -> [float32x4_t; 4],
         ys: &mut [u8],
         [add, lo, hi]: [i32; 3],
         unsigned: bool,
@@ -339,9 +360,10 @@ mod neon {
             let add = vdupq_n_s32(add);
             let mask = vdupq_n_u8(mask);
             for b in (0..n).step_by(BLOCK) {
+                let s = scale(b);
                 let quarter = |j: usize| {
                     let i = b + 4 * j;
-                    let f = vmulq_f32(vcvtq_f32_s32(vld1q_s32(xs.as_ptr().add(i))), scale(i));
+                    let f = vmulq_f32(vcvtq_f32_s32(vld1q_s32(xs.as_ptr().add(i))), s[j]);
                     vaddq_s32(vcvtnq_s32_f32(f), add)
                 };
                 let bytes = clamp.bytes([quarter(0), quarter(1), quarter(2), quarter(3)]);
@@ -349,6 +371,17 @@ mod neon {
             }
         }
         n
+    }
+
+    /// The 16 multipliers at `at`.
+    ///
+    /// # Safety
+    /// `scales` holds `at + 16` values.
+    #[inline(always)]
+    pub(super) unsafe fn block_scales(scales: &[f32], at: usize) -> [float32x4_t; 4] {
+        // SAFETY: the caller's contract.
+        let v = unsafe { vld1q_f32_x4(scales.as_ptr().add(at)) };
+        [v.0, v.1, v.2, v.3]
     }
 }
 
@@ -385,6 +418,7 @@ mod sse2 {
             let scale = |i: usize| match scale {
                 Scales::One(s) => _mm_set1_ps(s),
                 Scales::Each(each) => _mm_loadu_ps(each.as_ptr().add(i)),
+                Scales::Cycle(cycle) => _mm_loadu_ps(cycle.as_ptr().add(i % cycle.len())),
             };
             let (vlo, vhi, vadd) = (_mm_set1_ps(lo), _mm_set1_ps(hi), _mm_set1_epi32(add));
             let limit = _mm_set1_ps((1u32 << 30) as f32);
@@ -459,6 +493,7 @@ mod avx512 {
                 let s = match scale {
                     Scales::One(s) => _mm512_set1_ps(s),
                     Scales::Each(each) => _mm512_loadu_ps(each.as_ptr().add(b)),
+                    Scales::Cycle(cycle) => _mm512_loadu_ps(cycle.as_ptr().add(b % cycle.len())),
                 };
                 let x = _mm512_loadu_si512(xs.as_ptr().add(b) as *const _);
                 let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), s);

@@ -109,8 +109,7 @@ unsafe fn block<const FIRST: bool>(
     let b = [b.0, b.1, b.2, b.3];
     for (acc, a) in acc.iter_mut().zip(a) {
         for (acc, b) in acc.iter_mut().zip(b) {
-            let products = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-            let products = vmlal_high_s8(products, a, b);
+            let products = products(a, b);
             *acc = if FIRST {
                 vpaddlq_s16(products)
             } else {
@@ -119,6 +118,27 @@ unsafe fn block<const FIRST: bool>(
         }
     }
     acc
+}
+
+/// The 16 products of `a` and `b` summed in pairs into 16-bit lanes: lane i is
+/// `a[i] · b[i] + a[i + 8] · b[i + 8]` (SMULL, SMLAL2). Written out: LLVM turns SMLAL2 of a
+/// weight that stays in a register across tiles (a 16-deep layer's) into EXT and SMLAL,
+/// and the high halves it keeps crowd the tile's 32 registers into spills to the stack.
+#[inline(always)]
+fn products(a: int8x16_t, b: int8x16_t) -> int16x8_t {
+    let sum: int16x8_t;
+    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
+    unsafe {
+        std::arch::asm!(
+            "smull {s:v}.8h, {a:v}.8b, {b:v}.8b",
+            "smlal2 {s:v}.8h, {a:v}.16b, {b:v}.16b",
+            s = out(vreg) sum,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        )
+    };
+    sum
 }
 
 /// The channel rows `sums` into `rows` rows of `c`, `n` apart, `cols` positions each.
