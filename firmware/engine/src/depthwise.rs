@@ -71,24 +71,27 @@ pub(crate) struct DepthwiseInt8 {
 }
 
 /// Whether a layer of `channels` with output rows of `out_width` takes the channels-last
-/// family rather than planes, on a core with (`dot`) or without the dot product: on aarch64
-/// when 16 channels fill a vector better than a plane row fills its blocks of 16
-/// positions. MobileNet's and EfficientNet's layers (32 to 1152 channels, rows of 56 down
-/// to 7) take it; PaddleOCR's (8 to 200 channels, rows of 96) keep planes. Where both are
-/// full, the planes' dot product (SDOT) does more per instruction. On x86-64 the plane
-/// kernels (AVX2, VNNI) stay: the family has no x86 version.
+/// family rather than planes, on a core with (`dot`) or without dot-product groups for its
+/// taps. On aarch64: when plane rows are too short to amortize their per-row and
+/// per-channel work, and 16 channels fill a vector at least as well as a row fills its
+/// blocks of 16 positions. MobileNet's and EfficientNet's layers from 28 (without dot
+/// product) or 14 (with it) positions wide take it; PaddleOCR's (rows of 96) keep planes.
+/// On x86-64 the plane kernels (AVX2, VNNI) stay: the family has no x86 version.
 fn takes_channels_last(channels: usize, out_width: usize, dot: bool) -> bool {
     #[cfg(test)]
     if let Some(forced) = tests::CHANNELS_LAST.get() {
         return forced;
     }
+    // The shortest plane rows that beat channels last, measured on EfficientNet-Lite0 and
+    // MobileNetV2 under qemu (executed instructions; firmware/bench/INT8-NOTES.md item 26).
+    let long_rows = if dot { 28 } else { 56 };
     // Lanes used per lane paid, compared as fractions.
     let (vector, block) = (
         channels.next_multiple_of(16),
         out_width.next_multiple_of(16),
     );
     let (vector_use, block_use) = (channels * block, out_width * vector);
-    cfg!(target_arch = "aarch64") && (vector_use > block_use || vector_use == block_use && !dot)
+    cfg!(target_arch = "aarch64") && out_width < long_rows && vector_use >= block_use
 }
 
 /// A layer's taps for the dot-product depthwise kernel.
