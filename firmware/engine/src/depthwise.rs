@@ -74,9 +74,10 @@ pub(crate) struct DepthwiseInt8 {
 /// family rather than planes, on a core with (`dot`) or without dot-product groups for its
 /// taps. On aarch64: when plane rows are too short to amortize their per-row and
 /// per-channel work, and 16 channels fill a vector at least as well as a row fills its
-/// blocks of 16 positions. MobileNet's and EfficientNet's layers from 28 (without dot
-/// product) or 14 (with it) positions wide take it; PaddleOCR's (rows of 96) keep planes.
-/// On x86-64 the plane kernels (AVX2, VNNI) stay: the family has no x86 version.
+/// blocks of 16 positions. MobileNet's and EfficientNet's layers with rows of 28 positions
+/// or fewer (14 or fewer with dot-product groups) take it; PaddleOCR's (rows of 96) keep
+/// planes. On x86-64 the plane kernels (AVX2, VNNI) stay: an AVX2 version of the family
+/// was no faster on the development host (INT8-NOTES.md item 26).
 fn takes_channels_last(channels: usize, out_width: usize, dot: bool) -> bool {
     #[cfg(test)]
     if let Some(forced) = tests::CHANNELS_LAST.get() {
