@@ -406,9 +406,12 @@ fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], oy0: usize,
             let len = (t1 - t0 - skip).min((plane.len() as isize - from - skip as isize) as usize);
             let src = (from + skip as isize) as usize;
             row[t0 + skip..t0 + skip + len].copy_from_slice(&plane[src..src + len]);
-            for out in row[t0..t1].chunks_exact_mut(wo) {
-                pad_edge(&mut out[..lead], pad);
-                pad_edge(&mut out[end..], pad);
+            // A 1x1 tap (or any whose columns all read the image) has no edge to pad.
+            if lead > 0 || end < wo {
+                for out in row[t0..t1].chunks_exact_mut(wo) {
+                    pad_edge(&mut out[..lead], pad);
+                    pad_edge(&mut out[end..], pad);
+                }
             }
         }
         return;
