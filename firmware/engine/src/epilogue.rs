@@ -148,7 +148,7 @@ impl Requantize {
             scales.len() == if self.axis.is_some() { channels } else { 1 }
                 && channels <= pitch
                 && x.len() == out.len()
-                && x.len() % pitch.max(1) == 0,
+                && x.len().is_multiple_of(pitch.max(1)),
             "Requantize: {} multipliers for {} values of {channels} channels in rows of {pitch} into {} bytes",
             scales.len(),
             x.len(),
