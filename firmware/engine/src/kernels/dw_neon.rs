@@ -168,23 +168,37 @@ unsafe fn paired_block(
         let (t, u) = (2 * p, 2 * p + 1);
         // SAFETY: the caller's bounds.
         let (x, y) = unsafe { (vld1q_s8(at.add(offsets[t])), vld1q_s8(at.add(offsets[u]))) };
-        let lo = vmlal_s8(
-            vmull_s8(vget_low_s8(x), vget_low_s8(splats[t])),
-            vget_low_s8(y),
-            vget_low_s8(splats[u]),
-        );
-        let hi = high_products(x, splats[t], Some((y, splats[u])));
+        let (lo, hi) = products(x, splats[t], Some((y, splats[u])));
         add_widened(&mut acc, lo, hi);
     }
     if offsets.len() % 2 == 1 {
         let t = offsets.len() - 1;
         // SAFETY: the caller's bounds.
         let x = unsafe { vld1q_s8(at.add(offsets[t])) };
-        let lo = vmull_s8(vget_low_s8(x), vget_low_s8(splats[t]));
-        let hi = high_products(x, splats[t], None);
+        let (lo, hi) = products(x, splats[t], None);
         add_widened(&mut acc, lo, hi);
     }
     acc
+}
+
+/// `x · wx (+ y · wy)` in 16 bits, lanes 0-7 and 8-15: exact for one tap, and for two
+/// whose weights are in [-127, 127] (2 · 128 · 127 fits). Shared with the channels-last
+/// kernel (kernels/dwc_neon.rs), whose lanes are channels rather than positions.
+#[inline(always)]
+pub(super) fn products(
+    x: int8x16_t,
+    wx: int8x16_t,
+    y: Option<(int8x16_t, int8x16_t)>,
+) -> (int16x8_t, int16x8_t) {
+    // SAFETY: register-only NEON multiplies; NEON is part of aarch64.
+    let lo = unsafe {
+        let low = vmull_s8(vget_low_s8(x), vget_low_s8(wx));
+        match y {
+            Some((y, wy)) => vmlal_s8(low, vget_low_s8(y), vget_low_s8(wy)),
+            None => low,
+        }
+    };
+    (lo, high_products(x, wx, y))
 }
 
 /// `x · wx (+ y · wy)` over the upper 8 lanes, in 16 bits (SMULL2, SMLAL2). Written as
@@ -220,7 +234,7 @@ fn high_products(x: int8x16_t, wx: int8x16_t, y: Option<(int8x16_t, int8x16_t)>)
 
 /// Adds 16 sums of 16 bits (positions 0-7 in `lo`, 8-15 in `hi`) into the accumulators.
 #[inline(always)]
-fn add_widened(acc: &mut [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) {
+pub(super) fn add_widened(acc: &mut [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) {
     // SAFETY: NEON is part of aarch64; register operations only.
     unsafe {
         acc[0] = vaddw_s16(acc[0], vget_low_s16(lo));

@@ -258,7 +258,11 @@ pub(crate) fn from_channels_last(
     }
     #[cfg(target_arch = "aarch64")]
     // SAFETY: NEON is part of aarch64; the lengths are checked above.
-    let done = unsafe { super::dwc_neon::from_channels_last(src, cp, channels, positions, dst) };
+    let done = unsafe {
+        let (positions_done, channels_done) =
+            super::dwc_neon::from_channels_last(src, cp, channels, positions, dst);
+        (channels_done, positions_done)
+    };
     #[cfg(not(target_arch = "aarch64"))]
     let done = (0, 0);
     copy_rest(done, (channels, positions), |c, j| {

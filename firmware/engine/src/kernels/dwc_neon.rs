@@ -8,6 +8,7 @@
 
 use std::arch::aarch64::*;
 
+use super::dw_neon::{add_widened, products};
 use super::dwc::{Weights, LANES};
 
 /// # Safety
@@ -103,8 +104,8 @@ unsafe fn sums<const P: usize>(
                 let x = p.add(q * step);
                 (vld1q_s8(x.add(at[t])), vld1q_s8(x.add(at[t + 1])))
             };
-            let (lo, hi) = pair(xa, wa, xb, wb);
-            widen_add(sums, lo, hi);
+            let (lo, hi) = products(xa, wa, Some((xb, wb)));
+            add_widened(sums, lo, hi);
         }
         t += 2;
     }
@@ -113,67 +114,11 @@ unsafe fn sums<const P: usize>(
         for (q, sums) in sums.iter_mut().enumerate() {
             // SAFETY: the caller's contract.
             let x = unsafe { vld1q_s8(p.add(q * step + at[t])) };
-            let (lo, hi) = single(x, w);
-            widen_add(sums, lo, hi);
+            let (lo, hi) = products(x, w, None);
+            add_widened(sums, lo, hi);
         }
     }
     sums
-}
-
-/// Adds the 16-bit products of 16 channels (`lo`: channels 0-7, `hi`: 8-15) to their sums.
-#[inline(always)]
-fn widen_add(sums: &mut [int32x4_t; 4], lo: int16x8_t, hi: int16x8_t) {
-    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
-    unsafe {
-        sums[0] = vaddw_s16(sums[0], vget_low_s16(lo));
-        sums[1] = vaddw_high_s16(sums[1], lo);
-        sums[2] = vaddw_s16(sums[2], vget_low_s16(hi));
-        sums[3] = vaddw_high_s16(sums[3], hi);
-    }
-}
-
-/// Two taps' products (`xa · wa + xb · wb`) of 16 channels in 16-bit lanes: exact, since
-/// every weight is in [-127, 127]. Written out: LLVM turns SMULL2 of a loop-invariant
-/// weight into EXT and SMULL of each input, one more instruction per tap.
-#[inline(always)]
-fn pair(xa: int8x16_t, wa: int8x16_t, xb: int8x16_t, wb: int8x16_t) -> (int16x8_t, int16x8_t) {
-    let (lo, hi): (int16x8_t, int16x8_t);
-    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
-    unsafe {
-        std::arch::asm!(
-            "smull {lo:v}.8h, {xa:v}.8b, {wa:v}.8b",
-            "smull2 {hi:v}.8h, {xa:v}.16b, {wa:v}.16b",
-            "smlal {lo:v}.8h, {xb:v}.8b, {wb:v}.8b",
-            "smlal2 {hi:v}.8h, {xb:v}.16b, {wb:v}.16b",
-            lo = out(vreg) lo,
-            hi = out(vreg) hi,
-            xa = in(vreg) xa,
-            wa = in(vreg) wa,
-            xb = in(vreg) xb,
-            wb = in(vreg) wb,
-            options(pure, nomem, nostack, preserves_flags),
-        )
-    };
-    (lo, hi)
-}
-
-/// One tap's products of 16 channels in 16-bit lanes.
-#[inline(always)]
-fn single(x: int8x16_t, w: int8x16_t) -> (int16x8_t, int16x8_t) {
-    let (lo, hi): (int16x8_t, int16x8_t);
-    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
-    unsafe {
-        std::arch::asm!(
-            "smull {lo:v}.8h, {x:v}.8b, {w:v}.8b",
-            "smull2 {hi:v}.8h, {x:v}.16b, {w:v}.16b",
-            lo = out(vreg) lo,
-            hi = out(vreg) hi,
-            x = in(vreg) x,
-            w = in(vreg) w,
-            options(pure, nomem, nostack, preserves_flags),
-        )
-    };
-    (lo, hi)
 }
 
 /// A 16 x 16 byte transpose: `out[k]` lane `j` is `rows[j]` lane `k`. TRN1/TRN2 at bytes,
@@ -213,6 +158,27 @@ fn transpose(r: [uint8x16_t; 16]) -> [uint8x16_t; 16] {
     }
 }
 
+/// Every whole 16 x 16 block of a `rows × cols` byte matrix, transposed: `load(r, c)`
+/// gives row r's 16 bytes from column c, and `store(c, r, v)` takes column c's 16 bytes
+/// from row r. Returns the rows and columns it covered.
+#[inline(always)]
+fn blocks(
+    (rows, cols): (usize, usize),
+    load: impl Fn(usize, usize) -> uint8x16_t,
+    mut store: impl FnMut(usize, usize, uint8x16_t),
+) -> (usize, usize) {
+    let (rb, cb) = (rows / 16 * 16, cols / 16 * 16);
+    for r0 in (0..rb).step_by(16) {
+        for c0 in (0..cb).step_by(16) {
+            let block = transpose(std::array::from_fn(|i| load(r0 + i, c0)));
+            for (k, v) in block.into_iter().enumerate() {
+                store(c0 + k, r0, v);
+            }
+        }
+    }
+    (rb, cb)
+}
+
 /// The whole 16 x 16 blocks of `dwc::to_channels_last`: channel rows of `n` values into
 /// their positions' `places`. Returns the channels and positions it covered.
 ///
@@ -226,25 +192,17 @@ pub(super) unsafe fn to_channels_last(
     places: &[usize],
     dst: &mut [i8],
 ) -> (usize, usize) {
-    let (cb, jb) = (channels / 16 * 16, n / 16 * 16);
-    for c0 in (0..cb).step_by(16) {
-        for j0 in (0..jb).step_by(16) {
-            // SAFETY: the caller's contract; c0 + 16 ≤ channels and j0 + 16 ≤ n.
-            unsafe {
-                let rows = std::array::from_fn(|i| {
-                    vld1q_u8(src.as_ptr().add((c0 + i) * n + j0) as *const u8)
-                });
-                for (k, v) in transpose(rows).into_iter().enumerate() {
-                    vst1q_u8(dst.as_mut_ptr().add(places[j0 + k] + c0) as *mut u8, v);
-                }
-            }
-        }
-    }
-    (cb, jb)
+    let (s, d) = (src.as_ptr() as *const u8, dst.as_mut_ptr() as *mut u8);
+    blocks(
+        (channels, n),
+        // SAFETY (both): the caller's contract, for whole blocks inside `channels × n`.
+        |c, j| unsafe { vld1q_u8(s.add(c * n + j)) },
+        |j, c, v| unsafe { vst1q_u8(d.add(places[j] + c), v) },
+    )
 }
 
-/// The whole 16 x 16 blocks of `dwc::from_channels_last`. Returns the channels and
-/// positions it covered.
+/// The whole 16 x 16 blocks of `dwc::from_channels_last`. Returns the positions and
+/// channels it covered.
 ///
 /// # Safety
 /// `src` holds `positions × cp` bytes, `dst` `channels × positions`, channels ≤ cp.
@@ -255,17 +213,11 @@ pub(super) unsafe fn from_channels_last(
     positions: usize,
     dst: &mut [u8],
 ) -> (usize, usize) {
-    let (cb, jb) = (channels / 16 * 16, positions / 16 * 16);
-    for j0 in (0..jb).step_by(16) {
-        for c0 in (0..cb).step_by(16) {
-            // SAFETY: the caller's contract; c0 + 16 ≤ channels and j0 + 16 ≤ positions.
-            unsafe {
-                let rows = std::array::from_fn(|i| vld1q_u8(src.as_ptr().add((j0 + i) * cp + c0)));
-                for (k, v) in transpose(rows).into_iter().enumerate() {
-                    vst1q_u8(dst.as_mut_ptr().add((c0 + k) * positions + j0), v);
-                }
-            }
-        }
-    }
-    (cb, jb)
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    blocks(
+        (positions, channels),
+        // SAFETY (both): the caller's contract, for whole blocks inside `positions × channels`.
+        |j, c| unsafe { vld1q_u8(s.add(j * cp + c)) },
+        |c, j, v| unsafe { vst1q_u8(d.add(c * positions + j), v) },
+    )
 }
