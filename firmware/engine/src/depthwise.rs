@@ -12,7 +12,12 @@
 //! depthwise kernels (kernels/dw.rs, NEON on aarch64) sum every tap from the channel's
 //! constant terms (the matmul's per-row Add and the following constant Adds and Subs); the
 //! row is requantized by the same [`Requantize`]. Integer sums in i32 with wrapping adds
-//! are exact in any order, so the output is the same bit for bit. The weights come back
+//! are exact in any order, so the output is the same bit for bit.
+//!
+//! On aarch64 the layers with short output rows take the channels-last family instead
+//! (kernels/dwc.rs, [`DepthwiseInt8::run_channels_last`]): the whole input copied once
+//! with 16 channels per vector, so that rows of 14 or 7 positions no longer leave blocks
+//! of 16 half empty (`takes_channels_last` has the measured rule). The weights come back
 //! out of tract's packed kernels (K4 or k-major panels) at load.
 //!
 //! Weights with a zero point (asymmetric u8) add a Sub of `zw · Σ_taps x` to the run, the
