@@ -12,13 +12,13 @@
 //! depthwise kernels (kernels/dw.rs, NEON on aarch64) sum every tap from the channel's
 //! constant terms (the matmul's per-row Add and the following constant Adds and Subs); the
 //! row is requantized by the same [`Requantize`]. Integer sums in i32 with wrapping adds
-//! are exact in any order, so the output is the same bit for bit.
+//! are exact in any order, so the output is the same bit for bit. The weights come back
+//! out of tract's packed kernels (K4 or k-major panels) at load.
 //!
 //! On aarch64 the layers with short output rows take the channels-last family instead
 //! (kernels/dwc.rs, [`DepthwiseInt8::run_channels_last`]): the whole input copied once
 //! with 16 channels per vector, so that rows of 14 or 7 positions no longer leave blocks
-//! of 16 half empty (`takes_channels_last` has the measured rule). The weights come back
-//! out of tract's packed kernels (K4 or k-major panels) at load.
+//! of 16 half empty (`takes_channels_last` has the measured rule).
 //!
 //! Weights with a zero point (asymmetric u8) add a Sub of `zw · Σ_taps x` to the run, the
 //! column sums of the patches (zero_point.rs). Since `Σ x·w − zw·Σ x = Σ x·(w − zw)`, it is
@@ -69,9 +69,9 @@ pub(crate) struct DepthwiseInt8 {
     /// the dot kernel's groups, and each channel's weights packed for them (none for a
     /// channel whose weights are not all i8). Made at load, once.
     dot: Option<DotLayer>,
-    /// On cores without the dot product (and for the layouts its groups leave), the
-    /// weights packed for the channels-last family (kernels/dwc.rs), which then computes
-    /// the whole layer ([`DepthwiseInt8::run_channels_last`]).
+    /// For the layers `takes_channels_last` picks, the weights packed for the
+    /// channels-last family (kernels/dwc.rs), which then computes the whole layer
+    /// ([`DepthwiseInt8::run_channels_last`]) and `dot` is none.
     channels_last: Option<dwc::Weights>,
 }
 
@@ -108,18 +108,10 @@ struct DotLayer {
 }
 
 impl DotLayer {
-    /// For `weights` (`taps` per channel) over an input `image` of [1,] C x H x W, when
-    /// this CPU has the dot product and the layout's groups pay.
-    fn new(spec: &PoolSpec, image: &[usize], weights: &[i16], taps: usize) -> Option<DotLayer> {
-        let (c, h, w) = match *image {
-            [c, h, w] | [1, c, h, w] => (c, h, w),
-            _ => return None,
-        };
-        let g = Geometry::of(spec, &[1, c, h, w]);
-        if g.n == 0 || g.out_width == 0 {
-            return None;
-        }
-        let groups = dw::DotGroups::of(&Plane::of(&g).offsets)?;
+    /// For `weights` (`taps` per channel) on a layer of geometry `g`, when this CPU has
+    /// the dot product and the layout's groups pay.
+    fn new(g: &Geometry, weights: &[i16], taps: usize) -> Option<DotLayer> {
+        let groups = dw::DotGroups::of(&Plane::of(g).offsets)?;
         let packed = weights.chunks_exact(taps).map(|w| groups.pack(w)).collect();
         Some(DotLayer { groups, packed })
     }
@@ -130,9 +122,9 @@ impl DepthwiseInt8 {
         self.offsets.len()
     }
 
-    /// The depthwise kernels this layer runs on this CPU (kernels/dw.rs): the dot-product
-    /// one (SDOT, or AVX-512 VNNI) for the channels whose weights it takes, the family's
-    /// other one for the rest.
+    /// The depthwise kernels this layer runs on this CPU: the channels-last one
+    /// (kernels/dwc.rs), or the planes' (kernels/dw.rs) dot-product one (SDOT, or AVX-512
+    /// VNNI) for the channels whose weights it takes and the family's other one for the rest.
     pub(crate) fn kernels(&self) -> Vec<String> {
         if self.channels_last.is_some() {
             return vec![dwc::Weights::kernel_name().into()];
@@ -593,16 +585,20 @@ fn run_at(
             }
         }
     }
-    let mut dot = image
+    // The load's geometry (the input's shape is fixed), when its output is not empty.
+    let geometry = image
         .shape
         .as_concrete()
-        .and_then(|image| DotLayer::new(spec, image, &weights, taps));
-    let out_width = image.shape.as_concrete().and_then(|image| match *image {
-        [c, h, w] | [1, c, h, w] => Some(Geometry::of(spec, &[1, c, h, w]).out_width),
-        _ => None,
-    });
-    let channels_last = out_width
-        .filter(|&w| takes_channels_last(channels, w, dot.is_some()))
+        .and_then(|image| match *image {
+            [c, h, w] | [1, c, h, w] => Some(Geometry::of(spec, &[1, c, h, w])),
+            _ => None,
+        })
+        .filter(|g| g.n > 0 && g.out_width > 0);
+    let mut dot = geometry
+        .as_ref()
+        .and_then(|g| DotLayer::new(g, &weights, taps));
+    let channels_last = geometry
+        .filter(|g| takes_channels_last(channels, g.out_width, dot.is_some()))
         .and_then(|_| dwc::Weights::new(&weights, channels, taps, &offsets));
     if channels_last.is_some() {
         dot = None;

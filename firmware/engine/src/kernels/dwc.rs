@@ -1,6 +1,7 @@
 //! Depthwise products with the channels as the vector axis (channels last): the depthwise
-//! family for cores without a dot product (Cortex-A53 and A72: the i.MX 8M Plus and the
-//! Raspberry Pi 4).
+//! family of aarch64's layers with short output rows, on every core (depthwise.rs
+//! `takes_channels_last` has the measured rule; on Cortex-A53 and A72, the i.MX 8M Plus
+//! and the Raspberry Pi 4, from rows of 28 positions down).
 //!
 //! The plane family (kernels/dw.rs) puts 16 output positions of one channel in a vector.
 //! Late in a MobileNet or an EfficientNet the planes are 14 or 7 positions wide, so its
@@ -20,8 +21,8 @@
 //!
 //! NEON (kernels/dwc_neon.rs): per pair of taps, SMULL and SMLAL put both taps' products
 //! of 8 channels into 16-bit lanes (twice per 16 channels), and SADDW adds them into the
-//! four 32-bit sums: 12 instructions per pair of taps and 16 channels, loads included;
-//! 3x3 weights stay in registers across a row. Two products of an i8 by a weight in
+//! four 32-bit sums: about 12 instructions per pair of taps and 16 channels, loads
+//! included; 3x3 weights stay in registers across a row. Two products of an i8 by a weight in
 //! [-127, 127] fit a 16-bit lane (2 · 128 · 127 = 32512): [`Weights::new`] refuses a layer
 //! with another weight (a -128, or an asymmetric u8 weight less its zero point), which keeps
 //! the plane family.
@@ -36,7 +37,6 @@ pub(crate) const LANES: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Weights {
     taps: usize,
-    channels: usize,
     /// `[channel group][tap][LANES]`; the last group's missing channels are zero.
     packed: Vec<i8>,
     /// Per channel, padded with zeros to whole groups.
@@ -71,7 +71,6 @@ impl Weights {
         padded.resize(cp, 0);
         Some(Weights {
             taps,
-            channels,
             packed,
             starts: padded,
         })
