@@ -23,6 +23,38 @@ use tract_onnx::tract_core::ops::math::{Add, Max, Min, QScale};
 use tract_onnx::tract_core::ops::quant::{OffsetU8asI8, Scale};
 use tract_onnx::tract_core::optim::{OptimizerSession, TypedPass};
 
+/// Runs `$body` with `$b` at the start of every whole block of [`BLOCK`] values of a row
+/// of `$len`, two per pass of the loop, then, when `$overlap` and the row ends in a part
+/// block, with `$b = $len - BLOCK`: a block that overlaps the one before it and rewrites
+/// some of its values with the same bytes. Evaluates to how many values from the row's
+/// start the blocks cover. A macro rather than a function taking a closure: a closure
+/// does not inline into the x86 forms' `target_feature` functions.
+macro_rules! for_each_block {
+    ($len:expr, $overlap:expr, |$b:ident| $body:block) => {{
+        let len: usize = $len;
+        let whole = len / BLOCK * BLOCK;
+        let mut start = 0;
+        while start + 2 * BLOCK <= whole {
+            let $b = start;
+            $body
+            let $b = start + BLOCK;
+            $body
+            start += 2 * BLOCK;
+        }
+        if start < whole {
+            let $b = start;
+            $body
+        }
+        if $overlap && whole < len && len >= BLOCK {
+            let $b = len - BLOCK;
+            $body
+            len
+        } else {
+            whole
+        }
+    }};
+}
+
 /// `Scale -> Add* -> (Min | Max)* -> Cast (u8 | i8) [-> OffsetU8asI8]` as one node.
 ///
 /// The integer steps are folded when the chain is matched: the Adds (wrapping, as tract's
@@ -286,21 +318,18 @@ impl Requantize {
             }
         };
         #[cfg(target_arch = "x86_64")]
-        let done = match self.float_bounds() {
-            _ if !blocks => 0,
-            Some(bounds) => {
-                let slow = |i: usize| (self.value(xs[i], scale.at(i)) as u8) ^ mask;
-                if avx512::available() {
-                    // SAFETY: the CPU has AVX-512 F; `avx512::requantize` stays within both
-                    // slices.
-                    unsafe { avx512::requantize(xs, scale, ys, bounds, self.add, mask, &slow) }
-                } else {
-                    // SAFETY: SSE2 is part of x86_64; `sse2::requantize` stays within both
-                    // slices.
-                    unsafe { sse2::requantize(xs, scale, ys, bounds, self.add, mask, &slow) }
-                }
+        let done = {
+            let overlap = !matches!(scale, Scales::Cycle(_));
+            let slow = |i: usize| (self.value(xs[i], scale.at(i)) as u8) ^ mask;
+            if !blocks {
+                0
+            } else if avx512::available() {
+                // SAFETY: the CPU has AVX-512 F; `avx512::run` stays within both slices.
+                unsafe { avx512::run(self, xs, scale, ys, overlap, &slow) }
+            } else {
+                // SAFETY: SSE2 is part of x86_64; `sse2::run` stays within both slices.
+                unsafe { sse2::run(self, xs, scale, ys, overlap, &slow) }
             }
-            None => 0,
         };
         #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
         let done = 0;
@@ -348,10 +377,8 @@ mod neon {
     use std::arch::aarch64::*;
     use tract_onnx::prelude::DatumType;
 
-    /// [`super::Requantize::run_values`]'s blocks: every whole block of [`BLOCK`] values,
-    /// then, when `overlap` and the row has a part block, one more block ending at the
-    /// row's end (rewriting some values with the same bytes). Returns how many values from
-    /// the start it wrote.
+    /// [`super::Requantize::run_values`]'s blocks (`for_each_block!`); returns how many values
+    /// from the start it wrote.
     ///
     /// `scale(b)` gives the multipliers of the block of values `b..b + 16`.
     ///
@@ -367,12 +394,12 @@ mod neon {
         assert!(ys.len() >= xs.len());
         let (x, y) = (xs.as_ptr(), ys.as_mut_ptr());
         let len = xs.len();
-        // SAFETY (every block below): `blocks` gives starts b with b + BLOCK <= len.
+        // SAFETY (every block below): `for_each_block!` gives starts b with b + BLOCK <= len.
         let at = |b: usize| unsafe { (x.add(b), y.add(b), scale(b)) };
         if !op.short {
             let clamp = ByteClamp::new([op.lo, op.hi], op.cast_to == DatumType::U8);
             let (add, mask) = unsafe { (vdupq_n_s32(op.add), vdupq_n_u8(op.mask())) };
-            return blocks(len, overlap, |b| {
+            return for_each_block!(len, overlap, |b| {
                 let (x, y, s) = at(b);
                 unsafe { exact(x, s, add, &clamp, mask, y) }
             });
@@ -393,7 +420,7 @@ mod neon {
         let add = unsafe { vdupq_n_s16(add as i16) };
         macro_rules! short_blocks {
             ($unsigned:literal, $clamp:literal) => {
-                blocks(len, overlap, |b| {
+                for_each_block!(len, overlap, |b| {
                     let (x, y, s) = at(b);
                     unsafe { short::<$unsigned, $clamp>(x, s, add, &bounds, y) }
                 })
@@ -405,27 +432,6 @@ mod neon {
             (false, false) => short_blocks!(false, false),
             (false, true) => short_blocks!(false, true),
         }
-    }
-
-    /// Calls `block` at the starts of [`run`]'s blocks, two per pass of the loop; returns
-    /// how many values from the start they cover.
-    #[inline(always)]
-    fn blocks(len: usize, overlap: bool, mut block: impl FnMut(usize)) -> usize {
-        let whole = len / BLOCK * BLOCK;
-        let mut b = 0;
-        while b + 2 * BLOCK <= whole {
-            block(b);
-            block(b + BLOCK);
-            b += 2 * BLOCK;
-        }
-        if b < whole {
-            block(b);
-        }
-        if overlap && whole < len && len >= BLOCK {
-            block(len - BLOCK);
-            return len;
-        }
-        whole
     }
 
     /// The chain's exact steps for the 16 values at `x`: i32 lanes that wrap as the
@@ -526,132 +532,211 @@ mod neon {
     }
 }
 
-/// Values per SIMD block (both `neon` and `sse2`).
+/// Values per SIMD block (every form).
 const BLOCK: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 mod sse2 {
-    use super::{Scales, BLOCK};
+    use super::{Requantize, Scales, BLOCK};
     use std::arch::x86_64::*;
 
-    /// Whole blocks of [`BLOCK`] values of [`super::Requantize::run_values`]: clamp the product to
-    /// `bounds` (`[lo - add, hi - add]`, at most 2^22 in magnitude), convert with CVTPS2DQ,
-    /// which rounds half to even in the default MXCSR mode (Rust code never changes it) and
-    /// is exact at that size, add `add`, keep the low byte. Clamping before rounding equals
-    /// rounding before clamping because the bounds are integers and rounding is monotone. A
-    /// block with a product of 2^30 or more in magnitude, or NaN, is written by `slow` (the
-    /// per-element chain) instead. Returns how many values it wrote.
+    /// [`super::Requantize::run_values`]'s blocks (`for_each_block!`) in the clamped form: clamp the
+    /// product to `form.bounds`, convert with CVTPS2DQ, which rounds half to even in the
+    /// default MXCSR mode (Rust code never changes it) and is exact at that size, add
+    /// `add`, keep the low byte. Clamping before rounding equals rounding before clamping
+    /// because the bounds are integers and rounding is monotone. Unless the chain is
+    /// `short`, a block with a product of 2^30 or more in magnitude, or NaN, is written by
+    /// `slow` (the per-element chain) instead: there the chain's add could wrap. Returns
+    /// how many values it wrote.
     ///
     /// # Safety
-    /// `ys` is at least as long as `xs`.
-    pub(super) unsafe fn requantize(
+    /// `ys` is at least as long as `xs`; `scale` holds the multipliers of every block.
+    pub(super) unsafe fn run(
+        op: &Requantize,
         xs: &[i32],
         scale: Scales,
         ys: &mut [u8],
-        (lo, hi): (f32, f32),
-        add: i32,
-        mask: u8,
+        overlap: bool,
         slow: &impl Fn(usize) -> u8,
     ) -> usize {
-        let n = xs.len() / BLOCK * BLOCK;
-        assert!(ys.len() >= n);
-        unsafe {
-            let scale = |i: usize| match scale {
+        assert!(ys.len() >= xs.len());
+        let Some((lo, hi)) = op.float_bounds() else {
+            return 0;
+        };
+        // SAFETY: register operations and loads of the multipliers of values
+        // `i..i + 4 < xs.len()` (the caller's contract).
+        let scale = |i: usize| unsafe {
+            match scale {
                 Scales::One(s) => _mm_set1_ps(s),
                 Scales::Each(each) => _mm_loadu_ps(each.as_ptr().add(i)),
                 Scales::Cycle(cycle) => _mm_loadu_ps(cycle.as_ptr().add(i % cycle.len())),
-            };
-            let (vlo, vhi, vadd) = (_mm_set1_ps(lo), _mm_set1_ps(hi), _mm_set1_epi32(add));
-            let limit = _mm_set1_ps((1u32 << 30) as f32);
-            let sign = _mm_set1_ps(-0.0);
-            let (low_byte, vmask) = (_mm_set1_epi16(0xff), _mm_set1_epi8(mask as i8));
-            for b in (0..n).step_by(BLOCK) {
+            }
+        };
+        // SAFETY: register operations.
+        let (vlo, vhi, vadd, limit, sign, low_byte, vmask) = unsafe {
+            (
+                _mm_set1_ps(lo),
+                _mm_set1_ps(hi),
+                _mm_set1_epi32(op.add),
+                _mm_set1_ps((1u32 << 30) as f32),
+                _mm_set1_ps(-0.0),
+                _mm_set1_epi16(0xff),
+                _mm_set1_epi8(op.mask() as i8),
+            )
+        };
+        let (x, y) = (xs.as_ptr(), ys.as_mut_ptr());
+        for_each_block!(xs.len(), overlap, |b| {
+            // SAFETY: `for_each_block!` gives b + BLOCK <= xs.len() <= ys.len().
+            unsafe {
                 let mut v = [_mm_setzero_si128(); 4];
                 let mut small = 0xf;
                 for (j, v) in v.iter_mut().enumerate() {
                     let i = b + 4 * j;
-                    let x = _mm_loadu_si128(xs.as_ptr().add(i) as *const __m128i);
-                    let f = _mm_mul_ps(_mm_cvtepi32_ps(x), scale(i));
-                    small &= _mm_movemask_ps(_mm_cmplt_ps(_mm_andnot_ps(sign, f), limit));
+                    let f = _mm_mul_ps(_mm_cvtepi32_ps(_mm_loadu_si128(x.add(i).cast())), scale(i));
+                    if !op.short {
+                        small &= _mm_movemask_ps(_mm_cmplt_ps(_mm_andnot_ps(sign, f), limit));
+                    }
                     let clamped = _mm_min_ps(_mm_max_ps(f, vlo), vhi);
                     *v = _mm_add_epi32(_mm_cvtps_epi32(clamped), vadd);
                 }
-                if small != 0xf {
-                    for (i, y) in ys[b..b + BLOCK].iter_mut().enumerate() {
-                        *y = slow(b + i);
+                if small == 0xf {
+                    let words = [_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3])];
+                    let [w0, w1] = words.map(|w| _mm_and_si128(w, low_byte));
+                    let bytes = _mm_xor_si128(_mm_packus_epi16(w0, w1), vmask);
+                    _mm_storeu_si128(y.add(b).cast(), bytes);
+                } else {
+                    for i in b..b + BLOCK {
+                        *y.add(i) = slow(i);
                     }
-                    continue;
                 }
-                let words = [_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3])];
-                let [w0, w1] = words.map(|w| _mm_and_si128(w, low_byte));
-                let bytes = _mm_xor_si128(_mm_packus_epi16(w0, w1), vmask);
-                _mm_storeu_si128(ys.as_mut_ptr().add(b) as *mut __m128i, bytes);
             }
-        }
-        n
+        })
     }
 }
 
-/// `sse2::requantize` 16 lanes at a time, for hosts with AVX-512 (the development host,
-/// x86 servers): the same clamped form, and VPMOVDB keeps each value's low byte as the
-/// SSE2 packing does. Requantization was a fifth of EfficientNet-Lite0's int8 inference
-/// on the host with SSE2 (perf).
+/// `sse2::run` 16 lanes at a time, for hosts with AVX-512 (the development host, x86
+/// servers): the same clamped form, and VPMOVDB keeps each value's low byte as the SSE2
+/// packing does. Requantization was a fifth of EfficientNet-Lite0's int8 inference on the
+/// host with SSE2 (perf).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Scales, BLOCK};
+    use super::{Requantize, Scales, BLOCK};
     use std::arch::x86_64::*;
 
     pub(super) fn available() -> bool {
         is_x86_feature_detected!("avx512f")
     }
 
-    /// As `sse2::requantize`, a block of [`BLOCK`] values per step.
+    /// As `sse2::run`, a block of [`BLOCK`] values per step. One loop per kind of
+    /// multipliers and per form (with or without the test for large products): the loop
+    /// then has no branch but its own and keeps everything in registers.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F; `ys` is at least as long as `xs`.
+    /// The CPU has AVX-512 F; `ys` is at least as long as `xs`; `scale` holds the
+    /// multipliers of every block.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn requantize(
+    pub(super) unsafe fn run(
+        op: &Requantize,
         xs: &[i32],
         scale: Scales,
         ys: &mut [u8],
-        (lo, hi): (f32, f32),
-        add: i32,
-        mask: u8,
+        overlap: bool,
         slow: &impl Fn(usize) -> u8,
     ) -> usize {
-        let n = xs.len() / BLOCK * BLOCK;
-        assert!(ys.len() >= n);
-        // SAFETY: loads of `xs[b..b + BLOCK]` and stores of `ys[b..b + BLOCK]`, b + BLOCK ≤ n.
-        unsafe {
-            let (vlo, vhi, vadd) = (
-                _mm512_set1_ps(lo),
-                _mm512_set1_ps(hi),
-                _mm512_set1_epi32(add),
-            );
-            let limit = _mm512_set1_ps((1u32 << 30) as f32);
-            let vmask = _mm_set1_epi8(mask as i8);
-            for b in (0..n).step_by(BLOCK) {
-                let s = match scale {
-                    Scales::One(s) => _mm512_set1_ps(s),
-                    Scales::Each(each) => _mm512_loadu_ps(each.as_ptr().add(b)),
-                    Scales::Cycle(cycle) => _mm512_loadu_ps(cycle.as_ptr().add(b % cycle.len())),
-                };
-                let x = _mm512_loadu_si512(xs.as_ptr().add(b) as *const _);
-                let f = _mm512_mul_ps(_mm512_cvtepi32_ps(x), s);
-                // Every |f| < 2^30 (false for NaN): else the per-element chain.
-                if _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(f), limit) != 0xffff {
-                    for (i, y) in ys[b..b + BLOCK].iter_mut().enumerate() {
-                        *y = slow(b + i);
-                    }
-                    continue;
-                }
-                let clamped = _mm512_min_ps(_mm512_max_ps(f, vlo), vhi);
-                let v = _mm512_add_epi32(_mm512_cvtps_epi32(clamped), vadd);
-                let bytes = _mm_xor_si128(_mm512_cvtepi32_epi8(v), vmask);
-                _mm_storeu_si128(ys.as_mut_ptr().add(b) as *mut __m128i, bytes);
+        let Some(bounds) = op.float_bounds() else {
+            return 0;
+        };
+        let form = Form {
+            bounds,
+            add: op.add,
+            mask: op.mask(),
+            short: op.short,
+            overlap,
+        };
+        // SAFETY (the three): loads of the 16 multipliers of a block (the caller's).
+        match scale {
+            Scales::One(s) => {
+                let s = _mm512_set1_ps(s);
+                unsafe { each_block(xs, |_| s, ys, &form, slow) }
             }
+            Scales::Each(each) => unsafe {
+                each_block(
+                    xs,
+                    |b| _mm512_loadu_ps(each.as_ptr().add(b)),
+                    ys,
+                    &form,
+                    slow,
+                )
+            },
+            Scales::Cycle(cycle) => unsafe {
+                let at = |b: usize| _mm512_loadu_ps(cycle.as_ptr().add(b % cycle.len()));
+                each_block(xs, at, ys, &form, slow)
+            },
         }
-        n
+    }
+
+    /// `run`'s constants.
+    struct Form {
+        /// `[lo - add, hi - add]`, at most 2^22 in magnitude.
+        bounds: (f32, f32),
+        add: i32,
+        mask: u8,
+        /// `Requantize::short`: no product reaches 2^30 in magnitude, so no block needs
+        /// the test for one.
+        short: bool,
+        /// A row's last part block may overlap the one before it (`for_each_block!`).
+        overlap: bool,
+    }
+
+    /// # Safety
+    /// As `run`'s.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn each_block(
+        xs: &[i32],
+        scale: impl Fn(usize) -> __m512,
+        ys: &mut [u8],
+        form: &Form,
+        slow: &impl Fn(usize) -> u8,
+    ) -> usize {
+        assert!(ys.len() >= xs.len());
+        let (lo, hi) = form.bounds;
+        let (vlo, vhi, vadd) = (
+            _mm512_set1_ps(lo),
+            _mm512_set1_ps(hi),
+            _mm512_set1_epi32(form.add),
+        );
+        let limit = _mm512_set1_ps((1u32 << 30) as f32);
+        let vmask = _mm_set1_epi8(form.mask as i8);
+        let (x, y) = (xs.as_ptr(), ys.as_mut_ptr());
+        // SAFETY (both): `for_each_block!` gives b + BLOCK <= xs.len() <= ys.len().
+        let bytes = |b: usize, f: __m512| unsafe {
+            let clamped = _mm512_min_ps(_mm512_max_ps(f, vlo), vhi);
+            let v = _mm512_add_epi32(_mm512_cvtps_epi32(clamped), vadd);
+            let bytes = _mm_xor_si128(_mm512_cvtepi32_epi8(v), vmask);
+            _mm_storeu_si128(y.add(b).cast(), bytes);
+        };
+        let product = |b: usize| unsafe {
+            _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_loadu_si512(x.add(b).cast())),
+                scale(b),
+            )
+        };
+        if form.short {
+            return for_each_block!(xs.len(), form.overlap, |b| { bytes(b, product(b)) });
+        }
+        for_each_block!(xs.len(), form.overlap, |b| {
+            let f = product(b);
+            // Every |f| < 2^30 (false for NaN): else the per-element chain.
+            if _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(f), limit) == 0xffff {
+                bytes(b, f);
+            } else {
+                for i in b..b + BLOCK {
+                    // SAFETY: as above.
+                    unsafe { *y.add(i) = slow(i) };
+                }
+            }
+        })
     }
 }
 
