@@ -90,6 +90,17 @@ impl Geometry {
         }
     }
 
+    /// Whether each output position's patch is its own input position's channels: a 1x1
+    /// kernel at stride 1 without padding (dilation changes nothing then). Patch row `c`
+    /// of output rows `oy0..` is then channel `c`'s plane from row `oy0` on.
+    pub(crate) fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1]
+            && self.stride == [1, 1]
+            && self.pad == [0, 0]
+            && self.out_width == self.width
+            && self.n == self.height * self.width
+    }
+
     /// For kernel column `kx`: `x0`, with output column ox reading input column
     /// `ox · stride + x0`, and the output columns `lead..end` that read inside the image.
     #[inline]
@@ -264,6 +275,10 @@ impl PackPatches {
         let taps = g.kernel[0] * g.kernel[1];
         let rows = self.padded_k();
         let n = rows_out * g.out_width;
+        if sums.is_none() && self.k == rows && g.is_pointwise() {
+            self.pack_pointwise_band(g, x, oy0, n, out);
+            return;
+        }
         let cols = n.div_ceil(r) * r;
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
@@ -285,19 +300,58 @@ impl PackPatches {
                 column_sums(&matrix[..rows * cols], cols, &mut sums[..n]);
             }
             for (p, panel) in out.chunks_mut(self.panel_len).take(cols / r).enumerate() {
-                let m0 = p * r;
-                match self.layout {
-                    Layout::KMajor { r } => {
-                        for kk in 0..self.k {
-                            let src = &matrix[kk * cols + m0..kk * cols + m0 + r];
-                            panel[kk * r..(kk + 1) * r].copy_from_slice(src);
-                        }
-                    }
-                    Layout::K4 { r } => interleave_panel(matrix, cols, m0, r, panel),
-                    Layout::K16 { r } => interleave16_panel(matrix, cols, m0, r, panel),
-                }
+                self.panel(matrix, cols, p * r, panel);
             }
         });
+    }
+
+    /// [`PackPatches::pack_band`] for a pointwise layer ([`Geometry::is_pointwise`]) whose
+    /// depth fills whole groups of the packing: the patch matrix's rows are the input's
+    /// channel rows, so whole panels are interleaved straight from the input (its rows
+    /// `h · w` bytes apart) without the matrix pass. Only a last part panel goes through a
+    /// matrix of its own, padded with zero columns, since the input ends inside it.
+    fn pack_pointwise_band(&self, g: &Geometry, x: &[i8], oy0: usize, n: usize, out: &mut [i8]) {
+        let r = self.r();
+        let hw = g.height * g.width;
+        let band = &x[oy0 * g.width..];
+        let whole = n / r;
+        for (p, panel) in out.chunks_mut(self.panel_len).take(whole).enumerate() {
+            self.panel(band, hw, p * r, panel);
+        }
+        let rest = n - whole * r;
+        if rest == 0 {
+            return;
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            if scratch.len() < self.k * r {
+                scratch.resize(self.k * r, 0);
+            }
+            let matrix = &mut scratch[..self.k * r];
+            for (kk, row) in matrix.chunks_exact_mut(r).enumerate() {
+                let from = kk * hw + whole * r;
+                row[..rest].copy_from_slice(&band[from..from + rest]);
+                row[rest..].fill(0);
+            }
+            let panel = &mut out[whole * self.panel_len..(whole + 1) * self.panel_len];
+            self.panel(matrix, r, 0, panel);
+        });
+    }
+
+    /// One panel, positions `m0..m0 + r` of `matrix`: `padded_k` rows, `cols` bytes apart
+    /// (only the panel's columns of each row are read).
+    fn panel(&self, matrix: &[i8], cols: usize, m0: usize, panel: &mut [i8]) {
+        let groups = self.padded_k() / self.layout.group();
+        match self.layout {
+            Layout::KMajor { r } => {
+                for kk in 0..self.k {
+                    let src = &matrix[kk * cols + m0..kk * cols + m0 + r];
+                    panel[kk * r..(kk + 1) * r].copy_from_slice(src);
+                }
+            }
+            Layout::K4 { r } => interleave_panel(matrix, cols, groups, m0, r, panel),
+            Layout::K16 { r } => interleave16_panel(matrix, cols, groups, m0, r, panel),
+        }
     }
 }
 
@@ -481,11 +535,23 @@ fn pad_edge(out: &mut [i8], pad: i8) {
     }
 }
 
-/// One K4 panel: for each group of four k rows of `matrix` (rows of `cols` bytes, a whole
-/// number of groups), `panel[group * 4r + m * 4 + i] = matrix[4 * group + i][m0 + m]`.
-fn interleave_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut [i8]) {
-    let groups = matrix.len() / cols / 4;
-    assert!(m0 + r <= cols && matrix.len() == groups * 4 * cols && panel.len() >= groups * 4 * r);
+/// Whether `matrix` holds `rows` rows, `cols` bytes apart, of at least `end` bytes each
+/// (the last row may end there).
+fn holds_rows(matrix: &[i8], cols: usize, rows: usize, end: usize) -> bool {
+    end <= cols && (rows == 0 || (rows - 1) * cols + end <= matrix.len())
+}
+
+/// One K4 panel: for each of `groups` groups of four k rows of `matrix` (rows `cols` bytes
+/// apart), `panel[group * 4r + m * 4 + i] = matrix[4 * group + i][m0 + m]`.
+fn interleave_panel(
+    matrix: &[i8],
+    cols: usize,
+    groups: usize,
+    m0: usize,
+    r: usize,
+    panel: &mut [i8],
+) {
+    assert!(holds_rows(matrix, cols, 4 * groups, m0 + r) && panel.len() >= groups * 4 * r);
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if r.is_multiple_of(simd::WIDTH) {
         let mut out = panel.as_mut_ptr();
@@ -512,11 +578,17 @@ fn interleave_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut
     }
 }
 
-/// One K16 panel: for each group of 16 k rows of `matrix` (rows of `cols` bytes, a whole
-/// number of groups), `panel[group * 16r + m * 16 + i] = matrix[16 * group + i][m0 + m]`.
-fn interleave16_panel(matrix: &[i8], cols: usize, m0: usize, r: usize, panel: &mut [i8]) {
-    let groups = matrix.len() / cols / 16;
-    assert!(m0 + r <= cols && matrix.len() == groups * 16 * cols && panel.len() >= groups * 16 * r);
+/// One K16 panel: for each of `groups` groups of 16 k rows of `matrix` (rows `cols` bytes
+/// apart), `panel[group * 16r + m * 16 + i] = matrix[16 * group + i][m0 + m]`.
+fn interleave16_panel(
+    matrix: &[i8],
+    cols: usize,
+    groups: usize,
+    m0: usize,
+    r: usize,
+    panel: &mut [i8],
+) {
+    assert!(holds_rows(matrix, cols, 16 * groups, m0 + r) && panel.len() >= groups * 16 * r);
     #[cfg(target_arch = "aarch64")]
     if r.is_multiple_of(8) {
         for g in 0..groups {
@@ -820,7 +892,60 @@ mod tests {
             (32, 30, 29, [3, 3], [1, 1], [1, 1], explicit([1, 1], [1, 1])),
             // Padding wider than the kernel reaches: rows of pure padding.
             (2, 4, 4, [3, 3], [1, 1], [1, 1], explicit([3, 3], [3, 3])),
+            // Pointwise layers packed straight from the input (`pack_pointwise_band`):
+            // positions off the panel size, several bands, dilation that changes nothing.
+            (16, 9, 7, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid),
+            (32, 7, 7, [1, 1], [1, 1], [2, 2], PaddingSpec::Valid),
+            (64, 72, 61, [1, 1], [1, 1], [1, 1], PaddingSpec::Valid),
         ]
+    }
+
+    /// A pointwise band's panels straight from the input are the matrix pass's, in every
+    /// layout the engine's tiles use and tract's, for bands that start anywhere and end in
+    /// a part panel or not.
+    #[test]
+    fn pointwise_bands_pack_as_the_matrix_pass_does() {
+        for (c, h, w) in [(16, 9, 7), (32, 5, 8), (48, 4, 13), (16, 1, 3)] {
+            let spec = PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: [1, 1][..].into(),
+                padding: PaddingSpec::Valid,
+                dilations: None,
+                strides: None,
+                input_channels: c,
+                output_channels: 8,
+            };
+            let g = Geometry::of(&spec, &[1, c, h, w]);
+            assert!(g.is_pointwise());
+            let base = PackPatches {
+                pool_spec: spec,
+                format: Box::new(PackedI8K4 { r: 8, align: 16 }),
+                layout: Layout::KMajor { r: 8 },
+                k: c,
+                panel_len: c * 8,
+                align: 16,
+            };
+            let x: Vec<i8> = (0..c * h * w).map(|i| (i * 37 + 5) as i8).collect();
+            for packing in [base.c16(), base.k4(8), base.k4(16), base.clone()] {
+                for oy0 in 0..h {
+                    for rows in 1..=h - oy0 {
+                        let panels = (rows * w).div_ceil(packing.r());
+                        let len = panels * packing.panel_len;
+                        let (mut direct, mut matrix) = (vec![0i8; len], vec![0i8; len]);
+                        packing.pack_band(&g, &x, 0, oy0, rows, &mut direct, None);
+                        let mut sums = vec![0i32; rows * w];
+                        packing.pack_band(&g, &x, 0, oy0, rows, &mut matrix, Some(&mut sums));
+                        assert_eq!(
+                            direct,
+                            matrix,
+                            "{:?}, input {c}x{h}x{w}, rows {oy0}..{}",
+                            packing.layout,
+                            oy0 + rows
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// The strided copy against its definition: every length around the 16-byte steps,
