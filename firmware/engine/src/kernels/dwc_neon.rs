@@ -167,29 +167,38 @@ fn transpose(r: [uint8x16_t; 16]) -> [uint8x16_t; 16] {
     }
 }
 
-/// Every whole 16 x 16 block of a `rows × cols` byte matrix, transposed: `load(r, c)`
-/// gives row r's 16 bytes from column c, and `store(c, r, v)` takes column c's 16 bytes
-/// from row r. Returns the rows and columns it covered.
+/// A `rows × cols` byte matrix, transposed in 16 x 16 blocks: `load(r, c)` gives row r's
+/// 16 bytes from column c, and `store(c, r, v)` takes column c's 16 bytes from row r. When
+/// a side is not a multiple of 16, its last block starts 16 before its end and overlaps
+/// the one before it, rewriting some bytes with the same values (the copies are out of
+/// place). Returns the rows and columns it covered: all of them, or none when a side is
+/// shorter than a block.
 #[inline(always)]
 fn blocks(
     (rows, cols): (usize, usize),
     load: impl Fn(usize, usize) -> uint8x16_t,
     mut store: impl FnMut(usize, usize, uint8x16_t),
 ) -> (usize, usize) {
-    let (rb, cb) = (rows / 16 * 16, cols / 16 * 16);
-    for r0 in (0..rb).step_by(16) {
-        for c0 in (0..cb).step_by(16) {
+    if rows < 16 || cols < 16 {
+        return (0, 0);
+    }
+    let starts = |len: usize| {
+        let last = (!len.is_multiple_of(16)).then_some(len - 16);
+        (0..len / 16 * 16).step_by(16).chain(last)
+    };
+    for r0 in starts(rows) {
+        for c0 in starts(cols) {
             let block = transpose(std::array::from_fn(|i| load(r0 + i, c0)));
             for (k, v) in block.into_iter().enumerate() {
                 store(c0 + k, r0, v);
             }
         }
     }
-    (rb, cb)
+    (rows, cols)
 }
 
-/// The whole 16 x 16 blocks of `dwc::to_channels_last`: channel rows of `n` values into
-/// their positions' `places`. Returns the channels and positions it covered.
+/// The 16 x 16 blocks of `dwc::to_channels_last`: channel rows of `n` values into their
+/// positions' `places`. Returns the channels and positions it covered.
 ///
 /// # Safety
 /// `src` holds `channels × n` values; `places` has `n` entries and each plus `channels` is
@@ -204,14 +213,14 @@ pub(super) unsafe fn to_channels_last(
     let (s, d) = (src.as_ptr() as *const u8, dst.as_mut_ptr() as *mut u8);
     blocks(
         (channels, n),
-        // SAFETY (both): the caller's contract, for whole blocks inside `channels × n`.
+        // SAFETY (both): the caller's contract, for blocks inside `channels × n`.
         |c, j| unsafe { vld1q_u8(s.add(c * n + j)) },
         |j, c, v| unsafe { vst1q_u8(d.add(places[j] + c), v) },
     )
 }
 
-/// The whole 16 x 16 blocks of `dwc::from_channels_last`. Returns the positions and
-/// channels it covered.
+/// The 16 x 16 blocks of `dwc::from_channels_last`. Returns the positions and channels
+/// it covered.
 ///
 /// # Safety
 /// `src` holds `positions × cp` bytes, `dst` `channels × positions`, channels ≤ cp.
@@ -225,7 +234,7 @@ pub(super) unsafe fn from_channels_last(
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
     blocks(
         (positions, channels),
-        // SAFETY (both): the caller's contract, for whole blocks inside `positions × channels`.
+        // SAFETY (both): the caller's contract, for blocks inside `positions × channels`.
         |j, c| unsafe { vld1q_u8(s.add(j * cp + c)) },
         |c, j, v| unsafe { vst1q_u8(d.add(c * positions + j), v) },
     )
