@@ -72,7 +72,48 @@ pub(crate) struct DepthwiseInt8 {
     /// For the layers `takes_channels_last` picks, the weights packed for the
     /// channels-last family (kernels/dwc.rs), which then computes the whole layer
     /// ([`DepthwiseInt8::run_channels_last`]) and `dot` is none.
-    channels_last: Option<dwc::Weights>,
+    channels_last: Option<ChannelsLast>,
+}
+
+/// A channels-last layer's weights, for the family's kernel of this CPU (kernels/dwc.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ChannelsLast {
+    /// Pairs of taps into 16-bit lanes (SMULL, SMLAL): cores without the dot product.
+    Pairs(dwc::Weights),
+    /// Quads of taps per SDOT, on the image expanded for them: cores with it.
+    Quads(dwc::Quads),
+}
+
+impl ChannelsLast {
+    /// The family's weights for this CPU, `weights` being `[kh, kw]` taps per channel;
+    /// `None` when the pairs' kernel cannot take them (a weight outside [-127, 127]).
+    fn new(weights: &[i16], channels: usize, kernel: [usize; 2], starts: &[i32]) -> Option<Self> {
+        #[cfg(test)]
+        let quads = tests::QUADS
+            .get()
+            .unwrap_or(crate::kernels::dot::available());
+        #[cfg(not(test))]
+        let quads = crate::kernels::dot::available();
+        if quads {
+            return dwc::Quads::new(weights, channels, kernel, starts).map(ChannelsLast::Quads);
+        }
+        let taps = kernel[0] * kernel[1];
+        dwc::Weights::new(weights, channels, taps, starts).map(ChannelsLast::Pairs)
+    }
+
+    fn padded_channels(&self) -> usize {
+        match self {
+            ChannelsLast::Pairs(w) => w.padded_channels(),
+            ChannelsLast::Quads(q) => q.padded_channels(),
+        }
+    }
+
+    fn kernel_name(&self) -> &'static str {
+        match self {
+            ChannelsLast::Pairs(_) => dwc::Weights::kernel_name(),
+            ChannelsLast::Quads(_) => dwc::Quads::kernel_name(),
+        }
+    }
 }
 
 /// Whether a layer of `channels` with output rows of `out_width` takes the channels-last
@@ -126,8 +167,8 @@ impl DepthwiseInt8 {
     /// (kernels/dwc.rs), or the planes' (kernels/dw.rs) dot-product one (SDOT, or AVX-512
     /// VNNI) for the channels whose weights it takes and the family's other one for the rest.
     pub(crate) fn kernels(&self) -> Vec<String> {
-        if self.channels_last.is_some() {
-            return vec![dwc::Weights::kernel_name().into()];
+        if let Some(layer) = &self.channels_last {
+            return vec![layer.kernel_name().into()];
         }
         let (dot, other) = (dw::kernel_name(true), dw::kernel_name(false));
         match &self.dot {
@@ -206,7 +247,7 @@ impl DepthwiseInt8 {
     /// Output rows are spread over the pool's threads.
     fn run_channels_last(
         &self,
-        layer: &dwc::Weights,
+        layer: &ChannelsLast,
         g: &Geometry,
         xs: &[i8],
         out: &mut [u8],
@@ -214,7 +255,13 @@ impl DepthwiseInt8 {
         let channels = self.channels();
         let cp = layer.padded_channels();
         let ([kh, kw], [sy, sx], [dy, dx], [pt, pl]) = (g.kernel, g.stride, g.dilation, g.pad);
+        let (out_rows, out_cols) = (g.n / g.out_width, g.out_width);
         let (rows, cols) = padded_extent(g);
+        // The quads read up to three taps past a kernel row (with zero weights).
+        let cols = match layer {
+            ChannelsLast::Quads(q) => cols.max((out_cols - 1) * sx + q.reach() * dx + 1),
+            ChannelsLast::Pairs(_) => cols,
+        };
         let frame = dwc::Frame {
             cp,
             cols,
@@ -226,19 +273,34 @@ impl DepthwiseInt8 {
         let mut image = vec![self.pad; rows * cols * cp];
         dwc::to_channels_last(xs, (channels, g.height, g.width), frame, &mut image)
             .map_err(fail)?;
-        let offsets: Vec<usize> = (0..kh * kw)
-            .map(|t| ((t / kw) * dy * cols + (t % kw) * dx) * cp)
-            .collect();
-        let (out_rows, out_cols) = (g.n / g.out_width, g.out_width);
+        // What one output row reads: its first byte's place in the (expanded) image, the
+        // taps' (or quads') places from there, the step from one position to the next.
+        let expanded;
+        let (src, row_bytes, offsets, step) = match layer {
+            ChannelsLast::Pairs(_) => {
+                let offsets: Vec<usize> = (0..kh * kw)
+                    .map(|t| ((t / kw) * dy * cols + (t % kw) * dx) * cp)
+                    .collect();
+                (&image, cols * cp, offsets, sx * cp)
+            }
+            ChannelsLast::Quads(q) => {
+                let (e, ecols) = dwc::Quads::expand(&image, (rows, cols, cp), dx).map_err(fail)?;
+                expanded = e;
+                let offsets = q.offsets(ecols, [dy, dx]);
+                (&expanded, ecols * cp * 4, offsets, sx * cp * 4)
+            }
+        };
         let per_row = out_cols * cp;
         // Output rows `first..` (as many as `bytes` holds) with sums of their own.
         let rows_into = |first: usize, bytes: &mut [u8]| -> TractResult<()> {
             let mut acc = vec![0i32; per_row];
             for (i, dst) in bytes.chunks_exact_mut(per_row).enumerate() {
-                let src = &image[(first + i) * sy * cols * cp..];
-                layer
-                    .run(src, &offsets, sx * cp, out_cols, &mut acc)
-                    .map_err(fail)?;
+                let src = &src[(first + i) * sy * row_bytes..];
+                match layer {
+                    ChannelsLast::Pairs(w) => w.run(src, &offsets, step, out_cols, &mut acc),
+                    ChannelsLast::Quads(q) => q.run(src, &offsets, step, out_cols, &mut acc),
+                }
+                .map_err(fail)?;
                 self.requantize.run_channels_last(&acc, cp, channels, dst)?;
             }
             Ok(())
@@ -599,7 +661,7 @@ fn run_at(
         .and_then(|g| DotLayer::new(g, &weights, taps));
     let channels_last = geometry
         .filter(|g| takes_channels_last(channels, g.out_width, dot.is_some()))
-        .and_then(|_| dwc::Weights::new(&weights, channels, taps, &offsets));
+        .and_then(|g| ChannelsLast::new(&weights, channels, g.kernel, &offsets));
     if channels_last.is_some() {
         dot = None;
     }
@@ -671,6 +733,10 @@ mod tests {
         /// planes (`Some(false)`) whatever the CPU, on its scalar reference where the CPU
         /// has no kernel of that family.
         pub(super) static CHANNELS_LAST: Cell<Option<bool>> = const { Cell::new(None) };
+        /// Plans this thread loads take the channels-last family's quads (`Some(true)`) or
+        /// pairs (`Some(false)`) whatever the CPU, on the scalar reference where the CPU
+        /// has no SDOT.
+        pub(super) static QUADS: Cell<Option<bool>> = const { Cell::new(None) };
     }
 
     /// Depthwise layers with strides 1 and 2, dilation 2, asymmetric and wide padding, 3x3
@@ -769,11 +835,20 @@ mod tests {
             batch: 1,
         };
         let plain = build_with(&bytes, &target, false).unwrap();
-        // This CPU's choice, then each family whatever the CPU.
-        for forced in [None, Some(false), Some(true)] {
+        // This CPU's choice, then each family whatever the CPU (channels last in pairs,
+        // then in quads).
+        let choices = [
+            (None, None),
+            (Some(false), None),
+            (Some(true), Some(false)),
+            (Some(true), Some(true)),
+        ];
+        for (forced, quads) in choices {
             CHANNELS_LAST.set(forced);
+            QUADS.set(quads);
             let direct = build_with(&bytes, &target, true);
             CHANNELS_LAST.set(None);
+            QUADS.set(None);
             let direct = direct.unwrap();
             let ops: Vec<&DepthwiseInt8> = direct
                 .plan
@@ -797,12 +872,17 @@ mod tests {
                     outputs(&direct.plan, &shape, data),
                 );
                 let differ = want.iter().zip(&got).position(|(a, b)| a != b);
-                let case = format!("{coding:?}, channels last {forced:?}: first difference");
+                let case = format!(
+                    "{coding:?}, channels last {forced:?}, quads {quads:?}: first difference"
+                );
                 assert_eq!((want.len(), differ), (got.len(), None), "{case}");
                 // Channels (or rows) spread over a pool's threads give the same bytes.
                 let pool = crate::threads::executor_for(3).unwrap();
                 let threaded = crate::threads::scope(pool, || outputs(&direct.plan, &shape, data));
-                assert_eq!(threaded, want, "{coding:?}, {forced:?}, 3 threads");
+                assert_eq!(
+                    threaded, want,
+                    "{coding:?}, {forced:?}, {quads:?}, 3 threads"
+                );
             }
         }
     }

@@ -185,6 +185,235 @@ impl Weights {
     }
 }
 
+/// One layer's weights for the channels-last kernel of cores with the dot product
+/// (Cortex-A55 and A76: the RK3588 and the Raspberry Pi 5): taps in quads, four
+/// consecutive taps of one kernel row (the last quad of a row padded with zero weights).
+///
+/// SDOT adds to each 32-bit lane the products of four bytes with four bytes. For it a
+/// channel's four taps must lie side by side, so the channels-last image is expanded once
+/// per layer ([`Quads::expand`]): position x of the expanded image holds, per channel, the
+/// bytes at x, x + dx, x + 2dx and x + 3dx of the image's row. Every quad of every output
+/// position is then 64 bytes, 16 channels by 4 taps, read as they lie, against 64 bytes
+/// of weights laid out the same way: 16 multiply-adds per instruction, against two for
+/// the SMULL form ([`Weights`]). Any i8 weight works (the sums are 32-bit throughout).
+///
+/// `acc[ox · cp + c] = start[c] + Σ_q Σ_i w[c][q][i] · e[ox · step + offsets[q] + 4c + i]`
+///
+/// for the expanded image `e` from an output row's first read, with `offsets[q]` the
+/// quad's place (`((ky · dy) · ecols + 4 · qx · dx) · cp · 4`, [`Quads::offsets`]) and
+/// `step = stride · cp · 4`; channel c of group g is byte `64g + 4 · (c % 16)` of a
+/// position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Quads {
+    /// Kernel rows and quads per row.
+    rows: usize,
+    per_row: usize,
+    /// `[channel group][quad][LANES][4]`; missing channels and taps are zero.
+    packed: Vec<i8>,
+    /// Per channel, padded with zeros to whole groups.
+    starts: Vec<i32>,
+}
+
+impl Quads {
+    /// From `channels × kh · kw` weights (row-major taps within a channel) and each
+    /// channel's start; `None` for a weight outside i8.
+    pub(crate) fn new(
+        weights: &[i16],
+        channels: usize,
+        [kh, kw]: [usize; 2],
+        starts: &[i32],
+    ) -> Option<Quads> {
+        let taps = kh * kw;
+        if taps == 0 || weights.len() != channels * taps || starts.len() != channels {
+            return None;
+        }
+        let per_row = kw.div_ceil(4);
+        let quads = kh * per_row;
+        let cp = channels.next_multiple_of(LANES);
+        let mut packed = vec![0i8; cp * quads * 4];
+        for (c, row) in weights.chunks_exact(taps).enumerate() {
+            let (group, lane) = (c / LANES, c % LANES);
+            for (t, &w) in row.iter().enumerate() {
+                let (ky, kx) = (t / kw, t % kw);
+                let quad = ky * per_row + kx / 4;
+                packed[((group * quads + quad) * LANES + lane) * 4 + kx % 4] =
+                    i8::try_from(w).ok()?;
+            }
+        }
+        let mut padded = starts.to_vec();
+        padded.resize(cp, 0);
+        Some(Quads {
+            rows: kh,
+            per_row,
+            packed,
+            starts: padded,
+        })
+    }
+
+    /// Channels rounded up to whole groups of [`LANES`].
+    pub(crate) fn padded_channels(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// The columns a row's quads reach from an output position's first read, in steps of
+    /// the dilation: the image needs `(out_cols - 1) · stride + reach · dx + 1` columns
+    /// (the taps past the kernel's width have zero weights but are read).
+    pub(crate) fn reach(&self) -> usize {
+        4 * self.per_row - 1
+    }
+
+    /// Where each quad's bytes start from an output position's first read in an expanded
+    /// image of `ecols` positions per row (see the type's doc).
+    pub(crate) fn offsets(&self, ecols: usize, [dy, dx]: [usize; 2]) -> Vec<usize> {
+        let cp = self.padded_channels();
+        (0..self.rows * self.per_row)
+            .map(|q| ((q / self.per_row) * dy * ecols + 4 * (q % self.per_row) * dx) * cp * 4)
+            .collect()
+    }
+
+    /// The packed weights and the padded starts, for the ISA kernels.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
+        (&self.packed, &self.starts)
+    }
+
+    /// Expands a channels-last image (`[rows][cols][cp]`) for dilation `dx`: returns the
+    /// expanded image (`[rows][ecols][cp][4]`, see the type's doc) and `ecols`, the
+    /// positions per row (`cols - 3 · dx`).
+    pub(crate) fn expand(
+        image: &[i8],
+        (rows, cols, cp): (usize, usize, usize),
+        dx: usize,
+    ) -> Result<(Vec<i8>, usize), String> {
+        let ecols = cols.checked_sub(3 * dx).filter(|_| dx > 0).unwrap_or(0);
+        if image.len() != rows * cols * cp || !cp.is_multiple_of(LANES) || ecols == 0 {
+            return Err(format!(
+                "an image of {} bytes as {rows} x {cols} x {cp}, dilation {dx}",
+                image.len()
+            ));
+        }
+        let len = rows * ecols * cp * 4;
+        #[cfg(target_arch = "aarch64")]
+        {
+            // Not zeroed first: the copy writes every byte.
+            let mut out = Vec::with_capacity(len);
+            // SAFETY: NEON is part of aarch64; the lengths are checked above, `out` has
+            // room for `len` bytes and `dwc_dot::expand` writes all of them.
+            unsafe {
+                super::dwc_dot::expand(image, (rows, cols, cp), dx, ecols, out.as_mut_ptr());
+                out.set_len(len);
+            }
+            Ok((out, ecols))
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        {
+            let mut out = Vec::with_capacity(len);
+            for r in 0..rows {
+                for x in 0..ecols {
+                    for c in 0..cp {
+                        out.extend((0..4).map(|i| image[(r * cols + x + i * dx) * cp + c]));
+                    }
+                }
+            }
+            Ok((out, ecols))
+        }
+    }
+
+    /// Refuses operands the kernels would read or write out of bounds.
+    fn check(
+        &self,
+        src: &[i8],
+        offsets: &[usize],
+        step: usize,
+        cols: usize,
+        acc: &[i32],
+    ) -> Result<(), String> {
+        let cp = self.padded_channels();
+        if offsets.len() != self.rows * self.per_row {
+            return Err(format!(
+                "{} quad offsets for {} quads",
+                offsets.len(),
+                self.rows * self.per_row
+            ));
+        }
+        if acc.len() != cols * cp {
+            return Err(format!(
+                "{} sums for {cols} positions of {cp} channels",
+                acc.len()
+            ));
+        }
+        if cols == 0 {
+            return Ok(());
+        }
+        let needed = (cols - 1) * step + offsets.iter().max().copied().unwrap_or(0) + 4 * cp;
+        if src.len() < needed {
+            return Err(format!(
+                "{} expanded bytes for {cols} positions needing {needed}",
+                src.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// One output row's sums (see the type's doc), on this CPU's kernel: SDOT where the
+    /// CPU has it, else the scalar reference.
+    pub(crate) fn run(
+        &self,
+        src: &[i8],
+        offsets: &[usize],
+        step: usize,
+        cols: usize,
+        acc: &mut [i32],
+    ) -> Result<(), String> {
+        self.check(src, offsets, step, cols, acc)?;
+        #[cfg(target_arch = "aarch64")]
+        if super::dot::available() {
+            // SAFETY: the CPU has the dot product; `check` holds the lengths the kernel
+            // reads and writes.
+            unsafe { super::dwc_dot::run(self, src, offsets, step, cols, acc) };
+            return Ok(());
+        }
+        self.run_scalar(src, offsets, step, cols, acc);
+        Ok(())
+    }
+
+    /// The scalar reference: what every ISA's kernel must compute.
+    pub(crate) fn run_scalar(
+        &self,
+        src: &[i8],
+        offsets: &[usize],
+        step: usize,
+        cols: usize,
+        acc: &mut [i32],
+    ) {
+        let cp = self.padded_channels();
+        let quads = self.rows * self.per_row;
+        for (ox, sums) in acc.chunks_exact_mut(cp).take(cols).enumerate() {
+            for (c, sum) in sums.iter_mut().enumerate() {
+                let (group, lane) = (c / LANES, c % LANES);
+                let mut s = self.starts[c];
+                for (q, &at) in offsets.iter().enumerate() {
+                    let w = &self.packed[((group * quads + q) * LANES + lane) * 4..][..4];
+                    let x = &src[ox * step + at + 4 * c..][..4];
+                    for (&w, &x) in w.iter().zip(x) {
+                        s = s.wrapping_add(i32::from(w) * i32::from(x));
+                    }
+                }
+                *sum = s;
+            }
+        }
+    }
+
+    /// The kernel [`Quads::run`] takes on this CPU.
+    pub(crate) fn kernel_name() -> &'static str {
+        if super::dot::available() {
+            "edgedx_dwc_dot_16"
+        } else {
+            "edgedx_dwc_quads_scalar"
+        }
+    }
+}
+
 /// Where the channels-last copy of an image puts it: `[rows][cols][cp]` with the image's
 /// `height × width` positions from row `top` and column `left` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -395,6 +624,106 @@ mod tests {
                 assert_eq!(got, want, "case {i}, row {oy}");
             }
         }
+    }
+
+    /// The quads (SDOT on cores with the dot product, CI's Cortex-A76 run; the scalar
+    /// reference elsewhere) against the naive convolution, on the same odd shapes, with
+    /// -128 weights (which the quads take) and images expanded for them.
+    #[test]
+    fn quads_match_the_naive_convolution_over_odd_shapes() {
+        let cases = [
+            // (channels, h, w, k, stride, dilation, pad)
+            (16, 7, 7, 3, 1, 1, 1),
+            (32, 14, 14, 3, 2, 1, 1),
+            (5, 9, 11, 3, 1, 1, 1),
+            (40, 6, 23, 5, 1, 1, 2),
+            (24, 12, 9, 5, 2, 1, 2),
+            (17, 13, 13, 7, 1, 1, 3),
+            (48, 10, 10, 3, 1, 2, 2),
+            (33, 1, 4, 3, 3, 1, 1),
+            (16, 8, 8, 2, 1, 1, 0),
+            (16, 6, 9, 4, 1, 1, 1),
+            (8, 5, 12, 1, 2, 1, 0),
+        ];
+        for (i, &(c, h, w, k, stride, dilation, p)) in cases.iter().enumerate() {
+            let x = values(c * h * w, 7 + i as u32);
+            let weights: Vec<i16> = values(c * k * k, 200 + i as u32)
+                .iter()
+                .map(|&v| i16::from(v))
+                .collect();
+            let starts: Vec<i32> = (0..c as i32).map(|v| v * 977 - 5000).collect();
+            let quads = Quads::new(&weights, c, [k, k], &starts).unwrap();
+            let cp = quads.padded_channels();
+            let span = (k - 1) * dilation + 1;
+            let rows = h + 2 * p;
+            let (oh, ow) = ((rows - span) / stride + 1, (w + 2 * p - span) / stride + 1);
+            let cols = (w + 2 * p).max((ow - 1) * stride + quads.reach() * dilation + 1);
+            let pad = -7i8;
+            let frame = Frame {
+                cp,
+                cols,
+                top: p,
+                left: p,
+            };
+            let mut plane = vec![pad; rows * cols * cp];
+            to_channels_last(&x, (c, h, w), frame, &mut plane).unwrap();
+            let (expanded, ecols) = Quads::expand(&plane, (rows, cols, cp), dilation).unwrap();
+            assert_eq!(ecols, cols - 3 * dilation);
+            for (j, &v) in expanded.iter().enumerate() {
+                let (pos, byte) = (j / (4 * cp), j % (4 * cp));
+                let (r, x, c, tap) = (pos / ecols, pos % ecols, byte / 4, byte % 4);
+                assert_eq!(
+                    v,
+                    plane[(r * cols + x + tap * dilation) * cp + c],
+                    "case {i}"
+                );
+            }
+            let offsets = quads.offsets(ecols, [dilation, dilation]);
+            let row_bytes = ecols * cp * 4;
+            for oy in 0..oh {
+                let src = &expanded[oy * stride * row_bytes..];
+                let step = stride * cp * 4;
+                let mut got = vec![0i32; ow * cp];
+                quads.run(src, &offsets, step, ow, &mut got).unwrap();
+                let mut scalar = vec![0i32; ow * cp];
+                quads.run_scalar(src, &offsets, step, ow, &mut scalar);
+                assert_eq!(got, scalar, "case {i}, row {oy}");
+                let want = naive(
+                    &x,
+                    (c, h, w),
+                    &weights,
+                    &starts,
+                    (k, stride, dilation, pad),
+                    (p, p),
+                    (oy, ow),
+                );
+                let got: Vec<i32> = got.chunks_exact(cp).flat_map(|s| s[..c].to_vec()).collect();
+                assert_eq!(got, want, "case {i}, row {oy}");
+            }
+        }
+    }
+
+    /// The quads' sums wrap in i32 as tract's do, with -128 by -128 products.
+    #[test]
+    fn quads_hold_at_the_extremes_and_wrap() {
+        let c = 16;
+        for (x, w, start) in [
+            (-128i8, -128i16, i32::MAX - 5),
+            (127, 127, 0i32),
+            (-128, 127, i32::MIN + 3),
+        ] {
+            let quads = Quads::new(&vec![w; c * 9], c, [3, 3], &vec![start; c]).unwrap();
+            // A 3 x 6 image, expanded: 3 x 3 positions; one output position.
+            let image = vec![x; 3 * 6 * c];
+            let (expanded, _) = Quads::expand(&image, (3, 6, c), 1).unwrap();
+            let offsets = quads.offsets(3, [1, 1]);
+            let mut got = vec![0i32; c];
+            quads.run(&expanded, &offsets, c * 4, 1, &mut got).unwrap();
+            let one = i32::from(x) * i32::from(w) * 9;
+            assert_eq!(got, vec![start.wrapping_add(one); c]);
+        }
+        assert!(Quads::new(&[-129, 3], 1, [1, 2], &[0]).is_none());
+        assert!(Quads::new(&[255, 3], 1, [1, 2], &[0]).is_none());
     }
 
     /// The sums wrap in i32 as tract's do, at the extreme weights and inputs.

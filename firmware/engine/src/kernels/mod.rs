@@ -22,6 +22,8 @@ mod dw_neon;
 pub(crate) mod dw_vnni;
 pub(crate) mod dwc;
 #[cfg(target_arch = "aarch64")]
+mod dwc_dot;
+#[cfg(target_arch = "aarch64")]
 mod dwc_neon;
 pub(crate) mod lut;
 pub(crate) mod panels;
