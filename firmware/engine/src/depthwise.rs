@@ -18,7 +18,9 @@
 //! On aarch64 the layers with short output rows take the channels-last family instead
 //! (kernels/dwc.rs, [`DepthwiseInt8::run_channels_last`]): the whole input copied once
 //! with 16 channels per vector, so that rows of 14 or 7 positions no longer leave blocks
-//! of 16 half empty (`takes_channels_last` has the measured rule).
+//! of 16 half empty (`takes_channels_last` has the measured rule). Cores with the dot
+//! product run its quads (four taps per SDOT, on the image expanded once for them), the
+//! others its pairs (SMULL and SMLAL).
 //!
 //! Weights with a zero point (asymmetric u8) add a Sub of `zw · Σ_taps x` to the run, the
 //! column sums of the patches (zero_point.rs). Since `Σ x·w − zw·Σ x = Σ x·(w − zw)`, it is
@@ -117,28 +119,29 @@ impl ChannelsLast {
 }
 
 /// Whether a layer of `channels` with output rows of `out_width` takes the channels-last
-/// family rather than planes, on a core with (`dot`) or without dot-product groups for its
-/// taps. On aarch64: when plane rows are too short to amortize their per-row and
-/// per-channel work, and 16 channels fill a vector at least as well as a row fills its
-/// blocks of 16 positions. MobileNet's and EfficientNet's layers with rows of 28 positions
-/// or fewer (14 or fewer with dot-product groups) take it; PaddleOCR's (rows of 96) keep
-/// planes. On x86-64 the plane kernels (AVX2, VNNI) stay: an AVX2 version of the family
-/// was no faster on the development host (INT8-NOTES.md item 26).
-fn takes_channels_last(channels: usize, out_width: usize, dot: bool) -> bool {
+/// family rather than planes. On aarch64: when plane rows are too short to amortize their
+/// per-row and per-channel work, and 16 channels fill a vector at least as well as a row
+/// fills its blocks of 16 positions. MobileNet's and EfficientNet's layers with rows of 28
+/// positions or fewer take it; PaddleOCR's (rows of 96) keep planes. On x86-64 the plane
+/// kernels (AVX2, VNNI) stay: an AVX2 version of the family was no faster on the
+/// development host (INT8-NOTES.md item 26).
+fn takes_channels_last(channels: usize, out_width: usize) -> bool {
     #[cfg(test)]
     if let Some(forced) = tests::CHANNELS_LAST.get() {
         return forced;
     }
     // The shortest plane rows that beat channels last, measured on EfficientNet-Lite0 and
-    // MobileNetV2 under qemu (executed instructions; firmware/bench/INT8-NOTES.md item 26).
-    let long_rows = if dot { 28 } else { 56 };
+    // MobileNetV2 under qemu (executed instructions; firmware/bench/INT8-NOTES.md items 26
+    // and 27): the same on cores with the dot product (the family's quads against the
+    // planes' SDOT groups) as on those without (its pairs against the planes' SMULL).
+    const LONG_ROWS: usize = 56;
     // Lanes used per lane paid, compared as fractions.
     let (vector, block) = (
         channels.next_multiple_of(16),
         out_width.next_multiple_of(16),
     );
     let (vector_use, block_use) = (channels * block, out_width * vector);
-    cfg!(target_arch = "aarch64") && out_width < long_rows && vector_use >= block_use
+    cfg!(target_arch = "aarch64") && out_width < LONG_ROWS && vector_use >= block_use
 }
 
 /// A layer's taps for the dot-product depthwise kernel.
@@ -660,7 +663,7 @@ fn run_at(
         .as_ref()
         .and_then(|g| DotLayer::new(g, &weights, taps));
     let channels_last = geometry
-        .filter(|g| takes_channels_last(channels, g.out_width, dot.is_some()))
+        .filter(|g| takes_channels_last(channels, g.out_width))
         .and_then(|g| ChannelsLast::new(&weights, channels, g.kernel, &offsets));
     if channels_last.is_some() {
         dot = None;

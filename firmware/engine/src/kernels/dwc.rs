@@ -1,7 +1,6 @@
 //! Depthwise products with the channels as the vector axis (channels last): the depthwise
 //! family of aarch64's layers with short output rows, on every core (depthwise.rs
-//! `takes_channels_last` has the measured rule; on Cortex-A53 and A72, the i.MX 8M Plus
-//! and the Raspberry Pi 4, from rows of 28 positions down).
+//! `takes_channels_last` has the measured rule: from rows of 28 positions down).
 //!
 //! The plane family (kernels/dw.rs) puts 16 output positions of one channel in a vector.
 //! Late in a MobileNet or an EfficientNet the planes are 14 or 7 positions wide, so its
@@ -26,6 +25,10 @@
 //! [-127, 127] fit a 16-bit lane (2 · 128 · 127 = 32512): [`Weights::new`] refuses a layer
 //! with another weight (a -128, or an asymmetric u8 weight less its zero point), which keeps
 //! the plane family.
+//!
+//! Cores with the dot product (Cortex-A55 and A76) take the family's [`Quads`] instead:
+//! four taps of a kernel row per SDOT, 16 multiply-adds per instruction, on the image
+//! expanded once per layer so that each position holds its four taps side by side.
 //!
 //! [`from_channels_last`] writes the requantized `[positions][cp]` bytes back as channel
 //! rows. Both copies go through 16 x 16 byte transposes on NEON.
