@@ -115,6 +115,26 @@ pub(super) fn sdot<const L: i32>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> 
     acc
 }
 
+/// `acc` plus, per 32-bit lane, the four bytes of that lane of `a` times those of `b`
+/// (SDOT by vector).
+#[target_feature(enable = "dotprod")]
+#[inline]
+pub(super) fn sdot_lanes(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: one register-to-register instruction of the dot-product extension, which
+    // this function's target feature requires of the CPU.
+    unsafe {
+        std::arch::asm!(
+            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+            acc = inout(vreg) acc,
+            a = in(vreg) a,
+            b = in(vreg) b,
+            options(pure, nomem, nostack, preserves_flags),
+        )
+    };
+    acc
+}
+
 /// The channel rows of `sums` into `rows` rows of `c`, `n` apart, `cols` positions each.
 #[inline(always)]
 unsafe fn store(sums: &Sums, c: *mut i32, n: usize, rows: usize, cols: usize) {

@@ -105,30 +105,13 @@ impl Weights {
         acc: &[i32],
     ) -> Result<(), String> {
         let cp = self.padded_channels();
-        if offsets.len() != self.taps {
-            return Err(format!(
-                "{} tap offsets for {} taps",
-                offsets.len(),
-                self.taps
-            ));
-        }
-        if acc.len() != cols * cp {
-            return Err(format!(
-                "{} sums for {cols} positions of {cp} channels",
-                acc.len()
-            ));
-        }
-        if cols == 0 {
-            return Ok(());
-        }
-        let needed = (cols - 1) * step + offsets.iter().max().copied().unwrap_or(0) + cp;
-        if src.len() < needed {
-            return Err(format!(
-                "{} input bytes for {cols} positions needing {needed}",
-                src.len()
-            ));
-        }
-        Ok(())
+        check_row(
+            src,
+            acc,
+            (offsets, self.taps, "tap"),
+            (step, cols),
+            (cp, cp),
+        )
     }
 
     /// One output row's sums (see the module doc), on this CPU's kernel.
@@ -331,31 +314,14 @@ impl Quads {
         cols: usize,
         acc: &[i32],
     ) -> Result<(), String> {
-        let cp = self.padded_channels();
-        if offsets.len() != self.rows * self.per_row {
-            return Err(format!(
-                "{} quad offsets for {} quads",
-                offsets.len(),
-                self.rows * self.per_row
-            ));
-        }
-        if acc.len() != cols * cp {
-            return Err(format!(
-                "{} sums for {cols} positions of {cp} channels",
-                acc.len()
-            ));
-        }
-        if cols == 0 {
-            return Ok(());
-        }
-        let needed = (cols - 1) * step + offsets.iter().max().copied().unwrap_or(0) + 4 * cp;
-        if src.len() < needed {
-            return Err(format!(
-                "{} expanded bytes for {cols} positions needing {needed}",
-                src.len()
-            ));
-        }
-        Ok(())
+        let (cp, quads) = (self.padded_channels(), self.rows * self.per_row);
+        check_row(
+            src,
+            acc,
+            (offsets, quads, "quad"),
+            (step, cols),
+            (cp, 4 * cp),
+        )
     }
 
     /// One output row's sums (see the type's doc), on this CPU's kernel: SDOT where the
@@ -415,6 +381,41 @@ impl Quads {
             "edgedx_dwc_quads_scalar"
         }
     }
+}
+
+/// What both kernels' `check` refuses: other than one offset per tap (or quad), other than
+/// `cols` positions of `cp` sums in `acc`, or a position whose reads (`width` bytes from
+/// each offset, positions `step` apart) pass the end of `src`.
+fn check_row(
+    src: &[i8],
+    acc: &[i32],
+    (offsets, expected, what): (&[usize], usize, &str),
+    (step, cols): (usize, usize),
+    (cp, width): (usize, usize),
+) -> Result<(), String> {
+    if offsets.len() != expected {
+        return Err(format!(
+            "{} {what} offsets for {expected} {what}s",
+            offsets.len()
+        ));
+    }
+    if acc.len() != cols * cp {
+        return Err(format!(
+            "{} sums for {cols} positions of {cp} channels",
+            acc.len()
+        ));
+    }
+    if cols == 0 {
+        return Ok(());
+    }
+    let needed = (cols - 1) * step + offsets.iter().max().copied().unwrap_or(0) + width;
+    if src.len() < needed {
+        return Err(format!(
+            "{} input bytes for {cols} positions needing {needed}",
+            src.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Where the channels-last copy of an image puts it: `[rows][cols][cp]` with the image's

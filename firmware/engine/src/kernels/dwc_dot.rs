@@ -11,6 +11,7 @@
 
 use std::arch::aarch64::*;
 
+use super::dot_neon::sdot_lanes as sdot;
 use super::dwc::{Quads, LANES};
 
 /// Bytes per group of 16 channels at one expanded position.
@@ -167,24 +168,4 @@ unsafe fn positions<const P: usize>(
             unsafe { vst1q_s32(out.add((ox + i) * cp + 4 * k), *s) };
         }
     }
-}
-
-/// `acc` plus, per 32-bit lane, the four bytes of that lane of `a` times those of `b`
-/// (SDOT by vector).
-#[target_feature(enable = "dotprod")]
-#[inline]
-fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let mut acc = acc;
-    // SAFETY: one register-to-register instruction of the dot-product extension, which
-    // this function's target feature requires of the CPU.
-    unsafe {
-        std::arch::asm!(
-            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-            acc = inout(vreg) acc,
-            a = in(vreg) a,
-            b = in(vreg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        )
-    };
-    acc
 }
