@@ -15,12 +15,13 @@
 //! are exact in any order, so the output is the same bit for bit. The weights come back
 //! out of tract's packed kernels (K4 or k-major panels) at load.
 //!
-//! On aarch64 the layers with short output rows take the channels-last family instead
+//! The layers with short output rows take the channels-last family instead
 //! (kernels/dwc.rs, [`DepthwiseInt8::run_channels_last`]): the whole input copied once
 //! with 16 channels per vector, so that rows of 14 or 7 positions no longer leave blocks
 //! of 16 half empty (`takes_channels_last` has the measured rule). Cores with the dot
 //! product run its quads (four taps per SDOT, on the image expanded once for them), the
-//! others its pairs (SMULL and SMLAL).
+//! others its pairs (SMULL and SMLAL); on x86-64, hosts with AVX-512 VNNI run the quads on
+//! the layers with the shortest rows.
 //!
 //! Weights with a zero point (asymmetric u8) add a Sub of `zw · Σ_taps x` to the run, the
 //! column sums of the patches (zero_point.rs). Since `Σ x·w − zw·Σ x = Σ x·(w − zw)`, it is
@@ -91,11 +92,9 @@ impl ChannelsLast {
     /// `None` when the pairs' kernel cannot take them (a weight outside [-127, 127]).
     fn new(weights: &[i16], channels: usize, kernel: [usize; 2], starts: &[i32]) -> Option<Self> {
         #[cfg(test)]
-        let quads = tests::QUADS
-            .get()
-            .unwrap_or(crate::kernels::dot::available());
+        let quads = tests::QUADS.get().unwrap_or(dwc::Quads::available());
         #[cfg(not(test))]
-        let quads = crate::kernels::dot::available();
+        let quads = dwc::Quads::available();
         if quads {
             return dwc::Quads::new(weights, channels, kernel, starts).map(ChannelsLast::Quads);
         }
@@ -119,12 +118,12 @@ impl ChannelsLast {
 }
 
 /// Whether a layer of `channels` with output rows of `out_width` takes the channels-last
-/// family rather than planes. On aarch64: when plane rows are too short to amortize their
-/// per-row and per-channel work, and 16 channels fill a vector at least as well as a row
-/// fills its blocks of 16 positions. MobileNet's and EfficientNet's layers with rows of 28
-/// positions or fewer take it; PaddleOCR's (rows of 96) keep planes. On x86-64 the plane
-/// kernels (AVX2, VNNI) stay: an AVX2 version of the family was no faster on the
-/// development host (INT8-NOTES.md item 26).
+/// family rather than planes: when plane rows are too short to amortize their per-row and
+/// per-channel work, and 16 channels fill a vector at least as well as a row fills its
+/// blocks of 16 positions. On aarch64, MobileNet's and EfficientNet's layers with rows of
+/// 28 positions or fewer take it; PaddleOCR's (rows of 96) keep planes. On x86-64 only
+/// hosts with AVX-512 VNNI (the quads) take it, for rows of 7 or fewer: an AVX2 version of
+/// the pairs was no faster than the planes (INT8-NOTES.md items 26 and 27).
 fn takes_channels_last(channels: usize, out_width: usize) -> bool {
     #[cfg(test)]
     if let Some(forced) = tests::CHANNELS_LAST.get() {
@@ -135,13 +134,23 @@ fn takes_channels_last(channels: usize, out_width: usize) -> bool {
     // and 27): the same on cores with the dot product (the family's quads against the
     // planes' SDOT groups) as on those without (its pairs against the planes' SMULL).
     const LONG_ROWS: usize = 56;
+    // On x86-64 (AVX-512 VNNI, the quads only), measured on Lite0 with
+    // `edgedx-bench profile` per layer: 7-wide rows gain (1152 channels, 5x5: 0.17 ->
+    // 0.10 ms), 14- and 28-wide lose to the VNNI planes (672 channels, 5x5: 0.18 -> 0.20 ms).
+    const LONG_ROWS_X86: usize = 14;
+    let long_rows = if cfg!(target_arch = "x86_64") {
+        LONG_ROWS_X86
+    } else {
+        LONG_ROWS
+    };
     // Lanes used per lane paid, compared as fractions.
     let (vector, block) = (
         channels.next_multiple_of(16),
         out_width.next_multiple_of(16),
     );
     let (vector_use, block_use) = (channels * block, out_width * vector);
-    cfg!(target_arch = "aarch64") && out_width < LONG_ROWS && vector_use >= block_use
+    let family = cfg!(target_arch = "aarch64") || dwc::Quads::available();
+    family && out_width < long_rows && vector_use >= block_use
 }
 
 /// A layer's taps for the dot-product depthwise kernel.

@@ -1,6 +1,7 @@
 //! Depthwise products with the channels as the vector axis (channels last): the depthwise
-//! family of aarch64's layers with short output rows, on every core (depthwise.rs
-//! `takes_channels_last` has the measured rule: from rows of 28 positions down).
+//! family of the layers with short output rows (depthwise.rs `takes_channels_last` has the
+//! measured rule: from rows of 28 positions down on every aarch64 core, of 7 on x86-64
+//! with AVX-512 VNNI).
 //!
 //! The plane family (kernels/dw.rs) puts 16 output positions of one channel in a vector.
 //! Late in a MobileNet or an EfficientNet the planes are 14 or 7 positions wide, so its
@@ -28,10 +29,11 @@
 //!
 //! Cores with the dot product (Cortex-A55 and A76) take the family's [`Quads`] instead:
 //! four taps of a kernel row per SDOT, 16 multiply-adds per instruction, on the image
-//! expanded once per layer so that each position holds its four taps side by side.
+//! expanded once per layer so that each position holds its four taps side by side; x86-64
+//! hosts with AVX-512 VNNI take them too, 64 per VPDPBUSD (kernels/dwc_x86.rs).
 //!
 //! [`from_channels_last`] writes the requantized `[positions][cp]` bytes back as channel
-//! rows. Both copies go through 16 x 16 byte transposes on NEON.
+//! rows. Both copies go through 16 x 16 byte transposes (NEON, SSE2).
 
 /// Channels per vector.
 pub(crate) const LANES: usize = 16;
@@ -172,7 +174,7 @@ impl Weights {
 }
 
 /// One layer's weights for the channels-last kernel of cores with the dot product
-/// (Cortex-A55 and A76: the RK3588 and the Raspberry Pi 5): taps in quads, four
+/// (Cortex-A55 and A76: the RK3588 and the Raspberry Pi 5; AVX-512 VNNI): taps in quads, four
 /// consecutive taps of one kernel row (the last quad of a row padded with zero weights).
 ///
 /// SDOT adds to each 32-bit lane the products of four bytes with four bytes. For it a
@@ -198,9 +200,23 @@ pub(crate) struct Quads {
     packed: Vec<i8>,
     /// Per channel, padded with zeros to whole groups.
     starts: Vec<i32>,
+    /// Per channel (padded), the sum of its weights: the x86 kernel's correction for
+    /// reading the inputs as unsigned.
+    weight_sums: Vec<i32>,
 }
 
 impl Quads {
+    /// Whether this CPU has the family's quad kernel: SDOT (Cortex-A55, A76) or AVX-512
+    /// VNNI. Elsewhere [`Quads::run`] is the scalar reference.
+    pub(crate) fn available() -> bool {
+        #[cfg(target_arch = "aarch64")]
+        return super::dot::available();
+        #[cfg(target_arch = "x86_64")]
+        return super::dwc_x86::available();
+        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+        false
+    }
+
     /// From `channels × kh · kw` weights (row-major taps within a channel) and each
     /// channel's start; `None` for a weight outside i8.
     pub(crate) fn new(
@@ -228,11 +244,16 @@ impl Quads {
         }
         let mut padded = starts.to_vec();
         padded.resize(cp, 0);
+        let mut weight_sums = vec![0i32; cp];
+        for (c, row) in weights.chunks_exact(taps).enumerate() {
+            weight_sums[c] = row.iter().map(|&w| i32::from(w)).sum();
+        }
         Some(Quads {
             rows: kh,
             per_row,
             packed,
             starts: padded,
+            weight_sums,
         })
     }
 
@@ -258,9 +279,14 @@ impl Quads {
     }
 
     /// The packed weights and the padded starts, for the ISA kernels.
-    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
         (&self.packed, &self.starts)
+    }
+
+    /// Each padded channel's sum of weights.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn weight_sums(&self) -> &[i32] {
+        &self.weight_sums
     }
 
     /// Expands a channels-last image (`[rows][cols][cp]`) for dilation `dx`: returns the
@@ -291,7 +317,18 @@ impl Quads {
             }
             Ok((out, ecols))
         }
-        #[cfg(not(target_arch = "aarch64"))]
+        #[cfg(target_arch = "x86_64")]
+        {
+            // Not zeroed first: the copy writes every byte.
+            let mut out = Vec::with_capacity(len);
+            // SAFETY: SSE2 is part of x86_64; as for aarch64 above.
+            unsafe {
+                super::dwc_x86::expand(image, (rows, cols, cp), dx, ecols, out.as_mut_ptr());
+                out.set_len(len);
+            }
+            Ok((out, ecols))
+        }
+        #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
         {
             let mut out = Vec::with_capacity(len);
             for r in 0..rows {
@@ -342,6 +379,13 @@ impl Quads {
             unsafe { super::dwc_dot::run(self, src, offsets, step, cols, acc) };
             return Ok(());
         }
+        #[cfg(target_arch = "x86_64")]
+        if super::dwc_x86::available() {
+            // SAFETY: the CPU has AVX-512 F and VNNI; `check` holds the lengths the kernel
+            // reads and writes.
+            unsafe { super::dwc_x86::run(self, src, offsets, step, cols, acc) };
+            return Ok(());
+        }
         self.run_scalar(src, offsets, step, cols, acc);
         Ok(())
     }
@@ -375,10 +419,10 @@ impl Quads {
 
     /// The kernel [`Quads::run`] takes on this CPU.
     pub(crate) fn kernel_name() -> &'static str {
-        if super::dot::available() {
-            "edgedx_dwc_dot_16"
-        } else {
-            "edgedx_dwc_quads_scalar"
+        match (Quads::available(), cfg!(target_arch = "x86_64")) {
+            (true, true) => "edgedx_dwc_vnni_16",
+            (true, false) => "edgedx_dwc_dot_16",
+            (false, _) => "edgedx_dwc_quads_scalar",
         }
     }
 }
@@ -465,7 +509,10 @@ pub(crate) fn to_channels_last(
     // SAFETY: NEON is part of aarch64; the lengths are checked above: `src` holds
     // `channels` rows of `n` and every place plus `cp` is inside `dst`.
     let done = unsafe { super::dwc_neon::to_channels_last(src, channels, n, &places, dst) };
-    #[cfg(not(target_arch = "aarch64"))]
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of x86_64; as above.
+    let done = unsafe { super::dwc_x86::to_channels_last(src, channels, n, &places, dst) };
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
     let done = (0, 0);
     copy_rest(done, (channels, n), |c, j| {
         dst[places[j] + c] = src[c * n + j];
@@ -495,7 +542,14 @@ pub(crate) fn from_channels_last(
             super::dwc_neon::from_channels_last(src, cp, channels, positions, dst);
         (channels_done, positions_done)
     };
-    #[cfg(not(target_arch = "aarch64"))]
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of x86_64; the lengths are checked above.
+    let done = unsafe {
+        let (positions_done, channels_done) =
+            super::dwc_x86::from_channels_last(src, cp, channels, positions, dst);
+        (channels_done, positions_done)
+    };
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
     let done = (0, 0);
     copy_rest(done, (channels, positions), |c, j| {
         dst[c * positions + j] = src[j * cp + c];
