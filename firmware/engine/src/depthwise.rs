@@ -122,7 +122,8 @@ impl ChannelsLast {
 /// per-channel work, and 16 channels fill a vector at least as well as a row fills its
 /// blocks of 16 positions. On aarch64, MobileNet's and EfficientNet's layers with rows of
 /// 28 positions or fewer take it; PaddleOCR's (rows of 96) keep planes. On x86-64 only
-/// hosts with AVX-512 VNNI (the quads) take it, for rows of 7 or fewer: an AVX2 version of
+/// hosts with AVX-512 VNNI (the quads) take it, for rows of 13 or fewer (Lite0 and
+/// MobileNetV2 have rows of 7 there): an AVX2 version of
 /// the pairs was no faster than the planes (INT8-NOTES.md items 26 and 27).
 fn takes_channels_last(channels: usize, out_width: usize) -> bool {
     #[cfg(test)]
