@@ -305,25 +305,15 @@ impl Quads {
             ));
         }
         let len = rows * ecols * cp * 4;
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
         {
             // Not zeroed first: the copy writes every byte.
             let mut out = Vec::with_capacity(len);
-            // SAFETY: NEON is part of aarch64; the lengths are checked above, `out` has
-            // room for `len` bytes and `dwc_dot::expand` writes all of them.
+            // SAFETY: NEON and SSE2 are part of their architectures; the lengths are
+            // checked above, `out` has room for `len` bytes and `expand_into` writes all of
+            // them.
             unsafe {
-                super::dwc_dot::expand(image, (rows, cols, cp), dx, ecols, out.as_mut_ptr());
-                out.set_len(len);
-            }
-            Ok((out, ecols))
-        }
-        #[cfg(target_arch = "x86_64")]
-        {
-            // Not zeroed first: the copy writes every byte.
-            let mut out = Vec::with_capacity(len);
-            // SAFETY: SSE2 is part of x86_64; as for aarch64 above.
-            unsafe {
-                super::dwc_x86::expand(image, (rows, cols, cp), dx, ecols, out.as_mut_ptr());
+                expand_into::<Vector>(image, (rows, cols, cp), dx, ecols, out.as_mut_ptr());
                 out.set_len(len);
             }
             Ok((out, ecols))
@@ -505,13 +495,17 @@ pub(crate) fn to_channels_last(
     let places: Vec<usize> = (0..height)
         .flat_map(|y| (0..width).map(move |x| frame.at(y, x)))
         .collect();
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: NEON is part of aarch64; the lengths are checked above: `src` holds
-    // `channels` rows of `n` and every place plus `cp` is inside `dst`.
-    let done = unsafe { super::dwc_neon::to_channels_last(src, channels, n, &places, dst) };
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE2 is part of x86_64; as above.
-    let done = unsafe { super::dwc_x86::to_channels_last(src, channels, n, &places, dst) };
+    #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+    // SAFETY: NEON and SSE2 are part of their architectures; the lengths are checked
+    // above: `src` holds `channels` rows of `n` and every place plus `cp` is inside `dst`.
+    let done = unsafe {
+        let (s, d) = (src.as_ptr() as *const u8, dst.as_mut_ptr() as *mut u8);
+        transposed::<Vector>(
+            (channels, n),
+            |c, j| Vector::load(s.add(c * n + j)),
+            |j, c, v| v.store(d.add(places[j] + c)),
+        )
+    };
     #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
     let done = (0, 0);
     copy_rest(done, (channels, n), |c, j| {
@@ -535,18 +529,16 @@ pub(crate) fn from_channels_last(
             dst.len()
         ));
     }
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: NEON is part of aarch64; the lengths are checked above.
+    #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+    // SAFETY: NEON and SSE2 are part of their architectures; the lengths are checked
+    // above: `src` holds `positions` rows of `cp`, `dst` `channels` rows of `positions`.
     let done = unsafe {
-        let (positions_done, channels_done) =
-            super::dwc_neon::from_channels_last(src, cp, channels, positions, dst);
-        (channels_done, positions_done)
-    };
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE2 is part of x86_64; the lengths are checked above.
-    let done = unsafe {
-        let (positions_done, channels_done) =
-            super::dwc_x86::from_channels_last(src, cp, channels, positions, dst);
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+        let (positions_done, channels_done) = transposed::<Vector>(
+            (positions, channels),
+            |j, c| Vector::load(s.add(j * cp + c)),
+            |c, j, v| v.store(d.add(c * positions + j)),
+        );
         (channels_done, positions_done)
     };
     #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
@@ -555,6 +547,95 @@ pub(crate) fn from_channels_last(
         dst[c * positions + j] = src[j * cp + c];
     });
     Ok(())
+}
+
+/// 16 bytes in a vector register, as the channel copies and the quads' expansion move
+/// them; each ISA module implements it (kernels/dwc_neon.rs, kernels/dwc_x86.rs).
+pub(super) trait Bytes16: Copy {
+    /// # Safety
+    /// 16 bytes at `p`.
+    unsafe fn load(p: *const u8) -> Self;
+    /// # Safety
+    /// Room for 16 bytes at `p`.
+    unsafe fn store(self, p: *mut u8);
+    /// `out[k]` byte `j` is `rows[j]` byte `k`.
+    fn transpose(rows: [Self; 16]) -> [Self; 16];
+    /// Stores the four registers interleaved by bytes: byte `4i + t` is `taps[t]` byte `i`.
+    ///
+    /// # Safety
+    /// Room for 64 bytes at `p`.
+    unsafe fn store_interleaved(taps: [Self; 4], p: *mut u8);
+}
+
+/// This target's [`Bytes16`].
+#[cfg(target_arch = "aarch64")]
+type Vector = std::arch::aarch64::uint8x16_t;
+#[cfg(target_arch = "x86_64")]
+type Vector = std::arch::x86_64::__m128i;
+
+/// A `rows × cols` byte matrix, transposed in 16 x 16 blocks: `load(r, c)` gives row r's
+/// 16 bytes from column c, and `store(c, r, v)` takes column c's 16 bytes from row r. When
+/// a side is not a multiple of 16, its last block starts 16 before its end and overlaps
+/// the one before it, rewriting some bytes with the same values (the copies are out of
+/// place). Returns the rows and columns it covered: all of them, or none when a side is
+/// shorter than a block.
+///
+/// # Safety
+/// `load` and `store` are called for blocks inside `rows × cols` only.
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn transposed<V: Bytes16>(
+    (rows, cols): (usize, usize),
+    load: impl Fn(usize, usize) -> V,
+    mut store: impl FnMut(usize, usize, V),
+) -> (usize, usize) {
+    if rows < 16 || cols < 16 {
+        return (0, 0);
+    }
+    let starts = |len: usize| {
+        let last = (!len.is_multiple_of(16)).then_some(len - 16);
+        (0..len / 16 * 16).step_by(16).chain(last)
+    };
+    for r0 in starts(rows) {
+        for c0 in starts(cols) {
+            let block = V::transpose(std::array::from_fn(|i| load(r0 + i, c0)));
+            for (k, v) in block.into_iter().enumerate() {
+                store(c0 + k, r0, v);
+            }
+        }
+    }
+    (rows, cols)
+}
+
+/// [`Quads::expand`]'s copy: per position and 16 channels, the four taps' loads stored
+/// interleaved. Writes every byte of `dst`.
+///
+/// # Safety
+/// `image` holds `rows × cols × cp` bytes and `dst` has room for `rows × ecols × cp × 4`,
+/// with `ecols + 3 · dx <= cols` and `cp` a multiple of 16.
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+unsafe fn expand_into<V: Bytes16>(
+    image: &[i8],
+    (rows, cols, cp): (usize, usize, usize),
+    dx: usize,
+    ecols: usize,
+    dst: *mut i8,
+) {
+    let src = image.as_ptr() as *const u8;
+    for r in 0..rows {
+        for x in 0..ecols {
+            // SAFETY: the caller's contract: position x + 3dx of row r is inside the
+            // image, and expanded position x of row r inside `dst`.
+            unsafe {
+                let at = src.add((r * cols + x) * cp);
+                let to = dst.add((r * ecols + x) * cp * 4) as *mut u8;
+                for g in (0..cp).step_by(LANES) {
+                    let taps = std::array::from_fn(|t| V::load(at.add(t * dx * cp + g)));
+                    V::store_interleaved(taps, to.add(4 * g));
+                }
+            }
+        }
+    }
 }
 
 /// Runs `copy(channel, position)` for every pair outside the `done` corner (the first

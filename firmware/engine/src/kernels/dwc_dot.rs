@@ -1,9 +1,8 @@
 //! The channels-last depthwise family's quads on cores with the dot product (Cortex-A55,
 //! A76; kernels/dwc.rs's [`Quads`] has the layout).
 //!
-//! [`expand`] writes each position's four taps side by side with ST4: four 16-byte loads
-//! of the image (the positions x, x + dx, x + 2dx, x + 3dx of 16 channels), one store that
-//! interleaves them by bytes. [`run`] then takes a row one group of 16 channels at a time,
+//! The expansion (kernels/dwc.rs) writes each position's four taps side by side with one
+//! ST4 (kernels/dwc_neon.rs). [`run`] takes a row one group of 16 channels at a time,
 //! two positions at a time: per quad, the 64 weight bytes (in registers for the whole
 //! row when the kernel has at most three quads: a 3x3 kernel), the two positions' 64
 //! bytes, and four SDOT per position (by vector: lane j of the sums adds channel
@@ -16,40 +15,6 @@ use super::dwc::{Quads, LANES};
 
 /// Bytes per group of 16 channels at one expanded position.
 const GROUP: usize = 4 * LANES;
-
-/// Writes every byte of `dst`.
-///
-/// # Safety
-/// `image` holds `rows × cols × cp` bytes and `dst` has room for `rows × ecols × cp × 4`,
-/// with `ecols + 3 · dx <= cols` and `cp` a multiple of 16 (`Quads::expand` checks them).
-pub(super) unsafe fn expand(
-    image: &[i8],
-    (rows, cols, cp): (usize, usize, usize),
-    dx: usize,
-    ecols: usize,
-    dst: *mut i8,
-) {
-    let src = image.as_ptr();
-    for r in 0..rows {
-        for x in 0..ecols {
-            // SAFETY: the caller's contract: position x + 3dx of row r is inside the
-            // image, and expanded position x of row r inside `out`.
-            unsafe {
-                let at = src.add((r * cols + x) * cp);
-                let to = dst.add((r * ecols + x) * cp * 4);
-                for g in (0..cp).step_by(LANES) {
-                    let taps = int8x16x4_t(
-                        vld1q_s8(at.add(g)),
-                        vld1q_s8(at.add(dx * cp + g)),
-                        vld1q_s8(at.add(2 * dx * cp + g)),
-                        vld1q_s8(at.add(3 * dx * cp + g)),
-                    );
-                    vst4q_s8(to.add(4 * g), taps);
-                }
-            }
-        }
-    }
-}
 
 /// # Safety
 /// The CPU has the dot product; `Quads::check` holds for these operands: every position's

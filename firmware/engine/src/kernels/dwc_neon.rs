@@ -9,7 +9,7 @@
 use std::arch::aarch64::*;
 
 use super::dw_neon::{add_widened, products};
-use super::dwc::{Weights, LANES};
+use super::dwc::{Bytes16, Weights, LANES};
 
 /// # Safety
 /// `Weights::check` holds for these operands.
@@ -130,112 +130,60 @@ unsafe fn sums<const P: usize>(
     sums
 }
 
-/// A 16 x 16 byte transpose: `out[k]` lane `j` is `rows[j]` lane `k`. TRN1/TRN2 at bytes,
-/// then halfwords, words and doublewords (64 instructions).
-#[inline(always)]
-fn transpose(r: [uint8x16_t; 16]) -> [uint8x16_t; 16] {
-    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
-    unsafe {
-        let mut a = r;
-        for i in 0..8 {
-            a[2 * i] = vtrn1q_u8(r[2 * i], r[2 * i + 1]);
-            a[2 * i + 1] = vtrn2q_u8(r[2 * i], r[2 * i + 1]);
-        }
-        let mut b = [vdupq_n_u16(0); 16];
-        for g in (0..16).step_by(4) {
-            for i in g..g + 2 {
-                let (x, y) = (vreinterpretq_u16_u8(a[i]), vreinterpretq_u16_u8(a[i + 2]));
-                b[i] = vtrn1q_u16(x, y);
-                b[i + 2] = vtrn2q_u16(x, y);
-            }
-        }
-        let mut c = [vdupq_n_u32(0); 16];
-        for g in (0..16).step_by(8) {
-            for i in g..g + 4 {
-                let (x, y) = (vreinterpretq_u32_u16(b[i]), vreinterpretq_u32_u16(b[i + 4]));
-                c[i] = vtrn1q_u32(x, y);
-                c[i + 4] = vtrn2q_u32(x, y);
-            }
-        }
-        let mut d = r;
-        for i in 0..8 {
-            let (x, y) = (vreinterpretq_u64_u32(c[i]), vreinterpretq_u64_u32(c[i + 8]));
-            d[i] = vreinterpretq_u8_u64(vtrn1q_u64(x, y));
-            d[i + 8] = vreinterpretq_u8_u64(vtrn2q_u64(x, y));
-        }
-        d
+/// The channel copies' and the quads' expansion's 16 bytes on NEON.
+impl Bytes16 for uint8x16_t {
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> Self {
+        // SAFETY: the caller's contract.
+        unsafe { vld1q_u8(p) }
     }
-}
 
-/// A `rows × cols` byte matrix, transposed in 16 x 16 blocks: `load(r, c)` gives row r's
-/// 16 bytes from column c, and `store(c, r, v)` takes column c's 16 bytes from row r. When
-/// a side is not a multiple of 16, its last block starts 16 before its end and overlaps
-/// the one before it, rewriting some bytes with the same values (the copies are out of
-/// place). Returns the rows and columns it covered: all of them, or none when a side is
-/// shorter than a block.
-#[inline(always)]
-fn blocks(
-    (rows, cols): (usize, usize),
-    load: impl Fn(usize, usize) -> uint8x16_t,
-    mut store: impl FnMut(usize, usize, uint8x16_t),
-) -> (usize, usize) {
-    if rows < 16 || cols < 16 {
-        return (0, 0);
+    #[inline(always)]
+    unsafe fn store(self, p: *mut u8) {
+        // SAFETY: the caller's contract.
+        unsafe { vst1q_u8(p, self) }
     }
-    let starts = |len: usize| {
-        let last = (!len.is_multiple_of(16)).then_some(len - 16);
-        (0..len / 16 * 16).step_by(16).chain(last)
-    };
-    for r0 in starts(rows) {
-        for c0 in starts(cols) {
-            let block = transpose(std::array::from_fn(|i| load(r0 + i, c0)));
-            for (k, v) in block.into_iter().enumerate() {
-                store(c0 + k, r0, v);
+
+    /// TRN1/TRN2 at bytes, then halfwords, words and doublewords (64 instructions).
+    #[inline(always)]
+    fn transpose(r: [uint8x16_t; 16]) -> [uint8x16_t; 16] {
+        // SAFETY: register-only NEON instructions; NEON is part of aarch64.
+        unsafe {
+            let mut a = r;
+            for i in 0..8 {
+                a[2 * i] = vtrn1q_u8(r[2 * i], r[2 * i + 1]);
+                a[2 * i + 1] = vtrn2q_u8(r[2 * i], r[2 * i + 1]);
             }
+            let mut b = [vdupq_n_u16(0); 16];
+            for g in (0..16).step_by(4) {
+                for i in g..g + 2 {
+                    let (x, y) = (vreinterpretq_u16_u8(a[i]), vreinterpretq_u16_u8(a[i + 2]));
+                    b[i] = vtrn1q_u16(x, y);
+                    b[i + 2] = vtrn2q_u16(x, y);
+                }
+            }
+            let mut c = [vdupq_n_u32(0); 16];
+            for g in (0..16).step_by(8) {
+                for i in g..g + 4 {
+                    let (x, y) = (vreinterpretq_u32_u16(b[i]), vreinterpretq_u32_u16(b[i + 4]));
+                    c[i] = vtrn1q_u32(x, y);
+                    c[i + 4] = vtrn2q_u32(x, y);
+                }
+            }
+            let mut d = r;
+            for i in 0..8 {
+                let (x, y) = (vreinterpretq_u64_u32(c[i]), vreinterpretq_u64_u32(c[i + 8]));
+                d[i] = vreinterpretq_u8_u64(vtrn1q_u64(x, y));
+                d[i + 8] = vreinterpretq_u8_u64(vtrn2q_u64(x, y));
+            }
+            d
         }
     }
-    (rows, cols)
-}
 
-/// The 16 x 16 blocks of `dwc::to_channels_last`: channel rows of `n` values into their
-/// positions' `places`. Returns the channels and positions it covered.
-///
-/// # Safety
-/// `src` holds `channels × n` values; `places` has `n` entries and each plus `channels` is
-/// inside `dst`.
-pub(super) unsafe fn to_channels_last(
-    src: &[i8],
-    channels: usize,
-    n: usize,
-    places: &[usize],
-    dst: &mut [i8],
-) -> (usize, usize) {
-    let (s, d) = (src.as_ptr() as *const u8, dst.as_mut_ptr() as *mut u8);
-    blocks(
-        (channels, n),
-        // SAFETY (both): the caller's contract, for blocks inside `channels × n`.
-        |c, j| unsafe { vld1q_u8(s.add(c * n + j)) },
-        |j, c, v| unsafe { vst1q_u8(d.add(places[j] + c), v) },
-    )
-}
-
-/// The 16 x 16 blocks of `dwc::from_channels_last`. Returns the positions and channels
-/// it covered.
-///
-/// # Safety
-/// `src` holds `positions × cp` bytes, `dst` `channels × positions`, channels ≤ cp.
-pub(super) unsafe fn from_channels_last(
-    src: &[u8],
-    cp: usize,
-    channels: usize,
-    positions: usize,
-    dst: &mut [u8],
-) -> (usize, usize) {
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    blocks(
-        (positions, channels),
-        // SAFETY (both): the caller's contract, for blocks inside `positions × channels`.
-        |j, c| unsafe { vld1q_u8(s.add(j * cp + c)) },
-        |c, j, v| unsafe { vst1q_u8(d.add(c * positions + j), v) },
-    )
+    /// One ST4.
+    #[inline(always)]
+    unsafe fn store_interleaved(taps: [Self; 4], p: *mut u8) {
+        // SAFETY: the caller's contract.
+        unsafe { vst4q_u8(p, uint8x16x4_t(taps[0], taps[1], taps[2], taps[3])) }
+    }
 }
