@@ -410,23 +410,23 @@ mod neon {
         let unsigned = op.cast_to == DatumType::U8 && !op.offset_to_i8;
         let shift = if op.offset_to_i8 { 128 } else { 0 };
         let (add, lo, hi) = (op.add - shift, op.lo - shift, op.hi - shift);
-        let clamp = if unsigned {
+        let clamps = if unsigned {
             (lo, hi) != (0, 255)
         } else {
             (lo, hi) != (-128, 127)
         };
-        let bounds = Bounds::new(lo, hi);
+        let clamp = ByteClamp::new([lo, hi], unsigned);
         // SAFETY: register operations; `add` fits i16 (`SHORT_ADD` + 128).
         let add = unsafe { vdupq_n_s16(add as i16) };
         macro_rules! short_blocks {
             ($unsigned:literal, $clamp:literal) => {
                 for_each_block!(len, overlap, |b| {
                     let (x, y, s) = at(b);
-                    unsafe { short::<$unsigned, $clamp>(x, s, add, &bounds, y) }
+                    unsafe { short::<$unsigned, $clamp>(x, s, add, &clamp, y) }
                 })
             };
         }
-        match (unsigned, clamp) {
+        match (unsigned, clamps) {
             (true, false) => short_blocks!(true, false),
             (true, true) => short_blocks!(true, true),
             (false, false) => short_blocks!(false, false),
@@ -456,31 +456,9 @@ mod neon {
         }
     }
 
-    /// Clamp bounds as u8 and as i8 lanes.
-    struct Bounds {
-        ulo: uint8x16_t,
-        uhi: uint8x16_t,
-        slo: int8x16_t,
-        shi: int8x16_t,
-    }
-
-    impl Bounds {
-        fn new(lo: i32, hi: i32) -> Bounds {
-            // SAFETY: register operations.
-            unsafe {
-                Bounds {
-                    ulo: vdupq_n_u8(lo as u8),
-                    uhi: vdupq_n_u8(hi as u8),
-                    slo: vdupq_n_s8(lo as i8),
-                    shi: vdupq_n_s8(hi as i8),
-                }
-            }
-        }
-    }
-
     /// A short chain's steps for the 16 values at `x`: the rounded products narrowed to
     /// i16 with saturation, `add` added with saturation, narrowed to u8 (`UNSIGNED`) or
-    /// i8 with saturation, clamped to `bounds` when `CLAMP`.
+    /// i8 with saturation, clamped to `clamp`'s bounds when `CLAMP`.
     ///
     /// The same bytes as the chain: a rounded product r is at most 2^30 in magnitude
     /// (multipliers at most 0.5), so r + add does not wrap. If r fits i16, the saturated
@@ -492,7 +470,7 @@ mod neon {
         x: *const i32,
         s: [float32x4_t; 4],
         add: int16x8_t,
-        bounds: &Bounds,
+        clamp: &ByteClamp,
         y: *mut u8,
     ) {
         // SAFETY: the caller's: 16 values at `x`, 16 bytes at `y`.
@@ -501,22 +479,7 @@ mod neon {
                 |j: usize| vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(vld1q_s32(x.add(4 * j))), s[j]));
             let low = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r(0)), r(1)), add);
             let high = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r(2)), r(3)), add);
-            let bytes = if UNSIGNED {
-                let u = vqmovun_high_s16(vqmovun_s16(low), high);
-                if CLAMP {
-                    vminq_u8(vmaxq_u8(u, bounds.ulo), bounds.uhi)
-                } else {
-                    u
-                }
-            } else {
-                let i = vqmovn_high_s16(vqmovn_s16(low), high);
-                vreinterpretq_u8_s8(if CLAMP {
-                    vminq_s8(vmaxq_s8(i, bounds.slo), bounds.shi)
-                } else {
-                    i
-                })
-            };
-            vst1q_u8(y, bytes);
+            vst1q_u8(y, clamp.words::<UNSIGNED, CLAMP>(low, high));
         }
     }
 
@@ -541,7 +504,7 @@ mod sse2 {
     use std::arch::x86_64::*;
 
     /// [`super::Requantize::run_values`]'s blocks (`for_each_block!`) in the clamped form: clamp the
-    /// product to `form.bounds`, convert with CVTPS2DQ, which rounds half to even in the
+    /// product to `op.float_bounds()`, convert with CVTPS2DQ, which rounds half to even in the
     /// default MXCSR mode (Rust code never changes it) and is exact at that size, add
     /// `add`, keep the low byte. Clamping before rounding equals rounding before clamping
     /// because the bounds are integers and rounding is monotone. Unless the chain is

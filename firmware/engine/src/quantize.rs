@@ -175,15 +175,44 @@ pub(crate) mod neon {
         #[inline(always)]
         pub(crate) fn bytes(&self, q: [int32x4_t; 4]) -> uint8x16_t {
             // SAFETY: as in `new`.
+            let (low, high) = unsafe {
+                (
+                    vqmovn_high_s32(vqmovn_s32(q[0]), q[1]),
+                    vqmovn_high_s32(vqmovn_s32(q[2]), q[3]),
+                )
+            };
+            if self.unsigned {
+                self.words::<true, true>(low, high)
+            } else {
+                self.words::<false, true>(low, high)
+            }
+        }
+
+        /// The 16 lanes of `low` and `high` as bytes: narrowed with saturation to u8
+        /// (`UNSIGNED`, which must be the clamp's type) or i8, then clamped when `CLAMP`
+        /// (bounds that are the whole type need no clamp).
+        #[inline(always)]
+        pub(crate) fn words<const UNSIGNED: bool, const CLAMP: bool>(
+            &self,
+            low: int16x8_t,
+            high: int16x8_t,
+        ) -> uint8x16_t {
+            // SAFETY: as in `new`.
             unsafe {
-                let low = vqmovn_high_s32(vqmovn_s32(q[0]), q[1]);
-                let high = vqmovn_high_s32(vqmovn_s32(q[2]), q[3]);
-                if self.unsigned {
+                if UNSIGNED {
                     let u = vqmovun_high_s16(vqmovun_s16(low), high);
-                    vminq_u8(vmaxq_u8(u, self.ulo), self.uhi)
+                    if CLAMP {
+                        vminq_u8(vmaxq_u8(u, self.ulo), self.uhi)
+                    } else {
+                        u
+                    }
                 } else {
                     let i = vqmovn_high_s16(vqmovn_s16(low), high);
-                    vreinterpretq_u8_s8(vminq_s8(vmaxq_s8(i, self.slo), self.shi))
+                    vreinterpretq_u8_s8(if CLAMP {
+                        vminq_s8(vmaxq_s8(i, self.slo), self.shi)
+                    } else {
+                        i
+                    })
                 }
             }
         }

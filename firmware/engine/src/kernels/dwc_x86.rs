@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 use super::dwc::{Bytes16, Quads, LANES};
 
 /// Whether this CPU runs the quads (and so the family: depthwise.rs `takes_channels_last`).
-pub(crate) fn available() -> bool {
+pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
 }
 

@@ -26,6 +26,6 @@ mod dwc_dot;
 #[cfg(target_arch = "aarch64")]
 mod dwc_neon;
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod dwc_x86;
+mod dwc_x86;
 pub(crate) mod lut;
 pub(crate) mod panels;
