@@ -4,13 +4,100 @@
 //! four-register LD1 each, then for each of the 16 pairs multiplies the low halves into
 //! 16-bit lanes (SMULL), adds the high halves' products (SMLAL2) and widens the lane pairs
 //! into its 32-bit accumulator (SADALP): 256 multiply-adds in 50 instructions. 16
-//! accumulators and 8 operand registers fit the 32 vector registers. At the end pairwise
-//! adds fold the four positions' accumulators of one channel straight into that channel's
-//! row of sums, with no transpose, and the channel's start is added to the row.
+//! accumulators, 8 operand registers and 8 products fill the 32 vector registers. At the
+//! end pairwise adds fold the four positions' accumulators of one channel straight into
+//! that channel's row of sums, with no transpose, the channel's start is added to the row
+//! and a whole tile stores its four rows.
+//!
+//! The tile is one block of assembly (built by the macros below), because what LLVM made
+//! of the intrinsics ran 89.2 M instructions on EfficientNet-Lite0 against this 81.3 M
+//! (cortex-a72, QEMU-INSN.md): it split each four-register load into two LDP, kept the loop's counters in more
+//! registers than the tile leaves it, and spilled the starts and row offsets to the stack
+//! between tiles. A depth that ends 8 or fewer k into its last block (24, 40: 16g + 8)
+//! runs that block's SMULL alone, its high halves being the packing's zeros.
 
 use std::arch::aarch64::*;
 
 use super::c16::{Weights, KC, MR, NR};
+
+/// Products of positions `$a` by channels `$b` into the 16-bit lanes of temporary `$t`:
+/// the low eight pairs (SMULL), and for a full block the high eight added (SMLAL2).
+macro_rules! pair {
+    (full, $t:literal, $a:literal, $b:literal) => {
+        concat!(
+            "smull v", $t, ".8h, v", $a, ".8b, v", $b, ".8b\n", "smlal2 v", $t, ".8h, v", $a,
+            ".16b, v", $b, ".16b\n",
+        )
+    };
+    (half, $t:literal, $a:literal, $b:literal) => {
+        concat!("smull v", $t, ".8h, v", $a, ".8b, v", $b, ".8b\n")
+    };
+}
+
+/// Temporaries (`$t`) widened into accumulators (`$acc`) by `$op`: SADDLP starts them,
+/// SADALP adds to them.
+macro_rules! widen {
+    ($op:literal, $($acc:literal $t:literal),+) => {
+        concat!($($op, " v", $acc, ".4s, v", $t, ".8h\n"),+)
+    };
+}
+
+/// One 16-k block: positions (v0-v3) and channels (v4-v7) loaded with one four-register
+/// LD1 each, the pointers stepped past them; then the 16 pairs' products, eight at a time
+/// into v8-v15, widened into accumulator `v16 + 4 · position + channel`.
+macro_rules! block {
+    ($depth:ident, $op:literal) => {
+        concat!(
+            "ld1 {{v0.16b-v3.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
+            pair!($depth, 8, 0, 4),
+            pair!($depth, 9, 0, 5),
+            pair!($depth, 10, 0, 6),
+            pair!($depth, 11, 0, 7),
+            pair!($depth, 12, 1, 4),
+            pair!($depth, 13, 1, 5),
+            pair!($depth, 14, 1, 6),
+            pair!($depth, 15, 1, 7),
+            widen!($op, 16 8, 17 9, 18 10, 19 11, 20 12, 21 13, 22 14, 23 15),
+            pair!($depth, 8, 2, 4),
+            pair!($depth, 9, 2, 5),
+            pair!($depth, 10, 2, 6),
+            pair!($depth, 11, 2, 7),
+            pair!($depth, 12, 3, 4),
+            pair!($depth, 13, 3, 5),
+            pair!($depth, 14, 3, 6),
+            pair!($depth, 15, 3, 7),
+            widen!($op, 24 8, 25 9, 26 10, 27 11, 28 12, 29 13, 30 14, 31 15),
+        )
+    };
+}
+
+/// The tile's end: channel j's row into v`j` (lane i the four lanes of accumulator
+/// `16 + 4i + j` summed, by pairwise adds, v4 a temporary), plus its start (four
+/// registers of starts loaded into v4-v7).
+macro_rules! fold {
+    () => {
+        concat!(
+            "addp v0.4s, v16.4s, v20.4s\n",
+            "addp v1.4s, v24.4s, v28.4s\n",
+            "addp v0.4s, v0.4s, v1.4s\n",
+            "addp v1.4s, v17.4s, v21.4s\n",
+            "addp v2.4s, v25.4s, v29.4s\n",
+            "addp v1.4s, v1.4s, v2.4s\n",
+            "addp v2.4s, v18.4s, v22.4s\n",
+            "addp v3.4s, v26.4s, v30.4s\n",
+            "addp v2.4s, v2.4s, v3.4s\n",
+            "addp v3.4s, v19.4s, v23.4s\n",
+            "addp v4.4s, v27.4s, v31.4s\n",
+            "addp v3.4s, v3.4s, v4.4s\n",
+            "ld1 {{v4.4s-v7.4s}}, [{starts}]\n",
+            "add v0.4s, v0.4s, v4.4s\n",
+            "add v1.4s, v1.4s, v5.4s\n",
+            "add v2.4s, v2.4s, v6.4s\n",
+            "add v3.4s, v3.4s, v7.4s\n",
+        )
+    };
+}
 
 /// Positions per tile: half a patch panel.
 const TP: usize = MR / 2;
@@ -18,151 +105,142 @@ const TP: usize = MR / 2;
 /// # Safety
 /// `patches` holds `n.div_ceil(MR)` panels of `weights.panel_len()` bytes and `c` holds
 /// `weights.channels() * n` sums (`Weights::check`).
+#[inline(never)]
 pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i32]) {
     let (packed, start_lanes) = weights.raw();
     let channels = weights.channels();
-    let groups = weights.k().div_ceil(KC);
     let panel_len = weights.panel_len();
-    let group_len = groups * NR * KC;
+    let blocks = Blocks::new(weights.k());
+    let group_len = blocks.groups * NR * KC;
     let p0 = patches.as_ptr();
-    // Tile t reads positions 4t.. : half t % 2 of panel t / 2.
-    let tile_at = |t: usize| (t / 2) * panel_len + (t % 2) * TP * KC;
-    let (full, tail) = (n / TP, n % TP);
     for q in 0..channels.div_ceil(NR) {
         // Each weight group is read from cache by every tile of the band.
         let w = packed[q * group_len..][..group_len].as_ptr();
-        // SAFETY: `start_lanes` holds four lanes per channel, padded to whole groups.
-        let starts = unsafe { vld1q_s32_x4(start_lanes[q * NR * 4..].as_ptr()) };
-        let starts = [starts.0, starts.1, starts.2, starts.3];
+        let starts = start_lanes[q * NR * 4..][..NR * 4].as_ptr();
         let rows = (channels - q * NR).min(NR);
-        // SAFETY (both loops): the caller's contract: `n.div_ceil(MR)` panels of `groups`
+        // SAFETY (the loops): the caller's contract: `n.div_ceil(MR)` panels of `groups`
         // blocks of MR x 16 bytes, so every tile's four positions are inside `patches`;
         // rows `q * NR..q * NR + rows` of `c` hold `n` sums each.
         let out = unsafe { c.as_mut_ptr().add(q * NR * n) };
-        for t in 0..full {
-            let sums = unsafe { tile(w, p0.add(tile_at(t)), groups, starts) };
-            unsafe { store(sums, out.add(t * TP), n, rows, TP) };
+        // Tile t reads positions 4t..4t + 4: half t % 2 of panel t / 2. Whole tiles store
+        // their rows themselves; the last channels' and positions' go through `store`.
+        let whole = if rows == NR { n / TP } else { 0 };
+        let at = |t: usize| unsafe {
+            (
+                p0.add((t / 2) * panel_len + (t % 2) * TP * KC),
+                out.add(t * TP),
+            )
+        };
+        for t in (0..whole).step_by(2) {
+            let (p, c) = at(t);
+            unsafe { tile(w, p, &blocks, starts, Some((c, n))) };
+            if t + 1 < whole {
+                // The panel's second half.
+                unsafe { tile(w, p.add(TP * KC), &blocks, starts, Some((c.add(TP), n))) };
+            }
         }
-        if tail != 0 {
-            let sums = unsafe { tile(w, p0.add(tile_at(full)), groups, starts) };
-            unsafe { store(sums, out.add(full * TP), n, rows, tail) };
+        for t in whole..n.div_ceil(TP) {
+            let (p, c) = at(t);
+            let sums = unsafe { tile(w, p, &blocks, starts, None) };
+            unsafe { store(sums, c, n, rows, (n - t * TP).min(TP)) };
+        }
+    }
+}
+
+/// How a tile walks a depth's 16-k blocks: the first, then `pairs` passes of two, then
+/// one more and a half block (at most 8 k, the rest of it the packing's zeros) where
+/// `tail` says.
+struct Blocks {
+    groups: usize,
+    pairs: usize,
+    /// Bit 0: one more full block; bit 1: a half block.
+    tail: usize,
+}
+
+impl Blocks {
+    fn new(k: usize) -> Blocks {
+        let groups = k.div_ceil(KC);
+        // A depth of 16g + 8 or less ends in a block whose high halves are zeros; a depth
+        // of one block takes it whole.
+        let half = usize::from(groups > 1 && (1..=KC / 2).contains(&(k % KC)));
+        let rest = groups - 1 - half;
+        Blocks {
+            groups,
+            pairs: rest / 2,
+            tail: rest % 2 | half << 1,
         }
     }
 }
 
 /// For the four positions at `p` (16 bytes each per block, blocks `MR * 16` bytes apart)
 /// and the four channels at `w` (blocks of `NR * 16` bytes): per channel, its start
-/// (`starts`, one vector per channel) plus its sums at the four positions.
+/// (`starts`: each channel's four times) plus its sums at the four positions; stored as
+/// four rows of `c` (`(c, n)`: rows `n` sums apart) when `c` is given.
+///
+/// # Safety
+/// `blocks.groups` blocks on both sides; 16 values at `starts`; four rows of four sums at
+/// the given `c`.
 #[inline(always)]
 unsafe fn tile(
     w: *const i8,
     p: *const i8,
-    groups: usize,
-    starts: [int32x4_t; NR],
+    blocks: &Blocks,
+    starts: *const i32,
+    c: Option<(*mut i32, usize)>,
 ) -> [int32x4_t; NR] {
-    // The first block starts the sums (SADDLP) rather than adding to zeroed ones: a tile
-    // of a 16-deep product (MobileNet's narrow 1x1 layers) saves 16 of its instructions.
-    // SAFETY: the caller's contract: `groups` blocks on both sides, at least one.
-    let mut acc = unsafe { block::<true>([[vdupq_n_s32(0); NR]; TP], w, p) };
-    // Two blocks per pass: the loop's own instructions are 5 of a block's 57.
-    let mut g = 1;
-    while g + 1 < groups {
-        // SAFETY: as above, blocks g and g + 1 < groups.
-        unsafe {
-            acc = block::<false>(acc, w.add(g * NR * KC), p.add(g * MR * KC));
-            acc = block::<false>(acc, w.add((g + 1) * NR * KC), p.add((g + 1) * MR * KC));
-        }
-        g += 2;
-    }
-    if g < groups {
-        // SAFETY: as above.
-        acc = unsafe { block::<false>(acc, w.add(g * NR * KC), p.add(g * MR * KC)) };
-    }
-    // Channel j's row: lane i is the sum of position i's accumulator's four lanes.
-    std::array::from_fn(|j| {
-        vaddq_s32(
-            addp(addp(acc[0][j], acc[1][j]), addp(acc[2][j], acc[3][j])),
-            starts[j],
-        )
-    })
-}
-
-/// ADDP (`[a0 + a1, a2 + a3, b0 + b1, b2 + b3]`), written out: LLVM rewrites two levels of
-/// `vpaddq_s32` into ADDP, UZP1, UZP2 and ADD, 24 instructions per tile instead of 12.
-#[inline(always)]
-fn addp(a: int32x4_t, b: int32x4_t) -> int32x4_t {
-    let sum: int32x4_t;
-    // SAFETY: one register-to-register NEON instruction; NEON is part of aarch64.
+    let (r0, r1, r2, r3);
+    let (c, row_bytes) = c.map_or((std::ptr::null_mut(), 0), |(c, n)| (c, n * 4));
+    // SAFETY: the caller's contract. The assembly reads 64 bytes of each side per block
+    // and the 16 starts, and writes registers and, when `c` is not null, the four rows.
     unsafe {
         std::arch::asm!(
-            "addp {s:v}.4s, {a:v}.4s, {b:v}.4s",
-            s = lateout(vreg) sum,
-            a = in(vreg) a,
-            b = in(vreg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        )
-    };
-    sum
-}
-
-/// One 16-k block of the tile added to `acc` (`acc[position][channel]`), or starting it
-/// when `FIRST`.
-#[inline(always)]
-unsafe fn block<const FIRST: bool>(
-    mut acc: [[int32x4_t; NR]; TP],
-    w: *const i8,
-    p: *const i8,
-) -> [[int32x4_t; NR]; TP] {
-    // SAFETY: the caller's contract: 64 bytes on both sides.
-    let (a, b) = unsafe { (vld1q_s8_x4(p), vld1q_s8_x4(w)) };
-    let a = [a.0, a.1, a.2, a.3];
-    let b = [b.0, b.1, b.2, b.3];
-    for (acc, a) in acc.iter_mut().zip(a) {
-        for (acc, b) in acc.iter_mut().zip(b) {
-            let products = products(a, b);
-            *acc = if FIRST {
-                vpaddlq_s16(products)
-            } else {
-                vpadalq_s16(*acc, products)
-            };
-        }
+            block!(full, "saddlp"),
+            "cbz {pairs}, 2f",
+            "3:",
+            block!(full, "sadalp"),
+            block!(full, "sadalp"),
+            "subs {pairs}, {pairs}, #1",
+            "b.ne 3b",
+            "2:",
+            "tbz {tail}, #0, 4f",
+            block!(full, "sadalp"),
+            "4:",
+            "tbz {tail}, #1, 5f",
+            block!(half, "sadalp"),
+            "5:",
+            fold!(),
+            "cbz {c}, 6f",
+            "st1 {{v0.4s}}, [{c}], {row_bytes}",
+            "st1 {{v1.4s}}, [{c}], {row_bytes}",
+            "st1 {{v2.4s}}, [{c}], {row_bytes}",
+            "st1 {{v3.4s}}, [{c}]",
+            "6:",
+            w = inout(reg) w => _,
+            p = inout(reg) p => _,
+            p_step = in(reg) MR * KC,
+            pairs = inout(reg) blocks.pairs => _,
+            tail = in(reg) blocks.tail,
+            starts = in(reg) starts,
+            c = inout(reg) c => _,
+            row_bytes = in(reg) row_bytes,
+            out("v0") r0, out("v1") r1, out("v2") r2, out("v3") r3,
+            out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+            out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+            out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+            out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+            out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+            out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+            options(nostack),
+        );
     }
-    acc
+    [r0, r1, r2, r3]
 }
 
-/// The 16 products of `a` and `b` summed in pairs into 16-bit lanes: lane i is
-/// `a[i] · b[i] + a[i + 8] · b[i + 8]` (SMULL, SMLAL2). Written out: LLVM turns SMLAL2 of a
-/// weight that stays in a register across tiles (a 16-deep layer's) into EXT and SMLAL,
-/// and the high halves it keeps crowd the tile's 32 registers into spills to the stack.
-#[inline(always)]
-fn products(a: int8x16_t, b: int8x16_t) -> int16x8_t {
-    let sum: int16x8_t;
-    // SAFETY: register-only NEON instructions; NEON is part of aarch64.
-    unsafe {
-        std::arch::asm!(
-            "smull {s:v}.8h, {a:v}.8b, {b:v}.8b",
-            "smlal2 {s:v}.8h, {a:v}.16b, {b:v}.16b",
-            s = out(vreg) sum,
-            a = in(vreg) a,
-            b = in(vreg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        )
-    };
-    sum
-}
-
-/// The channel rows `sums` into `rows` rows of `c`, `n` apart, `cols` positions each.
+/// The channel rows `sums` into `rows` rows of `c`, `n` apart, `cols` positions each: a
+/// tile of the last channels or positions.
 #[inline(always)]
 unsafe fn store(sums: [int32x4_t; NR], c: *mut i32, n: usize, rows: usize, cols: usize) {
-    if rows == NR && cols == TP {
-        // Every tile but those of a layer's last channels and last positions: four stores,
-        // without a test per row.
-        for (j, row) in sums.iter().enumerate() {
-            // SAFETY: the caller's contract.
-            unsafe { vst1q_s32(c.add(j * n), *row) };
-        }
-        return;
-    }
     for (j, row) in sums.iter().enumerate().take(rows) {
         let mut lanes = [0i32; TP];
         // SAFETY: the caller's contract.
