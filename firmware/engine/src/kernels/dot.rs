@@ -32,7 +32,12 @@ pub(crate) const MR: usize = 8;
 /// One layer's weights in the dot packing (kernels/panels.rs with 8 channels, 4 k and 8
 /// positions), with the value each channel's sum starts from.
 #[derive(Debug)]
-pub(crate) struct Weights(Packed<NR, KC, MR>);
+pub(crate) struct Weights {
+    packed: Packed<NR, KC, MR>,
+    /// Per channel, padded to whole groups, its start eight times: the two NEON vectors a
+    /// tile's accumulators of that channel start from.
+    start_lanes: Vec<i32>,
+}
 
 impl Weights {
     /// From `rows` (`channels` rows of `k` weights) and each channel's starting value.
@@ -42,29 +47,34 @@ impl Weights {
         k: usize,
         starts: &[i32],
     ) -> Result<Weights, String> {
-        Packed::new(rows, channels, k, starts).map(Weights)
+        let packed = Packed::new(rows, channels, k, starts)?;
+        let start_lanes = packed.raw().1.iter().flat_map(|&s| [s; 8]).collect();
+        Ok(Weights {
+            packed,
+            start_lanes,
+        })
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn channels(&self) -> usize {
-        self.0.channels()
+        self.packed.channels()
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn k(&self) -> usize {
-        self.0.k()
+        self.packed.k()
     }
 
     /// Bytes per patch panel for this depth.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn panel_len(&self) -> usize {
-        self.0.panel_len()
+        self.packed.panel_len()
     }
 
     /// `c[ch · n + pos] = start[ch] + Σ_k w[ch][k] · p[pos][k]` for the `n` positions of
     /// `patches` (`n.div_ceil(MR)` panels in the dot packing).
     pub(crate) fn run(&self, patches: &[i8], n: usize, c: &mut [i32]) -> Result<(), String> {
-        self.0.check(patches, n, c)?;
+        self.packed.check(patches, n, c)?;
         #[cfg(target_arch = "aarch64")]
         if available() {
             // SAFETY: the CPU has the dot product (checked above); `check` holds the
@@ -78,14 +88,14 @@ impl Weights {
 
     /// The scalar reference: what every ISA's kernel must compute.
     pub(crate) fn run_scalar(&self, patches: &[i8], n: usize, c: &mut [i32]) {
-        self.0.run_scalar(patches, n, c)
+        self.packed.run_scalar(patches, n, c)
     }
 
-    /// The packed weights and each channel's start, padded to whole groups, for the ISA
-    /// kernels.
+    /// The packed weights and each channel's start as eight lanes (`[start; 8]`), padded
+    /// to whole groups, for the ISA kernels.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
-        self.0.raw()
+        (self.packed.raw().0, &self.start_lanes)
     }
 }
 
