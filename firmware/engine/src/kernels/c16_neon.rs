@@ -11,10 +11,11 @@
 //!
 //! The tile is one block of assembly (built by the macros below), because what LLVM made
 //! of the intrinsics ran 89.2 M instructions on EfficientNet-Lite0 against this 81.3 M
-//! (cortex-a72, QEMU-INSN.md): it split each four-register load into two LDP, kept the loop's counters in more
-//! registers than the tile leaves it, and spilled the starts and row offsets to the stack
-//! between tiles. A depth that ends 8 or fewer k into its last block (24, 40: 16g + 8)
-//! runs that block's SMULL alone, its high halves being the packing's zeros.
+//! (cortex-a72, QEMU-INSN.md): it split each four-register load into two LDP, kept the
+//! loop's counters in more registers than the tile leaves it, and spilled the starts and
+//! row offsets to the stack between tiles. A depth that ends 8 or fewer k into its last
+//! block (24, 40: 16g + 8) runs that block's SMULL alone, its high halves being the
+//! packing's zeros.
 
 use std::arch::aarch64::*;
 
