@@ -1008,6 +1008,35 @@ mod tests {
         ]
     }
 
+    /// Both interleaves (K4 of 8 and 16 positions, K16 of 8: the SIMD loops on this CPU)
+    /// against their definitions, for panels that start at any column of rows of any
+    /// length, with several groups.
+    #[test]
+    fn panels_interleave_as_defined() {
+        for (cols, m0, groups) in [(8, 0, 1), (23, 5, 3), (49, 41, 2), (130, 17, 5)] {
+            for r in [8, 16] {
+                if m0 + r > cols {
+                    continue;
+                }
+                let matrix: Vec<i8> = (0..16 * groups * cols)
+                    .map(|i| (i * 37 % 251) as i8)
+                    .collect();
+                let mut k4 = vec![0i8; groups * 4 * r];
+                interleave_panel(&matrix, cols, groups, m0, r, &mut k4);
+                for (at, &v) in k4.iter().enumerate() {
+                    let (g, m, i) = (at / (4 * r), at % (4 * r) / 4, at % 4);
+                    assert_eq!(v, matrix[(4 * g + i) * cols + m0 + m], "K4 r={r} at {at}");
+                }
+                let mut k16 = vec![0i8; groups * 16 * r];
+                interleave16_panel(&matrix, cols, groups, m0, r, &mut k16);
+                for (at, &v) in k16.iter().enumerate() {
+                    let (g, m, i) = (at / (16 * r), at % (16 * r) / 16, at % 16);
+                    assert_eq!(v, matrix[(16 * g + i) * cols + m0 + m], "K16 r={r} at {at}");
+                }
+            }
+        }
+    }
+
     /// A pointwise band's panels straight from the input are the matrix pass's, in every
     /// layout the engine's tiles use and tract's, for bands that start anywhere and end in
     /// a part panel or not.
