@@ -168,7 +168,7 @@ impl Blocks {
         Blocks {
             groups,
             pairs: rest / 2,
-            tail: rest % 2 | half << 1,
+            tail: (rest % 2) | (half << 1),
         }
     }
 }
