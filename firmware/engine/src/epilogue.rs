@@ -310,14 +310,27 @@ impl Requantize {
                 _ if !blocks => 0,
                 Scales::One(s) => {
                     let s4 = vdupq_n_f32(s);
-                    neon::run(self, xs, |_| [s4; 4], Some(s), ys, true)
+                    let pairs = neon::PairScales::One(s);
+                    neon::run(self, xs, |_| [s4; 4], Some(pairs), ys, true)
                 }
                 Scales::Each(each) => {
-                    neon::run(self, xs, |b| neon::block_scales(each, b), None, ys, true)
+                    let pairs = neon::PairScales::Each(each.as_ptr());
+                    let at = |b: usize| neon::block_scales(each, b);
+                    neon::run(self, xs, at, Some(pairs), ys, true)
                 }
                 Scales::Cycle(cycle) => {
-                    let at = |b: usize| neon::block_scales(cycle, b % cycle.len());
-                    neon::run(self, xs, at, None, ys, false)
+                    // A cycle at a time: each is a run of `Each` (whole blocks, since the
+                    // cycle is), with no division for the channel.
+                    let mut done = 0;
+                    for (xs, ys) in xs.chunks(cycle.len()).zip(ys.chunks_mut(cycle.len())) {
+                        let pairs = neon::PairScales::Each(cycle.as_ptr());
+                        let at = |b: usize| neon::block_scales(cycle, b);
+                        done += neon::run(self, xs, at, Some(pairs), ys, true);
+                        if xs.len() < cycle.len() {
+                            break;
+                        }
+                    }
+                    done
                 }
             }
         };
@@ -384,15 +397,18 @@ mod neon {
     /// [`super::Requantize::run_values`]'s blocks (`for_each_block!`); returns how many values
     /// from the start it wrote.
     ///
-    /// `scale(b)` gives the multipliers of the block of values `b..b + 16`.
+    /// `scale(b)` gives the multipliers of the block of values `b..b + 16`; `pair_scales`,
+    /// the same multipliers for the short form's assembly loop, where they are one or the
+    /// values' own.
     ///
     /// # Safety
-    /// `ys` is at least as long as `xs`; `scale(b)` may be called for the blocks above.
+    /// `ys` is at least as long as `xs`; `scale(b)` may be called for the blocks above; a
+    /// `PairScales::Each` pointer holds a multiplier per value of `xs`.
     pub(super) unsafe fn run(
         op: &Requantize,
         xs: &[i32],
         scale: impl Fn(usize) -> [float32x4_t; 4],
-        one: Option<f32>,
+        pair_scales: Option<PairScales>,
         ys: &mut [u8],
         overlap: bool,
     ) -> usize {
@@ -423,15 +439,20 @@ mod neon {
         let clamp = ByteClamp::new([lo, hi], unsigned);
         // SAFETY: register operations; `add` fits i16 (`SHORT_ADD` + 128).
         let add = unsafe { vdupq_n_s16(add as i16) };
-        // One multiplier for the row: pairs of blocks in the assembly loop, then the rest.
-        let pairs = if one.is_some() { len / (2 * BLOCK) } else { 0 };
+        // Multipliers the assembly loop can read: pairs of blocks there, then the rest.
+        let pairs = if pair_scales.is_some() {
+            len / (2 * BLOCK)
+        } else {
+            0
+        };
         let from = 2 * BLOCK * pairs;
         macro_rules! short_blocks {
             ($unsigned:literal, $clamp:literal) => {{
-                if let (Some(s), true) = (one, pairs > 0) {
+                if let (Some(scales), true) = (pair_scales, pairs > 0) {
                     let bounds = [lo, hi].map(|v| if $unsigned { v as u8 as i8 } else { v as i8 });
-                    // SAFETY: `pairs` pairs of blocks lie within both slices.
-                    unsafe { short_pairs::<$unsigned, $clamp>(x, y, pairs, s, add, bounds) };
+                    // SAFETY: `pairs` pairs of blocks lie within both slices, and within the
+                    // multipliers of `PairScales::Each` (the caller's contract).
+                    unsafe { short_pairs::<$unsigned, $clamp>(x, y, pairs, scales, add, bounds) };
                 }
                 for_each_block!(len, overlap, from from, |b| {
                     let (x, y, s) = at(b);
@@ -496,29 +517,50 @@ mod neon {
         }
     }
 
-    /// [`short`] for `pairs` pairs of blocks at `x` and `y` with one multiplier `s`, as one
-    /// loop of assembly: LLVM split each four-register load into two LDP and kept a
-    /// counter and two pointers where post-indexed loads and stores need one counter (51
-    /// instructions per pair without the clamp, 45 here). The steps and their order are
-    /// `short`'s; `bounds` are the clamp's as bytes of the output type.
+    /// Multipliers for [`short_pairs`]: one for all the values, or one per value from a
+    /// pointer (the values' own, 32 per pair of blocks).
+    #[derive(Clone, Copy)]
+    pub(super) enum PairScales {
+        One(f32),
+        Each(*const f32),
+    }
+
+    /// [`short`] for `pairs` pairs of blocks at `x` and `y`, as one loop of assembly: LLVM
+    /// split each four-register load into two LDP and kept a counter and two or three
+    /// pointers where post-indexed loads and stores need one counter (one multiplier: 51
+    /// instructions per pair without the clamp, 45 here; a multiplier per value in a
+    /// channels-last row: about 70, with a division for the channel, against 47). The
+    /// steps and their order are `short`'s; `bounds` are the clamp's as bytes of the
+    /// output type.
     ///
     /// # Safety
-    /// `x` holds `32 · pairs` values and `y` as many bytes; `pairs` ≥ 1.
+    /// `x` holds `32 · pairs` values and `y` as many bytes, a `PairScales::Each` pointer as
+    /// many multipliers; `pairs` ≥ 1.
     #[inline(always)]
     unsafe fn short_pairs<const UNSIGNED: bool, const CLAMP: bool>(
         x: *const i32,
         y: *mut u8,
         pairs: usize,
-        s: f32,
+        scales: PairScales,
         add: int16x8_t,
         bounds: [i8; 2],
     ) {
+        let (one, each) = match scales {
+            PairScales::One(s) => (s, std::ptr::null()),
+            PairScales::Each(each) => (0.0, each),
+        };
         // SAFETY: register operations.
-        let (s, lo, hi) = unsafe { (vdupq_n_f32(s), vdupq_n_s8(bounds[0]), vdupq_n_s8(bounds[1])) };
+        let (s, lo, hi) = unsafe {
+            (
+                vdupq_n_f32(one),
+                vdupq_n_s8(bounds[0]),
+                vdupq_n_s8(bounds[1]),
+            )
+        };
         macro_rules! pairs_loop {
-            ($narrow:literal, $narrow2:literal, $clamp:expr) => {
-                // SAFETY: the caller's contract; the loop reads 128 bytes at `x` and writes
-                // 32 at `y` per pass.
+            ($scale:expr, $narrow:literal, $narrow2:literal, $clamp:expr) => {
+                // SAFETY: the caller's contract; the loop reads 128 bytes at `x` (and at
+                // `each`) and writes 32 at `y` per pass.
                 unsafe {
                     std::arch::asm!(
                         "2:",
@@ -528,10 +570,7 @@ mod neon {
                         "scvtf v2.4s, v2.4s", "scvtf v3.4s, v3.4s",
                         "scvtf v4.4s, v4.4s", "scvtf v5.4s, v5.4s",
                         "scvtf v6.4s, v6.4s", "scvtf v7.4s, v7.4s",
-                        "fmul v0.4s, v0.4s, {s:v}.4s", "fmul v1.4s, v1.4s, {s:v}.4s",
-                        "fmul v2.4s, v2.4s, {s:v}.4s", "fmul v3.4s, v3.4s, {s:v}.4s",
-                        "fmul v4.4s, v4.4s, {s:v}.4s", "fmul v5.4s, v5.4s, {s:v}.4s",
-                        "fmul v6.4s, v6.4s, {s:v}.4s", "fmul v7.4s, v7.4s, {s:v}.4s",
+                        $scale,
                         "fcvtns v0.4s, v0.4s", "fcvtns v1.4s, v1.4s",
                         "fcvtns v2.4s, v2.4s", "fcvtns v3.4s, v3.4s",
                         "fcvtns v4.4s, v4.4s", "fcvtns v5.4s, v5.4s",
@@ -552,6 +591,7 @@ mod neon {
                         "b.ne 2b",
                         x = inout(reg) x => _,
                         y = inout(reg) y => _,
+                        each = inout(reg) each => _,
                         pairs = inout(reg) pairs => _,
                         s = in(vreg) s,
                         add = in(vreg) add,
@@ -559,35 +599,83 @@ mod neon {
                         hi = in(vreg) hi,
                         out("v0") _, out("v1") _, out("v2") _, out("v3") _,
                         out("v4") _, out("v5") _, out("v6") _, out("v7") _,
-                        out("v16") _, out("v17") _,
+                        out("v16") _, out("v17") _, out("v20") _, out("v21") _,
+                        out("v22") _, out("v23") _, out("v24") _, out("v25") _,
+                        out("v26") _, out("v27") _,
                         options(nostack),
                     )
                 }
             };
         }
-        match (UNSIGNED, CLAMP) {
-            (true, true) => pairs_loop!(
-                "sqxtun",
-                "sqxtun2",
+        // The multiply step: by the one multiplier, or by the values' own (two
+        // four-register loads of them).
+        macro_rules! by_one {
+            () => {
                 concat!(
-                    "umax v16.16b, v16.16b, {lo:v}.16b\n",
-                    "umax v17.16b, v17.16b, {lo:v}.16b\n",
-                    "umin v16.16b, v16.16b, {hi:v}.16b\n",
-                    "umin v17.16b, v17.16b, {hi:v}.16b"
+                    "// {each}\n",
+                    "fmul v0.4s, v0.4s, {s:v}.4s\n",
+                    "fmul v1.4s, v1.4s, {s:v}.4s\n",
+                    "fmul v2.4s, v2.4s, {s:v}.4s\n",
+                    "fmul v3.4s, v3.4s, {s:v}.4s\n",
+                    "fmul v4.4s, v4.4s, {s:v}.4s\n",
+                    "fmul v5.4s, v5.4s, {s:v}.4s\n",
+                    "fmul v6.4s, v6.4s, {s:v}.4s\n",
+                    "fmul v7.4s, v7.4s, {s:v}.4s"
                 )
-            ),
-            (true, false) => pairs_loop!("sqxtun", "sqxtun2", "/* {lo:v} {hi:v} */"),
-            (false, true) => pairs_loop!(
-                "sqxtn",
-                "sqxtn2",
+            };
+        }
+        macro_rules! by_each {
+            () => {
                 concat!(
-                    "smax v16.16b, v16.16b, {lo:v}.16b\n",
-                    "smax v17.16b, v17.16b, {lo:v}.16b\n",
-                    "smin v16.16b, v16.16b, {hi:v}.16b\n",
-                    "smin v17.16b, v17.16b, {hi:v}.16b"
+                    "// {s:v}\n",
+                    "ld1 {{v20.4s-v23.4s}}, [{each}], #64\n",
+                    "ld1 {{v24.4s-v27.4s}}, [{each}], #64\n",
+                    "fmul v0.4s, v0.4s, v20.4s\n",
+                    "fmul v1.4s, v1.4s, v21.4s\n",
+                    "fmul v2.4s, v2.4s, v22.4s\n",
+                    "fmul v3.4s, v3.4s, v23.4s\n",
+                    "fmul v4.4s, v4.4s, v24.4s\n",
+                    "fmul v5.4s, v5.4s, v25.4s\n",
+                    "fmul v6.4s, v6.4s, v26.4s\n",
+                    "fmul v7.4s, v7.4s, v27.4s"
                 )
-            ),
-            (false, false) => pairs_loop!("sqxtn", "sqxtn2", "/* {lo:v} {hi:v} */"),
+            };
+        }
+        macro_rules! clamp {
+            ($max:literal, $min:literal) => {
+                concat!(
+                    $max,
+                    " v16.16b, v16.16b, {lo:v}.16b\n",
+                    $max,
+                    " v17.16b, v17.16b, {lo:v}.16b\n",
+                    $min,
+                    " v16.16b, v16.16b, {hi:v}.16b\n",
+                    $min,
+                    " v17.16b, v17.16b, {hi:v}.16b"
+                )
+            };
+            () => {
+                "// {lo:v} {hi:v}"
+            };
+        }
+        macro_rules! forms {
+            ($scale:ident) => {
+                match (UNSIGNED, CLAMP) {
+                    (true, true) => {
+                        pairs_loop!($scale!(), "sqxtun", "sqxtun2", clamp!("umax", "umin"))
+                    }
+                    (true, false) => pairs_loop!($scale!(), "sqxtun", "sqxtun2", clamp!()),
+                    (false, true) => {
+                        pairs_loop!($scale!(), "sqxtn", "sqxtn2", clamp!("smax", "smin"))
+                    }
+                    (false, false) => pairs_loop!($scale!(), "sqxtn", "sqxtn2", clamp!()),
+                }
+            };
+        }
+        if each.is_null() {
+            forms!(by_one)
+        } else {
+            forms!(by_each)
         }
     }
 
@@ -1379,6 +1467,56 @@ mod tests {
             };
             let s = tensor3(&[[[0.0001f32]]]);
             assert_eq!(check(&[1, 4, 90], s, &tail, true), zp == SHORT_ADD);
+        }
+    }
+
+    /// Channels-last rows (the depthwise family's), through `run_channels_last`: channel
+    /// counts that are whole pairs of blocks (64), a pair and a block (48), one pair (32),
+    /// and a padded pitch (40 of 48), each value against the chain's per-value steps with
+    /// its channel's multiplier, in both forms and with the u8 shifted to i8 or not.
+    #[test]
+    fn channels_last_rows_match_the_chain_per_value() {
+        for (channels, pitch) in [(64, 64), (48, 48), (32, 32), (40, 48), (96, 96)] {
+            for (small, offset) in [(true, false), (true, true), (false, false)] {
+                let s = if small {
+                    small_per_channel(channels)
+                } else {
+                    per_channel(channels)
+                };
+                let mut m = TypedModel::default();
+                let x = m.add_source("x", i32::fact([1, channels, 1])).unwrap();
+                let s = m.add_const("s", s).unwrap();
+                let scaled = m.wire_node("scale", scale(), &[s, x]).unwrap()[0];
+                let out = conv_tail(offset)(&mut m, scaled);
+                m.select_output_outlets(&[out]).unwrap();
+                assert_eq!(fuse_requantization(&mut m).unwrap(), 1);
+                let op = m
+                    .nodes()
+                    .iter()
+                    .find_map(|n| n.op_as::<Requantize>())
+                    .unwrap()
+                    .clone();
+                assert_eq!(op.short, small);
+                let scales = op
+                    .scale
+                    .try_as_plain_ram()
+                    .unwrap()
+                    .as_slice::<f32>()
+                    .unwrap()
+                    .to_vec();
+                let positions = 5;
+                let x = accumulators(positions * pitch);
+                let mut out = vec![0u8; x.len()];
+                op.run_channels_last(&x, pitch, channels, &mut out).unwrap();
+                for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
+                    let c = i % pitch;
+                    if c >= channels {
+                        continue;
+                    }
+                    let want = (op.value(v, scales[c]) as u8) ^ op.mask();
+                    assert_eq!(got, want, "{channels}/{pitch} short {small} at {i}: {v}");
+                }
+            }
         }
     }
 
