@@ -720,6 +720,32 @@ mod simd {
         }
     }
 
+    /// One loop of assembly over `groups` groups of rows (none when `groups` is 0): `$body`
+    /// loads a group's rows from `{row}` (post-indexed by `{cols}`) and stores the group's
+    /// block at `{out}` (post-indexed); `$clobbers` are the vector registers it uses.
+    /// The caller's safety contract covers every group's reads and writes.
+    macro_rules! groups_loop {
+        (($row:expr, $cols:expr, $groups:expr, $out:expr), [$($body:literal),+ $(,)?], $($clobbers:tt)+) => {
+            if $groups > 0 {
+                // SAFETY: the caller's contract (see the macro's doc).
+                unsafe {
+                    std::arch::asm!(
+                        "2:",
+                        $($body,)+
+                        "subs {groups}, {groups}, #1",
+                        "b.ne 2b",
+                        row = inout(reg) $row => _,
+                        cols = in(reg) $cols,
+                        groups = inout(reg) $groups => _,
+                        out = inout(reg) $out => _,
+                        $($clobbers)+
+                        options(nostack),
+                    )
+                }
+            }
+        };
+    }
+
     /// [`interleave4`] for `groups` groups of four rows, one after the other, into
     /// consecutive 32-byte blocks of `out`, as one loop of assembly: four post-indexed
     /// loads and one ST4 per group (LLVM added each row's address apart, 11 instructions
@@ -734,28 +760,17 @@ mod simd {
         groups: usize,
         out: *mut i8,
     ) {
-        if groups == 0 {
-            return;
-        }
-        // SAFETY: the caller's contract.
-        unsafe {
-            std::arch::asm!(
-                "2:",
+        groups_loop!(
+            (row, cols, groups, out),
+            [
                 "ld1 {{v0.8b}}, [{row}], {cols}",
                 "ld1 {{v1.8b}}, [{row}], {cols}",
                 "ld1 {{v2.8b}}, [{row}], {cols}",
                 "ld1 {{v3.8b}}, [{row}], {cols}",
                 "st4 {{v0.8b-v3.8b}}, [{out}], #32",
-                "subs {groups}, {groups}, #1",
-                "b.ne 2b",
-                row = inout(reg) row => _,
-                cols = in(reg) cols,
-                groups = inout(reg) groups => _,
-                out = inout(reg) out => _,
-                out("v0") _, out("v1") _, out("v2") _, out("v3") _,
-                options(nostack),
-            )
-        };
+            ],
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+        );
     }
 
     /// `out[g · 128 + m · 16 + i] = row 16g + i [m]` for 8 columns of `groups` groups of
@@ -774,13 +789,9 @@ mod simd {
         groups: usize,
         out: *mut i8,
     ) {
-        if groups == 0 {
-            return;
-        }
-        // SAFETY: the caller's contract.
-        unsafe {
-            std::arch::asm!(
-                "2:",
+        groups_loop!(
+            (row, cols, groups, out),
+            [
                 "ld1 {{v0.8b}}, [{row}], {cols}",
                 "ld1 {{v1.8b}}, [{row}], {cols}",
                 "ld1 {{v2.8b}}, [{row}], {cols}",
@@ -823,23 +834,16 @@ mod simd {
                 "zip1 v7.8h, v30.8h, v31.8h",
                 "st4 {{v0.4s-v3.4s}}, [{out}], #64",
                 "st4 {{v4.4s-v7.4s}}, [{out}], #64",
-                "subs {groups}, {groups}, #1",
-                "b.ne 2b",
-                row = inout(reg) row => _,
-                cols = in(reg) cols,
-                groups = inout(reg) groups => _,
-                out = inout(reg) out => _,
-                out("v0") _, out("v1") _, out("v2") _, out("v3") _,
-                out("v4") _, out("v5") _, out("v6") _, out("v7") _,
-                out("v8") _, out("v9") _, out("v10") _, out("v11") _,
-                out("v12") _, out("v13") _, out("v14") _, out("v15") _,
-                out("v16") _, out("v17") _, out("v18") _, out("v19") _,
-                out("v20") _, out("v21") _, out("v22") _, out("v23") _,
-                out("v24") _, out("v25") _, out("v26") _, out("v27") _,
-                out("v28") _, out("v29") _, out("v30") _, out("v31") _,
-                options(nostack),
-            )
-        };
+            ],
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+            out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+            out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+            out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+            out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+            out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+            out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+            out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+        );
     }
 }
 
