@@ -7,7 +7,8 @@
 //! (kernels/dot_neon.rs) keeps 8 output channels by 8 positions in 16 accumulators, each
 //! holding one channel at four positions, so its sums come out as the channel rows the
 //! requantisation reads, without a transpose; per 4 k it loads 32 bytes of patches and 32
-//! of weights and runs 16 SDOT (256 multiply-adds in 20 instructions).
+//! of weights and runs 16 SDOT: 256 multiply-adds in 18 instructions, two blocks sharing
+//! each side's four-register load and the loop's counter (kernels/dot_neon.rs).
 //!
 //! tract's SDOT kernel (`arm64simd_mmm_i32_8x8_dot`) multiplies as well, but its tile
 //! scheduling, scratch and strided stores cost about as many instructions again on
