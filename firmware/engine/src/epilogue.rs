@@ -449,10 +449,9 @@ mod neon {
         macro_rules! short_blocks {
             ($unsigned:literal, $clamp:literal) => {{
                 if let (Some(scales), true) = (pair_scales, pairs > 0) {
-                    let bounds = [lo, hi].map(|v| if $unsigned { v as u8 as i8 } else { v as i8 });
                     // SAFETY: `pairs` pairs of blocks lie within both slices, and within the
                     // multipliers of `PairScales::Each` (the caller's contract).
-                    unsafe { short_pairs::<$unsigned, $clamp>(x, y, pairs, scales, add, bounds) };
+                    unsafe { short_pairs::<$unsigned, $clamp>(x, y, pairs, scales, add, &clamp) };
                 }
                 for_each_block!(len, overlap, from from, |b| {
                     let (x, y, s) = at(b);
@@ -530,8 +529,7 @@ mod neon {
     /// pointers where post-indexed loads and stores need one counter (one multiplier: 51
     /// instructions per pair without the clamp, 45 here; a multiplier per value in a
     /// channels-last row: about 70, with a division for the channel, against 47). The
-    /// steps and their order are `short`'s; `bounds` are the clamp's as bytes of the
-    /// output type.
+    /// steps and their order are `short`'s, `clamp`'s bounds its.
     ///
     /// # Safety
     /// `x` holds `32 · pairs` values and `y` as many bytes, a `PairScales::Each` pointer as
@@ -543,20 +541,15 @@ mod neon {
         pairs: usize,
         scales: PairScales,
         add: int16x8_t,
-        bounds: [i8; 2],
+        clamp: &ByteClamp,
     ) {
         let (one, each) = match scales {
             PairScales::One(s) => (s, std::ptr::null()),
             PairScales::Each(each) => (0.0, each),
         };
-        // SAFETY: register operations.
-        let (s, lo, hi) = unsafe {
-            (
-                vdupq_n_f32(one),
-                vdupq_n_s8(bounds[0]),
-                vdupq_n_s8(bounds[1]),
-            )
-        };
+        // SAFETY: a register operation.
+        let s = unsafe { vdupq_n_f32(one) };
+        let [lo, hi] = clamp.bound_bytes::<UNSIGNED>();
         macro_rules! pairs_loop {
             ($scale:expr, $narrow:literal, $narrow2:literal, $clamp:expr) => {
                 // SAFETY: the caller's contract; the loop reads 128 bytes at `x` (and at

@@ -554,27 +554,17 @@ fn interleave_panel(
     assert!(holds_rows(matrix, cols, 4 * groups, m0 + r) && panel.len() >= groups * 4 * r);
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if r.is_multiple_of(simd::WIDTH) {
-        // Pointers stepped per group rather than slices (a bounds check per group), and
-        // a panel of one SIMD width (the dot tiles' 8 positions on NEON) without the
-        // inner loop: one four-row load and store per group.
+        // Pointers stepped per group rather than slices (a bounds check per group).
         let mut out = panel.as_mut_ptr();
-        // SAFETY (both loops): SSE2 and NEON are part of their architectures; the
-        // assertion above keeps the four rows' columns m0..m0 + r of every group and the
-        // groups * 4r bytes written in bounds.
+        // SAFETY (the assembly loop and the loops below): SSE2 and NEON are part of their
+        // architectures; the assertion above keeps the four rows' columns m0..m0 + r of
+        // every group and the groups * 4r bytes written in bounds.
         let mut rows = unsafe { matrix.as_ptr().add(m0) };
+        // A panel of one SIMD width on NEON (the dot tiles' 8 positions): one assembly loop
+        // of a four-row load and store per group.
+        #[cfg(target_arch = "aarch64")]
         if r == simd::WIDTH {
-            #[cfg(target_arch = "aarch64")]
-            unsafe {
-                simd::interleave4_groups(rows, cols, groups, out)
-            };
-            #[cfg(not(target_arch = "aarch64"))]
-            for _ in 0..groups {
-                unsafe {
-                    simd::interleave4(rows, cols, out);
-                    out = out.add(4 * simd::WIDTH);
-                    rows = rows.add(4 * cols);
-                }
-            }
+            unsafe { simd::interleave4_groups(rows, cols, groups, out) };
             return;
         }
         for _ in 0..groups {

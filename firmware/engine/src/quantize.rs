@@ -188,6 +188,18 @@ pub(crate) mod neon {
             }
         }
 
+        /// The bounds as 16 bytes of the output type each (u8 when `UNSIGNED`, else i8
+        /// reinterpreted as u8): `[lo, hi]`.
+        #[inline(always)]
+        pub(crate) fn bound_bytes<const UNSIGNED: bool>(&self) -> [uint8x16_t; 2] {
+            if UNSIGNED {
+                [self.ulo, self.uhi]
+            } else {
+                // SAFETY: as in `new`.
+                unsafe { [self.slo, self.shi].map(|v| vreinterpretq_u8_s8(v)) }
+            }
+        }
+
         /// The 16 lanes of `low` and `high` as bytes: narrowed with saturation to u8
         /// (`UNSIGNED`, which must be the clamp's type) or i8, then clamped when `CLAMP`
         /// (bounds that are the whole type need no clamp).
