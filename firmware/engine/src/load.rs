@@ -322,6 +322,8 @@ fn build_proto(
         let mut binaries = 0;
         let mut average_pools = 0;
         let mut tables = 0;
+        let mut max_pools_quantized = 0;
+        let mut merged_tables = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
         let removed = rewrite::drop_zero_products(&mut optimized)
@@ -367,11 +369,18 @@ fn build_proto(
                 crate::avgpool::fuse_quantized_pools(&mut optimized).map_err(|e| {
                     load_err(format!("fusing the quantized average pools failed: {e:#}"))
                 })?;
+            // Before the tables: a chain whose quantization came after an f32 max pool ends
+            // in that quantization once the pool has moved after it.
+            max_pools_quantized = pool::quantize_before_max_pools(&mut optimized).map_err(|e| {
+                load_err(format!("quantizing before the f32 max pools failed: {e:#}"))
+            })?;
             let chains = crate::qtable::tabulate_quantized_chains(&mut optimized).map_err(|e| {
                 load_err(format!(
                     "tabulating the quantized element-wise chains failed: {e:#}"
                 ))
             })?;
+            merged_tables = crate::qtable::merge_tables(&mut optimized)
+                .map_err(|e| load_err(format!("merging the lookup tables failed: {e:#}")))?;
             let joined = crate::qtable::concat_quantized(&mut optimized).map_err(|e| {
                 load_err(format!("concatenating the quantized tensors failed: {e:#}"))
             })?;
@@ -512,6 +521,18 @@ fn build_proto(
                     "concatenated",
                     "quantized Concat",
                     " on the int8 values, each input requantized by a 256-entry table",
+                ),
+                (
+                    max_pools_quantized,
+                    "moved the quantization in front of",
+                    "f32 max pool",
+                    ", which then ran on bytes",
+                ),
+                (
+                    merged_tables,
+                    "merged",
+                    "int8 element-wise node",
+                    " on one tensor into a single table",
                 ),
                 (
                     tables,

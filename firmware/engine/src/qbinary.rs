@@ -7,12 +7,11 @@
 //! network under qemu (cortex-a72) those passes were a fifth of the int8 inference.
 //!
 //! [`QBinary`] computes the same chain per element, from the two int8 inputs to the int8
-//! output: `(x - zero point) as f32 * scale` for each side, the one f32 Add or Mul, then
-//! the quantization `Quantize8` does ([`crate::quantize::quantize_slice`]), 256 outputs at
-//! a time. These are the same
-//! IEEE operations in the same order (Add and Mul are commutative bit for bit), so the
-//! output is the same bytes as the chain's. One side may be broadcast over the other's
-//! trailing axes (a squeeze-excite's `[1, C, 1, 1]` against `[1, C, H, W]`); other
+//! output, on kernels/qbinary.rs: `(x - zero point) as f32 * scale` for each side, the one
+//! f32 Add or Mul, then the quantization `Quantize8` does. These are the same IEEE
+//! operations in the same order (Add and Mul are commutative bit for bit), so the output
+//! is the same bytes as the chain's. One side may be broadcast over the other's trailing
+//! axes (a squeeze-excite's `[1, C, 1, 1]` against `[1, C, H, W]`); other
 //! broadcasts stay with tract.
 
 use tract_onnx::prelude::*;
@@ -21,18 +20,14 @@ use tract_onnx::tract_core::ops::binary::{BinMiniOp, OptBinByScalar, OptBinUnica
 use tract_onnx::tract_core::ops::math::{Add, Mul};
 use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
-use crate::quantize::{quantize_slice, Narrow, Quantize8};
-
-/// Outputs computed in f32 before they are quantized together.
-const CHUNK: usize = 256;
+use crate::kernels::qbinary::{Binary, Output, Side};
+use crate::quantize::Quantize8;
 
 /// `Quantize8(DQ(a) op DQ(b))` with `op` an f32 Add or Mul.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct QBinary {
-    mul: bool,
-    /// Each input's dequantization: (scale, zero point).
-    dequantize: [(f32, i32); 2],
-    quantize: Quantize8,
+    /// The operation on bytes: each input's dequantization, the op, the quantization.
+    kernel: Binary,
     /// The output's shape, which input `full` has; the other input has one value per
     /// `inner` consecutive outputs (`inner` = 1: the same shape).
     shape: TVec<usize>,
@@ -42,99 +37,65 @@ pub(crate) struct QBinary {
 
 impl Eq for QBinary {}
 
+/// A u8 or i8 tensor's bytes, the type being the one `signed` says.
+fn bytes_of(t: &Tensor, signed: bool) -> TractResult<&[u8]> {
+    let want = if signed { DatumType::I8 } else { DatumType::U8 };
+    ensure!(
+        t.datum_type() == want,
+        "QBinary: an input of {:?} where {want:?} was typed",
+        t.datum_type()
+    );
+    Ok(t.try_as_plain_ram()?.as_bytes())
+}
+
 impl QBinary {
-    fn run<A, B, Y, const MUL: bool>(&self, a: &Tensor, b: &Tensor) -> TractResult<Tensor>
-    where
-        A: Datum + Copy + Into<i32>,
-        B: Datum + Copy + Into<i32>,
-        Y: Datum + Narrow,
-    {
-        let range = if Y::UNSIGNED { [0, 255] } else { [-128, 127] };
-        let [(sa, za), (sb, zb)] = self.dequantize;
-        let (scale, zero_point, _) = self.quantize.params();
-        let da = |x: A| (x.into() - za) as f32 * sa;
-        let db = |y: B| (y.into() - zb) as f32 * sb;
-        // The steps in the chain's order: `da(x) op db(y)`; Add and Mul are commutative
-        // bit for bit, so the broadcast side may be either.
-        let op = |u: f32, v: f32| if MUL { u * v } else { u + v };
-        let (av, bv) = (a.try_as_plain_ram()?, b.try_as_plain_ram()?);
-        let (xs, ys) = (av.as_slice::<A>()?, bv.as_slice::<B>()?);
+    /// The operation on bytes, when both inputs have the output's shape (no broadcast).
+    pub(crate) fn elementwise(&self) -> Option<&Binary> {
+        (self.inner == 1).then_some(&self.kernel)
+    }
+
+    fn run(&self, a: &Tensor, b: &Tensor) -> TractResult<Tensor> {
+        let k = &self.kernel;
+        let (xs, ys) = (
+            bytes_of(a, k.sides[0].signed)?,
+            bytes_of(b, k.sides[1].signed)?,
+        );
         let total: usize = self.shape.iter().product();
-        let (full_len, other_len) = if self.full == 0 {
-            (xs.len(), ys.len())
-        } else {
-            (ys.len(), xs.len())
-        };
+        let (full, other) = if self.full == 0 { (xs, ys) } else { (ys, xs) };
         ensure!(
-            full_len == total && other_len * self.inner == total,
+            full.len() == total && other.len() * self.inner == total,
             "QBinary: inputs of {:?} and {:?} for an output of {:?}",
             a.shape(),
             b.shape(),
             self.shape
         );
+        let dt = if k.output.signed {
+            DatumType::I8
+        } else {
+            DatumType::U8
+        };
         // SAFETY: every element is written below before the tensor is read.
-        let mut out = unsafe { Tensor::uninitialized::<Y>(&self.shape)? };
+        let mut out = unsafe { Tensor::uninitialized_dt(dt, &self.shape)? };
         {
             let mut view = out.try_as_plain_ram_mut()?;
-            let zs = view.as_slice_mut::<Y>()?;
-            // The f32 results of a run of outputs, then their quantization on the vector
-            // unit (`quantize_slice`) while they are in L1.
-            let mut buf = [0f32; CHUNK];
-            let quantize =
-                |values: &[f32], zs: &mut [Y]| quantize_slice(values, zs, scale, zero_point, range);
+            let zs = view.as_bytes_mut();
+            ensure!(
+                zs.len() == total,
+                "QBinary: an output of {} bytes for {total}",
+                zs.len()
+            );
             if self.inner == 1 {
-                let runs = zs
-                    .chunks_mut(CHUNK)
-                    .zip(xs.chunks(CHUNK))
-                    .zip(ys.chunks(CHUNK));
-                for ((zs, xs), ys) in runs {
-                    let values = &mut buf[..zs.len()];
-                    for ((v, &x), &y) in values.iter_mut().zip(xs).zip(ys) {
-                        *v = op(da(x), db(y));
-                    }
-                    quantize(values, zs);
-                }
-            } else if self.full == 0 {
-                let blocks = zs.chunks_mut(self.inner).zip(xs.chunks(self.inner));
-                for ((zs, xs), &y) in blocks.zip(ys) {
-                    let v = db(y);
-                    for (zs, xs) in zs.chunks_mut(CHUNK).zip(xs.chunks(CHUNK)) {
-                        let values = &mut buf[..zs.len()];
-                        for (r, &x) in values.iter_mut().zip(xs) {
-                            *r = op(da(x), v);
-                        }
-                        quantize(values, zs);
-                    }
-                }
+                k.same(xs, ys, zs);
             } else {
-                let blocks = zs.chunks_mut(self.inner).zip(ys.chunks(self.inner));
-                for ((zs, ys), &x) in blocks.zip(xs) {
-                    let u = da(x);
-                    for (zs, ys) in zs.chunks_mut(CHUNK).zip(ys.chunks(CHUNK)) {
-                        let values = &mut buf[..zs.len()];
-                        for (r, &y) in values.iter_mut().zip(ys) {
-                            *r = op(u, db(y));
-                        }
-                        quantize(values, zs);
-                    }
+                // The broadcast side's value, dequantized once per block of `inner`.
+                let (side, other_side) = (self.full, 1 - self.full);
+                let blocks = zs.chunks_mut(self.inner).zip(full.chunks(self.inner));
+                for ((zs, full), &y) in blocks.zip(other) {
+                    k.with_value(side, full, k.sides[other_side].value(y), zs);
                 }
             }
         }
         Ok(out)
-    }
-
-    fn run_to<Y: Datum + Narrow, const MUL: bool>(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-    ) -> TractResult<Tensor> {
-        match (a.datum_type(), b.datum_type()) {
-            (DatumType::U8, DatumType::U8) => self.run::<u8, u8, Y, MUL>(a, b),
-            (DatumType::U8, DatumType::I8) => self.run::<u8, i8, Y, MUL>(a, b),
-            (DatumType::I8, DatumType::U8) => self.run::<i8, u8, Y, MUL>(a, b),
-            (DatumType::I8, DatumType::I8) => self.run::<i8, i8, Y, MUL>(a, b),
-            (x, y) => bail!("QBinary: inputs of {x:?} and {y:?}"),
-        }
     }
 }
 
@@ -146,7 +107,7 @@ impl Op for QBinary {
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
             "{} of int8 inputs, {:?}, one value of the smaller per {}",
-            if self.mul { "Mul" } else { "Add" },
+            if self.kernel.mul { "Mul" } else { "Add" },
             self.shape,
             self.inner
         )])
@@ -159,13 +120,7 @@ impl EvalOp for QBinary {
     tract_onnx::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (a, b) = (&inputs[0], &inputs[1]);
-        let out = match (self.quantize.params().2, self.mul) {
-            (DatumType::U8, false) => self.run_to::<u8, false>(a, b)?,
-            (DatumType::U8, true) => self.run_to::<u8, true>(a, b)?,
-            (_, false) => self.run_to::<i8, false>(a, b)?,
-            (_, true) => self.run_to::<i8, true>(a, b)?,
-        };
+        let out = self.run(&inputs[0], &inputs[1])?;
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -174,7 +129,12 @@ impl TypedOp for QBinary {
     tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(self.quantize.params().2.fact(&*self.shape)))
+        let dt = if self.kernel.output.signed {
+            DatumType::I8
+        } else {
+            DatumType::U8
+        };
+        Ok(tvec!(dt.fact(&*self.shape)))
     }
 }
 
@@ -188,7 +148,7 @@ pub(crate) fn fuse_quantized_binaries(model: &mut TypedModel) -> TractResult<Vec
         if let Some((_, _, op)) = &found {
             fused
                 .borrow_mut()
-                .push((op.mul, model.node(id).name.clone()));
+                .push((op.kernel.mul, model.node(id).name.clone()));
         }
         Ok(found)
     })?;
@@ -259,7 +219,11 @@ fn run_at(
         return Ok(None);
     };
     let mut ints = tvec![];
-    let mut dequantize = [(0f32, 0i32); 2];
+    let mut sides = [Side {
+        signed: false,
+        scale: 0.0,
+        zero: 0,
+    }; 2];
     let mut shapes = vec![];
     for (slot, input) in node.inputs.iter().enumerate() {
         let dq_node = model.node(input.node);
@@ -273,7 +237,11 @@ fn run_at(
         if !matches!(fact.datum_type, DatumType::U8 | DatumType::I8) {
             return Ok(None);
         }
-        dequantize[slot] = (dq.scale, dq.zero_point);
+        sides[slot] = Side {
+            signed: fact.datum_type == DatumType::I8,
+            scale: dq.scale,
+            zero: dq.zero_point,
+        };
         ints.push(dq_node.inputs[0]);
         shapes.push(shape.to_vec());
     }
@@ -288,10 +256,14 @@ fn run_at(
     if node.outputs[0].fact.shape.as_concrete() != Some(out_shape) {
         return Ok(None);
     }
+    let (scale, zero, dt) = quantize.params();
+    let output = Output {
+        signed: dt == DatumType::I8,
+        scale,
+        zero,
+    };
     let op = QBinary {
-        mul,
-        dequantize,
-        quantize: quantize.clone(),
+        kernel: Binary { mul, sides, output },
         shape: out_shape.into(),
         full,
         inner,

@@ -105,6 +105,58 @@ pub(crate) fn tabulate_quantized_chains(model: &mut TypedModel) -> TractResult<V
     Ok(found.into_inner())
 }
 
+/// Folds element-wise integer work on one tensor into single tables; returns how many
+/// nodes it replaced.
+/// - A same-shape [`QBinary`] whose two inputs are one tensor `x`, each directly or through
+///   a [`QTable`], is a function of each byte of `x`: a table of it (a hard-swish's
+///   `x · relu6(x + 3)`: the QDQ export quantizes the `relu6(x + 3)`, tabulated, then the
+///   Mul). Its entries come from kernels/qbinary.rs's reference, whose bytes the operator's
+///   kernels give.
+/// - A table whose input is another table's output is one table (the hard-swish's division
+///   by 6 after that Mul).
+///
+/// On PaddleOCR's text-direction classifier each hard-swish was a table, a QBinary and a
+/// table: three passes, now one lookup.
+pub(crate) fn merge_tables(model: &mut TypedModel) -> TractResult<usize> {
+    crate::rewrite::replace_runs(model, "merged", |model, id| {
+        let node = model.node(id);
+        if node.outputs.len() != 1 {
+            return Ok(None);
+        }
+        // Each input as (the tensor it looks up, the table applied to it, if any).
+        let through_table = |input: OutletId| {
+            let from = model.node(input.node);
+            match from.op_as::<QTable>() {
+                Some(t) => (from.inputs[0], Some(&t.table)),
+                None => (input, None),
+            }
+        };
+        let at = |t: Option<&Box<[u8; 256]>>, i: usize| t.map_or(i as u8, |t| t[i]);
+        if let Some(second) = node.op_as::<QTable>() {
+            let (x, first) = through_table(node.inputs[0]);
+            let Some(first) = first else {
+                return Ok(None);
+            };
+            let table = Box::new(std::array::from_fn(|i| second.table[first[i] as usize]));
+            return Ok(Some((tvec![x], OutletId::new(id, 0), QTable { table })));
+        }
+        let Some(binary) = node
+            .op_as::<crate::qbinary::QBinary>()
+            .and_then(|b| b.elementwise())
+        else {
+            return Ok(None);
+        };
+        let ((x, ta), (y, tb)) = (through_table(node.inputs[0]), through_table(node.inputs[1]));
+        let x_type = model.outlet_fact(x)?.datum_type;
+        // A table gives bytes of its input's type.
+        if x != y || x_type != node.outputs[0].fact.datum_type {
+            return Ok(None);
+        }
+        let table = Box::new(std::array::from_fn(|i| binary.scalar(at(ta, i), at(tb, i))));
+        Ok(Some((tvec![x], OutletId::new(id, 0), QTable { table })))
+    })
+}
+
 /// Replaces every `Quantize8(Concat(DQ_0(x_0), DQ_1(x_1), ...))` with the concatenation of
 /// the int8 inputs, each requantized to the output's scale by a table of its own (none when
 /// it already has the output's scale and zero point); returns the Concat nodes' names
@@ -522,6 +574,80 @@ mod tests {
                     .count();
                 assert_eq!(tables, 2, "{what}: one table per requantized input");
             }
+        }
+    }
+
+    /// A QDQ hard-swish, `Q(DQ(Q(DQ(a) · DQ(Q(relu6(DQ(a) + 3))))) / 6)`, with the division
+    /// quantized directly or after a 2x2 max pool (PaddleOCR's last one), u8 and i8: the
+    /// plan gives the bytes of tract's passes, with one table over `a` and, after the pool,
+    /// the pool on bytes.
+    #[test]
+    fn hard_swishes_become_one_table() {
+        use crate::onnx_build::ints;
+        for (pooled, za, zt, zm, zy) in [
+            (false, 128, 0, 3, 1),
+            (true, 100, 0, 0, 0),
+            (true, -20, -128, -120, -128),
+            (false, 0, 5, 77, 200),
+        ] {
+            let init = vec![
+                raw("stretch", D::Float, &[], &[12f32]),
+                raw("shift", D::Float, &[], &[-6f32]),
+                raw("three", D::Float, &[], &[3f32]),
+                raw("zero", D::Float, &[], &[0f32]),
+                raw("six", D::Float, &[], &[6f32]),
+                raw("sa", D::Float, &[], &[0.047f32]),
+                zero_point("za", za),
+                raw("st", D::Float, &[], &[0.0236f32]),
+                zero_point("zt", zt),
+                raw("sm", D::Float, &[], &[0.139f32]),
+                zero_point("zm", zm),
+                raw("sy", D::Float, &[], &[0.0241f32]),
+                zero_point("zy", zy),
+            ];
+            let mut nodes = vec![
+                node("Mul", &["x", "stretch"], "xs", vec![]),
+                node("Add", &["xs", "shift"], "xw", vec![]),
+                node("QuantizeLinear", &["xw", "sa", "za"], "a", vec![]),
+                node("DequantizeLinear", &["a", "sa", "za"], "da", vec![]),
+                node("Add", &["da", "three"], "plus3", vec![]),
+                node("Clip", &["plus3", "zero", "six"], "relu6", vec![]),
+                node("QuantizeLinear", &["relu6", "st", "zt"], "t", vec![]),
+                node("DequantizeLinear", &["t", "st", "zt"], "dt", vec![]),
+                node("Mul", &["da", "dt"], "prod", vec![]),
+                node("QuantizeLinear", &["prod", "sm", "zm"], "m", vec![]),
+                node("DequantizeLinear", &["m", "sm", "zm"], "dm", vec![]),
+                node("Div", &["dm", "six"], "hswish", vec![]),
+            ];
+            let last = if pooled {
+                let attrs = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
+                nodes.push(node("MaxPool", &["hswish"], "pooled", attrs));
+                "pooled"
+            } else {
+                "hswish"
+            };
+            nodes.extend([
+                node("QuantizeLinear", &[last, "sy", "zy"], "yq", vec![]),
+                node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
+            ]);
+            let bytes = model_bytes("hswish", nodes, init, ("x", &SHAPE), "y");
+            let what = format!("pooled {pooled}, zero points {za} {zt} {zm} {zy}");
+            let ours = same_bytes_as_tract(&bytes, &what);
+            let ops: Vec<String> = ours
+                .plan
+                .model()
+                .nodes()
+                .iter()
+                .map(|n| n.op.name().to_string())
+                .collect();
+            let count = |name: &str| ops.iter().filter(|o| *o == name).count();
+            assert_eq!(count("QTable"), 1, "{what}: {ops:?}");
+            assert_eq!(count("QBinary"), 0, "{what}: {ops:?}");
+            assert_eq!(count("MaxPool8"), usize::from(pooled), "{what}: {ops:?}");
+            assert!(
+                !ops.iter().any(|o| o.contains("MaxPool") && o != "MaxPool8"),
+                "{what}: {ops:?}"
+            );
         }
     }
 }

@@ -248,19 +248,46 @@ pub(crate) mod neon {
         unsigned: bool,
     ) -> usize {
         let n = xs.len() / 16 * 16;
-        let clamp = ByteClamp::new(range, unsigned);
+        let quantizer = Quantizer::new(scale, zp, range, unsigned);
         // SAFETY: reads `xs[b..b + 16]` and writes `ys[b..b + 16]` for b < n.
         unsafe {
-            let (s, z) = (vdupq_n_f32(scale), vdupq_n_s32(zp));
             for b in (0..n).step_by(16) {
-                let q = |j: usize| {
-                    let x = vld1q_f32(xs.as_ptr().add(b + 4 * j));
-                    vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(x, s)), z)
-                };
-                vst1q_u8(ys.add(b), clamp.bytes([q(0), q(1), q(2), q(3)]));
+                let x = |j: usize| vld1q_f32(xs.as_ptr().add(b + 4 * j));
+                vst1q_u8(ys.add(b), quantizer.bytes([x(0), x(1), x(2), x(3)]));
             }
         }
         n
+    }
+
+    /// `quantize`'s steps for 16 f32 lanes at a time (also kernels/qbinary.rs's last
+    /// step).
+    #[derive(Clone, Copy)]
+    pub(crate) struct Quantizer {
+        scale: float32x4_t,
+        zero: int32x4_t,
+        clamp: ByteClamp,
+    }
+
+    impl Quantizer {
+        /// `range` must lie within the output type's range (u8 when `unsigned`, else i8).
+        pub(crate) fn new(scale: f32, zp: i32, range: [i32; 2], unsigned: bool) -> Quantizer {
+            // SAFETY: NEON is part of aarch64; register operations only.
+            unsafe {
+                Quantizer {
+                    scale: vdupq_n_f32(scale),
+                    zero: vdupq_n_s32(zp),
+                    clamp: ByteClamp::new(range, unsigned),
+                }
+            }
+        }
+
+        /// The 16 values of `v` quantized to bytes of the output type.
+        #[inline(always)]
+        pub(crate) fn bytes(&self, v: [float32x4_t; 4]) -> uint8x16_t {
+            // SAFETY: as in `new`.
+            let q = |x| unsafe { vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(x, self.scale)), self.zero) };
+            self.clamp.bytes(v.map(q))
+        }
     }
 }
 

@@ -29,3 +29,4 @@ mod dwc_neon;
 mod dwc_x86;
 pub(crate) mod lut;
 pub(crate) mod panels;
+pub(crate) mod qbinary;

@@ -1,0 +1,462 @@
+//! Quantized Add and Mul of int8 bytes (qbinary.rs's operator): each output is
+//! `Q(D₀(a) op D₁(b))`, with `D(x) = (x - zero point) as f32 * scale` per side, the one f32
+//! Add or Mul, and the quantization `quantize` defines (quantize.rs).
+//!
+//! Bytes are u8 or i8 per side and for the output. The reference is [`scalar`], one value
+//! at a time. On aarch64 NEON takes 16 outputs per step: each side's bytes widened to 16
+//! bits less their zero point (exact: both are bytes of the side's type, within ±255),
+//! widened to 32 bits, converted (exact) and multiplied by the scale, the f32 operation,
+//! then quantize.rs's 16-lane quantization. Each step is the scalar one's IEEE operation,
+//! so the bytes are the reference's. Elsewhere the values of a run go to `quantize_slice`
+//! (AVX2 on x86 hosts that have it) 256 at a time.
+
+use crate::quantize::{quantize, quantize_slice};
+
+/// One side's bytes and their dequantization.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Side {
+    pub(crate) signed: bool,
+    pub(crate) scale: f32,
+    pub(crate) zero: i32,
+}
+
+impl Side {
+    /// `D(byte)`: the byte as the side's type, less its zero point, times its scale.
+    #[inline(always)]
+    pub(crate) fn value(&self, byte: u8) -> f32 {
+        if self.signed {
+            self.typed::<true>(byte)
+        } else {
+            self.typed::<false>(byte)
+        }
+    }
+
+    /// `value` for a side whose signedness is `SIGNED`.
+    #[inline(always)]
+    fn typed<const SIGNED: bool>(&self, byte: u8) -> f32 {
+        let x = if SIGNED {
+            i32::from(byte as i8)
+        } else {
+            i32::from(byte)
+        };
+        (x - self.zero) as f32 * self.scale
+    }
+}
+
+/// The output's quantization, as `quantize` takes it (`scale` is the multiplier: the
+/// reciprocal of the ONNX scale).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Output {
+    pub(crate) signed: bool,
+    pub(crate) scale: f32,
+    pub(crate) zero: i32,
+}
+
+impl Output {
+    fn range(&self) -> [i32; 2] {
+        if self.signed {
+            [-128, 127]
+        } else {
+            [0, 255]
+        }
+    }
+}
+
+/// An Add or a Mul of two sides into an output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Binary {
+    pub(crate) mul: bool,
+    pub(crate) sides: [Side; 2],
+    pub(crate) output: Output,
+}
+
+impl Binary {
+    fn op(&self, u: f32, v: f32) -> f32 {
+        if self.mul {
+            u * v
+        } else {
+            u + v
+        }
+    }
+
+    /// One output byte from one value of each side (a u8, or an i8's bits): the reference.
+    pub(crate) fn scalar(&self, a: u8, b: u8) -> u8 {
+        let v = self.op(self.sides[0].value(a), self.sides[1].value(b));
+        self.quantize_one(v)
+    }
+
+    fn quantize_one(&self, v: f32) -> u8 {
+        let [lo, hi] = self.output.range();
+        quantize(v, self.output.scale, self.output.zero, lo, hi) as u8
+    }
+
+    /// `out[i] = Q(D₀(a[i]) op D₁(b[i]))`; the three slices have one length.
+    pub(crate) fn same(&self, a: &[u8], b: &[u8], out: &mut [u8]) {
+        assert!(a.len() == out.len() && b.len() == out.len());
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of aarch64; the three slices have `out.len()` bytes.
+        let done = unsafe { neon::same(self, a, b, out) };
+        #[cfg(not(target_arch = "aarch64"))]
+        let done = 0;
+        let (a, b, out) = (&a[done..], &b[done..], &mut out[done..]);
+        match (self.sides[0].signed, self.sides[1].signed, self.mul) {
+            (false, false, false) => self.same_rest::<false, false, false>(a, b, out),
+            (false, false, true) => self.same_rest::<false, false, true>(a, b, out),
+            (false, true, false) => self.same_rest::<false, true, false>(a, b, out),
+            (false, true, true) => self.same_rest::<false, true, true>(a, b, out),
+            (true, false, false) => self.same_rest::<true, false, false>(a, b, out),
+            (true, false, true) => self.same_rest::<true, false, true>(a, b, out),
+            (true, true, false) => self.same_rest::<true, true, false>(a, b, out),
+            (true, true, true) => self.same_rest::<true, true, true>(a, b, out),
+        }
+    }
+
+    /// `out[i] = Q(D(xs[i]) op v)` with `D` side `side`'s dequantization and `v` the other
+    /// side's value, dequantized (Add and Mul are commutative bit for bit).
+    pub(crate) fn with_value(&self, side: usize, xs: &[u8], v: f32, out: &mut [u8]) {
+        assert!(xs.len() == out.len());
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as in `same`.
+        let done = unsafe { neon::with_value(self, side, xs, v, out) };
+        #[cfg(not(target_arch = "aarch64"))]
+        let done = 0;
+        let (xs, out) = (&xs[done..], &mut out[done..]);
+        match (self.sides[side].signed, self.mul) {
+            (false, false) => self.value_rest::<false, false>(side, xs, v, out),
+            (false, true) => self.value_rest::<false, true>(side, xs, v, out),
+            (true, false) => self.value_rest::<true, false>(side, xs, v, out),
+            (true, true) => self.value_rest::<true, true>(side, xs, v, out),
+        }
+    }
+
+    /// `same` where no vector kernel took the values (x86 hosts, the last values on
+    /// aarch64): loops the compiler vectorises, typed so that it can.
+    fn same_rest<const SA: bool, const SB: bool, const MUL: bool>(
+        &self,
+        a: &[u8],
+        b: &[u8],
+        out: &mut [u8],
+    ) {
+        let [da, db] = self.sides;
+        self.in_chunks(out, |at, values| {
+            let n = values.len();
+            let pairs = a[at..at + n].iter().zip(&b[at..at + n]);
+            for (v, (&x, &y)) in values.iter_mut().zip(pairs) {
+                *v = op::<MUL>(da.typed::<SA>(x), db.typed::<SB>(y));
+            }
+        });
+    }
+
+    fn value_rest<const SIGNED: bool, const MUL: bool>(
+        &self,
+        side: usize,
+        xs: &[u8],
+        u: f32,
+        out: &mut [u8],
+    ) {
+        let d = self.sides[side];
+        self.in_chunks(out, |at, values| {
+            let n = values.len();
+            for (v, &x) in values.iter_mut().zip(&xs[at..at + n]) {
+                *v = op::<MUL>(d.typed::<SIGNED>(x), u);
+            }
+        });
+    }
+
+    /// `out` 256 bytes at a time: `fill(start, values)` writes the f32 values of
+    /// `out[start..start + values.len()]`, then `quantize_slice` quantizes them while they
+    /// are in L1.
+    #[inline(always)]
+    fn in_chunks(&self, out: &mut [u8], fill: impl Fn(usize, &mut [f32])) {
+        const CHUNK: usize = 256;
+        let mut buf = [0f32; CHUNK];
+        let (scale, zero, range) = (self.output.scale, self.output.zero, self.output.range());
+        for (c, ys) in out.chunks_mut(CHUNK).enumerate() {
+            let values = &mut buf[..ys.len()];
+            fill(c * CHUNK, values);
+            if self.output.signed {
+                // SAFETY: i8 and u8 have one size and alignment; every bit pattern is valid.
+                let ys =
+                    unsafe { std::slice::from_raw_parts_mut(ys.as_mut_ptr() as *mut i8, ys.len()) };
+                quantize_slice(values, ys, scale, zero, range);
+            } else {
+                quantize_slice(values, ys, scale, zero, range);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn op<const MUL: bool>(u: f32, v: f32) -> f32 {
+    if MUL {
+        u * v
+    } else {
+        u + v
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{Binary, Side};
+    use crate::quantize::neon::Quantizer;
+
+    /// A side's dequantization in registers.
+    #[derive(Clone, Copy)]
+    struct Lanes {
+        zero: int16x8_t,
+        scale: float32x4_t,
+    }
+
+    impl Lanes {
+        /// None when `(byte - zero)` might not fit 16 bits (a zero point outside the
+        /// side's type, which ONNX does not allow).
+        fn new(side: &Side) -> Option<Lanes> {
+            let zero = i16::try_from(side.zero)
+                .ok()
+                .filter(|z| z.unsigned_abs() <= 32512)?;
+            // SAFETY: NEON is part of aarch64; register operations only.
+            unsafe {
+                Some(Lanes {
+                    zero: vdupq_n_s16(zero),
+                    scale: vdupq_n_f32(side.scale),
+                })
+            }
+        }
+
+        /// The 16 bytes at `p` (i8 when `SIGNED`, else u8) dequantized.
+        ///
+        /// # Safety
+        /// 16 bytes are readable at `p`.
+        #[inline(always)]
+        unsafe fn values<const SIGNED: bool>(&self, p: *const u8) -> [float32x4_t; 4] {
+            // SAFETY: the caller's contract; the rest are register operations.
+            unsafe {
+                let bytes = vld1q_u8(p);
+                let (lo, hi) = if SIGNED {
+                    let s = vreinterpretq_s8_u8(bytes);
+                    (vmovl_s8(vget_low_s8(s)), vmovl_high_s8(s))
+                } else {
+                    (
+                        vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(bytes))),
+                        vreinterpretq_s16_u16(vmovl_high_u8(bytes)),
+                    )
+                };
+                let (lo, hi) = (vsubq_s16(lo, self.zero), vsubq_s16(hi, self.zero));
+                let f = |v: int32x4_t| vmulq_f32(vcvtq_f32_s32(v), self.scale);
+                [
+                    f(vmovl_s16(vget_low_s16(lo))),
+                    f(vmovl_high_s16(lo)),
+                    f(vmovl_s16(vget_low_s16(hi))),
+                    f(vmovl_high_s16(hi)),
+                ]
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn op<const MUL: bool>(u: [float32x4_t; 4], v: [float32x4_t; 4]) -> [float32x4_t; 4] {
+        // SAFETY: NEON is part of aarch64; register operations only.
+        std::array::from_fn(|i| unsafe {
+            if MUL {
+                vmulq_f32(u[i], v[i])
+            } else {
+                vaddq_f32(u[i], v[i])
+            }
+        })
+    }
+
+    /// Whole blocks of 16 of `Binary::same`; returns how many outputs it wrote.
+    ///
+    /// # Safety
+    /// `a`, `b` and `out` have `out.len()` bytes.
+    pub(super) unsafe fn same(k: &Binary, a: &[u8], b: &[u8], out: &mut [u8]) -> usize {
+        let (Some(la), Some(lb)) = (Lanes::new(&k.sides[0]), Lanes::new(&k.sides[1])) else {
+            return 0;
+        };
+        let q = Quantizer::new(
+            k.output.scale,
+            k.output.zero,
+            k.output.range(),
+            !k.output.signed,
+        );
+        let n = out.len() / 16 * 16;
+        // SAFETY (each arm): the caller's contract, passed on.
+        unsafe {
+            match (k.sides[0].signed, k.sides[1].signed, k.mul) {
+                (false, false, false) => {
+                    same_blocks::<false, false, false>(la, lb, &q, a, b, out, n)
+                }
+                (false, false, true) => same_blocks::<false, false, true>(la, lb, &q, a, b, out, n),
+                (false, true, false) => same_blocks::<false, true, false>(la, lb, &q, a, b, out, n),
+                (false, true, true) => same_blocks::<false, true, true>(la, lb, &q, a, b, out, n),
+                (true, false, false) => same_blocks::<true, false, false>(la, lb, &q, a, b, out, n),
+                (true, false, true) => same_blocks::<true, false, true>(la, lb, &q, a, b, out, n),
+                (true, true, false) => same_blocks::<true, true, false>(la, lb, &q, a, b, out, n),
+                (true, true, true) => same_blocks::<true, true, true>(la, lb, &q, a, b, out, n),
+            }
+        }
+        n
+    }
+
+    /// # Safety
+    /// `a`, `b` and `out` have at least `n` bytes; `n` is a multiple of 16.
+    #[inline(always)]
+    unsafe fn same_blocks<const SA: bool, const SB: bool, const MUL: bool>(
+        la: Lanes,
+        lb: Lanes,
+        q: &Quantizer,
+        a: &[u8],
+        b: &[u8],
+        out: &mut [u8],
+        n: usize,
+    ) {
+        for i in (0..n).step_by(16) {
+            // SAFETY: the caller's contract: bytes i..i + 16 of each slice.
+            unsafe {
+                let u = la.values::<SA>(a.as_ptr().add(i));
+                let v = lb.values::<SB>(b.as_ptr().add(i));
+                vst1q_u8(out.as_mut_ptr().add(i), q.bytes(op::<MUL>(u, v)));
+            }
+        }
+    }
+
+    /// Whole blocks of 16 of `Binary::with_value`; returns how many outputs it wrote.
+    ///
+    /// # Safety
+    /// `xs` and `out` have `out.len()` bytes.
+    pub(super) unsafe fn with_value(
+        k: &Binary,
+        side: usize,
+        xs: &[u8],
+        v: f32,
+        out: &mut [u8],
+    ) -> usize {
+        let Some(lanes) = Lanes::new(&k.sides[side]) else {
+            return 0;
+        };
+        let q = Quantizer::new(
+            k.output.scale,
+            k.output.zero,
+            k.output.range(),
+            !k.output.signed,
+        );
+        let n = out.len() / 16 * 16;
+        // SAFETY: NEON is part of aarch64; the caller's contract, passed on.
+        unsafe {
+            let v = [vdupq_n_f32(v); 4];
+            match (k.sides[side].signed, k.mul) {
+                (false, false) => value_blocks::<false, false>(lanes, v, &q, xs, out, n),
+                (false, true) => value_blocks::<false, true>(lanes, v, &q, xs, out, n),
+                (true, false) => value_blocks::<true, false>(lanes, v, &q, xs, out, n),
+                (true, true) => value_blocks::<true, true>(lanes, v, &q, xs, out, n),
+            }
+        }
+        n
+    }
+
+    /// # Safety
+    /// `xs` and `out` have at least `n` bytes; `n` is a multiple of 16.
+    #[inline(always)]
+    unsafe fn value_blocks<const SIGNED: bool, const MUL: bool>(
+        lanes: Lanes,
+        v: [float32x4_t; 4],
+        q: &Quantizer,
+        xs: &[u8],
+        out: &mut [u8],
+        n: usize,
+    ) {
+        for i in (0..n).step_by(16) {
+            // SAFETY: the caller's contract: bytes i..i + 16 of both slices.
+            unsafe {
+                let u = lanes.values::<SIGNED>(xs.as_ptr().add(i));
+                vst1q_u8(out.as_mut_ptr().add(i), q.bytes(op::<MUL>(u, v)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(len: usize, seed: &mut u32) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 17;
+                *seed ^= *seed << 5;
+                *seed as u8
+            })
+            .collect()
+    }
+
+    /// Every combination of u8 and i8 sides and outputs, Add and Mul, zero points at the
+    /// ends of their types, scales that saturate the output and ones that do not, lengths
+    /// around the 16-byte blocks and the 256-value chunks: both entry points give the
+    /// scalar reference's bytes.
+    #[test]
+    fn kernels_match_the_scalar_reference() {
+        let mut seed = 0x9e37_79b9u32;
+        let zeros = |signed: bool| {
+            if signed {
+                [-128, 0, 5, 127]
+            } else {
+                [0, 3, 128, 255]
+            }
+        };
+        for mul in [false, true] {
+            for (sa, sb, so) in (0..8).map(|m| (m & 1 != 0, m & 2 != 0, m & 4 != 0)) {
+                for (za, zb, zo) in zeros(sa)
+                    .into_iter()
+                    .zip(zeros(sb))
+                    .zip(zeros(so).iter().rev())
+                    .map(|((a, b), &o)| (a, b, o))
+                {
+                    for (scales, out_scale) in [([0.043, 0.0271], 1.0 / 0.0517), ([0.9, 0.31], 7.5)]
+                    {
+                        let k = Binary {
+                            mul,
+                            sides: [
+                                Side {
+                                    signed: sa,
+                                    scale: scales[0],
+                                    zero: za,
+                                },
+                                Side {
+                                    signed: sb,
+                                    scale: scales[1],
+                                    zero: zb,
+                                },
+                            ],
+                            output: Output {
+                                signed: so,
+                                scale: out_scale,
+                                zero: zo,
+                            },
+                        };
+                        for len in [0, 1, 15, 16, 17, 33, 255, 256, 257, 600] {
+                            let (a, b) = (bytes(len, &mut seed), bytes(len, &mut seed));
+                            let want: Vec<u8> =
+                                a.iter().zip(&b).map(|(&x, &y)| k.scalar(x, y)).collect();
+                            let mut got = vec![0xa5; len];
+                            k.same(&a, &b, &mut got);
+                            assert_eq!(got, want, "{k:?} length {len}");
+                            for side in 0..2 {
+                                let y = b.first().copied().unwrap_or(9);
+                                let v = k.sides[1 - side].value(y);
+                                let want: Vec<u8> = a
+                                    .iter()
+                                    .map(|&x| k.quantize_one(k.op(k.sides[side].value(x), v)))
+                                    .collect();
+                                k.with_value(side, &a, v, &mut got);
+                                assert_eq!(got, want, "{k:?} side {side} length {len}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
