@@ -323,6 +323,7 @@ fn build_proto(
         let mut average_pools = 0;
         let mut tables = 0;
         let mut max_pools_quantized = 0;
+        let mut max_pools_moved = 0;
         let mut merged_tables = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
@@ -371,6 +372,8 @@ fn build_proto(
                 })?;
             // Before the tables: a chain whose quantization came after an f32 max pool ends
             // in that quantization once the pool has moved after it.
+            max_pools_moved = pool::pool_before_monotone_chains(&mut optimized)
+                .map_err(|e| load_err(format!("pooling before the float chains failed: {e:#}")))?;
             max_pools_quantized = pool::quantize_before_max_pools(&mut optimized).map_err(|e| {
                 load_err(format!("quantizing before the f32 max pools failed: {e:#}"))
             })?;
@@ -521,6 +524,12 @@ fn build_proto(
                     "concatenated",
                     "quantized Concat",
                     " on the int8 values, each input requantized by a 256-entry table",
+                ),
+                (
+                    max_pools_moved,
+                    "moved",
+                    "f32 max pool",
+                    " in front of the non-decreasing float chain it pooled, onto bytes",
                 ),
                 (
                     max_pools_quantized,

@@ -341,14 +341,57 @@ fn element_wise_step(model: &TypedModel, node: &TypedNode, from: usize) -> Tract
 
 /// The chain's output byte for each of the 256 input bytes (index: the byte's bits).
 fn table(model: &TypedModel, chain: &Chain) -> TractResult<Box<[u8; 256]>> {
+    let out = chain_outputs(model, chain)?;
+    let out = out.try_as_plain_ram()?;
+    let bytes: Vec<u8> = match out.datum_type() {
+        DatumType::U8 => out.as_slice::<u8>()?.to_vec(),
+        DatumType::I8 => out.as_slice::<i8>()?.iter().map(|&v| v as u8).collect(),
+        other => bail!("QTable: the chain's quantization gives {other:?}"),
+    };
+    bytes
+        .into_boxed_slice()
+        .try_into()
+        .map_err(|b: Box<[u8]>| format_err!("QTable: {} table entries", b.len()))
+}
+
+/// The chain's outputs for the 256 input bytes (in the order of their bits), computed by
+/// the chain's own operators.
+fn chain_outputs(model: &TypedModel, chain: &Chain) -> TractResult<Tensor> {
     let dt = model.outlet_fact(chain.input)?.datum_type;
     let rank = model.outlet_fact(chain.input)?.rank().max(1);
     let mut shape = vec![1usize; rank];
     shape[rank - 1] = 256;
     let mut adhoc = TypedModel::default();
     let source = adhoc.add_source("values", dt.fact(&*shape))?;
+    let wire = wire_chain(model, chain, &mut adhoc, source, "")?;
+    adhoc.select_output_outlets(&[wire])?;
+    let bytes: Vec<u8> = (0..=255).collect();
+    let values = match dt {
+        DatumType::U8 => Tensor::from_shape(&shape, &bytes)?,
+        _ => {
+            let signed: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
+            Tensor::from_shape(&shape, &signed)?
+        }
+    };
+    Ok(SimplePlan::new(adhoc)?
+        .run(tvec![values.into_tvalue()])?
+        .remove(0)
+        .into_tensor())
+}
+
+/// Wires the chain's dequantization and steps (with copies of their constants) into
+/// `target` after `source`, each node named after its original plus `suffix`; returns the
+/// last step's output.
+fn wire_chain(
+    model: &TypedModel,
+    chain: &Chain,
+    target: &mut TypedModel,
+    source: OutletId,
+    suffix: &str,
+) -> TractResult<OutletId> {
     let dequantize = model.node(chain.dequantize);
-    let mut wire = adhoc.wire_node(&dequantize.name, dequantize.op.clone(), &[source])?[0];
+    let name = format!("{}{suffix}", dequantize.name);
+    let mut wire = target.wire_node(name, dequantize.op.clone(), &[source])?[0];
     let mut from = chain.dequantize;
     for &step in &chain.steps {
         let node = model.node(step);
@@ -360,35 +403,91 @@ fn table(model: &TypedModel, chain: &Chain) -> TractResult<Box<[u8; 256]>> {
                 inputs.push(wire);
             } else {
                 let k = model.node(input.node).op_as::<Const>().expect("checked");
-                let name = format!("{}.const{slot}", node.name);
-                inputs.push(adhoc.add_const(name, k.val().clone())?);
+                let name = format!("{}{suffix}.const{slot}", node.name);
+                inputs.push(target.add_const(name, k.val().clone())?);
             }
         }
-        wire = adhoc.wire_node(&node.name, node.op.clone(), &inputs)?[0];
+        let name = format!("{}{suffix}", node.name);
+        wire = target.wire_node(name, node.op.clone(), &inputs)?[0];
         from = step;
     }
-    adhoc.select_output_outlets(&[wire])?;
-    let bytes: Vec<u8> = (0..=255).collect();
-    let values = match dt {
-        DatumType::U8 => Tensor::from_shape(&shape, &bytes)?,
-        _ => {
-            let signed: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
-            Tensor::from_shape(&shape, &signed)?
+    Ok(wire)
+}
+
+/// The element-wise chain from a dequantization that ends at `outlet`, when the chain is
+/// non-decreasing in its input's values: the f32 output for a larger input value is never
+/// smaller (checked on all 256 values; no NaN). Every tensor of the chain but the last is
+/// read by the next step alone. Such a chain commutes with taking a maximum.
+pub(crate) fn monotone_chain_into(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<Option<(OutletId, MonotoneChain)>> {
+    let outputs = model.output_outlets()?;
+    let mut steps = vec![];
+    let mut at = outlet.node;
+    let dequantize = loop {
+        let node = model.node(at);
+        if node.op_is::<DequantizeLinearF32>() {
+            break at;
         }
+        // The step's chain input: its one input that is not a one-value constant.
+        let mut chain_inputs = node
+            .inputs
+            .iter()
+            .filter(|i| model.node(i.node).op_as::<Const>().is_none());
+        let (Some(prev), None) = (chain_inputs.next(), chain_inputs.next()) else {
+            return Ok(None);
+        };
+        let prev_node = model.node(prev.node);
+        let alone = prev_node.outputs.len() == 1
+            && prev_node.outputs[0].successors.len() == 1
+            && !outputs.contains(prev);
+        if !alone || !element_wise_step(model, node, prev.node)? {
+            return Ok(None);
+        }
+        steps.push(at);
+        at = prev.node;
     };
-    let out = SimplePlan::new(adhoc)?
-        .run(tvec![values.into_tvalue()])?
-        .remove(0);
-    let out = out.try_as_plain_ram()?;
-    let bytes: Vec<u8> = match out.datum_type() {
-        DatumType::U8 => out.as_slice::<u8>()?.to_vec(),
-        DatumType::I8 => out.as_slice::<i8>()?.iter().map(|&v| v as u8).collect(),
-        other => bail!("QTable: the chain's quantization gives {other:?}"),
+    steps.reverse();
+    let input = model.node(dequantize).inputs[0];
+    let dt = model.outlet_fact(input)?.datum_type;
+    if steps.is_empty() || !matches!(dt, DatumType::U8 | DatumType::I8) {
+        return Ok(None);
+    }
+    let chain = Chain {
+        input,
+        dequantize,
+        steps,
     };
-    bytes
-        .into_boxed_slice()
-        .try_into()
-        .map_err(|b: Box<[u8]>| format_err!("QTable: {} table entries", b.len()))
+    let out = chain_outputs(model, &chain)?;
+    let values = out.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    // The bytes in increasing order of their values.
+    let order: Vec<usize> = if dt == DatumType::U8 {
+        (0..256).collect()
+    } else {
+        (128..256).chain(0..128).collect()
+    };
+    let rising = order
+        .windows(2)
+        .all(|w| values[w[0]] <= values[w[1]] && !values[w[0]].is_nan());
+    Ok(rising.then_some((input, MonotoneChain(chain))))
+}
+
+/// An element-wise chain [`monotone_chain_into`] found.
+pub(crate) struct MonotoneChain(Chain);
+
+impl MonotoneChain {
+    /// Wires a copy of the chain into `patch` after `source` (its nodes' names plus
+    /// `suffix`); returns its output.
+    pub(crate) fn wire(
+        &self,
+        model: &TypedModel,
+        patch: &mut TypedModelPatch,
+        source: OutletId,
+        suffix: &str,
+    ) -> TractResult<OutletId> {
+        wire_chain(model, &self.0, patch, source, suffix)
+    }
 }
 
 #[cfg(test)]
@@ -578,17 +677,39 @@ mod tests {
     }
 
     /// A QDQ hard-swish, `Q(DQ(Q(DQ(a) · DQ(Q(relu6(DQ(a) + 3))))) / 6)`, with the division
-    /// quantized directly or after a 2x2 max pool (PaddleOCR's last one), u8 and i8: the
-    /// plan gives the bytes of tract's passes, with one table over `a` and, after the pool,
-    /// the pool on bytes.
+    /// quantized directly or after a 2x2 max pool (PaddleOCR's last one), or pooled and left
+    /// in float (its QOperator file), or divided by -6 (a chain the pool cannot move
+    /// before), u8 and i8: the plan gives the bytes of tract's passes, with one table over
+    /// `a` where the division is quantized, and the pool on bytes where it may be.
     #[test]
     fn hard_swishes_become_one_table() {
         use crate::onnx_build::ints;
-        for (pooled, za, zt, zm, zy) in [
-            (false, 128, 0, 3, 1),
-            (true, 100, 0, 0, 0),
-            (true, -20, -128, -120, -128),
-            (false, 0, 5, 77, 200),
+        struct Case {
+            pooled: bool,
+            quantized: bool,
+            divisor: f32,
+            zeros: [i32; 4],
+        }
+        let case = |pooled, quantized, divisor, zeros| Case {
+            pooled,
+            quantized,
+            divisor,
+            zeros,
+        };
+        for Case {
+            pooled,
+            quantized,
+            divisor,
+            zeros: [za, zt, zm, zy],
+        } in [
+            case(false, true, 6.0, [128, 0, 3, 1]),
+            case(true, true, 6.0, [100, 0, 0, 0]),
+            case(true, true, 6.0, [-20, -128, -120, -128]),
+            case(false, true, 6.0, [0, 5, 77, 200]),
+            case(true, false, 6.0, [128, 0, 3, 0]),
+            case(true, false, 6.0, [-3, -128, -128, 0]),
+            case(true, false, -6.0, [128, 0, 3, 0]),
+            case(true, true, -6.0, [128, 0, 3, 128]),
         ] {
             let init = vec![
                 raw("stretch", D::Float, &[], &[12f32]),
@@ -596,6 +717,7 @@ mod tests {
                 raw("three", D::Float, &[], &[3f32]),
                 raw("zero", D::Float, &[], &[0f32]),
                 raw("six", D::Float, &[], &[6f32]),
+                raw("divisor", D::Float, &[], &[divisor]),
                 raw("sa", D::Float, &[], &[0.047f32]),
                 zero_point("za", za),
                 raw("st", D::Float, &[], &[0.0236f32]),
@@ -617,21 +739,23 @@ mod tests {
                 node("Mul", &["da", "dt"], "prod", vec![]),
                 node("QuantizeLinear", &["prod", "sm", "zm"], "m", vec![]),
                 node("DequantizeLinear", &["m", "sm", "zm"], "dm", vec![]),
-                node("Div", &["dm", "six"], "hswish", vec![]),
+                node("Div", &["dm", "divisor"], "hswish", vec![]),
             ];
-            let last = if pooled {
+            let mut last = "hswish";
+            if pooled {
                 let attrs = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
-                nodes.push(node("MaxPool", &["hswish"], "pooled", attrs));
-                "pooled"
-            } else {
-                "hswish"
-            };
-            nodes.extend([
-                node("QuantizeLinear", &[last, "sy", "zy"], "yq", vec![]),
-                node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
-            ]);
+                let out = if quantized { "pooled" } else { "y" };
+                nodes.push(node("MaxPool", &["hswish"], out, attrs));
+                last = "pooled";
+            }
+            if quantized {
+                nodes.extend([
+                    node("QuantizeLinear", &[last, "sy", "zy"], "yq", vec![]),
+                    node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
+                ]);
+            }
             let bytes = model_bytes("hswish", nodes, init, ("x", &SHAPE), "y");
-            let what = format!("pooled {pooled}, zero points {za} {zt} {zm} {zy}");
+            let what = format!("pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zt} {zm} {zy}");
             let ours = same_bytes_as_tract(&bytes, &what);
             let ops: Vec<String> = ours
                 .plan
@@ -641,11 +765,26 @@ mod tests {
                 .map(|n| n.op.name().to_string())
                 .collect();
             let count = |name: &str| ops.iter().filter(|o| *o == name).count();
-            assert_eq!(count("QTable"), 1, "{what}: {ops:?}");
+            // The table of the hard-swish's Mul, with the division's when that is quantized,
+            // but a pool moved before a rising division splits them (the division's table
+            // then looks up the pooled bytes).
+            let tables = if pooled && quantized && divisor > 0.0 {
+                2
+            } else {
+                1
+            };
+            assert_eq!(count("QTable"), tables, "{what}: {ops:?}");
             assert_eq!(count("QBinary"), 0, "{what}: {ops:?}");
-            assert_eq!(count("MaxPool8"), usize::from(pooled), "{what}: {ops:?}");
-            assert!(
-                !ops.iter().any(|o| o.contains("MaxPool") && o != "MaxPool8"),
+            // A pool moves onto bytes before a rising chain, or after its quantization.
+            let on_bytes = pooled && (divisor > 0.0 || quantized);
+            assert_eq!(count("MaxPool8"), usize::from(on_bytes), "{what}: {ops:?}");
+            let f32_pools = ops
+                .iter()
+                .filter(|o| o.contains("MaxPool") && *o != "MaxPool8")
+                .count();
+            assert_eq!(
+                f32_pools,
+                usize::from(pooled && !on_bytes),
                 "{what}: {ops:?}"
             );
         }
