@@ -2,48 +2,73 @@
 //!
 //! tract 0.23.9's `OptMaxPool` walks a generic patch geometry for every output value; on the
 //! default bundle under qemu (cortex-a76) that was 1.5 M of the 9.1 M instructions of an
-//! int8 inference, more than the integer matmuls (firmware/bench/INT8-NOTES.md). The int8
-//! models pool small windows without padding, usually 2x2 with stride 2: [`MaxPool8`] does
-//! those with a vertical pass and a pairwise pass the compiler vectorises, and any other
-//! unpadded window with plain loops. Max is exact, so the output is the same bytes.
+//! int8 inference, more than the integer matmuls (firmware/bench/INT8-NOTES.md), and on the
+//! ResNet-18-style network's padded 3x3 stride-2 stem pool 20.6 M of 439 M (cortex-a72).
+//! [`MaxPool8`] does the usual 2x2 stride-2 window with a vertical pass and a pairwise pass
+//! on the vector unit, and any other window with plain loops; a padded pool copies each
+//! plane into one bordered with the type's lowest value, which no maximum takes. Max is
+//! exact, so the output is the same bytes.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{OptMaxPool, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-/// An unpadded 2-D NCHW max pool over u8 or i8.
+/// A 2-D NCHW max pool over u8 or i8.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct MaxPool8 {
     pool_spec: PoolSpec,
     kernel: [usize; 2],
     stride: [usize; 2],
+    /// Padding (before, after) of the rows and of the columns: padded values take no part
+    /// in a window's maximum, as in tract's pool; here they are the type's lowest value.
+    pads: [[usize; 2]; 2],
 }
 
 impl MaxPool8 {
     fn for_node(op: &OptMaxPool, input: &TypedFact) -> Option<MaxPool8> {
         let spec = &op.pool_spec;
         let shape = input.shape.as_concrete()?;
-        let unpadded = spec
-            .computed_padding(&shape[2..])
-            .iter()
-            .all(|d| d.pad_before == 0 && d.pad_after == 0);
         let plain = matches!(input.datum_type, DatumType::U8 | DatumType::I8);
         if op.with_index_outputs.is_some()
             || spec.data_format != DataFormat::NCHW
             || spec.kernel_shape.len() != 2
             || shape.len() != 4
             || spec.dilations().iter().any(|d| *d != 1)
-            || !unpadded
             || !plain
         {
             return None;
         }
         let strides = spec.strides();
+        let kernel = [spec.kernel_shape[0], spec.kernel_shape[1]];
+        let dims = spec.computed_padding(&shape[2..]);
+        let mut pads = [[0; 2]; 2];
+        for (axis, d) in dims.iter().enumerate() {
+            let (size, k, stride) = (shape[2 + axis], kernel[axis], strides[axis]);
+            if d.convoluted == 0 {
+                return None;
+            }
+            // The padding after is what the last window reaches past the input (in ceil
+            // mode more than tract's `pad_after`); the output must be the padded plane's
+            // unpadded pool, and every window must hold a value of the input (the first
+            // and last: the others lie between them).
+            let reach = (d.convoluted - 1) * stride + k;
+            let after = reach.saturating_sub(size + d.pad_before);
+            let padded = size + d.pad_before + after;
+            let fits = d.pad_before < k
+                && (d.convoluted - 1) * stride < size + d.pad_before
+                && padded >= k
+                && (padded - k) / stride + 1 == d.convoluted;
+            if !fits {
+                return None;
+            }
+            pads[axis] = [d.pad_before, after];
+        }
         Some(MaxPool8 {
             pool_spec: spec.clone(),
-            kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
+            kernel,
             stride: [strides[0], strides[1]],
+            pads,
         })
     }
 
@@ -133,18 +158,33 @@ impl MaxPool8 {
         let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
         let [kh, kw] = self.kernel;
         let [sh, sw] = self.stride;
+        let [[top, bottom], [left, right]] = self.pads;
+        let (hp, wp) = (h + top + bottom, w + left + right);
         ensure!(
-            h >= kh && w >= kw,
+            hp >= kh && wp >= kw,
             "MaxPool8: {shape:?} is smaller than the window"
         );
-        let (ho, wo) = ((h - kh) / sh + 1, (w - kw) / sw + 1);
+        let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<T>()?;
         let mut out = unsafe { Tensor::uninitialized::<T>(&[n, c, ho, wo])? };
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<T>()?;
-            if ho * wo > 0 && !xs.is_empty() {
+            if ho * wo == 0 || xs.is_empty() {
+                // Nothing to pool.
+            } else if hp != h || wp != w {
+                // Each plane copied into the middle of a plane whose border holds the
+                // lowest value (written once), then pooled as an unpadded one.
+                let mut plane = vec![T::LOWEST; hp * wp];
+                let mut row = vec![T::LOWEST; wp];
+                for (xp, yp) in xs.chunks_exact(h * w).zip(ys.chunks_exact_mut(ho * wo)) {
+                    for (y, src) in xp.chunks_exact(w).enumerate() {
+                        plane[(y + top) * wp + left..][..w].copy_from_slice(src);
+                    }
+                    self.plane(&plane, wp, yp, wo, &mut row);
+                }
+            } else {
                 #[cfg(target_arch = "x86_64")]
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: AVX2 was detected just above.
@@ -170,6 +210,9 @@ impl MaxPool8 {
 
 /// u8 or i8, with the 2x2 stride-2 window's vector form.
 trait PoolByte: Copy + Ord {
+    /// The type's lowest value: the padding, which no window's maximum takes.
+    const LOWEST: Self;
+
     /// The first outputs of a 2x2 stride-2 output row `o` from input rows `r0` and `r1`,
     /// in whole blocks of 16 (on aarch64: two LD2 and three UMAX or SMAX per block; the
     /// compiler's own code for this loop varied between builds, from 202 k to 413 k
@@ -188,6 +231,8 @@ fn blocks2x2<T>(r0: &[T], r1: &[T], o: &[T]) -> usize {
 macro_rules! pool_byte {
     ($t:ty, $ld2:ident, $max:ident, $st:ident) => {
         impl PoolByte for $t {
+            const LOWEST: $t = <$t>::MIN;
+
             fn max2x2(r0: &[$t], r1: &[$t], o: &mut [$t]) -> usize {
                 #[cfg(target_arch = "aarch64")]
                 {
@@ -380,6 +425,7 @@ mod tests {
         dt: DatumType,
         kernel: [usize; 2],
         stride: [usize; 2],
+        padding: PaddingSpec,
     ) -> (TypedModel, TypedModel, usize) {
         let mut m = TypedModel::default();
         let x = m.add_source("x", dt.fact(shape)).unwrap();
@@ -387,7 +433,7 @@ mod tests {
             pool_spec: PoolSpec {
                 data_format: DataFormat::NCHW,
                 kernel_shape: kernel[..].into(),
-                padding: PaddingSpec::Valid,
+                padding,
                 dilations: None,
                 strides: Some(stride[..].into()),
                 input_channels: shape[1],
@@ -404,22 +450,39 @@ mod tests {
         (theirs, ours, n)
     }
 
+    /// Windows of 2x2 to 5x5, unequal strides, odd widths, and padding as ResNet's stem
+    /// pool has it (3x3, stride 2, 1 on every side), asymmetric, SAME and in ceil mode; u8
+    /// and i8 (whose border windows of negative values show a wrong padding value): the
+    /// bytes and shapes of tract's pool.
     #[test]
     fn pools_exactly_like_tract() {
+        use tract_onnx::tract_core::ops::cnn::PaddingSpec as P;
+        let pads = |b: [usize; 2], a: [usize; 2]| P::Explicit(b[..].into(), a[..].into());
         let cases = [
-            ([1, 16, 64, 64], [2, 2], [2, 2]),
-            ([2, 3, 9, 7], [2, 2], [2, 2]),
+            ([1, 16, 64, 64], [2, 2], [2, 2], P::Valid),
+            ([2, 3, 9, 7], [2, 2], [2, 2], P::Valid),
             // 18 outputs per row from an odd width: one NEON block and a tail.
-            ([1, 2, 6, 37], [2, 2], [2, 2]),
-            ([1, 4, 10, 11], [3, 3], [2, 2]),
-            ([1, 2, 8, 9], [3, 2], [1, 3]),
-            ([3, 1, 5, 5], [5, 5], [1, 1]),
+            ([1, 2, 6, 37], [2, 2], [2, 2], P::Valid),
+            ([1, 4, 10, 11], [3, 3], [2, 2], P::Valid),
+            ([1, 2, 8, 9], [3, 2], [1, 3], P::Valid),
+            ([3, 1, 5, 5], [5, 5], [1, 1], P::Valid),
+            ([1, 8, 112, 112], [3, 3], [2, 2], pads([1, 1], [1, 1])),
+            ([1, 3, 9, 14], [3, 3], [2, 2], pads([1, 1], [1, 1])),
+            ([1, 3, 7, 10], [3, 2], [2, 1], pads([0, 1], [2, 0])),
+            ([2, 2, 10, 9], [2, 2], [2, 2], P::SameUpper),
+            ([1, 2, 11, 13], [3, 3], [1, 1], P::SameLower),
+            (
+                [1, 3, 10, 11],
+                [3, 3],
+                [2, 2],
+                P::ExplicitOnnxPool([1, 0][..].into(), [0, 1][..].into(), true),
+            ),
         ];
         let mut seed = 0x1234_5678_u32;
         for dt in [DatumType::U8, DatumType::I8] {
-            for (shape, kernel, stride) in cases {
-                let (theirs, ours, n) = plans(shape, dt, kernel, stride);
-                assert_eq!(n, 1, "{shape:?} {kernel:?} {stride:?}");
+            for (shape, kernel, stride, padding) in cases.clone() {
+                let (theirs, ours, n) = plans(shape, dt, kernel, stride, padding.clone());
+                assert_eq!(n, 1, "{shape:?} {kernel:?} {stride:?} {padding:?}");
                 let bytes: Vec<u8> = (0..shape.iter().product::<usize>())
                     .map(|_| {
                         seed ^= seed << 13;
@@ -447,15 +510,21 @@ mod tests {
                 assert_eq!(
                     run(theirs),
                     run(ours),
-                    "{dt:?} {shape:?} {kernel:?} {stride:?}"
+                    "{dt:?} {shape:?} {kernel:?} {stride:?} {padding:?}"
                 );
             }
         }
     }
 
     #[test]
-    fn padded_and_float_pools_are_left_to_tract() {
-        let (_, _, n) = plans([1, 2, 8, 8], DatumType::F32, [2, 2], [2, 2]);
+    fn float_pools_are_left_to_tract() {
+        let (_, _, n) = plans(
+            [1, 2, 8, 8],
+            DatumType::F32,
+            [2, 2],
+            [2, 2],
+            PaddingSpec::Valid,
+        );
         assert_eq!(n, 0);
     }
 }
