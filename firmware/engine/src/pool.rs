@@ -144,6 +144,12 @@ impl MaxPool8 {
                 for (v, pair) in o.iter_mut().zip(row.chunks_exact(2)) {
                     *v = pair[0].max(pair[1]);
                 }
+            } else if kw == 3 && sw == 2 {
+                // ResNet's stem pool: whole blocks on the vector unit, the rest here.
+                let done = T::max3_stride2(row, o);
+                for (ox, v) in o.iter_mut().enumerate().skip(done) {
+                    *v = row[2 * ox].max(row[2 * ox + 1]).max(row[2 * ox + 2]);
+                }
             } else {
                 for (ox, v) in o.iter_mut().enumerate() {
                     let window = &row[ox * sw..ox * sw + kw];
@@ -219,6 +225,11 @@ trait PoolByte: Copy + Ord {
     /// instructions per inference of the default bundle on cortex-a72). Returns how many
     /// it wrote.
     fn max2x2(r0: &[Self], r1: &[Self], o: &mut [Self]) -> usize;
+
+    /// The first outputs of a row's 3-wide stride-2 windows, `o[i]` the maximum of
+    /// `row[2i..2i + 3]`, in whole blocks of 16 (on aarch64: an LD2 at the window starts
+    /// and one two further, two UMAX or SMAX). Returns how many it wrote.
+    fn max3_stride2(row: &[Self], o: &mut [Self]) -> usize;
 }
 
 /// Blocks of 16 outputs that the rows hold whole (32 input bytes each).
@@ -254,6 +265,30 @@ macro_rules! pool_byte {
                 #[cfg(not(target_arch = "aarch64"))]
                 {
                     let _ = (r0, r1, o);
+                    0
+                }
+            }
+
+            fn max3_stride2(row: &[$t], o: &mut [$t]) -> usize {
+                #[cfg(target_arch = "aarch64")]
+                {
+                    use std::arch::aarch64::*;
+                    // Block b reads row[32 b..32 b + 34].
+                    let blocks = (o.len() / 16).min(row.len().saturating_sub(2) / 32);
+                    for b in 0..blocks {
+                        // SAFETY: NEON is part of aarch64; block b reads 34 bytes of the
+                        // row from 32 b and writes 16 from 16 b, within the lengths above.
+                        unsafe {
+                            let x = $ld2(row.as_ptr().add(32 * b));
+                            let next = $ld2(row.as_ptr().add(32 * b + 2));
+                            $st(o.as_mut_ptr().add(16 * b), $max($max(x.0, x.1), next.0));
+                        }
+                    }
+                    blocks * 16
+                }
+                #[cfg(not(target_arch = "aarch64"))]
+                {
+                    let _ = (row, o);
                     0
                 }
             }
