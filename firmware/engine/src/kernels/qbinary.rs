@@ -275,26 +275,19 @@ mod neon {
         let (Some(la), Some(lb)) = (Lanes::new(&k.sides[0]), Lanes::new(&k.sides[1])) else {
             return 0;
         };
-        let q = Quantizer::new(
-            k.output.scale,
-            k.output.zero,
-            k.output.range(),
-            !k.output.signed,
-        );
         let n = out.len() / 16 * 16;
+        let l = [la, lb];
         // SAFETY (each arm): the caller's contract, passed on.
         unsafe {
             match (k.sides[0].signed, k.sides[1].signed, k.mul) {
-                (false, false, false) => {
-                    same_blocks::<false, false, false>(la, lb, &q, a, b, out, n)
-                }
-                (false, false, true) => same_blocks::<false, false, true>(la, lb, &q, a, b, out, n),
-                (false, true, false) => same_blocks::<false, true, false>(la, lb, &q, a, b, out, n),
-                (false, true, true) => same_blocks::<false, true, true>(la, lb, &q, a, b, out, n),
-                (true, false, false) => same_blocks::<true, false, false>(la, lb, &q, a, b, out, n),
-                (true, false, true) => same_blocks::<true, false, true>(la, lb, &q, a, b, out, n),
-                (true, true, false) => same_blocks::<true, true, false>(la, lb, &q, a, b, out, n),
-                (true, true, true) => same_blocks::<true, true, true>(la, lb, &q, a, b, out, n),
+                (false, false, false) => same_blocks::<false, false, false>(k, l, a, b, out, n),
+                (false, false, true) => same_blocks::<false, false, true>(k, l, a, b, out, n),
+                (false, true, false) => same_blocks::<false, true, false>(k, l, a, b, out, n),
+                (false, true, true) => same_blocks::<false, true, true>(k, l, a, b, out, n),
+                (true, false, false) => same_blocks::<true, false, false>(k, l, a, b, out, n),
+                (true, false, true) => same_blocks::<true, false, true>(k, l, a, b, out, n),
+                (true, true, false) => same_blocks::<true, true, false>(k, l, a, b, out, n),
+                (true, true, true) => same_blocks::<true, true, true>(k, l, a, b, out, n),
             }
         }
         n
@@ -304,22 +297,22 @@ mod neon {
     /// `a`, `b` and `out` have at least `n` bytes; `n` is a multiple of 16.
     #[inline(always)]
     unsafe fn same_blocks<const SA: bool, const SB: bool, const MUL: bool>(
-        la: Lanes,
-        lb: Lanes,
-        q: &Quantizer,
+        k: &Binary,
+        [la, lb]: [Lanes; 2],
         a: &[u8],
         b: &[u8],
         out: &mut [u8],
         n: usize,
     ) {
-        for i in (0..n).step_by(16) {
-            // SAFETY: the caller's contract: bytes i..i + 16 of each slice.
-            unsafe {
-                let u = la.values::<SA>(a.as_ptr().add(i));
-                let v = lb.values::<SB>(b.as_ptr().add(i));
-                vst1q_u8(out.as_mut_ptr().add(i), q.bytes(op::<MUL>(u, v)));
-            }
-        }
+        // SAFETY: the caller's contract: bytes i..i + 16 of each slice for i < n.
+        let operands = |i: usize| unsafe {
+            [
+                la.values::<SA>(a.as_ptr().add(i)),
+                lb.values::<SB>(b.as_ptr().add(i)),
+            ]
+        };
+        // SAFETY: the caller's contract.
+        unsafe { blocks::<MUL>(k, out, n, operands) }
     }
 
     /// Whole blocks of 16 of `Binary::with_value`; returns how many outputs it wrote.
@@ -336,21 +329,15 @@ mod neon {
         let Some(lanes) = Lanes::new(&k.sides[side]) else {
             return 0;
         };
-        let q = Quantizer::new(
-            k.output.scale,
-            k.output.zero,
-            k.output.range(),
-            !k.output.signed,
-        );
         let n = out.len() / 16 * 16;
         // SAFETY: NEON is part of aarch64; the caller's contract, passed on.
         unsafe {
             let v = [vdupq_n_f32(v); 4];
             match (k.sides[side].signed, k.mul) {
-                (false, false) => value_blocks::<false, false>(lanes, v, &q, xs, out, n),
-                (false, true) => value_blocks::<false, true>(lanes, v, &q, xs, out, n),
-                (true, false) => value_blocks::<true, false>(lanes, v, &q, xs, out, n),
-                (true, true) => value_blocks::<true, true>(lanes, v, &q, xs, out, n),
+                (false, false) => value_blocks::<false, false>(k, lanes, v, xs, out, n),
+                (false, true) => value_blocks::<false, true>(k, lanes, v, xs, out, n),
+                (true, false) => value_blocks::<true, false>(k, lanes, v, xs, out, n),
+                (true, true) => value_blocks::<true, true>(k, lanes, v, xs, out, n),
             }
         }
         n
@@ -360,19 +347,41 @@ mod neon {
     /// `xs` and `out` have at least `n` bytes; `n` is a multiple of 16.
     #[inline(always)]
     unsafe fn value_blocks<const SIGNED: bool, const MUL: bool>(
+        k: &Binary,
         lanes: Lanes,
         v: [float32x4_t; 4],
-        q: &Quantizer,
         xs: &[u8],
         out: &mut [u8],
         n: usize,
     ) {
+        // SAFETY: the caller's contract: bytes i..i + 16 of `xs` for i < n.
+        let operands = |i: usize| unsafe { [lanes.values::<SIGNED>(xs.as_ptr().add(i)), v] };
+        // SAFETY: the caller's contract.
+        unsafe { blocks::<MUL>(k, out, n, operands) }
+    }
+
+    /// The outputs below `n` (a multiple of 16), 16 at a time: `operands(i)` gives the two
+    /// sides' values of outputs `i..i + 16`, whose op is quantized into `out`.
+    ///
+    /// # Safety
+    /// `out` has at least `n` bytes.
+    #[inline(always)]
+    unsafe fn blocks<const MUL: bool>(
+        k: &Binary,
+        out: &mut [u8],
+        n: usize,
+        operands: impl Fn(usize) -> [[float32x4_t; 4]; 2],
+    ) {
+        let q = Quantizer::new(
+            k.output.scale,
+            k.output.zero,
+            k.output.range(),
+            !k.output.signed,
+        );
         for i in (0..n).step_by(16) {
-            // SAFETY: the caller's contract: bytes i..i + 16 of both slices.
-            unsafe {
-                let u = lanes.values::<SIGNED>(xs.as_ptr().add(i));
-                vst1q_u8(out.as_mut_ptr().add(i), q.bytes(op::<MUL>(u, v)));
-            }
+            let [u, v] = operands(i);
+            // SAFETY: the caller's contract: bytes i..i + 16 of `out`.
+            unsafe { vst1q_u8(out.as_mut_ptr().add(i), q.bytes(op::<MUL>(u, v))) };
         }
     }
 }
