@@ -10,6 +10,7 @@ mod banded;
 mod contrib;
 mod cpu;
 mod depthwise;
+mod downsample;
 mod epilogue;
 mod error;
 pub mod graph;

@@ -335,6 +335,8 @@ fn build_proto(
             .map_err(|e| load_err(format!("replacing the int8 patch packing failed: {e:#}")))?;
         let pools = pool::speed_up_max_pools(&mut optimized)
             .map_err(|e| load_err(format!("replacing the int8 max pools failed: {e:#}")))?;
+        let downsamples = crate::downsample::speed_up_downsamples(&mut optimized)
+            .map_err(|e| load_err(format!("replacing the int8 strided slices failed: {e:#}")))?;
         let quantizers = crate::quantize::speed_up_quantize(&mut optimized)
             .map_err(|e| load_err(format!("replacing the input quantization failed: {e:#}")))?;
         if folded_chains > 0
@@ -477,6 +479,12 @@ fn build_proto(
                     " in runs",
                 ),
                 (pools, "ran", "u8/i8 max pool", " on the engine's kernel"),
+                (
+                    downsamples,
+                    "copied",
+                    "u8/i8 strided slice (Downsample)",
+                    " by rows and vector steps",
+                ),
                 (
                     quantizers,
                     "quantized",
