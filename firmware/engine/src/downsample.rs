@@ -150,6 +150,7 @@ pub(crate) fn speed_up_downsamples(model: &mut TypedModel) -> TractResult<usize>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::tests::{byte_tensor, run_bytes};
 
     /// Every axis of a u8 and an i8 tensor, strides 1 to 3, from 0 to 2 (a last-axis
     /// length that the vector steps do not divide): tract's bytes and shapes.
@@ -171,25 +172,10 @@ mod tests {
                         let mut ours = m.clone();
                         let n = speed_up_downsamples(&mut ours).unwrap();
                         assert_eq!(n, 1);
-                        let x = match dt {
-                            DatumType::U8 => Tensor::from_shape(&shape, &bytes).unwrap(),
-                            _ => {
-                                let signed: Vec<i8> = bytes.iter().map(|&b| b as i8).collect();
-                                Tensor::from_shape(&shape, &signed).unwrap()
-                            }
-                        };
-                        let run = |m: TypedModel| {
-                            let out = m
-                                .into_runnable()
-                                .unwrap()
-                                .run(tvec!(x.clone().into_tvalue()))
-                                .unwrap();
-                            let t = out[0].clone().into_tensor();
-                            (t.shape().to_vec(), t.as_bytes().to_vec())
-                        };
+                        let x = byte_tensor(&shape, dt, &bytes);
                         assert_eq!(
-                            run(m),
-                            run(ours),
+                            run_bytes(m, &x),
+                            run_bytes(ours, &x),
                             "{dt:?} axis {axis} stride {stride} from {modulo}"
                         );
                     }
