@@ -358,9 +358,9 @@ pub(crate) fn speed_up_max_pools(model: &mut TypedModel) -> TractResult<usize> {
 ///
 /// A non-decreasing function of each value commutes with the maximum of a window, so the
 /// outputs are the same values; the pool then runs on bytes and the chain on a quarter of
-/// the values (a 2x2 pool). PaddleOCR's QOperator file divides its last hard-swish by 6
-/// in float and pools that: tract's f32 pool was a ninth of its int8 instructions on
-/// cortex-a76. Whether the chain is non-decreasing is checked on all 256 input values
+/// the values (a 2x2 pool). PaddleOCR's last hard-swish divides by 6 in float and pools
+/// that (then quantizes it in the QDQ file; leaves it in float in the QOperator one):
+/// tract's f32 pool was a tenth of its int8 instructions on cortex-a76. Whether the chain is non-decreasing is checked on all 256 input values
 /// (qtable.rs `monotone_chain_into`).
 pub(crate) fn pool_before_monotone_chains(model: &mut TypedModel) -> TractResult<usize> {
     let mut moved = 0;
@@ -403,12 +403,12 @@ pub(crate) fn pool_before_monotone_chains(model: &mut TypedModel) -> TractResult
 /// Moves the quantization in front of every f32 max pool that only it reads:
 /// `Quantize8(OptMaxPool(y))` becomes `MaxPool8(Quantize8(y))`; returns how many.
 ///
-/// A max pool's f32 input is a quantized tensor's float chain that the quantizer left
-/// unquantized before the pool (PaddleOCR's last hard-swish division: `Q(MaxPool(DQ(x) /
-/// 6))`), and tract pooled it in f32, a tenth of that network's int8 instructions on
-/// cortex-a76. Quantization is non-decreasing, so the quantized maximum of a window is the
-/// maximum of its quantized values: the same bytes. The chain before the pool then ends
-/// in its own quantization and becomes a table (qtable.rs), and the pool runs on bytes.
+/// For the f32 pools `pool_before_monotone_chains` leaves (its input not an element-wise
+/// chain from a dequantization, or a chain that falls somewhere, such as a division by a
+/// negative constant) but a quantization follows. Quantization is non-decreasing, so the
+/// quantized maximum of a window is the maximum of its quantized values: the same bytes.
+/// A chain before the pool then ends in its own quantization and becomes a table
+/// (qtable.rs), and the pool runs on bytes.
 pub(crate) fn quantize_before_max_pools(model: &mut TypedModel) -> TractResult<usize> {
     let outputs = model.output_outlets()?.to_vec();
     let mut moved = 0;

@@ -37,9 +37,18 @@ pub(crate) struct QBinary {
 
 impl Eq for QBinary {}
 
+/// I8 when `signed`, else U8: the tensor type of a side's or the output's bytes.
+fn byte_type(signed: bool) -> DatumType {
+    if signed {
+        DatumType::I8
+    } else {
+        DatumType::U8
+    }
+}
+
 /// A u8 or i8 tensor's bytes, the type being the one `signed` says.
 fn bytes_of(t: &Tensor, signed: bool) -> TractResult<&[u8]> {
-    let want = if signed { DatumType::I8 } else { DatumType::U8 };
+    let want = byte_type(signed);
     ensure!(
         t.datum_type() == want,
         "QBinary: an input of {:?} where {want:?} was typed",
@@ -69,13 +78,8 @@ impl QBinary {
             b.shape(),
             self.shape
         );
-        let dt = if k.output.signed {
-            DatumType::I8
-        } else {
-            DatumType::U8
-        };
         // SAFETY: every element is written below before the tensor is read.
-        let mut out = unsafe { Tensor::uninitialized_dt(dt, &self.shape)? };
+        let mut out = unsafe { Tensor::uninitialized_dt(byte_type(k.output.signed), &self.shape)? };
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let zs = view.as_bytes_mut();
@@ -129,12 +133,9 @@ impl TypedOp for QBinary {
     tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let dt = if self.kernel.output.signed {
-            DatumType::I8
-        } else {
-            DatumType::U8
-        };
-        Ok(tvec!(dt.fact(&*self.shape)))
+        Ok(tvec!(
+            byte_type(self.kernel.output.signed).fact(&*self.shape)
+        ))
     }
 }
 
