@@ -36,7 +36,7 @@ use tract_onnx::prelude::multithread;
 
 use crate::epilogue::Requantize;
 use crate::im2col::{Geometry, PackPatches};
-use crate::kernels::{c16, dot};
+use crate::kernels::{c16, dot, pairs};
 
 /// Bytes of packed patches plus i32 accumulators per band (at least one band unit).
 const BAND_BYTES: usize = 512 * 1024;
@@ -137,6 +137,9 @@ enum Tiles {
     Vnni(Box<(crate::vnni::Tiles, PackPatches)>),
     /// Cores without a dot product (kernels/c16.rs), on the patches in c16 panels.
     C16(Box<(c16::Weights, PackPatches)>),
+    /// Cores without a dot product, on the layers where they take fewer instructions than
+    /// c16's (kernels/pairs.rs), on the patches in pairs panels.
+    Pairs(Box<(pairs::Weights, PackPatches)>),
     /// aarch64 cores with the dot product (kernels/dot.rs), on the patches in 8-wide K4
     /// panels.
     Dot(Box<(dot::Weights, PackPatches)>),
@@ -148,6 +151,8 @@ impl Tiles {
         match self {
             Tiles::C16(..) if cfg!(target_arch = "aarch64") => "edgedx_c16_neon_4x4",
             Tiles::C16(..) => "edgedx_c16_scalar",
+            Tiles::Pairs(..) if cfg!(target_arch = "aarch64") => "edgedx_pairs_neon_4x16",
+            Tiles::Pairs(..) => "edgedx_pairs_scalar",
             Tiles::Dot(..) if dot::available() => "edgedx_dot_neon_8x8",
             Tiles::Dot(..) => "edgedx_dot_scalar",
             #[cfg(target_arch = "x86_64")]
@@ -159,6 +164,7 @@ impl Tiles {
     fn pack(&self) -> &PackPatches {
         match self {
             Tiles::C16(c16) => &c16.1,
+            Tiles::Pairs(pairs) => &pairs.1,
             Tiles::Dot(dot) => &dot.1,
             #[cfg(target_arch = "x86_64")]
             Tiles::Vnni(vnni) => &vnni.1,
@@ -179,6 +185,10 @@ impl Tiles {
                 .0
                 .run(packed, nb, c)
                 .map_err(|e| format_err!("BandedConv: c16 tiles: {e}")),
+            Tiles::Pairs(pairs) => pairs
+                .0
+                .run(packed, nb, c)
+                .map_err(|e| format_err!("BandedConv: pairs tiles: {e}")),
             Tiles::Dot(dot) => dot
                 .0
                 .run(packed, nb, c)
@@ -758,7 +768,9 @@ fn run_at(
 ///   the default bundle's convolutions 0.39 -> 0.32 ms, VGG16's 98 -> 88 ms).
 /// - Cores without a dot product ([`c16_wanted`]), unless two weights of -128 share a
 ///   16-bit lane (kernels/c16.rs): 16 multiply-adds per three instructions where tract's
-///   kernel does four per instruction.
+///   kernel does four per instruction; or the pairs tiles (kernels/pairs.rs), the same
+///   products without c16's per-tile fold, on the layers their instruction model counts
+///   fewer for.
 /// - aarch64 cores with the dot product ([`dot_wanted`]): the same SDOT products as
 ///   tract's kernel without its tile scheduling and strided stores (EfficientNet-Lite0
 ///   under `qemu-aarch64 -cpu cortex-a76`: INT8-NOTES item 23).
@@ -793,17 +805,36 @@ fn tiles_for(
             None
         }
     };
-    if c16_wanted() || dot_wanted() {
+    if c16_wanted() || pairs_wanted() || dot_wanted() {
         let Some(rows) = crate::im2col::unpack_rows(&*weights) else {
             return Ok(None);
         };
         let (channels, k) = (op.channels, op.pack.k);
-        let tiles = if c16_wanted() {
+        if dot_wanted() {
+            let tiles = dot::Weights::new(&rows, channels, k, &offsets)
+                .map(|w| Tiles::Dot(Box::new((w, op.pack.k4(dot::MR)))));
+            return Ok(chosen(tiles));
+        }
+        let c16 = || {
             c16::Weights::new(&rows, channels, k, &offsets)
                 .map(|w| Tiles::C16(Box::new((w, op.pack.c16()))))
-        } else {
-            dot::Weights::new(&rows, channels, k, &offsets)
-                .map(|w| Tiles::Dot(Box::new((w, op.pack.k4(dot::MR)))))
+        };
+        let pairs = || {
+            pairs::Weights::new(&rows, channels, k, &offsets)
+                .map(|w| Tiles::Pairs(Box::new((w, op.pack.pairs()))))
+        };
+        // Without a dot product, the family the instruction models count fewer for
+        // (pairs on shallow layers, c16 on deep ones and on few positions), and the other
+        // where it refuses the layer (their 16-bit lanes pair different depths).
+        let n = op.output_shape.iter().product::<usize>() / channels.max(1);
+        let pairs_first = !c16_wanted()
+            || (pairs_wanted()
+                && pairs::instructions(channels, k, n) < c16::instructions(channels, k, n));
+        let tiles = match (pairs_first, c16_wanted(), pairs_wanted()) {
+            (true, true, _) => pairs().or_else(|_| c16()),
+            (true, false, _) => pairs(),
+            (false, _, true) => c16().or_else(|_| pairs()),
+            (false, _, false) => c16(),
         };
         return Ok(chosen(tiles));
     }
@@ -820,6 +851,11 @@ fn tiles_for(
 /// tract's int8 kernel does no more multiply-adds per instruction than its fp32 one.
 fn c16_wanted() -> bool {
     wanted("c16", cfg!(target_arch = "aarch64") && !dot::available())
+}
+
+/// Whether layers may go to the pairs tiles: where c16's may.
+fn pairs_wanted() -> bool {
+    wanted("pairs", cfg!(target_arch = "aarch64") && !dot::available())
 }
 
 /// Whether layers go to the dot tiles: on aarch64 cores with the dot product.
@@ -1191,6 +1227,7 @@ pub(crate) mod tests {
         match b.products.tiles() {
             None => "tract",
             Some(Tiles::C16(..)) => "c16",
+            Some(Tiles::Pairs(..)) => "pairs",
             Some(Tiles::Dot(..)) => "dot",
             #[cfg(target_arch = "x86_64")]
             Some(Tiles::Vnni(_)) => "vnni",
@@ -1211,6 +1248,15 @@ pub(crate) mod tests {
         FORCE.set(None);
     }
 
+    /// The same models with every layer the pairs tiles take on them (the NEON kernel on
+    /// aarch64, its scalar reference elsewhere).
+    #[test]
+    fn banded_convolutions_on_the_pairs_tiles_match_the_unrewritten_plan() {
+        FORCE.set(Some("pairs"));
+        banded_plans_match(Some("pairs"), Weights::Symmetric);
+        FORCE.set(None);
+    }
+
     /// The same models on the dot tiles (the SDOT kernel on aarch64 cores with the dot
     /// product, its scalar reference elsewhere).
     #[test]
@@ -1228,7 +1274,7 @@ pub(crate) mod tests {
     fn banded_convolutions_with_u8_weights_match_the_unrewritten_plan() {
         for per_channel in [false, true] {
             let coding = Weights::U8 { per_channel };
-            for forced in [None, Some("c16"), Some("dot")] {
+            for forced in [None, Some("c16"), Some("pairs"), Some("dot")] {
                 if forced.is_none() && expected_family(None) == "tract" {
                     // tract's kernel cannot leave out a fused zero-point term; the forced
                     // families below cover this CPU.
@@ -1241,7 +1287,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// The family every banded layer should run on: `forced`, else the CPU's.
+    /// The family every banded layer should run on: `forced`, else the CPU's (`"c16"`
+    /// stands for either family without dot product, which banded.rs picks per layer).
     fn expected_family(forced: Option<&'static str>) -> &'static str {
         if let Some(family) = forced {
             family
@@ -1365,7 +1412,11 @@ pub(crate) mod tests {
                 // for.
                 let want = expected_family(forced);
                 for (i, b) in ops.iter().enumerate() {
-                    assert_eq!(family(b), want, "model {m}, layer {i} (k {})", b.pack.k);
+                    let got = match family(b) {
+                        "pairs" if forced.is_none() => "c16",
+                        got => got,
+                    };
+                    assert_eq!(got, want, "model {m}, layer {i} (k {})", b.pack.k);
                     expected_tiled += usize::from(want != "tract");
                     let u8_weights = matches!(coding, Weights::U8 { .. });
                     assert_eq!(

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tract_linalg::mmm::{
     EagerPackedInput, MMMInputFormat, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
 };
+use crate::kernels::pairs;
 use tract_linalg::pack::{PackedFormat, PackedI8K4};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -35,6 +36,9 @@ enum Layout {
     KMajor { r: usize },
     /// The engine's c16 tiles (kernels/c16.rs): `panel[(k / 16) * 16r + m * 16 + k % 16]`.
     K16 { r: usize },
+    /// The engine's pairs tiles (kernels/pairs.rs): `panel[pairs::offset(m, k)]`, 16
+    /// positions per panel.
+    Pairs,
 }
 
 impl Layout {
@@ -42,7 +46,7 @@ impl Layout {
     fn group(&self) -> usize {
         match self {
             Layout::K16 { .. } => 16,
-            Layout::K4 { .. } | Layout::KMajor { .. } => 4,
+            Layout::K4 { .. } | Layout::KMajor { .. } | Layout::Pairs => 4,
         }
     }
 }
@@ -176,6 +180,7 @@ impl PackPatches {
     pub(crate) fn r(&self) -> usize {
         match self.layout {
             Layout::K4 { r } | Layout::KMajor { r } | Layout::K16 { r } => r,
+            Layout::Pairs => pairs::MR,
         }
     }
 
@@ -191,6 +196,17 @@ impl PackPatches {
         PackPatches {
             layout: Layout::K16 { r: c16::MR },
             panel_len: c16::panel_len(self.k),
+            align: 16,
+            ..self.clone()
+        }
+    }
+
+    /// The same patches in the pairs packing (kernels/pairs.rs), for the engine's own
+    /// tiles; `format` stays tract's, which only tract's kernel reads.
+    pub(crate) fn pairs(&self) -> PackPatches {
+        PackPatches {
+            layout: Layout::Pairs,
+            panel_len: pairs::panel_len(self.k),
             align: 16,
             ..self.clone()
         }
@@ -351,6 +367,7 @@ impl PackPatches {
             }
             Layout::K4 { r } => interleave_panel(matrix, cols, groups, m0, r, panel),
             Layout::K16 { r } => interleave16_panel(matrix, cols, groups, m0, r, panel),
+            Layout::Pairs => pairs_panel(matrix, cols, groups, m0, panel),
         }
     }
 }
@@ -649,6 +666,28 @@ fn interleave16_panel(
     }
 }
 
+/// One pairs panel (kernels/pairs.rs): for each of `groups` groups of four k rows of
+/// `matrix` (rows `cols` bytes apart), `panel[pairs::offset(m, 4 * group + i)] =
+/// matrix[4 * group + i][m0 + m]` for the panel's 16 positions.
+fn pairs_panel(matrix: &[i8], cols: usize, groups: usize, m0: usize, panel: &mut [i8]) {
+    let r = pairs::MR;
+    assert!(holds_rows(matrix, cols, 4 * groups, m0 + r) && panel.len() >= groups * 4 * r);
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: the assertion above keeps the groups' four rows' columns m0..m0 + 16 and
+        // the groups * 64 bytes written in bounds.
+        unsafe {
+            simd::pairs_groups(matrix.as_ptr().add(m0), cols, groups, panel.as_mut_ptr())
+        };
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    for kk in 0..4 * groups {
+        for m in 0..r {
+            panel[pairs::offset(m, kk)] = matrix[kk * cols + m0 + m];
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
@@ -836,6 +875,34 @@ mod simd {
                 "st4 {{v0.8b-v3.8b}}, [{out}], #32",
             ],
             out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+        );
+    }
+
+    /// A pairs panel (kernels/pairs.rs) of 16 columns of `groups` groups of four rows
+    /// `cols` bytes apart, as one loop of assembly: per group four post-indexed loads, rows
+    /// 0 and 1 and rows 2 and 3 zipped into byte pairs (eight positions per register), and
+    /// two ST2 of 64-bit lanes, which put four positions' k 0-1 before their k 2-3.
+    ///
+    /// # Safety
+    /// The `4 · groups` rows hold 16 bytes from `row`, `out` `64 · groups`.
+    #[inline(always)]
+    pub(super) unsafe fn pairs_groups(row: *const i8, cols: usize, groups: usize, out: *mut i8) {
+        groups_loop!(
+            (row, cols, groups, out),
+            [
+                "ld1 {{v0.16b}}, [{row}], {cols}",
+                "ld1 {{v1.16b}}, [{row}], {cols}",
+                "ld1 {{v2.16b}}, [{row}], {cols}",
+                "ld1 {{v3.16b}}, [{row}], {cols}",
+                "zip1 v4.16b, v0.16b, v1.16b",
+                "zip1 v5.16b, v2.16b, v3.16b",
+                "zip2 v6.16b, v0.16b, v1.16b",
+                "zip2 v7.16b, v2.16b, v3.16b",
+                "st2 {{v4.2d, v5.2d}}, [{out}], #32",
+                "st2 {{v6.2d, v7.2d}}, [{out}], #32",
+            ],
+            out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+            out("v4") _, out("v5") _, out("v6") _, out("v7") _,
         );
     }
 
@@ -1103,6 +1170,17 @@ mod tests {
                     let (g, m, i) = (at / (16 * r), at % (16 * r) / 16, at % 16);
                     assert_eq!(v, matrix[(16 * g + i) * cols + m0 + m], "K16 r={r} at {at}");
                 }
+                if r == pairs::MR {
+                    // 4 groups of four k per 16 rows; each block's 16 bytes hold four
+                    // positions, their k 0-1 interleaved then their k 2-3.
+                    let mut panel = vec![0i8; 4 * groups * 64];
+                    pairs_panel(&matrix, cols, 4 * groups, m0, &mut panel);
+                    for (at, &v) in panel.iter().enumerate() {
+                        let (g, quad, half, lane) = (at / 64, at % 64 / 16, at % 16 / 8, at % 8);
+                        let (m, k) = (4 * quad + lane / 2, 4 * g + 2 * half + lane % 2);
+                        assert_eq!(v, matrix[k * cols + m0 + m], "pairs at {at}");
+                    }
+                }
             }
         }
     }
@@ -1133,7 +1211,7 @@ mod tests {
                 align: 16,
             };
             let x: Vec<i8> = (0..c * h * w).map(|i| (i * 37 + 5) as i8).collect();
-            for packing in [base.c16(), base.k4(8), base.k4(16), base.clone()] {
+            for packing in [base.c16(), base.pairs(), base.k4(8), base.k4(16), base.clone()] {
                 for oy0 in 0..h {
                     for rows in 1..=h - oy0 {
                         let panels = (rows * w).div_ceil(packing.r());

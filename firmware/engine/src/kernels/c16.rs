@@ -58,7 +58,7 @@ impl Weights {
         starts: &[i32],
     ) -> Result<Weights, String> {
         let packed = Packed::new(rows, channels, k, starts)?;
-        if let Some((ch, at)) = overflowing_lane(rows, k) {
+        if let Some((ch, at)) = super::panels::overflowing_lane(rows, k, KC) {
             return Err(format!(
                 "channel {ch} has weights of -128 at depths {at} and {}: their two products \
                  could overflow a 16-bit lane",
@@ -117,19 +117,15 @@ impl Weights {
     }
 }
 
-/// The first channel and depth whose weight is -128 as is the weight at the other depth of
-/// its 16-bit lane (`at + 8`, in the same 16-k block), if any.
-fn overflowing_lane(rows: &[i8], k: usize) -> Option<(usize, usize)> {
-    let half = KC / 2;
-    rows.chunks_exact(k.max(1))
-        .enumerate()
-        .find_map(|(ch, row)| {
-            (0..k).find_map(|at| {
-                let pair = at + half;
-                (at % KC < half && pair < k && row[at] == i8::MIN && row[pair] == i8::MIN)
-                    .then_some((ch, at))
-            })
-        })
+/// Instructions the NEON tiles take for `channels` channels of depth `k` at `n` positions
+/// (a model of c16_neon.rs: 50 per full 16-k block of a tile, 34 for a last half block,
+/// about 33 per tile to start, fold, store and loop), for banded.rs to compare with
+/// [`super::pairs::instructions`].
+pub(crate) fn instructions(channels: usize, k: usize, n: usize) -> usize {
+    let blocks = k.div_ceil(KC);
+    let half = usize::from(blocks > 1 && (1..=KC / 2).contains(&(k % KC)));
+    let tile = 50 * (blocks - half) + 34 * half + 33;
+    channels.div_ceil(NR) * n.div_ceil(MR / 2) * tile
 }
 
 /// Bytes per patch panel of depth `k`.

@@ -20,6 +20,7 @@
 use std::arch::aarch64::*;
 
 use super::c16::{Weights, KC, MR, NR};
+use super::panels::Blocks;
 
 /// Products of positions `$a` by channels `$b` into the 16-bit lanes of temporary `$t`:
 /// the low eight pairs (SMULL), and for a full block the high eight added (SMLAL2).
@@ -111,7 +112,7 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
     let (packed, start_lanes) = weights.raw();
     let channels = weights.channels();
     let panel_len = weights.panel_len();
-    let blocks = Blocks::new(weights.k());
+    let blocks = Blocks::new(weights.k(), KC);
     let group_len = blocks.groups * NR * KC;
     let p0 = patches.as_ptr();
     for q in 0..channels.div_ceil(NR) {
@@ -144,31 +145,6 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
             let (p, c) = at(t);
             let sums = unsafe { tile(w, p, &blocks, starts, None) };
             unsafe { store(sums, c, n, rows, (n - t * TP).min(TP)) };
-        }
-    }
-}
-
-/// How a tile walks a depth's 16-k blocks: the first, then `pairs` passes of two, then
-/// one more and a half block (at most 8 k, the rest of it the packing's zeros) where
-/// `tail` says.
-struct Blocks {
-    groups: usize,
-    pairs: usize,
-    /// Bit 0: one more full block; bit 1: a half block.
-    tail: usize,
-}
-
-impl Blocks {
-    fn new(k: usize) -> Blocks {
-        let groups = k.div_ceil(KC);
-        // A depth of 16g + 8 or less ends in a block whose high halves are zeros; a depth
-        // of one block takes it whole.
-        let half = usize::from(groups > 1 && (1..=KC / 2).contains(&(k % KC)));
-        let rest = groups - 1 - half;
-        Blocks {
-            groups,
-            pairs: rest / 2,
-            tail: (rest % 2) | (half << 1),
         }
     }
 }

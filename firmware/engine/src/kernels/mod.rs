@@ -28,5 +28,8 @@ mod dwc_neon;
 #[cfg(target_arch = "x86_64")]
 mod dwc_x86;
 pub(crate) mod lut;
+pub(crate) mod pairs;
+#[cfg(target_arch = "aarch64")]
+mod pairs_neon;
 pub(crate) mod panels;
 pub(crate) mod qbinary;

@@ -120,6 +120,50 @@ impl<const NR: usize, const KC: usize, const MR: usize> Packed<NR, KC, MR> {
     }
 }
 
+/// The first channel and depth whose weight is -128 as is the weight at the other depth of
+/// its 16-bit lane, if any: the families without dot product (c16.rs, pairs.rs) sum the
+/// products at depths `at` and `at + kc / 2` of one `kc`-deep block in one lane, and two
+/// products of -128 by -128 (2 · 16384) overflow it.
+pub(crate) fn overflowing_lane(rows: &[i8], k: usize, kc: usize) -> Option<(usize, usize)> {
+    let half = kc / 2;
+    rows.chunks_exact(k.max(1))
+        .enumerate()
+        .find_map(|(ch, row)| {
+            (0..k).find_map(|at| {
+                let pair = at + half;
+                (at % kc < half && pair < k && row[at] == i8::MIN && row[pair] == i8::MIN)
+                    .then_some((ch, at))
+            })
+        })
+}
+
+/// How a NEON tile of the families without dot product walks a depth's `kc`-deep blocks:
+/// the first, then `pairs` passes of two, then one more and a half block (whose high
+/// halves, the second half of each lane, are the packing's zeros) where `tail` says.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(crate) struct Blocks {
+    pub(crate) groups: usize,
+    pub(crate) pairs: usize,
+    /// Bit 0: one more full block; bit 1: a half block.
+    pub(crate) tail: usize,
+}
+
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+impl Blocks {
+    pub(crate) fn new(k: usize, kc: usize) -> Blocks {
+        let groups = k.div_ceil(kc);
+        // A depth that ends at most half a block into its last block ends in a block whose
+        // high halves are zeros; a depth of one block takes it whole.
+        let half = usize::from(groups > 1 && (1..=kc / 2).contains(&(k % kc)));
+        let rest = groups - 1 - half;
+        Blocks {
+            groups,
+            pairs: rest / 2,
+            tail: (rest % 2) | (half << 1),
+        }
+    }
+}
+
 /// Bytes per patch panel of depth `k`.
 pub(crate) fn panel_len<const KC: usize, const MR: usize>(k: usize) -> usize {
     k.div_ceil(KC) * KC * MR

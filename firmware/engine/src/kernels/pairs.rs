@@ -1,0 +1,277 @@
+//! int8 products whose 16-bit lanes hold pairs of k: the family for the shallow layers of
+//! cores without a dot product (Cortex-A53, Cortex-A72), beside c16.rs.
+//!
+//! c16's tile multiplies 16 k of one position by 16 k of one channel and ends with a
+//! pairwise fold of its 16 accumulators, its channels' starts and four stores: about 33
+//! instructions for 16 sums, as many as two 16-k blocks of products. MobileNet-style 1x1
+//! layers are 16 to 96 deep, so that fixed cost was a seventh of their products.
+//!
+//! Here a 16-bit lane holds one position's products at two k of a block of four, and the
+//! accumulator's four 32-bit lanes are four positions of one channel: SMULL multiplies
+//! the low halves (k 0 and 1 of four positions) by the channel's two weights repeated,
+//! SMLAL2 adds the high halves' (k 2 and 3), SADALP adds the lane pairs into the
+//! positions' sums. The same 16 multiply-adds per three instructions as c16, with no
+//! fold: a tile of 4 channels by 16 positions ends with its starts added and its four
+//! channel rows stored, 21 instructions for 64 sums. The weights come in pairs through
+//! LD4R, which repeats each of four 16-bit values across a register, so they are packed
+//! as plainly as c16's. It costs one more load per block than c16 (51 instructions per
+//! 256 multiply-adds against 50) and pads positions to 16, so banded.rs picks, per layer,
+//! the family [`instructions`] counts fewer for.
+//!
+//! A 16-bit lane sums the products at depths `4g + i` and `4g + i + 2`: as in c16.rs, two
+//! products of -128 by -128 overflow it, so [`Weights::new`] refuses a layer where one
+//! channel has -128 at both depths of a lane.
+//!
+//! Packing (k padded with zeros to a multiple of [`KC`] on both sides):
+//! - weights: kernels/panels.rs with groups of [`NR`] channels and blocks of 4 k;
+//! - patches: panels of [`MR`] positions; in a panel, block `g` (k `4g..4g + 4`) is 64
+//!   bytes, four positions per 16 bytes: their k `4g` and `4g + 1` interleaved in the low
+//!   eight, `4g + 2` and `4g + 3` in the high eight ([`offset`]). im2col.rs packs a band's
+//!   patches so (`Layout::Pairs`).
+//!
+//! Sums wrap in i32 as tract's do; exact sums do not depend on their order, so the values
+//! are tract's bit for bit.
+
+use super::panels::Packed;
+
+/// k per packed block.
+pub(crate) const KC: usize = 4;
+/// Output channels per weight group.
+pub(crate) const NR: usize = 4;
+/// Output positions per patch panel (and per NEON tile).
+pub(crate) const MR: usize = 16;
+
+/// Where position `m` of a panel (`m < MR`) at depth `k` lies in it.
+pub(crate) fn offset(m: usize, k: usize) -> usize {
+    (k / KC) * KC * MR + (m / 4) * 16 + (k % KC / 2) * 8 + (m % 4) * 2 + k % 2
+}
+
+/// Bytes per patch panel of depth `k`.
+pub(crate) fn panel_len(k: usize) -> usize {
+    super::panels::panel_len::<KC, MR>(k)
+}
+
+/// Instructions the NEON tiles take for `channels` channels of depth `k` at `n` positions
+/// (a model of pairs_neon.rs: per 4-k block of a tile two LD4R, one LD1 and 16 SMULL,
+/// SMLAL2 and SADALP; per tile about 33 to start, end and loop), for banded.rs to compare
+/// with c16's [`super::c16::instructions`].
+pub(crate) fn instructions(channels: usize, k: usize, n: usize) -> usize {
+    let blocks = k.div_ceil(KC);
+    // A last block of one or two k runs no SMLAL2.
+    let half = usize::from(blocks > 1 && matches!(k % KC, 1 | 2));
+    let tile = 51 * (blocks - half) + 35 * half + 33;
+    channels.div_ceil(NR) * n.div_ceil(MR) * tile
+}
+
+/// One layer's weights in this family's packing, with the value each channel's sum starts
+/// from.
+#[derive(Debug)]
+pub(crate) struct Weights {
+    packed: Packed<NR, KC, MR>,
+}
+
+impl Weights {
+    /// From `rows` (`channels` rows of `k` weights) and each channel's starting value;
+    /// refused when two weights of -128 share a lane (see the module doc).
+    pub(crate) fn new(
+        rows: &[i8],
+        channels: usize,
+        k: usize,
+        starts: &[i32],
+    ) -> Result<Weights, String> {
+        let packed = Packed::new(rows, channels, k, starts)?;
+        if let Some((ch, at)) = super::panels::overflowing_lane(rows, k, KC) {
+            return Err(format!(
+                "channel {ch} has weights of -128 at depths {at} and {}: their two products \
+                 could overflow a 16-bit lane",
+                at + KC / 2
+            ));
+        }
+        Ok(Weights { packed })
+    }
+
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn channels(&self) -> usize {
+        self.packed.channels()
+    }
+
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn k(&self) -> usize {
+        self.packed.k()
+    }
+
+    /// Bytes per patch panel for this depth.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn panel_len(&self) -> usize {
+        self.packed.panel_len()
+    }
+
+    /// `c[ch · n + pos] = start[ch] + Σ_k w[ch][k] · p[pos][k]` for the `n` positions of
+    /// `patches` (`n.div_ceil(MR)` panels in this family's packing).
+    pub(crate) fn run(&self, patches: &[i8], n: usize, c: &mut [i32]) -> Result<(), String> {
+        self.packed.check(patches, n, c)?;
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of aarch64; `check` holds the lengths the kernel reads and
+        // writes.
+        unsafe {
+            super::pairs_neon::run(self, patches, n, c)
+        };
+        #[cfg(not(target_arch = "aarch64"))]
+        self.run_scalar(patches, n, c);
+        Ok(())
+    }
+
+    /// The scalar reference: what every ISA's kernel must compute.
+    #[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))]
+    pub(crate) fn run_scalar(&self, patches: &[i8], n: usize, c: &mut [i32]) {
+        let (packed, starts) = self.packed.raw();
+        let (k, groups) = (self.packed.k(), self.packed.k().div_ceil(KC));
+        let panel_len = self.panel_len();
+        for ch in 0..self.channels() {
+            let (q, j) = (ch / NR, ch % NR);
+            for pos in 0..n {
+                let panel = &patches[(pos / MR) * panel_len..][..panel_len];
+                let mut sum = starts[ch];
+                for kk in 0..k {
+                    let w = packed[((q * groups + kk / KC) * NR + j) * KC + kk % KC];
+                    let x = panel[offset(pos % MR, kk)];
+                    sum = sum.wrapping_add(i32::from(w) * i32::from(x));
+                }
+                c[ch * n + pos] = sum;
+            }
+        }
+    }
+
+    /// The packed weights and each channel's start, padded to whole groups, for the ISA
+    /// kernels.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
+        self.packed.raw()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::panels::tests::{naive, starts, values};
+
+    /// `matrix` (k rows of n positions) in this family's panels, written from the module
+    /// doc's words rather than from [`offset`].
+    fn pack(matrix: &[i8], k: usize, n: usize) -> Vec<i8> {
+        let len = panel_len(k);
+        let mut out = vec![0i8; n.div_ceil(MR) * len];
+        for panel in 0..n.div_ceil(MR) {
+            for g in 0..k.div_ceil(KC) {
+                let block = &mut out[panel * len + g * 64..][..64];
+                for (quad, bytes) in block.chunks_exact_mut(16).enumerate() {
+                    for (half, eight) in bytes.chunks_exact_mut(8).enumerate() {
+                        for (i, v) in eight.iter_mut().enumerate() {
+                            let pos = panel * MR + quad * 4 + i / 2;
+                            let kk = 4 * g + 2 * half + i % 2;
+                            if pos < n && kk < k {
+                                *v = matrix[kk * n + pos];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check(m: usize, k: usize, n: usize, w: &[i8], x: &[i8]) {
+        let starts = starts(m);
+        let weights = Weights::new(w, m, k, &starts).unwrap();
+        let patches = pack(x, k, n);
+        let want = naive(w, x, &starts, (m, k, n));
+        let mut got = vec![i32::MIN; m * n];
+        weights.run(&patches, n, &mut got).unwrap();
+        assert_eq!(got, want, "kernel, {m} channels x {k} deep x {n} positions");
+        let mut scalar = vec![i32::MIN; m * n];
+        weights.run_scalar(&patches, n, &mut scalar);
+        assert_eq!(scalar, want, "scalar, {m} x {k} x {n}");
+    }
+
+    #[test]
+    fn offsets_follow_the_packing() {
+        let (k, n) = (9, 16);
+        let matrix: Vec<i8> = (0..k * n).map(|i| (i % 127) as i8).collect();
+        let packed = pack(&matrix, k, n);
+        for kk in 0..k {
+            for m in 0..n {
+                assert_eq!(packed[offset(m, kk)], matrix[kk * n + m], "m {m}, k {kk}");
+            }
+        }
+    }
+
+    /// Every combination of channel counts off the group size, depths off the block size
+    /// (odd, 4g + 1 and 4g + 2, whose last block runs its low halves only) and position
+    /// counts off the tile's 16: the kernel this CPU runs and the scalar reference give
+    /// the naive sums.
+    #[test]
+    fn matches_the_naive_sums_over_odd_shapes() {
+        let mut seed = 11;
+        for m in [1, 3, 4, 5, 8, 17, 64] {
+            for k in [1, 2, 3, 4, 5, 6, 8, 9, 16, 17, 18, 24, 27, 40, 144, 425] {
+                for n in [1, 3, 4, 5, 15, 16, 17, 33, 49, 64] {
+                    seed += 1;
+                    let w = values(m * k, seed, -127);
+                    let x = values(k * n, seed * 31, -128);
+                    check(m, k, n, &w, &x);
+                }
+            }
+        }
+    }
+
+    /// The extremes of both operands: every product at ±16256 and pairs at ±32512, the
+    /// limits of the 16-bit lanes, and depths whose sums pass i32 (they wrap, as tract's).
+    #[test]
+    fn holds_at_the_extremes_of_the_16_bit_lanes() {
+        for (w, x) in [(-127i8, -128i8), (127, -128), (-127, 127), (127, 127)] {
+            for (m, k, n) in [(5, 33, 17), (4, 4608, 16)] {
+                check(m, k, n, &vec![w; m * k], &vec![x; k * n]);
+            }
+        }
+        let k = (1 << 31) / 16256 + 100;
+        check(1, k, 1, &vec![-127; k], &vec![-128; k]);
+    }
+
+    /// Weights of -128 wherever the other depth of their lane is not -128, against
+    /// patches of -128: each lane holds 16384 plus a product of the other extreme.
+    #[test]
+    fn holds_with_weights_of_minus_128_beside_other_weights() {
+        for (m, k, n) in [(5, 33, 9), (4, 48, 16), (3, 425, 17)] {
+            for other in [-127i8, 127, 0] {
+                let w: Vec<i8> = (0..m * k)
+                    .map(|i| if i % k % KC < KC / 2 { i8::MIN } else { other })
+                    .collect();
+                for x in [-128i8, 127] {
+                    check(m, k, n, &w, &vec![x; k * n]);
+                }
+                let w: Vec<i8> = w
+                    .iter()
+                    .map(|&v| if v == i8::MIN { other } else { i8::MIN })
+                    .collect();
+                check(m, k, n, &w, &values(k * n, (m * k) as u32, -128));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_weights_of_minus_128_at_both_depths_of_a_lane() {
+        let mut w = vec![1i8; 3 * 10];
+        // Channel 2, depths 5 and 7: one lane of the second block.
+        w[20 + 5] = i8::MIN;
+        w[20 + 7] = i8::MIN;
+        let err = Weights::new(&w, 3, 10, &[0; 3]).unwrap_err();
+        assert!(err.contains("channel 2") && err.contains("5 and 7"), "{err}");
+        // Depths 6 and 8 are in different blocks, 5 and 6 in different lanes; depth 9's
+        // lane partner lies past k.
+        for pair in [[6, 8], [5, 6], [9, 3]] {
+            let mut w = vec![1i8; 3 * 10];
+            w[20 + pair[0]] = i8::MIN;
+            w[20 + pair[1]] = i8::MIN;
+            assert!(Weights::new(&w, 3, 10, &[0; 3]).is_ok(), "{pair:?}");
+        }
+    }
+}
