@@ -446,17 +446,30 @@ impl Shifts {
                     dst[..lead].fill(pad);
                     dst[plane - trail..].fill(pad);
                     let rows = &mut dst[lead..lead + band_rows * w];
-                    // Padded row j is input row oy0 + j - top.
-                    for (j, row) in rows.chunks_exact_mut(w).enumerate() {
-                        match (oy0 + j).checked_sub(g.pad[0]).filter(|&iy| iy < h) {
-                            Some(iy) => row.copy_from_slice(&src[iy * w..(iy + 1) * w]),
-                            None => row.fill(pad),
+                    // Padded row j is input row oy0 + j - top: the image's rows are one run.
+                    let first = g.pad[0].saturating_sub(oy0).min(band_rows);
+                    let last = (h + g.pad[0]).saturating_sub(oy0).clamp(first, band_rows);
+                    rows[..first * w].fill(pad);
+                    rows[last * w..].fill(pad);
+                    if first < last {
+                        let iy = oy0 + first - g.pad[0];
+                        let len = (last - first) * w;
+                        rows[first * w..last * w].copy_from_slice(&src[iy * w..iy * w + len]);
+                    }
+                    let edge = x0.unsigned_abs().min(w);
+                    match (x0.signum(), edge) {
+                        (0, _) => {}
+                        (-1, 1) => rows.iter_mut().skip(w - 1).step_by(w).for_each(|v| *v = pad),
+                        (1, 1) => rows.iter_mut().step_by(w).for_each(|v| *v = pad),
+                        (-1, _) => {
+                            for row in rows.chunks_exact_mut(w) {
+                                row[w - edge..].fill(pad);
+                            }
                         }
-                        let edge = x0.unsigned_abs().min(w);
-                        if x0 < 0 {
-                            pad_edge(&mut row[w - edge..], pad);
-                        } else {
-                            pad_edge(&mut row[..edge], pad);
+                        _ => {
+                            for row in rows.chunks_exact_mut(w) {
+                                row[..edge].fill(pad);
+                            }
                         }
                     }
                 }
