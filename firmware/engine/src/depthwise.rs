@@ -62,6 +62,9 @@ pub(crate) struct DepthwiseInt8 {
     weights: Vec<i16>,
     /// Whether the weights had a zero point (their term is folded into them).
     zero_point: bool,
+    /// Per channel, its taps in the order the planes kernels sum them (`dw::schedule`:
+    /// groups whose products share 16-bit lanes on NEON).
+    order: Vec<u32>,
     /// Per channel: every constant the plan adds to the accumulators (wrapping).
     offsets: Vec<i32>,
     /// The value of padded input positions (the zero point, shifted to i8).
@@ -347,19 +350,38 @@ impl DepthwiseInt8 {
         let mut plane = vec![self.pad; layout.len];
         let mut acc = vec![0i32; n];
         let shape = (n / g.out_width, g.out_width);
+        // A channel's taps in its order, when the dot kernel does not take it.
+        let (mut at, mut weights) = (Vec::new(), Vec::new());
         for (i, out) in out.chunks_exact_mut(n).enumerate() {
             let c = first + i;
             layout.fill(g, &job.xs[c * h * w..(c + 1) * h * w], &mut plane);
-            let taps = dw::Taps {
-                offsets: &layout.offsets,
-                weights: &self.weights[c * per_channel..(c + 1) * per_channel],
-                pitch: layout.pitch,
-                dot: job.dot.and_then(|d| {
-                    Some(dw::DotTaps {
-                        groups: &d.groups,
-                        packed: d.packed.get(c)?.as_deref()?,
-                    })
-                }),
+            let own = c * per_channel..(c + 1) * per_channel;
+            let dot = job.dot.and_then(|d| {
+                Some(dw::DotTaps {
+                    groups: &d.groups,
+                    packed: d.packed.get(c)?.as_deref()?,
+                })
+            });
+            let taps = match dot {
+                Some(_) => dw::Taps {
+                    offsets: &layout.offsets,
+                    weights: &self.weights[own],
+                    pitch: layout.pitch,
+                    dot,
+                },
+                None => {
+                    let (order, ws) = (&self.order[own.clone()], &self.weights[own]);
+                    at.clear();
+                    at.extend(order.iter().map(|&t| layout.offsets[t as usize]));
+                    weights.clear();
+                    weights.extend(order.iter().map(|&t| ws[t as usize]));
+                    dw::Taps {
+                        offsets: &at,
+                        weights: &weights,
+                        pitch: layout.pitch,
+                        dot: None,
+                    }
+                }
             };
             dw::run(&plane, &taps, self.offsets[c], shape, &mut acc)
                 .map_err(|e| format_err!("DepthwiseInt8: channel {c} of a {h}x{w} input: {e}"))?;
@@ -678,10 +700,16 @@ fn run_at(
     if channels_last.is_some() {
         dot = None;
     }
+    let order = weights
+        .chunks_exact(taps)
+        .flat_map(dw::schedule)
+        .map(|t| t as u32)
+        .collect();
     let op = DepthwiseInt8 {
         pool_spec: spec.clone(),
         dot,
         channels_last,
+        order,
         weights,
         zero_point: has_zero_point,
         offsets,

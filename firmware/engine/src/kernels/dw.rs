@@ -263,6 +263,72 @@ impl DotGroups {
     }
 }
 
+/// The largest sum of weight magnitudes whose products with i8 inputs share a 16-bit
+/// lane without overflow: 128 · 255 = 32640 ≤ 32767.
+pub(crate) const LANE_BUDGET: u32 = 255;
+
+/// The group sizes the NEON planes kernel is compiled for with `taps` taps, largest first
+/// (each a different number of groups: 9 taps in groups of 4 are three groups, as in
+/// groups of 3).
+pub(crate) fn group_sizes(taps: usize) -> &'static [usize] {
+    match taps {
+        9 => &[9, 5, 3, 2, 1],
+        25 => &[25, 13, 9, 7, 5, 4, 3, 2, 1],
+        _ => &[2, 1],
+    }
+}
+
+/// The largest of `group_sizes` whose groups (consecutive runs of that many taps of
+/// `weights`, the last one shorter) each sum their products in 16-bit lanes without
+/// overflow (`Σ |w| ≤ LANE_BUDGET`); 0 when a weight is outside i8.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+pub(crate) fn group_size(weights: &[i16]) -> usize {
+    if weights.iter().any(|w| !(-128..=127).contains(w)) {
+        return 0;
+    }
+    let fits = |g: usize| {
+        weights
+            .chunks(g)
+            .all(|c| c.iter().map(|w| u32::from(w.unsigned_abs())).sum::<u32>() <= LANE_BUDGET)
+    };
+    group_sizes(weights.len())
+        .iter()
+        .copied()
+        .find(|&g| fits(g))
+        .unwrap_or(1)
+}
+
+/// An order of one channel's taps (indices into `weights`) whose [`group_size`] is as
+/// large as this finds: for each group size, largest first, the taps by decreasing
+/// magnitude each go to the group with room whose magnitudes sum least (the groups hold
+/// that size, the last the rest); the first size whose groups all fit the lane budget
+/// gives the order, group after group.
+pub(crate) fn schedule(weights: &[i16]) -> Vec<usize> {
+    let taps = weights.len();
+    let magnitude = |t: usize| u32::from(weights[t].unsigned_abs());
+    let mut by_size: Vec<usize> = (0..taps).collect();
+    by_size.sort_by_key(|&t| std::cmp::Reverse(magnitude(t)));
+    for &g in group_sizes(taps) {
+        let count = taps.div_ceil(g);
+        let room = |i: usize| if i + 1 < count { g } else { taps - g * (count - 1) };
+        let mut groups: Vec<(u32, Vec<usize>)> = vec![(0, Vec::with_capacity(g)); count];
+        for &t in &by_size {
+            let Some(best) = (0..count)
+                .filter(|&i| groups[i].1.len() < room(i))
+                .min_by_key(|&i| groups[i].0)
+            else {
+                break;
+            };
+            groups[best].0 += magnitude(t);
+            groups[best].1.push(t);
+        }
+        if groups.iter().all(|(sum, _)| *sum <= LANE_BUDGET) {
+            return groups.into_iter().flat_map(|(_, taps)| taps).collect();
+        }
+    }
+    (0..taps).collect()
+}
+
 /// The length `src` must have for `rows × cols` sums of `taps` (with [`READ_SLACK`]).
 pub(crate) fn needed(taps: &Taps, rows: usize, cols: usize) -> usize {
     let last = taps.offsets.iter().max().copied().unwrap_or(0);
@@ -571,6 +637,90 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Weights whose magnitudes leave room for groups of more than two taps (real
+    /// kernels: one large weight beside small ones), in the order `schedule` gives: every
+    /// group size the NEON kernel is compiled for, up to all 25 taps in one 16-bit group,
+    /// and groups at exactly the lane budget against inputs of -128 and 127 (±32640 in a
+    /// lane), give the naive sums.
+    #[test]
+    fn grouped_taps_match_the_naive_sums() {
+        let mut seed = 5;
+        for ntaps in [9, 25, 49, 4] {
+            for spread in [3, 10, 28, 60, 127] {
+                seed += 1;
+                let (rows, cols) = (3, 37);
+                let pitch = cols + 8;
+                let offsets: Vec<usize> = (0..ntaps).map(|t| (t * 5) % (2 * pitch)).collect();
+                let weights: Vec<i16> = values(ntaps, seed)
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &w)| if t == 1 { 127 } else { i16::from(w) * spread / 128 })
+                    .collect();
+                let order = schedule(&weights);
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..ntaps).collect::<Vec<_>>(), "a permutation");
+                let offsets: Vec<usize> = order.iter().map(|&t| offsets[t]).collect();
+                let weights: Vec<i16> = order.iter().map(|&t| weights[t]).collect();
+                assert!(group_size(&weights) >= 1);
+                let taps = Taps {
+                    offsets: &offsets,
+                    weights: &weights,
+                    pitch,
+                    dot: None,
+                };
+                let len = needed(&taps, rows, cols);
+                for src in [values(len, seed * 7), vec![-128; len], vec![127; len]] {
+                    check_shape(&src, &taps, -(seed as i32) * 999_983, (rows, cols));
+                }
+            }
+        }
+        // At the budget: 255 in magnitude per group of every size, with -128 weights.
+        for (weights, group) in [
+            (vec![127i16, -128, 0, 0, 0, 0, 0, 0, 0], 9),
+            (vec![-128, 127, 1, -1, 0, 0, 0, 0, 0], 2),
+            (vec![-128, -127, -128, 127, -128, 127, -128, -127, 7], 2),
+            (vec![-128, -128, -128, -128, -128, -128, -128, -128, -128], 1),
+        ] {
+            assert_eq!(group_size(&weights), group, "{weights:?}");
+            let offsets: Vec<usize> = (0..9).collect();
+            let taps = Taps {
+                offsets: &offsets,
+                weights: &weights,
+                pitch: 20,
+                dot: None,
+            };
+            let len = needed(&taps, 2, 17);
+            for x in [-128i8, 127] {
+                check_shape(&vec![x; len], &taps, 3, (2, 17));
+            }
+        }
+    }
+
+    /// `schedule` finds the one group of 9 a typical 3x3 kernel allows, and groups a
+    /// kernel whose magnitudes sum past the budget so that each group fits it.
+    #[test]
+    fn schedules_fill_the_lane_budget() {
+        let typical = [12i16, -30, 8, -41, 127, -25, 3, 6, -2];
+        assert_eq!(group_size(&typical), 9);
+        let heavy = [100i16, -90, 80, -70, 127, 60, -50, 40, -30];
+        assert_eq!(group_size(&heavy), 2, "647 in magnitude, 270 in its first three");
+        let order = schedule(&heavy);
+        let scheduled: Vec<i16> = order.iter().map(|&t| heavy[t]).collect();
+        // 647 fits three groups but not two of five and four (327 at least in one).
+        assert_eq!(group_size(&scheduled), 3);
+        for chunk in scheduled.chunks(3) {
+            let sum: u32 = chunk.iter().map(|w| u32::from(w.unsigned_abs())).sum();
+            assert!(sum <= LANE_BUDGET, "{scheduled:?}");
+        }
+        // Pairs where the order given has two large weights together.
+        let together = [127i16, 127, 2, 2, 2, 2, 2, 2, 2];
+        assert_eq!(group_size(&together), 2);
+        let order = schedule(&together);
+        let scheduled: Vec<i16> = order.iter().map(|&t| together[t]).collect();
+        assert_eq!(group_size(&scheduled), 5, "{scheduled:?}");
     }
 
     /// The tap offsets depthwise.rs lays out for a `k`x`k` kernel of `stride` and

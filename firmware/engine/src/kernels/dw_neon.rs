@@ -2,18 +2,23 @@
 //! sums in four registers across every tap.
 //!
 //! Two ways to multiply a tap's 16 input bytes by its weight:
-//! - **Paired taps** (every weight in [-127, 127], as onnxruntime's symmetric s8 weights
-//!   are): two taps' products go into the same 16-bit lanes (SMULL, SMULL2, then SMLAL,
-//!   SMLAL2 of the second tap: two products of at most 128 · 127 = 16256 fit in i16), and
-//!   the pair is added into the four 32-bit accumulators (SADDW, SADDW2): 32 multiply-adds
-//!   in 10 instructions with the two loads.
-//! - **Widened taps** (any other weight: -128, whose products with -128 reach 16384 and
-//!   would overflow a pair, or a u8 weight less its zero point, up to ±255): the 16 bytes
-//!   are widened to 16 bits (SXTL, SXTL2) and multiplied by the 16-bit weight by element
-//!   into the accumulators (SMLAL, SMLAL2): 16 in 7 instructions.
+//! - **Grouped taps** (i8 weights): a group of taps' products go into the same 16-bit
+//!   lanes (SMULL, SMULL2 of the first tap, then SMLAL, SMLAL2 of the others), and the
+//!   group is added into the four 32-bit accumulators (SADDW, SADDW2). A lane holds the
+//!   group's sum exactly when the magnitudes of its weights sum to at most
+//!   [`LANE_BUDGET`](super::dw::LANE_BUDGET) (128 · 255 fits i16): two taps always do
+//!   unless both weigh -128, and real kernels do more, one large weight beside smaller
+//!   ones (`dw::schedule` orders a channel's taps at load so that they do). Per tap a
+//!   load and two multiplies, per group four adds: 9 taps in groups of 3 take 39
+//!   instructions per 16 positions, against 47 in pairs.
+//! - **Widened taps** (a u8 weight less its zero point, up to ±255): the 16 bytes are
+//!   widened to 16 bits (SXTL, SXTL2) and multiplied by the 16-bit weight by element into
+//!   the accumulators (SMLAL, SMLAL2): 16 in 7 instructions.
 //!
-//! The common kernels (3x3, 5x5, 7x7) are compiled with their tap count fixed, so that the
-//! taps' offsets and weights stay in registers over a whole channel. A row's last block,
+//! The common kernels (3x3, 5x5, 7x7) are compiled with their tap count and group size
+//! fixed, so that the taps' offsets and weights stay in registers over a whole channel and
+//! the groups unroll; each channel takes the largest group size its weights allow
+//! (`dw::group_size`). A row's last block,
 //! when shorter than 16 positions, is computed whole (its reads are within `READ_SLACK`)
 //! and stored whole: its extra sums land on the next row's first positions, which are
 //! stored again after it. Only at the end of the channel are the valid sums copied out of a
@@ -32,39 +37,46 @@ pub(super) unsafe fn run(
     shape: (usize, usize),
     out: &mut [i32],
 ) {
-    // A reduction without early exit, which the compiler vectorizes: this runs per channel.
-    let widest = taps.weights.iter().map(|w| w.unsigned_abs()).max();
-    let paired = widest.is_some_and(|w| w <= 127);
-    // SAFETY (each arm): the caller's contract, passed on; `paired` says every weight is in
-    // [-127, 127].
-    unsafe {
-        match (taps.offsets.len(), paired) {
-            (9, true) => fixed::<9, true>(src, taps, start, shape, out),
-            (25, true) => fixed::<25, true>(src, taps, start, shape, out),
-            (49, true) => fixed::<49, true>(src, taps, start, shape, out),
-            (9, false) => fixed::<9, false>(src, taps, start, shape, out),
-            (25, false) => fixed::<25, false>(src, taps, start, shape, out),
-            (49, false) => fixed::<49, false>(src, taps, start, shape, out),
-            (_, true) => {
-                let splats: Vec<int8x16_t> = taps.weights.iter().map(|&w| splat(w as i8)).collect();
-                rows(src, taps.pitch, start, shape, out, |at, start| {
-                    paired_block(at, taps.offsets, &splats, start)
-                })
+    // Per channel, from its own weights: which grouping the lanes hold.
+    let group = super::dw::group_size(taps.weights);
+    /// The kernel compiled for `T` taps in groups of `G` (0: widened), for the listed sizes.
+    macro_rules! dispatch {
+        ($($t:literal: [$($g:literal),+]),+) => {
+            match (taps.offsets.len(), group) {
+                $($(($t, $g) => fixed::<$t, $g>(src, taps, start, shape, out),)+)+
+                (_, 0) => rows(src, taps.pitch, start, shape, out, |at, start| {
+                    widened_block(at, taps.offsets, taps.weights, start)
+                }),
+                (_, group) => {
+                    let splats: Vec<int8x16_t> =
+                        taps.weights.iter().map(|&w| splat(w as i8)).collect();
+                    rows(src, taps.pitch, start, shape, out, |at, start| {
+                        grouped_block(at, taps.offsets, &splats, group, start)
+                    })
+                }
             }
-            (_, false) => rows(src, taps.pitch, start, shape, out, |at, start| {
-                widened_block(at, taps.offsets, taps.weights, start)
-            }),
-        }
+        };
+    }
+    // SAFETY (each arm): the caller's contract, passed on; `group_size` holds every weight
+    // in i8 and every group's products within its 16-bit lanes for a group size above 0.
+    unsafe {
+        dispatch!(
+            9: [9, 5, 3, 2, 1, 0],
+            25: [25, 13, 9, 7, 5, 4, 3, 2, 1, 0],
+            49: [2, 1, 0]
+        )
     }
 }
 
-/// `run` with the tap count known at compile time, so that the taps' offsets and weights
-/// stay in registers (those that fit) over the whole channel.
+/// `run` with the tap count and group size known at compile time, so that the taps'
+/// offsets and weights stay in registers (those that fit) over the whole channel and the
+/// groups are unrolled.
 ///
 /// # Safety
-/// As `run`; with `PAIRED`, every weight is in [-127, 127].
+/// As `run`; with `G` above 0, every weight is in i8 and each run of `G` taps (the last
+/// shorter) has `Σ |w| ≤ LANE_BUDGET`.
 #[inline(never)]
-unsafe fn fixed<const T: usize, const PAIRED: bool>(
+unsafe fn fixed<const T: usize, const G: usize>(
     src: &[i8],
     taps: &Taps,
     start: i32,
@@ -77,10 +89,10 @@ unsafe fn fixed<const T: usize, const PAIRED: bool>(
     weights.copy_from_slice(taps.weights);
     // SAFETY: the caller's contract.
     unsafe {
-        if PAIRED {
+        if G > 0 {
             let splats: [int8x16_t; T] = std::array::from_fn(|t| splat(weights[t] as i8));
             rows(src, taps.pitch, start, shape, out, |at, start| {
-                paired_block(at, &offsets, &splats, start)
+                grouped_block(at, &offsets, &splats, G, start)
             })
         } else {
             rows(src, taps.pitch, start, shape, out, |at, start| {
@@ -153,32 +165,56 @@ fn splat(w: i8) -> int8x16_t {
     }
 }
 
-/// The sums of the 16 positions from `at`, taps two at a time in 16-bit lanes; `splats`
-/// holds each tap's weight in every lane, none -128.
+/// The sums of the 16 positions from `at`, taps `group` at a time in 16-bit lanes (SMULL
+/// and SMULL2 of a group's first tap, SMLAL and SMLAL2 of the others), each group then
+/// added into the four 32-bit accumulators; `splats` holds each tap's weight in every lane.
+///
+/// # Safety
+/// The caller's bounds; each run of `group` taps' products fits its 16-bit lanes.
 #[inline(always)]
-unsafe fn paired_block(
+unsafe fn grouped_block(
     at: *const i8,
     offsets: &[usize],
     splats: &[int8x16_t],
+    group: usize,
     start: int32x4_t,
 ) -> [int32x4_t; 4] {
     let mut acc = [start; 4];
-    let pairs = offsets.len() / 2;
-    for p in 0..pairs {
-        let (t, u) = (2 * p, 2 * p + 1);
-        // SAFETY: the caller's bounds.
-        let (x, y) = unsafe { (vld1q_s8(at.add(offsets[t])), vld1q_s8(at.add(offsets[u]))) };
-        let (lo, hi) = products(x, splats[t], Some((y, splats[u])));
-        add_widened(&mut acc, lo, hi);
-    }
-    if offsets.len() % 2 == 1 {
-        let t = offsets.len() - 1;
+    let mut t = 0;
+    while t < offsets.len() {
+        let end = (t + group).min(offsets.len());
         // SAFETY: the caller's bounds.
         let x = unsafe { vld1q_s8(at.add(offsets[t])) };
-        let (lo, hi) = products(x, splats[t], None);
+        // SAFETY: register-only NEON multiplies.
+        let mut lo = unsafe { vmull_s8(vget_low_s8(x), vget_low_s8(splats[t])) };
+        let mut hi = high_products(x, splats[t], None);
+        for u in t + 1..end {
+            // SAFETY: as above.
+            let y = unsafe { vld1q_s8(at.add(offsets[u])) };
+            lo = unsafe { vmlal_s8(lo, vget_low_s8(y), vget_low_s8(splats[u])) };
+            hi = high_accumulate(hi, y, splats[u]);
+        }
         add_widened(&mut acc, lo, hi);
+        t = end;
     }
     acc
+}
+
+/// `p + y · wy` over the upper 8 lanes, in 16 bits (SMLAL2), as [`high_products`] writes
+/// it.
+#[inline(always)]
+fn high_accumulate(mut p: int16x8_t, y: int8x16_t, wy: int8x16_t) -> int16x8_t {
+    // SAFETY: a register-only NEON multiply-add.
+    unsafe {
+        std::arch::asm!(
+            "smlal2 {p:v}.8h, {y:v}.16b, {wy:v}.16b",
+            p = inout(vreg) p,
+            y = in(vreg) y,
+            wy = in(vreg) wy,
+            options(pure, nomem, nostack, preserves_flags)
+        )
+    };
+    p
 }
 
 /// `x · wx (+ y · wy)` in 16 bits, lanes 0-7 and 8-15: exact for one tap, and for two
