@@ -16,10 +16,10 @@
 
 use std::sync::Arc;
 
+use crate::kernels::pairs;
 use tract_linalg::mmm::{
     EagerPackedInput, MMMInputFormat, MMMInputValue, PackedExoticFact, PackedMatrixStorage,
 };
-use crate::kernels::pairs;
 use tract_linalg::pack::{PackedFormat, PackedI8K4};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -459,7 +459,11 @@ impl Shifts {
                     let edge = x0.unsigned_abs().min(w);
                     match (x0.signum(), edge) {
                         (0, _) => {}
-                        (-1, 1) => rows.iter_mut().skip(w - 1).step_by(w).for_each(|v| *v = pad),
+                        (-1, 1) => rows
+                            .iter_mut()
+                            .skip(w - 1)
+                            .step_by(w)
+                            .for_each(|v| *v = pad),
                         (1, 1) => rows.iter_mut().step_by(w).for_each(|v| *v = pad),
                         (-1, _) => {
                             for row in rows.chunks_exact_mut(w) {
@@ -797,9 +801,7 @@ fn pairs_panel(matrix: &[i8], cols: usize, groups: usize, m0: usize, panel: &mut
     {
         // SAFETY: the assertion above keeps the groups' four rows' columns m0..m0 + 16 and
         // the groups * 64 bytes written in bounds.
-        unsafe {
-            simd::pairs_groups(matrix.as_ptr().add(m0), cols, groups, panel.as_mut_ptr())
-        };
+        unsafe { simd::pairs_groups(matrix.as_ptr().add(m0), cols, groups, panel.as_mut_ptr()) };
     }
     #[cfg(not(target_arch = "aarch64"))]
     for kk in 0..4 * groups {
@@ -1343,7 +1345,13 @@ mod tests {
                 align: 16,
             };
             let x: Vec<i8> = (0..c * h * w).map(|i| (i * 37 + 5) as i8).collect();
-            for packing in [base.c16(), base.pairs(), base.k4(8), base.k4(16), base.clone()] {
+            for packing in [
+                base.c16(),
+                base.pairs(),
+                base.k4(8),
+                base.k4(16),
+                base.clone(),
+            ] {
                 for oy0 in 0..h {
                     for rows in 1..=h - oy0 {
                         let panels = (rows * w).div_ceil(packing.r());

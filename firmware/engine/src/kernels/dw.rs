@@ -310,7 +310,13 @@ pub(crate) fn schedule(weights: &[i16]) -> Vec<usize> {
     by_size.sort_by_key(|&t| std::cmp::Reverse(magnitude(t)));
     for &g in group_sizes(taps) {
         let count = taps.div_ceil(g);
-        let room = |i: usize| if i + 1 < count { g } else { taps - g * (count - 1) };
+        let room = |i: usize| {
+            if i + 1 < count {
+                g
+            } else {
+                taps - g * (count - 1)
+            }
+        };
         let mut groups: Vec<(u32, Vec<usize>)> = vec![(0, Vec::with_capacity(g)); count];
         for &t in &by_size {
             let Some(best) = (0..count)
@@ -656,7 +662,13 @@ mod tests {
                 let weights: Vec<i16> = values(ntaps, seed)
                     .iter()
                     .enumerate()
-                    .map(|(t, &w)| if t == 1 { 127 } else { i16::from(w) * spread / 128 })
+                    .map(|(t, &w)| {
+                        if t == 1 {
+                            127
+                        } else {
+                            i16::from(w) * spread / 128
+                        }
+                    })
                     .collect();
                 let order = schedule(&weights);
                 let mut sorted = order.clone();
@@ -682,7 +694,10 @@ mod tests {
             (vec![127i16, -128, 0, 0, 0, 0, 0, 0, 0], 9),
             (vec![-128, 127, 1, -1, 0, 0, 0, 0, 0], 2),
             (vec![-128, -127, -128, 127, -128, 127, -128, -127, 7], 2),
-            (vec![-128, -128, -128, -128, -128, -128, -128, -128, -128], 1),
+            (
+                vec![-128, -128, -128, -128, -128, -128, -128, -128, -128],
+                1,
+            ),
         ] {
             assert_eq!(group_size(&weights), group, "{weights:?}");
             let offsets: Vec<usize> = (0..9).collect();
@@ -706,7 +721,11 @@ mod tests {
         let typical = [12i16, -30, 8, -41, 127, -25, 3, 6, -2];
         assert_eq!(group_size(&typical), 9);
         let heavy = [100i16, -90, 80, -70, 127, 60, -50, 40, -30];
-        assert_eq!(group_size(&heavy), 2, "647 in magnitude, 270 in its first three");
+        assert_eq!(
+            group_size(&heavy),
+            2,
+            "647 in magnitude, 270 in its first three"
+        );
         let order = schedule(&heavy);
         let scheduled: Vec<i16> = order.iter().map(|&t| heavy[t]).collect();
         // 647 fits three groups but not two of five and four (327 at least in one).

@@ -264,7 +264,10 @@ mod tests {
         w[20 + 5] = i8::MIN;
         w[20 + 7] = i8::MIN;
         let err = Weights::new(&w, 3, 10, &[0; 3]).unwrap_err();
-        assert!(err.contains("channel 2") && err.contains("5 and 7"), "{err}");
+        assert!(
+            err.contains("channel 2") && err.contains("5 and 7"),
+            "{err}"
+        );
         // Depths 6 and 8 are in different blocks, 5 and 6 in different lanes; depth 9's
         // lane partner lies past k.
         for pair in [[6, 8], [5, 6], [9, 3]] {

@@ -101,7 +101,9 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
             let mut sums = [0i32; NR * MR];
             unsafe { tile(w, p, &blocks, starts, sums.as_mut_ptr(), MR) };
             for (j, row) in sums.chunks_exact(MR).take(rows).enumerate() {
-                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(j * n + t * MR), cols) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(j * n + t * MR), cols)
+                };
             }
         }
     }
@@ -115,7 +117,14 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
 /// `blocks.groups` blocks on both sides; four values at `starts`; four rows of 16 sums at
 /// `c`.
 #[inline(always)]
-unsafe fn tile(w: *const i8, p: *const i8, blocks: &Blocks, starts: *const i32, c: *mut i32, n: usize) {
+unsafe fn tile(
+    w: *const i8,
+    p: *const i8,
+    blocks: &Blocks,
+    starts: *const i32,
+    c: *mut i32,
+    n: usize,
+) {
     // SAFETY: the caller's contract. The assembly reads 64 bytes of patches and 16 of
     // weights per block and the four starts, and writes the four rows.
     unsafe {
