@@ -350,8 +350,7 @@ impl PackPatches {
             let matrix = &mut scratch[..self.k * r];
             for (kk, row) in matrix.chunks_exact_mut(r).enumerate() {
                 let from = kk * hw + whole * r;
-                row[..rest].copy_from_slice(&band[from..from + rest]);
-                row[rest..].fill(0);
+                head_of(&band[from..], rest, row);
             }
             let panel = &mut out[whole * self.panel_len..(whole + 1) * self.panel_len];
             self.panel(matrix, r, 0, panel);
@@ -707,6 +706,35 @@ fn pad_edge(out: &mut [i8], pad: i8) {
         [a, b] => (*a, *b) = (pad, pad),
         wide => wide.fill(pad),
     }
+}
+
+/// `row[..len]` from `src`, the rest of `row` zeros: for the 8- and 16-byte rows of a
+/// panel's last positions, one load, a mask and one store where `src` holds the whole row
+/// (it does but at the input's end), rather than a copy and a fill of a few bytes each
+/// (calls of memcpy and memset, about 1 M instructions per inference of MobileNetV2's
+/// 14- and 7-wide layers under qemu).
+fn head_of(src: &[i8], len: usize, row: &mut [i8]) {
+    if !(masked_head::<8>(src, len, row) || masked_head::<16>(src, len, row)) {
+        row[..len].copy_from_slice(&src[..len]);
+        row[len..].fill(0);
+    }
+}
+
+/// [`head_of`] for a row of `N` (at most 16) bytes, when `src` holds `N`; false otherwise.
+fn masked_head<const N: usize>(src: &[i8], len: usize, row: &mut [i8]) -> bool {
+    let (Ok(row), Some(src)) = (<&mut [i8; N]>::try_from(row), src.get(..N)) else {
+        return false;
+    };
+    let mut bytes = [0u8; 16];
+    for (b, &s) in bytes.iter_mut().zip(src) {
+        *b = s as u8;
+    }
+    let keep = 1u128.checked_shl(8 * len as u32).map_or(u128::MAX, |bit| bit - 1);
+    let kept = (u128::from_le_bytes(bytes) & keep).to_le_bytes();
+    for (d, &b) in row.iter_mut().zip(&kept) {
+        *d = b as i8;
+    }
+    true
 }
 
 /// Whether `matrix` holds `rows` rows, `cols` bytes apart, of at least `end` bytes each
