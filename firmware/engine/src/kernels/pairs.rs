@@ -12,18 +12,21 @@
 //! SMLAL2 adds the high halves' (k 2 and 3), SADALP adds the lane pairs into the
 //! positions' sums. The same 16 multiply-adds per three instructions as c16, with no
 //! fold: a tile of 4 channels by 16 positions ends with its starts added and its four
-//! channel rows stored, 21 instructions for 64 sums. The weights come in pairs through
-//! LD4R, which repeats each of four 16-bit values across a register, so they are packed
-//! as plainly as c16's. It costs one more load per block than c16 (51 instructions per
-//! 256 multiply-adds against 50) and pads positions to 16, so banded.rs picks, per layer,
-//! the family [`instructions`] counts fewer for.
+//! channel rows stored, 21 instructions for 64 sums. A channel's weights for a block are
+//! packed as one register, its two pairs of k each repeated four times (the low half for
+//! SMULL, the high half for SMLAL2), so a block's four channels are one four-register
+//! load as in c16: 50 instructions per 256 multiply-adds. That is four times the weight
+//! bytes of the layers it takes, which are the shallow ones (MobileNetV2's: about 150 KB
+//! of its 3.4 MB of weights, 600 KB packed). Tiles of 16 positions pad the positions to
+//! 16, so banded.rs picks, per layer, the family [`instructions`] counts fewer for.
 //!
 //! A 16-bit lane sums the products at depths `4g + i` and `4g + i + 2`: as in c16.rs, two
 //! products of -128 by -128 overflow it, so [`Weights::new`] refuses a layer where one
 //! channel has -128 at both depths of a lane.
 //!
 //! Packing (k padded with zeros to a multiple of [`KC`] on both sides):
-//! - weights: kernels/panels.rs with groups of [`NR`] channels and blocks of 4 k;
+//! - weights: groups of [`NR`] channels, each block of 4 k 16 bytes per channel (the
+//!   layout is [`Weights`]' `lanes`);
 //! - patches: panels of [`MR`] positions; in a panel, block `g` (k `4g..4g + 4`) is 64
 //!   bytes, four positions per 16 bytes: their k `4g` and `4g + 1` interleaved in the low
 //!   eight, `4g + 2` and `4g + 3` in the high eight ([`offset`]). im2col.rs packs a band's
@@ -31,8 +34,6 @@
 //!
 //! Sums wrap in i32 as tract's do; exact sums do not depend on their order, so the values
 //! are tract's bit for bit.
-
-use super::panels::Packed;
 
 /// k per packed block.
 pub(crate) const KC: usize = 4;
@@ -52,22 +53,34 @@ pub(crate) fn panel_len(k: usize) -> usize {
 }
 
 /// Instructions the NEON tiles take for `channels` channels of depth `k` at `n` positions
-/// (a model of pairs_neon.rs: per 4-k block of a tile two LD4R, one LD1 and 16 SMULL,
+/// (a model of pairs_neon.rs: per 4-k block of a tile two four-register LD1 and 16 SMULL,
 /// SMLAL2 and SADALP; per tile about 33 to start, end and loop), for banded.rs to compare
 /// with c16's [`super::c16::instructions`].
 pub(crate) fn instructions(channels: usize, k: usize, n: usize) -> usize {
     let blocks = k.div_ceil(KC);
     // A last block of one or two k runs no SMLAL2.
     let half = usize::from(blocks > 1 && matches!(k % KC, 1 | 2));
-    let tile = 51 * (blocks - half) + 35 * half + 33;
+    let tile = 50 * (blocks - half) + 34 * half + 33;
     channels.div_ceil(NR) * n.div_ceil(MR) * tile
 }
+
+/// Bytes of one channel's weights per 4-k block: its k 0-1 four times, then its k 2-3
+/// four times, the operand of one SMULL (low half) and one SMLAL2 (high half).
+const LANE_BYTES: usize = 16;
 
 /// One layer's weights in this family's packing, with the value each channel's sum starts
 /// from.
 #[derive(Debug)]
 pub(crate) struct Weights {
-    packed: Packed<NR, KC, MR>,
+    /// Group `q`'s block `g` holds its four channels' [`LANE_BYTES`] each:
+    /// `lanes[((q · groups + g) · NR + j) · 16 + h · 8 + 2r + i]` is channel `q · NR + j`'s
+    /// weight at `k = 4g + 2h + i`, for each repeat r of four (the last group padded with
+    /// zero channels, k with zeros).
+    lanes: Vec<i8>,
+    /// Per channel, padded with zeros to whole groups.
+    starts: Vec<i32>,
+    channels: usize,
+    k: usize,
 }
 
 impl Weights {
@@ -79,7 +92,7 @@ impl Weights {
         k: usize,
         starts: &[i32],
     ) -> Result<Weights, String> {
-        let packed = Packed::new(rows, channels, k, starts)?;
+        super::panels::check_rows(rows, channels, k, starts)?;
         if let Some((ch, at)) = super::panels::overflowing_lane(rows, k, KC) {
             return Err(format!(
                 "channel {ch} has weights of -128 at depths {at} and {}: their two products \
@@ -87,32 +100,57 @@ impl Weights {
                 at + KC / 2
             ));
         }
-        Ok(Weights { packed })
+        let groups = k.div_ceil(KC);
+        let padded = channels.div_ceil(NR) * NR;
+        let mut lanes = vec![0i8; padded * groups * LANE_BYTES];
+        for (ch, row) in rows.chunks_exact(k).enumerate() {
+            let (q, j) = (ch / NR, ch % NR);
+            for (kk, &w) in row.iter().enumerate() {
+                let (g, h, i) = (kk / KC, kk % KC / 2, kk % 2);
+                let lane = ((q * groups + g) * NR + j) * LANE_BYTES + h * 8 + i;
+                for r in 0..4 {
+                    lanes[lane + 2 * r] = w;
+                }
+            }
+        }
+        let mut starts = starts.to_vec();
+        starts.resize(padded, 0);
+        Ok(Weights {
+            lanes,
+            starts,
+            channels,
+            k,
+        })
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn channels(&self) -> usize {
-        self.packed.channels()
+        self.channels
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn k(&self) -> usize {
-        self.packed.k()
+        self.k
     }
 
     /// Bytes per patch panel for this depth.
-    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn panel_len(&self) -> usize {
-        self.packed.panel_len()
+        panel_len(self.k)
     }
 
     /// `c[ch · n + pos] = start[ch] + Σ_k w[ch][k] · p[pos][k]` for the `n` positions of
     /// `patches` (`n.div_ceil(MR)` panels in this family's packing).
     pub(crate) fn run(&self, patches: &[i8], n: usize, c: &mut [i32]) -> Result<(), String> {
-        self.packed.check(patches, n, c)?;
+        super::panels::check_operands(
+            (self.channels, self.k),
+            (self.panel_len(), MR),
+            patches,
+            n,
+            c,
+        )?;
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: NEON is part of aarch64; `check` holds the lengths the kernel reads and
-        // writes.
+        // SAFETY: NEON is part of aarch64; `check_operands` holds the lengths the kernel
+        // reads and writes.
         unsafe {
             super::pairs_neon::run(self, patches, n, c)
         };
@@ -124,16 +162,16 @@ impl Weights {
     /// The scalar reference: what every ISA's kernel must compute.
     #[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))]
     pub(crate) fn run_scalar(&self, patches: &[i8], n: usize, c: &mut [i32]) {
-        let (packed, starts) = self.packed.raw();
-        let (k, groups) = (self.packed.k(), self.packed.k().div_ceil(KC));
+        let groups = self.k.div_ceil(KC);
         let panel_len = self.panel_len();
-        for ch in 0..self.channels() {
+        for ch in 0..self.channels {
             let (q, j) = (ch / NR, ch % NR);
             for pos in 0..n {
                 let panel = &patches[(pos / MR) * panel_len..][..panel_len];
-                let mut sum = starts[ch];
-                for kk in 0..k {
-                    let w = packed[((q * groups + kk / KC) * NR + j) * KC + kk % KC];
+                let mut sum = self.starts[ch];
+                for kk in 0..self.k {
+                    let (g, h, i) = (kk / KC, kk % KC / 2, kk % 2);
+                    let w = self.lanes[((q * groups + g) * NR + j) * LANE_BYTES + h * 8 + i];
                     let x = panel[offset(pos % MR, kk)];
                     sum = sum.wrapping_add(i32::from(w) * i32::from(x));
                 }
@@ -142,11 +180,11 @@ impl Weights {
         }
     }
 
-    /// The packed weights and each channel's start, padded to whole groups, for the ISA
+    /// The weight lanes and each channel's start, padded to whole groups, for the ISA
     /// kernels.
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
-        self.packed.raw()
+        (&self.lanes, &self.starts)
     }
 }
 

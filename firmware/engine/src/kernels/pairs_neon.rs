@@ -1,12 +1,12 @@
 //! The pairs family on aarch64 NEON: tiles of 4 output channels by 16 output positions.
 //!
 //! Per 4-k block a tile loads its 16 positions' bytes with one four-register LD1 (four
-//! positions per register, their k pairs interleaved) and each pair of channels' weights
-//! with one LD4R (v4 and v5: channel 0's k 0-1 and k 2-3 repeated; v6 and v7: channel
-//! 1's), then per channel and four positions multiplies the low halves into 16-bit lanes
+//! positions per register, their k pairs interleaved) and its four channels' weights with
+//! another (v4-v7, one per channel: its k 0-1 repeated in the low half, k 2-3 in the
+//! high), then per channel and four positions multiplies the low halves into 16-bit lanes
 //! (SMULL), adds the high halves' products (SMLAL2) and adds the lane pairs into the
 //! accumulator whose four lanes are those positions' sums (SADALP): 256 multiply-adds in
-//! 51 instructions. Accumulator `16 + 4j + i` holds channel j's positions `4i..4i + 4`, so
+//! 50 instructions. Accumulator `16 + 4j + i` holds channel j's positions `4i..4i + 4`, so
 //! a channel's row is four consecutive accumulators: the tile ends with the starts (one
 //! LD4R), 16 adds and four four-register stores.
 //!
@@ -17,8 +17,9 @@
 use super::pairs::{Weights, KC, MR, NR};
 use super::panels::Blocks;
 
-/// Products of positions `$x` by a channel's weight pairs `$lo` (k 0-1) and `$hi` (k 2-3)
-/// into the 16-bit lanes of temporary `$t`.
+/// Products of positions `$x` by a channel's weight pairs, k 0-1 in the low half of `$lo`
+/// and k 2-3 in the high half of `$hi` (one register), into the 16-bit lanes of temporary
+/// `$t`.
 macro_rules! mul {
     (full, $t:literal, $x:literal, $lo:literal, $hi:literal) => {
         concat!(
@@ -39,33 +40,34 @@ macro_rules! widen {
     };
 }
 
-/// Two channels' products over the 16 positions (v0-v3), their weight pairs loaded into
-/// v4-v7, widened into accumulators `$a..`.
+/// Two channels' products (weights `$w0`, `$w1`) over the 16 positions (v0-v3), widened
+/// into accumulators `$a..`.
 macro_rules! channels {
-    ($depth:ident, $op:literal, $a0:literal $a1:literal $a2:literal $a3:literal
-     $a4:literal $a5:literal $a6:literal $a7:literal) => {
+    ($depth:ident, $op:literal, $w0:literal $w1:literal, $a0:literal $a1:literal $a2:literal
+     $a3:literal $a4:literal $a5:literal $a6:literal $a7:literal) => {
         concat!(
-            "ld4r {{v4.8h-v7.8h}}, [{w}], #8\n",
-            mul!($depth, 8, 0, 4, 5),
-            mul!($depth, 9, 1, 4, 5),
-            mul!($depth, 10, 2, 4, 5),
-            mul!($depth, 11, 3, 4, 5),
-            mul!($depth, 12, 0, 6, 7),
-            mul!($depth, 13, 1, 6, 7),
-            mul!($depth, 14, 2, 6, 7),
-            mul!($depth, 15, 3, 6, 7),
+            mul!($depth, 8, 0, $w0, $w0),
+            mul!($depth, 9, 1, $w0, $w0),
+            mul!($depth, 10, 2, $w0, $w0),
+            mul!($depth, 11, 3, $w0, $w0),
+            mul!($depth, 12, 0, $w1, $w1),
+            mul!($depth, 13, 1, $w1, $w1),
+            mul!($depth, 14, 2, $w1, $w1),
+            mul!($depth, 15, 3, $w1, $w1),
             widen!($op, $a0 8, $a1 9, $a2 10, $a3 11, $a4 12, $a5 13, $a6 14, $a7 15),
         )
     };
 }
 
-/// One 4-k block: the positions, then channels 0-1 and 2-3.
+/// One 4-k block: the positions and the four channels' weights (v4-v7), then channels 0-1
+/// and 2-3.
 macro_rules! block {
     ($depth:ident, $op:literal) => {
         concat!(
             "ld1 {{v0.16b-v3.16b}}, [{p}], #64\n",
-            channels!($depth, $op, 16 17 18 19 20 21 22 23),
-            channels!($depth, $op, 24 25 26 27 28 29 30 31),
+            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
+            channels!($depth, $op, 4 5, 16 17 18 19 20 21 22 23),
+            channels!($depth, $op, 6 7, 24 25 26 27 28 29 30 31),
         )
     };
 }
@@ -79,7 +81,7 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
     let channels = weights.channels();
     let panel_len = weights.panel_len();
     let blocks = Blocks::new(weights.k(), KC);
-    let group_len = blocks.groups * NR * KC;
+    let group_len = blocks.groups * NR * 16;
     let p0 = patches.as_ptr();
     for q in 0..channels.div_ceil(NR) {
         // Each weight group is read from cache by every tile of the band.
@@ -110,7 +112,7 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
 }
 
 /// For the 16 positions of the panel at `p` (blocks of 64 bytes) and the four channels at
-/// `w` (blocks of 16 bytes): per channel, its start (`starts`: one per channel) plus its
+/// `w` (blocks of 64 bytes): per channel, its start (`starts`: one per channel) plus its
 /// sums at the 16 positions, stored as four rows of `c`, `n` sums apart.
 ///
 /// # Safety
@@ -125,7 +127,7 @@ unsafe fn tile(
     c: *mut i32,
     n: usize,
 ) {
-    // SAFETY: the caller's contract. The assembly reads 64 bytes of patches and 16 of
+    // SAFETY: the caller's contract. The assembly reads 64 bytes of patches and 64 of
     // weights per block and the four starts, and writes the four rows.
     unsafe {
         std::arch::asm!(

@@ -31,13 +31,7 @@ impl<const NR: usize, const KC: usize, const MR: usize> Packed<NR, KC, MR> {
         k: usize,
         starts: &[i32],
     ) -> Result<Self, String> {
-        if channels == 0 || k == 0 || rows.len() != channels * k || starts.len() != channels {
-            return Err(format!(
-                "{} weights and {} starts for {channels} channels of {k}",
-                rows.len(),
-                starts.len()
-            ));
-        }
+        check_rows(rows, channels, k, starts)?;
         let groups = k.div_ceil(KC);
         let padded = channels.div_ceil(NR) * NR;
         let mut packed = vec![0i8; padded * groups * KC];
@@ -79,21 +73,7 @@ impl<const NR: usize, const KC: usize, const MR: usize> Packed<NR, KC, MR> {
     /// Refuses operands an ISA kernel would read or write out of bounds: `patches` must
     /// hold `n.div_ceil(MR)` panels and `c` exactly `channels × n` sums.
     pub(crate) fn check(&self, patches: &[i8], n: usize, c: &[i32]) -> Result<(), String> {
-        if patches.len() < n.div_ceil(MR) * self.panel_len() {
-            return Err(format!(
-                "{} packed bytes for {n} positions of depth {}",
-                patches.len(),
-                self.k
-            ));
-        }
-        if c.len() != self.channels * n {
-            return Err(format!(
-                "{} sums for {} channels x {n} positions",
-                c.len(),
-                self.channels
-            ));
-        }
-        Ok(())
+        check_operands((self.channels, self.k), (self.panel_len(), MR), patches, n, c)
     }
 
     /// The scalar reference: `c[ch · n + pos] = start[ch] + Σ_k w[ch][k] · p[pos][k]`, what
@@ -118,6 +98,48 @@ impl<const NR: usize, const KC: usize, const MR: usize> Packed<NR, KC, MR> {
             }
         }
     }
+}
+
+/// Refuses weights that are not `channels` rows of `k` with a start each.
+pub(crate) fn check_rows(
+    rows: &[i8],
+    channels: usize,
+    k: usize,
+    starts: &[i32],
+) -> Result<(), String> {
+    if channels == 0 || k == 0 || rows.len() != channels * k || starts.len() != channels {
+        return Err(format!(
+            "{} weights and {} starts for {channels} channels of {k}",
+            rows.len(),
+            starts.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses operands an ISA kernel would read or write out of bounds: `patches` must hold
+/// `n.div_ceil(mr)` panels of `panel_len` bytes (depth `k`), and `c` exactly
+/// `channels × n` sums.
+pub(crate) fn check_operands(
+    (channels, k): (usize, usize),
+    (panel_len, mr): (usize, usize),
+    patches: &[i8],
+    n: usize,
+    c: &[i32],
+) -> Result<(), String> {
+    if patches.len() < n.div_ceil(mr) * panel_len {
+        return Err(format!(
+            "{} packed bytes for {n} positions of depth {k}",
+            patches.len()
+        ));
+    }
+    if c.len() != channels * n {
+        return Err(format!(
+            "{} sums for {channels} channels x {n} positions",
+            c.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The first channel and depth whose weight is -128 as is the weight at the other depth of
