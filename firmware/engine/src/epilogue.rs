@@ -235,6 +235,25 @@ impl Requantize {
             "Requantize: {} multipliers for {rows} rows",
             scales.len()
         );
+        #[cfg(target_arch = "aarch64")]
+        if cols >= BLOCK {
+            // The chain's constants once for the block, not per row.
+            let chain = neon::Chain::of(self);
+            for (r, xs) in x.chunks_exact(cols).enumerate() {
+                let s = scales[if self.axis.is_some() { r } else { 0 }];
+                let ys = &mut out[r * stride..r * stride + cols];
+                // SAFETY: NEON is part of aarch64; both slices hold `cols` values, and rows
+                // of a block or more are covered whole (the last block overlapping).
+                unsafe {
+                    use std::arch::aarch64::vdupq_n_f32;
+                    let s4 = vdupq_n_f32(s);
+                    let pairs = neon::PairScales::One(s);
+                    let done = chain.row(xs, |_| [s4; 4], Some(pairs), ys, true);
+                    debug_assert_eq!(done, cols);
+                }
+            }
+            return Ok(());
+        }
         for (r, xs) in x.chunks_exact(cols).enumerate() {
             let s = scales[if self.axis.is_some() { r } else { 0 }];
             self.run_values(xs, Scales::One(s), &mut out[r * stride..r * stride + cols]);
@@ -397,13 +416,8 @@ mod neon {
     /// [`super::Requantize::run_values`]'s blocks (`for_each_block!`); returns how many values
     /// from the start it wrote.
     ///
-    /// `scale(b)` gives the multipliers of the block of values `b..b + 16`; `pair_scales`,
-    /// the same multipliers for the short form's assembly loop, where they are one or the
-    /// values' own.
-    ///
     /// # Safety
-    /// `ys` is at least as long as `xs`; `scale(b)` may be called for the blocks above; a
-    /// `PairScales::Each` pointer holds a multiplier per value of `xs`.
+    /// As [`Chain::row`].
     pub(super) unsafe fn run(
         op: &Requantize,
         xs: &[i32],
@@ -412,58 +426,113 @@ mod neon {
         ys: &mut [u8],
         overlap: bool,
     ) -> usize {
-        assert!(ys.len() >= xs.len());
-        let (x, y) = (xs.as_ptr(), ys.as_mut_ptr());
-        let len = xs.len();
-        // SAFETY (every block below): `for_each_block!` gives starts b with b + BLOCK <= len.
-        let at = |b: usize| unsafe { (x.add(b), y.add(b), scale(b)) };
-        if !op.short {
-            let clamp = ByteClamp::new([op.lo, op.hi], op.cast_to == DatumType::U8);
-            let (add, mask) = unsafe { (vdupq_n_s32(op.add), vdupq_n_u8(op.mask())) };
-            return for_each_block!(len, overlap, |b| {
-                let (x, y, s) = at(b);
-                unsafe { exact(x, s, add, &clamp, mask, y) }
-            });
+        // SAFETY: the caller's contract.
+        unsafe { Chain::of(op).row(xs, scale, pair_scales, ys, overlap) }
+    }
+
+    /// A chain's constants in registers, made once for any number of rows (a layer's
+    /// band of channel rows: MobileNetV2's layers have 14 thousand per inference, and each
+    /// paid for these again).
+    pub(super) struct Chain {
+        /// The short form's type and clamp (`Requantize::short`), or none: the exact one.
+        short: Option<(bool, bool)>,
+        clamp: ByteClamp,
+        add16: int16x8_t,
+        add32: int32x4_t,
+        mask: uint8x16_t,
+    }
+
+    impl Chain {
+        pub(super) fn of(op: &Requantize) -> Chain {
+            // SAFETY (the register operations): NEON is part of aarch64.
+            if !op.short {
+                return Chain {
+                    short: None,
+                    clamp: ByteClamp::new([op.lo, op.hi], op.cast_to == DatumType::U8),
+                    add16: unsafe { vdupq_n_s16(0) },
+                    add32: unsafe { vdupq_n_s32(op.add) },
+                    mask: unsafe { vdupq_n_u8(op.mask()) },
+                };
+            }
+            // A u8 shifted to i8 is the i8 of the chain whose add and bounds are 128 less:
+            // (clamp(v, lo, hi) as u8) ^ 0x80 = clamp(v - 128, lo - 128, hi - 128) as i8,
+            // with no wrap for a short chain.
+            let unsigned = op.cast_to == DatumType::U8 && !op.offset_to_i8;
+            let shift = if op.offset_to_i8 { 128 } else { 0 };
+            let (add, lo, hi) = (op.add - shift, op.lo - shift, op.hi - shift);
+            let clamps = if unsigned {
+                (lo, hi) != (0, 255)
+            } else {
+                (lo, hi) != (-128, 127)
+            };
+            Chain {
+                short: Some((unsigned, clamps)),
+                clamp: ByteClamp::new([lo, hi], unsigned),
+                // `add` fits i16 (`SHORT_ADD` + 128).
+                add16: unsafe { vdupq_n_s16(add as i16) },
+                add32: unsafe { vdupq_n_s32(0) },
+                mask: unsafe { vdupq_n_u8(0) },
+            }
         }
-        // A u8 shifted to i8 is the i8 of the chain whose add and bounds are 128 less:
-        // (clamp(v, lo, hi) as u8) ^ 0x80 = clamp(v - 128, lo - 128, hi - 128) as i8,
-        // with no wrap for a short chain.
-        let unsigned = op.cast_to == DatumType::U8 && !op.offset_to_i8;
-        let shift = if op.offset_to_i8 { 128 } else { 0 };
-        let (add, lo, hi) = (op.add - shift, op.lo - shift, op.hi - shift);
-        let clamps = if unsigned {
-            (lo, hi) != (0, 255)
-        } else {
-            (lo, hi) != (-128, 127)
-        };
-        let clamp = ByteClamp::new([lo, hi], unsigned);
-        // SAFETY: register operations; `add` fits i16 (`SHORT_ADD` + 128).
-        let add = unsafe { vdupq_n_s16(add as i16) };
-        // Multipliers the assembly loop can read: pairs of blocks there, then the rest.
-        let pairs = if pair_scales.is_some() {
-            len / (2 * BLOCK)
-        } else {
-            0
-        };
-        let from = 2 * BLOCK * pairs;
-        macro_rules! short_blocks {
-            ($unsigned:literal, $clamp:literal) => {{
-                if let (Some(scales), true) = (pair_scales, pairs > 0) {
-                    // SAFETY: `pairs` pairs of blocks lie within both slices, and within the
-                    // multipliers of `PairScales::Each` (the caller's contract).
-                    unsafe { short_pairs::<$unsigned, $clamp>(x, y, pairs, scales, add, &clamp) };
-                }
-                for_each_block!(len, overlap, from from, |b| {
+
+        /// One row's blocks; returns how many values from the start it wrote.
+        ///
+        /// `scale(b)` gives the multipliers of the block of values `b..b + 16`;
+        /// `pair_scales`, the same multipliers for the short form's assembly loop, where
+        /// they are one or the values' own.
+        ///
+        /// # Safety
+        /// `ys` is at least as long as `xs`; `scale(b)` may be called for the blocks
+        /// `for_each_block!` gives; a `PairScales::Each` pointer holds a multiplier per value
+        /// of `xs`.
+        #[inline(always)]
+        pub(super) unsafe fn row(
+            &self,
+            xs: &[i32],
+            scale: impl Fn(usize) -> [float32x4_t; 4],
+            pair_scales: Option<PairScales>,
+            ys: &mut [u8],
+            overlap: bool,
+        ) -> usize {
+            assert!(ys.len() >= xs.len());
+            let (x, y) = (xs.as_ptr(), ys.as_mut_ptr());
+            let len = xs.len();
+            let (clamp, add) = (&self.clamp, self.add16);
+            // SAFETY (every block below): `for_each_block!` gives starts b with
+            // b + BLOCK <= len.
+            let at = |b: usize| unsafe { (x.add(b), y.add(b), scale(b)) };
+            let Some(form) = self.short else {
+                return for_each_block!(len, overlap, |b| {
                     let (x, y, s) = at(b);
-                    unsafe { short::<$unsigned, $clamp>(x, s, add, &clamp, y) }
-                })
-            }};
-        }
-        match (unsigned, clamps) {
-            (true, false) => short_blocks!(true, false),
-            (true, true) => short_blocks!(true, true),
-            (false, false) => short_blocks!(false, false),
-            (false, true) => short_blocks!(false, true),
+                    unsafe { exact(x, s, self.add32, clamp, self.mask, y) }
+                });
+            };
+            // Multipliers the assembly loop can read: pairs of blocks there, then the rest.
+            let pairs = if pair_scales.is_some() {
+                len / (2 * BLOCK)
+            } else {
+                0
+            };
+            let from = 2 * BLOCK * pairs;
+            macro_rules! short_blocks {
+                ($unsigned:literal, $clamp:literal) => {{
+                    if let (Some(scales), true) = (pair_scales, pairs > 0) {
+                        // SAFETY: `pairs` pairs of blocks lie within both slices, and within
+                        // the multipliers of `PairScales::Each` (the caller's contract).
+                        unsafe { short_pairs::<$unsigned, $clamp>(x, y, pairs, scales, add, clamp) };
+                    }
+                    for_each_block!(len, overlap, from from, |b| {
+                        let (x, y, s) = at(b);
+                        unsafe { short::<$unsigned, $clamp>(x, s, add, clamp, y) }
+                    })
+                }};
+            }
+            match form {
+                (true, false) => short_blocks!(true, false),
+                (true, true) => short_blocks!(true, true),
+                (false, false) => short_blocks!(false, false),
+                (false, true) => short_blocks!(false, true),
+            }
         }
     }
 
