@@ -53,15 +53,20 @@ pub(crate) fn panel_len(k: usize) -> usize {
 }
 
 /// Instructions the NEON tiles take for `channels` channels of depth `k` at `n` positions
-/// (a model of pairs_neon.rs: per 4-k block of a tile two four-register LD1 and 16 SMULL,
-/// SMLAL2 and SADALP; per tile about 33 to start, end and loop), for banded.rs to compare
-/// with c16's [`super::c16::instructions`].
+/// (a model of pairs_neon.rs: per 4-k block of a tile of q quads of positions two loads
+/// and 12q SMULL, SMLAL2 and SADALP; per tile about 33 to start, end and loop, 40 for a
+/// last part tile through its buffer), for banded.rs to compare with c16's
+/// [`super::c16::instructions`].
 pub(crate) fn instructions(channels: usize, k: usize, n: usize) -> usize {
     let blocks = k.div_ceil(KC);
     // A last block of one or two k runs no SMLAL2.
     let half = usize::from(blocks > 1 && matches!(k % KC, 1 | 2));
-    let tile = 50 * (blocks - half) + 34 * half + 33;
-    channels.div_ceil(NR) * n.div_ceil(MR) * tile
+    let tile = |quads: usize| (2 + 12 * quads) * (blocks - half) + (2 + 8 * quads) * half;
+    let rest = match n % MR {
+        0 => 0,
+        part => tile(part.div_ceil(4)) + 40,
+    };
+    channels.div_ceil(NR) * ((n / MR) * (tile(4) + 33) + rest)
 }
 
 /// The most weight bytes a layer may take in this family's packing (four times its
@@ -255,14 +260,14 @@ mod tests {
 
     /// Every combination of channel counts off the group size, depths off the block size
     /// (odd, 4g + 1 and 4g + 2, whose last block runs its low halves only) and position
-    /// counts off the tile's 16: the kernel this CPU runs and the scalar reference give
-    /// the naive sums.
+    /// counts off the tile's 16 (last tiles of 4, 8, 12 and 16 positions, partly used):
+    /// the kernel this CPU runs and the scalar reference give the naive sums.
     #[test]
     fn matches_the_naive_sums_over_odd_shapes() {
         let mut seed = 11;
         for m in [1, 3, 4, 5, 8, 17, 64] {
             for k in [1, 2, 3, 4, 5, 6, 8, 9, 16, 17, 18, 24, 27, 40, 144, 425] {
-                for n in [1, 3, 4, 5, 15, 16, 17, 33, 49, 64] {
+                for n in [1, 3, 4, 5, 8, 12, 15, 16, 17, 24, 28, 33, 44, 49, 64] {
                     seed += 1;
                     let w = values(m * k, seed, -127);
                     let x = values(k * n, seed * 31, -128);

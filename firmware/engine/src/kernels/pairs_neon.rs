@@ -12,7 +12,10 @@
 //!
 //! One block of assembly per tile, for the reasons c16_neon.rs gives. A depth that ends
 //! one or two k into its last block runs that block's SMULL alone, its high halves being
-//! the packing's zeros.
+//! the packing's zeros. A band's last panel, when it holds fewer than 16 positions (a 7x7
+//! layer's 49 are three panels and one position), runs a tile of as many quads as it
+//! needs (12, 8 or 4 positions), so that 7x7 and 14x14 layers pad their positions to 4
+//! as c16 does, not to 16.
 
 use super::pairs::{Weights, KC, MR, NR};
 use super::panels::Blocks;
@@ -40,37 +43,177 @@ macro_rules! widen {
     };
 }
 
-/// Two channels' products (weights `$w0`, `$w1`) over the 16 positions (v0-v3), widened
-/// into accumulators `$a..`.
-macro_rules! channels {
-    ($depth:ident, $op:literal, $w0:literal $w1:literal, $a0:literal $a1:literal $a2:literal
-     $a3:literal $a4:literal $a5:literal $a6:literal $a7:literal) => {
+/// One channel's products (weights `$w`) over quads of positions `$x`, into temporaries
+/// `$t`, widened into accumulators `$a`.
+macro_rules! quads {
+    ($depth:ident, $op:literal, $w:literal: $($x:literal $t:literal $a:literal),+) => {
+        concat!($(mul!($depth, $t, $x, $w, $w),)+ widen!($op, $($a $t),+))
+    };
+}
+
+/// One 4-k block of a tile of 16, 12, 8 or 4 positions (`$quads`): the positions (v0-v3,
+/// as many as it has quads) and the four channels' weights (v4-v7), then each channel's
+/// products, channel j's quad i into accumulator `16 + 4j + i`.
+macro_rules! block {
+    (4, $depth:ident, $op:literal) => {
         concat!(
-            mul!($depth, 8, 0, $w0, $w0),
-            mul!($depth, 9, 1, $w0, $w0),
-            mul!($depth, 10, 2, $w0, $w0),
-            mul!($depth, 11, 3, $w0, $w0),
-            mul!($depth, 12, 0, $w1, $w1),
-            mul!($depth, 13, 1, $w1, $w1),
-            mul!($depth, 14, 2, $w1, $w1),
-            mul!($depth, 15, 3, $w1, $w1),
-            widen!($op, $a0 8, $a1 9, $a2 10, $a3 11, $a4 12, $a5 13, $a6 14, $a7 15),
+            "ld1 {{v0.16b-v3.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
+            quads!($depth, $op, 4: 0 8 16, 1 9 17, 2 10 18, 3 11 19),
+            quads!($depth, $op, 5: 0 12 20, 1 13 21, 2 14 22, 3 15 23),
+            quads!($depth, $op, 6: 0 8 24, 1 9 25, 2 10 26, 3 11 27),
+            quads!($depth, $op, 7: 0 12 28, 1 13 29, 2 14 30, 3 15 31),
+        )
+    };
+    (3, $depth:ident, $op:literal) => {
+        concat!(
+            "ld1 {{v0.16b-v2.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
+            quads!($depth, $op, 4: 0 8 16, 1 9 17, 2 10 18),
+            quads!($depth, $op, 5: 0 11 20, 1 12 21, 2 13 22),
+            quads!($depth, $op, 6: 0 14 24, 1 15 25, 2 8 26),
+            quads!($depth, $op, 7: 0 9 28, 1 10 29, 2 11 30),
+        )
+    };
+    (2, $depth:ident, $op:literal) => {
+        concat!(
+            "ld1 {{v0.16b-v1.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
+            quads!($depth, $op, 4: 0 8 16, 1 9 17),
+            quads!($depth, $op, 5: 0 10 20, 1 11 21),
+            quads!($depth, $op, 6: 0 12 24, 1 13 25),
+            quads!($depth, $op, 7: 0 14 28, 1 15 29),
+        )
+    };
+    (1, $depth:ident, $op:literal) => {
+        concat!(
+            "ld1 {{v0.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
+            quads!($depth, $op, 4: 0 8 16),
+            quads!($depth, $op, 5: 0 9 20),
+            quads!($depth, $op, 6: 0 10 24),
+            quads!($depth, $op, 7: 0 11 28),
         )
     };
 }
 
-/// One 4-k block: the positions and the four channels' weights (v4-v7), then channels 0-1
-/// and 2-3.
-macro_rules! block {
-    ($depth:ident, $op:literal) => {
-        concat!(
-            "ld1 {{v0.16b-v3.16b}}, [{p}], #64\n",
-            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
-            channels!($depth, $op, 4 5, 16 17 18 19 20 21 22 23),
-            channels!($depth, $op, 6 7, 24 25 26 27 28 29 30 31),
-        )
+/// The starts (v0-v3, one channel each) added to accumulators `$a` of channel `$j`.
+macro_rules! starts {
+    ($($j:literal: $($a:literal),+);+) => {
+        concat!($($("add v", $a, ".4s, v", $a, ".4s, v", $j, ".4s\n",)+)+)
     };
 }
+
+/// A tile of `$quads` quads of positions, as one block of assembly: the depth's blocks,
+/// then the starts (`$starts`) and the four channel rows' stores (`$stores`).
+macro_rules! tile {
+    ($name:ident, $quads:tt, [$($starts:tt)+], [$($stores:literal),+]) => {
+        /// For `$quads` quads of the positions of the panel at `p` (blocks of 64 bytes)
+        /// and the four channels at `w` (blocks of 64 bytes): per channel, its start
+        /// (`starts`: one per channel) plus its sums at those positions, stored as four
+        /// rows of `c`, `n` sums apart.
+        ///
+        /// # Safety
+        /// `blocks.groups` blocks on both sides; four values at `starts`; four rows of
+        /// `4 · $quads` sums at `c`.
+        #[inline(always)]
+        unsafe fn $name(
+            w: *const i8,
+            p: *const i8,
+            blocks: &Blocks,
+            starts: *const i32,
+            c: *mut i32,
+            n: usize,
+        ) {
+            // SAFETY: the caller's contract. The assembly reads at most 64 bytes of
+            // patches and 64 of weights per block and the four starts, and writes the
+            // four rows.
+            unsafe {
+                std::arch::asm!(
+                    block!($quads, full, "saddlp"),
+                    "cbz {pairs}, 2f",
+                    "3:",
+                    block!($quads, full, "sadalp"),
+                    block!($quads, full, "sadalp"),
+                    "subs {pairs}, {pairs}, #1",
+                    "b.ne 3b",
+                    "2:",
+                    "tbz {tail}, #0, 4f",
+                    block!($quads, full, "sadalp"),
+                    "4:",
+                    "tbz {tail}, #1, 5f",
+                    block!($quads, half, "sadalp"),
+                    "5:",
+                    "ld4r {{v0.4s-v3.4s}}, [{starts}]",
+                    starts!($($starts)+),
+                    $($stores,)+
+                    w = inout(reg) w => _,
+                    p = inout(reg) p => _,
+                    p_step = in(reg) MR * KC,
+                    pairs = inout(reg) blocks.pairs => _,
+                    tail = in(reg) blocks.tail,
+                    starts = in(reg) starts,
+                    c = inout(reg) c => _,
+                    row_bytes = in(reg) n * 4,
+                    out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                    out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                    out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+                    out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+                    out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                    out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+                    out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+                    out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                    options(nostack),
+                );
+            }
+        }
+    };
+}
+
+tile!(
+    tile16,
+    4,
+    [0: 16, 17, 18, 19; 1: 20, 21, 22, 23; 2: 24, 25, 26, 27; 3: 28, 29, 30, 31],
+    [
+        "st1 {{v16.4s-v19.4s}}, [{c}], {row_bytes}",
+        "st1 {{v20.4s-v23.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s-v27.4s}}, [{c}], {row_bytes}",
+        "st1 {{v28.4s-v31.4s}}, [{c}]"
+    ]
+);
+tile!(
+    tile12,
+    3,
+    [0: 16, 17, 18; 1: 20, 21, 22; 2: 24, 25, 26; 3: 28, 29, 30],
+    [
+        "st1 {{v16.4s-v18.4s}}, [{c}], {row_bytes}",
+        "st1 {{v20.4s-v22.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s-v26.4s}}, [{c}], {row_bytes}",
+        "st1 {{v28.4s-v30.4s}}, [{c}]"
+    ]
+);
+tile!(
+    tile8,
+    2,
+    [0: 16, 17; 1: 20, 21; 2: 24, 25; 3: 28, 29],
+    [
+        "st1 {{v16.4s-v17.4s}}, [{c}], {row_bytes}",
+        "st1 {{v20.4s-v21.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s-v25.4s}}, [{c}], {row_bytes}",
+        "st1 {{v28.4s-v29.4s}}, [{c}]"
+    ]
+);
+tile!(
+    tile4,
+    1,
+    [0: 16; 1: 20; 2: 24; 3: 28],
+    [
+        "st1 {{v16.4s}}, [{c}], {row_bytes}",
+        "st1 {{v20.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s}}, [{c}], {row_bytes}",
+        "st1 {{v28.4s}}, [{c}]"
+    ]
+);
 
 /// # Safety
 /// `patches` holds `n.div_ceil(MR)` panels of `weights.panel_len()` bytes and `c` holds
@@ -83,6 +226,9 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
     let blocks = Blocks::new(weights.k(), KC);
     let group_len = blocks.groups * NR * 16;
     let p0 = patches.as_ptr();
+    // SAFETY: the caller's contract: panel t < n.div_ceil(MR) is inside `patches`.
+    let panel = |t: usize| unsafe { p0.add(t * panel_len) };
+    let whole = n / MR;
     for q in 0..channels.div_ceil(NR) {
         // Each weight group is read from cache by every tile of the band.
         let w = packed[q * group_len..][..group_len].as_ptr();
@@ -92,96 +238,31 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
         // tile's panel is inside `patches`; rows `q * NR..q * NR + rows` of `c` hold `n`
         // sums each.
         let out = unsafe { c.as_mut_ptr().add(q * NR * n) };
-        for t in 0..n.div_ceil(MR) {
-            let p = unsafe { p0.add(t * panel_len) };
-            let cols = (n - t * MR).min(MR);
-            if rows == NR && cols == MR {
-                unsafe { tile(w, p, &blocks, starts, out.add(t * MR), n) };
-                continue;
+        if rows == NR {
+            for t in 0..whole {
+                unsafe { tile16(w, panel(t), &blocks, starts, out.add(t * MR), n) };
             }
-            // The last channels or positions: the whole tile into a buffer, then its part.
+        }
+        // The last channels or positions: as many quads as they need, into a buffer, then
+        // their part.
+        let first = if rows == NR { whole } else { 0 };
+        for t in first..n.div_ceil(MR) {
+            let cols = (n - t * MR).min(MR);
             let mut sums = [0i32; NR * MR];
-            unsafe { tile(w, p, &blocks, starts, sums.as_mut_ptr(), MR) };
+            let (p, to) = (panel(t), sums.as_mut_ptr());
+            unsafe {
+                match cols.div_ceil(4) {
+                    1 => tile4(w, p, &blocks, starts, to, MR),
+                    2 => tile8(w, p, &blocks, starts, to, MR),
+                    3 => tile12(w, p, &blocks, starts, to, MR),
+                    _ => tile16(w, p, &blocks, starts, to, MR),
+                }
+            }
             for (j, row) in sums.chunks_exact(MR).take(rows).enumerate() {
                 unsafe {
                     std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(j * n + t * MR), cols)
                 };
             }
         }
-    }
-}
-
-/// For the 16 positions of the panel at `p` (blocks of 64 bytes) and the four channels at
-/// `w` (blocks of 64 bytes): per channel, its start (`starts`: one per channel) plus its
-/// sums at the 16 positions, stored as four rows of `c`, `n` sums apart.
-///
-/// # Safety
-/// `blocks.groups` blocks on both sides; four values at `starts`; four rows of 16 sums at
-/// `c`.
-#[inline(always)]
-unsafe fn tile(
-    w: *const i8,
-    p: *const i8,
-    blocks: &Blocks,
-    starts: *const i32,
-    c: *mut i32,
-    n: usize,
-) {
-    // SAFETY: the caller's contract. The assembly reads 64 bytes of patches and 64 of
-    // weights per block and the four starts, and writes the four rows.
-    unsafe {
-        std::arch::asm!(
-            block!(full, "saddlp"),
-            "cbz {pairs}, 2f",
-            "3:",
-            block!(full, "sadalp"),
-            block!(full, "sadalp"),
-            "subs {pairs}, {pairs}, #1",
-            "b.ne 3b",
-            "2:",
-            "tbz {tail}, #0, 4f",
-            block!(full, "sadalp"),
-            "4:",
-            "tbz {tail}, #1, 5f",
-            block!(half, "sadalp"),
-            "5:",
-            "ld4r {{v0.4s-v3.4s}}, [{starts}]",
-            "add v16.4s, v16.4s, v0.4s",
-            "add v17.4s, v17.4s, v0.4s",
-            "add v18.4s, v18.4s, v0.4s",
-            "add v19.4s, v19.4s, v0.4s",
-            "add v20.4s, v20.4s, v1.4s",
-            "add v21.4s, v21.4s, v1.4s",
-            "add v22.4s, v22.4s, v1.4s",
-            "add v23.4s, v23.4s, v1.4s",
-            "add v24.4s, v24.4s, v2.4s",
-            "add v25.4s, v25.4s, v2.4s",
-            "add v26.4s, v26.4s, v2.4s",
-            "add v27.4s, v27.4s, v2.4s",
-            "add v28.4s, v28.4s, v3.4s",
-            "add v29.4s, v29.4s, v3.4s",
-            "add v30.4s, v30.4s, v3.4s",
-            "add v31.4s, v31.4s, v3.4s",
-            "st1 {{v16.4s-v19.4s}}, [{c}], {row_bytes}",
-            "st1 {{v20.4s-v23.4s}}, [{c}], {row_bytes}",
-            "st1 {{v24.4s-v27.4s}}, [{c}], {row_bytes}",
-            "st1 {{v28.4s-v31.4s}}, [{c}]",
-            w = inout(reg) w => _,
-            p = inout(reg) p => _,
-            pairs = inout(reg) blocks.pairs => _,
-            tail = in(reg) blocks.tail,
-            starts = in(reg) starts,
-            c = inout(reg) c => _,
-            row_bytes = in(reg) n * 4,
-            out("v0") _, out("v1") _, out("v2") _, out("v3") _,
-            out("v4") _, out("v5") _, out("v6") _, out("v7") _,
-            out("v8") _, out("v9") _, out("v10") _, out("v11") _,
-            out("v12") _, out("v13") _, out("v14") _, out("v15") _,
-            out("v16") _, out("v17") _, out("v18") _, out("v19") _,
-            out("v20") _, out("v21") _, out("v22") _, out("v23") _,
-            out("v24") _, out("v25") _, out("v26") _, out("v27") _,
-            out("v28") _, out("v29") _, out("v30") _, out("v31") _,
-            options(nostack),
-        );
     }
 }
