@@ -823,14 +823,12 @@ fn tiles_for(
             pairs::Weights::new(&rows, channels, k, &offsets)
                 .map(|w| Tiles::Pairs(Box::new((w, op.pack.pairs()))))
         };
-        // Without a dot product, the family the instruction models count fewer for
-        // (pairs on shallow layers, c16 on deep ones and on few positions) unless the
-        // pairs' packing would take more than a MiB, and the other where it refuses the
-        // layer (their 16-bit lanes pair different depths).
+        // Without a dot product, the family the instruction models count fewer for, and
+        // the other where it refuses the layer (their 16-bit lanes pair different
+        // depths).
         let n = op.output_shape.iter().product::<usize>() / channels.max(1);
         let pairs_first = !c16_wanted()
             || (pairs_wanted()
-                && pairs::lane_bytes(channels, k) <= pairs::MAX_LANE_BYTES
                 && pairs::instructions(channels, k, n) < c16::instructions(channels, k, n));
         let tiles = match (pairs_first, c16_wanted(), pairs_wanted()) {
             (true, true, _) => pairs().or_else(|_| c16()),

@@ -12,21 +12,23 @@
 //! SMLAL2 adds the high halves' (k 2 and 3), SADALP adds the lane pairs into the
 //! positions' sums. The same 16 multiply-adds per three instructions as c16, with no
 //! fold: a tile of 4 channels by 16 positions ends with its starts added and its four
-//! channel rows stored, 21 instructions for 64 sums. A channel's weights for a block are
-//! packed as one register, its two pairs of k each repeated four times (the low half for
-//! SMULL, the high half for SMLAL2), so a block's four channels are one four-register
-//! load as in c16: 50 instructions per 256 multiply-adds. That is four times the weight
-//! bytes of the layers it takes, which are the shallow ones (MobileNetV2's: about 150 KB
-//! of its 3.4 MB of weights, 600 KB packed). Tiles of 16 positions pad the positions to
-//! 16, so banded.rs picks, per layer, the family [`instructions`] counts fewer for.
+//! channel rows stored, 21 instructions for 64 sums. On small layers a channel's weights
+//! for a block are packed as one register, its two pairs of k each repeated four times
+//! (the low half for SMULL, the high half for SMLAL2), so a block's four channels are
+//! one four-register load as in c16: 50 instructions per 256 multiply-adds, for four
+//! times the layer's weight bytes (at most [`MAX_REPEATED_BYTES`]). Larger layers keep
+//! their weights plain, four bytes per channel and block, and LD4R repeats each pair of
+//! k across a register as it loads them: two loads for the four channels, 51
+//! instructions. banded.rs picks, per layer, the family [`instructions`] counts fewer
+//! for.
 //!
 //! A 16-bit lane sums the products at depths `4g + i` and `4g + i + 2`: as in c16.rs, two
 //! products of -128 by -128 overflow it, so [`Weights::new`] refuses a layer where one
 //! channel has -128 at both depths of a lane.
 //!
 //! Packing (k padded with zeros to a multiple of [`KC`] on both sides):
-//! - weights: groups of [`NR`] channels, each block of 4 k 16 bytes per channel (the
-//!   layout is [`Weights`]' `lanes`);
+//! - weights: groups of [`NR`] channels, each block of 4 k 16 bytes per channel
+//!   repeated or 4 plain (the layouts are [`Weights`]' `lanes`);
 //! - patches: panels of [`MR`] positions; in a panel, block `g` (k `4g..4g + 4`) is 64
 //!   bytes, four positions per 16 bytes: their k `4g` and `4g + 1` interleaved in the low
 //!   eight, `4g + 2` and `4g + 3` in the high eight ([`offset`]). im2col.rs packs a band's
@@ -53,15 +55,16 @@ pub(crate) fn panel_len(k: usize) -> usize {
 }
 
 /// Instructions the NEON tiles take for `channels` channels of depth `k` at `n` positions
-/// (a model of pairs_neon.rs: per 4-k block of a tile of q quads of positions two loads
-/// and 12q SMULL, SMLAL2 and SADALP; per tile about 33 to start, end and loop, 40 for a
-/// last part tile through its buffer), for banded.rs to compare with c16's
-/// [`super::c16::instructions`].
+/// (a model of pairs_neon.rs: per 4-k block of a tile of q quads of positions 12q SMULL,
+/// SMLAL2 and SADALP and two loads, three with plain lanes; per tile about 33 to start,
+/// end and loop, 40 for a last part tile through its buffer), for banded.rs to compare
+/// with c16's [`super::c16::instructions`].
 pub(crate) fn instructions(channels: usize, k: usize, n: usize) -> usize {
     let blocks = k.div_ceil(KC);
     // A last block of one or two k runs no SMLAL2.
     let half = usize::from(blocks > 1 && matches!(k % KC, 1 | 2));
-    let tile = |quads: usize| (2 + 12 * quads) * (blocks - half) + (2 + 8 * quads) * half;
+    let loads = if repeats(channels, k) { 2 } else { 3 };
+    let tile = |quads: usize| (loads + 12 * quads) * (blocks - half) + (loads + 8 * quads) * half;
     let rest = match n % MR {
         0 => 0,
         part => tile(part.div_ceil(4)) + 40,
@@ -69,30 +72,30 @@ pub(crate) fn instructions(channels: usize, k: usize, n: usize) -> usize {
     channels.div_ceil(NR) * ((n / MR) * (tile(4) + 33) + rest)
 }
 
-/// The most weight bytes a layer may take in this family's packing (four times its
-/// weights): the shallow layers it pays on are far below (MobileNetV2's largest, 384
-/// channels of 64, take 96 KB); a ResNet's deep 3x3 layers, where it gains a percent or
-/// two over c16, would take megabytes each.
-pub(crate) const MAX_LANE_BYTES: usize = 1 << 20;
+/// The most bytes a layer's weights may take with their lanes repeated (four times the
+/// weights): MobileNet-style shallow layers (MobileNetV2's largest there, 384 channels of
+/// 64, take 96 KiB). Larger layers keep plain lanes, one load more per block, so that the
+/// int8 model stays a quarter of the fp32 one in memory (EfficientNet-Lite0's 7x7 layers
+/// would each take 0.9 MiB, about 7 MiB in all).
+const MAX_REPEATED_BYTES: usize = 256 << 10;
 
-/// The bytes a layer of `channels` channels of depth `k` takes in this family's packing.
-pub(crate) fn lane_bytes(channels: usize, k: usize) -> usize {
-    channels.div_ceil(NR) * NR * k.div_ceil(KC) * LANE_BYTES
+/// Whether a layer of `channels` channels of depth `k` has its lanes repeated.
+fn repeats(channels: usize, k: usize) -> bool {
+    channels.div_ceil(NR) * NR * k.div_ceil(KC) * 16 <= MAX_REPEATED_BYTES
 }
-
-/// Bytes of one channel's weights per 4-k block: its k 0-1 four times, then its k 2-3
-/// four times, the operand of one SMULL (low half) and one SMLAL2 (high half).
-const LANE_BYTES: usize = 16;
 
 /// One layer's weights in this family's packing, with the value each channel's sum starts
 /// from.
 #[derive(Debug)]
 pub(crate) struct Weights {
-    /// Group `q`'s block `g` holds its four channels' [`LANE_BYTES`] each:
-    /// `lanes[((q · groups + g) · NR + j) · 16 + h · 8 + 2r + i]` is channel `q · NR + j`'s
-    /// weight at `k = 4g + 2h + i`, for each repeat r of four (the last group padded with
-    /// zero channels, k with zeros).
+    /// Group `q`'s block `g` holds its four channels' lanes, `lane_bytes` each. Repeated
+    /// (16 bytes): `lanes[((q · groups + g) · NR + j) · 16 + h · 8 + 2r + i]` is channel
+    /// `q · NR + j`'s weight at `k = 4g + 2h + i`, for each repeat r of four, one
+    /// register's SMULL (low half) and SMLAL2 (high half) operand. Plain (4 bytes):
+    /// `lanes[((q · groups + g) · NR + j) · 4 + kk % 4]`, which LD4R repeats. The last
+    /// group is padded with zero channels, k with zeros.
     lanes: Vec<i8>,
+    repeated: bool,
     /// Per channel, padded with zeros to whole groups.
     starts: Vec<i32>,
     channels: usize,
@@ -116,27 +119,53 @@ impl Weights {
                 at + KC / 2
             ));
         }
+        Ok(Self::packed(rows, channels, k, starts, repeats(channels, k)))
+    }
+
+    /// The weights packed with repeated lanes or plain ones, after `new`'s checks.
+    fn packed(rows: &[i8], channels: usize, k: usize, starts: &[i32], repeated: bool) -> Self {
         let groups = k.div_ceil(KC);
         let padded = channels.div_ceil(NR) * NR;
-        let mut lanes = vec![0i8; padded * groups * LANE_BYTES];
+        let lane_bytes = if repeated { 16 } else { KC };
+        let mut lanes = vec![0i8; padded * groups * lane_bytes];
         for (ch, row) in rows.chunks_exact(k).enumerate() {
             let (q, j) = (ch / NR, ch % NR);
             for (kk, &w) in row.iter().enumerate() {
-                let (g, h, i) = (kk / KC, kk % KC / 2, kk % 2);
-                let lane = ((q * groups + g) * NR + j) * LANE_BYTES + h * 8 + i;
-                for r in 0..4 {
-                    lanes[lane + 2 * r] = w;
+                let lane = ((q * groups + kk / KC) * NR + j) * lane_bytes;
+                if repeated {
+                    let at = lane + kk % KC / 2 * 8 + kk % 2;
+                    for r in 0..4 {
+                        lanes[at + 2 * r] = w;
+                    }
+                } else {
+                    lanes[lane + kk % KC] = w;
                 }
             }
         }
         let mut starts = starts.to_vec();
         starts.resize(padded, 0);
-        Ok(Weights {
+        Weights {
             lanes,
+            repeated,
             starts,
             channels,
             k,
-        })
+        }
+    }
+
+    /// Whether the lanes are repeated (see [`Weights::lanes`]).
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn repeated(&self) -> bool {
+        self.repeated
+    }
+
+    /// Bytes per channel per 4-k block: 16 repeated, 4 plain.
+    pub(crate) fn lane_bytes(&self) -> usize {
+        if self.repeated {
+            16
+        } else {
+            KC
+        }
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
@@ -186,8 +215,11 @@ impl Weights {
                 let panel = &patches[(pos / MR) * panel_len..][..panel_len];
                 let mut sum = self.starts[ch];
                 for kk in 0..self.k {
-                    let (g, h, i) = (kk / KC, kk % KC / 2, kk % 2);
-                    let w = self.lanes[((q * groups + g) * NR + j) * LANE_BYTES + h * 8 + i];
+                    let lane = ((q * groups + kk / KC) * NR + j) * self.lane_bytes();
+                    let w = match self.repeated {
+                        true => self.lanes[lane + kk % KC / 2 * 8 + kk % 2],
+                        false => self.lanes[lane + kk % KC],
+                    };
                     let x = panel[offset(pos % MR, kk)];
                     sum = sum.wrapping_add(i32::from(w) * i32::from(x));
                 }
@@ -233,17 +265,37 @@ mod tests {
         out
     }
 
+    /// Both lane forms, as the kernel this CPU runs and as the scalar reference, give the
+    /// naive sums.
     fn check(m: usize, k: usize, n: usize, w: &[i8], x: &[i8]) {
         let starts = starts(m);
-        let weights = Weights::new(w, m, k, &starts).unwrap();
+        // `new`'s checks, and its choice of form for this size.
+        Weights::new(w, m, k, &starts).unwrap();
         let patches = pack(x, k, n);
         let want = naive(w, x, &starts, (m, k, n));
-        let mut got = vec![i32::MIN; m * n];
-        weights.run(&patches, n, &mut got).unwrap();
-        assert_eq!(got, want, "kernel, {m} channels x {k} deep x {n} positions");
-        let mut scalar = vec![i32::MIN; m * n];
-        weights.run_scalar(&patches, n, &mut scalar);
-        assert_eq!(scalar, want, "scalar, {m} x {k} x {n}");
+        for repeated in [true, false] {
+            let weights = Weights::packed(w, m, k, &starts, repeated);
+            let mut got = vec![i32::MIN; m * n];
+            weights.run(&patches, n, &mut got).unwrap();
+            assert_eq!(
+                got, want,
+                "kernel, lanes repeated {repeated}, {m} channels x {k} deep x {n} positions"
+            );
+            let mut scalar = vec![i32::MIN; m * n];
+            weights.run_scalar(&patches, n, &mut scalar);
+            assert_eq!(scalar, want, "scalar, lanes repeated {repeated}, {m} x {k} x {n}");
+        }
+    }
+
+    /// Lanes are repeated up to `MAX_REPEATED_BYTES` and plain past it.
+    #[test]
+    fn large_layers_keep_plain_lanes() {
+        for (m, k, repeated) in [(384, 64, true), (64, 1024, true), (64, 1028, false)] {
+            let w = values(m * k, 3, -127);
+            let weights = Weights::new(&w, m, k, &starts(m)).unwrap();
+            assert_eq!(weights.repeated(), repeated, "{m} x {k}");
+            assert_eq!(weights.raw().0.len(), m * k.div_ceil(4) * weights.lane_bytes());
+        }
     }
 
     #[test]

@@ -43,56 +43,72 @@ macro_rules! widen {
     };
 }
 
-/// One channel's products (weights `$w`) over quads of positions `$x`, into temporaries
-/// `$t`, widened into accumulators `$a`.
+/// One channel's products (its k 0-1 weights in the low half of `$lo`, k 2-3 in the high
+/// half of `$hi`) over quads of positions `$x`, into temporaries `$t`, widened into
+/// accumulators `$a`.
 macro_rules! quads {
-    ($depth:ident, $op:literal, $w:literal: $($x:literal $t:literal $a:literal),+) => {
-        concat!($(mul!($depth, $t, $x, $w, $w),)+ widen!($op, $($a $t),+))
+    ($depth:ident, $op:literal, $lo:literal $hi:literal: $($x:literal $t:literal $a:literal),+) => {
+        concat!($(mul!($depth, $t, $x, $lo, $hi),)+ widen!($op, $($a $t),+))
     };
 }
 
-/// One 4-k block of a tile of 16, 12, 8 or 4 positions (`$quads`): the positions (v0-v3,
-/// as many as it has quads) and the four channels' weights (v4-v7), then each channel's
-/// products, channel j's quad i into accumulator `16 + 4j + i`.
+/// A block's four channels' weights and products (channel j's registers `[$cj]`): one
+/// four-register load of the repeated lanes, one channel per register; or two LD4R of
+/// the plain ones, which repeat channels 0 and 1's (then 2 and 3's) pairs of k across v4
+/// and v5 (channel 0 or 2) and v6 and v7 (channel 1 or 3).
+macro_rules! products {
+    (repeated, $depth:ident, $op:literal, [$($c0:tt)+], [$($c1:tt)+], [$($c2:tt)+], [$($c3:tt)+]) => {
+        concat!(
+            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
+            quads!($depth, $op, 4 4: $($c0)+),
+            quads!($depth, $op, 5 5: $($c1)+),
+            quads!($depth, $op, 6 6: $($c2)+),
+            quads!($depth, $op, 7 7: $($c3)+),
+        )
+    };
+    (plain, $depth:ident, $op:literal, [$($c0:tt)+], [$($c1:tt)+], [$($c2:tt)+], [$($c3:tt)+]) => {
+        concat!(
+            "ld4r {{v4.8h-v7.8h}}, [{w}], #8\n",
+            quads!($depth, $op, 4 5: $($c0)+),
+            quads!($depth, $op, 6 7: $($c1)+),
+            "ld4r {{v4.8h-v7.8h}}, [{w}], #8\n",
+            quads!($depth, $op, 4 5: $($c2)+),
+            quads!($depth, $op, 6 7: $($c3)+),
+        )
+    };
+}
+
+/// One 4-k block of a tile of 16, 12, 8 or 4 positions (4, 3, 2 or 1 quads): the
+/// positions (v0-v3, as many as it has quads), then each channel's products, channel j's
+/// quad i into accumulator `16 + 4j + i`.
 macro_rules! block {
-    (4, $depth:ident, $op:literal) => {
+    ($form:ident, 4, $depth:ident, $op:literal) => {
         concat!(
             "ld1 {{v0.16b-v3.16b}}, [{p}], {p_step}\n",
-            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
-            quads!($depth, $op, 4: 0 8 16, 1 9 17, 2 10 18, 3 11 19),
-            quads!($depth, $op, 5: 0 12 20, 1 13 21, 2 14 22, 3 15 23),
-            quads!($depth, $op, 6: 0 8 24, 1 9 25, 2 10 26, 3 11 27),
-            quads!($depth, $op, 7: 0 12 28, 1 13 29, 2 14 30, 3 15 31),
+            products!($form, $depth, $op,
+                [0 8 16, 1 9 17, 2 10 18, 3 11 19], [0 12 20, 1 13 21, 2 14 22, 3 15 23],
+                [0 8 24, 1 9 25, 2 10 26, 3 11 27], [0 12 28, 1 13 29, 2 14 30, 3 15 31]),
         )
     };
-    (3, $depth:ident, $op:literal) => {
+    ($form:ident, 3, $depth:ident, $op:literal) => {
         concat!(
             "ld1 {{v0.16b-v2.16b}}, [{p}], {p_step}\n",
-            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
-            quads!($depth, $op, 4: 0 8 16, 1 9 17, 2 10 18),
-            quads!($depth, $op, 5: 0 11 20, 1 12 21, 2 13 22),
-            quads!($depth, $op, 6: 0 14 24, 1 15 25, 2 8 26),
-            quads!($depth, $op, 7: 0 9 28, 1 10 29, 2 11 30),
+            products!($form, $depth, $op,
+                [0 8 16, 1 9 17, 2 10 18], [0 11 20, 1 12 21, 2 13 22],
+                [0 14 24, 1 15 25, 2 8 26], [0 9 28, 1 10 29, 2 11 30]),
         )
     };
-    (2, $depth:ident, $op:literal) => {
+    ($form:ident, 2, $depth:ident, $op:literal) => {
         concat!(
             "ld1 {{v0.16b-v1.16b}}, [{p}], {p_step}\n",
-            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
-            quads!($depth, $op, 4: 0 8 16, 1 9 17),
-            quads!($depth, $op, 5: 0 10 20, 1 11 21),
-            quads!($depth, $op, 6: 0 12 24, 1 13 25),
-            quads!($depth, $op, 7: 0 14 28, 1 15 29),
+            products!($form, $depth, $op,
+                [0 8 16, 1 9 17], [0 10 20, 1 11 21], [0 12 24, 1 13 25], [0 14 28, 1 15 29]),
         )
     };
-    (1, $depth:ident, $op:literal) => {
+    ($form:ident, 1, $depth:ident, $op:literal) => {
         concat!(
             "ld1 {{v0.16b}}, [{p}], {p_step}\n",
-            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
-            quads!($depth, $op, 4: 0 8 16),
-            quads!($depth, $op, 5: 0 9 20),
-            quads!($depth, $op, 6: 0 10 24),
-            quads!($depth, $op, 7: 0 11 28),
+            products!($form, $depth, $op, [0 8 16], [0 9 20], [0 10 24], [0 11 28]),
         )
     };
 }
@@ -107,7 +123,7 @@ macro_rules! starts {
 /// A tile of `$quads` quads of positions, as one block of assembly: the depth's blocks,
 /// then the starts (`$starts`) and the four channel rows' stores (`$stores`).
 macro_rules! tile {
-    ($name:ident, $quads:tt, [$($starts:tt)+], [$($stores:literal),+]) => {
+    ($name:ident, $form:ident, $quads:tt, [$($starts:tt)+], [$($stores:literal),+]) => {
         /// For `$quads` quads of the positions of the panel at `p` (blocks of 64 bytes)
         /// and the four channels at `w` (blocks of 64 bytes): per channel, its start
         /// (`starts`: one per channel) plus its sums at those positions, stored as four
@@ -130,19 +146,19 @@ macro_rules! tile {
             // four rows.
             unsafe {
                 std::arch::asm!(
-                    block!($quads, full, "saddlp"),
+                    block!($form, $quads, full, "saddlp"),
                     "cbz {pairs}, 2f",
                     "3:",
-                    block!($quads, full, "sadalp"),
-                    block!($quads, full, "sadalp"),
+                    block!($form, $quads, full, "sadalp"),
+                    block!($form, $quads, full, "sadalp"),
                     "subs {pairs}, {pairs}, #1",
                     "b.ne 3b",
                     "2:",
                     "tbz {tail}, #0, 4f",
-                    block!($quads, full, "sadalp"),
+                    block!($form, $quads, full, "sadalp"),
                     "4:",
                     "tbz {tail}, #1, 5f",
-                    block!($quads, half, "sadalp"),
+                    block!($form, $quads, half, "sadalp"),
                     "5:",
                     "ld4r {{v0.4s-v3.4s}}, [{starts}]",
                     starts!($($starts)+),
@@ -171,7 +187,8 @@ macro_rules! tile {
 }
 
 tile!(
-    tile16,
+    repeated16,
+    repeated,
     4,
     [0: 16, 17, 18, 19; 1: 20, 21, 22, 23; 2: 24, 25, 26, 27; 3: 28, 29, 30, 31],
     [
@@ -182,7 +199,8 @@ tile!(
     ]
 );
 tile!(
-    tile12,
+    repeated12,
+    repeated,
     3,
     [0: 16, 17, 18; 1: 20, 21, 22; 2: 24, 25, 26; 3: 28, 29, 30],
     [
@@ -193,7 +211,8 @@ tile!(
     ]
 );
 tile!(
-    tile8,
+    repeated8,
+    repeated,
     2,
     [0: 16, 17; 1: 20, 21; 2: 24, 25; 3: 28, 29],
     [
@@ -204,7 +223,57 @@ tile!(
     ]
 );
 tile!(
-    tile4,
+    repeated4,
+    repeated,
+    1,
+    [0: 16; 1: 20; 2: 24; 3: 28],
+    [
+        "st1 {{v16.4s}}, [{c}], {row_bytes}",
+        "st1 {{v20.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s}}, [{c}], {row_bytes}",
+        "st1 {{v28.4s}}, [{c}]"
+    ]
+);
+
+tile!(
+    plain16,
+    plain,
+    4,
+    [0: 16, 17, 18, 19; 1: 20, 21, 22, 23; 2: 24, 25, 26, 27; 3: 28, 29, 30, 31],
+    [
+        "st1 {{v16.4s-v19.4s}}, [{c}], {row_bytes}",
+        "st1 {{v20.4s-v23.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s-v27.4s}}, [{c}], {row_bytes}",
+        "st1 {{v28.4s-v31.4s}}, [{c}]"
+    ]
+);
+tile!(
+    plain12,
+    plain,
+    3,
+    [0: 16, 17, 18; 1: 20, 21, 22; 2: 24, 25, 26; 3: 28, 29, 30],
+    [
+        "st1 {{v16.4s-v18.4s}}, [{c}], {row_bytes}",
+        "st1 {{v20.4s-v22.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s-v26.4s}}, [{c}], {row_bytes}",
+        "st1 {{v28.4s-v30.4s}}, [{c}]"
+    ]
+);
+tile!(
+    plain8,
+    plain,
+    2,
+    [0: 16, 17; 1: 20, 21; 2: 24, 25; 3: 28, 29],
+    [
+        "st1 {{v16.4s-v17.4s}}, [{c}], {row_bytes}",
+        "st1 {{v20.4s-v21.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s-v25.4s}}, [{c}], {row_bytes}",
+        "st1 {{v28.4s-v29.4s}}, [{c}]"
+    ]
+);
+tile!(
+    plain4,
+    plain,
     1,
     [0: 16; 1: 20; 2: 24; 3: 28],
     [
@@ -221,10 +290,11 @@ tile!(
 #[inline(never)]
 pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i32]) {
     let (packed, starts) = weights.raw();
+    let repeated = weights.repeated();
     let channels = weights.channels();
     let panel_len = weights.panel_len();
     let blocks = Blocks::new(weights.k(), KC);
-    let group_len = blocks.groups * NR * 16;
+    let group_len = blocks.groups * NR * weights.lane_bytes();
     let p0 = patches.as_ptr();
     // SAFETY: the caller's contract: panel t < n.div_ceil(MR) is inside `patches`.
     let panel = |t: usize| unsafe { p0.add(t * panel_len) };
@@ -240,7 +310,13 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
         let out = unsafe { c.as_mut_ptr().add(q * NR * n) };
         if rows == NR {
             for t in 0..whole {
-                unsafe { tile16(w, panel(t), &blocks, starts, out.add(t * MR), n) };
+                let (p, to) = (panel(t), unsafe { out.add(t * MR) });
+                unsafe {
+                    match repeated {
+                        true => repeated16(w, p, &blocks, starts, to, n),
+                        false => plain16(w, p, &blocks, starts, to, n),
+                    }
+                }
             }
         }
         // The last channels or positions: as many quads as they need, into a buffer, then
@@ -251,11 +327,15 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
             let mut sums = [0i32; NR * MR];
             let (p, to) = (panel(t), sums.as_mut_ptr());
             unsafe {
-                match cols.div_ceil(4) {
-                    1 => tile4(w, p, &blocks, starts, to, MR),
-                    2 => tile8(w, p, &blocks, starts, to, MR),
-                    3 => tile12(w, p, &blocks, starts, to, MR),
-                    _ => tile16(w, p, &blocks, starts, to, MR),
+                match (repeated, cols.div_ceil(4)) {
+                    (true, 1) => repeated4(w, p, &blocks, starts, to, MR),
+                    (true, 2) => repeated8(w, p, &blocks, starts, to, MR),
+                    (true, 3) => repeated12(w, p, &blocks, starts, to, MR),
+                    (true, _) => repeated16(w, p, &blocks, starts, to, MR),
+                    (false, 1) => plain4(w, p, &blocks, starts, to, MR),
+                    (false, 2) => plain8(w, p, &blocks, starts, to, MR),
+                    (false, 3) => plain12(w, p, &blocks, starts, to, MR),
+                    (false, _) => plain16(w, p, &blocks, starts, to, MR),
                 }
             }
             for (j, row) in sums.chunks_exact(MR).take(rows).enumerate() {
