@@ -293,11 +293,12 @@ impl DepthwiseInt8 {
         // taps' (or quads') places from there, the step from one position to the next.
         let expanded;
         let (src, row_bytes, offsets, step) = match layer {
-            ChannelsLast::Pairs(_) => {
+            ChannelsLast::Pairs(w) => {
                 let offsets: Vec<usize> = (0..kh * kw)
                     .map(|t| ((t / kw) * dy * cols + (t % kw) * dx) * cp)
                     .collect();
-                (&image, cols * cp, offsets, sx * cp)
+                // In each channel group's order of taps.
+                (&image, cols * cp, w.arrange(&offsets), sx * cp)
             }
             ChannelsLast::Quads(q) => {
                 let (e, ecols) = dwc::Quads::expand(&image, (rows, cols, cp), dx).map_err(fail)?;

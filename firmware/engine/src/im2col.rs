@@ -729,7 +729,9 @@ fn masked_head<const N: usize>(src: &[i8], len: usize, row: &mut [i8]) -> bool {
     for (b, &s) in bytes.iter_mut().zip(src) {
         *b = s as u8;
     }
-    let keep = 1u128.checked_shl(8 * len as u32).map_or(u128::MAX, |bit| bit - 1);
+    let keep = 1u128
+        .checked_shl(8 * len as u32)
+        .map_or(u128::MAX, |bit| bit - 1);
     let kept = (u128::from_le_bytes(bytes) & keep).to_le_bytes();
     for (d, &b) in row.iter_mut().zip(&kept) {
         *d = b as i8;

@@ -299,15 +299,29 @@ pub(crate) fn group_size(weights: &[i16]) -> usize {
 }
 
 /// An order of one channel's taps (indices into `weights`) whose [`group_size`] is as
-/// large as this finds: for each group size, largest first, the taps by decreasing
-/// magnitude each go to the group with room whose magnitudes sum least (the groups hold
-/// that size, the last the rest); the first size whose groups all fit the lane budget
-/// gives the order, group after group.
+/// large as [`schedule_lanes`] finds.
 pub(crate) fn schedule(weights: &[i16]) -> Vec<usize> {
-    let taps = weights.len();
-    let magnitude = |t: usize| u32::from(weights[t].unsigned_abs());
+    schedule_lanes(weights.len(), 1, |_, t| {
+        u32::from(weights[t].unsigned_abs())
+    })
+    .0
+}
+
+/// An order of `taps` taps shared by `lanes` lanes (the channels of a vector: tap t weighs
+/// `magnitude(lane, t)` in lane `lane`) and the largest of [`group_sizes`] whose groups, as
+/// consecutive runs of that order, sum to at most [`LANE_BUDGET`] in every lane: for each
+/// size, largest first, the taps by decreasing magnitude each go to the group with room
+/// where the largest lane sum grows least (the groups hold that size, the last the rest);
+/// the first size whose groups all fit gives the order, group after group. Size 1 always
+/// fits i8 weights.
+pub(crate) fn schedule_lanes(
+    taps: usize,
+    lanes: usize,
+    magnitude: impl Fn(usize, usize) -> u32,
+) -> (Vec<usize>, usize) {
+    let widest = |t: usize| (0..lanes).map(|l| magnitude(l, t)).max().unwrap_or(0);
     let mut by_size: Vec<usize> = (0..taps).collect();
-    by_size.sort_by_key(|&t| std::cmp::Reverse(magnitude(t)));
+    by_size.sort_by_key(|&t| std::cmp::Reverse(widest(t)));
     for &g in group_sizes(taps) {
         let count = taps.div_ceil(g);
         let room = |i: usize| {
@@ -317,22 +331,35 @@ pub(crate) fn schedule(weights: &[i16]) -> Vec<usize> {
                 taps - g * (count - 1)
             }
         };
-        let mut groups: Vec<(u32, Vec<usize>)> = vec![(0, Vec::with_capacity(g)); count];
+        // Per group: its lanes' sums and its taps.
+        let mut groups: Vec<(Vec<u32>, Vec<usize>)> =
+            vec![(vec![0; lanes], Vec::with_capacity(g)); count];
+        let grown = |sums: &[u32], t: usize| {
+            (0..lanes)
+                .map(|l| sums[l] + magnitude(l, t))
+                .max()
+                .unwrap_or(0)
+        };
         for &t in &by_size {
             let Some(best) = (0..count)
                 .filter(|&i| groups[i].1.len() < room(i))
-                .min_by_key(|&i| groups[i].0)
+                .min_by_key(|&i| grown(&groups[i].0, t))
             else {
                 break;
             };
-            groups[best].0 += magnitude(t);
+            for (l, sum) in groups[best].0.iter_mut().enumerate() {
+                *sum += magnitude(l, t);
+            }
             groups[best].1.push(t);
         }
-        if groups.iter().all(|(sum, _)| *sum <= LANE_BUDGET) {
-            return groups.into_iter().flat_map(|(_, taps)| taps).collect();
+        if groups
+            .iter()
+            .all(|(sums, _)| sums.iter().all(|&s| s <= LANE_BUDGET))
+        {
+            return (groups.into_iter().flat_map(|(_, taps)| taps).collect(), g);
         }
     }
-    (0..taps).collect()
+    ((0..taps).collect(), 1)
 }
 
 /// The length `src` must have for `rows × cols` sums of `taps` (with [`READ_SLACK`]).

@@ -203,7 +203,7 @@ unsafe fn grouped_block(
 /// `p + y · wy` over the upper 8 lanes, in 16 bits (SMLAL2), as [`high_products`] writes
 /// it.
 #[inline(always)]
-fn high_accumulate(mut p: int16x8_t, y: int8x16_t, wy: int8x16_t) -> int16x8_t {
+pub(super) fn high_accumulate(mut p: int16x8_t, y: int8x16_t, wy: int8x16_t) -> int16x8_t {
     // SAFETY: a register-only NEON multiply-add.
     unsafe {
         std::arch::asm!(

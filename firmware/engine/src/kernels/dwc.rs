@@ -19,13 +19,14 @@
 //! with `offsets[t]` the tap's place relative to the position's first read
 //! (`(ky · dy · padded_cols + kx · dx) · cp`) and `step = stride · cp`.
 //!
-//! NEON (kernels/dwc_neon.rs): per pair of taps, SMULL and SMLAL put both taps' products
+//! NEON (kernels/dwc_neon.rs): per run of taps, SMULL and SMLAL put the taps' products
 //! of 8 channels into 16-bit lanes (twice per 16 channels), and SADDW adds them into the
-//! four 32-bit sums: about 12 instructions per pair of taps and 16 channels, loads
-//! included; 3x3 weights stay in registers across a row. Two products of an i8 by a weight in
-//! [-127, 127] fit a 16-bit lane (2 · 128 · 127 = 32512): [`Weights::new`] refuses a layer
-//! with another weight (a -128, or an asymmetric u8 weight less its zero point), which keeps
-//! the plane family.
+//! four 32-bit sums; 3x3 weights stay in registers across a row. A lane holds a run's sum
+//! when its channel's weight magnitudes in the run add up to at most 255 (128 · 255 fits
+//! i16): [`Weights::new`] orders each group of 16 channels' taps so that runs are as long
+//! as that allows in all 16 lanes (kernels/dw.rs `schedule_lanes`; two taps always do
+//! unless both weigh -128). It refuses a weight outside i8 (an asymmetric u8 weight less
+//! its zero point), which keeps the plane family.
 //!
 //! Cores with the dot product (Cortex-A55 and A76) take the family's [`Quads`] instead:
 //! four taps of a kernel row per SDOT, 16 multiply-adds per instruction, on the image
@@ -42,7 +43,13 @@ pub(crate) const LANES: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Weights {
     taps: usize,
-    /// `[channel group][tap][LANES]`; the last group's missing channels are zero.
+    /// Per group of [`LANES`] channels, its taps in the order its kernel sums them
+    /// (`dw::schedule_lanes`: runs whose products share 16-bit lanes), `[group][i]` a tap.
+    order: Vec<usize>,
+    /// Per group of channels, the taps per run of its order.
+    runs: Vec<usize>,
+    /// `[channel group][i][LANES]`: the group's weights of tap `order[group][i]`; the last
+    /// group's missing channels are zero.
     packed: Vec<i8>,
     /// Per channel, padded with zeros to whole groups.
     starts: Vec<i32>,
@@ -50,7 +57,7 @@ pub(crate) struct Weights {
 
 impl Weights {
     /// From `channels × taps` weights (tap-major within a channel) and each channel's start;
-    /// `None` when a weight is outside [-127, 127] (see the module doc).
+    /// `None` when a weight is outside i8 (see the module doc).
     pub(crate) fn new(
         weights: &[i16],
         channels: usize,
@@ -60,25 +67,54 @@ impl Weights {
         if taps == 0
             || weights.len() != channels * taps
             || starts.len() != channels
-            || weights.iter().any(|w| !(-127..=127).contains(w))
+            || weights.iter().any(|w| !(-128..=127).contains(w))
         {
             return None;
         }
         let cp = channels.next_multiple_of(LANES);
-        let mut packed = vec![0i8; cp * taps];
-        for (c, row) in weights.chunks_exact(taps).enumerate() {
-            let (group, lane) = (c / LANES, c % LANES);
-            for (t, &w) in row.iter().enumerate() {
-                packed[(group * taps + t) * LANES + lane] = w as i8;
+        let weight = |c: usize, t: usize| {
+            if c < channels {
+                weights[c * taps + t]
+            } else {
+                0
             }
+        };
+        let (mut order, mut runs) = (Vec::with_capacity(cp / LANES * taps), vec![]);
+        let mut packed = vec![0i8; cp * taps];
+        for group in 0..cp / LANES {
+            let first = group * LANES;
+            let (own, run) = super::dw::schedule_lanes(taps, LANES, |lane, t| {
+                u32::from(weight(first + lane, t).unsigned_abs())
+            });
+            for (i, &t) in own.iter().enumerate() {
+                for lane in 0..LANES {
+                    packed[(group * taps + i) * LANES + lane] = weight(first + lane, t) as i8;
+                }
+            }
+            order.extend(own);
+            runs.push(run);
         }
         let mut padded = starts.to_vec();
         padded.resize(cp, 0);
         Some(Weights {
             taps,
+            order,
+            runs,
             packed,
             starts: padded,
         })
+    }
+
+    /// The layer's tap offsets (tap t at `offsets[t]`) in each channel group's order, as
+    /// [`Weights::run`] takes them: `[group][i]`. Made once per layer and evaluation.
+    pub(crate) fn arrange(&self, offsets: &[usize]) -> Vec<usize> {
+        self.order.iter().map(|&t| offsets[t]).collect()
+    }
+
+    /// Per group of channels, the taps per run of its order.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn runs(&self) -> &[usize] {
+        &self.runs
     }
 
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
@@ -110,13 +146,14 @@ impl Weights {
         check_row(
             src,
             acc,
-            (offsets, self.taps, "tap"),
+            (offsets, cp / LANES * self.taps, "arranged tap"),
             (step, cols),
             (cp, cp),
         )
     }
 
-    /// One output row's sums (see the module doc), on this CPU's kernel.
+    /// One output row's sums (see the module doc), on this CPU's kernel; `offsets` are the
+    /// taps' as [`Weights::arrange`] orders them.
     pub(crate) fn run(
         &self,
         src: &[i8],
@@ -152,11 +189,12 @@ impl Weights {
             for (c, sum) in sums.iter_mut().enumerate() {
                 let (group, lane) = (c / LANES, c % LANES);
                 let weights = &self.packed[group * self.taps * LANES..];
+                let offsets = &offsets[group * self.taps..][..self.taps];
                 *sum = offsets
                     .iter()
                     .enumerate()
-                    .fold(self.starts[c], |s, (t, &at)| {
-                        let w = i32::from(weights[t * LANES + lane]);
+                    .fold(self.starts[c], |s, (i, &at)| {
+                        let w = i32::from(weights[i * LANES + lane]);
                         s.wrapping_add(w * i32::from(src[ox * step + at + c]))
                     });
             }
@@ -724,11 +762,27 @@ mod tests {
             (16, 6, 9, 4, 1, 1, 1),
             (8, 5, 12, 1, 2, 1, 0),
         ];
-        for (i, &(c, h, w, k, stride, dilation, p)) in cases.iter().enumerate() {
+        // Each case with full-range weights (runs of one or two taps), and with smaller
+        // ones beside one of 127 or -128 per channel (longer runs), as trained kernels have.
+        let scaled = cases.iter().map(|&case| (case, true));
+        for (i, &((c, h, w, k, stride, dilation, p), small)) in cases
+            .iter()
+            .map(|&case| (case, false))
+            .chain(scaled)
+            .collect::<Vec<_>>()
+            .iter()
+            .enumerate()
+        {
             let x = values(c * h * w, i as u32);
             let weights: Vec<i16> = values(c * k * k, 100 + i as u32)
                 .iter()
-                .map(|&v| i16::from(v).max(-127))
+                .enumerate()
+                .map(|(j, &v)| match (small, j % (k * k)) {
+                    (false, _) => i16::from(v),
+                    (true, 0) if j % 2 == 0 => 127,
+                    (true, 0) => -128,
+                    (true, _) => i16::from(v) / 9,
+                })
                 .collect();
             let starts: Vec<i32> = (0..c as i32).map(|v| v * 977 - 5000).collect();
             let pairs = Weights::new(&weights, c, k * k, &starts).unwrap();
@@ -756,7 +810,7 @@ mod tests {
             let offsets: Vec<usize> = (0..k * k)
                 .map(|t| ((t / k) * dilation * cols + (t % k) * dilation) * cp)
                 .collect();
-            let pairs_row = (plane, cols * cp, offsets, stride * cp);
+            let pairs_row = (plane, cols * cp, pairs.arrange(&offsets), stride * cp);
             // The quads': wider by their reach, expanded, a quad per four taps of a row.
             let cols = cols.max((ow - 1) * stride + quads.reach() * dilation + 1);
             let plane = image(cols);
@@ -835,13 +889,17 @@ mod tests {
             (-128i8, -127i16, 0i32),
             (127, 127, i32::MAX - 5),
             (-128, 127, i32::MIN + 3),
+            (-128, -128, 0),
+            (127, -128, i32::MAX - 5),
         ] {
             let weights = vec![w; c * taps];
             let layer = Weights::new(&weights, c, taps, &vec![start; c]).unwrap();
             let src = vec![x; 3 * c * taps];
             let offsets: Vec<usize> = (0..taps).map(|t| t * c).collect();
             let mut got = vec![0i32; 2 * c];
-            layer.run(&src, &offsets, c, 2, &mut got).unwrap();
+            layer
+                .run(&src, &layer.arrange(&offsets), c, 2, &mut got)
+                .unwrap();
             let one = i32::from(x) * i32::from(w) * taps as i32;
             assert_eq!(got, vec![start.wrapping_add(one); 2 * c]);
         }
@@ -849,10 +907,10 @@ mod tests {
 
     #[test]
     fn refuses_weights_and_operands_it_cannot_take() {
-        assert!(Weights::new(&[-128, 3], 1, 2, &[0]).is_none());
+        assert!(Weights::new(&[-129, 3], 1, 2, &[0]).is_none());
         assert!(Weights::new(&[200, 3], 1, 2, &[0]).is_none());
         let layer = Weights::new(&[1; 18], 2, 9, &[0, 0]).unwrap();
-        let offsets: Vec<usize> = (0..9).map(|t| t * 16).collect();
+        let offsets: Vec<usize> = layer.arrange(&(0..9).map(|t| t * 16).collect::<Vec<_>>());
         let mut acc = vec![0i32; 2 * 16];
         // Two positions need 16 + 128 + 16 bytes.
         assert!(layer.run(&[0; 159], &offsets, 16, 2, &mut acc).is_err());

@@ -2,17 +2,19 @@
 //!
 //! A row's sums run one group of 16 channels at a time (a 3x3 kernel's weights in
 //! registers for the whole row), two positions at a time, each position's four 32-bit sums
-//! in registers across all its taps. Per pair of taps and position: two loads of 16
-//! channels' bytes, SMULL/SMULL2 of the first tap's, SMLAL/SMLAL2 of the second's into the
-//! same 16-bit lanes, and four SADDW into the sums.
+//! in registers across all its taps. The group's taps come in runs whose products share
+//! 16-bit lanes (`Weights::new` ordered them so, `dw::schedule_lanes`): per tap and
+//! position a load of 16 channels' bytes and SMULL/SMULL2 (the run's first tap) or
+//! SMLAL/SMLAL2 (the others), per run four SADDW into the sums. A 5x5 kernel of
+//! EfficientNet-Lite0 takes runs of 3 or 4 taps where pairs took 13 runs.
 
 use std::arch::aarch64::*;
 
-use super::dw_neon::{add_widened, products};
+use super::dw_neon::{add_widened, high_accumulate, products};
 use super::dwc::{Bytes16, Weights, LANES};
 
 /// # Safety
-/// `Weights::check` holds for these operands.
+/// `Weights::check` holds for these operands (`offsets` arranged by `Weights::arrange`).
 pub(super) unsafe fn run(
     w: &Weights,
     src: &[i8],
@@ -23,34 +25,49 @@ pub(super) unsafe fn run(
 ) {
     let (packed, starts) = w.raw();
     let (cp, taps) = (w.padded_channels(), w.taps());
-    for g in 0..cp / LANES {
+    for (g, &run) in w.runs().iter().enumerate().take(cp / LANES) {
         // SAFETY: the caller's contract: group g has `taps` × 16 weights and 16 starts;
-        // every position's reads (`ox · step + offsets[t] + g · 16`, 16 bytes) are inside
-        // `src` and its 16 sums inside `acc`.
+        // every position's reads (`ox · step + offsets[g · taps + i] + g · 16`, 16 bytes)
+        // are inside `src` and its 16 sums inside `acc`; `Weights::new` made each run of
+        // `run` taps fit the 16-bit lanes.
         unsafe {
             let wg = packed.as_ptr().add(g * taps * LANES);
             let s = vld1q_s32_x4(starts.as_ptr().add(g * LANES));
             let start = [s.0, s.1, s.2, s.3];
             let (p, out) = (src.as_ptr().add(g * LANES), acc.as_mut_ptr().add(g * LANES));
-            if taps == 9 {
-                // A 3x3 kernel's weights stay in registers for the whole row.
-                let ws: [int8x16_t; 9] = std::array::from_fn(|t| vld1q_s8(wg.add(t * LANES)));
-                row(p, out, (step, cp), cols, &offsets[..9], |t| ws[t], start);
-            } else {
-                let weight = |t: usize| vld1q_s8(wg.add(t * LANES));
-                row(p, out, (step, cp), cols, offsets, weight, start);
+            let at = &offsets[g * taps..(g + 1) * taps];
+            /// The row with runs of `$g` taps, 3x3 weights in registers.
+            macro_rules! rows {
+                ($($g:literal),+) => {
+                    match (taps, run) {
+                        $((9, $g) => {
+                            let ws: [int8x16_t; 9] =
+                                std::array::from_fn(|t| vld1q_s8(wg.add(t * LANES)));
+                            row::<$g>(p, out, (step, cp), cols, at, |t| ws[t], start)
+                        })+
+                        $((_, $g) => {
+                            let weight = |t: usize| vld1q_s8(wg.add(t * LANES));
+                            row::<$g>(p, out, (step, cp), cols, at, weight, start)
+                        })+
+                        _ => {
+                            let weight = |t: usize| vld1q_s8(wg.add(t * LANES));
+                            row::<1>(p, out, (step, cp), cols, at, weight, start)
+                        }
+                    }
+                };
             }
+            rows!(1, 2, 3, 4, 5, 7, 9, 13, 25)
         }
     }
 }
 
-/// One group's sums over a row of `cols` positions, two positions at a time (each pair of
-/// taps' weights serves both).
+/// One group's sums over a row of `cols` positions, two positions at a time (each tap's
+/// weights serve both), taps in runs of `G` into 16-bit lanes.
 ///
 /// # Safety
 /// As `run`'s, for the group at `p` and `out`.
 #[inline(always)]
-unsafe fn row(
+unsafe fn row<const G: usize>(
     p: *const i8,
     out: *mut i32,
     (step, cp): (usize, usize),
@@ -66,7 +83,7 @@ unsafe fn row(
     let mut ox = 0;
     while ox + 2 <= cols {
         // SAFETY: the caller's contract, for positions ox and ox + 1.
-        let [a, b] = unsafe { sums::<2>(p.add(ox * step), step, at, &weight, start) };
+        let [a, b] = unsafe { sums::<2, G>(p.add(ox * step), step, at, &weight, start) };
         // SAFETY: as above.
         unsafe {
             store(out.add(ox * cp), a);
@@ -76,18 +93,21 @@ unsafe fn row(
     }
     if ox < cols {
         // SAFETY: the caller's contract, for position ox.
-        let [a] = unsafe { sums::<1>(p.add(ox * step), step, at, &weight, start) };
+        let [a] = unsafe { sums::<1, G>(p.add(ox * step), step, at, &weight, start) };
         // SAFETY: as above.
         unsafe { store(out.add(ox * cp), a) };
     }
 }
 
-/// The sums of `P` consecutive positions (`step` bytes apart) from `start`.
+/// The sums of `P` consecutive positions (`step` bytes apart) from `start`, the taps in
+/// runs of `G` (the last run shorter): each run's products summed in 16-bit lanes, then
+/// added into the 32-bit sums.
 ///
 /// # Safety
-/// Every position's reads are inside the caller's input.
+/// Every position's reads are inside the caller's input; every run of `G` taps fits the
+/// 16-bit lanes.
 #[inline(always)]
-unsafe fn sums<const P: usize>(
+unsafe fn sums<const P: usize, const G: usize>(
     p: *const i8,
     step: usize,
     at: &[usize],
@@ -95,37 +115,35 @@ unsafe fn sums<const P: usize>(
     start: [int32x4_t; 4],
 ) -> [[int32x4_t; 4]; P] {
     let mut sums = [start; P];
-    let pair = |sums: &mut [[int32x4_t; 4]; P], t: usize| {
-        let (wa, wb) = (weight(t), weight(t + 1));
-        for (q, sums) in sums.iter_mut().enumerate() {
+    // Taps `t..t + len` of the order, `len` at most G.
+    let run = |sums: &mut [[int32x4_t; 4]; P], t: usize, len: usize| {
+        let w0 = weight(t);
+        let mut lanes: [(int16x8_t, int16x8_t); P] = std::array::from_fn(|q| {
             // SAFETY: the caller's contract.
-            let (xa, xb) = unsafe {
-                let x = p.add(q * step);
-                (vld1q_s8(x.add(at[t])), vld1q_s8(x.add(at[t + 1])))
-            };
-            let (lo, hi) = products(xa, wa, Some((xb, wb)));
+            let x = unsafe { vld1q_s8(p.add(q * step + at[t])) };
+            products(x, w0, None)
+        });
+        for u in 1..len {
+            let wu = weight(t + u);
+            for (q, (lo, hi)) in lanes.iter_mut().enumerate() {
+                // SAFETY: the caller's contract.
+                let x = unsafe { vld1q_s8(p.add(q * step + at[t + u])) };
+                // SAFETY: register-only NEON multiply-adds.
+                *lo = unsafe { vmlal_s8(*lo, vget_low_s8(x), vget_low_s8(wu)) };
+                *hi = high_accumulate(*hi, x, wu);
+            }
+        }
+        for (sums, (lo, hi)) in sums.iter_mut().zip(lanes) {
             add_widened(sums, lo, hi);
         }
     };
-    // Two pairs per pass: a 5x5 kernel's loop control was 5 of a pair's 27 instructions.
     let mut t = 0;
-    while t + 3 < at.len() {
-        pair(&mut sums, t);
-        pair(&mut sums, t + 2);
-        t += 4;
-    }
-    while t + 1 < at.len() {
-        pair(&mut sums, t);
-        t += 2;
+    while t + G <= at.len() {
+        run(&mut sums, t, G);
+        t += G;
     }
     if t < at.len() {
-        let w = weight(t);
-        for (q, sums) in sums.iter_mut().enumerate() {
-            // SAFETY: the caller's contract.
-            let x = unsafe { vld1q_s8(p.add(q * step + at[t])) };
-            let (lo, hi) = products(x, w, None);
-            add_widened(sums, lo, hi);
-        }
+        run(&mut sums, t, at.len() - t);
     }
     sums
 }

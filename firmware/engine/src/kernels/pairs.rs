@@ -119,7 +119,13 @@ impl Weights {
                 at + KC / 2
             ));
         }
-        Ok(Self::packed(rows, channels, k, starts, repeats(channels, k)))
+        Ok(Self::packed(
+            rows,
+            channels,
+            k,
+            starts,
+            repeats(channels, k),
+        ))
     }
 
     /// The weights packed with repeated lanes or plain ones, after `new`'s checks.
@@ -283,7 +289,10 @@ mod tests {
             );
             let mut scalar = vec![i32::MIN; m * n];
             weights.run_scalar(&patches, n, &mut scalar);
-            assert_eq!(scalar, want, "scalar, lanes repeated {repeated}, {m} x {k} x {n}");
+            assert_eq!(
+                scalar, want,
+                "scalar, lanes repeated {repeated}, {m} x {k} x {n}"
+            );
         }
     }
 
@@ -294,7 +303,10 @@ mod tests {
             let w = values(m * k, 3, -127);
             let weights = Weights::new(&w, m, k, &starts(m)).unwrap();
             assert_eq!(weights.repeated(), repeated, "{m} x {k}");
-            assert_eq!(weights.raw().0.len(), m * k.div_ceil(4) * weights.lane_bytes());
+            assert_eq!(
+                weights.raw().0.len(),
+                m * k.div_ceil(4) * weights.lane_bytes()
+            );
         }
     }
 

@@ -73,7 +73,13 @@ impl<const NR: usize, const KC: usize, const MR: usize> Packed<NR, KC, MR> {
     /// Refuses operands an ISA kernel would read or write out of bounds: `patches` must
     /// hold `n.div_ceil(MR)` panels and `c` exactly `channels × n` sums.
     pub(crate) fn check(&self, patches: &[i8], n: usize, c: &[i32]) -> Result<(), String> {
-        check_operands((self.channels, self.k), (self.panel_len(), MR), patches, n, c)
+        check_operands(
+            (self.channels, self.k),
+            (self.panel_len(), MR),
+            patches,
+            n,
+            c,
+        )
     }
 
     /// The scalar reference: `c[ch · n + pos] = start[ch] + Σ_k w[ch][k] · p[pos][k]`, what
