@@ -292,19 +292,25 @@ impl DepthwiseInt8 {
         // What one output row reads: its first byte's place in the (expanded) image, the
         // taps' (or quads') places from there, the step from one position to the next.
         let expanded;
-        let (src, row_bytes, offsets, step) = match layer {
+        /// A row's kernel with its taps' offsets in the form it takes them.
+        enum Row<'a> {
+            Pairs(&'a dwc::Weights, dwc::Arranged),
+            Quads(&'a dwc::Quads, Vec<usize>),
+        }
+        let (src, row_bytes, kernel, step) = match layer {
             ChannelsLast::Pairs(w) => {
                 let offsets: Vec<usize> = (0..kh * kw)
                     .map(|t| ((t / kw) * dy * cols + (t % kw) * dx) * cp)
                     .collect();
                 // In each channel group's order of taps.
-                (&image, cols * cp, w.arrange(&offsets), sx * cp)
+                let kernel = Row::Pairs(w, w.arrange(&offsets));
+                (&image, cols * cp, kernel, sx * cp)
             }
             ChannelsLast::Quads(q) => {
                 let (e, ecols) = dwc::Quads::expand(&image, (rows, cols, cp), dx).map_err(fail)?;
                 expanded = e;
-                let offsets = q.offsets(ecols, [dy, dx]);
-                (&expanded, ecols * cp * 4, offsets, sx * cp * 4)
+                let kernel = Row::Quads(q, q.offsets(ecols, [dy, dx]));
+                (&expanded, ecols * cp * 4, kernel, sx * cp * 4)
             }
         };
         let per_row = out_cols * cp;
@@ -313,9 +319,9 @@ impl DepthwiseInt8 {
             let mut acc = vec![0i32; per_row];
             for (i, dst) in bytes.chunks_exact_mut(per_row).enumerate() {
                 let src = &src[(first + i) * sy * row_bytes..];
-                match layer {
-                    ChannelsLast::Pairs(w) => w.run(src, &offsets, step, out_cols, &mut acc),
-                    ChannelsLast::Quads(q) => q.run(src, &offsets, step, out_cols, &mut acc),
+                match &kernel {
+                    Row::Pairs(w, offsets) => w.run(src, offsets, step, out_cols, &mut acc),
+                    Row::Quads(q, offsets) => q.run(src, offsets, step, out_cols, &mut acc),
                 }
                 .map_err(fail)?;
                 self.requantize.run_channels_last(&acc, cp, channels, dst)?;

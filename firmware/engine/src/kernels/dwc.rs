@@ -39,6 +39,24 @@
 /// Channels per vector.
 pub(crate) const LANES: usize = 16;
 
+/// A layer's tap offsets in each channel group's order (`[group][i]`, [`Weights::arrange`]),
+/// with the largest: every group's are the same offsets in another order.
+#[derive(Debug)]
+pub(crate) struct Arranged {
+    offsets: Vec<usize>,
+    reach: usize,
+    /// The layer's taps, which `offsets` repeats per group.
+    taps: usize,
+}
+
+impl Arranged {
+    /// The offsets, `[group][i]`.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+}
+
 /// One layer's weights packed for the channels-last kernels, with each channel's start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Weights {
@@ -106,9 +124,13 @@ impl Weights {
     }
 
     /// The layer's tap offsets (tap t at `offsets[t]`) in each channel group's order, as
-    /// [`Weights::run`] takes them: `[group][i]`. Made once per layer and evaluation.
-    pub(crate) fn arrange(&self, offsets: &[usize]) -> Vec<usize> {
-        self.order.iter().map(|&t| offsets[t]).collect()
+    /// [`Weights::run`] takes them. Made once per layer and evaluation.
+    pub(crate) fn arrange(&self, offsets: &[usize]) -> Arranged {
+        Arranged {
+            offsets: self.order.iter().map(|&t| offsets[t]).collect(),
+            reach: offsets.iter().max().copied().unwrap_or(0),
+            taps: offsets.len(),
+        }
     }
 
     /// Per group of channels, the taps per run of its order.
@@ -137,16 +159,26 @@ impl Weights {
     fn check(
         &self,
         src: &[i8],
-        offsets: &[usize],
+        offsets: &Arranged,
         step: usize,
         cols: usize,
         acc: &[i32],
     ) -> Result<(), String> {
         let cp = self.padded_channels();
+        if offsets.taps != self.taps || offsets.offsets.len() != self.order.len() {
+            return Err(format!(
+                "{} offsets of {} taps arranged for a layer of {} taps in {} groups",
+                offsets.offsets.len(),
+                offsets.taps,
+                self.taps,
+                cp / LANES
+            ));
+        }
+        // Every group's offsets are the layer's, whose largest `reach` is.
         check_row(
             src,
             acc,
-            (offsets, cp / LANES * self.taps, "arranged tap"),
+            (&[offsets.reach], 1, "largest tap"),
             (step, cols),
             (cp, cp),
         )
@@ -157,7 +189,7 @@ impl Weights {
     pub(crate) fn run(
         &self,
         src: &[i8],
-        offsets: &[usize],
+        offsets: &Arranged,
         step: usize,
         cols: usize,
         acc: &mut [i32],
@@ -179,7 +211,7 @@ impl Weights {
     pub(crate) fn run_scalar(
         &self,
         src: &[i8],
-        offsets: &[usize],
+        offsets: &Arranged,
         step: usize,
         cols: usize,
         acc: &mut [i32],
@@ -189,7 +221,7 @@ impl Weights {
             for (c, sum) in sums.iter_mut().enumerate() {
                 let (group, lane) = (c / LANES, c % LANES);
                 let weights = &self.packed[group * self.taps * LANES..];
-                let offsets = &offsets[group * self.taps..][..self.taps];
+                let offsets = &offsets.offsets[group * self.taps..][..self.taps];
                 *sum = offsets
                     .iter()
                     .enumerate()
@@ -837,15 +869,16 @@ mod tests {
                     (p, p),
                     (oy, ow),
                 );
-                for (kernel, (src, row, offsets, step)) in
-                    [("pairs", &pairs_row), ("quads", &quads_row)]
-                {
-                    let src = &src[oy * stride * row..];
+                for kernel in ["pairs", "quads"] {
                     let (mut got, mut scalar) = (vec![0i32; ow * cp], vec![0i32; ow * cp]);
                     if kernel == "pairs" {
+                        let (src, row, offsets, step) = &pairs_row;
+                        let src = &src[oy * stride * row..];
                         pairs.run(src, offsets, *step, ow, &mut got).unwrap();
                         pairs.run_scalar(src, offsets, *step, ow, &mut scalar);
                     } else {
+                        let (src, row, offsets, step) = &quads_row;
+                        let src = &src[oy * stride * row..];
                         quads.run(src, offsets, *step, ow, &mut got).unwrap();
                         quads.run_scalar(src, offsets, *step, ow, &mut scalar);
                     }
@@ -910,13 +943,15 @@ mod tests {
         assert!(Weights::new(&[-129, 3], 1, 2, &[0]).is_none());
         assert!(Weights::new(&[200, 3], 1, 2, &[0]).is_none());
         let layer = Weights::new(&[1; 18], 2, 9, &[0, 0]).unwrap();
-        let offsets: Vec<usize> = layer.arrange(&(0..9).map(|t| t * 16).collect::<Vec<_>>());
+        let taps: Vec<usize> = (0..9).map(|t| t * 16).collect();
+        let offsets = layer.arrange(&taps);
         let mut acc = vec![0i32; 2 * 16];
         // Two positions need 16 + 128 + 16 bytes.
         assert!(layer.run(&[0; 159], &offsets, 16, 2, &mut acc).is_err());
         assert!(layer.run(&[0; 160], &offsets, 16, 2, &mut acc).is_ok());
+        let other = Weights::new(&[1; 16], 2, 8, &[0, 0]).unwrap();
         assert!(layer
-            .run(&[0; 160], &offsets[..8], 16, 2, &mut acc)
+            .run(&[0; 160], &other.arrange(&taps[..8]), 16, 2, &mut acc)
             .is_err());
         assert!(layer.run(&[0; 160], &offsets, 16, 3, &mut acc).is_err());
     }

@@ -11,20 +11,21 @@
 use std::arch::aarch64::*;
 
 use super::dw_neon::{add_widened, high_accumulate, products};
-use super::dwc::{Bytes16, Weights, LANES};
+use super::dwc::{Arranged, Bytes16, Weights, LANES};
 
 /// # Safety
 /// `Weights::check` holds for these operands (`offsets` arranged by `Weights::arrange`).
 pub(super) unsafe fn run(
     w: &Weights,
     src: &[i8],
-    offsets: &[usize],
+    offsets: &Arranged,
     step: usize,
     cols: usize,
     acc: &mut [i32],
 ) {
     let (packed, starts) = w.raw();
     let (cp, taps) = (w.padded_channels(), w.taps());
+    let offsets = offsets.offsets();
     for (g, &run) in w.runs().iter().enumerate().take(cp / LANES) {
         // SAFETY: the caller's contract: group g has `taps` × 16 weights and 16 starts;
         // every position's reads (`ox · step + offsets[g · taps + i] + g · 16`, 16 bytes)
@@ -115,37 +116,67 @@ unsafe fn sums<const P: usize, const G: usize>(
     start: [int32x4_t; 4],
 ) -> [[int32x4_t; 4]; P] {
     let mut sums = [start; P];
-    // Taps `t..t + len` of the order, `len` at most G.
-    let run = |sums: &mut [[int32x4_t; 4]; P], t: usize, len: usize| {
-        let w0 = weight(t);
-        let mut lanes: [(int16x8_t, int16x8_t); P] = std::array::from_fn(|q| {
-            // SAFETY: the caller's contract.
-            let x = unsafe { vld1q_s8(p.add(q * step + at[t])) };
-            products(x, w0, None)
-        });
-        for u in 1..len {
-            let wu = weight(t + u);
-            for (q, (lo, hi)) in lanes.iter_mut().enumerate() {
-                // SAFETY: the caller's contract.
-                let x = unsafe { vld1q_s8(p.add(q * step + at[t + u])) };
-                // SAFETY: register-only NEON multiply-adds.
-                *lo = unsafe { vmlal_s8(*lo, vget_low_s8(x), vget_low_s8(wu)) };
-                *hi = high_accumulate(*hi, x, wu);
-            }
-        }
-        for (sums, (lo, hi)) in sums.iter_mut().zip(lanes) {
-            add_widened(sums, lo, hi);
-        }
-    };
+    let (taps, offsets) = (at.len(), at.as_ptr());
     let mut t = 0;
-    while t + G <= at.len() {
-        run(&mut sums, t, G);
+    while t + G <= taps {
+        // SAFETY: the caller's contract; taps t..t + G are within `at`.
+        unsafe { taps_run::<P, G>(&mut sums, p, step, offsets.add(t), |u| weight(t + u)) };
         t += G;
     }
-    if t < at.len() {
-        run(&mut sums, t, at.len() - t);
+    // The last, shorter run.
+    macro_rules! last {
+        ($($len:literal),+) => {
+            match taps - t {
+                0 => {}
+                // SAFETY (each): as above, for the taps left.
+                $($len => unsafe {
+                    taps_run::<P, $len>(&mut sums, p, step, offsets.add(t), |u| weight(t + u))
+                },)+
+                _ => {
+                    for u in t..taps {
+                        // SAFETY: as above, one tap at a time.
+                        unsafe {
+                            taps_run::<P, 1>(&mut sums, p, step, offsets.add(u), |_| weight(u))
+                        };
+                    }
+                }
+            }
+        };
     }
+    last!(1, 2, 3, 4, 5, 6, 7, 8);
     sums
+}
+
+/// One run of `L` taps (at offsets `at[0..L]`, weights `weight(u)`) for `P` positions:
+/// their products in 16-bit lanes, then added into the sums.
+///
+/// # Safety
+/// As [`sums`]'s; `at` holds `L` offsets; the run fits the 16-bit lanes.
+#[inline(always)]
+unsafe fn taps_run<const P: usize, const L: usize>(
+    sums: &mut [[int32x4_t; 4]; P],
+    p: *const i8,
+    step: usize,
+    at: *const usize,
+    weight: impl Fn(usize) -> int8x16_t,
+) {
+    // SAFETY (the loads): the caller's contract.
+    let x = |q: usize, u: usize| unsafe { vld1q_s8(p.add(q * step + *at.add(u))) };
+    let w0 = weight(0);
+    let mut lanes: [(int16x8_t, int16x8_t); P] =
+        std::array::from_fn(|q| products(x(q, 0), w0, None));
+    for u in 1..L {
+        let wu = weight(u);
+        for (q, (lo, hi)) in lanes.iter_mut().enumerate() {
+            let x = x(q, u);
+            // SAFETY: register-only NEON multiply-adds.
+            *lo = unsafe { vmlal_s8(*lo, vget_low_s8(x), vget_low_s8(wu)) };
+            *hi = high_accumulate(*hi, x, wu);
+        }
+    }
+    for (sums, (lo, hi)) in sums.iter_mut().zip(lanes) {
+        add_widened(sums, lo, hi);
+    }
 }
 
 /// The channel copies' and the quads' expansion's 16 bytes on NEON.
