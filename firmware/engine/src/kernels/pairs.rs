@@ -245,7 +245,7 @@ impl Weights {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::panels::tests::{naive, starts, values};
+    use crate::kernels::panels::tests::{self as panels, naive, starts, values};
 
     /// `matrix` (k rows of n positions) in this family's panels, written from the module
     /// doc's words rather than from [`offset`].
@@ -341,38 +341,21 @@ mod tests {
         }
     }
 
-    /// The extremes of both operands: every product at ±16256 and pairs at ±32512, the
-    /// limits of the 16-bit lanes, and depths whose sums pass i32 (they wrap, as tract's).
+    /// The extremes of both operands (kernels/panels.rs `holds_at_the_extremes`).
     #[test]
     fn holds_at_the_extremes_of_the_16_bit_lanes() {
-        for (w, x) in [(-127i8, -128i8), (127, -128), (-127, 127), (127, 127)] {
-            for (m, k, n) in [(5, 33, 17), (4, 4608, 16)] {
-                check(m, k, n, &vec![w; m * k], &vec![x; k * n]);
-            }
-        }
-        let k = (1 << 31) / 16256 + 100;
-        check(1, k, 1, &vec![-127; k], &vec![-128; k]);
+        panels::holds_at_the_extremes(&check, &[(5, 33, 17), (4, 4608, 16)]);
     }
 
-    /// Weights of -128 wherever the other depth of their lane is not -128, against
-    /// patches of -128: each lane holds 16384 plus a product of the other extreme.
+    /// Weights of -128 beside other weights in their lanes (kernels/panels.rs
+    /// `holds_with_minus_128_beside_others`).
     #[test]
     fn holds_with_weights_of_minus_128_beside_other_weights() {
-        for (m, k, n) in [(5, 33, 9), (4, 48, 16), (3, 425, 17)] {
-            for other in [-127i8, 127, 0] {
-                let w: Vec<i8> = (0..m * k)
-                    .map(|i| if i % k % KC < KC / 2 { i8::MIN } else { other })
-                    .collect();
-                for x in [-128i8, 127] {
-                    check(m, k, n, &w, &vec![x; k * n]);
-                }
-                let w: Vec<i8> = w
-                    .iter()
-                    .map(|&v| if v == i8::MIN { other } else { i8::MIN })
-                    .collect();
-                check(m, k, n, &w, &values(k * n, (m * k) as u32, -128));
-            }
-        }
+        panels::holds_with_minus_128_beside_others(
+            &check,
+            KC,
+            &[(5, 33, 9), (4, 48, 16), (3, 425, 17)],
+        );
     }
 
     #[test]

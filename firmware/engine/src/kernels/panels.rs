@@ -253,6 +253,51 @@ pub(crate) mod tests {
         c
     }
 
+    /// A family's check of `m` channels of `k` weights against `n` positions (k rows of n).
+    pub(crate) type Check<'a> = &'a dyn Fn(usize, usize, usize, &[i8], &[i8]);
+
+    /// The extremes of both operands for a family whose 16-bit lanes pair two products:
+    /// every product at ±16256 and pairs at ±32512, the limits of the lanes, over the
+    /// `shapes` given, and a depth whose sums pass i32 (they wrap, as tract's).
+    pub(crate) fn holds_at_the_extremes(check: Check, shapes: &[(usize, usize, usize)]) {
+        for (w, x) in [(-127i8, -128i8), (127, -128), (-127, 127), (127, 127)] {
+            for &(m, k, n) in shapes {
+                check(m, k, n, &vec![w; m * k], &vec![x; k * n]);
+            }
+        }
+        // 2^31 / 16256 products wrap once.
+        let k = (1 << 31) / 16256 + 100;
+        check(1, k, 1, &vec![-127; k], &vec![-128; k]);
+    }
+
+    /// Weights of -128 (asymmetric u8 weights shifted to i8 have them) wherever the other
+    /// depth of their lane (`kc`-deep blocks, lanes pairing depths `kc / 2` apart) is not
+    /// -128, against patches of -128: each lane holds 16384 plus a product of the other
+    /// extreme, at the limit of its 16 bits.
+    pub(crate) fn holds_with_minus_128_beside_others(
+        check: Check,
+        kc: usize,
+        shapes: &[(usize, usize, usize)],
+    ) {
+        for &(m, k, n) in shapes {
+            for other in [-127i8, 127, 0] {
+                // -128 at the first half of every lane, `other` at its second half.
+                let w: Vec<i8> = (0..m * k)
+                    .map(|i| if i % k % kc < kc / 2 { i8::MIN } else { other })
+                    .collect();
+                for x in [-128i8, 127] {
+                    check(m, k, n, &w, &vec![x; k * n]);
+                }
+                // And at the second half only, with pseudo-random patches.
+                let w: Vec<i8> = w
+                    .iter()
+                    .map(|&v| if v == i8::MIN { other } else { i8::MIN })
+                    .collect();
+                check(m, k, n, &w, &values(k * n, (m * k) as u32, -128));
+            }
+        }
+    }
+
     /// Distinct, large starting values: a start added twice or to the wrong channel shows.
     pub(crate) fn starts(m: usize) -> Vec<i32> {
         (0..m as i32).map(|i| i * 1_000_003 - 7).collect()
