@@ -340,11 +340,14 @@ impl Requantize {
                 Scales::Cycle(cycle) => {
                     // A cycle at a time: each is a run of `Each` (whole blocks, since the
                     // cycle is), with no division for the channel.
+                    // The chain's constants once for all the cycles (a channels-last row's
+                    // positions).
+                    let chain = neon::Chain::of(self);
                     let mut done = 0;
                     for (xs, ys) in xs.chunks(cycle.len()).zip(ys.chunks_mut(cycle.len())) {
                         let pairs = neon::PairScales::Each(cycle.as_ptr());
                         let at = |b: usize| neon::block_scales(cycle, b);
-                        done += neon::run(self, xs, at, Some(pairs), ys, true);
+                        done += chain.row(xs, at, Some(pairs), ys, true);
                         if xs.len() < cycle.len() {
                             break;
                         }

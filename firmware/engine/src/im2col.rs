@@ -713,6 +713,7 @@ fn pad_edge(out: &mut [i8], pad: i8) {
 /// (it does but at the input's end), rather than a copy and a fill of a few bytes each
 /// (calls of memcpy and memset, about 1 M instructions per inference of MobileNetV2's
 /// 14- and 7-wide layers under qemu).
+#[inline]
 fn head_of(src: &[i8], len: usize, row: &mut [i8]) {
     if !(masked_head::<8>(src, len, row) || masked_head::<16>(src, len, row)) {
         row[..len].copy_from_slice(&src[..len]);
