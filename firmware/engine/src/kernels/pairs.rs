@@ -1,5 +1,6 @@
-//! int8 products whose 16-bit lanes hold pairs of k: the family for the shallow layers of
-//! cores without a dot product (Cortex-A53, Cortex-A72), beside c16.rs.
+//! int8 products whose 16-bit lanes hold pairs of k: with c16.rs, the two families of
+//! cores without a dot product (Cortex-A53, Cortex-A72), of which banded.rs picks one per
+//! layer (this one on shallow layers and wherever positions fill its tiles of 16).
 //!
 //! c16's tile multiplies 16 k of one position by 16 k of one channel and ends with a
 //! pairwise fold of its 16 accumulators, its channels' starts and four stores: about 33
