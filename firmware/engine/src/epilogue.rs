@@ -20,7 +20,7 @@ use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::{Add, Max, Min, QScale};
-use tract_onnx::tract_core::ops::quant::{OffsetU8asI8, Scale};
+use tract_onnx::tract_core::ops::quant::Scale;
 use tract_onnx::tract_core::optim::{OptimizerSession, TypedPass};
 
 /// Runs `$body` with `$b` at the start of every whole block of [`BLOCK`] values of a row
@@ -1220,9 +1220,7 @@ fn chain_from(
         }
         if cast_to == Some(DatumType::U8)
             && !offset_to_i8
-            && next_node
-                .op_as::<ElementWiseOp>()
-                .is_some_and(|op| op.0.is::<OffsetU8asI8>() && op.1.is_none())
+            && crate::rewrite::is_offset_to_i8(next_node)
         {
             offset_to_i8 = true;
             at = next;

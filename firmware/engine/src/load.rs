@@ -325,6 +325,7 @@ fn build_proto(
         let mut max_pools_quantized = 0;
         let mut max_pools_moved = 0;
         let mut merged_tables = 0;
+        let mut straight_to_i8 = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
         let removed = rewrite::drop_zero_products(&mut optimized)
@@ -386,6 +387,27 @@ fn build_proto(
             })?;
             merged_tables = crate::qtable::merge_tables(&mut optimized)
                 .map_err(|e| load_err(format!("merging the lookup tables failed: {e:#}")))?;
+            // Where onnxruntime quantizes only the convolutions (QOperator with standard
+            // operators), every ReLU6 between two of them is a table and every residual
+            // Add a float sum then a quantization, each read by the next convolution
+            // through tract's shift to i8: a second pass over each tensor (1.5 M of
+            // MobileNetV2's 93 M instructions under qemu, cortex-a72).
+            straight_to_i8 = [
+                rewrite::fold_shifts(&mut optimized, |n| {
+                    n.op_as::<crate::qtable::QTable>().and_then(|t| t.shifted())
+                }),
+                rewrite::fold_shifts(&mut optimized, |n| {
+                    n.op_as::<crate::quantize::Quantize8>()
+                        .and_then(|q| q.shifted())
+                }),
+                rewrite::fold_shifts(&mut optimized, |n| {
+                    n.op_as::<crate::qbinary::QBinary>()
+                        .and_then(|b| b.shifted())
+                }),
+            ]
+            .into_iter()
+            .sum::<TractResult<usize>>()
+            .map_err(|e| load_err(format!("folding the shifts to i8 failed: {e:#}")))?;
             let joined = crate::qtable::concat_quantized(&mut optimized).map_err(|e| {
                 load_err(format!("concatenating the quantized tensors failed: {e:#}"))
             })?;
@@ -550,6 +572,12 @@ fn build_proto(
                     "merged",
                     "int8 element-wise node",
                     " on one tensor into a single table",
+                ),
+                (
+                    straight_to_i8,
+                    "folded",
+                    "u8-to-i8 shift",
+                    " into the table, quantization or Add/Mul before it",
                 ),
                 (
                     tables,

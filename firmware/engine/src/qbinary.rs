@@ -58,6 +58,20 @@ fn bytes_of(t: &Tensor, signed: bool) -> TractResult<&[u8]> {
 }
 
 impl QBinary {
+    /// This node with its output shifted to i8 when it gives u8 (rewrite.rs
+    /// `fold_shifts`): the same quantization with the zero point 128 lower, clamped to
+    /// i8's range, is the u8 minus 128.
+    pub(crate) fn shifted(&self) -> Option<QBinary> {
+        let output = self.kernel.output;
+        if output.signed {
+            return None;
+        }
+        let mut op = self.clone();
+        op.kernel.output.signed = true;
+        op.kernel.output.zero = output.zero - 128;
+        Some(op)
+    }
+
     /// The operation on bytes, when both inputs have the output's shape (no broadcast).
     pub(crate) fn elementwise(&self) -> Option<&Binary> {
         (self.inner == 1).then_some(&self.kernel)

@@ -28,10 +28,23 @@ use crate::kernels::lut;
 use crate::quantize::Quantize8;
 
 /// A u8 or i8 tensor's bytes looked up in a 256-entry table (indexed by the bits of each
-/// byte); the output has the input's type and shape.
+/// byte); the output has the input's shape and the type `to`, u8 or i8 (the table's bytes
+/// are its bits).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct QTable {
     table: Box<[u8; 256]>,
+    to: DatumType,
+}
+
+impl QTable {
+    /// This table giving i8 when it gives u8 (rewrite.rs `fold_shifts`): `u8 - 128` as i8
+    /// is the u8 with its top bit flipped.
+    pub(crate) fn shifted(&self) -> Option<QTable> {
+        (self.to == DatumType::U8).then(|| QTable {
+            table: Box::new(std::array::from_fn(|i| self.table[i] ^ 0x80)),
+            to: DatumType::I8,
+        })
+    }
 }
 
 impl Op for QTable {
@@ -66,6 +79,11 @@ impl EvalOp for QTable {
                 other => bail!("QTable: an input of {other:?}"),
             }
         }
+        if x.datum_type() != self.to {
+            // SAFETY: u8 and i8 (the only types accepted above and in `to`) have the same
+            // size and alignment, and every byte is a valid value of both.
+            unsafe { x.set_datum_type(self.to) };
+        }
         Ok(tvec!(x.into_tvalue()))
     }
 }
@@ -74,7 +92,9 @@ impl TypedOp for QTable {
     tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(inputs[0].without_value()))
+        let mut fact = inputs[0].without_value();
+        fact.datum_type = self.to;
+        Ok(tvec!(fact))
     }
 }
 
@@ -87,8 +107,13 @@ pub(crate) fn tabulate_quantized_chains(model: &mut TypedModel) -> TractResult<V
         let Some(chain) = chain_at(model, id)? else {
             return Ok(None);
         };
+        let last = *chain
+            .steps
+            .last()
+            .expect("a chain ends with its quantization");
         let op = QTable {
             table: table(model, &chain)?,
+            to: model.node(last).outputs[0].fact.datum_type,
         };
         found.borrow_mut().push(
             chain.steps[..chain.steps.len() - 1]
@@ -96,10 +121,6 @@ pub(crate) fn tabulate_quantized_chains(model: &mut TypedModel) -> TractResult<V
                 .map(|&s| model.node(s).name.clone())
                 .collect(),
         );
-        let last = *chain
-            .steps
-            .last()
-            .expect("a chain ends with its quantization");
         Ok(Some((tvec![chain.input], OutletId::new(last, 0), op)))
     })?;
     Ok(found.into_inner())
@@ -138,7 +159,8 @@ pub(crate) fn merge_tables(model: &mut TypedModel) -> TractResult<usize> {
                 return Ok(None);
             };
             let table = Box::new(std::array::from_fn(|i| second.table[first[i] as usize]));
-            return Ok(Some((tvec![x], OutletId::new(id, 0), QTable { table })));
+            let to = second.to;
+            return Ok(Some((tvec![x], OutletId::new(id, 0), QTable { table, to })));
         }
         let Some(binary) = node
             .op_as::<crate::qbinary::QBinary>()
@@ -153,7 +175,8 @@ pub(crate) fn merge_tables(model: &mut TypedModel) -> TractResult<usize> {
             return Ok(None);
         }
         let table = Box::new(std::array::from_fn(|i| binary.scalar(at(ta, i), at(tb, i))));
-        Ok(Some((tvec![x], OutletId::new(id, 0), QTable { table })))
+        let to = x_type;
+        Ok(Some((tvec![x], OutletId::new(id, 0), QTable { table, to })))
     })
 }
 
@@ -174,6 +197,7 @@ pub(crate) fn concat_quantized(model: &mut TypedModel) -> TractResult<Vec<String
         let Some((inputs, tables, quantize)) = concat_at(model, id)? else {
             continue;
         };
+        let dt = model.node(quantize).outputs[0].fact.datum_type;
         let concat = model.node(id);
         let (name, axis) = (
             concat.name.clone(),
@@ -190,6 +214,7 @@ pub(crate) fn concat_quantized(model: &mut TypedModel) -> TractResult<Vec<String
                         Some(table) => {
                             let op = QTable {
                                 table: table.clone(),
+                                to: dt,
                             };
                             patch.wire_node(format!("{name}.table{i}"), op, &[*tap])?[0]
                         }
@@ -283,11 +308,7 @@ fn chain_at(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
             return Ok(None);
         };
         if next.op_is::<Quantize8>() {
-            // tract's table gives bytes of the input's type; a u8 input quantized to i8 (or
-            // the reverse) would need a reinterpreting cast tract does not have.
-            if next.outputs[0].fact.datum_type != model.outlet_fact(input)?.datum_type {
-                return Ok(None);
-            }
+            // Its output is u8 or i8, whatever the input's type: [`QTable::to`].
             steps.push(next.id);
             break;
         }
@@ -539,8 +560,8 @@ mod tests {
     }
 
     /// Clip (ReLU6), Relu, and LeakyRelu, HardSigmoid and an Add of a constant chained
-    /// with them, u8 and i8: the plan with the table gives the bytes of tract's passes.
-    /// A chain from u8 to i8 is left as it was.
+    /// with them, u8 and i8 (and u8 in, i8 out): the plan with the table gives the bytes
+    /// of tract's passes, and every chain is a table.
     #[test]
     fn element_wise_chains_keep_tracts_bits() {
         use tract_onnx::pb::AttributeProto;
@@ -567,7 +588,7 @@ mod tests {
                 -3,
                 -100,
             ),
-            // u8 in, i8 out: left to tract (a table keeps its input's type).
+            // u8 in, i8 out: the table's output type is the quantization's.
             (vec![("Clip", &[0.0, 6.0], vec![])], 128, -20),
             (
                 vec![("Clip", &[-1.0, 2.5], vec![]), ("Relu", &[], vec![])],
@@ -582,10 +603,8 @@ mod tests {
                 steps.iter().map(|s| s.0).collect::<Vec<_>>()
             );
             let ours = same_bytes_as_tract(&bytes, &what);
-            let same_type = (za < 0) == (zy < 0);
-            assert_eq!(
+            assert!(
                 ours.patches.iter().any(|p| p.contains("table")),
-                same_type,
                 "{what}: {:?}",
                 ours.patches
             );
@@ -614,6 +633,106 @@ mod tests {
             );
         }
         ours
+    }
+
+    /// onnxruntime's QOperator with standard operators only: QLinearConvs with a ReLU6
+    /// (`DQ -> Clip -> Q`, a table) and a residual Add (float, then quantized) between them.
+    /// The plan gives the bytes of tract's, and no u8-to-i8 shift is left as a pass of its
+    /// own: the table and the quantization give the i8 the next convolution reads.
+    #[test]
+    fn standard_operator_chains_shift_once() {
+        use crate::onnx_build::{int, ints};
+        let c = SHAPE[1] as i64;
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let mut init = vec![
+            raw("stretch", D::Float, &[], &[12f32]),
+            raw("shift", D::Float, &[], &[-6f32]),
+            raw("sa", D::Float, &[], &[0.043f32]),
+            zero_point("za", 128),
+            raw("s1", D::Float, &[], &[0.061f32]),
+            zero_point("z1", 140),
+            raw("clip_lo", D::Float, &[], &[0f32]),
+            raw("clip_hi", D::Float, &[], &[6f32]),
+            raw("sr", D::Float, &[], &[6.0f32 / 255.0]),
+            zero_point("zr", 0),
+            raw("s2", D::Float, &[], &[0.052f32]),
+            zero_point("z2", 121),
+            raw("s3", D::Float, &[], &[0.077f32]),
+            zero_point("z3", 133),
+            raw("sy", D::Float, &[], &[0.049f32]),
+            zero_point("zy", 117),
+        ];
+        for i in 1..=3 {
+            let weights: Vec<i8> = (0..c * c)
+                .map(|_| ((next() % 255) as i32 - 127) as i8)
+                .collect();
+            let scales: Vec<f32> = (0..c)
+                .map(|_| 2e-3 + (next() % 1000) as f32 * 4e-6)
+                .collect();
+            let bias: Vec<i32> = (0..c).map(|_| (next() % 2001) as i32 - 1000).collect();
+            let n = c as usize;
+            init.push(raw(&format!("w{i}"), D::Int8, &[n, n, 1, 1], &weights));
+            init.push(raw(&format!("ws{i}"), D::Float, &[n], &scales));
+            init.push(raw(&format!("wz{i}"), D::Int8, &[n], &vec![0i8; n]));
+            init.push(raw(&format!("b{i}"), D::Int32, &[n], &bias));
+        }
+        let conv = |i: usize, input: [&str; 3], output: [&str; 3]| {
+            let (w, ws, wz, b) = (
+                format!("w{i}"),
+                format!("ws{i}"),
+                format!("wz{i}"),
+                format!("b{i}"),
+            );
+            let inputs = [
+                input[0], input[1], input[2], &w, &ws, &wz, output[1], output[2], &b,
+            ];
+            let attrs = vec![ints("kernel_shape", &[1, 1]), int("group", 1)];
+            node("QLinearConv", &inputs, output[0], attrs)
+        };
+        let nodes = vec![
+            node("Mul", &["x", "stretch"], "xs", vec![]),
+            node("Add", &["xs", "shift"], "xw", vec![]),
+            node("QuantizeLinear", &["xw", "sa", "za"], "a", vec![]),
+            conv(1, ["a", "sa", "za"], ["c1", "s1", "z1"]),
+            node("DequantizeLinear", &["c1", "s1", "z1"], "d1", vec![]),
+            node("Clip", &["d1", "clip_lo", "clip_hi"], "r", vec![]),
+            node("QuantizeLinear", &["r", "sr", "zr"], "rq", vec![]),
+            conv(2, ["rq", "sr", "zr"], ["c2", "s2", "z2"]),
+            node("DequantizeLinear", &["c2", "s2", "z2"], "d2", vec![]),
+            node("DequantizeLinear", &["a", "sa", "za"], "da", vec![]),
+            node("Add", &["da", "d2"], "sum", vec![]),
+            node("QuantizeLinear", &["sum", "s3", "z3"], "sq", vec![]),
+            conv(3, ["sq", "s3", "z3"], ["c3", "s2", "z2"]),
+            // The sum, in float, is the next residual Add's input too (as in MobileNetV2).
+            node("DequantizeLinear", &["c3", "s2", "z2"], "d3", vec![]),
+            node("Add", &["sum", "d3"], "sum2", vec![]),
+            node("QuantizeLinear", &["sum2", "sy", "zy"], "yq", vec![]),
+            node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
+        ];
+        let bytes = model_bytes("qstd", nodes, init, ("x", &SHAPE), "y");
+        let ours = same_bytes_as_tract(&bytes, "QLinearConv, ReLU6, float Adds");
+        // Left: the shift of `a`, which the residual Add reads as u8 too.
+        let model = ours.plan.model();
+        let shifts: Vec<String> = model
+            .nodes()
+            .iter()
+            .filter(|n| crate::rewrite::is_offset_to_i8(n))
+            .map(|n| model.node(n.inputs[0].node).op.name().to_string())
+            .collect();
+        assert_eq!(shifts, ["Quantize8"], "{:?}", ours.patches);
+        for rewrite in ["1 quantized element-wise chain", "2 u8-to-i8 shifts"] {
+            assert!(
+                ours.patches.iter().any(|p| p.contains(rewrite)),
+                "{rewrite}: {:?}",
+                ours.patches
+            );
+        }
     }
 
     /// Three quantized tensors concatenated: two with scales and zero points of their own

@@ -292,6 +292,16 @@ pub(crate) mod neon {
 }
 
 impl Quantize8 {
+    /// This quantization shifted to i8 when it gives u8 (rewrite.rs `fold_shifts`):
+    /// `clamp(v + z, 0, 255) - 128 = clamp(v + z - 128, -128, 127)`.
+    pub(crate) fn shifted(&self) -> Option<Quantize8> {
+        (self.to == DatumType::U8).then_some(Quantize8 {
+            zero_point: self.zero_point - 128,
+            to: DatumType::I8,
+            ..*self
+        })
+    }
+
     /// (the multiplier, the zero point, the output type).
     pub(crate) fn params(&self) -> (f32, i32, DatumType) {
         (self.scale, self.zero_point, self.to)

@@ -16,9 +16,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::dummy::Dummy;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::math::{Mul, Sub};
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+use tract_onnx::tract_core::ops::quant::OffsetU8asI8;
 use tract_onnx::tract_core::ops::source::TypedSource;
 
 /// Rewires the consumers of every integer `Sub(x, Mul(0, y))` to `x` and returns how many
@@ -239,6 +241,45 @@ fn widened_sum(model: &TypedModel, id: usize) -> TractResult<Option<&TypedNode>>
 
 fn bytes(t: &Tensor) -> usize {
     t.len() * t.datum_type().size_of()
+}
+
+/// Whether `node` is tract's `OffsetU8asI8` (u8 to i8, minus 128), which it puts before
+/// an integer convolution or matmul that reads u8 values.
+pub(crate) fn is_offset_to_i8(node: &TypedNode) -> bool {
+    node.op_as::<ElementWiseOp>()
+        .is_some_and(|op| op.0.is::<OffsetU8asI8>() && op.1.is_none())
+}
+
+/// Replaces every `OffsetU8asI8` whose input is the only output, read by it alone, of a
+/// node for which `shifted` gives an op computing that node's value straight in i8 (its u8
+/// minus 128), with that op on the node's inputs; returns how many. The shift is then no
+/// pass of its own. A node read by others too is left: computing it twice costs more
+/// than the shift.
+pub(crate) fn fold_shifts<O: TypedOp + Clone>(
+    model: &mut TypedModel,
+    shifted: impl Fn(&TypedNode) -> Option<O>,
+) -> TractResult<usize> {
+    replace_runs(model, "to_i8", |model, id| {
+        let node = model.node(id);
+        if !is_offset_to_i8(node) {
+            return Ok(None);
+        }
+        let from = model.node(node.inputs[0].node);
+        let outputs = model.output_outlets()?;
+        if from.outputs.len() != 1
+            || from.outputs[0].successors.len() != 1
+            || outputs.contains(&node.inputs[0])
+        {
+            return Ok(None);
+        }
+        Ok(shifted(from).map(|op| {
+            (
+                from.inputs.iter().copied().collect(),
+                OutletId::new(id, 0),
+                op,
+            )
+        }))
+    })
 }
 
 /// Replaces, in evaluation order, every node for which `replacement` gives an op, keeping
