@@ -286,7 +286,17 @@ impl DepthwiseInt8 {
         };
         let fail =
             |e: String| format_err!("DepthwiseInt8 on a {}x{} input: {e}", g.height, g.width);
-        let mut image = vec![self.pad; rows * cols * cp];
+        // This thread's buffers from the last layer (see `KEPT`); a nested call gets new
+        // ones.
+        let (mut image, mut bytes) = KEPT.take();
+        image.resize(rows * cols * cp, 0);
+        if channels == cp {
+            frame
+                .pad_outside(&mut image, (g.height, g.width), self.pad)
+                .map_err(fail)?;
+        } else {
+            image.fill(self.pad);
+        }
         dwc::to_channels_last(xs, (channels, g.height, g.width), frame, &mut image)
             .map_err(fail)?;
         // What one output row reads: its first byte's place in the (expanded) image, the
@@ -328,7 +338,8 @@ impl DepthwiseInt8 {
             }
             Ok(())
         };
-        let mut bytes = vec![0u8; g.n * cp];
+        // Every byte is written below (each row by `rows_into`).
+        bytes.resize(g.n * cp, 0);
         let executor = multithread::current_tract_executor();
         let macs = channels * g.n * kh * kw;
         match &executor {
@@ -343,7 +354,9 @@ impl DepthwiseInt8 {
             }
             _ => rows_into(0, &mut bytes)?,
         }
-        dwc::from_channels_last(&bytes, cp, (channels, g.n), out).map_err(fail)
+        dwc::from_channels_last(&bytes, cp, (channels, g.n), out).map_err(fail)?;
+        KEPT.set((image, bytes));
+        Ok(())
     }
 
     /// Channels `first..` (as many as `out` has rows of `g.n`) into `out`, with a plane and
@@ -396,6 +409,17 @@ impl DepthwiseInt8 {
         }
         Ok(())
     }
+}
+
+thread_local! {
+    /// The channels-last image and output rows of the last layer that ran on this thread
+    /// ([`DepthwiseInt8::run_channels_last`]), kept for the next one: allocating them per
+    /// layer, the image filled with padding and the rows with zeros before being written,
+    /// was a quarter of EfficientNet-Lite0's memset and calloc instructions under qemu.
+    /// They hold at most the largest such layer's bytes, which its run held anyway.
+    static KEPT: std::cell::Cell<(Vec<i8>, Vec<u8>)> = const {
+        std::cell::Cell::new((Vec::new(), Vec::new()))
+    };
 }
 
 /// What every channel of one inference shares.

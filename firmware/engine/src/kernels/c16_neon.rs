@@ -223,7 +223,7 @@ unsafe fn store(sums: [int32x4_t; NR], c: *mut i32, n: usize, rows: usize, cols:
         // SAFETY: the caller's contract.
         unsafe {
             vst1q_s32(lanes.as_mut_ptr(), *row);
-            std::ptr::copy_nonoverlapping(lanes.as_ptr(), c.add(j * n), cols);
+            super::panels::put_part(lanes.as_ptr(), c.add(j * n), cols);
         }
     }
 }

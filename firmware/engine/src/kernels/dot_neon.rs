@@ -236,7 +236,7 @@ unsafe fn store(sums: &Sums, c: *mut i32, n: usize, rows: usize, cols: usize) {
         unsafe {
             vst1q_s32(lanes.as_mut_ptr(), row[0]);
             vst1q_s32(lanes.as_mut_ptr().add(4), row[1]);
-            std::ptr::copy_nonoverlapping(lanes.as_ptr(), c.add(j * n), cols);
+            super::panels::put_part(lanes.as_ptr(), c.add(j * n), cols);
         }
     }
 }

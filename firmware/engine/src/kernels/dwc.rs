@@ -537,6 +537,37 @@ impl Frame {
     fn at(&self, y: usize, x: usize) -> usize {
         ((self.top + y) * self.cols + self.left + x) * self.cp
     }
+
+    /// Writes `pad` to every byte of `dst` (whole rows of the frame) outside the image's
+    /// `height × width` positions: the bytes [`to_channels_last`] leaves as they are when
+    /// the image has all `cp` channels.
+    pub(crate) fn pad_outside(
+        &self,
+        dst: &mut [i8],
+        (height, width): (usize, usize),
+        pad: i8,
+    ) -> Result<(), String> {
+        let row = self.cols * self.cp;
+        if row == 0
+            || !dst.len().is_multiple_of(row)
+            || self.top + height > dst.len() / row
+            || self.left + width > self.cols
+        {
+            return Err(format!(
+                "{height} x {width} positions in {} bytes as a frame {self:?}",
+                dst.len()
+            ));
+        }
+        let (above, rest) = dst.split_at_mut(self.top * row);
+        above.fill(pad);
+        let (image, below) = rest.split_at_mut(height * row);
+        below.fill(pad);
+        for line in image.chunks_exact_mut(row) {
+            line[..self.left * self.cp].fill(pad);
+            line[(self.left + width) * self.cp..].fill(pad);
+        }
+        Ok(())
+    }
 }
 
 /// Copies `channels` planes of `height × width` values (`src`, channel after channel) into
@@ -989,6 +1020,17 @@ mod tests {
                 };
                 assert_eq!(v, want, "{c} x {h} x {w}: byte {i}");
             }
+            // With all `cp` channels, the padding written around the copy instead of
+            // before it, over bytes left from another layer: the same frame.
+            let full = Frame { cp: c, ..frame };
+            let mut fresh = vec![99i8; (h + 4) * (w + 3) * c];
+            to_channels_last(&x, (c, h, w), full, &mut fresh).unwrap();
+            let mut reused = values(fresh.len(), 5);
+            full.pad_outside(&mut reused, (h, w), 99).unwrap();
+            to_channels_last(&x, (c, h, w), full, &mut reused).unwrap();
+            assert_eq!(reused, fresh, "{c} x {h} x {w}");
+            assert!(full.pad_outside(&mut reused[1..], (h, w), 99).is_err());
+            assert!(full.pad_outside(&mut reused, (h + 3, w), 99).is_err());
             let rows: Vec<u8> = values(n * cp, 7).iter().map(|&v| v as u8).collect();
             let mut back = vec![0u8; c * n];
             from_channels_last(&rows, cp, (c, n), &mut back).unwrap();

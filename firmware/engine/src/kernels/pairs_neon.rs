@@ -319,29 +319,36 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
                 }
             }
         }
-        // The last channels or positions: as many quads as they need, into a buffer, then
-        // their part.
+        // The last channels or positions: as many quads as they need, straight into `c`
+        // when they fill whole quads of all four channels, else into a buffer, then their
+        // part.
         let first = if rows == NR { whole } else { 0 };
         for t in first..n.div_ceil(MR) {
             let cols = (n - t * MR).min(MR);
+            let direct = rows == NR && cols % 4 == 0;
             let mut sums = [0i32; NR * MR];
-            let (p, to) = (panel(t), sums.as_mut_ptr());
+            let (to, stride) = match direct {
+                true => (unsafe { out.add(t * MR) }, n),
+                false => (sums.as_mut_ptr(), MR),
+            };
+            let p = panel(t);
             unsafe {
                 match (repeated, cols.div_ceil(4)) {
-                    (true, 1) => repeated4(w, p, &blocks, starts, to, MR),
-                    (true, 2) => repeated8(w, p, &blocks, starts, to, MR),
-                    (true, 3) => repeated12(w, p, &blocks, starts, to, MR),
-                    (true, _) => repeated16(w, p, &blocks, starts, to, MR),
-                    (false, 1) => plain4(w, p, &blocks, starts, to, MR),
-                    (false, 2) => plain8(w, p, &blocks, starts, to, MR),
-                    (false, 3) => plain12(w, p, &blocks, starts, to, MR),
-                    (false, _) => plain16(w, p, &blocks, starts, to, MR),
+                    (true, 1) => repeated4(w, p, &blocks, starts, to, stride),
+                    (true, 2) => repeated8(w, p, &blocks, starts, to, stride),
+                    (true, 3) => repeated12(w, p, &blocks, starts, to, stride),
+                    (true, _) => repeated16(w, p, &blocks, starts, to, stride),
+                    (false, 1) => plain4(w, p, &blocks, starts, to, stride),
+                    (false, 2) => plain8(w, p, &blocks, starts, to, stride),
+                    (false, 3) => plain12(w, p, &blocks, starts, to, stride),
+                    (false, _) => plain16(w, p, &blocks, starts, to, stride),
                 }
             }
+            if direct {
+                continue;
+            }
             for (j, row) in sums.chunks_exact(MR).take(rows).enumerate() {
-                unsafe {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(j * n + t * MR), cols)
-                };
+                unsafe { super::panels::put_part(row.as_ptr(), out.add(j * n + t * MR), cols) };
             }
         }
     }
