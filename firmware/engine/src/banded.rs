@@ -209,7 +209,7 @@ impl Tiles {
 
 /// Layer data computed at load and shared by the node's copies: equal when it is the same.
 #[derive(Debug)]
-struct Shared<T>(Arc<T>);
+pub(crate) struct Shared<T>(pub(crate) Arc<T>);
 
 impl<T> Clone for Shared<T> {
     fn clone(&self) -> Self {
@@ -781,7 +781,14 @@ fn tiles_for(
     op: &BandedConv,
     skip: Option<usize>,
 ) -> TractResult<Option<Tiles>> {
-    let Some((weights, mut offsets)) = tile_operands(model, mm_node, matmul, op, skip)? else {
+    let Some((weights, mut offsets)) = tile_operands(
+        model,
+        mm_node,
+        matmul,
+        (op.channels, op.patches_are_a),
+        skip,
+    )?
+    else {
         return Ok(None);
     };
     if weights.mn() != op.channels || weights.k() != op.pack.k {
@@ -875,18 +882,18 @@ fn wanted(family: &str, by_cpu: bool) -> bool {
 }
 
 /// A matmul's constant weights, with what its fused ops add to each output channel's sum.
-type TileOperands = (Box<dyn MMMInputValue>, Vec<i32>);
+pub(crate) type TileOperands = (Box<dyn MMMInputValue>, Vec<i32>);
 
 /// The matmul's constant weights (the operand the patches are not) and what its fused ops
 /// add to each output channel's sum before the store, wrapping in i32 as tract's kernel
 /// does: per-channel and scalar constants, added (`Add`) or subtracted (`SubF`: `c - v`).
 /// `None` when it fuses anything else, except the fused op `skip` (the zero point's term,
 /// which the operator applies itself).
-fn tile_operands(
+pub(crate) fn tile_operands(
     model: &TypedModel,
     mm_node: &TypedNode,
     matmul: &OptMatMul,
-    op: &BandedConv,
+    (channels, patches_are_a): (usize, bool),
     skip: Option<usize>,
 ) -> TractResult<Option<TileOperands>> {
     use tract_linalg::BinOp;
@@ -898,28 +905,28 @@ fn tile_operands(
             .filter(|k| k.datum_type() == DatumType::I32)
     };
     let mut weights = None;
-    let mut offsets = vec![0i32; op.channels];
+    let mut offsets = vec![0i32; channels];
     let mut stored = false;
     for (ix, uop) in matmul.micro_ops.iter().enumerate() {
         let (values, bin) = match uop {
             _ if Some(ix) == skip => continue,
             ProtoFusedSpec::AddMatMul { a, b, .. } if ix == 0 => {
-                weights = match if op.patches_are_a { b } else { a } {
+                weights = match if patches_are_a { b } else { a } {
                     MatMulOperand::Const(v) => Some(v.clone()),
                     MatMulOperand::Input(i) => konst_packed(model, mm_node.inputs[*i]),
                 };
                 continue;
             }
             ProtoFusedSpec::BinPerRow(i, bin, _) | ProtoFusedSpec::BinPerCol(i, bin, _)
-                if !stored && matches!(uop, ProtoFusedSpec::BinPerCol(..)) == op.patches_are_a =>
+                if !stored && matches!(uop, ProtoFusedSpec::BinPerCol(..)) == patches_are_a =>
             {
-                match konst(*i).filter(|k| k.len() == op.channels) {
+                match konst(*i).filter(|k| k.len() == channels) {
                     Some(k) => (k.try_as_plain_ram()?.as_slice::<i32>()?.to_vec(), bin),
                     None => return Ok(None),
                 }
             }
             ProtoFusedSpec::BinScalar(i, bin) if !stored => match konst(*i) {
-                Some(k) if k.len() == 1 => (vec![k.cast_to_scalar::<i32>()?; op.channels], bin),
+                Some(k) if k.len() == 1 => (vec![k.cast_to_scalar::<i32>()?; channels], bin),
                 _ => return Ok(None),
             },
             ProtoFusedSpec::Store(_) if !stored && ix + 1 == matmul.micro_ops.len() => {

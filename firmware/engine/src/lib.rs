@@ -13,6 +13,7 @@ mod depthwise;
 mod downsample;
 mod epilogue;
 mod error;
+mod gemv;
 pub mod graph;
 mod im2col;
 mod kernels;

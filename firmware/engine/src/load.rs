@@ -317,6 +317,7 @@ fn build_proto(
         let nodes = optimized.nodes().len();
         let mut banded = 0;
         let mut depthwise = 0;
+        let mut gemvs = 0;
         let mut zero_points = 0;
         let mut concats = 0;
         let mut binaries = 0;
@@ -363,6 +364,11 @@ fn build_proto(
             depthwise = crate::depthwise::direct_depthwise(&mut optimized).map_err(|e| {
                 load_err(format!(
                     "replacing the int8 depthwise convolutions failed: {e:#}"
+                ))
+            })?;
+            gemvs = crate::gemv::gemv_products(&mut optimized).map_err(|e| {
+                load_err(format!(
+                    "replacing the int8 matrix-vector products failed: {e:#}"
                 ))
             })?;
             let fused_binaries =
@@ -524,6 +530,12 @@ fn build_proto(
                     "computed",
                     "int8 depthwise convolution",
                     " directly",
+                ),
+                (
+                    gemvs,
+                    "computed",
+                    "int8 matrix-vector product",
+                    " on the engine's kernel",
                 ),
                 (
                     zero_points,

@@ -27,6 +27,9 @@ mod dwc_dot;
 mod dwc_neon;
 #[cfg(target_arch = "x86_64")]
 mod dwc_x86;
+pub(crate) mod gemv;
+#[cfg(target_arch = "aarch64")]
+mod gemv_neon;
 pub(crate) mod lut;
 pub(crate) mod pairs;
 #[cfg(target_arch = "aarch64")]
