@@ -83,11 +83,12 @@ pub(crate) fn gemv_products(model: &mut TypedModel) -> TractResult<usize> {
     crate::rewrite::replace_runs(model, "gemv", |model, id| run_at(model, id, dot))
 }
 
-/// On aarch64, or in this thread's tests when they ask for it (the scalar reference runs).
+/// On aarch64, unless this thread's tests say otherwise (the scalar reference runs where
+/// the target has no kernel).
 fn wanted() -> bool {
     #[cfg(test)]
-    if tests::FORCE.get() {
-        return true;
+    if let Some(forced) = tests::FORCE.get() {
+        return forced;
     }
     cfg!(target_arch = "aarch64")
 }
@@ -226,8 +227,8 @@ pub(crate) mod tests {
 
     thread_local! {
         /// Plans this thread loads put their matrix-vector products on [`super::Gemv`]
-        /// whatever the target (the scalar reference where it has no kernel).
-        pub(crate) static FORCE: Cell<bool> = const { Cell::new(false) };
+        /// (`Some(true)`) or leave them to tract (`Some(false)`) whatever the target.
+        pub(crate) static FORCE: Cell<Option<bool>> = const { Cell::new(None) };
     }
 
     /// A head over `k` inputs and `n` classes: the input quantized to u8, then a
@@ -315,11 +316,11 @@ pub(crate) mod tests {
                 batch: 1,
             };
             let what = format!("{k} x {n}, gemm {gemm}");
-            FORCE.set(false);
+            FORCE.set(Some(false));
             let tracts = build_with(&bytes, &target, true).unwrap();
-            FORCE.set(true);
+            FORCE.set(Some(true));
             let ours = build_with(&bytes, &target, true);
-            FORCE.set(false);
+            FORCE.set(None);
             let ours = ours.unwrap();
             assert!(
                 ours.patches

@@ -1016,6 +1016,8 @@ pub(crate) mod tests {
                 want.push("ran 5 int8 convolutions a band of output rows at a time");
             }
             want.push("fused 5 requantization chains into one pass each");
+            // The input's quantization gives the first convolution's i8 itself.
+            want.push("folded 1 u8-to-i8 shift into the table, quantization or Add/Mul before it");
             assert_eq!(patches, want);
             assert!(after < before, "batch {batch}: {before} -> {after} nodes");
         }
