@@ -41,11 +41,20 @@ use crate::kernels::{c16, dot, pairs};
 /// Bytes of packed patches plus i32 accumulators per band (at least one band unit).
 const BAND_BYTES: usize = 512 * 1024;
 
-/// Multiply-adds from which a layer's bands are spread over the inference threads: about
-/// 0.2 ms of int8 work on one core (VNNI here, SDOT on a Cortex-A76), against tens of
-/// microseconds to wake a pool. The default bundle's layers (at most 9.4 M) stay on one
-/// thread; with all cores they were slower than with one (RESULTS.md, run 4).
-pub(crate) const PARALLEL_MACS: usize = 16 << 20;
+/// Multiply-adds of its largest node from which a plan runs on the inference threads at
+/// all (lib.rs `Model::executor`): waking a pool costs tens of microseconds per split
+/// layer. The default bundle's layers (at most 9.4 M) stay on one thread; with all cores
+/// they were slower than with one (RESULTS.md, run 4, and again in run 22's trials when
+/// its layers from 4 M were split).
+pub(crate) const PLAN_PARALLEL_MACS: usize = 16 << 20;
+
+/// Multiply-adds from which a layer's bands are spread over the threads of a plan that
+/// uses them: about 0.05 ms of int8 work on one core here (VNNI), a millisecond on a
+/// Cortex-A72. In such a plan the pool's threads stay awake from one split layer to the
+/// next; EfficientNet-Lite0's and MobileNetV2's 1x1 layers of 4-16 M had stayed on one
+/// thread, and at two threads their int8 inference took 5.2 and 4.2 ms against 4.2 and
+/// 3.8 ms with them split (RESULTS.md run 22).
+pub(crate) const PARALLEL_MACS: usize = 4 << 20;
 
 /// Patch packing → OptMatMul → [reshape] → Requantize, one band of output rows at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]

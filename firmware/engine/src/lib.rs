@@ -131,7 +131,7 @@ pub fn top1(values: &[f32]) -> (usize, f32) {
 pub struct Model {
     plan: Plan,
     /// Whether some node of the plan does enough work to split over threads
-    /// (`banded::PARALLEL_MACS`); a plan without one runs on the calling thread whatever
+    /// (`banded::PLAN_PARALLEL_MACS`); a plan without one runs on the calling thread whatever
     /// `set_threads` says, since handing it to the pool costs more than it can save.
     splits: bool,
     input: InputSpec,
@@ -228,7 +228,7 @@ impl Model {
                 in_float: built.in_float,
                 load_time: started.elapsed(),
             },
-            splits: built.largest_node_macs >= banded::PARALLEL_MACS as u64,
+            splits: built.largest_node_macs >= banded::PLAN_PARALLEL_MACS as u64,
             sum_tolerance: 1e-3 + classes as f32 * built.output_step / 2.0,
             plan: built.plan,
         };
