@@ -325,7 +325,7 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
         let first = if rows == NR { whole } else { 0 };
         for t in first..n.div_ceil(MR) {
             let cols = (n - t * MR).min(MR);
-            let direct = rows == NR && cols % 4 == 0;
+            let direct = rows == NR && cols.is_multiple_of(4);
             let mut sums = [0i32; NR * MR];
             let (to, stride) = match direct {
                 true => (unsafe { out.add(t * MR) }, n),
