@@ -575,7 +575,10 @@ thread_local! {
 }
 
 /// Row `[ky, kx]` of the patches of one input channel `plane` for the output rows from
-/// `oy0` on (`row` holds whole output rows), `pad` outside the image.
+/// `oy0` on (`row` holds whole output rows), `pad` outside the image. Inlined into its
+/// callers' loops over the rows: a call per row, where the compiler chose one, was 1.9 M of
+/// the ResNet-18-style network's 400 M instructions under qemu (cortex-a72).
+#[inline(always)]
 fn gather(g: &Geometry, plane: &[i8], pad: i8, [ky, kx]: [usize; 2], oy0: usize, row: &mut [i8]) {
     let wo = g.out_width;
     let (w, h) = (g.width as isize, g.height as isize);
