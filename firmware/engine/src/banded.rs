@@ -610,22 +610,8 @@ fn run_at(
     if matmul.mmm.len() != 1 || !matches!(matmul.mode_picker, ModePicker::Single) {
         return Ok(None);
     }
-    let is_patches =
-        |op: &MatMulOperand| matches!(op, MatMulOperand::Input(i) if *i == patches_slot);
-    // One product, the patches on exactly one side of it (tract packs a 1x1 convolution's
-    // input as either operand): which side, or None for any other product.
-    let products: Vec<Option<bool>> = matmul
-        .micro_ops
-        .iter()
-        .filter_map(|op| match op {
-            ProtoFusedSpec::AddMatMul { a, b, packings, .. } => Some(
-                (is_patches(a) != is_patches(b) && packings.len() == 1 && packings[0].1.is_none())
-                    .then(|| is_patches(a)),
-            ),
-            _ => None,
-        })
-        .collect();
-    let [Some(patches_are_a)] = products[..] else {
+    // tract packs a 1x1 convolution's input as either operand.
+    let Some(patches_are_a) = input_side(matmul, patches_slot) else {
         return Ok(None);
     };
     // The zero point's term fused in the matmul, one value for every column: which fused
@@ -892,6 +878,28 @@ fn wanted(family: &str, by_cpu: bool) -> bool {
 
 /// A matmul's constant weights, with what its fused ops add to each output channel's sum.
 pub(crate) type TileOperands = (Box<dyn MMMInputValue>, Vec<i32>);
+
+/// Whether the matmul's input `slot` is the a operand (else the b operand) of its one
+/// product, when it has one product with that input on exactly one side, one packing and
+/// no other product; `None` else.
+pub(crate) fn input_side(matmul: &OptMatMul, slot: usize) -> Option<bool> {
+    let is_input = |op: &MatMulOperand| matches!(op, MatMulOperand::Input(i) if *i == slot);
+    let products: Vec<Option<bool>> = matmul
+        .micro_ops
+        .iter()
+        .filter_map(|op| match op {
+            ProtoFusedSpec::AddMatMul { a, b, packings, .. } => Some(
+                (is_input(a) != is_input(b) && packings.len() == 1 && packings[0].1.is_none())
+                    .then(|| is_input(a)),
+            ),
+            _ => None,
+        })
+        .collect();
+    match products[..] {
+        [side] => side,
+        _ => None,
+    }
+}
 
 /// The matmul's constant weights (the operand the patches are not) and what its fused ops
 /// add to each output channel's sum before the store, wrapping in i32 as tract's kernel

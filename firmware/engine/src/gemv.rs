@@ -12,7 +12,7 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
+use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
 use tract_onnx::tract_core::ops::matmul::ModePicker;
 
@@ -149,20 +149,9 @@ fn run_at(
     if matmul.mmm.len() != 1 || !matches!(matmul.mode_picker, ModePicker::Single) {
         return Ok(None);
     }
-    // One product, the vector on one side and constant weights on the other.
-    let is_vector = |op: &MatMulOperand| matches!(op, MatMulOperand::Input(i) if *i == slot);
-    let sides: Vec<Option<bool>> = matmul
-        .micro_ops
-        .iter()
-        .filter_map(|op| match op {
-            ProtoFusedSpec::AddMatMul { a, b, packings, .. } => Some(
-                (is_vector(a) != is_vector(b) && packings.len() == 1 && packings[0].1.is_none())
-                    .then(|| is_vector(a)),
-            ),
-            _ => None,
-        })
-        .collect();
-    let [Some(vector_is_a)] = sides[..] else {
+    // One product, the vector on one side (the weights, constant, on the other: checked
+    // with the fused ops by `tile_operands`).
+    let Some(vector_is_a) = crate::banded::input_side(matmul, slot) else {
         return Ok(None);
     };
     // The sums: i32, one per row, laid out along the rows' axis (every other axis 1).

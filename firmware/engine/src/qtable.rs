@@ -641,15 +641,9 @@ mod tests {
     /// own: the table and the quantization give the i8 the next convolution reads.
     #[test]
     fn standard_operator_chains_shift_once() {
+        use crate::kernels::panels::tests::values;
         use crate::onnx_build::{int, ints};
         let c = SHAPE[1] as i64;
-        let mut seed = 0x9e37_79b9_u32;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            seed
-        };
         let mut init = vec![
             raw("stretch", D::Float, &[], &[12f32]),
             raw("shift", D::Float, &[], &[-6f32]),
@@ -669,14 +663,14 @@ mod tests {
             zero_point("zy", 117),
         ];
         for i in 1..=3 {
-            let weights: Vec<i8> = (0..c * c)
-                .map(|_| ((next() % 255) as i32 - 127) as i8)
-                .collect();
-            let scales: Vec<f32> = (0..c)
-                .map(|_| 2e-3 + (next() % 1000) as f32 * 4e-6)
-                .collect();
-            let bias: Vec<i32> = (0..c).map(|_| (next() % 2001) as i32 - 1000).collect();
             let n = c as usize;
+            let weights = values(n * n, 17 * i, -127);
+            let codes = values(2 * n, 29 * i, -128);
+            let scales: Vec<f32> = codes[..n]
+                .iter()
+                .map(|&v| 2.5e-3 + f32::from(v) * 1.5e-5)
+                .collect();
+            let bias: Vec<i32> = codes[n..].iter().map(|&v| i32::from(v) * 8).collect();
             init.push(raw(&format!("w{i}"), D::Int8, &[n, n, 1, 1], &weights));
             init.push(raw(&format!("ws{i}"), D::Float, &[n], &scales));
             init.push(raw(&format!("wz{i}"), D::Int8, &[n], &vec![0i8; n]));
