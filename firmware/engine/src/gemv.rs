@@ -43,7 +43,8 @@ impl EvalOp for Gemv {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = inputs[0].try_as_plain_ram()?;
         let x = x.as_slice::<i8>()?;
-        let mut out = Tensor::zero::<i32>(&self.output_shape)?;
+        // SAFETY: `run` writes every sum before the tensor is returned (an error drops it).
+        let mut out = unsafe { Tensor::uninitialized::<i32>(&self.output_shape)? };
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let sums = view.as_slice_mut::<i32>()?;

@@ -17,6 +17,8 @@
 //! [`NR`] rows per group, blocks of [`KC`] k and panels of one position (the vector,
 //! padded with zeros to whole blocks). Sums wrap in i32 as tract's do.
 
+use std::borrow::Cow;
+
 use super::panels::Packed;
 
 /// k per packed block.
@@ -103,9 +105,10 @@ impl Weights {
         Ok(())
     }
 
-    /// `x` padded with zeros to whole blocks, once `x` and `out` are checked to have `k`
+    /// `x` padded with zeros to whole blocks (as it is when it fills them: a head's 1280 or
+    /// 512 values, no copy per inference), once `x` and `out` are checked to have `k`
     /// values and a sum per row.
-    fn padded(&self, x: &[i8], out: &[i32]) -> Result<Vec<i8>, String> {
+    fn padded<'x>(&self, x: &'x [i8], out: &[i32]) -> Result<Cow<'x, [i8]>, String> {
         if x.len() != self.k() || out.len() != self.rows() {
             return Err(format!(
                 "a vector of {} values and {} sums for {} rows of {}",
@@ -115,8 +118,14 @@ impl Weights {
                 self.k()
             ));
         }
-        let mut vector = x.to_vec();
-        vector.resize(self.k().div_ceil(KC) * KC, 0);
+        let vector = match x.len() % KC {
+            0 => Cow::Borrowed(x),
+            _ => {
+                let mut whole = x.to_vec();
+                whole.resize(self.k().div_ceil(KC) * KC, 0);
+                Cow::Owned(whole)
+            }
+        };
         self.packed.check(&vector, 1, out)?;
         Ok(vector)
     }
