@@ -381,7 +381,7 @@ fn build_proto(
                 })?;
             // Before the tables: a chain whose quantization came after an f32 max pool ends
             // in that quantization once the pool has moved after it.
-            max_pools_moved = pool::pool_before_monotone_chains(&mut optimized)
+            max_pools_moved = pool::pool_before_element_wise_chains(&mut optimized)
                 .map_err(|e| load_err(format!("pooling before the float chains failed: {e:#}")))?;
             max_pools_quantized = pool::quantize_before_max_pools(&mut optimized).map_err(|e| {
                 load_err(format!("quantizing before the f32 max pools failed: {e:#}"))
@@ -571,7 +571,7 @@ fn build_proto(
                     max_pools_moved,
                     "moved",
                     "f32 max pool",
-                    " in front of the non-decreasing float chain it pooled, onto bytes",
+                    " in front of the element-wise float chain it pooled, onto bytes or their ranks",
                 ),
                 (
                     max_pools_quantized,

@@ -353,16 +353,16 @@ pub(crate) fn speed_up_max_pools(model: &mut TypedModel) -> TractResult<usize> {
 }
 
 /// Moves every f32 max pool in front of the float chain it pools when that chain is
-/// element-wise from a dequantization and non-decreasing: `MaxPool(f(DQ(x)))` becomes
-/// `f(DQ(MaxPool8(x)))`; returns how many.
+/// element-wise from a dequantization: `MaxPool(f(DQ(x)))` becomes `f(DQ(MaxPool8(x)))`
+/// when `f` is non-decreasing, else `f(DQ(T'(MaxPool8(T(x)))))` with `T` each byte's rank
+/// in the order of its value through `f` and `T'` a byte of each rank (qtable.rs
+/// `pooled_chain_into`); returns how many.
 ///
-/// A non-decreasing function of each value commutes with the maximum of a window, so the
-/// outputs are the same values; the pool then runs on bytes and the chain on a quarter of
-/// the values (a 2x2 pool). PaddleOCR's last hard-swish divides by 6 in float and pools
-/// that (then quantizes it in the QDQ file; leaves it in float in the QOperator one):
-/// tract's f32 pool was a tenth of its int8 instructions on cortex-a76. Whether the chain is non-decreasing is checked on all 256 input values
-/// (qtable.rs `monotone_chain_into`).
-pub(crate) fn pool_before_monotone_chains(model: &mut TypedModel) -> TractResult<usize> {
+/// The outputs are the same values; the pool then runs on bytes and the chain on a quarter
+/// of the values (a 2x2 pool). PaddleOCR's last hard-swish divides by 6 in float and pools
+/// that (then quantizes it in the QDQ file; leaves it in float in the QOperator ones): tract's
+/// f32 pool was a tenth of its int8 instructions on cortex-a76.
+pub(crate) fn pool_before_element_wise_chains(model: &mut TypedModel) -> TractResult<usize> {
     let mut moved = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
@@ -377,16 +377,29 @@ pub(crate) fn pool_before_monotone_chains(model: &mut TypedModel) -> TractResult
         }
         // The chain is run on the 256 byte values to check it: a chain that does not run
         // so is left in front of the pool (an optimisation must not fail a load).
-        let Ok(Some((x, chain))) = crate::qtable::monotone_chain_into(model, node.inputs[0]) else {
+        let Ok(Some((x, chain))) = crate::qtable::pooled_chain_into(model, node.inputs[0]) else {
             continue;
         };
-        let Some(new_pool) = MaxPool8::for_node(pool, model.outlet_fact(x)?) else {
+        // A pool that only a quantization reads takes the quantized bytes instead
+        // (`quantize_before_max_pools`): no table into ranks and back.
+        let quantized_after = model
+            .single_succ(id)?
+            .is_some_and(|n| n.op_is::<crate::quantize::Quantize8>());
+        if chain.ranked() && quantized_after {
+            continue;
+        }
+        let x_fact = model.outlet_fact(x)?;
+        let pooled = chain
+            .pooled_type(x_fact.datum_type)
+            .fact(x_fact.shape.clone());
+        let Some(new_pool) = MaxPool8::for_node(pool, &pooled) else {
             continue;
         };
         let name = node.name.clone();
         let wiring = |p: &mut TypedModelPatch, taps: &[OutletId]| {
-            let pooled = p.wire_node(format!("{name}.bytes"), new_pool.clone(), taps)?[0];
-            Ok(tvec![chain.wire(model, p, pooled, ".after_pool")?])
+            let bytes = chain.before_pool(p, taps[0], &name)?;
+            let pooled = p.wire_node(format!("{name}.bytes"), new_pool.clone(), &[bytes])?[0];
+            Ok(tvec![chain.after_pool(model, p, pooled, ".after_pool")?])
         };
         // A step that cannot take the pooled shape, or a chain whose output would not be
         // the pool's, leaves the pool where it was.
@@ -403,9 +416,8 @@ pub(crate) fn pool_before_monotone_chains(model: &mut TypedModel) -> TractResult
 /// Moves the quantization in front of every f32 max pool that only it reads:
 /// `Quantize8(OptMaxPool(y))` becomes `MaxPool8(Quantize8(y))`; returns how many.
 ///
-/// For the f32 pools `pool_before_monotone_chains` leaves (its input not an element-wise
-/// chain from a dequantization, or a chain that falls somewhere, such as a division by a
-/// negative constant) but a quantization follows. Quantization is non-decreasing, so the
+/// For the f32 pools `pool_before_element_wise_chains` leaves (its input not an
+/// element-wise chain from a dequantization) but a quantization follows. Quantization is non-decreasing, so the
 /// quantized maximum of a window is the maximum of its quantized values: the same bytes.
 /// A chain before the pool then ends in its own quantization and becomes a table
 /// (qtable.rs), and the pool runs on bytes.
@@ -445,7 +457,7 @@ pub(crate) fn quantize_before_max_pools(model: &mut TypedModel) -> TractResult<u
             let q = p.wire_node(&q_name, quantize.clone(), taps)?;
             p.wire_node(format!("{p_name}.pool"), new_pool.clone(), &q)
         };
-        // As in `pool_before_monotone_chains`: a patch tract refuses leaves the pool as it is.
+        // As in `pool_before_element_wise_chains`: a patch tract refuses leaves the pool as it is.
         let Ok(patch) = TypedModelPatch::rewire(model, &[y], &[OutletId::new(id, 0)], &wiring)
         else {
             continue;

@@ -104,7 +104,12 @@ impl TypedOp for QTable {
 pub(crate) fn tabulate_quantized_chains(model: &mut TypedModel) -> TractResult<Vec<Vec<String>>> {
     let found = std::cell::RefCell::new(vec![]);
     crate::rewrite::replace_runs(model, "table", |model, id| {
-        let Some(chain) = chain_at(model, id)? else {
+        if !model.node(id).op_is::<Quantize8>() {
+            return Ok(None);
+        }
+        // A dequantization straight into a quantization is a plain requantization; tract
+        // handles it.
+        let Some(chain) = chain_into(model, id)?.filter(|c| c.steps.len() > 1) else {
             return Ok(None);
         };
         let last = *chain
@@ -274,90 +279,128 @@ fn concat_at(model: &TypedModel, id: usize) -> TractResult<Option<Joined>> {
     Ok(Some((inputs, tables, quantize.id)))
 }
 
-/// A chain from a dequantization: its int8 input, then the nodes after the
-/// `DequantizeLinearF32` node `dequantize`, the last one the `Quantize8`.
+/// An element-wise function of one int8 tensor: its dequantization, then the steps after
+/// the `DequantizeLinearF32` node `dequantize` in an order they can run in, the last one
+/// the function's output (a `Quantize8` for a table). The steps may branch and join again
+/// (a hard-swish, `x · relu6(x + 3) / 6`, reads `x` twice).
 struct Chain {
     input: OutletId,
     dequantize: usize,
     steps: Vec<usize>,
 }
 
-/// The chain that starts at node `id`, when it is a `DequantizeLinearF32` of a u8 or i8
-/// tensor followed only by qualifying steps and a `Quantize8`, each intermediate tensor
-/// read by the next step alone.
-fn chain_at(model: &TypedModel, id: usize) -> TractResult<Option<Chain>> {
-    let node = model.node(id);
-    if !node.op_is::<DequantizeLinearF32>() || node.inputs.len() != 1 {
-        return Ok(None);
-    }
-    let input = node.inputs[0];
-    if !matches!(
-        model.outlet_fact(input)?.datum_type,
-        DatumType::U8 | DatumType::I8
-    ) {
-        return Ok(None);
-    }
+/// The element-wise function of one int8 tensor that ends at node `last`: walking back
+/// from it through qualifying steps (`element_wise_inputs`) reaches one
+/// `DequantizeLinearF32` of a u8 or i8 tensor, and every tensor in between (the
+/// dequantization's included) is read by the function's own steps alone. `last` may be a
+/// `Quantize8`. Every step keeps the int8 tensor's shape.
+fn chain_into(model: &TypedModel, last: usize) -> TractResult<Option<Chain>> {
     let outputs = model.output_outlets()?;
-    let mut steps = vec![];
-    let mut current = node;
-    loop {
-        if current.outputs.len() != 1 || outputs.contains(&OutletId::new(current.id, 0)) {
-            return Ok(None);
+    let mut members = std::collections::BTreeSet::new();
+    let mut dequantize = None;
+    let mut todo = vec![last];
+    while let Some(id) = todo.pop() {
+        if !members.insert(id) {
+            continue;
         }
-        let Some(next) = model.single_succ(current.id)? else {
+        let node = model.node(id);
+        if node.op_is::<DequantizeLinearF32>() && id != last {
+            if dequantize.replace(id).is_some() || node.inputs.len() != 1 {
+                return Ok(None);
+            }
+            continue;
+        }
+        let inputs = if id == last && node.op_is::<Quantize8>() {
+            Some(node.inputs.iter().copied().collect())
+        } else {
+            element_wise_inputs(model, node)?
+        };
+        let Some(inputs) = inputs else {
             return Ok(None);
         };
-        if next.op_is::<Quantize8>() {
-            // Its output is u8 or i8, whatever the input's type: [`QTable::to`].
-            steps.push(next.id);
-            break;
-        }
-        if !element_wise_step(model, next, current.id)? {
+        todo.extend(inputs.iter().map(|i| i.node));
+    }
+    let Some(dequantize) = dequantize else {
+        return Ok(None);
+    };
+    let input = model.node(dequantize).inputs[0];
+    let fact = model.outlet_fact(input)?;
+    if !matches!(fact.datum_type, DatumType::U8 | DatumType::I8) {
+        return Ok(None);
+    }
+    for &id in &members {
+        let node = model.node(id);
+        if node.outputs.len() != 1 || node.outputs[0].fact.shape != fact.shape {
             return Ok(None);
         }
-        steps.push(next.id);
-        current = next;
+        let read_inside = node.outputs[0]
+            .successors
+            .iter()
+            .all(|s| members.contains(&s.node));
+        if id != last && (!read_inside || outputs.contains(&OutletId::new(id, 0))) {
+            return Ok(None);
+        }
     }
-    // The dequantization straight into a quantization is a plain requantization; tract
-    // handles it.
-    Ok((steps.len() > 1).then_some(Chain {
+    // The steps in an order they can run in: each after the members it reads.
+    let mut steps = vec![];
+    let mut placed = std::collections::BTreeSet::from([dequantize]);
+    while placed.len() < members.len() {
+        let ready: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|id| !placed.contains(id))
+            .filter(|&id| {
+                model.node(id).inputs.iter().all(|i| {
+                    !members.contains(&i.node) || placed.contains(&i.node)
+                })
+            })
+            .collect();
+        if ready.is_empty() {
+            return Ok(None);
+        }
+        placed.extend(&ready);
+        steps.extend(ready);
+    }
+    Ok(Some(Chain {
         input,
-        dequantize: id,
+        dequantize,
         steps,
     }))
 }
 
-/// Whether `node`, fed by node `from`, maps each f32 element on its own: an element-wise
-/// unary operator, or binary ones (tract's chain of them included: a Clip is its Max and
-/// Min in one `OptBinChain`) whose other inputs are one-value constants.
-fn element_wise_step(model: &TypedModel, node: &TypedNode, from: usize) -> TractResult<bool> {
+/// The inputs of `node` that are not one-value f32 constants, when `node` maps each f32
+/// element on its own: an element-wise unary operator, or binary ones (tract's chain of
+/// them included: a Clip is its Max and Min in one `OptBinChain`) whose other inputs are
+/// one-value constants or tensors of the output's shape.
+fn element_wise_inputs(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TVec<OutletId>>> {
     let f32_out = node.outputs.len() == 1 && node.outputs[0].fact.datum_type == DatumType::F32;
     if !f32_out {
-        return Ok(false);
+        return Ok(None);
     }
     if node.op_is::<ElementWiseOp>() {
-        return Ok(node.inputs.len() == 1);
+        return Ok((node.inputs.len() == 1).then(|| node.inputs.iter().copied().collect()));
     }
     let binary = node.op_is::<TypedBinOp>()
         || node.op_is::<OptBinByScalar>()
         || node.op_is::<OptBinUnicast>()
         || node.op_is::<OptBinChain>();
     if !binary || node.inputs.len() < 2 {
-        return Ok(false);
+        return Ok(None);
     }
-    for input in &node.inputs {
-        if input.node == from {
+    let mut tensors = tvec![];
+    for &input in &node.inputs {
+        if let Some(k) = model.node(input.node).op_as::<Const>() {
+            if k.val().len() != 1 || k.val().datum_type() != DatumType::F32 {
+                return Ok(None);
+            }
             continue;
         }
-        let Some(k) = model.node(input.node).op_as::<Const>() else {
-            return Ok(false);
-        };
-        if k.val().len() != 1 || k.val().datum_type() != DatumType::F32 {
-            return Ok(false);
+        if model.outlet_fact(input)?.shape != node.outputs[0].fact.shape {
+            return Ok(None);
         }
+        tensors.push(input);
     }
-    // Both inputs the chain's own tensor (x op x) is element-wise too, but rare; not taken.
-    Ok(node.inputs.iter().filter(|i| i.node == from).count() == 1)
+    Ok((!tensors.is_empty()).then_some(tensors))
 }
 
 /// The chain's output byte for each of the 256 input bytes (index: the byte's bits).
@@ -412,16 +455,20 @@ fn wire_chain(
 ) -> TractResult<OutletId> {
     let dequantize = model.node(chain.dequantize);
     let name = format!("{}{suffix}", dequantize.name);
+    let mut wires = std::collections::HashMap::new();
     let mut wire = target.wire_node(name, dequantize.op.clone(), &[source])?[0];
-    let mut from = chain.dequantize;
+    wires.insert(chain.dequantize, wire);
+    // A lone quantization (a Concat's, `concat_quantized`) reads the dequantization
+    // through the Concat.
+    let lone = chain.steps.len() == 1;
     for &step in &chain.steps {
         let node = model.node(step);
         let mut inputs = tvec![];
         for (slot, input) in node.inputs.iter().enumerate() {
-            // The chain's value: from the step before, or for a lone quantization (a
-            // Concat's, `concat_quantized`) its single input.
-            if input.node == from || (chain.steps.len() == 1 && node.inputs.len() == 1) {
-                inputs.push(wire);
+            if let Some(&w) = wires.get(&input.node) {
+                inputs.push(w);
+            } else if lone && node.inputs.len() == 1 {
+                inputs.push(wires[&chain.dequantize]);
             } else {
                 let k = model.node(input.node).op_as::<Const>().expect("checked");
                 let name = format!("{}{suffix}.const{slot}", node.name);
@@ -430,84 +477,121 @@ fn wire_chain(
         }
         let name = format!("{}{suffix}", node.name);
         wire = target.wire_node(name, node.op.clone(), &inputs)?[0];
-        from = step;
+        wires.insert(step, wire);
     }
     Ok(wire)
 }
 
-/// The element-wise chain from a dequantization that ends at `outlet`, when the chain is
-/// non-decreasing in its input's values: the f32 output for a larger input value is never
-/// smaller (checked on all 256 values; no NaN). Every tensor of the chain but the last is
-/// read by the next step alone. Such a chain commutes with taking a maximum.
-pub(crate) fn monotone_chain_into(
+/// The element-wise function of an int8 tensor that ends at `outlet` (qtable.rs
+/// `chain_into`, its f32 output), with what lets a max pool of its output run on the int8
+/// tensor instead; `None` when there is no such function or it gives a NaN. The function
+/// is checked on all 256 input values.
+///
+/// A non-decreasing function of each value commutes with the maximum of a window: the pool
+/// takes the bytes. Any other (a hard-swish, which dips below zero between -3 and 0) still
+/// maps each byte to a value, and the window's largest value is that of its byte of
+/// highest rank in the values' order: the pool takes each byte's rank (a table), and a
+/// second table gives back a byte of the pooled rank.
+pub(crate) fn pooled_chain_into(
     model: &TypedModel,
     outlet: OutletId,
-) -> TractResult<Option<(OutletId, MonotoneChain)>> {
-    let outputs = model.output_outlets()?;
-    let mut steps = vec![];
-    let mut at = outlet.node;
-    let dequantize = loop {
-        let node = model.node(at);
-        if node.op_is::<DequantizeLinearF32>() {
-            break at;
-        }
-        // The step's chain input: its one input that is not a one-value constant.
-        let mut chain_inputs = node
-            .inputs
-            .iter()
-            .filter(|i| model.node(i.node).op_as::<Const>().is_none());
-        let (Some(prev), None) = (chain_inputs.next(), chain_inputs.next()) else {
-            return Ok(None);
-        };
-        let prev_node = model.node(prev.node);
-        let alone = prev_node.outputs.len() == 1
-            && prev_node.outputs[0].successors.len() == 1
-            && !outputs.contains(prev);
-        if !alone || !element_wise_step(model, node, prev.node)? {
-            return Ok(None);
-        }
-        steps.push(at);
-        at = prev.node;
+) -> TractResult<Option<(OutletId, PooledChain)>> {
+    let Some(chain) = chain_into(model, outlet.node)? else {
+        return Ok(None);
     };
-    steps.reverse();
-    let input = model.node(dequantize).inputs[0];
-    let dt = model.outlet_fact(input)?.datum_type;
-    if steps.is_empty() || !matches!(dt, DatumType::U8 | DatumType::I8) {
+    if model.node(outlet.node).op_is::<Quantize8>() {
         return Ok(None);
     }
-    let chain = Chain {
-        input,
-        dequantize,
-        steps,
-    };
+    let dt = model.outlet_fact(chain.input)?.datum_type;
     let out = chain_outputs(model, &chain)?;
     let values = out.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    // The bytes in increasing order of their values.
+    if values.len() != 256 || values.iter().any(|v| v.is_nan()) {
+        return Ok(None);
+    }
+    // The bytes (as indexes: their bits) in increasing order of their int8 values.
     let order: Vec<usize> = if dt == DatumType::U8 {
         (0..256).collect()
     } else {
         (128..256).chain(0..128).collect()
     };
-    let rising = order
-        .windows(2)
-        .all(|w| values[w[0]] <= values[w[1]] && !values[w[0]].is_nan());
-    Ok(rising.then_some((input, MonotoneChain(chain))))
+    let rising = order.windows(2).all(|w| values[w[0]] <= values[w[1]]);
+    let ranks = (!rising).then(|| {
+        let mut distinct = values.clone();
+        distinct.sort_by(f32::total_cmp);
+        distinct.dedup_by(|a, b| a == b);
+        // `==`: minus and plus zero are one rank, as they are one maximum.
+        let rank = |v: f32| distinct.iter().position(|&d| d == v).expect("listed") as u8;
+        let to_rank = QTable {
+            table: Box::new(std::array::from_fn(|b| rank(values[b]))),
+            to: DatumType::U8,
+        };
+        let mut back = [0u8; 256];
+        for (b, &v) in values.iter().enumerate() {
+            back[usize::from(rank(v))] = b as u8;
+        }
+        let from_rank = QTable {
+            table: Box::new(back),
+            to: dt,
+        };
+        (to_rank, from_rank)
+    });
+    Ok(Some((chain.input, PooledChain { chain, ranks })))
 }
 
-/// An element-wise chain [`monotone_chain_into`] found.
-pub(crate) struct MonotoneChain(Chain);
+/// An element-wise function [`pooled_chain_into`] found, and when it is not
+/// non-decreasing the tables into and out of its values' ranks.
+pub(crate) struct PooledChain {
+    chain: Chain,
+    ranks: Option<(QTable, QTable)>,
+}
 
-impl MonotoneChain {
-    /// Wires a copy of the chain into `patch` after `source` (its nodes' names plus
-    /// `suffix`); returns its output.
-    pub(crate) fn wire(
+impl PooledChain {
+    /// Whether the pool takes ranks (the function is not non-decreasing).
+    pub(crate) fn ranked(&self) -> bool {
+        self.ranks.is_some()
+    }
+
+    /// The type of the bytes the pool takes: ranks are u8.
+    pub(crate) fn pooled_type(&self, input: DatumType) -> DatumType {
+        if self.ranks.is_some() {
+            DatumType::U8
+        } else {
+            input
+        }
+    }
+
+    /// Wires what comes before the pool into `patch` after `source` (the int8 tensor):
+    /// the table into ranks, if any. Returns what the pool takes.
+    pub(crate) fn before_pool(
+        &self,
+        patch: &mut TypedModelPatch,
+        source: OutletId,
+        name: &str,
+    ) -> TractResult<OutletId> {
+        match &self.ranks {
+            Some((to_rank, _)) => Ok(patch.wire_node(format!("{name}.ranks"), to_rank.clone(), &[source])?[0]),
+            None => Ok(source),
+        }
+    }
+
+    /// Wires what comes after the pool into `patch` after `pooled`: the table back from
+    /// ranks, if any, then a copy of the function (its nodes' names plus `suffix`).
+    /// Returns its output.
+    pub(crate) fn after_pool(
         &self,
         model: &TypedModel,
         patch: &mut TypedModelPatch,
-        source: OutletId,
+        pooled: OutletId,
         suffix: &str,
     ) -> TractResult<OutletId> {
-        wire_chain(model, &self.0, patch, source, suffix)
+        let bytes = match &self.ranks {
+            Some((_, from_rank)) => {
+                let name = format!("{}{suffix}.from_ranks", model.node(self.chain.dequantize).name);
+                patch.wire_node(name, from_rank.clone(), &[pooled])?[0]
+            }
+            None => pooled,
+        };
+        wire_chain(model, &self.chain, patch, bytes, suffix)
     }
 }
 
@@ -789,11 +873,89 @@ mod tests {
         }
     }
 
+    /// onnxruntime's QOperator hard-swish with standard operators only, all in float
+    /// between a dequantization and a quantization: `Q(DQ(a) · relu6(DQ(a) + 3) / d)`, the
+    /// dequantized tensor read twice. Quantized directly or after a 2x2 max pool, or pooled
+    /// and left in float (PaddleOCR's last one), `d` 6 or -6, u8 and i8: the plan gives the
+    /// bytes of tract's passes, every quantized one is a table, and every pool runs on
+    /// bytes.
+    #[test]
+    fn float_hard_swishes_become_tables() {
+        use crate::onnx_build::ints;
+        for (pooled, quantized, divisor, za, zy) in [
+            (false, true, 6.0f32, 128, 3),
+            (false, true, -6.0, -20, 7),
+            (true, true, 6.0, 100, 0),
+            (true, true, -6.0, -128, -128),
+            (true, false, 6.0, 128, 0),
+            (true, false, -6.0, 0, 0),
+            (true, false, 6.0, -3, 0),
+        ] {
+            let init = vec![
+                raw("stretch", D::Float, &[], &[12f32]),
+                raw("shift", D::Float, &[], &[-6f32]),
+                raw("three", D::Float, &[], &[3f32]),
+                raw("zero", D::Float, &[], &[0f32]),
+                raw("six", D::Float, &[], &[6f32]),
+                raw("divisor", D::Float, &[], &[divisor]),
+                raw("sa", D::Float, &[], &[0.047f32]),
+                zero_point("za", za),
+                raw("sy", D::Float, &[], &[0.0241f32]),
+                zero_point("zy", zy),
+            ];
+            let mut nodes = vec![
+                node("Mul", &["x", "stretch"], "xs", vec![]),
+                node("Add", &["xs", "shift"], "xw", vec![]),
+                node("QuantizeLinear", &["xw", "sa", "za"], "a", vec![]),
+                node("DequantizeLinear", &["a", "sa", "za"], "da", vec![]),
+                node("Add", &["da", "three"], "plus3", vec![]),
+                node("Clip", &["plus3", "zero", "six"], "relu6", vec![]),
+                node("Mul", &["da", "relu6"], "prod", vec![]),
+                node("Div", &["prod", "divisor"], "hswish", vec![]),
+            ];
+            let mut last = "hswish";
+            if pooled {
+                let attrs = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
+                let out = if quantized { "pooled" } else { "y" };
+                nodes.push(node("MaxPool", &["hswish"], out, attrs));
+                last = "pooled";
+            }
+            if quantized {
+                nodes.extend([
+                    node("QuantizeLinear", &[last, "sy", "zy"], "yq", vec![]),
+                    node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
+                ]);
+            }
+            let bytes = model_bytes("fhswish", nodes, init, ("x", &SHAPE), "y");
+            let what = format!("pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zy}");
+            let ours = same_bytes_as_tract(&bytes, &what);
+            let ops: Vec<String> = ours
+                .plan
+                .model()
+                .nodes()
+                .iter()
+                .map(|n| n.op.name().to_string())
+                .collect();
+            let count = |name: &str| ops.iter().filter(|o| *o == name).count();
+            // Quantized: one table (before the pool, which takes its bytes). Left in float:
+            // a rising hard-swish (never: it dips between -3 and 0) or a falling one pools
+            // ranks, a table into them before the pool and one out of them after it.
+            let tables = if quantized { 1 } else { 2 };
+            assert_eq!(count("QTable"), tables, "{what}: {ops:?}");
+            assert_eq!(count("MaxPool8"), usize::from(pooled), "{what}: {ops:?}");
+            // Quantized, no float step is left but the test input's stretch.
+            let float_steps = ops.iter().filter(|o| o.starts_with("Opt")).count();
+            if quantized {
+                assert_eq!(float_steps, 1, "{what}: {ops:?}");
+            }
+        }
+    }
+
     /// A QDQ hard-swish, `Q(DQ(Q(DQ(a) · DQ(Q(relu6(DQ(a) + 3))))) / 6)`, with the division
     /// quantized directly or after a 2x2 max pool (PaddleOCR's last one), or pooled and left
-    /// in float (its QOperator file), or divided by -6 (a chain the pool cannot move
-    /// before), u8 and i8: the plan gives the bytes of tract's passes, with one table over
-    /// `a` where the division is quantized, and the pool on bytes where it may be.
+    /// in float (its QOperator file), or divided by -6 (a falling chain, pooled on ranks),
+    /// u8 and i8: the plan gives the bytes of tract's passes, with one table over `a` where
+    /// the division is quantized, and the pool on bytes.
     #[test]
     fn hard_swishes_become_one_table() {
         use crate::onnx_build::ints;
@@ -880,26 +1042,20 @@ mod tests {
             let count = |name: &str| ops.iter().filter(|o| *o == name).count();
             // The table of the hard-swish's Mul, with the division's when that is quantized,
             // but a pool moved before a rising division splits them (the division's table
-            // then looks up the pooled bytes).
-            let tables = if pooled && quantized && divisor > 0.0 {
-                2
-            } else {
-                1
-            };
+            // then looks up the pooled bytes), and a pool of a falling division left in
+            // float takes ranks: the table into them joins the hard-swish's, the one out
+            // of them follows the pool.
+            let split = quantized == (divisor > 0.0);
+            let tables = if pooled && split { 2 } else { 1 };
             assert_eq!(count("QTable"), tables, "{what}: {ops:?}");
             assert_eq!(count("QBinary"), 0, "{what}: {ops:?}");
-            // A pool moves onto bytes before a rising chain, or after its quantization.
-            let on_bytes = pooled && (divisor > 0.0 || quantized);
-            assert_eq!(count("MaxPool8"), usize::from(on_bytes), "{what}: {ops:?}");
+            // Every pool moves onto bytes: before the chain, or after its quantization.
+            assert_eq!(count("MaxPool8"), usize::from(pooled), "{what}: {ops:?}");
             let f32_pools = ops
                 .iter()
                 .filter(|o| o.contains("MaxPool") && *o != "MaxPool8")
                 .count();
-            assert_eq!(
-                f32_pools,
-                usize::from(pooled && !on_bytes),
-                "{what}: {ops:?}"
-            );
+            assert_eq!(f32_pools, 0, "{what}: {ops:?}");
         }
     }
 }
