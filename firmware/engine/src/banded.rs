@@ -242,6 +242,18 @@ thread_local! {
 }
 
 impl BandedConv {
+    /// This convolution with its requantization replaced by `f`'s (qtable.rs
+    /// `tables_into_requantization`), when `f` gives one.
+    pub(crate) fn with_requantize(
+        &self,
+        f: impl FnOnce(&Requantize) -> Option<Requantize>,
+    ) -> Option<BandedConv> {
+        Some(BandedConv {
+            requantize: f(&self.requantize)?,
+            ..self.clone()
+        })
+    }
+
     /// Output rows per band: a whole number of panels, about `band_bytes` of patches and
     /// accumulators.
     fn band_rows(&self, unit: usize, out_width: usize) -> usize {

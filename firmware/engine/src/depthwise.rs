@@ -175,6 +175,18 @@ impl DotLayer {
 }
 
 impl DepthwiseInt8 {
+    /// This convolution with its requantization replaced by `f`'s (qtable.rs
+    /// `tables_into_requantization`), when `f` gives one.
+    pub(crate) fn with_requantize(
+        &self,
+        f: impl FnOnce(&Requantize) -> Option<Requantize>,
+    ) -> Option<DepthwiseInt8> {
+        Some(DepthwiseInt8 {
+            requantize: f(&self.requantize)?,
+            ..self.clone()
+        })
+    }
+
     fn channels(&self) -> usize {
         self.offsets.len()
     }

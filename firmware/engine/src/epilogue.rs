@@ -84,14 +84,82 @@ pub(crate) struct Requantize {
     /// (`Requantize::run_values`). What onnxruntime writes always is: its multipliers are
     /// input scale x weight scale / output scale, far below 0.5, and `add` a zero point.
     short: bool,
+    /// A table the output bytes go through ([`Requantize::with_lookup`]).
+    lookup: Option<Lookup>,
+}
+
+/// A 256-entry byte table applied to a requantization's output bytes (a QOperator-standard
+/// ReLU6 between two convolutions: `DQ -> Clip -> Q`, a table in qtable.rs), as part of the
+/// requantization.
+///
+/// A table after a clamp is constant below some value `base` of the clamped range and above
+/// some `top`: the NEON forms clamp to `[base, top]` (the requantization's own clamp,
+/// narrowed) and look the value up in the window `base..=top` of at most 128 entries, one
+/// or two TBL a block (a ReLU6's window is its `6 / scale` values: 8 to 94 on
+/// EfficientNet-Lite0's and MobileNetV2's). Every other form applies the whole table to the
+/// bytes it wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Lookup {
+    /// The table, indexed by the requantization's own output byte.
+    table: Arc<[u8; 256]>,
+    /// The output type: U8 or I8, the table's bytes being its bits.
+    to: DatumType,
+    /// The clamped value of the window's first entry.
+    base: i32,
+    /// The window: entry i is the output byte of value `base + i`; 128 bytes, the entries
+    /// past the window's end repeating its last.
+    window: Arc<[u8; 128]>,
+    /// The window's length: at most 64 (one TBL) or 128 (two).
+    len: usize,
 }
 
 /// The largest `add` in magnitude for [`Requantize::short`].
 const SHORT_ADD: i32 = 16_000;
 
 impl Requantize {
+    /// This requantization with its output bytes looked up in `table` (indexed by the
+    /// bytes' bits) and given as `to` (U8 or I8); `None` when the table's window is longer
+    /// than 128 values or the chain is not a short one (the NEON forms that look up).
+    pub(crate) fn with_lookup(&self, table: &[u8; 256], to: DatumType) -> Option<Requantize> {
+        if !self.short || self.lookup.is_some() {
+            return None;
+        }
+        let mask = self.mask();
+        let byte = |v: i32| table[usize::from((v as u8) ^ mask)];
+        let (lo, hi) = (self.lo, self.hi);
+        let base = (lo..=hi).take_while(|&v| byte(v) == byte(lo)).last()?;
+        let top = (lo..=hi).rev().take_while(|&v| byte(v) == byte(hi)).last()?.max(base);
+        let len = (top - base + 1) as usize;
+        if len > 128 {
+            return None;
+        }
+        let window = std::array::from_fn(|i| byte(base + (i as i32).min(top - base)));
+        Some(Requantize {
+            lookup: Some(Lookup {
+                table: Arc::new(*table),
+                to,
+                base,
+                window: Arc::new(window),
+                len,
+            }),
+            ..self.clone()
+        })
+    }
+
+    /// The output byte of one accumulator, with multiplier `s`.
+    #[inline(always)]
+    fn byte(&self, x: i32, s: f32) -> u8 {
+        let b = (self.value(x, s) as u8) ^ self.mask();
+        match &self.lookup {
+            Some(l) => l.table[usize::from(b)],
+            None => b,
+        }
+    }
+
     fn output_type(&self) -> DatumType {
-        if self.offset_to_i8 {
+        if let Some(l) = &self.lookup {
+            l.to
+        } else if self.offset_to_i8 {
             DatumType::I8
         } else {
             self.cast_to
@@ -311,7 +379,6 @@ impl Requantize {
     ///
     /// [`short`]: Requantize::short
     fn run_values(&self, xs: &[i32], scale: Scales, ys: &mut [u8]) {
-        let mask = self.mask();
         // The SIMD blocks load the multipliers of their values: `Each` has them all, and
         // a block of a `Cycle` does not wrap (whole blocks per cycle).
         let blocks = match scale {
@@ -359,8 +426,9 @@ impl Requantize {
         #[cfg(target_arch = "x86_64")]
         let done = {
             let overlap = !matches!(scale, Scales::Cycle(_));
+            let mask = self.mask();
             let slow = |i: usize| (self.value(xs[i], scale.at(i)) as u8) ^ mask;
-            if !blocks {
+            let done = if !blocks {
                 0
             } else if avx512::available() {
                 // SAFETY: the CPU has AVX-512 F; `avx512::run` stays within both slices.
@@ -368,12 +436,17 @@ impl Requantize {
             } else {
                 // SAFETY: SSE2 is part of x86_64; `sse2::run` stays within both slices.
                 unsafe { sse2::run(self, xs, scale, ys, overlap, &slow) }
+            };
+            // These forms write the requantization's bytes; the table after them.
+            if let Some(l) = &self.lookup {
+                crate::kernels::lut::apply(&l.table, &mut ys[..done]);
             }
+            done
         };
         #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
         let done = 0;
         for (i, (y, &x)) in ys[done..].iter_mut().zip(&xs[done..]).enumerate() {
-            *y = (self.value(x, scale.at(done + i)) as u8) ^ mask;
+            *y = self.byte(x, scale.at(done + i));
         }
     }
 
@@ -443,6 +516,9 @@ mod neon {
         add16: int16x8_t,
         add32: int32x4_t,
         mask: uint8x16_t,
+        /// The lookup window's quarters (`super::Lookup`) and how many it has (0: no
+        /// lookup).
+        lookup: (usize, [uint8x16x4_t; 2]),
     }
 
     impl Chain {
@@ -455,6 +531,29 @@ mod neon {
                     add16: unsafe { vdupq_n_s16(0) },
                     add32: unsafe { vdupq_n_s32(op.add) },
                     mask: unsafe { vdupq_n_u8(op.mask()) },
+                    lookup: (0, unsafe { [vld1q_u8_x4([0; 64].as_ptr()); 2] }),
+                };
+            }
+            if let Some(l) = &op.lookup {
+                // The value less `base`, clamped to the window: the index of its entry.
+                // `Requantize::with_lookup` takes `base` and the window's end inside
+                // [lo, hi]; the add still fits i16 (`SHORT_ADD` + 255), and a saturated
+                // product plus it still lies past the same end of the window.
+                let last = l.len as i32 - 1;
+                // SAFETY: the window holds 128 bytes.
+                let quarters = unsafe {
+                    [
+                        vld1q_u8_x4(l.window.as_ptr()),
+                        vld1q_u8_x4(l.window.as_ptr().add(64)),
+                    ]
+                };
+                return Chain {
+                    short: Some((true, true)),
+                    clamp: ByteClamp::new([0, last], true),
+                    add16: unsafe { vdupq_n_s16((op.add - l.base) as i16) },
+                    add32: unsafe { vdupq_n_s32(0) },
+                    mask: unsafe { vdupq_n_u8(0) },
+                    lookup: (l.len.div_ceil(64), quarters),
                 };
             }
             // A u8 shifted to i8 is the i8 of the chain whose add and bounds are 128 less:
@@ -475,6 +574,7 @@ mod neon {
                 add16: unsafe { vdupq_n_s16(add as i16) },
                 add32: unsafe { vdupq_n_s32(0) },
                 mask: unsafe { vdupq_n_u8(0) },
+                lookup: (0, unsafe { [vld1q_u8_x4([0; 64].as_ptr()); 2] }),
             }
         }
 
@@ -511,30 +611,38 @@ mod neon {
                 });
             };
             // Multipliers the assembly loop can read: pairs of blocks there, then the rest.
-            let pairs = if pair_scales.is_some() {
+            // Its lookup is one TBL: a two-quarter window goes block by block.
+            let (quarters, tables) = self.lookup;
+            let pairs = if pair_scales.is_some() && quarters < 2 {
                 len / (2 * BLOCK)
             } else {
                 0
             };
             let from = 2 * BLOCK * pairs;
             macro_rules! short_blocks {
-                ($unsigned:literal, $clamp:literal) => {{
+                ($unsigned:literal, $clamp:literal, $lookup:literal) => {{
                     if let (Some(scales), true) = (pair_scales, pairs > 0) {
                         // SAFETY: `pairs` pairs of blocks lie within both slices, and within
                         // the multipliers of `PairScales::Each` (the caller's contract).
-                        unsafe { short_pairs::<$unsigned, $clamp>(x, y, pairs, scales, add, clamp) };
+                        unsafe {
+                            short_pairs::<$unsigned, $clamp, $lookup>(
+                                x, y, pairs, scales, add, clamp, &tables[0],
+                            )
+                        };
                     }
                     for_each_block!(len, overlap, from from, |b| {
                         let (x, y, s) = at(b);
-                        unsafe { short::<$unsigned, $clamp>(x, s, add, clamp, y) }
+                        unsafe { short::<$unsigned, $clamp, $lookup>(x, s, add, clamp, &tables, y) }
                     })
                 }};
             }
-            match form {
-                (true, false) => short_blocks!(true, false),
-                (true, true) => short_blocks!(true, true),
-                (false, false) => short_blocks!(false, false),
-                (false, true) => short_blocks!(false, true),
+            match (form, quarters) {
+                (_, 1) => short_blocks!(true, true, 1),
+                (_, 2) => short_blocks!(true, true, 2),
+                ((true, false), _) => short_blocks!(true, false, 0),
+                ((true, true), _) => short_blocks!(true, true, 0),
+                ((false, false), _) => short_blocks!(false, false, 0),
+                ((false, true), _) => short_blocks!(false, true, 0),
             }
         }
     }
@@ -570,12 +678,14 @@ mod neon {
     /// sum is r + add or lies past the same end of [lo, hi]; if not, r saturates to ±32767
     /// or -32768 and r + add lies past that end of [lo, hi] either way (|add| ≤ 16128).
     /// Narrowing to the type then clamping is clamping, for bounds inside the type.
+    /// `LOOKUP` quarters of `tables` (a lookup window, `Chain::lookup`) then map the bytes.
     #[inline(always)]
-    unsafe fn short<const UNSIGNED: bool, const CLAMP: bool>(
+    unsafe fn short<const UNSIGNED: bool, const CLAMP: bool, const LOOKUP: usize>(
         x: *const i32,
         s: [float32x4_t; 4],
         add: int16x8_t,
         clamp: &ByteClamp,
+        tables: &[uint8x16x4_t; 2],
         y: *mut u8,
     ) {
         // SAFETY: the caller's: 16 values at `x`, 16 bytes at `y`.
@@ -584,7 +694,16 @@ mod neon {
                 |j: usize| vcvtnq_s32_f32(vmulq_f32(vcvtq_f32_s32(vld1q_s32(x.add(4 * j))), s[j]));
             let low = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r(0)), r(1)), add);
             let high = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r(2)), r(3)), add);
-            vst1q_u8(y, clamp.words::<UNSIGNED, CLAMP>(low, high));
+            let bytes = clamp.words::<UNSIGNED, CLAMP>(low, high);
+            let bytes = match LOOKUP {
+                0 => bytes,
+                1 => vqtbl4q_u8(tables[0], bytes),
+                _ => {
+                    let first = vqtbl4q_u8(tables[0], bytes);
+                    vqtbx4q_u8(first, tables[1], vsubq_u8(bytes, vdupq_n_u8(64)))
+                }
+            };
+            vst1q_u8(y, bytes);
         }
     }
 
@@ -607,13 +726,14 @@ mod neon {
     /// `x` holds `32 · pairs` values and `y` as many bytes, a `PairScales::Each` pointer as
     /// many multipliers; `pairs` ≥ 1.
     #[inline(always)]
-    unsafe fn short_pairs<const UNSIGNED: bool, const CLAMP: bool>(
+    unsafe fn short_pairs<const UNSIGNED: bool, const CLAMP: bool, const LOOKUP: usize>(
         x: *const i32,
         y: *mut u8,
         pairs: usize,
         scales: PairScales,
         add: int16x8_t,
         clamp: &ByteClamp,
+        table: &uint8x16x4_t,
     ) {
         let (one, each) = match scales {
             PairScales::One(s) => (s, std::ptr::null()),
@@ -624,6 +744,9 @@ mod neon {
         let [lo, hi] = clamp.bound_bytes::<UNSIGNED>();
         macro_rules! pairs_loop {
             ($scale:expr, $narrow:literal, $narrow2:literal, $clamp:expr) => {
+                pairs_loop!($scale, $narrow, $narrow2, $clamp, "")
+            };
+            ($scale:expr, $narrow:literal, $narrow2:literal, $clamp:expr, $lookup:expr) => {
                 // SAFETY: the caller's contract; the loop reads 128 bytes at `x` (and at
                 // `each`) and writes 32 at `y` per pass.
                 unsafe {
@@ -651,6 +774,7 @@ mod neon {
                         concat!($narrow, " v17.8b, v4.8h"),
                         concat!($narrow2, " v17.16b, v6.8h"),
                         $clamp,
+                        $lookup,
                         "st1 {{v16.16b-v17.16b}}, [{y}], #32",
                         "subs {pairs}, {pairs}, #1",
                         "b.ne 2b",
@@ -662,6 +786,8 @@ mod neon {
                         add = in(vreg) add,
                         lo = in(vreg) lo,
                         hi = in(vreg) hi,
+                        in("v28") table.0, in("v29") table.1,
+                        in("v30") table.2, in("v31") table.3,
                         out("v0") _, out("v1") _, out("v2") _, out("v3") _,
                         out("v4") _, out("v5") _, out("v6") _, out("v7") _,
                         out("v16") _, out("v17") _, out("v20") _, out("v21") _,
@@ -723,9 +849,25 @@ mod neon {
                 "// {lo:v} {hi:v}"
             };
         }
+        // A one-quarter lookup window's TBL (in v28-v31).
+        macro_rules! lookup_step {
+            () => {
+                concat!(
+                    "tbl v16.16b, {{v28.16b-v31.16b}}, v16.16b\n",
+                    "tbl v17.16b, {{v28.16b-v31.16b}}, v17.16b"
+                )
+            };
+        }
         macro_rules! forms {
             ($scale:ident) => {
                 match (UNSIGNED, CLAMP) {
+                    (true, true) if LOOKUP == 1 => pairs_loop!(
+                        $scale!(),
+                        "sqxtun",
+                        "sqxtun2",
+                        clamp!("umax", "umin"),
+                        lookup_step!()
+                    ),
                     (true, true) => {
                         pairs_loop!($scale!(), "sqxtun", "sqxtun2", clamp!("umax", "umin"))
                     }
@@ -970,8 +1112,12 @@ impl Op for Requantize {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let lookup = match &self.lookup {
+            Some(l) => format!(", then a table of {} values from {}", l.len, l.base),
+            None => String::new(),
+        };
         Ok(vec![format!(
-            "{} multiplier(s), +{}, clamp {}..={}, to {:?}",
+            "{} multiplier(s), +{}, clamp {}..={}{lookup}, to {:?}",
             self.scale.len(),
             self.add,
             self.lo,
@@ -1245,6 +1391,7 @@ fn chain_from(
         cast_to,
         offset_to_i8,
         short,
+        lookup: None,
     };
     if model.outlet_fact(OutletId::new(at, 0))?.datum_type != op.output_type() {
         return Ok(None);
@@ -1578,6 +1725,96 @@ mod tests {
                     }
                     let want = (op.value(v, scales[c]) as u8) ^ op.mask();
                     assert_eq!(got, want, "{channels}/{pitch} short {small} at {i}: {v}");
+                }
+            }
+        }
+    }
+
+    /// A requantization with a table after it (`Requantize::with_lookup`): windows of
+    /// one entry, of one TBL and of two, u8 and shifted to i8, through rows of blocks (the
+    /// assembly pairs and single blocks), a row with a short tail, and channels-last rows
+    /// with and without padding channels: every byte is the table's entry for the
+    /// requantization's own byte. A table with no short window is refused.
+    #[test]
+    fn lookups_give_the_tables_bytes() {
+        let channels = 48;
+        // A ReLU6 from a zero point of 100 over `span` values, saturating after.
+        let relu6 = |span: i32| -> [u8; 256] {
+            std::array::from_fn(|b| ((b as i32 - 100).clamp(0, span) * 255 / span) as u8)
+        };
+        let mut scrambled = [0u8; 256];
+        let mut s = 0x2545_f491_u32;
+        for e in &mut scrambled {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            *e = s as u8;
+        }
+        for offset in [false, true] {
+            let mut m = TypedModel::default();
+            let x = m.add_source("x", i32::fact([1, channels, 1])).unwrap();
+            let scales = m.add_const("s", small_per_channel(channels)).unwrap();
+            let scaled = m.wire_node("scale", scale(), &[scales, x]).unwrap()[0];
+            let out = conv_tail(offset)(&mut m, scaled);
+            m.select_output_outlets(&[out]).unwrap();
+            assert_eq!(fuse_requantization(&mut m).unwrap(), 1);
+            let plain = m
+                .nodes()
+                .iter()
+                .find_map(|n| n.op_as::<Requantize>())
+                .unwrap()
+                .clone();
+            let scales = plain
+                .scale
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .to_vec();
+            assert!(plain.with_lookup(&scrambled, DatumType::U8).is_none());
+            // Indexed by the output byte: the i8's bits when shifted.
+            let by_byte = |t: [u8; 256]| -> [u8; 256] {
+                std::array::from_fn(|b| t[if offset { b ^ 0x80 } else { b }])
+            };
+            for (table, len) in [
+                ([7u8; 256], 1),
+                (by_byte(relu6(40)), 41),
+                (by_byte(relu6(94)), 95),
+            ] {
+                for to in [DatumType::U8, DatumType::I8] {
+                    let what = format!("offset {offset}, window {len}, to {to:?}");
+                    let op = plain.with_lookup(&table, to).expect("a short window");
+                    assert_eq!(op.lookup.as_ref().map(|l| l.len), Some(len), "{what}");
+                    assert_eq!(op.output_type(), to, "{what}");
+                    let want = |v: i32, c: usize| {
+                        table[usize::from((plain.value(v, scales[c]) as u8) ^ plain.mask())]
+                    };
+                    // Rows: 3 of 100 values (pairs of blocks, then an overlapping one), 1
+                    // of 7 (no block).
+                    for cols in [100, 7] {
+                        let x = accumulators(channels * cols);
+                        let mut out = vec![0u8; x.len()];
+                        op.run_rows(&x, cols, &mut out, cols).unwrap();
+                        for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
+                            assert_eq!(got, want(v, i / cols), "{what}: rows of {cols}, {i}");
+                        }
+                        let mut row = vec![0u8; cols];
+                        op.run_row(&x[..cols], 5, &mut row).unwrap();
+                        for (i, (&v, &got)) in x.iter().zip(&row).enumerate() {
+                            assert_eq!(got, want(v, 5), "{what}: a row of {cols}, {i}");
+                        }
+                    }
+                    for pitch in [channels, channels + 8] {
+                        let x = accumulators(9 * pitch);
+                        let mut out = vec![0u8; x.len()];
+                        op.run_channels_last(&x, pitch, channels, &mut out).unwrap();
+                        for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
+                            if i % pitch < channels {
+                                let c = i % pitch;
+                                assert_eq!(got, want(v, c), "{what}: pitch {pitch}, {i}");
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -326,6 +326,7 @@ fn build_proto(
         let mut max_pools_quantized = 0;
         let mut max_pools_moved = 0;
         let mut merged_tables = 0;
+        let mut tables_looked_up = 0;
         let mut straight_to_i8 = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
@@ -417,6 +418,13 @@ fn build_proto(
             let joined = crate::qtable::concat_quantized(&mut optimized).map_err(|e| {
                 load_err(format!("concatenating the quantized tensors failed: {e:#}"))
             })?;
+            // Last of the tables: those that read a requantization alone join it.
+            tables_looked_up = crate::qtable::tables_into_requantization(&mut optimized)
+                .map_err(|e| {
+                    load_err(format!(
+                        "folding the lookup tables into the requantizations failed: {e:#}"
+                    ))
+                })?;
             binaries = fused_binaries.len();
             average_pools = fused_pools.len();
             tables = chains.len();
@@ -596,6 +604,12 @@ fn build_proto(
                     "looked up",
                     "quantized element-wise chain",
                     " in a 256-entry table",
+                ),
+                (
+                    tables_looked_up,
+                    "folded",
+                    "lookup table",
+                    " into the requantization before it",
                 ),
             ]
             .into_iter()
