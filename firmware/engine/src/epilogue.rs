@@ -511,14 +511,27 @@ mod neon {
     /// paid for these again).
     pub(super) struct Chain {
         /// The short form's type and clamp (`Requantize::short`), or none: the exact one.
-        short: Option<(bool, bool)>,
+        /// The short form's type, clamp and lookup quarters (`lookup`), or none: the exact
+        /// one.
+        short: Option<(bool, bool, usize)>,
         clamp: ByteClamp,
         add16: int16x8_t,
         add32: int32x4_t,
         mask: uint8x16_t,
-        /// The lookup window's quarters (`super::Lookup`) and how many it has (0: no
-        /// lookup).
-        lookup: (usize, [uint8x16x4_t; 2]),
+        /// The lookup window in registers (`super::Lookup`), and its last entry in every
+        /// lane: what a value past the window gives (zeros when there is none).
+        lookup: Window,
+    }
+
+    /// A lookup window's two quarters and its last entry in every lane.
+    type Window = ([uint8x16x4_t; 2], uint8x16_t);
+
+    /// No lookup window: zeros, which no form without a lookup reads.
+    #[inline(always)]
+    fn no_window() -> Window {
+        // SAFETY: register operations.
+        let z = unsafe { vdupq_n_u8(0) };
+        ([uint8x16x4_t(z, z, z, z); 2], z)
     }
 
     impl Chain {
@@ -531,29 +544,29 @@ mod neon {
                     add16: unsafe { vdupq_n_s16(0) },
                     add32: unsafe { vdupq_n_s32(op.add) },
                     mask: unsafe { vdupq_n_u8(op.mask()) },
-                    lookup: (0, unsafe { [vld1q_u8_x4([0; 64].as_ptr()); 2] }),
+                    lookup: no_window(),
                 };
             }
             if let Some(l) = &op.lookup {
-                // The value less `base`, clamped to the window: the index of its entry.
-                // `Requantize::with_lookup` takes `base` and the window's end inside
-                // [lo, hi]; the add still fits i16 (`SHORT_ADD` + 255), and a saturated
-                // product plus it still lies past the same end of the window.
-                let last = l.len as i32 - 1;
-                // SAFETY: the window holds 128 bytes.
-                let quarters = unsafe {
-                    [
-                        vld1q_u8_x4(l.window.as_ptr()),
-                        vld1q_u8_x4(l.window.as_ptr().add(64)),
-                    ]
-                };
+                // The value less `base`, narrowed to u8 with saturation: the index of its
+                // entry, a value below the window giving 0 (the first entry) and one past it
+                // an index TBX leaves the last entry at (the window's entries past its
+                // length are the last one too). `Requantize::with_lookup` takes `base` and
+                // the window's end inside [lo, hi]; the add still fits i16 (`SHORT_ADD` +
+                // 255), and a saturated product plus it still lies past the same end of the
+                // window.
                 return Chain {
-                    short: Some((true, true)),
-                    clamp: ByteClamp::new([0, last], true),
+                    short: Some((true, false, l.len.div_ceil(64))),
+                    clamp: ByteClamp::new([0, 255], true),
                     add16: unsafe { vdupq_n_s16((op.add - l.base) as i16) },
                     add32: unsafe { vdupq_n_s32(0) },
                     mask: unsafe { vdupq_n_u8(0) },
-                    lookup: (l.len.div_ceil(64), quarters),
+                    // SAFETY: the window holds 128 bytes.
+                    lookup: unsafe {
+                        let w = l.window.as_ptr();
+                        let top = vdupq_n_u8(l.window[l.len - 1]);
+                        ([vld1q_u8_x4(w), vld1q_u8_x4(w.add(64))], top)
+                    },
                 };
             }
             // A u8 shifted to i8 is the i8 of the chain whose add and bounds are 128 less:
@@ -568,13 +581,13 @@ mod neon {
                 (lo, hi) != (-128, 127)
             };
             Chain {
-                short: Some((unsigned, clamps)),
+                short: Some((unsigned, clamps, 0)),
                 clamp: ByteClamp::new([lo, hi], unsigned),
                 // `add` fits i16 (`SHORT_ADD` + 128).
                 add16: unsafe { vdupq_n_s16(add as i16) },
                 add32: unsafe { vdupq_n_s32(0) },
                 mask: unsafe { vdupq_n_u8(0) },
-                lookup: (0, unsafe { [vld1q_u8_x4([0; 64].as_ptr()); 2] }),
+                lookup: no_window(),
             }
         }
 
@@ -612,8 +625,8 @@ mod neon {
             };
             // Multipliers the assembly loop can read: pairs of blocks there, then the rest.
             // Its lookup is one TBL: a two-quarter window goes block by block.
-            let (quarters, tables) = self.lookup;
-            let pairs = if pair_scales.is_some() && quarters < 2 {
+            let window = self.lookup;
+            let pairs = if pair_scales.is_some() && form.2 < 2 {
                 len / (2 * BLOCK)
             } else {
                 0
@@ -626,23 +639,23 @@ mod neon {
                         // the multipliers of `PairScales::Each` (the caller's contract).
                         unsafe {
                             short_pairs::<$unsigned, $clamp, $lookup>(
-                                x, y, pairs, scales, add, clamp, &tables[0],
+                                x, y, pairs, scales, add, clamp, &window,
                             )
                         };
                     }
                     for_each_block!(len, overlap, from from, |b| {
                         let (x, y, s) = at(b);
-                        unsafe { short::<$unsigned, $clamp, $lookup>(x, s, add, clamp, &tables, y) }
+                        unsafe { short::<$unsigned, $clamp, $lookup>(x, s, add, clamp, &window, y) }
                     })
                 }};
             }
-            match (form, quarters) {
-                (_, 1) => short_blocks!(true, true, 1),
-                (_, 2) => short_blocks!(true, true, 2),
-                ((true, false), _) => short_blocks!(true, false, 0),
-                ((true, true), _) => short_blocks!(true, true, 0),
-                ((false, false), _) => short_blocks!(false, false, 0),
-                ((false, true), _) => short_blocks!(false, true, 0),
+            match form {
+                (true, false, 0) => short_blocks!(true, false, 0),
+                (true, false, 1) => short_blocks!(true, false, 1),
+                (true, false, _) => short_blocks!(true, false, 2),
+                (true, true, _) => short_blocks!(true, true, 0),
+                (false, false, _) => short_blocks!(false, false, 0),
+                (false, true, _) => short_blocks!(false, true, 0),
             }
         }
     }
@@ -678,14 +691,15 @@ mod neon {
     /// sum is r + add or lies past the same end of [lo, hi]; if not, r saturates to ±32767
     /// or -32768 and r + add lies past that end of [lo, hi] either way (|add| ≤ 16128).
     /// Narrowing to the type then clamping is clamping, for bounds inside the type.
-    /// `LOOKUP` quarters of `tables` (a lookup window, `Chain::lookup`) then map the bytes.
+    /// `LOOKUP` quarters of a lookup window (`Chain::lookup`) then map the bytes: TBX over
+    /// the last entry, so that an index past the window gives that.
     #[inline(always)]
     unsafe fn short<const UNSIGNED: bool, const CLAMP: bool, const LOOKUP: usize>(
         x: *const i32,
         s: [float32x4_t; 4],
         add: int16x8_t,
         clamp: &ByteClamp,
-        tables: &[uint8x16x4_t; 2],
+        (tables, top): &Window,
         y: *mut u8,
     ) {
         // SAFETY: the caller's: 16 values at `x`, 16 bytes at `y`.
@@ -697,9 +711,9 @@ mod neon {
             let bytes = clamp.words::<UNSIGNED, CLAMP>(low, high);
             let bytes = match LOOKUP {
                 0 => bytes,
-                1 => vqtbl4q_u8(tables[0], bytes),
+                1 => vqtbx4q_u8(*top, tables[0], bytes),
                 _ => {
-                    let first = vqtbl4q_u8(tables[0], bytes);
+                    let first = vqtbx4q_u8(*top, tables[0], bytes);
                     vqtbx4q_u8(first, tables[1], vsubq_u8(bytes, vdupq_n_u8(64)))
                 }
             };
@@ -733,8 +747,9 @@ mod neon {
         scales: PairScales,
         add: int16x8_t,
         clamp: &ByteClamp,
-        table: &uint8x16x4_t,
+        (tables, top): &Window,
     ) {
+        let (table, top) = (&tables[0], *top);
         let (one, each) = match scales {
             PairScales::One(s) => (s, std::ptr::null()),
             PairScales::Each(each) => (0.0, each),
@@ -744,9 +759,23 @@ mod neon {
         let [lo, hi] = clamp.bound_bytes::<UNSIGNED>();
         macro_rules! pairs_loop {
             ($scale:expr, $narrow:literal, $narrow2:literal, $clamp:expr) => {
-                pairs_loop!($scale, $narrow, $narrow2, $clamp, "")
+                pairs_loop!(
+                    $scale,
+                    $narrow,
+                    $narrow2,
+                    $clamp,
+                    "// {top:v}",
+                    "st1 {{v16.16b-v17.16b}}, [{y}], #32"
+                )
             };
-            ($scale:expr, $narrow:literal, $narrow2:literal, $clamp:expr, $lookup:expr) => {
+            (
+                $scale:expr,
+                $narrow:literal,
+                $narrow2:literal,
+                $clamp:expr,
+                $lookup:expr,
+                $store:expr
+            ) => {
                 // SAFETY: the caller's contract; the loop reads 128 bytes at `x` (and at
                 // `each`) and writes 32 at `y` per pass.
                 unsafe {
@@ -775,7 +804,7 @@ mod neon {
                         concat!($narrow2, " v17.16b, v6.8h"),
                         $clamp,
                         $lookup,
-                        "st1 {{v16.16b-v17.16b}}, [{y}], #32",
+                        $store,
                         "subs {pairs}, {pairs}, #1",
                         "b.ne 2b",
                         x = inout(reg) x => _,
@@ -786,11 +815,12 @@ mod neon {
                         add = in(vreg) add,
                         lo = in(vreg) lo,
                         hi = in(vreg) hi,
+                        top = in(vreg) top,
                         in("v28") table.0, in("v29") table.1,
                         in("v30") table.2, in("v31") table.3,
                         out("v0") _, out("v1") _, out("v2") _, out("v3") _,
                         out("v4") _, out("v5") _, out("v6") _, out("v7") _,
-                        out("v16") _, out("v17") _, out("v20") _, out("v21") _,
+                        out("v16") _, out("v17") _, out("v18") _, out("v19") _, out("v20") _, out("v21") _,
                         out("v22") _, out("v23") _, out("v24") _, out("v25") _,
                         out("v26") _, out("v27") _,
                         options(nostack),
@@ -849,24 +879,28 @@ mod neon {
                 "// {lo:v} {hi:v}"
             };
         }
-        // A one-quarter lookup window's TBL (in v28-v31).
+        // A one-quarter lookup window's TBX (in v28-v31) over its last entry, into v18
+        // and v19.
         macro_rules! lookup_step {
             () => {
                 concat!(
-                    "tbl v16.16b, {{v28.16b-v31.16b}}, v16.16b\n",
-                    "tbl v17.16b, {{v28.16b-v31.16b}}, v17.16b"
+                    "mov v18.16b, {top:v}.16b\n",
+                    "tbx v18.16b, {{v28.16b-v31.16b}}, v16.16b\n",
+                    "mov v19.16b, {top:v}.16b\n",
+                    "tbx v19.16b, {{v28.16b-v31.16b}}, v17.16b"
                 )
             };
         }
         macro_rules! forms {
             ($scale:ident) => {
                 match (UNSIGNED, CLAMP) {
-                    (true, true) if LOOKUP == 1 => pairs_loop!(
+                    (true, false) if LOOKUP == 1 => pairs_loop!(
                         $scale!(),
                         "sqxtun",
                         "sqxtun2",
-                        clamp!("umax", "umin"),
-                        lookup_step!()
+                        clamp!(),
+                        lookup_step!(),
+                        "st1 {{v18.16b-v19.16b}}, [{y}], #32"
                     ),
                     (true, true) => {
                         pairs_loop!($scale!(), "sqxtun", "sqxtun2", clamp!("umax", "umin"))

@@ -19,6 +19,7 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
+use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
 use tract_onnx::tract_core::ops::binary::{OptBinByScalar, OptBinChain, OptBinUnicast, TypedBinOp};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
@@ -198,18 +199,36 @@ pub(crate) fn tables_into_requantization(model: &mut TypedModel) -> TractResult<
     use crate::depthwise::DepthwiseInt8;
     use crate::epilogue::Requantize;
     let outputs = model.output_outlets()?.to_vec();
+    let order = model.eval_order()?;
+    // The nodes the outputs need: the earlier rewrites left the nodes they replaced in the
+    // graph (until the next optimisation prunes them), still reading their inputs.
+    let live: std::collections::HashSet<usize> = order.iter().copied().collect();
     let mut fused = 0;
-    for id in model.eval_order()? {
+    for id in order {
         let node = model.node(id);
         let Some(table) = node.op_as::<QTable>() else {
             continue;
         };
-        let from = node.inputs[0];
+        // The requantization, through reshapes (a depthwise convolution's output is
+        // reshaped to the image's), each tensor read by the next node alone.
+        let reads_alone = |outlet: OutletId| {
+            let node = model.node(outlet.node);
+            let readers = node.outputs.iter().flat_map(|o| &o.successors);
+            node.outputs.len() == 1
+                && readers.filter(|s| live.contains(&s.node)).count() == 1
+                && !outputs.contains(&outlet)
+        };
+        let mut from = node.inputs[0];
+        let mut reshapes = vec![];
+        while model.node(from.node).op_is::<IntoShape>() || model.node(from.node).op_is::<AxisOp>() {
+            if !reads_alone(from) {
+                break;
+            }
+            reshapes.push(from.node);
+            from = model.node(from.node).inputs[0];
+        }
         let producer = model.node(from.node);
-        if producer.outputs.len() != 1
-            || producer.outputs[0].successors.len() != 1
-            || outputs.contains(&from)
-        {
+        if !reads_alone(from) {
             continue;
         }
         let with = |r: &Requantize| r.with_lookup(&table.table, table.to);
@@ -230,7 +249,14 @@ pub(crate) fn tables_into_requantization(model: &mut TypedModel) -> TractResult<
             model,
             &producer.inputs,
             &[OutletId::new(id, 0)],
-            &|p, taps| p.wire_node(&name, new.clone(), taps),
+            &|p, taps| {
+                let mut wire = p.wire_node(&name, new.clone(), taps)?;
+                for &r in reshapes.iter().rev() {
+                    let reshape = model.node(r);
+                    wire = p.wire_node(&reshape.name, reshape.op.clone(), &wire)?;
+                }
+                Ok(wire)
+            },
         )?;
         patch.apply(model)?;
         fused += 1;
