@@ -128,7 +128,11 @@ impl Requantize {
         let byte = |v: i32| table[usize::from((v as u8) ^ mask)];
         let (lo, hi) = (self.lo, self.hi);
         let base = (lo..=hi).take_while(|&v| byte(v) == byte(lo)).last()?;
-        let top = (lo..=hi).rev().take_while(|&v| byte(v) == byte(hi)).last()?.max(base);
+        let top = (lo..=hi)
+            .rev()
+            .take_while(|&v| byte(v) == byte(hi))
+            .last()?
+            .max(base);
         let len = (top - base + 1) as usize;
         if len > 128 {
             return None;
@@ -624,9 +628,11 @@ mod neon {
                 });
             };
             // Multipliers the assembly loop can read: pairs of blocks there, then the rest.
-            // Its lookup is one TBL: a two-quarter window goes block by block.
+            // The loop's lookup of a two-quarter window takes the registers the values' own
+            // multipliers would: such rows go block by block.
             let window = self.lookup;
-            let pairs = if pair_scales.is_some() && form.2 < 2 {
+            let two_quarters_each = form.2 == 2 && matches!(pair_scales, Some(PairScales::Each(_)));
+            let pairs = if pair_scales.is_some() && !two_quarters_each {
                 len / (2 * BLOCK)
             } else {
                 0
@@ -738,7 +744,8 @@ mod neon {
     ///
     /// # Safety
     /// `x` holds `32 · pairs` values and `y` as many bytes, a `PairScales::Each` pointer as
-    /// many multipliers; `pairs` ≥ 1.
+    /// many multipliers; `pairs` ≥ 1. A two-quarter window (`LOOKUP` 2) comes with
+    /// `PairScales::One` (the loop has no form for it with `Each`).
     #[inline(always)]
     unsafe fn short_pairs<const UNSIGNED: bool, const CLAMP: bool, const LOOKUP: usize>(
         x: *const i32,
@@ -749,7 +756,9 @@ mod neon {
         clamp: &ByteClamp,
         (tables, top): &Window,
     ) {
-        let (table, top) = (&tables[0], *top);
+        let (first, second, top) = (&tables[0], &tables[1], *top);
+        // SAFETY: a register operation.
+        let c64 = unsafe { vdupq_n_u8(64) };
         let (one, each) = match scales {
             PairScales::One(s) => (s, std::ptr::null()),
             PairScales::Each(each) => (0.0, each),
@@ -764,7 +773,7 @@ mod neon {
                     $narrow,
                     $narrow2,
                     $clamp,
-                    "// {top:v}",
+                    "// {top:v} {c64:v}",
                     "st1 {{v16.16b-v17.16b}}, [{y}], #32"
                 )
             };
@@ -816,13 +825,16 @@ mod neon {
                         lo = in(vreg) lo,
                         hi = in(vreg) hi,
                         top = in(vreg) top,
-                        in("v28") table.0, in("v29") table.1,
-                        in("v30") table.2, in("v31") table.3,
+                        c64 = in(vreg) c64,
+                        in("v28") first.0, in("v29") first.1,
+                        in("v30") first.2, in("v31") first.3,
+                        // The second quarter, or the values' own multipliers' registers.
+                        inout("v24") second.0 => _, inout("v25") second.1 => _,
+                        inout("v26") second.2 => _, inout("v27") second.3 => _,
                         out("v0") _, out("v1") _, out("v2") _, out("v3") _,
                         out("v4") _, out("v5") _, out("v6") _, out("v7") _,
                         out("v16") _, out("v17") _, out("v18") _, out("v19") _, out("v20") _, out("v21") _,
-                        out("v22") _, out("v23") _, out("v24") _, out("v25") _,
-                        out("v26") _, out("v27") _,
+                        out("v22") _, out("v23") _,
                         options(nostack),
                     )
                 }
@@ -879,11 +891,24 @@ mod neon {
                 "// {lo:v} {hi:v}"
             };
         }
-        // A one-quarter lookup window's TBX (in v28-v31) over its last entry, into v18
-        // and v19.
+        // A lookup window's TBX over its last entry, into v18 and v19: its first quarter
+        // in v28-v31, its second (when `two`) in v24-v27 with the indexes 64 lower.
         macro_rules! lookup_step {
+            (two) => {
+                concat!(
+                    "mov v18.16b, {top:v}.16b\n",
+                    "tbx v18.16b, {{v28.16b-v31.16b}}, v16.16b\n",
+                    "sub v20.16b, v16.16b, {c64:v}.16b\n",
+                    "tbx v18.16b, {{v24.16b-v27.16b}}, v20.16b\n",
+                    "mov v19.16b, {top:v}.16b\n",
+                    "tbx v19.16b, {{v28.16b-v31.16b}}, v17.16b\n",
+                    "sub v21.16b, v17.16b, {c64:v}.16b\n",
+                    "tbx v19.16b, {{v24.16b-v27.16b}}, v21.16b"
+                )
+            };
             () => {
                 concat!(
+                    "// {c64:v}\n",
                     "mov v18.16b, {top:v}.16b\n",
                     "tbx v18.16b, {{v28.16b-v31.16b}}, v16.16b\n",
                     "mov v19.16b, {top:v}.16b\n",
@@ -891,8 +916,10 @@ mod neon {
                 )
             };
         }
+        // `$two`: whether the window's second quarter may take v24-v27 (not with the
+        // values' own multipliers, which `Chain::row` then leaves to the blocks).
         macro_rules! forms {
-            ($scale:ident) => {
+            ($scale:ident, $two:literal) => {
                 match (UNSIGNED, CLAMP) {
                     (true, false) if LOOKUP == 1 => pairs_loop!(
                         $scale!(),
@@ -900,6 +927,14 @@ mod neon {
                         "sqxtun2",
                         clamp!(),
                         lookup_step!(),
+                        "st1 {{v18.16b-v19.16b}}, [{y}], #32"
+                    ),
+                    (true, false) if LOOKUP == 2 && $two => pairs_loop!(
+                        $scale!(),
+                        "sqxtun",
+                        "sqxtun2",
+                        clamp!(),
+                        lookup_step!(two),
                         "st1 {{v18.16b-v19.16b}}, [{y}], #32"
                     ),
                     (true, true) => {
@@ -914,9 +949,9 @@ mod neon {
             };
         }
         if each.is_null() {
-            forms!(by_one)
+            forms!(by_one, true)
         } else {
-            forms!(by_each)
+            forms!(by_each, false)
         }
     }
 

@@ -419,8 +419,8 @@ fn build_proto(
                 load_err(format!("concatenating the quantized tensors failed: {e:#}"))
             })?;
             // Last of the tables: those that read a requantization alone join it.
-            tables_looked_up = crate::qtable::tables_into_requantization(&mut optimized)
-                .map_err(|e| {
+            tables_looked_up =
+                crate::qtable::tables_into_requantization(&mut optimized).map_err(|e| {
                     load_err(format!(
                         "folding the lookup tables into the requantizations failed: {e:#}"
                     ))

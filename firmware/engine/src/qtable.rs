@@ -19,8 +19,8 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
-use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
 use tract_onnx::tract_core::ops::binary::{OptBinByScalar, OptBinChain, OptBinUnicast, TypedBinOp};
+use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
@@ -220,7 +220,8 @@ pub(crate) fn tables_into_requantization(model: &mut TypedModel) -> TractResult<
         };
         let mut from = node.inputs[0];
         let mut reshapes = vec![];
-        while model.node(from.node).op_is::<IntoShape>() || model.node(from.node).op_is::<AxisOp>() {
+        while model.node(from.node).op_is::<IntoShape>() || model.node(from.node).op_is::<AxisOp>()
+        {
             if !reads_alone(from) {
                 break;
             }
@@ -429,9 +430,11 @@ fn chain_into(model: &TypedModel, last: usize) -> TractResult<Option<Chain>> {
             .copied()
             .filter(|id| !placed.contains(id))
             .filter(|&id| {
-                model.node(id).inputs.iter().all(|i| {
-                    !members.contains(&i.node) || placed.contains(&i.node)
-                })
+                model
+                    .node(id)
+                    .inputs
+                    .iter()
+                    .all(|i| !members.contains(&i.node) || placed.contains(&i.node))
             })
             .collect();
         if ready.is_empty() {
@@ -451,7 +454,10 @@ fn chain_into(model: &TypedModel, last: usize) -> TractResult<Option<Chain>> {
 /// element on its own: an element-wise unary operator, or binary ones (tract's chain of
 /// them included: a Clip is its Max and Min in one `OptBinChain`) whose other inputs are
 /// one-value constants or tensors of the output's shape.
-fn element_wise_inputs(model: &TypedModel, node: &TypedNode) -> TractResult<Option<TVec<OutletId>>> {
+fn element_wise_inputs(
+    model: &TypedModel,
+    node: &TypedNode,
+) -> TractResult<Option<TVec<OutletId>>> {
     let f32_out = node.outputs.len() == 1 && node.outputs[0].fact.datum_type == DatumType::F32;
     if !f32_out {
         return Ok(None);
@@ -648,7 +654,9 @@ impl PooledChain {
         name: &str,
     ) -> TractResult<OutletId> {
         match &self.ranks {
-            Some((to_rank, _)) => Ok(patch.wire_node(format!("{name}.ranks"), to_rank.clone(), &[source])?[0]),
+            Some((to_rank, _)) => {
+                Ok(patch.wire_node(format!("{name}.ranks"), to_rank.clone(), &[source])?[0])
+            }
             None => Ok(source),
         }
     }
@@ -665,7 +673,10 @@ impl PooledChain {
     ) -> TractResult<OutletId> {
         let bytes = match &self.ranks {
             Some((_, from_rank)) => {
-                let name = format!("{}{suffix}.from_ranks", model.node(self.chain.dequantize).name);
+                let name = format!(
+                    "{}{suffix}.from_ranks",
+                    model.node(self.chain.dequantize).name
+                );
                 patch.wire_node(name, from_rank.clone(), &[pooled])?[0]
             }
             None => pooled,
@@ -1006,7 +1017,9 @@ mod tests {
                 ]);
             }
             let bytes = model_bytes("fhswish", nodes, init, ("x", &SHAPE), "y");
-            let what = format!("pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zy}");
+            let what = format!(
+                "pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zy}"
+            );
             let ours = same_bytes_as_tract(&bytes, &what);
             let ops: Vec<String> = ours
                 .plan

@@ -592,10 +592,13 @@ pub(crate) fn to_channels_last(
     if dst.len() < last {
         return Err(format!("a frame of {} bytes needing {last}", dst.len()));
     }
-    // Each position's place, once per layer (every channel block uses it).
-    let places: Vec<usize> = (0..height)
-        .flat_map(|y| (0..width).map(move |x| frame.at(y, x)))
-        .collect();
+    // Each position's place, once per layer (every channel block uses it); a row at a
+    // time (a `flat_map` collected took about 0.3 M of Lite0's instructions on qemu).
+    let mut places = Vec::with_capacity(n);
+    for y in 0..height {
+        let start = frame.at(y, 0);
+        places.extend((0..width).map(|x| start + x * frame.cp));
+    }
     #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
     // SAFETY: NEON and SSE2 are part of their architectures; the lengths are checked
     // above: `src` holds `channels` rows of `n` and every place plus `cp` is inside `dst`.
