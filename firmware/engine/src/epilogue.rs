@@ -1696,6 +1696,32 @@ mod tests {
         }
     }
 
+    /// The Requantize of tract's conv epilogue ([`conv_tail`]) with one multiplier per
+    /// channel (`s`, of shape `[1, channels, 1]`), and its multipliers.
+    fn channel_requantize(channels: usize, s: Tensor, offset: bool) -> (Requantize, Vec<f32>) {
+        let mut m = TypedModel::default();
+        let x = m.add_source("x", i32::fact([1, channels, 1])).unwrap();
+        let s = m.add_const("s", s).unwrap();
+        let scaled = m.wire_node("scale", scale(), &[s, x]).unwrap()[0];
+        let out = conv_tail(offset)(&mut m, scaled);
+        m.select_output_outlets(&[out]).unwrap();
+        assert_eq!(fuse_requantization(&mut m).unwrap(), 1);
+        let op = m
+            .nodes()
+            .iter()
+            .find_map(|n| n.op_as::<Requantize>())
+            .unwrap()
+            .clone();
+        let scales = op
+            .scale
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec();
+        (op, scales)
+    }
+
     /// Multipliers up to 0.5 (what onnxruntime writes): a `short` chain.
     fn small_per_channel(c: usize) -> Tensor {
         let s: Vec<f32> = (0..c).map(|i| 0.5 / (i as f32 + 1.0)).collect();
@@ -1762,27 +1788,8 @@ mod tests {
                 } else {
                     per_channel(channels)
                 };
-                let mut m = TypedModel::default();
-                let x = m.add_source("x", i32::fact([1, channels, 1])).unwrap();
-                let s = m.add_const("s", s).unwrap();
-                let scaled = m.wire_node("scale", scale(), &[s, x]).unwrap()[0];
-                let out = conv_tail(offset)(&mut m, scaled);
-                m.select_output_outlets(&[out]).unwrap();
-                assert_eq!(fuse_requantization(&mut m).unwrap(), 1);
-                let op = m
-                    .nodes()
-                    .iter()
-                    .find_map(|n| n.op_as::<Requantize>())
-                    .unwrap()
-                    .clone();
+                let (op, scales) = channel_requantize(channels, s, offset);
                 assert_eq!(op.short, small);
-                let scales = op
-                    .scale
-                    .try_as_plain_ram()
-                    .unwrap()
-                    .as_slice::<f32>()
-                    .unwrap()
-                    .to_vec();
                 let positions = 5;
                 let x = accumulators(positions * pitch);
                 let mut out = vec![0u8; x.len()];
@@ -1820,26 +1827,7 @@ mod tests {
             *e = s as u8;
         }
         for offset in [false, true] {
-            let mut m = TypedModel::default();
-            let x = m.add_source("x", i32::fact([1, channels, 1])).unwrap();
-            let scales = m.add_const("s", small_per_channel(channels)).unwrap();
-            let scaled = m.wire_node("scale", scale(), &[scales, x]).unwrap()[0];
-            let out = conv_tail(offset)(&mut m, scaled);
-            m.select_output_outlets(&[out]).unwrap();
-            assert_eq!(fuse_requantization(&mut m).unwrap(), 1);
-            let plain = m
-                .nodes()
-                .iter()
-                .find_map(|n| n.op_as::<Requantize>())
-                .unwrap()
-                .clone();
-            let scales = plain
-                .scale
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap()
-                .to_vec();
+            let (plain, scales) = channel_requantize(channels, small_per_channel(channels), offset);
             assert!(plain.with_lookup(&scrambled, DatumType::U8).is_none());
             // Indexed by the output byte: the i8's bits when shifted.
             let by_byte = |t: [u8; 256]| -> [u8; 256] {

@@ -692,6 +692,35 @@ mod tests {
 
     type Step<'a> = (&'a str, &'a [f32], Vec<tract_onnx::pb::AttributeProto>);
 
+    /// The test models' start: `x` (in [0, 1]) stretched to [-6, 6], quantized into `a`
+    /// (scale `sa`, zero point `za`) so that every byte occurs, saturated ones included, and
+    /// dequantized into `dequantized`; with the output's quantization constants (`sy`,
+    /// `zy`). Returns the initializers and the nodes.
+    fn quantized_input(
+        [sa, sy]: [f32; 2],
+        [za, zy]: [i32; 2],
+        dequantized: &str,
+    ) -> (
+        Vec<tract_onnx::pb::TensorProto>,
+        Vec<tract_onnx::pb::NodeProto>,
+    ) {
+        let init = vec![
+            raw("stretch", D::Float, &[], &[12f32]),
+            raw("shift", D::Float, &[], &[-6f32]),
+            raw("sa", D::Float, &[], &[sa]),
+            zero_point("za", za),
+            raw("sy", D::Float, &[], &[sy]),
+            zero_point("zy", zy),
+        ];
+        let nodes = vec![
+            node("Mul", &["x", "stretch"], "xs", vec![]),
+            node("Add", &["xs", "shift"], "xw", vec![]),
+            node("QuantizeLinear", &["xw", "sa", "za"], "a", vec![]),
+            node("DequantizeLinear", &["a", "sa", "za"], dequantized, vec![]),
+        ];
+        (init, nodes)
+    }
+
     /// The test models' input shape.
     const SHAPE: [usize; 4] = [1, 5, 7, 9];
 
@@ -700,20 +729,7 @@ mod tests {
     /// (each an op type and its extra constant inputs' values), quantized with `zy` and
     /// dequantized to the output.
     fn model(steps: &[Step], za: i32, zy: i32) -> Vec<u8> {
-        let mut init = vec![
-            raw("stretch", D::Float, &[], &[12f32]),
-            raw("shift", D::Float, &[], &[-6f32]),
-            raw("sa", D::Float, &[], &[0.043f32]),
-            zero_point("za", za),
-            raw("sy", D::Float, &[], &[0.0317f32]),
-            zero_point("zy", zy),
-        ];
-        let mut nodes = vec![
-            node("Mul", &["x", "stretch"], "xs", vec![]),
-            node("Add", &["xs", "shift"], "xw", vec![]),
-            node("QuantizeLinear", &["xw", "sa", "za"], "a", vec![]),
-            node("DequantizeLinear", &["a", "sa", "za"], "s0", vec![]),
-        ];
+        let (mut init, mut nodes) = quantized_input([0.043, 0.0317], [za, zy], "s0");
         for (i, (op, consts, attrs)) in steps.iter().enumerate() {
             let from = format!("s{i}");
             let mut inputs = vec![from];
@@ -975,6 +991,69 @@ mod tests {
         }
     }
 
+    /// A hard-swish of the test input quantized (`a`, zero point `za`),
+    /// `DQ(a) · relu6(DQ(a) + 3) / divisor`, into the output `y`: in QDQ form when `qdq`
+    /// gives the zero points of the quantized ReLU6 and product (as onnxruntime's QDQ file
+    /// has it: `Q(DQ(a) · DQ(Q(relu6(DQ(a) + 3))))`, then dequantized and divided), else
+    /// in float from one dequantization (its QOperator file with standard operators).
+    /// Then `pooled`: a 2x2 max pool; `quantized`: a quantization (zero point `zy`),
+    /// dequantized into `y`.
+    fn hard_swish(
+        qdq: Option<[i32; 2]>,
+        (pooled, quantized): (bool, bool),
+        divisor: f32,
+        [za, zy]: [i32; 2],
+    ) -> Vec<u8> {
+        use crate::onnx_build::ints;
+        let (mut init, mut nodes) = quantized_input([0.047, 0.0241], [za, zy], "da");
+        init.extend([
+            raw("three", D::Float, &[], &[3f32]),
+            raw("zero", D::Float, &[], &[0f32]),
+            raw("six", D::Float, &[], &[6f32]),
+            raw("divisor", D::Float, &[], &[divisor]),
+        ]);
+        nodes.extend([
+            node("Add", &["da", "three"], "plus3", vec![]),
+            node("Clip", &["plus3", "zero", "six"], "relu6", vec![]),
+        ]);
+        match qdq {
+            Some([zt, zm]) => {
+                init.extend([
+                    raw("st", D::Float, &[], &[0.0236f32]),
+                    zero_point("zt", zt),
+                    raw("sm", D::Float, &[], &[0.139f32]),
+                    zero_point("zm", zm),
+                ]);
+                nodes.extend([
+                    node("QuantizeLinear", &["relu6", "st", "zt"], "t", vec![]),
+                    node("DequantizeLinear", &["t", "st", "zt"], "dt", vec![]),
+                    node("Mul", &["da", "dt"], "prod", vec![]),
+                    node("QuantizeLinear", &["prod", "sm", "zm"], "m", vec![]),
+                    node("DequantizeLinear", &["m", "sm", "zm"], "dm", vec![]),
+                    node("Div", &["dm", "divisor"], "hswish", vec![]),
+                ]);
+            }
+            None => nodes.extend([
+                node("Mul", &["da", "relu6"], "prod", vec![]),
+                node("Div", &["prod", "divisor"], "hswish", vec![]),
+            ]),
+        }
+        let mut last = "hswish";
+        if pooled {
+            let attrs = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
+            let out = if quantized { "pooled" } else { "y" };
+            nodes.push(node("MaxPool", &["hswish"], out, attrs));
+            last = "pooled";
+        }
+        if quantized {
+            nodes.extend([
+                node("QuantizeLinear", &[last, "sy", "zy"], "yq", vec![]),
+                node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
+            ]);
+        }
+        model_bytes("hswish", nodes, init, ("x", &SHAPE), "y")
+    }
+
     /// onnxruntime's QOperator hard-swish with standard operators only, all in float
     /// between a dequantization and a quantization: `Q(DQ(a) · relu6(DQ(a) + 3) / d)`, the
     /// dequantized tensor read twice. Quantized directly or after a 2x2 max pool, or pooled
@@ -983,7 +1062,6 @@ mod tests {
     /// bytes.
     #[test]
     fn float_hard_swishes_become_tables() {
-        use crate::onnx_build::ints;
         for (pooled, quantized, divisor, za, zy) in [
             (false, true, 6.0f32, 128, 3),
             (false, true, -6.0, -20, 7),
@@ -993,42 +1071,7 @@ mod tests {
             (true, false, -6.0, 0, 0),
             (true, false, 6.0, -3, 0),
         ] {
-            let init = vec![
-                raw("stretch", D::Float, &[], &[12f32]),
-                raw("shift", D::Float, &[], &[-6f32]),
-                raw("three", D::Float, &[], &[3f32]),
-                raw("zero", D::Float, &[], &[0f32]),
-                raw("six", D::Float, &[], &[6f32]),
-                raw("divisor", D::Float, &[], &[divisor]),
-                raw("sa", D::Float, &[], &[0.047f32]),
-                zero_point("za", za),
-                raw("sy", D::Float, &[], &[0.0241f32]),
-                zero_point("zy", zy),
-            ];
-            let mut nodes = vec![
-                node("Mul", &["x", "stretch"], "xs", vec![]),
-                node("Add", &["xs", "shift"], "xw", vec![]),
-                node("QuantizeLinear", &["xw", "sa", "za"], "a", vec![]),
-                node("DequantizeLinear", &["a", "sa", "za"], "da", vec![]),
-                node("Add", &["da", "three"], "plus3", vec![]),
-                node("Clip", &["plus3", "zero", "six"], "relu6", vec![]),
-                node("Mul", &["da", "relu6"], "prod", vec![]),
-                node("Div", &["prod", "divisor"], "hswish", vec![]),
-            ];
-            let mut last = "hswish";
-            if pooled {
-                let attrs = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
-                let out = if quantized { "pooled" } else { "y" };
-                nodes.push(node("MaxPool", &["hswish"], out, attrs));
-                last = "pooled";
-            }
-            if quantized {
-                nodes.extend([
-                    node("QuantizeLinear", &[last, "sy", "zy"], "yq", vec![]),
-                    node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
-                ]);
-            }
-            let bytes = model_bytes("fhswish", nodes, init, ("x", &SHAPE), "y");
+            let bytes = hard_swish(None, (pooled, quantized), divisor, [za, zy]);
             let what = format!(
                 "pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zy}"
             );
@@ -1062,7 +1105,6 @@ mod tests {
     /// the division is quantized, and the pool on bytes.
     #[test]
     fn hard_swishes_become_one_table() {
-        use crate::onnx_build::ints;
         struct Case {
             pooled: bool,
             quantized: bool,
@@ -1090,50 +1132,7 @@ mod tests {
             case(true, false, -6.0, [128, 0, 3, 0]),
             case(true, true, -6.0, [128, 0, 3, 128]),
         ] {
-            let init = vec![
-                raw("stretch", D::Float, &[], &[12f32]),
-                raw("shift", D::Float, &[], &[-6f32]),
-                raw("three", D::Float, &[], &[3f32]),
-                raw("zero", D::Float, &[], &[0f32]),
-                raw("six", D::Float, &[], &[6f32]),
-                raw("divisor", D::Float, &[], &[divisor]),
-                raw("sa", D::Float, &[], &[0.047f32]),
-                zero_point("za", za),
-                raw("st", D::Float, &[], &[0.0236f32]),
-                zero_point("zt", zt),
-                raw("sm", D::Float, &[], &[0.139f32]),
-                zero_point("zm", zm),
-                raw("sy", D::Float, &[], &[0.0241f32]),
-                zero_point("zy", zy),
-            ];
-            let mut nodes = vec![
-                node("Mul", &["x", "stretch"], "xs", vec![]),
-                node("Add", &["xs", "shift"], "xw", vec![]),
-                node("QuantizeLinear", &["xw", "sa", "za"], "a", vec![]),
-                node("DequantizeLinear", &["a", "sa", "za"], "da", vec![]),
-                node("Add", &["da", "three"], "plus3", vec![]),
-                node("Clip", &["plus3", "zero", "six"], "relu6", vec![]),
-                node("QuantizeLinear", &["relu6", "st", "zt"], "t", vec![]),
-                node("DequantizeLinear", &["t", "st", "zt"], "dt", vec![]),
-                node("Mul", &["da", "dt"], "prod", vec![]),
-                node("QuantizeLinear", &["prod", "sm", "zm"], "m", vec![]),
-                node("DequantizeLinear", &["m", "sm", "zm"], "dm", vec![]),
-                node("Div", &["dm", "divisor"], "hswish", vec![]),
-            ];
-            let mut last = "hswish";
-            if pooled {
-                let attrs = vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])];
-                let out = if quantized { "pooled" } else { "y" };
-                nodes.push(node("MaxPool", &["hswish"], out, attrs));
-                last = "pooled";
-            }
-            if quantized {
-                nodes.extend([
-                    node("QuantizeLinear", &[last, "sy", "zy"], "yq", vec![]),
-                    node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
-                ]);
-            }
-            let bytes = model_bytes("hswish", nodes, init, ("x", &SHAPE), "y");
+            let bytes = hard_swish(Some([zt, zm]), (pooled, quantized), divisor, [za, zy]);
             let what = format!("pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zt} {zm} {zy}");
             let ours = same_bytes_as_tract(&bytes, &what);
             let ops: Vec<String> = ours
