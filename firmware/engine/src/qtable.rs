@@ -801,6 +801,16 @@ mod tests {
         }
     }
 
+    /// The names of the operators of a built plan, in node order.
+    fn op_names(built: &crate::load::Built) -> Vec<String> {
+        let model = built.plan.model();
+        model
+            .nodes()
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .collect()
+    }
+
     /// The rewritten plan of a test model (input `x` of [`SHAPE`], output `y`), once checked
     /// to give the bytes of tract's unrewritten plan on the test inputs.
     fn same_bytes_as_tract(bytes: &[u8], what: &str) -> crate::load::Built {
@@ -1076,13 +1086,7 @@ mod tests {
                 "pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zy}"
             );
             let ours = same_bytes_as_tract(&bytes, &what);
-            let ops: Vec<String> = ours
-                .plan
-                .model()
-                .nodes()
-                .iter()
-                .map(|n| n.op.name().to_string())
-                .collect();
+            let ops = op_names(&ours);
             let count = |name: &str| ops.iter().filter(|o| *o == name).count();
             // Quantized: one table (before the pool, which takes its bytes). Left in float:
             // a rising hard-swish (never: it dips between -3 and 0) or a falling one pools
@@ -1135,13 +1139,7 @@ mod tests {
             let bytes = hard_swish(Some([zt, zm]), (pooled, quantized), divisor, [za, zy]);
             let what = format!("pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zt} {zm} {zy}");
             let ours = same_bytes_as_tract(&bytes, &what);
-            let ops: Vec<String> = ours
-                .plan
-                .model()
-                .nodes()
-                .iter()
-                .map(|n| n.op.name().to_string())
-                .collect();
+            let ops = op_names(&ours);
             let count = |name: &str| ops.iter().filter(|o| *o == name).count();
             // The table of the hard-swish's Mul, with the division's when that is quantized,
             // but a pool moved before a rising division splits them (the division's table
