@@ -93,11 +93,10 @@ pub(crate) struct Requantize {
 /// requantization.
 ///
 /// A table after a clamp is constant below some value `base` of the clamped range and above
-/// some `top`: the NEON forms clamp to `[base, top]` (the requantization's own clamp,
-/// narrowed) and look the value up in the window `base..=top` of at most 128 entries, one
-/// or two TBL a block (a ReLU6's window is its `6 / scale` values: 8 to 94 on
-/// EfficientNet-Lite0's and MobileNetV2's). Every other form applies the whole table to the
-/// bytes it wrote.
+/// some `top`: the NEON short forms look the value less `base` up in the window
+/// `base..=top` of at most 128 entries, one or two TBX a block over a register of the last
+/// entry (a ReLU6's window is its `6 / scale` values: 9 to 96 on EfficientNet-Lite0's and
+/// MobileNetV2's). Every other form applies the whole table to the bytes it wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Lookup {
     /// The table, indexed by the requantization's own output byte.
@@ -514,9 +513,8 @@ mod neon {
     /// band of channel rows: MobileNetV2's layers have 14 thousand per inference, and each
     /// paid for these again).
     pub(super) struct Chain {
-        /// The short form's type and clamp (`Requantize::short`), or none: the exact one.
-        /// The short form's type, clamp and lookup quarters (`lookup`), or none: the exact
-        /// one.
+        /// The short form's type, clamp and lookup quarters (`Requantize::short`,
+        /// `lookup`), or none: the exact one.
         short: Option<(bool, bool, usize)>,
         clamp: ByteClamp,
         add16: int16x8_t,
@@ -1818,14 +1816,8 @@ mod tests {
         let relu6 = |span: i32| -> [u8; 256] {
             std::array::from_fn(|b| ((b as i32 - 100).clamp(0, span) * 255 / span) as u8)
         };
-        let mut scrambled = [0u8; 256];
-        let mut s = 0x2545_f491_u32;
-        for e in &mut scrambled {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            *e = s as u8;
-        }
+        let noise = crate::kernels::panels::tests::values(256, 0x2545_f491, -128);
+        let scrambled: [u8; 256] = std::array::from_fn(|i| noise[i] as u8);
         for offset in [false, true] {
             let (plain, scales) = channel_requantize(channels, small_per_channel(channels), offset);
             assert!(plain.with_lookup(&scrambled, DatumType::U8).is_none());

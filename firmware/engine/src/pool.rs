@@ -417,8 +417,10 @@ pub(crate) fn pool_before_element_wise_chains(model: &mut TypedModel) -> TractRe
 /// `Quantize8(OptMaxPool(y))` becomes `MaxPool8(Quantize8(y))`; returns how many.
 ///
 /// For the f32 pools `pool_before_element_wise_chains` leaves (its input not an
-/// element-wise chain from a dequantization) but a quantization follows. Quantization is non-decreasing, so the
-/// quantized maximum of a window is the maximum of its quantized values: the same bytes.
+/// element-wise chain from a dequantization, or a chain that is not non-decreasing, which
+/// would pool on ranks through two tables) but a quantization follows. Quantization is
+/// non-decreasing, so the quantized maximum of a window is the maximum of its quantized
+/// values: the same bytes.
 /// A chain before the pool then ends in its own quantization and becomes a table
 /// (qtable.rs), and the pool runs on bytes.
 pub(crate) fn quantize_before_max_pools(model: &mut TypedModel) -> TractResult<usize> {

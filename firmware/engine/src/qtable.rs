@@ -724,10 +724,9 @@ mod tests {
     /// The test models' input shape.
     const SHAPE: [usize; 4] = [1, 5, 7, 9];
 
-    /// `x` (in [0, 1]) stretched to [-6, 6] and quantized (zero point `za`), so that every
-    /// byte occurs, saturated ones included; dequantized, through the float steps `steps`
-    /// (each an op type and its extra constant inputs' values), quantized with `zy` and
-    /// dequantized to the output.
+    /// The quantized test input ([`quantized_input`], zero point `za`) through the float
+    /// steps `steps` (each an op type and its extra constant inputs' values), quantized with
+    /// `zy` and dequantized to the output.
     fn model(steps: &[Step], za: i32, zy: i32) -> Vec<u8> {
         let (mut init, mut nodes) = quantized_input([0.043, 0.0317], [za, zy], "s0");
         for (i, (op, consts, attrs)) in steps.iter().enumerate() {
