@@ -37,6 +37,7 @@ use tract_onnx::prelude::multithread;
 use crate::epilogue::Requantize;
 use crate::im2col::{Geometry, PackPatches};
 use crate::kernels::{c16, dot, pairs};
+use crate::zero_point::{Folded, Residuals};
 
 /// Bytes of packed patches plus i32 accumulators per band (at least one band unit).
 const BAND_BYTES: usize = 512 * 1024;
@@ -94,27 +95,54 @@ struct After {
     /// Per channel, constants added after tract's kernel (the tiles fold them into their
     /// starts instead).
     offsets: Option<Vec<i32>>,
-    /// Per channel, the weight zero point `zw` of the term `− zw · Σ_k x` (zero_point.rs),
-    /// subtracted times the column sums of the band's patches.
-    zero_point: Option<Vec<i32>>,
+    /// The weight zero point's term `− zw · Σ_k x` (zero_point.rs).
+    zero_point: Option<ZeroPointTerm>,
+}
+
+/// How a layer's sums get the weight zero point's term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ZeroPointTerm {
+    /// Per channel `zw`, subtracted times the column sums of the band's patches.
+    Sums(Vec<i32>),
+    /// Folded into the tiles' weights (zero_point.rs [`Folded`]): the products their clamp
+    /// left out, added from the band's patch rows.
+    ///
+    /// [`Folded`]: crate::zero_point::Folded
+    Folded(Residuals),
 }
 
 impl After {
     /// Adds the terms to `acc` (`channels` rows of `n` sums), given the column sums of the
-    /// patches when there is a zero point.
-    fn apply(&self, acc: &mut [i32], n: usize, column_sums: &[i32]) {
+    /// patches for the term from the sums, and `row_of(k, row)` writing the band's patch
+    /// row `k` for the folded one.
+    fn apply(
+        &self,
+        acc: &mut [i32],
+        n: usize,
+        column_sums: &[i32],
+        row_of: impl FnMut(usize, &mut [i8]),
+    ) {
         for (ch, row) in acc.chunks_exact_mut(n.max(1)).enumerate() {
             if let Some(offsets) = &self.offsets {
                 let offset = offsets[ch];
                 row.iter_mut().for_each(|a| *a = a.wrapping_add(offset));
             }
-            if let Some(zero_points) = &self.zero_point {
+            if let Some(ZeroPointTerm::Sums(zero_points)) = &self.zero_point {
                 let zw = zero_points[ch];
                 for (a, &s) in row.iter_mut().zip(column_sums) {
                     *a = a.wrapping_sub(zw.wrapping_mul(s));
                 }
             }
         }
+        if let Some(ZeroPointTerm::Folded(residuals)) = &self.zero_point {
+            residuals.add_to(acc, n, row_of);
+        }
+    }
+
+    /// Whether it does nothing for the sums of a band of `n` positions.
+    fn is_nothing(&self) -> bool {
+        let folded_away = |t: &ZeroPointTerm| matches!(t, ZeroPointTerm::Folded(r) if r.len() == 0);
+        self.offsets.is_none() && self.zero_point.as_ref().is_none_or(folded_away)
     }
 }
 
@@ -365,8 +393,8 @@ impl BandedConv {
             let mut packed = take_blob(blob, job.blob_bytes, job.pack.align);
             // Σ_k of each position's patch, for the weight zero point's term.
             let mut column_sums = match self.after.zero_point {
-                Some(_) => vec![0i32; nb],
-                None => vec![],
+                Some(ZeroPointTerm::Sums(_)) => vec![0i32; nb],
+                _ => vec![],
             };
             let mut c_shape = self.c_band_shape.clone();
             c_shape[self.pixel_axis] = nb;
@@ -378,7 +406,8 @@ impl BandedConv {
                 let bytes = unsafe {
                     std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut i8, bytes.len())
                 };
-                let sums = self.after.zero_point.as_ref().map(|_| &mut column_sums[..]);
+                let sums = matches!(self.after.zero_point, Some(ZeroPointTerm::Sums(_)))
+                    .then_some(&mut column_sums[..]);
                 job.pack
                     .pack_band(job.g, job.xs, job.pad, oy0, rows, bytes, sums);
                 if let Some(tiles) = self.products.tiles() {
@@ -391,10 +420,12 @@ impl BandedConv {
             if let Products::Tract(matmul) = &self.products {
                 self.run_kernel(matmul, scratch, packed, job.rest, &c, nb)?;
             }
-            if self.after != After::default() {
+            if !self.after.is_nothing() {
                 let mut acc = c.try_as_plain_ram_mut()?;
+                let row_of =
+                    |k, row: &mut [i8]| job.pack.patch_row(job.g, job.xs, job.pad, k, oy0, row);
                 self.after
-                    .apply(acc.as_slice_mut::<i32>()?, nb, &column_sums);
+                    .apply(acc.as_slice_mut::<i32>()?, nb, &column_sums, row_of);
             }
             let acc = c.try_as_plain_ram()?;
             let acc = acc.as_slice::<i32>()?;
@@ -510,10 +541,15 @@ impl Op for BandedConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let zero_point = if self.takes_zero_point() {
-            ", weight zero point's term from the patches' sums"
-        } else {
-            ""
+        let zero_point = match &self.after.zero_point {
+            Some(ZeroPointTerm::Sums(_)) => {
+                ", weight zero point's term from the patches' sums".into()
+            }
+            Some(ZeroPointTerm::Folded(r)) => format!(
+                ", weight zero point folded into the weights ({} residual products per position)",
+                r.len()
+            ),
+            None => String::new(),
         };
         Ok(vec![format!(
             "k={}, m={}, kernel {}{zero_point}",
@@ -698,7 +734,8 @@ fn run_at(
         offsets: tail.offsets,
         zero_point: tail
             .zero_point
-            .or(fused_zero_point.map(|(_, zw)| vec![zw; channels])),
+            .or(fused_zero_point.map(|(_, zw)| vec![zw; channels]))
+            .map(ZeroPointTerm::Sums),
     };
     let mut rq_node = tail.next;
     if rq_node.op_is::<IntoShape>() {
@@ -746,14 +783,18 @@ fn run_at(
     };
     let skip = fused_zero_point.map(|(ix, _)| ix);
     let op = match tiles_for(model, mm_node, matmul, &op, skip)? {
-        Some(tiles) => {
+        Some((tiles, residuals)) => {
             inputs.truncate(op.pack_inputs);
             BandedConv {
                 products: Products::Tiles(Shared(Arc::new(tiles))),
-                // The tiles start from the constants.
+                // The tiles start from the constants, and hold the zero point when they
+                // could take it.
                 after: After {
                     offsets: None,
-                    ..op.after.clone()
+                    zero_point: match residuals {
+                        Some(r) => Some(ZeroPointTerm::Folded(r)),
+                        None => op.after.zero_point.clone(),
+                    },
                 },
                 ..op
             }
@@ -781,13 +822,18 @@ fn run_at(
 /// - aarch64 cores with the dot product ([`dot_wanted`]): the same SDOT products as
 ///   tract's kernel without its tile scheduling and strided stores (EfficientNet-Lite0
 ///   under `qemu-aarch64 -cpu cortex-a76`: INT8-NOTES item 23).
+///
+/// With a weight zero point, the aarch64 families take it folded into their weights where
+/// few weights leave i8 then (zero_point.rs [`Folded`]), and the residual products come
+/// back with the tiles; the VNNI tiles, which take tract's packed weights, leave it to the
+/// column sums.
 fn tiles_for(
     model: &TypedModel,
     mm_node: &TypedNode,
     matmul: &OptMatMul,
     op: &BandedConv,
     skip: Option<usize>,
-) -> TractResult<Option<Tiles>> {
+) -> TractResult<Option<(Tiles, Option<Residuals>)>> {
     let Some((weights, mut offsets)) = tile_operands(
         model,
         mm_node,
@@ -824,6 +870,16 @@ fn tiles_for(
             return Ok(None);
         };
         let (channels, k) = (op.channels, op.pack.k);
+        // The weight zero point folded into the weights where few of them leave i8 then.
+        let folded = match &op.after.zero_point {
+            Some(ZeroPointTerm::Sums(zw)) => Folded::new(&rows, channels, k, zw),
+            _ => None,
+        };
+        let (rows, residuals) = match folded {
+            Some(Folded { rows, residuals }) => (rows, Some(residuals)),
+            None => (rows, None),
+        };
+        let chosen = |tiles| chosen(tiles).map(|t| (t, residuals));
         if dot_wanted() {
             let tiles = dot::Weights::new(&rows, channels, k, &offsets)
                 .map(|w| Tiles::Dot(Box::new((w, op.pack.k4(dot::MR)))));
@@ -856,7 +912,7 @@ fn tiles_for(
     if crate::vnni::available() {
         let tiles = crate::vnni::Tiles::new(&*weights, op.channels, op.pack.k, &offsets)
             .map(|t| Tiles::Vnni(Box::new((t, op.pack.k4(crate::vnni::R)))));
-        return Ok(chosen(tiles));
+        return Ok(chosen(tiles).map(|t| (t, None)));
     }
     Ok(None)
 }
@@ -1072,6 +1128,9 @@ pub(crate) mod tests {
         /// per-channel ones. Its weights are in [1, 255] but for one 0 (-128 once shifted,
         /// alone in its 16-bit lane of the c16 tiles).
         U8 { per_channel: bool },
+        /// Asymmetric u8 with one zero point of 20 per tensor: most weights less it leave
+        /// i8, too many to fold into the tiles' weights (zero_point.rs `Folded`).
+        U8Skewed,
     }
 
     /// x → QuantizeLinear → the QLinearConvs of `layers` (u8 activations, per-channel
@@ -1116,12 +1175,16 @@ pub(crate) mod tests {
                     init.push(raw(&n("w"), D::Int8, &shape, &weights));
                     init.push(raw(&n("wz"), D::Int8, &[*cout], &vec![0i8; *cout]));
                 }
-                Weights::U8 { per_channel } => {
+                Weights::U8 { .. } | Weights::U8Skewed => {
                     let mut weights: Vec<u8> =
                         (0..count).map(|_| 1 + (next() % 255) as u8).collect();
                     weights[count / 2] = 0;
                     init.push(raw(&n("w"), D::Uint8, &shape, &weights));
-                    let zero = [131u8, 136, 129, 120][i % 4];
+                    let per_channel = coding == Weights::U8 { per_channel: true };
+                    let zero = match coding {
+                        Weights::U8Skewed => 20,
+                        _ => [131u8, 136, 129, 120][i % 4],
+                    };
                     if per_channel {
                         let zeros: Vec<u8> = (0..*cout).map(|o| zero + (o % 7) as u8).collect();
                         init.push(raw(&n("wz"), D::Uint8, &[*cout], &zeros));
@@ -1302,14 +1365,21 @@ pub(crate) mod tests {
         FORCE.set(None);
     }
 
-    /// The same models with asymmetric u8 weights, per tensor and per channel: every layer
-    /// is banded, on each family of tiles, with the weight zero point's term (fused in
-    /// tract's matmul after an im2col, a Sub after it for a 1x1 convolution) computed from
-    /// the band's own patches.
+    /// The same models with asymmetric u8 weights, per tensor and per channel, and with a
+    /// zero point far from their middle: every layer is banded, on each family of tiles,
+    /// with the weight zero point's term (fused in tract's matmul after an im2col, a Sub
+    /// after it for a 1x1 convolution) folded into the weights of the aarch64 families
+    /// where few leave i8 then, and computed from the band's own patches otherwise. Both
+    /// forms occur.
     #[test]
     fn banded_convolutions_with_u8_weights_match_the_unrewritten_plan() {
-        for per_channel in [false, true] {
-            let coding = Weights::U8 { per_channel };
+        let codings = [
+            Weights::U8 { per_channel: false },
+            Weights::U8 { per_channel: true },
+            Weights::U8Skewed,
+        ];
+        let (mut folded, mut sums) = (0, 0);
+        for coding in codings {
             for forced in [None, Some("c16"), Some("pairs"), Some("dot")] {
                 if forced.is_none() && expected_family(None) == "tract" {
                     // tract's kernel cannot leave out a fused zero-point term; the forced
@@ -1317,10 +1387,20 @@ pub(crate) mod tests {
                     continue;
                 }
                 FORCE.set(forced);
-                banded_plans_match(forced, coding);
+                let terms = banded_plans_match(forced, coding);
                 FORCE.set(None);
+                if coding == Weights::U8Skewed {
+                    assert_eq!(terms.0, 0, "{forced:?}: folded the skewed zero point");
+                }
+                folded += terms.0;
+                sums += terms.1;
             }
         }
+        assert!(folded > 0, "no layer took the zero point in its weights");
+        assert!(
+            sums > 0,
+            "no layer took the zero point from the column sums"
+        );
     }
 
     /// The family every banded layer should run on: `forced`, else the CPU's (`"c16"`
@@ -1339,7 +1419,9 @@ pub(crate) mod tests {
         }
     }
 
-    fn banded_plans_match(forced: Option<&'static str>, coding: Weights) {
+    /// Returns how many layers took a weight zero point folded into their weights, and how
+    /// many from the column sums.
+    fn banded_plans_match(forced: Option<&'static str>, coding: Weights) -> (usize, usize) {
         // (channels, height, width, layers banded, layers): tract runs a 1×1 stride-1
         // convolution as a plain matmul over its packed input, banded as the a operand.
         let models = [
@@ -1411,6 +1493,7 @@ pub(crate) mod tests {
             ),
         ];
         let (mut tiled_layers, mut expected_tiled) = (0, 0);
+        let mut terms = (0, 0);
         for (m, (c, h, w, patched, layers)) in models.iter().enumerate() {
             let bytes = conv_model_with(*c, *h, *w, layers, coding);
             let spec = input_spec(*c, *h, *w);
@@ -1454,12 +1537,20 @@ pub(crate) mod tests {
                     };
                     assert_eq!(got, want, "model {m}, layer {i} (k {})", b.pack.k);
                     expected_tiled += usize::from(want != "tract");
-                    let u8_weights = matches!(coding, Weights::U8 { .. });
+                    let u8_weights = coding != Weights::Symmetric;
                     assert_eq!(
                         b.after.zero_point.is_some(),
                         u8_weights,
                         "model {m}, layer {i}: the weight zero point's term"
                     );
+                    match &b.after.zero_point {
+                        Some(ZeroPointTerm::Folded(_)) => {
+                            assert!(["c16", "pairs", "dot"].contains(&family(b)));
+                            terms.0 += 1;
+                        }
+                        Some(ZeroPointTerm::Sums(_)) => terms.1 += 1,
+                        None => {}
+                    }
                 }
                 tiled_layers += tiled;
                 for data in &inputs {
@@ -1490,5 +1581,6 @@ pub(crate) mod tests {
         if expected_family(forced) != "tract" {
             assert!(tiled_layers > 0, "no layer ran on the engine's tiles");
         }
+        terms
     }
 }

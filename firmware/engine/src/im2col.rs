@@ -325,6 +325,31 @@ impl PackPatches {
         });
     }
 
+    /// Row `kk` of the patch matrix [`PackPatches::pack_band`] packs for the output rows
+    /// from `oy0` on, into `row` (whole output rows).
+    pub(crate) fn patch_row(
+        &self,
+        g: &Geometry,
+        x: &[i8],
+        pad: i8,
+        kk: usize,
+        oy0: usize,
+        row: &mut [i8],
+    ) {
+        let hw = g.height * g.width;
+        let taps = g.kernel[0] * g.kernel[1];
+        let (ci, tap) = (kk / taps, kk % taps);
+        let plane = &x[ci * hw..(ci + 1) * hw];
+        gather(
+            g,
+            plane,
+            pad,
+            [tap / g.kernel[1], tap % g.kernel[1]],
+            oy0,
+            row,
+        );
+    }
+
     /// [`PackPatches::pack_band`] for a pointwise layer ([`Geometry::is_pointwise`]) whose
     /// depth fills whole groups of the packing: the patch matrix's rows are the input's
     /// channel rows, so whole panels are interleaved straight from the input (its rows
