@@ -26,7 +26,10 @@
 //! Weights with a zero point (asymmetric u8) add a Sub of `zw · Σ_taps x` to the run, the
 //! column sums of the patches (zero_point.rs). Since `Σ x·w − zw·Σ x = Σ x·(w − zw)`, it is
 //! folded into the taps, as 16-bit weights (a u8 weight less a u8 zero point is in
-//! [-255, 255]).
+//! [-255, 255]). The channels-last family multiplies i8 weights: it takes them clamped to
+//! [-127, 127] where few leave it (one zero point per tensor: one to eleven weights of each
+//! of EfficientNet-Lite0's depthwise layers), and adds back the products the clamp left
+//! out ([`Residuals`], zero_point.rs), rather than leaving the layer to the planes.
 
 use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
 use tract_linalg::BinOp;
@@ -45,6 +48,7 @@ use tract_onnx::prelude::multithread;
 use crate::epilogue::Requantize;
 use crate::im2col::Geometry;
 use crate::kernels::{dw, dwc};
+use crate::zero_point::{Folded, Residuals};
 
 /// Multiply-adds from which a layer's channels are spread over the pool's threads: about
 /// 0.1 ms on the development host, 1 ms on a Cortex-A53, against tens of microseconds to
@@ -79,6 +83,9 @@ pub(crate) struct DepthwiseInt8 {
     /// channels-last family (kernels/dwc.rs), which then computes the whole layer
     /// ([`DepthwiseInt8::run_channels_last`]) and `dot` is none.
     channels_last: Option<ChannelsLast>,
+    /// The products `channels_last`'s weights leave out when they are the folded weights
+    /// clamped (zero_point.rs `Folded`): each a tap, a channel and a weight.
+    residuals: Residuals,
 }
 
 /// A channels-last layer's weights, for the family's kernel of this CPU (kernels/dwc.rs).
@@ -346,6 +353,15 @@ impl DepthwiseInt8 {
                     Row::Quads(q, offsets) => q.run(src, offsets, step, out_cols, &mut acc),
                 }
                 .map_err(fail)?;
+                // The products the clamped weights left out, from the image (the quads'
+                // expanded copy holds the same bytes in another order).
+                let row = &image[(first + i) * sy * cols * cp..];
+                for (t, c, r) in self.residuals.terms() {
+                    let tap = ((t / kw) * dy * cols + (t % kw) * dx) * cp + c;
+                    for (ox, a) in acc.iter_mut().skip(c).step_by(cp).enumerate() {
+                        *a = a.wrapping_add(r * i32::from(row[tap + ox * sx * cp]));
+                    }
+                }
                 self.requantize.run_channels_last(&acc, cp, channels, dst)?;
             }
             Ok(())
@@ -536,10 +552,12 @@ impl Op for DepthwiseInt8 {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let zero_point = if self.zero_point {
-            ", weights less their zero point"
-        } else {
-            ""
+        let zero_point = match self.residuals.len() {
+            _ if !self.zero_point => String::new(),
+            0 => ", weights less their zero point".into(),
+            n => format!(
+                ", weights less their zero point, {n} clamped to i8 with their residual products"
+            ),
         };
         Ok(vec![format!(
             "{} channels, kernel {:?}{zero_point}",
@@ -737,9 +755,13 @@ fn run_at(
     let mut dot = geometry
         .as_ref()
         .and_then(|g| DotLayer::new(g, &weights, taps));
-    let channels_last = geometry
+    let (channels_last, residuals) = match geometry
         .filter(|g| takes_channels_last(channels, g.out_width))
-        .and_then(|g| ChannelsLast::new(&weights, channels, g.kernel, &offsets));
+        .and_then(|g| channels_last_of(&weights, channels, g.kernel, &offsets))
+    {
+        Some((layer, residuals)) => (Some(layer), residuals),
+        None => (None, Residuals::default()),
+    };
     if channels_last.is_some() {
         dot = None;
     }
@@ -752,6 +774,7 @@ fn run_at(
         pool_spec: spec.clone(),
         dot,
         channels_last,
+        residuals,
         order,
         weights,
         zero_point: has_zero_point,
@@ -765,6 +788,28 @@ fn run_at(
         OutletId::new(rq_node.id, 0),
         op,
     )))
+}
+
+/// The channels-last family's weights for `weights` (`channels` rows of `[kh, kw]` taps),
+/// with the products they leave out: none when it takes them as they are; else, for folded
+/// weights of which a few leave i8, them clamped, while the residual products stay under a
+/// sixteenth of the layer's multiply-adds (a scalar multiply-add each against the
+/// family's 8 or 16 per vector instruction).
+fn channels_last_of(
+    weights: &[i16],
+    channels: usize,
+    kernel: [usize; 2],
+    starts: &[i32],
+) -> Option<(ChannelsLast, Residuals)> {
+    if let Some(layer) = ChannelsLast::new(weights, channels, kernel, starts) {
+        return Some((layer, Residuals::default()));
+    }
+    let taps = kernel[0] * kernel[1];
+    let folded = weights.iter().map(|&w| i32::from(w));
+    let Folded { rows, residuals } = Folded::clamped(folded, channels, taps, channels * taps / 16)?;
+    let clamped: Vec<i16> = rows.iter().map(|&w| i16::from(w)).collect();
+    let layer = ChannelsLast::new(&clamped, channels, kernel, starts)?;
+    Some((layer, residuals))
 }
 
 /// `channels` i32 values from a constant of that many elements, or one broadcast to all.
@@ -945,6 +990,16 @@ mod tests {
             if forced == Some(true) && coding == Weights::Symmetric {
                 // Symmetric weights are in [-127, 127]: every layer takes the family.
                 assert!(ops.iter().all(|op| op.channels_last.is_some()));
+            }
+            if forced == Some(true) && coding == (Weights::U8 { per_channel: false }) {
+                // The weights less one zero point per tensor leave i8 in a few places:
+                // clamped, with their residual products.
+                let clamped = ops.iter().filter(|op| op.residuals.len() > 0).count();
+                assert!(clamped > 0, "{quads:?}: no layer took clamped weights");
+                assert!(ops
+                    .iter()
+                    .filter(|op| op.residuals.len() > 0)
+                    .all(|op| op.channels_last.is_some()));
             }
             if forced == Some(false) {
                 assert!(ops.iter().all(|op| op.channels_last.is_none()));

@@ -276,25 +276,43 @@ impl Folded {
     /// (the column sums' work per position: a sum over the `k` rows, a multiply-subtract
     /// per channel). `None` otherwise, and for operands of the wrong sizes.
     pub(crate) fn new(rows: &[i8], channels: usize, k: usize, zw: &[i32]) -> Option<Folded> {
-        if channels == 0 || k == 0 || rows.len() != channels * k || zw.len() != channels {
+        if zw.len() != channels || rows.len() != channels * k {
             return None;
         }
-        let mut folded = Vec::with_capacity(rows.len());
+        let folded = rows
+            .chunks_exact(k.max(1))
+            .zip(zw)
+            .flat_map(|(row, &z)| row.iter().map(move |&w| i32::from(w) - z));
+        Folded::clamped(folded, channels, k, channels + k)
+    }
+
+    /// Weights with the zero point already folded in (`channels × k`, channel-major),
+    /// clamped to `[−127, 127]`, when at most `limit` of them leave it.
+    pub(crate) fn clamped(
+        folded: impl IntoIterator<Item = i32>,
+        channels: usize,
+        k: usize,
+        limit: usize,
+    ) -> Option<Folded> {
+        if channels == 0 || k == 0 {
+            return None;
+        }
+        let mut rows = Vec::with_capacity(channels * k);
         let mut by_row: Vec<Vec<(usize, i32)>> = vec![Vec::new(); k];
         let mut count = 0;
-        for (m, (row, &z)) in rows.chunks_exact(k).zip(zw).enumerate() {
-            for (kk, &w) in row.iter().enumerate() {
-                let w = i32::from(w) - z;
-                let kept = w.clamp(-127, 127);
-                folded.push(kept as i8);
-                if kept != w {
-                    by_row[kk].push((m, w - kept));
-                    count += 1;
-                    if count > channels + k {
-                        return None;
-                    }
+        for (i, w) in folded.into_iter().enumerate() {
+            let kept = w.clamp(-127, 127);
+            rows.push(kept as i8);
+            if kept != w {
+                by_row[i % k].push((i / k, w - kept));
+                count += 1;
+                if count > limit {
+                    return None;
                 }
             }
+        }
+        if rows.len() != channels * k {
+            return None;
         }
         let residuals = by_row
             .into_iter()
@@ -302,7 +320,7 @@ impl Folded {
             .filter(|(_, terms)| !terms.is_empty())
             .collect();
         Some(Folded {
-            rows: folded,
+            rows,
             residuals: Residuals(residuals),
         })
     }
@@ -312,6 +330,13 @@ impl Residuals {
     /// How many residual products each output position takes.
     pub(crate) fn len(&self) -> usize {
         self.0.iter().map(|(_, terms)| terms.len()).sum()
+    }
+
+    /// Every residual product's patch row `k`, output channel `m` and weight `r`.
+    pub(crate) fn terms(&self) -> impl Iterator<Item = (usize, usize, i32)> + '_ {
+        self.0
+            .iter()
+            .flat_map(|(k, terms)| terms.iter().map(move |&(m, r)| (*k, m, r)))
     }
 
     /// Adds the residual products to `acc` (rows of `n` sums per output channel), with
