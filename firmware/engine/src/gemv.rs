@@ -9,10 +9,16 @@
 //! start (banded.rs `tile_operands`, as the convolution tiles do), the sums wrapping as
 //! tract's do. Only where the engine has a vector kernel for it (aarch64): elsewhere
 //! tract's own (VNNI on x86) is as fast.
+//!
+//! With asymmetric u8 weights (onnxruntime's `weight_type=QUInt8`) tract's matmul also
+//! subtracts the weight zero point's term `zw · Σ_k x` (zero_point.rs), fused with the sum
+//! of the vector as its input. For one vector that sum is one value: [`Gemv`] adds up the
+//! vector itself and subtracts the term from each row's sum.
 
+use tract_linalg::BinOp;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
+use tract_onnx::tract_core::ops::matmul::optimized::{OptMatMul, ProtoFusedSpec};
 use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
 use tract_onnx::tract_core::ops::matmul::ModePicker;
 
@@ -27,6 +33,9 @@ pub(crate) struct Gemv {
     dot: bool,
     /// The matmul's output shape: the rows along one axis, every other axis 1.
     output_shape: TVec<usize>,
+    /// Per row, the weight zero point `zw` of the term `zw · Σ_k x` to subtract, when the
+    /// weights have one.
+    zero_point: Option<Vec<i32>>,
 }
 
 impl Op for Gemv {
@@ -52,6 +61,12 @@ impl EvalOp for Gemv {
                 .0
                 .run(x, sums, self.dot)
                 .map_err(|e| format_err!("Gemv: {e}"))?;
+            if let Some(zero_point) = &self.zero_point {
+                let sum = x.iter().fold(0i32, |s, &v| s.wrapping_add(i32::from(v)));
+                for (s, zw) in sums.iter_mut().zip(zero_point) {
+                    *s = s.wrapping_sub(zw.wrapping_mul(sum));
+                }
+            }
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -175,8 +190,36 @@ fn run_at(
     if matmul.c_fact.datum_type != DatumType::I32 || !laid_out {
         return Ok(None);
     }
+    // The weight zero point's term, one value or one per row subtracted: which fused op
+    // it is, and zw per row.
+    let sums = [crate::zero_point::Sums::Channels {
+        x: node.inputs[0],
+        axis: k_axis,
+    }];
+    let mut zero_point = None;
+    for (ix, op) in matmul.micro_ops.iter().enumerate() {
+        let slot = match op {
+            ProtoFusedSpec::BinScalar(slot, BinOp::SubF)
+            | ProtoFusedSpec::BinPerRow(slot, BinOp::SubF, _)
+            | ProtoFusedSpec::BinPerCol(slot, BinOp::SubF, _) => *slot,
+            _ => continue,
+        };
+        let term = mm_node.inputs[slot];
+        if let Some(zw) = crate::zero_point::weight_zero_point_from(model, term, &sums)? {
+            let zw = zw.cast_to::<i32>()?;
+            let zw = zw.try_as_plain_ram()?;
+            let zw = match zw.as_slice::<i32>()? {
+                [one] => vec![*one; rows],
+                all if all.len() == rows => all.to_vec(),
+                _ => return Ok(None),
+            };
+            zero_point = Some((ix, zw));
+            break;
+        }
+    }
+    let skip = zero_point.as_ref().map(|(ix, _)| *ix);
     let Some((weights, starts)) =
-        crate::banded::tile_operands(model, mm_node, matmul, (rows, vector_is_a), None)?
+        crate::banded::tile_operands(model, mm_node, matmul, (rows, vector_is_a), skip)?
     else {
         return Ok(None);
     };
@@ -197,6 +240,7 @@ fn run_at(
         weights: Shared(std::sync::Arc::new(weights)),
         dot,
         output_shape: c_shape.into(),
+        zero_point: zero_point.map(|(_, zw)| zw),
     };
     Ok(Some((
         tvec![node.inputs[0]],
@@ -223,8 +267,10 @@ pub(crate) mod tests {
 
     /// A head over `k` inputs and `n` classes: the input quantized to u8, then a
     /// QLinearMatMul (`k x n` weights, per tensor) or a QDQ Gemm (`n x k`, per class, with
-    /// a bias), dequantized. Weights over [-127, 127], the last two at -127 and 127.
-    fn head(k: usize, n: usize, gemm: bool) -> Vec<u8> {
+    /// a bias), dequantized. Weights over [-127, 127], the last two at -127 and 127; with
+    /// `u8_weights`, those plus 128 as u8 with a zero point of 137 (onnxruntime's
+    /// `weight_type=QUInt8`, one zero point per tensor).
+    fn head(k: usize, n: usize, gemm: bool, u8_weights: bool) -> Vec<u8> {
         let w: Vec<i8> = (0..k * n)
             .map(|i| match i {
                 _ if i + 2 == k * n => -127,
@@ -242,14 +288,25 @@ pub(crate) mod tests {
             node("Flatten", &["x"], "flat", vec![]),
             node("QuantizeLinear", &["flat", "xs", "xz"], "xq", vec![]),
         ];
+        let weights = |shape: &[usize]| match u8_weights {
+            false => raw("wq", D::Int8, shape, &w),
+            true => {
+                let w: Vec<u8> = w.iter().map(|&v| (v as u8) ^ 0x80).collect();
+                raw("wq", D::Uint8, shape, &w)
+            }
+        };
+        let zero_points = |count: usize, shape: &[usize]| match u8_weights {
+            false => raw("wz", D::Int8, shape, &vec![0i8; count]),
+            true => raw("wz", D::Uint8, shape, &vec![137u8; count]),
+        };
         if gemm {
             let ws: Vec<f32> = (0..n).map(|c| 0.004 + 0.0007 * c as f32).collect();
             let bias: Vec<i32> = (0..n).map(|c| c as i32 * 91 - 400).collect();
             let bs: Vec<f32> = ws.iter().map(|w| 0.021 * w).collect();
             init.extend([
-                raw("wq", D::Int8, &[n, k], &w),
+                weights(&[n, k]),
                 raw("ws", D::Float, &[n], &ws),
-                raw("wz", D::Int8, &[n], &vec![0i8; n]),
+                zero_points(n, &[n]),
                 raw("bq", D::Int32, &[n], &bias),
                 raw("bs", D::Float, &[n], &bs),
             ]);
@@ -272,9 +329,9 @@ pub(crate) mod tests {
             ]);
         } else {
             init.extend([
-                raw("wq", D::Int8, &[k, n], &w),
+                weights(&[k, n]),
                 raw("ws", D::Float, &[], &[0.005f32]),
-                raw("wz", D::Int8, &[], &[0i8]),
+                zero_points(1, &[]),
             ]);
             nodes.push(node(
                 "QLinearMatMul",
@@ -292,20 +349,23 @@ pub(crate) mod tests {
     /// ends of the output's range.
     #[test]
     fn heads_on_the_engines_kernel_keep_tracts_bytes() {
-        for (k, n, gemm) in [
-            (24, 10, false),
-            (77, 13, true),
-            (1280, 33, true),
-            (5, 1, false),
+        for (k, n, gemm, u8_weights) in [
+            (24, 10, false, false),
+            (77, 13, true, false),
+            (1280, 33, true, false),
+            (5, 1, false, false),
+            (24, 10, false, true),
+            (77, 13, true, true),
+            (1280, 33, true, true),
         ] {
-            let bytes = head(k, n, gemm);
+            let bytes = head(k, n, gemm, u8_weights);
             let spec = input_spec(k, 1, 1);
             let target = Target {
                 input: &spec,
                 output_tensor: "y",
                 batch: 1,
             };
-            let what = format!("{k} x {n}, gemm {gemm}");
+            let what = format!("{k} x {n}, gemm {gemm}, u8 weights {u8_weights}");
             FORCE.set(Some(false));
             let tracts = build_with(&bytes, &target, true).unwrap();
             FORCE.set(Some(true));
@@ -319,13 +379,15 @@ pub(crate) mod tests {
                 "{what}: {:?}",
                 ours.patches
             );
-            let gemvs = ours
+            let gemvs: Vec<&super::Gemv> = ours
                 .plan
                 .model()
                 .nodes()
                 .iter()
-                .filter(|n| n.op_is::<super::Gemv>());
-            assert_eq!(gemvs.count(), 1, "{what}");
+                .filter_map(|n| n.op_as::<super::Gemv>())
+                .collect();
+            assert_eq!(gemvs.len(), 1, "{what}");
+            assert_eq!(gemvs[0].zero_point.is_some(), u8_weights, "{what}");
             for data in test_inputs(k) {
                 let data: Vec<f32> = data.iter().map(|v| v * 6.0 - 3.0).collect();
                 assert_eq!(
