@@ -37,6 +37,17 @@
 //!
 //! Sums wrap in i32 as tract's do; exact sums do not depend on their order, so the values
 //! are tract's bit for bit.
+//!
+//! The deep form ([`Weights::deep`]) lets a 16-bit lane hold four products before SADALP
+//! widens it: SMULL and SMLAL2 of one block, then SMLAL and SMLAL2 of the next into the
+//! same lanes, 32 multiply-adds per five instructions where the form above does 16 per
+//! three. Four products of up to 128 · |w| fit 16 bits when their weights' magnitudes add
+//! up to at most 255 ([`LANE_BUDGET`]); per-channel symmetric weights reach 127 once per
+//! channel and are mostly far smaller, so [`deep_lanes`] lowers the few lanes over the
+//! budget (the largest weight of the lane) and returns what it took off, which banded.rs
+//! adds back per patch row (zero_point.rs `Residuals`). Its tiles are 4 channels by 8
+//! positions (pairs_neon.rs: their two blocks' temporaries and sums fill the registers),
+//! on the same packing.
 
 /// k per packed block.
 pub(crate) const KC: usize = 4;
@@ -53,6 +64,77 @@ pub(crate) fn offset(m: usize, k: usize) -> usize {
 /// Bytes per patch panel of depth `k`.
 pub(crate) fn panel_len(k: usize) -> usize {
     super::panels::panel_len::<KC, MR>(k)
+}
+
+/// The most the weights' magnitudes may add up to in one 16-bit lane of the deep form: its
+/// four products of at most `128 · |w|` then add up to at most 32640.
+pub(crate) const LANE_BUDGET: i32 = 255;
+
+/// How the deep form walks a depth: `pairs` pairs of full blocks (the first block `2h`,
+/// its partner `2h + 1`), then one full block when `single`, then one of only its first
+/// two k when `half` (as [`super::panels::Blocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeepBlocks {
+    pub(crate) pairs: usize,
+    pub(crate) single: bool,
+    pub(crate) half: bool,
+}
+
+impl DeepBlocks {
+    /// For depth `k`, when it has at least one pair of full blocks.
+    pub(crate) fn new(k: usize) -> Option<DeepBlocks> {
+        let groups = k.div_ceil(KC);
+        let half = groups > 1 && matches!(k % KC, 1 | 2);
+        let full = groups - usize::from(half);
+        (full >= 2).then_some(DeepBlocks {
+            pairs: full / 2,
+            single: full % 2 == 1,
+            half,
+        })
+    }
+
+    /// The depths whose products share channel lanes with depth `kk`'s in the deep form
+    /// (`kk` among them), when `kk` lies in a pair of blocks.
+    fn lane_of(&self, kk: usize) -> Option<[usize; 4]> {
+        let (h, i) = (kk / (2 * KC), kk % 2);
+        (h < self.pairs).then(|| std::array::from_fn(|j| 2 * KC * h + 2 * j + i))
+    }
+}
+
+/// Lowers `rows` (`channels` rows of `k` weights) until every lane of the deep form adds
+/// up to at most [`LANE_BUDGET`] in magnitude: in each lane over it, the largest weights
+/// by magnitude, each by what the lane still has over. Returns what it took off, as
+/// `(k, channel, weight)`: `Σ_k x · w` is the lowered weights' sums plus those products.
+/// Nothing for a depth without a pair of blocks.
+pub(crate) fn deep_lanes(rows: &mut [i8], channels: usize, k: usize) -> Vec<(usize, usize, i32)> {
+    let mut taken = vec![];
+    let Some(blocks) = DeepBlocks::new(k) else {
+        return taken;
+    };
+    for (ch, row) in rows.chunks_exact_mut(k).enumerate().take(channels) {
+        for first in (0..blocks.pairs * 2 * KC).step_by(2 * KC) {
+            for i in 0..2 {
+                let lane = blocks.lane_of(first + i).expect("inside the pairs");
+                let depths: Vec<usize> = lane.into_iter().filter(|&d| d < k).collect();
+                let magnitude =
+                    |row: &[i8]| -> i32 { depths.iter().map(|&d| i32::from(row[d]).abs()).sum() };
+                let mut over = magnitude(row) - LANE_BUDGET;
+                while over > 0 {
+                    let &d = depths
+                        .iter()
+                        .max_by_key(|&&d| i32::from(row[d]).abs())
+                        .expect("a lane over its budget has weights");
+                    let w = i32::from(row[d]);
+                    let cut = over.min(w.abs());
+                    let lowered = w - cut * w.signum();
+                    row[d] = lowered as i8;
+                    taken.push((d, ch, w - lowered));
+                    over -= cut;
+                }
+            }
+        }
+    }
+    taken
 }
 
 /// Instructions the NEON tiles take for `channels` channels of depth `k` at `n` positions
@@ -72,6 +154,29 @@ pub(crate) fn instructions(channels: usize, k: usize, n: usize) -> usize {
     };
     channels.div_ceil(NR) * ((n / MR) * (tile(4) + 33) + rest)
 }
+
+/// [`instructions`] for the deep form (pairs_neon.rs: per pair of blocks of a tile of q
+/// quads of positions 20q SMULL, SMLAL, SMLAL2 and SADALP and four loads, six with plain
+/// lanes; per single block 12q and two or three; about 20 to start, end and loop a tile
+/// of 8 positions); `None` for a depth without a pair of blocks.
+pub(crate) fn deep_instructions(channels: usize, k: usize, n: usize) -> Option<usize> {
+    let blocks = DeepBlocks::new(k)?;
+    let (pair_loads, block_loads) = if repeats(channels, k) { (4, 2) } else { (6, 3) };
+    let tile = |quads: usize| {
+        blocks.pairs * (pair_loads + 20 * quads)
+            + usize::from(blocks.single) * (block_loads + 12 * quads)
+            + usize::from(blocks.half) * (block_loads + 8 * quads)
+            + 20
+    };
+    let rest = match n % DEEP_MR {
+        0 => 0,
+        part => tile(part.div_ceil(4)) + 20,
+    };
+    Some(channels.div_ceil(NR) * ((n / DEEP_MR) * tile(2) + rest))
+}
+
+/// Output positions per tile of the deep form (half a panel).
+pub(crate) const DEEP_MR: usize = 8;
 
 /// The most bytes a layer's weights may take with their lanes repeated (four times the
 /// weights): MobileNet-style shallow layers (MobileNetV2's largest there, 384 channels of
@@ -98,6 +203,9 @@ pub(crate) struct Weights {
     /// group is padded with zero channels, k with zeros.
     lanes: Vec<i8>,
     repeated: bool,
+    /// The deep form's blocks, when the weights are in its lanes' budget and its kernel
+    /// runs them.
+    deep: Option<DeepBlocks>,
     /// Per channel, padded with zeros to whole groups.
     starts: Vec<i32>,
     channels: usize,
@@ -130,6 +238,39 @@ impl Weights {
         ))
     }
 
+    /// The deep form of [`Weights::new`]: refused for a depth without a pair of blocks, or
+    /// a lane over [`LANE_BUDGET`] ([`deep_lanes`] makes the rows fit).
+    pub(crate) fn deep(
+        rows: &[i8],
+        channels: usize,
+        k: usize,
+        starts: &[i32],
+    ) -> Result<Weights, String> {
+        super::panels::check_rows(rows, channels, k, starts)?;
+        let Some(blocks) = DeepBlocks::new(k) else {
+            return Err(format!("a depth of {k} has no pair of 4-k blocks"));
+        };
+        for (ch, row) in rows.chunks_exact(k).enumerate() {
+            for kk in (0..blocks.pairs * 2 * KC).filter(|kk| kk % (2 * KC) < 2) {
+                let lane = blocks.lane_of(kk).expect("inside the pairs");
+                let sum: i32 = lane
+                    .iter()
+                    .filter(|&&d| d < k)
+                    .map(|&d| i32::from(row[d]).abs())
+                    .sum();
+                if sum > LANE_BUDGET {
+                    return Err(format!(
+                        "channel {ch}'s weights at depths {lane:?} add up to {sum} in \
+                         magnitude, over the {LANE_BUDGET} of a 16-bit lane"
+                    ));
+                }
+            }
+        }
+        let mut weights = Self::packed(rows, channels, k, starts, repeats(channels, k));
+        weights.deep = Some(blocks);
+        Ok(weights)
+    }
+
     /// The weights packed with repeated lanes or plain ones, after `new`'s checks.
     fn packed(rows: &[i8], channels: usize, k: usize, starts: &[i32], repeated: bool) -> Self {
         let groups = k.div_ceil(KC);
@@ -155,6 +296,7 @@ impl Weights {
         Weights {
             lanes,
             repeated,
+            deep: None,
             starts,
             channels,
             k,
@@ -165,6 +307,12 @@ impl Weights {
     #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn repeated(&self) -> bool {
         self.repeated
+    }
+
+    /// The deep form's blocks, when the weights are in that form.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    pub(crate) fn deep_blocks(&self) -> Option<DeepBlocks> {
+        self.deep
     }
 
     /// Bytes per channel per 4-k block: 16 repeated, 4 plain.
@@ -358,6 +506,117 @@ mod tests {
             KC,
             &[(5, 33, 9), (4, 48, 16), (3, 425, 17)],
         );
+    }
+
+    /// The deep form: `w` lowered into its lanes' budget ([`deep_lanes`]), the kernel this
+    /// CPU runs and the scalar reference give the naive sums of the lowered weights (both
+    /// lane forms), and those plus what `deep_lanes` took off give the naive sums of `w`.
+    fn check_deep(m: usize, k: usize, n: usize, w: &[i8], x: &[i8]) {
+        let starts = starts(m);
+        let mut lowered = w.to_vec();
+        let taken = deep_lanes(&mut lowered, m, k);
+        Weights::deep(&lowered, m, k, &starts).unwrap();
+        let patches = pack(x, k, n);
+        let want = naive(&lowered, x, &starts, (m, k, n));
+        let mut whole = want.clone();
+        for &(kk, ch, r) in &taken {
+            for pos in 0..n {
+                let product = r * i32::from(x[kk * n + pos]);
+                whole[ch * n + pos] = whole[ch * n + pos].wrapping_add(product);
+            }
+        }
+        assert_eq!(whole, naive(w, x, &starts, (m, k, n)), "{m} x {k} x {n}");
+        for repeated in [true, false] {
+            let mut weights = Weights::packed(&lowered, m, k, &starts, repeated);
+            weights.deep = DeepBlocks::new(k);
+            let mut got = vec![i32::MIN; m * n];
+            weights.run(&patches, n, &mut got).unwrap();
+            let case = format!("deep, lanes repeated {repeated}, {m} x {k} x {n}");
+            assert_eq!(got, want, "kernel, {case}");
+            let mut scalar = vec![i32::MIN; m * n];
+            weights.run_scalar(&patches, n, &mut scalar);
+            assert_eq!(scalar, want, "scalar, {case}");
+        }
+    }
+
+    /// The deep form over odd shapes: channels off the group of 4, depths with one pair of
+    /// blocks and many, a single block after the pairs, a half block (4g + 1 and 4g + 2),
+    /// positions off its tiles of 8 (last tiles of 4 and 8, partly used), with weights
+    /// over the whole i8 range, so that some lanes are lowered.
+    #[test]
+    fn the_deep_form_matches_the_naive_sums_over_odd_shapes() {
+        let mut seed = 5;
+        let mut lowered = 0;
+        for m in [1, 3, 4, 5, 8, 17] {
+            for k in [7, 8, 9, 10, 12, 13, 16, 17, 18, 24, 27, 40, 144, 425] {
+                for n in [1, 3, 4, 5, 8, 9, 12, 15, 16, 17, 24, 28, 33, 49] {
+                    seed += 1;
+                    let w = values(m * k, seed, -128);
+                    let x = values(k * n, seed * 29, -128);
+                    let mut fit = w.clone();
+                    lowered += deep_lanes(&mut fit, m, k).len();
+                    check_deep(m, k, n, &w, &x);
+                }
+            }
+        }
+        assert!(lowered > 0, "no lane was over its budget");
+    }
+
+    /// Lanes at their budget against the extremes of the patches: 127 and -128 in one
+    /// lane (255), a lane of four at 63 or 64, every other lane's weights at ±63; the
+    /// 16-bit lanes reach ±32640.
+    #[test]
+    fn the_deep_form_holds_at_the_lanes_budget() {
+        let (m, k) = (5, 43);
+        let blocks = DeepBlocks::new(k).unwrap();
+        let mut w = vec![0i8; m * k];
+        for ch in 0..m {
+            for kk in 0..k {
+                w[ch * k + kk] = match blocks.lane_of(kk) {
+                    Some(lane) if lane[0] < 8 => {
+                        [127, -128, 0, 0][lane.iter().position(|&d| d == kk).unwrap()]
+                    }
+                    Some(_) if ch % 2 == 0 => [64, 64, 64, 63][(kk % 8) / 2],
+                    _ => {
+                        if kk % 3 == 0 {
+                            -63
+                        } else {
+                            63
+                        }
+                    }
+                };
+            }
+        }
+        let mut fit = w.clone();
+        assert!(
+            deep_lanes(&mut fit, m, k).is_empty(),
+            "lanes at the budget are lowered"
+        );
+        for x in [-128i8, 127] {
+            for n in [8, 13, 16] {
+                check_deep(m, k, n, &w, &vec![x; k * n]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_deep_form_refuses_a_lane_over_its_budget() {
+        let (m, k) = (3, 16);
+        let mut w = vec![1i8; m * k];
+        // Channel 1, depths 9, 11, 13 and 15: one lane of the second pair of blocks, 256
+        // in all.
+        for d in [9, 11, 13, 15] {
+            w[k + d] = 64;
+        }
+        let err = Weights::deep(&w, m, k, &[0; 3]).unwrap_err();
+        assert!(err.contains("channel 1") && err.contains("256"), "{err}");
+        // A depth of one pair's worth short of two blocks has no deep form.
+        assert!(Weights::deep(&[1; 6], 1, 6, &[0]).is_err());
+        let mut fit = w.clone();
+        let taken = deep_lanes(&mut fit, m, k);
+        // Of weights alike, the deepest is lowered.
+        assert_eq!(taken, vec![(15, 1, 1)]);
+        assert!(Weights::deep(&fit, m, k, &[0; 3]).is_ok());
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! needs (12, 8 or 4 positions), so that 7x7 and 14x14 layers pad their positions to 4
 //! as c16 does, not to 16.
 
-use super::pairs::{Weights, KC, MR, NR};
+use super::pairs::{Weights, DEEP_MR, KC, MR, NR};
 use super::panels::Blocks;
 
 /// Products of positions `$x` by a channel's weight pairs, k 0-1 in the low half of `$lo`
@@ -284,11 +284,296 @@ tile!(
     ]
 );
 
+/// The deep form (pairs.rs): one channel's products over one quad of positions for a pair
+/// of blocks, block A's positions `$xa` by its weights (k 0-1 in the low half of `$alo`,
+/// 2-3 in the high half of `$ahi`), block B's `$xb` by `$blo` and `$bhi`, all four into
+/// the 16-bit lanes of temporary `$t`.
+macro_rules! deep_mul {
+    ($t:literal $xa:literal $xb:literal, $alo:literal $ahi:literal $blo:literal $bhi:literal) => {
+        concat!(
+            "smull v", $t, ".8h, v", $xa, ".8b, v", $alo, ".8b\n", "smlal2 v", $t, ".8h, v", $xa,
+            ".16b, v", $ahi, ".16b\n", "smlal v", $t, ".8h, v", $xb, ".8b, v", $blo, ".8b\n",
+            "smlal2 v", $t, ".8h, v", $xb, ".16b, v", $bhi, ".16b\n",
+        )
+    };
+}
+
+/// One channel's pair products (its weight registers `$w`) over quads `$q` (temporary,
+/// block A's positions, block B's), widened into accumulators `$a` by `$op`.
+macro_rules! deep_quads {
+    ($op:literal, ($alo:literal $ahi:literal $blo:literal $bhi:literal):
+        $($t:literal $xa:literal $xb:literal $a:literal),+) => {
+        concat!(
+            $(deep_mul!($t $xa $xb, $alo $ahi $blo $bhi),)+
+            widen!($op, $($a $t),+)
+        )
+    };
+}
+
+/// A pair of blocks of a deep tile of `$quads` quads (2 or 1): block A's positions in v0
+/// (and v1), block B's in v2 (and v3); repeated weights in v4-v7 (A) and v8-v11 (B), one
+/// channel per register; plain ones by LD4R, channels 0 and 1 (then 2 and 3) of A in
+/// v4-v7 and of B in v8-v11 (`{w2}` runs 16 bytes ahead of `{w}`, on block B). Channel j's
+/// quad i goes through temporary `12 + 2j + i` into accumulator `20 + 2j + i`.
+macro_rules! deep_pair {
+    (repeated, 2, $op:literal) => {
+        concat!(
+            "ld1 {{v0.16b-v1.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v2.16b-v3.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
+            "ld1 {{v8.16b-v11.16b}}, [{w}], #64\n",
+            deep_quads!($op, (4 4 8 8): 12 0 2 20, 13 1 3 21),
+            deep_quads!($op, (5 5 9 9): 14 0 2 22, 15 1 3 23),
+            deep_quads!($op, (6 6 10 10): 16 0 2 24, 17 1 3 25),
+            deep_quads!($op, (7 7 11 11): 18 0 2 26, 19 1 3 27),
+        )
+    };
+    (repeated, 1, $op:literal) => {
+        concat!(
+            "ld1 {{v0.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v2.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v4.16b-v7.16b}}, [{w}], #64\n",
+            "ld1 {{v8.16b-v11.16b}}, [{w}], #64\n",
+            deep_quads!($op, (4 4 8 8): 12 0 2 20),
+            deep_quads!($op, (5 5 9 9): 14 0 2 22),
+            deep_quads!($op, (6 6 10 10): 16 0 2 24),
+            deep_quads!($op, (7 7 11 11): 18 0 2 26),
+        )
+    };
+    (plain, 2, $op:literal) => {
+        concat!(
+            "ld1 {{v0.16b-v1.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v2.16b-v3.16b}}, [{p}], {p_step}\n",
+            "ld4r {{v4.8h-v7.8h}}, [{w}], #8\n",
+            "ld4r {{v8.8h-v11.8h}}, [{w2}], #8\n",
+            deep_quads!($op, (4 5 8 9): 12 0 2 20, 13 1 3 21),
+            deep_quads!($op, (6 7 10 11): 14 0 2 22, 15 1 3 23),
+            "ld4r {{v4.8h-v7.8h}}, [{w}], {w_skip}\n",
+            "ld4r {{v8.8h-v11.8h}}, [{w2}], {w_skip}\n",
+            deep_quads!($op, (4 5 8 9): 16 0 2 24, 17 1 3 25),
+            deep_quads!($op, (6 7 10 11): 18 0 2 26, 19 1 3 27),
+        )
+    };
+    (plain, 1, $op:literal) => {
+        concat!(
+            "ld1 {{v0.16b}}, [{p}], {p_step}\n",
+            "ld1 {{v2.16b}}, [{p}], {p_step}\n",
+            "ld4r {{v4.8h-v7.8h}}, [{w}], #8\n",
+            "ld4r {{v8.8h-v11.8h}}, [{w2}], #8\n",
+            deep_quads!($op, (4 5 8 9): 12 0 2 20),
+            deep_quads!($op, (6 7 10 11): 14 0 2 22),
+            "ld4r {{v4.8h-v7.8h}}, [{w}], {w_skip}\n",
+            "ld4r {{v8.8h-v11.8h}}, [{w2}], {w_skip}\n",
+            deep_quads!($op, (4 5 8 9): 16 0 2 24),
+            deep_quads!($op, (6 7 10 11): 18 0 2 26),
+        )
+    };
+}
+
+/// One block of a deep tile after its pairs (a single full block, or the half block of a
+/// depth ending two k into it), in the deep tile's registers.
+macro_rules! deep_block {
+    ($form:ident, 2, $depth:ident) => {
+        concat!(
+            "ld1 {{v0.16b-v1.16b}}, [{p}], {p_step}\n",
+            products!($form, $depth, "sadalp",
+                [0 12 20, 1 13 21], [0 14 22, 1 15 23], [0 16 24, 1 17 25], [0 18 26, 1 19 27]),
+        )
+    };
+    ($form:ident, 1, $depth:ident) => {
+        concat!(
+            "ld1 {{v0.16b}}, [{p}], {p_step}\n",
+            products!($form, $depth, "sadalp", [0 12 20], [0 14 22], [0 16 24], [0 18 26]),
+        )
+    };
+}
+
+/// A deep tile of `$quads` quads of positions: the pairs of blocks, a single block and a
+/// half block as the depth has them, then the starts and the four channel rows' stores.
+/// With `two_pointers` (the plain lanes), the operands of block B's weight pointer and of
+/// the step past a pair (`{w2}`, `{w_skip}`).
+macro_rules! deep_tile {
+    ($name:ident, $form:ident, $quads:tt, [$($starts:tt)+], [$($stores:literal),+]
+        $(, $two:ident)?) => {
+        /// For `$quads` quads of positions at `p` (in blocks of 64 bytes, a panel's or its
+        /// second half's) and the four channels at `w`: per channel, its start plus its
+        /// sums at those positions, stored as four rows of `c`, `n` sums apart.
+        ///
+        /// # Safety
+        /// The deep form's blocks on both sides (`pairs` counts the pairs after the
+        /// first; `tail` bit 0 a single block, bit 1 a half block); four values at
+        /// `starts`; four rows of `4 · $quads` sums at `c`.
+        #[inline(always)]
+        unsafe fn $name(
+            w: *const i8,
+            p: *const i8,
+            (pairs, tail): (usize, usize),
+            starts: *const i32,
+            c: *mut i32,
+            n: usize,
+        ) {
+            // SAFETY: the caller's contract. The assembly reads at most 64 bytes of
+            // patches and 64 of weights per block and the four starts, and writes the
+            // four rows.
+            unsafe {
+                std::arch::asm!(
+                    deep_pair!($form, $quads, "saddlp"),
+                    "cbz {pairs}, 2f",
+                    "3:",
+                    deep_pair!($form, $quads, "sadalp"),
+                    "subs {pairs}, {pairs}, #1",
+                    "b.ne 3b",
+                    "2:",
+                    "tbz {tail}, #0, 4f",
+                    deep_block!($form, $quads, full),
+                    "4:",
+                    "tbz {tail}, #1, 5f",
+                    deep_block!($form, $quads, half),
+                    "5:",
+                    "ld4r {{v0.4s-v3.4s}}, [{starts}]",
+                    starts!($($starts)+),
+                    $($stores,)+
+                    w = inout(reg) w => _,
+                    $(
+                        w2 = inout(reg) { stringify!($two); w.wrapping_add(16) } => _,
+                        w_skip = in(reg) 24usize,
+                    )?
+                    p = inout(reg) p => _,
+                    p_step = in(reg) MR * KC,
+                    pairs = inout(reg) pairs => _,
+                    tail = in(reg) tail,
+                    starts = in(reg) starts,
+                    c = inout(reg) c => _,
+                    row_bytes = in(reg) n * 4,
+                    out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                    out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                    out("v8") _, out("v9") _, out("v10") _, out("v11") _,
+                    out("v12") _, out("v13") _, out("v14") _, out("v15") _,
+                    out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                    out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+                    out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+                    options(nostack),
+                );
+            }
+        }
+    };
+}
+
+deep_tile!(
+    deep_repeated8,
+    repeated,
+    2,
+    [0: 20, 21; 1: 22, 23; 2: 24, 25; 3: 26, 27],
+    [
+        "st1 {{v20.4s-v21.4s}}, [{c}], {row_bytes}",
+        "st1 {{v22.4s-v23.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s-v25.4s}}, [{c}], {row_bytes}",
+        "st1 {{v26.4s-v27.4s}}, [{c}]"
+    ]
+);
+deep_tile!(
+    deep_repeated4,
+    repeated,
+    1,
+    [0: 20; 1: 22; 2: 24; 3: 26],
+    [
+        "st1 {{v20.4s}}, [{c}], {row_bytes}",
+        "st1 {{v22.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s}}, [{c}], {row_bytes}",
+        "st1 {{v26.4s}}, [{c}]"
+    ]
+);
+deep_tile!(
+    deep_plain8,
+    plain,
+    2,
+    [0: 20, 21; 1: 22, 23; 2: 24, 25; 3: 26, 27],
+    [
+        "st1 {{v20.4s-v21.4s}}, [{c}], {row_bytes}",
+        "st1 {{v22.4s-v23.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s-v25.4s}}, [{c}], {row_bytes}",
+        "st1 {{v26.4s-v27.4s}}, [{c}]"
+    ],
+    two_pointers
+);
+deep_tile!(
+    deep_plain4,
+    plain,
+    1,
+    [0: 20; 1: 22; 2: 24; 3: 26],
+    [
+        "st1 {{v20.4s}}, [{c}], {row_bytes}",
+        "st1 {{v22.4s}}, [{c}], {row_bytes}",
+        "st1 {{v24.4s}}, [{c}], {row_bytes}",
+        "st1 {{v26.4s}}, [{c}]"
+    ],
+    two_pointers
+);
+
+/// The deep form's tiles over the band: per group of four channels, each panel as two
+/// tiles of 8 positions (its halves), a last part panel as the quads it needs.
+///
+/// # Safety
+/// As [`run`].
+unsafe fn run_deep(weights: &Weights, patches: &[i8], n: usize, c: &mut [i32]) {
+    let blocks = weights.deep_blocks().expect("deep weights");
+    let (packed, starts) = weights.raw();
+    let repeated = weights.repeated();
+    let channels = weights.channels();
+    let panel_len = weights.panel_len();
+    let groups = weights.k().div_ceil(KC);
+    let group_len = groups * NR * weights.lane_bytes();
+    let shape = (
+        blocks.pairs - 1,
+        usize::from(blocks.single) | (usize::from(blocks.half) << 1),
+    );
+    let p0 = patches.as_ptr();
+    for q in 0..channels.div_ceil(NR) {
+        let w = packed[q * group_len..][..group_len].as_ptr();
+        let starts = starts[q * NR..][..NR].as_ptr();
+        let rows = (channels - q * NR).min(NR);
+        // SAFETY (the loop): the caller's contract: `n.div_ceil(MR)` panels, so every
+        // tile's panel is inside `patches`; rows `q * NR..q * NR + rows` of `c` hold `n`
+        // sums each.
+        let out = unsafe { c.as_mut_ptr().add(q * NR * n) };
+        for first in (0..n).step_by(DEEP_MR) {
+            let cols = (n - first).min(DEEP_MR);
+            // The panel, and its second half's quads 16 bytes each into every block.
+            let p = unsafe { p0.add(first / MR * panel_len + (first % MR) / 4 * 16) };
+            let direct = rows == NR && cols.is_multiple_of(4);
+            let mut sums = [0i32; NR * DEEP_MR];
+            let (to, stride) = match direct {
+                true => (unsafe { out.add(first) }, n),
+                false => (sums.as_mut_ptr(), DEEP_MR),
+            };
+            unsafe {
+                match (repeated, cols.div_ceil(4)) {
+                    (true, 1) => deep_repeated4(w, p, shape, starts, to, stride),
+                    (true, _) => deep_repeated8(w, p, shape, starts, to, stride),
+                    (false, 1) => deep_plain4(w, p, shape, starts, to, stride),
+                    (false, _) => deep_plain8(w, p, shape, starts, to, stride),
+                }
+            }
+            if direct {
+                continue;
+            }
+            for (j, row) in sums.chunks_exact(DEEP_MR).take(rows).enumerate() {
+                unsafe { super::panels::put_part(row.as_ptr(), out.add(j * n + first), cols) };
+            }
+        }
+    }
+}
+
 /// # Safety
 /// `patches` holds `n.div_ceil(MR)` panels of `weights.panel_len()` bytes and `c` holds
 /// `weights.channels() * n` sums (`Weights::check`).
 #[inline(never)]
 pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i32]) {
+    if weights.deep_blocks().is_some() {
+        // SAFETY: the caller's contract.
+        unsafe { run_deep(weights, patches, n, c) };
+        return;
+    }
     let (packed, starts) = weights.raw();
     let repeated = weights.repeated();
     let channels = weights.channels();
