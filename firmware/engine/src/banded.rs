@@ -37,7 +37,8 @@ use tract_onnx::prelude::multithread;
 use crate::epilogue::Requantize;
 use crate::im2col::{Geometry, PackPatches};
 use crate::kernels::{c16, dot, pairs};
-use crate::zero_point::{Folded, Residuals};
+use crate::residuals::Residuals;
+use crate::zero_point::Folded;
 
 /// Bytes of packed patches plus i32 accumulators per band (at least one band unit).
 const BAND_BYTES: usize = 512 * 1024;
@@ -97,6 +98,10 @@ struct After {
     offsets: Option<Vec<i32>>,
     /// The weight zero point's term `− zw · Σ_k x` (zero_point.rs).
     zero_point: Option<ZeroPointTerm>,
+    /// The products the tiles' weights leave out (residuals.rs), added from the band's
+    /// patch rows: of the weights with the zero point folded in, of the deep pairs form's
+    /// lanes.
+    residuals: Residuals,
 }
 
 /// How a layer's sums get the weight zero point's term.
@@ -104,23 +109,22 @@ struct After {
 enum ZeroPointTerm {
     /// Per channel `zw`, subtracted times the column sums of the band's patches.
     Sums(Vec<i32>),
-    /// Folded into the tiles' weights (zero_point.rs [`Folded`]): the products their clamp
-    /// left out, added from the band's patch rows.
+    /// Folded into the tiles' weights (zero_point.rs [`Folded`]).
     ///
     /// [`Folded`]: crate::zero_point::Folded
-    Folded(Residuals),
+    Folded,
 }
 
 impl After {
     /// Adds the terms to `acc` (`channels` rows of `n` sums), given the column sums of the
-    /// patches for the term from the sums, and `row_of(k, row)` writing the band's patch
-    /// row `k` for the folded one.
+    /// patches for the term from the sums, and `with_row(k, f)` calling `f` on the band's
+    /// patch row `k` for the residual products.
     fn apply(
         &self,
         acc: &mut [i32],
         n: usize,
         column_sums: &[i32],
-        row_of: impl FnMut(usize, &mut [i8]),
+        with_row: impl FnMut(usize, &mut dyn FnMut(&[i8])),
     ) {
         for (ch, row) in acc.chunks_exact_mut(n.max(1)).enumerate() {
             if let Some(offsets) = &self.offsets {
@@ -134,15 +138,13 @@ impl After {
                 }
             }
         }
-        if let Some(ZeroPointTerm::Folded(residuals)) = &self.zero_point {
-            residuals.add_to(acc, n, row_of);
-        }
+        self.residuals.add_to(acc, n, with_row);
     }
 
-    /// Whether it does nothing for the sums of a band of `n` positions.
+    /// Whether it does nothing to the sums.
     fn is_nothing(&self) -> bool {
-        let folded_away = |t: &ZeroPointTerm| matches!(t, ZeroPointTerm::Folded(r) if r.len() == 0);
-        self.offsets.is_none() && self.zero_point.as_ref().is_none_or(folded_away)
+        let sums = matches!(self.zero_point, Some(ZeroPointTerm::Sums(_)));
+        self.offsets.is_none() && !sums && self.residuals.is_empty()
     }
 }
 
@@ -188,6 +190,10 @@ impl Tiles {
         match self {
             Tiles::C16(..) if cfg!(target_arch = "aarch64") => "edgedx_c16_neon_4x4",
             Tiles::C16(..) => "edgedx_c16_scalar",
+            Tiles::Pairs(p) if p.0.deep_blocks().is_some() => match cfg!(target_arch = "aarch64") {
+                true => "edgedx_pairs_deep_neon_4x8",
+                false => "edgedx_pairs_deep_scalar",
+            },
             Tiles::Pairs(..) if cfg!(target_arch = "aarch64") => "edgedx_pairs_neon_4x16",
             Tiles::Pairs(..) => "edgedx_pairs_scalar",
             Tiles::Dot(..) if dot::available() => "edgedx_dot_neon_8x8",
@@ -422,10 +428,12 @@ impl BandedConv {
             }
             if !self.after.is_nothing() {
                 let mut acc = c.try_as_plain_ram_mut()?;
-                let row_of =
-                    |k, row: &mut [i8]| job.pack.patch_row(job.g, job.xs, job.pad, k, oy0, row);
+                let with_row = |k, f: &mut dyn FnMut(&[i8])| {
+                    job.pack
+                        .with_patch_row(job.g, job.xs, job.pad, k, (oy0, nb), f)
+                };
                 self.after
-                    .apply(acc.as_slice_mut::<i32>()?, nb, &column_sums, row_of);
+                    .apply(acc.as_slice_mut::<i32>()?, nb, &column_sums, with_row);
             }
             let acc = c.try_as_plain_ram()?;
             let acc = acc.as_slice::<i32>()?;
@@ -541,16 +549,19 @@ impl Op for BandedConv {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let zero_point = match &self.after.zero_point {
+        let mut zero_point = match &self.after.zero_point {
             Some(ZeroPointTerm::Sums(_)) => {
-                ", weight zero point's term from the patches' sums".into()
+                ", weight zero point's term from the patches' sums".to_string()
             }
-            Some(ZeroPointTerm::Folded(r)) => format!(
-                ", weight zero point folded into the weights ({} residual products per position)",
-                r.len()
-            ),
+            Some(ZeroPointTerm::Folded) => ", weight zero point folded into the weights".into(),
             None => String::new(),
         };
+        if !self.after.residuals.is_empty() {
+            zero_point += &format!(
+                ", {} residual products per position",
+                self.after.residuals.len()
+            );
+        }
         Ok(vec![format!(
             "k={}, m={}, kernel {}{zero_point}",
             self.pack.k,
@@ -736,6 +747,7 @@ fn run_at(
             .zero_point
             .or(fused_zero_point.map(|(_, zw)| vec![zw; channels]))
             .map(ZeroPointTerm::Sums),
+        residuals: Residuals::default(),
     };
     let mut rq_node = tail.next;
     if rq_node.op_is::<IntoShape>() {
@@ -783,18 +795,19 @@ fn run_at(
     };
     let skip = fused_zero_point.map(|(ix, _)| ix);
     let op = match tiles_for(model, mm_node, matmul, &op, skip)? {
-        Some((tiles, residuals)) => {
+        Some(choice) => {
             inputs.truncate(op.pack_inputs);
             BandedConv {
-                products: Products::Tiles(Shared(Arc::new(tiles))),
+                products: Products::Tiles(Shared(Arc::new(choice.tiles))),
                 // The tiles start from the constants, and hold the zero point when they
                 // could take it.
                 after: After {
                     offsets: None,
-                    zero_point: match residuals {
-                        Some(r) => Some(ZeroPointTerm::Folded(r)),
-                        None => op.after.zero_point.clone(),
+                    zero_point: match choice.zero_point_folded {
+                        true => Some(ZeroPointTerm::Folded),
+                        false => op.after.zero_point.clone(),
                     },
+                    residuals: choice.residuals,
                 },
                 ..op
             }
@@ -833,7 +846,7 @@ fn tiles_for(
     matmul: &OptMatMul,
     op: &BandedConv,
     skip: Option<usize>,
-) -> TractResult<Option<(Tiles, Option<Residuals>)>> {
+) -> TractResult<Option<TileChoice>> {
     let Some((weights, mut offsets)) = tile_operands(
         model,
         mm_node,
@@ -875,15 +888,22 @@ fn tiles_for(
             Some(ZeroPointTerm::Sums(zw)) => Folded::new(&rows, channels, k, zw),
             _ => None,
         };
-        let (rows, residuals) = match folded {
-            Some(Folded { rows, residuals }) => (rows, Some(residuals)),
-            None => (rows, None),
+        let zero_point_folded = folded.is_some();
+        let (rows, folded) = match folded {
+            Some(Folded { rows, residuals }) => (rows, residuals),
+            None => (rows, Residuals::default()),
         };
-        let chosen = |tiles| chosen(tiles).map(|t| (t, residuals));
+        let chosen = |tiles, lowered: Vec<(usize, usize, i32)>| {
+            chosen(tiles).map(|tiles| TileChoice {
+                tiles,
+                residuals: Residuals::from_terms(folded.terms().chain(lowered)),
+                zero_point_folded,
+            })
+        };
         if dot_wanted() {
             let tiles = dot::Weights::new(&rows, channels, k, &offsets)
                 .map(|w| Tiles::Dot(Box::new((w, op.pack.k4(dot::MR)))));
-            return Ok(chosen(tiles));
+            return Ok(chosen(tiles, vec![]));
         }
         let c16 = || {
             c16::Weights::new(&rows, channels, k, &offsets)
@@ -897,6 +917,12 @@ fn tiles_for(
         // the other where it refuses the layer (their 16-bit lanes pair different
         // depths).
         let n = op.output_shape.iter().product::<usize>() / channels.max(1);
+        // The deep pairs form, with its lanes lowered into their budget (kernels/pairs.rs):
+        // where it counts fewer instructions than both, those added back included, and
+        // they stay under a 64th of the layer's products.
+        if let Some(deep) = deep_pairs(&rows, (channels, k, n), &offsets, &op.pack) {
+            return Ok(chosen(Ok(deep.0), deep.1));
+        }
         let pairs_first = !c16_wanted()
             || (pairs_wanted()
                 && pairs::instructions(channels, k, n) < c16::instructions(channels, k, n));
@@ -906,15 +932,70 @@ fn tiles_for(
             (false, _, true) => c16().or_else(|_| pairs()),
             (false, _, false) => c16(),
         };
-        return Ok(chosen(tiles));
+        return Ok(chosen(tiles, vec![]));
     }
     #[cfg(target_arch = "x86_64")]
     if crate::vnni::available() {
         let tiles = crate::vnni::Tiles::new(&*weights, op.channels, op.pack.k, &offsets)
             .map(|t| Tiles::Vnni(Box::new((t, op.pack.k4(crate::vnni::R)))));
-        return Ok(chosen(tiles).map(|t| (t, None)));
+        return Ok(chosen(tiles).map(|tiles| TileChoice {
+            tiles,
+            residuals: Residuals::default(),
+            zero_point_folded: false,
+        }));
     }
     Ok(None)
+}
+
+/// A layer's tiles, with the products their weights leave out.
+struct TileChoice {
+    tiles: Tiles,
+    residuals: Residuals,
+    /// Whether the weights hold the weight zero point's term.
+    zero_point_folded: bool,
+}
+
+/// The deep pairs form's tiles for `rows` (`channels × k` weights, `n` output positions),
+/// with the products its lowered lanes leave out, where it is wanted: where the pairs may
+/// run, its instructions with one multiply-add per residual product and position are
+/// fewer than the pairs' and c16's, and the residual products are at most a 64th of the
+/// layer's.
+fn deep_pairs(
+    rows: &[i8],
+    (channels, k, n): (usize, usize, usize),
+    starts: &[i32],
+    pack: &PackPatches,
+) -> Option<(Tiles, Vec<(usize, usize, i32)>)> {
+    let forced = deep_forced();
+    if !pairs_wanted() || forced == Some(false) {
+        return None;
+    }
+    let deep = pairs::deep_instructions(channels, k, n)?;
+    let mut lowered = rows.to_vec();
+    let taken = pairs::deep_lanes(&mut lowered, channels, k);
+    let residual = taken.len() * n;
+    let others = pairs::instructions(channels, k, n).min(if c16_wanted() {
+        c16::instructions(channels, k, n)
+    } else {
+        usize::MAX
+    });
+    let pays = deep + residual < others && taken.len() * 64 <= channels * k;
+    if forced != Some(true) && !pays {
+        return None;
+    }
+    let weights = pairs::Weights::deep(&lowered, channels, k, starts).ok()?;
+    Some((Tiles::Pairs(Box::new((weights, pack.pairs()))), taken))
+}
+
+/// Whether tests force the deep pairs form (`Some(true)`: wherever a depth has it) or keep
+/// it out (`Some(false)`: another family forced); `None` outside tests and where they
+/// force nothing.
+fn deep_forced() -> Option<bool> {
+    #[cfg(test)]
+    if let Some(forced) = tests::FORCE.get() {
+        return Some(forced == "deep");
+    }
+    None
 }
 
 /// Whether layers go to the c16 tiles: on aarch64 cores without a dot product, where
@@ -923,9 +1004,11 @@ fn c16_wanted() -> bool {
     wanted("c16", cfg!(target_arch = "aarch64") && !dot::available())
 }
 
-/// Whether layers may go to the pairs tiles: where c16's may.
+/// Whether layers may go to the pairs tiles: where c16's may (or in their deep form, where
+/// tests force it).
 fn pairs_wanted() -> bool {
     wanted("pairs", cfg!(target_arch = "aarch64") && !dot::available())
+        || deep_forced() == Some(true)
 }
 
 /// Whether layers go to the dot tiles: on aarch64 cores with the dot product.
@@ -1326,6 +1409,7 @@ pub(crate) mod tests {
         match b.products.tiles() {
             None => "tract",
             Some(Tiles::C16(..)) => "c16",
+            Some(Tiles::Pairs(p)) if p.0.deep_blocks().is_some() => "deep",
             Some(Tiles::Pairs(..)) => "pairs",
             Some(Tiles::Dot(..)) => "dot",
             #[cfg(target_arch = "x86_64")]
@@ -1365,6 +1449,17 @@ pub(crate) mod tests {
         FORCE.set(None);
     }
 
+    /// The same models with every layer that has a pair of 4-k blocks on the deep pairs
+    /// form (the NEON kernel on aarch64, its scalar reference elsewhere), whatever it
+    /// costs: the test weights (uniform over [-127, 127]) leave about half its lanes over
+    /// their budget, so every layer adds back many residual products.
+    #[test]
+    fn banded_convolutions_on_the_deep_pairs_match_the_unrewritten_plan() {
+        FORCE.set(Some("deep"));
+        banded_plans_match(Some("deep"), Weights::Symmetric);
+        FORCE.set(None);
+    }
+
     /// The same models with asymmetric u8 weights, per tensor and per channel, and with a
     /// zero point far from their middle: every layer is banded, on each family of tiles,
     /// with the weight zero point's term (fused in tract's matmul after an im2col, a Sub
@@ -1380,7 +1475,7 @@ pub(crate) mod tests {
         ];
         let (mut folded, mut sums) = (0, 0);
         for coding in codings {
-            for forced in [None, Some("c16"), Some("pairs"), Some("dot")] {
+            for forced in [None, Some("c16"), Some("pairs"), Some("deep"), Some("dot")] {
                 if forced.is_none() && expected_family(None) == "tract" {
                     // tract's kernel cannot leave out a fused zero-point term; the forced
                     // families below cover this CPU.
@@ -1529,11 +1624,15 @@ pub(crate) mod tests {
                 // On the c16 tiles every layer (the test weights are in [-127, 127]);
                 // on the dot or VNNI tiles every layer, whatever kernel tract packed it
                 // for.
-                let want = expected_family(forced);
                 for (i, b) in ops.iter().enumerate() {
                     let got = match family(b) {
-                        "pairs" if forced.is_none() => "c16",
+                        "pairs" | "deep" if forced.is_none() => "c16",
                         got => got,
+                    };
+                    // The deep form needs a pair of 4-k blocks.
+                    let want = match expected_family(forced) {
+                        "deep" if pairs::DeepBlocks::new(b.pack.k).is_none() => "pairs",
+                        want => want,
                     };
                     assert_eq!(got, want, "model {m}, layer {i} (k {})", b.pack.k);
                     expected_tiled += usize::from(want != "tract");
@@ -1544,8 +1643,8 @@ pub(crate) mod tests {
                         "model {m}, layer {i}: the weight zero point's term"
                     );
                     match &b.after.zero_point {
-                        Some(ZeroPointTerm::Folded(_)) => {
-                            assert!(["c16", "pairs", "dot"].contains(&family(b)));
+                        Some(ZeroPointTerm::Folded) => {
+                            assert!(["c16", "pairs", "deep", "dot"].contains(&family(b)));
                             terms.0 += 1;
                         }
                         Some(ZeroPointTerm::Sums(_)) => terms.1 += 1,

@@ -48,7 +48,8 @@ use tract_onnx::prelude::multithread;
 use crate::epilogue::Requantize;
 use crate::im2col::Geometry;
 use crate::kernels::{dw, dwc};
-use crate::zero_point::{Folded, Residuals};
+use crate::residuals::Residuals;
+use crate::zero_point::Folded;
 
 /// Multiply-adds from which a layer's channels are spread over the pool's threads: about
 /// 0.1 ms on the development host, 1 ms on a Cortex-A53, against tens of microseconds to

@@ -325,29 +325,36 @@ impl PackPatches {
         });
     }
 
-    /// Row `kk` of the patch matrix [`PackPatches::pack_band`] packs for the output rows
-    /// from `oy0` on, into `row` (whole output rows).
-    pub(crate) fn patch_row(
+    /// Calls `f` on row `kk` of the patch matrix [`PackPatches::pack_band`] packs for the
+    /// `n` positions of the output rows from `oy0` on (whole rows): a pointwise layer's is
+    /// a run of the input itself, any other's is gathered.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn with_patch_row(
         &self,
         g: &Geometry,
         x: &[i8],
         pad: i8,
         kk: usize,
-        oy0: usize,
-        row: &mut [i8],
+        (oy0, n): (usize, usize),
+        f: &mut dyn FnMut(&[i8]),
     ) {
         let hw = g.height * g.width;
+        if g.is_pointwise() {
+            return f(&x[kk * hw + oy0 * g.width..][..n]);
+        }
         let taps = g.kernel[0] * g.kernel[1];
         let (ci, tap) = (kk / taps, kk % taps);
         let plane = &x[ci * hw..(ci + 1) * hw];
+        let mut row = vec![0i8; n];
         gather(
             g,
             plane,
             pad,
             [tap / g.kernel[1], tap % g.kernel[1]],
             oy0,
-            row,
+            &mut row,
         );
+        f(&row)
     }
 
     /// [`PackPatches::pack_band`] for a pointwise layer ([`Geometry::is_pointwise`]) whose

@@ -27,6 +27,7 @@ mod qbinary;
 mod qdq;
 mod qtable;
 mod quantize;
+mod residuals;
 mod rewrite;
 mod threads;
 #[cfg(target_arch = "x86_64")]

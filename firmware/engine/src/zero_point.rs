@@ -24,7 +24,7 @@
 //! to three weights of each layer of EfficientNet-Lite0 and of MobileNetV2 quantized so
 //! (`weight_type=QUInt8`, per tensor). The tiles take every folded weight clamped to
 //! `[−127, 127]`, and the few products the clamp takes off are added back per patch row
-//! ([`Residuals`]): a handful of multiply-adds per output position where the column sums
+//! ([`Residuals`], residuals.rs): a handful of multiply-adds per output position where the column sums
 //! cost a sum over the patch and a multiply-subtract per channel (5.3 M of the 137 M
 //! instructions of EfficientNet-Lite0's `int8-u8w` inference under qemu, cortex-a72, and
 //! 3 M more in packing the 1x1 layers' patches to sum them).
@@ -263,11 +263,7 @@ pub(crate) struct Folded {
     pub(crate) residuals: Residuals,
 }
 
-/// The products a layer's tiles leave out of `Σ_k x·(w − zw)`: per patch row `k` (in
-/// increasing order), the output channels `m` and weights `r` of the terms `r · x_k` still
-/// to add to channel `m`'s sums.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct Residuals(Vec<(usize, Vec<(usize, i32)>)>);
+use crate::residuals::Residuals;
 
 impl Folded {
     /// `rows` (`channels × k` i8 weights, as the tiles take them) with each channel's `zw`
@@ -317,47 +313,10 @@ impl Folded {
         let residuals = by_row
             .into_iter()
             .enumerate()
-            .filter(|(_, terms)| !terms.is_empty())
-            .collect();
+            .flat_map(|(k, terms)| terms.into_iter().map(move |(m, r)| (k, m, r)));
         Some(Folded {
             rows,
-            residuals: Residuals(residuals),
+            residuals: Residuals::from_terms(residuals),
         })
-    }
-}
-
-impl Residuals {
-    /// How many residual products each output position takes.
-    pub(crate) fn len(&self) -> usize {
-        self.0.iter().map(|(_, terms)| terms.len()).sum()
-    }
-
-    /// Every residual product's patch row `k`, output channel `m` and weight `r`.
-    pub(crate) fn terms(&self) -> impl Iterator<Item = (usize, usize, i32)> + '_ {
-        self.0
-            .iter()
-            .flat_map(|(k, terms)| terms.iter().map(move |&(m, r)| (*k, m, r)))
-    }
-
-    /// Adds the residual products to `acc` (rows of `n` sums per output channel), with
-    /// `row_of(k, row)` writing the first `n` values of patch row `k` into `row`.
-    pub(crate) fn add_to(
-        &self,
-        acc: &mut [i32],
-        n: usize,
-        mut row_of: impl FnMut(usize, &mut [i8]),
-    ) {
-        if self.0.is_empty() || n == 0 {
-            return;
-        }
-        let mut row = vec![0i8; n];
-        for (k, terms) in &self.0 {
-            row_of(*k, &mut row);
-            for &(m, r) in terms {
-                for (a, &x) in acc[m * n..(m + 1) * n].iter_mut().zip(&row) {
-                    *a = a.wrapping_add(r * i32::from(x));
-                }
-            }
-        }
     }
 }

@@ -310,7 +310,6 @@ impl Weights {
     }
 
     /// The deep form's blocks, when the weights are in that form.
-    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn deep_blocks(&self) -> Option<DeepBlocks> {
         self.deep
     }
