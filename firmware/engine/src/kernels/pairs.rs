@@ -156,17 +156,19 @@ pub(crate) fn instructions(channels: usize, k: usize, n: usize) -> usize {
 }
 
 /// [`instructions`] for the deep form (pairs_neon.rs: per pair of blocks of a tile of q
-/// quads of positions 20q SMULL, SMLAL, SMLAL2 and SADALP and four loads, six with plain
-/// lanes; per single block 12q and two or three; about 20 to start, end and loop a tile
-/// of 8 positions); `None` for a depth without a pair of blocks.
+/// quads of positions 20q SMULL, SMLAL, SMLAL2 and SADALP, four loads (six with plain
+/// lanes) and one of the loop's two per two pairs; per single block 12q and two or
+/// three; about 30 to start, end and dispatch a tile of 8 positions, a tenth of the
+/// deep layers' count under qemu (EfficientNet-Lite0, cortex-a72) before it was counted);
+/// `None` for a depth without a pair of blocks.
 pub(crate) fn deep_instructions(channels: usize, k: usize, n: usize) -> Option<usize> {
     let blocks = DeepBlocks::new(k)?;
     let (pair_loads, block_loads) = if repeats(channels, k) { (4, 2) } else { (6, 3) };
     let tile = |quads: usize| {
-        blocks.pairs * (pair_loads + 20 * quads)
+        blocks.pairs * (pair_loads + 1 + 20 * quads)
             + usize::from(blocks.single) * (block_loads + 12 * quads)
             + usize::from(blocks.half) * (block_loads + 8 * quads)
-            + 20
+            + 30
     };
     let rest = match n % DEEP_MR {
         0 => 0,

@@ -400,9 +400,9 @@ macro_rules! deep_tile {
         /// sums at those positions, stored as four rows of `c`, `n` sums apart.
         ///
         /// # Safety
-        /// The deep form's blocks on both sides (`pairs` counts the pairs after the
-        /// first; `tail` bit 0 a single block, bit 1 a half block); four values at
-        /// `starts`; four rows of `4 · $quads` sums at `c`.
+        /// The deep form's blocks on both sides (`pairs` counts the twos of pairs after
+        /// the first; `tail` bit 2 one pair more, bit 0 a single block, bit 1 a half
+        /// block); four values at `starts`; four rows of `4 · $quads` sums at `c`.
         #[inline(always)]
         unsafe fn $name(
             w: *const i8,
@@ -421,9 +421,13 @@ macro_rules! deep_tile {
                     "cbz {pairs}, 2f",
                     "3:",
                     deep_pair!($form, $quads, "sadalp"),
+                    deep_pair!($form, $quads, "sadalp"),
                     "subs {pairs}, {pairs}, #1",
                     "b.ne 3b",
                     "2:",
+                    "tbz {tail}, #2, 6f",
+                    deep_pair!($form, $quads, "sadalp"),
+                    "6:",
                     "tbz {tail}, #0, 4f",
                     deep_block!($form, $quads, full),
                     "4:",
@@ -523,9 +527,10 @@ unsafe fn run_deep(weights: &Weights, patches: &[i8], n: usize, c: &mut [i32]) {
     let panel_len = weights.panel_len();
     let groups = weights.k().div_ceil(KC);
     let group_len = groups * NR * weights.lane_bytes();
+    let after_first = blocks.pairs - 1;
     let shape = (
-        blocks.pairs - 1,
-        usize::from(blocks.single) | (usize::from(blocks.half) << 1),
+        after_first / 2,
+        usize::from(blocks.single) | (usize::from(blocks.half) << 1) | ((after_first % 2) << 2),
     );
     let p0 = patches.as_ptr();
     for q in 0..channels.div_ceil(NR) {
