@@ -893,7 +893,7 @@ fn tiles_for(
             Some(Folded { rows, residuals }) => (rows, residuals),
             None => (rows, Residuals::default()),
         };
-        let chosen = |tiles, lowered: Vec<(usize, usize, i32)>| {
+        let chosen = |tiles, lowered: Vec<crate::residuals::Term>| {
             chosen(tiles).map(|tiles| TileChoice {
                 tiles,
                 residuals: Residuals::from_terms(folded.terms().chain(lowered)),
@@ -965,7 +965,7 @@ fn deep_pairs(
     (channels, k, n): (usize, usize, usize),
     starts: &[i32],
     pack: &PackPatches,
-) -> Option<(Tiles, Vec<(usize, usize, i32)>)> {
+) -> Option<(Tiles, Vec<crate::residuals::Term>)> {
     let forced = deep_forced();
     if !pairs_wanted() || forced == Some(false) {
         return None;

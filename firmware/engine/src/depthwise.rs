@@ -995,11 +995,11 @@ mod tests {
             if forced == Some(true) && coding == (Weights::U8 { per_channel: false }) {
                 // The weights less one zero point per tensor leave i8 in a few places:
                 // clamped, with their residual products.
-                let clamped = ops.iter().filter(|op| op.residuals.len() > 0).count();
+                let clamped = ops.iter().filter(|op| !op.residuals.is_empty()).count();
                 assert!(clamped > 0, "{quads:?}: no layer took clamped weights");
                 assert!(ops
                     .iter()
-                    .filter(|op| op.residuals.len() > 0)
+                    .filter(|op| !op.residuals.is_empty())
                     .all(|op| op.channels_last.is_some()));
             }
             if forced == Some(false) {

@@ -15,6 +15,10 @@
 
 use std::collections::BTreeMap;
 
+/// One residual product: the depth `k`, the output channel `m` and the weight `r` of the
+/// term `r · x_k` that channel `m`'s sums still need.
+pub(crate) type Term = (usize, usize, i32);
+
 /// Per depth `k` (in increasing order), the output channels `m` and weights `r` of the
 /// terms `r · x_k` to add to channel `m`'s sums.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -22,7 +26,7 @@ pub(crate) struct Residuals(Vec<(usize, Vec<(usize, i32)>)>);
 
 impl Residuals {
     /// From `(k, m, r)` terms in any order; terms of one depth and channel add up.
-    pub(crate) fn from_terms(terms: impl IntoIterator<Item = (usize, usize, i32)>) -> Residuals {
+    pub(crate) fn from_terms(terms: impl IntoIterator<Item = Term>) -> Residuals {
         let mut by_depth: BTreeMap<usize, BTreeMap<usize, i32>> = BTreeMap::new();
         for (k, m, r) in terms {
             let w = by_depth.entry(k).or_default().entry(m).or_default();
@@ -47,7 +51,7 @@ impl Residuals {
     }
 
     /// Every residual product's depth `k`, output channel `m` and weight `r`.
-    pub(crate) fn terms(&self) -> impl Iterator<Item = (usize, usize, i32)> + '_ {
+    pub(crate) fn terms(&self) -> impl Iterator<Item = Term> + '_ {
         self.0
             .iter()
             .flat_map(|(k, terms)| terms.iter().map(move |&(m, r)| (*k, m, r)))

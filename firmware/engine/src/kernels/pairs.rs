@@ -106,7 +106,11 @@ impl DeepBlocks {
 /// by magnitude, each by what the lane still has over. Returns what it took off, as
 /// `(k, channel, weight)`: `Σ_k x · w` is the lowered weights' sums plus those products.
 /// Nothing for a depth without a pair of blocks.
-pub(crate) fn deep_lanes(rows: &mut [i8], channels: usize, k: usize) -> Vec<(usize, usize, i32)> {
+pub(crate) fn deep_lanes(
+    rows: &mut [i8],
+    channels: usize,
+    k: usize,
+) -> Vec<crate::residuals::Term> {
     let mut taken = vec![];
     let Some(blocks) = DeepBlocks::new(k) else {
         return taken;
