@@ -244,18 +244,19 @@ impl Weights {
         ))
     }
 
-    /// The deep form of [`Weights::new`]: refused for a depth without a pair of blocks, or
-    /// a lane over [`LANE_BUDGET`] ([`deep_lanes`] makes the rows fit).
+    /// The deep form of [`Weights::new`]: refused for a depth without a pair of blocks, a
+    /// lane of the pairs over [`LANE_BUDGET`] ([`deep_lanes`] makes the rows fit), or what
+    /// [`Weights::new`] refuses (the blocks after the pairs keep two products per lane).
     pub(crate) fn deep(
         rows: &[i8],
         channels: usize,
         k: usize,
         starts: &[i32],
     ) -> Result<Weights, String> {
-        super::panels::check_rows(rows, channels, k, starts)?;
         let Some(blocks) = DeepBlocks::new(k) else {
             return Err(format!("a depth of {k} has no pair of 4-k blocks"));
         };
+        let mut weights = Self::new(rows, channels, k, starts)?;
         for (ch, row) in rows.chunks_exact(k).enumerate() {
             for kk in (0..blocks.pairs * 2 * KC).filter(|kk| kk % (2 * KC) < 2) {
                 let lane = blocks.lane_of(kk).expect("inside the pairs");
@@ -272,7 +273,6 @@ impl Weights {
                 }
             }
         }
-        let mut weights = Self::packed(rows, channels, k, starts, repeats(channels, k));
         weights.deep = Some(blocks);
         Ok(weights)
     }
@@ -622,6 +622,14 @@ mod tests {
         // Of weights alike, the deepest is lowered.
         assert_eq!(taken, vec![(15, 1, 1)]);
         assert!(Weights::deep(&fit, m, k, &[0; 3]).is_ok());
+        // The single block after the pairs keeps lanes of two products: two weights of
+        // -128 in one of them (depths 8 and 10 of 12) are refused, as by `new`.
+        let mut w = vec![1i8; 12];
+        w[8] = i8::MIN;
+        w[10] = i8::MIN;
+        assert!(deep_lanes(&mut w.clone(), 1, 12).is_empty());
+        let err = Weights::deep(&w, 1, 12, &[0]).unwrap_err();
+        assert!(err.contains("8 and 10"), "{err}");
     }
 
     #[test]
