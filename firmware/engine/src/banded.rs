@@ -90,7 +90,8 @@ pub(crate) struct BandedConv {
     after: After,
 }
 
-/// Terms tract's plan adds to a layer's sums outside its matmul's kernel.
+/// What a layer's sums need after its kernel's products: the terms tract's plan adds
+/// outside its matmul's kernel, and the products the engine's tiles leave out.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct After {
     /// Per channel, constants added after tract's kernel (the tiles fold them into their
