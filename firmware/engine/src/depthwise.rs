@@ -29,7 +29,7 @@
 //! [-255, 255]). The channels-last family multiplies i8 weights: it takes them clamped to
 //! [-127, 127] where few leave it (one zero point per tensor: one to eleven weights of each
 //! of EfficientNet-Lite0's depthwise layers), and adds back the products the clamp left
-//! out ([`Residuals`], zero_point.rs), rather than leaving the layer to the planes.
+//! out ([`Residuals`], residuals.rs), rather than leaving the layer to the planes.
 
 use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
 use tract_linalg::BinOp;

@@ -328,7 +328,6 @@ impl PackPatches {
     /// Calls `f` on row `kk` of the patch matrix [`PackPatches::pack_band`] packs for the
     /// `n` positions of the output rows from `oy0` on (whole rows): a pointwise layer's is
     /// a run of the input itself, any other's is gathered.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn with_patch_row(
         &self,
         g: &Geometry,

@@ -24,10 +24,10 @@
 //! to three weights of each layer of EfficientNet-Lite0 and of MobileNetV2 quantized so
 //! (`weight_type=QUInt8`, per tensor). The tiles take every folded weight clamped to
 //! `[−127, 127]`, and the few products the clamp takes off are added back per patch row
-//! ([`Residuals`], residuals.rs): a handful of multiply-adds per output position where the column sums
-//! cost a sum over the patch and a multiply-subtract per channel (5.3 M of the 137 M
-//! instructions of EfficientNet-Lite0's `int8-u8w` inference under qemu, cortex-a72, and
-//! 3 M more in packing the 1x1 layers' patches to sum them).
+//! ([`Residuals`], residuals.rs): a handful of multiply-adds per output position where
+//! the column sums cost a sum over the patch and a multiply-subtract per channel (5.3 M
+//! of the 137 M instructions of EfficientNet-Lite0's `int8-u8w` inference under qemu,
+//! cortex-a72, and 3 M more in packing the 1x1 layers' patches to sum them).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -36,6 +36,8 @@ use tract_onnx::tract_core::ops::change_axes::IntoShape;
 use tract_onnx::tract_core::ops::math::{Add, Mul, ShiftLeft, Sub};
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+
+use crate::residuals::{Residuals, Term};
 
 /// Where the column sums of a convolution's patches come from in tract's plan.
 #[derive(Debug, Clone, Copy)]
@@ -263,8 +265,6 @@ pub(crate) struct Folded {
     pub(crate) residuals: Residuals,
 }
 
-use crate::residuals::Residuals;
-
 impl Folded {
     /// `rows` (`channels × k` i8 weights, as the tiles take them) with each channel's `zw`
     /// folded in, when few enough weights leave `[−127, 127]` that their residual products
@@ -294,15 +294,13 @@ impl Folded {
             return None;
         }
         let mut rows = Vec::with_capacity(channels * k);
-        let mut by_row: Vec<Vec<(usize, i32)>> = vec![Vec::new(); k];
-        let mut count = 0;
+        let mut taken: Vec<Term> = vec![];
         for (i, w) in folded.into_iter().enumerate() {
             let kept = w.clamp(-127, 127);
             rows.push(kept as i8);
             if kept != w {
-                by_row[i % k].push((i / k, w - kept));
-                count += 1;
-                if count > limit {
+                taken.push((i % k, i / k, w - kept));
+                if taken.len() > limit {
                     return None;
                 }
             }
@@ -310,13 +308,9 @@ impl Folded {
         if rows.len() != channels * k {
             return None;
         }
-        let residuals = by_row
-            .into_iter()
-            .enumerate()
-            .flat_map(|(k, terms)| terms.into_iter().map(move |(m, r)| (k, m, r)));
         Some(Folded {
             rows,
-            residuals: Residuals::from_terms(residuals),
+            residuals: Residuals::from_terms(taken),
         })
     }
 }

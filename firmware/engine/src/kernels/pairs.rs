@@ -45,7 +45,7 @@
 //! up to at most 255 ([`LANE_BUDGET`]); per-channel symmetric weights reach 127 once per
 //! channel and are mostly far smaller, so [`deep_lanes`] lowers the few lanes over the
 //! budget (the largest weight of the lane) and returns what it took off, which banded.rs
-//! adds back per patch row (zero_point.rs `Residuals`). Its tiles are 4 channels by 8
+//! adds back per patch row (residuals.rs `Residuals`). Its tiles are 4 channels by 8
 //! positions (pairs_neon.rs: their two blocks' temporaries and sums fill the registers),
 //! on the same packing.
 
@@ -93,12 +93,20 @@ impl DeepBlocks {
         })
     }
 
-    /// The depths whose products share channel lanes with depth `kk`'s in the deep form
-    /// (`kk` among them), when `kk` lies in a pair of blocks.
-    fn lane_of(&self, kk: usize) -> Option<[usize; 4]> {
-        let (h, i) = (kk / (2 * KC), kk % 2);
-        (h < self.pairs).then(|| std::array::from_fn(|j| 2 * KC * h + 2 * j + i))
+    /// Each 16-bit lane of the pairs of blocks for a depth of `k`: the depths whose
+    /// products it sums (`8h + i`, `+ 2`, `+ 4`, `+ 6` for pair `h` and `i` 0 or 1), those
+    /// below `k`.
+    fn lanes(&self, k: usize) -> impl Iterator<Item = Vec<usize>> {
+        (0..self.pairs * 2).map(move |lane| {
+            let first = 2 * KC * (lane / 2) + lane % 2;
+            (0..4).map(|j| first + 2 * j).filter(|&d| d < k).collect()
+        })
     }
+}
+
+/// The magnitudes of `row`'s weights at `depths`, added up.
+fn magnitude(row: &[i8], depths: &[usize]) -> i32 {
+    depths.iter().map(|&d| i32::from(row[d]).abs()).sum()
 }
 
 /// Lowers `rows` (`channels` rows of `k` weights) until every lane of the deep form adds
@@ -116,25 +124,19 @@ pub(crate) fn deep_lanes(
         return taken;
     };
     for (ch, row) in rows.chunks_exact_mut(k).enumerate().take(channels) {
-        for first in (0..blocks.pairs * 2 * KC).step_by(2 * KC) {
-            for i in 0..2 {
-                let lane = blocks.lane_of(first + i).expect("inside the pairs");
-                let depths: Vec<usize> = lane.into_iter().filter(|&d| d < k).collect();
-                let magnitude =
-                    |row: &[i8]| -> i32 { depths.iter().map(|&d| i32::from(row[d]).abs()).sum() };
-                let mut over = magnitude(row) - LANE_BUDGET;
-                while over > 0 {
-                    let &d = depths
-                        .iter()
-                        .max_by_key(|&&d| i32::from(row[d]).abs())
-                        .expect("a lane over its budget has weights");
-                    let w = i32::from(row[d]);
-                    let cut = over.min(w.abs());
-                    let lowered = w - cut * w.signum();
-                    row[d] = lowered as i8;
-                    taken.push((d, ch, w - lowered));
-                    over -= cut;
-                }
+        for depths in blocks.lanes(k) {
+            let mut over = magnitude(row, &depths) - LANE_BUDGET;
+            while over > 0 {
+                let &d = depths
+                    .iter()
+                    .max_by_key(|&&d| i32::from(row[d]).abs())
+                    .expect("a lane over its budget has weights");
+                let w = i32::from(row[d]);
+                let cut = over.min(w.abs());
+                let lowered = w - cut * w.signum();
+                row[d] = lowered as i8;
+                taken.push((d, ch, w - lowered));
+                over -= cut;
             }
         }
     }
@@ -162,9 +164,10 @@ pub(crate) fn instructions(channels: usize, k: usize, n: usize) -> usize {
 /// [`instructions`] for the deep form (pairs_neon.rs: per pair of blocks of a tile of q
 /// quads of positions 20q SMULL, SMLAL, SMLAL2 and SADALP, four loads (six with plain
 /// lanes) and one of the loop's two per two pairs; per single block 12q and two or
-/// three; about 30 to start, end and dispatch a tile of 8 positions, a tenth of the
-/// deep layers' count under qemu (EfficientNet-Lite0, cortex-a72) before it was counted);
-/// `None` for a depth without a pair of blocks.
+/// three; about 30 to start, end and dispatch a tile of 8 positions: a first model with
+/// 20 per tile and no loop counted about 5 % under what the tiles ran on
+/// EfficientNet-Lite0 under qemu, cortex-a72); `None` for a depth without a pair of
+/// blocks.
 pub(crate) fn deep_instructions(channels: usize, k: usize, n: usize) -> Option<usize> {
     let blocks = DeepBlocks::new(k)?;
     let (pair_loads, block_loads) = if repeats(channels, k) { (4, 2) } else { (6, 3) };
@@ -258,16 +261,11 @@ impl Weights {
         };
         let mut weights = Self::new(rows, channels, k, starts)?;
         for (ch, row) in rows.chunks_exact(k).enumerate() {
-            for kk in (0..blocks.pairs * 2 * KC).filter(|kk| kk % (2 * KC) < 2) {
-                let lane = blocks.lane_of(kk).expect("inside the pairs");
-                let sum: i32 = lane
-                    .iter()
-                    .filter(|&&d| d < k)
-                    .map(|&d| i32::from(row[d]).abs())
-                    .sum();
+            for depths in blocks.lanes(k) {
+                let sum = magnitude(row, &depths);
                 if sum > LANE_BUDGET {
                     return Err(format!(
-                        "channel {ch}'s weights at depths {lane:?} add up to {sum} in \
+                        "channel {ch}'s weights at depths {depths:?} add up to {sum} in \
                          magnitude, over the {LANE_BUDGET} of a 16-bit lane"
                     ));
                 }
@@ -575,21 +573,19 @@ mod tests {
         let (m, k) = (5, 43);
         let blocks = DeepBlocks::new(k).unwrap();
         let mut w = vec![0i8; m * k];
-        for ch in 0..m {
-            for kk in 0..k {
-                w[ch * k + kk] = match blocks.lane_of(kk) {
-                    Some(lane) if lane[0] < 8 => {
-                        [127, -128, 0, 0][lane.iter().position(|&d| d == kk).unwrap()]
-                    }
-                    Some(_) if ch % 2 == 0 => [64, 64, 64, 63][(kk % 8) / 2],
-                    _ => {
-                        if kk % 3 == 0 {
-                            -63
-                        } else {
-                            63
-                        }
-                    }
+        for (ch, row) in w.chunks_exact_mut(k).enumerate() {
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = if kk % 3 == 0 { -63 } else { 63 };
+            }
+            for depths in blocks.lanes(k) {
+                let values = match depths[0] < 8 {
+                    true => [127, -128, 0, 0],
+                    false if ch % 2 == 0 => [64, 64, 64, 63],
+                    false => continue,
                 };
+                for (&d, v) in depths.iter().zip(values) {
+                    row[d] = v;
+                }
             }
         }
         let mut fit = w.clone();

@@ -298,8 +298,9 @@ macro_rules! deep_mul {
     };
 }
 
-/// One channel's pair products (its weight registers `$w`) over quads `$q` (temporary,
-/// block A's positions, block B's), widened into accumulators `$a` by `$op`.
+/// One channel's pair products (its weight registers, as for `deep_mul!`) over quads of
+/// positions (each a temporary `$t`, block A's positions `$xa`, block B's `$xb`), widened
+/// into accumulators `$a` by `$op`.
 macro_rules! deep_quads {
     ($op:literal, ($alo:literal $ahi:literal $blo:literal $bhi:literal):
         $($t:literal $xa:literal $xb:literal $a:literal),+) => {
@@ -545,26 +546,15 @@ unsafe fn run_deep(weights: &Weights, patches: &[i8], n: usize, c: &mut [i32]) {
             let cols = (n - first).min(DEEP_MR);
             // The panel, and its second half's quads 16 bytes each into every block.
             let p = unsafe { p0.add(first / MR * panel_len + (first % MR) / 4 * 16) };
-            let direct = rows == NR && cols.is_multiple_of(4);
-            let mut sums = [0i32; NR * DEEP_MR];
-            let (to, stride) = match direct {
-                true => (unsafe { out.add(first) }, n),
-                false => (sums.as_mut_ptr(), DEEP_MR),
-            };
-            unsafe {
+            let tile = |to, stride| unsafe {
                 match (repeated, cols.div_ceil(4)) {
                     (true, 1) => deep_repeated4(w, p, shape, starts, to, stride),
                     (true, _) => deep_repeated8(w, p, shape, starts, to, stride),
                     (false, 1) => deep_plain4(w, p, shape, starts, to, stride),
                     (false, _) => deep_plain8(w, p, shape, starts, to, stride),
                 }
-            }
-            if direct {
-                continue;
-            }
-            for (j, row) in sums.chunks_exact(DEEP_MR).take(rows).enumerate() {
-                unsafe { super::panels::put_part(row.as_ptr(), out.add(j * n + first), cols) };
-            }
+            };
+            unsafe { into_rows(out.add(first), (n, rows, cols), tile) };
         }
     }
 }
@@ -609,20 +599,12 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
                 }
             }
         }
-        // The last channels or positions: as many quads as they need, straight into `c`
-        // when they fill whole quads of all four channels, else into a buffer, then their
-        // part.
+        // The last channels or positions: as many quads as they need ([`into_rows`]).
         let first = if rows == NR { whole } else { 0 };
         for t in first..n.div_ceil(MR) {
             let cols = (n - t * MR).min(MR);
-            let direct = rows == NR && cols.is_multiple_of(4);
-            let mut sums = [0i32; NR * MR];
-            let (to, stride) = match direct {
-                true => (unsafe { out.add(t * MR) }, n),
-                false => (sums.as_mut_ptr(), MR),
-            };
             let p = panel(t);
-            unsafe {
+            let tile = |to, stride| unsafe {
                 match (repeated, cols.div_ceil(4)) {
                     (true, 1) => repeated4(w, p, &blocks, starts, to, stride),
                     (true, 2) => repeated8(w, p, &blocks, starts, to, stride),
@@ -633,13 +615,32 @@ pub(super) unsafe fn run(weights: &Weights, patches: &[i8], n: usize, c: &mut [i
                     (false, 3) => plain12(w, p, &blocks, starts, to, stride),
                     (false, _) => plain16(w, p, &blocks, starts, to, stride),
                 }
-            }
-            if direct {
-                continue;
-            }
-            for (j, row) in sums.chunks_exact(MR).take(rows).enumerate() {
-                unsafe { super::panels::put_part(row.as_ptr(), out.add(j * n + t * MR), cols) };
-            }
+            };
+            unsafe { into_rows(out.add(t * MR), (n, rows, cols), tile) };
         }
+    }
+}
+
+/// A tile's sums for `cols` positions (at most [`MR`]) of `rows` channels, whose rows in
+/// `c` start at `out`, `n` sums apart: `tile(to, stride)` writes four rows of whole quads
+/// at `to`, `stride` sums apart, straight into `c` when they fill whole quads of all four
+/// channels, else into a buffer whose part is then copied.
+///
+/// # Safety
+/// `rows` rows of `cols` sums at `out`, `n` apart.
+#[inline(always)]
+unsafe fn into_rows(
+    out: *mut i32,
+    (n, rows, cols): (usize, usize, usize),
+    tile: impl FnOnce(*mut i32, usize),
+) {
+    if rows == NR && cols.is_multiple_of(4) {
+        return tile(out, n);
+    }
+    let mut sums = [0i32; NR * MR];
+    tile(sums.as_mut_ptr(), MR);
+    for (j, row) in sums.chunks_exact(MR).take(rows).enumerate() {
+        // SAFETY: the caller's contract.
+        unsafe { super::panels::put_part(row.as_ptr(), out.add(j * n), cols) };
     }
 }
