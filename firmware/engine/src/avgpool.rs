@@ -201,6 +201,9 @@ pub(crate) struct QAvgPool {
     rows: AxisWindows,
     cols: AxisWindows,
     count_include_pad: bool,
+    /// Each output position's multiplier, row by row: the input scale over its window's
+    /// count (which taps count: `count_include_pad`).
+    multipliers: Vec<f32>,
     /// Input height and width.
     input_hw: [usize; 2],
     output_shape: TVec<usize>,
@@ -248,12 +251,25 @@ impl QAvgPool {
                 limits[ax],
             )
         };
+        let (rows, cols) = (axis(0)?, axis(1)?);
+        let multipliers = (0..rows.first.len())
+            .flat_map(|oy| (0..cols.first.len()).map(move |ox| (oy, ox)))
+            .map(|(oy, ox)| {
+                let n = if op.count_include_pad {
+                    rows.counted[oy] * cols.counted[ox]
+                } else {
+                    rows.inside[oy] * cols.inside[ox]
+                };
+                dequantize.0 * (n as f32).recip()
+            })
+            .collect();
         Some(QAvgPool {
             dequantize,
             quantize,
-            rows: axis(0)?,
-            cols: axis(1)?,
+            rows,
+            cols,
             count_include_pad: op.count_include_pad,
+            multipliers,
             input_hw: [shape[2], shape[3]],
             output_shape: tvec![
                 shape[0],
@@ -278,21 +294,13 @@ impl Averages for QAvgPool {
             x.shape(),
             self.output_shape
         );
-        let (scale, zp) = self.dequantize;
-        // Each output position's multiplier: the input scale over its window's count.
-        let multipliers: Vec<f32> = (0..ho)
-            .flat_map(|oy| (0..wo).map(move |ox| (oy, ox)))
-            .map(|(oy, ox)| {
-                let n = if self.count_include_pad {
-                    self.rows.counted[oy] * self.cols.counted[ox]
-                } else {
-                    self.rows.inside[oy] * self.cols.inside[ox]
-                };
-                scale * (n as f32).recip()
-            })
-            .collect();
+        let zp = self.dequantize.1;
         let mut averages = vec![0f32; planes * ho * wo];
         let mut column_sums = vec![0i32; w];
+        // With unit dilation, the running sums along the column sums: a window's sum is the
+        // difference of two of them, whatever its width. (Summing each window tap by tap
+        // was a tenth of the qformats network's instructions under qemu, cortex-a72.)
+        let mut running = vec![0i32; w + 1];
         for (plane, out) in xs
             .chunks_exact(h * w)
             .zip(averages.chunks_exact_mut(ho * wo))
@@ -304,22 +312,44 @@ impl Averages for QAvgPool {
                     self.rows.inside[oy],
                     self.rows.dilation,
                 );
-                column_sums.fill(0);
-                for row in plane[y0 * w..].chunks(w * dy).take(ny) {
+                let mut rows = plane[y0 * w..].chunks(w * dy).take(ny);
+                // Every window has a row inside the input (AxisWindows::new).
+                if let Some(row) = rows.next() {
+                    for (s, &v) in column_sums.iter_mut().zip(&row[..w]) {
+                        *s = v.into();
+                    }
+                }
+                for row in rows {
                     for (s, &v) in column_sums.iter_mut().zip(&row[..w]) {
                         *s += v.into();
                     }
                 }
                 let row_bias = ny as i32 * zp;
                 let out_row = &mut out[oy * wo..(oy + 1) * wo];
-                let scales = &multipliers[oy * wo..(oy + 1) * wo];
+                let scales = &self.multipliers[oy * wo..(oy + 1) * wo];
+                // |x - zp| <= 255 over at most MAX_WINDOW taps: every window's sum is
+                // exact. The running sums may wrap on a very wide row, but they are summed
+                // and differenced modulo 2^32, so the difference of two is still exact.
+                if self.cols.dilation == 1 {
+                    let mut total = 0i32;
+                    for (r, &s) in running[1..].iter_mut().zip(&column_sums) {
+                        total = total.wrapping_add(s);
+                        *r = total;
+                    }
+                    let windows = self.cols.first.iter().zip(&self.cols.inside);
+                    for ((y, m), (&x0, &nx)) in out_row.iter_mut().zip(scales).zip(windows) {
+                        let taps = running[x0 + nx].wrapping_sub(running[x0]);
+                        let sum = taps - row_bias * nx as i32;
+                        *y = sum as f32 * m;
+                    }
+                    continue;
+                }
                 for (ox, (y, m)) in out_row.iter_mut().zip(scales).enumerate() {
                     let (x0, nx) = (self.cols.first[ox], self.cols.inside[ox]);
                     let taps = column_sums[x0..]
                         .iter()
                         .step_by(self.cols.dilation)
                         .take(nx);
-                    // |x - zp| <= 255 over at most MAX_WINDOW taps: exact.
                     let sum = taps.sum::<i32>() - row_bias * nx as i32;
                     *y = sum as f32 * m;
                 }

@@ -305,6 +305,8 @@ impl PackPatches {
             let matrix = &mut scratch[..rows * cols];
             if let Some(shifts) = Shifts::of(g, self.k) {
                 shifts.fill(g, x, pad, oy0, rows_out, &mut matrix[..self.k * cols], cols);
+            } else if let Some(reuse) = RowReuse::of(g, self.k) {
+                reuse.fill(g, x, pad, oy0, rows_out, &mut matrix[..self.k * cols], cols);
             } else {
                 for kk in 0..self.k {
                     let (ci, tap) = (kk / taps, kk % taps);
@@ -597,11 +599,92 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
+/// The patch rows of a layer whose kernel is taller than its vertical stride, with unit
+/// vertical dilation (every 3x3 or 5x5 stride-2 layer, and the unpadded stride-1 ones that
+/// [`Shifts`] does not take): tap row `ky` of output row `oy` reads input row
+/// `oy · sy + ky − top`, which is what tap row `ky − sy` reads for output row `oy + 1`. So
+/// the patch row of tap `[ky, kx]` is that of tap `[ky mod sy, kx]` from `ky / sy` output
+/// rows on: those `sy · kw` rows per channel are gathered once, over the band's rows and
+/// the `(kh − 1) / sy` after it, and every patch row is one copy out of them. (A gather per
+/// patch row and output row cost the qformats network's strided stem and branch about as
+/// many instructions under qemu, cortex-a72, as their products.)
+struct RowReuse {
+    /// Kernel rows and columns.
+    kernel: [usize; 2],
+    /// Vertical stride.
+    sy: usize,
+}
+
+impl RowReuse {
+    /// For a layer of `g` whose patches are `k` deep, when it is such a layer.
+    fn of(g: &Geometry, k: usize) -> Option<RowReuse> {
+        let [kh, kw] = g.kernel;
+        let sy = g.stride[0];
+        (g.dilation[0] == 1 && sy >= 1 && kh > sy && k == g.channels * kh * kw).then_some(
+            RowReuse {
+                kernel: g.kernel,
+                sy,
+            },
+        )
+    }
+
+    /// Patch rows of output rows `oy0..oy0 + rows_out` into `matrix` (`k` rows, `cols`
+    /// bytes apart, each padded with zeros past the band's positions).
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &self,
+        g: &Geometry,
+        x: &[i8],
+        pad: i8,
+        oy0: usize,
+        rows_out: usize,
+        matrix: &mut [i8],
+        cols: usize,
+    ) {
+        let ([kh, kw], sy) = (self.kernel, self.sy);
+        let hw = g.height * g.width;
+        let wo = g.out_width;
+        let n = rows_out * wo;
+        // Each gathered row spans the band and the output rows its deeper taps reach.
+        let span = (rows_out + (kh - 1) / sy) * wo;
+        let per_channel = sy * kw * span;
+        IMAGES.with_borrow_mut(|bases| {
+            if bases.len() < g.channels * per_channel {
+                bases.resize(g.channels * per_channel, 0);
+            }
+            for (ci, channel) in bases
+                .chunks_exact_mut(per_channel)
+                .take(g.channels)
+                .enumerate()
+            {
+                let plane = &x[ci * hw..(ci + 1) * hw];
+                for (tap, base) in channel.chunks_exact_mut(span).enumerate() {
+                    // Output rows past the layer's last read rows past the input: padding.
+                    gather(g, plane, pad, [tap / kw, tap % kw], oy0, base);
+                }
+            }
+            let mut rows = matrix.chunks_exact_mut(cols);
+            for ci in 0..g.channels {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let Some(row) = rows.next() else { return };
+                        let base = ci * per_channel + ((ky % sy) * kw + kx) * span;
+                        let from = base + (ky / sy) * wo;
+                        row[..n].copy_from_slice(&bases[from..from + n]);
+                        pad_edge(&mut row[n..], 0);
+                    }
+                }
+            }
+        });
+    }
+}
+
 thread_local! {
     /// The patch matrix of [`PackPatches::pack`] (about [`CHUNK_BYTES`]), kept between
     /// inferences.
     static SCRATCH: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// The band images of [`Shifts::fill`], one per kernel column, kept between bands.
+    /// The band images of [`Shifts::fill`], one per kernel column, or the gathered rows of
+    /// [`RowReuse::fill`], kept between bands.
     static IMAGES: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
