@@ -119,6 +119,9 @@ enum Command {
         /// Inference threads, as `--threads` of the benchmark (1: no executor).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Also each node of the kinds that take the most time, in the plan's order.
+        #[arg(long)]
+        nodes: bool,
     },
 }
 
@@ -146,9 +149,10 @@ fn main() -> ExitCode {
             variants,
             runs,
             threads,
+            nodes,
         }) => edgedx_engine::set_threads(threads)
             .map_err(anyhow::Error::from)
-            .and_then(|()| profile(&bundle, &variants, runs)),
+            .and_then(|()| profile(&bundle, &variants, runs, nodes)),
         None => run_bench(cli.bench),
     };
     match result {
@@ -167,7 +171,7 @@ fn fixed_input(bundle: &Bundle) -> Vec<f32> {
         .collect()
 }
 
-fn profile(bundle: &Path, variants: &[String], runs: usize) -> Result<()> {
+fn profile(bundle: &Path, variants: &[String], runs: usize, nodes: bool) -> Result<()> {
     let bundle = Bundle::open(bundle)?;
     let input = fixed_input(&bundle);
     for variant in variants {
@@ -190,6 +194,27 @@ fn profile(bundle: &Path, variants: &[String], runs: usize) -> Result<()> {
                 t * 1e3,
                 100.0 * t / total
             );
+        }
+        if !nodes {
+            continue;
+        }
+        // The kinds that make up nine tenths of the time, node by node.
+        let mut shown = 0.0;
+        println!("\n| operator | node | what | ms |\n|---|---|---|---|");
+        for o in ops.iter().take_while(|o| {
+            let before = shown;
+            shown += o.time.as_secs_f64();
+            before < 0.9 * total
+        }) {
+            for n in &o.each {
+                println!(
+                    "| {} | {} | {} | {:.3} |",
+                    o.op,
+                    n.name,
+                    n.info,
+                    n.time.as_secs_f64() * 1e3
+                );
+            }
         }
     }
     Ok(())

@@ -131,30 +131,22 @@ impl ChannelsLast {
 /// Whether a layer of `channels` with output rows of `out_width` takes the channels-last
 /// family rather than planes: when plane rows are too short to amortize their per-row and
 /// per-channel work, and 16 channels fill a vector at least as well as a row fills its
-/// blocks of 16 positions. On aarch64, MobileNet's and EfficientNet's layers with rows of
-/// 28 positions or fewer take it; PaddleOCR's (rows of 96) keep planes. On x86-64 only
-/// hosts with AVX-512 VNNI (the quads) take it, for rows of 13 or fewer (Lite0 and
-/// MobileNetV2 have rows of 7 there): an AVX2 version of
-/// the pairs was no faster than the planes (INT8-NOTES.md items 26 and 27).
+/// blocks of 16 positions. MobileNet's and EfficientNet's layers with rows of 28 positions
+/// or fewer take it; PaddleOCR's (rows of 96) keep planes. On x86-64 only hosts with
+/// AVX-512 VNNI (the quads) take it: an AVX2 version of the pairs was no faster than the
+/// planes (INT8-NOTES.md items 26, 27 and 34).
 fn takes_channels_last(channels: usize, out_width: usize) -> bool {
     #[cfg(test)]
     if let Some(forced) = tests::CHANNELS_LAST.get() {
         return forced;
     }
-    // The shortest plane rows that beat channels last, measured on EfficientNet-Lite0 and
-    // MobileNetV2 under qemu (executed instructions; firmware/bench/INT8-NOTES.md items 26
-    // and 27): the same on cores with the dot product (the family's quads against the
-    // planes' SDOT groups) as on those without (its pairs against the planes' SMULL).
+    // The shortest plane rows that beat channels last. Measured on EfficientNet-Lite0 and
+    // MobileNetV2 under qemu (executed instructions; INT8-NOTES.md items 26 and 27): the
+    // same on cores with the dot product (the family's quads against the planes' SDOT
+    // groups) as on those without (its pairs against the planes' SMULL). On the AVX-512
+    // VNNI host, per layer (item 34): the 14- and 28-wide layers take 0.6-0.8 of the
+    // planes' time with the quads, the 56-wide 1.4.
     const LONG_ROWS: usize = 56;
-    // On x86-64 (AVX-512 VNNI, the quads only), measured on Lite0 with
-    // `edgedx-bench profile` per layer: 7-wide rows gain (1152 channels, 5x5: 0.17 ->
-    // 0.10 ms), 14- and 28-wide lose to the VNNI planes (672 channels, 5x5: 0.18 -> 0.20 ms).
-    const LONG_ROWS_X86: usize = 14;
-    let long_rows = if cfg!(target_arch = "x86_64") {
-        LONG_ROWS_X86
-    } else {
-        LONG_ROWS
-    };
     // Lanes used per lane paid, compared as fractions.
     let (vector, block) = (
         channels.next_multiple_of(16),
@@ -162,7 +154,7 @@ fn takes_channels_last(channels: usize, out_width: usize) -> bool {
     );
     let (vector_use, block_use) = (channels * block, out_width * vector);
     let family = cfg!(target_arch = "aarch64") || dwc::Quads::available();
-    family && out_width < long_rows && vector_use >= block_use
+    family && out_width < LONG_ROWS && vector_use >= block_use
 }
 
 /// A layer's taps for the dot-product depthwise kernel.

@@ -58,6 +58,18 @@ pub struct OpTime {
     /// How many nodes of the plan run it.
     pub nodes: usize,
     pub time: Duration,
+    /// Each of those nodes, in the plan's order.
+    pub each: Vec<NodeTime>,
+}
+
+/// Time spent in one node of a plan, per inference ([`Model::profile`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeTime {
+    /// The node's name in the plan (the ONNX node's, with tract's and the engine's suffixes).
+    pub name: String,
+    /// What the operator says of itself: its geometry, kernel or fused steps.
+    pub info: String,
+    pub time: Duration,
 }
 
 /// How a model should be prepared.
@@ -335,15 +347,22 @@ impl Model {
         for (node, time) in plan.model().nodes().iter().zip(per_node) {
             let name = node.op.name().to_string();
             let per_run = time / runs as u32;
+            let each = NodeTime {
+                name: node.name.clone(),
+                info: node.op.info().unwrap_or_default().join("; "),
+                time: per_run,
+            };
             match by_op.iter_mut().find(|o| o.op == name) {
                 Some(o) => {
                     o.nodes += 1;
                     o.time += per_run;
+                    o.each.push(each);
                 }
                 None => by_op.push(OpTime {
                     op: name,
                     nodes: 1,
                     time: per_run,
+                    each: vec![each],
                 }),
             }
         }
@@ -678,6 +697,21 @@ mod tests {
         }
         let counted: usize = ops.iter().map(|o| o.nodes).sum();
         assert_eq!(counted, model.plan.model().nodes().len());
+        // Each kind's nodes, every one named once, adding up to the kind's time.
+        for o in &ops {
+            assert_eq!(o.each.len(), o.nodes, "{}", o.op);
+            assert_eq!(o.each.iter().map(|n| n.time).sum::<Duration>(), o.time);
+        }
+        let mut names: Vec<&str> = ops
+            .iter()
+            .flat_map(|o| &o.each)
+            .map(|n| &n.name[..])
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), counted);
+        let banded = ops.iter().find(|o| o.op == "BandedConv").unwrap();
+        assert!(banded.each.iter().all(|n| !n.info.is_empty()));
         assert!(ops.windows(2).all(|w| w[0].time >= w[1].time));
         assert!(ops[0].time > Duration::ZERO);
         assert!(model.profile(&input[1..], 3).is_err());
