@@ -313,37 +313,56 @@ impl DepthwiseInt8 {
             .map_err(fail)?;
         // What one output row reads: its first byte's place in the (expanded) image, the
         // taps' (or quads') places from there, the step from one position to the next.
-        let expanded;
         /// A row's kernel with its taps' offsets in the form it takes them.
         enum Row<'a> {
             Pairs(&'a dwc::Weights, dwc::Arranged),
             Quads(&'a dwc::Quads, Vec<usize>),
         }
-        let (src, row_bytes, kernel, step) = match layer {
+        let (row_bytes, kernel, step) = match layer {
             ChannelsLast::Pairs(w) => {
                 let offsets: Vec<usize> = (0..kh * kw)
                     .map(|t| ((t / kw) * dy * cols + (t % kw) * dx) * cp)
                     .collect();
                 // In each channel group's order of taps.
                 let kernel = Row::Pairs(w, w.arrange(&offsets));
-                (&image, cols * cp, kernel, sx * cp)
+                (cols * cp, kernel, sx * cp)
             }
             ChannelsLast::Quads(q) => {
-                let (e, ecols) = dwc::Quads::expand(&image, (rows, cols, cp), dx).map_err(fail)?;
-                expanded = e;
+                let ecols = dwc::Quads::expanded_cols(cols, dx);
                 let kernel = Row::Quads(q, q.offsets(ecols, [dy, dx]));
-                (&expanded, ecols * cp * 4, kernel, sx * cp * 4)
+                (ecols * cp * 4, kernel, sx * cp * 4)
             }
         };
         let per_row = out_cols * cp;
-        // Output rows `first..` (as many as `bytes` holds) with sums of their own.
+        // Output rows `first..` (as many as `bytes` holds) with sums of their own. The
+        // quads expand the image rows these read here, on the thread that reads them: one
+        // expansion shared by the threads, four times the image, was read mostly from the
+        // other core's cache, and the 14- and 7-wide layers split over two threads of the
+        // AVX-512 VNNI host took 1.5-2.8 times their one-thread time.
         let rows_into = |first: usize, bytes: &mut [u8]| -> TractResult<()> {
             let mut acc = vec![0i32; per_row];
+            let count = bytes.len() / per_row;
+            let expanded = match &kernel {
+                Row::Quads(..) if count > 0 => {
+                    let r0 = first * sy;
+                    let r1 = ((first + count - 1) * sy + (kh - 1) * dy + 1).min(rows);
+                    let band = &image[r0 * cols * cp..r1 * cols * cp];
+                    dwc::Quads::expand(band, (r1 - r0, cols, cp), dx)
+                        .map_err(fail)?
+                        .0
+                }
+                _ => Vec::new(),
+            };
             for (i, dst) in bytes.chunks_exact_mut(per_row).enumerate() {
-                let src = &src[(first + i) * sy * row_bytes..];
                 match &kernel {
-                    Row::Pairs(w, offsets) => w.run(src, offsets, step, out_cols, &mut acc),
-                    Row::Quads(q, offsets) => q.run(src, offsets, step, out_cols, &mut acc),
+                    Row::Pairs(w, offsets) => {
+                        let src = &image[(first + i) * sy * row_bytes..];
+                        w.run(src, offsets, step, out_cols, &mut acc)
+                    }
+                    Row::Quads(q, offsets) => {
+                        let src = &expanded[i * sy * row_bytes..];
+                        q.run(src, offsets, step, out_cols, &mut acc)
+                    }
                 }
                 .map_err(fail)?;
                 // The products the clamped weights left out, from the image (the quads'

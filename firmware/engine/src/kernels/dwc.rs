@@ -359,15 +359,21 @@ impl Quads {
         &self.weight_sums
     }
 
+    /// The positions per row of an image of `cols` expanded for dilation `dx`
+    /// (`cols - 3 · dx`; 0 where there is none).
+    pub(crate) fn expanded_cols(cols: usize, dx: usize) -> usize {
+        cols.checked_sub(3 * dx).filter(|_| dx > 0).unwrap_or(0)
+    }
+
     /// Expands a channels-last image (`[rows][cols][cp]`) for dilation `dx`: returns the
     /// expanded image (`[rows][ecols][cp][4]`, see the type's doc) and `ecols`, the
-    /// positions per row (`cols - 3 · dx`).
+    /// positions per row ([`Quads::expanded_cols`]).
     pub(crate) fn expand(
         image: &[i8],
         (rows, cols, cp): (usize, usize, usize),
         dx: usize,
     ) -> Result<(Vec<i8>, usize), String> {
-        let ecols = cols.checked_sub(3 * dx).filter(|_| dx > 0).unwrap_or(0);
+        let ecols = Self::expanded_cols(cols, dx);
         if image.len() != rows * cols * cp || !cp.is_multiple_of(LANES) || ecols == 0 {
             return Err(format!(
                 "an image of {} bytes as {rows} x {cols} x {cp}, dilation {dx}",
