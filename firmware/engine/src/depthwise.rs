@@ -144,7 +144,7 @@ fn takes_channels_last(channels: usize, out_width: usize) -> bool {
     // MobileNetV2 under qemu (executed instructions; INT8-NOTES.md items 26 and 27): the
     // same on cores with the dot product (the family's quads against the planes' SDOT
     // groups) as on those without (its pairs against the planes' SMULL). On the AVX-512
-    // VNNI host, per layer (item 34): the 14- and 28-wide layers take 0.6-0.8 of the
+    // VNNI host, per layer (item 34): the 14- and 28-wide layers take 0.4-1.0 of the
     // planes' time with the quads, the 56-wide 1.4.
     const LONG_ROWS: usize = 56;
     // Lanes used per lane paid, compared as fractions.
