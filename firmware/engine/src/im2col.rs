@@ -510,19 +510,14 @@ impl Shifts {
                     }
                 }
             }
-            let mut rows = matrix.chunks_exact_mut(cols);
-            for ci in 0..g.channels {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let Some(row) = rows.next() else { return };
-                        // Output column ox of row oy reads image byte
-                        // lead + (oy + ky) * w + ox + kx - left.
-                        let from = kx * image_len + ci * plane + ky * w + kx;
-                        row[..n].copy_from_slice(&images[from..from + n]);
-                        pad_edge(&mut row[n..], 0);
-                    }
-                }
-            }
+            // Output column ox of row oy reads image byte lead + (oy + ky) * w + ox + kx - left.
+            copy_patch_rows(
+                matrix,
+                (cols, n),
+                [g.channels, kh, kw],
+                images,
+                |ci, ky, kx| kx * image_len + ci * plane + ky * w + kx,
+            );
         });
     }
 }
@@ -663,19 +658,37 @@ impl RowReuse {
                     gather(g, plane, pad, [tap / kw, tap % kw], oy0, base);
                 }
             }
-            let mut rows = matrix.chunks_exact_mut(cols);
-            for ci in 0..g.channels {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let Some(row) = rows.next() else { return };
-                        let base = ci * per_channel + ((ky % sy) * kw + kx) * span;
-                        let from = base + (ky / sy) * wo;
-                        row[..n].copy_from_slice(&bases[from..from + n]);
-                        pad_edge(&mut row[n..], 0);
-                    }
-                }
-            }
+            copy_patch_rows(
+                matrix,
+                (cols, n),
+                [g.channels, kh, kw],
+                bases,
+                |ci, ky, kx| ci * per_channel + ((ky % sy) * kw + kx) * span + (ky / sy) * wo,
+            );
         });
+    }
+}
+
+/// The patch matrix's rows, `cols` bytes apart, in the order of the taps (channel, kernel
+/// row, kernel column) of `[channels, kh, kw]`: each the `n` bytes of `src` from
+/// `from(channel, ky, kx)` on, then zeros to the row's end.
+fn copy_patch_rows(
+    matrix: &mut [i8],
+    (cols, n): (usize, usize),
+    [channels, kh, kw]: [usize; 3],
+    src: &[i8],
+    from: impl Fn(usize, usize, usize) -> usize,
+) {
+    let mut rows = matrix.chunks_exact_mut(cols);
+    for ci in 0..channels {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let Some(row) = rows.next() else { return };
+                let at = from(ci, ky, kx);
+                row[..n].copy_from_slice(&src[at..at + n]);
+                pad_edge(&mut row[n..], 0);
+            }
+        }
     }
 }
 
