@@ -150,15 +150,21 @@ impl TypedOp for QGlobalAvgPool {
     }
 }
 
-/// The windows of a pool along one spatial axis, per output index: the first input index
-/// of its taps inside the input, how many taps land inside (each `dilation` apart), and
-/// how many count when the padding is counted.
+/// The windows of a pool along one spatial axis: where output `o`'s taps start in the
+/// padded axis (`o * stride`, taps `dilation` apart), how long the padded axis must be to
+/// hold every tap, and each window's divisor (its taps inside the input, or those that
+/// count when the padding is counted).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct AxisWindows {
-    first: Vec<usize>,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    /// Padding ahead of the input.
+    before: usize,
+    /// The padded axis: the input, its padding before, and zeros up to the last tap.
+    padded: usize,
     inside: Vec<usize>,
     counted: Vec<usize>,
-    dilation: usize,
 }
 
 impl AxisWindows {
@@ -173,22 +179,45 @@ impl AxisWindows {
         before: usize,
         limit: usize,
     ) -> Option<AxisWindows> {
+        let reach = output.checked_sub(1)? * stride + (kernel.checked_sub(1)?) * dilation + 1;
         let mut windows = AxisWindows {
-            first: Vec::with_capacity(output),
+            kernel,
+            stride,
+            dilation,
+            before,
+            padded: reach.max(before + input),
             inside: Vec::with_capacity(output),
             counted: Vec::with_capacity(output),
-            dilation,
         };
         for o in 0..output {
             let start = o * stride;
             let taps = (0..kernel).map(|k| start + k * dilation);
-            let mut inside = taps.clone().filter(|&p| p >= before && p < before + input);
-            let first = inside.next()?;
-            windows.first.push(first - before);
-            windows.inside.push(1 + inside.count());
+            let inside = taps
+                .clone()
+                .filter(|&p| p >= before && p < before + input)
+                .count();
+            if inside == 0 {
+                return None;
+            }
+            windows.inside.push(inside);
             windows.counted.push(taps.filter(|&p| p < limit).count());
         }
         Some(windows)
+    }
+
+    fn outputs(&self) -> usize {
+        self.inside.len()
+    }
+}
+
+/// `sums[i] = Σ values[i + k · step]` over `k < taps`, for every `i` in `sums`.
+fn add_shifted(values: &[i32], taps: usize, step: usize, sums: &mut [i32]) {
+    let n = sums.len();
+    sums.copy_from_slice(&values[..n]);
+    for k in 1..taps {
+        for (s, &v) in sums.iter_mut().zip(&values[k * step..k * step + n]) {
+            *s += v;
+        }
     }
 }
 
@@ -201,8 +230,9 @@ pub(crate) struct QAvgPool {
     rows: AxisWindows,
     cols: AxisWindows,
     count_include_pad: bool,
-    /// Each output position's multiplier, row by row: the input scale over its window's
-    /// count (which taps count: `count_include_pad`).
+    /// The multiplier of each window's sum over a padded plane, at the padded position
+    /// of the window's first tap (zero at the positions no window starts from): the input
+    /// scale over the window's count (which taps count: `count_include_pad`).
     multipliers: Vec<f32>,
     /// Input height and width.
     input_hw: [usize; 2],
@@ -252,17 +282,18 @@ impl QAvgPool {
             )
         };
         let (rows, cols) = (axis(0)?, axis(1)?);
-        let multipliers = (0..rows.first.len())
-            .flat_map(|oy| (0..cols.first.len()).map(move |ox| (oy, ox)))
-            .map(|(oy, ox)| {
+        let mut multipliers = vec![0f32; rows.padded * cols.padded];
+        for oy in 0..rows.outputs() {
+            for ox in 0..cols.outputs() {
                 let n = if op.count_include_pad {
                     rows.counted[oy] * cols.counted[ox]
                 } else {
                     rows.inside[oy] * cols.inside[ox]
                 };
-                dequantize.0 * (n as f32).recip()
-            })
-            .collect();
+                multipliers[oy * rows.stride * cols.padded + ox * cols.stride] =
+                    dequantize.0 * (n as f32).recip();
+            }
+        }
         Some(QAvgPool {
             dequantize,
             quantize,
@@ -282,9 +313,16 @@ impl QAvgPool {
 }
 
 impl Averages for QAvgPool {
+    /// A group of planes, less the zero point, is written into zero-padded planes one
+    /// above the other (the padding then adds nothing to a sum). The window sums are two
+    /// passes of adds over the whole group, which the compiler vectorizes whatever the
+    /// plane's width: along the rows (the sums that run over a row's end are never read),
+    /// then down them (nor are those that run over a plane's end). Each window's sum lands
+    /// at its first tap's padded position, is scaled there, and is gathered from there.
     fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>> {
         let [h, w] = self.input_hw;
-        let (ho, wo) = (self.rows.first.len(), self.cols.first.len());
+        let (rows, cols) = (&self.rows, &self.cols);
+        let (ho, wo) = (rows.outputs(), cols.outputs());
         let planes = self.output_shape[0] * self.output_shape[1];
         let view = x.try_as_plain_ram()?;
         let xs = view.as_slice::<X>()?;
@@ -295,65 +333,66 @@ impl Averages for QAvgPool {
             self.output_shape
         );
         let zp = self.dequantize.1;
+        let (hp, wp) = (rows.padded, cols.padded);
+        // Planes per group: about 16 KiB of i32 per buffer, so that the passes stay in
+        // the first-level cache.
+        let group = (4096 / (hp * wp)).clamp(1, planes);
+        let mut padded = vec![0i32; group * hp * wp];
+        let mut row_sums = vec![0i32; padded.len()];
+        let mut scaled = vec![0f32; padded.len()];
         let mut averages = vec![0f32; planes * ho * wo];
-        let mut column_sums = vec![0i32; w];
-        // With unit dilation, the running sums along the column sums: a window's sum is the
-        // difference of two of them, whatever its width. (Summing each window tap by tap
-        // was a tenth of the qformats network's instructions under qemu, cortex-a72.)
-        let mut running = vec![0i32; w + 1];
-        for (plane, out) in xs
-            .chunks_exact(h * w)
-            .zip(averages.chunks_exact_mut(ho * wo))
+        for (xs, out) in xs
+            .chunks(group * h * w)
+            .zip(averages.chunks_mut(group * ho * wo))
         {
-            for oy in 0..ho {
-                // The sums down each column of the window's rows, then along each window.
-                let (y0, ny, dy) = (
-                    self.rows.first[oy],
-                    self.rows.inside[oy],
-                    self.rows.dilation,
-                );
-                let mut rows = plane[y0 * w..].chunks(w * dy).take(ny);
-                // Every window has a row inside the input (AxisWindows::new).
-                if let Some(row) = rows.next() {
-                    for (s, &v) in column_sums.iter_mut().zip(&row[..w]) {
-                        *s = v.into();
+            let n = xs.len() / (h * w) * hp * wp;
+            for (plane, dst) in xs.chunks_exact(h * w).zip(padded.chunks_exact_mut(hp * wp)) {
+                let interior = dst[rows.before * wp..].chunks_exact_mut(wp);
+                for (src, row) in plane.chunks_exact(w).zip(interior) {
+                    for (d, &v) in row[cols.before..cols.before + w].iter_mut().zip(src) {
+                        *d = v.into() - zp;
                     }
-                }
-                for row in rows {
-                    for (s, &v) in column_sums.iter_mut().zip(&row[..w]) {
-                        *s += v.into();
-                    }
-                }
-                let row_bias = ny as i32 * zp;
-                let out_row = &mut out[oy * wo..(oy + 1) * wo];
-                let scales = &self.multipliers[oy * wo..(oy + 1) * wo];
-                // |x - zp| <= 255 over at most MAX_WINDOW taps: every window's sum is
-                // exact. The running sums may wrap on a very wide row, but they are summed
-                // and differenced modulo 2^32, so the difference of two is still exact.
-                if self.cols.dilation == 1 {
-                    let mut total = 0i32;
-                    for (r, &s) in running[1..].iter_mut().zip(&column_sums) {
-                        total = total.wrapping_add(s);
-                        *r = total;
-                    }
-                    let windows = self.cols.first.iter().zip(&self.cols.inside);
-                    for ((y, m), (&x0, &nx)) in out_row.iter_mut().zip(scales).zip(windows) {
-                        let taps = running[x0 + nx].wrapping_sub(running[x0]);
-                        let sum = taps - row_bias * nx as i32;
-                        *y = sum as f32 * m;
-                    }
-                    continue;
-                }
-                for (ox, (y, m)) in out_row.iter_mut().zip(scales).enumerate() {
-                    let (x0, nx) = (self.cols.first[ox], self.cols.inside[ox]);
-                    let taps = column_sums[x0..]
-                        .iter()
-                        .step_by(self.cols.dilation)
-                        .take(nx);
-                    let sum = taps.sum::<i32>() - row_bias * nx as i32;
-                    *y = sum as f32 * m;
                 }
             }
+            // |x - zp| <= 255 over at most MAX_WINDOW taps: every sum is exact.
+            let along = n - (cols.kernel - 1) * cols.dilation;
+            add_shifted(
+                &padded[..n],
+                cols.kernel,
+                cols.dilation,
+                &mut row_sums[..along],
+            );
+            let down = along - (rows.kernel - 1) * rows.dilation * wp;
+            let window_sums = &mut padded[..down];
+            add_shifted(
+                &row_sums[..along],
+                rows.kernel,
+                rows.dilation * wp,
+                window_sums,
+            );
+            let by_plane = scaled.chunks_mut(hp * wp).zip(window_sums.chunks(hp * wp));
+            for (ys, sums) in by_plane {
+                for ((y, &s), &m) in ys.iter_mut().zip(sums).zip(&self.multipliers) {
+                    *y = s as f32 * m;
+                }
+            }
+            for (plane, out) in scaled[..n]
+                .chunks(hp * wp)
+                .zip(out.chunks_exact_mut(ho * wo))
+            {
+                for (oy, out_row) in out.chunks_exact_mut(wo).enumerate() {
+                    let first = &plane[oy * rows.stride * wp..];
+                    if cols.stride == 1 {
+                        out_row.copy_from_slice(&first[..wo]);
+                    } else {
+                        for (y, &v) in out_row.iter_mut().zip(first.iter().step_by(cols.stride)) {
+                            *y = v;
+                        }
+                    }
+                }
+            }
+            // The next group's padding must read zero again.
+            padded.fill(0);
         }
         Ok(averages)
     }
@@ -702,15 +741,16 @@ mod tests {
     }
 
     /// The windows of one axis as onnxruntime's pooling kernel takes them, per output:
-    /// (first input index, one past the last, the divisor counting the padding). Windows
-    /// start at `o * stride - before`; the counted part ends at the padded input's end.
+    /// (the input indices of its taps inside the input, the divisor counting the padding).
+    /// Windows start at `o * stride - before`, taps `dilation` apart; the counted ones end
+    /// at the padded input's end.
     fn onnx_windows(
         input: usize,
-        (kernel, stride): (usize, usize),
+        (kernel, stride, dilation): (usize, usize, usize),
         (before, after): (usize, usize),
         ceil: bool,
-    ) -> Vec<(usize, usize, usize)> {
-        let span = input + before + after - kernel;
+    ) -> Vec<(Vec<usize>, usize)> {
+        let span = input + before + after - ((kernel - 1) * dilation + 1);
         let mut output = if ceil {
             span.div_ceil(stride)
         } else {
@@ -722,108 +762,86 @@ mod tests {
         }
         (0..output)
             .map(|o| {
-                let start = (o * stride) as i64 - before as i64;
-                let end = (start + kernel as i64).min((input + after) as i64);
-                let counted = (end - start) as usize;
-                (
-                    start.max(0) as usize,
-                    end.min(input as i64) as usize,
-                    counted,
-                )
+                let taps = (0..kernel).map(|k| (o * stride + k * dilation) as i64 - before as i64);
+                let counted = taps.clone().filter(|&t| t < (input + after) as i64).count();
+                let inside = taps
+                    .filter(|&t| t >= 0 && t < input as i64)
+                    .map(|t| t as usize)
+                    .collect();
+                (inside, counted)
             })
             .collect()
     }
 
-    /// Odd windows (stride 2 and (2, 1), asymmetric padding, ceil mode's overhang, the
-    /// padding counted and not, a one-row input, u8 and i8 on either side): the fused pool
-    /// gives the quantization of the exact average of each window's dequantized values
-    /// (computed here in f64, with onnxruntime's window rules), within one output step at
-    /// a rounding tie, and so does tract's float plan.
+    /// One windowed pool to test: the input's and output's zero points, the input's
+    /// (channels, height, width), and the ONNX attributes.
+    struct Case {
+        zx: i32,
+        zy: i32,
+        chw: (usize, usize, usize),
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        dilations: [usize; 2],
+        /// [top, left, bottom, right]
+        pads: [usize; 4],
+        ceil: bool,
+        include: bool,
+    }
+
+    /// Odd windows (stride 2 and (2, 1), dilated taps, asymmetric padding, ceil mode's
+    /// overhang, the padding counted and not, a one-row input, u8 and i8 on either side):
+    /// the fused pool gives the quantization of the exact average of each window's
+    /// dequantized values (computed here in f64, with onnxruntime's window rules), within
+    /// one output step at a rounding tie, and so does tract's float plan.
     #[test]
     fn quantized_windowed_pools_give_the_exact_average() {
         use crate::banded::tests::{outputs, test_inputs};
         use crate::onnx_build::ints;
-        // (zx, zy, (c, h, w), kernel, strides, pads [top, left, bottom, right], ceil mode,
-        // count_include_pad)
-        type Case = (
-            i32,
-            i32,
-            (usize, usize, usize),
-            [usize; 2],
-            [usize; 2],
-            [usize; 4],
-            bool,
-            bool,
-        );
-        let cases: [Case; 8] = [
-            (
-                128,
-                0,
-                (3, 9, 7),
-                [3, 3],
-                [2, 2],
-                [1, 1, 1, 1],
-                false,
-                false,
-            ),
-            (128, 0, (3, 9, 7), [3, 3], [2, 2], [1, 1, 1, 1], false, true),
-            (
-                -5,
-                -128,
-                (4, 11, 6),
-                [2, 3],
-                [2, 1],
-                [0, 1, 1, 0],
-                false,
-                false,
-            ),
-            (0, 127, (2, 10, 8), [3, 3], [2, 2], [0, 0, 0, 0], true, true),
-            (
-                0,
-                127,
-                (2, 10, 8),
-                [3, 3],
-                [2, 2],
-                [0, 0, 0, 0],
-                true,
-                false,
-            ),
-            (-5, 3, (5, 1, 13), [1, 5], [1, 3], [0, 2, 0, 2], true, true),
-            (
-                128,
-                0,
-                (3, 6, 6),
-                [2, 2],
-                [2, 2],
-                [0, 0, 0, 0],
-                false,
-                false,
-            ),
-            (
-                128,
-                0,
-                (9, 5, 14),
-                [3, 3],
-                [1, 1],
-                [1, 1, 1, 1],
-                false,
-                true,
-            ),
+        #[rustfmt::skip]
+        let cases = [
+            Case { zx: 128, zy: 0, chw: (3, 9, 7), kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1, 1, 1, 1], ceil: false, include: false },
+            Case { zx: 128, zy: 0, chw: (3, 9, 7), kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1, 1, 1, 1], ceil: false, include: true },
+            Case { zx: -5, zy: -128, chw: (4, 11, 6), kernel: [2, 3], strides: [2, 1], dilations: [1, 1], pads: [0, 1, 1, 0], ceil: false, include: false },
+            Case { zx: 0, zy: 127, chw: (2, 10, 8), kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [0, 0, 0, 0], ceil: true, include: true },
+            Case { zx: 0, zy: 127, chw: (2, 10, 8), kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [0, 0, 0, 0], ceil: true, include: false },
+            Case { zx: -5, zy: 3, chw: (5, 1, 13), kernel: [1, 5], strides: [1, 3], dilations: [1, 1], pads: [0, 2, 0, 2], ceil: true, include: true },
+            Case { zx: 128, zy: 0, chw: (3, 6, 6), kernel: [2, 2], strides: [2, 2], dilations: [1, 1], pads: [0, 0, 0, 0], ceil: false, include: false },
+            Case { zx: 128, zy: 0, chw: (9, 5, 14), kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pads: [1, 1, 1, 1], ceil: false, include: true },
+            Case { zx: 128, zy: 0, chw: (3, 12, 9), kernel: [3, 2], strides: [1, 2], dilations: [2, 3], pads: [2, 1, 1, 2], ceil: false, include: false },
+            Case { zx: -7, zy: 5, chw: (2, 9, 11), kernel: [3, 3], strides: [2, 1], dilations: [3, 2], pads: [1, 2, 2, 1], ceil: false, include: true },
+            // Planes of 42 x 52 padded: two to a group of the fused pool's, three groups.
+            Case { zx: 128, zy: 0, chw: (5, 40, 50), kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1, 1, 1, 1], ceil: false, include: false },
         ];
-        for (zx, zy, (c, h, w), kernel, strides, pads, ceil, include) in cases {
+        for Case {
+            zx,
+            zy,
+            chw: (c, h, w),
+            kernel,
+            strides,
+            dilations,
+            pads,
+            ceil,
+            include,
+        } in cases
+        {
             let attributes = vec![
                 ints("kernel_shape", &kernel.map(|k| k as i64)),
                 ints("strides", &strides.map(|s| s as i64)),
+                ints("dilations", &dilations.map(|d| d as i64)),
                 ints("pads", &pads.map(|p| p as i64)),
                 int("ceil_mode", ceil as i64),
                 int("count_include_pad", include as i64),
             ];
             let bytes = model(zx, zy, (c, h, w), ("AveragePool", attributes));
             let (plain, ours) = plans::<QAvgPool>(&bytes, (c, h, w));
-            let rows = onnx_windows(h, (kernel[0], strides[0]), (pads[0], pads[2]), ceil);
-            let cols = onnx_windows(w, (kernel[1], strides[1]), (pads[1], pads[3]), ceil);
-            let case =
-                format!("{zx} {zy} {h}x{w} {kernel:?} {strides:?} {pads:?} {ceil} {include}");
+            let axis = |ax: usize| {
+                let geometry = (kernel[ax], strides[ax], dilations[ax]);
+                onnx_windows([h, w][ax], geometry, (pads[ax], pads[ax + 2]), ceil)
+            };
+            let (rows, cols) = (axis(0), axis(1));
+            let case = format!(
+                "{zx} {zy} {h}x{w} {kernel:?} {strides:?} {dilations:?} {pads:?} {ceil} {include}"
+            );
             for data in test_inputs(c * h * w) {
                 let ys = |plan| -> Vec<f32> {
                     outputs(plan, &[1, c, h, w], &data)
@@ -837,16 +855,17 @@ mod tests {
                 let mut at = 0;
                 for ch in 0..c {
                     let plane = &data[ch * h * w..(ch + 1) * h * w];
-                    for &(y0, y1, ny) in &rows {
-                        for &(x0, x1, nx) in &cols {
-                            let sum: f64 = (y0..y1)
-                                .flat_map(|y| (x0..x1).map(move |x| y * w + x))
+                    for (ys, ny) in &rows {
+                        for (xs, nx) in &cols {
+                            let sum: f64 = ys
+                                .iter()
+                                .flat_map(|y| xs.iter().map(move |x| y * w + x))
                                 .map(|i| dequantized_input(plane[i], zx))
                                 .sum();
                             let n = if include {
                                 ny * nx
                             } else {
-                                (y1 - y0) * (x1 - x0)
+                                ys.len() * xs.len()
                             };
                             let want = requantized(sum / n as f64, zy);
                             let step = SY as f64 * 1.0001;
