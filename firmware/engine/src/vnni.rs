@@ -98,16 +98,16 @@ impl Tiles {
             _ => {
                 let rows =
                     unpack_rows(weights).ok_or("weights in a packing the engine cannot read")?;
-                let mut panels = vec![0u8; channels.div_ceil(R) * panel_len];
-                for (ch, row) in rows.chunks_exact(k).enumerate() {
-                    let panel = &mut panels[(ch / R) * panel_len..][..panel_len];
-                    for (kk, &w) in row.iter().enumerate() {
-                        panel[k4_offset(R, ch % R, kk)] = w as u8;
-                    }
-                }
-                Arc::new(Blob::from_bytes_alignment(&panels, 64).map_err(|e| e.to_string())?)
+                Arc::new(pack_rows(&rows, channels, k)?)
             }
         };
+        Ok(Tiles::with_panels(panels, channels, k, offsets))
+    }
+
+    /// The tiles of weights already in 16-row K4 panels (`channels` rows of depth `k`).
+    fn with_panels(panels: Arc<Blob>, channels: usize, k: usize, offsets: &[i32]) -> Tiles {
+        let groups = k.div_ceil(4);
+        let panel_len = groups * 4 * R;
         // The patches arrive offset by 128: each channel starts 128 times its weights'
         // sum lower (the panels are zero past `k`).
         let mut starts = vec![0i32; channels.div_ceil(R) * R];
@@ -118,12 +118,12 @@ impl Tiles {
                 .fold(0i32, |s, &w| s.wrapping_add(i32::from(w as i8)));
             *start = offsets[ch].wrapping_sub(sum.wrapping_mul(128));
         }
-        Ok(Tiles {
+        Tiles {
             panels,
             channels,
             groups,
             starts,
-        })
+        }
     }
 
     /// The band's accumulators, `channels` rows of `n` i32 into `c`, from its patches `b`:
@@ -148,6 +148,10 @@ impl Tiles {
             b.len()
         );
         ensure!(c.len() == m * n, "{} accumulators for {m} x {n}", c.len());
+        // Whole panels of columns on the column tiles; the columns of a last, partial
+        // panel on the channel tiles, which waste no lane on them (a 7x7 layer's 49
+        // columns are 3 panels and 1 column, not 4 panels).
+        let whole = n / R;
         for (panel, starts) in self.starts.chunks_exact(R).enumerate() {
             let pa = self.panels[panel * panel_len..].as_ptr();
             for half in 0..2 {
@@ -158,12 +162,11 @@ impl Tiles {
                 let rows = (m - first_row).min(HALF);
                 let starts = &starts[half * HALF..][..HALF];
                 let mut col_panel = 0;
-                while col_panel < col_panels {
-                    let group = (col_panels - col_panel).min(PANELS);
-                    let cols = (n - (col_panel + group - 1) * R).min(R);
+                while col_panel < whole {
+                    let group = (whole - col_panel).min(PANELS);
                     let pb = b[col_panel * panel_len..].as_ptr();
                     let at = c[first_row * n + col_panel * R..].as_mut_ptr();
-                    let shape = [rows, cols, n, panel_len];
+                    let shape = [rows, n, panel_len];
                     // SAFETY: `Tiles` exists only where the CPU has VNNI; the weight panel
                     // and the `group` patch panels hold `groups` groups of 64 bytes (the
                     // checks above); the tile's `rows` rows of its columns, `n` apart, are
@@ -180,6 +183,25 @@ impl Tiles {
                 }
             }
         }
+        let mut col = whole * R;
+        while col < n {
+            let cols = (n - col).min(TAIL_COLS);
+            let pb = b[whole * panel_len + (col - whole * R) * 4..].as_ptr();
+            for first in (0..m).step_by(TAIL_PANELS * R) {
+                let pa = self.panels[(first / R) * panel_len..].as_ptr();
+                let starts = self.starts[first..].as_ptr();
+                let at = c[first * n + col..].as_mut_ptr();
+                let channels = (m - first).min(TAIL_PANELS * R);
+                let shape = [channels, n, panel_len];
+                // SAFETY: `Tiles` exists only where the CPU has VNNI; the channels'
+                // weight panels (`channels.div_ceil(16)` of them) and `starts` are whole
+                // panels; the patch panel holds `groups` groups of 64 bytes with the
+                // `cols` columns from `pb` in each; the tile's `channels` rows of `cols`
+                // columns, `n` apart, are within `c` (checked above).
+                unsafe { channel_tile(cols, pa, pb, groups, starts, at, shape) };
+            }
+            col += cols;
+        }
         Ok(())
     }
 }
@@ -191,6 +213,106 @@ const HALF: usize = R / 2;
 /// vector registers.
 const PANELS: usize = 3;
 
+/// `channels` rows of `k` i8 in 16-row K4 panels, zero past the last row and past `k`.
+fn pack_rows(rows: &[i8], channels: usize, k: usize) -> Result<Blob, String> {
+    let panel_len = k.div_ceil(4) * 4 * R;
+    let mut panels = vec![0u8; channels.div_ceil(R) * panel_len];
+    for (ch, row) in rows.chunks_exact(k).enumerate().take(channels) {
+        let panel = &mut panels[(ch / R) * panel_len..][..panel_len];
+        for (kk, &w) in row.iter().enumerate() {
+            panel[k4_offset(R, ch % R, kk)] = w as u8;
+        }
+    }
+    Blob::from_bytes_alignment(&panels, 64).map_err(|e| e.to_string())
+}
+
+/// Weight panels per channel tile: one vector of 16 channels each.
+const TAIL_PANELS: usize = 2;
+/// Columns per channel tile at most: 2 x 12 accumulators, 2 weight vectors and a broadcast
+/// fit the 32 vector registers.
+const TAIL_COLS: usize = 12;
+
+/// [`channel_tile_of`] for `cols` (1 to [`TAIL_COLS`]) columns and as many weight panels
+/// as `channels` needs (1 or 2).
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn channel_tile(
+    cols: usize,
+    pa: *const u8,
+    pb: *const u8,
+    groups: usize,
+    starts: *const i32,
+    c: *mut i32,
+    shape: [usize; 3],
+) {
+    macro_rules! by_cols {
+        ($p:literal: $($q:literal)*) => {
+            match cols {
+                $($q => channel_tile_of::<$q, $p>(pa, pb, groups, starts, c, shape),)*
+                _ => unreachable!("{cols} columns for a channel tile"),
+            }
+        };
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        if shape[0] > R {
+            by_cols!(2: 1 2 3 4 5 6 7 8 9 10 11 12)
+        } else {
+            by_cols!(1: 1 2 3 4 5 6 7 8 9 10 11 12)
+        }
+    }
+}
+
+/// One channel tile: the transpose of [`tile`]'s roles. Each vector holds 16 output
+/// channels (a weight panel's group of 64 bytes as it is), and each of the `Q` columns'
+/// four patch bytes are broadcast to them: for `P` panels of channels from `pa`
+/// (`panel_len` bytes apart), `start[ch] + sum over k of a[ch][k] * b[k][col]` for the
+/// columns whose groups start at `pb` (4 bytes apart in each 64-byte group), scattered to
+/// `c + ch * stride + col` for the first `channels` channels.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn channel_tile_of<const Q: usize, const P: usize>(
+    pa: *const u8,
+    pb: *const u8,
+    groups: usize,
+    start: *const i32,
+    c: *mut i32,
+    [channels, stride, panel_len]: [usize; 3],
+) {
+    // SAFETY (reads): `start` holds P whole panels of values.
+    let mut acc: [[__m512i; P]; Q] = std::array::from_fn(|_| {
+        std::array::from_fn(|p| unsafe { _mm512_loadu_si512(start.add(p * R) as *const __m512i) })
+    });
+    for g in 0..groups {
+        // SAFETY (reads): every panel holds `groups` groups of 64 bytes; the tile's
+        // columns are within the patch panel's group.
+        let va: [__m512i; P] = std::array::from_fn(|p| unsafe {
+            _mm512_loadu_si512(pa.add(p * panel_len + g * 64) as *const __m512i)
+        });
+        let patches = unsafe { pb.add(g * 64) } as *const i32;
+        for (q, acc) in acc.iter_mut().enumerate() {
+            let vb = _mm512_set1_epi32(unsafe { patches.add(q).read_unaligned() });
+            for (acc, va) in acc.iter_mut().zip(&va) {
+                *acc = _mm512_dpbusd_epi32(*acc, vb, *va);
+            }
+        }
+    }
+    let rows = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(stride as i32),
+    );
+    for (q, acc) in acc.iter().enumerate() {
+        for (p, acc) in acc.iter().enumerate() {
+            let valid = channels.saturating_sub(p * R).min(R);
+            let mask: __mmask16 = if valid == R { !0 } else { (1 << valid) - 1 };
+            // SAFETY: the caller's contract: `channels` rows of the tile's columns from
+            // `c`, `stride` apart.
+            unsafe {
+                let at = c.add(p * R * stride + q);
+                _mm512_mask_i32scatter_epi32::<4>(at, mask, rows, *acc)
+            };
+        }
+    }
+}
+
 /// The patches as [`Tiles`] reads them: each i8 plus 128, as u8.
 pub(crate) fn offset_patches(bytes: &mut [i8]) {
     for b in bytes {
@@ -200,8 +322,7 @@ pub(crate) fn offset_patches(bytes: &mut [i8]) {
 
 /// One tile: for each of `rows` (up to 8) channels from `pa`'s first row, `start[row] +
 /// sum over k of a[row][k] * b[k][col]` (b as u8, a as i8) for the `P` patch panels from
-/// `pb` (`panel_len` bytes apart), stored from `c + row * stride`: 16 columns per panel,
-/// `cols` in the last.
+/// `pb` (`panel_len` bytes apart), stored from `c + row * stride`: 16 columns per panel.
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn tile<const P: usize>(
     pa: *const u8,
@@ -209,7 +330,7 @@ unsafe fn tile<const P: usize>(
     groups: usize,
     start: &[i32],
     c: *mut i32,
-    [rows, cols, stride, panel_len]: [usize; 4],
+    [rows, stride, panel_len]: [usize; 3],
 ) {
     let mut acc: [[__m512i; P]; HALF] = std::array::from_fn(|r| [_mm512_set1_epi32(start[r]); P]);
     for g in 0..groups {
@@ -225,12 +346,77 @@ unsafe fn tile<const P: usize>(
             }
         }
     }
-    let last: __mmask16 = if cols >= R { !0 } else { (1 << cols) - 1 };
     for (r, acc) in acc.iter().enumerate().take(rows) {
         for (p, acc) in acc.iter().enumerate() {
-            let mask = if p + 1 == P { last } else { !0 };
             // SAFETY: the caller's contract: the tile's columns from `c + r * stride`.
-            unsafe { _mm512_mask_storeu_epi32(c.add(r * stride + p * R), mask, *acc) };
+            unsafe { _mm512_storeu_si512(c.add(r * stride + p * R) as *mut __m512i, *acc) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Column tiles for whole panels, channel tiles for the rest: every split of columns
+    /// (fewer than a panel, a panel and one column, 12 + 3 left over, whole panels), with
+    /// channels that end inside a half panel and inside a second channel panel, and depths
+    /// that are not whole groups, against the sums the definition gives.
+    #[test]
+    fn tiles_give_the_defined_sums() {
+        if !available() {
+            println!("SKIPPED: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut seed = 0x9e37_79b9u32;
+        let mut byte = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed >> 24) as u8
+        };
+        for (channels, k, n) in [
+            (5, 3, 1),
+            (16, 64, 49),
+            (21, 9, 15),
+            (40, 27, 31),
+            (33, 576, 17),
+            (64, 5, 48),
+            (8, 100, 196),
+            (512, 36, 7),
+            (17, 4, 28),
+        ] {
+            let weights: Vec<i8> = (0..channels * k).map(|_| byte() as i8).collect();
+            let offsets: Vec<i32> = (0..channels).map(|ch| ch as i32 * 1000 - 7000).collect();
+            let panels = Arc::new(pack_rows(&weights, channels, k).unwrap());
+            let tiles = Tiles::with_panels(panels, channels, k, &offsets);
+            // The patches as the band packs them: K4 panels of 16 columns, each byte the
+            // patch value plus 128.
+            let patches: Vec<u8> = (0..k * n).map(|_| byte()).collect();
+            let panel_len = k.div_ceil(4) * 4 * R;
+            let mut packed = vec![0u8; n.div_ceil(R) * panel_len];
+            for col in 0..n {
+                for kk in 0..k {
+                    packed[(col / R) * panel_len + k4_offset(R, col % R, kk)] =
+                        patches[kk * n + col];
+                }
+            }
+            let mut c = vec![0i32; channels * n];
+            tiles.run(&packed, panel_len, n, &mut c).unwrap();
+            for ch in 0..channels {
+                for col in 0..n {
+                    let want = (0..k).fold(offsets[ch], |s, kk| {
+                        let product = i32::from(weights[ch * k + kk])
+                            * (i32::from(patches[kk * n + col]) - 128);
+                        s.wrapping_add(product)
+                    });
+                    assert_eq!(
+                        c[ch * n + col],
+                        want,
+                        "channel {ch}, column {col} of {channels} x {n}, k {k}"
+                    );
+                }
+            }
         }
     }
 }
