@@ -42,8 +42,7 @@ use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, P
 use tract_onnx::tract_core::ops::matmul::ModePicker;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use rayon::prelude::*;
-use tract_onnx::prelude::multithread;
+use crate::threads;
 
 use crate::epilogue::Requantize;
 use crate::im2col::Geometry;
@@ -248,25 +247,13 @@ impl DepthwiseInt8 {
             layout: &layout,
             dot,
         };
-        let executor = multithread::current_tract_executor();
         let macs = self.channels() * n * g.kernel[0] * g.kernel[1];
-        match &executor {
-            // Channels are independent: a share of them per thread, each with its own
-            // plane and sums (Lite0's and MobileNetV2's depthwise layers were 40 % of their
-            // host time, on one thread whatever the setting).
-            multithread::Executor::MultiThread(pool)
-                if macs >= PARALLEL_MACS && self.channels() > 1 =>
-            {
-                let threads = pool.current_num_threads().max(1);
-                let per_task = self.channels().div_ceil(threads);
-                pool.install(|| {
-                    out.par_chunks_mut(per_task * n)
-                        .enumerate()
-                        .try_for_each(|(t, out)| self.channels_into(&job, t * per_task, out))
-                })
-            }
-            _ => self.channels_into(&job, 0, out),
-        }
+        // Channels are independent: a share of them per thread, each with its own plane and
+        // sums (Lite0's and MobileNetV2's depthwise layers were 40 % of their host time, on
+        // one thread whatever the setting).
+        threads::per_thread(out, n, macs >= PARALLEL_MACS, |first, out| {
+            self.channels_into(&job, first, out)
+        })
     }
 
     /// The whole layer on the channels-last family: the input copied once into a
@@ -283,7 +270,7 @@ impl DepthwiseInt8 {
         let channels = self.channels();
         let cp = layer.padded_channels();
         let ([kh, kw], [sy, sx], [dy, dx], [pt, pl]) = (g.kernel, g.stride, g.dilation, g.pad);
-        let (out_rows, out_cols) = (g.n / g.out_width, g.out_width);
+        let out_cols = g.out_width;
         let (rows, cols) = padded_extent(g);
         // The quads read up to three taps past a kernel row (with zero weights).
         let cols = match layer {
@@ -380,20 +367,8 @@ impl DepthwiseInt8 {
         };
         // Every byte is written below (each row by `rows_into`).
         bytes.resize(g.n * cp, 0);
-        let executor = multithread::current_tract_executor();
         let macs = channels * g.n * kh * kw;
-        match &executor {
-            multithread::Executor::MultiThread(pool) if macs >= PARALLEL_MACS && out_rows > 1 => {
-                let per_task = out_rows.div_ceil(pool.current_num_threads().max(1));
-                pool.install(|| {
-                    bytes
-                        .par_chunks_mut(per_task * per_row)
-                        .enumerate()
-                        .try_for_each(|(t, chunk)| rows_into(t * per_task, chunk))
-                })?
-            }
-            _ => rows_into(0, &mut bytes)?,
-        }
+        threads::per_thread(&mut bytes, per_row, macs >= PARALLEL_MACS, rows_into)?;
         dwc::from_channels_last(&bytes, cp, (channels, g.n), out).map_err(fail)?;
         KEPT.set((image, bytes));
         Ok(())

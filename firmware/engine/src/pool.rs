@@ -14,6 +14,16 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{OptMaxPool, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use crate::threads;
+
+/// Outputs from which a pool is spread over the pool's threads: about 20 us on the
+/// development host (ResNet-18's stem pool has 200 k). Every pool in the tests, so that
+/// their thread pools split even small ones.
+#[cfg(not(test))]
+const PARALLEL_OUTPUTS: usize = 1 << 16;
+#[cfg(test)]
+const PARALLEL_OUTPUTS: usize = 1;
+
 /// A 2-D NCHW max pool over u8 or i8.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct MaxPool8 {
@@ -174,23 +184,30 @@ impl MaxPool8 {
         let xs = x.try_as_plain_ram()?;
         let xs = xs.as_slice::<T>()?;
         let mut out = unsafe { Tensor::uninitialized::<T>(&[n, c, ho, wo])? };
+        if ho * wo == 0 || xs.is_empty() {
+            // Nothing to pool.
+            return Ok(out);
+        }
         {
             let mut view = out.try_as_plain_ram_mut()?;
             let ys = view.as_slice_mut::<T>()?;
-            if ho * wo == 0 || xs.is_empty() {
-                // Nothing to pool.
-            } else if hp != h || wp != w {
-                // Each plane copied into the middle of a plane whose border holds the
-                // lowest value (written once), then pooled as an unpadded one.
-                let mut plane = vec![T::LOWEST; hp * wp];
-                let mut row = vec![T::LOWEST; wp];
-                for (xp, yp) in xs.chunks_exact(h * w).zip(ys.chunks_exact_mut(ho * wo)) {
-                    for (y, src) in xp.chunks_exact(w).enumerate() {
-                        plane[(y + top) * wp + left..][..w].copy_from_slice(src);
+            // Planes are independent: a share of them per thread.
+            let worth = ys.len() >= PARALLEL_OUTPUTS;
+            threads::per_thread(ys, ho * wo, worth, |first, ys| {
+                let xs = &xs[first * h * w..][..ys.len() / (ho * wo) * h * w];
+                if hp != h || wp != w {
+                    // Each plane copied into the middle of a plane whose border holds the
+                    // lowest value (written once), then pooled as an unpadded one.
+                    let mut plane = vec![T::LOWEST; hp * wp];
+                    let mut row = vec![T::LOWEST; wp];
+                    for (xp, yp) in xs.chunks_exact(h * w).zip(ys.chunks_exact_mut(ho * wo)) {
+                        for (y, src) in xp.chunks_exact(w).enumerate() {
+                            plane[(y + top) * wp + left..][..w].copy_from_slice(src);
+                        }
+                        self.plane(&plane, wp, yp, wo, &mut row);
                     }
-                    self.plane(&plane, wp, yp, wo, &mut row);
+                    return Ok(());
                 }
-            } else {
                 #[cfg(target_arch = "x86_64")]
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: AVX2 was detected just above.
@@ -208,7 +225,8 @@ impl MaxPool8 {
                         self.plane(xp, w, yp, wo, &mut row);
                     }
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(out)
     }
@@ -531,7 +549,7 @@ pub(crate) mod tests {
     /// Windows of 2x2 to 5x5, unequal strides, odd widths, and padding as ResNet's stem
     /// pool has it (3x3, stride 2, 1 on every side), asymmetric, SAME and in ceil mode; u8
     /// and i8 (whose border windows of negative values show a wrong padding value): the
-    /// bytes and shapes of tract's pool.
+    /// bytes and shapes of tract's pool, on one thread and spread over three.
     #[test]
     fn pools_exactly_like_tract() {
         use tract_onnx::tract_core::ops::cnn::PaddingSpec as P;
@@ -570,11 +588,13 @@ pub(crate) mod tests {
                     })
                     .collect();
                 let x = byte_tensor(&shape, dt, &bytes);
-                assert_eq!(
-                    run_bytes(theirs, &x),
-                    run_bytes(ours, &x),
-                    "{dt:?} {shape:?} {kernel:?} {stride:?} {padding:?}"
-                );
+                let want = run_bytes(theirs, &x);
+                let case = format!("{dt:?} {shape:?} {kernel:?} {stride:?} {padding:?}");
+                assert_eq!(want, run_bytes(ours.clone(), &x), "{case}");
+                // Planes spread over three threads.
+                let pool = crate::threads::executor_for(3).unwrap();
+                let threaded = crate::threads::scope(pool, || run_bytes(ours, &x));
+                assert_eq!(want, threaded, "{case}, 3 threads");
             }
         }
     }

@@ -22,6 +22,7 @@ use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
 use crate::kernels::qbinary::{Binary, Output, Side};
 use crate::quantize::Quantize8;
+use crate::threads;
 
 /// `Quantize8(DQ(a) op DQ(b))` with `op` an f32 Add or Mul.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +57,16 @@ fn bytes_of(t: &Tensor, signed: bool) -> TractResult<&[u8]> {
     );
     Ok(t.try_as_plain_ram()?.as_bytes())
 }
+
+/// Outputs from which a node is spread over the pool's threads: about 20 us of a residual
+/// Add on the development host (ResNet-18's first blocks add 200 k). Every node in the
+/// tests, so that their pools split even small ones.
+#[cfg(not(test))]
+const PARALLEL_BYTES: usize = 1 << 16;
+#[cfg(test)]
+const PARALLEL_BYTES: usize = 1;
+/// The unit of an element-wise node's shares: a cache line of bytes.
+const LINE: usize = 64;
 
 impl QBinary {
     /// This node with its output shifted to i8 when it gives u8 (rewrite.rs
@@ -102,15 +113,25 @@ impl QBinary {
                 "QBinary: an output of {} bytes for {total}",
                 zs.len()
             );
+            let worth = total >= PARALLEL_BYTES;
             if self.inner == 1 {
-                k.same(xs, ys, zs);
+                threads::per_thread(zs, LINE, worth, |first, zs| {
+                    let at = first * LINE;
+                    k.same(&xs[at..at + zs.len()], &ys[at..at + zs.len()], zs);
+                    Ok(())
+                })?;
             } else {
                 // The broadcast side's value, dequantized once per block of `inner`.
                 let (side, other_side) = (self.full, 1 - self.full);
-                let blocks = zs.chunks_mut(self.inner).zip(full.chunks(self.inner));
-                for ((zs, full), &y) in blocks.zip(other) {
-                    k.with_value(side, full, k.sides[other_side].value(y), zs);
-                }
+                let inner = self.inner;
+                threads::per_thread(zs, inner, worth, |first, zs| {
+                    let full = &full[first * inner..][..zs.len()];
+                    let blocks = zs.chunks_mut(inner).zip(full.chunks(inner));
+                    for ((zs, full), &y) in blocks.zip(&other[first..]) {
+                        k.with_value(side, full, k.sides[other_side].value(y), zs);
+                    }
+                    Ok(())
+                })?;
             }
         }
         Ok(out)
@@ -368,12 +389,16 @@ mod tests {
             // Reported as float only where it runs so (`Built::in_float`).
             let float_op = |b: &crate::load::Built| b.in_float.iter().any(|f| f.contains(op));
             assert!(float_op(&plain) && !float_op(&ours), "{:?}", ours.in_float);
+            // Spread over three threads: three cache lines of bytes, or three channels.
+            let pool = crate::threads::executor_for(3).unwrap();
             for data in test_inputs(c * h * w) {
-                assert_eq!(
-                    outputs(&plain.plan, &[1, c, h, w], &data),
-                    outputs(&ours.plan, &[1, c, h, w], &data),
-                    "{op} {pooled} {zeros:?}"
-                );
+                let want = outputs(&plain.plan, &[1, c, h, w], &data);
+                let got = outputs(&ours.plan, &[1, c, h, w], &data);
+                assert_eq!(want, got, "{op} {pooled} {zeros:?}");
+                let threaded = crate::threads::scope(pool.clone(), || {
+                    outputs(&ours.plan, &[1, c, h, w], &data)
+                });
+                assert_eq!(want, threaded, "{op} {pooled} {zeros:?}, 3 threads");
             }
         }
     }

@@ -13,7 +13,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, PoisonError};
 
-use tract_onnx::prelude::multithread::{multithread_tract_scope, Executor};
+use rayon::prelude::*;
+use tract_onnx::prelude::multithread::{self, multithread_tract_scope, Executor};
+use tract_onnx::prelude::TractResult;
 
 use crate::EngineError;
 
@@ -89,6 +91,30 @@ pub(crate) fn executor_for(n: usize) -> Result<Executor, EngineError> {
             .unwrap_or_else(|| "unknown panic payload".into());
         EngineError::BadOptions(format!("cannot start {n} inference threads: {why}"))
     })
+}
+
+/// `work(first, chunk)` over `out` cut into one run of whole `unit`s per thread of the
+/// pool running the plan (`first`: the chunk's first unit; the last chunk may end inside a
+/// unit when `out` does), when the caller finds the operator `worth` waking the pool;
+/// `work(0, out)` on the calling thread otherwise. Operators split their outputs here.
+pub(crate) fn per_thread<T: Send>(
+    out: &mut [T],
+    unit: usize,
+    worth: bool,
+    work: impl Fn(usize, &mut [T]) -> TractResult<()> + Sync + Send,
+) -> TractResult<()> {
+    let units = out.len().div_ceil(unit.max(1));
+    match multithread::current_tract_executor() {
+        Executor::MultiThread(pool) if worth && units > 1 => {
+            let per_task = units.div_ceil(pool.current_num_threads().max(1));
+            pool.install(|| {
+                out.par_chunks_mut(per_task * unit)
+                    .enumerate()
+                    .try_for_each(|(t, chunk)| work(t * per_task, chunk))
+            })
+        }
+        _ => work(0, out),
+    }
 }
 
 #[cfg(test)]
