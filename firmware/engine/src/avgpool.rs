@@ -18,9 +18,10 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::binary::{OptBinByScalar, TypedBinOp};
 use tract_onnx::tract_core::ops::cnn::{OptSumPool, PaddingSpec};
-use tract_onnx::tract_core::ops::math::Mul;
+use tract_onnx::tract_core::ops::math::{Max, Mul};
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
@@ -221,11 +222,15 @@ fn add_shifted(values: &[i32], taps: usize, step: usize, sums: &mut [i32]) {
     }
 }
 
-/// `Quantize8(AveragePool(DQ(x)))` over the two trailing axes of an NCHW u8/i8 tensor.
+/// `Quantize8(AveragePool(DQ(x)))` over the two trailing axes of an NCHW u8/i8 tensor, or
+/// `Quantize8(AveragePool(Relu(DQ(x))))`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct QAvgPool {
     /// The input's dequantization: (scale, zero point).
     dequantize: (f32, i32),
+    /// Whether a Relu comes between the dequantization and the pool: `Relu(DQ(x))` is
+    /// `DQ(max(x, zero point))`, exactly (DQ of the zero point is 0, and DQ is monotone).
+    relu: bool,
     quantize: Quantize8,
     rows: AxisWindows,
     cols: AxisWindows,
@@ -296,6 +301,7 @@ impl QAvgPool {
         }
         Some(QAvgPool {
             dequantize,
+            relu: false,
             quantize,
             rows,
             cols,
@@ -333,6 +339,8 @@ impl Averages for QAvgPool {
             self.output_shape
         );
         let zp = self.dequantize.1;
+        // `x - zp` is at least -255: a Relu's floor of 0 or none.
+        let floor = if self.relu { 0 } else { -255 };
         let (hp, wp) = (rows.padded, cols.padded);
         // Planes per group: about 16 KiB of i32 per buffer, so that the passes stay in
         // the first-level cache.
@@ -350,7 +358,7 @@ impl Averages for QAvgPool {
                 let interior = dst[rows.before * wp..].chunks_exact_mut(wp);
                 for (src, row) in plane.chunks_exact(w).zip(interior) {
                     for (d, &v) in row[cols.before..cols.before + w].iter_mut().zip(src) {
-                        *d = v.into() - zp;
+                        *d = (v.into() - zp).max(floor);
                     }
                 }
             }
@@ -413,14 +421,15 @@ impl Op for QAvgPool {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?} to {:?}, padding {}",
+            "{:?} to {:?}, padding {}{}",
             self.input_hw,
             self.output_shape,
             if self.count_include_pad {
                 "counted"
             } else {
                 "not counted"
-            }
+            },
+            if self.relu { ", after a Relu" } else { "" }
         )])
     }
 
@@ -468,7 +477,123 @@ pub(crate) fn fuse_quantized_pools(model: &mut TypedModel) -> TractResult<Vec<(S
         }
         Ok(found)
     })?;
+    for id in model.eval_order()? {
+        let Some((xs, last, pools)) = joined_windowed_at(model, id)? else {
+            continue;
+        };
+        record(model, id, "AveragePool");
+        let name = model.node(id).name.clone();
+        let patch = TypedModelPatch::rewire(model, &xs, &[last], &|p, taps| {
+            let mut parts = tvec![];
+            for (i, (tap, pool)) in taps.iter().zip(&pools).enumerate() {
+                parts.push(p.wire_node(format!("{name}.qavg{i}"), pool.clone(), &[*tap])?[0]);
+            }
+            p.wire_node(format!("{name}.bytes"), TypedConcat { axis: 1 }, &parts)
+        })?;
+        patch.apply(model)?;
+    }
     Ok(fused.into_inner())
+}
+
+/// `Quantize8(OptSumPool(Concat(b_0, b_1, ...)))` at the pool `id`, the Concat along the
+/// channels and each `b_i` a `DQ(x_i)` or `Relu(DQ(x_i))`: as each channel's average
+/// reads that channel alone, it is the concatenation of the branches' [`QAvgPool`]s, each
+/// quantized as the output is (onnxruntime's QOperator format with standard operators
+/// leaves Inception-style joins so: QLinearConv, DequantizeLinear, Relu, Concat,
+/// AveragePool, QuantizeLinear; they summed in f32 there, a tenth of the qformats
+/// network's instructions under qemu). Gives the branches' int8 tensors, the
+/// quantization's outlet and the branches' pools.
+fn joined_windowed_at(
+    model: &TypedModel,
+    id: usize,
+) -> TractResult<Option<(TVec<OutletId>, OutletId, Vec<QAvgPool>)>> {
+    let node = model.node(id);
+    let Some(pool) = node.op_as::<OptSumPool>() else {
+        return Ok(None);
+    };
+    let Some(concat) = node.inputs.first().map(|i| model.node(i.node)) else {
+        return Ok(None);
+    };
+    if !concat.op_as::<TypedConcat>().is_some_and(|c| c.axis == 1) {
+        return Ok(None);
+    }
+    let outputs = model.output_outlets()?;
+    let Some(q_node) = model.single_succ(id)? else {
+        return Ok(None);
+    };
+    let Some(quantize) = q_node.op_as::<Quantize8>() else {
+        return Ok(None);
+    };
+    if outputs.contains(&OutletId::new(id, 0)) {
+        return Ok(None);
+    }
+    let (mut xs, mut pools) = (tvec![], vec![]);
+    for &branch in &concat.inputs {
+        let Some((x, dequantize, relu)) = dequantized_branch(model, branch)? else {
+            return Ok(None);
+        };
+        let fact = model.outlet_fact(x)?;
+        let Some(shape) = fact.shape.as_concrete() else {
+            return Ok(None);
+        };
+        if !matches!(fact.datum_type, DatumType::U8 | DatumType::I8) {
+            return Ok(None);
+        }
+        let Some(op) = QAvgPool::for_op(pool, shape, dequantize, quantize.clone()) else {
+            return Ok(None);
+        };
+        xs.push(x);
+        pools.push(QAvgPool { relu, ..op });
+    }
+    // The joined outputs have the quantization's shape.
+    let channels: usize = pools.iter().map(|p| p.output_shape[1]).sum();
+    let mut shape = pools[0].output_shape.clone();
+    shape[1] = channels;
+    if q_node.outputs[0].fact.shape.as_concrete() != Some(&shape[..])
+        || pools.iter().any(|p| p.output_shape[2..] != shape[2..])
+    {
+        return Ok(None);
+    }
+    Ok(Some((xs, OutletId::new(q_node.id, 0), pools)))
+}
+
+/// `(x, (scale, zero point), relu)` when `outlet` is `DQ(x)` (`relu` false) or
+/// `Max(DQ(x), 0)`, ONNX's Relu as tract has it (`relu` true).
+fn dequantized_branch(
+    model: &TypedModel,
+    outlet: OutletId,
+) -> TractResult<Option<(OutletId, (f32, i32), bool)>> {
+    let mut node = model.node(outlet.node);
+    let mut relu = false;
+    let is_max = node
+        .op_as::<TypedBinOp>()
+        .map(|b| b.0.is::<Max>())
+        .or_else(|| node.op_as::<OptBinByScalar>().map(|b| b.binop.is::<Max>()))
+        .unwrap_or(false);
+    if is_max && node.inputs.len() == 2 {
+        let zero = |o: &OutletId| -> TractResult<bool> {
+            let fact = model.outlet_fact(*o)?;
+            Ok(fact.konst.as_ref().is_some_and(|k| {
+                k.datum_type() == DatumType::F32
+                    && k.len() == 1
+                    && k.cast_to_scalar::<f32>().is_ok_and(|v| v == 0.0)
+            }))
+        };
+        let input = match (zero(&node.inputs[0])?, zero(&node.inputs[1])?) {
+            (false, true) => node.inputs[0],
+            (true, false) => node.inputs[1],
+            _ => return Ok(None),
+        };
+        node = model.node(input.node);
+        relu = true;
+    }
+    let Some(dq) = node.op_as::<DequantizeLinearF32>() else {
+        return Ok(None);
+    };
+    if node.inputs.len() != 1 {
+        return Ok(None);
+    }
+    Ok(Some((node.inputs[0], (dq.scale, dq.zero_point), relu)))
 }
 
 /// The scalar constant `c` of a Mul node `node` whose other input is `from`.
@@ -878,6 +1003,100 @@ mod tests {
                             at += 1;
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Two branches of one input joined along the channels and pooled, as onnxruntime's
+    /// QOperator format with standard operators leaves an Inception-style join: one
+    /// quantized (u8, `za`) then dequantized and put through a Relu, the other quantized
+    /// with its own scale and zero point (i8) and dequantized alone. The pool is the
+    /// concatenation of one fused pool per branch: the quantization of the exact average
+    /// of each window's values (the Relu's floor included), within one output step at a
+    /// rounding tie, as tract's float plan gives.
+    #[test]
+    fn pools_of_joined_branches_are_the_branches_pools() {
+        use crate::banded::tests::{input_spec, outputs, test_inputs};
+        use crate::load::{build_with, Target};
+        use crate::onnx_build::ints;
+        let (c, h, w) = (3, 7, 11);
+        let (sa, za, sb, zb, zy) = (0.0061f32, 140, 0.0093f32, -9, 3);
+        let init = vec![
+            raw("sa", D::Float, &[], &[sa]),
+            zero_point("za", za),
+            raw("sb", D::Float, &[], &[sb]),
+            zero_point("zb", zb),
+            raw("sy", D::Float, &[], &[SY]),
+            zero_point("zy", zy),
+        ];
+        let pool = vec![
+            ints("kernel_shape", &[3, 3]),
+            ints("pads", &[1, 1, 1, 1]),
+            int("count_include_pad", 0),
+        ];
+        let nodes = vec![
+            node("QuantizeLinear", &["x", "sa", "za"], "qa", vec![]),
+            node("DequantizeLinear", &["qa", "sa", "za"], "da", vec![]),
+            node("Relu", &["da"], "a", vec![]),
+            node("QuantizeLinear", &["x", "sb", "zb"], "qb", vec![]),
+            node("DequantizeLinear", &["qb", "sb", "zb"], "b", vec![]),
+            node("Concat", &["a", "b"], "cat", vec![int("axis", 1)]),
+            node("AveragePool", &["cat"], "g", pool),
+            node("QuantizeLinear", &["g", "sy", "zy"], "gq", vec![]),
+            node("DequantizeLinear", &["gq", "sy", "zy"], "y", vec![]),
+        ];
+        let bytes = model_bytes("joined", nodes, init, ("x", &[1, c, h, w]), "y");
+        let spec = input_spec(c, h, w);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        let plain = build_with(&bytes, &target, false).unwrap();
+        let ours = build_with(&bytes, &target, true).unwrap();
+        let count = |is: &dyn Fn(&TypedNode) -> bool| {
+            ours.plan.model().nodes().iter().filter(|n| is(n)).count()
+        };
+        assert_eq!(count(&|n| n.op_is::<QAvgPool>()), 2, "{:?}", ours.patches);
+        assert_eq!(count(&|n| n.op_is::<OptSumPool>()), 0, "{:?}", ours.patches);
+        // `v` quantized with (scale, zero point, range) and dequantized, in f64.
+        let dequantized = |v: f32, s: f32, z: i32, (lo, hi): (f32, f32)| -> f64 {
+            let q = ((v * (1.0f32 / s)).round_ties_even() + z as f32).clamp(lo, hi);
+            (q as f64 - z as f64) * s as f64
+        };
+        // Values in [-1, 1): about half of them below the Relu's floor.
+        for data in test_inputs(c * h * w) {
+            let data: Vec<f32> = data.iter().map(|v| 2.0 * v - 1.0).collect();
+            let ys = |plan| -> Vec<f32> {
+                outputs(plan, &[1, c, h, w], &data)
+                    .into_iter()
+                    .map(f32::from_bits)
+                    .collect()
+            };
+            let (got, tract) = (ys(&ours.plan), ys(&plain.plan));
+            assert_eq!(got.len(), 2 * c * h * w);
+            for (at, (&v, &t)) in got.iter().zip(&tract).enumerate() {
+                let (ch, y, x) = (at / (h * w), at / w % h, at % w);
+                let value = |i: usize| {
+                    let v = data[(ch % c) * h * w + i];
+                    if ch < c {
+                        dequantized(v, sa, za, (0.0, 255.0)).max(0.0)
+                    } else {
+                        dequantized(v, sb, zb, (-128.0, 127.0))
+                    }
+                };
+                let window: Vec<usize> = (y.saturating_sub(1)..(y + 2).min(h))
+                    .flat_map(|yy| (x.saturating_sub(1)..(x + 2).min(w)).map(move |xx| yy * w + xx))
+                    .collect();
+                let sum: f64 = window.iter().map(|&i| value(i)).sum();
+                let want = requantized(sum / window.len() as f64, zy);
+                let step = SY as f64 * 1.0001;
+                for (who, v) in [("QAvgPool", v), ("tract", t)] {
+                    assert!(
+                        (v as f64 - want).abs() <= step,
+                        "{who}, output {at}: {v} against {want}"
+                    );
                 }
             }
         }
