@@ -495,18 +495,17 @@ pub(crate) fn fuse_quantized_pools(model: &mut TypedModel) -> TractResult<Vec<(S
     Ok(fused.into_inner())
 }
 
+/// The branches' int8 tensors, the quantization's outlet and the branches' pools.
+type Joined = (TVec<OutletId>, OutletId, Vec<QAvgPool>);
+
 /// `Quantize8(OptSumPool(Concat(b_0, b_1, ...)))` at the pool `id`, the Concat along the
 /// channels and each `b_i` a `DQ(x_i)` or `Relu(DQ(x_i))`: as each channel's average
 /// reads that channel alone, it is the concatenation of the branches' [`QAvgPool`]s, each
 /// quantized as the output is (onnxruntime's QOperator format with standard operators
 /// leaves Inception-style joins so: QLinearConv, DequantizeLinear, Relu, Concat,
 /// AveragePool, QuantizeLinear; they summed in f32 there, a tenth of the qformats
-/// network's instructions under qemu). Gives the branches' int8 tensors, the
-/// quantization's outlet and the branches' pools.
-fn joined_windowed_at(
-    model: &TypedModel,
-    id: usize,
-) -> TractResult<Option<(TVec<OutletId>, OutletId, Vec<QAvgPool>)>> {
+/// network's instructions under qemu).
+fn joined_windowed_at(model: &TypedModel, id: usize) -> TractResult<Option<Joined>> {
     let node = model.node(id);
     let Some(pool) = node.op_as::<OptSumPool>() else {
         return Ok(None);
@@ -514,7 +513,7 @@ fn joined_windowed_at(
     let Some(concat) = node.inputs.first().map(|i| model.node(i.node)) else {
         return Ok(None);
     };
-    if !concat.op_as::<TypedConcat>().is_some_and(|c| c.axis == 1) {
+    if concat.op_as::<TypedConcat>().is_none_or(|c| c.axis != 1) {
         return Ok(None);
     }
     let outputs = model.output_outlets()?;
@@ -557,12 +556,13 @@ fn joined_windowed_at(
     Ok(Some((xs, OutletId::new(q_node.id, 0), pools)))
 }
 
-/// `(x, (scale, zero point), relu)` when `outlet` is `DQ(x)` (`relu` false) or
-/// `Max(DQ(x), 0)`, ONNX's Relu as tract has it (`relu` true).
-fn dequantized_branch(
-    model: &TypedModel,
-    outlet: OutletId,
-) -> TractResult<Option<(OutletId, (f32, i32), bool)>> {
+/// A branch of a join: its int8 tensor, that tensor's dequantization (scale, zero point),
+/// and whether a Relu follows it.
+type Branch = (OutletId, (f32, i32), bool);
+
+/// The [`Branch`] `outlet` is when it is `DQ(x)` (no Relu) or `Max(DQ(x), 0)`, ONNX's Relu
+/// as tract has it.
+fn dequantized_branch(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Branch>> {
     let mut node = model.node(outlet.node);
     let mut relu = false;
     let is_max = node
