@@ -602,7 +602,8 @@ fn gcd(a: usize, b: usize) -> usize {
 /// rows on: those `sy · kw` rows per channel are gathered once, over the band's rows and
 /// the `(kh − 1) / sy` after it, and every patch row is one copy out of them. (A gather per
 /// patch row and output row cost the qformats network's strided stem and branch about as
-/// many instructions under qemu, cortex-a72, as their products.)
+/// many instructions under qemu, cortex-a72, as their products.) The gathered rows are
+/// strided runs of the band's input rows copied once inside their padding.
 struct RowReuse {
     /// Kernel rows and columns.
     kernel: [usize; 2],
@@ -615,12 +616,11 @@ impl RowReuse {
     fn of(g: &Geometry, k: usize) -> Option<RowReuse> {
         let [kh, kw] = g.kernel;
         let sy = g.stride[0];
-        (g.dilation[0] == 1 && sy >= 1 && kh > sy && k == g.channels * kh * kw).then_some(
-            RowReuse {
-                kernel: g.kernel,
-                sy,
-            },
-        )
+        let rows = g.dilation[0] == 1 && sy >= 1 && kh > sy && g.out_width > 0;
+        (rows && k == g.channels * kh * kw).then_some(RowReuse {
+            kernel: g.kernel,
+            sy,
+        })
     }
 
     /// Patch rows of output rows `oy0..oy0 + rows_out` into `matrix` (`k` rows, `cols`
@@ -637,25 +637,53 @@ impl RowReuse {
         cols: usize,
     ) {
         let ([kh, kw], sy) = (self.kernel, self.sy);
-        let hw = g.height * g.width;
-        let wo = g.out_width;
+        let ([_, sx], [_, dx], [top, left]) = (g.stride, g.dilation, g.pad);
+        let (h, w, wo) = (g.height, g.width, g.out_width);
         let n = rows_out * wo;
         // Each gathered row spans the band and the output rows its deeper taps reach.
-        let span = (rows_out + (kh - 1) / sy) * wo;
+        let span_rows = rows_out + (kh - 1) / sy;
+        let span = span_rows * wo;
         let per_channel = sy * kw * span;
-        IMAGES.with_borrow_mut(|bases| {
-            if bases.len() < g.channels * per_channel {
-                bases.resize(g.channels * per_channel, 0);
+        // The input rows those read, inside their padding (`pad` outside the image, to the
+        // last column a tap reads): the gathered rows are then strided runs of them, with
+        // no edge to test per row (the edges cost more than the bytes on 14- and 28-wide
+        // rows).
+        let width = (left + w).max((wo - 1) * sx + (kw - 1) * dx + 1);
+        let band_rows = span_rows * sy;
+        let first_row = (oy0 * sy) as isize - top as isize;
+        IMAGES.with_borrow_mut(|images| {
+            if images.len() < g.channels * per_channel + band_rows * width {
+                images.resize(g.channels * per_channel + band_rows * width, 0);
             }
+            let (bases, padded) = images.split_at_mut(g.channels * per_channel);
+            let padded = &mut padded[..band_rows * width];
             for (ci, channel) in bases
                 .chunks_exact_mut(per_channel)
                 .take(g.channels)
                 .enumerate()
             {
-                let plane = &x[ci * hw..(ci + 1) * hw];
+                let plane = &x[ci * h * w..(ci + 1) * h * w];
+                for (r, row) in padded.chunks_exact_mut(width).enumerate() {
+                    let iy = first_row + r as isize;
+                    if iy < 0 || iy >= h as isize {
+                        row.fill(pad);
+                        continue;
+                    }
+                    let iy = iy as usize;
+                    pad_edge(&mut row[..left], pad);
+                    row[left..left + w].copy_from_slice(&plane[iy * w..(iy + 1) * w]);
+                    pad_edge(&mut row[left + w..], pad);
+                }
                 for (tap, base) in channel.chunks_exact_mut(span).enumerate() {
-                    // Output rows past the layer's last read rows past the input: padding.
-                    gather(g, plane, pad, [tap / kw, tap % kw], oy0, base);
+                    let (ty, kx) = (tap / kw, tap % kw);
+                    for (j, out) in base.chunks_exact_mut(wo).enumerate() {
+                        let src = &padded[(j * sy + ty) * width + kx * dx..];
+                        if sx == 1 {
+                            out.copy_from_slice(&src[..wo]);
+                        } else {
+                            take_strided(src, sx, out);
+                        }
+                    }
                 }
             }
             copy_patch_rows(
@@ -1416,6 +1444,11 @@ mod tests {
             (3, 41, 75, [3, 3], [2, 2], [1, 1], explicit([1, 1], [1, 1])),
             (2, 9, 66, [1, 1], [2, 2], [1, 1], PaddingSpec::Valid),
             (2, 7, 64, [3, 3], [1, 2], [1, 1], explicit([0, 0], [1, 1])),
+            // Taller kernels than vertical strides (`RowReuse`) with dilated columns, and
+            // with column strides of 3 and 4.
+            (3, 11, 14, [3, 3], [2, 2], [1, 2], explicit([1, 2], [0, 1])),
+            (2, 9, 10, [5, 5], [3, 3], [1, 3], explicit([2, 1], [2, 3])),
+            (2, 8, 23, [3, 5], [2, 4], [1, 1], explicit([1, 2], [1, 2])),
             // Several bands of output rows (CHUNK_BYTES), the last one partial.
             (64, 40, 40, [3, 3], [1, 1], [1, 1], explicit([1, 1], [1, 1])),
             (32, 30, 29, [3, 3], [1, 1], [1, 1], explicit([1, 1], [1, 1])),
