@@ -93,6 +93,7 @@ impl Averages for QGlobalAvgPool {
     fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>> {
         let planes: usize = self.output_shape.iter().product();
         let view = x.try_as_plain_ram()?;
+        // Checks the type; the sums read the bytes.
         let xs = view.as_slice::<X>()?;
         ensure!(
             xs.len() == planes * self.plane,
@@ -101,12 +102,21 @@ impl Averages for QGlobalAvgPool {
             self.output_shape
         );
         let (scale, zp) = self.dequantize;
-        Ok(xs
+        // An i8's bits with the top one flipped are its value plus 128, as a u8.
+        let (flip, offset) = if X::datum_type() == DatumType::I8 {
+            (0x80, 128 + i64::from(zp))
+        } else {
+            (0, i64::from(zp))
+        };
+        let bias = offset * self.plane as i64;
+        Ok(view
+            .as_bytes()
             .chunks_exact(self.plane)
             .map(|p| {
-                // |x - zp| <= 255 and `plane` <= MAX_PLANE (checked at the rewrite): exact.
-                let sum: i32 = p.iter().map(|&v| v.into() - zp).sum();
-                sum as f32 * scale * self.recip
+                // |x - zp| <= 255 and `plane` <= MAX_PLANE (checked at the rewrite): the
+                // sum fits an i32, exactly.
+                let sum = crate::kernels::sum::sum(p, flip) as i64 - bias;
+                sum as i32 as f32 * scale * self.recip
             })
             .collect())
     }

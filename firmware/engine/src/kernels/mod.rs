@@ -36,3 +36,4 @@ pub(crate) mod pairs;
 mod pairs_neon;
 pub(crate) mod panels;
 pub(crate) mod qbinary;
+pub(crate) mod sum;

@@ -1,0 +1,108 @@
+//! Byte sums: `Σ (b ^ flip)` over a run of bytes, the sums of the quantized global average
+//! pools (avgpool.rs). A `flip` of 0x80 sums i8 values' bits as `value + 128`, so one kernel
+//! serves u8 and i8 tensors.
+//!
+//! The reference widens each byte. On aarch64, UADALP adds the pairs of sixteen bytes into
+//! eight u16 lanes per instruction, flushed to u64 before a lane can overflow; on x86_64,
+//! PSADBW (SSE2, part of the baseline) sums eight bytes into a u64 lane. The compiler's own
+//! loop widened every byte to 32 bits: about 1.2 instructions a byte under qemu
+//! (cortex-a72), 22 k of the qformats network's 1.1 M.
+
+/// `Σ (b ^ flip)` over `bytes`.
+pub(crate) fn sum(bytes: &[u8], flip: u8) -> u64 {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: NEON is part of the aarch64 baseline.
+    let (done, total) = unsafe { neon::sum(bytes, flip) };
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE2 is part of the x86_64 baseline.
+    let (done, total) = unsafe { sse2::sum(bytes, flip) };
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+    let (done, total) = (0, 0);
+    total + sum_scalar(&bytes[done..], flip)
+}
+
+/// The reference.
+pub(crate) fn sum_scalar(bytes: &[u8], flip: u8) -> u64 {
+    bytes.iter().map(|&b| u64::from(b ^ flip)).sum()
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    /// Blocks of 16 bytes per flush of the u16 lanes: each lane gains at most 2 · 255 per
+    /// block, and 128 blocks stay under 65 536.
+    const FLUSH: usize = 128;
+
+    /// The whole 16-byte blocks of `bytes`: how many bytes they hold, and their sum.
+    pub(super) unsafe fn sum(bytes: &[u8], flip: u8) -> (usize, u64) {
+        let blocks = bytes.len() / 16;
+        let f = vdupq_n_u8(flip);
+        let mut total = vdupq_n_u64(0);
+        let mut at = 0;
+        while at < blocks {
+            let run = (blocks - at).min(FLUSH);
+            let mut lanes = vdupq_n_u16(0);
+            for b in at..at + run {
+                // SAFETY: block `b` is inside `bytes`.
+                let v = unsafe { vld1q_u8(bytes.as_ptr().add(16 * b)) };
+                lanes = vpadalq_u8(lanes, veorq_u8(v, f));
+            }
+            total = vpadalq_u32(total, vpaddlq_u16(lanes));
+            at += run;
+        }
+        (16 * blocks, vaddvq_u64(total))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::*;
+
+    /// The whole 16-byte blocks of `bytes`: how many bytes they hold, and their sum.
+    pub(super) unsafe fn sum(bytes: &[u8], flip: u8) -> (usize, u64) {
+        let blocks = bytes.len() / 16;
+        let (f, zero) = (_mm_set1_epi8(flip as i8), _mm_setzero_si128());
+        let mut total = _mm_setzero_si128();
+        for b in 0..blocks {
+            // SAFETY: block `b` is inside `bytes`.
+            let v = unsafe { _mm_loadu_si128(bytes.as_ptr().add(16 * b) as *const __m128i) };
+            total = _mm_add_epi64(total, _mm_sad_epu8(_mm_xor_si128(v, f), zero));
+        }
+        let mut halves = [0u64; 2];
+        // SAFETY: `halves` holds 16 bytes.
+        unsafe { _mm_storeu_si128(halves.as_mut_ptr() as *mut __m128i, total) };
+        (16 * blocks, halves[0] + halves[1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lengths around the block and flush sizes (16, 128 blocks) and long runs of the
+    /// largest byte, unflipped and flipped: the reference's sums.
+    #[test]
+    fn sums_match_the_reference() {
+        let mut seed = 0x2545_f491u32;
+        for len in [0, 1, 15, 16, 17, 280, 2047, 2048, 2049, 4096 + 33, 70_000] {
+            let random: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as u8
+                })
+                .collect();
+            for bytes in [random, vec![255; len], vec![0x7f; len]] {
+                for flip in [0, 0x80] {
+                    assert_eq!(
+                        sum(&bytes, flip),
+                        sum_scalar(&bytes, flip),
+                        "{len} bytes, flip {flip:#x}"
+                    );
+                }
+            }
+        }
+    }
+}
