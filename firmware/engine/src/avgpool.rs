@@ -21,7 +21,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::binary::{OptBinByScalar, TypedBinOp};
 use tract_onnx::tract_core::ops::cnn::{OptSumPool, PaddingSpec};
-use tract_onnx::tract_core::ops::math::{Max, Mul};
+use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
@@ -232,15 +232,11 @@ fn add_shifted(values: &[i32], taps: usize, step: usize, sums: &mut [i32]) {
     }
 }
 
-/// `Quantize8(AveragePool(DQ(x)))` over the two trailing axes of an NCHW u8/i8 tensor, or
-/// `Quantize8(AveragePool(Relu(DQ(x))))`.
+/// `Quantize8(AveragePool(DQ(x)))` over the two trailing axes of an NCHW u8/i8 tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct QAvgPool {
     /// The input's dequantization: (scale, zero point).
     dequantize: (f32, i32),
-    /// Whether a Relu comes between the dequantization and the pool: `Relu(DQ(x))` is
-    /// `DQ(max(x, zero point))`, exactly (DQ of the zero point is 0, and DQ is monotone).
-    relu: bool,
     quantize: Quantize8,
     rows: AxisWindows,
     cols: AxisWindows,
@@ -311,7 +307,6 @@ impl QAvgPool {
         }
         Some(QAvgPool {
             dequantize,
-            relu: false,
             quantize,
             rows,
             cols,
@@ -349,8 +344,6 @@ impl Averages for QAvgPool {
             self.output_shape
         );
         let zp = self.dequantize.1;
-        // `x - zp` is at least -255: a Relu's floor of 0 or none.
-        let floor = if self.relu { 0 } else { -255 };
         let (hp, wp) = (rows.padded, cols.padded);
         // Planes per group: about 16 KiB of i32 per buffer, so that the passes stay in
         // the first-level cache.
@@ -368,7 +361,7 @@ impl Averages for QAvgPool {
                 let interior = dst[rows.before * wp..].chunks_exact_mut(wp);
                 for (src, row) in plane.chunks_exact(w).zip(interior) {
                     for (d, &v) in row[cols.before..cols.before + w].iter_mut().zip(src) {
-                        *d = (v.into() - zp).max(floor);
+                        *d = v.into() - zp;
                     }
                 }
             }
@@ -431,15 +424,14 @@ impl Op for QAvgPool {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{:?} to {:?}, padding {}{}",
+            "{:?} to {:?}, padding {}",
             self.input_hw,
             self.output_shape,
             if self.count_include_pad {
                 "counted"
             } else {
                 "not counted"
-            },
-            if self.relu { ", after a Relu" } else { "" }
+            }
         )])
     }
 
@@ -508,8 +500,9 @@ pub(crate) fn fuse_quantized_pools(model: &mut TypedModel) -> TractResult<Vec<(S
 /// The branches' int8 tensors, the quantization's outlet and the branches' pools.
 type Joined = (TVec<OutletId>, OutletId, Vec<QAvgPool>);
 
-/// `Quantize8(OptSumPool(Concat(b_0, b_1, ...)))` at the pool `id`, the Concat along the
-/// channels and each `b_i` a `DQ(x_i)` or `Relu(DQ(x_i))`: as each channel's average
+/// `Quantize8(OptSumPool(Concat(DQ(x_0), DQ(x_1), ...)))` at the pool `id`, the Concat along
+/// the channels (a Relu between a DQ and the Concat is `DQ(QTable(x))` by then,
+/// qtable.rs `relus_on_integers`): as each channel's average
 /// reads that channel alone, it is the concatenation of the branches' [`QAvgPool`]s, each
 /// quantized as the output is (onnxruntime's QOperator format with standard operators
 /// leaves Inception-style joins so: QLinearConv, DequantizeLinear, Relu, Concat,
@@ -538,7 +531,7 @@ fn joined_windowed_at(model: &TypedModel, id: usize) -> TractResult<Option<Joine
     }
     let (mut xs, mut pools) = (tvec![], vec![]);
     for &branch in &concat.inputs {
-        let Some((x, dequantize, relu)) = dequantized_branch(model, branch)? else {
+        let Some((x, dequantize)) = dequantized(model, branch) else {
             return Ok(None);
         };
         let fact = model.outlet_fact(x)?;
@@ -552,7 +545,7 @@ fn joined_windowed_at(model: &TypedModel, id: usize) -> TractResult<Option<Joine
             return Ok(None);
         };
         xs.push(x);
-        pools.push(QAvgPool { relu, ..op });
+        pools.push(op);
     }
     // The joined outputs have the quantization's shape.
     let channels: usize = pools.iter().map(|p| p.output_shape[1]).sum();
@@ -566,44 +559,11 @@ fn joined_windowed_at(model: &TypedModel, id: usize) -> TractResult<Option<Joine
     Ok(Some((xs, OutletId::new(q_node.id, 0), pools)))
 }
 
-/// A branch of a join: its int8 tensor, that tensor's dequantization (scale, zero point),
-/// and whether a Relu follows it.
-type Branch = (OutletId, (f32, i32), bool);
-
-/// The [`Branch`] `outlet` is when it is `DQ(x)` (no Relu) or `Max(DQ(x), 0)`, ONNX's Relu
-/// as tract has it.
-fn dequantized_branch(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Branch>> {
-    let mut node = model.node(outlet.node);
-    let mut relu = false;
-    let is_max = node
-        .op_as::<TypedBinOp>()
-        .map(|b| b.0.is::<Max>())
-        .or_else(|| node.op_as::<OptBinByScalar>().map(|b| b.binop.is::<Max>()))
-        .unwrap_or(false);
-    if is_max && node.inputs.len() == 2 {
-        let zero = |o: &OutletId| -> TractResult<bool> {
-            let fact = model.outlet_fact(*o)?;
-            Ok(fact.konst.as_ref().is_some_and(|k| {
-                k.datum_type() == DatumType::F32
-                    && k.len() == 1
-                    && k.cast_to_scalar::<f32>().is_ok_and(|v| v == 0.0)
-            }))
-        };
-        let input = match (zero(&node.inputs[0])?, zero(&node.inputs[1])?) {
-            (false, true) => node.inputs[0],
-            (true, false) => node.inputs[1],
-            _ => return Ok(None),
-        };
-        node = model.node(input.node);
-        relu = true;
-    }
-    let Some(dq) = node.op_as::<DequantizeLinearF32>() else {
-        return Ok(None);
-    };
-    if node.inputs.len() != 1 {
-        return Ok(None);
-    }
-    Ok(Some((node.inputs[0], (dq.scale, dq.zero_point), relu)))
+/// `(x, (scale, zero point))` when `outlet` is `DQ(x)`.
+fn dequantized(model: &TypedModel, outlet: OutletId) -> Option<(OutletId, (f32, i32))> {
+    let node = model.node(outlet.node);
+    let dq = node.op_as::<DequantizeLinearF32>()?;
+    (node.inputs.len() == 1).then(|| (node.inputs[0], (dq.scale, dq.zero_point)))
 }
 
 /// The scalar constant `c` of a Mul node `node` whose other input is `from`.

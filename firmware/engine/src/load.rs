@@ -326,6 +326,7 @@ fn build_proto(
         let mut max_pools_quantized = 0;
         let mut max_pools_moved = 0;
         let mut merged_tables = 0;
+        let mut relus = 0;
         let mut tables_looked_up = 0;
         let mut straight_to_i8 = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
@@ -370,6 +371,12 @@ fn build_proto(
             gemvs = crate::gemv::gemv_products(&mut optimized).map_err(|e| {
                 load_err(format!(
                     "replacing the int8 matrix-vector products failed: {e:#}"
+                ))
+            })?;
+            // First: the nodes after a Relu in float then read a dequantization.
+            relus = crate::qtable::relus_on_integers(&mut optimized).map_err(|e| {
+                load_err(format!(
+                    "moving the Relus onto the int8 tensors failed: {e:#}"
                 ))
             })?;
             let fused_binaries =
@@ -586,6 +593,12 @@ fn build_proto(
                     "moved the quantization in front of",
                     "f32 max pool",
                     ", which then ran on bytes",
+                ),
+                (
+                    relus,
+                    "moved",
+                    "f32 Relu",
+                    " after a dequantization onto the int8 tensor before it, as a table",
                 ),
                 (
                     merged_tables,

@@ -24,7 +24,10 @@ use crate::kernels::qbinary::{Binary, Output, Side};
 use crate::quantize::Quantize8;
 use crate::threads;
 
-/// `Quantize8(DQ(a) op DQ(b))` with `op` an f32 Add or Mul.
+/// `Quantize8(DQ(a) op DQ(b))` with `op` an f32 Add or Mul, or `Quantize8(DQ(a) op f)` with
+/// `f` an f32 tensor broadcast over `a` (a squeeze-excite's scale, which the QOperator
+/// format with standard operators leaves in float: its Sigmoid has no standard quantized
+/// form).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct QBinary {
     /// The operation on bytes: each input's dequantization, the op, the quantization.
@@ -34,6 +37,9 @@ pub(crate) struct QBinary {
     shape: TVec<usize>,
     full: usize,
     inner: usize,
+    /// Whether the other input is f32 values rather than int8 bytes (`inner` > 1 then; its
+    /// side of `kernel` is not used).
+    float_other: bool,
 }
 
 impl Eq for QBinary {}
@@ -90,14 +96,24 @@ impl QBinary {
 
     fn run(&self, a: &Tensor, b: &Tensor) -> TractResult<Tensor> {
         let k = &self.kernel;
-        let (xs, ys) = (
-            bytes_of(a, k.sides[0].signed)?,
-            bytes_of(b, k.sides[1].signed)?,
-        );
+        let (full_side, other_side) = (self.full, 1 - self.full);
+        let (full_t, other_t) = if self.full == 0 { (a, b) } else { (b, a) };
+        let full = bytes_of(full_t, k.sides[full_side].signed)?;
         let total: usize = self.shape.iter().product();
-        let (full, other) = if self.full == 0 { (xs, ys) } else { (ys, xs) };
+        // The other input's values: its bytes when both sides have the output's shape, one
+        // f32 per block of `inner` (dequantized once, or as they are) otherwise.
+        let (other, values) = if self.inner == 1 {
+            (bytes_of(other_t, k.sides[other_side].signed)?, vec![])
+        } else if self.float_other {
+            let view = other_t.try_as_plain_ram()?;
+            (&[][..], view.as_slice::<f32>()?.to_vec())
+        } else {
+            let bytes = bytes_of(other_t, k.sides[other_side].signed)?;
+            let side = k.sides[other_side];
+            (&[][..], bytes.iter().map(|&y| side.value(y)).collect())
+        };
         ensure!(
-            full.len() == total && other.len() * self.inner == total,
+            full.len() == total && (other.len() + values.len()) * self.inner == total,
             "QBinary: inputs of {:?} and {:?} for an output of {:?}",
             a.shape(),
             b.shape(),
@@ -115,20 +131,23 @@ impl QBinary {
             );
             let worth = total >= PARALLEL_BYTES;
             if self.inner == 1 {
+                let (xs, ys) = if self.full == 0 {
+                    (full, other)
+                } else {
+                    (other, full)
+                };
                 threads::per_thread(zs, LINE, worth, |first, zs| {
                     let at = first * LINE;
                     k.same(&xs[at..at + zs.len()], &ys[at..at + zs.len()], zs);
                     Ok(())
                 })?;
             } else {
-                // The broadcast side's value, dequantized once per block of `inner`.
-                let (side, other_side) = (self.full, 1 - self.full);
                 let inner = self.inner;
                 threads::per_thread(zs, inner, worth, |first, zs| {
                     let full = &full[first * inner..][..zs.len()];
                     let blocks = zs.chunks_mut(inner).zip(full.chunks(inner));
-                    for ((zs, full), &y) in blocks.zip(&other[first..]) {
-                        k.with_value(side, full, k.sides[other_side].value(y), zs);
+                    for ((zs, full), &v) in blocks.zip(&values[first..]) {
+                        k.with_value(full_side, full, v, zs);
                     }
                     Ok(())
                 })?;
@@ -145,10 +164,11 @@ impl Op for QBinary {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} of int8 inputs, {:?}, one value of the smaller per {}",
+            "{} of int8 inputs, {:?}, one value of the smaller per {}{}",
             if self.kernel.mul { "Mul" } else { "Add" },
             self.shape,
-            self.inner
+            self.inner,
+            if self.float_other { " (f32)" } else { "" }
         )])
     }
 
@@ -261,10 +281,24 @@ fn run_at(
         zero: 0,
     }; 2];
     let mut shapes = vec![];
+    let mut floats = None;
     for (slot, input) in node.inputs.iter().enumerate() {
         let dq_node = model.node(input.node);
         let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else {
-            return Ok(None);
+            // At most one f32 input, computed (an op with a constant is an element-wise
+            // chain, which qtable.rs makes a table of); its shape is checked below: the
+            // broadcast one.
+            let fact = model.outlet_fact(*input)?;
+            let Some(shape) = fact.shape.as_concrete() else {
+                return Ok(None);
+            };
+            let computed = fact.datum_type == DatumType::F32 && fact.konst.is_none();
+            if !computed || floats.replace(slot).is_some() {
+                return Ok(None);
+            }
+            ints.push(*input);
+            shapes.push(shape.to_vec());
+            continue;
         };
         let fact = model.outlet_fact(dq_node.inputs[0])?;
         let Some(shape) = fact.shape.as_concrete() else {
@@ -289,6 +323,10 @@ fn run_at(
         (Some(inner), Some(1)) => (1, inner),
         _ => return Ok(None),
     };
+    // An f32 input is the broadcast one, over more than one output each.
+    if floats.is_some_and(|slot| slot == full || inner == 1) {
+        return Ok(None);
+    }
     if node.outputs[0].fact.shape.as_concrete() != Some(out_shape) {
         return Ok(None);
     }
@@ -303,6 +341,7 @@ fn run_at(
         shape: out_shape.into(),
         full,
         inner,
+        float_other: floats.is_some(),
     };
     Ok(Some((ints, OutletId::new(q_node.id, 0), op)))
 }
@@ -399,6 +438,67 @@ mod tests {
                     outputs(&ours.plan, &[1, c, h, w], &data)
                 });
                 assert_eq!(want, threaded, "{op} {pooled} {zeros:?}, 3 threads");
+            }
+        }
+    }
+
+    /// A squeeze-excite's scale as the QOperator format with standard operators leaves it:
+    /// `Q(DQ(a) * Sigmoid(GlobalAveragePool(x)))`, the scale in f32, on either side of the
+    /// Mul, u8 and i8: one `QBinary` with the bytes of tract's plan, on one thread and on
+    /// three.
+    #[test]
+    fn scales_in_float_keep_tracts_bits() {
+        use crate::banded::tests::{input_spec, outputs, test_inputs};
+        use crate::load::{build_with, Target};
+        let (c, h, w) = (4, 6, 11);
+        let spec = input_spec(c, h, w);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        for (zeros, scale_first) in [([128, 3], false), ([-5, -128], true)] {
+            let init = vec![
+                raw("sa", D::Float, &[], &[0.043f32]),
+                zero_point("za", zeros[0]),
+                raw("sy", D::Float, &[], &[0.0217f32]),
+                zero_point("zy", zeros[1]),
+            ];
+            let inputs = if scale_first {
+                ["s", "ad"]
+            } else {
+                ["ad", "s"]
+            };
+            let nodes = vec![
+                node("QuantizeLinear", &["x", "sa", "za"], "a", vec![]),
+                node("DequantizeLinear", &["a", "sa", "za"], "ad", vec![]),
+                node("GlobalAveragePool", &["x"], "p", vec![]),
+                node("Sigmoid", &["p"], "s", vec![]),
+                node("Mul", &inputs, "r", vec![]),
+                node("QuantizeLinear", &["r", "sy", "zy"], "rq", vec![]),
+                node("DequantizeLinear", &["rq", "sy", "zy"], "rd", vec![]),
+                node("Flatten", &["rd"], "y", vec![int("axis", 1)]),
+            ];
+            let bytes = model_bytes("scale", nodes, init, ("x", &[1, c, h, w]), "y");
+            let plain = build_with(&bytes, &target, false).unwrap();
+            let ours = build_with(&bytes, &target, true).unwrap();
+            let fused = ours
+                .plan
+                .model()
+                .nodes()
+                .iter()
+                .filter(|n| n.op_is::<QBinary>())
+                .count();
+            assert_eq!(fused, 1, "{zeros:?} {scale_first}: {:?}", ours.patches);
+            let pool = crate::threads::executor_for(3).unwrap();
+            for data in test_inputs(c * h * w) {
+                let data: Vec<f32> = data.iter().map(|v| 4.0 * v - 2.0).collect();
+                let want = outputs(&plain.plan, &[1, c, h, w], &data);
+                assert_eq!(want, outputs(&ours.plan, &[1, c, h, w], &data), "{zeros:?}");
+                let threaded = crate::threads::scope(pool.clone(), || {
+                    outputs(&ours.plan, &[1, c, h, w], &data)
+                });
+                assert_eq!(want, threaded, "{zeros:?}, 3 threads");
             }
         }
     }

@@ -23,6 +23,7 @@ use tract_onnx::tract_core::ops::binary::{OptBinByScalar, OptBinChain, OptBinUni
 use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::math::Max;
 use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
 use crate::kernels::lut;
@@ -263,6 +264,86 @@ pub(crate) fn tables_into_requantization(model: &mut TypedModel) -> TractResult<
         fused += 1;
     }
     Ok(fused)
+}
+
+/// Replaces every `Relu(DQ(x))`, tract's `Max(DQ(x), 0)`, whose dequantization the Relu
+/// alone reads, with `DQ(QTable(x))`, the table clamping `x` at its zero point: for a
+/// positive scale `DQ(max(x, zero point))` is `max(DQ(x), 0)` exactly (DQ of the zero point
+/// is 0, and DQ grows with `x`). The dequantized values then reach the integer forms of the
+/// nodes that read them, where a Relu in float stood between (QOperator files with standard
+/// operators leave Relus so before a squeeze-excite's pool and Mul, and before a join),
+/// and the table folds into the requantization before it (`tables_into_requantization`).
+/// Returns how many Relus it replaced.
+pub(crate) fn relus_on_integers(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(input) = relu_input(model, node)? else {
+            continue;
+        };
+        let dq_node = model.node(input.node);
+        let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else {
+            continue;
+        };
+        let x = dq_node.inputs[0];
+        let dt = model.outlet_fact(x)?.datum_type;
+        let alone = dq_node.outputs[0].successors.len() == 1;
+        let positive = dq.scale.partial_cmp(&0.0) == Some(std::cmp::Ordering::Greater);
+        if !alone || !matches!(dt, DatumType::U8 | DatumType::I8) || !positive {
+            continue;
+        }
+        let zero = dq.zero_point;
+        let table: Box<[u8; 256]> = Box::new(std::array::from_fn(|bits| {
+            let value = if dt == DatumType::I8 {
+                i32::from(bits as u8 as i8)
+            } else {
+                bits as i32
+            };
+            // The zero point is a value of the type (tract checks it at the load).
+            value.max(zero) as u8
+        }));
+        let (name, dq_name, dq_op) = (node.name.clone(), dq_node.name.clone(), dq_node.op.clone());
+        let patch = TypedModelPatch::rewire(model, &[x], &[OutletId::new(id, 0)], &|p, taps| {
+            let clamped = p.wire_node(
+                format!("{name}.clamp"),
+                QTable {
+                    table: table.clone(),
+                    to: dt,
+                },
+                taps,
+            )?;
+            p.wire_node(format!("{dq_name}.clamped"), dq_op.clone(), &clamped)
+        })?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+/// The input of `node` when it is ONNX's Relu as tract has it: a Max with an f32 constant
+/// of one value, 0, as its other input.
+pub(crate) fn relu_input(model: &TypedModel, node: &TypedNode) -> TractResult<Option<OutletId>> {
+    let is_max = node
+        .op_as::<TypedBinOp>()
+        .map(|b| b.0.is::<Max>())
+        .or_else(|| node.op_as::<OptBinByScalar>().map(|b| b.binop.is::<Max>()))
+        .unwrap_or(false);
+    if !is_max || node.inputs.len() != 2 || node.outputs.len() != 1 {
+        return Ok(None);
+    }
+    let zero = |o: &OutletId| -> TractResult<bool> {
+        let fact = model.outlet_fact(*o)?;
+        Ok(fact.konst.as_ref().is_some_and(|k| {
+            k.datum_type() == DatumType::F32
+                && k.len() == 1
+                && k.cast_to_scalar::<f32>().is_ok_and(|v| v == 0.0)
+        }))
+    };
+    Ok(match (zero(&node.inputs[0])?, zero(&node.inputs[1])?) {
+        (false, true) => Some(node.inputs[0]),
+        (true, false) => Some(node.inputs[1]),
+        _ => None,
+    })
 }
 
 /// Replaces every `Quantize8(Concat(DQ_0(x_0), DQ_1(x_1), ...))` with the concatenation of
@@ -832,6 +913,32 @@ mod tests {
             );
         }
         ours
+    }
+
+    /// A Relu between a dequantization and float nodes (here the output's Flatten) runs on
+    /// the int8 tensor as a table, u8 and i8, with every byte value (half of them below the
+    /// zero point): the plan gives tract's bits and has no Max left. Where the
+    /// dequantization has another reader, the Relu stays.
+    #[test]
+    fn relus_after_a_dequantization_run_on_the_int8_tensor() {
+        use crate::onnx_build::int;
+        for (za, shared) in [(130, false), (-7, false), (130, true)] {
+            let (init, mut nodes) = quantized_input([0.043, 0.0317], [za, 0], "s0");
+            nodes.push(node("Relu", &["s0"], "r", vec![]));
+            let last = if shared {
+                nodes.push(node("Add", &["r", "s0"], "both", vec![]));
+                "both"
+            } else {
+                "r"
+            };
+            nodes.push(node("Flatten", &[last], "y", vec![int("axis", 1)]));
+            let bytes = model_bytes("relu", nodes, init, ("x", &SHAPE), "y");
+            let ours = same_bytes_as_tract(&bytes, &format!("zero point {za}, shared {shared}"));
+            let ops = op_names(&ours);
+            let max = ops.iter().any(|o| o.contains("Max"));
+            let table = ops.iter().any(|o| o == "QTable");
+            assert_eq!((max, table), (shared, !shared), "{za} {shared}: {ops:?}");
+        }
     }
 
     /// onnxruntime's QOperator with standard operators only: QLinearConvs with a ReLU6
