@@ -267,7 +267,7 @@ pub(crate) fn tables_into_requantization(model: &mut TypedModel) -> TractResult<
 }
 
 /// Replaces every `Relu(DQ(x))`, tract's `Max(DQ(x), 0)`, whose dequantization the Relu
-/// alone reads, with `DQ(QTable(x))`, the table clamping `x` at its zero point: for a
+/// alone reads and whose output no quantization reads, with `DQ(QTable(x))`, the table clamping `x` at its zero point: for a
 /// positive scale `DQ(max(x, zero point))` is `max(DQ(x), 0)` exactly (DQ of the zero point
 /// is 0, and DQ grows with `x`). The dequantized values then reach the integer forms of the
 /// nodes that read them, where a Relu in float stood between (QOperator files with standard
@@ -281,6 +281,15 @@ pub(crate) fn relus_on_integers(model: &mut TypedModel) -> TractResult<usize> {
         let Some(input) = relu_input(model, node)? else {
             continue;
         };
+        // A Relu that a quantization reads is a step of a chain that becomes one table
+        // (`tabulate_quantized_chains`), dequantization and quantization included.
+        let quantized = node.outputs[0]
+            .successors
+            .iter()
+            .any(|s| model.node(s.node).op_is::<Quantize8>());
+        if quantized {
+            continue;
+        }
         let dq_node = model.node(input.node);
         let Some(dq) = dq_node.op_as::<DequantizeLinearF32>() else {
             continue;
