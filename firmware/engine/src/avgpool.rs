@@ -770,17 +770,8 @@ mod tests {
 
     /// The plans of `bytes` with and without the engine's rewrites; asserts that the
     /// rewritten one has one `O` and no pool in float.
-    fn plans<O: Op>(bytes: &[u8], (c, h, w): (usize, usize, usize)) -> (crate::Plan, crate::Plan) {
-        use crate::banded::tests::input_spec;
-        use crate::load::{build_with, Target};
-        let spec = input_spec(c, h, w);
-        let target = Target {
-            input: &spec,
-            output_tensor: "y",
-            batch: 1,
-        };
-        let plain = build_with(bytes, &target, false).unwrap();
-        let ours = build_with(bytes, &target, true).unwrap();
+    fn plans<O: Op>(bytes: &[u8], chw: (usize, usize, usize)) -> (crate::Plan, crate::Plan) {
+        let (plain, ours) = crate::banded::tests::both_builds(bytes, chw);
         let fused = ours
             .plan
             .model()
@@ -987,8 +978,7 @@ mod tests {
     /// rounding tie, as tract's float plan gives.
     #[test]
     fn pools_of_joined_branches_are_the_branches_pools() {
-        use crate::banded::tests::{input_spec, outputs, test_inputs};
-        use crate::load::{build_with, Target};
+        use crate::banded::tests::{both_builds, outputs, test_inputs};
         use crate::onnx_build::ints;
         let (c, h, w) = (3, 7, 11);
         let (sa, za, sb, zb, zy) = (0.0061f32, 140, 0.0093f32, -9, 3);
@@ -1017,14 +1007,7 @@ mod tests {
             node("DequantizeLinear", &["gq", "sy", "zy"], "y", vec![]),
         ];
         let bytes = model_bytes("joined", nodes, init, ("x", &[1, c, h, w]), "y");
-        let spec = input_spec(c, h, w);
-        let target = Target {
-            input: &spec,
-            output_tensor: "y",
-            batch: 1,
-        };
-        let plain = build_with(&bytes, &target, false).unwrap();
-        let ours = build_with(&bytes, &target, true).unwrap();
+        let (plain, ours) = both_builds(&bytes, (c, h, w));
         let count = |is: &dyn Fn(&TypedNode) -> bool| {
             ours.plan.model().nodes().iter().filter(|n| is(n)).count()
         };

@@ -1333,6 +1333,36 @@ pub(crate) mod tests {
     }
 
     /// The test models' input: `x`, NCHW, values in [0, 1].
+    /// The builds of a test model's `bytes` (input `x` of `[1, c, h, w]`, output `y`)
+    /// without and with the engine's rewrites.
+    pub(crate) fn both_builds(
+        bytes: &[u8],
+        (c, h, w): (usize, usize, usize),
+    ) -> (crate::load::Built, crate::load::Built) {
+        use crate::load::{build_with, Target};
+        let spec = input_spec(c, h, w);
+        let target = Target {
+            input: &spec,
+            output_tensor: "y",
+            batch: 1,
+        };
+        let plain = build_with(bytes, &target, false).unwrap();
+        let ours = build_with(bytes, &target, true).unwrap();
+        (plain, ours)
+    }
+
+    /// `len` pseudo-random bytes (xorshift32, advancing `seed`).
+    pub(crate) fn random_bytes(len: usize, seed: &mut u32) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 17;
+                *seed ^= *seed << 5;
+                *seed as u8
+            })
+            .collect()
+    }
+
     pub(crate) fn input_spec(c: usize, h: usize, w: usize) -> InputSpec {
         let mut spec = InputSpec::stretched(
             "x",

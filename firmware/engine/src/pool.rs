@@ -579,14 +579,8 @@ pub(crate) mod tests {
             for (shape, kernel, stride, padding) in cases.clone() {
                 let (theirs, ours, n) = plans(shape, dt, kernel, stride, padding.clone());
                 assert_eq!(n, 1, "{shape:?} {kernel:?} {stride:?} {padding:?}");
-                let bytes: Vec<u8> = (0..shape.iter().product::<usize>())
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 17;
-                        seed ^= seed << 5;
-                        seed as u8
-                    })
-                    .collect();
+                let len = shape.iter().product::<usize>();
+                let bytes = crate::banded::tests::random_bytes(len, &mut seed);
                 let x = byte_tensor(&shape, dt, &bytes);
                 let want = run_bytes(theirs, &x);
                 let case = format!("{dt:?} {shape:?} {kernel:?} {stride:?} {padding:?}");

@@ -399,15 +399,8 @@ mod tests {
     /// four-pass plan.
     #[test]
     fn quantized_adds_and_muls_keep_tracts_bits() {
-        use crate::banded::tests::{input_spec, outputs, test_inputs};
-        use crate::load::{build_with, Target};
+        use crate::banded::tests::{both_builds, outputs, test_inputs};
         let (c, h, w) = (3, 7, 9);
-        let spec = input_spec(c, h, w);
-        let target = Target {
-            input: &spec,
-            output_tensor: "y",
-            batch: 1,
-        };
         for (op, pooled, zeros) in [
             ("Add", false, [128, 3, 120]),
             ("Add", true, [-5, 0, -128]),
@@ -415,8 +408,7 @@ mod tests {
             ("Mul", false, [-128, 7, 127]),
         ] {
             let bytes = model(op, pooled, zeros, (c, h, w));
-            let plain = build_with(&bytes, &target, false).unwrap();
-            let ours = build_with(&bytes, &target, true).unwrap();
+            let (plain, ours) = both_builds(&bytes, (c, h, w));
             let fused = ours
                 .plan
                 .model()
@@ -448,15 +440,8 @@ mod tests {
     /// three.
     #[test]
     fn scales_in_float_keep_tracts_bits() {
-        use crate::banded::tests::{input_spec, outputs, test_inputs};
-        use crate::load::{build_with, Target};
+        use crate::banded::tests::{both_builds, outputs, test_inputs};
         let (c, h, w) = (4, 6, 11);
-        let spec = input_spec(c, h, w);
-        let target = Target {
-            input: &spec,
-            output_tensor: "y",
-            batch: 1,
-        };
         for (zeros, scale_first) in [([128, 3], false), ([-5, -128], true)] {
             let init = vec![
                 raw("sa", D::Float, &[], &[0.043f32]),
@@ -480,8 +465,7 @@ mod tests {
                 node("Flatten", &["rd"], "y", vec![int("axis", 1)]),
             ];
             let bytes = model_bytes("scale", nodes, init, ("x", &[1, c, h, w]), "y");
-            let plain = build_with(&bytes, &target, false).unwrap();
-            let ours = build_with(&bytes, &target, true).unwrap();
+            let (plain, ours) = both_builds(&bytes, (c, h, w));
             let fused = ours
                 .plan
                 .model()

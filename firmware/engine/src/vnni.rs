@@ -368,13 +368,8 @@ mod tests {
             println!("SKIPPED: this CPU has no AVX-512 VNNI");
             return;
         }
+        use crate::banded::tests::random_bytes;
         let mut seed = 0x9e37_79b9u32;
-        let mut byte = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed >> 24) as u8
-        };
         for (channels, k, n) in [
             (5, 3, 1),
             (16, 64, 49),
@@ -386,13 +381,16 @@ mod tests {
             (512, 36, 7),
             (17, 4, 28),
         ] {
-            let weights: Vec<i8> = (0..channels * k).map(|_| byte() as i8).collect();
+            let weights: Vec<i8> = random_bytes(channels * k, &mut seed)
+                .into_iter()
+                .map(|b| b as i8)
+                .collect();
             let offsets: Vec<i32> = (0..channels).map(|ch| ch as i32 * 1000 - 7000).collect();
             let panels = Arc::new(pack_rows(&weights, channels, k).unwrap());
             let tiles = Tiles::with_panels(panels, channels, k, &offsets);
             // The patches as the band packs them: K4 panels of 16 columns, each byte the
             // patch value plus 128.
-            let patches: Vec<u8> = (0..k * n).map(|_| byte()).collect();
+            let patches = random_bytes(k * n, &mut seed);
             let panel_len = k.div_ceil(4) * 4 * R;
             let mut packed = vec![0u8; n.div_ceil(R) * panel_len];
             for col in 0..n {

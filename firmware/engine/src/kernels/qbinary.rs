@@ -390,16 +390,7 @@ mod neon {
 mod tests {
     use super::*;
 
-    fn bytes(len: usize, seed: &mut u32) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                *seed ^= *seed << 13;
-                *seed ^= *seed >> 17;
-                *seed ^= *seed << 5;
-                *seed as u8
-            })
-            .collect()
-    }
+    use crate::banded::tests::random_bytes as bytes;
 
     /// Every combination of u8 and i8 sides and outputs, Add and Mul, zero points at the
     /// ends of their types, scales that saturate the output and ones that do not, lengths
