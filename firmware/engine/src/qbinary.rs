@@ -394,6 +394,12 @@ mod tests {
         model_bytes("qbinary", nodes, init, ("x", &[1, c, h, w]), "y")
     }
 
+    /// How many `QBinary` nodes a build's plan has.
+    fn fused_binaries(built: &crate::load::Built) -> usize {
+        let nodes = built.plan.model().nodes();
+        nodes.iter().filter(|n| n.op_is::<QBinary>()).count()
+    }
+
     /// Adds and Muls, of equal shapes and with a squeeze-excite broadcast on either side,
     /// u8 and i8 inputs and outputs: the plan with `QBinary` gives the bytes of tract's
     /// four-pass plan.
@@ -409,13 +415,7 @@ mod tests {
         ] {
             let bytes = model(op, pooled, zeros, (c, h, w));
             let (plain, ours) = both_builds(&bytes, (c, h, w));
-            let fused = ours
-                .plan
-                .model()
-                .nodes()
-                .iter()
-                .filter(|n| n.op_is::<QBinary>())
-                .count();
+            let fused = fused_binaries(&ours);
             assert_eq!(fused, 1, "{op} {pooled} {zeros:?}: {:?}", ours.patches);
             // Reported as float only where it runs so (`Built::in_float`).
             let float_op = |b: &crate::load::Built| b.in_float.iter().any(|f| f.contains(op));
@@ -466,13 +466,7 @@ mod tests {
             ];
             let bytes = model_bytes("scale", nodes, init, ("x", &[1, c, h, w]), "y");
             let (plain, ours) = both_builds(&bytes, (c, h, w));
-            let fused = ours
-                .plan
-                .model()
-                .nodes()
-                .iter()
-                .filter(|n| n.op_is::<QBinary>())
-                .count();
+            let fused = fused_binaries(&ours);
             assert_eq!(fused, 1, "{zeros:?} {scale_first}: {:?}", ours.patches);
             let pool = crate::threads::executor_for(3).unwrap();
             for data in test_inputs(c * h * w) {

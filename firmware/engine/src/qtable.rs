@@ -903,17 +903,9 @@ mod tests {
     /// The rewritten plan of a test model (input `x` of [`SHAPE`], output `y`), once checked
     /// to give the bytes of tract's unrewritten plan on the test inputs.
     fn same_bytes_as_tract(bytes: &[u8], what: &str) -> crate::load::Built {
-        use crate::banded::tests::{input_spec, outputs, test_inputs};
-        use crate::load::{build_with, Target};
+        use crate::banded::tests::{both_builds, outputs, test_inputs};
         let [_, c, h, w] = SHAPE;
-        let spec = input_spec(c, h, w);
-        let target = Target {
-            input: &spec,
-            output_tensor: "y",
-            batch: 1,
-        };
-        let plain = build_with(bytes, &target, false).unwrap();
-        let ours = build_with(bytes, &target, true).unwrap();
+        let (plain, ours) = both_builds(bytes, (c, h, w));
         for data in test_inputs(c * h * w) {
             assert_eq!(
                 outputs(&plain.plan, &SHAPE, &data),
