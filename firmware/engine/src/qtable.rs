@@ -267,13 +267,14 @@ pub(crate) fn tables_into_requantization(model: &mut TypedModel) -> TractResult<
 }
 
 /// Replaces every `Relu(DQ(x))`, tract's `Max(DQ(x), 0)`, whose dequantization the Relu
-/// alone reads and whose output no quantization reads, with `DQ(QTable(x))`, the table clamping `x` at its zero point: for a
-/// positive scale `DQ(max(x, zero point))` is `max(DQ(x), 0)` exactly (DQ of the zero point
-/// is 0, and DQ grows with `x`). The dequantized values then reach the integer forms of the
-/// nodes that read them, where a Relu in float stood between (QOperator files with standard
-/// operators leave Relus so before a squeeze-excite's pool and Mul, and before a join),
-/// and the table folds into the requantization before it (`tables_into_requantization`).
-/// Returns how many Relus it replaced.
+/// alone reads and whose output no quantization reads, with `DQ(QTable(x))`, the table
+/// clamping `x` at its zero point: for a positive scale `DQ(max(x, zero point))` is
+/// `max(DQ(x), 0)` exactly (DQ of the zero point is 0, and DQ grows with `x`). The
+/// dequantized values then reach the integer forms of the nodes that read them, where a
+/// Relu in float stood between (QOperator files with standard operators leave Relus so
+/// before a squeeze-excite's pool and Mul, and before a join), and the table folds into
+/// the requantization before it (`tables_into_requantization`). Returns how many Relus it
+/// replaced.
 pub(crate) fn relus_on_integers(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
