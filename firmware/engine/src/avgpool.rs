@@ -19,7 +19,6 @@
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
-use tract_onnx::tract_core::ops::binary::{OptBinByScalar, TypedBinOp};
 use tract_onnx::tract_core::ops::cnn::{OptSumPool, PaddingSpec};
 use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
@@ -572,12 +571,7 @@ fn scalar_multiplier(
     node: &TypedNode,
     from: OutletId,
 ) -> TractResult<Option<f32>> {
-    let is_mul = node
-        .op_as::<TypedBinOp>()
-        .map(|b| b.0.is::<Mul>())
-        .or_else(|| node.op_as::<OptBinByScalar>().map(|b| b.binop.is::<Mul>()))
-        .unwrap_or(false);
-    if !is_mul || node.inputs.len() != 2 {
+    if !crate::rewrite::is_bin_or_by_scalar::<Mul>(node) || node.inputs.len() != 2 {
         return Ok(None);
     }
     let other = match node.inputs.iter().position(|i| *i == from) {

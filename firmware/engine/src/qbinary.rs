@@ -211,8 +211,9 @@ pub(crate) fn fuse_quantized_binaries(model: &mut TypedModel) -> TractResult<Vec
     Ok(fused.into_inner())
 }
 
-/// The f32 operator of node `node` when it is tract's Add or Mul, in any of its forms.
-fn add_or_mul(node: &TypedNode) -> Option<bool> {
+/// The f32 operator of node `node` when it is tract's Add or Mul, in any of its forms:
+/// `Some(true)` for a Mul.
+pub(crate) fn add_or_mul(node: &TypedNode) -> Option<bool> {
     let op: &dyn BinMiniOp = if let Some(op) = node.op_as::<TypedBinOp>() {
         &*op.0
     } else if let Some(op) = node.op_as::<OptBinUnicast>() {

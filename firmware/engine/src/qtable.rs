@@ -23,7 +23,7 @@ use tract_onnx::tract_core::ops::binary::{OptBinByScalar, OptBinChain, OptBinUni
 use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::konst::Const;
-use tract_onnx::tract_core::ops::math::{Add, Max, Mul};
+use tract_onnx::tract_core::ops::math::Max;
 use tract_onnx::tract_core::ops::nn::Reduce;
 use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
@@ -292,7 +292,8 @@ pub(crate) fn relus_on_integers(model: &mut TypedModel) -> TractResult<usize> {
         // 0.584 of fp32's instructions on cortex-a72 against 0.554).
         let integer_readers = node.outputs[0].successors.iter().all(|s| {
             let reader = model.node(s.node);
-            reader.op_is::<Reduce>() || reader.op_is::<TypedConcat>() || is_add_or_mul(reader)
+            let add_or_mul = crate::qbinary::add_or_mul(reader).is_some();
+            reader.op_is::<Reduce>() || reader.op_is::<TypedConcat>() || add_or_mul
         });
         if !integer_readers {
             continue;
@@ -336,24 +337,10 @@ pub(crate) fn relus_on_integers(model: &mut TypedModel) -> TractResult<usize> {
     Ok(replaced)
 }
 
-/// Whether `node` is an f32 Add or Mul, in any of tract's forms.
-fn is_add_or_mul(node: &TypedNode) -> bool {
-    let binop = node
-        .op_as::<TypedBinOp>()
-        .map(|b| &*b.0)
-        .or_else(|| node.op_as::<OptBinByScalar>().map(|b| &*b.binop))
-        .or_else(|| node.op_as::<OptBinUnicast>().map(|b| &*b.binop));
-    binop.is_some_and(|b| b.is::<Add>() || b.is::<Mul>())
-}
-
 /// The input of `node` when it is ONNX's Relu as tract has it: a Max with an f32 constant
 /// of one value, 0, as its other input.
 pub(crate) fn relu_input(model: &TypedModel, node: &TypedNode) -> TractResult<Option<OutletId>> {
-    let is_max = node
-        .op_as::<TypedBinOp>()
-        .map(|b| b.0.is::<Max>())
-        .or_else(|| node.op_as::<OptBinByScalar>().map(|b| b.binop.is::<Max>()))
-        .unwrap_or(false);
+    let is_max = crate::rewrite::is_bin_or_by_scalar::<Max>(node);
     if !is_max || node.inputs.len() != 2 || node.outputs.len() != 1 {
         return Ok(None);
     }

@@ -13,7 +13,7 @@
 //! `-0.0 - -0.0` is `+0.0`), which is why a float `Sub(x, 0 * y)` is left alone.
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, OptBinByScalar, TypedBinOp};
 use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::dummy::Dummy;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
@@ -381,6 +381,15 @@ fn zero_product_sub(model: &TypedModel, id: usize) -> TractResult<Option<OutletI
 /// rather than into a rewrite of something else.
 fn is_bin_op<M: BinMiniOp>(node: &TypedNode) -> bool {
     node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<M>())
+}
+
+/// Whether `node` is tract's binary `M`, as declared or in the optimiser's by-scalar form
+/// (a Relu's Max, a global pool's scaling Mul).
+pub(crate) fn is_bin_or_by_scalar<M: BinMiniOp>(node: &TypedNode) -> bool {
+    is_bin_op::<M>(node)
+        || node
+            .op_as::<OptBinByScalar>()
+            .is_some_and(|b| b.binop.is::<M>())
 }
 
 /// Integer types with no quantization parameters: `is_integer` alone also accepts QU8 etc.
