@@ -24,6 +24,7 @@ use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
 use tract_onnx::tract_core::ops::quant::DequantizeLinearF32;
 
+use crate::im2col::strided_rows;
 use crate::quantize::{quantize_slice, Narrow, Quantize8};
 
 /// What the two pools compute their own way: the averages of an input (u8 or i8), as f32
@@ -240,9 +241,8 @@ pub(crate) struct QAvgPool {
     rows: AxisWindows,
     cols: AxisWindows,
     count_include_pad: bool,
-    /// The multiplier of each window's sum over a padded plane, at the padded position
-    /// of the window's first tap (zero at the positions no window starts from): the input
-    /// scale over the window's count (which taps count: `count_include_pad`).
+    /// The multiplier of each output's window sum (outputs of a plane, row-major): the
+    /// input scale over the window's count (which taps count: `count_include_pad`).
     multipliers: Vec<f32>,
     /// Input height and width.
     input_hw: [usize; 2],
@@ -250,6 +250,18 @@ pub(crate) struct QAvgPool {
 }
 
 impl Eq for QAvgPool {}
+
+/// The bytes of `xs`.
+fn as_bytes(xs: &[i32]) -> &[i8] {
+    // SAFETY: any i32's bytes are valid i8s; the length is the slice's in bytes.
+    unsafe { std::slice::from_raw_parts(xs.as_ptr().cast(), std::mem::size_of_val(xs)) }
+}
+
+/// The bytes of `xs`, to write.
+fn as_bytes_mut(xs: &mut [i32]) -> &mut [i8] {
+    // SAFETY: as in `as_bytes`; every byte pattern is a valid i32.
+    unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr().cast(), std::mem::size_of_val(xs)) }
+}
 
 /// Largest window whose sum of `x - zero point` fits an i32 (the same bound as a plane's).
 const MAX_WINDOW: usize = MAX_PLANE;
@@ -292,7 +304,7 @@ impl QAvgPool {
             )
         };
         let (rows, cols) = (axis(0)?, axis(1)?);
-        let mut multipliers = vec![0f32; rows.padded * cols.padded];
+        let mut multipliers = Vec::with_capacity(rows.outputs() * cols.outputs());
         for oy in 0..rows.outputs() {
             for ox in 0..cols.outputs() {
                 let n = if op.count_include_pad {
@@ -300,8 +312,7 @@ impl QAvgPool {
                 } else {
                     rows.inside[oy] * cols.inside[ox]
                 };
-                multipliers[oy * rows.stride * cols.padded + ox * cols.stride] =
-                    dequantize.0 * (n as f32).recip();
+                multipliers.push(dequantize.0 * (n as f32).recip());
             }
         }
         Some(QAvgPool {
@@ -328,7 +339,7 @@ impl Averages for QAvgPool {
     /// passes of adds over the whole group, which the compiler vectorizes whatever the
     /// plane's width: along the rows (the sums that run over a row's end are never read),
     /// then down them (nor are those that run over a plane's end). Each window's sum lands
-    /// at its first tap's padded position, is scaled there, and is gathered from there.
+    /// at its first tap's padded position and is read from there, scaled.
     fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>> {
         let [h, w] = self.input_hw;
         let (rows, cols) = (&self.rows, &self.cols);
@@ -349,8 +360,11 @@ impl Averages for QAvgPool {
         let group = (4096 / (hp * wp)).clamp(1, planes);
         let mut padded = vec![0i32; group * hp * wp];
         let mut row_sums = vec![0i32; padded.len()];
-        let mut scaled = vec![0f32; padded.len()];
         let mut averages = vec![0f32; planes * ho * wo];
+        let (averages_len, mut done) = (averages.len(), 0);
+        // Room for the whole blocks of `strided_rows` past the group's last row.
+        const SLACK: usize = 16;
+        let mut gathered = vec![0i32; group * ho * wo + SLACK];
         for (xs, out) in xs
             .chunks(group * h * w)
             .zip(averages.chunks_mut(group * ho * wo))
@@ -380,29 +394,35 @@ impl Averages for QAvgPool {
                 rows.dilation * wp,
                 window_sums,
             );
-            let by_plane = scaled.chunks_mut(hp * wp).zip(window_sums.chunks(hp * wp));
-            for (ys, sums) in by_plane {
+            // Each output's sum, from its first tap's padded position: whole output rows
+            // at column stride 1 (blocks of 16 bytes that may run past a row, into the
+            // next row's place or the slack).
+            let sums = &mut gathered[..out.len() + SLACK];
+            for (p, plane) in window_sums.chunks(hp * wp).enumerate() {
+                let to = &mut sums[p * ho * wo..];
+                if cols.stride == 1 {
+                    let (from, to) = (as_bytes(plane), as_bytes_mut(to));
+                    strided_rows(from, rows.stride * wp * 4, 1, (to, wo * 4), wo * 4, ho);
+                } else {
+                    for (oy, row) in to[..ho * wo].chunks_exact_mut(wo).enumerate() {
+                        let taken = plane[oy * rows.stride * wp..].iter().step_by(cols.stride);
+                        row.iter_mut().zip(taken).for_each(|(y, &s)| *y = s);
+                    }
+                }
+            }
+            for (ys, sums) in out
+                .chunks_exact_mut(ho * wo)
+                .zip(sums.chunks_exact(ho * wo))
+            {
                 for ((y, &s), &m) in ys.iter_mut().zip(sums).zip(&self.multipliers) {
                     *y = s as f32 * m;
                 }
             }
-            for (plane, out) in scaled[..n]
-                .chunks(hp * wp)
-                .zip(out.chunks_exact_mut(ho * wo))
-            {
-                for (oy, out_row) in out.chunks_exact_mut(wo).enumerate() {
-                    let first = &plane[oy * rows.stride * wp..];
-                    if cols.stride == 1 {
-                        out_row.copy_from_slice(&first[..wo]);
-                    } else {
-                        for (y, &v) in out_row.iter_mut().zip(first.iter().step_by(cols.stride)) {
-                            *y = v;
-                        }
-                    }
-                }
-            }
             // The next group's padding must read zero again.
-            padded.fill(0);
+            if out.len() < averages_len - done {
+                padded.fill(0);
+            }
+            done += out.len();
         }
         Ok(averages)
     }

@@ -5,11 +5,13 @@
 //! copies the strided view element by element through ndarray: 2.6 M instructions per
 //! inference of the ResNet-18-style network under qemu (cortex-a72), for three shortcuts.
 //! [`Downsample8`] copies whole runs for an outer axis and takes every stride-th byte of
-//! the last one on the vector unit (im2col.rs `take_strided`). A copy is exact.
+//! the last one on the vector unit (im2col.rs `strided_rows`). A copy is exact.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::Downsample;
+
+use crate::im2col::strided_rows;
 
 /// Every `stride`-th index from `modulo` along `axis` of a u8 or i8 tensor.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,18 +52,22 @@ impl Downsample8 {
                 src.len(),
                 dst.len()
             );
-            if taken > 0 {
-                for (from, to) in src
-                    .chunks_exact(len * inner)
-                    .zip(dst.chunks_exact_mut(taken * inner))
-                {
-                    if inner == 1 {
-                        crate::im2col::take_strided(&from[self.modulo..], self.stride, to);
-                    } else {
-                        for (i, run) in to.chunks_exact_mut(inner).enumerate() {
-                            let at = (self.modulo + i * self.stride) * inner;
-                            run.copy_from_slice(&from[at..at + inner]);
-                        }
+            if taken > 0 && outer > 0 {
+                let from = |o: usize| (o * len + self.modulo) * inner;
+                if inner == 1 {
+                    // Every outer item's strided row, in one call.
+                    strided_rows(
+                        &src[from(0)..],
+                        len,
+                        self.stride,
+                        (dst, taken),
+                        taken,
+                        outer,
+                    );
+                } else {
+                    for o in 0..outer {
+                        let to = (&mut dst[o * taken * inner..], inner);
+                        strided_rows(&src[from(o)..], self.stride * inner, 1, to, inner, taken);
                     }
                 }
             }
