@@ -267,7 +267,8 @@ mod neon {
         })
     }
 
-    /// Whole blocks of 16 of `Binary::same`; returns how many outputs it wrote.
+    /// `Binary::same` in blocks of 16 (none below 16 outputs); returns how many outputs it
+    /// wrote.
     ///
     /// # Safety
     /// `a`, `b` and `out` have `out.len()` bytes.
@@ -275,7 +276,7 @@ mod neon {
         let (Some(la), Some(lb)) = (Lanes::new(&k.sides[0]), Lanes::new(&k.sides[1])) else {
             return 0;
         };
-        let n = out.len() / 16 * 16;
+        let n = out.len();
         let l = [la, lb];
         // SAFETY (each arm): the caller's contract, passed on.
         unsafe {
@@ -290,11 +291,10 @@ mod neon {
                 (true, true, true) => same_blocks::<true, true, true>(k, l, a, b, out, n),
             }
         }
-        n
     }
 
     /// # Safety
-    /// `a`, `b` and `out` have at least `n` bytes; `n` is a multiple of 16.
+    /// `a`, `b` and `out` have at least `n` bytes.
     #[inline(always)]
     unsafe fn same_blocks<const SA: bool, const SB: bool, const MUL: bool>(
         k: &Binary,
@@ -303,8 +303,8 @@ mod neon {
         b: &[u8],
         out: &mut [u8],
         n: usize,
-    ) {
-        // SAFETY: the caller's contract: bytes i..i + 16 of each slice for i < n.
+    ) -> usize {
+        // SAFETY: the caller's contract: bytes i..i + 16 of each slice for i + 16 <= n.
         let operands = |i: usize| unsafe {
             [
                 la.values::<SA>(a.as_ptr().add(i)),
@@ -315,7 +315,8 @@ mod neon {
         unsafe { blocks::<MUL>(k, out, n, operands) }
     }
 
-    /// Whole blocks of 16 of `Binary::with_value`; returns how many outputs it wrote.
+    /// `Binary::with_value` in blocks of 16 (none below 16 outputs); returns how many
+    /// outputs it wrote.
     ///
     /// # Safety
     /// `xs` and `out` have `out.len()` bytes.
@@ -329,7 +330,7 @@ mod neon {
         let Some(lanes) = Lanes::new(&k.sides[side]) else {
             return 0;
         };
-        let n = out.len() / 16 * 16;
+        let n = out.len();
         // SAFETY: NEON is part of aarch64; the caller's contract, passed on.
         unsafe {
             let v = [vdupq_n_f32(v); 4];
@@ -340,11 +341,10 @@ mod neon {
                 (true, true) => value_blocks::<true, true>(k, lanes, v, xs, out, n),
             }
         }
-        n
     }
 
     /// # Safety
-    /// `xs` and `out` have at least `n` bytes; `n` is a multiple of 16.
+    /// `xs` and `out` have at least `n` bytes.
     #[inline(always)]
     unsafe fn value_blocks<const SIGNED: bool, const MUL: bool>(
         k: &Binary,
@@ -353,15 +353,17 @@ mod neon {
         xs: &[u8],
         out: &mut [u8],
         n: usize,
-    ) {
-        // SAFETY: the caller's contract: bytes i..i + 16 of `xs` for i < n.
+    ) -> usize {
+        // SAFETY: the caller's contract: bytes i..i + 16 of `xs` for i + 16 <= n.
         let operands = |i: usize| unsafe { [lanes.values::<SIGNED>(xs.as_ptr().add(i)), v] };
         // SAFETY: the caller's contract.
         unsafe { blocks::<MUL>(k, out, n, operands) }
     }
 
-    /// The outputs below `n` (a multiple of 16), 16 at a time: `operands(i)` gives the two
-    /// sides' values of outputs `i..i + 16`, whose op is quantized into `out`.
+    /// The outputs below `n`, 16 at a time: `operands(i)` gives the two sides' values of
+    /// outputs `i..i + 16`, whose op is quantized into `out`. A last part block is the
+    /// last 16 outputs again (the inputs are other slices than `out`, so its first ones
+    /// get the same bytes twice); below 16 outputs, none. Returns how many it wrote.
     ///
     /// # Safety
     /// `out` has at least `n` bytes.
@@ -371,18 +373,23 @@ mod neon {
         out: &mut [u8],
         n: usize,
         operands: impl Fn(usize) -> [[float32x4_t; 4]; 2],
-    ) {
+    ) -> usize {
+        if n < 16 {
+            return 0;
+        }
         let q = Quantizer::new(
             k.output.scale,
             k.output.zero,
             k.output.range(),
             !k.output.signed,
         );
-        for i in (0..n).step_by(16) {
+        let last = (n % 16 != 0).then_some(n - 16);
+        for i in (0..n - 15).step_by(16).chain(last) {
             let [u, v] = operands(i);
-            // SAFETY: the caller's contract: bytes i..i + 16 of `out`.
+            // SAFETY: the caller's contract: bytes i..i + 16 of `out`, i + 16 <= n.
             unsafe { vst1q_u8(out.as_mut_ptr().add(i), q.bytes(op::<MUL>(u, v))) };
         }
+        n
     }
 }
 
