@@ -674,8 +674,8 @@ impl RowReuse {
                     strided_rows(from, w, 1, (to, width), w, last - first);
                 }
                 // The padding after the copies, whose whole blocks reach past each row.
-                padded[..first * width].fill(pad);
-                padded[last * width..band_rows * width].fill(pad);
+                pad_edge(&mut padded[..first * width], pad);
+                pad_edge(&mut padded[last * width..band_rows * width], pad);
                 for row in padded[first * width..last * width].chunks_exact_mut(width) {
                     pad_edge(&mut row[..left], pad);
                     pad_edge(&mut row[left + w..], pad);

@@ -169,6 +169,11 @@ impl Binary {
     #[inline(always)]
     fn in_chunks(&self, out: &mut [u8], fill: impl Fn(usize, &mut [f32])) {
         const CHUNK: usize = 256;
+        // Nothing left after the vector blocks: no buffer to zero (a squeeze-excite scale
+        // comes here once per channel).
+        if out.is_empty() {
+            return;
+        }
         let mut buf = [0f32; CHUNK];
         let (scale, zero, range) = (self.output.scale, self.output.zero, self.output.range());
         for (c, ys) in out.chunks_mut(CHUNK).enumerate() {
