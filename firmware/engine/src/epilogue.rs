@@ -117,10 +117,13 @@ const SHORT_ADD: i32 = 16_000;
 
 impl Requantize {
     /// This requantization with its output bytes looked up in `table` (indexed by the
-    /// bytes' bits) and given as `to` (U8 or I8); `None` when the table's window is longer
-    /// than 128 values or the chain is not a short one (the NEON forms that look up).
+    /// bytes' bits) and given as `to` (U8 or I8). A table that only clamps the values
+    /// further (a Relu at the zero point, a ReLU6), and perhaps shifts u8 to i8, becomes
+    /// the requantization's own bounds and shift, with nothing to look up. Otherwise `None`
+    /// when the table's window is longer than 128 values or the chain is not a short one
+    /// (the NEON forms that look up).
     pub(crate) fn with_lookup(&self, table: &[u8; 256], to: DatumType) -> Option<Requantize> {
-        if !self.short || self.lookup.is_some() {
+        if self.lookup.is_some() {
             return None;
         }
         let mask = self.mask();
@@ -132,6 +135,12 @@ impl Requantize {
             .take_while(|&v| byte(v) == byte(hi))
             .last()?
             .max(base);
+        if let Some(clamped) = self.clamped(table, to, [base, top]) {
+            return Some(clamped);
+        }
+        if !self.short {
+            return None;
+        }
         let len = (top - base + 1) as usize;
         if len > 128 {
             return None;
@@ -147,6 +156,29 @@ impl Requantize {
             }),
             ..self.clone()
         })
+    }
+
+    /// This requantization clamped to `[lo, hi]` (inside its own bounds) and giving `to`,
+    /// when that is what `table` does to its output bytes: each value's byte, looked up,
+    /// is the byte of the value clamped (shifted to i8 when `to` is I8 and the chain's Cast
+    /// is to u8).
+    fn clamped(&self, table: &[u8; 256], to: DatumType, [lo, hi]: [i32; 2]) -> Option<Requantize> {
+        let offset_to_i8 = match (self.cast_to, to) {
+            (DatumType::U8, DatumType::U8) if !self.offset_to_i8 => false,
+            (DatumType::U8, DatumType::I8) => true,
+            (DatumType::I8, DatumType::I8) => false,
+            _ => return None,
+        };
+        let new = Requantize {
+            lo,
+            hi,
+            offset_to_i8,
+            ..self.clone()
+        };
+        let (mask, new_mask) = (self.mask(), new.mask());
+        (self.lo..=self.hi)
+            .all(|v| table[usize::from((v as u8) ^ mask)] == (v.clamp(lo, hi) as u8) ^ new_mask)
+            .then_some(new)
     }
 
     /// The output byte of one accumulator, with multiplier `s`.
@@ -1863,6 +1895,56 @@ mod tests {
                                 assert_eq!(got, want(v, c), "{what}: pitch {pitch}, {i}");
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tables that only clamp the requantized values (a Relu at the zero point, a ReLU6's
+    /// clamp, either shifted to i8 or not, after a u8 chain or one shifted to i8) become
+    /// the chain's bounds: no lookup is left, and every byte through rows, a short row and
+    /// channels-last rows is the table's entry for the chain's own byte. A chain shifted to
+    /// i8 whose table gives u8 is no clamp (it keeps a lookup or none).
+    #[test]
+    fn clamping_tables_become_bounds() {
+        let channels = 48;
+        for offset in [false, true] {
+            let (plain, scales) = channel_requantize(channels, small_per_channel(channels), offset);
+            for [a, b] in [[100, 255], [3, 255], [100, 140], [7, 8]] {
+                for to in [DatumType::U8, DatumType::I8] {
+                    let what = format!("offset {offset}, clamp [{a}, {b}], to {to:?}");
+                    let to_mask = if to == DatumType::I8 { 0x80 } else { 0 };
+                    // Indexed by the chain's byte (its value's bits, shifted when it is).
+                    let table: [u8; 256] = std::array::from_fn(|byte| {
+                        let v = i32::from(byte as u8 ^ plain.mask());
+                        (v.clamp(a, b) as u8) ^ to_mask
+                    });
+                    let op = plain.with_lookup(&table, to);
+                    if offset && to == DatumType::U8 {
+                        assert!(op.is_none_or(|op| op.lookup.is_some()), "{what}");
+                        continue;
+                    }
+                    let op = op.expect("a clamp");
+                    assert!(op.lookup.is_none(), "{what}");
+                    assert_eq!(op.output_type(), to, "{what}");
+                    let want = |v: i32, c: usize| {
+                        table[usize::from((plain.value(v, scales[c]) as u8) ^ plain.mask())]
+                    };
+                    for cols in [100, 7] {
+                        let x = accumulators(channels * cols);
+                        let mut out = vec![0u8; x.len()];
+                        op.run_rows(&x, cols, &mut out, cols).unwrap();
+                        for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
+                            assert_eq!(got, want(v, i / cols), "{what}: rows of {cols}, {i}");
+                        }
+                    }
+                    let x = accumulators(9 * channels);
+                    let mut out = vec![0u8; x.len()];
+                    op.run_channels_last(&x, channels, channels, &mut out)
+                        .unwrap();
+                    for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
+                        assert_eq!(got, want(v, i % channels), "{what}: channels last, {i}");
                     }
                 }
             }
