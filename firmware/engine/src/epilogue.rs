@@ -440,17 +440,27 @@ impl Requantize {
                     neon::run(self, xs, at, Some(pairs), ys, true)
                 }
                 Scales::Cycle(cycle) => {
-                    // A cycle at a time: each is a run of `Each` (whole blocks, since the
-                    // cycle is), with no division for the channel.
-                    // The chain's constants once for all the cycles (a channels-last row's
-                    // positions).
+                    // Whole cycles at a time: each run is one of `Each` (whole blocks, since
+                    // the cycle is), with no division for the channel. The multipliers of
+                    // as many cycles as fill about 256 values, so that a row of short
+                    // cycles (a depthwise layer's 16 or 48 channels per position) pays for
+                    // a run per group of positions rather than per position.
+                    let repeated;
+                    let scales = match 256 / cycle.len() {
+                        0 | 1 => cycle,
+                        reps => {
+                            repeated = cycle.repeat(reps);
+                            &repeated[..]
+                        }
+                    };
+                    // The chain's constants once for all the runs.
                     let chain = neon::Chain::of(self);
                     let mut done = 0;
-                    for (xs, ys) in xs.chunks(cycle.len()).zip(ys.chunks_mut(cycle.len())) {
-                        let pairs = neon::PairScales::Each(cycle.as_ptr());
-                        let at = |b: usize| neon::block_scales(cycle, b);
+                    for (xs, ys) in xs.chunks(scales.len()).zip(ys.chunks_mut(scales.len())) {
+                        let pairs = neon::PairScales::Each(scales.as_ptr());
+                        let at = |b: usize| neon::block_scales(scales, b);
                         done += chain.row(xs, at, Some(pairs), ys, true);
-                        if xs.len() < cycle.len() {
+                        if xs.len() < scales.len() {
                             break;
                         }
                     }
@@ -1807,11 +1817,13 @@ mod tests {
 
     /// Channels-last rows (the depthwise family's), through `run_channels_last`: channel
     /// counts that are whole pairs of blocks (64), a pair and a block (48), one pair (32),
-    /// and a padded pitch (40 of 48), each value against the chain's per-value steps with
-    /// its channel's multiplier, in both forms and with the u8 shifted to i8 or not.
+    /// one block (16), and a padded pitch (40 of 48), over positions that make several
+    /// runs of repeated multipliers and a shorter last one, each value against the chain's
+    /// per-value steps with its channel's multiplier, in both forms and with the u8 shifted
+    /// to i8 or not.
     #[test]
     fn channels_last_rows_match_the_chain_per_value() {
-        for (channels, pitch) in [(64, 64), (48, 48), (32, 32), (40, 48), (96, 96)] {
+        for (channels, pitch) in [(64, 64), (48, 48), (32, 32), (16, 16), (40, 48), (96, 96)] {
             for (small, offset) in [(true, false), (true, true), (false, false)] {
                 let s = if small {
                     small_per_channel(channels)
@@ -1820,7 +1832,7 @@ mod tests {
                 };
                 let (op, scales) = channel_requantize(channels, s, offset);
                 assert_eq!(op.short, small);
-                let positions = 5;
+                let positions = 23;
                 let x = accumulators(positions * pitch);
                 let mut out = vec![0u8; x.len()];
                 op.run_channels_last(&x, pitch, channels, &mut out).unwrap();
