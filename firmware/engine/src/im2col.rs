@@ -722,6 +722,34 @@ fn copy_patch_rows(
     }
 }
 
+/// [`strided_rows`]' whole blocks: `rows` rows of `blocks` blocks (`BLOCKS` of them when
+/// not 0) at stride `STRIDE` (1 or 2).
+///
+/// # Safety
+/// Each row's blocks, `16 · STRIDE · blocks` bytes read from `src + j · from_pitch` and
+/// `16 · blocks` written at `dst + j · pitch`, are inside their buffers.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+unsafe fn whole_rows<const STRIDE: usize, const BLOCKS: usize>(
+    (mut src, from_pitch, mut dst, pitch, rows): (*const i8, usize, *mut i8, usize, usize),
+    blocks: usize,
+) {
+    let blocks = if BLOCKS > 0 { BLOCKS } else { blocks };
+    for _ in 0..rows {
+        // SAFETY: the caller's contract; SSE2 and NEON are part of their architectures.
+        unsafe {
+            for b in 0..blocks {
+                if STRIDE == 1 {
+                    simd::copy16(src.add(16 * b), dst.add(16 * b));
+                } else {
+                    simd::even_bytes16(src.add(32 * b), dst.add(16 * b));
+                }
+            }
+            (src, dst) = (src.add(from_pitch), dst.add(pitch));
+        }
+    }
+}
+
 /// Bytes past the end of the buffers [`strided_rows`] writes and reads, for its whole
 /// blocks.
 const ROWS_SLACK: usize = 64;
@@ -757,19 +785,21 @@ pub(crate) fn strided_rows(
     };
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
-        let (mut src, mut dst) = (from.as_ptr(), to.as_mut_ptr());
-        for _ in 0..whole {
-            // SAFETY: `whole` rows' blocks read and write inside `from` and `to` (above);
-            // SSE2 and NEON are part of their architectures.
-            unsafe {
-                for b in 0..blocks {
-                    if stride == 1 {
-                        simd::copy16(src.add(16 * b), dst.add(16 * b));
-                    } else {
-                        simd::even_bytes16(src.add(32 * b), dst.add(16 * b));
-                    }
-                }
-                (src, dst) = (src.add(from_pitch), dst.add(pitch));
+        let rows = (from.as_ptr(), from_pitch, to.as_mut_ptr(), pitch, whole);
+        // SAFETY: `whole` rows' blocks read and write inside `from` and `to` (above).
+        // Rows of one to four blocks (the narrow layers') have their blocks unrolled.
+        unsafe {
+            match (stride, blocks) {
+                (1, 1) => whole_rows::<1, 1>(rows, 1),
+                (1, 2) => whole_rows::<1, 2>(rows, 2),
+                (1, 3) => whole_rows::<1, 3>(rows, 3),
+                (1, 4) => whole_rows::<1, 4>(rows, 4),
+                (1, _) => whole_rows::<1, 0>(rows, blocks),
+                (_, 1) => whole_rows::<2, 1>(rows, 1),
+                (_, 2) => whole_rows::<2, 2>(rows, 2),
+                (_, 3) => whole_rows::<2, 3>(rows, 3),
+                (_, 4) => whole_rows::<2, 4>(rows, 4),
+                _ => whole_rows::<2, 0>(rows, blocks),
             }
         }
     }
