@@ -388,7 +388,7 @@ mod neon {
             k.output.range(),
             !k.output.signed,
         );
-        let last = (n % 16 != 0).then_some(n - 16);
+        let last = (!n.is_multiple_of(16)).then_some(n - 16);
         for i in (0..n - 15).step_by(16).chain(last) {
             let [u, v] = operands(i);
             // SAFETY: the caller's contract: bytes i..i + 16 of `out`, i + 16 <= n.
