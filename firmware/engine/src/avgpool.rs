@@ -222,7 +222,7 @@ impl AxisWindows {
 }
 
 /// `sums[i] = Σ values[i + k · step]` over `k < taps`, for every `i` in `sums`.
-fn add_shifted(values: &[i32], taps: usize, step: usize, sums: &mut [i32]) {
+fn add_shifted<L: Lane>(values: &[L], taps: usize, step: usize, sums: &mut [L]) {
     let n = sums.len();
     sums.copy_from_slice(&values[..n]);
     for k in 1..taps {
@@ -252,14 +252,14 @@ pub(crate) struct QAvgPool {
 impl Eq for QAvgPool {}
 
 /// The bytes of `xs`.
-fn as_bytes(xs: &[i32]) -> &[i8] {
-    // SAFETY: any i32's bytes are valid i8s; the length is the slice's in bytes.
+fn as_bytes<L: Lane>(xs: &[L]) -> &[i8] {
+    // SAFETY: any i16's or i32's bytes are valid i8s; the length is the slice's in bytes.
     unsafe { std::slice::from_raw_parts(xs.as_ptr().cast(), std::mem::size_of_val(xs)) }
 }
 
 /// The bytes of `xs`, to write.
-fn as_bytes_mut(xs: &mut [i32]) -> &mut [i8] {
-    // SAFETY: as in `as_bytes`; every byte pattern is a valid i32.
+fn as_bytes_mut<L: Lane>(xs: &mut [L]) -> &mut [i8] {
+    // SAFETY: as in `as_bytes`; every byte pattern is a valid i16 or i32.
     unsafe { std::slice::from_raw_parts_mut(xs.as_mut_ptr().cast(), std::mem::size_of_val(xs)) }
 }
 
@@ -333,38 +333,26 @@ impl QAvgPool {
     }
 }
 
-impl Averages for QAvgPool {
-    /// A group of planes, less the zero point, is written into zero-padded planes one
-    /// above the other (the padding then adds nothing to a sum). The window sums are two
-    /// passes of adds over the whole group, which the compiler vectorizes whatever the
-    /// plane's width: along the rows (the sums that run over a row's end are never read),
-    /// then down them (nor are those that run over a plane's end). Each window's sum lands
-    /// at its first tap's padded position and is read from there, scaled.
-    fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>> {
+impl QAvgPool {
+    /// [`Averages::averages`] with the sums in `L` (i16 or i32, which must hold a
+    /// window's sum).
+    fn sums_scaled<X: Copy + Into<i32>, L: Lane>(&self, xs: &[X], planes: usize) -> Vec<f32> {
         let [h, w] = self.input_hw;
         let (rows, cols) = (&self.rows, &self.cols);
         let (ho, wo) = (rows.outputs(), cols.outputs());
-        let planes = self.output_shape[0] * self.output_shape[1];
-        let view = x.try_as_plain_ram()?;
-        let xs = view.as_slice::<X>()?;
-        ensure!(
-            xs.len() == planes * h * w,
-            "QAvgPool: an input of {:?} for an output of {:?}",
-            x.shape(),
-            self.output_shape
-        );
         let zp = self.dequantize.1;
         let (hp, wp) = (rows.padded, cols.padded);
-        // Planes per group: about 16 KiB of i32 per buffer, so that the passes stay in
-        // the first-level cache.
+        // Planes per group: about 4096 sums per buffer, so that the passes stay in the
+        // first-level cache.
         let group = (4096 / (hp * wp)).clamp(1, planes);
-        let mut padded = vec![0i32; group * hp * wp];
-        let mut row_sums = vec![0i32; padded.len()];
+        let mut padded = vec![L::default(); group * hp * wp];
+        let mut row_sums = vec![L::default(); padded.len()];
         let mut averages = vec![0f32; planes * ho * wo];
         let (averages_len, mut done) = (averages.len(), 0);
         // Room for the whole blocks of `strided_rows` past the group's last row.
         const SLACK: usize = 16;
-        let mut gathered = vec![0i32; group * ho * wo + SLACK];
+        let size = std::mem::size_of::<L>();
+        let mut gathered = vec![L::default(); group * ho * wo + SLACK];
         for (xs, out) in xs
             .chunks(group * h * w)
             .zip(averages.chunks_mut(group * ho * wo))
@@ -374,11 +362,11 @@ impl Averages for QAvgPool {
                 let interior = dst[rows.before * wp..].chunks_exact_mut(wp);
                 for (src, row) in plane.chunks_exact(w).zip(interior) {
                     for (d, &v) in row[cols.before..cols.before + w].iter_mut().zip(src) {
-                        *d = v.into() - zp;
+                        *d = L::of(v.into() - zp);
                     }
                 }
             }
-            // |x - zp| <= 255 over at most MAX_WINDOW taps: every sum is exact.
+            // |x - zp| <= 255 over at most the taps `L` holds: every sum is exact.
             let along = n - (cols.kernel - 1) * cols.dilation;
             add_shifted(
                 &padded[..n],
@@ -402,7 +390,8 @@ impl Averages for QAvgPool {
                 let to = &mut sums[p * ho * wo..];
                 if cols.stride == 1 {
                     let (from, to) = (as_bytes(plane), as_bytes_mut(to));
-                    strided_rows(from, rows.stride * wp * 4, 1, (to, wo * 4), wo * 4, ho);
+                    let (pitch, len) = (rows.stride * wp * size, wo * size);
+                    strided_rows(from, pitch, 1, (to, len), len, ho);
                 } else {
                     for (oy, row) in to[..ho * wo].chunks_exact_mut(wo).enumerate() {
                         let taken = plane[oy * rows.stride * wp..].iter().step_by(cols.stride);
@@ -415,16 +404,70 @@ impl Averages for QAvgPool {
                 .zip(sums.chunks_exact(ho * wo))
             {
                 for ((y, &s), &m) in ys.iter_mut().zip(sums).zip(&self.multipliers) {
-                    *y = s as f32 * m;
+                    *y = s.get() as f32 * m;
                 }
             }
             // The next group's padding must read zero again.
             if out.len() < averages_len - done {
-                padded.fill(0);
+                padded.fill(L::default());
             }
             done += out.len();
         }
-        Ok(averages)
+        averages
+    }
+}
+
+/// A window sum's lane: i16 or i32.
+trait Lane: Copy + Default + std::ops::AddAssign {
+    /// `v`, which fits.
+    fn of(v: i32) -> Self;
+    fn get(self) -> i32;
+}
+
+impl Lane for i16 {
+    fn of(v: i32) -> i16 {
+        v as i16
+    }
+    fn get(self) -> i32 {
+        i32::from(self)
+    }
+}
+
+impl Lane for i32 {
+    fn of(v: i32) -> i32 {
+        v
+    }
+    fn get(self) -> i32 {
+        self
+    }
+}
+
+impl Averages for QAvgPool {
+    /// A group of planes, less the zero point, is written into zero-padded planes one
+    /// above the other (the padding then adds nothing to a sum). The window sums are two
+    /// passes of adds over the whole group, which the compiler vectorizes whatever the
+    /// plane's width: along the rows (the sums that run over a row's end are never read),
+    /// then down them (nor are those that run over a plane's end). Each window's sum lands
+    /// at its first tap's padded position and is read from there, scaled.
+    fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>> {
+        let [h, w] = self.input_hw;
+        let (rows, cols) = (&self.rows, &self.cols);
+        let planes = self.output_shape[0] * self.output_shape[1];
+        let view = x.try_as_plain_ram()?;
+        let xs = view.as_slice::<X>()?;
+        ensure!(
+            xs.len() == planes * h * w,
+            "QAvgPool: an input of {:?} for an output of {:?}",
+            x.shape(),
+            self.output_shape
+        );
+        // Window sums fit 16 bits up to 128 taps (|x - zp| <= 255): twice the lanes per
+        // add of the passes.
+        Ok(if rows.kernel * cols.kernel <= 128 {
+            self.sums_scaled::<X, i16>(xs, planes)
+        } else {
+            self.sums_scaled::<X, i32>(xs, planes)
+        })
     }
 
     fn quantize(&self) -> &Quantize8 {
@@ -889,7 +932,8 @@ mod tests {
     }
 
     /// Odd windows (stride 2 and (2, 1), dilated taps, asymmetric padding, ceil mode's
-    /// overhang, the padding counted and not, a one-row input, u8 and i8 on either side):
+    /// overhang, the padding counted and not, a one-row input, u8 and i8 on either side, a
+    /// window of 132 taps, past what 16-bit sums hold):
     /// the fused pool gives the quantization of the exact average of each window's
     /// dequantized values (computed here in f64, with onnxruntime's window rules), within
     /// one output step at a rounding tie, and so does tract's float plan.
@@ -911,6 +955,8 @@ mod tests {
             Case { zx: -7, zy: 5, chw: (2, 9, 11), kernel: [3, 3], strides: [2, 1], dilations: [3, 2], pads: [1, 2, 2, 1], ceil: false, include: true },
             // Planes of 42 x 52 padded: two to a group of the fused pool's, three groups.
             Case { zx: 128, zy: 0, chw: (5, 40, 50), kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1, 1, 1, 1], ceil: false, include: false },
+            // A window of more taps than 16-bit sums hold (the i32 lanes).
+            Case { zx: -7, zy: 5, chw: (2, 14, 15), kernel: [12, 11], strides: [1, 2], dilations: [1, 1], pads: [1, 0, 2, 1], ceil: false, include: false },
         ];
         for Case {
             zx,
