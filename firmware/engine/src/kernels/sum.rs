@@ -3,7 +3,8 @@
 //! serves u8 and i8 tensors.
 //!
 //! The reference widens each byte. On aarch64, UADALP adds the pairs of sixteen bytes into
-//! eight u16 lanes per instruction, flushed to u64 before a lane can overflow; on x86_64,
+//! eight u16 lanes per instruction, flushed to u64 before a lane can overflow, and a run's
+//! last part block is its last 16 bytes with those already summed masked off; on x86_64,
 //! PSADBW (SSE2, part of the baseline) sums eight bytes into a u64 lane. The compiler's own
 //! loop widened every byte to 32 bits: about 1.2 instructions a byte under qemu
 //! (cortex-a72), 22 k of the qformats network's 1.1 M.
@@ -34,9 +35,26 @@ mod neon {
     /// block, and 128 blocks stay under 65 536.
     const FLUSH: usize = 128;
 
-    /// The whole 16-byte blocks of `bytes`: how many bytes they hold, and their sum.
+    /// Sixteen zeros then sixteen `0xff`: the 16 bytes from `TAIL[n..]` keep the last `n`
+    /// lanes of a block.
+    static TAIL: [u8; 32] = {
+        let mut t = [0u8; 32];
+        let mut i = 16;
+        while i < 32 {
+            t[i] = 0xff;
+            i += 1;
+        }
+        t
+    };
+
+    /// The bytes of `bytes` from 16 on, in blocks of 16 (a last part block as the last 16
+    /// bytes with the ones already summed masked off): how many bytes they hold (all of
+    /// them, or none below 16), and their sum.
     pub(super) unsafe fn sum(bytes: &[u8], flip: u8) -> (usize, u64) {
-        let blocks = bytes.len() / 16;
+        let (len, blocks) = (bytes.len(), bytes.len() / 16);
+        if blocks == 0 {
+            return (0, 0);
+        }
         let f = vdupq_n_u8(flip);
         let mut total = vdupq_n_u64(0);
         let mut at = 0;
@@ -51,7 +69,20 @@ mod neon {
             total = vpadalq_u32(total, vpaddlq_u16(lanes));
             at += run;
         }
-        (16 * blocks, vaddvq_u64(total))
+        let rest = len - 16 * blocks;
+        if rest > 0 {
+            // SAFETY: `len >= 16`, so the last 16 bytes are inside `bytes`; `TAIL` holds
+            // bytes rest..rest + 16.
+            let (v, mask) = unsafe {
+                (
+                    vld1q_u8(bytes.as_ptr().add(len - 16)),
+                    vld1q_u8(TAIL.as_ptr().add(rest)),
+                )
+            };
+            let lanes = vpaddlq_u8(vandq_u8(veorq_u8(v, f), mask));
+            total = vpadalq_u32(total, vpaddlq_u16(lanes));
+        }
+        (len, vaddvq_u64(total))
     }
 }
 
