@@ -1848,6 +1848,46 @@ mod tests {
         }
     }
 
+    /// Every byte `op` writes through rows of blocks (3 of 100 values: the assembly pairs
+    /// and an overlapping block), a short row (7: no block), one row, and channels-last
+    /// rows with and without padding channels, against `table`'s entry for `plain`'s own
+    /// byte of the same value.
+    fn gives_the_tables_bytes(
+        op: &Requantize,
+        plain: &Requantize,
+        scales: &[f32],
+        table: &[u8; 256],
+        channels: usize,
+        what: &str,
+    ) {
+        let want =
+            |v: i32, c: usize| table[usize::from((plain.value(v, scales[c]) as u8) ^ plain.mask())];
+        for cols in [100, 7] {
+            let x = accumulators(channels * cols);
+            let mut out = vec![0u8; x.len()];
+            op.run_rows(&x, cols, &mut out, cols).unwrap();
+            for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
+                assert_eq!(got, want(v, i / cols), "{what}: rows of {cols}, {i}");
+            }
+            let mut row = vec![0u8; cols];
+            op.run_row(&x[..cols], 5, &mut row).unwrap();
+            for (i, (&v, &got)) in x.iter().zip(&row).enumerate() {
+                assert_eq!(got, want(v, 5), "{what}: a row of {cols}, {i}");
+            }
+        }
+        for pitch in [channels, channels + 8] {
+            let x = accumulators(9 * pitch);
+            let mut out = vec![0u8; x.len()];
+            op.run_channels_last(&x, pitch, channels, &mut out).unwrap();
+            for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
+                if i % pitch < channels {
+                    let c = i % pitch;
+                    assert_eq!(got, want(v, c), "{what}: pitch {pitch}, {i}");
+                }
+            }
+        }
+    }
+
     /// A requantization with a table after it (`Requantize::with_lookup`): windows of
     /// one entry, of one TBL and of two, u8 and shifted to i8, through rows of blocks (the
     /// assembly pairs and single blocks), a row with a short tail, and channels-last rows
@@ -1879,35 +1919,7 @@ mod tests {
                     let op = plain.with_lookup(&table, to).expect("a short window");
                     assert_eq!(op.lookup.as_ref().map(|l| l.len), Some(len), "{what}");
                     assert_eq!(op.output_type(), to, "{what}");
-                    let want = |v: i32, c: usize| {
-                        table[usize::from((plain.value(v, scales[c]) as u8) ^ plain.mask())]
-                    };
-                    // Rows: 3 of 100 values (pairs of blocks, then an overlapping one), 1
-                    // of 7 (no block).
-                    for cols in [100, 7] {
-                        let x = accumulators(channels * cols);
-                        let mut out = vec![0u8; x.len()];
-                        op.run_rows(&x, cols, &mut out, cols).unwrap();
-                        for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
-                            assert_eq!(got, want(v, i / cols), "{what}: rows of {cols}, {i}");
-                        }
-                        let mut row = vec![0u8; cols];
-                        op.run_row(&x[..cols], 5, &mut row).unwrap();
-                        for (i, (&v, &got)) in x.iter().zip(&row).enumerate() {
-                            assert_eq!(got, want(v, 5), "{what}: a row of {cols}, {i}");
-                        }
-                    }
-                    for pitch in [channels, channels + 8] {
-                        let x = accumulators(9 * pitch);
-                        let mut out = vec![0u8; x.len()];
-                        op.run_channels_last(&x, pitch, channels, &mut out).unwrap();
-                        for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
-                            if i % pitch < channels {
-                                let c = i % pitch;
-                                assert_eq!(got, want(v, c), "{what}: pitch {pitch}, {i}");
-                            }
-                        }
-                    }
+                    gives_the_tables_bytes(&op, &plain, &scales, &table, channels, &what);
                 }
             }
         }
@@ -1915,8 +1927,8 @@ mod tests {
 
     /// Tables that only clamp the requantized values (a Relu at the zero point, a ReLU6's
     /// clamp, either shifted to i8 or not, after a u8 chain or one shifted to i8) become
-    /// the chain's bounds: no lookup is left, and every byte through rows, a short row and
-    /// channels-last rows is the table's entry for the chain's own byte. A chain shifted to
+    /// the chain's bounds: no lookup is left, and every byte (`gives_the_tables_bytes`) is
+    /// the table's entry for the chain's own byte. A chain shifted to
     /// i8 whose table gives u8 is no clamp (it keeps a lookup or none).
     #[test]
     fn clamping_tables_become_bounds() {
@@ -1940,24 +1952,7 @@ mod tests {
                     let op = op.expect("a clamp");
                     assert!(op.lookup.is_none(), "{what}");
                     assert_eq!(op.output_type(), to, "{what}");
-                    let want = |v: i32, c: usize| {
-                        table[usize::from((plain.value(v, scales[c]) as u8) ^ plain.mask())]
-                    };
-                    for cols in [100, 7] {
-                        let x = accumulators(channels * cols);
-                        let mut out = vec![0u8; x.len()];
-                        op.run_rows(&x, cols, &mut out, cols).unwrap();
-                        for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
-                            assert_eq!(got, want(v, i / cols), "{what}: rows of {cols}, {i}");
-                        }
-                    }
-                    let x = accumulators(9 * channels);
-                    let mut out = vec![0u8; x.len()];
-                    op.run_channels_last(&x, channels, channels, &mut out)
-                        .unwrap();
-                    for (i, (&v, &got)) in x.iter().zip(&out).enumerate() {
-                        assert_eq!(got, want(v, i % channels), "{what}: channels last, {i}");
-                    }
+                    gives_the_tables_bytes(&op, &plain, &scales, &table, channels, &what);
                 }
             }
         }
