@@ -266,6 +266,9 @@ fn as_bytes_mut<L: Lane>(xs: &mut [L]) -> &mut [i8] {
 /// Largest window whose sum of `x - zero point` fits an i32 (the same bound as a plane's).
 const MAX_WINDOW: usize = MAX_PLANE;
 
+/// Largest window whose sum of `x - zero point` (at most 255 in magnitude) fits an i16.
+const MAX_WINDOW_I16: usize = (i16::MAX / 255) as usize;
+
 impl QAvgPool {
     /// The pool for `op` over an input of `shape`, when its geometry is one this op
     /// computes: NCHW, two spatial axes, every window with a tap inside the input.
@@ -335,7 +338,13 @@ impl QAvgPool {
 
 impl QAvgPool {
     /// [`Averages::averages`] with the sums in `L` (i16 or i32, which must hold a
-    /// window's sum).
+    /// window's sum). A group of planes, less the zero point, is written into zero-padded
+    /// planes one above the other (the padding then adds nothing to a sum). The window
+    /// sums are two passes of adds over the whole group, which the compiler vectorizes
+    /// whatever the plane's width: along the rows (the sums that run over a row's end are
+    /// never read), then down them (nor are those that run over a plane's end). Each
+    /// window's sum lands at its first tap's padded position and is read from there,
+    /// scaled.
     fn sums_scaled<X: Copy + Into<i32>, L: Lane>(&self, xs: &[X], planes: usize) -> Vec<f32> {
         let [h, w] = self.input_hw;
         let (rows, cols) = (&self.rows, &self.cols);
@@ -348,15 +357,18 @@ impl QAvgPool {
         let mut padded = vec![L::default(); group * hp * wp];
         let mut row_sums = vec![L::default(); padded.len()];
         let mut averages = vec![0f32; planes * ho * wo];
-        let (averages_len, mut done) = (averages.len(), 0);
         // Room for the whole blocks of `strided_rows` past the group's last row.
         const SLACK: usize = 16;
         let size = std::mem::size_of::<L>();
         let mut gathered = vec![L::default(); group * ho * wo + SLACK];
-        for (xs, out) in xs
+        let groups = xs
             .chunks(group * h * w)
-            .zip(averages.chunks_mut(group * ho * wo))
-        {
+            .zip(averages.chunks_mut(group * ho * wo));
+        for (g, (xs, out)) in groups.enumerate() {
+            // The groups after the first: their padding must read zero again.
+            if g > 0 {
+                padded.fill(L::default());
+            }
             let n = xs.len() / (h * w) * hp * wp;
             for (plane, dst) in xs.chunks_exact(h * w).zip(padded.chunks_exact_mut(hp * wp)) {
                 let interior = dst[rows.before * wp..].chunks_exact_mut(wp);
@@ -407,11 +419,6 @@ impl QAvgPool {
                     *y = s.get() as f32 * m;
                 }
             }
-            // The next group's padding must read zero again.
-            if out.len() < averages_len - done {
-                padded.fill(L::default());
-            }
-            done += out.len();
         }
         averages
     }
@@ -443,12 +450,7 @@ impl Lane for i32 {
 }
 
 impl Averages for QAvgPool {
-    /// A group of planes, less the zero point, is written into zero-padded planes one
-    /// above the other (the padding then adds nothing to a sum). The window sums are two
-    /// passes of adds over the whole group, which the compiler vectorizes whatever the
-    /// plane's width: along the rows (the sums that run over a row's end are never read),
-    /// then down them (nor are those that run over a plane's end). Each window's sum lands
-    /// at its first tap's padded position and is read from there, scaled.
+    /// In 16-bit sums where a window's fits ([`QAvgPool::sums_scaled`]).
     fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>> {
         let [h, w] = self.input_hw;
         let (rows, cols) = (&self.rows, &self.cols);
@@ -461,9 +463,8 @@ impl Averages for QAvgPool {
             x.shape(),
             self.output_shape
         );
-        // Window sums fit 16 bits up to 128 taps (|x - zp| <= 255): twice the lanes per
-        // add of the passes.
-        Ok(if rows.kernel * cols.kernel <= 128 {
+        // Twice the lanes per add of the passes.
+        Ok(if rows.kernel * cols.kernel <= MAX_WINDOW_I16 {
             self.sums_scaled::<X, i16>(xs, planes)
         } else {
             self.sums_scaled::<X, i32>(xs, planes)
