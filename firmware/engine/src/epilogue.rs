@@ -58,6 +58,8 @@ macro_rules! for_each_block {
         }
     }};
 }
+#[cfg_attr(not(target_arch = "aarch64"), allow(unused_imports))]
+pub(crate) use for_each_block;
 
 /// `Scale -> Add* -> (Min | Max)* -> Cast (u8 | i8) [-> OffsetU8asI8]` as one node.
 ///
@@ -135,7 +137,7 @@ impl Requantize {
             .take_while(|&v| byte(v) == byte(hi))
             .last()?
             .max(base);
-        if let Some(clamped) = self.clamped(table, to, [base, top]) {
+        if let Some(clamped) = self.clamped(byte, to, [base, top]) {
             return Some(clamped);
         }
         if !self.short {
@@ -159,10 +161,15 @@ impl Requantize {
     }
 
     /// This requantization clamped to `[lo, hi]` (inside its own bounds) and giving `to`,
-    /// when that is what `table` does to its output bytes: each value's byte, looked up,
-    /// is the byte of the value clamped (shifted to i8 when `to` is I8 and the chain's Cast
-    /// is to u8).
-    fn clamped(&self, table: &[u8; 256], to: DatumType, [lo, hi]: [i32; 2]) -> Option<Requantize> {
+    /// when that is what a table does to its output bytes: `looked_up(v)`, the table's
+    /// entry for value `v`'s byte, is the byte of `v` clamped (shifted to i8 when `to` is
+    /// I8 and the chain's Cast is to u8).
+    fn clamped(
+        &self,
+        looked_up: impl Fn(i32) -> u8,
+        to: DatumType,
+        [lo, hi]: [i32; 2],
+    ) -> Option<Requantize> {
         let offset_to_i8 = match (self.cast_to, to) {
             (DatumType::U8, DatumType::U8) if !self.offset_to_i8 => false,
             (DatumType::U8, DatumType::I8) => true,
@@ -175,9 +182,9 @@ impl Requantize {
             offset_to_i8,
             ..self.clone()
         };
-        let (mask, new_mask) = (self.mask(), new.mask());
+        let mask = new.mask();
         (self.lo..=self.hi)
-            .all(|v| table[usize::from((v as u8) ^ mask)] == (v.clamp(lo, hi) as u8) ^ new_mask)
+            .all(|v| looked_up(v) == (v.clamp(lo, hi) as u8) ^ mask)
             .then_some(new)
     }
 
@@ -1007,8 +1014,8 @@ mod neon {
     }
 }
 
-/// Values per SIMD block (every form).
-const BLOCK: usize = 16;
+/// Values per SIMD block (every form; kernels/qbinary.rs's blocks too).
+pub(crate) const BLOCK: usize = 16;
 
 #[cfg(target_arch = "x86_64")]
 mod sse2 {

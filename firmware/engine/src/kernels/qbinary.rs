@@ -205,6 +205,7 @@ mod neon {
     use std::arch::aarch64::*;
 
     use super::{Binary, Side};
+    use crate::epilogue::{for_each_block, BLOCK};
     use crate::quantize::neon::Quantizer;
 
     /// A side's dequantization in registers.
@@ -367,8 +368,9 @@ mod neon {
 
     /// The outputs below `n`, 16 at a time: `operands(i)` gives the two sides' values of
     /// outputs `i..i + 16`, whose op is quantized into `out`. A last part block is the
-    /// last 16 outputs again (the inputs are other slices than `out`, so its first ones
-    /// get the same bytes twice); below 16 outputs, none. Returns how many it wrote.
+    /// last 16 outputs again (`for_each_block!`'s overlap: the inputs are other slices than
+    /// `out`, so its first ones get the same bytes twice); below 16 outputs, none. Returns
+    /// how many it wrote.
     ///
     /// # Safety
     /// `out` has at least `n` bytes.
@@ -379,22 +381,17 @@ mod neon {
         n: usize,
         operands: impl Fn(usize) -> [[float32x4_t; 4]; 2],
     ) -> usize {
-        if n < 16 {
-            return 0;
-        }
         let q = Quantizer::new(
             k.output.scale,
             k.output.zero,
             k.output.range(),
             !k.output.signed,
         );
-        let last = (!n.is_multiple_of(16)).then_some(n - 16);
-        for i in (0..n - 15).step_by(16).chain(last) {
+        for_each_block!(n, true, |i| {
             let [u, v] = operands(i);
             // SAFETY: the caller's contract: bytes i..i + 16 of `out`, i + 16 <= n.
             unsafe { vst1q_u8(out.as_mut_ptr().add(i), q.bytes(op::<MUL>(u, v))) };
-        }
-        n
+        })
     }
 }
 
