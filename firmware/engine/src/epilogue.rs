@@ -74,6 +74,10 @@ pub(crate) struct Requantize {
     scale: Arc<Tensor>,
     /// The axis of the input the multipliers run along; `None` for a single multiplier.
     axis: Option<usize>,
+    /// Per channel: the multipliers repeated over as many whole copies as fill 256 values
+    /// (see [`repeated_cycle`]), the run of channels-last positions
+    /// ([`Requantize::run_channels_last`]) made once per layer rather than per call.
+    cycle: Arc<Tensor>,
     add: i32,
     lo: i32,
     hi: i32,
@@ -309,9 +313,13 @@ impl Requantize {
             out.len()
         );
         if channels == pitch {
-            // No padding channels: the positions are one run, the multipliers a cycle.
+            // No padding channels: the positions are one run, the multipliers a cycle
+            // (whole copies of the channels' multipliers).
             let scale = match self.axis {
-                Some(_) => Scales::Cycle(scales),
+                Some(_) => {
+                    let cycle = self.cycle.try_as_plain_ram()?;
+                    Scales::Cycle(cycle.as_slice::<f32>()?)
+                }
                 None => Scales::One(scales[0]),
             };
             self.run_values(x, scale, out);
@@ -446,20 +454,13 @@ impl Requantize {
                     let at = |b: usize| neon::block_scales(each, b);
                     neon::run(self, xs, at, Some(pairs), ys, true)
                 }
-                Scales::Cycle(cycle) => {
+                Scales::Cycle(scales) => {
                     // Whole cycles at a time: each run is one of `Each` (whole blocks, since
-                    // the cycle is), with no division for the channel. The multipliers of
-                    // as many cycles as fill about 256 values, so that a row of short
-                    // cycles (a depthwise layer's 16 or 48 channels per position) pays for
-                    // a run per group of positions rather than per position.
-                    let repeated;
-                    let scales = match 256 / cycle.len() {
-                        0 | 1 => cycle,
-                        reps => {
-                            repeated = cycle.repeat(reps);
-                            &repeated[..]
-                        }
-                    };
+                    // the cycle is), with no division for the channel. The cycle holds as
+                    // many copies of the channels' multipliers as fill about 256 values
+                    // (`repeated_cycle`), so that a row of short cycles (a depthwise
+                    // layer's 16 or 48 channels per position) pays for a run per group of
+                    // positions rather than per position.
                     // The chain's constants once for all the runs.
                     let chain = neon::Chain::of(self);
                     let mut done = 0;
@@ -514,8 +515,22 @@ impl Requantize {
     }
 }
 
+/// A requantization's multipliers along `axis` repeated over as many whole copies as fill
+/// 256 values (once when there are more than 128), as channels-last runs take them
+/// ([`Scales::Cycle`]); the single multiplier itself when there is no axis.
+fn repeated_cycle(scale: &Arc<Tensor>, axis: Option<usize>) -> TractResult<Arc<Tensor>> {
+    if axis.is_none() {
+        return Ok(scale.clone());
+    }
+    let scales = scale.try_as_plain_ram()?;
+    let scales = scales.as_slice::<f32>()?;
+    let copies = (256 / scales.len().max(1)).max(1);
+    Ok(Arc::new(tensor1(&scales.repeat(copies))))
+}
+
 /// The multipliers of a run of values: one for all of them, one each, or a cycle (value i
-/// has `cycle[i % cycle.len()]`: channels-last positions).
+/// has `cycle[i % cycle.len()]`: channels-last positions; a cycle may hold several copies
+/// of the channels' multipliers).
 #[derive(Debug, Clone, Copy)]
 enum Scales<'a> {
     One(f32),
@@ -1499,6 +1514,7 @@ fn chain_from(
             .iter()
             .all(|s| s.abs() <= 0.5);
     let op = Requantize {
+        cycle: repeated_cycle(&scale, axis)?,
         scale,
         axis,
         add,

@@ -321,9 +321,7 @@ impl PackPatches {
             if let Some(sums) = sums {
                 column_sums(&matrix[..rows * cols], cols, &mut sums[..n]);
             }
-            for (p, panel) in out.chunks_mut(self.panel_len).take(cols / r).enumerate() {
-                self.panel(matrix, cols, p * r, panel);
-            }
+            self.panels(matrix, cols, cols / r, out);
         });
     }
 
@@ -368,9 +366,7 @@ impl PackPatches {
         let hw = g.height * g.width;
         let band = &x[oy0 * g.width..];
         let whole = n / r;
-        for (p, panel) in out.chunks_mut(self.panel_len).take(whole).enumerate() {
-            self.panel(band, hw, p * r, panel);
-        }
+        self.panels(band, hw, whole, out);
         let rest = n - whole * r;
         if rest == 0 {
             return;
@@ -386,24 +382,41 @@ impl PackPatches {
                 head_of(&band[from..], rest, row);
             }
             let panel = &mut out[whole * self.panel_len..(whole + 1) * self.panel_len];
-            self.panel(matrix, r, 0, panel);
+            self.panels(matrix, r, 1, panel);
         });
     }
 
-    /// One panel, positions `m0..m0 + r` of `matrix`: `padded_k` rows, `cols` bytes apart
-    /// (only the panel's columns of each row are read).
-    fn panel(&self, matrix: &[i8], cols: usize, m0: usize, panel: &mut [i8]) {
+    /// The first `count` panels into `out` (`panel_len` bytes each), panel p from positions
+    /// `p·r..(p + 1)·r` of `matrix`: `padded_k` rows, `cols` bytes apart (only the panels'
+    /// columns of each row are read). One call per band, the layout's loop inside: a call
+    /// per panel cost qformats' pointwise layers more than the panels' bytes (cortex-a76).
+    fn panels(&self, matrix: &[i8], cols: usize, count: usize, out: &mut [i8]) {
         let groups = self.padded_k() / self.layout.group();
+        let panels = out.chunks_mut(self.panel_len).take(count).enumerate();
         match self.layout {
             Layout::KMajor { r } => {
-                for kk in 0..self.k {
-                    let src = &matrix[kk * cols + m0..kk * cols + m0 + r];
-                    panel[kk * r..(kk + 1) * r].copy_from_slice(src);
+                for (p, panel) in panels {
+                    for kk in 0..self.k {
+                        let src = &matrix[kk * cols + p * r..][..r];
+                        panel[kk * r..(kk + 1) * r].copy_from_slice(src);
+                    }
                 }
             }
-            Layout::K4 { r } => interleave_panel(matrix, cols, groups, m0, r, panel),
-            Layout::K16 { r } => interleave16_panel(matrix, cols, groups, m0, r, panel),
-            Layout::Pairs => pairs_panel(matrix, cols, groups, m0, panel),
+            Layout::K4 { r } => {
+                for (p, panel) in panels {
+                    interleave_panel(matrix, cols, groups, p * r, r, panel);
+                }
+            }
+            Layout::K16 { r } => {
+                for (p, panel) in panels {
+                    interleave16_panel(matrix, cols, groups, p * r, r, panel);
+                }
+            }
+            Layout::Pairs => {
+                for (p, panel) in panels {
+                    pairs_panel(matrix, cols, groups, p * pairs::MR, panel);
+                }
+            }
         }
     }
 }
