@@ -10,7 +10,9 @@
 //! pool" and hands the work to rayon's global pool, which has a thread per core.
 //! `Executor::SingleThread` runs every tile inline on the caller and never touches rayon.
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
@@ -58,13 +60,90 @@ pub(crate) fn current() -> Executor {
 /// operators that stay on one thread run there, and the pool's other threads join in where
 /// work is split. Run on the caller instead, an inference set to n threads kept n + 1 busy
 /// or spinning (the caller and the whole pool), more threads than cores.
+///
+/// While `f` runs, the pool's other threads wait for its split operators spinning
+/// ([`stay_ready`]) rather than asleep: woken from sleep for each split operator, they
+/// came too late for most of them (on the 2-core development VM, MobileNetV2's 1x1 layers
+/// of 5-10 M multiply-adds took 1.4-2.6 times their one-thread time at two threads, and
+/// the whole inference longer than on one thread).
 pub(crate) fn scope<R: Send>(executor: Executor, f: impl FnOnce() -> R + Send) -> R {
     match &executor {
         Executor::MultiThread(pool) => {
             let pool = pool.clone();
-            pool.install(|| multithread_tract_scope(executor, f))
+            let helpers = pool.current_num_threads().saturating_sub(1);
+            pool.install(|| {
+                let done = AtomicBool::new(false);
+                rayon::scope(|s| {
+                    for _ in 0..helpers {
+                        s.spawn(|_| stay_ready(&done));
+                    }
+                    // Set however `f` ends (a panic too), or the scope would wait on the
+                    // helpers for ever.
+                    let _finished = Finished(&done);
+                    let _busy = Busy::enter();
+                    multithread_tract_scope(executor, f)
+                })
+            })
         }
         _ => multithread_tract_scope(executor, f),
+    }
+}
+
+thread_local! {
+    /// This thread runs a plan or waits for split work ([`stay_ready`]).
+    static BUSY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread [`BUSY`] until dropped (restoring what it was: a plan may run inside
+/// another's wait, as a job the pool had pending).
+struct Busy(bool);
+
+impl Busy {
+    fn enter() -> Busy {
+        Busy(BUSY.replace(true))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        BUSY.set(self.0);
+    }
+}
+
+/// Sets its flag when dropped.
+struct Finished<'a>(&'a AtomicBool);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A pool thread's wait for split work until `done`: it runs what the pool has pending
+/// as soon as it is there, between spins (a yield to the OS every few hundred, so that a
+/// busy machine still runs its other threads). A thread already busy returns at once: the
+/// thread running the plan pops this job while it waits inside a split of its own (or
+/// when the plan is over), and would never return to the plan; a thread waiting for
+/// another plan would only wait longer.
+fn stay_ready(done: &AtomicBool) {
+    if BUSY.get() {
+        return;
+    }
+    let _busy = Busy::enter();
+    let mut idle = 0u32;
+    while !done.load(Ordering::Acquire) {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => idle = 0,
+            Some(rayon::Yield::Idle) => {
+                idle += 1;
+                if idle.is_multiple_of(256) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            None => return,
+        }
     }
 }
 
@@ -145,6 +224,56 @@ mod tests {
             (std::thread::current().id(), rayon::current_thread_index())
         });
         assert_eq!((thread, index), (caller, None));
+    }
+
+    /// The helpers that wait spinning during a run stop however the run ends: a panic in
+    /// it reaches the caller instead of leaving the scope waiting on them.
+    #[test]
+    fn a_panicking_run_releases_the_helpers() {
+        let executor = executor_for(2).unwrap();
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            scope(executor.clone(), || -> usize { panic!("inside the run") })
+        }));
+        assert!(panicked.is_err());
+        // The pool still serves runs (its helper came back).
+        assert_eq!(scope(executor, || 7), 7);
+    }
+
+    /// Runs that split their work, from several callers at once on one pool (a helper of
+    /// one may pick up another's plan or split work): every one completes with its own
+    /// sums. (Which thread picks up what is up to the pool: this exercises the mixes, it
+    /// cannot force a given one.)
+    #[test]
+    fn concurrent_runs_on_one_pool_complete() {
+        let executor = executor_for(2).unwrap();
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..4u64)
+                .map(|k| {
+                    let executor = executor.clone();
+                    s.spawn(move || {
+                        (0..50)
+                            .map(|_| {
+                                scope(executor.clone(), || {
+                                    let mut out = vec![0u64; 4096];
+                                    per_thread(&mut out, 64, true, |first, chunk| {
+                                        for (i, v) in chunk.iter_mut().enumerate() {
+                                            *v = k * (first * 64 + i) as u64;
+                                        }
+                                        Ok(())
+                                    })
+                                    .unwrap();
+                                    out.iter().sum::<u64>()
+                                })
+                            })
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            for (k, run) in runs.into_iter().enumerate() {
+                let sums = run.join().unwrap();
+                assert!(sums.iter().all(|&v| v == k as u64 * 4095 * 4096 / 2), "{k}");
+            }
+        });
     }
 
     #[test]
