@@ -303,7 +303,7 @@ impl DepthwiseInt8 {
         /// A row's kernel with its taps' offsets in the form it takes them.
         enum Row<'a> {
             Pairs(&'a dwc::Weights, dwc::Arranged),
-            Quads(&'a dwc::Quads, Vec<usize>),
+            Quads(&'a dwc::Quads, Vec<usize>, dwc::Spacing),
         }
         let (row_bytes, kernel, step) = match layer {
             ChannelsLast::Pairs(w) => {
@@ -315,9 +315,11 @@ impl DepthwiseInt8 {
                 (cols * cp, kernel, sx * cp)
             }
             ChannelsLast::Quads(q) => {
-                let ecols = dwc::Quads::expanded_cols(cols, dx);
-                let kernel = Row::Quads(q, q.offsets(ecols, [dy, dx]));
-                (ecols * cp * 4, kernel, sx * cp * 4)
+                // Only the columns where quads start (every other one at stride 2).
+                let spacing = dwc::Spacing::of(sx, dx);
+                let ecols = dwc::Quads::expanded_cols(cols, spacing);
+                let kernel = Row::Quads(q, q.offsets(ecols, dy, spacing), spacing);
+                (ecols * cp * 4, kernel, sx / spacing.step() * cp * 4)
             }
         };
         let per_row = out_cols * cp;
@@ -330,11 +332,11 @@ impl DepthwiseInt8 {
             let mut acc = vec![0i32; per_row];
             let count = bytes.len() / per_row;
             let expanded = match &kernel {
-                Row::Quads(..) if count > 0 => {
+                Row::Quads(_, _, spacing) if count > 0 => {
                     let r0 = first * sy;
                     let r1 = ((first + count - 1) * sy + (kh - 1) * dy + 1).min(rows);
                     let band = &image[r0 * cols * cp..r1 * cols * cp];
-                    dwc::Quads::expand(band, (r1 - r0, cols, cp), dx)
+                    dwc::Quads::expand(band, (r1 - r0, cols, cp), *spacing)
                         .map_err(fail)?
                         .0
                 }
@@ -346,7 +348,7 @@ impl DepthwiseInt8 {
                         let src = &image[(first + i) * sy * row_bytes..];
                         w.run(src, offsets, step, out_cols, &mut acc)
                     }
-                    Row::Quads(q, offsets) => {
+                    Row::Quads(q, offsets, _) => {
                         let src = &expanded[i * sy * row_bytes..];
                         q.run(src, offsets, step, out_cols, &mut acc)
                     }

@@ -260,7 +260,7 @@ impl PackPatches {
     /// The smallest number of output rows that fills whole panels: bands other than the
     /// last must be a multiple of it.
     pub(crate) fn band_unit(&self, g: &Geometry) -> usize {
-        self.r() / gcd(g.out_width, self.r())
+        self.r() / crate::kernels::gcd(g.out_width, self.r())
     }
 
     /// Packs output rows `oy0..oy0 + rows` of one image into the panels that start `out`
@@ -598,14 +598,6 @@ pub(crate) fn unpack_rows(value: &dyn MMMInputValue) -> Option<Vec<i8>> {
 
 /// Bytes of patch matrix [`PackPatches::pack`] builds at a time (at least one band).
 const CHUNK_BYTES: usize = 256 * 1024;
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
 
 /// The patch rows of a layer whose kernel is taller than its vertical stride, with unit
 /// vertical dilation (every 3x3 or 5x5 stride-2 layer, and the unpadded stride-1 ones that

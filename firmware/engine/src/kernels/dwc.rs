@@ -243,14 +243,42 @@ impl Weights {
     }
 }
 
+/// Which columns of a channels-last image [`Quads::expand`] keeps as positions, and how
+/// far apart their taps are: position j holds, per channel, the image's bytes at columns
+/// `j · step + i · dilation` for i in 0..4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spacing {
+    dilation: usize,
+    step: usize,
+}
+
+impl Spacing {
+    /// For a layer of column stride `stride` and dilation `dilation`: a position every
+    /// gcd(stride, 4 · dilation) columns. Every quad of every output position starts on
+    /// one (output position ox's quad qx at column `ox · stride + 4 · qx · dilation`), so a
+    /// stride-2 layer's expansion is half the image's columns, not all of them.
+    pub(crate) fn of(stride: usize, dilation: usize) -> Spacing {
+        Spacing {
+            dilation,
+            step: super::gcd(stride, 4 * dilation),
+        }
+    }
+
+    /// Columns from one position to the next.
+    pub(crate) fn step(&self) -> usize {
+        self.step
+    }
+}
+
 /// One layer's weights for the channels-last kernel of cores with the dot product
 /// (Cortex-A55 and A76: the RK3588 and the Raspberry Pi 5; AVX-512 VNNI): taps in quads, four
 /// consecutive taps of one kernel row (the last quad of a row padded with zero weights).
 ///
 /// SDOT adds to each 32-bit lane the products of four bytes with four bytes. For it a
 /// channel's four taps must lie side by side, so the channels-last image is expanded once
-/// per layer ([`Quads::expand`]): position x of the expanded image holds, per channel, the
-/// bytes at x, x + dx, x + 2dx and x + 3dx of the image's row. Every quad of every output
+/// per layer ([`Quads::expand`]): position j of the expanded image holds, per channel, the
+/// bytes at x, x + dx, x + 2dx and x + 3dx of the image's row, x = j · s for the
+/// expansion's column step s ([`Spacing`]: 1, or 2 for a stride-2 layer). Every quad of every output
 /// position is then 64 bytes, 16 channels by 4 taps, read as they lie, against 64 bytes
 /// of weights laid out the same way: 16 multiply-adds per instruction, against two for
 /// the SMULL form ([`Weights`]). Any i8 weight works (the sums are 32-bit throughout).
@@ -258,8 +286,8 @@ impl Weights {
 /// `acc[ox · cp + c] = start[c] + Σ_q Σ_i w[c][q][i] · e[ox · step + offsets[q] + 4c + i]`
 ///
 /// for the expanded image `e` from an output row's first read, with `offsets[q]` the
-/// quad's place (`((ky · dy) · ecols + 4 · qx · dx) · cp · 4`, [`Quads::offsets`]) and
-/// `step = stride · cp · 4`; channel c of group g is byte `64g + 4 · (c % 16)` of a
+/// quad's place (`((ky · dy) · ecols + 4 · qx · dx / s) · cp · 4`, [`Quads::offsets`]) and
+/// `step = stride / s · cp · 4`; channel c of group g is byte `64g + 4 · (c % 16)` of a
 /// position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Quads {
@@ -339,12 +367,14 @@ impl Quads {
         4 * self.per_row - 1
     }
 
-    /// Where each quad's bytes start from an output position's first read in an expanded
-    /// image of `ecols` positions per row (see the type's doc).
-    pub(crate) fn offsets(&self, ecols: usize, [dy, dx]: [usize; 2]) -> Vec<usize> {
+    /// Where each quad's bytes start from an output position's first read in an image
+    /// expanded with `spacing` to `ecols` positions per row, `dy` the vertical dilation
+    /// (see the type's doc).
+    pub(crate) fn offsets(&self, ecols: usize, dy: usize, spacing: Spacing) -> Vec<usize> {
         let cp = self.padded_channels();
+        let across = 4 * spacing.dilation / spacing.step;
         (0..self.rows * self.per_row)
-            .map(|q| ((q / self.per_row) * dy * ecols + 4 * (q % self.per_row) * dx) * cp * 4)
+            .map(|q| ((q / self.per_row) * dy * ecols + (q % self.per_row) * across) * cp * 4)
             .collect()
     }
 
@@ -359,25 +389,31 @@ impl Quads {
         &self.weight_sums
     }
 
-    /// The positions per row of an image of `cols` expanded for dilation `dx`
-    /// (`cols - 3 · dx`; 0 where there is none).
-    pub(crate) fn expanded_cols(cols: usize, dx: usize) -> usize {
-        cols.checked_sub(3 * dx).filter(|_| dx > 0).unwrap_or(0)
+    /// The positions per row of an image of `cols` expanded with `spacing`: the columns
+    /// `j · step` that have their four taps inside the row (`⌈(cols - 3 · dilation) / step⌉`;
+    /// 0 where there is none).
+    pub(crate) fn expanded_cols(cols: usize, spacing: Spacing) -> usize {
+        let Spacing { dilation, step } = spacing;
+        cols.checked_sub(3 * dilation)
+            .filter(|_| dilation > 0 && step > 0)
+            .map_or(0, |span| span.div_ceil(step))
     }
 
-    /// Expands a channels-last image (`[rows][cols][cp]`) for dilation `dx`: returns the
+    /// Expands a channels-last image (`[rows][cols][cp]`) with `spacing`: returns the
     /// expanded image (`[rows][ecols][cp][4]`, see the type's doc) and `ecols`, the
     /// positions per row ([`Quads::expanded_cols`]).
     pub(crate) fn expand(
         image: &[i8],
         (rows, cols, cp): (usize, usize, usize),
-        dx: usize,
+        spacing: Spacing,
     ) -> Result<(Vec<i8>, usize), String> {
-        let ecols = Self::expanded_cols(cols, dx);
+        let ecols = Self::expanded_cols(cols, spacing);
         if image.len() != rows * cols * cp || !cp.is_multiple_of(LANES) || ecols == 0 {
             return Err(format!(
-                "an image of {} bytes as {rows} x {cols} x {cp}, dilation {dx}",
-                image.len()
+                "an image of {} bytes as {rows} x {cols} x {cp}, dilation {}, every {} columns",
+                image.len(),
+                spacing.dilation,
+                spacing.step
             ));
         }
         let len = rows * ecols * cp * 4;
@@ -389,7 +425,7 @@ impl Quads {
             // checked above, `out` has room for `len` bytes and `expand_into` writes all of
             // them.
             unsafe {
-                expand_into::<Vector>(image, (rows, cols, cp), dx, ecols, out.as_mut_ptr());
+                expand_into::<Vector>(image, (rows, cols, cp), spacing, ecols, out.as_mut_ptr());
                 out.set_len(len);
             }
             Ok((out, ecols))
@@ -398,9 +434,12 @@ impl Quads {
         {
             let mut out = Vec::with_capacity(len);
             for r in 0..rows {
-                for x in 0..ecols {
+                for j in 0..ecols {
                     for c in 0..cp {
-                        out.extend((0..4).map(|i| image[(r * cols + x + i * dx) * cp + c]));
+                        let x = j * spacing.step;
+                        out.extend(
+                            (0..4).map(|i| image[(r * cols + x + i * spacing.dilation) * cp + c]),
+                        );
                     }
                 }
             }
@@ -720,35 +759,44 @@ unsafe fn transposed<V: Bytes16>(
 /// [`Quads::expand`]'s copy: per position and 16 channels, the four taps' loads stored
 /// interleaved. Writes every byte of `dst`.
 ///
-/// Within a row, position x's channel group g starts at byte `x · cp + g` of the image
-/// row and at `4 · (x · cp + g)` of the expanded row, and its taps are `dx · cp` apart
-/// whatever x and g are: a row's first `ecols · cp` bytes are one run of 16-byte blocks,
-/// each expanded alone (one loop per row, not one per position: qformats' 5x5 layer on
-/// cortex-a76 spent three instructions on the loops for each one that copied).
+/// Position j's channel group g starts at byte `j · step · cp + g` of the image row and at
+/// `4 · (j · cp + g)` of the expanded row, and its taps are `dilation · cp` apart whatever
+/// j and g are. With a step of one, a row's first `ecols · cp` bytes are one run of
+/// 16-byte blocks, each expanded alone (one loop per row, not one per position: qformats'
+/// 5x5 layer on cortex-a76 spent three instructions on the loops for each one that
+/// copied); with a longer step, each position's `cp` bytes are a run.
 ///
 /// # Safety
 /// `image` holds `rows × cols × cp` bytes and `dst` has room for `rows × ecols × cp × 4`,
-/// with `ecols + 3 · dx <= cols` and `cp` a multiple of 16.
+/// with `ecols` at most [`Quads::expanded_cols`] and `cp` a multiple of 16.
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 unsafe fn expand_into<V: Bytes16>(
     image: &[i8],
     (rows, cols, cp): (usize, usize, usize),
-    dx: usize,
+    spacing: Spacing,
     ecols: usize,
     dst: *mut i8,
 ) {
     let src = image.as_ptr() as *const u8;
-    let tap = dx * cp;
+    let tap = spacing.dilation * cp;
+    // Runs of whole blocks: their count, length and distance in the image row.
+    let (runs, len, pitch) = match spacing.step {
+        1 => (1, ecols * cp, 0),
+        step => (ecols, cp, step * cp),
+    };
     for r in 0..rows {
-        // SAFETY: the caller's contract: row r's first `ecols · cp` bytes, and the three
-        // taps `dx · cp` after each, are inside the image (ecols + 3dx <= cols), and row
-        // r of the expanded image inside `dst`.
-        unsafe {
-            let at = src.add(r * cols * cp);
-            let to = dst.add(r * ecols * cp * 4) as *mut u8;
-            for b in (0..ecols * cp).step_by(LANES) {
-                let taps = std::array::from_fn(|t| V::load(at.add(t * tap + b)));
-                V::store_interleaved(taps, to.add(4 * b));
+        for j in 0..runs {
+            // SAFETY: the caller's contract: position j's `cp` bytes at column j · step
+            // (with a step of one, the row's first `ecols · cp` bytes), and the three taps
+            // `dilation · cp` after each, are inside row r of the image (j · step +
+            // 3 · dilation < cols), and row r of the expanded image inside `dst`.
+            unsafe {
+                let at = src.add(r * cols * cp + j * pitch);
+                let to = dst.add((r * ecols + j) * cp * 4) as *mut u8;
+                for b in (0..len).step_by(LANES) {
+                    let taps = std::array::from_fn(|t| V::load(at.add(t * tap + b)));
+                    V::store_interleaved(taps, to.add(4 * b));
+                }
             }
         }
     }
@@ -821,9 +869,10 @@ mod tests {
 
     /// Both kernels (the pairs: NEON on aarch64; the quads: SDOT on cores with the dot
     /// product, CI's Cortex-A76 run; the scalar references elsewhere) against the naive
-    /// convolution and their scalar references, over 1x1 to 7x7 kernels, strides 1-3,
+    /// convolution and their scalar references, over 1x1 to 7x7 kernels, strides 1-4,
     /// dilation 2, 5-48 channels and rows of 1-23, each on its own image: the pairs' padded
-    /// one, the quads' wider one, expanded (and checked byte by byte).
+    /// one, the quads' wider one, expanded (every column, or every stride-th: checked byte
+    /// by byte).
     #[test]
     fn matches_the_naive_convolution_over_odd_shapes() {
         let cases = [
@@ -839,6 +888,9 @@ mod tests {
             (16, 8, 8, 2, 1, 1, 0),
             (16, 6, 9, 4, 1, 1, 1),
             (8, 5, 12, 1, 2, 1, 0),
+            (32, 11, 13, 3, 2, 2, 2),
+            (16, 9, 18, 5, 4, 1, 2),
+            (20, 7, 16, 5, 2, 1, 1),
         ];
         // Each case with full-range weights (runs of one or two taps), and with smaller
         // ones beside one of 127 or -128 per channel (longer runs), as trained kernels have.
@@ -892,19 +944,22 @@ mod tests {
             // The quads': wider by their reach, expanded, a quad per four taps of a row.
             let cols = cols.max((ow - 1) * stride + quads.reach() * dilation + 1);
             let plane = image(cols);
-            let (expanded, ecols) = Quads::expand(&plane, (rows, cols, cp), dilation).unwrap();
-            assert_eq!(ecols, cols - 3 * dilation);
+            let spacing = Spacing::of(stride, dilation);
+            let s = spacing.step();
+            assert_eq!(s, if stride == 3 { 1 } else { stride });
+            let (expanded, ecols) = Quads::expand(&plane, (rows, cols, cp), spacing).unwrap();
+            assert_eq!(ecols, (cols - 3 * dilation).div_ceil(s));
             for (j, &v) in expanded.iter().enumerate() {
                 let (pos, byte) = (j / (4 * cp), j % (4 * cp));
-                let (r, x, c, tap) = (pos / ecols, pos % ecols, byte / 4, byte % 4);
+                let (r, x, c, tap) = (pos / ecols, pos % ecols * s, byte / 4, byte % 4);
                 assert_eq!(
                     v,
                     plane[(r * cols + x + tap * dilation) * cp + c],
                     "case {i}"
                 );
             }
-            let offsets = quads.offsets(ecols, [dilation, dilation]);
-            let quads_row = (expanded, ecols * cp * 4, offsets, stride * cp * 4);
+            let offsets = quads.offsets(ecols, dilation, spacing);
+            let quads_row = (expanded, ecols * cp * 4, offsets, stride / s * cp * 4);
             for oy in 0..oh {
                 let want = naive(
                     &x,
@@ -949,8 +1004,9 @@ mod tests {
             let quads = Quads::new(&vec![w; c * 9], c, [3, 3], &vec![start; c]).unwrap();
             // A 3 x 6 image, expanded: 3 x 3 positions; one output position.
             let image = vec![x; 3 * 6 * c];
-            let (expanded, _) = Quads::expand(&image, (3, 6, c), 1).unwrap();
-            let offsets = quads.offsets(3, [1, 1]);
+            let spacing = Spacing::of(1, 1);
+            let (expanded, _) = Quads::expand(&image, (3, 6, c), spacing).unwrap();
+            let offsets = quads.offsets(3, 1, spacing);
             let mut got = vec![0i32; c];
             quads.run(&expanded, &offsets, c * 4, 1, &mut got).unwrap();
             let one = i32::from(x) * i32::from(w) * 9;

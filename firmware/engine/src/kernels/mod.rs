@@ -37,3 +37,13 @@ mod pairs_neon;
 pub(crate) mod panels;
 pub(crate) mod qbinary;
 pub(crate) mod sum;
+
+/// The greatest common divisor (a layer's strides and dilations against the kernels'
+/// widths).
+pub(crate) fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
