@@ -1126,7 +1126,9 @@ mod avx512 {
 
     /// As `sse2::run`, a block of [`BLOCK`] values per step. One loop per kind of
     /// multipliers and per form (with or without the test for large products): the loop
-    /// then has no branch but its own and keeps everything in registers.
+    /// then has no branch but its own and keeps everything in registers. A short chain
+    /// ([`Requantize::short`]) takes four blocks at a time in the packed form
+    /// ([`packed`]) where the CPU has AVX-512 BW.
     ///
     /// # Safety
     /// The CPU has AVX-512 F; `ys` is at least as long as `xs`; `scale` holds the
@@ -1149,26 +1151,60 @@ mod avx512 {
             mask: op.mask(),
             short: op.short,
             overlap,
+            signed: op.cast_to == tract_onnx::prelude::DatumType::I8,
+            clamp: (op.lo, op.hi),
         };
-        // SAFETY (the three): loads of the 16 multipliers of a block (the caller's).
+        let packs = op.short && is_x86_feature_detected!("avx512bw");
+        // SAFETY (all): the CPU has AVX-512 BW where `packs`; loads of the 16 multipliers
+        // of a block (the caller's contract).
         match scale {
             Scales::One(s) => {
                 let s = _mm512_set1_ps(s);
-                unsafe { each_block(xs, |_| s, ys, &form, slow) }
+                unsafe { rows(xs, |_| s, ys, &form, slow, packs) }
             }
             Scales::Each(each) => unsafe {
-                each_block(
-                    xs,
-                    |b| _mm512_loadu_ps(each.as_ptr().add(b)),
-                    ys,
-                    &form,
-                    slow,
-                )
+                let at = |b: usize| _mm512_loadu_ps(each.as_ptr().add(b));
+                rows(xs, at, ys, &form, slow, packs)
             },
-            Scales::Cycle(cycle) => unsafe {
-                let at = |b: usize| _mm512_loadu_ps(cycle.as_ptr().add(b % cycle.len()));
-                each_block(xs, at, ys, &form, slow)
-            },
+            Scales::Cycle(cycle) => {
+                // Whole cycles at a time, each one of `Each` (whole blocks, since the cycle
+                // is, and no overlap): no division per block for its place in the cycle.
+                let mut done = 0;
+                let at = |b: usize| unsafe { _mm512_loadu_ps(cycle.as_ptr().add(b)) };
+                for (xs, ys) in xs.chunks(cycle.len()).zip(ys.chunks_mut(cycle.len())) {
+                    let start = done;
+                    let slow = |i: usize| slow(start + i);
+                    done += unsafe { rows(xs, at, ys, &form, &slow, packs) };
+                    if xs.len() < cycle.len() {
+                        break;
+                    }
+                }
+                done
+            }
+        }
+    }
+
+    /// One run of values in the packed form where `packs`, else in blocks.
+    ///
+    /// # Safety
+    /// As `run`'s; the CPU has AVX-512 BW where `packs`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn rows(
+        xs: &[i32],
+        scale: impl Fn(usize) -> __m512 + Copy,
+        ys: &mut [u8],
+        form: &Form,
+        slow: &impl Fn(usize) -> u8,
+        packs: bool,
+    ) -> usize {
+        // SAFETY: the caller's.
+        unsafe {
+            if packs {
+                packed(xs, scale, ys, form, slow)
+            } else {
+                each_block(xs, scale, ys, form, slow, 0)
+            }
         }
     }
 
@@ -1183,6 +1219,69 @@ mod avx512 {
         short: bool,
         /// A row's last part block may overlap the one before it (`for_each_block!`).
         overlap: bool,
+        /// The Cast is to i8 (else u8).
+        signed: bool,
+        /// `[lo, hi]`, inside the Cast's range.
+        clamp: (i32, i32),
+    }
+
+    /// Four blocks per step, then `each_block` from where they end: for a short chain
+    /// ([`Requantize::short`]: every product below 2^30 in magnitude, `add` at most
+    /// `SHORT_ADD`), each block's rounded products packed to 16 bits with saturation, `add`
+    /// added there with saturation, packed to bytes with saturation to the Cast's type,
+    /// the bytes clamped to `[lo, hi]`. A product that saturates is one whose value lies
+    /// beyond the Cast's range (2^15 - `SHORT_ADD` > 255) on the same side, so every
+    /// saturation ends at the bound the chain's clamp gives; inside the range the steps are
+    /// exact. 20 instructions per 64 values against 36 for four `each_block` steps, whose
+    /// 32-to-8 bit narrowing alone takes two of the shuffle port's cycles per block.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and BW; as `run`'s.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn packed(
+        xs: &[i32],
+        scale: impl Fn(usize) -> __m512 + Copy,
+        ys: &mut [u8],
+        form: &Form,
+        slow: &impl Fn(usize) -> u8,
+    ) -> usize {
+        assert!(ys.len() >= xs.len());
+        let (x, y) = (xs.as_ptr(), ys.as_mut_ptr());
+        let add = _mm512_set1_epi16(form.add as i16);
+        let (lo, hi) = (
+            _mm512_set1_epi8(form.clamp.0 as i8),
+            _mm512_set1_epi8(form.clamp.1 as i8),
+        );
+        let mask = _mm512_set1_epi8(form.mask as i8);
+        // The packs work within 128-bit lanes: lane l of the bytes holds values 4l..4l + 3
+        // of each of the four blocks in turn; dword 4l + k goes to 4k + l.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let mut b = 0;
+        while b + 4 * BLOCK <= xs.len() {
+            // SAFETY: values b..b + 64 are inside `xs` and `ys` (the loop's bound and the
+            // assert); the multipliers' loads are the caller's.
+            unsafe {
+                let rounded = |k: usize| {
+                    let at = b + k * BLOCK;
+                    let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(x.add(at).cast()));
+                    _mm512_cvtps_epi32(_mm512_mul_ps(v, scale(at)))
+                };
+                let low = _mm512_adds_epi16(_mm512_packs_epi32(rounded(0), rounded(1)), add);
+                let high = _mm512_adds_epi16(_mm512_packs_epi32(rounded(2), rounded(3)), add);
+                let bytes = if form.signed {
+                    let v = _mm512_packs_epi16(low, high);
+                    _mm512_min_epi8(_mm512_max_epi8(v, lo), hi)
+                } else {
+                    let v = _mm512_packus_epi16(low, high);
+                    _mm512_min_epu8(_mm512_max_epu8(v, lo), hi)
+                };
+                let bytes = _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), mask);
+                _mm512_storeu_si512(y.add(b).cast(), bytes);
+            }
+            b += 4 * BLOCK;
+        }
+        // SAFETY: as above.
+        unsafe { each_block(xs, scale, ys, form, slow, b) }
     }
 
     /// # Safety
@@ -1195,6 +1294,7 @@ mod avx512 {
         ys: &mut [u8],
         form: &Form,
         slow: &impl Fn(usize) -> u8,
+        from: usize,
     ) -> usize {
         assert!(ys.len() >= xs.len());
         let (lo, hi) = form.bounds;
@@ -1220,9 +1320,11 @@ mod avx512 {
             )
         };
         if form.short {
-            return for_each_block!(xs.len(), form.overlap, |b| { bytes(b, product(b)) });
+            return for_each_block!(xs.len(), form.overlap, from from, |b| {
+                bytes(b, product(b))
+            });
         }
-        for_each_block!(xs.len(), form.overlap, |b| {
+        for_each_block!(xs.len(), form.overlap, from from, |b| {
             let f = product(b);
             // Every |f| < 2^30 (false for NaN): else the per-element chain.
             if _mm512_cmp_ps_mask::<_CMP_LT_OQ>(_mm512_abs_ps(f), limit) == 0xffff {
@@ -2024,6 +2126,26 @@ mod tests {
         };
         assert!(!check(&[1, 8, 500], per_channel(8), &tail, true));
         assert!(check(&[1, 8, 500], small_per_channel(8), &tail, true));
+    }
+
+    /// A u8 chain clamped inside the type (a ReLU6 after a zero point) on short chains:
+    /// rows of whole runs of four blocks, and rows of 67 and 130 (a run of four blocks, then
+    /// single ones and an overlapping last one).
+    #[test]
+    fn unsigned_bounds_inside_the_type() {
+        let tail = |m: &mut TypedModel, x: OutletId| {
+            let zp = scalar_const(m, "zp", 17);
+            let x = m.wire_node("add", add(), &[x, zp]).unwrap()[0];
+            let lo = scalar_const(m, "lo", 17);
+            let hi = scalar_const(m, "hi", 201);
+            let x = m.wire_node("max", max(), &[x, lo]).unwrap()[0];
+            let x = m.wire_node("min", min(), &[x, hi]).unwrap()[0];
+            m.wire_node("cast", cast(DatumType::U8), &[x]).unwrap()[0]
+        };
+        for shape in [[1, 8, 512], [2, 3, 67], [1, 5, 130]] {
+            let c = shape[1];
+            assert!(check(&shape, small_per_channel(c), &tail, true));
+        }
     }
 
     #[test]
