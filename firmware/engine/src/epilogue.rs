@@ -1167,8 +1167,13 @@ mod avx512 {
                 rows(xs, at, ys, &form, slow, packs)
             },
             Scales::Cycle(cycle) => {
-                // Whole cycles at a time, each one of `Each` (whole blocks, since the cycle
-                // is, and no overlap): no division per block for its place in the cycle.
+                // Whole cycles at a time, each one of `Each` (a last part block overlapping
+                // the one before it reads the multipliers of its own values): no division
+                // per block for its place in the cycle.
+                let form = Form {
+                    overlap: true,
+                    ..form
+                };
                 let mut done = 0;
                 let at = |b: usize| unsafe { _mm512_loadu_ps(cycle.as_ptr().add(b)) };
                 for (xs, ys) in xs.chunks(cycle.len()).zip(ys.chunks_mut(cycle.len())) {
@@ -1209,6 +1214,7 @@ mod avx512 {
     }
 
     /// `run`'s constants.
+    #[derive(Clone, Copy)]
     struct Form {
         /// `[lo - add, hi - add]`, at most 2^22 in magnitude.
         bounds: (f32, f32),
@@ -1225,7 +1231,9 @@ mod avx512 {
         clamp: (i32, i32),
     }
 
-    /// Four blocks per step, then `each_block` from where they end: for a short chain
+    /// Four blocks per step, the last part run overlapping the one before it where a row
+    /// may overlap (else `each_block` from where they end; rows shorter than four blocks
+    /// take it whole): for a short chain
     /// ([`Requantize::short`]: every product below 2^30 in magnitude, `add` at most
     /// `SHORT_ADD`), each block's rounded products packed to 16 bits with saturation, `add`
     /// added there with saturation, packed to bytes with saturation to the Cast's type,
@@ -1256,29 +1264,36 @@ mod avx512 {
         // The packs work within 128-bit lanes: lane l of the bytes holds values 4l..4l + 3
         // of each of the four blocks in turn; dword 4l + k goes to 4k + l.
         let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let len = xs.len();
+        // SAFETY: values b..b + 64 are inside `xs` and `ys` (b + 64 <= len, and the
+        // assert); the multipliers' loads are the caller's.
+        let four = |b: usize| unsafe {
+            let rounded = |k: usize| {
+                let at = b + k * BLOCK;
+                let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(x.add(at).cast()));
+                _mm512_cvtps_epi32(_mm512_mul_ps(v, scale(at)))
+            };
+            let low = _mm512_adds_epi16(_mm512_packs_epi32(rounded(0), rounded(1)), add);
+            let high = _mm512_adds_epi16(_mm512_packs_epi32(rounded(2), rounded(3)), add);
+            let bytes = if form.signed {
+                let v = _mm512_packs_epi16(low, high);
+                _mm512_min_epi8(_mm512_max_epi8(v, lo), hi)
+            } else {
+                let v = _mm512_packus_epi16(low, high);
+                _mm512_min_epu8(_mm512_max_epu8(v, lo), hi)
+            };
+            let bytes = _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), mask);
+            _mm512_storeu_si512(y.add(b).cast(), bytes);
+        };
         let mut b = 0;
-        while b + 4 * BLOCK <= xs.len() {
-            // SAFETY: values b..b + 64 are inside `xs` and `ys` (the loop's bound and the
-            // assert); the multipliers' loads are the caller's.
-            unsafe {
-                let rounded = |k: usize| {
-                    let at = b + k * BLOCK;
-                    let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(x.add(at).cast()));
-                    _mm512_cvtps_epi32(_mm512_mul_ps(v, scale(at)))
-                };
-                let low = _mm512_adds_epi16(_mm512_packs_epi32(rounded(0), rounded(1)), add);
-                let high = _mm512_adds_epi16(_mm512_packs_epi32(rounded(2), rounded(3)), add);
-                let bytes = if form.signed {
-                    let v = _mm512_packs_epi16(low, high);
-                    _mm512_min_epi8(_mm512_max_epi8(v, lo), hi)
-                } else {
-                    let v = _mm512_packus_epi16(low, high);
-                    _mm512_min_epu8(_mm512_max_epu8(v, lo), hi)
-                };
-                let bytes = _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), mask);
-                _mm512_storeu_si512(y.add(b).cast(), bytes);
-            }
+        while b + 4 * BLOCK <= len {
+            four(b);
             b += 4 * BLOCK;
+        }
+        if b < len && b > 0 && form.overlap {
+            // The last part run overlapping the one before it: the same bytes again.
+            four(len - 4 * BLOCK);
+            return len;
         }
         // SAFETY: as above.
         unsafe { each_block(xs, scale, ys, form, slow, b) }
