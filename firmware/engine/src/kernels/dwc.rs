@@ -870,7 +870,7 @@ mod tests {
     /// Both kernels (the pairs: NEON on aarch64; the quads: SDOT on cores with the dot
     /// product, CI's Cortex-A76 run; the scalar references elsewhere) against the naive
     /// convolution and their scalar references, over 1x1 to 7x7 kernels, strides 1-4,
-    /// dilation 2, 5-48 channels and rows of 1-23, each on its own image: the pairs' padded
+    /// dilation 2, 5-80 channels and rows of 1-23, each on its own image: the pairs' padded
     /// one, the quads' wider one, expanded (every column, or every stride-th: checked byte
     /// by byte).
     #[test]
@@ -891,6 +891,7 @@ mod tests {
             (32, 11, 13, 3, 2, 2, 2),
             (16, 9, 18, 5, 4, 1, 2),
             (20, 7, 16, 5, 2, 1, 1),
+            (80, 6, 9, 3, 2, 1, 1),
         ];
         // Each case with full-range weights (runs of one or two taps), and with smaller
         // ones beside one of 127 or -128 per channel (longer runs), as trained kernels have.
