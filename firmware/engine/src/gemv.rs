@@ -7,8 +7,8 @@
 //! and computes the same i32 sums: the weights unpacked from tract's packing once at load
 //! and packed for the engine's kernel, the fused per-row constants folded into each row's
 //! start (banded.rs `tile_operands`, as the convolution tiles do), the sums wrapping as
-//! tract's do. Only where the engine has a vector kernel for it (aarch64): elsewhere
-//! tract's own (VNNI on x86) is as fast.
+//! tract's do. Only where the engine has a vector kernel for it (aarch64, and x86-64 with
+//! AVX-512 VNNI, where tract's one-column kernel is a 16 x 16 tile).
 //!
 //! With asymmetric u8 weights (onnxruntime's `weight_type=QUInt8`) tract's matmul also
 //! subtracts the weight zero point's term `zw · Σ_k x` (zero_point.rs), fused with the sum
@@ -95,17 +95,22 @@ pub(crate) fn gemv_products(model: &mut TypedModel) -> TractResult<usize> {
     if !wanted() {
         return Ok(0);
     }
-    let dot = dot::available();
+    // The x86 kernel sums in 32-bit lanes as SDOT does: no row is refused for its 16-bit
+    // lanes.
+    let dot = dot::available() || cfg!(target_arch = "x86_64");
     crate::rewrite::replace_runs(model, "gemv", |model, id| run_at(model, id, dot))
 }
 
-/// On aarch64, unless this thread's tests say otherwise (the scalar reference runs where
-/// the target has no kernel).
+/// On aarch64 and on x86-64 with AVX-512 VNNI, unless this thread's tests say otherwise
+/// (the scalar reference runs where the target has no kernel).
 fn wanted() -> bool {
     #[cfg(test)]
     if let Some(forced) = tests::FORCE.get() {
         return forced;
     }
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::gemv_vnni::available();
+    #[cfg(not(target_arch = "x86_64"))]
     cfg!(target_arch = "aarch64")
 }
 

@@ -11,7 +11,9 @@
 //!   and 24 products, about 4.5 multiply-adds per instruction. A lane sums the products at
 //!   depths `16g + i` and `16g + i + 8`, so [`Weights::new`] refuses, as c16 does, a row
 //!   with -128 at both (the operator then keeps tract's kernel);
-//! - with the dot product, one SDOT per row and block (16 multiply-adds), nothing refused.
+//! - with the dot product, one SDOT per row and block (16 multiply-adds), nothing refused;
+//! - on x86-64 with AVX-512 VNNI, one VPDPBUSD per four rows and block (kernels/gemv_vnni.rs),
+//!   nothing refused.
 //!
 //! Each row's four sums are added across at the end. Packing: kernels/panels.rs with
 //! [`NR`] rows per group, blocks of [`KC`] k and panels of one position (the vector,
@@ -30,6 +32,10 @@ pub(crate) const NR: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Weights {
     packed: Packed<NR, KC, 1>,
+    /// Per row (padded to whole groups), its start less `128 · Σ_k w`: the x86 kernel reads
+    /// the vector as unsigned (`x + 128`, kernels/gemv_vnni.rs).
+    #[cfg(target_arch = "x86_64")]
+    unsigned_starts: Vec<i32>,
 }
 
 impl Weights {
@@ -55,7 +61,27 @@ impl Weights {
                 ));
             }
         }
-        Ok(Weights { packed })
+        #[cfg(target_arch = "x86_64")]
+        let unsigned_starts = {
+            let (_, starts) = packed.raw();
+            let mut adjusted = starts.to_vec();
+            for (start, row) in adjusted.iter_mut().zip(rows.chunks_exact(k)) {
+                let sum: i32 = row.iter().map(|&w| i32::from(w)).sum();
+                *start = start.wrapping_sub(128 * sum);
+            }
+            adjusted
+        };
+        Ok(Weights {
+            packed,
+            #[cfg(target_arch = "x86_64")]
+            unsigned_starts,
+        })
+    }
+
+    /// Each row's start less `128 · Σ_k w` (padded to whole groups).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn unsigned_starts(&self) -> &[i32] {
+        &self.unsigned_starts
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -66,7 +92,6 @@ impl Weights {
         self.packed.k()
     }
 
-    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
     pub(crate) fn raw(&self) -> (&[i8], &[i32]) {
         self.packed.raw()
     }
@@ -88,6 +113,15 @@ impl Weights {
                 }
             }
             Ok(())
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::gemv_vnni::available() {
+            let _ = dot;
+            let flipped: Vec<u8> = vector.iter().map(|&x| (x as u8) ^ 0x80).collect();
+            // SAFETY: the CPU has AVX-512 F and VNNI; `padded` checked `out` and made the
+            // vector whole blocks.
+            unsafe { super::gemv_vnni::run(self, &flipped, out) };
+            return Ok(());
         }
         #[cfg(not(target_arch = "aarch64"))]
         {

@@ -30,6 +30,8 @@ mod dwc_x86;
 pub(crate) mod gemv;
 #[cfg(target_arch = "aarch64")]
 mod gemv_neon;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod gemv_vnni;
 pub(crate) mod lut;
 pub(crate) mod pairs;
 #[cfg(target_arch = "aarch64")]
