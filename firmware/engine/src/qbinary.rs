@@ -6,11 +6,13 @@
 //! `DequantizeLinearF32`, the f32 operator, then the quantization): on the qformats
 //! network under qemu (cortex-a72) those passes were a fifth of the int8 inference.
 //!
-//! [`QBinary`] computes the same chain per element, from the two int8 inputs to the int8
-//! output, on kernels/qbinary.rs: `(x - zero point) as f32 * scale` for each side, the one
-//! f32 Add or Mul, then the quantization `Quantize8` does. These are the same IEEE
-//! operations in the same order (Add and Mul are commutative bit for bit), so the output
-//! is the same bytes as the chain's. One side may be broadcast over the other's trailing
+//! [`QBinary`] computes it per element, from the two int8 inputs to the int8 output, on
+//! kernels/qbinary.rs. An Add is the same chain: `(x - zero point) as f32 * scale` for each
+//! side, the f32 Add, then the quantization `Quantize8` does, the same IEEE operations in
+//! the same order (commutative bit for bit), so the same bytes. A Mul is onnxruntime's
+//! `QLinearMul`: the centred bytes' product, exact, times one multiplier, quantized;
+//! tract's chain rounds three products, which can move a value next to a tie by one
+//! step. One side may be broadcast over the other's trailing
 //! axes (a squeeze-excite's `[1, C, 1, 1]` against `[1, C, H, W]`); other
 //! broadcasts stay with tract.
 
@@ -403,9 +405,11 @@ mod tests {
 
     /// Adds and Muls, of equal shapes and with a squeeze-excite broadcast on either side,
     /// u8 and i8 inputs and outputs: the plan with `QBinary` gives the bytes of tract's
-    /// four-pass plan.
+    /// four-pass plan for an Add; for a Mul, which rounds one product as onnxruntime does
+    /// rather than tract's three (kernels/qbinary.rs), values at most one output step from
+    /// tract's, nearly all the same. On one thread and on three, the same bytes.
     #[test]
-    fn quantized_adds_and_muls_keep_tracts_bits() {
+    fn quantized_adds_and_muls_match_tracts_plan() {
         use crate::banded::tests::{both_builds, outputs, test_inputs};
         let (c, h, w) = (3, 7, 9);
         for (op, pooled, zeros) in [
@@ -423,24 +427,39 @@ mod tests {
             assert!(float_op(&plain) && !float_op(&ours), "{:?}", ours.in_float);
             // Spread over three threads: three cache lines of bytes, or three channels.
             let pool = crate::threads::executor_for(3).unwrap();
+            let (mut values, mut same) = (0, 0);
             for data in test_inputs(c * h * w) {
                 let want = outputs(&plain.plan, &[1, c, h, w], &data);
                 let got = outputs(&ours.plan, &[1, c, h, w], &data);
-                assert_eq!(want, got, "{op} {pooled} {zeros:?}");
+                if op == "Add" {
+                    assert_eq!(want, got, "{op} {pooled} {zeros:?}");
+                }
+                // The outputs are dequantized: one step is the output scale, 0.0517.
+                for (&w, &g) in want.iter().zip(&got) {
+                    let (w, g) = (f32::from_bits(w), f32::from_bits(g));
+                    assert!((w - g).abs() <= 0.0517 * 1.001, "{op} {zeros:?}: {w} {g}");
+                }
+                values += want.len();
+                same += want.iter().zip(&got).filter(|(w, g)| w == g).count();
                 let threaded = crate::threads::scope(pool.clone(), || {
                     outputs(&ours.plan, &[1, c, h, w], &data)
                 });
-                assert_eq!(want, threaded, "{op} {pooled} {zeros:?}, 3 threads");
+                assert_eq!(got, threaded, "{op} {pooled} {zeros:?}, 3 threads");
             }
+            assert!(
+                same * 50 >= values * 49,
+                "{op} {zeros:?}: {same} of {values}"
+            );
         }
     }
 
     /// A squeeze-excite's scale as the QOperator format with standard operators leaves it:
     /// `Q(DQ(a) * Sigmoid(GlobalAveragePool(x)))`, the scale in f32, on either side of the
-    /// Mul, u8 and i8: one `QBinary` with the bytes of tract's plan, on one thread and on
-    /// three.
+    /// Mul, u8 and i8: one `QBinary`, at most one output step from tract's plan (one
+    /// rounded product against its three, kernels/qbinary.rs), nearly all the same, on one
+    /// thread and on three.
     #[test]
-    fn scales_in_float_keep_tracts_bits() {
+    fn scales_in_float_match_tracts_plan() {
         use crate::banded::tests::{both_builds, outputs, test_inputs};
         let (c, h, w) = (4, 6, 11);
         for (zeros, scale_first) in [([128, 3], false), ([-5, -128], true)] {
@@ -470,15 +489,24 @@ mod tests {
             let fused = fused_binaries(&ours);
             assert_eq!(fused, 1, "{zeros:?} {scale_first}: {:?}", ours.patches);
             let pool = crate::threads::executor_for(3).unwrap();
+            let (mut values, mut same) = (0, 0);
             for data in test_inputs(c * h * w) {
                 let data: Vec<f32> = data.iter().map(|v| 4.0 * v - 2.0).collect();
                 let want = outputs(&plain.plan, &[1, c, h, w], &data);
-                assert_eq!(want, outputs(&ours.plan, &[1, c, h, w], &data), "{zeros:?}");
+                let got = outputs(&ours.plan, &[1, c, h, w], &data);
+                // One step is the output scale, 0.0217.
+                for (&w, &g) in want.iter().zip(&got) {
+                    let (w, g) = (f32::from_bits(w), f32::from_bits(g));
+                    assert!((w - g).abs() <= 0.0217 * 1.001, "{zeros:?}: {w} {g}");
+                }
+                values += want.len();
+                same += want.iter().zip(&got).filter(|(w, g)| w == g).count();
                 let threaded = crate::threads::scope(pool.clone(), || {
                     outputs(&ours.plan, &[1, c, h, w], &data)
                 });
-                assert_eq!(want, threaded, "{zeros:?}, 3 threads");
+                assert_eq!(got, threaded, "{zeros:?}, 3 threads");
             }
+            assert!(same * 50 >= values * 49, "{zeros:?}: {same} of {values}");
         }
     }
 }

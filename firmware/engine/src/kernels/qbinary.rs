@@ -1,14 +1,26 @@
-//! Quantized Add and Mul of int8 bytes (qbinary.rs's operator): each output is
-//! `Q(D₀(a) op D₁(b))`, with `D(x) = (x - zero point) as f32 * scale` per side, the one f32
-//! Add or Mul, and the quantization `quantize` defines (quantize.rs).
+//! Quantized Add and Mul of int8 bytes (qbinary.rs's operator).
 //!
-//! Bytes are u8 or i8 per side and for the output. The reference is [`scalar`], one value
-//! at a time. On aarch64 NEON takes 16 outputs per step: each side's bytes widened to 16
-//! bits less their zero point (exact: both are bytes of the side's type, within ±255),
-//! widened to 32 bits, converted (exact) and multiplied by the scale, the f32 operation,
-//! then quantize.rs's 16-lane quantization. Each step is the scalar one's IEEE operation,
-//! so the bytes are the reference's. Elsewhere the values of a run go to `quantize_slice`
-//! (AVX2 on x86 hosts that have it) 256 at a time.
+//! - **Add**: `Q(D₀(a) + D₁(b))`, with `D(x) = (x - zero point) as f32 * scale` per side,
+//!   the f32 Add, and the quantization `quantize` defines (quantize.rs): tract's chain, step
+//!   for step (onnxruntime's x86 kernel adds the two scaled sides in f32 too).
+//! - **Mul**: as onnxruntime's `QLinearMul` computes it: the product of the two sides less
+//!   their zero points, exact in integers (at most 255² in magnitude, so exact in f32 too),
+//!   times one multiplier `s₀ · s₁ / s_out`, quantized. Against one value `v` of the other
+//!   side (a squeeze-excite's scale per channel, dequantized or left in f32 by the
+//!   format), the multiplier of the run is `s · v / s_out`. tract's chain rounds at each of
+//!   its three products instead; the two differ by one output step where a value lands
+//!   next to a rounding tie. One multiply per value rather than three: the qformats
+//!   network's squeeze-excite Mul took 43 K instructions on cortex-a76, more than any
+//!   operator but the products and the requantization.
+//!
+//! Bytes are u8 or i8 per side and for the output. The reference is [`Binary::scalar`]
+//! (and [`Binary::value_scalar`] against one value), one value at a time. On aarch64 NEON
+//! takes 16 outputs per step: each side's bytes widened to 16 bits less their zero point
+//! (exact: both are bytes of the side's type, within ±255), widened to 32 bits and
+//! converted (exact), then the f32 steps above and quantize.rs's 16-lane quantization.
+//! Each step is the scalar one's IEEE operation, so the bytes are the reference's.
+//! Elsewhere the values of a run go to `quantize_slice` (AVX2 on x86 hosts that have it)
+//! 256 at a time.
 
 use crate::quantize::{quantize, quantize_slice};
 
@@ -34,12 +46,27 @@ impl Side {
     /// `value` for a side whose signedness is `SIGNED`.
     #[inline(always)]
     fn typed<const SIGNED: bool>(&self, byte: u8) -> f32 {
+        self.centred_typed::<SIGNED>(byte) * self.scale
+    }
+
+    /// The byte less its zero point, as f32 (exact).
+    #[inline(always)]
+    pub(crate) fn centred(&self, byte: u8) -> f32 {
+        if self.signed {
+            self.centred_typed::<true>(byte)
+        } else {
+            self.centred_typed::<false>(byte)
+        }
+    }
+
+    #[inline(always)]
+    fn centred_typed<const SIGNED: bool>(&self, byte: u8) -> f32 {
         let x = if SIGNED {
             i32::from(byte as i8)
         } else {
             i32::from(byte)
         };
-        (x - self.zero) as f32 * self.scale
+        (x - self.zero) as f32
     }
 }
 
@@ -71,26 +98,46 @@ pub(crate) struct Binary {
 }
 
 impl Binary {
-    fn op(&self, u: f32, v: f32) -> f32 {
+    /// One output byte from one value of each side (a u8, or an i8's bits): the reference.
+    pub(crate) fn scalar(&self, a: u8, b: u8) -> u8 {
+        let [da, db] = self.sides;
         if self.mul {
-            u * v
+            let product = da.centred(a) * db.centred(b);
+            self.quantize_one(product, self.product_multiplier())
         } else {
-            u + v
+            self.quantize_one(da.value(a) + db.value(b), self.output.scale)
         }
     }
 
-    /// One output byte from one value of each side (a u8, or an i8's bits): the reference.
-    pub(crate) fn scalar(&self, a: u8, b: u8) -> u8 {
-        let v = self.op(self.sides[0].value(a), self.sides[1].value(b));
-        self.quantize_one(v)
+    /// The output byte of side `side`'s byte `x` against the other side's value `v`
+    /// (dequantized, or an f32 of the format's): the reference of [`Binary::with_value`].
+    #[cfg(test)]
+    pub(crate) fn value_scalar(&self, side: usize, x: u8, v: f32) -> u8 {
+        let d = self.sides[side];
+        if self.mul {
+            self.quantize_one(d.centred(x), self.value_multiplier(side, v))
+        } else {
+            self.quantize_one(d.value(x) + v, self.output.scale)
+        }
     }
 
-    fn quantize_one(&self, v: f32) -> u8 {
+    /// A Mul's multiplier of the two sides' centred product: `s₀ · s₁ / s_out`.
+    fn product_multiplier(&self) -> f32 {
+        self.sides[0].scale * self.sides[1].scale * self.output.scale
+    }
+
+    /// A Mul's multiplier of side `side`'s centred byte against the other side's value
+    /// `v`: `s · v / s_out`.
+    fn value_multiplier(&self, side: usize, v: f32) -> f32 {
+        self.sides[side].scale * v * self.output.scale
+    }
+
+    fn quantize_one(&self, v: f32, scale: f32) -> u8 {
         let [lo, hi] = self.output.range();
-        quantize(v, self.output.scale, self.output.zero, lo, hi) as u8
+        quantize(v, scale, self.output.zero, lo, hi) as u8
     }
 
-    /// `out[i] = Q(D₀(a[i]) op D₁(b[i]))`; the three slices have one length.
+    /// `out[i]` of `a[i]` and `b[i]` ([`Binary::scalar`]); the three slices have one length.
     pub(crate) fn same(&self, a: &[u8], b: &[u8], out: &mut [u8]) {
         assert!(a.len() == out.len() && b.len() == out.len());
         #[cfg(target_arch = "aarch64")]
@@ -111,8 +158,8 @@ impl Binary {
         }
     }
 
-    /// `out[i] = Q(D(xs[i]) op v)` with `D` side `side`'s dequantization and `v` the other
-    /// side's value, dequantized (Add and Mul are commutative bit for bit).
+    /// `out[i]` of side `side`'s `xs[i]` against the other side's value `v`, dequantized
+    /// ([`Binary::value_scalar`]; Add and Mul are commutative bit for bit).
     pub(crate) fn with_value(&self, side: usize, xs: &[u8], v: f32, out: &mut [u8]) {
         assert!(xs.len() == out.len());
         #[cfg(target_arch = "aarch64")]
@@ -138,11 +185,20 @@ impl Binary {
         out: &mut [u8],
     ) {
         let [da, db] = self.sides;
-        self.in_chunks(out, |at, values| {
+        let scale = if MUL {
+            self.product_multiplier()
+        } else {
+            self.output.scale
+        };
+        self.in_chunks(out, scale, |at, values| {
             let n = values.len();
             let pairs = a[at..at + n].iter().zip(&b[at..at + n]);
             for (v, (&x, &y)) in values.iter_mut().zip(pairs) {
-                *v = op::<MUL>(da.typed::<SA>(x), db.typed::<SB>(y));
+                *v = if MUL {
+                    da.centred_typed::<SA>(x) * db.centred_typed::<SB>(y)
+                } else {
+                    da.typed::<SA>(x) + db.typed::<SB>(y)
+                };
             }
         });
     }
@@ -155,19 +211,28 @@ impl Binary {
         out: &mut [u8],
     ) {
         let d = self.sides[side];
-        self.in_chunks(out, |at, values| {
+        let scale = if MUL {
+            self.value_multiplier(side, u)
+        } else {
+            self.output.scale
+        };
+        self.in_chunks(out, scale, |at, values| {
             let n = values.len();
             for (v, &x) in values.iter_mut().zip(&xs[at..at + n]) {
-                *v = op::<MUL>(d.typed::<SIGNED>(x), u);
+                *v = if MUL {
+                    d.centred_typed::<SIGNED>(x)
+                } else {
+                    d.typed::<SIGNED>(x) + u
+                };
             }
         });
     }
 
     /// `out` 256 bytes at a time: `fill(start, values)` writes the f32 values of
-    /// `out[start..start + values.len()]`, then `quantize_slice` quantizes them while they
-    /// are in L1.
+    /// `out[start..start + values.len()]`, then `quantize_slice` quantizes them with the
+    /// multiplier `scale` while they are in L1.
     #[inline(always)]
-    fn in_chunks(&self, out: &mut [u8], fill: impl Fn(usize, &mut [f32])) {
+    fn in_chunks(&self, out: &mut [u8], scale: f32, fill: impl Fn(usize, &mut [f32])) {
         const CHUNK: usize = 256;
         // Nothing left after the vector blocks: no buffer to zero (a squeeze-excite scale
         // comes here once per channel).
@@ -175,7 +240,7 @@ impl Binary {
             return;
         }
         let mut buf = [0f32; CHUNK];
-        let (scale, zero, range) = (self.output.scale, self.output.zero, self.output.range());
+        let (zero, range) = (self.output.zero, self.output.range());
         for (c, ys) in out.chunks_mut(CHUNK).enumerate() {
             let values = &mut buf[..ys.len()];
             fill(c * CHUNK, values);
@@ -188,15 +253,6 @@ impl Binary {
                 quantize_slice(values, ys, scale, zero, range);
             }
         }
-    }
-}
-
-#[inline(always)]
-fn op<const MUL: bool>(u: f32, v: f32) -> f32 {
-    if MUL {
-        u * v
-    } else {
-        u + v
     }
 }
 
@@ -231,12 +287,12 @@ mod neon {
             }
         }
 
-        /// The 16 bytes at `p` (i8 when `SIGNED`, else u8) dequantized.
+        /// The 16 bytes at `p` (i8 when `SIGNED`, else u8) less the zero point, as f32.
         ///
         /// # Safety
         /// 16 bytes are readable at `p`.
         #[inline(always)]
-        unsafe fn values<const SIGNED: bool>(&self, p: *const u8) -> [float32x4_t; 4] {
+        unsafe fn centred<const SIGNED: bool>(&self, p: *const u8) -> [float32x4_t; 4] {
             // SAFETY: the caller's contract; the rest are register operations.
             unsafe {
                 let bytes = vld1q_u8(p);
@@ -250,17 +306,27 @@ mod neon {
                     )
                 };
                 let (lo, hi) = (vsubq_s16(lo, self.zero), vsubq_s16(hi, self.zero));
-                let f = |v: int32x4_t| vmulq_f32(vcvtq_f32_s32(v), self.scale);
                 [
-                    f(vmovl_s16(vget_low_s16(lo))),
-                    f(vmovl_high_s16(lo)),
-                    f(vmovl_s16(vget_low_s16(hi))),
-                    f(vmovl_high_s16(hi)),
+                    vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))),
+                    vcvtq_f32_s32(vmovl_high_s16(lo)),
+                    vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi))),
+                    vcvtq_f32_s32(vmovl_high_s16(hi)),
                 ]
             }
         }
+
+        /// The 16 bytes at `p` dequantized.
+        ///
+        /// # Safety
+        /// 16 bytes are readable at `p`.
+        #[inline(always)]
+        unsafe fn values<const SIGNED: bool>(&self, p: *const u8) -> [float32x4_t; 4] {
+            // SAFETY: the caller's contract; the rest are register operations.
+            unsafe { self.centred::<SIGNED>(p).map(|v| vmulq_f32(v, self.scale)) }
+        }
     }
 
+    /// Lane by lane, `u · v` or `u + v`.
     #[inline(always)]
     fn op<const MUL: bool>(u: [float32x4_t; 4], v: [float32x4_t; 4]) -> [float32x4_t; 4] {
         // SAFETY: NEON is part of aarch64; register operations only.
@@ -271,6 +337,11 @@ mod neon {
                 vaddq_f32(u[i], v[i])
             }
         })
+    }
+
+    /// The output's quantization with the multiplier `scale`.
+    fn quantizer(k: &Binary, scale: f32) -> Quantizer {
+        Quantizer::new(scale, k.output.zero, k.output.range(), !k.output.signed)
     }
 
     /// `Binary::same` in blocks of 16 (none below 16 outputs); returns how many outputs it
@@ -310,15 +381,23 @@ mod neon {
         out: &mut [u8],
         n: usize,
     ) -> usize {
-        // SAFETY: the caller's contract: bytes i..i + 16 of each slice for i + 16 <= n.
-        let operands = |i: usize| unsafe {
-            [
-                la.values::<SA>(a.as_ptr().add(i)),
-                lb.values::<SB>(b.as_ptr().add(i)),
-            ]
-        };
-        // SAFETY: the caller's contract.
-        unsafe { blocks::<MUL>(k, out, n, operands) }
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // SAFETY (both): the caller's contract: bytes i..i + 16 of each slice for
+        // i + 16 <= n.
+        if MUL {
+            // The centred product (exact), one multiplier.
+            let q = quantizer(k, k.product_multiplier());
+            let values = |i: usize| unsafe {
+                op::<true>(la.centred::<SA>(pa.add(i)), lb.centred::<SB>(pb.add(i)))
+            };
+            unsafe { blocks(&q, out, n, values) }
+        } else {
+            let q = quantizer(k, k.output.scale);
+            let values = |i: usize| unsafe {
+                op::<false>(la.values::<SA>(pa.add(i)), lb.values::<SB>(pb.add(i)))
+            };
+            unsafe { blocks(&q, out, n, values) }
+        }
     }
 
     /// `Binary::with_value` in blocks of 16 (none below 16 outputs); returns how many
@@ -337,14 +416,13 @@ mod neon {
             return 0;
         };
         let n = out.len();
-        // SAFETY: NEON is part of aarch64; the caller's contract, passed on.
+        // SAFETY: the caller's contract, passed on.
         unsafe {
-            let v = [vdupq_n_f32(v); 4];
             match (k.sides[side].signed, k.mul) {
-                (false, false) => value_blocks::<false, false>(k, lanes, v, xs, out, n),
-                (false, true) => value_blocks::<false, true>(k, lanes, v, xs, out, n),
-                (true, false) => value_blocks::<true, false>(k, lanes, v, xs, out, n),
-                (true, true) => value_blocks::<true, true>(k, lanes, v, xs, out, n),
+                (false, false) => value_blocks::<false, false>(k, side, lanes, v, xs, out, n),
+                (false, true) => value_blocks::<false, true>(k, side, lanes, v, xs, out, n),
+                (true, false) => value_blocks::<true, false>(k, side, lanes, v, xs, out, n),
+                (true, true) => value_blocks::<true, true>(k, side, lanes, v, xs, out, n),
             }
         }
     }
@@ -354,43 +432,46 @@ mod neon {
     #[inline(always)]
     unsafe fn value_blocks<const SIGNED: bool, const MUL: bool>(
         k: &Binary,
+        side: usize,
         lanes: Lanes,
-        v: [float32x4_t; 4],
+        v: f32,
         xs: &[u8],
         out: &mut [u8],
         n: usize,
     ) -> usize {
-        // SAFETY: the caller's contract: bytes i..i + 16 of `xs` for i + 16 <= n.
-        let operands = |i: usize| unsafe { [lanes.values::<SIGNED>(xs.as_ptr().add(i)), v] };
-        // SAFETY: the caller's contract.
-        unsafe { blocks::<MUL>(k, out, n, operands) }
+        let p = xs.as_ptr();
+        // SAFETY (both): NEON is part of aarch64; the caller's contract: bytes i..i + 16
+        // of `xs` for i + 16 <= n.
+        if MUL {
+            // The centred bytes times the run's one multiplier.
+            let q = quantizer(k, k.value_multiplier(side, v));
+            unsafe { blocks(&q, out, n, |i| lanes.centred::<SIGNED>(p.add(i))) }
+        } else {
+            let q = quantizer(k, k.output.scale);
+            let v = unsafe { [vdupq_n_f32(v); 4] };
+            let values = |i: usize| unsafe { op::<false>(lanes.values::<SIGNED>(p.add(i)), v) };
+            unsafe { blocks(&q, out, n, values) }
+        }
     }
 
-    /// The outputs below `n`, 16 at a time: `operands(i)` gives the two sides' values of
-    /// outputs `i..i + 16`, whose op is quantized into `out`. A last part block is the
-    /// last 16 outputs again (`for_each_block!`'s overlap: the inputs are other slices than
-    /// `out`, so its first ones get the same bytes twice); below 16 outputs, none. Returns
-    /// how many it wrote.
+    /// The outputs below `n`, 16 at a time: `values(i)` gives the f32 values of outputs
+    /// `i..i + 16`, which `q` quantizes into `out`. A last part block is the last 16
+    /// outputs again (`for_each_block!`'s overlap: the inputs are other slices than `out`,
+    /// so its first ones get the same bytes twice); below 16 outputs, none. Returns how
+    /// many it wrote.
     ///
     /// # Safety
     /// `out` has at least `n` bytes.
     #[inline(always)]
-    unsafe fn blocks<const MUL: bool>(
-        k: &Binary,
+    unsafe fn blocks(
+        q: &Quantizer,
         out: &mut [u8],
         n: usize,
-        operands: impl Fn(usize) -> [[float32x4_t; 4]; 2],
+        values: impl Fn(usize) -> [float32x4_t; 4],
     ) -> usize {
-        let q = Quantizer::new(
-            k.output.scale,
-            k.output.zero,
-            k.output.range(),
-            !k.output.signed,
-        );
         for_each_block!(n, true, |i| {
-            let [u, v] = operands(i);
             // SAFETY: the caller's contract: bytes i..i + 16 of `out`, i + 16 <= n.
-            unsafe { vst1q_u8(out.as_mut_ptr().add(i), q.bytes(op::<MUL>(u, v))) };
+            unsafe { vst1q_u8(out.as_mut_ptr().add(i), q.bytes(values(i))) };
         })
     }
 }
@@ -455,16 +536,79 @@ mod tests {
                             for side in 0..2 {
                                 let y = b.first().copied().unwrap_or(9);
                                 let v = k.sides[1 - side].value(y);
-                                let want: Vec<u8> = a
-                                    .iter()
-                                    .map(|&x| k.quantize_one(k.op(k.sides[side].value(x), v)))
-                                    .collect();
+                                let want: Vec<u8> =
+                                    a.iter().map(|&x| k.value_scalar(side, x, v)).collect();
                                 k.with_value(side, &a, v, &mut got);
                                 assert_eq!(got, want, "{k:?} side {side} length {len}");
                             }
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// A Mul's bytes against the exact product (f64) of the two sides' centred bytes and
+    /// scales, rounded half to even, over every pair of bytes, u8 and i8: the same byte,
+    /// but next to a rounding tie (within 1e-4 of a step), where the f32 steps may round
+    /// the other way: one step apart at most. Against one value of the other side, the
+    /// same.
+    #[test]
+    fn muls_round_the_exact_product() {
+        for (signed, zeros, scales, out_scale, out_zero) in [
+            (false, [128, 3], [0.043f32, 0.0271], 1.0 / 0.0517f32, 7),
+            (true, [-5, 0], [0.9, 0.31], 7.5, -3),
+            (false, [0, 255], [0.0039, 0.0078], 255.0, 0),
+        ] {
+            let side = |i: usize| Side {
+                signed,
+                scale: scales[i],
+                zero: zeros[i],
+            };
+            let k = Binary {
+                mul: true,
+                sides: [side(0), side(1)],
+                output: Output {
+                    signed,
+                    scale: out_scale,
+                    zero: out_zero,
+                },
+            };
+            let [lo, hi] = k.output.range();
+            let exact = |product: f64, multiplier: f64| {
+                let v = product * multiplier;
+                let byte = (v.round_ties_even() as i64 + i64::from(out_zero))
+                    .clamp(i64::from(lo), i64::from(hi));
+                let tie = (v - v.floor() - 0.5).abs() < 1e-4;
+                (byte, tie)
+            };
+            let as_value = |byte: u8| {
+                if signed {
+                    i64::from(byte as i8)
+                } else {
+                    i64::from(byte)
+                }
+            };
+            let check = |got: u8, (want, tie): (i64, bool), what: &str| {
+                let got = as_value(got);
+                if tie {
+                    assert!((got - want).abs() <= 1, "{what}: {got} against {want}");
+                } else {
+                    assert_eq!(got, want, "{what}");
+                }
+            };
+            let multiplier = f64::from(scales[0]) * f64::from(scales[1]) * f64::from(out_scale);
+            for a in 0..=255u8 {
+                for b in 0..=255u8 {
+                    let product = ((as_value(a) - i64::from(zeros[0]))
+                        * (as_value(b) - i64::from(zeros[1])))
+                        as f64;
+                    check(k.scalar(a, b), exact(product, multiplier), "pair");
+                }
+                let v = side(1).value(77);
+                let m = f64::from(scales[0]) * f64::from(v) * f64::from(out_scale);
+                let centred = (as_value(a) - i64::from(zeros[0])) as f64;
+                check(k.value_scalar(0, a, v), exact(centred, m), "value");
             }
         }
     }
