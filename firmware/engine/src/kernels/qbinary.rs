@@ -36,11 +36,7 @@ impl Side {
     /// `D(byte)`: the byte as the side's type, less its zero point, times its scale.
     #[inline(always)]
     pub(crate) fn value(&self, byte: u8) -> f32 {
-        if self.signed {
-            self.typed::<true>(byte)
-        } else {
-            self.typed::<false>(byte)
-        }
+        self.centred(byte) * self.scale
     }
 
     /// `value` for a side whose signedness is `SIGNED`.
