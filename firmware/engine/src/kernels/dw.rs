@@ -519,31 +519,41 @@ pub(crate) fn split2(line: &[i8], evens: &mut [i8], odds: &mut [i8]) {
     }
 }
 
-/// The whole 32-value chunks of `line` split into `evens` and `odds` with SSE2 (the
-/// baseline of x86-64): each 16-bit lane's low byte is an even value and its high byte the
-/// odd one, packed back to bytes (PACKUSWB of values 0-255 keeps them). Returns how many
-/// pairs were written. The scalar loop had been a tenth of EfficientNet-Lite0's int8
-/// inference on the host (perf).
+/// `line`'s pairs split into `evens` and `odds` with SSE2 (the baseline of x86-64), 32
+/// values at a time: each 16-bit lane's low byte is an even value and its high byte the
+/// odd one, packed back to bytes (PACKUSWB of values 0-255 keeps them). A last part chunk
+/// is the last 16 pairs again (out of place: the overlap rewrites the same values).
+/// Returns how many pairs were written: all of them from 16 pairs on. The scalar loop had
+/// been a tenth of EfficientNet-Lite0's int8 inference on the host (perf); a 112-value row
+/// (Lite0's and MobileNetV2's first stride-2 depthwise layers) left 8 pairs to it.
 #[cfg(target_arch = "x86_64")]
 fn split2_sse2(line: &[i8], evens: &mut [i8], odds: &mut [i8]) -> usize {
     use std::arch::x86_64::*;
     let pairs = (line.len() / 2).min(evens.len()).min(odds.len());
-    let mut done = 0;
-    // SAFETY: SSE2 is part of x86_64; reads line[2 · done..][..32] and writes 16 values
-    // from `done` of each half, all within `pairs`.
-    unsafe {
-        let low = _mm_set1_epi16(0xff);
-        while done + 16 <= pairs {
-            let at = line.as_ptr().add(2 * done) as *const __m128i;
-            let (a, b) = (_mm_loadu_si128(at), _mm_loadu_si128(at.add(1)));
-            let even = _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low));
-            let odd = _mm_packus_epi16(_mm_srli_epi16::<8>(a), _mm_srli_epi16::<8>(b));
-            _mm_storeu_si128(evens.as_mut_ptr().add(done) as *mut __m128i, even);
-            _mm_storeu_si128(odds.as_mut_ptr().add(done) as *mut __m128i, odd);
-            done += 16;
-        }
+    if pairs < 16 {
+        return 0;
     }
-    done
+    let (e, o) = (evens.as_mut_ptr(), odds.as_mut_ptr());
+    // SAFETY: SSE2 is part of x86_64; reads line[2 · at..][..32] and writes 16 values from
+    // `at` of each half, at + 16 <= pairs.
+    let chunk = |at: usize| unsafe {
+        let low = _mm_set1_epi16(0xff);
+        let from = line.as_ptr().add(2 * at) as *const __m128i;
+        let (a, b) = (_mm_loadu_si128(from), _mm_loadu_si128(from.add(1)));
+        let even = _mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low));
+        let odd = _mm_packus_epi16(_mm_srli_epi16::<8>(a), _mm_srli_epi16::<8>(b));
+        _mm_storeu_si128(e.add(at) as *mut __m128i, even);
+        _mm_storeu_si128(o.add(at) as *mut __m128i, odd);
+    };
+    let mut done = 0;
+    while done + 16 <= pairs {
+        chunk(done);
+        done += 16;
+    }
+    if done < pairs {
+        chunk(pairs - 16);
+    }
+    pairs
 }
 
 #[cfg(test)]
@@ -897,10 +907,11 @@ mod tests {
         }
     }
 
-    /// Rows of every length around the NEON chunk of 32: each value lands in its phase.
+    /// Rows of every length around the chunk of 32 (a last part chunk overlapping the one
+    /// before it on x86): each value lands in its phase, nothing past the halves is written.
     #[test]
     fn split2_puts_every_value_in_its_phase() {
-        for len in [0, 1, 2, 3, 31, 32, 33, 63, 64, 65, 112, 225] {
+        for len in [0, 1, 2, 3, 31, 32, 33, 40, 50, 63, 64, 65, 81, 112, 225] {
             let line = values(len, len as u32 + 3);
             let (mut evens, mut odds) = (vec![0i8; len.div_ceil(2) + 3], vec![0i8; len / 2 + 3]);
             split2(&line, &mut evens, &mut odds);
