@@ -29,7 +29,9 @@ use crate::kernels::{dot, gemv};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Gemv {
     weights: Shared<gemv::Weights>,
-    /// The kernel with the dot product (chosen at load with the CPU).
+    /// The kernel with the dot product (chosen at load with the CPU); on x86-64 always
+    /// set, which only says that no row was refused for the 16-bit lanes of the NEON
+    /// kernel without it (the VNNI kernel sums in 32-bit lanes).
     dot: bool,
     /// The matmul's output shape: the rows along one axis, every other axis 1.
     output_shape: TVec<usize>,
