@@ -397,6 +397,17 @@ mod tests {
         model_bytes("qbinary", nodes, init, ("x", &[1, c, h, w]), "y")
     }
 
+    /// Asserts that every dequantized output (f32 bits) of `got` is at most one `step` from
+    /// `want`'s; returns how many are the same.
+    fn within_a_step(want: &[u32], got: &[u32], step: f32, what: &str) -> usize {
+        assert_eq!(want.len(), got.len(), "{what}");
+        for (&w, &g) in want.iter().zip(got) {
+            let (w, g) = (f32::from_bits(w), f32::from_bits(g));
+            assert!((w - g).abs() <= step * 1.001, "{what}: {w} {g}");
+        }
+        want.iter().zip(got).filter(|(w, g)| w == g).count()
+    }
+
     /// How many `QBinary` nodes a build's plan has.
     fn fused_binaries(built: &crate::load::Built) -> usize {
         let nodes = built.plan.model().nodes();
@@ -435,12 +446,8 @@ mod tests {
                     assert_eq!(want, got, "{op} {pooled} {zeros:?}");
                 }
                 // The outputs are dequantized: one step is the output scale, 0.0517.
-                for (&w, &g) in want.iter().zip(&got) {
-                    let (w, g) = (f32::from_bits(w), f32::from_bits(g));
-                    assert!((w - g).abs() <= 0.0517 * 1.001, "{op} {zeros:?}: {w} {g}");
-                }
+                same += within_a_step(&want, &got, 0.0517, &format!("{op} {zeros:?}"));
                 values += want.len();
-                same += want.iter().zip(&got).filter(|(w, g)| w == g).count();
                 let threaded = crate::threads::scope(pool.clone(), || {
                     outputs(&ours.plan, &[1, c, h, w], &data)
                 });
@@ -495,12 +502,8 @@ mod tests {
                 let want = outputs(&plain.plan, &[1, c, h, w], &data);
                 let got = outputs(&ours.plan, &[1, c, h, w], &data);
                 // One step is the output scale, 0.0217.
-                for (&w, &g) in want.iter().zip(&got) {
-                    let (w, g) = (f32::from_bits(w), f32::from_bits(g));
-                    assert!((w - g).abs() <= 0.0217 * 1.001, "{zeros:?}: {w} {g}");
-                }
+                same += within_a_step(&want, &got, 0.0217, &format!("{zeros:?}"));
                 values += want.len();
-                same += want.iter().zip(&got).filter(|(w, g)| w == g).count();
                 let threaded = crate::threads::scope(pool.clone(), || {
                     outputs(&ours.plan, &[1, c, h, w], &data)
                 });

@@ -97,12 +97,12 @@ impl Binary {
     /// One output byte from one value of each side (a u8, or an i8's bits): the reference.
     pub(crate) fn scalar(&self, a: u8, b: u8) -> u8 {
         let [da, db] = self.sides;
-        if self.mul {
-            let product = da.centred(a) * db.centred(b);
-            self.quantize_one(product, self.product_multiplier())
+        let value = if self.mul {
+            da.centred(a) * db.centred(b)
         } else {
-            self.quantize_one(da.value(a) + db.value(b), self.output.scale)
-        }
+            da.value(a) + db.value(b)
+        };
+        self.quantize_one(value, self.same_multiplier())
     }
 
     /// The output byte of side `side`'s byte `x` against the other side's value `v`
@@ -110,22 +110,33 @@ impl Binary {
     #[cfg(test)]
     pub(crate) fn value_scalar(&self, side: usize, x: u8, v: f32) -> u8 {
         let d = self.sides[side];
-        if self.mul {
-            self.quantize_one(d.centred(x), self.value_multiplier(side, v))
+        let value = if self.mul {
+            d.centred(x)
         } else {
-            self.quantize_one(d.value(x) + v, self.output.scale)
+            d.value(x) + v
+        };
+        self.quantize_one(value, self.value_multiplier(side, v))
+    }
+
+    /// The quantization's multiplier of two sides' values: for a Mul, of their centred
+    /// product, `s₀ · s₁ / s_out`; for an Add, of their dequantized sum, `1 / s_out`.
+    fn same_multiplier(&self) -> f32 {
+        if self.mul {
+            self.sides[0].scale * self.sides[1].scale * self.output.scale
+        } else {
+            self.output.scale
         }
     }
 
-    /// A Mul's multiplier of the two sides' centred product: `s₀ · s₁ / s_out`.
-    fn product_multiplier(&self) -> f32 {
-        self.sides[0].scale * self.sides[1].scale * self.output.scale
-    }
-
-    /// A Mul's multiplier of side `side`'s centred byte against the other side's value
-    /// `v`: `s · v / s_out`.
+    /// The quantization's multiplier of side `side`'s values against the other side's
+    /// value `v`: for a Mul, of its centred bytes, `s · v / s_out`; for an Add, of their
+    /// dequantized sums with `v`, `1 / s_out`.
     fn value_multiplier(&self, side: usize, v: f32) -> f32 {
-        self.sides[side].scale * v * self.output.scale
+        if self.mul {
+            self.sides[side].scale * v * self.output.scale
+        } else {
+            self.output.scale
+        }
     }
 
     fn quantize_one(&self, v: f32, scale: f32) -> u8 {
@@ -181,12 +192,7 @@ impl Binary {
         out: &mut [u8],
     ) {
         let [da, db] = self.sides;
-        let scale = if MUL {
-            self.product_multiplier()
-        } else {
-            self.output.scale
-        };
-        self.in_chunks(out, scale, |at, values| {
+        self.in_chunks(out, self.same_multiplier(), |at, values| {
             let n = values.len();
             let pairs = a[at..at + n].iter().zip(&b[at..at + n]);
             for (v, (&x, &y)) in values.iter_mut().zip(pairs) {
@@ -207,12 +213,7 @@ impl Binary {
         out: &mut [u8],
     ) {
         let d = self.sides[side];
-        let scale = if MUL {
-            self.value_multiplier(side, u)
-        } else {
-            self.output.scale
-        };
-        self.in_chunks(out, scale, |at, values| {
+        self.in_chunks(out, self.value_multiplier(side, u), |at, values| {
             let n = values.len();
             for (v, &x) in values.iter_mut().zip(&xs[at..at + n]) {
                 *v = if MUL {
@@ -378,17 +379,16 @@ mod neon {
         n: usize,
     ) -> usize {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let q = quantizer(k, k.same_multiplier());
         // SAFETY (both): the caller's contract: bytes i..i + 16 of each slice for
         // i + 16 <= n.
         if MUL {
-            // The centred product (exact), one multiplier.
-            let q = quantizer(k, k.product_multiplier());
+            // The centred product (exact).
             let values = |i: usize| unsafe {
                 op::<true>(la.centred::<SA>(pa.add(i)), lb.centred::<SB>(pb.add(i)))
             };
             unsafe { blocks(&q, out, n, values) }
         } else {
-            let q = quantizer(k, k.output.scale);
             let values = |i: usize| unsafe {
                 op::<false>(la.values::<SA>(pa.add(i)), lb.values::<SB>(pb.add(i)))
             };
@@ -436,14 +436,13 @@ mod neon {
         n: usize,
     ) -> usize {
         let p = xs.as_ptr();
+        let q = quantizer(k, k.value_multiplier(side, v));
         // SAFETY (both): NEON is part of aarch64; the caller's contract: bytes i..i + 16
         // of `xs` for i + 16 <= n.
         if MUL {
-            // The centred bytes times the run's one multiplier.
-            let q = quantizer(k, k.value_multiplier(side, v));
+            // The centred bytes, the run's one multiplier.
             unsafe { blocks(&q, out, n, |i| lanes.centred::<SIGNED>(p.add(i))) }
         } else {
-            let q = quantizer(k, k.output.scale);
             let v = unsafe { [vdupq_n_f32(v); 4] };
             let values = |i: usize| unsafe { op::<false>(lanes.values::<SIGNED>(p.add(i)), v) };
             unsafe { blocks(&q, out, n, values) }
