@@ -319,7 +319,7 @@ impl DepthwiseInt8 {
                 let spacing = dwc::Spacing::of(sx, dx);
                 let ecols = dwc::Quads::expanded_cols(cols, spacing);
                 let kernel = Row::Quads(q, q.offsets(ecols, dy, spacing), spacing);
-                (ecols * cp * 4, kernel, sx / spacing.step() * cp * 4)
+                (q.row_bytes(ecols), kernel, sx / spacing.step() * cp * 4)
             }
         };
         let per_row = out_cols * cp;
@@ -331,17 +331,15 @@ impl DepthwiseInt8 {
         let rows_into = |first: usize, bytes: &mut [u8]| -> TractResult<()> {
             let mut acc = vec![0i32; per_row];
             let count = bytes.len() / per_row;
-            let expanded = match &kernel {
-                Row::Quads(_, _, spacing) if count > 0 => {
-                    let r0 = first * sy;
-                    let r1 = ((first + count - 1) * sy + (kh - 1) * dy + 1).min(rows);
-                    let band = &image[r0 * cols * cp..r1 * cols * cp];
-                    dwc::Quads::expand(band, (r1 - r0, cols, cp), *spacing)
-                        .map_err(fail)?
-                        .0
-                }
-                _ => Vec::new(),
-            };
+            // This thread's expansion buffer from the last layer (see `EXPANDED`).
+            let mut expanded = EXPANDED.take();
+            if let (Row::Quads(q, _, spacing), true) = (&kernel, count > 0) {
+                let r0 = first * sy;
+                let r1 = ((first + count - 1) * sy + (kh - 1) * dy + 1).min(rows);
+                let band = &image[r0 * cols * cp..r1 * cols * cp];
+                q.expand(band, (r1 - r0, cols, cp), *spacing, dy, &mut expanded)
+                    .map_err(fail)?;
+            }
             for (i, dst) in bytes.chunks_exact_mut(per_row).enumerate() {
                 match &kernel {
                     Row::Pairs(w, offsets) => {
@@ -365,6 +363,7 @@ impl DepthwiseInt8 {
                 }
                 self.requantize.run_channels_last(&acc, cp, channels, dst)?;
             }
+            EXPANDED.set(expanded);
             Ok(())
         };
         // Every byte is written below (each row by `rows_into`).
@@ -437,6 +436,10 @@ thread_local! {
     static KEPT: std::cell::Cell<(Vec<i8>, Vec<u8>)> = const {
         std::cell::Cell::new((Vec::new(), Vec::new()))
     };
+    /// The quads' expanded rows of the last band this thread ran, kept for the next: the
+    /// qformats network's 5x5 layer expands 155 KB, past the size from which glibc maps
+    /// fresh pages for each allocation (and unmaps them after).
+    static EXPANDED: std::cell::Cell<Vec<i8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// What every channel of one inference shares.

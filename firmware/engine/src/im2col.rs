@@ -78,9 +78,23 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     /// The geometry of `spec` (2-D) on an input of `shape` (`[n, c, h, w]`).
+    ///
+    /// Axis by axis, with no allocation: tract's `PoolSpec::strides`, `dilations` and
+    /// `computed_padding` each made a vector of ones, 40 allocations per inference of the
+    /// qformats network, whose every convolution asks here once per evaluation.
     pub(crate) fn of(spec: &PoolSpec, shape: &[usize]) -> Geometry {
-        let padded = spec.computed_padding(&shape[2..]);
-        let (strides, dilations) = (spec.strides(), spec.dilations());
+        let dilation = |axis: usize| spec.dilations.as_ref().map_or(1, |d| d[axis]);
+        let strides = [spec.stride(0), spec.stride(1)];
+        let dilations = [dilation(0), dilation(1)];
+        let padded = [0, 1].map(|axis| {
+            spec.padding.compute_one(
+                axis,
+                &shape[2 + axis],
+                spec.kernel_shape[axis],
+                dilations[axis],
+                strides[axis],
+            )
+        });
         Geometry {
             channels: shape[1],
             height: shape[2],

@@ -265,28 +265,60 @@ pub(crate) mod neon {
     pub(crate) struct Quantizer {
         scale: float32x4_t,
         zero: int32x4_t,
+        /// The zero point in 16-bit lanes, for `short`.
+        zero16: int16x8_t,
+        /// Whether the zero point is added after the narrowing to 16 bits: when it is a
+        /// byte's (within ±255).
+        short: bool,
+        /// Whether the range is narrower than the output type.
+        clamps: bool,
         clamp: ByteClamp,
     }
 
     impl Quantizer {
         /// `range` must lie within the output type's range (u8 when `unsigned`, else i8).
         pub(crate) fn new(scale: f32, zp: i32, range: [i32; 2], unsigned: bool) -> Quantizer {
+            let whole = if unsigned { [0, 255] } else { [-128, 127] };
+            let short = zp.unsigned_abs() <= 255;
             // SAFETY: NEON is part of aarch64; register operations only.
             unsafe {
                 Quantizer {
                     scale: vdupq_n_f32(scale),
                     zero: vdupq_n_s32(zp),
+                    zero16: vdupq_n_s16(if short { zp as i16 } else { 0 }),
+                    short,
+                    clamps: range != whole,
                     clamp: ByteClamp::new(range, unsigned),
                 }
             }
         }
 
         /// The 16 values of `v` quantized to bytes of the output type.
+        ///
+        /// With a byte's zero point, the rounded products are narrowed to 16 bits with
+        /// saturation and the zero point added there, with saturation: a product beyond
+        /// ±32767 stays at least 32512 from zero after the add, past the byte range on the
+        /// side where its 32-bit sum was, and the narrowing to bytes saturates both to the
+        /// same end. Four adds fewer per 16 values than in 32 bits, and the clamp only when
+        /// the range is narrower than the type.
         #[inline(always)]
         pub(crate) fn bytes(&self, v: [float32x4_t; 4]) -> uint8x16_t {
             // SAFETY: as in `new`.
-            let q = |x| unsafe { vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(x, self.scale)), self.zero) };
-            self.clamp.bytes(v.map(q))
+            unsafe {
+                if !self.short {
+                    let q = |x| vqaddq_s32(vcvtnq_s32_f32(vmulq_f32(x, self.scale)), self.zero);
+                    return self.clamp.bytes(v.map(q));
+                }
+                let q = v.map(|x| vcvtnq_s32_f32(vmulq_f32(x, self.scale)));
+                let words = |a, b| vqaddq_s16(vqmovn_high_s32(vqmovn_s32(a), b), self.zero16);
+                let (low, high) = (words(q[0], q[1]), words(q[2], q[3]));
+                match (self.clamp.unsigned, self.clamps) {
+                    (true, true) => self.clamp.words::<true, true>(low, high),
+                    (true, false) => self.clamp.words::<true, false>(low, high),
+                    (false, true) => self.clamp.words::<false, true>(low, high),
+                    (false, false) => self.clamp.words::<false, false>(low, high),
+                }
+            }
         }
     }
 }

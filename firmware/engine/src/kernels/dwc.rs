@@ -271,29 +271,35 @@ impl Spacing {
 }
 
 /// One layer's weights for the channels-last kernel of cores with the dot product
-/// (Cortex-A55 and A76: the RK3588 and the Raspberry Pi 5; AVX-512 VNNI): taps in quads, four
-/// consecutive taps of one kernel row (the last quad of a row padded with zero weights).
+/// (Cortex-A55 and A76: the RK3588 and the Raspberry Pi 5; AVX-512 VNNI): taps in quads of
+/// four, each along a kernel row (the last quad of a row padded with zero weights) or,
+/// for a kernel of four rows or more with one column past its last whole four (5x5), down
+/// that column ([`Quad::of`]).
 ///
 /// SDOT adds to each 32-bit lane the products of four bytes with four bytes. For it a
 /// channel's four taps must lie side by side, so the channels-last image is expanded once
-/// per layer ([`Quads::expand`]): position j of the expanded image holds, per channel, the
+/// per layer ([`Quads::expand`]): position j of an expanded row holds, per channel, the
 /// bytes at x, x + dx, x + 2dx and x + 3dx of the image's row, x = j · s for the
-/// expansion's column step s ([`Spacing`]: 1, or 2 for a stride-2 layer). Every quad of every output
-/// position is then 64 bytes, 16 channels by 4 taps, read as they lie, against 64 bytes
-/// of weights laid out the same way: 16 multiply-adds per instruction, against two for
-/// the SMULL form ([`Weights`]). Any i8 weight works (the sums are 32-bit throughout).
+/// expansion's column step s ([`Spacing`]: 1, or 2 for a stride-2 layer); when the layer
+/// has quads down, the row goes on with the same positions' bytes at rows r, r + dy,
+/// r + 2dy and r + 3dy of column x. Every quad of every output position is then 64 bytes,
+/// 16 channels by 4 taps, read as they lie, against 64 bytes of weights laid out the same
+/// way: 16 multiply-adds per instruction, against two for the SMULL form ([`Weights`]).
+/// Any i8 weight works (the sums are 32-bit throughout).
+///
+/// A 5x5 kernel takes 7 quads so (five across its first four columns, one down the fifth
+/// column's first four rows, one across for its last tap) where quads across alone take
+/// 10, the products of 40 taps for 25: on cortex-a76 the qformats network's 5x5 layer was
+/// more than a tenth of its instructions.
 ///
 /// `acc[ox · cp + c] = start[c] + Σ_q Σ_i w[c][q][i] · e[ox · step + offsets[q] + 4c + i]`
 ///
 /// for the expanded image `e` from an output row's first read, with `offsets[q]` the
-/// quad's place (`((ky · dy) · ecols + 4 · qx · dx / s) · cp · 4`, [`Quads::offsets`]) and
-/// `step = stride / s · cp · 4`; channel c of group g is byte `64g + 4 · (c % 16)` of a
-/// position.
+/// quad's place ([`Quads::offsets`]) and `step = stride / s · cp · 4`; channel c of group g
+/// is byte `64g + 4 · (c % 16)` of a position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Quads {
-    /// Kernel rows and quads per row.
-    rows: usize,
-    per_row: usize,
+    quads: Vec<Quad>,
     /// `[channel group][quad][LANES][4]`; missing channels and taps are zero.
     packed: Vec<i8>,
     /// Per channel, padded with zeros to whole groups.
@@ -301,6 +307,58 @@ pub(crate) struct Quads {
     /// Per channel (padded), the sum of its weights: the x86 kernel's correction for
     /// reading the inputs as unsigned.
     weight_sums: Vec<i32>,
+}
+
+/// Four taps of a kernel from tap `(ky, kx)`: along its row, or down its column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Quad {
+    down: bool,
+    ky: usize,
+    kx: usize,
+}
+
+impl Quad {
+    /// Tap i of the quad (it may lie past the kernel: a zero weight).
+    fn tap(&self, i: usize) -> (usize, usize) {
+        if self.down {
+            (self.ky + i, self.kx)
+        } else {
+            (self.ky, self.kx + i)
+        }
+    }
+
+    /// The quads of a `kh x kw` kernel: across each row in fours; but when the kernel has
+    /// four rows or more and one column past its last whole four (5x5, 9x9), that column
+    /// goes down in fours, and the rows left below those go across. Every quad starts at a
+    /// column that is a multiple of four, where the expansion has a position whatever the
+    /// stride ([`Spacing`]). (Two or three columns past the fours would save fewer quads,
+    /// and their quads down would start between positions at stride 2.)
+    fn of([kh, kw]: [usize; 2]) -> Vec<Quad> {
+        let across = |ky, kx| Quad {
+            down: false,
+            ky,
+            kx,
+        };
+        let whole = kw / 4 * 4;
+        if kh < 4 || kw != whole + 1 {
+            let per_row = kw.div_ceil(4);
+            return (0..kh * per_row)
+                .map(|q| across(q / per_row, q % per_row * 4))
+                .collect();
+        }
+        let deep = kh / 4 * 4;
+        let mut quads: Vec<Quad> = (0..kh)
+            .flat_map(|ky| (0..whole).step_by(4).map(move |kx| across(ky, kx)))
+            .collect();
+        let down = |ky| Quad {
+            down: true,
+            ky,
+            kx: whole,
+        };
+        quads.extend((0..deep).step_by(4).map(down));
+        quads.extend((deep..kh).map(|ky| across(ky, whole)));
+        quads
+    }
 }
 
 impl Quads {
@@ -327,17 +385,23 @@ impl Quads {
         if taps == 0 || weights.len() != channels * taps || starts.len() != channels {
             return None;
         }
-        let per_row = kw.div_ceil(4);
-        let quads = kh * per_row;
+        if weights.iter().any(|&w| i8::try_from(w).is_err()) {
+            return None;
+        }
+        let layout = Quad::of([kh, kw]);
+        let quads = layout.len();
         let cp = channels.next_multiple_of(LANES);
         let mut packed = vec![0i8; cp * quads * 4];
         for (c, row) in weights.chunks_exact(taps).enumerate() {
             let (group, lane) = (c / LANES, c % LANES);
-            for (t, &w) in row.iter().enumerate() {
-                let (ky, kx) = (t / kw, t % kw);
-                let quad = ky * per_row + kx / 4;
-                packed[((group * quads + quad) * LANES + lane) * 4 + kx % 4] =
-                    i8::try_from(w).ok()?;
+            for (q, quad) in layout.iter().enumerate() {
+                for i in 0..4 {
+                    let (ky, kx) = quad.tap(i);
+                    if ky < kh && kx < kw {
+                        packed[((group * quads + q) * LANES + lane) * 4 + i] =
+                            row[ky * kw + kx] as i8;
+                    }
+                }
             }
         }
         let mut padded = starts.to_vec();
@@ -347,8 +411,7 @@ impl Quads {
             weight_sums[c] = row.iter().map(|&w| i32::from(w)).sum();
         }
         Some(Quads {
-            rows: kh,
-            per_row,
+            quads: layout,
             packed,
             starts: padded,
             weight_sums,
@@ -362,19 +425,38 @@ impl Quads {
 
     /// The columns a row's quads reach from an output position's first read, in steps of
     /// the dilation: the image needs `(out_cols - 1) · stride + reach · dx + 1` columns
-    /// (the taps past the kernel's width have zero weights but are read).
+    /// (the taps past the kernel's width have zero weights but are read, and a quad
+    /// down's column must be a position of the expansion, which has its three taps across
+    /// inside the row).
     pub(crate) fn reach(&self) -> usize {
-        4 * self.per_row - 1
+        self.quads.iter().map(|q| q.kx + 3).max().unwrap_or(0)
+    }
+
+    /// Whether some quad goes down a kernel column: each expanded row then has a second
+    /// half, the same positions' taps down.
+    fn has_down(&self) -> bool {
+        self.quads.iter().any(|q| q.down)
+    }
+
+    /// Bytes per row of an image expanded to `ecols` positions per row.
+    pub(crate) fn row_bytes(&self, ecols: usize) -> usize {
+        let halves = if self.has_down() { 2 } else { 1 };
+        halves * ecols * self.padded_channels() * 4
     }
 
     /// Where each quad's bytes start from an output position's first read in an image
     /// expanded with `spacing` to `ecols` positions per row, `dy` the vertical dilation
-    /// (see the type's doc).
+    /// (see the type's doc): row `ky · dy`, position `kx · dx / s` (a whole one: `kx` is a
+    /// multiple of four), in the row's second half for a quad down.
     pub(crate) fn offsets(&self, ecols: usize, dy: usize, spacing: Spacing) -> Vec<usize> {
         let cp = self.padded_channels();
-        let across = 4 * spacing.dilation / spacing.step;
-        (0..self.rows * self.per_row)
-            .map(|q| ((q / self.per_row) * dy * ecols + (q % self.per_row) * across) * cp * 4)
+        let row = self.row_bytes(ecols);
+        self.quads
+            .iter()
+            .map(|q| {
+                let half = if q.down { ecols * cp * 4 } else { 0 };
+                q.ky * dy * row + half + q.kx * spacing.dilation / spacing.step * cp * 4
+            })
             .collect()
     }
 
@@ -399,52 +481,86 @@ impl Quads {
             .map_or(0, |span| span.div_ceil(step))
     }
 
-    /// Expands a channels-last image (`[rows][cols][cp]`) with `spacing`: returns the
-    /// expanded image (`[rows][ecols][cp][4]`, see the type's doc) and `ecols`, the
-    /// positions per row ([`Quads::expanded_cols`]).
+    /// Expands a channels-last image (`[rows][cols][cp]`) with `spacing`, `dy` the vertical
+    /// dilation: returns the expanded image (`[rows][ecols][cp][4]`, each row followed by
+    /// its half down when the layer has quads down: see the type's doc) and `ecols`, the
+    /// positions per row ([`Quads::expanded_cols`]). The halves down of the last `3 · dy`
+    /// rows, whose taps would pass the image's end, are zeros (no quad reads them).
+    /// `out` is replaced (its allocation reused: a 5x5 layer's expansion may be past the
+    /// size from which the allocator maps fresh pages for each one).
     pub(crate) fn expand(
+        &self,
         image: &[i8],
         (rows, cols, cp): (usize, usize, usize),
         spacing: Spacing,
-    ) -> Result<(Vec<i8>, usize), String> {
+        dy: usize,
+        out: &mut Vec<i8>,
+    ) -> Result<usize, String> {
         let ecols = Self::expanded_cols(cols, spacing);
-        if image.len() != rows * cols * cp || !cp.is_multiple_of(LANES) || ecols == 0 {
+        if image.len() != rows * cols * cp
+            || cp != self.padded_channels()
+            || ecols == 0
+            || (self.has_down() && dy == 0)
+        {
             return Err(format!(
-                "an image of {} bytes as {rows} x {cols} x {cp}, dilation {}, every {} columns",
+                "an image of {} bytes as {rows} x {cols} x {cp}, dilation {} x {dy}, every {} \
+                 columns",
                 image.len(),
                 spacing.dilation,
                 spacing.step
             ));
         }
-        let len = rows * ecols * cp * 4;
+        let (half, pitch) = (ecols * cp * 4, self.row_bytes(ecols));
+        let across = (spacing.step, spacing.dilation * cp);
+        let down = (spacing.step, dy * cols * cp);
+        // Rows whose four taps down are inside the image.
+        let deep = if self.has_down() {
+            rows.saturating_sub(3 * dy)
+        } else {
+            0
+        };
+        out.clear();
         #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
         {
-            // Not zeroed first: the copy writes every byte.
-            let mut out = Vec::with_capacity(len);
+            // Not zeroed first: the copies write every byte but the halves down of the last
+            // rows, zeroed after them.
+            out.reserve(rows * pitch);
+            let dst = out.as_mut_ptr();
             // SAFETY: NEON and SSE2 are part of their architectures; the lengths are
-            // checked above, `out` has room for `len` bytes and `expand_into` writes all of
-            // them.
+            // checked above, `out` has room for `rows` rows of `pitch` bytes: the copies
+            // write the first `half` of each and the second of the first `deep`, the rest
+            // is zeroed, and every tap they read is inside the image (`expand_into`).
             unsafe {
-                expand_into::<Vector>(image, (rows, cols, cp), spacing, ecols, out.as_mut_ptr());
-                out.set_len(len);
+                expand_into::<Vector>(image, (rows, cols, cp), across, ecols, (dst, pitch));
+                if pitch > half {
+                    let below = dst.add(half);
+                    expand_into::<Vector>(image, (deep, cols, cp), down, ecols, (below, pitch));
+                    for r in deep..rows {
+                        below.add(r * pitch).write_bytes(0, half);
+                    }
+                }
+                out.set_len(rows * pitch);
             }
-            Ok((out, ecols))
         }
         #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
         {
-            let mut out = Vec::with_capacity(len);
-            for r in 0..rows {
-                for j in 0..ecols {
-                    for c in 0..cp {
-                        let x = j * spacing.step;
-                        out.extend(
-                            (0..4).map(|i| image[(r * cols + x + i * spacing.dilation) * cp + c]),
-                        );
+            out.resize(rows * pitch, 0);
+            let halves = [(0, rows, across), (half, deep, down)];
+            for (from, rows, (step, tap)) in halves.into_iter().take(pitch / half) {
+                for r in 0..rows {
+                    for j in 0..ecols {
+                        let at = (r * cols + j * step) * cp;
+                        for c in 0..cp {
+                            for i in 0..4 {
+                                out[r * pitch + from + (j * cp + c) * 4 + i] =
+                                    image[at + i * tap + c];
+                            }
+                        }
                     }
                 }
             }
-            Ok((out, ecols))
         }
+        Ok(ecols)
     }
 
     /// Refuses operands the kernels would read or write out of bounds.
@@ -456,7 +572,7 @@ impl Quads {
         cols: usize,
         acc: &[i32],
     ) -> Result<(), String> {
-        let (cp, quads) = (self.padded_channels(), self.rows * self.per_row);
+        let (cp, quads) = (self.padded_channels(), self.quads.len());
         check_row(
             src,
             acc,
@@ -505,7 +621,7 @@ impl Quads {
         acc: &mut [i32],
     ) {
         let cp = self.padded_channels();
-        let quads = self.rows * self.per_row;
+        let quads = self.quads.len();
         for (ox, sums) in acc.chunks_exact_mut(cp).take(cols).enumerate() {
             for (c, sum) in sums.iter_mut().enumerate() {
                 let (group, lane) = (c / LANES, c % LANES);
@@ -638,11 +754,15 @@ pub(crate) fn to_channels_last(
         return Err(format!("a frame of {} bytes needing {last}", dst.len()));
     }
     // Each position's place, once per layer (every channel block uses it); a row at a
-    // time (a `flat_map` collected took about 0.3 M of Lite0's instructions on qemu).
-    let mut places = Vec::with_capacity(n);
-    for y in 0..height {
-        let start = frame.at(y, 0);
-        places.extend((0..width).map(|x| start + x * frame.cp));
+    // time, into a vector of its final length, which the compiler vectorises (a
+    // `flat_map` collected took about 0.3 M of Lite0's instructions on qemu, and an
+    // `extend` per row seven instructions per position on cortex-a76).
+    let mut places = vec![0; n];
+    for (y, row) in places.chunks_exact_mut(width).enumerate() {
+        let (start, cp) = (frame.at(y, 0), frame.cp);
+        for (x, place) in row.iter_mut().enumerate() {
+            *place = start + x * cp;
+        }
     }
     #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
     // SAFETY: NEON and SSE2 are part of their architectures; the lengths are checked
@@ -757,30 +877,33 @@ unsafe fn transposed<V: Bytes16>(
 }
 
 /// [`Quads::expand`]'s copy: per position and 16 channels, the four taps' loads stored
-/// interleaved. Writes every byte of `dst`.
+/// interleaved, for `rows` rows of the image into rows `pitch` bytes apart from `dst`.
+/// Writes each row's first `ecols · cp · 4` bytes.
 ///
 /// Position j's channel group g starts at byte `j · step · cp + g` of the image row and at
-/// `4 · (j · cp + g)` of the expanded row, and its taps are `dilation · cp` apart whatever
-/// j and g are. With a step of one, a row's first `ecols · cp` bytes are one run of
-/// 16-byte blocks, each expanded alone (one loop per row, not one per position: qformats'
-/// 5x5 layer on cortex-a76 spent three instructions on the loops for each one that
-/// copied); with a longer step, each position's `cp` bytes are a run.
+/// `4 · (j · cp + g)` of the expanded row, and its taps are `tap` bytes apart whatever j
+/// and g are (`dilation · cp` along a row, `dy · cols · cp` down a column). With a step of
+/// one, a row's first `ecols · cp` bytes are one run of 16-byte blocks, each expanded alone
+/// (one loop per row, not one per position: qformats' 5x5 layer on cortex-a76 spent three
+/// instructions on the loops for each one that copied); with a longer step, each
+/// position's `cp` bytes are a run.
 ///
 /// # Safety
-/// `image` holds `rows × cols × cp` bytes and `dst` has room for `rows × ecols × cp × 4`,
-/// with `ecols` at most [`Quads::expanded_cols`] and `cp` a multiple of 16.
+/// `image` holds `rows × cols × cp` bytes, each position's three taps after it included
+/// (`ecols` at most [`Quads::expanded_cols`] along a row; rows whose taps down are inside
+/// the image), `dst` has room for `rows` rows of `pitch` bytes, `pitch` at least
+/// `ecols × cp × 4`, and `cp` is a multiple of 16.
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 unsafe fn expand_into<V: Bytes16>(
     image: &[i8],
     (rows, cols, cp): (usize, usize, usize),
-    spacing: Spacing,
+    (step, tap): (usize, usize),
     ecols: usize,
-    dst: *mut i8,
+    (dst, pitch): (*mut i8, usize),
 ) {
     let src = image.as_ptr() as *const u8;
-    let tap = spacing.dilation * cp;
     // Runs of whole blocks: their count, length and distance in the image row.
-    let (runs, len, pitch) = match spacing.step {
+    let (runs, len, from_pitch) = match step {
         1 => (1, ecols * cp, 0),
         step => (ecols, cp, step * cp),
     };
@@ -788,11 +911,11 @@ unsafe fn expand_into<V: Bytes16>(
         for j in 0..runs {
             // SAFETY: the caller's contract: position j's `cp` bytes at column j · step
             // (with a step of one, the row's first `ecols · cp` bytes), and the three taps
-            // `dilation · cp` after each, are inside row r of the image (j · step +
-            // 3 · dilation < cols), and row r of the expanded image inside `dst`.
+            // `tap` bytes after each, are inside the image, and row r of the expanded image
+            // inside `dst`.
             unsafe {
-                let at = src.add(r * cols * cp + j * pitch);
-                let to = dst.add((r * ecols + j) * cp * 4) as *mut u8;
+                let at = src.add(r * cols * cp + j * from_pitch);
+                let to = dst.add(r * pitch + j * cp * 4) as *mut u8;
                 for b in (0..len).step_by(LANES) {
                     let taps = std::array::from_fn(|t| V::load(at.add(t * tap + b)));
                     V::store_interleaved(taps, to.add(4 * b));
@@ -892,6 +1015,9 @@ mod tests {
             (16, 9, 18, 5, 4, 1, 2),
             (20, 7, 16, 5, 2, 1, 1),
             (80, 6, 9, 3, 2, 1, 1),
+            (24, 14, 12, 5, 1, 2, 4),
+            (16, 11, 10, 6, 2, 1, 2),
+            (16, 12, 22, 9, 2, 1, 4),
         ];
         // Each case with full-range weights (runs of one or two taps), and with smaller
         // ones beside one of 127 or -128 per channel (longer runs), as trained kernels have.
@@ -948,19 +1074,31 @@ mod tests {
             let spacing = Spacing::of(stride, dilation);
             let s = spacing.step();
             assert_eq!(s, if stride == 3 { 1 } else { stride });
-            let (expanded, ecols) = Quads::expand(&plane, (rows, cols, cp), spacing).unwrap();
+            let mut expanded = Vec::new();
+            let expansion =
+                quads.expand(&plane, (rows, cols, cp), spacing, dilation, &mut expanded);
+            let ecols = expansion.unwrap();
             assert_eq!(ecols, (cols - 3 * dilation).div_ceil(s));
+            // Each row's half across, then (kernels of 4 rows or more whose width is not a
+            // multiple of 4) its half down, zeros where the taps down pass the image.
+            let down = k >= 4 && k % 4 == 1;
+            let pitch = quads.row_bytes(ecols);
+            assert_eq!(pitch, ecols * cp * 4 * if down { 2 } else { 1 });
+            assert_eq!(expanded.len(), rows * pitch);
             for (j, &v) in expanded.iter().enumerate() {
-                let (pos, byte) = (j / (4 * cp), j % (4 * cp));
-                let (r, x, c, tap) = (pos / ecols, pos % ecols * s, byte / 4, byte % 4);
-                assert_eq!(
-                    v,
-                    plane[(r * cols + x + tap * dilation) * cp + c],
-                    "case {i}"
-                );
+                let (r, in_row) = (j / pitch, j % pitch);
+                let (half, at) = (in_row / (ecols * cp * 4), in_row % (ecols * cp * 4));
+                let (pos, byte) = (at / (4 * cp), at % (4 * cp));
+                let (x, c, tap) = (pos * s, byte / 4, byte % 4);
+                let want = match half {
+                    0 => plane[(r * cols + x + tap * dilation) * cp + c],
+                    _ if r + 3 * dilation >= rows => 0,
+                    _ => plane[((r + tap * dilation) * cols + x) * cp + c],
+                };
+                assert_eq!(v, want, "case {i}, row {r}, half {half}");
             }
             let offsets = quads.offsets(ecols, dilation, spacing);
-            let quads_row = (expanded, ecols * cp * 4, offsets, stride / s * cp * 4);
+            let quads_row = (expanded, pitch, offsets, stride / s * cp * 4);
             for oy in 0..oh {
                 let want = naive(
                     &x,
@@ -1006,7 +1144,10 @@ mod tests {
             // A 3 x 6 image, expanded: 3 x 3 positions; one output position.
             let image = vec![x; 3 * 6 * c];
             let spacing = Spacing::of(1, 1);
-            let (expanded, _) = Quads::expand(&image, (3, 6, c), spacing).unwrap();
+            let mut expanded = Vec::new();
+            quads
+                .expand(&image, (3, 6, c), spacing, 1, &mut expanded)
+                .unwrap();
             let offsets = quads.offsets(3, 1, spacing);
             let mut got = vec![0i32; c];
             quads.run(&expanded, &offsets, c * 4, 1, &mut got).unwrap();

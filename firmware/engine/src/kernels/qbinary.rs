@@ -264,27 +264,32 @@ mod neon {
     /// A side's dequantization in registers.
     #[derive(Clone, Copy)]
     struct Lanes {
-        zero: int16x8_t,
+        /// The zero point's byte (an i8's bits for a signed side) in every lane.
+        zero: uint8x16_t,
         scale: float32x4_t,
     }
 
     impl Lanes {
-        /// None when `(byte - zero)` might not fit 16 bits (a zero point outside the
-        /// side's type, which ONNX does not allow).
+        /// None when the zero point is not a byte of the side's type (which ONNX does not
+        /// allow): `centred` subtracts it as one.
         fn new(side: &Side) -> Option<Lanes> {
-            let zero = i16::try_from(side.zero)
-                .ok()
-                .filter(|z| z.unsigned_abs() <= 32512)?;
+            let fits = if side.signed {
+                i8::try_from(side.zero).is_ok()
+            } else {
+                u8::try_from(side.zero).is_ok()
+            };
             // SAFETY: NEON is part of aarch64; register operations only.
-            unsafe {
-                Some(Lanes {
-                    zero: vdupq_n_s16(zero),
+            fits.then(|| unsafe {
+                Lanes {
+                    zero: vdupq_n_u8(side.zero as u8),
                     scale: vdupq_n_f32(side.scale),
-                })
-            }
+                }
+            })
         }
 
-        /// The 16 bytes at `p` (i8 when `SIGNED`, else u8) less the zero point, as f32.
+        /// The 16 bytes at `p` (i8 when `SIGNED`, else u8) less the zero point, as f32: a
+        /// widening subtraction of two bytes of one type (within ±255 in 16 bits; for u8,
+        /// the wrapped u16 difference read as i16), widened again and converted, exact.
         ///
         /// # Safety
         /// 16 bytes are readable at `p`.
@@ -294,15 +299,17 @@ mod neon {
             unsafe {
                 let bytes = vld1q_u8(p);
                 let (lo, hi) = if SIGNED {
-                    let s = vreinterpretq_s8_u8(bytes);
-                    (vmovl_s8(vget_low_s8(s)), vmovl_high_s8(s))
+                    let (s, z) = (vreinterpretq_s8_u8(bytes), vreinterpretq_s8_u8(self.zero));
+                    (
+                        vsubl_s8(vget_low_s8(s), vget_low_s8(z)),
+                        vsubl_high_s8(s, z),
+                    )
                 } else {
                     (
-                        vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(bytes))),
-                        vreinterpretq_s16_u16(vmovl_high_u8(bytes)),
+                        vreinterpretq_s16_u16(vsubl_u8(vget_low_u8(bytes), vget_low_u8(self.zero))),
+                        vreinterpretq_s16_u16(vsubl_high_u8(bytes, self.zero)),
                     )
                 };
-                let (lo, hi) = (vsubq_s16(lo, self.zero), vsubq_s16(hi, self.zero));
                 [
                     vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo))),
                     vcvtq_f32_s32(vmovl_high_s16(lo)),
