@@ -659,10 +659,10 @@ impl RowReuse {
         let ([_, sx], [_, dx], [top, left]) = (g.stride, g.dilation, g.pad);
         let (h, w, wo) = (g.height, g.width, g.out_width);
         let n = rows_out * wo;
+        let channels = g.channels;
         // Each gathered row spans the band and the output rows its deeper taps reach.
         let span_rows = rows_out + (kh - 1) / sy;
         let span = span_rows * wo;
-        let per_channel = sy * kw * span;
         // The input rows those read, inside their padding (`pad` outside the image, to the
         // last column a tap reads): the gathered rows are then strided runs of them, with
         // no edge to test per row (the edges cost more than the bytes on 14- and 28-wide
@@ -671,11 +671,15 @@ impl RowReuse {
         let band_rows = span_rows * sy;
         let first_row = (oy0 * sy) as isize - top as isize;
         IMAGES.with_borrow_mut(|images| {
-            // Room past the gathered rows and the padded band for the whole-block copies of
-            // `strided_rows`.
+            // Every channel's padded band one after the other, and the gathered rows tap by
+            // tap, each tap's channels one after the other: row j of channel ci is then row
+            // `ci · span_rows + j` of both, so one `strided_rows` gathers a tap of every
+            // channel (a call per channel and tap cost the qformats network's strided stem
+            // and branch a fifth of their packing's instructions on cortex-a76, in calls).
+            // Room past both for the whole-block copies of `strided_rows`.
             let (bases_len, padded_len) = (
-                g.channels * per_channel + ROWS_SLACK,
-                band_rows * width + ROWS_SLACK,
+                sy * kw * channels * span + ROWS_SLACK,
+                channels * band_rows * width + ROWS_SLACK,
             );
             if images.len() < bases_len + padded_len {
                 images.resize(bases_len + padded_len, 0);
@@ -685,7 +689,8 @@ impl RowReuse {
             // The band's rows inside the image: padded rows `first..last`.
             let first = (-first_row).clamp(0, band_rows as isize) as usize;
             let last = (h as isize - first_row).clamp(first as isize, band_rows as isize) as usize;
-            for ci in 0..g.channels {
+            for ci in 0..channels {
+                let padded = &mut padded[ci * band_rows * width..];
                 if first < last {
                     let iy = (first_row + first as isize) as usize;
                     let from = &x[ci * h * w + iy * w..];
@@ -699,20 +704,20 @@ impl RowReuse {
                     pad_edge(&mut row[..left], pad);
                     pad_edge(&mut row[left + w..], pad);
                 }
-                for tap in 0..sy * kw {
-                    let (ty, kx) = (tap / kw, tap % kw);
-                    let from = &padded[ty * width + kx * dx..];
-                    let to = &mut bases[ci * per_channel + tap * span..];
-                    strided_rows(from, sy * width, sx, (to, wo), wo, span_rows);
-                }
             }
-            let bases = &bases[..g.channels * per_channel];
+            for tap in 0..sy * kw {
+                let (ty, kx) = (tap / kw, tap % kw);
+                let from = &padded[ty * width + kx * dx..];
+                let to = &mut bases[tap * channels * span..];
+                strided_rows(from, sy * width, sx, (to, wo), wo, channels * span_rows);
+            }
+            let bases = &bases[..sy * kw * channels * span];
             copy_patch_rows(
                 matrix,
                 (cols, n),
-                [g.channels, kh, kw],
+                [channels, kh, kw],
                 bases,
-                |ci, ky, kx| ci * per_channel + ((ky % sy) * kw + kx) * span + (ky / sy) * wo,
+                |ci, ky, kx| ((ky % sy) * kw + kx) * channels * span + ci * span + (ky / sy) * wo,
             );
         });
     }
