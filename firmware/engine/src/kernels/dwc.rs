@@ -771,8 +771,18 @@ pub(crate) fn to_channels_last(
         let (s, d) = (src.as_ptr() as *const u8, dst.as_mut_ptr() as *mut u8);
         transposed::<Vector>(
             (channels, n),
-            |c, j| Vector::load(s.add(c * n + j)),
-            |j, c, v| v.store(d.add(places[j] + c)),
+            |c, j| (s.add(c * n + j), n),
+            |j, c, t| {
+                // Sixteen positions of one image row are `cp` apart; a block across a row's
+                // end takes each position's place.
+                if places[j + 15] == places[j] + 15 * frame.cp {
+                    store_rows(t, d.add(places[j] + c), frame.cp);
+                } else {
+                    for (k, v) in t.into_iter().enumerate() {
+                        v.store(d.add(places[j + k] + c));
+                    }
+                }
+            },
         )
     };
     #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
@@ -805,8 +815,8 @@ pub(crate) fn from_channels_last(
         let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
         let (positions_done, channels_done) = transposed::<Vector>(
             (positions, channels),
-            |j, c| Vector::load(s.add(j * cp + c)),
-            |c, j, v| v.store(d.add(c * positions + j)),
+            |j, c| (s.add(j * cp + c), cp),
+            |c, j, t| store_rows(t, d.add(c * positions + j), positions),
         );
         (channels_done, positions_done)
     };
@@ -842,21 +852,23 @@ type Vector = std::arch::aarch64::uint8x16_t;
 #[cfg(target_arch = "x86_64")]
 type Vector = std::arch::x86_64::__m128i;
 
-/// A `rows × cols` byte matrix, transposed in 16 x 16 blocks: `load(r, c)` gives row r's
-/// 16 bytes from column c, and `store(c, r, v)` takes column c's 16 bytes from row r. When
-/// a side is not a multiple of 16, its last block starts 16 before its end and overlaps
-/// the one before it, rewriting some bytes with the same values (the copies are out of
-/// place). Returns the rows and columns it covered: all of them, or none when a side is
-/// shorter than a block.
+/// A `rows × cols` byte matrix, transposed in 16 x 16 blocks: `rows_at(r, c)` gives the
+/// place of row r's 16 bytes from column c and the distance to the next row's, and
+/// `store(c, r, t)` takes the block's 16 transposed rows, `t[k]` column `c + k`'s 16 bytes
+/// from row r. When a side is not a multiple of 16, its last block starts 16 before its
+/// end and overlaps the one before it, rewriting some bytes with the same values (the
+/// copies are out of place). Returns the rows and columns it covered: all of them, or none
+/// when a side is shorter than a block.
 ///
 /// # Safety
-/// `load` and `store` are called for blocks inside `rows × cols` only.
+/// The 16 rows of 16 bytes `rows_at` gives for each block inside `rows × cols` are
+/// readable.
 #[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 #[inline(always)]
 unsafe fn transposed<V: Bytes16>(
     (rows, cols): (usize, usize),
-    load: impl Fn(usize, usize) -> V,
-    mut store: impl FnMut(usize, usize, V),
+    rows_at: impl Fn(usize, usize) -> (*const u8, usize),
+    mut store: impl FnMut(usize, usize, [V; 16]),
 ) -> (usize, usize) {
     if rows < 16 || cols < 16 {
         return (0, 0);
@@ -867,13 +879,32 @@ unsafe fn transposed<V: Bytes16>(
     };
     for r0 in starts(rows) {
         for c0 in starts(cols) {
-            let block = V::transpose(std::array::from_fn(|i| load(r0 + i, c0)));
-            for (k, v) in block.into_iter().enumerate() {
-                store(c0 + k, r0, v);
-            }
+            let (mut p, pitch) = rows_at(r0, c0);
+            let block = std::array::from_fn(|_| {
+                // SAFETY: the caller's contract: the block's 16 rows are readable.
+                let row = unsafe { V::load(p) };
+                p = p.wrapping_add(pitch);
+                row
+            });
+            store(c0, r0, V::transpose(block));
         }
     }
     (rows, cols)
+}
+
+/// Stores 16 rows of 16 bytes from `p` on, `pitch` bytes apart (a pointer stepped per
+/// row: each place computed alone cost a multiply per store on cortex-a76).
+///
+/// # Safety
+/// Room for each row's 16 bytes.
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn store_rows<V: Bytes16>(rows: [V; 16], mut p: *mut u8, pitch: usize) {
+    for v in rows {
+        // SAFETY: the caller's contract.
+        unsafe { v.store(p) };
+        p = p.wrapping_add(pitch);
+    }
 }
 
 /// [`Quads::expand`]'s copy: per position and 16 channels, the four taps' loads stored

@@ -222,8 +222,8 @@ impl Bytes16 for uint8x16_t {
             let mut d = r;
             for i in 0..8 {
                 let (x, y) = (vreinterpretq_u64_u32(c[i]), vreinterpretq_u64_u32(c[i + 8]));
-                d[i] = vreinterpretq_u8_u64(vtrn1q_u64(x, y));
-                d[i + 8] = vreinterpretq_u8_u64(vtrn2q_u64(x, y));
+                d[i] = vreinterpretq_u8_u64(vzip1q_u64(x, y));
+                d[i + 8] = vreinterpretq_u8_u64(vzip2q_u64(x, y));
             }
             d
         }
