@@ -287,10 +287,10 @@ impl Spacing {
 /// way: 16 multiply-adds per instruction, against two for the SMULL form ([`Weights`]).
 /// Any i8 weight works (the sums are 32-bit throughout).
 ///
-/// A 5x5 kernel takes 7 quads so (five across its first four columns, one down the fifth
-/// column's first four rows, one across for its last tap) where quads across alone take
-/// 10, the products of 40 taps for 25: on cortex-a76 the qformats network's 5x5 layer was
-/// more than a tenth of its instructions.
+/// On aarch64 ([`Quads::new`]) a 5x5 kernel takes 7 quads so (five across its first four
+/// columns, one down the fifth column's first four rows, one across for its last tap)
+/// where quads across alone take 10, the products of 40 taps for 25: on cortex-a76 the
+/// qformats network's 5x5 layer was more than a tenth of its instructions.
 ///
 /// `acc[ox · cp + c] = start[c] + Σ_q Σ_i w[c][q][i] · e[ox · step + offsets[q] + 4c + i]`
 ///
@@ -333,14 +333,14 @@ impl Quad {
     /// column that is a multiple of four, where the expansion has a position whatever the
     /// stride ([`Spacing`]). (Two or three columns past the fours would save fewer quads,
     /// and their quads down would start between positions at stride 2.)
-    fn of([kh, kw]: [usize; 2]) -> Vec<Quad> {
+    fn of([kh, kw]: [usize; 2], down: bool) -> Vec<Quad> {
         let across = |ky, kx| Quad {
             down: false,
             ky,
             kx,
         };
         let whole = kw / 4 * 4;
-        if kh < 4 || kw != whole + 1 {
+        if !down || kh < 4 || kw != whole + 1 {
             let per_row = kw.div_ceil(4);
             return (0..kh * per_row)
                 .map(|q| across(q / per_row, q % per_row * 4))
@@ -374,12 +374,35 @@ impl Quads {
     }
 
     /// From `channels × kh · kw` weights (row-major taps within a channel) and each
-    /// channel's start; `None` for a weight outside i8.
+    /// channel's start; `None` for a weight outside i8. Quads go down a 5x5 kernel's fifth
+    /// column on aarch64 only: there they take 7 quads for 10 (SDOT and loads a third
+    /// fewer; the qformats network's 5x5 layer 92 K -> 71 K instructions on cortex-a76,
+    /// the expansion 13 K -> 23 K), while the AVX-512 VNNI host's 5x5 layers, bound by the
+    /// expansion's bytes, took 10-40 % longer with the rows' second halves (Lite0's nine,
+    /// `edgedx-bench profile --nodes`).
     pub(crate) fn new(
+        weights: &[i16],
+        channels: usize,
+        kernel: [usize; 2],
+        starts: &[i32],
+    ) -> Option<Quads> {
+        Quads::with_layout(
+            weights,
+            channels,
+            kernel,
+            starts,
+            cfg!(target_arch = "aarch64"),
+        )
+    }
+
+    /// [`Quads::new`] with quads down a kernel column where [`Quad::of`] takes them
+    /// (`down`), or across only.
+    pub(crate) fn with_layout(
         weights: &[i16],
         channels: usize,
         [kh, kw]: [usize; 2],
         starts: &[i32],
+        down: bool,
     ) -> Option<Quads> {
         let taps = kh * kw;
         if taps == 0 || weights.len() != channels * taps || starts.len() != channels {
@@ -388,7 +411,7 @@ impl Quads {
         if weights.iter().any(|&w| i8::try_from(w).is_err()) {
             return None;
         }
-        let layout = Quad::of([kh, kw]);
+        let layout = Quad::of([kh, kw], down);
         let quads = layout.len();
         let cp = channels.next_multiple_of(LANES);
         let mut packed = vec![0i8; cp * quads * 4];
@@ -1074,89 +1097,95 @@ mod tests {
                 .collect();
             let starts: Vec<i32> = (0..c as i32).map(|v| v * 977 - 5000).collect();
             let pairs = Weights::new(&weights, c, k * k, &starts).unwrap();
-            let quads = Quads::new(&weights, c, [k, k], &starts).unwrap();
+            // Both layouts of the quads on every host: across only, and down a 5x5
+            // kernel's fifth column (aarch64's).
+            let layouts = [false, true]
+                .map(|down| Quads::with_layout(&weights, c, [k, k], &starts, down).unwrap());
             let cp = pairs.padded_channels();
-            assert_eq!(quads.padded_channels(), cp);
-            let span = (k - 1) * dilation + 1;
-            let rows = h + 2 * p;
-            let (oh, ow) = ((rows - span) / stride + 1, (w + 2 * p - span) / stride + 1);
-            let pad = -7i8;
-            let image = |cols: usize| {
-                let frame = Frame {
-                    cp,
-                    cols,
-                    top: p,
-                    left: p,
+            for (down, quads) in [false, true].into_iter().zip(layouts) {
+                assert_eq!(quads.padded_channels(), cp);
+                let span = (k - 1) * dilation + 1;
+                let rows = h + 2 * p;
+                let (oh, ow) = ((rows - span) / stride + 1, (w + 2 * p - span) / stride + 1);
+                let pad = -7i8;
+                let image = |cols: usize| {
+                    let frame = Frame {
+                        cp,
+                        cols,
+                        top: p,
+                        left: p,
+                    };
+                    let mut image = vec![pad; rows * cols * cp];
+                    to_channels_last(&x, (c, h, w), frame, &mut image).unwrap();
+                    image
                 };
-                let mut image = vec![pad; rows * cols * cp];
-                to_channels_last(&x, (c, h, w), frame, &mut image).unwrap();
-                image
-            };
-            // The pairs' image, taps and step.
-            let cols = w + 2 * p;
-            let plane = image(cols);
-            let offsets: Vec<usize> = (0..k * k)
-                .map(|t| ((t / k) * dilation * cols + (t % k) * dilation) * cp)
-                .collect();
-            let pairs_row = (plane, cols * cp, pairs.arrange(&offsets), stride * cp);
-            // The quads': wider by their reach, expanded, a quad per four taps of a row.
-            let cols = cols.max((ow - 1) * stride + quads.reach() * dilation + 1);
-            let plane = image(cols);
-            let spacing = Spacing::of(stride, dilation);
-            let s = spacing.step();
-            assert_eq!(s, if stride == 3 { 1 } else { stride });
-            let mut expanded = Vec::new();
-            let expansion =
-                quads.expand(&plane, (rows, cols, cp), spacing, dilation, &mut expanded);
-            let ecols = expansion.unwrap();
-            assert_eq!(ecols, (cols - 3 * dilation).div_ceil(s));
-            // Each row's half across, then (kernels of 4 rows or more whose width is not a
-            // multiple of 4) its half down, zeros where the taps down pass the image.
-            let down = k >= 4 && k % 4 == 1;
-            let pitch = quads.row_bytes(ecols);
-            assert_eq!(pitch, ecols * cp * 4 * if down { 2 } else { 1 });
-            assert_eq!(expanded.len(), rows * pitch);
-            for (j, &v) in expanded.iter().enumerate() {
-                let (r, in_row) = (j / pitch, j % pitch);
-                let (half, at) = (in_row / (ecols * cp * 4), in_row % (ecols * cp * 4));
-                let (pos, byte) = (at / (4 * cp), at % (4 * cp));
-                let (x, c, tap) = (pos * s, byte / 4, byte % 4);
-                let want = match half {
-                    0 => plane[(r * cols + x + tap * dilation) * cp + c],
-                    _ if r + 3 * dilation >= rows => 0,
-                    _ => plane[((r + tap * dilation) * cols + x) * cp + c],
-                };
-                assert_eq!(v, want, "case {i}, row {r}, half {half}");
-            }
-            let offsets = quads.offsets(ecols, dilation, spacing);
-            let quads_row = (expanded, pitch, offsets, stride / s * cp * 4);
-            for oy in 0..oh {
-                let want = naive(
-                    &x,
-                    (c, h, w),
-                    &weights,
-                    &starts,
-                    (k, stride, dilation, pad),
-                    (p, p),
-                    (oy, ow),
-                );
-                for kernel in ["pairs", "quads"] {
-                    let (mut got, mut scalar) = (vec![0i32; ow * cp], vec![0i32; ow * cp]);
-                    if kernel == "pairs" {
-                        let (src, row, offsets, step) = &pairs_row;
-                        let src = &src[oy * stride * row..];
-                        pairs.run(src, offsets, *step, ow, &mut got).unwrap();
-                        pairs.run_scalar(src, offsets, *step, ow, &mut scalar);
-                    } else {
-                        let (src, row, offsets, step) = &quads_row;
-                        let src = &src[oy * stride * row..];
-                        quads.run(src, offsets, *step, ow, &mut got).unwrap();
-                        quads.run_scalar(src, offsets, *step, ow, &mut scalar);
+                // The pairs' image, taps and step.
+                let cols = w + 2 * p;
+                let plane = image(cols);
+                let offsets: Vec<usize> = (0..k * k)
+                    .map(|t| ((t / k) * dilation * cols + (t % k) * dilation) * cp)
+                    .collect();
+                let pairs_row = (plane, cols * cp, pairs.arrange(&offsets), stride * cp);
+                // The quads': wider by their reach, expanded, a quad per four taps of a row.
+                let cols = cols.max((ow - 1) * stride + quads.reach() * dilation + 1);
+                let plane = image(cols);
+                let spacing = Spacing::of(stride, dilation);
+                let s = spacing.step();
+                assert_eq!(s, if stride == 3 { 1 } else { stride });
+                let mut expanded = Vec::new();
+                let expansion =
+                    quads.expand(&plane, (rows, cols, cp), spacing, dilation, &mut expanded);
+                let ecols = expansion.unwrap();
+                assert_eq!(ecols, (cols - 3 * dilation).div_ceil(s));
+                // Each row's half across, then (kernels of 4 rows or more whose width is not a
+                // multiple of 4) its half down, zeros where the taps down pass the image.
+                let halves = if down && k >= 4 && k % 4 == 1 { 2 } else { 1 };
+                let pitch = quads.row_bytes(ecols);
+                assert_eq!(pitch, ecols * cp * 4 * halves);
+                assert_eq!(expanded.len(), rows * pitch);
+                for (j, &v) in expanded.iter().enumerate() {
+                    let (r, in_row) = (j / pitch, j % pitch);
+                    let (half, at) = (in_row / (ecols * cp * 4), in_row % (ecols * cp * 4));
+                    let (pos, byte) = (at / (4 * cp), at % (4 * cp));
+                    let (x, c, tap) = (pos * s, byte / 4, byte % 4);
+                    let want = match half {
+                        0 => plane[(r * cols + x + tap * dilation) * cp + c],
+                        _ if r + 3 * dilation >= rows => 0,
+                        _ => plane[((r + tap * dilation) * cols + x) * cp + c],
+                    };
+                    assert_eq!(v, want, "case {i}, row {r}, half {half}");
+                }
+                let offsets = quads.offsets(ecols, dilation, spacing);
+                let quads_row = (expanded, pitch, offsets, stride / s * cp * 4);
+                for oy in 0..oh {
+                    let want = naive(
+                        &x,
+                        (c, h, w),
+                        &weights,
+                        &starts,
+                        (k, stride, dilation, pad),
+                        (p, p),
+                        (oy, ow),
+                    );
+                    // The pairs once, with the first layout.
+                    for kernel in ["pairs", "quads"].into_iter().skip(usize::from(down)) {
+                        let (mut got, mut scalar) = (vec![0i32; ow * cp], vec![0i32; ow * cp]);
+                        if kernel == "pairs" {
+                            let (src, row, offsets, step) = &pairs_row;
+                            let src = &src[oy * stride * row..];
+                            pairs.run(src, offsets, *step, ow, &mut got).unwrap();
+                            pairs.run_scalar(src, offsets, *step, ow, &mut scalar);
+                        } else {
+                            let (src, row, offsets, step) = &quads_row;
+                            let src = &src[oy * stride * row..];
+                            quads.run(src, offsets, *step, ow, &mut got).unwrap();
+                            quads.run_scalar(src, offsets, *step, ow, &mut scalar);
+                        }
+                        assert_eq!(got, scalar, "{kernel}, case {i}, row {oy}");
+                        let got: Vec<i32> =
+                            got.chunks_exact(cp).flat_map(|s| s[..c].to_vec()).collect();
+                        assert_eq!(got, want, "{kernel}, case {i}, row {oy}, down {down}");
                     }
-                    assert_eq!(got, scalar, "{kernel}, case {i}, row {oy}");
-                    let got: Vec<i32> =
-                        got.chunks_exact(cp).flat_map(|s| s[..c].to_vec()).collect();
-                    assert_eq!(got, want, "{kernel}, case {i}, row {oy}");
                 }
             }
         }
