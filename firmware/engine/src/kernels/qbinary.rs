@@ -259,7 +259,7 @@ mod neon {
 
     use super::{Binary, Side};
     use crate::epilogue::{for_each_block, BLOCK};
-    use crate::quantize::neon::Quantizer;
+    use crate::quantize::neon::{in_form, Quantizer};
 
     /// A side's dequantization in registers.
     #[derive(Clone, Copy)]
@@ -344,7 +344,7 @@ mod neon {
     }
 
     /// The output's quantization with the multiplier `scale`.
-    fn quantizer(k: &Binary, scale: f32) -> Quantizer {
+    fn quantizer(k: &Binary, scale: f32) -> Option<Quantizer> {
         Quantizer::new(scale, k.output.zero, k.output.range(), !k.output.signed)
     }
 
@@ -386,7 +386,9 @@ mod neon {
         n: usize,
     ) -> usize {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let q = quantizer(k, k.same_multiplier());
+        let Some(q) = quantizer(k, k.same_multiplier()) else {
+            return 0;
+        };
         // SAFETY (both): the caller's contract: bytes i..i + 16 of each slice for
         // i + 16 <= n.
         if MUL {
@@ -443,7 +445,9 @@ mod neon {
         n: usize,
     ) -> usize {
         let p = xs.as_ptr();
-        let q = quantizer(k, k.value_multiplier(side, v));
+        let Some(q) = quantizer(k, k.value_multiplier(side, v)) else {
+            return 0;
+        };
         // SAFETY (both): NEON is part of aarch64; the caller's contract: bytes i..i + 16
         // of `xs` for i + 16 <= n.
         if MUL {
@@ -471,10 +475,11 @@ mod neon {
         n: usize,
         values: impl Fn(usize) -> [float32x4_t; 4],
     ) -> usize {
-        for_each_block!(n, true, |i| {
+        // The quantizer's form chosen once for the loop (`Quantizer::bytes`).
+        in_form!(q, |bytes| for_each_block!(n, true, |i| {
             // SAFETY: the caller's contract: bytes i..i + 16 of `out`, i + 16 <= n.
-            unsafe { vst1q_u8(out.as_mut_ptr().add(i), q.bytes(values(i))) };
-        })
+            unsafe { vst1q_u8(out.as_mut_ptr().add(i), bytes!(values(i))) };
+        }))
     }
 }
 
