@@ -269,11 +269,13 @@ impl<T> PartialEq for Shared<T> {
 
 impl<T> Eq for Shared<T> {}
 
-/// The kernel's scratch space and the packed band, kept between bands and inferences.
-type BandState = (Option<Box<dyn ScratchSpace>>, Option<Arc<Blob>>);
+/// The kernel's scratch space, the packed band and the engine's tiles' sums, kept between
+/// bands and inferences (a tensor of sums per band was an allocation of up to tens of KB
+/// per band, glibc's slow path).
+type BandState = (Option<Box<dyn ScratchSpace>>, Option<Arc<Blob>>, Vec<i32>);
 
 thread_local! {
-    static STATE: RefCell<BandState> = const { RefCell::new((None, None)) };
+    static STATE: RefCell<BandState> = const { RefCell::new((None, None, Vec::new())) };
 }
 
 impl BandedConv {
@@ -356,10 +358,9 @@ impl BandedConv {
             let count = ho.div_ceil(band).div_ceil(threads) * threads;
             band = ho.div_ceil(count).max(1);
         }
-        let bands: Vec<(usize, usize)> = (0..ho)
+        let bands = (0..ho)
             .step_by(band)
-            .map(|oy0| (oy0, (ho - oy0).min(band)))
-            .collect();
+            .map(|oy0| (oy0, (ho - oy0).min(band)));
         let job = Band {
             g: &g,
             xs: xs.as_slice::<i8>()?,
@@ -371,13 +372,14 @@ impl BandedConv {
         };
         let in_order = || {
             bands
-                .iter()
-                .try_for_each(|&(oy0, rows)| self.band(&job, oy0, rows))
+                .clone()
+                .try_for_each(|(oy0, rows)| self.band(&job, oy0, rows))
         };
         match pool {
             // One band per task on the pool's threads (the matmul of each runs on its own
             // thread).
-            Some(pool) if bands.len() > 1 => pool.install(|| {
+            Some(pool) if ho > band => pool.install(|| {
+                let bands: Vec<(usize, usize)> = bands.clone().collect();
                 bands
                     .par_iter()
                     .try_for_each(|&(oy0, rows)| self.band(&job, oy0, rows))
@@ -396,17 +398,13 @@ impl BandedConv {
     fn band(&self, job: &Band, oy0: usize, rows: usize) -> TractResult<()> {
         let wo = job.g.out_width;
         let nb = rows * wo;
-        STATE.with_borrow_mut(|(scratch, blob)| -> TractResult<()> {
+        STATE.with_borrow_mut(|(scratch, blob, kept)| -> TractResult<()> {
             let mut packed = take_blob(blob, job.blob_bytes, job.pack.align);
             // Σ_k of each position's patch, for the weight zero point's term.
             let mut column_sums = match self.after.zero_point {
                 Some(ZeroPointTerm::Sums(_)) => vec![0i32; nb],
                 _ => vec![],
             };
-            let mut c_shape = self.c_band_shape.clone();
-            c_shape[self.pixel_axis] = nb;
-            // SAFETY: the tiles or the kernel's Store write every element of `c`.
-            let mut c = unsafe { Tensor::uninitialized_dt(DatumType::I32, &c_shape)? };
             {
                 let bytes = Arc::get_mut(&mut packed).expect("take_blob returns it unshared");
                 // SAFETY: i8 and u8 have the same layout.
@@ -418,36 +416,55 @@ impl BandedConv {
                 job.pack
                     .pack_band(job.g, job.xs, job.pad, oy0, rows, bytes, sums);
                 if let Some(tiles) = self.products.tiles() {
-                    let mut acc = c.try_as_plain_ram_mut()?;
-                    tiles.run(bytes, job.pack.panel_len, nb, acc.as_slice_mut::<i32>()?)?;
+                    // The channels' rows of sums, every one written by the tiles.
+                    if kept.len() < self.channels * nb {
+                        kept.resize(self.channels * nb, 0);
+                    }
+                    let acc = &mut kept[..self.channels * nb];
+                    tiles.run(bytes, job.pack.panel_len, nb, acc)?;
+                    *blob = Some(packed.clone());
+                    return self.finish(job, (oy0, nb), acc, &column_sums);
                 }
             }
+            let mut c_shape = self.c_band_shape.clone();
+            c_shape[self.pixel_axis] = nb;
+            // SAFETY: the kernel's Store writes every element of `c`.
+            let mut c = unsafe { Tensor::uninitialized_dt(DatumType::I32, &c_shape)? };
             // Kept to reuse for the next band once the matmul's inputs are dropped.
             *blob = Some(packed.clone());
             if let Products::Tract(matmul) = &self.products {
                 self.run_kernel(matmul, scratch, packed, job.rest, &c, nb)?;
             }
-            if !self.after.is_nothing() {
-                let mut acc = c.try_as_plain_ram_mut()?;
-                let with_row = |k, f: &mut dyn FnMut(&[i8])| {
-                    job.pack
-                        .with_patch_row(job.g, job.xs, job.pad, k, (oy0, nb), f)
-                };
-                self.after
-                    .apply(acc.as_slice_mut::<i32>()?, nb, &column_sums, with_row);
-            }
-            let acc = c.try_as_plain_ram()?;
-            let acc = acc.as_slice::<i32>()?;
-            let n = job.g.n;
-            let first = oy0 * wo;
-            // SAFETY: the output holds m rows of n bytes (checked in `run`); this band writes
-            // columns first..first + nb of each row, which no other band writes, and the
-            // slice spans from its first byte to the end of its last row.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(job.out.0.add(first), (self.channels - 1) * n + nb)
-            };
-            self.requantize.run_rows(acc, nb, out, n)
+            let mut acc = c.try_as_plain_ram_mut()?;
+            self.finish(job, (oy0, nb), acc.as_slice_mut::<i32>()?, &column_sums)
         })
+    }
+
+    /// A band's sums (`acc`: its `nb` positions from output row `oy0` on, per channel)
+    /// with what comes after the products added, requantized into the output.
+    fn finish(
+        &self,
+        job: &Band,
+        (oy0, nb): (usize, usize),
+        acc: &mut [i32],
+        column_sums: &[i32],
+    ) -> TractResult<()> {
+        if !self.after.is_nothing() {
+            let with_row = |k, f: &mut dyn FnMut(&[i8])| {
+                job.pack
+                    .with_patch_row(job.g, job.xs, job.pad, k, (oy0, nb), f)
+            };
+            self.after.apply(acc, nb, column_sums, with_row);
+        }
+        let n = job.g.n;
+        let first = oy0 * job.g.out_width;
+        // SAFETY: the output holds m rows of n bytes (checked in `run`); this band writes
+        // columns first..first + nb of each row, which no other band writes, and the
+        // slice spans from its first byte to the end of its last row.
+        let out = unsafe {
+            std::slice::from_raw_parts_mut(job.out.0.add(first), (self.channels - 1) * n + nb)
+        };
+        self.requantize.run_rows(acc, nb, out, n)
     }
 
     /// The band's products and fused ops on tract's kernel, into `c`.
