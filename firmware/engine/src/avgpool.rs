@@ -89,6 +89,16 @@ pub(crate) struct QGlobalAvgPool {
 
 impl Eq for QGlobalAvgPool {}
 
+impl QGlobalAvgPool {
+    /// This pool giving i8 when it gives u8 (rewrite.rs `fold_shifts`).
+    pub(crate) fn shifted(&self) -> Option<QGlobalAvgPool> {
+        Some(QGlobalAvgPool {
+            quantize: self.quantize.shifted()?,
+            ..self.clone()
+        })
+    }
+}
+
 impl Averages for QGlobalAvgPool {
     fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>> {
         let planes: usize = self.output_shape.iter().product();
@@ -250,6 +260,16 @@ pub(crate) struct QAvgPool {
 }
 
 impl Eq for QAvgPool {}
+
+impl QAvgPool {
+    /// This pool giving i8 when it gives u8 (rewrite.rs `fold_shifts`).
+    pub(crate) fn shifted(&self) -> Option<QAvgPool> {
+        Some(QAvgPool {
+            quantize: self.quantize.shifted()?,
+            ..self.clone()
+        })
+    }
+}
 
 /// The bytes of `xs`.
 fn as_bytes<L: Lane>(xs: &[L]) -> &[i8] {
@@ -431,7 +451,11 @@ trait Lane: Copy + Default + std::ops::AddAssign {
     /// `dst[i]` = byte `i` of `src` (an i8 when `signed`, else a u8) less `zp`.
     fn centred_row(src: &[u8], signed: bool, zp: i32, dst: &mut [Self]) {
         for (d, &b) in dst.iter_mut().zip(src) {
-            let x = if signed { i32::from(b as i8) } else { i32::from(b) };
+            let x = if signed {
+                i32::from(b as i8)
+            } else {
+                i32::from(b)
+            };
             *d = Self::of(x - zp);
         }
     }
@@ -472,7 +496,11 @@ impl Lane for i16 {
             return;
         }
         for (d, &b) in dst[..n].iter_mut().zip(src) {
-            let x = if signed { i32::from(b as i8) } else { i32::from(b) };
+            let x = if signed {
+                i32::from(b as i8)
+            } else {
+                i32::from(b)
+            };
             *d = (x - zp) as i16;
         }
     }

@@ -358,9 +358,7 @@ impl BandedConv {
             let count = ho.div_ceil(band).div_ceil(threads) * threads;
             band = ho.div_ceil(count).max(1);
         }
-        let bands = (0..ho)
-            .step_by(band)
-            .map(|oy0| (oy0, (ho - oy0).min(band)));
+        let bands = (0..ho).step_by(band).map(|oy0| (oy0, (ho - oy0).min(band)));
         let job = Band {
             g: &g,
             xs: xs.as_slice::<i8>()?,

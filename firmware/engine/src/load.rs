@@ -418,6 +418,14 @@ fn build_proto(
                     n.op_as::<crate::qbinary::QBinary>()
                         .and_then(|b| b.shifted())
                 }),
+                rewrite::fold_shifts(&mut optimized, |n| {
+                    n.op_as::<crate::avgpool::QAvgPool>()
+                        .and_then(|p| p.shifted())
+                }),
+                rewrite::fold_shifts(&mut optimized, |n| {
+                    n.op_as::<crate::avgpool::QGlobalAvgPool>()
+                        .and_then(|p| p.shifted())
+                }),
             ]
             .into_iter()
             .sum::<TractResult<usize>>()
