@@ -450,14 +450,19 @@ trait Lane: Copy + Default + std::ops::AddAssign {
 
     /// `dst[i]` = byte `i` of `src` (an i8 when `signed`, else a u8) less `zp`.
     fn centred_row(src: &[u8], signed: bool, zp: i32, dst: &mut [Self]) {
-        for (d, &b) in dst.iter_mut().zip(src) {
-            let x = if signed {
-                i32::from(b as i8)
-            } else {
-                i32::from(b)
-            };
-            *d = Self::of(x - zp);
-        }
+        centred_bytes(src, signed, zp, dst)
+    }
+}
+
+/// [`Lane::centred_row`] one value at a time.
+fn centred_bytes<L: Lane>(src: &[u8], signed: bool, zp: i32, dst: &mut [L]) {
+    for (d, &b) in dst.iter_mut().zip(src) {
+        let x = if signed {
+            i32::from(b as i8)
+        } else {
+            i32::from(b)
+        };
+        *d = L::of(x - zp);
     }
 }
 
@@ -474,9 +479,8 @@ impl Lane for i16 {
     /// vector and 6 one by one: a quarter of the pool's instructions on cortex-a76).
     /// Exact: a byte less a zero point of its type is within ±255.
     fn centred_row(src: &[u8], signed: bool, zp: i32, dst: &mut [i16]) {
-        let n = src.len().min(dst.len());
         #[cfg(target_arch = "aarch64")]
-        if let (true, Ok(zp)) = (n >= 8, i16::try_from(zp)) {
+        if let (n @ 8.., Ok(zp)) = (src.len().min(dst.len()), i16::try_from(zp)) {
             use std::arch::aarch64::*;
             // SAFETY: NEON is part of aarch64; every step reads and writes 8 values at
             // `at + 8 <= n`, inside both slices.
@@ -495,14 +499,7 @@ impl Lane for i16 {
             }
             return;
         }
-        for (d, &b) in dst[..n].iter_mut().zip(src) {
-            let x = if signed {
-                i32::from(b as i8)
-            } else {
-                i32::from(b)
-            };
-            *d = (x - zp) as i16;
-        }
+        centred_bytes(src, signed, zp, dst)
     }
 }
 
