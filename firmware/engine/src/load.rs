@@ -406,30 +406,8 @@ fn build_proto(
             // Add a float sum then a quantization, each read by the next convolution
             // through tract's shift to i8: a second pass over each tensor (1.5 M of
             // MobileNetV2's 93 M instructions under qemu, cortex-a72).
-            straight_to_i8 = [
-                rewrite::fold_shifts(&mut optimized, |n| {
-                    n.op_as::<crate::qtable::QTable>().and_then(|t| t.shifted())
-                }),
-                rewrite::fold_shifts(&mut optimized, |n| {
-                    n.op_as::<crate::quantize::Quantize8>()
-                        .and_then(|q| q.shifted())
-                }),
-                rewrite::fold_shifts(&mut optimized, |n| {
-                    n.op_as::<crate::qbinary::QBinary>()
-                        .and_then(|b| b.shifted())
-                }),
-                rewrite::fold_shifts(&mut optimized, |n| {
-                    n.op_as::<crate::avgpool::QAvgPool>()
-                        .and_then(|p| p.shifted())
-                }),
-                rewrite::fold_shifts(&mut optimized, |n| {
-                    n.op_as::<crate::avgpool::QGlobalAvgPool>()
-                        .and_then(|p| p.shifted())
-                }),
-            ]
-            .into_iter()
-            .sum::<TractResult<usize>>()
-            .map_err(|e| load_err(format!("folding the shifts to i8 failed: {e:#}")))?;
+            straight_to_i8 = rewrite::fold_shifts(&mut optimized, shifted_to_i8)
+                .map_err(|e| load_err(format!("folding the shifts to i8 failed: {e:#}")))?;
             let joined = crate::qtable::concat_quantized(&mut optimized).map_err(|e| {
                 load_err(format!("concatenating the quantized tensors failed: {e:#}"))
             })?;
@@ -908,6 +886,25 @@ fn describe(model: &TypedModel) -> (Vec<String>, Vec<(String, usize)>) {
     let mut ops: Vec<(String, usize)> = ops.into_iter().collect();
     ops.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     (kernels, ops)
+}
+
+/// The op computing `node`'s value straight in i8 (its u8 minus 128), for the engine's ops
+/// that give u8 and have that form (rewrite.rs `fold_shifts`).
+fn shifted_to_i8(node: &TypedNode) -> Option<Box<dyn TypedOp>> {
+    use crate::avgpool::{QAvgPool, QGlobalAvgPool};
+    if let Some(t) = node.op_as::<crate::qtable::QTable>() {
+        return Some(Box::new(t.shifted()?));
+    }
+    if let Some(q) = node.op_as::<crate::quantize::Quantize8>() {
+        return Some(Box::new(q.shifted()?));
+    }
+    if let Some(b) = node.op_as::<crate::qbinary::QBinary>() {
+        return Some(Box::new(b.shifted()?));
+    }
+    if let Some(p) = node.op_as::<QAvgPool>() {
+        return Some(Box::new(p.shifted()?));
+    }
+    Some(Box::new(node.op_as::<QGlobalAvgPool>()?.shifted()?))
 }
 
 #[cfg(test)]

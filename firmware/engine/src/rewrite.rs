@@ -257,9 +257,9 @@ pub(crate) fn is_offset_to_i8(node: &TypedNode) -> bool {
 /// pass of its own (nor an allocation: each was about 1.1 K instructions of the qformats
 /// network on cortex-a76). A node read by others too is left: computing it twice costs
 /// more than the shift.
-pub(crate) fn fold_shifts<O: TypedOp + Clone>(
+pub(crate) fn fold_shifts(
     model: &mut TypedModel,
-    shifted: impl Fn(&TypedNode) -> Option<O>,
+    shifted: impl Fn(&TypedNode) -> Option<Box<dyn TypedOp>>,
 ) -> TractResult<usize> {
     let mut folded = 0;
     for id in model.eval_order()? {
