@@ -15,6 +15,12 @@
 //! from onnxruntime than tract's float sum; it can differ from tract's plan, whose f32 sum
 //! rounds at every term, by one output step where a value lands near a rounding tie. The
 //! tests compare both with the exact average.
+//!
+//! A global pool whose averages no quantization reads (a classifier's head: the pool of
+//! the last convolution's Relu, then a float Gemm, as onnxruntime's QOperator format with
+//! standard operators leaves it) is [`QGlobalAvgPool`] too, giving the averages in f32:
+//! each within an f32 rounding of the exact one, where tract's f32 sum rounds at every
+//! term (its last bits differ from tract's).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -31,18 +37,26 @@ use crate::quantize::{quantize_slice, Narrow, Quantize8};
 /// values in the output's order; the rest (types, quantization) is [`quantized_averages`].
 trait Averages {
     fn averages<X: Datum + Copy + Into<i32>>(&self, x: &Tensor) -> TractResult<Vec<f32>>;
-    fn quantize(&self) -> &Quantize8;
     fn output_shape(&self) -> &[usize];
 }
 
-/// `pool`'s averages of `x`, quantized as `Quantize8` does.
-fn quantized_averages<P: Averages + Op>(pool: &P, x: &Tensor) -> TractResult<Tensor> {
-    let averages = match x.datum_type() {
-        DatumType::U8 => pool.averages::<u8>(x)?,
-        DatumType::I8 => pool.averages::<i8>(x)?,
+/// `pool`'s averages of `x`, in f32.
+fn averages_of<P: Averages + Op>(pool: &P, x: &Tensor) -> TractResult<Vec<f32>> {
+    match x.datum_type() {
+        DatumType::U8 => pool.averages::<u8>(x),
+        DatumType::I8 => pool.averages::<i8>(x),
         other => bail!("{}: {other:?} input", pool.name()),
-    };
-    let (qs, qz, to) = pool.quantize().params();
+    }
+}
+
+/// `pool`'s averages of `x`, quantized as `quantize` does.
+fn quantized_averages<P: Averages + Op>(
+    pool: &P,
+    x: &Tensor,
+    quantize: &Quantize8,
+) -> TractResult<Tensor> {
+    let averages = averages_of(pool, x)?;
+    let (qs, qz, to) = quantize.params();
     fn write<Y: Datum + Narrow>(
         a: &[f32],
         shape: &[usize],
@@ -74,14 +88,15 @@ fn quantized_averages<P: Averages + Op>(pool: &P, x: &Tensor) -> TractResult<Ten
 const MAX_PLANE: usize = (i32::MAX / 255) as usize;
 
 /// `Quantize8(Σ DQ(x) over the trailing axes · recip)`, per leading index (channel, and
-/// batch when the plan has one).
+/// batch when the plan has one), or that average in f32 when no quantization follows.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct QGlobalAvgPool {
     /// The input's dequantization: (scale, zero point).
     dequantize: (f32, i32),
     /// The multiplier of the sum (tract's `1 / n`).
     recip: f32,
-    quantize: Quantize8,
+    /// The averages' quantization, or none: the averages in f32.
+    quantize: Option<Quantize8>,
     /// Values per plane (the product of the pooled axes).
     plane: usize,
     output_shape: TVec<usize>,
@@ -93,9 +108,15 @@ impl QGlobalAvgPool {
     /// This pool giving i8 when it gives u8 (rewrite.rs `fold_shifts`).
     pub(crate) fn shifted(&self) -> Option<QGlobalAvgPool> {
         Some(QGlobalAvgPool {
-            quantize: self.quantize.shifted()?,
+            quantize: Some(self.quantize.as_ref()?.shifted()?),
             ..self.clone()
         })
+    }
+
+    /// Whether it gives the averages in f32 (no quantization reads them).
+    #[cfg(test)]
+    pub(crate) fn gives_f32(&self) -> bool {
+        self.quantize.is_none()
     }
 }
 
@@ -131,10 +152,6 @@ impl Averages for QGlobalAvgPool {
             .collect())
     }
 
-    fn quantize(&self) -> &Quantize8 {
-        &self.quantize
-    }
-
     fn output_shape(&self) -> &[usize] {
         &self.output_shape
     }
@@ -146,8 +163,12 @@ impl Op for QGlobalAvgPool {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
+        let to = match &self.quantize {
+            Some(q) => format!("{:?}", q.params().2),
+            None => "F32".into(),
+        };
         Ok(vec![format!(
-            "planes of {} to {:?}",
+            "planes of {} to {:?} {to}",
             self.plane, self.output_shape
         )])
     }
@@ -159,7 +180,11 @@ impl EvalOp for QGlobalAvgPool {
     tract_onnx::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        Ok(tvec!(quantized_averages(self, &inputs[0])?.into_tvalue()))
+        let out = match &self.quantize {
+            Some(q) => quantized_averages(self, &inputs[0], q)?,
+            None => Tensor::from_shape(&self.output_shape, &averages_of(self, &inputs[0])?)?,
+        };
+        Ok(tvec!(out.into_tvalue()))
     }
 }
 
@@ -167,7 +192,8 @@ impl TypedOp for QGlobalAvgPool {
     tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(self.quantize.params().2.fact(&*self.output_shape)))
+        let to = self.quantize.as_ref().map_or(DatumType::F32, |q| q.params().2);
+        Ok(tvec!(to.fact(&*self.output_shape)))
     }
 }
 
@@ -536,10 +562,6 @@ impl Averages for QAvgPool {
         })
     }
 
-    fn quantize(&self) -> &Quantize8 {
-        &self.quantize
-    }
-
     fn output_shape(&self) -> &[usize] {
         &self.output_shape
     }
@@ -570,7 +592,8 @@ impl EvalOp for QAvgPool {
     tract_onnx::tract_core::op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        Ok(tvec!(quantized_averages(self, &inputs[0])?.into_tvalue()))
+        let out = quantized_averages(self, &inputs[0], &self.quantize)?;
+        Ok(tvec!(out.into_tvalue()))
     }
 }
 
@@ -763,29 +786,30 @@ fn global_at(
     if outputs.contains(&OutletId::new(mul_node.id, 0)) {
         return Ok(None);
     }
-    let Some(q_node) = model.single_succ(mul_node.id)? else {
-        return Ok(None);
-    };
-    let Some(quantize) = q_node.op_as::<Quantize8>() else {
-        return Ok(None);
+    // The quantization that alone reads the averages, or none: they stay f32.
+    let quantizer = model
+        .single_succ(mul_node.id)?
+        .and_then(|q| Some((q.id, q.op_as::<Quantize8>()?.clone())));
+    let (last, quantize) = match quantizer {
+        Some((q, quantize)) => (OutletId::new(q, 0), Some(quantize)),
+        None => (OutletId::new(mul_node.id, 0), None),
     };
     let mut output_shape: TVec<usize> = shape[..first].into();
     output_shape.extend(std::iter::repeat_n(1, shape.len() - first));
-    if q_node.outputs[0].fact.shape.as_concrete() != Some(&output_shape[..]) {
+    let fact = model.outlet_fact(last)?;
+    if fact.shape.as_concrete() != Some(&output_shape[..])
+        || (quantize.is_none() && fact.datum_type != DatumType::F32)
+    {
         return Ok(None);
     }
     let op = QGlobalAvgPool {
         dequantize: (dq.scale, dq.zero_point),
         recip,
-        quantize: quantize.clone(),
+        quantize,
         plane,
         output_shape,
     };
-    Ok(Some((
-        tvec![dq_node.inputs[0]],
-        OutletId::new(q_node.id, 0),
-        op,
-    )))
+    Ok(Some((tvec![dq_node.inputs[0]], last, op)))
 }
 
 /// The [`QAvgPool`] of the run `Quantize8(OptSumPool(DQ(x)))` from node `id`, the pool.
@@ -945,6 +969,65 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// A global pool that no quantization follows (a classifier's head, read by a float
+    /// Gemm; here a Flatten to the graph's output): u8 and i8, a Relu between it and the dequantization
+    /// or not, planes of one row of 5 to 23x17 and a batch of two. The fused pool gives each
+    /// average within an f32 rounding of the exact one (f64 here), where tract's f32 sum
+    /// rounds at every term; none is left in float.
+    #[test]
+    fn float_global_pools_give_the_exact_average_in_f32() {
+        use crate::banded::tests::{outputs, test_inputs};
+        for (zx, relu, (c, h, w)) in [
+            (128, false, (3, 7, 9)),
+            (-5, true, (4, 23, 17)),
+            (0, false, (3, 1, 5)),
+            (131, true, (5, 14, 14)),
+        ] {
+            let init = vec![raw("sx", D::Float, &[], &[SX]), zero_point("zx", zx)];
+            let mut nodes = vec![
+                node("QuantizeLinear", &["x", "sx", "zx"], "q", vec![]),
+                node("DequantizeLinear", &["q", "sx", "zx"], "d", vec![]),
+            ];
+            let mut pooled = "d";
+            if relu {
+                nodes.push(node("Relu", &["d"], "r", vec![]));
+                pooled = "r";
+            }
+            nodes.push(node("GlobalAveragePool", &[pooled], "g", vec![]));
+            nodes.push(node("Flatten", &["g"], "y", vec![int("axis", 1)]));
+            let bytes = model_bytes("head", nodes, init, ("x", &[1, c, h, w]), "y");
+            let what = format!("{zx}, Relu {relu}, {h}x{w}");
+            let (plain, ours) = plans::<QGlobalAvgPool>(&bytes, (c, h, w));
+            let mut differs = false;
+            for data in test_inputs(c * h * w) {
+                let ys = |plan| outputs(plan, &[1, c, h, w], &data);
+                let (got, tract) = (ys(&ours), ys(&plain));
+                differs |= got != tract;
+                for ch in 0..c {
+                    let plane = &data[ch * h * w..(ch + 1) * h * w];
+                    let floor = if relu { 0.0 } else { f64::MIN };
+                    let sum: f64 = plane
+                        .iter()
+                        .map(|&v| dequantized_input(v, zx).max(floor))
+                        .sum();
+                    let want = sum / (h * w) as f64;
+                    // Three roundings: the sum to f32 (exact below 2^24), the scaling and
+                    // the division's multiplier and product.
+                    let v = f64::from(f32::from_bits(got[ch]));
+                    assert!(
+                        (v - want).abs() <= want.abs() * 4.0 * f64::from(f32::EPSILON),
+                        "{what}, channel {ch}: {v} against {want}"
+                    );
+                }
+            }
+            // The exact sums are not tract's f32 sums: a plan that left the pool to tract
+            // would match tract's bits on every input.
+            if h * w > 8 {
+                assert!(differs, "{what}: tract's bits on every input");
             }
         }
     }

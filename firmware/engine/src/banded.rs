@@ -1409,6 +1409,33 @@ pub(crate) mod tests {
         spec
     }
 
+    /// Asserts that `got`, the outputs of the rewritten plan `ours`, are `want`, those of
+    /// tract's own plan: bit for bit, but where `ours` has a global pool giving its averages
+    /// in f32 (avgpool.rs), whose exact sums leave the last bits of tract's f32 sums: there
+    /// within 2^-20 of the largest output in magnitude, where one input step of such a
+    /// pool moves an output by far more (its scale over its plane: about 1e-4 in the
+    /// networks' heads).
+    pub(crate) fn assert_agree(ours: &crate::Plan, want: &[u32], got: &[u32], what: &str) {
+        let f32_pools = ours.model().nodes().iter().any(|n| {
+            n.op_as::<crate::avgpool::QGlobalAvgPool>()
+                .is_some_and(|p| p.gives_f32())
+        });
+        if !f32_pools {
+            assert_eq!(want, got, "{what}");
+            return;
+        }
+        assert_eq!(want.len(), got.len(), "{what}");
+        let value = |bits: &u32| f32::from_bits(*bits);
+        let largest = want.iter().map(|b| value(b).abs()).fold(0f32, f32::max);
+        for (i, (w, g)) in want.iter().zip(got).enumerate() {
+            let (w, g) = (value(w), value(g));
+            assert!(
+                (w - g).abs() <= largest / (1 << 20) as f32,
+                "{what}: output {i} is {g}, tract's {w} (largest {largest})"
+            );
+        }
+    }
+
     /// Deterministic inputs in [0, 1] for an image of `len` values.
     pub(crate) fn test_inputs(len: usize) -> Vec<Vec<f32>> {
         (1..4u32)

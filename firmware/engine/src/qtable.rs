@@ -885,7 +885,7 @@ mod tests {
                 "{:?} {za} {zy}",
                 steps.iter().map(|s| s.0).collect::<Vec<_>>()
             );
-            let ours = same_bytes_as_tract(&bytes, &what);
+            let ours = same_outputs_as_tract(&bytes, &what);
             assert!(
                 ours.patches.iter().any(|p| p.contains("table")),
                 "{what}: {:?}",
@@ -905,24 +905,24 @@ mod tests {
     }
 
     /// The rewritten plan of a test model (input `x` of [`SHAPE`], output `y`), once checked
-    /// to give the bytes of tract's unrewritten plan on the test inputs.
-    fn same_bytes_as_tract(bytes: &[u8], what: &str) -> crate::load::Built {
-        use crate::banded::tests::{both_builds, outputs, test_inputs};
+    /// to give the outputs of tract's unrewritten plan on the test inputs (`assert_agree`:
+    /// bit for bit but for a global pool's f32 averages).
+    fn same_outputs_as_tract(bytes: &[u8], what: &str) -> crate::load::Built {
+        use crate::banded::tests::{assert_agree, both_builds, outputs, test_inputs};
         let [_, c, h, w] = SHAPE;
         let (plain, ours) = both_builds(bytes, (c, h, w));
         for data in test_inputs(c * h * w) {
-            assert_eq!(
-                outputs(&plain.plan, &SHAPE, &data),
-                outputs(&ours.plan, &SHAPE, &data),
-                "{what}"
-            );
+            let want = outputs(&plain.plan, &SHAPE, &data);
+            let got = outputs(&ours.plan, &SHAPE, &data);
+            assert_agree(&ours.plan, &want, &got, what);
         }
         ours
     }
 
     /// A Relu between a dequantization and a float global pool runs on the int8 tensor as
     /// a table, u8 and i8, with every byte value (half of them below the zero point): the
-    /// plan gives tract's bits and has no Max left. Where the dequantization has another
+    /// plan gives tract's outputs (the pool's averages, summed in integers, within an f32
+    /// rounding of tract's) and has no Max left. Where the dequantization has another
     /// reader, or the Relu a reader with no integer form (a Flatten), the Relu stays.
     #[test]
     fn relus_after_a_dequantization_run_on_the_int8_tensor() {
@@ -947,7 +947,7 @@ mod tests {
             nodes.push(node("Flatten", &[last], "y", vec![int("axis", 1)]));
             let bytes = model_bytes("relu", nodes, init, ("x", &SHAPE), "y");
             let what = format!("zero point {za}, shared {shared}, pooled {pooled}");
-            let ours = same_bytes_as_tract(&bytes, &what);
+            let ours = same_outputs_as_tract(&bytes, &what);
             let ops = op_names(&ours);
             let max = ops.iter().any(|o| o.contains("Max"));
             let table = ops.iter().any(|o| o == "QTable");
@@ -1033,7 +1033,7 @@ mod tests {
             node("DequantizeLinear", &["yq", "sy", "zy"], "y", vec![]),
         ];
         let bytes = model_bytes("qstd", nodes, init, ("x", &SHAPE), "y");
-        let ours = same_bytes_as_tract(&bytes, "QLinearConv, ReLU6, float Adds");
+        let ours = same_outputs_as_tract(&bytes, "QLinearConv, ReLU6, float Adds");
         // Left: the shift of `a`, which the residual Add reads as u8 too.
         let model = ours.plan.model();
         let shifts: Vec<String> = model
@@ -1101,7 +1101,7 @@ mod tests {
             ];
             let bytes = model_bytes("qconcat", nodes, init, ("x", &SHAPE), "y");
             let what = format!("zero points {za} {zb} {zy}");
-            let ours = same_bytes_as_tract(&bytes, &what);
+            let ours = same_outputs_as_tract(&bytes, &what);
             let same_type = [za, zb].iter().all(|z| (*z < 0) == (zy < 0));
             assert_eq!(
                 ours.patches.iter().any(|p| p.contains("quantized Concat")),
@@ -1206,7 +1206,7 @@ mod tests {
             let what = format!(
                 "pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zy}"
             );
-            let ours = same_bytes_as_tract(&bytes, &what);
+            let ours = same_outputs_as_tract(&bytes, &what);
             let ops = op_names(&ours);
             let count = |name: &str| ops.iter().filter(|o| *o == name).count();
             // Quantized: one table (before the pool, which takes its bytes). Left in float:
@@ -1259,7 +1259,7 @@ mod tests {
         ] {
             let bytes = hard_swish(Some([zt, zm]), (pooled, quantized), divisor, [za, zy]);
             let what = format!("pooled {pooled}, quantized {quantized}, / {divisor}, zero points {za} {zt} {zm} {zy}");
-            let ours = same_bytes_as_tract(&bytes, &what);
+            let ours = same_outputs_as_tract(&bytes, &what);
             let ops = op_names(&ours);
             let count = |name: &str| ops.iter().filter(|o| *o == name).count();
             // The table of the hard-swish's Mul, with the division's when that is quantized,
