@@ -100,9 +100,12 @@ pub(crate) struct Requantize {
 ///
 /// A table after a clamp is constant below some value `base` of the clamped range and above
 /// some `top`: the NEON short forms look the value less `base` up in the window
-/// `base..=top` of at most 128 entries, one or two TBX a block over a register of the last
-/// entry (a ReLU6's window is its `6 / scale` values: 9 to 96 on EfficientNet-Lite0's and
-/// MobileNetV2's). Every other form applies the whole table to the bytes it wrote.
+/// `base..=top`, one to four TBX a block (a quarter of 64 entries each) over a register of
+/// the last entry (a ReLU6's window is its `6 / scale` values: 9 to 96 on
+/// EfficientNet-Lite0's and MobileNetV2's; a Relu between two scales, as onnxruntime's
+/// QOperator format with standard operators leaves it, the values from the zero point to
+/// where the output saturates: 134 on the qformats network's). Every other form applies
+/// the whole table to the bytes it wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Lookup {
     /// The table, indexed by the requantization's own output byte.
@@ -111,10 +114,10 @@ struct Lookup {
     to: DatumType,
     /// The clamped value of the window's first entry.
     base: i32,
-    /// The window: entry i is the output byte of value `base + i`; 128 bytes, the entries
+    /// The window: entry i is the output byte of value `base + i`; 256 bytes, the entries
     /// past the window's end repeating its last.
-    window: Arc<[u8; 128]>,
-    /// The window's length: at most 64 (one TBL) or 128 (two).
+    window: Arc<[u8; 256]>,
+    /// The window's length: 64 entries per TBX a block looks them up with.
     len: usize,
 }
 
@@ -126,8 +129,7 @@ impl Requantize {
     /// bytes' bits) and given as `to` (U8 or I8). A table that only clamps the values
     /// further (a Relu at the zero point, a ReLU6), and perhaps shifts u8 to i8, becomes
     /// the requantization's own bounds and shift, with nothing to look up. Otherwise `None`
-    /// when the table's window is longer than 128 values or the chain is not a short one
-    /// (the NEON forms that look up).
+    /// when the chain is not a short one (the NEON forms that look up).
     pub(crate) fn with_lookup(&self, table: &[u8; 256], to: DatumType) -> Option<Requantize> {
         if self.lookup.is_some() {
             return None;
@@ -147,10 +149,8 @@ impl Requantize {
         if !self.short {
             return None;
         }
+        // At most 256 values: `[lo, hi]` lies in one byte type's range.
         let len = (top - base + 1) as usize;
-        if len > 128 {
-            return None;
-        }
         let window = std::array::from_fn(|i| byte(base + (i as i32).min(top - base)));
         Some(Requantize {
             lookup: Some(Lookup {
@@ -576,7 +576,7 @@ mod neon {
     /// A chain's constants in registers, made once for any number of rows (a layer's
     /// band of channel rows: MobileNetV2's layers have 14 thousand per inference, and each
     /// paid for these again).
-    pub(super) struct Chain {
+    pub(super) struct Chain<'a> {
         /// The short form's type, clamp and lookup quarters (`Requantize::short`,
         /// `lookup`), or none: the exact one.
         short: Option<(bool, bool, usize)>,
@@ -584,24 +584,35 @@ mod neon {
         add16: int16x8_t,
         add32: int32x4_t,
         mask: uint8x16_t,
-        /// The lookup window in registers (`super::Lookup`), and its last entry in every
-        /// lane: what a value past the window gives (zeros when there is none).
-        lookup: Window,
+        /// The lookup window (`super::Lookup`), and its last entry in every lane: what a
+        /// value past the window gives (zeros when there is none).
+        lookup: Window<'a>,
     }
 
-    /// A lookup window's two quarters and its last entry in every lane.
-    type Window = ([uint8x16x4_t; 2], uint8x16_t);
+    /// A lookup window's 256 bytes, whose quarters the loops load as they need them (kept
+    /// in the chain as registers, the four quarters cost every row a copy of them), and its
+    /// last entry in every lane.
+    type Window<'a> = (&'a [u8; 256], uint8x16_t);
 
     /// No lookup window: zeros, which no form without a lookup reads.
+    static NO_WINDOW: [u8; 256] = [0; 256];
+
     #[inline(always)]
-    fn no_window() -> Window {
-        // SAFETY: register operations.
-        let z = unsafe { vdupq_n_u8(0) };
-        ([uint8x16x4_t(z, z, z, z); 2], z)
+    fn no_window() -> Window<'static> {
+        // SAFETY: a register operation.
+        (&NO_WINDOW, unsafe { vdupq_n_u8(0) })
     }
 
-    impl Chain {
-        pub(super) fn of(op: &Requantize) -> Chain {
+    /// Quarter `q` (64 entries) of a window, in four registers.
+    #[inline(always)]
+    fn quarter(window: &[u8; 256], q: usize) -> uint8x16x4_t {
+        assert!(q < 4);
+        // SAFETY: the window holds 256 bytes, quarter `q` 64 of them.
+        unsafe { vld1q_u8_x4(window.as_ptr().add(64 * q)) }
+    }
+
+    impl<'a> Chain<'a> {
+        pub(super) fn of(op: &'a Requantize) -> Chain<'a> {
             // SAFETY (the register operations): NEON is part of aarch64.
             if !op.short {
                 return Chain {
@@ -627,12 +638,7 @@ mod neon {
                     add16: unsafe { vdupq_n_s16((op.add - l.base) as i16) },
                     add32: unsafe { vdupq_n_s32(0) },
                     mask: unsafe { vdupq_n_u8(0) },
-                    // SAFETY: the window holds 128 bytes.
-                    lookup: unsafe {
-                        let w = l.window.as_ptr();
-                        let top = vdupq_n_u8(l.window[l.len - 1]);
-                        ([vld1q_u8_x4(w), vld1q_u8_x4(w.add(64))], top)
-                    },
+                    lookup: (&l.window, unsafe { vdupq_n_u8(l.window[l.len - 1]) }),
                 };
             }
             // A u8 shifted to i8 is the i8 of the chain whose add and bounds are 128 less:
@@ -693,8 +699,9 @@ mod neon {
             // The loop's lookup of a two-quarter window takes the registers the values' own
             // multipliers would: such rows go block by block.
             let window = self.lookup;
-            let two_quarters_each = form.2 == 2 && matches!(pair_scales, Some(PairScales::Each(_)));
-            let pairs = if pair_scales.is_some() && !two_quarters_each {
+            // Wider windows take every register the loop has: they go with one multiplier.
+            let each = matches!(pair_scales, Some(PairScales::Each(_)));
+            let pairs = if pair_scales.is_some() && !(each && form.2 >= 2) {
                 len / (2 * BLOCK)
             } else {
                 0
@@ -720,7 +727,9 @@ mod neon {
             match form {
                 (true, false, 0) => short_blocks!(true, false, 0),
                 (true, false, 1) => short_blocks!(true, false, 1),
-                (true, false, _) => short_blocks!(true, false, 2),
+                (true, false, 2) => short_blocks!(true, false, 2),
+                (true, false, 3) => short_blocks!(true, false, 3),
+                (true, false, _) => short_blocks!(true, false, 4),
                 (true, true, _) => short_blocks!(true, true, 0),
                 (false, false, _) => short_blocks!(false, false, 0),
                 (false, true, _) => short_blocks!(false, true, 0),
@@ -760,14 +769,15 @@ mod neon {
     /// or -32768 and r + add lies past that end of [lo, hi] either way (|add| ≤ 16128).
     /// Narrowing to the type then clamping is clamping, for bounds inside the type.
     /// `LOOKUP` quarters of a lookup window (`Chain::lookup`) then map the bytes: TBX over
-    /// the last entry, so that an index past the window gives that.
+    /// the last entry, so that an index past the window gives that, each quarter with the
+    /// indexes 64 lower than the one before.
     #[inline(always)]
     unsafe fn short<const UNSIGNED: bool, const CLAMP: bool, const LOOKUP: usize>(
         x: *const i32,
         s: [float32x4_t; 4],
         add: int16x8_t,
         clamp: &ByteClamp,
-        (tables, top): &Window,
+        (window, top): &Window,
         y: *mut u8,
     ) {
         // SAFETY: the caller's: 16 values at `x`, 16 bytes at `y`.
@@ -777,13 +787,16 @@ mod neon {
             let low = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r(0)), r(1)), add);
             let high = vqaddq_s16(vqmovn_high_s32(vqmovn_s32(r(2)), r(3)), add);
             let bytes = clamp.words::<UNSIGNED, CLAMP>(low, high);
-            let bytes = match LOOKUP {
-                0 => bytes,
-                1 => vqtbx4q_u8(*top, tables[0], bytes),
-                _ => {
-                    let first = vqtbx4q_u8(*top, tables[0], bytes);
-                    vqtbx4q_u8(first, tables[1], vsubq_u8(bytes, vdupq_n_u8(64)))
+            let bytes = if LOOKUP == 0 {
+                bytes
+            } else {
+                let mut looked_up = vqtbx4q_u8(*top, quarter(window, 0), bytes);
+                let mut index = bytes;
+                for q in 1..LOOKUP {
+                    index = vsubq_u8(index, vdupq_n_u8(64));
+                    looked_up = vqtbx4q_u8(looked_up, quarter(window, q), index);
                 }
+                looked_up
             };
             vst1q_u8(y, bytes);
         }
@@ -806,8 +819,8 @@ mod neon {
     ///
     /// # Safety
     /// `x` holds `32 · pairs` values and `y` as many bytes, a `PairScales::Each` pointer as
-    /// many multipliers; `pairs` ≥ 1. A two-quarter window (`LOOKUP` 2) comes with
-    /// `PairScales::One` (the loop has no form for it with `Each`).
+    /// many multipliers; `pairs` ≥ 1. A window of two quarters or more (`LOOKUP` ≥ 2) comes
+    /// with `PairScales::One` (the loops have no form for it with `Each`).
     #[inline(always)]
     unsafe fn short_pairs<const UNSIGNED: bool, const CLAMP: bool, const LOOKUP: usize>(
         x: *const i32,
@@ -816,9 +829,19 @@ mod neon {
         scales: PairScales,
         add: int16x8_t,
         clamp: &ByteClamp,
-        (tables, top): &Window,
+        (window, top): &Window,
     ) {
-        let (first, second, top) = (&tables[0], &tables[1], *top);
+        let top = *top;
+        // The window's first two quarters as the loop's lookups read them (zeros for none).
+        let (first, second) = if LOOKUP == 0 {
+            // SAFETY: a register operation.
+            let z = unsafe { vdupq_n_u8(0) };
+            (uint8x16x4_t(z, z, z, z), uint8x16x4_t(z, z, z, z))
+        } else if LOOKUP == 1 {
+            (quarter(window, 0), quarter(window, 0))
+        } else {
+            (quarter(window, 0), quarter(window, 1))
+        };
         // SAFETY: a register operation.
         let c64 = unsafe { vdupq_n_u8(64) };
         let (one, each) = match scales {
@@ -1010,10 +1033,123 @@ mod neon {
                 }
             };
         }
-        if each.is_null() {
+        if LOOKUP > 2 {
+            // SAFETY: the caller's contract, with `PairScales::One` (`Chain::row`).
+            unsafe { wide_lookup_pairs::<LOOKUP>(x, y, pairs, s, add, window, top) }
+        } else if each.is_null() {
             forms!(by_one, true)
         } else {
             forms!(by_each, false)
+        }
+    }
+
+    /// [`short_pairs`] for a u8 chain with no clamp and a window of `QUARTERS` (3 or 4)
+    /// quarters, with one multiplier: the window takes v16-v31, the values v0-v7, and the
+    /// narrowed bytes, the indexes and the looked-up bytes reuse the values' registers.
+    ///
+    /// # Safety
+    /// As [`short_pairs`].
+    #[inline(always)]
+    unsafe fn wide_lookup_pairs<const QUARTERS: usize>(
+        x: *const i32,
+        y: *mut u8,
+        pairs: usize,
+        s: float32x4_t,
+        add: int16x8_t,
+        window: &[u8; 256],
+        top: uint8x16_t,
+    ) {
+        let tables = [0, 1, 2, 3].map(|q| quarter(window, q));
+        // SAFETY: a register operation.
+        let c64 = unsafe { vdupq_n_u8(64) };
+        // The fourth quarter's two TBX, or none.
+        macro_rules! last_quarter {
+            (3) => {
+                ""
+            };
+            (4) => {
+                concat!(
+                    "sub v6.16b, v6.16b, {c64:v}.16b\n",
+                    "tbx v4.16b, {{v28.16b-v31.16b}}, v6.16b\n",
+                    "sub v7.16b, v7.16b, {c64:v}.16b\n",
+                    "tbx v5.16b, {{v28.16b-v31.16b}}, v7.16b"
+                )
+            };
+        }
+        macro_rules! wide_loop {
+            ($quarters:tt) => {
+                // SAFETY: the caller's contract; the loop reads 128 bytes at `x` and writes
+                // 32 at `y` per pass.
+                unsafe {
+                    std::arch::asm!(
+                        "2:",
+                        "ld1 {{v0.4s-v3.4s}}, [{x}], #64",
+                        "ld1 {{v4.4s-v7.4s}}, [{x}], #64",
+                        "scvtf v0.4s, v0.4s", "scvtf v1.4s, v1.4s",
+                        "scvtf v2.4s, v2.4s", "scvtf v3.4s, v3.4s",
+                        "scvtf v4.4s, v4.4s", "scvtf v5.4s, v5.4s",
+                        "scvtf v6.4s, v6.4s", "scvtf v7.4s, v7.4s",
+                        "fmul v0.4s, v0.4s, {s:v}.4s", "fmul v1.4s, v1.4s, {s:v}.4s",
+                        "fmul v2.4s, v2.4s, {s:v}.4s", "fmul v3.4s, v3.4s, {s:v}.4s",
+                        "fmul v4.4s, v4.4s, {s:v}.4s", "fmul v5.4s, v5.4s, {s:v}.4s",
+                        "fmul v6.4s, v6.4s, {s:v}.4s", "fmul v7.4s, v7.4s, {s:v}.4s",
+                        "fcvtns v0.4s, v0.4s", "fcvtns v1.4s, v1.4s",
+                        "fcvtns v2.4s, v2.4s", "fcvtns v3.4s, v3.4s",
+                        "fcvtns v4.4s, v4.4s", "fcvtns v5.4s, v5.4s",
+                        "fcvtns v6.4s, v6.4s", "fcvtns v7.4s, v7.4s",
+                        "sqxtn v0.4h, v0.4s", "sqxtn2 v0.8h, v1.4s",
+                        "sqxtn v2.4h, v2.4s", "sqxtn2 v2.8h, v3.4s",
+                        "sqxtn v4.4h, v4.4s", "sqxtn2 v4.8h, v5.4s",
+                        "sqxtn v6.4h, v6.4s", "sqxtn2 v6.8h, v7.4s",
+                        "sqadd v0.8h, v0.8h, {add:v}.8h", "sqadd v2.8h, v2.8h, {add:v}.8h",
+                        "sqadd v4.8h, v4.8h, {add:v}.8h", "sqadd v6.8h, v6.8h, {add:v}.8h",
+                        // The bytes: the first block's in v1, the second's in v3.
+                        "sqxtun v1.8b, v0.8h", "sqxtun2 v1.16b, v2.8h",
+                        "sqxtun v3.8b, v4.8h", "sqxtun2 v3.16b, v6.8h",
+                        // Looked up into v4 and v5, the indexes 64 lower per quarter in
+                        // v6 and v7.
+                        "mov v4.16b, {top:v}.16b",
+                        "tbx v4.16b, {{v16.16b-v19.16b}}, v1.16b",
+                        "mov v5.16b, {top:v}.16b",
+                        "tbx v5.16b, {{v16.16b-v19.16b}}, v3.16b",
+                        "sub v6.16b, v1.16b, {c64:v}.16b",
+                        "tbx v4.16b, {{v20.16b-v23.16b}}, v6.16b",
+                        "sub v7.16b, v3.16b, {c64:v}.16b",
+                        "tbx v5.16b, {{v20.16b-v23.16b}}, v7.16b",
+                        "sub v6.16b, v6.16b, {c64:v}.16b",
+                        "tbx v4.16b, {{v24.16b-v27.16b}}, v6.16b",
+                        "sub v7.16b, v7.16b, {c64:v}.16b",
+                        "tbx v5.16b, {{v24.16b-v27.16b}}, v7.16b",
+                        last_quarter!($quarters),
+                        "st1 {{v4.16b-v5.16b}}, [{y}], #32",
+                        "subs {pairs}, {pairs}, #1",
+                        "b.ne 2b",
+                        x = inout(reg) x => _,
+                        y = inout(reg) y => _,
+                        pairs = inout(reg) pairs => _,
+                        s = in(vreg) s,
+                        add = in(vreg) add,
+                        top = in(vreg) top,
+                        c64 = in(vreg) c64,
+                        in("v16") tables[0].0, in("v17") tables[0].1,
+                        in("v18") tables[0].2, in("v19") tables[0].3,
+                        in("v20") tables[1].0, in("v21") tables[1].1,
+                        in("v22") tables[1].2, in("v23") tables[1].3,
+                        in("v24") tables[2].0, in("v25") tables[2].1,
+                        in("v26") tables[2].2, in("v27") tables[2].3,
+                        in("v28") tables[3].0, in("v29") tables[3].1,
+                        in("v30") tables[3].2, in("v31") tables[3].3,
+                        out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                        out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                        options(nostack),
+                    )
+                }
+            };
+        }
+        if QUARTERS == 3 {
+            wide_loop!(3)
+        } else {
+            wide_loop!(4)
         }
     }
 
@@ -2029,10 +2165,10 @@ mod tests {
     }
 
     /// A requantization with a table after it (`Requantize::with_lookup`): windows of
-    /// one entry, of one TBL and of two, u8 and shifted to i8, through rows of blocks (the
-    /// assembly pairs and single blocks), a row with a short tail, and channels-last rows
-    /// with and without padding channels: every byte is the table's entry for the
-    /// requantization's own byte. A table with no short window is refused.
+    /// one entry and of one to four quarters (TBX a block), u8 and shifted to i8, through
+    /// rows of blocks (the assembly pairs and single blocks), a row with a short tail, and
+    /// channels-last rows with and without padding channels: every byte is the table's
+    /// entry for the requantization's own byte.
     #[test]
     fn lookups_give_the_tables_bytes() {
         let channels = 48;
@@ -2040,11 +2176,14 @@ mod tests {
         let relu6 = |span: i32| -> [u8; 256] {
             std::array::from_fn(|b| ((b as i32 - 100).clamp(0, span) * 255 / span) as u8)
         };
+        // A Relu at 30 into a smaller scale, saturating 160 values on.
+        let relu = std::array::from_fn(|b| ((b as i32 - 30).clamp(0, 160) * 3 / 2) as u8);
         let noise = crate::kernels::panels::tests::values(256, 0x2545_f491, -128);
-        let scrambled: [u8; 256] = std::array::from_fn(|i| noise[i] as u8);
+        let mut scrambled: [u8; 256] = std::array::from_fn(|i| noise[i] as u8);
+        // Different first and last entries: a window of all 256 values.
+        (scrambled[0], scrambled[255]) = (1, 2);
         for offset in [false, true] {
             let (plain, scales) = channel_requantize(channels, small_per_channel(channels), offset);
-            assert!(plain.with_lookup(&scrambled, DatumType::U8).is_none());
             // Indexed by the output byte: the i8's bits when shifted.
             let by_byte = |t: [u8; 256]| -> [u8; 256] {
                 std::array::from_fn(|b| t[if offset { b ^ 0x80 } else { b }])
@@ -2053,10 +2192,12 @@ mod tests {
                 ([7u8; 256], 1),
                 (by_byte(relu6(40)), 41),
                 (by_byte(relu6(94)), 95),
+                (by_byte(relu), 161),
+                (by_byte(scrambled), 256),
             ] {
                 for to in [DatumType::U8, DatumType::I8] {
                     let what = format!("offset {offset}, window {len}, to {to:?}");
-                    let op = plain.with_lookup(&table, to).expect("a short window");
+                    let op = plain.with_lookup(&table, to).expect("a short chain");
                     assert_eq!(op.lookup.as_ref().map(|l| l.len), Some(len), "{what}");
                     assert_eq!(op.output_type(), to, "{what}");
                     gives_the_tables_bytes(&op, &plain, &scales, &table, channels, &what);
