@@ -164,6 +164,29 @@ impl Requantize {
         })
     }
 
+    /// This requantization giving i8 where it gives u8 (rewrite.rs `fold_shifts`): the
+    /// u8 less 128, as tract's shift gives it; a table's bytes with their top bit flipped.
+    pub(crate) fn shifted(&self) -> Option<Requantize> {
+        let flip = |bytes: &[u8]| -> Vec<u8> { bytes.iter().map(|b| b ^ 0x80).collect() };
+        let lookup = match &self.lookup {
+            Some(l) if l.to == DatumType::U8 => Some(Lookup {
+                table: Arc::new(flip(&l.table[..]).try_into().ok()?),
+                to: DatumType::I8,
+                window: Arc::new(flip(&l.window[..]).try_into().ok()?),
+                ..l.clone()
+            }),
+            Some(_) => return None,
+            None if self.cast_to == DatumType::U8 && !self.offset_to_i8 => None,
+            None => return None,
+        };
+        let offset_to_i8 = self.offset_to_i8 || lookup.is_none();
+        Some(Requantize {
+            lookup,
+            offset_to_i8,
+            ..self.clone()
+        })
+    }
+
     /// This requantization clamped to `[lo, hi]` (inside its own bounds) and giving `to`,
     /// when that is what a table does to its output bytes: `looked_up(v)`, the table's
     /// entry for value `v`'s byte, is the byte of `v` clamped (shifted to i8 when `to` is

@@ -677,17 +677,18 @@ mod tests {
             ("r", 0.07, 100),
             ("d", 0.06, 90),
             ("e", 0.08, 128),
+            ("f", 0.05, 125),
         ] {
             scale(name, v, z, &mut init);
         }
         let classes = 10;
-        let fc: Vec<f32> = (0..classes * 32)
+        let fc: Vec<f32> = (0..classes * 48)
             .map(|_| (next() % 2001) as f32 * 1e-3 - 1.0)
             .collect();
         let mut conv = |name: &str,
                         input: &str,
                         output: &str,
-                        (cout, cin, k, group): (usize, usize, usize, usize),
+                        (cout, cin, k, group, stride): (usize, usize, usize, usize, i64),
                         init: &mut Vec<pb::TensorProto>| {
             let weights: Vec<i8> = (0..cout * (cin / group) * k * k)
                 .map(|_| (next() % 255) as i8)
@@ -729,32 +730,40 @@ mod tests {
                 vec![
                     ints("kernel_shape", &[k as i64; 2]),
                     ints("pads", &[pad; 4]),
+                    ints("strides", &[stride; 2]),
                     int("group", group as i64),
                 ],
             )
         };
         let nodes = vec![
             node("QuantizeLinear", &["x", "xs", "xz"], "xq", vec![]),
-            conv("c1", "x", "a", (16, c, 3, 1), &mut init),
-            conv("c2", "a", "b", (16, 16, 1, 1), &mut init),
+            conv("c1", "x", "a", (16, c, 3, 1, 1), &mut init),
+            conv("c2", "a", "b", (16, 16, 1, 1, 1), &mut init),
             node("DequantizeLinear", &["aq", "as", "az"], "ad", vec![]),
             node("DequantizeLinear", &["bq", "bs", "bz"], "bd", vec![]),
             node("Add", &["ad", "bd"], "sum", vec![]),
             node("QuantizeLinear", &["sum", "rs", "rz"], "rq", vec![]),
-            conv("c3", "r", "d", (16, 16, 3, 16), &mut init),
-            conv("c4", "d", "e", (32, 16, 1, 1), &mut init),
+            conv("c3", "r", "d", (16, 16, 3, 16, 1), &mut init),
+            conv("c4", "d", "e", (32, 16, 1, 1, 1), &mut init),
+            // A strided branch from the Add, as a downsampling shortcut has.
+            conv("c5", "r", "f", (16, 16, 1, 1, 2), &mut init),
             node("DequantizeLinear", &["eq", "es", "ez"], "ed", vec![]),
             node("GlobalAveragePool", &["ed"], "pooled", vec![]),
-            node("Flatten", &["pooled"], "flat", vec![int("axis", 1)]),
+            node("DequantizeLinear", &["fq", "fs", "fz"], "fd", vec![]),
+            node("GlobalAveragePool", &["fd"], "fpooled", vec![]),
+            node("Concat", &["pooled", "fpooled"], "both", vec![int("axis", 1)]),
+            node("Flatten", &["both"], "flat", vec![int("axis", 1)]),
             node("Gemm", &["flat", "fc"], "y", vec![int("transB", 1)]),
         ];
-        init.push(raw("fc", D::Float, &[classes, 32], &fc));
+        init.push(raw("fc", D::Float, &[classes, 48], &fc));
         model_bytes("residual", nodes, init, ("x", &[1, c, h, w]), "y")
     }
 
-    /// The whole load path on a residual int8 graph computes the outputs of tract's own plan
-    /// (`assert_agree`: its bits but for the head pool's f32 averages; `load::tests::compare`
-    /// does this for the default bundle, which has no residual adds and no depthwise layer).
+    /// The whole load path on a residual int8 graph (a strided 1x1 branch from the Add)
+    /// computes the outputs of tract's own plan (`assert_agree`: its bits
+    /// but for the head pool's f32 averages; `load::tests::compare` does this for the
+    /// default bundle, which has no residual adds and no depthwise layer), with no shift
+    /// to i8 left as a pass of its own.
     #[test]
     fn residual_int8_graphs_keep_tracts_outputs() {
         use crate::banded::tests::{assert_agree, input_spec, outputs, test_inputs};
@@ -774,6 +783,21 @@ mod tests {
             "{:?}",
             ours.patches
         );
+        // No shift to i8 is a pass of its own: the first convolution gives i8 to the
+        // second and to the Add (which reads it as i8), through the reshape of its
+        // products; the Add gives i8 to the depthwise layer and, through the downsampling,
+        // to the strided convolution.
+        let model = ours.plan.model();
+        let shifts = model.nodes().iter().filter(|n| crate::rewrite::is_offset_to_i8(n));
+        let from: Vec<String> = shifts
+            .map(|n| model.node(n.inputs[0].node).op.name().to_string())
+            .collect();
+        assert!(from.is_empty(), "{from:?} {:?}", ours.patches);
+        let on_i8 = model.nodes().iter().filter(|n| n.name.contains(".on_i8"));
+        let mut on_i8: Vec<_> = on_i8.map(|n| n.op.name().to_string()).collect();
+        on_i8.sort();
+        on_i8.dedup();
+        assert_eq!(on_i8, ["Downsample8", "IntoShape", "QBinary"], "{:?}", ours.patches);
         for data in test_inputs(c * h * w) {
             let want = outputs(&plain.plan, &[1, c, h, w], &data);
             let got = outputs(&ours.plan, &[1, c, h, w], &data);

@@ -406,7 +406,7 @@ fn build_proto(
             // Add a float sum then a quantization, each read by the next convolution
             // through tract's shift to i8: a second pass over each tensor (1.5 M of
             // MobileNetV2's 93 M instructions under qemu, cortex-a72).
-            straight_to_i8 = rewrite::fold_shifts(&mut optimized, shifted_to_i8)
+            straight_to_i8 = rewrite::fold_shifts(&mut optimized, shifted_to_i8, taking_i8)
                 .map_err(|e| load_err(format!("folding the shifts to i8 failed: {e:#}")))?;
             let joined = crate::qtable::concat_quantized(&mut optimized).map_err(|e| {
                 load_err(format!("concatenating the quantized tensors failed: {e:#}"))
@@ -596,7 +596,7 @@ fn build_proto(
                     straight_to_i8,
                     "folded",
                     "u8-to-i8 shift",
-                    " into the table, quantization or Add/Mul before it",
+                    " into the op that computes the value (table, quantization, convolution, pool, Add/Mul)",
                 ),
                 (
                     tables,
@@ -904,7 +904,39 @@ fn shifted_to_i8(node: &TypedNode) -> Option<Box<dyn TypedOp>> {
     if let Some(p) = node.op_as::<QAvgPool>() {
         return Some(Box::new(p.shifted()?));
     }
+    let requantized = |r: &crate::epilogue::Requantize| r.shifted();
+    if let Some(c) = node.op_as::<crate::banded::BandedConv>() {
+        return Some(Box::new(c.with_requantize(requantized)?));
+    }
+    if let Some(c) = node.op_as::<crate::depthwise::DepthwiseInt8>() {
+        return Some(Box::new(c.with_requantize(requantized)?));
+    }
+    if let Some(r) = node.op_as::<crate::epilogue::Requantize>() {
+        return Some(Box::new(r.shifted()?));
+    }
     Some(Box::new(node.op_as::<QGlobalAvgPool>()?.shifted()?))
+}
+
+/// How `node` can read input `slot` as i8 where it reads u8 (rewrite.rs `fold_shifts`).
+fn taking_i8(node: &TypedNode, slot: usize) -> Option<rewrite::OnI8> {
+    use rewrite::OnI8;
+    if rewrite::is_offset_to_i8(node) {
+        return Some(OnI8::Shift);
+    }
+    use tract_onnx::tract_core::ops::array::TypedConcat;
+    use tract_onnx::tract_core::ops::change_axes::{AxisOp, IntoShape};
+    // Ops that move bytes whatever their type: the strided slices, reshapes and axis moves
+    // between the engine's ops, and a Concat of byte tensors.
+    let bytes_moved = node.op_is::<crate::downsample::Downsample8>()
+        || node.op_is::<IntoShape>()
+        || node.op_is::<AxisOp>()
+        || node.op_is::<TypedConcat>();
+    let bytes_moved = bytes_moved && node.outputs[0].fact.datum_type == DatumType::U8;
+    if bytes_moved {
+        return Some(OnI8::Moves);
+    }
+    let binary = node.op_as::<crate::qbinary::QBinary>()?;
+    Some(OnI8::Reads(Box::new(binary.reading_i8(slot)?)))
 }
 
 #[cfg(test)]
@@ -1054,7 +1086,9 @@ pub(crate) mod tests {
             // The head's global pool, its averages in f32 for the float Gemm.
             want.push("summed 1 quantized average pool in integers");
             // The input's quantization gives the first convolution's i8 itself.
-            want.push("folded 1 u8-to-i8 shift into the table, quantization or Add/Mul before it");
+            want.push(
+                "folded 1 u8-to-i8 shift into the op that computes the value (table, quantization, convolution, pool, Add/Mul)",
+            );
             assert_eq!(patches, want);
             assert!(after < before, "batch {batch}: {before} -> {after} nodes");
         }

@@ -91,6 +91,20 @@ impl QBinary {
         Some(op)
     }
 
+    /// This op reading input `slot` as i8 where it reads u8 (rewrite.rs `fold_shifts`):
+    /// the side's zero point 128 lower, so that each value less its zero point is the
+    /// same integer, and the outputs the same bytes.
+    pub(crate) fn reading_i8(&self, slot: usize) -> Option<QBinary> {
+        let side = *self.kernel.sides.get(slot)?;
+        if side.signed || (self.float_other && slot != self.full) {
+            return None;
+        }
+        let mut op = self.clone();
+        op.kernel.sides[slot].signed = true;
+        op.kernel.sides[slot].zero = side.zero - 128;
+        Some(op)
+    }
+
     /// The operation on bytes, when both inputs have the output's shape (no broadcast).
     pub(crate) fn elementwise(&self) -> Option<&Binary> {
         (self.inner == 1).then_some(&self.kernel)

@@ -250,42 +250,199 @@ pub(crate) fn is_offset_to_i8(node: &TypedNode) -> bool {
         .is_some_and(|op| op.0.is::<OffsetU8asI8>() && op.1.is_none())
 }
 
-/// Replaces every node whose only output is read by `OffsetU8asI8`s alone (one, or one per
-/// reader: a residual Add that two branch convolutions read) and for which `shifted`
-/// gives an op computing its value straight in i8 (its u8 minus 128), with that op on the
-/// node's inputs, read where the shifts were read; returns how many. The shift is then no
-/// pass of its own (nor an allocation: each was about 1.1 K instructions of the qformats
-/// network on cortex-a76). A node read by others too is left: computing it twice costs
-/// more than the shift.
+/// How a reader of a u8 value can take that value's i8 (the u8 minus 128) instead
+/// (`fold_shifts`).
+pub(crate) enum OnI8 {
+    /// tract's `OffsetU8asI8`: its readers read the i8 itself.
+    Shift,
+    /// The op that reads the i8 at the reader's input and gives the reader's value (a side
+    /// of a quantized Add or Mul, its zero point 128 lower).
+    Reads(Box<dyn TypedOp>),
+    /// The reader keeps its op, which moves bytes whatever their type (a strided slice of
+    /// bytes); its own readers must then take i8 too.
+    Moves,
+}
+
+/// Replaces every node whose only output ends, through its readers, in `OffsetU8asI8`s and
+/// for which `shifted` gives an op computing its value straight in i8 (its u8 minus 128),
+/// with that op on the node's inputs; returns how many. Each reader must take the i8
+/// (`on_i8`): a shift (one, or one per reader: a residual Add that two branch convolutions
+/// read), an op with an i8 form for that input (the next residual Add beside the next
+/// convolution's shift), or an op that moves bytes and whose readers take the i8 in turn
+/// (a strided 1x1 convolution's downsampling before its shift). At least one shift must
+/// be among them. A node with no such op that moves its inputs' bytes (a Concat) takes
+/// them in i8 from its inputs' own i8 forms, when each input has one and no other reader. The shifts are then no pass of their own (nor an allocation: each was
+/// about 1.1 K instructions of the qformats network on cortex-a76). A node read by others
+/// too is left: computing it twice costs more than the shift.
 pub(crate) fn fold_shifts(
     model: &mut TypedModel,
     shifted: impl Fn(&TypedNode) -> Option<Box<dyn TypedOp>>,
+    on_i8: impl Fn(&TypedNode, usize) -> Option<OnI8>,
+) -> TractResult<usize> {
+    // Until a pass folds nothing: a fold replaces the readers that take the i8 with new
+    // nodes (a residual Add reading one side as i8), which the pass's order has not got
+    // and which may fold in turn.
+    let mut folded = 0;
+    let mut pass = usize::MAX;
+    while pass > 0 {
+        pass = fold_shifts_once(model, &shifted, &on_i8)?;
+        folded += pass;
+    }
+    Ok(folded)
+}
+
+/// The readers of `outlet` and what each does with the i8, recursively through the
+/// ones that move it; `None` when one cannot take it. Counts the shifts into `shifts`.
+fn plan(
+    model: &TypedModel,
+    outlet: OutletId,
+    on_i8: &impl Fn(&TypedNode, usize) -> Option<OnI8>,
+    shifts: &mut usize,
+) -> TractResult<Option<Vec<Taken>>> {
+    let outputs = model.output_outlets()?;
+    if outputs.contains(&outlet) {
+        return Ok(None);
+    }
+    let mut taken = vec![];
+    for inlet in &model.outlet_successors(outlet).to_vec() {
+        let reader = model.node(inlet.node);
+        // A reader of the value at two inputs is left (`wire` takes one input each).
+        if reader.inputs.iter().filter(|&&i| i == outlet).count() > 1 {
+            return Ok(None);
+        }
+        let Some(how) = on_i8(reader, inlet.slot) else {
+            return Ok(None);
+        };
+        let after = match how {
+            // Bytes moved from this input alone (the others would stay u8).
+            OnI8::Moves if reader.outputs.len() == 1 && reader.inputs.len() == 1 => {
+                let Some(after) = plan(model, OutletId::new(reader.id, 0), on_i8, shifts)?
+                else {
+                    return Ok(None);
+                };
+                after
+            }
+            OnI8::Moves => return Ok(None),
+            OnI8::Shift => {
+                *shifts += 1;
+                vec![]
+            }
+            OnI8::Reads(_) => vec![],
+        };
+        taken.push(Taken(*inlet, how, after));
+    }
+    Ok((!taken.is_empty()).then_some(taken))
+}
+/// A reader and what it does with the i8, with its own readers' when it moves it.
+struct Taken(InletId, OnI8, Vec<Taken>);
+/// Wires `taken` onto `wire`, the i8 of what they read.
+fn wire(
+    model: &TypedModel,
+    patch: &mut TypedModelPatch,
+    wire_i8: OutletId,
+    taken: Vec<Taken>,
+) -> TractResult<()> {
+    for Taken(inlet, how, after) in taken {
+        let reader = model.node(inlet.node);
+        let out = OutletId::new(reader.id, 0);
+        let op = match how {
+            OnI8::Shift => {
+                patch.shunt_outside(model, out, wire_i8)?;
+                continue;
+            }
+            OnI8::Reads(op) => op,
+            OnI8::Moves => reader.op.clone(),
+        };
+        let mut inputs = tvec![];
+        for (slot, &i) in reader.inputs.iter().enumerate() {
+            inputs.push(if slot == inlet.slot {
+                wire_i8
+            } else {
+                patch.tap_model(model, i)?
+            });
+        }
+        let new = patch.wire_node(format!("{}.on_i8", reader.name), op, &inputs)?[0];
+        if after.is_empty() {
+            patch.shunt_outside(model, out, new)?;
+        } else {
+            wire(model, patch, new, after)?;
+        }
+    }
+    Ok(())
+}
+
+/// When `node` moves the bytes of every input (`OnI8::Moves` at each) and each input is a
+/// node's only output, read by `node` alone, with a form straight in i8 (`shifted`): those
+/// forms, input by input.
+fn shifted_inputs(
+    model: &TypedModel,
+    node: &TypedNode,
+    shifted: &impl Fn(&TypedNode) -> Option<Box<dyn TypedOp>>,
+    on_i8: &impl Fn(&TypedNode, usize) -> Option<OnI8>,
+) -> TractResult<Option<Vec<Box<dyn TypedOp>>>> {
+    let outputs = model.output_outlets()?;
+    let mut ops = vec![];
+    for (slot, &input) in node.inputs.iter().enumerate() {
+        if !matches!(on_i8(node, slot), Some(OnI8::Moves)) {
+            return Ok(None);
+        }
+        let producer = model.node(input.node);
+        let alone = producer.outputs.len() == 1
+            && producer.outputs[0].successors.len() == 1
+            && !outputs.contains(&input);
+        let Some(op) = shifted(producer).filter(|_| alone) else {
+            return Ok(None);
+        };
+        ops.push(op);
+    }
+    Ok((!ops.is_empty()).then_some(ops))
+}
+
+/// One pass of [`fold_shifts`] over the graph in evaluation order: how many it folded.
+fn fold_shifts_once(
+    model: &mut TypedModel,
+    shifted: &impl Fn(&TypedNode) -> Option<Box<dyn TypedOp>>,
+    on_i8: &impl Fn(&TypedNode, usize) -> Option<OnI8>,
 ) -> TractResult<usize> {
     let mut folded = 0;
     for id in model.eval_order()? {
         let from = model.node(id);
-        let outputs = model.output_outlets()?;
-        if from.outputs.len() != 1 || outputs.contains(&OutletId::new(id, 0)) {
+        if from.outputs.len() != 1 {
             continue;
         }
-        let readers: Vec<usize> = from.outputs[0].successors.iter().map(|s| s.node).collect();
-        let all_shifts = readers.iter().all(|&r| is_offset_to_i8(model.node(r)));
-        if readers.is_empty() || !all_shifts {
-            continue;
-        }
-        let Some(op) = shifted(from) else {
+        let mut shifts = 0;
+        let Some(taken) = plan(model, OutletId::new(id, 0), on_i8, &mut shifts)? else {
             continue;
         };
-        let mut patch = TypedModelPatch::default();
-        let inputs = from
-            .inputs
-            .iter()
-            .map(|&i| patch.tap_model(model, i))
-            .collect::<TractResult<TVec<_>>>()?;
-        let wire = patch.wire_node(format!("{}.to_i8", from.name), op, &inputs)?[0];
-        for r in readers {
-            patch.shunt_outside(model, OutletId::new(r, 0), wire)?;
+        if shifts == 0 {
+            continue;
         }
+        let mut patch = TypedModelPatch::default();
+        let wire_i8 = if let Some(op) = shifted(from) {
+            let inputs = from
+                .inputs
+                .iter()
+                .map(|&i| patch.tap_model(model, i))
+                .collect::<TractResult<TVec<_>>>()?;
+            patch.wire_node(format!("{}.to_i8", from.name), op, &inputs)?[0]
+        } else if let Some(ops) = shifted_inputs(model, from, shifted, on_i8)? {
+            // A node that moves the bytes of several inputs (a Concat of branches) on the
+            // i8s of its inputs, each computed straight in i8.
+            let mut inputs = tvec![];
+            for (&i, op) in from.inputs.iter().zip(ops) {
+                let producer = model.node(i.node);
+                let taps = producer
+                    .inputs
+                    .iter()
+                    .map(|&i| patch.tap_model(model, i))
+                    .collect::<TractResult<TVec<_>>>()?;
+                inputs.push(patch.wire_node(format!("{}.to_i8", producer.name), op, &taps)?[0]);
+            }
+            patch.wire_node(format!("{}.on_i8", from.name), from.op.clone(), &inputs)?[0]
+        } else {
+            continue;
+        };
+        wire(model, &mut patch, wire_i8, taken)?;
         patch.apply(model)?;
         folded += 1;
     }
