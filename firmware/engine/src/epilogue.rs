@@ -718,13 +718,12 @@ mod neon {
                     unsafe { exact(x, s, self.add32, clamp, self.mask, y) }
                 });
             };
-            // Multipliers the assembly loop can read: pairs of blocks there, then the rest.
-            // The loop's lookup of a two-quarter window takes the registers the values' own
-            // multipliers would: such rows go block by block.
+            // Multipliers the assembly loops can read: pairs of blocks there, then the rest.
             let window = self.lookup;
-            // Wider windows take every register the loop has: they go with one multiplier.
+            // Windows past two quarters take every register the loops have: they go with
+            // one multiplier.
             let each = matches!(pair_scales, Some(PairScales::Each(_)));
-            let pairs = if pair_scales.is_some() && !(each && form.2 >= 2) {
+            let pairs = if pair_scales.is_some() && !(each && form.2 > 2) {
                 len / (2 * BLOCK)
             } else {
                 0
@@ -842,8 +841,8 @@ mod neon {
     ///
     /// # Safety
     /// `x` holds `32 · pairs` values and `y` as many bytes, a `PairScales::Each` pointer as
-    /// many multipliers; `pairs` ≥ 1. A window of two quarters or more (`LOOKUP` ≥ 2) comes
-    /// with `PairScales::One` (the loops have no form for it with `Each`).
+    /// many multipliers; `pairs` ≥ 1. A window of more than two quarters comes with
+    /// `PairScales::One` (`wide_lookup_pairs` has no form for it with `Each`).
     #[inline(always)]
     unsafe fn short_pairs<const UNSIGNED: bool, const CLAMP: bool, const LOOKUP: usize>(
         x: *const i32,
@@ -1056,9 +1055,10 @@ mod neon {
                 }
             };
         }
-        if LOOKUP > 2 {
-            // SAFETY: the caller's contract, with `PairScales::One` (`Chain::row`).
-            unsafe { wide_lookup_pairs::<LOOKUP>(x, y, pairs, s, add, window, top) }
+        if LOOKUP > 2 || (LOOKUP == 2 && !each.is_null()) {
+            // SAFETY: the caller's contract, with `PairScales::One` past two quarters
+            // (`Chain::row`).
+            unsafe { wide_lookup_pairs::<LOOKUP>(x, y, pairs, scales, add, window, top) }
         } else if each.is_null() {
             forms!(by_one, true)
         } else {
@@ -1066,113 +1066,167 @@ mod neon {
         }
     }
 
-    /// [`short_pairs`] for a u8 chain with no clamp and a window of `QUARTERS` (3 or 4)
-    /// quarters, with one multiplier: the window takes v16-v31, the values v0-v7, and the
-    /// narrowed bytes, the indexes and the looked-up bytes reuse the values' registers.
+    /// [`short_pairs`] for a u8 chain with no clamp and a window of `QUARTERS` quarters:
+    /// three or four with one multiplier (the window in v16-v31), two with the values' own
+    /// multipliers (those in v16-v23, the window in v24-v31). The values take v0-v7, and
+    /// the narrowed bytes, the indexes and the looked-up bytes reuse their registers.
     ///
     /// # Safety
-    /// As [`short_pairs`].
+    /// As [`short_pairs`]; `PairScales::Each` only with two quarters.
     #[inline(always)]
     unsafe fn wide_lookup_pairs<const QUARTERS: usize>(
         x: *const i32,
         y: *mut u8,
         pairs: usize,
-        s: float32x4_t,
+        scales: PairScales,
         add: int16x8_t,
         window: &[u8; 256],
         top: uint8x16_t,
     ) {
-        let tables = [0, 1, 2, 3].map(|q| quarter(window, q));
         // SAFETY: a register operation.
         let c64 = unsafe { vdupq_n_u8(64) };
-        // The fourth quarter's two TBX, or none.
-        macro_rules! last_quarter {
-            (3) => {
-                ""
-            };
-            (4) => {
+        let q = |i: usize| quarter(window, i);
+        // The steps from the converted values to the looked-up bytes in v4 and v5, after
+        // the multiply step `$scale`; `$first` and `$second` are the first two quarters'
+        // registers, `$more` the TBX of the third and fourth.
+        macro_rules! steps {
+            ($scale:expr, $first:literal, $second:literal, $more:expr) => {
                 concat!(
-                    "sub v6.16b, v6.16b, {c64:v}.16b\n",
-                    "tbx v4.16b, {{v28.16b-v31.16b}}, v6.16b\n",
-                    "sub v7.16b, v7.16b, {c64:v}.16b\n",
-                    "tbx v5.16b, {{v28.16b-v31.16b}}, v7.16b"
+                    "2:\n",
+                    "ld1 {{v0.4s-v3.4s}}, [{x}], #64\n",
+                    "ld1 {{v4.4s-v7.4s}}, [{x}], #64\n",
+                    "scvtf v0.4s, v0.4s\n", "scvtf v1.4s, v1.4s\n",
+                    "scvtf v2.4s, v2.4s\n", "scvtf v3.4s, v3.4s\n",
+                    "scvtf v4.4s, v4.4s\n", "scvtf v5.4s, v5.4s\n",
+                    "scvtf v6.4s, v6.4s\n", "scvtf v7.4s, v7.4s\n",
+                    $scale, "\n",
+                    "fcvtns v0.4s, v0.4s\n", "fcvtns v1.4s, v1.4s\n",
+                    "fcvtns v2.4s, v2.4s\n", "fcvtns v3.4s, v3.4s\n",
+                    "fcvtns v4.4s, v4.4s\n", "fcvtns v5.4s, v5.4s\n",
+                    "fcvtns v6.4s, v6.4s\n", "fcvtns v7.4s, v7.4s\n",
+                    "sqxtn v0.4h, v0.4s\n", "sqxtn2 v0.8h, v1.4s\n",
+                    "sqxtn v2.4h, v2.4s\n", "sqxtn2 v2.8h, v3.4s\n",
+                    "sqxtn v4.4h, v4.4s\n", "sqxtn2 v4.8h, v5.4s\n",
+                    "sqxtn v6.4h, v6.4s\n", "sqxtn2 v6.8h, v7.4s\n",
+                    "sqadd v0.8h, v0.8h, {add:v}.8h\n", "sqadd v2.8h, v2.8h, {add:v}.8h\n",
+                    "sqadd v4.8h, v4.8h, {add:v}.8h\n", "sqadd v6.8h, v6.8h, {add:v}.8h\n",
+                    // The bytes: the first block's in v1, the second's in v3.
+                    "sqxtun v1.8b, v0.8h\n", "sqxtun2 v1.16b, v2.8h\n",
+                    "sqxtun v3.8b, v4.8h\n", "sqxtun2 v3.16b, v6.8h\n",
+                    // Looked up into v4 and v5, the indexes 64 lower per quarter in v6
+                    // and v7.
+                    "mov v4.16b, {top:v}.16b\n",
+                    "tbx v4.16b, {{", $first, "}}, v1.16b\n",
+                    "mov v5.16b, {top:v}.16b\n",
+                    "tbx v5.16b, {{", $first, "}}, v3.16b\n",
+                    "sub v6.16b, v1.16b, {c64:v}.16b\n",
+                    "tbx v4.16b, {{", $second, "}}, v6.16b\n",
+                    "sub v7.16b, v3.16b, {c64:v}.16b\n",
+                    "tbx v5.16b, {{", $second, "}}, v7.16b\n",
+                    $more,
+                    "st1 {{v4.16b-v5.16b}}, [{y}], #32\n",
+                    "subs {pairs}, {pairs}, #1\n",
+                    "b.ne 2b"
                 )
             };
         }
-        macro_rules! wide_loop {
-            ($quarters:tt) => {
+        macro_rules! quarter_step {
+            ($regs:literal) => {
+                concat!(
+                    "sub v6.16b, v6.16b, {c64:v}.16b\n",
+                    "tbx v4.16b, {{",
+                    $regs,
+                    "}}, v6.16b\n",
+                    "sub v7.16b, v7.16b, {c64:v}.16b\n",
+                    "tbx v5.16b, {{",
+                    $regs,
+                    "}}, v7.16b\n"
+                )
+            };
+        }
+        macro_rules! by_one_step {
+            () => {
+                concat!(
+                    "fmul v0.4s, v0.4s, {s:v}.4s\nfmul v1.4s, v1.4s, {s:v}.4s\n",
+                    "fmul v2.4s, v2.4s, {s:v}.4s\nfmul v3.4s, v3.4s, {s:v}.4s\n",
+                    "fmul v4.4s, v4.4s, {s:v}.4s\nfmul v5.4s, v5.4s, {s:v}.4s\n",
+                    "fmul v6.4s, v6.4s, {s:v}.4s\nfmul v7.4s, v7.4s, {s:v}.4s"
+                )
+            };
+        }
+        // One multiplier, three or four quarters in v16-v31.
+        macro_rules! by_one {
+            ($more:expr) => {{
+                let PairScales::One(one) = scales else {
+                    unreachable!("a window of {QUARTERS} quarters with a multiplier per value")
+                };
                 // SAFETY: the caller's contract; the loop reads 128 bytes at `x` and writes
                 // 32 at `y` per pass.
                 unsafe {
+                    let (q0, q1, q2, q3) = (q(0), q(1), q(2), q(3));
                     std::arch::asm!(
-                        "2:",
-                        "ld1 {{v0.4s-v3.4s}}, [{x}], #64",
-                        "ld1 {{v4.4s-v7.4s}}, [{x}], #64",
-                        "scvtf v0.4s, v0.4s", "scvtf v1.4s, v1.4s",
-                        "scvtf v2.4s, v2.4s", "scvtf v3.4s, v3.4s",
-                        "scvtf v4.4s, v4.4s", "scvtf v5.4s, v5.4s",
-                        "scvtf v6.4s, v6.4s", "scvtf v7.4s, v7.4s",
-                        "fmul v0.4s, v0.4s, {s:v}.4s", "fmul v1.4s, v1.4s, {s:v}.4s",
-                        "fmul v2.4s, v2.4s, {s:v}.4s", "fmul v3.4s, v3.4s, {s:v}.4s",
-                        "fmul v4.4s, v4.4s, {s:v}.4s", "fmul v5.4s, v5.4s, {s:v}.4s",
-                        "fmul v6.4s, v6.4s, {s:v}.4s", "fmul v7.4s, v7.4s, {s:v}.4s",
-                        "fcvtns v0.4s, v0.4s", "fcvtns v1.4s, v1.4s",
-                        "fcvtns v2.4s, v2.4s", "fcvtns v3.4s, v3.4s",
-                        "fcvtns v4.4s, v4.4s", "fcvtns v5.4s, v5.4s",
-                        "fcvtns v6.4s, v6.4s", "fcvtns v7.4s, v7.4s",
-                        "sqxtn v0.4h, v0.4s", "sqxtn2 v0.8h, v1.4s",
-                        "sqxtn v2.4h, v2.4s", "sqxtn2 v2.8h, v3.4s",
-                        "sqxtn v4.4h, v4.4s", "sqxtn2 v4.8h, v5.4s",
-                        "sqxtn v6.4h, v6.4s", "sqxtn2 v6.8h, v7.4s",
-                        "sqadd v0.8h, v0.8h, {add:v}.8h", "sqadd v2.8h, v2.8h, {add:v}.8h",
-                        "sqadd v4.8h, v4.8h, {add:v}.8h", "sqadd v6.8h, v6.8h, {add:v}.8h",
-                        // The bytes: the first block's in v1, the second's in v3.
-                        "sqxtun v1.8b, v0.8h", "sqxtun2 v1.16b, v2.8h",
-                        "sqxtun v3.8b, v4.8h", "sqxtun2 v3.16b, v6.8h",
-                        // Looked up into v4 and v5, the indexes 64 lower per quarter in
-                        // v6 and v7.
-                        "mov v4.16b, {top:v}.16b",
-                        "tbx v4.16b, {{v16.16b-v19.16b}}, v1.16b",
-                        "mov v5.16b, {top:v}.16b",
-                        "tbx v5.16b, {{v16.16b-v19.16b}}, v3.16b",
-                        "sub v6.16b, v1.16b, {c64:v}.16b",
-                        "tbx v4.16b, {{v20.16b-v23.16b}}, v6.16b",
-                        "sub v7.16b, v3.16b, {c64:v}.16b",
-                        "tbx v5.16b, {{v20.16b-v23.16b}}, v7.16b",
-                        "sub v6.16b, v6.16b, {c64:v}.16b",
-                        "tbx v4.16b, {{v24.16b-v27.16b}}, v6.16b",
-                        "sub v7.16b, v7.16b, {c64:v}.16b",
-                        "tbx v5.16b, {{v24.16b-v27.16b}}, v7.16b",
-                        last_quarter!($quarters),
-                        "st1 {{v4.16b-v5.16b}}, [{y}], #32",
-                        "subs {pairs}, {pairs}, #1",
-                        "b.ne 2b",
+                        steps!(by_one_step!(), "v16.16b-v19.16b", "v20.16b-v23.16b", $more),
                         x = inout(reg) x => _,
                         y = inout(reg) y => _,
                         pairs = inout(reg) pairs => _,
-                        s = in(vreg) s,
+                        s = in(vreg) vdupq_n_f32(one),
                         add = in(vreg) add,
                         top = in(vreg) top,
                         c64 = in(vreg) c64,
-                        in("v16") tables[0].0, in("v17") tables[0].1,
-                        in("v18") tables[0].2, in("v19") tables[0].3,
-                        in("v20") tables[1].0, in("v21") tables[1].1,
-                        in("v22") tables[1].2, in("v23") tables[1].3,
-                        in("v24") tables[2].0, in("v25") tables[2].1,
-                        in("v26") tables[2].2, in("v27") tables[2].3,
-                        in("v28") tables[3].0, in("v29") tables[3].1,
-                        in("v30") tables[3].2, in("v31") tables[3].3,
+                        in("v16") q0.0, in("v17") q0.1, in("v18") q0.2, in("v19") q0.3,
+                        in("v20") q1.0, in("v21") q1.1, in("v22") q1.2, in("v23") q1.3,
+                        in("v24") q2.0, in("v25") q2.1, in("v26") q2.2, in("v27") q2.3,
+                        in("v28") q3.0, in("v29") q3.1, in("v30") q3.2, in("v31") q3.3,
                         out("v0") _, out("v1") _, out("v2") _, out("v3") _,
                         out("v4") _, out("v5") _, out("v6") _, out("v7") _,
                         options(nostack),
                     )
                 }
-            };
+            }};
         }
-        if QUARTERS == 3 {
-            wide_loop!(3)
-        } else {
-            wide_loop!(4)
+        match (QUARTERS, scales) {
+            (2, PairScales::Each(each)) => {
+                // SAFETY: as above; the loop also reads 128 bytes of multipliers at `each`
+                // per pass.
+                unsafe {
+                    let (q0, q1) = (q(0), q(1));
+                    std::arch::asm!(
+                        steps!(
+                            concat!(
+                                "ld1 {{v16.4s-v19.4s}}, [{each}], #64\n",
+                                "ld1 {{v20.4s-v23.4s}}, [{each}], #64\n",
+                                "fmul v0.4s, v0.4s, v16.4s\nfmul v1.4s, v1.4s, v17.4s\n",
+                                "fmul v2.4s, v2.4s, v18.4s\nfmul v3.4s, v3.4s, v19.4s\n",
+                                "fmul v4.4s, v4.4s, v20.4s\nfmul v5.4s, v5.4s, v21.4s\n",
+                                "fmul v6.4s, v6.4s, v22.4s\nfmul v7.4s, v7.4s, v23.4s"
+                            ),
+                            "v24.16b-v27.16b",
+                            "v28.16b-v31.16b",
+                            ""
+                        ),
+                        x = inout(reg) x => _,
+                        y = inout(reg) y => _,
+                        each = inout(reg) each => _,
+                        pairs = inout(reg) pairs => _,
+                        add = in(vreg) add,
+                        top = in(vreg) top,
+                        c64 = in(vreg) c64,
+                        in("v24") q0.0, in("v25") q0.1, in("v26") q0.2, in("v27") q0.3,
+                        in("v28") q1.0, in("v29") q1.1, in("v30") q1.2, in("v31") q1.3,
+                        out("v0") _, out("v1") _, out("v2") _, out("v3") _,
+                        out("v4") _, out("v5") _, out("v6") _, out("v7") _,
+                        out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                        out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+                        options(nostack),
+                    )
+                }
+            }
+            (3, _) => by_one!(quarter_step!("v24.16b-v27.16b")),
+            (4, _) => by_one!(concat!(
+                quarter_step!("v24.16b-v27.16b"),
+                quarter_step!("v28.16b-v31.16b")
+            )),
+            _ => unreachable!("a wide window of {QUARTERS} quarters"),
         }
     }
 
