@@ -354,7 +354,7 @@ fn run_at(
         zero,
     };
     let op = QBinary {
-        kernel: Binary { mul, sides, output },
+        kernel: Binary::new(mul, sides, output),
         shape: out_shape.into(),
         full,
         inner,
@@ -429,10 +429,10 @@ mod tests {
     }
 
     /// Adds and Muls, of equal shapes and with a squeeze-excite broadcast on either side,
-    /// u8 and i8 inputs and outputs: the plan with `QBinary` gives the bytes of tract's
-    /// four-pass plan for an Add; for a Mul, which rounds one product as onnxruntime does
-    /// rather than tract's three (kernels/qbinary.rs), values at most one output step from
-    /// tract's, nearly all the same. On one thread and on three, the same bytes.
+    /// u8 and i8 inputs and outputs: the plan with `QBinary` gives values at most one
+    /// output step from tract's four-pass plan, nearly all the same (an Add of equal shapes
+    /// sums in fixed point, a Mul rounds one product, both as onnxruntime does:
+    /// kernels/qbinary.rs). On one thread and on three, the same bytes.
     #[test]
     fn quantized_adds_and_muls_match_tracts_plan() {
         use crate::banded::tests::{both_builds, outputs, test_inputs};
@@ -456,9 +456,6 @@ mod tests {
             for data in test_inputs(c * h * w) {
                 let want = outputs(&plain.plan, &[1, c, h, w], &data);
                 let got = outputs(&ours.plan, &[1, c, h, w], &data);
-                if op == "Add" {
-                    assert_eq!(want, got, "{op} {pooled} {zeros:?}");
-                }
                 // The outputs are dequantized: one step is the output scale, 0.0517.
                 same += within_a_step(&want, &got, 0.0517, &format!("{op} {zeros:?}"));
                 values += want.len();
