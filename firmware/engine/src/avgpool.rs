@@ -192,7 +192,10 @@ impl TypedOp for QGlobalAvgPool {
     tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let to = self.quantize.as_ref().map_or(DatumType::F32, |q| q.params().2);
+        let to = self
+            .quantize
+            .as_ref()
+            .map_or(DatumType::F32, |q| q.params().2);
         Ok(tvec!(to.fact(&*self.output_shape)))
     }
 }

@@ -751,7 +751,12 @@ mod tests {
             node("GlobalAveragePool", &["ed"], "pooled", vec![]),
             node("DequantizeLinear", &["fq", "fs", "fz"], "fd", vec![]),
             node("GlobalAveragePool", &["fd"], "fpooled", vec![]),
-            node("Concat", &["pooled", "fpooled"], "both", vec![int("axis", 1)]),
+            node(
+                "Concat",
+                &["pooled", "fpooled"],
+                "both",
+                vec![int("axis", 1)],
+            ),
             node("Flatten", &["both"], "flat", vec![int("axis", 1)]),
             node("Gemm", &["flat", "fc"], "y", vec![int("transB", 1)]),
         ];
@@ -788,7 +793,10 @@ mod tests {
         // products; the Add gives i8 to the depthwise layer and, through the downsampling,
         // to the strided convolution.
         let model = ours.plan.model();
-        let shifts = model.nodes().iter().filter(|n| crate::rewrite::is_offset_to_i8(n));
+        let shifts = model
+            .nodes()
+            .iter()
+            .filter(|n| crate::rewrite::is_offset_to_i8(n));
         let from: Vec<String> = shifts
             .map(|n| model.node(n.inputs[0].node).op.name().to_string())
             .collect();
@@ -797,7 +805,12 @@ mod tests {
         let mut on_i8: Vec<_> = on_i8.map(|n| n.op.name().to_string()).collect();
         on_i8.sort();
         on_i8.dedup();
-        assert_eq!(on_i8, ["Downsample8", "IntoShape", "QBinary"], "{:?}", ours.patches);
+        assert_eq!(
+            on_i8,
+            ["Downsample8", "IntoShape", "QBinary"],
+            "{:?}",
+            ours.patches
+        );
         for data in test_inputs(c * h * w) {
             let want = outputs(&plain.plan, &[1, c, h, w], &data);
             let got = outputs(&ours.plan, &[1, c, h, w], &data);

@@ -942,8 +942,8 @@ fn taking_i8(node: &TypedNode, slot: usize) -> Option<rewrite::OnI8> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use edgedx_bundle::Bundle;
     use crate::banded::tests::assert_agree;
+    use edgedx_bundle::Bundle;
     use tract_linalg::mmm::MatMatMul;
     use tract_onnx::tract_core::ops::matmul::optimized::ProtoFusedSpec;
 

@@ -316,8 +316,7 @@ fn plan(
         let after = match how {
             // Bytes moved from this input alone (the others would stay u8).
             OnI8::Moves if reader.outputs.len() == 1 && reader.inputs.len() == 1 => {
-                let Some(after) = plan(model, OutletId::new(reader.id, 0), on_i8, shifts)?
-                else {
+                let Some(after) = plan(model, OutletId::new(reader.id, 0), on_i8, shifts)? else {
                     return Ok(None);
                 };
                 after

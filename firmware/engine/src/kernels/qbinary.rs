@@ -526,7 +526,10 @@ mod neon {
             let v = vld1q_u8(p);
             if SIGNED {
                 let (v, z) = (vreinterpretq_s8_u8(v), vreinterpretq_s8_u8(z));
-                (vsubl_s8(vget_low_s8(v), vget_low_s8(z)), vsubl_high_s8(v, z))
+                (
+                    vsubl_s8(vget_low_s8(v), vget_low_s8(z)),
+                    vsubl_high_s8(v, z),
+                )
             } else {
                 (
                     vreinterpretq_s16_u16(vsubl_u8(vget_low_u8(v), vget_low_u8(z))),
@@ -816,7 +819,12 @@ mod tests {
     fn fixed_point_adds_are_within_a_step_of_the_exact_sum() {
         let cases = [
             // (side scales, output scale, zero points, signed sides and output)
-            ([0.043f32, 0.0271], 0.0517f32, [128, 3, 120], [false, false, false]),
+            (
+                [0.043f32, 0.0271],
+                0.0517f32,
+                [128, 3, 120],
+                [false, false, false],
+            ),
             ([0.02, 0.0004], 0.0217, [-5, 0, -128], [true, false, true]),
             ([0.06, 0.061], 0.0205, [10, -20, 131], [false, true, false]),
             ([0.011, 0.0173], 0.0173, [0, 127, 0], [true, true, true]),
@@ -846,7 +854,9 @@ mod tests {
             let (mut a, mut b) = (vec![], vec![]);
             for x in 0..=255u8 {
                 for y in 0..=255u8 {
-                    let centred = |i: usize, byte: u8| (as_value(signed[i], byte) - i64::from(zeros[i])) as f64;
+                    let centred = |i: usize, byte: u8| {
+                        (as_value(signed[i], byte) - i64::from(zeros[i])) as f64
+                    };
                     let exact = (centred(0, x) * f64::from(scales[0])
                         + centred(1, y) * f64::from(scales[1]))
                         / f64::from(out);
@@ -867,12 +877,23 @@ mod tests {
             let mut got = vec![0; a.len()];
             k.same(&a, &b, &mut got);
             let want: Vec<u8> = a.iter().zip(&b).map(|(&x, &y)| k.scalar(x, y)).collect();
-            assert!(got == want, "{what}: the kernels differ from the scalar form");
+            assert!(
+                got == want,
+                "{what}: the kernels differ from the scalar form"
+            );
         }
         let coarse = Binary::new(
             false,
-            [Side { signed: false, scale: 0.5, zero: 0 }; 2],
-            Output { signed: false, scale: 1.0 / 0.1, zero: 0 },
+            [Side {
+                signed: false,
+                scale: 0.5,
+                zero: 0,
+            }; 2],
+            Output {
+                signed: false,
+                scale: 1.0 / 0.1,
+                zero: 0,
+            },
         );
         assert!(coarse.fixed.is_none());
     }

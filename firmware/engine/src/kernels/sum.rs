@@ -148,7 +148,23 @@ mod tests {
     #[test]
     fn sums_match_the_reference() {
         let mut seed = 0x2545_f491u32;
-        for len in [0, 1, 15, 16, 17, 63, 64, 70, 80, 280, 2047, 2048, 2049, 4096 + 33, 70_000] {
+        for len in [
+            0,
+            1,
+            15,
+            16,
+            17,
+            63,
+            64,
+            70,
+            80,
+            280,
+            2047,
+            2048,
+            2049,
+            4096 + 33,
+            70_000,
+        ] {
             let random = crate::banded::tests::random_bytes(len, &mut seed);
             for bytes in [random, vec![255; len], vec![0x7f; len]] {
                 for flip in [0, 0x80] {
