@@ -290,6 +290,16 @@ thread_local! {
 }
 
 impl BandedConv {
+    /// This convolution giving its output in `shape` (as many values, in their order:
+    /// load.rs `reshapes_into_convolutions`).
+    pub(crate) fn with_output_shape(&self, shape: &[usize]) -> Option<BandedConv> {
+        let len = |s: &[usize]| s.iter().product::<usize>();
+        (len(shape) == len(&self.output_shape)).then(|| BandedConv {
+            output_shape: shape.into(),
+            ..self.clone()
+        })
+    }
+
     /// This convolution with its requantization replaced by `f`'s (qtable.rs
     /// `tables_into_requantization`), when `f` gives one.
     pub(crate) fn with_requantize(

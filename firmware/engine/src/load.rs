@@ -329,6 +329,7 @@ fn build_proto(
         let mut relus = 0;
         let mut tables_looked_up = 0;
         let mut straight_to_i8 = 0;
+        let mut reshaped = 0;
         let folded_chains = rewrite::fold_constant_chains(&mut optimized)
             .map_err(|e| load_err(format!("folding constant weight chains failed: {e:#}")))?;
         let removed = rewrite::drop_zero_products(&mut optimized)
@@ -418,6 +419,10 @@ fn build_proto(
                         "folding the lookup tables into the requantizations failed: {e:#}"
                     ))
                 })?;
+            // Last: the convolutions as the other rewrites left them.
+            reshaped = reshapes_into_convolutions(&mut optimized).map_err(|e| {
+                load_err(format!("reshaping the convolutions' outputs failed: {e:#}"))
+            })?;
             binaries = fused_binaries.len();
             average_pools = fused_pools.len();
             tables = chains.len();
@@ -609,6 +614,12 @@ fn build_proto(
                     "folded",
                     "lookup table",
                     " into the requantization before it",
+                ),
+                (
+                    reshaped,
+                    "gave",
+                    "int8 convolution",
+                    " the shape of the reshape after it, which then had no node of its own",
                 ),
             ]
             .into_iter()
@@ -917,6 +928,51 @@ fn shifted_to_i8(node: &TypedNode) -> Option<Box<dyn TypedOp>> {
     Some(Box::new(node.op_as::<QGlobalAvgPool>()?.shifted()?))
 }
 
+/// Gives each int8 convolution whose output only a reshape reads (tract's `IntoShape`, to
+/// the image's NCHW shape after the products' `[1, C, H·W]`) the reshape's shape, and
+/// drops the reshape: a node of the plan fewer, and its tensor's reallocation (qformats
+/// has three). Returns how many.
+fn reshapes_into_convolutions(model: &mut TypedModel) -> TractResult<usize> {
+    use crate::banded::BandedConv;
+    use crate::depthwise::DepthwiseInt8;
+    use tract_onnx::tract_core::ops::change_axes::IntoShape;
+    let mut reshaped = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(reshape) = node.op_as::<IntoShape>() else {
+            continue;
+        };
+        let from = model.node(node.inputs[0].node);
+        let outputs = model.output_outlets()?;
+        if from.outputs.len() != 1
+            || from.outputs[0].successors.len() != 1
+            || outputs.contains(&node.inputs[0])
+        {
+            continue;
+        }
+        let op: Option<Box<dyn TypedOp>> = if let Some(c) = from.op_as::<BandedConv>() {
+            c.with_output_shape(&reshape.dims).map(|c| Box::new(c) as _)
+        } else if let Some(c) = from.op_as::<DepthwiseInt8>() {
+            c.with_output_shape(&reshape.dims).map(|c| Box::new(c) as _)
+        } else {
+            None
+        };
+        let Some(op) = op else {
+            continue;
+        };
+        let name = format!("{}.reshaped", from.name);
+        let patch = TypedModelPatch::rewire(
+            model,
+            &from.inputs.clone(),
+            &[OutletId::new(id, 0)],
+            &|p, taps| p.wire_node(&name, op.clone(), taps),
+        )?;
+        patch.apply(model)?;
+        reshaped += 1;
+    }
+    Ok(reshaped)
+}
+
 /// How `node` can read input `slot` as i8 where it reads u8 (rewrite.rs `fold_shifts`).
 fn taking_i8(node: &TypedNode, slot: usize) -> Option<rewrite::OnI8> {
     use rewrite::OnI8;
@@ -1089,6 +1145,10 @@ pub(crate) mod tests {
             want.push(
                 "folded 1 u8-to-i8 shift into the op that computes the value (table, quantization, convolution, pool, Add/Mul)",
             );
+            if batch == 1 {
+                // Each band's output in the image's NCHW shape: no reshape node after it.
+                want.push("gave 5 int8 convolutions the shape of the reshape after it, which then had no node of its own");
+            }
             assert_eq!(patches, want);
             assert!(after < before, "batch {batch}: {before} -> {after} nodes");
         }
