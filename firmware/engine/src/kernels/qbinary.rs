@@ -93,6 +93,23 @@ impl Output {
     }
 }
 
+/// `$f::<SA, SB, SO>($args)` for the sides' and the output's signedness `[sa, sb, so]`
+/// known at run time: each ISA's fixed-point Add blocks take them as constants.
+macro_rules! by_signedness {
+    ($($f:ident)::+, [$sa:expr, $sb:expr, $so:expr], ($($arg:expr),*)) => {
+        match ($sa, $sb, $so) {
+            (false, false, false) => $($f)::+::<false, false, false>($($arg),*),
+            (false, false, true) => $($f)::+::<false, false, true>($($arg),*),
+            (false, true, false) => $($f)::+::<false, true, false>($($arg),*),
+            (false, true, true) => $($f)::+::<false, true, true>($($arg),*),
+            (true, false, false) => $($f)::+::<true, false, false>($($arg),*),
+            (true, false, true) => $($f)::+::<true, false, true>($($arg),*),
+            (true, true, false) => $($f)::+::<true, true, false>($($arg),*),
+            (true, true, true) => $($f)::+::<true, true, true>($($arg),*),
+        }
+    };
+}
+
 /// An Add's fixed-point form, as onnxruntime's NEON `QLinearAdd` has it: the output byte
 /// of `a` and `b` is `saturate(zy + ((a - za)·M₀ + (b - zb)·M₁ + 2^(shift-1)) >> shift)`,
 /// each `Mᵢ` the side's scale over the output's times `2^shift`, rounded, below 2^22 (the
@@ -257,12 +274,15 @@ impl Binary {
             }
         };
         let done = if fits(sa.signed, sa.zero) && fits(sb.signed, sb.zero) {
+            let [sa, sb, so] = signed;
             #[cfg(target_arch = "aarch64")]
             // SAFETY: NEON is part of aarch64; the three slices have one length.
-            let done = unsafe { neon::fixed_add(f, signed, zeros, a, b, out) };
+            let done =
+                unsafe { by_signedness!(neon::fixed_blocks, [sa, sb, so], (f, zeros, a, b, out)) };
             #[cfg(target_arch = "x86_64")]
             // SAFETY: SSE2 is part of x86_64; the three slices have one length.
-            let done = unsafe { sse2::fixed_add(f, signed, zeros, a, b, out) };
+            let done =
+                unsafe { by_signedness!(sse2::fixed_blocks, [sa, sb, so], (f, zeros, a, b, out)) };
             #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
             let done = 0;
             done
@@ -543,40 +563,15 @@ mod neon {
         }
     }
 
-    /// `Binary::fixed_add` in blocks of 16 (none below 16 outputs): MUL and MLA of the
+    /// `Binary::fixed_add` for sides and an output signed as `SA`, `SB`, `SO`, in blocks of 16 (none below 16 outputs): MUL and MLA of the
     /// centred values by the multipliers, SRSHL by the shift, SQXTN, the zero point added
     /// with saturation, SQXTUN or SQXTN to bytes; returns how many outputs it wrote.
     ///
     /// # Safety
     /// `a`, `b` and `out` have `out.len()` bytes; the sides' zero points are bytes of their
     /// types.
-    pub(super) unsafe fn fixed_add(
-        f: FixedAdd,
-        [sa, sb, so]: [bool; 3],
-        zeros: [i32; 3],
-        a: &[u8],
-        b: &[u8],
-        out: &mut [u8],
-    ) -> usize {
-        // SAFETY (each arm): the caller's contract, passed on.
-        unsafe {
-            match (sa, sb, so) {
-                (false, false, false) => fixed_blocks::<false, false, false>(f, zeros, a, b, out),
-                (false, false, true) => fixed_blocks::<false, false, true>(f, zeros, a, b, out),
-                (false, true, false) => fixed_blocks::<false, true, false>(f, zeros, a, b, out),
-                (false, true, true) => fixed_blocks::<false, true, true>(f, zeros, a, b, out),
-                (true, false, false) => fixed_blocks::<true, false, false>(f, zeros, a, b, out),
-                (true, false, true) => fixed_blocks::<true, false, true>(f, zeros, a, b, out),
-                (true, true, false) => fixed_blocks::<true, true, false>(f, zeros, a, b, out),
-                (true, true, true) => fixed_blocks::<true, true, true>(f, zeros, a, b, out),
-            }
-        }
-    }
-
-    /// # Safety
-    /// As [`fixed_add`].
     #[inline(always)]
-    unsafe fn fixed_blocks<const SA: bool, const SB: bool, const SO: bool>(
+    pub(super) unsafe fn fixed_blocks<const SA: bool, const SB: bool, const SO: bool>(
         f: FixedAdd,
         [za, zb, zo]: [i32; 3],
         a: &[u8],
@@ -731,7 +726,7 @@ mod sse2 {
         }
     }
 
-    /// `Binary::fixed_add` in blocks of 16 (none below 16 outputs): the two sides' centred
+    /// `Binary::fixed_add` for sides and an output signed as `SA`, `SB`, `SO`, in blocks of 16 (none below 16 outputs): the two sides' centred
     /// values interleaved and multiplied-added by PMADDWD (one side's multiplier in the low
     /// half of each pair), by the multipliers' high 11 bits and by their low 11, the
     /// rounding added and shifted, packed with saturation, the zero point added with
@@ -739,33 +734,8 @@ mod sse2 {
     ///
     /// # Safety
     /// As the NEON form's.
-    pub(in super::super) unsafe fn fixed_add(
-        f: FixedAdd,
-        [sa, sb, so]: [bool; 3],
-        zeros: [i32; 3],
-        a: &[u8],
-        b: &[u8],
-        out: &mut [u8],
-    ) -> usize {
-        // SAFETY (each arm): the caller's contract, passed on.
-        unsafe {
-            match (sa, sb, so) {
-                (false, false, false) => fixed_blocks::<false, false, false>(f, zeros, a, b, out),
-                (false, false, true) => fixed_blocks::<false, false, true>(f, zeros, a, b, out),
-                (false, true, false) => fixed_blocks::<false, true, false>(f, zeros, a, b, out),
-                (false, true, true) => fixed_blocks::<false, true, true>(f, zeros, a, b, out),
-                (true, false, false) => fixed_blocks::<true, false, false>(f, zeros, a, b, out),
-                (true, false, true) => fixed_blocks::<true, false, true>(f, zeros, a, b, out),
-                (true, true, false) => fixed_blocks::<true, true, false>(f, zeros, a, b, out),
-                (true, true, true) => fixed_blocks::<true, true, true>(f, zeros, a, b, out),
-            }
-        }
-    }
-
-    /// # Safety
-    /// As [`fixed_add`].
     #[inline(always)]
-    unsafe fn fixed_blocks<const SA: bool, const SB: bool, const SO: bool>(
+    pub(super) unsafe fn fixed_blocks<const SA: bool, const SB: bool, const SO: bool>(
         f: FixedAdd,
         [za, zb, zo]: [i32; 3],
         a: &[u8],
