@@ -271,22 +271,21 @@ pub(crate) enum OnI8 {
 /// convolution's shift), or an op that moves bytes and whose readers take the i8 in turn
 /// (a strided 1x1 convolution's downsampling before its shift). At least one shift must
 /// be among them. A node with no such op that moves its inputs' bytes (a Concat) takes
-/// them in i8 from its inputs' own i8 forms, when each input has one and no other reader. The shifts are then no pass of their own (nor an allocation: each was
-/// about 1.1 K instructions of the qformats network on cortex-a76). A node read by others
-/// too is left: computing it twice costs more than the shift.
+/// them in i8 from its inputs' own i8 forms, when each input has one and no other reader.
+/// The shifts are then no pass of their own (nor an allocation: each was about 1.1 K
+/// instructions of the qformats network on cortex-a76). A node read by others too is
+/// left: computing it twice costs more than the shift.
 pub(crate) fn fold_shifts(
     model: &mut TypedModel,
     shifted: impl Fn(&TypedNode) -> Option<Box<dyn TypedOp>>,
     on_i8: impl Fn(&TypedNode, usize) -> Option<OnI8>,
 ) -> TractResult<usize> {
-    // Until a pass folds nothing: a fold replaces the readers that take the i8 with new
-    // nodes (a residual Add reading one side as i8), which the pass's order has not got
-    // and which may fold in turn.
+    // One fold at a time, each over the graph as the last left it: a fold replaces the
+    // readers that take the i8 with new nodes (a residual Add reading one side as i8),
+    // which may fold in turn, and leaves the nodes it replaced unread.
     let mut folded = 0;
-    let mut pass = usize::MAX;
-    while pass > 0 {
-        pass = fold_shifts_once(model, &shifted, &on_i8)?;
-        folded += pass;
+    while fold_one_shift(model, &shifted, &on_i8)? {
+        folded += 1;
     }
     Ok(folded)
 }
@@ -297,7 +296,7 @@ fn plan(
     model: &TypedModel,
     outlet: OutletId,
     on_i8: &impl Fn(&TypedNode, usize) -> Option<OnI8>,
-    shifts: &mut usize,
+    (shifts, readers): (&mut usize, &mut Vec<usize>),
 ) -> TractResult<Option<Vec<Taken>>> {
     let outputs = model.output_outlets()?;
     if outputs.contains(&outlet) {
@@ -306,17 +305,20 @@ fn plan(
     let mut taken = vec![];
     for inlet in &model.outlet_successors(outlet).to_vec() {
         let reader = model.node(inlet.node);
-        // A reader of the value at two inputs is left (`wire` takes one input each).
-        if reader.inputs.iter().filter(|&&i| i == outlet).count() > 1 {
+        // A node that reads the value at two inputs, or reads it and what moved it, is
+        // left: `wire` replaces a reader for one input.
+        if readers.contains(&reader.id) {
             return Ok(None);
         }
+        readers.push(reader.id);
         let Some(how) = on_i8(reader, inlet.slot) else {
             return Ok(None);
         };
         let after = match how {
             // Bytes moved from this input alone (the others would stay u8).
             OnI8::Moves if reader.outputs.len() == 1 && reader.inputs.len() == 1 => {
-                let Some(after) = plan(model, OutletId::new(reader.id, 0), on_i8, shifts)? else {
+                let next = OutletId::new(reader.id, 0);
+                let Some(after) = plan(model, next, on_i8, (&mut *shifts, &mut *readers))? else {
                     return Ok(None);
                 };
                 after
@@ -397,20 +399,20 @@ fn shifted_inputs(
     Ok((!ops.is_empty()).then_some(ops))
 }
 
-/// One pass of [`fold_shifts`] over the graph in evaluation order: how many it folded.
-fn fold_shifts_once(
+/// The first fold of [`fold_shifts`] in evaluation order, if there is one.
+fn fold_one_shift(
     model: &mut TypedModel,
     shifted: &impl Fn(&TypedNode) -> Option<Box<dyn TypedOp>>,
     on_i8: &impl Fn(&TypedNode, usize) -> Option<OnI8>,
-) -> TractResult<usize> {
-    let mut folded = 0;
+) -> TractResult<bool> {
     for id in model.eval_order()? {
         let from = model.node(id);
         if from.outputs.len() != 1 {
             continue;
         }
-        let mut shifts = 0;
-        let Some(taken) = plan(model, OutletId::new(id, 0), on_i8, &mut shifts)? else {
+        let (mut shifts, mut readers) = (0, vec![]);
+        let outlet = OutletId::new(id, 0);
+        let Some(taken) = plan(model, outlet, on_i8, (&mut shifts, &mut readers))? else {
             continue;
         };
         if shifts == 0 {
@@ -443,9 +445,9 @@ fn fold_shifts_once(
         };
         wire(model, &mut patch, wire_i8, taken)?;
         patch.apply(model)?;
-        folded += 1;
+        return Ok(true);
     }
-    Ok(folded)
+    Ok(false)
 }
 
 /// Replaces, in evaluation order, every node for which `replacement` gives an op, keeping
