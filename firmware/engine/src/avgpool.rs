@@ -263,6 +263,20 @@ impl AxisWindows {
 /// `sums[i] = Σ values[i + k · step]` over `k < taps`, for every `i` in `sums`.
 fn add_shifted<L: Lane>(values: &[L], taps: usize, step: usize, sums: &mut [L]) {
     let n = sums.len();
+    // A window of three (3x3 pools, the commonest): one pass of three loads per lane, where
+    // a copy and two passes of adds each loaded and stored every lane (qformats' pool on
+    // cortex-a76).
+    if taps == 3 {
+        let shifted = |k: usize| &values[k * step..k * step + n];
+        let lanes = shifted(0).iter().zip(shifted(1)).zip(shifted(2));
+        for (s, ((&a, &b), &c)) in sums.iter_mut().zip(lanes) {
+            let mut t = a;
+            t += b;
+            t += c;
+            *s = t;
+        }
+        return;
+    }
     sums.copy_from_slice(&values[..n]);
     for k in 1..taps {
         for (s, &v) in sums.iter_mut().zip(&values[k * step..k * step + n]) {
