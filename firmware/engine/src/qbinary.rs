@@ -7,9 +7,13 @@
 //! network under qemu (cortex-a72) those passes were a fifth of the int8 inference.
 //!
 //! [`QBinary`] computes it per element, from the two int8 inputs to the int8 output, on
-//! kernels/qbinary.rs. An Add is the same chain: `(x - zero point) as f32 * scale` for each
-//! side, the f32 Add, then the quantization `Quantize8` does, the same IEEE operations in
-//! the same order (commutative bit for bit), so the same bytes. A Mul is onnxruntime's
+//! kernels/qbinary.rs. An Add of equal shapes is onnxruntime's NEON `QLinearAdd`: each
+//! side's centred bytes times a 22-bit fixed-point ratio of scales, summed exactly and
+//! shifted with rounding (`FixedAdd`: within 1.2e-4 of a step of the exact sum at a ratio
+//! of 1); one against a broadcast value, or with scale ratios of 256 and more, is tract's
+//! chain, `(x - zero point) as f32 * scale` for each side, the f32 Add, then the
+//! quantization `Quantize8` does, the same IEEE operations in the same order (commutative
+//! bit for bit), so the same bytes. A Mul is onnxruntime's
 //! `QLinearMul`: the centred bytes' product, exact, times one multiplier, quantized;
 //! tract's chain rounds three products, which can move a value next to a tie by one
 //! step. One side may be broadcast over the other's trailing
