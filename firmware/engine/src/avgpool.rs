@@ -118,6 +118,13 @@ impl QGlobalAvgPool {
     pub(crate) fn gives_f32(&self) -> bool {
         self.quantize.is_none()
     }
+
+    /// The output's type: the quantization's, or F32.
+    fn output_type(&self) -> DatumType {
+        self.quantize
+            .as_ref()
+            .map_or(DatumType::F32, |q| q.params().2)
+    }
 }
 
 impl Averages for QGlobalAvgPool {
@@ -163,13 +170,11 @@ impl Op for QGlobalAvgPool {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let to = match &self.quantize {
-            Some(q) => format!("{:?}", q.params().2),
-            None => "F32".into(),
-        };
         Ok(vec![format!(
-            "planes of {} to {:?} {to}",
-            self.plane, self.output_shape
+            "planes of {} to {:?} {:?}",
+            self.plane,
+            self.output_shape,
+            self.output_type()
         )])
     }
 
@@ -192,11 +197,7 @@ impl TypedOp for QGlobalAvgPool {
     tract_onnx::tract_core::as_op!();
 
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let to = self
-            .quantize
-            .as_ref()
-            .map_or(DatumType::F32, |q| q.params().2);
-        Ok(tvec!(to.fact(&*self.output_shape)))
+        Ok(tvec!(self.output_type().fact(&*self.output_shape)))
     }
 }
 

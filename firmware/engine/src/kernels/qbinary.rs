@@ -65,12 +65,28 @@ impl Side {
 
     #[inline(always)]
     fn centred_typed<const SIGNED: bool>(&self, byte: u8) -> f32 {
+        self.centred_int::<SIGNED>(byte) as f32
+    }
+
+    /// The byte, as the type `SIGNED` says, less the zero point.
+    #[inline(always)]
+    fn centred_int<const SIGNED: bool>(&self, byte: u8) -> i32 {
         let x = if SIGNED {
             i32::from(byte as i8)
         } else {
             i32::from(byte)
         };
-        (x - self.zero) as f32
+        x - self.zero
+    }
+
+    /// Whether the zero point is a value of the side's type (ONNX's rule): the vector
+    /// kernels subtract it as a byte.
+    fn zero_is_byte(&self) -> bool {
+        if self.signed {
+            i8::try_from(self.zero).is_ok()
+        } else {
+            u8::try_from(self.zero).is_ok()
+        }
     }
 }
 
@@ -93,19 +109,19 @@ impl Output {
     }
 }
 
-/// `$f::<SA, SB, SO>($args)` for the sides' and the output's signedness `[sa, sb, so]`
-/// known at run time: each ISA's fixed-point Add blocks take them as constants.
-macro_rules! by_signedness {
-    ($($f:ident)::+, [$sa:expr, $sb:expr, $so:expr], ($($arg:expr),*)) => {
-        match ($sa, $sb, $so) {
-            (false, false, false) => $($f)::+::<false, false, false>($($arg),*),
-            (false, false, true) => $($f)::+::<false, false, true>($($arg),*),
-            (false, true, false) => $($f)::+::<false, true, false>($($arg),*),
-            (false, true, true) => $($f)::+::<false, true, true>($($arg),*),
-            (true, false, false) => $($f)::+::<true, false, false>($($arg),*),
-            (true, false, true) => $($f)::+::<true, false, true>($($arg),*),
-            (true, true, false) => $($f)::+::<true, true, false>($($arg),*),
-            (true, true, true) => $($f)::+::<true, true, true>($($arg),*),
+/// `$f::<A, B, C>($args)` for three flags `[a, b, c]` known at run time (the sides'
+/// signedness and the output's, or the operation's): the kernels take them as constants.
+macro_rules! by_flags {
+    ($($f:ident)::+, $flags:expr, ($($arg:expr),*)) => {
+        match $flags {
+            [false, false, false] => $($f)::+::<false, false, false>($($arg),*),
+            [false, false, true] => $($f)::+::<false, false, true>($($arg),*),
+            [false, true, false] => $($f)::+::<false, true, false>($($arg),*),
+            [false, true, true] => $($f)::+::<false, true, true>($($arg),*),
+            [true, false, false] => $($f)::+::<true, false, false>($($arg),*),
+            [true, false, true] => $($f)::+::<true, false, true>($($arg),*),
+            [true, true, false] => $($f)::+::<true, true, false>($($arg),*),
+            [true, true, true] => $($f)::+::<true, true, true>($($arg),*),
         }
     };
 }
@@ -184,7 +200,13 @@ impl Binary {
     pub(crate) fn scalar(&self, a: u8, b: u8) -> u8 {
         let [da, db] = self.sides;
         if let Some(f) = &self.fixed {
-            let centred = |d: Side, x: u8| d.centred(x) as i32;
+            let centred = |d: Side, x: u8| {
+                if d.signed {
+                    d.centred_int::<true>(x)
+                } else {
+                    d.centred_int::<false>(x)
+                }
+            };
             let v = f.value(centred(da, a), centred(db, b));
             let [lo, hi] = self.output.range();
             return (v.saturating_add(self.output.zero)).clamp(lo, hi) as u8;
@@ -248,16 +270,8 @@ impl Binary {
         #[cfg(not(target_arch = "aarch64"))]
         let done = 0;
         let (a, b, out) = (&a[done..], &b[done..], &mut out[done..]);
-        match (self.sides[0].signed, self.sides[1].signed, self.mul) {
-            (false, false, false) => self.same_rest::<false, false, false>(a, b, out),
-            (false, false, true) => self.same_rest::<false, false, true>(a, b, out),
-            (false, true, false) => self.same_rest::<false, true, false>(a, b, out),
-            (false, true, true) => self.same_rest::<false, true, true>(a, b, out),
-            (true, false, false) => self.same_rest::<true, false, false>(a, b, out),
-            (true, false, true) => self.same_rest::<true, false, true>(a, b, out),
-            (true, true, false) => self.same_rest::<true, true, false>(a, b, out),
-            (true, true, true) => self.same_rest::<true, true, true>(a, b, out),
-        }
+        let flags = [self.sides[0].signed, self.sides[1].signed, self.mul];
+        by_flags!(Self::same_rest, flags, (self, a, b, out))
     }
 
     /// [`Binary::same`] of an Add in fixed point: the vector blocks, then the scalar form.
@@ -265,24 +279,13 @@ impl Binary {
         let (sa, sb) = (self.sides[0], self.sides[1]);
         let zeros = [sa.zero, sb.zero, self.output.zero];
         let signed = [sa.signed, sb.signed, self.output.signed];
-        // Zero points of the sides' types (ONNX's): the blocks subtract them as bytes.
-        let fits = |signed: bool, z: i32| {
-            if signed {
-                i8::try_from(z).is_ok()
-            } else {
-                u8::try_from(z).is_ok()
-            }
-        };
-        let done = if fits(sa.signed, sa.zero) && fits(sb.signed, sb.zero) {
-            let [sa, sb, so] = signed;
+        let done = if sa.zero_is_byte() && sb.zero_is_byte() {
             #[cfg(target_arch = "aarch64")]
             // SAFETY: NEON is part of aarch64; the three slices have one length.
-            let done =
-                unsafe { by_signedness!(neon::fixed_blocks, [sa, sb, so], (f, zeros, a, b, out)) };
+            let done = unsafe { by_flags!(neon::fixed_blocks, signed, (f, zeros, a, b, out)) };
             #[cfg(target_arch = "x86_64")]
             // SAFETY: SSE2 is part of x86_64; the three slices have one length.
-            let done =
-                unsafe { by_signedness!(sse2::fixed_blocks, [sa, sb, so], (f, zeros, a, b, out)) };
+            let done = unsafe { by_flags!(sse2::fixed_blocks, signed, (f, zeros, a, b, out)) };
             #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
             let done = 0;
             done
@@ -402,13 +405,8 @@ mod neon {
         /// None when the zero point is not a byte of the side's type (which ONNX does not
         /// allow): `centred` subtracts it as one.
         fn new(side: &Side) -> Option<Lanes> {
-            let fits = if side.signed {
-                i8::try_from(side.zero).is_ok()
-            } else {
-                u8::try_from(side.zero).is_ok()
-            };
             // SAFETY: NEON is part of aarch64; register operations only.
-            fits.then(|| unsafe {
+            side.zero_is_byte().then(|| unsafe {
                 Lanes {
                     zero: vdupq_n_u8(side.zero as u8),
                     scale: vdupq_n_f32(side.scale),
@@ -488,19 +486,9 @@ mod neon {
         };
         let n = out.len();
         let l = [la, lb];
-        // SAFETY (each arm): the caller's contract, passed on.
-        unsafe {
-            match (k.sides[0].signed, k.sides[1].signed, k.mul) {
-                (false, false, false) => same_blocks::<false, false, false>(k, l, a, b, out, n),
-                (false, false, true) => same_blocks::<false, false, true>(k, l, a, b, out, n),
-                (false, true, false) => same_blocks::<false, true, false>(k, l, a, b, out, n),
-                (false, true, true) => same_blocks::<false, true, true>(k, l, a, b, out, n),
-                (true, false, false) => same_blocks::<true, false, false>(k, l, a, b, out, n),
-                (true, false, true) => same_blocks::<true, false, true>(k, l, a, b, out, n),
-                (true, true, false) => same_blocks::<true, true, false>(k, l, a, b, out, n),
-                (true, true, true) => same_blocks::<true, true, true>(k, l, a, b, out, n),
-            }
-        }
+        let flags = [k.sides[0].signed, k.sides[1].signed, k.mul];
+        // SAFETY: the caller's contract, passed on.
+        unsafe { by_flags!(same_blocks, flags, (k, l, a, b, out, n)) }
     }
 
     /// # Safety
