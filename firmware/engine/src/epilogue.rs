@@ -121,6 +121,22 @@ struct Lookup {
     len: usize,
 }
 
+/// The op of `node` (a banded or depthwise convolution, or a requantization of its own)
+/// with its requantization replaced by `f`'s, when `f` gives one: a table folded into it
+/// (qtable.rs), its output given in i8 (load.rs, for `fold_shifts`).
+pub(crate) fn with_requantization(
+    node: &TypedNode,
+    f: impl FnOnce(&Requantize) -> Option<Requantize>,
+) -> Option<Box<dyn TypedOp>> {
+    if let Some(op) = node.op_as::<crate::banded::BandedConv>() {
+        return Some(Box::new(op.with_requantize(f)?));
+    }
+    if let Some(op) = node.op_as::<crate::depthwise::DepthwiseInt8>() {
+        return Some(Box::new(op.with_requantize(f)?));
+    }
+    Some(Box::new(f(node.op_as::<Requantize>()?)?))
+}
+
 /// The largest `add` in magnitude for [`Requantize::short`].
 const SHORT_ADD: i32 = 16_000;
 
@@ -854,6 +870,13 @@ mod neon {
         (window, top): &Window,
     ) {
         let top = *top;
+        // Windows past two quarters, and two with a multiplier per value, have a loop of
+        // their own, which loads the quarters it needs.
+        if LOOKUP > 2 || (LOOKUP == 2 && matches!(scales, PairScales::Each(_))) {
+            // SAFETY: the caller's contract, with `PairScales::One` past two quarters
+            // (`Chain::row`).
+            return unsafe { wide_lookup_pairs::<LOOKUP>(x, y, pairs, scales, add, window, top) };
+        }
         // The window's first two quarters as the loop's lookups read them (zeros for none).
         let (first, second) = if LOOKUP == 0 {
             // SAFETY: a register operation.
@@ -1055,11 +1078,7 @@ mod neon {
                 }
             };
         }
-        if LOOKUP > 2 || (LOOKUP == 2 && !each.is_null()) {
-            // SAFETY: the caller's contract, with `PairScales::One` past two quarters
-            // (`Chain::row`).
-            unsafe { wide_lookup_pairs::<LOOKUP>(x, y, pairs, scales, add, window, top) }
-        } else if each.is_null() {
+        if each.is_null() {
             forms!(by_one, true)
         } else {
             forms!(by_each, false)

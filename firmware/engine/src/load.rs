@@ -915,17 +915,10 @@ fn shifted_to_i8(node: &TypedNode) -> Option<Box<dyn TypedOp>> {
     if let Some(p) = node.op_as::<QAvgPool>() {
         return Some(Box::new(p.shifted()?));
     }
-    let requantized = |r: &crate::epilogue::Requantize| r.shifted();
-    if let Some(c) = node.op_as::<crate::banded::BandedConv>() {
-        return Some(Box::new(c.with_requantize(requantized)?));
+    if let Some(p) = node.op_as::<QGlobalAvgPool>() {
+        return Some(Box::new(p.shifted()?));
     }
-    if let Some(c) = node.op_as::<crate::depthwise::DepthwiseInt8>() {
-        return Some(Box::new(c.with_requantize(requantized)?));
-    }
-    if let Some(r) = node.op_as::<crate::epilogue::Requantize>() {
-        return Some(Box::new(r.shifted()?));
-    }
-    Some(Box::new(node.op_as::<QGlobalAvgPool>()?.shifted()?))
+    crate::epilogue::with_requantization(node, |r| r.shifted())
 }
 
 /// Gives each int8 convolution whose output only a reshape reads (tract's `IntoShape`, to

@@ -197,8 +197,6 @@ pub(crate) fn merge_tables(model: &mut TypedModel) -> TractResult<usize> {
 /// 4.2 M of EfficientNet-Lite0's 113 M instructions under qemu (cortex-a72). In the
 /// requantization it is one TBL per 16 bytes. The bytes are the table's.
 pub(crate) fn tables_into_requantization(model: &mut TypedModel) -> TractResult<usize> {
-    use crate::banded::BandedConv;
-    use crate::depthwise::DepthwiseInt8;
     use crate::epilogue::Requantize;
     let outputs = model.output_outlets()?.to_vec();
     let order = model.eval_order()?;
@@ -235,16 +233,7 @@ pub(crate) fn tables_into_requantization(model: &mut TypedModel) -> TractResult<
             continue;
         }
         let with = |r: &Requantize| r.with_lookup(&table.table, table.to);
-        let new: Option<Box<dyn TypedOp>> = if let Some(op) = producer.op_as::<BandedConv>() {
-            op.with_requantize(with).map(|o| Box::new(o) as _)
-        } else if let Some(op) = producer.op_as::<DepthwiseInt8>() {
-            op.with_requantize(with).map(|o| Box::new(o) as _)
-        } else if let Some(op) = producer.op_as::<Requantize>() {
-            with(op).map(|o| Box::new(o) as _)
-        } else {
-            None
-        };
-        let Some(new) = new else {
+        let Some(new) = crate::epilogue::with_requantization(producer, with) else {
             continue;
         };
         let name = format!("{}.looked_up", producer.name);
